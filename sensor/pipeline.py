@@ -1,0 +1,287 @@
+"""Frames in, protocol events out: decode, flow table, reassembly, parsers.
+
+This is the glue between the capture sources and the sans-IO parsers. It is the
+hot path of the sensor: every captured frame passes through ``Pipeline.packet``,
+so the common case (an in-order TCP segment of a known flow) is a handful of
+dict look-ups and one call into the reassembler.
+
+Flows are keyed on the server side, which is the side holding a configured
+protocol port. A frame on no configured port is counted and dropped before any
+flow state exists, so unrelated traffic cannot fill the flow table.
+
+The flow table is bounded (``max_flows``) and least-recently-used: a full table
+evicts the flow that has been quiet the longest and says so with a
+``PipelineAnomalyEvent``. Idle flows expire by *packet* time, never the wall
+clock, so a replay gives the same events every time.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from parsers.dnp3 import DNP3Parser
+from parsers.modbus import ModbusParser
+from parsers.packet import Decoded, DecodeProblem, decode, ip_to_str, mac_to_str
+from parsers.stream import Direction, FlowId, StreamParser, Transport
+from parsers.tcp import TcpReassembler
+
+MODBUS = "modbus"
+DNP3 = "dnp3"
+
+
+class PipelineAnomaly(Enum):
+    """Sensor-level blind spots that no single protocol parser can see."""
+
+    FLOW_TABLE_FULL = "flow_table_full"  # a flow was evicted to make room
+    IP_FRAGMENT = "ip_fragment"  # fragments are not reassembled; counted
+    MALFORMED_FRAME = "malformed_frame"  # L2-L4 headers did not decode
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineAnomalyEvent:
+    ts: float
+    kind: PipelineAnomaly
+    detail: str
+    frame: int = 0
+    flow: FlowId | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineConfig:
+    """Limits and ports. Everything here is a plain value so configs can build it."""
+
+    modbus_ports: frozenset[int] = frozenset({502})
+    dnp3_ports: frozenset[int] = frozenset({20000})
+    max_flows: int = 65536
+    tcp_idle_timeout: float = 600.0
+    udp_idle_timeout: float = 120.0
+    closed_linger: float = 30.0
+    max_buffered_per_flow: int = 256 * 1024
+
+    def __post_init__(self) -> None:
+        both = self.modbus_ports & self.dnp3_ports
+        if both:
+            raise ValueError(f"port(s) {sorted(both)} configured for both Modbus and DNP3")
+        for port in self.modbus_ports | self.dnp3_ports:
+            if not 0 < port < 65536:
+                raise ValueError(f"port {port} is out of range 1-65535")
+        if self.max_flows < 1:
+            raise ValueError("max_flows must be at least 1")
+
+
+@dataclass
+class PipelineStats:
+    packets: int = 0
+    bytes: int = 0
+    ignored: int = 0  # IP traffic on ports we do not parse
+    not_ip: int = 0  # ARP, LLDP, other ethertypes and IP protocols
+    problems: Counter[str] = field(default_factory=Counter)
+    flows_created: int = 0
+    flows_expired: int = 0
+    flows_evicted: int = 0
+    first_ts: float | None = None
+    last_ts: float | None = None
+
+
+class _Flow:
+    """State held for one conversation. Plain slotted class: it is mutable by nature."""
+
+    __slots__ = ("id", "last_ts", "parser", "proto", "tcp")
+
+    def __init__(
+        self, flow_id: FlowId, proto: str, parser: StreamParser, tcp: TcpReassembler | None,
+        ts: float,
+    ) -> None:
+        self.id = flow_id
+        self.proto = proto
+        self.parser = parser
+        self.tcp = tcp
+        self.last_ts = ts
+
+
+FlowKey = tuple[int, bytes, int, bytes, int]
+_EMPTY: list[Any] = []
+
+
+class Pipeline:
+    """Feed it frames with ``packet``; call ``finish`` at the end of the input."""
+
+    _SWEEP_EVERY = 1024  # packets between idle-expiry checks
+
+    def __init__(self, config: PipelineConfig | None = None) -> None:
+        self.config = config or PipelineConfig()
+        self.stats = PipelineStats()
+        self._proto_by_port: dict[int, str] = {p: MODBUS for p in self.config.modbus_ports}
+        self._proto_by_port.update({p: DNP3 for p in self.config.dnp3_ports})
+        self._flows: OrderedDict[FlowKey, _Flow] = OrderedDict()
+        self._until_sweep = self._SWEEP_EVERY
+        self._factories: dict[str, Callable[[FlowId], StreamParser]] = {
+            MODBUS: ModbusParser,
+            DNP3: DNP3Parser,
+        }
+
+    @property
+    def active_flows(self) -> int:
+        return len(self._flows)
+
+    def packet(self, ts: float, linktype: int, frame: bytes, frame_no: int = 0) -> list[Any]:
+        """Process one captured frame; return the events it completed."""
+        stats = self.stats
+        stats.packets += 1
+        stats.bytes += len(frame)
+        if stats.first_ts is None:
+            stats.first_ts = ts
+        stats.last_ts = ts
+        self._until_sweep -= 1
+        swept: list[Any] = self._sweep(ts) if self._until_sweep <= 0 else _EMPTY
+
+        pkt = decode(linktype, frame)
+        if pkt.__class__ is not Decoded:
+            return swept + self._problem(ts, pkt, frame_no)  # type: ignore[arg-type]
+        assert isinstance(pkt, Decoded)
+        ports = self._proto_by_port
+        dport = pkt.dport
+        sport = pkt.sport
+        if dport in ports and not (sport in ports and (pkt.proto, pkt.src, sport, pkt.dst, dport)
+                                   in self._flows):
+            key: FlowKey = (pkt.proto, pkt.dst, dport, pkt.src, sport)
+            direction = Direction.TO_SERVER
+        elif sport in ports:
+            key = (pkt.proto, pkt.src, sport, pkt.dst, dport)
+            direction = Direction.TO_CLIENT
+        else:
+            stats.ignored += 1
+            return swept
+
+        flows = self._flows
+        flow = flows.get(key)
+        if flow is None:
+            flow, evicted = self._new_flow(key, pkt, direction, ts)
+            if evicted:
+                swept = swept + evicted
+        else:
+            flows.move_to_end(key)
+        flow.last_ts = ts
+
+        tcp = flow.tcp
+        if tcp is not None:
+            events = tcp.segment(direction, pkt.seq, pkt.flags, pkt.payload, ts)
+        elif pkt.payload:
+            events = flow.parser.receive(direction, pkt.payload, ts)
+        else:
+            events = _EMPTY
+        if swept:
+            return swept + list(events)
+        return events
+
+    def finish(self, ts: float | None = None) -> list[Any]:
+        """End of input: close every flow, flushing partial data as gaps and EOFs."""
+        end = ts if ts is not None else (self.stats.last_ts or 0.0)
+        events: list[Any] = []
+        while self._flows:
+            _, flow = self._flows.popitem(last=False)
+            events.extend(self._close(flow, end))
+        return events
+
+    # -- internals -------------------------------------------------------------------
+
+    def _problem(self, ts: float, problem: DecodeProblem, frame_no: int) -> list[Any]:
+        name = problem.anomaly.name
+        if not problem.anomaly.is_anomaly:
+            self.stats.not_ip += 1
+            return _EMPTY
+        self.stats.problems[name] += 1
+        kind = (PipelineAnomaly.IP_FRAGMENT if name == "IP_FRAGMENT"
+                else PipelineAnomaly.MALFORMED_FRAME)
+        return [PipelineAnomalyEvent(ts, kind, f"{name}: {problem.detail}", frame_no)]
+
+    def _new_flow(
+        self, key: FlowKey, pkt: Decoded, direction: Direction, ts: float
+    ) -> tuple[_Flow, list[Any]]:
+        proto_num, server_raw, server_port, client_raw, client_port = key
+        to_server = direction is Direction.TO_SERVER
+        server_mac = pkt.dst_mac if to_server else pkt.src_mac
+        client_mac = pkt.src_mac if to_server else pkt.dst_mac
+        transport = Transport.TCP if proto_num == 6 else Transport.UDP
+        flow_id = FlowId(
+            transport=transport,
+            client=ip_to_str(client_raw),
+            client_port=client_port,
+            server=ip_to_str(server_raw),
+            server_port=server_port,
+            client_mac=mac_to_str(client_mac) if client_mac else None,
+            server_mac=mac_to_str(server_mac) if server_mac else None,
+            vlan=pkt.vlan,
+        )
+        proto = self._proto_by_port[server_port]
+        parser = self._factories[proto](flow_id)
+        tcp = (TcpReassembler(flow_id, parser, max_buffered=self.config.max_buffered_per_flow)
+               if transport is Transport.TCP else None)
+        evicted: list[Any] = []
+        if len(self._flows) >= self.config.max_flows:
+            _, victim = self._flows.popitem(last=False)
+            self.stats.flows_evicted += 1
+            evicted.append(PipelineAnomalyEvent(
+                ts, PipelineAnomaly.FLOW_TABLE_FULL,
+                f"flow table full ({self.config.max_flows}); evicted the least recently "
+                f"active flow", flow=victim.id))
+            evicted.extend(self._close(victim, ts))
+        flow = _Flow(flow_id, proto, parser, tcp, ts)
+        self._flows[key] = flow
+        self.stats.flows_created += 1
+        return flow, evicted
+
+    def _close(self, flow: _Flow, ts: float) -> list[Any]:
+        if flow.tcp is not None:
+            return list(flow.tcp.close(ts))
+        return list(flow.parser.eof(Direction.TO_SERVER, ts)) + list(
+            flow.parser.eof(Direction.TO_CLIENT, ts))
+
+    def _sweep(self, ts: float) -> list[Any]:
+        """Expire idle flows, oldest first.
+
+        The table is in least-recently-active order, so the scan stops at the first
+        flow younger than the shortest timeout. A TCP connection that has ended (FIN
+        or RST both ways) lingers only ``closed_linger`` seconds, so the last ACKs
+        still find it instead of opening a "mid-stream" flow.
+        """
+        self._until_sweep = self._SWEEP_EVERY
+        config = self.config
+        tcp_deadline = ts - config.tcp_idle_timeout
+        udp_deadline = ts - config.udp_idle_timeout
+        closed_deadline = ts - config.closed_linger
+        newest_deadline = max(tcp_deadline, udp_deadline, closed_deadline)
+        expired: list[FlowKey] = []
+        for key, flow in self._flows.items():
+            if flow.last_ts >= newest_deadline:
+                break
+            tcp = flow.tcp
+            if tcp is None:
+                deadline = udp_deadline
+            else:
+                deadline = closed_deadline if tcp.closed else tcp_deadline
+            if flow.last_ts < deadline:
+                expired.append(key)
+        events: list[Any] = []
+        for key in expired:
+            flow = self._flows.pop(key)
+            self.stats.flows_expired += 1
+            events.extend(self._close(flow, ts))
+        return events
+
+
+def run_records(
+    pipeline: Pipeline, records: Iterable[tuple[float, int, bytes, int]],
+    consume: Callable[[list[Any]], None],
+) -> None:
+    """Drive a pipeline over (ts, linktype, frame, frame_no) tuples."""
+    packet = pipeline.packet
+    for ts, linktype, frame, frame_no in records:
+        events = packet(ts, linktype, frame, frame_no)
+        if events:
+            consume(events)
+    consume(pipeline.finish())
