@@ -1,0 +1,59 @@
+"""Shared test fixtures: where the public corpus lives, and which tools exist."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+PROJECT = Path(__file__).resolve().parents[1]
+CORPUS = PROJECT.parent / "shared" / "corpus"
+
+
+def unavailable(reason: str) -> None:
+    """Skip on a developer's machine; fail in CI, where everything must be present."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI must provide it)")
+    pytest.skip(reason)
+
+
+def corpus_path(relative: str) -> Path:
+    """A file of the read-only public corpus; the test skips if the corpus is absent."""
+    path = CORPUS / relative
+    if not path.exists():
+        unavailable(f"corpus file {relative} not present")
+    return path
+
+
+def corpus_captures() -> list[Path]:
+    """Every real capture in the corpus (Git LFS pointers excluded), one per distinct content.
+
+    Several folders hold byte-identical copies of the same trace; testing each once keeps
+    the suite honest about what it covers.
+    """
+    if not CORPUS.is_dir():
+        return []
+    seen: set[str] = set()
+    out: list[Path] = []
+    for path in sorted(CORPUS.rglob("*")):
+        if not path.is_file() or path.name.endswith(".lfs-pointer"):
+            continue
+        if not (path.suffix in {".pcap", ".pcapng", ".cap"}):
+            continue
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest in seen:
+            continue
+        seen.add(digest)
+        out.append(path)
+    return out
+
+
+def require_tool(name: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        unavailable(f"{name} is not installed (make test installs it as root)")
+    assert found is not None
+    return found

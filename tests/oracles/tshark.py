@@ -1,0 +1,86 @@
+"""tshark as the field-level oracle: one JSON dissection per capture, flattened per PDU.
+
+tshark's JSON (``--no-duplicate-keys``) turns repeated layers of one frame into lists,
+so a frame carrying two Modbus ADUs has ``mbtcp: [..., ...]``. We pair the i-th ``mbtcp``
+with the i-th ``modbus`` layer; when their counts differ (a PDU tshark could not
+dissect) the frame is reported as unaligned rather than guessed at.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TsharkPdu:
+    frame: int
+    ts: float
+    src: str
+    dst: str
+    sport: int
+    dport: int
+    layers: dict[str, str]  # flattened fields of the protocol layer(s) of this PDU
+
+
+def _flatten(node: Any, out: dict[str, str]) -> None:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if isinstance(value, str):
+                out.setdefault(key, value)
+            else:
+                _flatten(value, out)
+    elif isinstance(node, list):
+        for item in node:
+            _flatten(item, out)
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+def dissect(path: Path, layers: tuple[str, ...], options: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Raw tshark JSON layers for every frame that has the first of ``layers``."""
+    cmd = ["tshark", "-r", str(path), "-T", "json", "--no-duplicate-keys",
+           "-J", " ".join(("frame", "ip", "ipv6", "tcp", "udp", *layers)),
+           "-Y", layers[0], *options]
+    out = subprocess.run(cmd, capture_output=True, check=True, timeout=600).stdout
+    frames: list[dict[str, Any]] = [p["_source"]["layers"] for p in json.loads(out or b"[]")]
+    return frames
+
+
+def modbus_pdus(path: Path, port: int = 502) -> tuple[list[TsharkPdu], list[int]]:
+    """Every Modbus/TCP PDU tshark sees, in frame order; plus frames it could not align."""
+    options = ("-o", f"mbtcp.tcp.port:{port}") if port != 502 else ()
+    pdus: list[TsharkPdu] = []
+    unaligned: list[int] = []
+    for layers in dissect(path, ("mbtcp", "modbus"), options):
+        frame = layers["frame"]
+        number = int(frame["frame.number"])
+        ts = float(frame["frame.time_epoch"])
+        ip = layers.get("ip") or layers.get("ipv6") or {}
+        if isinstance(ip, list):
+            ip = ip[-1]
+        src = ip.get("ip.src") or ip.get("ipv6.src", "")
+        dst = ip.get("ip.dst") or ip.get("ipv6.dst", "")
+        tcp = layers.get("tcp", {})
+        if isinstance(tcp, list):
+            tcp = tcp[-1]
+        mbtcp = _as_list(layers.get("mbtcp"))
+        modbus = _as_list(layers.get("modbus"))
+        if modbus and len(modbus) != len(mbtcp):
+            unaligned.append(number)
+            continue
+        for i, header in enumerate(mbtcp):
+            fields: dict[str, str] = {}
+            _flatten(header, fields)
+            if modbus:
+                _flatten(modbus[i], fields)
+            pdus.append(TsharkPdu(number, ts, src, dst, int(tcp.get("tcp.srcport", 0)),
+                                  int(tcp.get("tcp.dstport", 0)), fields))
+    return pdus, unaligned
