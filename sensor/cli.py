@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from sensor.pipeline import PipelineConfig
 from sensor.replay import progress_stream, replay_files
@@ -64,7 +65,28 @@ def build_parser() -> argparse.ArgumentParser:
                              "('-' for stdout)")
     replay.add_argument("--no-progress", action="store_true",
                         help="no progress bar, even on a terminal")
+    replay.set_defaults(func=_cmd_replay)
+
+    for register in _feature_commands():
+        register(commands)
     return parser
+
+
+def _feature_commands() -> list[Callable[[Any], None]]:
+    """Subcommands that live with their features (forwarding, detection, daemon...)."""
+    registrars: list[Callable[[Any], None]] = []
+    for module in _FEATURE_MODULES:
+        try:
+            imported = importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            if err.name == module:
+                continue  # feature not built into this tree
+            raise
+        registrars.append(imported.register_commands)
+    return registrars
+
+
+_FEATURE_MODULES = ("sensor.forwarding_cli", "sensor.detection_cli", "sensor.daemon_cli")
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
@@ -96,9 +118,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "replay":
-        return _cmd_replay(args)
-    raise AssertionError(f"unhandled command {args.command}")
+    handler: Callable[[argparse.Namespace], int] = args.func
+    return handler(args)
 
 
 if __name__ == "__main__":
