@@ -1,0 +1,514 @@
+"""Per-connection TCP reassembly, sans-IO.
+
+One ``TcpReassembler`` per TCP connection turns the segments of both directions
+into the three calls of the ``StreamParser`` contract: in-order bytes
+(``receive``), holes (``gap``) and the end of a direction (``eof``).
+
+Why gaps instead of giving up: Zeek and ICSNPP stop analysing a connection
+after one bad PDU or one missing segment, so a single capture drop blinds them
+for the rest of a Modbus session that may live for months. Here every hole is
+reported with its size (``gap``) and the protocol parser resynchronises on the
+next plausible header. Every loss of sight also becomes a ``TcpAnomalyEvent``
+so the sensor can say where it was blind.
+
+Choices worth knowing:
+
+* Sequence numbers are compared modulo 2**32 (signed distance), so streams that
+  wrap are handled like any other.
+* Hot path: an in-order segment with nothing buffered costs a compare with
+  the expected seq, a store and two counter updates before the parser call,
+  whose list is returned as is; pure ACKs return a shared empty tuple. Hence
+  ``segment`` returns ``Sequence[Any]``. Everything else goes through ``_slow``.
+* Out-of-order data is buffered, bounded per connection by ``max_buffered``
+  bytes and ``max_segments`` pieces. At the cap the first hole is reported as a
+  gap and the stream skips ahead to the buffered data.
+* Overlaps: already delivered bytes are trimmed (we keep no copy, so a changed
+  retransmission of delivered data cannot be seen). Among buffered data the
+  first arrival wins and differing bytes raise ``OVERLAP_MISMATCH``.
+* Mid-stream pickup (no SYN seen) emits ``MIDSTREAM_PICKUP`` and hands the
+  bytes over from that point, without a gap call: the fresh parser has no
+  state to drop and resyncs on its own if the first byte is not a header.
+* ``gap(direction, 0, ts)`` means "an unknown amount was lost"; it is used
+  after a sequence jump. Every gap call comes right after a ``GAP`` anomaly
+  carrying the same size.
+* A SYN with a new ISN on a direction that already started means the 4-tuple
+  was reused: the old connection is flushed (gaps, eof), then
+  ``CONNECTION_REUSED`` is emitted and the same parser object continues with
+  the new connection, so a parser must accept data after ``eof`` and start
+  afresh.
+"""
+
+from __future__ import annotations
+
+import enum
+from bisect import bisect_right
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from parsers.stream import Direction, FlowId, StreamParser
+
+TCP_FIN = 0x01
+TCP_SYN = 0x02
+TCP_RST = 0x04
+TCP_PSH = 0x08
+TCP_ACK = 0x10
+
+_CTRL = TCP_FIN | TCP_SYN | TCP_RST
+_MASK = 0xFFFFFFFF
+_HALF = 0x80000000
+_DIRS = (Direction.TO_SERVER, Direction.TO_CLIENT)
+_NO_EVENTS: tuple[()] = ()
+
+
+def seq_delta(a: int, b: int) -> int:
+    """Signed distance ``a - b`` between two sequence numbers, in [-2**31, 2**31)."""
+    return ((a - b + _HALF) & _MASK) - _HALF
+
+
+class TcpAnomaly(enum.Enum):
+    """What went wrong in a TCP stream; values are stable names for rule packs."""
+
+    MIDSTREAM_PICKUP = "midstream_pickup"  # first segment of a direction had no SYN
+    GAP = "gap"  # bytes lost; size is the hole, 0 when unknown
+    BUFFER_CAP = "buffer_cap"  # out-of-order buffer full; a hole was skipped
+    OVERLAP_MISMATCH = "overlap_mismatch"  # overlapping data (or FINs) disagree
+    DATA_AFTER_FIN = "data_after_fin"  # bytes beyond the end of a direction
+    CONNECTION_REUSED = "connection_reused"  # SYN with a new ISN on a known connection
+    SEQ_JUMP = "seq_jump"  # sequence number moved further than any window
+
+
+@dataclass(frozen=True, slots=True)
+class TcpAnomalyEvent:
+    """One anomaly in one direction of a connection.
+
+    ``size`` is a byte count where the kind has one: ``GAP`` the hole (0 when
+    unknown), ``BUFFER_CAP`` the bytes buffered when the cap was hit,
+    ``DATA_AFTER_FIN`` the bytes ignored, ``SEQ_JUMP`` the distance jumped.
+    ``detail`` is a short human-readable note.
+    """
+
+    ts: float
+    flow: FlowId
+    direction: Direction
+    kind: TcpAnomaly
+    size: int = 0
+    detail: str = ""
+
+    def __post_init__(self) -> None:
+        if self.size < 0:
+            raise ValueError(f"TcpAnomalyEvent.size must be >= 0, got {self.size}")
+
+
+_Piece = tuple[int, bytes]  # (seq of first byte, data)
+
+
+class TcpReassembler:
+    """Reassembles both directions of one TCP connection into one ``StreamParser``.
+
+    ``max_buffered`` bounds the out-of-order bytes held for the connection
+    (both directions together), ``max_segments`` the number of pieces.
+    ``max_seq_jump`` is the largest believable sequence distance; beyond it the
+    stream is treated as desynchronised and restarted (``SEQ_JUMP``).
+
+    Counters (plain ints, for sensor health): ``segments`` fed,
+    ``bytes_delivered`` to the parser, ``retransmissions`` (segments wholly or
+    partly already seen), ``out_of_order`` (segments buffered ahead of a
+    hole), ``gaps`` and ``gap_bytes`` (gap calls made, bytes they reported).
+    """
+
+    __slots__ = (
+        "_buf",
+        "_buffered",
+        "_end",
+        "_ended",
+        "_fin",
+        "_hot",
+        "_isn",
+        "_max_buffered",
+        "_max_jump",
+        "_max_segments",
+        "_next",
+        "_parser",
+        "_started",
+        "bytes_delivered",
+        "flow",
+        "gap_bytes",
+        "gaps",
+        "out_of_order",
+        "retransmissions",
+        "segments",
+    )
+
+    def __init__(
+        self,
+        flow: FlowId,
+        parser: StreamParser,
+        *,
+        max_buffered: int = 256 * 1024,
+        max_segments: int = 1024,
+        max_seq_jump: int = 1 << 30,
+    ) -> None:
+        if max_buffered < 0 or max_segments < 0:
+            raise ValueError("max_buffered and max_segments must be >= 0")
+        if not 0 < max_seq_jump < _HALF:
+            raise ValueError("max_seq_jump must be in (0, 2**31)")
+        self.flow = flow
+        self._parser = parser
+        self._max_buffered = max_buffered
+        self._max_segments = max_segments
+        self._max_jump = max_seq_jump
+        # Counters.
+        self.segments = 0
+        self.bytes_delivered = 0
+        self.retransmissions = 0
+        self.out_of_order = 0
+        self.gaps = 0
+        self.gap_bytes = 0
+        # Per-direction state, indexed by Direction.
+        # _hot[d] is the expected seq while d is on the fast path (started, not
+        # ended, nothing buffered, no FIN pending) and -1 otherwise; while it
+        # is >= 0 it is authoritative and _next[d] is stale.
+        self._hot = [-1, -1]
+        self._next = [0, 0]
+        self._started = [False, False]
+        self._ended = [False, False]
+        self._isn: list[int | None] = [None, None]
+        self._fin: list[int | None] = [None, None]  # seq of the FIN, once known
+        self._end = [0, 0]  # seq where an ended direction stopped
+        self._buf: list[list[_Piece]] = [[], []]  # sorted, disjoint, all ahead of _next
+        self._buffered = 0
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Out-of-order bytes held for this connection (both directions)."""
+        return self._buffered
+
+    @property
+    def closed(self) -> bool:
+        """Both directions ended (FIN, RST or close() processed)."""
+        return self._ended[0] and self._ended[1]
+
+    def segment(
+        self, direction: Direction, seq: int, flags: int, payload: bytes, ts: float
+    ) -> Sequence[Any]:
+        """Feed one TCP segment; returns the parser's events and TcpAnomalyEvents, in order."""
+        self.segments += 1
+        if payload:
+            if seq == self._hot[direction] and not flags & _CTRL:
+                n = len(payload)
+                self._hot[direction] = (seq + n) & _MASK
+                self.bytes_delivered += n
+                return self._parser.receive(direction, payload, ts)
+        elif not flags & _CTRL:
+            return _NO_EVENTS  # pure ACK
+        return self._slow(direction, seq, flags, payload, ts)
+
+    def close(self, ts: float) -> Sequence[Any]:
+        """Flow expired / evicted: flush what can be flushed (remaining holes as gaps), eof both."""
+        if self.closed:
+            return _NO_EVENTS
+        out: list[Any] = []
+        self._sync()
+        for d in _DIRS:
+            if not self._ended[d]:
+                self._flush(d, ts, out)
+        self._refresh()
+        return out
+
+    # -- slow path ---------------------------------------------------------
+
+    def _slow(
+        self, d: Direction, seq: int, flags: int, payload: bytes, ts: float
+    ) -> list[Any]:
+        out: list[Any] = []
+        self._sync()
+        if flags & TCP_RST:
+            for x in (d, d.reverse):
+                if not self._ended[x]:
+                    self._flush(x, ts, out)
+        else:
+            if flags & TCP_SYN:
+                self._on_syn(d, seq, payload, ts, out)
+                seq = (seq + 1) & _MASK  # SYN takes one sequence number
+            if payload or flags & TCP_FIN:
+                if self._ended[d]:
+                    self._after_end(d, seq, flags, payload, ts, out)
+                else:
+                    if not self._started[d]:
+                        self._pickup(d, seq, ts, out)
+                    self._on_data(d, seq, flags, payload, ts, out)
+                    self._settle(d, ts, out)
+        self._refresh()
+        return out
+
+    def _sync(self) -> None:
+        hot = self._hot
+        for d in _DIRS:
+            if hot[d] >= 0:
+                self._next[d] = hot[d]
+
+    def _refresh(self) -> None:
+        for d in _DIRS:
+            fast = (
+                self._started[d]
+                and not self._ended[d]
+                and not self._buf[d]
+                and self._fin[d] is None
+            )
+            self._hot[d] = self._next[d] if fast else -1
+
+    def _anomaly(
+        self,
+        out: list[Any],
+        ts: float,
+        d: Direction,
+        kind: TcpAnomaly,
+        size: int = 0,
+        detail: str = "",
+    ) -> None:
+        out.append(TcpAnomalyEvent(ts, self.flow, d, kind, size, detail))
+
+    def _start(self, d: Direction, next_seq: int, isn: int | None) -> None:
+        self._started[d] = True
+        self._next[d] = next_seq & _MASK
+        self._isn[d] = isn
+
+    def _on_syn(
+        self, d: Direction, seq: int, payload: bytes, ts: float, out: list[Any]
+    ) -> None:
+        if not self._started[d]:
+            self._start(d, seq + 1, seq)
+            return
+        if self._isn[d] == seq:
+            if not payload:
+                self.retransmissions += 1  # repeated SYN / SYN-ACK
+            return
+        # New ISN on a known direction: the 4-tuple was reused. End the old
+        # connection first, then mark where the new one starts.
+        old = self._isn[d]
+        was = "closed" if self.closed else "open"
+        for x in (d, d.reverse):
+            if not self._ended[x]:
+                self._flush(x, ts, out)
+        self._anomaly(out, ts, d, TcpAnomaly.CONNECTION_REUSED,
+                      detail=f"{was} connection, isn {old} -> {seq}")
+        for x in _DIRS:
+            self._started[x] = self._ended[x] = False
+            self._isn[x] = self._fin[x] = None
+            self._next[x] = self._end[x] = 0
+            self._buf[x] = []
+        self._buffered = 0
+        self._start(d, seq + 1, seq)
+
+    def _pickup(self, d: Direction, seq: int, ts: float, out: list[Any]) -> None:
+        # No SYN seen: start here. No gap call: the parser has no state yet and
+        # resyncs on its own if this is not a PDU boundary.
+        self._start(d, seq, None)
+        self._anomaly(out, ts, d, TcpAnomaly.MIDSTREAM_PICKUP, detail=f"seq {seq}")
+
+    def _after_end(
+        self, d: Direction, seq: int, flags: int, payload: bytes, ts: float, out: list[Any]
+    ) -> None:
+        if payload:
+            beyond = len(payload)  # ended before it ever started: all of it is late
+            if self._started[d]:
+                beyond = seq_delta((seq + len(payload)) & _MASK, self._end[d])
+            if beyond > 0:
+                size = min(beyond, len(payload))
+                self._anomaly(out, ts, d, TcpAnomaly.DATA_AFTER_FIN, size,
+                              "data after the direction ended")
+                return
+        self.retransmissions += 1
+
+    def _on_data(
+        self, d: Direction, seq: int, flags: int, payload: bytes, ts: float, out: list[Any]
+    ) -> None:
+        nxt = self._next[d]
+        start = seq_delta(seq, nxt)
+        if not -self._max_jump <= start <= self._max_jump:
+            if self._fin[d] is not None:
+                # Ending already; a wild segment is noise beyond the FIN.
+                self._anomaly(out, ts, d, TcpAnomaly.DATA_AFTER_FIN, len(payload),
+                              f"seq jump {start:+d} after FIN")
+                return
+            self._jump(d, seq, start, ts, out)
+            nxt, start = seq, 0
+        if flags & TCP_FIN:
+            self._set_fin(d, (seq + len(payload)) & _MASK, not payload, ts, out)
+        data = payload
+        if data and start < 0:
+            self.retransmissions += 1
+            if start + len(data) <= 0:
+                data = b""
+            else:
+                data, start = data[-start:], 0  # trim what was already delivered
+        fin = self._fin[d]
+        if data and fin is not None:
+            room = seq_delta(fin, nxt) - start
+            if room < len(data):
+                keep = max(room, 0)
+                self._anomaly(out, ts, d, TcpAnomaly.DATA_AFTER_FIN, len(data) - keep,
+                              "data beyond the FIN")
+                data = data[:keep]
+        if data:
+            if start > 0:
+                self.out_of_order += 1
+            self._insert(d, (nxt + start) & _MASK, data, ts, out)
+        self._drain(d, ts, out)
+        if self._buffered > self._max_buffered or (
+            len(self._buf[0]) + len(self._buf[1]) > self._max_segments
+        ):
+            self._enforce_caps(d, ts, out)
+
+    def _jump(self, d: Direction, seq: int, delta: int, ts: float, out: list[Any]) -> None:
+        # Desynchronised (missed reuse, injection, corrupt capture): deliver
+        # what is buffered, declare an unknown gap and restart at ``seq``.
+        self._anomaly(out, ts, d, TcpAnomaly.SEQ_JUMP, abs(delta), f"seq moved {delta:+d}")
+        while self._buf[d]:
+            self._skip_hole(d, ts, out)
+        self._gap(d, 0, ts, out)
+        self._next[d] = seq
+
+    def _set_fin(
+        self, d: Direction, fin: int, bare: bool, ts: float, out: list[Any]
+    ) -> None:
+        known = self._fin[d]
+        if known is not None:
+            if known != fin:
+                self._anomaly(out, ts, d, TcpAnomaly.OVERLAP_MISMATCH,
+                              detail=f"second FIN at {fin}, first at {known}")
+            elif bare:
+                self.retransmissions += 1
+            return
+        nxt = self._next[d]
+        if seq_delta(fin, nxt) < 0:
+            self._anomaly(out, ts, d, TcpAnomaly.OVERLAP_MISMATCH,
+                          detail=f"FIN at {fin} inside delivered data")
+            return
+        self._fin[d] = fin
+        # Buffered data at or beyond the FIN can never be delivered.
+        buf = self._buf[d]
+        limit = seq_delta(fin, nxt)
+        dropped = 0
+        while buf:
+            bseq, bdata = buf[-1]
+            rel = seq_delta(bseq, nxt)
+            if rel + len(bdata) <= limit:
+                break
+            buf.pop()
+            if rel < limit:
+                buf.append((bseq, bdata[: limit - rel]))
+                dropped += rel + len(bdata) - limit
+                self._buffered -= rel + len(bdata) - limit
+                break
+            dropped += len(bdata)
+            self._buffered -= len(bdata)
+        if dropped:
+            self._anomaly(out, ts, d, TcpAnomaly.DATA_AFTER_FIN, dropped,
+                          "buffered data beyond the FIN")
+
+    def _insert(self, d: Direction, seq: int, data: bytes, ts: float, out: list[Any]) -> None:
+        """Buffer ``data`` at ``seq`` (at or ahead of next); first arrival wins overlaps."""
+        buf = self._buf[d]
+        nxt = self._next[d]
+
+        def rel(piece: _Piece) -> int:
+            return (piece[0] - nxt) & _MASK
+
+        s = (seq - nxt) & _MASK
+        e = s + len(data)
+        i = bisect_right(buf, s, key=rel)
+        if i and rel(buf[i - 1]) + len(buf[i - 1][1]) > s:
+            i -= 1
+        first = i
+        cur = s
+        keep: list[_Piece] = []
+        mismatch = False
+        while i < len(buf) and cur < e:
+            bs = rel(buf[i])
+            bdata = buf[i][1]
+            if bs >= e:
+                break
+            if bs > cur:
+                keep.append(((nxt + cur) & _MASK, data[cur - s : bs - s]))
+            lo, hi = max(cur, bs), min(e, bs + len(bdata))
+            if data[lo - s : hi - s] != bdata[lo - bs : hi - bs]:
+                mismatch = True
+            cur = hi
+            i += 1
+        if cur < e:
+            keep.append(((nxt + cur) & _MASK, data[cur - s :]))
+        if mismatch:
+            self._anomaly(out, ts, d, TcpAnomaly.OVERLAP_MISMATCH,
+                          detail=f"overlapping bytes differ near seq {seq}")
+        if not keep:
+            self.retransmissions += 1  # everything already buffered
+            return
+        # The new pieces interleave with buf[first:i]; rebuild that slice sorted.
+        merged = sorted(buf[first:i] + keep, key=rel)
+        buf[first:i] = merged
+        self._buffered += sum(len(p[1]) for p in keep)
+
+    def _drain(self, d: Direction, ts: float, out: list[Any]) -> None:
+        """Deliver contiguous buffered data; end the direction if its FIN is reached."""
+        buf = self._buf[d]
+        nxt = self._next[d]
+        while buf and buf[0][0] == nxt:
+            data = buf.pop(0)[1]
+            n = len(data)
+            self._buffered -= n
+            nxt = (nxt + n) & _MASK
+            self._next[d] = nxt
+            self.bytes_delivered += n
+            out.extend(self._parser.receive(d, data, ts))
+        if nxt == self._fin[d] and not self._ended[d]:
+            self._end_direction(d, ts, out)
+
+    def _enforce_caps(self, d: Direction, ts: float, out: list[Any]) -> None:
+        which = "max_buffered" if self._buffered > self._max_buffered else "max_segments"
+        self._anomaly(out, ts, d, TcpAnomaly.BUFFER_CAP, self._buffered, which)
+        while self._buffered > self._max_buffered or (
+            len(self._buf[0]) + len(self._buf[1]) > self._max_segments
+        ):
+            self._skip_hole(d if self._buf[d] else d.reverse, ts, out)
+
+    def _skip_hole(self, d: Direction, ts: float, out: list[Any]) -> None:
+        """Report the hole before the first buffered piece and deliver from there."""
+        first = self._buf[d][0][0]
+        hole = (first - self._next[d]) & _MASK
+        if hole:
+            self._gap(d, hole, ts, out)
+        self._next[d] = first
+        self._drain(d, ts, out)
+
+    def _gap(self, d: Direction, size: int, ts: float, out: list[Any]) -> None:
+        self.gaps += 1
+        self.gap_bytes += size
+        self._anomaly(out, ts, d, TcpAnomaly.GAP, size)
+        out.extend(self._parser.gap(d, size, ts))
+
+    def _flush(self, d: Direction, ts: float, out: list[Any]) -> None:
+        """End ``d`` now: buffered data delivered across gaps, hole before FIN reported, eof."""
+        while self._buf[d] and not self._ended[d]:
+            self._skip_hole(d, ts, out)
+        if self._ended[d]:
+            return
+        fin = self._fin[d]
+        if fin is not None:
+            hole = (fin - self._next[d]) & _MASK
+            if hole:
+                self._gap(d, hole, ts, out)
+            self._next[d] = fin
+        self._end_direction(d, ts, out)
+
+    def _end_direction(self, d: Direction, ts: float, out: list[Any]) -> None:
+        self._ended[d] = True
+        self._end[d] = self._next[d]
+        out.extend(self._parser.eof(d, ts))
+
+    def _settle(self, d: Direction, ts: float, out: list[Any]) -> None:
+        # A FIN stuck behind a hole is flushed once the other side is done too.
+        for x in (d, d.reverse):
+            if not self._ended[x] and self._fin[x] is not None and self._ended[x.reverse]:
+                self._flush(x, ts, out)
