@@ -1,0 +1,1 @@
+"""Capture sources: the I/O that feeds frames to the pipeline."""
