@@ -47,9 +47,10 @@ _BY_CLASS: dict[type, Callable[[Any], Fields]] = {
     TcpAnomalyEvent: _tcp_anomaly_fields,
     PipelineAnomalyEvent: _pipeline_anomaly_fields,
 }
-for _cls in modbus.EVENT_TYPES:
+for _cls in (modbus.ModbusRequest, modbus.ModbusResponse, modbus.ModbusAnomalyEvent):
     _BY_CLASS[_cls] = modbus.event_fields
-for _cls in dnp3.EVENT_TYPES:
+for _cls in (dnp3.DNP3Request, dnp3.DNP3Response, dnp3.DNP3Unsolicited, dnp3.DNP3LinkEvent,
+             dnp3.DNP3AnomalyEvent):
     _BY_CLASS[_cls] = dnp3.event_fields
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from parsers.capfile import CaptureFileError
-from sensor.capture.pcapfile import read_capture
+from sensor.capture.pcapfile import read_capture_batches
 from sensor.eventlog import JsonLinesWriter, event_to_dict
 from sensor.pipeline import Pipeline, PipelineConfig
 
@@ -144,12 +144,13 @@ def replay_files(
         bar = _Progress(progress, size, Path(path).name) if (
             progress is not None and size >= _PROGRESS_MIN_BYTES) else None
         try:
-            for n, record in enumerate(read_capture(path)):
-                events = packet(record.ts, record.linktype, record.data, record.frame)
-                if events:
-                    tally(events)
-                if bar is not None and not n & 0x3FF:
-                    bar.update(record.offset, pipeline.stats.packets)
+            for done, batch in read_capture_batches(path):
+                for ts, linktype, data, frame in batch:
+                    events = packet(ts, linktype, data, frame)
+                    if events:
+                        tally(events)
+                if bar is not None:
+                    bar.update(done, pipeline.stats.packets)
         except CaptureFileError as err:
             summary.errors.append(str(err))
         finally:

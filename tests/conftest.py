@@ -41,7 +41,7 @@ def corpus_captures() -> list[Path]:
     for path in sorted(CORPUS.rglob("*")):
         if not path.is_file() or path.name.endswith(".lfs-pointer"):
             continue
-        if not (path.suffix in {".pcap", ".pcapng", ".cap"}):
+        if path.suffix not in {".pcap", ".pcapng", ".cap"}:
             continue
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         if digest in seen:
