@@ -1,0 +1,47 @@
+"""DNP3 (IEEE 1815) over TCP and UDP: a sans-IO parser and its events."""
+
+from parsers.dnp3.events import (
+    FUNCTION_NAMES,
+    AnalogOutput,
+    ClassData,
+    ControlRelayOutput,
+    DeviceAttribute,
+    DNP3Anomaly,
+    DNP3AnomalyEvent,
+    DNP3Application,
+    DNP3Event,
+    DNP3LinkEvent,
+    DNP3Request,
+    DNP3Response,
+    DNP3Unsolicited,
+    FileObject,
+    IinWrite,
+    ObjectHeader,
+    TimeValue,
+    event_fields,
+    function_name,
+)
+from parsers.dnp3.parser import DNP3Parser
+
+__all__ = [
+    "FUNCTION_NAMES",
+    "AnalogOutput",
+    "ClassData",
+    "ControlRelayOutput",
+    "DNP3Anomaly",
+    "DNP3AnomalyEvent",
+    "DNP3Application",
+    "DNP3Event",
+    "DNP3LinkEvent",
+    "DNP3Parser",
+    "DNP3Request",
+    "DNP3Response",
+    "DNP3Unsolicited",
+    "DeviceAttribute",
+    "FileObject",
+    "IinWrite",
+    "ObjectHeader",
+    "TimeValue",
+    "event_fields",
+    "function_name",
+]

@@ -1,0 +1,464 @@
+"""DNP3 application layer (IEEE 1815 clause 4.2): header and object-header walk.
+
+Wire layout of a fragment::
+
+    AC (FIR 0x80 | FIN 0x40 | CON 0x20 | UNS 0x10 | SEQ 0x0F) | FC
+    [IIN1 | IIN2]                       responses only (FC 129, 130, 131)
+    object header*: GROUP | VAR | QUALIFIER | range | objects
+
+Qualifier: bit 7 reserved; object prefix code = bits 6-4 (0 none, 1/2/3 index of
+1/2/4 bytes, 4/5/6 object size of 1/2/4 bytes, 7 reserved); range code = bits 3-0
+(0/1/2 start-stop of 1/2/4 bytes, 3/4/5 virtual start-stop, 6 none, 7/8/9 count
+of 1/2/4 bytes, 0xB 1-byte count of size-prefixed free-format objects).
+
+The walker sizes objects from ``objects.OBJECT_SPECS`` and skips point data
+without looking at it; only the few groups that matter for detection are
+decoded into ``details``. On the first header it cannot size it stops, reports
+why and keeps the headers decoded so far.
+"""
+
+from __future__ import annotations
+
+from struct import Struct
+from typing import NamedTuple
+
+from parsers.dnp3.events import (
+    FUNCTION_NAMES,
+    AnalogOutput,
+    ClassData,
+    ControlRelayOutput,
+    Detail,
+    DeviceAttribute,
+    DNP3Anomaly,
+    FileObject,
+    IinWrite,
+    ObjectHeader,
+    TimeValue,
+)
+from parsers.dnp3.objects import (
+    ATTRIBUTE,
+    BIT1,
+    BIT2,
+    BY_VARIATION,
+    OBJECT_SPECS,
+    STATUS_LIST,
+    is_known,
+)
+
+Problem = tuple[DNP3Anomaly, str]
+
+RESPONSE_FCS = frozenset({129, 130, 131})
+# Requests whose object headers carry object data (the others name points only).
+DATA_REQUEST_FCS = frozenset({2, 3, 4, 5, 6, 25, 26, 27, 28, 29, 30, 31, 32, 33})
+FREEZE_AT_TIME_FCS = frozenset({11, 12})
+# Requests that are never answered by a RESPONSE.
+NO_RESPONSE_FCS = frozenset({0, 6, 8, 10, 12, 33})
+
+MAX_DETAILS = 64  # decoded details kept per object header
+
+_PREFIX_WIDTH = (0, 1, 2, 4, 1, 2, 4, 0)
+_RANGE_WIDTH = (1, 2, 4, 1, 2, 4, 0, 1, 2, 4, 0, 1, 0, 0, 0, 0)
+_INT = {1: Struct("<B"), 2: Struct("<H"), 4: Struct("<I")}
+_CROB = Struct("<BBIIB")
+_I32S = Struct("<iB")
+_I16S = Struct("<hB")
+_F32S = Struct("<fB")
+_F64S = Struct("<dB")
+_U32 = Struct("<I")
+_U16 = Struct("<H")
+
+_OP_TYPES = ("NUL", "PULSE_ON", "PULSE_OFF", "LATCH_ON", "LATCH_OFF")
+_TCC = ("NUL", "CLOSE", "TRIP", "RESERVED")
+_FILE_MODES = ("NULL", "READ", "WRITE", "APPEND")
+
+
+class AppFragment(NamedTuple):
+    control: int
+    fc: int
+    iin: int | None
+    objects: tuple[ObjectHeader, ...]
+
+
+def parse_fragment(
+    frag: bytes, max_objects: int, max_points: int, problems: list[Problem]
+) -> AppFragment | None:
+    """Decode one fragment. ``None`` (with a problem) if it has no usable header."""
+    n = len(frag)
+    if n < 2:
+        problems.append((DNP3Anomaly.TRUNCATED_FRAGMENT, f"{n} bytes, no application header"))
+        return None
+    control = frag[0]
+    fc = frag[1]
+    if fc not in FUNCTION_NAMES:
+        problems.append((DNP3Anomaly.UNKNOWN_FUNCTION_CODE, f"FC {fc}"))
+        return None
+    iin = None
+    pos = 2
+    if fc in RESPONSE_FCS:
+        if n < 4:
+            problems.append((DNP3Anomaly.TRUNCATED_FRAGMENT, "response without IIN"))
+            return None
+        iin = frag[2] << 8 | frag[3]
+        pos = 4
+    objects = walk_objects(frag, pos, fc, max_objects, max_points, problems)
+    return AppFragment(control, fc, iin, objects)
+
+
+def walk_objects(
+    frag: bytes, pos: int, fc: int, max_objects: int, max_points: int, problems: list[Problem]
+) -> tuple[ObjectHeader, ...]:
+    n = len(frag)
+    headers: list[ObjectHeader] = []
+    fc_data = fc in DATA_REQUEST_FCS or fc in RESPONSE_FCS
+    while pos < n:
+        if len(headers) >= max_objects:
+            problems.append((DNP3Anomaly.TOO_MANY_OBJECTS, f"over {max_objects} object headers"))
+            break
+        if n - pos < 3:
+            problems.append((DNP3Anomaly.TRUNCATED_FRAGMENT, f"object header at offset {pos}"))
+            break
+        group = frag[pos]
+        variation = frag[pos + 1]
+        qualifier = frag[pos + 2]
+        pos += 3
+        prefix_code = (qualifier >> 4) & 7
+        range_code = qualifier & 0x0F
+        gv = f"g{group}v{variation} q0x{qualifier:02X}"
+        if qualifier & 0x80 or prefix_code == 7 or range_code in (0xA, 0xC, 0xD, 0xE, 0xF):
+            headers.append(ObjectHeader(group, variation, qualifier, None, None, None, 0))
+            problems.append((DNP3Anomaly.RESERVED_QUALIFIER, gv))
+            break
+        # ---- range
+        start = stop = count = None
+        width = _RANGE_WIDTH[range_code]
+        if width:
+            need = 2 * width if range_code <= 5 else width
+            if n - pos < need:
+                problems.append((DNP3Anomaly.TRUNCATED_FRAGMENT, f"{gv} range"))
+                break
+            unpack = _INT[width].unpack_from
+            if range_code <= 5:
+                start = unpack(frag, pos)[0]
+                stop = unpack(frag, pos + width)[0]
+                count = stop - start + 1
+            else:
+                count = unpack(frag, pos)[0]
+            pos += need
+        prefix_width = _PREFIX_WIDTH[prefix_code]
+        header = ObjectHeader(group, variation, qualifier, start, stop, count, prefix_width)
+        if count is not None and count < 1 and start is not None:
+            headers.append(header)
+            problems.append((DNP3Anomaly.INVALID_RANGE, f"{gv} start {start} stop {stop}"))
+            break
+        if count is not None and count > max_points:
+            headers.append(header)
+            problems.append((DNP3Anomaly.TOO_MANY_POINTS, f"{gv} count {count}"))
+            break
+        # a size prefix always means object data follows (READ of g70v5, for one)
+        carries = (
+            fc_data
+            or prefix_code >= 4
+            or group == 120
+            or (group == 50 and fc in FREEZE_AT_TIME_FCS)
+        )
+        if not carries:
+            if not is_known(group, variation):
+                headers.append(header)
+                problems.append((DNP3Anomaly.UNKNOWN_OBJECT, gv))
+                break
+            if prefix_code:
+                if count is None:
+                    headers.append(header)
+                    problems.append((DNP3Anomaly.QUALIFIER_MISMATCH, f"{gv} in FC {fc}"))
+                    break
+                pos += count * prefix_width  # a list of point indexes
+                if pos > n:
+                    headers.append(header)
+                    problems.append((DNP3Anomaly.TRUNCATED_FRAGMENT, f"{gv} indexes"))
+                    break
+            if group == 60 and 1 <= variation <= 4:
+                header = _with_details(header, (ClassData(variation - 1),))
+            headers.append(header)
+            continue
+        spec = OBJECT_SPECS.get(group << 8 | variation)
+        if spec is None:
+            headers.append(header)
+            problems.append((DNP3Anomaly.UNKNOWN_OBJECT, gv))
+            break
+        size = spec.size
+        objects = count or 0
+        if prefix_code >= 4 or size in (ATTRIBUTE, STATUS_LIST):
+            end = _walk_sized(frag, pos, objects, prefix_width, prefix_code >= 4, size)
+            if end is None:
+                headers.append(header)
+                problems.append((DNP3Anomaly.TRUNCATED_FRAGMENT, f"{gv} objects"))
+                break
+        elif size >= 0:
+            end = pos + objects * (prefix_width + size)
+        elif size in (BIT1, BIT2):
+            bits = 1 if size == BIT1 else 2
+            if prefix_width:
+                end = pos + objects * (prefix_width + 1)
+            else:
+                end = pos + (objects * bits + 7) // 8
+        elif size == BY_VARIATION:
+            end = pos + objects * (prefix_width + variation)
+        else:  # FREE without a size prefix
+            headers.append(header)
+            problems.append((DNP3Anomaly.QUALIFIER_MISMATCH, f"{gv} needs a size prefix"))
+            break
+        if end > n:
+            headers.append(header)
+            problems.append((DNP3Anomaly.TRUNCATED_FRAGMENT, f"{gv} needs {end - pos} bytes"))
+            break
+        if group in _DECODERS or group == 0:
+            details = _decode(frag, pos, header, fc)
+            if details:
+                header = _with_details(header, details)
+        elif group == 60 and 1 <= variation <= 4:
+            header = _with_details(header, (ClassData(variation - 1),))
+        headers.append(header)
+        pos = end
+    return tuple(headers)
+
+
+def _with_details(header: ObjectHeader, details: tuple[Detail, ...]) -> ObjectHeader:
+    return ObjectHeader(
+        header.group,
+        header.variation,
+        header.qualifier,
+        header.start,
+        header.stop,
+        header.count,
+        header.prefix_size,
+        details,
+    )
+
+
+def _walk_sized(
+    frag: bytes, pos: int, objects: int, prefix_width: int, size_prefix: bool, size: int
+) -> int | None:
+    """End offset of ``objects`` objects whose size is read from the wire, or None."""
+    n = len(frag)
+    unpack = _INT[prefix_width].unpack_from if prefix_width else None
+    for _ in range(objects):
+        if pos + prefix_width > n:
+            return None
+        if size_prefix and unpack is not None:
+            pos += prefix_width + unpack(frag, pos)[0]
+            continue
+        pos += prefix_width
+        if size == ATTRIBUTE:  # data type, length, value
+            if pos + 2 > n:
+                return None
+            pos += 2 + frag[pos + 1]
+        elif size == STATUS_LIST:  # delay(4), count(1), count * (code, length, text)
+            if pos + 5 > n:
+                return None
+            entries = frag[pos + 4]
+            pos += 5
+            for _ in range(entries):
+                if pos + 2 > n:
+                    return None
+                pos += 2 + frag[pos + 1]
+        else:
+            pos += size
+    return pos if pos <= n else None
+
+
+# ---------------------------------------------------------------- details
+
+
+def _objects(
+    frag: bytes, pos: int, header: ObjectHeader, size: int
+) -> list[tuple[int | None, int]]:
+    """(point index, data offset) of fixed-size objects, at most MAX_DETAILS."""
+    width = header.prefix_size
+    count = min(header.count or 0, MAX_DETAILS)
+    out: list[tuple[int | None, int]] = []
+    if width and header.qualifier & 0x70 <= 0x30:
+        unpack = _INT[width].unpack_from
+        for i in range(count):
+            at = pos + i * (width + size)
+            out.append((unpack(frag, at)[0], at + width))
+    else:
+        first = header.start
+        for i in range(count):
+            out.append((None if first is None else first + i, pos + i * size))
+    return out
+
+
+def _decode_crob(frag: bytes, pos: int, header: ObjectHeader, fc: int) -> tuple[Detail, ...]:
+    out: list[Detail] = []
+    if header.prefix_size and header.qualifier & 0x70 > 0x30:
+        return ()
+    for index, at in _objects(frag, pos, header, 11):
+        code, count, on, off, status = _CROB.unpack_from(frag, at)
+        op = code & 0x0F
+        out.append(
+            ControlRelayOutput(
+                index,
+                code,
+                _OP_TYPES[op] if op < len(_OP_TYPES) else f"UNDEFINED_{op}",
+                _TCC[code >> 6],
+                bool(code & 0x20),
+                bool(code & 0x10),
+                count,
+                on,
+                off,
+                status,
+            )
+        )
+    return tuple(out)
+
+
+_ANALOG = {1: (_I32S, 5), 2: (_I16S, 3), 3: (_F32S, 5), 4: (_F64S, 9)}
+
+
+def _decode_analog_output(
+    frag: bytes, pos: int, header: ObjectHeader, fc: int
+) -> tuple[Detail, ...]:
+    layout = _ANALOG.get(header.variation)
+    if layout is None or (header.prefix_size and header.qualifier & 0x70 > 0x30):
+        return ()
+    struct, size = layout
+    out: list[Detail] = []
+    for index, at in _objects(frag, pos, header, size):
+        value, status = struct.unpack_from(frag, at)
+        out.append(AnalogOutput(index, float(value), status))
+    return tuple(out)
+
+
+def _decode_time(frag: bytes, pos: int, header: ObjectHeader, fc: int) -> tuple[Detail, ...]:
+    v = header.variation
+    size = (0, 6, 10, 6, 11)[v] if v <= 4 else 0
+    if not size or (header.prefix_size and header.qualifier & 0x70 > 0x30):
+        return ()
+    out: list[Detail] = []
+    for _index, at in _objects(frag, pos, header, size):
+        ms = int.from_bytes(frag[at : at + 6], "little")
+        if v == 2:
+            out.append(TimeValue(ms, _U32.unpack_from(frag, at + 6)[0]))
+        elif v == 4:
+            out.append(TimeValue(ms, _U32.unpack_from(frag, at + 6)[0], frag[at + 10]))
+        else:
+            out.append(TimeValue(ms))
+    return tuple(out)
+
+
+def _decode_iin(frag: bytes, pos: int, header: ObjectHeader, fc: int) -> tuple[Detail, ...]:
+    if header.start is None or header.prefix_size:
+        return ()
+    out: list[Detail] = []
+    for i in range(min(header.count or 0, MAX_DETAILS)):
+        out.append(IinWrite(header.start + i, bool(frag[pos + (i >> 3)] >> (i & 7) & 1)))
+    return tuple(out)
+
+
+def _sized_objects(frag: bytes, pos: int, header: ObjectHeader) -> list[bytes]:
+    """The bodies of size-prefixed objects (the walker already checked the bounds)."""
+    width = header.prefix_size
+    if not width or header.qualifier & 0x70 <= 0x30:
+        return []
+    unpack = _INT[width].unpack_from
+    out = []
+    for _ in range(min(header.count or 0, MAX_DETAILS)):
+        size = unpack(frag, pos)[0]
+        pos += width
+        out.append(frag[pos : pos + size])
+        pos += size
+    return out
+
+
+def _text(data: bytes) -> str:
+    return data[:255].decode("utf-8", "replace")
+
+
+def _file_object(variation: int, body: bytes, fc: int) -> FileObject | None:
+    n = len(body)
+    if variation == 2 and n >= 12:  # authentication: the user name only, never the password
+        offset, size = _U16.unpack_from(body, 0)[0], _U16.unpack_from(body, 2)[0]
+        return FileObject(2, "AUTHENTICATE", _text(body[offset : offset + size]))
+    if variation == 3 and n >= 26:  # file command
+        offset, size = _U16.unpack_from(body, 0)[0], _U16.unpack_from(body, 2)[0]
+        mode = _U16.unpack_from(body, 20)[0]
+        mode_name = _FILE_MODES[mode] if mode < 4 else f"MODE_{mode}"
+        if fc == 27:
+            operation = "DELETE"
+        elif fc == 25:
+            operation = "OPEN_" + mode_name
+        else:
+            operation = "COMMAND_" + mode_name
+        name = _text(body[offset : offset + size])
+        return FileObject(3, operation, name, size=_U32.unpack_from(body, 16)[0])
+    if variation == 4 and n >= 13:  # file command status
+        operation = {26: "CLOSE", 30: "ABORT"}.get(fc, "COMMAND_STATUS")
+        handle, size = _U32.unpack_from(body, 0)[0], _U32.unpack_from(body, 4)[0]
+        return FileObject(4, operation, None, handle, size, status=body[12])
+    if variation == 5 and n >= 8:  # file transport: handle, block (bit 31 = last), data
+        handle, block = _U32.unpack_from(body, 0)[0], _U32.unpack_from(body, 4)[0]
+        return FileObject(5, "TRANSPORT", None, handle, n - 8, block)
+    if variation == 6 and n >= 9:  # file transport status
+        handle, block = _U32.unpack_from(body, 0)[0], _U32.unpack_from(body, 4)[0]
+        return FileObject(6, "TRANSPORT_STATUS", None, handle, None, block, body[8])
+    if variation == 7 and n >= 20:  # file descriptor
+        offset, size = _U16.unpack_from(body, 0)[0], _U16.unpack_from(body, 2)[0]
+        name = _text(body[offset : offset + size])
+        return FileObject(7, "DESCRIPTOR", name, size=_U32.unpack_from(body, 6)[0])
+    if variation == 8:  # file specification string
+        return FileObject(8, "SPECIFICATION", _text(body))
+    if variation == 1:
+        return FileObject(1, "IDENTIFIER")
+    return None
+
+
+def _decode_file(frag: bytes, pos: int, header: ObjectHeader, fc: int) -> tuple[Detail, ...]:
+    out: list[Detail] = []
+    for body in _sized_objects(frag, pos, header):
+        item = _file_object(header.variation, body, fc)
+        if item is not None:
+            out.append(item)
+    return tuple(out)
+
+
+def _attribute_value(data_type: int, value: bytes) -> str | int | float | None:
+    if data_type == 1:  # VSTR
+        return _text(value)
+    if data_type == 2 and len(value) <= 8:  # UINT
+        return int.from_bytes(value, "little")
+    if data_type == 3 and len(value) <= 8:  # INT
+        return int.from_bytes(value, "little", signed=True)
+    if data_type == 4 and len(value) == 4:  # FLT
+        return float(Struct("<f").unpack(value)[0])
+    if data_type == 4 and len(value) == 8:
+        return float(Struct("<d").unpack(value)[0])
+    return value.hex() if value else None
+
+
+def _decode_attributes(frag: bytes, pos: int, header: ObjectHeader, fc: int) -> tuple[Detail, ...]:
+    if header.prefix_size:
+        return ()
+    out: list[Detail] = []
+    for _ in range(min(header.count or 0, MAX_DETAILS)):
+        data_type, length = frag[pos], frag[pos + 1]
+        value = frag[pos + 2 : pos + 2 + length]
+        out.append(DeviceAttribute(header.variation, data_type, _attribute_value(data_type, value)))
+        pos += 2 + length
+    return tuple(out)
+
+
+_DECODERS = {
+    0: _decode_attributes,
+    12: _decode_crob,
+    41: _decode_analog_output,
+    50: _decode_time,
+    70: _decode_file,
+    80: _decode_iin,
+}
+
+
+def _decode(frag: bytes, pos: int, header: ObjectHeader, fc: int) -> tuple[Detail, ...]:
+    decoder = _DECODERS.get(header.group)
+    if decoder is None or (header.group == 12 and header.variation == 3):
+        return ()
+    return decoder(frag, pos, header, fc)

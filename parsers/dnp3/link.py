@@ -1,0 +1,155 @@
+"""DNP3 data-link framing (IEEE 1815 clause 9): find frames in a byte stream.
+
+Wire layout of one frame::
+
+    05 64 | LEN | CTRL | DST (le16) | SRC (le16) | CRC (le16)      header, 10 bytes
+    up to 16 user-data bytes | CRC (le16)                          block, repeated
+
+``LEN`` counts CTRL + DST + SRC + user data, so user data is ``LEN - 5`` bytes
+(``LEN`` >= 5) and a whole frame is at most 292 bytes. CTRL is DIR (0x80),
+PRM (0x40), FCB (0x20), FCV/DFC (0x10) and the link function (0x0F).
+
+``LinkReader`` keeps at most one partial frame per direction. Bytes that are
+not a frame are skipped up to the next ``05 64``; the first skip after a good
+frame is reported, later ones are not until the reader is back in sync, so a
+stream of garbage yields one anomaly, not thousands.
+"""
+
+from __future__ import annotations
+
+from struct import Struct
+from typing import NamedTuple
+
+from parsers.dnp3.crc import dnp3_crc
+from parsers.dnp3.events import DNP3Anomaly
+
+HEADER_SIZE = 10
+MAX_FRAME_SIZE = 292
+_SYNC = b"\x05\x64"
+_HEADER = Struct("<2xBBHHH")
+_U16 = Struct("<H")
+
+
+class LinkFrame(NamedTuple):
+    control: int
+    dst: int
+    src: int
+    user_data: bytes  # the user data with the block CRCs removed
+
+
+class LinkError(NamedTuple):
+    kind: DNP3Anomaly
+    detail: str
+    src: int | None = None
+    dst: int | None = None
+
+
+def frame_size(length: int) -> int:
+    """Bytes on the wire of a frame whose LEN field is ``length`` (>= 5)."""
+    user = length - 5
+    return HEADER_SIZE + user + 2 * ((user + 15) >> 4)
+
+
+class LinkReader:
+    """Frames of one direction. ``feed`` returns frames and link errors, in order."""
+
+    __slots__ = ("_buf", "_desync", "_max_buffer")
+
+    def __init__(self, max_buffer: int) -> None:
+        self._buf = b""
+        self._desync = False
+        self._max_buffer = max_buffer
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[LinkFrame | LinkError]:
+        buf = self._buf + data if self._buf else bytes(data)
+        out: list[LinkFrame | LinkError] = []
+        n = len(buf)
+        pos = 0
+        while pos < n:
+            if buf[pos] != 0x05 or n - pos < 2 or buf[pos + 1] != 0x64:
+                found = buf.find(_SYNC, pos)
+                if found < 0:
+                    # keep a trailing 0x05: it may be the first half of a sync
+                    end = n - 1 if buf[n - 1] == 0x05 else n
+                    if end > pos:
+                        self._skip(end - pos, out)
+                    pos = end
+                    break
+                self._skip(found - pos, out)
+                pos = found
+            if n - pos < HEADER_SIZE:
+                break
+            length, control, dst, src, crc = _HEADER.unpack_from(buf, pos)
+            if dnp3_crc(buf, pos, pos + 8) != crc:
+                out.append(LinkError(DNP3Anomaly.BAD_HEADER_CRC, f"LEN {length}"))
+                self._desync = True
+                pos += 2
+                continue
+            if length < 5:
+                out.append(LinkError(DNP3Anomaly.LENGTH_TOO_SMALL, f"LEN {length}", src, dst))
+                self._desync = True
+                pos += HEADER_SIZE
+                continue
+            size = frame_size(length)
+            if n - pos < size:
+                break
+            user = self._user_data(buf, pos + HEADER_SIZE, pos + size)
+            pos += size
+            self._desync = False
+            if user is None:
+                out.append(LinkError(DNP3Anomaly.BAD_BLOCK_CRC, f"LEN {length}", src, dst))
+            else:
+                out.append(LinkFrame(control, dst, src, user))
+        rest = buf[pos:] if pos < n else b""
+        if len(rest) > self._max_buffer:
+            out.append(LinkError(DNP3Anomaly.TRUNCATED_FRAME, f"{len(rest)} bytes over buffer cap"))
+            self._desync = True
+            rest = b""
+        self._buf = rest
+        return out
+
+    def flush(self) -> LinkError | None:
+        """Drop what is buffered (end of datagram or stream) and say what it was."""
+        rest, self._buf = self._buf, b""
+        if not rest:
+            return None
+        if rest[:2] == _SYNC or rest == b"\x05":
+            return LinkError(DNP3Anomaly.TRUNCATED_FRAME, f"{len(rest)} bytes of a frame")
+        if self._desync:
+            return None
+        self._desync = True
+        return LinkError(DNP3Anomaly.NON_DNP3_DATA, f"{len(rest)} bytes")
+
+    def reset(self) -> int:
+        """Forget the partial frame after a gap; the next skip is expected, not reported."""
+        dropped = len(self._buf)
+        self._buf = b""
+        self._desync = True
+        return dropped
+
+    def _skip(self, count: int, out: list[LinkFrame | LinkError]) -> None:
+        if count and not self._desync:
+            out.append(LinkError(DNP3Anomaly.NON_DNP3_DATA, f"{count} bytes skipped"))
+            self._desync = True
+
+    @staticmethod
+    def _user_data(buf: bytes, start: int, end: int) -> bytes | None:
+        """The user data of blocks ``buf[start:end]``, or ``None`` if a block CRC fails."""
+        if start == end:
+            return b""
+        if end - start <= 18:
+            if dnp3_crc(buf, start, end - 2) != _U16.unpack_from(buf, end - 2)[0]:
+                return None
+            return buf[start : end - 2]
+        parts = []
+        while start < end:
+            stop = min(start + 16, end - 2)
+            if dnp3_crc(buf, start, stop) != _U16.unpack_from(buf, stop)[0]:
+                return None
+            parts.append(buf[start:stop])
+            start = stop + 2
+        return b"".join(parts)

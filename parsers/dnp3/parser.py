@@ -1,0 +1,338 @@
+"""``DNP3Parser``: link framing, transport reassembly, application decode, pairing.
+
+One parser per TCP connection or UDP conversation, driven through the
+``parsers.stream.StreamParser`` contract. Over UDP every ``receive`` is one
+datagram, and a frame cut at the end of a datagram is reported, not carried
+over.
+
+Direction: TO_SERVER travels towards the outstation's port, so its frames
+should have the link DIR bit set (from the master). A frame that disagrees is
+still parsed; ``UNEXPECTED_DIRECTION`` is reported when a direction starts to
+disagree, not for every frame. Requests and responses are told apart by their
+function code, never by the transport direction.
+
+Pairing: a request waits in ``_outstanding`` keyed by (master link address,
+outstation link address, application sequence) until the first fragment of
+its response; a response or unsolicited response with CON set waits in
+``_confirms`` for the master's CONFIRM. Both tables are capped by
+``max_outstanding``; evicting from them reports ``FLOODED`` once per episode.
+"""
+
+from __future__ import annotations
+
+from parsers.dnp3.app import NO_RESPONSE_FCS, parse_fragment
+from parsers.dnp3.events import (
+    DNP3Anomaly,
+    DNP3AnomalyEvent,
+    DNP3Application,
+    DNP3Event,
+    DNP3LinkEvent,
+    DNP3Request,
+    DNP3Response,
+    DNP3Unsolicited,
+    is_known_link_function,
+    link_function_name,
+)
+from parsers.dnp3.link import LinkError, LinkFrame, LinkReader
+from parsers.dnp3.transport import Problem, TransportReassembler, reassembly_key
+from parsers.stream import Direction, FlowId, Transport
+
+_USER_DATA_FUNCTIONS = (3, 4)  # confirmed / unconfirmed user data
+
+
+class DNP3Parser:
+    __slots__ = (
+        "_confirms",
+        "_continuing",
+        "_flooded",
+        "_links",
+        "_max_objects",
+        "_max_outstanding",
+        "_max_points",
+        "_mismatch",
+        "_outstanding",
+        "_transport",
+        "_udp",
+        "flow",
+    )
+
+    def __init__(
+        self,
+        flow: FlowId,
+        *,
+        max_fragment: int = 2048 * 4,
+        max_pending: int = 16,
+        max_objects: int = 2048,
+        max_points: int = 65536,
+        max_buffer: int = 8192,
+        max_outstanding: int = 256,
+    ) -> None:
+        self.flow = flow
+        self._udp = flow.transport is Transport.UDP
+        self._links = (LinkReader(max_buffer), LinkReader(max_buffer))
+        self._transport = TransportReassembler(max_fragment, max_pending)
+        self._max_objects = max_objects
+        self._max_points = max_points
+        self._max_outstanding = max(1, max_outstanding)
+        # (master, outstation, seq) -> (ts, request fc)
+        self._outstanding: dict[tuple[int, int, int], tuple[float, int]] = {}
+        # (master, outstation, seq, uns) -> (ts, response fc)
+        self._confirms: dict[tuple[int, int, int, bool], tuple[float, int]] = {}
+        # (master, outstation) -> request fc of a multi-fragment response in progress
+        self._continuing: dict[tuple[int, int], int | None] = {}
+        self._mismatch = [False, False]
+        self._flooded = False
+
+    # ------------------------------------------------------------ contract
+
+    def receive(self, direction: Direction, data: bytes, ts: float) -> list[DNP3Event]:
+        out: list[DNP3Event] = []
+        link = self._links[direction]
+        for item in link.feed(data):
+            if type(item) is LinkFrame:
+                self._frame(direction, item, ts, out)
+            else:
+                self._link_error(direction, item, ts, out)  # type: ignore[arg-type]
+        if self._udp:
+            error = link.flush()
+            if error is not None:
+                self._link_error(direction, error, ts, out)
+        return out
+
+    def gap(self, direction: Direction, size: int, ts: float) -> list[DNP3Event]:
+        buffered = self._links[direction].reset()
+        dropped = self._transport.drop_direction(direction)
+        detail = f"{size} bytes lost"
+        if buffered:
+            detail += f"; {buffered} bytes of a partial frame dropped"
+        if dropped:
+            detail += f"; {len(dropped)} partial fragments dropped"
+        return [DNP3AnomalyEvent(ts, self.flow, direction, DNP3Anomaly.GAP, detail=detail)]
+
+    def eof(self, direction: Direction, ts: float) -> list[DNP3Event]:
+        out: list[DNP3Event] = []
+        error = self._links[direction].flush()
+        if error is not None:
+            self._link_error(direction, error, ts, out)
+        for key, size in self._transport.drop_direction(direction):
+            out.append(
+                DNP3AnomalyEvent(
+                    ts,
+                    self.flow,
+                    direction,
+                    DNP3Anomaly.UNFINISHED_FRAGMENT,
+                    (key >> 16) & 0xFFFF,
+                    key & 0xFFFF,
+                    detail=f"{size} bytes",
+                )
+            )
+        return out
+
+    # ------------------------------------------------------------ internals
+
+    def _link_error(
+        self, direction: Direction, error: LinkError, ts: float, out: list[DNP3Event]
+    ) -> None:
+        out.append(
+            DNP3AnomalyEvent(
+                ts, self.flow, direction, error.kind, error.src, error.dst, detail=error.detail
+            )
+        )
+
+    def _frame(
+        self, direction: Direction, frame: LinkFrame, ts: float, out: list[DNP3Event]
+    ) -> None:
+        control = frame.control
+        from_master = bool(control & 0x80)
+        mismatch = from_master != (direction is Direction.TO_SERVER)
+        if mismatch != self._mismatch[direction]:
+            self._mismatch[direction] = mismatch
+            if mismatch:
+                out.append(
+                    DNP3AnomalyEvent(
+                        ts,
+                        self.flow,
+                        direction,
+                        DNP3Anomaly.UNEXPECTED_DIRECTION,
+                        frame.src,
+                        frame.dst,
+                        detail=f"DIR={int(from_master)}",
+                    )
+                )
+        prm = bool(control & 0x40)
+        function = control & 0x0F
+        user_data = frame.user_data
+        if not (prm and user_data and function in _USER_DATA_FUNCTIONS):
+            if not is_known_link_function(prm, function):
+                out.append(
+                    DNP3AnomalyEvent(
+                        ts,
+                        self.flow,
+                        direction,
+                        DNP3Anomaly.UNKNOWN_LINK_FUNCTION,
+                        frame.src,
+                        frame.dst,
+                        detail=f"{'primary' if prm else 'secondary'} function {function}, "
+                        f"{len(user_data)} bytes of user data",
+                    )
+                )
+            out.append(
+                DNP3LinkEvent(
+                    ts,
+                    self.flow,
+                    direction,
+                    frame.src,
+                    frame.dst,
+                    control,
+                    function,
+                    link_function_name(prm, function),
+                    prm,
+                    from_master,
+                )
+            )
+            return
+        problems: list[Problem] = []
+        key = reassembly_key(frame.src, frame.dst, direction)
+        fragment = self._transport.segment(key, user_data, problems)
+        for kind, detail in problems:
+            out.append(
+                DNP3AnomalyEvent(
+                    ts, self.flow, direction, kind, frame.src, frame.dst, detail=detail
+                )
+            )
+        if fragment is not None:
+            self._fragment(direction, frame.src, frame.dst, fragment, ts, out)
+
+    def _fragment(
+        self,
+        direction: Direction,
+        src: int,
+        dst: int,
+        fragment: bytes,
+        ts: float,
+        out: list[DNP3Event],
+    ) -> None:
+        problems: list[Problem] = []
+        app = parse_fragment(fragment, self._max_objects, self._max_points, problems)
+        fc = fragment[1] if len(fragment) > 1 else None
+        if app is not None:
+            fc = app.fc
+            seq = app.control & 0x0F
+            latency: float | None = None
+            paired: int | None = None
+            cls: type[DNP3Application]
+            if fc >= 129:
+                latency, paired = self._pair_response(
+                    dst, src, seq, app.control, fc, ts, out, direction
+                )
+                cls = DNP3Unsolicited if fc == 130 else DNP3Response
+            else:
+                latency, paired = self._pair_request(
+                    src, dst, seq, app.control, fc, ts, out, direction
+                )
+                cls = DNP3Request
+            out.append(
+                cls(
+                    ts,
+                    self.flow,
+                    direction,
+                    src,
+                    dst,
+                    app.control,
+                    seq,
+                    fc,
+                    app.iin,
+                    app.objects,
+                    latency,
+                    paired,
+                )
+            )
+        for kind, detail in problems:
+            out.append(DNP3AnomalyEvent(ts, self.flow, direction, kind, src, dst, fc, detail))
+
+    def _pair_request(
+        self,
+        master: int,
+        outstation: int,
+        seq: int,
+        control: int,
+        fc: int,
+        ts: float,
+        out: list[DNP3Event],
+        direction: Direction,
+    ) -> tuple[float | None, int | None]:
+        if fc == 0:
+            confirmed = self._confirms.pop((master, outstation, seq, bool(control & 0x10)), None)
+            if confirmed is None:
+                return None, None
+            return ts - confirmed[0], confirmed[1]
+        if fc not in NO_RESPONSE_FCS:
+            key = (master, outstation, seq)
+            self._outstanding.pop(key, None)
+            self._outstanding[key] = (ts, fc)
+            self._cap(self._outstanding, ts, out, direction)
+        return None, None
+
+    def _pair_response(
+        self,
+        master: int,
+        outstation: int,
+        seq: int,
+        control: int,
+        fc: int,
+        ts: float,
+        out: list[DNP3Event],
+        direction: Direction,
+    ) -> tuple[float | None, int | None]:
+        uns = fc == 130
+        if control & 0x20:  # CON: the master will confirm this fragment
+            self._confirms[(master, outstation, seq, uns)] = (ts, fc)
+            self._cap(self._confirms, ts, out, direction)
+        if uns:
+            return None, None
+        pair = (master, outstation)
+        latency: float | None = None
+        paired: int | None
+        if control & 0x80:  # FIR: answers the request with this sequence number
+            request = self._outstanding.pop((master, outstation, seq), None)
+            if request is None:
+                paired = None
+            else:
+                latency, paired = ts - request[0], request[1]
+            if len(self._outstanding) <= self._max_outstanding // 2:
+                self._flooded = False
+        else:
+            paired = self._continuing.get(pair)
+        if control & 0x40:  # FIN
+            self._continuing.pop(pair, None)
+        else:
+            self._continuing[pair] = paired
+            if len(self._continuing) > self._max_outstanding:
+                del self._continuing[next(iter(self._continuing))]
+        return latency, paired
+
+    def _cap(
+        self,
+        table: dict[tuple[int, int, int], tuple[float, int]]
+        | dict[tuple[int, int, int, bool], tuple[float, int]],
+        ts: float,
+        out: list[DNP3Event],
+        direction: Direction,
+    ) -> None:
+        if len(table) <= self._max_outstanding:
+            return
+        oldest = next(iter(table))
+        del table[oldest]  # type: ignore[arg-type]
+        if not self._flooded:
+            self._flooded = True
+            out.append(
+                DNP3AnomalyEvent(
+                    ts,
+                    self.flow,
+                    direction,
+                    DNP3Anomaly.FLOODED,
+                    oldest[0],
+                    oldest[1],
+                    detail=f"over {self._max_outstanding} outstanding messages",
+                )
+            )

@@ -1,0 +1,137 @@
+"""DNP3 transport function (IEEE 1815 clause 8): segments to application fragments.
+
+Each link frame that carries user data starts with one transport byte::
+
+    FIN (0x80) | FIR (0x40) | SEQ (0x3F)
+
+followed by up to 249 bytes of the application fragment. A fragment starts with
+a FIR segment and ends with a FIN segment; the sequence number increases by one
+modulo 64 between them. Reassembly is kept per (link source, link destination,
+direction), at most ``max_pending`` of them at once and ``max_fragment`` bytes
+each.
+"""
+
+from __future__ import annotations
+
+from parsers.dnp3.events import DNP3Anomaly
+
+FIN = 0x80
+FIR = 0x40
+SEQ_MASK = 0x3F
+
+Problem = tuple[DNP3Anomaly, str]
+
+
+class _Partial:
+    """A fragment being reassembled. ``data`` is None while discarding to the next FIR."""
+
+    __slots__ = ("data", "seq")
+
+    def __init__(self, data: bytearray | None, seq: int) -> None:
+        self.data = data
+        self.seq = seq
+
+
+def reassembly_key(src: int, dst: int, direction: int) -> int:
+    return direction << 32 | src << 16 | dst
+
+
+class TransportReassembler:
+    __slots__ = ("_max_fragment", "_max_pending", "_pending")
+
+    def __init__(self, max_fragment: int, max_pending: int) -> None:
+        self._max_fragment = max_fragment
+        self._max_pending = max(1, max_pending)
+        self._pending: dict[int, _Partial] = {}
+
+    @property
+    def pending_bytes(self) -> int:
+        return sum(len(p.data) for p in self._pending.values() if p.data is not None)
+
+    @property
+    def pending_count(self) -> int:
+        return len(self._pending)
+
+    def segment(self, key: int, segment: bytes, problems: list[Problem]) -> bytes | None:
+        """Add one segment; return the fragment it completes, if any."""
+        header = segment[0]
+        seq = header & SEQ_MASK
+        pending = self._pending
+        partial = pending.get(key)
+        if header & FIR:
+            if partial is not None:
+                if partial.data is not None:
+                    problems.append(
+                        (
+                            DNP3Anomaly.TRANSPORT_SEQUENCE_ERROR,
+                            f"FIR while reassembling; {len(partial.data)} bytes dropped",
+                        )
+                    )
+                del pending[key]
+            if header & FIN:
+                if len(segment) - 1 > self._max_fragment:
+                    problems.append((DNP3Anomaly.REASSEMBLY_TOO_LONG, f"{len(segment) - 1} bytes"))
+                    return None
+                return segment[1:]
+            if len(pending) >= self._max_pending:
+                oldest = next(iter(pending))
+                dropped = pending.pop(oldest).data
+                size = 0 if dropped is None else len(dropped)
+                problems.append(
+                    (DNP3Anomaly.FLOODED, f"reassembly table full; {size} bytes dropped")
+                )
+            partial = _Partial(bytearray(segment[1:]), seq)
+            pending[key] = partial
+            self._check_size(key, partial, header, problems)
+            return None
+        if partial is None:
+            problems.append((DNP3Anomaly.FIRST_SEGMENT_MISSING, f"transport seq {seq}"))
+            return None
+        if partial.data is None:  # discarding after an error, quietly
+            if header & FIN:
+                del pending[key]
+            return None
+        if seq != (partial.seq + 1) & SEQ_MASK:
+            problems.append(
+                (
+                    DNP3Anomaly.TRANSPORT_SEQUENCE_ERROR,
+                    f"expected seq {(partial.seq + 1) & SEQ_MASK}, got {seq}; "
+                    f"{len(partial.data)} bytes dropped",
+                )
+            )
+            self._discard(key, partial, header)
+            return None
+        partial.data += segment[1:]
+        partial.seq = seq
+        if not self._check_size(key, partial, header, problems):
+            return None
+        if header & FIN:
+            del pending[key]
+            return bytes(partial.data)
+        return None
+
+    def _check_size(
+        self, key: int, partial: _Partial, header: int, problems: list[Problem]
+    ) -> bool:
+        """False (and the fragment discarded) when it grew over the cap."""
+        data = partial.data
+        if data is not None and len(data) > self._max_fragment:
+            problems.append((DNP3Anomaly.REASSEMBLY_TOO_LONG, f"over {self._max_fragment} bytes"))
+            self._discard(key, partial, header)
+            return False
+        return True
+
+    def _discard(self, key: int, partial: _Partial, header: int) -> None:
+        if header & FIN:
+            del self._pending[key]
+        else:
+            partial.data = None
+
+    def drop_direction(self, direction: int) -> list[tuple[int, int]]:
+        """Forget every partial fragment of ``direction``; return (key, bytes) of each."""
+        dropped = []
+        for key in [k for k in self._pending if k >> 32 == direction]:
+            data = self._pending.pop(key).data
+            if data is not None:
+                dropped.append((key, len(data)))
+        return dropped
