@@ -35,9 +35,9 @@ HOST = "127.0.0.1"
 def serve(port: int) -> None:
     """Run a pymodbus server with device identification until killed."""
     from pymodbus import ModbusDeviceIdentification
-    from pymodbus.simulator.simutils import DataType
     from pymodbus.server import StartAsyncTcpServer
     from pymodbus.simulator import SimData, SimDevice
+    from pymodbus.simulator.simutils import DataType
 
     def device(unit: int) -> SimDevice:
         return SimDevice(id=unit, simdata=(

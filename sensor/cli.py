@@ -111,8 +111,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             progress=None if args.no_progress else progress_stream())
     report = sys.stderr if events_out is sys.stdout else sys.stdout
     print(summary.render(), file=report)
-    for err in summary.errors:
-        print(f"mamori replay: {err}", file=sys.stderr)
+    for damage in summary.errors:
+        print(f"mamori replay: {damage}", file=sys.stderr)
     return 1 if summary.errors else 0
 
 

@@ -131,6 +131,8 @@ def v_ports(value: Any) -> frozenset[int]:
 
 
 def v_str_list(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):  # one item, e.g. from a flag: --interface eth1
+        value = [value]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValueError(f"{value!r} is not a list of strings")
     return tuple(value)

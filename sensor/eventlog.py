@@ -49,9 +49,9 @@ _BY_CLASS: dict[type, Callable[[Any], Fields]] = {
 }
 for _cls in (modbus.ModbusRequest, modbus.ModbusResponse, modbus.ModbusAnomalyEvent):
     _BY_CLASS[_cls] = modbus.event_fields
-for _cls in (dnp3.DNP3Request, dnp3.DNP3Response, dnp3.DNP3Unsolicited, dnp3.DNP3LinkEvent,
-             dnp3.DNP3AnomalyEvent):
-    _BY_CLASS[_cls] = dnp3.event_fields
+for _dnp3_cls in (dnp3.DNP3Request, dnp3.DNP3Response, dnp3.DNP3Unsolicited,
+                  dnp3.DNP3LinkEvent, dnp3.DNP3AnomalyEvent):
+    _BY_CLASS[_dnp3_cls] = dnp3.event_fields
 
 
 def event_to_dict(event: Any) -> Fields:

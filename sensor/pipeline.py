@@ -18,7 +18,7 @@ clock, so a replay gives the same events every time.
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -128,7 +128,7 @@ class Pipeline:
     def active_flows(self) -> int:
         return len(self._flows)
 
-    def packet(self, ts: float, linktype: int, frame: bytes, frame_no: int = 0) -> list[Any]:
+    def packet(self, ts: float, linktype: int, frame: bytes, frame_no: int = 0) -> Sequence[Any]:
         """Process one captured frame; return the events it completed."""
         stats = self.stats
         stats.packets += 1
@@ -169,7 +169,7 @@ class Pipeline:
 
         tcp = flow.tcp
         if tcp is not None:
-            events = tcp.segment(direction, pkt.seq, pkt.flags, pkt.payload, ts)
+            events: Sequence[Any] = tcp.segment(direction, pkt.seq, pkt.flags, pkt.payload, ts)
         elif pkt.payload:
             events = flow.parser.receive(direction, pkt.payload, ts)
         else:
@@ -276,7 +276,7 @@ class Pipeline:
 
 def run_records(
     pipeline: Pipeline, records: Iterable[tuple[float, int, bytes, int]],
-    consume: Callable[[list[Any]], None],
+    consume: Callable[[Sequence[Any]], None],
 ) -> None:
     """Drive a pipeline over (ts, linktype, frame, frame_no) tuples."""
     packet = pipeline.packet

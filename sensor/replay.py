@@ -11,7 +11,7 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -71,7 +71,7 @@ class _Tally:
         self._sink = sink
         self._labels: dict[tuple[type, object, object], tuple[Counter[str], str]] = {}
 
-    def __call__(self, events: list[Any]) -> None:
+    def __call__(self, events: Sequence[Any]) -> None:
         labels = self._labels
         for event in events:
             key = (event.__class__, getattr(event, "fc", None), getattr(event, "kind", None))
@@ -80,7 +80,7 @@ class _Tally:
                 entry = labels[key] = self._label(event)
             entry[0][entry[1]] += 1
         if self._sink is not None:
-            self._sink(events)
+            self._sink(events if isinstance(events, list) else list(events))
 
     def _label(self, event: Any) -> tuple[Counter[str], str]:
         fields = event_to_dict(event)

@@ -1,0 +1,318 @@
+"""``mamori run``: the long-running sensor on one or more capture interfaces.
+
+Order of start-up, and why:
+
+1. load and validate the configuration (a broken file stops us here, with file,
+   line and key, before anything is opened);
+2. open the capture sockets (needs CAP_NET_RAW) with the kernel port filter;
+3. drop privileges to the configured user when started as root, so parsing and
+   detection never run privileged (under the shipped unit we start unprivileged
+   with only CAP_NET_RAW, and this step is a no-op);
+4. build the pipeline and the consumers (detection, store, forwarding), then tell
+   systemd READY=1.
+
+The loop waits on the capture sockets and on a self-pipe that signal handlers
+write to: handlers only wake the loop, the loop does the work. SIGHUP reloads
+configuration and rules without losing flow or detection state; SIGTERM and
+SIGINT flush the store and the journal and exit 0.
+
+Health is measured here because only the daemon sees the interfaces: kernel
+drops raise S1, silence on an interface for ``silence_alert`` raises S3.
+"""
+
+from __future__ import annotations
+
+import grp
+import logging
+import os
+import pwd
+import select
+import signal
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from sensor import config as cfg
+from sensor.alerts import Alert, Severity
+from sensor.capture.live import CaptureError, CaptureStats, LiveCapture
+from sensor.notify import Notifier
+from sensor.pipeline import Pipeline, PipelineConfig
+
+log = logging.getLogger("mamori.daemon")
+
+cfg.register([
+    cfg.Option("capture", "interfaces", (), cfg.v_str_list,
+               "interfaces to capture on (SPAN/TAP ports, no IP address)", "--interface"),
+    cfg.Option("capture", "promiscuous", True, cfg.v_bool,
+               "put the capture interfaces in promiscuous mode"),
+    cfg.Option("capture", "ring_mb", 64, cfg.v_int_range(1, 4096),
+               "kernel receive ring per interface, in MiB"),
+    cfg.Option("sensor", "user", "mamori", cfg.v_nonempty_str,
+               "user to switch to after opening the capture sockets when started as root"),
+    cfg.Option("health", "silence_alert", 300.0, cfg.v_seconds,
+               "raise S3 when an interface has carried no traffic for this long"),
+    cfg.Option("health", "stats_interval", 10.0, cfg.v_seconds,
+               "how often kernel capture counters are read"),
+])
+
+
+class Consumer(Protocol):
+    """Something that takes events from the pipeline: detection, the event log, ..."""
+
+    def consume(self, events: list[Any]) -> None: ...
+
+    def tick(self, now: float) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def pipeline_config(conf: cfg.Config) -> PipelineConfig:
+    return PipelineConfig(
+        modbus_ports=conf.get("ports", "modbus"),
+        dnp3_ports=conf.get("ports", "dnp3"),
+        max_flows=conf.get("limits", "max_flows"),
+        tcp_idle_timeout=conf.get("limits", "tcp_idle_timeout"),
+        udp_idle_timeout=conf.get("limits", "udp_idle_timeout"),
+        max_buffered_per_flow=conf.get("limits", "max_buffered_per_flow"),
+    )
+
+
+@dataclass
+class InterfaceHealth:
+    """Per-interface counters behind S1 (drops) and S3 (silence)."""
+
+    name: str
+    last_frame: float = field(default_factory=time.time)
+    frames: int = 0
+    dropped: int = 0
+    silent: bool = False
+    stats: CaptureStats | None = None
+
+
+def health_alert(rule: str, precursor: str, title: str, now: float, interface: str,
+                 severity: Severity, evidence: dict[str, Any]) -> Alert:
+    return Alert(rule=rule, precursor=precursor, severity=severity, attack=(), title=title,
+                 proto="sensor", first_ts=now, last_ts=now, src=interface,
+                 evidence=evidence)
+
+
+class Sensor:
+    """The daemon's state and loop. Built by ``run``; tests drive it directly."""
+
+    def __init__(self, conf: cfg.Config, config_path: str | None,
+                 consumers: Sequence[Consumer] = (),
+                 alert_sink: Callable[[Alert], None] | None = None,
+                 notifier: Notifier | None = None) -> None:
+        self.conf = conf
+        self.config_path = config_path
+        self.consumers = list(consumers)
+        self.alert_sink = alert_sink
+        self.notifier = notifier or Notifier()
+        self.captures: list[LiveCapture] = []
+        self.health: dict[str, InterfaceHealth] = {}
+        self.pipeline = Pipeline(pipeline_config(conf))
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._pending: list[int] = []
+        self._running = False
+        self.started = time.time()
+
+    # -- set-up -------------------------------------------------------------------------
+
+    def open_captures(self) -> None:
+        interfaces = self.conf.get("capture", "interfaces")
+        if not interfaces:
+            raise CaptureError("no capture interface configured ([capture] interfaces)")
+        ports = self.conf.get("ports", "modbus") | self.conf.get("ports", "dnp3")
+        ring = self.conf.get("capture", "ring_mb") * (1 << 20)
+        block = 1 << 20 if ring >= (4 << 20) else 1 << 16
+        for name in interfaces:
+            self.captures.append(LiveCapture(
+                name, ports, block_size=block, block_count=max(ring // block, 2),
+                promiscuous=self.conf.get("capture", "promiscuous")))
+            self.health[name] = InterfaceHealth(name)
+
+    def drop_privileges(self) -> None:
+        if os.geteuid() != 0:
+            return
+        user = self.conf.get("sensor", "user")
+        try:
+            entry = pwd.getpwnam(user)
+        except KeyError:
+            log.warning("running as root: user %r does not exist to switch to", user)
+            return
+        groups = [g.gr_gid for g in grp.getgrall() if user in g.gr_mem]
+        os.setgroups(groups)
+        os.setgid(entry.pw_gid)
+        os.setuid(entry.pw_uid)
+        log.info("switched to user %s (uid %d)", user, entry.pw_uid)
+
+    def install_signals(self) -> None:
+        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self._pending.append(signum)  # the loop acts; the handler only records
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def run(self, max_seconds: float | None = None) -> int:
+        self._running = True
+        poller = select.poll()
+        by_fd = {cap.fileno(): cap for cap in self.captures}
+        for fd in by_fd:
+            poller.register(fd, select.POLLIN | select.POLLERR)
+        poller.register(self._wake_r.fileno(), select.POLLIN)
+        names = ", ".join(c.interface for c in self.captures)
+        self.notifier.ready(f"capturing on {names}")
+        log.info("capturing on %s", names)
+        deadline = time.monotonic() + max_seconds if max_seconds else None
+        stats_every = self.conf.get("health", "stats_interval")
+        next_stats = time.monotonic() + stats_every
+        next_tick = 0.0
+        while self._running:
+            ready = poller.poll(250)
+            for fd, _ in ready:
+                cap = by_fd.get(fd)
+                if cap is not None:
+                    self._drain(cap)
+                else:
+                    self._drain_wakeups()
+            # Blocks retire on their own timeout; read whatever is complete.
+            for cap in self.captures:
+                self._drain(cap)
+            self._handle_signals()
+            now_mono = time.monotonic()
+            if now_mono >= next_tick:
+                next_tick = now_mono + 1.0
+                self._tick(time.time())
+            if now_mono >= next_stats:
+                next_stats = now_mono + stats_every
+                self._read_stats(time.time())
+            if deadline is not None and now_mono >= deadline:
+                break
+        self.shutdown()
+        return 0
+
+    def _drain(self, cap: LiveCapture) -> None:
+        frames = cap.read()
+        if not frames:
+            return
+        health = self.health[cap.interface]
+        health.frames += len(frames)
+        health.last_frame = frames[-1][0]
+        health.silent = False
+        packet = self.pipeline.packet
+        batch: list[Any] = []
+        for ts, linktype, data, number in frames:
+            events = packet(ts, linktype, data, number)
+            if events:
+                batch.extend(events)
+        if batch:
+            for consumer in self.consumers:
+                consumer.consume(batch)
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _handle_signals(self) -> None:
+        while self._pending:
+            signum = self._pending.pop(0)
+            if signum == signal.SIGHUP:
+                self.reload()
+            else:
+                log.info("signal %d: stopping", signum)
+                self._running = False
+
+    def reload(self) -> None:
+        """Re-read the configuration; keep flows, detection state and the captures."""
+        self.notifier.reloading()
+        try:
+            fresh = cfg.load(self.config_path)
+        except cfg.ConfigError as err:
+            log.error("reload refused, keeping the running configuration: %s", err)
+            self.notifier.status(f"reload refused: {err}")
+            return
+        self.conf = fresh
+        for consumer in self.consumers:
+            reload = getattr(consumer, "reload", None)
+            if reload is not None:
+                reload(fresh)
+        log.info("configuration reloaded from %s", self.config_path)
+        self.notifier.ready("configuration reloaded")
+
+    def _tick(self, now: float) -> None:
+        self.notifier.tick()
+        silence = self.conf.get("health", "silence_alert")
+        for health in self.health.values():
+            if not health.silent and now - health.last_frame >= silence:
+                health.silent = True
+                self._alert(health_alert(
+                    "mamori.sensor.interface_silent", "S3",
+                    f"No traffic on {health.name} for {int(now - health.last_frame)} s",
+                    now, health.name, Severity.MEDIUM,
+                    {"interface": health.name, "silent_for": round(now - health.last_frame)}))
+        for consumer in self.consumers:
+            consumer.tick(now)
+
+    def _read_stats(self, now: float) -> None:
+        for cap in self.captures:
+            stats = cap.stats()
+            health = self.health[cap.interface]
+            if stats.dropped > health.dropped:
+                self._alert(health_alert(
+                    "mamori.sensor.capture_drops", "S1",
+                    f"Kernel dropped {stats.dropped - health.dropped} frames on "
+                    f"{cap.interface}", now, cap.interface, Severity.HIGH,
+                    {"interface": cap.interface, "dropped": stats.dropped - health.dropped,
+                     "dropped_total": stats.dropped, "received_total": stats.received}))
+                health.dropped = stats.dropped
+            health.stats = stats
+        total = sum(h.frames for h in self.health.values())
+        drops = sum(h.dropped for h in self.health.values())
+        self.notifier.status(f"{total} frames, {drops} dropped, "
+                             f"{self.pipeline.active_flows} flows")
+
+    def _alert(self, alert: Alert) -> None:
+        log.warning("%s: %s", alert.precursor, alert.title)
+        if self.alert_sink is not None:
+            self.alert_sink(alert)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Health for heartbeats and the web page: packets, drops, flows, uptime."""
+        return {
+            "uptime": round(time.time() - self.started, 1),
+            "flows": self.pipeline.active_flows,
+            "packets": self.pipeline.stats.packets,
+            "interfaces": {
+                h.name: {"frames": h.frames, "dropped": h.dropped,
+                         "last_frame": h.last_frame} for h in self.health.values()},
+        }
+
+    def shutdown(self) -> None:
+        self.notifier.stopping()
+        events = self.pipeline.finish()
+        if events:
+            for consumer in self.consumers:
+                consumer.consume(events)
+        for consumer in self.consumers:
+            consumer.close()
+        for cap in self.captures:
+            cap.close()
+        self._wake_r.close()
+        self._wake_w.close()
+        log.info("stopped")
+
+
+def config_path_default() -> str | None:
+    path = Path("/etc/mamori/sensor.toml")
+    return str(path) if path.exists() else None

@@ -1,0 +1,170 @@
+"""``mamori run``, ``mamori check-config`` and ``mamori check-iface``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sensor import config as cfg
+from sensor import daemon
+from sensor.capture.live import CaptureError, interface_exists
+
+log = logging.getLogger("mamori")
+
+IFF_NOARP = 0x80
+
+
+def register_commands(commands: Any) -> None:
+    run = commands.add_parser(
+        "run", help="capture live on the configured interfaces (what the service runs)",
+        description="Passive live capture: parse, detect, store and forward.")
+    run.add_argument("--config", type=Path, default=None, metavar="FILE",
+                     help="site configuration (default /etc/mamori/sensor.toml if present)")
+    run.add_argument("--events", type=Path, default=None, metavar="OUT.jsonl",
+                     help="also write every event as JSON lines (for analysts)")
+    run.add_argument("--max-seconds", type=float, default=None, help=argparse.SUPPRESS)
+    cfg.add_flags(run)
+    run.set_defaults(func=cmd_run)
+
+    check = commands.add_parser(
+        "check-config", help="validate a configuration file and exit",
+        description="Validate the configuration; print the effective values with --dump.")
+    check.add_argument("--config", type=Path, default=None, metavar="FILE")
+    check.add_argument("--dump", action="store_true",
+                       help="print the effective configuration, each key with its source")
+    cfg.add_flags(check)
+    check.set_defaults(func=cmd_check_config)
+
+    iface = commands.add_parser(
+        "check-iface", help="warn when a capture interface could transmit",
+        description="A capture interface should have no IP address, no ARP and no IPv6 "
+                    "autoconfiguration. See docs/capture-interface.md.")
+    iface.add_argument("interface")
+    iface.add_argument("--json", action="store_true")
+    iface.set_defaults(func=cmd_check_iface)
+
+
+def _load(args: argparse.Namespace) -> cfg.Config | None:
+    path = str(args.config) if args.config is not None else daemon.config_path_default()
+    try:
+        return cfg.load(path, cfg.flag_overrides(args))
+    except cfg.ConfigError as err:
+        print(f"mamori: {err}", file=sys.stderr)
+        return None
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    conf = _load(args)
+    if conf is None:
+        return 2
+    if args.dump:
+        sys.stdout.write(cfg.dump(conf))
+    else:
+        print(f"configuration OK ({args.config or 'defaults'})")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from sensor.notify import setup_logging
+
+    setup_logging()
+    conf = _load(args)
+    if conf is None:
+        return 2
+    path = str(args.config) if args.config is not None else None
+    consumers: list[Any] = []
+    if args.events is not None:
+        consumers.append(_EventFile(args.events))
+    sensor = daemon.Sensor(conf, path, consumers)
+    try:
+        sensor.open_captures()
+    except CaptureError as err:
+        log.error("%s", err)
+        return 1
+    sensor.drop_privileges()
+    sensor.install_signals()
+    return sensor.run(args.max_seconds)
+
+
+class _EventFile:
+    """``--events``: the same JSON lines as ``mamori replay --events``."""
+
+    def __init__(self, path: Path) -> None:
+        from sensor.eventlog import JsonLinesWriter
+
+        self._stream = path.open("a", encoding="utf-8")
+        self._writer = JsonLinesWriter(self._stream)
+
+    def consume(self, events: list[Any]) -> None:
+        self._writer.write(events)
+        self._stream.flush()
+
+    def tick(self, now: float) -> None:
+        pass
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+@dataclass(frozen=True, slots=True)
+class IfaceFinding:
+    ok: bool
+    check: str
+    detail: str
+
+
+def inspect_interface(name: str) -> list[IfaceFinding]:
+    """What could make this interface transmit, or learn addresses it should not have."""
+    findings: list[IfaceFinding] = []
+    sysfs = Path("/sys/class/net") / name
+    flags = int((sysfs / "flags").read_text().strip(), 16)
+    findings.append(IfaceFinding(bool(flags & IFF_NOARP), "arp",
+                                 "ARP disabled" if flags & IFF_NOARP else
+                                 f"ARP enabled: `ip link set {name} arp off`"))
+    addresses = _addresses(name)
+    findings.append(IfaceFinding(not addresses, "addresses",
+                                 "no IP address" if not addresses else
+                                 f"has address(es) {', '.join(addresses)}: "
+                                 f"`ip addr flush dev {name}`"))
+    v6 = Path("/proc/sys/net/ipv6/conf") / name
+    if v6.exists():
+        disabled = (v6 / "disable_ipv6").read_text().strip() == "1"
+        findings.append(IfaceFinding(disabled, "ipv6",
+                                     "IPv6 disabled" if disabled else
+                                     f"IPv6 enabled (link-local address, router "
+                                     f"solicitations): `sysctl -w net.ipv6.conf.{name}."
+                                     f"disable_ipv6=1`"))
+    return findings
+
+
+def _addresses(name: str) -> list[str]:
+    try:
+        out = subprocess.run(["ip", "-j", "addr", "show", "dev", name], capture_output=True,
+                             text=True, check=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    found: list[str] = []
+    for link in json.loads(out or "[]"):
+        for info in link.get("addr_info", []):
+            found.append(f"{info.get('local')}/{info.get('prefixlen')}")
+    return found
+
+
+def cmd_check_iface(args: argparse.Namespace) -> int:
+    if not interface_exists(args.interface):
+        print(f"mamori check-iface: no interface {args.interface}", file=sys.stderr)
+        return 2
+    findings = inspect_interface(args.interface)
+    if args.json:
+        print(json.dumps([{"ok": f.ok, "check": f.check, "detail": f.detail}
+                          for f in findings]))
+    else:
+        for f in findings:
+            print(f"{'ok  ' if f.ok else 'WARN'} {f.check:<10} {f.detail}")
+    return 0 if all(f.ok for f in findings) else 1
