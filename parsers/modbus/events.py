@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING
 
+from parsers.fastinit import fast_init
 from parsers.stream import Direction, FlowId
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ class ModbusAnomaly(Enum):
     FLOODED = "outstanding requests reached max_outstanding; new ones are not tracked"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ModbusRequest:
     """One request ADU (client → server).
@@ -72,6 +74,7 @@ class ModbusRequest:
     pdu: Pdu
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ModbusResponse:
     """One response ADU (server → client).
@@ -97,6 +100,7 @@ class ModbusResponse:
     unsolicited: bool
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ModbusAnomalyEvent:
     """Something malformed or suspicious; ``tid``/``unit``/``fc`` when a header was read."""

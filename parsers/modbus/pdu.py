@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from parsers.fastinit import fast_init
 from parsers.modbus.tables import (
     COIL_OFF,
     COIL_ON,
@@ -55,6 +56,7 @@ class Pdu:
     __slots__ = ()
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class RawPdu(Pdu):
     """Bytes after the function code, undecoded: vendor codes, or too short to decode."""
@@ -66,6 +68,7 @@ class RawPdu(Pdu):
         return len(self.data)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ExceptionPdu(Pdu):
     code: int
@@ -75,11 +78,13 @@ class ExceptionPdu(Pdu):
         return EXCEPTION_NAMES.get(self.code)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class EmptyPdu(Pdu):
     """A request with no data (FC 7, 11, 12, 17)."""
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ReadRequest(Pdu):
     """FC 1-4 request."""
@@ -88,6 +93,7 @@ class ReadRequest(Pdu):
     quantity: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ReadBitsResponse(Pdu):
     """FC 1, 2 response; ``values`` (0/1) trimmed to the requested quantity when paired."""
@@ -96,6 +102,7 @@ class ReadBitsResponse(Pdu):
     values: tuple[int, ...]
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ReadRegistersResponse(Pdu):
     """FC 3, 4, 23 response."""
@@ -104,6 +111,7 @@ class ReadRegistersResponse(Pdu):
     values: tuple[int, ...]
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class WriteSingleCoil(Pdu):
     """FC 5 request and response; ``value`` is the raw word (0xFF00 on, 0x0000 off)."""
@@ -116,6 +124,7 @@ class WriteSingleCoil(Pdu):
         return True if self.value == COIL_ON else False if self.value == COIL_OFF else None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class WriteSingleRegister(Pdu):
     """FC 6 request and response."""
@@ -124,6 +133,7 @@ class WriteSingleRegister(Pdu):
     value: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class WriteMultipleCoilsRequest(Pdu):
     """FC 15 request; ``values`` (0/1) trimmed to ``quantity``."""
@@ -134,6 +144,7 @@ class WriteMultipleCoilsRequest(Pdu):
     values: tuple[int, ...]
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class WriteMultipleRegistersRequest(Pdu):
     """FC 16 request."""
@@ -144,6 +155,7 @@ class WriteMultipleRegistersRequest(Pdu):
     values: tuple[int, ...]
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class WriteMultipleResponse(Pdu):
     """FC 15, 16 response."""
@@ -152,6 +164,7 @@ class WriteMultipleResponse(Pdu):
     quantity: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ReadExceptionStatusResponse(Pdu):
     """FC 7 response."""
@@ -159,6 +172,7 @@ class ReadExceptionStatusResponse(Pdu):
     status: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Diagnostics(Pdu):
     """FC 8 request and response."""
@@ -181,6 +195,7 @@ class Diagnostics(Pdu):
         return self.sub_function == 0x01 and self.value == RESTART_CLEAR_LOG
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class CommEventCounterResponse(Pdu):
     """FC 11 response."""
@@ -189,6 +204,7 @@ class CommEventCounterResponse(Pdu):
     event_count: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class CommEventLogResponse(Pdu):
     """FC 12 response; ``events`` are the raw event bytes, most recent first."""
@@ -200,6 +216,7 @@ class CommEventLogResponse(Pdu):
     events: bytes
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ReportServerIdResponse(Pdu):
     """FC 17 response; ``data`` is everything after the byte count."""
@@ -211,6 +228,7 @@ class ReportServerIdResponse(Pdu):
     data: bytes
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class FileSubRequest:
     """One sub-request of FC 20."""
@@ -221,6 +239,7 @@ class FileSubRequest:
     record_length: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class FileRecordData:
     """One sub-response of FC 20."""
@@ -229,6 +248,7 @@ class FileRecordData:
     values: tuple[int, ...]
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class FileRecord:
     """One sub-request of FC 21 (the response echoes it)."""
@@ -240,18 +260,21 @@ class FileRecord:
     values: tuple[int, ...]
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ReadFileRecordRequest(Pdu):
     byte_count: int
     requests: tuple[FileSubRequest, ...]
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ReadFileRecordResponse(Pdu):
     byte_count: int
     records: tuple[FileRecordData, ...]
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class WriteFileRecord(Pdu):
     """FC 21 request and response."""
@@ -260,6 +283,7 @@ class WriteFileRecord(Pdu):
     records: tuple[FileRecord, ...]
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class MaskWriteRegister(Pdu):
     """FC 22 request and response.
@@ -272,6 +296,7 @@ class MaskWriteRegister(Pdu):
     or_mask: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ReadWriteMultipleRequest(Pdu):
     """FC 23 request (the write happens before the read)."""
@@ -284,6 +309,7 @@ class ReadWriteMultipleRequest(Pdu):
     values: tuple[int, ...]
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ReadFifoQueueRequest(Pdu):
     """FC 24 request; ``address`` is the FIFO pointer address."""
@@ -291,6 +317,7 @@ class ReadFifoQueueRequest(Pdu):
     address: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ReadFifoQueueResponse(Pdu):
     byte_count: int
@@ -298,6 +325,7 @@ class ReadFifoQueueResponse(Pdu):
     values: tuple[int, ...]
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class EncapsulatedInterface(Pdu):
     """FC 43 with MEI 13 (CANopen general reference) or an unknown MEI type, carried raw."""
@@ -306,6 +334,7 @@ class EncapsulatedInterface(Pdu):
     data: bytes
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ReadDeviceIdRequest(Pdu):
     """FC 43 / MEI 14 request."""
@@ -314,6 +343,7 @@ class ReadDeviceIdRequest(Pdu):
     object_id: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class DeviceIdObject:
     """One device-identification object; ``value`` decoded as UTF-8 (invalid bytes escaped)."""
@@ -326,6 +356,7 @@ class DeviceIdObject:
         return device_id_object_name(self.object_id)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ReadDeviceIdResponse(Pdu):
     """FC 43 / MEI 14 response."""
