@@ -131,7 +131,7 @@ def test_daemon_notifies_systemd_reloads_and_stops_cleanly(tmp_path: Path) -> No
         assert notify.wait_for("configuration reloaded", 5), notify.messages
         time.sleep(0.5)
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=15)
+        _out, err = proc.communicate(timeout=15)
         assert notify.wait_for("STOPPING=1", 2), notify.messages
     finally:
         if proc.poll() is None:

@@ -1,0 +1,403 @@
+"""The collector: CURVE ROUTER with a counting ZAP allow-list, strict validation,
+in-order acceptance per (sensor, epoch), storage, acks, replay requests, re-publish.
+
+Sensors connect in with DEALER sockets. Our own ZAP handler (an inproc REP socket at
+``inproc://zeromq.zap.01``) admits a connection only if its CURVE public key is in
+the allow-list directory, and names the connection with that key (the ZAP user id),
+which every frame then carries as ``User-Id``. That key, never a field in the
+payload, says which sensor sent a message.
+
+Acceptance is strictly in order: of each (sensor, epoch) stream the collector takes
+only ``contig + 1``. A smaller seq is a duplicate (acked again, dropped); a larger one
+means a gap, so it is dropped and the missing range is requested. With the sensor's
+go-back-N resend this gives every message exactly once, in seq order, without a
+reorder buffer that a hostile sensor could fill.
+
+A batch of messages is committed to storage before it is acknowledged, published on
+the local PUB socket and written to the SIEM JSON lines file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import zmq
+from zmq.utils import z85
+from zmq.utils.monitor import parse_monitor_message
+
+from sensor import config as cfg
+from sensor.collector.storage import SqlStorage, StoredMessage, open_storage
+from sensor.keys import load_allow_list, load_pair
+from sensor.wire import (
+    MAX_MESSAGE_BYTES,
+    Ack,
+    Envelope,
+    Kind,
+    ReplayRequest,
+    WireError,
+    alert_json,
+    encode_ack,
+    encode_replay,
+)
+from sensor.wire import decode as decode_message
+
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+UNAUTHENTICATED = ""  # the rejects row for connections that never proved a key
+
+def v_endpoints(value: Any) -> tuple[str, ...]:
+    """One endpoint or a list of them (a ``--listen`` flag gives one)."""
+    items = cfg.v_str_list([value] if isinstance(value, str) else value)
+    if not items:
+        raise ValueError("at least one endpoint is needed")
+    return items
+
+
+cfg.register([
+    cfg.Option("collect", "listen", ("tcp://*:7700",), v_endpoints,
+               "endpoints the collector binds for sensors", "--listen"),
+    cfg.Option("collect", "secret_key", Path("keys/collector.secret"), cfg.v_path,
+               "the collector's CURVE secret key (relative to the state dir)"),
+    cfg.Option("collect", "keys_dir", Path("keys/sensors"), cfg.v_path,
+               "allow-list: one NAME.pub per sensor (relative to the state dir)", "--keys-dir"),
+    cfg.Option("collect", "db", Path("collector/collector.db"), cfg.v_path,
+               "SQLite store, used when no DSN is given (relative to the state dir)", "--db"),
+    cfg.Option("collect", "dsn", "", cfg.v_str,
+               "PostgreSQL DSN (e.g. 'host=/run/postgresql dbname=mamori'); empty = SQLite",
+               "--dsn"),
+    cfg.Option("collect", "publish", "tcp://127.0.0.1:7701", cfg.v_str,
+               "local PUB endpoint re-publishing accepted alerts as JSON; empty = off",
+               "--publish"),
+    cfg.Option("collect", "jsonl", "", cfg.v_str,
+               "append accepted alerts as JSON lines to this file (for a SIEM); empty = off",
+               "--jsonl"),
+    cfg.Option("collect", "max_message_bytes", MAX_MESSAGE_BYTES,
+               cfg.v_int_range(1024, 16 * 1024 * 1024),
+               "larger messages are rejected before they are unpacked"),
+    cfg.Option("collect", "replay_interval", 1.0, cfg.v_seconds,
+               "minimum time between two replay requests for the same stream"),
+])
+
+
+@dataclass(frozen=True, slots=True)
+class CollectorSettings:
+    """The ``[collect]`` section resolved against the state dir."""
+
+    listen: tuple[str, ...]
+    secret_key: Path
+    keys_dir: Path
+    db: Path
+    dsn: str
+    publish: str
+    jsonl: str
+    max_message_bytes: int
+    replay_interval: float
+
+    @classmethod
+    def from_config(cls, config: cfg.Config,
+                    state_dir: Path | None = None) -> CollectorSettings:
+        base = state_dir or Path(config.get("sensor", "state_dir"))
+        s = config.section("collect")
+        return cls(tuple(s["listen"]), base / s["secret_key"], base / s["keys_dir"],
+                   base / s["db"], s["dsn"], s["publish"], s["jsonl"],
+                   s["max_message_bytes"], s["replay_interval"])
+
+
+class CollectorServer:
+    """One process, one thread: ``bind()``, then ``run()`` or ``poll()`` repeatedly."""
+
+    def __init__(self, config: cfg.Config | CollectorSettings,
+                 state_dir: Path | None = None, storage: SqlStorage | None = None) -> None:
+        self.settings = (config if isinstance(config, CollectorSettings)
+                         else CollectorSettings.from_config(config, state_dir))
+        self.storage = storage or open_storage(self.settings.db, self.settings.dsn)
+        self.counters: Counter[str] = Counter()
+        self._rejects: Counter[tuple[str, str]] = Counter()  # not yet in storage
+        self.allow: dict[bytes, str] = {}
+        self._allow_stamp = -1
+        self._next_allow_check = 0.0
+        self._contig: dict[tuple[str, int], int] = {}
+        self._last_replay: dict[tuple[str, int], float] = {}
+        self._routes: dict[str, bytes] = {}  # sensor key -> ROUTER identity of its link
+        self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
+        self._jsonl: IO[str] | None = None
+
+    # -- sockets ------------------------------------------------------------------------
+
+    def bind(self) -> None:
+        s = self.settings
+        self._reload_allow_list(force=True)
+        pair = load_pair(s.secret_key)
+        self._ctx = zmq.Context()
+        self._zap = self._ctx.socket(zmq.REP)
+        self._zap.linger = 0
+        self._zap.bind(ZAP_ENDPOINT)  # before any CURVE socket accepts
+        self.router = self._ctx.socket(zmq.ROUTER)
+        self.router.curve_server = True
+        self.router.curve_secretkey = pair.secret
+        self.router.curve_publickey = pair.public
+        self.router.zap_domain = b"mamori"
+        for option, value in ((zmq.LINGER, 0), (zmq.RCVHWM, 100_000), (zmq.SNDHWM, 100_000),
+                              (zmq.MAXMSGSIZE, 16 * s.max_message_bytes),
+                              (zmq.ROUTER_MANDATORY, 1), (zmq.HEARTBEAT_IVL, 2000),
+                              (zmq.HEARTBEAT_TIMEOUT, 6000)):
+            self.router.setsockopt(option, value)
+        self._monitor = self.router.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+            | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+        for endpoint in s.listen:
+            self.router.bind(endpoint)
+        self._pub: zmq.Socket[bytes] | None = None
+        if s.publish:
+            self._pub = self._ctx.socket(zmq.PUB)
+            self._pub.linger = 0
+            self._pub.bind(s.publish)
+        if s.jsonl:
+            self._jsonl = open(s.jsonl, "a", encoding="utf-8")  # noqa: SIM115 (closed in close)
+
+    def close(self) -> None:
+        if self._ctx is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                self.router.disable_monitor()
+            for sock in (self._monitor, self.router, self._zap, self._pub):
+                if sock is not None:
+                    sock.close(0)
+            self._ctx.term()
+            self._ctx = None
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None
+        self.storage.close()
+
+    def _reload_allow_list(self, force: bool = False) -> None:
+        """Re-read the key directory when it changed (checked at most every 2 s)."""
+        now = time.monotonic()
+        if not force and now < self._next_allow_check:
+            return
+        self._next_allow_check = now + 2.0
+        try:
+            stamp = self.settings.keys_dir.stat().st_mtime_ns
+        except OSError:
+            stamp = -2
+        if stamp != self._allow_stamp or force:
+            self.allow = load_allow_list(self.settings.keys_dir)
+            self._allow_stamp = stamp
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def run(self, should_stop: Callable[[], bool]) -> None:
+        while not should_stop():
+            self.poll(0.2)
+
+    def poll(self, timeout: float = 0.2) -> int:
+        """Serve one round; returns how many sensor messages were read."""
+        poller = zmq.Poller()
+        for sock in (self.router, self._zap, self._monitor):
+            poller.register(sock, zmq.POLLIN)
+        ready = dict(poller.poll(int(timeout * 1000)))
+        self._reload_allow_list()
+        if self._zap in ready:
+            self._serve_zap()
+        if self._monitor in ready:
+            self._read_monitor()
+        if self.router in ready or self._rejects:
+            return self._drain()
+        return 0
+
+    def _serve_zap(self) -> None:
+        """ZAP 1.0 (RFC 27): admit a CURVE key only if it is in the allow-list."""
+        for _ in range(1000):
+            try:
+                request = self._zap.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            version, request_id = [*request, b"", b""][:2]
+            mechanism = request[5] if len(request) > 5 else b""
+            key = request[6] if len(request) > 6 else b""
+            user = z85.encode(key) if mechanism == b"CURVE" and len(key) == 32 else b""
+            if user and user in self.allow:
+                reply = [version, request_id, b"200", b"OK", user, b""]
+            else:
+                self._count(UNAUTHENTICATED, "unknown_key")
+                reply = [version, request_id, b"400", b"not in the allow-list", b"", b""]
+            self._zap.send_multipart(reply)
+
+    def _read_monitor(self) -> None:
+        for _ in range(1000):
+            try:
+                event = parse_monitor_message(self._monitor.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                return
+            if event["event"] != zmq.EVENT_HANDSHAKE_FAILED_AUTH:  # ZAP counted those
+                self._count(UNAUTHENTICATED, "handshake_failed")
+
+    def _count(self, sensor: str, reason: str) -> None:
+        self.counters[reason] += 1
+        self._rejects[(sensor, reason)] += 1
+
+    def _drain(self, limit: int = 5000) -> int:
+        now = time.time()
+        accepted: list[tuple[str, Envelope]] = []
+        touched: dict[tuple[str, int], float] = {}
+        acks: set[tuple[str, int]] = set()
+        replays: list[tuple[str, ReplayRequest]] = []
+        heartbeats: dict[str, Envelope] = {}
+        count = 0
+        for count in range(1, limit + 1):
+            try:
+                frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                count -= 1
+                break
+            try:
+                self._one(frames, now, accepted, touched, acks, replays, heartbeats)
+            except Exception as err:  # never let one message stop the collector
+                self._count(UNAUTHENTICATED, "internal_error")
+                self.last_internal_error = repr(err)
+        try:
+            self._store(now, accepted, touched, heartbeats)
+        except Exception as err:
+            self.counters["storage_error"] += 1
+            self.last_storage_error = repr(err)
+            with contextlib.suppress(Exception):
+                self.storage.rollback()
+            self._contig.clear()  # reload positions; sensors will resend after a timeout
+            return count
+        for sensor, epoch in acks:
+            self._send(sensor, encode_ack(Ack(epoch, self._contig[(sensor, epoch)])))
+        for sensor, req in replays:
+            self._send(sensor, encode_replay(req))
+        self._publish(accepted)
+        return count
+
+    def _one(self, frames: list[zmq.Frame], now: float, accepted: list[tuple[str, Envelope]],
+             touched: dict[tuple[str, int], float], acks: set[tuple[str, int]],
+             replays: list[tuple[str, ReplayRequest]], heartbeats: dict[str, Envelope]) -> None:
+        payload = frames[-1]
+        sensor = str(payload.get("User-Id"))
+        if sensor.encode() not in self.allow:
+            self._count(UNAUTHENTICATED, "revoked_key")
+            return
+        if len(frames) != 2:
+            self._count(sensor, "bad_frames")
+            return
+        self._routes[sensor] = frames[0].bytes
+        try:
+            env = decode_message(payload.bytes, self.settings.max_message_bytes)
+        except WireError as err:
+            self._count(sensor, err.reason)
+            return
+        stream = (sensor, env.epoch)
+        contig = self._position(stream)
+        if env.kind is Kind.HEARTBEAT:
+            heartbeats[sensor] = env
+            if env.seq > contig:
+                self._want(stream, contig + 1, env.seq, replays)
+            return
+        if env.kind is Kind.LOST:
+            first = int(env.body)
+            if first <= contig + 1 <= env.seq:
+                self.storage.mark_lost(sensor, env.epoch, contig + 1, env.seq, now)
+                self.counters["lost"] += env.seq - contig
+                self._contig[stream] = env.seq
+                touched[stream] = env.ts
+                acks.add(stream)
+            return
+        if env.seq <= contig:
+            self.counters["duplicate"] += 1
+            acks.add(stream)
+        elif env.seq == contig + 1:
+            self._contig[stream] = env.seq
+            accepted.append((sensor, env))
+            touched[stream] = env.ts
+            acks.add(stream)
+        else:
+            self.counters["out_of_order"] += 1
+            self._want(stream, contig + 1, env.seq - 1, replays)
+
+    def _position(self, stream: tuple[str, int]) -> int:
+        if stream not in self._contig:
+            if len(self._contig) > 100_000:
+                self._contig.clear()
+            self._contig[stream] = self.storage.position(*stream)
+        return self._contig[stream]
+
+    def _want(self, stream: tuple[str, int], first: int, last: int,
+              replays: list[tuple[str, ReplayRequest]]) -> None:
+        now = time.monotonic()
+        if now - self._last_replay.get(stream, 0.0) < self.settings.replay_interval:
+            return
+        self._last_replay[stream] = now
+        self.counters["replay_requests"] += 1
+        replays.append((stream[0], ReplayRequest(stream[1], first, last)))
+
+    def _store(self, now: float, accepted: list[tuple[str, Envelope]],
+               touched: dict[tuple[str, int], float], heartbeats: dict[str, Envelope]) -> None:
+        st = self.storage
+        rejecting = {s for s, _ in self._rejects if s != UNAUTHENTICATED}
+        for sensor in {s for s, _ in accepted} | set(heartbeats) | rejecting:
+            st.touch_sensor(sensor, self.allow.get(sensor.encode(), "?"), now)
+        for sensor, env in accepted:
+            st.store(_stored(sensor, env, now))
+        for (sensor, epoch), ts in touched.items():
+            st.advance(sensor, epoch, self._contig[(sensor, epoch)], ts, now)
+        for sensor, env in heartbeats.items():
+            st.heartbeat(sensor, env.epoch, env.seq, env.ts, now, env.body)
+        for (sensor, reason), n in self._rejects.items():
+            st.reject(sensor, reason, n, now)
+        st.commit()
+        self.counters["accepted"] += len(accepted)
+        self._rejects = Counter()
+
+    def _send(self, sensor: str, frame: bytes) -> None:
+        identity = self._routes.get(sensor)
+        if identity is None:
+            return
+        try:
+            self.router.send_multipart([identity, frame], zmq.NOBLOCK)
+        except zmq.ZMQError:  # the link went away (ROUTER_MANDATORY) or is full
+            self.counters["unroutable"] += 1
+
+    def _publish(self, accepted: list[tuple[str, Envelope]]) -> None:
+        if self._pub is None and self._jsonl is None:
+            return
+        for sensor, env in accepted:
+            if env.kind is not Kind.ALERT:
+                continue
+            doc = _document(sensor, self.allow.get(sensor.encode(), "?"), env)
+            line = json.dumps(doc, separators=(",", ":"), default=_hex)
+            if self._pub is not None:
+                with contextlib.suppress(zmq.Again):
+                    self._pub.send_multipart([b"alert", line.encode()], zmq.NOBLOCK)
+            if self._jsonl is not None:
+                self._jsonl.write(line + "\n")
+        if self._jsonl is not None:
+            self._jsonl.flush()
+
+
+def _hex(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.hex()
+    raise TypeError(type(value).__name__)
+
+
+def _document(sensor: str, name: str, env: Envelope) -> dict[str, Any]:
+    doc = alert_json(env.body)
+    doc.update({"sensor": name, "sensor_key": sensor, "epoch": env.epoch, "seq": env.seq,
+                "sent_ts": env.ts})
+    return doc
+
+
+def _stored(sensor: str, env: Envelope, now: float) -> StoredMessage:
+    if env.kind is Kind.ALERT:
+        alert = env.body
+        key = str(alert.id) if alert.id else f"{env.epoch}:{env.seq}"
+        return StoredMessage(sensor, env.epoch, env.seq, int(env.kind), env.ts, now,
+                             alert_json(alert), key, alert.count, alert.last_ts)
+    return StoredMessage(sensor, env.epoch, env.seq, int(env.kind), env.ts, now, env.body)

@@ -1,0 +1,269 @@
+"""Collector storage: one SQL schema, two engines (SQLite by default, PostgreSQL by DSN).
+
+The collector writes a batch of accepted messages, the stream positions they moved
+and any counters, then commits once, and only then acknowledges: an ack always means
+"stored durably". Tables::
+
+    sensors   (sensor PK = Z85 public key, name, first_seen, last_seen)
+    streams   (sensor, epoch, contig, last_ts, received)  contig = highest seq with no gap
+    messages  (sensor, epoch, seq, kind, ts, received, body)   body = JSON; PK dedups
+    alerts    (sensor, akey, epoch, seq, count, last_ts, doc)  latest per sensor alert id
+    heartbeats(sensor PK, epoch, seq, ts, received, body)      the latest one
+    rejects   (sensor, reason, count, last_ts)     sensor '' = not authenticated
+    lost      (sensor, epoch, first, last, received)  ranges the sensor evicted unacked
+
+Both engines take the same statements; only the placeholder and a few column types
+differ, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sensors (
+    sensor TEXT PRIMARY KEY, name TEXT NOT NULL, first_seen {real} NOT NULL,
+    last_seen {real} NOT NULL);
+CREATE TABLE IF NOT EXISTS streams (
+    sensor TEXT NOT NULL, epoch {int} NOT NULL, contig {int} NOT NULL, last_ts {real} NOT NULL,
+    received {real} NOT NULL, PRIMARY KEY (sensor, epoch));
+CREATE TABLE IF NOT EXISTS messages (
+    sensor TEXT NOT NULL, epoch {int} NOT NULL, seq {int} NOT NULL, kind {int} NOT NULL,
+    ts {real} NOT NULL, received {real} NOT NULL, body TEXT NOT NULL,
+    PRIMARY KEY (sensor, epoch, seq));
+CREATE TABLE IF NOT EXISTS alerts (
+    sensor TEXT NOT NULL, akey TEXT NOT NULL, epoch {int} NOT NULL, seq {int} NOT NULL,
+    count {int} NOT NULL, last_ts {real} NOT NULL, doc TEXT NOT NULL,
+    PRIMARY KEY (sensor, akey));
+CREATE TABLE IF NOT EXISTS heartbeats (
+    sensor TEXT PRIMARY KEY, epoch {int} NOT NULL, seq {int} NOT NULL, ts {real} NOT NULL,
+    received {real} NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS rejects (
+    sensor TEXT NOT NULL, reason TEXT NOT NULL, count {int} NOT NULL, last_ts {real} NOT NULL,
+    PRIMARY KEY (sensor, reason));
+CREATE TABLE IF NOT EXISTS lost (
+    sensor TEXT NOT NULL, epoch {int} NOT NULL, first {int} NOT NULL, last {int} NOT NULL,
+    received {real} NOT NULL);
+"""
+
+
+def _hex(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.hex()
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def _dumps(value: Any) -> str:
+    """JSON for the store and the SIEM; raw bytes (rare, in evidence) as hex."""
+    return json.dumps(value, separators=(",", ":"), default=_hex)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """One accepted journaled message, for the batch writer."""
+
+    sensor: str
+    epoch: int
+    seq: int
+    kind: int
+    ts: float
+    received: float
+    body: Any  # JSON-ready
+    alert_key: str | None = None  # set for alerts: latest per (sensor, alert key)
+    alert_count: int = 0
+    alert_last_ts: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class SensorStatus:
+    """One line of ``mamori collect status``."""
+
+    sensor: str
+    name: str
+    epoch: int
+    last_seq: int
+    last_ts: float
+    last_received: float
+    heartbeat_ts: float | None
+    heartbeat_seq: int | None
+    behind: int  # heartbeat's last seq minus what is stored gap-free (current epoch)
+    messages: int
+    lost: int
+    rejected: dict[str, int]
+
+    def lag(self, now: float | None = None) -> float:
+        return (time.time() if now is None else now) - self.last_ts
+
+    def to_dict(self, now: float | None = None) -> dict[str, Any]:
+        return {"sensor": self.sensor, "name": self.name, "epoch": self.epoch,
+                "last_seq": self.last_seq, "lag": round(self.lag(now), 3),
+                "last_ts": self.last_ts, "heartbeat_ts": self.heartbeat_ts,
+                "heartbeat_seq": self.heartbeat_seq, "behind": self.behind,
+                "messages": self.messages, "lost": self.lost, "rejected": self.rejected}
+
+
+class SqlStorage:
+    """The collector's store over a DB-API connection; subclasses choose the engine."""
+
+    placeholder = "?"
+    types = {"int": "INTEGER", "real": "REAL"}
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+        for statement in _SCHEMA.format(**self.types).split(";"):
+            if statement.strip():
+                self._exec(statement)
+        self.commit()
+
+    def _sql(self, sql: str) -> str:
+        return sql if self.placeholder == "?" else sql.replace("?", self.placeholder)
+
+    def _exec(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self._conn.execute(self._sql(sql), params)
+
+    def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return list(self._exec(sql, params).fetchall())
+
+    def commit(self) -> None:
+        self._conn.commit()
+
+    def rollback(self) -> None:
+        self._conn.rollback()
+
+    def close(self) -> None:
+        self._conn.close()
+
+    # -- writes (inside the current transaction) ----------------------------------------
+
+    def position(self, sensor: str, epoch: int) -> int:
+        rows = self._all("SELECT contig FROM streams WHERE sensor = ? AND epoch = ?",
+                         (sensor, epoch))
+        return int(rows[0][0]) if rows else 0
+
+    def touch_sensor(self, sensor: str, name: str, now: float) -> None:
+        self._exec("INSERT INTO sensors VALUES (?, ?, ?, ?) ON CONFLICT (sensor) DO UPDATE "
+                   "SET name = excluded.name, last_seen = excluded.last_seen",
+                   (sensor, name, now, now))
+
+    def store(self, msg: StoredMessage) -> None:
+        self._exec("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                   (msg.sensor, msg.epoch, msg.seq, msg.kind, msg.ts, msg.received,
+                    _dumps(msg.body)))
+        if msg.alert_key is not None:
+            self._exec(
+                "INSERT INTO alerts VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (sensor, akey) "
+                "DO UPDATE SET epoch = excluded.epoch, seq = excluded.seq, "
+                "count = excluded.count, last_ts = excluded.last_ts, doc = excluded.doc "
+                "WHERE alerts.epoch < excluded.epoch OR "
+                "(alerts.epoch = excluded.epoch AND alerts.seq < excluded.seq)",
+                (msg.sensor, msg.alert_key, msg.epoch, msg.seq, msg.alert_count,
+                 msg.alert_last_ts, _dumps(msg.body)))
+
+    def advance(self, sensor: str, epoch: int, contig: int, last_ts: float,
+                received: float) -> None:
+        self._exec("INSERT INTO streams VALUES (?, ?, ?, ?, ?) ON CONFLICT (sensor, epoch) "
+                   "DO UPDATE SET contig = excluded.contig, last_ts = excluded.last_ts, "
+                   "received = excluded.received", (sensor, epoch, contig, last_ts, received))
+
+    def heartbeat(self, sensor: str, epoch: int, seq: int, ts: float, received: float,
+                  body: Any) -> None:
+        self._exec("INSERT INTO heartbeats VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (sensor) "
+                   "DO UPDATE SET epoch = excluded.epoch, seq = excluded.seq, ts = excluded.ts,"
+                   " received = excluded.received, body = excluded.body",
+                   (sensor, epoch, seq, ts, received, _dumps(body)))
+
+    def reject(self, sensor: str, reason: str, count: int, now: float) -> None:
+        self._exec("INSERT INTO rejects VALUES (?, ?, ?, ?) ON CONFLICT (sensor, reason) "
+                   "DO UPDATE SET count = rejects.count + excluded.count, "
+                   "last_ts = excluded.last_ts", (sensor, reason, count, now))
+
+    def mark_lost(self, sensor: str, epoch: int, first: int, last: int, now: float) -> None:
+        self._exec("INSERT INTO lost VALUES (?, ?, ?, ?, ?)", (sensor, epoch, first, last, now))
+
+    # -- reads --------------------------------------------------------------------------
+
+    def rejects(self) -> dict[tuple[str, str], int]:
+        return {(r[0], r[1]): int(r[2]) for r in self._all(
+            "SELECT sensor, reason, count FROM rejects")}
+
+    def sequence(self, sensor: str, kind: int | None = None) -> list[tuple[int, int]]:
+        """(epoch, seq) of every stored message of a sensor, in storage order."""
+        if kind is None:
+            rows = self._all("SELECT epoch, seq FROM messages WHERE sensor = ? "
+                             "ORDER BY epoch, seq", (sensor,))
+        else:
+            rows = self._all("SELECT epoch, seq FROM messages WHERE sensor = ? AND kind = ? "
+                             "ORDER BY epoch, seq", (sensor, kind))
+        return [(int(e), int(s)) for e, s in rows]
+
+    def latencies(self) -> list[float]:
+        return [float(r[0]) for r in self._all("SELECT received - ts FROM messages")]
+
+    def alerts(self, sensor: str) -> list[dict[str, Any]]:
+        docs: list[dict[str, Any]] = [json.loads(r[0]) for r in self._all(
+            "SELECT doc FROM alerts WHERE sensor = ? ORDER BY akey", (sensor,))]
+        return docs
+
+    def status(self) -> list[SensorStatus]:
+        names = {r[0]: r[1] for r in self._all("SELECT sensor, name FROM sensors")}
+        heartbeats = {r[0]: r[1:] for r in self._all(
+            "SELECT sensor, epoch, seq, ts FROM heartbeats")}
+        counts = {r[0]: int(r[1]) for r in self._all(
+            "SELECT sensor, COUNT(*) FROM messages GROUP BY sensor")}
+        lost = {r[0]: int(r[1]) for r in self._all(
+            "SELECT sensor, SUM(last - first + 1) FROM lost GROUP BY sensor")}
+        rejected: dict[str, dict[str, int]] = {}
+        for (sensor, reason), count in self.rejects().items():
+            rejected.setdefault(sensor, {})[reason] = count
+        out = []
+        latest = self._all(
+            "SELECT s.sensor, s.epoch, s.contig, s.last_ts, s.received FROM streams s "
+            "WHERE s.epoch = (SELECT MAX(epoch) FROM streams t WHERE t.sensor = s.sensor) "
+            "ORDER BY s.sensor")
+        for sensor, epoch, contig, last_ts, received in latest:
+            hb = heartbeats.get(sensor)
+            behind = int(hb[1]) - int(contig) if hb and int(hb[0]) == int(epoch) else 0
+            out.append(SensorStatus(
+                sensor, names.get(sensor, "?"), int(epoch), int(contig), float(last_ts),
+                float(received), float(hb[2]) if hb else None, int(hb[1]) if hb else None,
+                max(0, behind), counts.get(sensor, 0), lost.get(sensor, 0),
+                rejected.pop(sensor, {})))
+        for sensor, reasons in sorted(rejected.items()):  # never stored anything
+            out.append(SensorStatus(sensor, names.get(sensor, "(unauthenticated)"
+                                    if sensor == "" else "?"), 0, 0, 0.0, 0.0, None, None, 0,
+                                    0, 0, reasons))
+        return out
+
+
+class SqliteStorage(SqlStorage):
+    """The default: one file, WAL, full sync (an ack means the row is on disk)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(path), timeout=10, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        super().__init__(conn)
+
+
+class PostgresStorage(SqlStorage):
+    """PostgreSQL through psycopg 3, for collectors serving many sensors."""
+
+    placeholder = "%s"
+    types = {"int": "BIGINT", "real": "DOUBLE PRECISION"}
+
+    def __init__(self, dsn: str) -> None:
+        import psycopg  # only collectors configured with a DSN need it
+
+        super().__init__(psycopg.connect(dsn, autocommit=False))
+
+
+def open_storage(db: Path, dsn: str = "") -> SqlStorage:
+    """PostgreSQL when a DSN is given, else SQLite at ``db``."""
+    return PostgresStorage(dsn) if dsn else SqliteStorage(db)

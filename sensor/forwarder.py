@@ -1,0 +1,401 @@
+"""The sensor side of forwarding: journal first, then send, until acknowledged.
+
+One ZeroMQ DEALER per configured collector *connects out* (CURVE client) to the
+collector's ROUTER, so the box needs no inbound firewall opening. Over that one
+channel go data and heartbeats one way, acks and replay requests the other. PUB/SUB
+could not carry the requests back and drops silently; see ``docs/wire.md``.
+
+Delivery is go-back-N over the journal. Per collector the forwarder keeps a send
+cursor (a journal row id) and a window of unacknowledged messages in flight. It
+rewinds the cursor to the first unacknowledged message when a connection is
+(re)established, when acks stop coming for ``ack_timeout``, and when the collector
+asks for a replay. The collector accepts only the next seq of each epoch, so the
+stream arrives exactly once and in order however the link behaves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import zmq
+from zmq.utils.monitor import parse_monitor_message
+
+from sensor import config as cfg
+from sensor.alerts import Alert, Severity
+from sensor.journal import AlertJournal, AuditEntry, Eviction
+from sensor.keys import load_pair, resolve_key
+from sensor.wire import (
+    ALERT_FIELDS,
+    DEFAULT_DENY_FIELDS,
+    Ack,
+    FieldPolicy,
+    Kind,
+    ReplayRequest,
+    WireError,
+    decode_control,
+    encode,
+)
+
+EVICTION_RULE = "mamori.sensor.journal_eviction"
+
+
+@dataclass(frozen=True, slots=True)
+class CollectorSpec:
+    """Where one collector listens and the public key its CURVE server must prove."""
+
+    endpoint: str
+    server_key: str  # Z85 key, or a path to a .pub file (relative to the state dir)
+
+
+def v_collectors(value: Any) -> tuple[CollectorSpec, ...]:
+    if not isinstance(value, list):
+        raise ValueError("must be a list of {endpoint, server_key} tables")
+    out = []
+    for item in value:
+        if not isinstance(item, dict) or set(item) != {"endpoint", "server_key"}:
+            raise ValueError(f"{item!r} must have exactly endpoint and server_key")
+        endpoint, key = item["endpoint"], item["server_key"]
+        if not isinstance(endpoint, str) or not endpoint.startswith(("tcp://", "ipc://")):
+            raise ValueError(f"{endpoint!r} is not a tcp:// or ipc:// endpoint")
+        if not isinstance(key, str) or not key:
+            raise ValueError("server_key must be a Z85 key or a .pub file path")
+        out.append(CollectorSpec(endpoint, key))
+    return tuple(out)
+
+
+def v_fields(value: Any) -> tuple[str, ...]:
+    names = cfg.v_str_list(value)
+    for name in names:
+        if name != "*" and name.split(".", 1)[0] not in ALERT_FIELDS:
+            raise ValueError(f"{name!r} is not an alert field ({', '.join(ALERT_FIELDS)})")
+    return tuple(sorted(set(names)))  # sorted: the same set dumps and reloads equal
+
+
+cfg.register([
+    cfg.Option("forward", "collectors", (), v_collectors,
+               "collectors to forward to: a list of {endpoint, server_key} tables"),
+    cfg.Option("forward", "secret_key", Path("keys/sensor.secret"), cfg.v_path,
+               "this sensor's CURVE secret key (relative to the state dir)"),
+    cfg.Option("forward", "journal", Path("forward/journal.db"), cfg.v_path,
+               "the outbound journal (relative to the state dir)"),
+    cfg.Option("forward", "journal_max_bytes", 64 * 1024 * 1024,
+               cfg.v_int_range(64 * 1024, 2**40),
+               "journal budget; acknowledged messages go first, unacknowledged raise S4"),
+    cfg.Option("forward", "heartbeat_interval", 10.0, cfg.v_seconds,
+               "seconds between heartbeats to each collector"),
+    cfg.Option("forward", "ack_timeout", 5.0, cfg.v_seconds,
+               "resend from the first unacknowledged message after this long without acks"),
+    cfg.Option("forward", "window", 2000, cfg.v_int_range(1, 1_000_000),
+               "messages in flight per collector before waiting for an ack"),
+    cfg.Option("forward", "allow_fields", ("*",), v_fields,
+               "alert fields that may leave the box ('*' = all, 'evidence.fc' = one key)"),
+    cfg.Option("forward", "deny_fields", DEFAULT_DENY_FIELDS, v_fields,
+               "alert fields that never leave the box (wins over allow_fields)"),
+])
+
+HealthSource = Callable[[], Mapping[str, float]]
+_HEALTH_KEYS = ("pps", "drops", "flows")
+
+
+@dataclass(frozen=True, slots=True)
+class ForwarderSettings:
+    """The ``[forward]`` section resolved against the state dir."""
+
+    collectors: tuple[CollectorSpec, ...]
+    secret_key: Path
+    journal: Path
+    journal_max_bytes: int
+    heartbeat_interval: float
+    ack_timeout: float
+    window: int
+    policy: FieldPolicy
+    state_dir: Path
+
+    @classmethod
+    def from_config(cls, config: cfg.Config, state_dir: Path | None = None) -> ForwarderSettings:
+        base = state_dir or Path(config.get("sensor", "state_dir"))
+        s = config.section("forward")
+        try:
+            policy = FieldPolicy(tuple(s["allow_fields"]), tuple(s["deny_fields"]))
+        except ValueError as err:
+            raise cfg.ConfigError("config", None, "[forward] deny_fields", str(err)) from None
+        return cls(s["collectors"], base / s["secret_key"], base / s["journal"],
+                   s["journal_max_bytes"], s["heartbeat_interval"], s["ack_timeout"],
+                   s["window"], policy, base)
+
+
+class _Link:
+    """One collector connection and its go-back-N state."""
+
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], spec: CollectorSpec,
+                 public: bytes, secret: bytes, server_key: bytes, window: int) -> None:
+        self.name = spec.endpoint
+        self.sock: zmq.Socket[bytes] = ctx.socket(zmq.DEALER)
+        self.sock.curve_secretkey = secret
+        self.sock.curve_publickey = public
+        self.sock.curve_serverkey = server_key
+        for option, value in ((zmq.LINGER, 0), (zmq.IMMEDIATE, 1), (zmq.SNDHWM, window + 64),
+                              (zmq.RCVHWM, 10_000), (zmq.RECONNECT_IVL, 100),
+                              (zmq.RECONNECT_IVL_MAX, 2000), (zmq.HEARTBEAT_IVL, 2000),
+                              (zmq.HEARTBEAT_TIMEOUT, 6000)):
+            self.sock.setsockopt(option, value)
+        self.monitor: zmq.Socket[bytes] = self.sock.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+        self.sock.connect(spec.endpoint)
+        self.cursor = 0  # journal id of the last message sent
+        self.max_sent = 0  # highest id ever sent by this process (audit: retransmit)
+        self.inflight: deque[tuple[int, int, int]] = deque()  # (id, epoch, seq)
+        self.last_progress = time.monotonic()
+        self.connected = False
+        self.rewinds = 0
+
+    def rewind(self, to_id: int) -> None:
+        self.cursor = max(0, to_id)
+        self.inflight.clear()
+        self.last_progress = time.monotonic()
+        self.rewinds += 1
+
+    def close(self) -> None:
+        with contextlib.suppress(zmq.ZMQError):
+            self.sock.disable_monitor()
+        self.monitor.close(0)
+        self.sock.close(0)
+
+
+class Forwarder:
+    """Journal, send, heartbeat, resend. Call ``start()`` for a thread, or ``poll()``."""
+
+    def __init__(self, config: cfg.Config | ForwarderSettings, state_dir: Path | None = None,
+                 *, health: HealthSource | None = None,
+                 on_meta_alert: Callable[[Alert], None] | None = None) -> None:
+        self.settings = (config if isinstance(config, ForwarderSettings)
+                         else ForwarderSettings.from_config(config, state_dir))
+        s = self.settings
+        self.health = health
+        self.on_meta_alert = on_meta_alert
+        self.started = time.time()
+        self.journal = AlertJournal(s.journal, [c.endpoint for c in s.collectors],
+                                    s.journal_max_bytes)
+        self.epoch = self.journal.start_epoch()
+        self.control_errors = 0
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self._links: list[_Link] = []
+        if s.collectors:
+            pair = load_pair(s.secret_key)
+            for spec in s.collectors:
+                self._links.append(_Link(self._ctx, spec, pair.public, pair.secret,
+                                         resolve_key(spec.server_key, s.state_dir), s.window))
+        for link in self._links:
+            link.rewind((self.journal.first_unacked_id(link.name) or 1) - 1)
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._next_heartbeat = 0.0
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._poll_lock = threading.Lock()
+        # The first journaled message of every epoch announces it.
+        self.submit(Kind.HEALTH, {"event": "start", "epoch": self.epoch})
+
+    # -- producing --------------------------------------------------------------------
+
+    def submit_alert(self, alert: Alert) -> int:
+        """Journal an alert (or an update of an aggregated one) under the policy; its seq."""
+        body, fields = self.settings.policy.apply(alert)
+        return self._append(Kind.ALERT, body, ",".join(fields))
+
+    def submit(self, kind: Kind, body: Mapping[str, Any]) -> int:
+        """Journal an asset change or health record; returns its seq."""
+        if kind not in (Kind.ASSET, Kind.HEALTH):
+            raise ValueError(f"submit() takes asset or health, not {kind.name.lower()}")
+        return self._append(kind, dict(body), ",".join(sorted(body)))
+
+    def _append(self, kind: Kind, body: Any, fields: str) -> int:
+        seq, evictions = self.journal.append(kind, body, fields)
+        self._wake()
+        if evictions:
+            self._data_loss(evictions)
+        return seq
+
+    def _data_loss(self, evictions: list[Eviction]) -> None:
+        """Unacknowledged messages were evicted: say so loudly (S4), locally and upstream."""
+        now = time.time()
+        alert = Alert(
+            rule=EVICTION_RULE, precursor="S4", severity=Severity.HIGH, attack=(),
+            title="Forwarding journal full: unacknowledged messages evicted",
+            proto="sensor", first_ts=now, last_ts=now,
+            count=sum(e.count for e in evictions),
+            evidence={"ranges": [[e.epoch, e.first, e.last] for e in evictions]})
+        if self.on_meta_alert is not None:
+            self.on_meta_alert(alert)
+        body, fields = self.settings.policy.apply(alert)
+        _, more = self.journal.append(Kind.ALERT, body, ",".join(fields))
+        if more and self.on_meta_alert is not None:  # do not recurse: report once more
+            self.on_meta_alert(alert)
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, b"!")
+
+    # -- the send loop ----------------------------------------------------------------
+
+    def poll(self, timeout: float = 0.1) -> None:
+        """One round: read control and monitor events, send what the window allows."""
+        with self._poll_lock:
+            poller = zmq.Poller()
+            for link in self._links:
+                poller.register(link.sock, zmq.POLLIN)
+                poller.register(link.monitor, zmq.POLLIN)
+            poller.register(self._wake_r, zmq.POLLIN)
+            ready = dict(poller.poll(int(timeout * 1000)))
+            if self._wake_r in ready:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_r, 4096)
+            for link in self._links:
+                if link.monitor in ready:
+                    self._monitor(link)
+                if link.sock in ready:
+                    self._control(link)
+            audit: list[AuditEntry] = []
+            for link in self._links:
+                self._send(link, audit)
+            self.journal.record_audit(audit)
+            if time.monotonic() >= self._next_heartbeat:
+                self.heartbeat()
+
+    def _monitor(self, link: _Link) -> None:
+        while True:
+            try:
+                msg = link.monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            event = parse_monitor_message(msg)["event"]
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                link.connected = True
+                link.rewind((self.journal.first_unacked_id(link.name) or 1) - 1)
+                self._next_heartbeat = 0.0  # announce epoch and last seq at once
+            elif event == zmq.EVENT_DISCONNECTED:
+                link.connected = False
+
+    def _control(self, link: _Link) -> None:
+        for _ in range(10_000):
+            try:
+                frame = link.sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                message = decode_control(frame)
+            except WireError:
+                self.control_errors += 1
+                continue
+            if isinstance(message, Ack):
+                self._on_ack(link, message)
+            else:
+                self._on_replay(link, message)
+
+    def _on_ack(self, link: _Link, ack: Ack) -> None:
+        if self.journal.ack(link.name, ack.epoch, ack.seq):
+            link.last_progress = time.monotonic()
+        while link.inflight:
+            _, epoch, seq = link.inflight[0]
+            if epoch < ack.epoch or (epoch == ack.epoch and seq <= ack.seq):
+                link.inflight.popleft()
+            else:
+                break
+
+    def _on_replay(self, link: _Link, req: ReplayRequest) -> None:
+        if req.epoch > self.epoch:
+            return
+        row_id, missing_to = self.journal.locate(req.epoch, req.first)
+        if missing_to >= req.first:  # evicted before it was acknowledged: tell, don't hang
+            frame = encode(req.epoch, missing_to, time.time(), Kind.LOST, [req.first])
+            with contextlib.suppress(zmq.Again):
+                link.sock.send(frame, zmq.NOBLOCK)
+        if row_id is not None:
+            link.rewind(row_id - 1)
+
+    def _send(self, link: _Link, audit: list[AuditEntry]) -> None:
+        if (link.inflight and time.monotonic() - link.last_progress > self.settings.ack_timeout):
+            link.rewind((self.journal.first_unacked_id(link.name) or 1) - 1)
+        room = self.settings.window - len(link.inflight)
+        while room > 0:
+            rows = self.journal.pending(link.name, link.cursor, min(room, 500))
+            if not rows:
+                return
+            for row in rows:
+                try:
+                    link.sock.send(row.frame, zmq.NOBLOCK)
+                except zmq.Again:
+                    return
+                link.cursor = row.id
+                link.inflight.append((row.id, row.epoch, row.seq))
+                audit.append(AuditEntry(link.name, row.kind, row.fields, len(row.frame),
+                                        row.id <= link.max_sent))
+                link.max_sent = max(link.max_sent, row.id)
+            room = self.settings.window - len(link.inflight)
+
+    def heartbeat(self) -> None:
+        """Last seq and health to every collector; not journaled (it is only news)."""
+        self._next_heartbeat = time.monotonic() + self.settings.heartbeat_interval
+        body: dict[str, Any] = {"up": round(time.time() - self.started, 3),
+                                "clock": time.time()}
+        if self.health is not None:
+            try:
+                values = self.health()
+            except Exception:  # a broken health source must not stop forwarding
+                values = {}
+            body.update({k: values[k] for k in _HEALTH_KEYS
+                         if isinstance(values.get(k), int | float)})
+        frame = encode(self.epoch, self.journal.seq, time.time(), Kind.HEARTBEAT, body)
+        for link in self._links:
+            with contextlib.suppress(zmq.Again):
+                link.sock.send(frame, zmq.NOBLOCK)
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def start(self) -> Forwarder:
+        """Run ``poll`` on a background thread until ``close``."""
+        def loop() -> None:
+            while not self._stop.is_set():
+                self.poll(0.2)
+        self._thread = threading.Thread(target=loop, name="mamori-forwarder", daemon=True)
+        self._thread.start()
+        return self
+
+    def unacked(self) -> int:
+        return self.journal.stats()["unacked"]
+
+    def close(self, flush_timeout: float = 5.0) -> None:
+        """Try to get everything acknowledged within ``flush_timeout``, then stop.
+
+        Whatever is still unacknowledged stays in the journal for the next start.
+        """
+        deadline = time.monotonic() + flush_timeout
+        while self._links and self.unacked() and time.monotonic() < deadline:
+            if self._thread is None:
+                self.poll(0.05)
+            else:
+                time.sleep(0.05)
+        self._stop.set()
+        self._wake()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        for link in self._links:
+            link.close()
+        self._ctx.term()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        self.journal.close()
+
+    def link_state(self) -> list[dict[str, Any]]:
+        return [{"collector": ln.name, "connected": ln.connected, "inflight": len(ln.inflight),
+                 "cursor": ln.cursor, "rewinds": ln.rewinds} for ln in self._links]
+

@@ -1,0 +1,197 @@
+"""Forwarding subcommands: ``mamori keys``, ``mamori collect`` and ``mamori audit``.
+
+``sensor.cli`` discovers ``register_commands``; ``python -m sensor.forwarding_cli`` runs
+the same commands on their own (tests and a collector-only install use that).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from sensor import config as cfg
+from sensor.collector.server import CollectorServer, CollectorSettings
+from sensor.collector.storage import open_storage
+from sensor.forwarder import ForwarderSettings
+from sensor.journal import AlertJournal
+from sensor.keys import KeyFileError, generate
+
+
+def register_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    keys = subparsers.add_parser("keys", help="CURVE key pairs for sensors and collectors")
+    keys_cmds = keys.add_subparsers(dest="keys_command", metavar="ACTION")
+    keys_cmds.required = True
+    gen = keys_cmds.add_parser("generate", help="create NAME.pub and NAME.secret (mode 0600)")
+    gen.add_argument("name", metavar="NAME")
+    gen.add_argument("--dir", type=Path, default=None,
+                     help="where to write them (default: STATE_DIR/keys)")
+    _config_flags(gen, ["sensor"])
+    gen.set_defaults(func=cmd_keys_generate)
+
+    collect = subparsers.add_parser(
+        "collect", help="run the collector (or 'collect status')",
+        description="Accept alerts from sensors whose public keys are in the allow-list "
+                    "directory, store them, acknowledge them and re-publish them.")
+    _config_flags(collect, ["sensor", "collect"])
+    collect.add_argument("--duration", type=float, default=None,
+                         help="stop after this many seconds (tests, demos)")
+    collect.set_defaults(func=cmd_collect)
+    collect_cmds = collect.add_subparsers(dest="collect_command", metavar="ACTION")
+    status = collect_cmds.add_parser("status", help="per sensor: last seq, lag, heartbeat")
+    _config_flags(status, ["sensor", "collect"])
+    status.add_argument("--json", action="store_true", help="one JSON document")
+    status.set_defaults(func=cmd_collect_status)
+
+    audit = subparsers.add_parser("audit", help="what this sensor forwarded, to whom, when")
+    _config_flags(audit, ["sensor"])
+    audit.add_argument("--since", default="24h", help="how far back (e.g. 1h, 7d; default 24h)")
+    audit.add_argument("--json", action="store_true", help="JSON lines")
+    audit.set_defaults(func=cmd_audit)
+
+
+def _config_flags(parser: argparse.ArgumentParser, sections: list[str]) -> None:
+    parser.add_argument("--config", type=Path, default=None, metavar="FILE",
+                        help="the TOML configuration (default: built-in defaults)")
+    cfg.add_flags(parser, sections)
+
+
+def _config(args: argparse.Namespace, prog: str) -> cfg.Config | None:
+    try:
+        return cfg.load(args.config, cfg.flag_overrides(args))
+    except cfg.ConfigError as err:
+        print(f"mamori {prog}: {err}", file=sys.stderr)
+        return None
+
+
+def cmd_keys_generate(args: argparse.Namespace) -> int:
+    directory = args.dir
+    if directory is None:
+        config = _config(args, "keys")
+        if config is None:
+            return 2
+        directory = Path(config.get("sensor", "state_dir")) / "keys"
+    try:
+        public, secret = generate(args.name, directory)
+    except (KeyFileError, OSError) as err:
+        print(f"mamori keys: {err}", file=sys.stderr)
+        return 1
+    print(f"public key: {public} (give this to the collector's allow-list)")
+    print(f"secret key: {secret} (mode 0600; keep it on this box)")
+    return 0
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    config = _config(args, "collect")
+    if config is None:
+        return 2
+    try:
+        server = CollectorServer(CollectorSettings.from_config(config))
+        server.bind()
+    except (KeyFileError, OSError) as err:
+        print(f"mamori collect: {err}", file=sys.stderr)
+        return 2
+    stop = False
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal stop
+        stop = True  # only wake the loop; it shuts down between rounds
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    deadline = None if args.duration is None else time.monotonic() + args.duration
+    print(f"mamori collect: listening on {', '.join(server.settings.listen)} "
+          f"({len(server.allow)} sensor keys)", file=sys.stderr, flush=True)
+    try:
+        server.run(lambda: stop or (deadline is not None and time.monotonic() > deadline))
+    finally:
+        server.close()
+    print(f"mamori collect: stopped; {dict(server.counters)}", file=sys.stderr)
+    return 0
+
+
+def cmd_collect_status(args: argparse.Namespace) -> int:
+    config = _config(args, "collect status")
+    if config is None:
+        return 2
+    s = CollectorSettings.from_config(config)
+    if not s.dsn and not s.db.exists():
+        print(f"mamori collect status: {s.db}: no collector store yet", file=sys.stderr)
+        return 1
+    storage = open_storage(s.db, s.dsn)
+    try:
+        rows = storage.status()
+    finally:
+        storage.close()
+    now = time.time()
+    if args.json:
+        print(json.dumps([r.to_dict(now) for r in rows], indent=1))
+        return 0
+    print(f"{'sensor':<16} {'key':<12} {'epoch':>5} {'last seq':>9} {'lag':>9} "
+          f"{'heartbeat':>10} {'behind':>6} {'lost':>5}  rejected")
+    for r in rows:
+        beat = "never" if r.heartbeat_ts is None else _ago(now - r.heartbeat_ts)
+        lag = "-" if not r.last_ts else _ago(r.lag(now))
+        rejected = ", ".join(f"{k}={v}" for k, v in sorted(r.rejected.items())) or "-"
+        print(f"{r.name[:16]:<16} {r.sensor[:10] + '..' if r.sensor else '-':<12} "
+              f"{r.epoch:>5} {r.last_seq:>9} {lag:>9} {beat:>10} {r.behind:>6} {r.lost:>5}"
+              f"  {rejected}")
+    return 0
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    config = _config(args, "audit")
+    if config is None:
+        return 2
+    try:
+        since = time.time() - cfg.parse_duration(args.since)
+    except ValueError as err:
+        print(f"mamori audit: --since: {err}", file=sys.stderr)
+        return 2
+    path = ForwarderSettings.from_config(config).journal
+    if not path.exists():
+        print(f"mamori audit: {path}: nothing forwarded yet", file=sys.stderr)
+        return 1
+    journal = AlertJournal(path)
+    try:
+        rows = journal.audit(since)
+    finally:
+        journal.close()
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+        return 0
+    print(f"{'hour (UTC)':<17} {'collector':<28} {'kind':<9} {'sent':>7} {'resent':>6} "
+          f"{'bytes':>9}  fields")
+    for row in rows:
+        hour = time.strftime("%Y-%m-%d %H:00", time.gmtime(row["hour"]))
+        print(f"{hour:<17} {row['collector'][:28]:<28} {row['kind']:<9} {row['messages']:>7} "
+              f"{row['retransmits']:>6} {row['bytes']:>9}  {','.join(row['fields']) or '-'}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mamori")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+    register_commands(commands)
+    args = parser.parse_args(argv)
+    status: int = args.func(args)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

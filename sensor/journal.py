@@ -1,0 +1,291 @@
+"""The outbound journal: every forwarded message is committed here before it is sent.
+
+SQLite in WAL mode with ``synchronous=FULL``: once ``append`` returns, the message
+survives kill -9 and power loss, so the forwarder can resend it until a collector
+acknowledges it (principle 4, "nothing committed is lost").
+
+Tables::
+
+    epochs   (epoch PK, started, last_seq)          one row per sensor start
+    messages (id PK, epoch, seq, ts, kind, frame, fields, acked)
+                                                    frame = the exact wire bytes sent
+    acks     (collector, epoch, seq)                cumulative ack per collector, epoch
+    evicted  (epoch, first, last, ts)               unacked ranges lost to the size cap
+    audit    (hour, collector, kind, fields, messages, retransmits, bytes, first_ts, last_ts)
+
+``messages.id`` orders all epochs: the forwarder walks it as its send cursor, so old
+epochs' unacknowledged messages go out first after a restart. A message is ``acked``
+once every configured collector acknowledged it; only then is it the first to go
+when the journal exceeds its byte budget. Evicting an unacknowledged message is data
+loss, which ``append`` reports to the caller (the forwarder raises an S4 meta-alert).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sensor.wire import Kind, encode
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS epochs (
+    epoch INTEGER PRIMARY KEY, started REAL NOT NULL, last_seq INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY, epoch INTEGER NOT NULL, seq INTEGER NOT NULL, ts REAL NOT NULL,
+    kind INTEGER NOT NULL, frame BLOB NOT NULL, fields TEXT NOT NULL DEFAULT '',
+    acked INTEGER NOT NULL DEFAULT 0, UNIQUE (epoch, seq));
+CREATE INDEX IF NOT EXISTS messages_acked ON messages (acked, id);
+CREATE TABLE IF NOT EXISTS acks (
+    collector TEXT NOT NULL, epoch INTEGER NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (collector, epoch));
+CREATE TABLE IF NOT EXISTS evicted (
+    epoch INTEGER NOT NULL, first INTEGER NOT NULL, last INTEGER NOT NULL, ts REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS audit (
+    hour INTEGER NOT NULL, collector TEXT NOT NULL, kind INTEGER NOT NULL,
+    fields TEXT NOT NULL, messages INTEGER NOT NULL, retransmits INTEGER NOT NULL,
+    bytes INTEGER NOT NULL, first_ts REAL NOT NULL, last_ts REAL NOT NULL,
+    PRIMARY KEY (hour, collector, kind, fields));
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class JournalRow:
+    """One journaled message as the sender needs it."""
+
+    id: int
+    epoch: int
+    seq: int
+    kind: int
+    frame: bytes
+    fields: str
+
+
+@dataclass(frozen=True, slots=True)
+class Eviction:
+    """Unacknowledged messages ``first..last`` of ``epoch`` were dropped for space."""
+
+    epoch: int
+    first: int
+    last: int
+
+    @property
+    def count(self) -> int:
+        return self.last - self.first + 1
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One send of one message to one collector, before aggregation."""
+
+    collector: str
+    kind: int
+    fields: str
+    size: int
+    retransmit: bool
+
+
+class AlertJournal:
+    """The durable outbound queue. Thread-safe: one connection behind one lock."""
+
+    def __init__(self, path: Path, collectors: Sequence[str] = (),
+                 max_bytes: int = 64 * 1024 * 1024) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.collectors = tuple(collectors)
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA journal_size_limit=8388608")
+        self._db.executescript(_SCHEMA)
+        row = self._db.execute("SELECT COALESCE(SUM(LENGTH(frame)), 0) FROM messages").fetchone()
+        self._bytes = int(row[0])
+        self.epoch = 0
+        self.seq = 0
+
+    # -- writing ----------------------------------------------------------------------
+
+    def start_epoch(self, now: float | None = None) -> int:
+        """A new boot epoch, persisted before anything of it is sent."""
+        with self._lock:
+            row = self._db.execute("SELECT COALESCE(MAX(epoch), 0) FROM epochs").fetchone()
+            self.epoch, self.seq = int(row[0]) + 1, 0
+            self._db.execute("INSERT INTO epochs (epoch, started) VALUES (?, ?)",
+                             (self.epoch, time.time() if now is None else now))
+        return self.epoch
+
+    def append(self, kind: Kind, body: Any, fields: str = "",
+               ts: float | None = None) -> tuple[int, list[Eviction]]:
+        """Commit one message; returns its seq and any unacknowledged evictions."""
+        seqs, evictions = self.append_many([(kind, body, fields)], ts)
+        return seqs[0], evictions
+
+    def append_many(self, items: Iterable[tuple[Kind, Any, str]],
+                    ts: float | None = None) -> tuple[list[int], list[Eviction]]:
+        """Commit several messages in one transaction (one fsync)."""
+        if self.epoch == 0:
+            raise RuntimeError("start_epoch() before append")
+        stamp = time.time() if ts is None else ts
+        seqs: list[int] = []
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                seq = self.seq
+                for kind, body, fields in items:
+                    seq += 1
+                    frame = encode(self.epoch, seq, stamp, kind, body)
+                    self._db.execute(
+                        "INSERT INTO messages (epoch, seq, ts, kind, frame, fields) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        (self.epoch, seq, stamp, int(kind), frame, fields))
+                    self._bytes += len(frame)
+                    seqs.append(seq)
+                self._db.execute("UPDATE epochs SET last_seq = ? WHERE epoch = ?",
+                                 (seq, self.epoch))
+                evictions = self._evict() if self._bytes > self.max_bytes else []
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self.seq = seq
+        return seqs, evictions
+
+    def _evict(self) -> list[Eviction]:
+        """Drop the oldest acknowledged messages, then, if still over, unacknowledged ones."""
+        evictions: list[Eviction] = []
+        for acked in (1, 0):
+            while self._bytes > self.max_bytes:
+                rows = self._db.execute(
+                    "SELECT id, epoch, seq, LENGTH(frame) FROM messages WHERE acked = ? "
+                    "ORDER BY id LIMIT 256", (acked,)).fetchall()
+                if not rows:
+                    break
+                cut: list[tuple[int, int, int, int]] = []
+                for row in rows:
+                    cut.append(row)
+                    self._bytes -= row[3]
+                    if self._bytes <= self.max_bytes * 0.9:
+                        break
+                self._db.execute(f"DELETE FROM messages WHERE id IN "
+                                 f"({','.join('?' * len(cut))})", [r[0] for r in cut])
+                if not acked:
+                    evictions.extend(_ranges([(r[1], r[2]) for r in cut]))
+        now = time.time()
+        for ev in evictions:
+            self._db.execute("INSERT INTO evicted VALUES (?, ?, ?, ?)",
+                             (ev.epoch, ev.first, ev.last, now))
+        return evictions
+
+    def ack(self, collector: str, epoch: int, seq: int) -> bool:
+        """Record a cumulative ack; True when it moved. Marks rows all collectors acked."""
+        with self._lock:
+            row = self._db.execute("SELECT seq FROM acks WHERE collector = ? AND epoch = ?",
+                                   (collector, epoch)).fetchone()
+            if row is not None and row[0] >= seq:
+                return False
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(
+                "INSERT INTO acks VALUES (?, ?, ?) ON CONFLICT (collector, epoch) "
+                "DO UPDATE SET seq = MAX(seq, excluded.seq)", (collector, epoch, seq))
+            floor = min(self._acked_seq(c, epoch) for c in self.collectors or (collector,))
+            self._db.execute("UPDATE messages SET acked = 1 WHERE epoch = ? AND seq <= ? "
+                             "AND acked = 0", (epoch, floor))
+            self._db.execute("COMMIT")
+            return True
+
+    def _acked_seq(self, collector: str, epoch: int) -> int:
+        row = self._db.execute("SELECT seq FROM acks WHERE collector = ? AND epoch = ?",
+                               (collector, epoch)).fetchone()
+        return int(row[0]) if row else 0
+
+    def record_audit(self, entries: Sequence[AuditEntry], now: float | None = None) -> None:
+        """Count sends per hour, collector, kind and forwarded field set."""
+        if not entries:
+            return
+        stamp = time.time() if now is None else now
+        hour = int(stamp // 3600)
+        with self._lock:
+            self._db.execute("BEGIN")
+            for e in entries:
+                self._db.execute(
+                    "INSERT INTO audit VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?) "
+                    "ON CONFLICT (hour, collector, kind, fields) DO UPDATE SET "
+                    "messages = messages + 1, retransmits = retransmits + excluded.retransmits,"
+                    " bytes = bytes + excluded.bytes, last_ts = excluded.last_ts",
+                    (hour, e.collector, e.kind, e.fields, int(e.retransmit), e.size,
+                     stamp, stamp))
+            self._db.execute("COMMIT")
+
+    # -- reading ----------------------------------------------------------------------
+
+    def pending(self, collector: str, after_id: int, limit: int) -> list[JournalRow]:
+        """Messages after ``after_id`` that ``collector`` has not acknowledged, in order."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT m.id, m.epoch, m.seq, m.kind, m.frame, m.fields FROM messages m "
+                "LEFT JOIN acks a ON a.collector = ? AND a.epoch = m.epoch "
+                "WHERE m.id > ? AND m.seq > COALESCE(a.seq, 0) ORDER BY m.id LIMIT ?",
+                (collector, after_id, limit)).fetchall()
+        return [JournalRow(*r) for r in rows]
+
+    def first_unacked_id(self, collector: str) -> int | None:
+        rows = self.pending(collector, 0, 1)
+        return rows[0].id if rows else None
+
+    def locate(self, epoch: int, seq: int) -> tuple[int | None, int]:
+        """For a replay from ``seq``: the id of the first kept message at or after it in
+        ``epoch`` (None if none), and the last seq missing before it (``seq - 1`` if none)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT id, seq FROM messages WHERE epoch = ? AND seq >= ? ORDER BY seq "
+                "LIMIT 1", (epoch, seq)).fetchone()
+            if row is not None:
+                return int(row[0]), int(row[1]) - 1
+            last = self._db.execute("SELECT last_seq FROM epochs WHERE epoch = ?",
+                                    (epoch,)).fetchone()
+        return None, int(last[0]) if last else seq - 1
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            total, unacked = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(acked = 0), 0) FROM messages").fetchone()
+            evicted = self._db.execute(
+                "SELECT COALESCE(SUM(last - first + 1), 0) FROM evicted").fetchone()[0]
+        return {"messages": int(total), "unacked": int(unacked), "bytes": self._bytes,
+                "evicted_unacked": int(evicted)}
+
+    def audit(self, since: float = 0.0) -> list[dict[str, Any]]:
+        """Audit rows whose last send is at or after ``since`` (``mamori audit``)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT hour, collector, kind, fields, messages, retransmits, bytes, first_ts,"
+                " last_ts FROM audit WHERE last_ts >= ? ORDER BY hour, collector, kind, fields",
+                (since,)).fetchall()
+        out = []
+        for hour, collector, kind, fields, messages, retrans, size, first, last in rows:
+            out.append({"hour": hour * 3600, "collector": collector,
+                        "kind": Kind(kind).name.lower(), "fields": fields.split(",") if fields
+                        else [], "messages": messages, "retransmits": retrans, "bytes": size,
+                        "first_ts": first, "last_ts": last})
+        return out
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def _ranges(pairs: Iterable[tuple[int, int]]) -> list[Eviction]:
+    """Consecutive (epoch, seq) pairs folded into ranges."""
+    out: list[Eviction] = []
+    for epoch, seq in pairs:
+        if out and out[-1].epoch == epoch and out[-1].last + 1 == seq:
+            out[-1] = Eviction(epoch, out[-1].first, seq)
+        else:
+            out.append(Eviction(epoch, seq, seq))
+    return out

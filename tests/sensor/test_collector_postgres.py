@@ -1,0 +1,120 @@
+"""Collector storage on a real PostgreSQL server that the test starts and stops itself.
+
+Needs Debian's ``postgresql`` (the server binaries under /usr/lib/postgresql/*/bin)
+and the ``psycopg`` Python package. As root, the server runs as the ``postgres`` user.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sensor import config as cfg
+from sensor.alerts import Alert, Severity
+from sensor.collector.server import CollectorServer
+from sensor.collector.storage import PostgresStorage, StoredMessage
+from sensor.forwarder import Forwarder
+from sensor.keys import generate
+from sensor.wire import Kind
+from tests.conftest import unavailable
+from tests.sensor.test_collector import free_port, wait_for
+
+
+def _pg_bin() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+    return Path(found[-1]).parent if found else None
+
+
+@pytest.fixture(scope="module")
+def dsn() -> Iterator[str]:
+    pytest.importorskip("psycopg")
+    bindir = _pg_bin()
+    if bindir is None:
+        unavailable("PostgreSQL server binaries (Debian package postgresql) not installed")
+        return
+    root = Path(tempfile.mkdtemp(prefix="mamori-pg-"))
+    data, port = root / "data", free_port()
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        shutil.chown(root, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "postgres",
+                    "-A", "trust", "--no-sync"], check=True, capture_output=True, timeout=60)
+    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-w", "-t", "30",
+                    "-l", str(root / "log"), "-o",
+                    f"-k {root} -p {port} -c listen_addresses='' -c fsync=off", "start"],
+                   check=True, capture_output=True, timeout=60)
+    try:
+        yield f"host={root} port={port} dbname=postgres user=postgres"
+    finally:
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate",
+                        "stop"], capture_output=True, timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_storage_dedups_keeps_latest_alert_and_reports_status(dsn: str) -> None:
+    st = PostgresStorage(dsn)
+    try:
+        now = time.time()
+        for seq, count in [(1, 1), (2, 5), (2, 5), (3, 9)]:
+            st.store(StoredMessage("K1", 1, seq, int(Kind.ALERT), now, now, {"count": count},
+                                   "7", count, now))
+        st.advance("K1", 1, 3, now, now)
+        st.touch_sensor("K1", "alpha", now)
+        st.heartbeat("K1", 1, 5, now, now, {"pps": 1.5})
+        st.reject("K1", "bad_type", 2, now)
+        st.reject("K1", "bad_type", 1, now)
+        st.commit()
+        assert st.sequence("K1") == [(1, 1), (1, 2), (1, 3)]
+        assert st.alerts("K1") == [{"count": 9}]
+        (row,) = st.status()
+        assert (row.name, row.last_seq, row.behind, row.rejected) == (
+            "alpha", 3, 2, {"bad_type": 3})
+        assert st.position("K1", 1) == 3 and st.position("K1", 2) == 0
+    finally:
+        st.close()
+
+
+def test_collector_stores_a_sensor_stream_in_postgresql(dsn: str, tmp_path: Path) -> None:
+    port = free_port()
+    generate("collector", tmp_path / "keys")
+    generate("pg1", tmp_path / "keys" / "sensors")
+    endpoint = f"tcp://127.0.0.1:{port}"
+    conf = cfg.load(None, {
+        ("sensor", "state_dir"): str(tmp_path), ("collect", "listen"): endpoint,
+        ("collect", "publish"): "", ("collect", "dsn"): dsn,
+        ("forward", "collectors"): [{"endpoint": endpoint, "server_key": "keys/collector.pub"}],
+        ("forward", "secret_key"): "keys/sensors/pg1.secret"})
+    server = CollectorServer(conf)
+    server.bind()
+    stop = threading.Event()
+    thread = threading.Thread(target=server.run, args=(stop.is_set,))
+    thread.start()
+    try:
+        fw = Forwarder(conf).start()
+        for i in range(1, 41):
+            t = time.time()
+            fw.submit_alert(Alert("mamori.test", "M3", Severity.HIGH, (), "t", "modbus", t, t,
+                                  src="10.0.0.1", dst="10.0.0.2", dport=502, id=i))
+        fw.close(20)
+        wait_for(lambda: server.counters["accepted"] >= 41, 10, "storage")
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        server.close()
+    st = PostgresStorage(dsn)
+    try:
+        (row,) = [r for r in st.status() if r.name == "pg1"]
+        assert row.last_seq == 41 and row.messages == 41
+        assert len(st.alerts(row.sensor)) == 40
+    finally:
+        st.close()

@@ -1,0 +1,40 @@
+"""CURVE key files: safe modes, no overwrite, strict reading."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import zmq
+
+from sensor.forwarding_cli import main
+from sensor.keys import KeyFileError, generate, load_allow_list, load_pair, read_key
+
+
+def test_generate_writes_a_private_secret_and_a_matching_public_key(tmp_path: Path) -> None:
+    pub, sec = generate("plant-7", tmp_path / "k")
+    assert os.stat(sec).st_mode & 0o777 == 0o600
+    assert os.stat(tmp_path / "k").st_mode & 0o777 == 0o700
+    assert load_pair(sec).public == read_key(pub) == zmq.curve_public(read_key(sec, True))
+    assert load_allow_list(tmp_path / "k") == {read_key(pub): "plant-7"}
+    with pytest.raises(KeyFileError, match="already exists"):
+        generate("plant-7", tmp_path / "k")
+
+
+def test_unsafe_or_malformed_keys_are_refused(tmp_path: Path) -> None:
+    _, sec = generate("a", tmp_path)
+    os.chmod(sec, 0o644)
+    with pytest.raises(KeyFileError, match="accessible by others"):
+        load_pair(sec)
+    (tmp_path / "b.pub").write_text("not a key\n")
+    with pytest.raises(KeyFileError, match="not a Z85"):
+        load_allow_list(tmp_path)
+    with pytest.raises(KeyFileError, match="not a key name"):
+        generate("../evil", tmp_path)
+
+
+def test_cli_keys_generate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["keys", "generate", "s1", "--dir", str(tmp_path)]) == 0
+    assert (tmp_path / "s1.pub").exists() and "public key" in capsys.readouterr().out
+    assert main(["keys", "generate", "s1", "--dir", str(tmp_path)]) == 1
