@@ -115,8 +115,15 @@ def lookup(group: int, variation: int) -> ObjectSpec | None:
 
 
 def is_known(group: int, variation: int) -> bool:
-    """Defined in a header without data (variation 0 = any variation is allowed)."""
-    return (group << 8 | variation) in OBJECT_SPECS or (variation == 0 and group in KNOWN_GROUPS)
+    """Defined in a header without data (variation 0 = any variation is allowed).
+
+    Group 0 has no variation 0: its variations are device attribute numbers (1-255,
+    254 = all attributes), so g0v0 is an undefined object; an outstation answers a READ
+    of it with IIN2.1 OBJECT_UNKNOWN (opendnp3 conformance test 8.6.3.2).
+    """
+    if variation == 0:
+        return group in KNOWN_GROUPS and group != 0
+    return (group << 8 | variation) in OBJECT_SPECS
 
 
 def group_name(group: int) -> str:

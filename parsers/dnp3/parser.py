@@ -39,6 +39,13 @@ from parsers.stream import Direction, FlowId, Transport
 
 _USER_DATA_FUNCTIONS = (3, 4)  # confirmed / unconfirmed user data
 
+# IEEE 1815 lets a device configure fragments larger than the usual 2048 octets
+# (suricata-verify's dnp3-max-points trace has an 8201-byte WRITE). The cap is one full
+# cycle of transport sequence numbers, 64 segments of 249 bytes: a 65th segment would
+# reuse the first one's sequence number, so lost or repeated segments could no longer
+# be told apart (Suricata bounds reassembly the same way: too_long_reassembly).
+MAX_FRAGMENT = 64 * 249
+
 
 class DNP3Parser:
     __slots__ = (
@@ -60,8 +67,9 @@ class DNP3Parser:
         self,
         flow: FlowId,
         *,
-        max_fragment: int = 2048 * 4,
+        max_fragment: int = MAX_FRAGMENT,
         max_pending: int = 16,
+        max_pending_bytes: int = 131072,
         max_objects: int = 2048,
         max_points: int = 65536,
         max_buffer: int = 8192,
@@ -70,7 +78,7 @@ class DNP3Parser:
         self.flow = flow
         self._udp = flow.transport is Transport.UDP
         self._links = (LinkReader(max_buffer), LinkReader(max_buffer))
-        self._transport = TransportReassembler(max_fragment, max_pending)
+        self._transport = TransportReassembler(max_fragment, max_pending, max_pending_bytes)
         self._max_objects = max_objects
         self._max_points = max_points
         self._max_outstanding = max(1, max_outstanding)

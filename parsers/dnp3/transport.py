@@ -7,8 +7,14 @@ Each link frame that carries user data starts with one transport byte::
 followed by up to 249 bytes of the application fragment. A fragment starts with
 a FIR segment and ends with a FIN segment; the sequence number increases by one
 modulo 64 between them. Reassembly is kept per (link source, link destination,
-direction), at most ``max_pending`` of them at once and ``max_fragment`` bytes
-each.
+direction), at most ``max_pending`` of them at once, ``max_fragment`` bytes each
+and ``max_pending_bytes`` bytes together (a new or growing fragment that would pass
+the total evicts the oldest other ones, reported as FLOODED).
+
+IEEE 1815 lets a device configure its maximum fragment size (2048 octets is only the
+usual default; suricata-verify's dnp3-max-points trace carries an 8201-byte WRITE),
+so the per-fragment cap is generous (``parser.MAX_FRAGMENT``) and the total is what
+bounds memory.
 """
 
 from __future__ import annotations
@@ -37,11 +43,12 @@ def reassembly_key(src: int, dst: int, direction: int) -> int:
 
 
 class TransportReassembler:
-    __slots__ = ("_max_fragment", "_max_pending", "_pending")
+    __slots__ = ("_max_fragment", "_max_pending", "_max_total", "_pending")
 
-    def __init__(self, max_fragment: int, max_pending: int) -> None:
+    def __init__(self, max_fragment: int, max_pending: int, max_pending_bytes: int = 0) -> None:
         self._max_fragment = max_fragment
         self._max_pending = max(1, max_pending)
+        self._max_total = max(max_pending_bytes, max_fragment)
         self._pending: dict[int, _Partial] = {}
 
     @property
@@ -82,7 +89,8 @@ class TransportReassembler:
                 )
             partial = _Partial(bytearray(segment[1:]), seq)
             pending[key] = partial
-            self._check_size(key, partial, header, problems)
+            if self._check_size(key, partial, header, problems):
+                self._check_total(key, problems)
             return None
         if partial is None:
             problems.append((DNP3Anomaly.FIRST_SEGMENT_MISSING, f"transport seq {seq}"))
@@ -105,6 +113,7 @@ class TransportReassembler:
         partial.seq = seq
         if not self._check_size(key, partial, header, problems):
             return None
+        self._check_total(key, problems)
         if header & FIN:
             del pending[key]
             return bytes(partial.data)
@@ -120,6 +129,20 @@ class TransportReassembler:
             self._discard(key, partial, header)
             return False
         return True
+
+    def _check_total(self, key: int, problems: list[Problem]) -> None:
+        """Evict the oldest other partial fragments while all of them are over the budget."""
+        if len(self._pending) < 2:
+            return
+        total = self.pending_bytes
+        while total > self._max_total:
+            oldest = next(k for k in self._pending if k != key)
+            dropped = self._pending.pop(oldest).data
+            size = 0 if dropped is None else len(dropped)
+            total -= size
+            problems.append(
+                (DNP3Anomaly.FLOODED, f"reassembly over {self._max_total} bytes; {size} dropped")
+            )
 
     def _discard(self, key: int, partial: _Partial, header: int) -> None:
         if header & FIN:

@@ -287,6 +287,18 @@ def test_transport_errors() -> None:
     assert anomalies(events) == [DNP3Anomaly.TRANSPORT_SEQUENCE_ERROR]
 
 
+def test_default_cap_is_one_transport_sequence_cycle() -> None:
+    """64 segments of 249 bytes (seq 0-63) pass; a 65th, reusing seq 0, is too long."""
+    parser = DNP3Parser(TCP)
+    app = bytes([0xC0, 0x02]) + bytes(64 * 249)  # 15938 bytes: 65 segments
+    events = feed(parser, UP, b"".join(segments(app)))
+    assert anomalies(events) == [DNP3Anomaly.REASSEMBLY_TOO_LONG]
+    app = bytes([0xC0, 0x02]) + bytes(64 * 249 - 2)  # 64 segments: reassembled
+    events = feed(parser, UP, b"".join(segments(app)))
+    assert DNP3Anomaly.REASSEMBLY_TOO_LONG not in anomalies(events)
+    assert [e.fc for e in events if isinstance(e, DNP3Request)] == [2]
+
+
 def test_reassembly_too_long() -> None:
     parser = DNP3Parser(TCP, max_fragment=300)
     events: list[object] = []
@@ -482,3 +494,70 @@ def test_size_table_spot_checks() -> None:
     assert size(70, 3) == FREE and size(120, 1) == FREE and size(120, 3) == 6
     assert lookup(1, 0) is None and lookup(254, 1) is None
     assert len(OBJECT_SPECS) > 1200
+
+
+# ---------------------------------------------------------------- corpus-found cases
+
+
+def test_read_g0v0_is_an_unknown_object() -> None:
+    """opendnp3 conformance 8.6.3.2: the outstation answers this READ with IIN2.1."""
+    app = bytes(
+        [
+            0xC0,  # application control: FIR FIN, seq 0
+            0x01,  # FC 1 READ
+            0x00,  # group 0 (device attributes)
+            0x00,  # variation 0: undefined for group 0 (variations are attribute numbers)
+            0x06,  # qualifier: no prefix, range code 6 (all objects)
+        ]
+    )
+    events = feed(DNP3Parser(TCP), UP, master(app))
+    assert anomalies(events) == [DNP3Anomaly.UNKNOWN_OBJECT]
+    request = events[0]
+    assert isinstance(request, DNP3Request)
+    assert [(o.group, o.variation, o.qualifier) for o in request.objects] == [(0, 0, 6)]
+
+
+def segments(app: bytes, src: int = 1) -> list[bytes]:
+    """``app`` cut into 249-byte transport segments, each in its own link frame."""
+    out = []
+    chunks = [app[i : i + 249] for i in range(0, len(app), 249)]
+    for seq, chunk in enumerate(chunks):
+        tpdu = (0x40 if seq == 0 else 0) | (0x80 if seq == len(chunks) - 1 else 0) | seq & 0x3F
+        out.append(master(chunk, transport=tpdu, src=src))
+    return out
+
+
+# suricata-verify dnp3-max-points: one WRITE of 65535 binary inputs, an 8201-byte fragment
+WRITE_G1V1_65535 = (
+    bytes(
+        [
+            0xC0,  # application control: FIR FIN, seq 0
+            0x02,  # FC 2 WRITE
+            0x01,  # group 1 (binary input)
+            0x01,  # variation 1 (packed bits)
+            0x01,  # qualifier: no prefix, range code 1 (2-byte start and stop)
+            0x00, 0x00,  # start 0
+            0xFE, 0xFF,  # stop 65534: 65535 points
+        ]
+    )
+    + bytes(8192)  # 65535 bits of point data, packed: ceil(65535 / 8) = 8192 bytes
+)  # fmt: skip
+
+
+def test_fragment_over_8k_is_reassembled() -> None:
+    """IEEE 1815 lets a device raise its fragment size over the usual 2048 octets."""
+    assert len(WRITE_G1V1_65535) == 8201
+    events = feed(DNP3Parser(TCP), UP, b"".join(segments(WRITE_G1V1_65535)))
+    assert anomalies(events) == []
+    (request,) = events
+    assert isinstance(request, DNP3Request)
+    assert (request.fc, request.objects[0].start, request.objects[0].stop) == (2, 0, 65534)
+
+
+def test_pending_bytes_budget_evicts_the_oldest() -> None:
+    parser = DNP3Parser(TCP, max_fragment=1000, max_pending_bytes=1000)
+    first = segments(bytes([0xC0, 0x02]) + bytes(700), src=1)
+    second = segments(bytes([0xC0, 0x02]) + bytes(700), src=2)
+    events = feed(parser, UP, first[0] + first[1] + b"".join(second))  # src 1 unfinished
+    assert DNP3Anomaly.FLOODED in anomalies(events)
+    assert [e.link_src for e in events if isinstance(e, DNP3Request)] == [2]
