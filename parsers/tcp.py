@@ -19,9 +19,40 @@ Choices worth knowing:
   the expected seq, a store and two counter updates before the parser call,
   whose list is returned as is; pure ACKs return a shared empty tuple. Hence
   ``segment`` returns ``Sequence[Any]``. Everything else goes through ``_slow``.
+  The ACK number is checked first, against the other direction: equal to what
+  it expects, or behind it (acks lag data), costs a compare or two and stays on
+  the hot path.
 * Out-of-order data is buffered, bounded per connection by ``max_buffered``
   bytes and ``max_segments`` pieces. At the cap the first hole is reported as a
   gap and the stream skips ahead to the buffered data.
+* Holes that can never be filled are not waited for. A capture drop (tap, SPAN,
+  ring buffer) loses a segment that the receiver did get: its ACK then covers
+  bytes we never saw, and since acknowledged bytes are never retransmitted,
+  the hole is reported (``gap``) as soon as such an ACK is seen and the
+  buffered data behind it is delivered. Backstop for one-way captures and lost
+  ACKs: data buffered behind a hole for more than ``hole_timeout`` seconds of
+  *packet* time (any segment of the connection moves the clock) is delivered
+  across the hole as at the cap. Without both, a single drop would hold every
+  later PDU of the direction until the cap, a seq jump or the flow's end.
+* ACK sanity: only an ACK for a direction that started and has not ended
+  counts; an ACK further ahead than ``max_buffered`` + 64 KiB (or
+  ``max_seq_jump``) or beyond a known FIN is bogus (fuzzing, corruption,
+  injection), ignored and counted in ``bogus_acks``. The FIN takes one seq
+  number, so an ACK of FIN + 1 covers the data up to the FIN. An ACK exactly
+  one past everything seen with nothing buffered is read as a FIN we did not
+  capture, not as a hole: a lost 1-byte segment is still reported by the next
+  ACK, which lands beyond the data buffered after it. A SYN-ACK's ACK is read
+  after the SYN, so the ISN + 1 it acknowledges is what the other side expects.
+  Caveat: a capture that reorders the two directions (ACK captured before the
+  data it acknowledges) turns that data into a gap followed by a
+  retransmission, as in Zeek.
+* Timestamps: data delivered later than it arrived keeps its own arrival time
+  (``receive(d, data, piece_ts)``), so protocol events carry the time of the
+  packets that carried them, not of the flush. Delivery times never go
+  backwards within a direction: data released by a late retransmission that
+  fills a hole is delivered at the retransmission's time (the PDU could not be
+  complete before). Anomalies and gaps carry the time of the segment that
+  revealed them.
 * Overlaps: already delivered bytes are trimmed (we keep no copy, so a changed
   retransmission of delivered data cannot be seen). Among buffered data the
   first arrival wins and differing bytes raise ``OVERLAP_MISMATCH``.
@@ -36,11 +67,14 @@ Choices worth knowing:
   ``CONNECTION_REUSED`` is emitted and the same parser object continues with
   the new connection, so a parser must accept data after ``eof`` and start
   afresh.
+* ``segment`` takes the ACK number as an optional last argument; callers that
+  do not pass it get the old behaviour plus the hole timeout.
 """
 
 from __future__ import annotations
 
 import enum
+import math
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -59,6 +93,10 @@ _MASK = 0xFFFFFFFF
 _HALF = 0x80000000
 _DIRS = (Direction.TO_SERVER, Direction.TO_CLIENT)
 _NO_EVENTS: tuple[()] = ()
+_ACK_SLACK = 64 * 1024  # how far beyond max_buffered an ACK may still be believed
+# _hot values besides an expected seq (>= 0): see TcpReassembler.__init__.
+_IDLE = -2
+_WATCH = -3  # not -1: that is segment()'s "no ack supplied", which must not match it
 
 
 def seq_delta(a: int, b: int) -> int:
@@ -100,7 +138,7 @@ class TcpAnomalyEvent:
             raise ValueError(f"TcpAnomalyEvent.size must be >= 0, got {self.size}")
 
 
-_Piece = tuple[int, bytes]  # (seq of first byte, data)
+_Piece = tuple[int, bytes, float]  # (seq of first byte, data, arrival ts)
 
 
 class TcpReassembler:
@@ -110,19 +148,27 @@ class TcpReassembler:
     (both directions together), ``max_segments`` the number of pieces.
     ``max_seq_jump`` is the largest believable sequence distance; beyond it the
     stream is treated as desynchronised and restarted (``SEQ_JUMP``).
+    ``hole_timeout`` is how long (seconds of packet time) data may wait behind
+    a hole before the hole is given up; ``math.inf`` disables it.
 
     Counters (plain ints, for sensor health): ``segments`` fed,
     ``bytes_delivered`` to the parser, ``retransmissions`` (segments wholly or
     partly already seen), ``out_of_order`` (segments buffered ahead of a
-    hole), ``gaps`` and ``gap_bytes`` (gap calls made, bytes they reported).
+    hole), ``gaps`` and ``gap_bytes`` (gap calls made, bytes they reported),
+    ``acked_holes`` (gaps found through an ACK), ``hole_timeouts`` (holes
+    given up after ``hole_timeout``), ``bogus_acks`` (ACKs ignored as absurd).
     """
 
     __slots__ = (
+        "_ack_grace",
+        "_ack_limit",
+        "_acked",
         "_buf",
         "_buffered",
         "_end",
         "_ended",
         "_fin",
+        "_hole_timeout",
         "_hot",
         "_isn",
         "_max_buffered",
@@ -130,11 +176,16 @@ class TcpReassembler:
         "_max_segments",
         "_next",
         "_parser",
+        "_rx_ts",
+        "_since",
         "_started",
+        "acked_holes",
+        "bogus_acks",
         "bytes_delivered",
         "flow",
         "gap_bytes",
         "gaps",
+        "hole_timeouts",
         "out_of_order",
         "retransmissions",
         "segments",
@@ -148,16 +199,27 @@ class TcpReassembler:
         max_buffered: int = 256 * 1024,
         max_segments: int = 1024,
         max_seq_jump: int = 1 << 30,
+        hole_timeout: float = 10.0,
+        ack_grace: float = 0.2,
     ) -> None:
         if max_buffered < 0 or max_segments < 0:
             raise ValueError("max_buffered and max_segments must be >= 0")
         if not 0 < max_seq_jump < _HALF:
             raise ValueError("max_seq_jump must be in (0, 2**31)")
+        if not hole_timeout > 0:  # also rejects NaN
+            raise ValueError("hole_timeout must be > 0")
         self.flow = flow
         self._parser = parser
         self._max_buffered = max_buffered
         self._max_segments = max_segments
         self._max_jump = max_seq_jump
+        self._hole_timeout = hole_timeout
+        if not ack_grace >= 0:
+            raise ValueError("ack_grace must be >= 0")
+        self._ack_grace = ack_grace
+        # An ACK past bytes we lack, waiting out ack_grace: (target seq, deadline).
+        self._acked: list[tuple[int, float] | None] = [None, None]
+        self._ack_limit = min(max_buffered + _ACK_SLACK, max_seq_jump)
         # Counters.
         self.segments = 0
         self.bytes_delivered = 0
@@ -165,11 +227,17 @@ class TcpReassembler:
         self.out_of_order = 0
         self.gaps = 0
         self.gap_bytes = 0
+        self.acked_holes = 0
+        self.hole_timeouts = 0
+        self.bogus_acks = 0
         # Per-direction state, indexed by Direction.
         # _hot[d] is the expected seq while d is on the fast path (started, not
-        # ended, nothing buffered, no FIN pending) and -1 otherwise; while it
-        # is >= 0 it is authoritative and _next[d] is stale.
-        self._hot = [-1, -1]
+        # ended, nothing buffered, no FIN pending); while it is >= 0 it is
+        # authoritative and _next[d] is stale. Otherwise it is _WATCH when d
+        # started and has not ended (an ACK for d needs a look: it may reveal
+        # a hole; data may be waiting for a timeout), else _IDLE (ACKs for d
+        # are meaningless).
+        self._hot = [_IDLE, _IDLE]
         self._next = [0, 0]
         self._started = [False, False]
         self._ended = [False, False]
@@ -178,6 +246,8 @@ class TcpReassembler:
         self._end = [0, 0]  # seq where an ended direction stopped
         self._buf: list[list[_Piece]] = [[], []]  # sorted, disjoint, all ahead of _next
         self._buffered = 0
+        self._since = [math.inf, math.inf]  # arrival ts of the oldest buffered piece
+        self._rx_ts = [-math.inf, -math.inf]  # latest ts handed to receive() on the slow path
 
     @property
     def buffered_bytes(self) -> int:
@@ -190,19 +260,40 @@ class TcpReassembler:
         return self._ended[0] and self._ended[1]
 
     def segment(
-        self, direction: Direction, seq: int, flags: int, payload: bytes, ts: float
+        self,
+        direction: Direction,
+        seq: int,
+        flags: int,
+        payload: bytes,
+        ts: float,
+        ack: int = -1,
     ) -> Sequence[Any]:
-        """Feed one TCP segment; returns the parser's events and TcpAnomalyEvents, in order."""
+        """Feed one TCP segment; returns the parser's events and TcpAnomalyEvents, in order.
+
+        ``ack`` is the segment's acknowledgement number, read only when
+        ``flags`` has ACK; it acknowledges the other direction. -1 (the
+        default) means "not supplied": no ACK-driven hole detection.
+        """
         self.segments += 1
+        hot = self._hot
+        if flags & 0x10:  # TCP_ACK; literals are cheaper than globals here
+            h = hot[direction ^ 1]  # the other direction (plain int: faster subscript)
+            # Needs a look: ahead of what the other side has sent (a hole) or
+            # the other side is not on the fast path but alive (_WATCH).
+            # (-3 is _WATCH; 0 < x < 2**31 is seq_delta(ack, h) > 0, inlined.)
+            if ack != h and (0 < (ack - h) & 0xFFFFFFFF < 0x80000000 if h >= 0 else h == -3):
+                return self._slow(direction, seq, flags, payload, ts, ack)
+        elif hot[direction ^ 1] == -3:
+            return self._slow(direction, seq, flags, payload, ts, ack)  # for the timeout
         if payload:
-            if seq == self._hot[direction] and not flags & _CTRL:
+            if seq == hot[direction] and not flags & _CTRL:
                 n = len(payload)
-                self._hot[direction] = (seq + n) & _MASK
+                hot[direction] = (seq + n) & _MASK
                 self.bytes_delivered += n
                 return self._parser.receive(direction, payload, ts)
         elif not flags & _CTRL:
             return _NO_EVENTS  # pure ACK
-        return self._slow(direction, seq, flags, payload, ts)
+        return self._slow(direction, seq, flags, payload, ts, ack)
 
     def close(self, ts: float) -> Sequence[Any]:
         """Flow expired / evicted: flush what can be flushed (remaining holes as gaps), eof both."""
@@ -219,26 +310,41 @@ class TcpReassembler:
     # -- slow path ---------------------------------------------------------
 
     def _slow(
-        self, d: Direction, seq: int, flags: int, payload: bytes, ts: float
+        self, d: Direction, seq: int, flags: int, payload: bytes, ts: float, ack: int
     ) -> list[Any]:
         out: list[Any] = []
         self._sync()
-        if flags & TCP_RST:
-            for x in (d, d.reverse):
+        o = d.reverse
+        rst = flags & TCP_RST
+        if flags & TCP_SYN and not rst:
+            # Before the ACK: a SYN with a new ISN resets the connection, and
+            # the ACK then refers to the new one.
+            self._on_syn(d, seq, payload, ts, out)
+            seq = (seq + 1) & _MASK  # SYN takes one sequence number
+        # The ACK first: the sender saw the other side's data before sending
+        # this, so that data's events come first.
+        if flags & TCP_ACK and ack >= 0 and self._started[o] and not self._ended[o]:
+            self._on_ack(o, ack, ts, out)
+        if self._buf[o]:
+            self._expire(o, ts, out)
+        if rst:
+            for x in (d, o):
                 if not self._ended[x]:
                     self._flush(x, ts, out)
-        else:
-            if flags & TCP_SYN:
-                self._on_syn(d, seq, payload, ts, out)
-                seq = (seq + 1) & _MASK  # SYN takes one sequence number
-            if payload or flags & TCP_FIN:
-                if self._ended[d]:
-                    self._after_end(d, seq, flags, payload, ts, out)
-                else:
-                    if not self._started[d]:
-                        self._pickup(d, seq, ts, out)
-                    self._on_data(d, seq, flags, payload, ts, out)
-                    self._settle(d, ts, out)
+        elif payload or flags & TCP_FIN:
+            if self._ended[d]:
+                self._after_end(d, seq, flags, payload, ts, out)
+            else:
+                if not self._started[d]:
+                    self._pickup(d, seq, ts, out)
+                self._on_data(d, seq, flags, payload, ts, out)
+                self._settle(d, ts, out)
+        # After this segment's data, which may have filled the hole.
+        for x in (o, d):
+            if self._acked[x] is not None:
+                self._settle_acked(x, ts, out)
+        if self._buf[d]:
+            self._expire(d, ts, out)
         self._refresh()
         return out
 
@@ -250,13 +356,83 @@ class TcpReassembler:
 
     def _refresh(self) -> None:
         for d in _DIRS:
-            fast = (
-                self._started[d]
-                and not self._ended[d]
-                and not self._buf[d]
-                and self._fin[d] is None
-            )
-            self._hot[d] = self._next[d] if fast else -1
+            if not self._started[d] or self._ended[d]:
+                self._hot[d] = _IDLE
+            elif self._buf[d] or self._fin[d] is not None or self._acked[d] is not None:
+                self._hot[d] = _WATCH
+            else:
+                self._hot[d] = self._next[d]
+
+    def _on_ack(self, o: Direction, ack: int, ts: float, out: list[Any]) -> None:
+        """The other side acknowledged ``o`` up to ``ack``: bytes before it we lack are lost."""
+        nxt = self._next[o]
+        delta = seq_delta(ack, nxt)
+        if delta <= 0:
+            return
+        fin = self._fin[o]
+        if fin is not None:
+            room = seq_delta(fin, nxt)
+            if delta == room + 1:
+                delta = room  # FIN + 1: everything up to the FIN, and the FIN
+            elif delta > room:
+                self.bogus_acks += 1  # beyond the end of the stream
+                return
+        if delta > self._ack_limit:
+            self.bogus_acks += 1
+            return
+        target = (nxt + delta) & _MASK
+        if self._ack_grace <= 0:
+            self._release_acked(o, target, ts, out)
+            return
+        pending = self._acked[o]
+        if pending is None:
+            self._acked[o] = (target, ts + self._ack_grace)
+        elif seq_delta(target, pending[0]) > 0:
+            self._acked[o] = (target, pending[1])
+
+    def _settle_acked(self, o: Direction, ts: float, out: list[Any]) -> None:
+        """An ACK's grace is over: what is still missing before its target is a gap.
+
+        The grace exists because a SPAN port merges two directions and may show an
+        ACK a moment before the data it acknowledges. Data that arrives within the
+        grace fills the hole normally; only what is still missing after it is lost.
+        """
+        pending = self._acked[o]
+        if pending is None:
+            return
+        target, deadline = pending
+        if self._ended[o] or seq_delta(target, self._next[o]) <= 0:
+            self._acked[o] = None
+        elif ts >= deadline:
+            self._acked[o] = None
+            self._release_acked(o, target, ts, out)
+
+    def _release_acked(self, o: Direction, target: int, ts: float, out: list[Any]) -> None:
+        fin = self._fin[o]
+        buf = self._buf[o]
+        while not self._ended[o]:
+            nxt = self._next[o]
+            left = seq_delta(target, nxt)
+            if left <= 0:
+                break
+            if buf and seq_delta(buf[0][0], target) < 0:
+                hole = (buf[0][0] - nxt) & _MASK
+                self.acked_holes += 1
+                self._gap(o, hole, ts, out, "acknowledged, never captured")
+                self._next[o] = buf[0][0]
+            else:
+                if left == 1 and fin is None and not buf:
+                    break  # most likely a FIN we did not capture, see the module doc
+                self.acked_holes += 1
+                self._gap(o, left, ts, out, "acknowledged, never captured")
+                self._next[o] = target
+            self._drain(o, ts, out)
+
+    def _expire(self, d: Direction, ts: float, out: list[Any]) -> None:
+        """Give up holes that have kept data waiting for longer than ``hole_timeout``."""
+        while self._buf[d] and ts - self._since[d] > self._hole_timeout:
+            self.hole_timeouts += 1
+            self._skip_hole(d, ts, out, f"hole_timeout {self._hole_timeout:g}s")
 
     def _anomaly(
         self,
@@ -298,6 +474,7 @@ class TcpReassembler:
             self._isn[x] = self._fin[x] = None
             self._next[x] = self._end[x] = 0
             self._buf[x] = []
+            self._since[x] = math.inf
         self._buffered = 0
         self._start(d, seq + 1, seq)
 
@@ -392,19 +569,20 @@ class TcpReassembler:
         limit = seq_delta(fin, nxt)
         dropped = 0
         while buf:
-            bseq, bdata = buf[-1]
+            bseq, bdata, bts = buf[-1]
             rel = seq_delta(bseq, nxt)
             if rel + len(bdata) <= limit:
                 break
             buf.pop()
             if rel < limit:
-                buf.append((bseq, bdata[: limit - rel]))
+                buf.append((bseq, bdata[: limit - rel], bts))
                 dropped += rel + len(bdata) - limit
                 self._buffered -= rel + len(bdata) - limit
                 break
             dropped += len(bdata)
             self._buffered -= len(bdata)
         if dropped:
+            self._reset_since(d)
             self._anomaly(out, ts, d, TcpAnomaly.DATA_AFTER_FIN, dropped,
                           "buffered data beyond the FIN")
 
@@ -431,14 +609,14 @@ class TcpReassembler:
             if bs >= e:
                 break
             if bs > cur:
-                keep.append(((nxt + cur) & _MASK, data[cur - s : bs - s]))
+                keep.append(((nxt + cur) & _MASK, data[cur - s : bs - s], ts))
             lo, hi = max(cur, bs), min(e, bs + len(bdata))
             if data[lo - s : hi - s] != bdata[lo - bs : hi - bs]:
                 mismatch = True
             cur = hi
             i += 1
         if cur < e:
-            keep.append(((nxt + cur) & _MASK, data[cur - s :]))
+            keep.append(((nxt + cur) & _MASK, data[cur - s :], ts))
         if mismatch:
             self._anomaly(out, ts, d, TcpAnomaly.OVERLAP_MISMATCH,
                           detail=f"overlapping bytes differ near seq {seq}")
@@ -449,21 +627,37 @@ class TcpReassembler:
         merged = sorted(buf[first:i] + keep, key=rel)
         buf[first:i] = merged
         self._buffered += sum(len(p[1]) for p in keep)
+        if ts < self._since[d]:
+            self._since[d] = ts
 
     def _drain(self, d: Direction, ts: float, out: list[Any]) -> None:
-        """Deliver contiguous buffered data; end the direction if its FIN is reached."""
+        """Deliver contiguous buffered data; end the direction if its FIN is reached.
+
+        Each piece is delivered at its arrival time, but never earlier than
+        data already delivered in ``d`` (see the module doc).
+        """
         buf = self._buf[d]
         nxt = self._next[d]
-        while buf and buf[0][0] == nxt:
-            data = buf.pop(0)[1]
-            n = len(data)
-            self._buffered -= n
-            nxt = (nxt + n) & _MASK
-            self._next[d] = nxt
-            self.bytes_delivered += n
-            out.extend(self._parser.receive(d, data, ts))
+        if buf and buf[0][0] == nxt:
+            floor = self._rx_ts[d]
+            while buf and buf[0][0] == nxt:
+                _, data, pts = buf.pop(0)
+                n = len(data)
+                self._buffered -= n
+                nxt = (nxt + n) & _MASK
+                self._next[d] = nxt
+                self.bytes_delivered += n
+                if pts > floor:
+                    floor = pts
+                self._rx_ts[d] = floor
+                out.extend(self._parser.receive(d, data, floor))
+            self._reset_since(d)
         if nxt == self._fin[d] and not self._ended[d]:
             self._end_direction(d, ts, out)
+
+    def _reset_since(self, d: Direction) -> None:
+        buf = self._buf[d]
+        self._since[d] = min(p[2] for p in buf) if buf else math.inf
 
     def _enforce_caps(self, d: Direction, ts: float, out: list[Any]) -> None:
         which = "max_buffered" if self._buffered > self._max_buffered else "max_segments"
@@ -473,19 +667,19 @@ class TcpReassembler:
         ):
             self._skip_hole(d if self._buf[d] else d.reverse, ts, out)
 
-    def _skip_hole(self, d: Direction, ts: float, out: list[Any]) -> None:
+    def _skip_hole(self, d: Direction, ts: float, out: list[Any], why: str = "") -> None:
         """Report the hole before the first buffered piece and deliver from there."""
         first = self._buf[d][0][0]
         hole = (first - self._next[d]) & _MASK
         if hole:
-            self._gap(d, hole, ts, out)
+            self._gap(d, hole, ts, out, why)
         self._next[d] = first
         self._drain(d, ts, out)
 
-    def _gap(self, d: Direction, size: int, ts: float, out: list[Any]) -> None:
+    def _gap(self, d: Direction, size: int, ts: float, out: list[Any], why: str = "") -> None:
         self.gaps += 1
         self.gap_bytes += size
-        self._anomaly(out, ts, d, TcpAnomaly.GAP, size)
+        self._anomaly(out, ts, d, TcpAnomaly.GAP, size, why)
         out.extend(self._parser.gap(d, size, ts))
 
     def _flush(self, d: Direction, ts: float, out: list[Any]) -> None:

@@ -169,7 +169,9 @@ class Pipeline:
 
         tcp = flow.tcp
         if tcp is not None:
-            events: Sequence[Any] = tcp.segment(direction, pkt.seq, pkt.flags, pkt.payload, ts)
+            events: Sequence[Any] = tcp.segment(
+                direction, pkt.seq, pkt.flags, pkt.payload, ts, pkt.ack
+            )
         elif pkt.payload:
             events = flow.parser.receive(direction, pkt.payload, ts)
         else:

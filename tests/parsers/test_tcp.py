@@ -34,9 +34,11 @@ class Recorder:
 
     def __init__(self) -> None:
         self.calls: list[tuple[Any, ...]] = []
+        self.rx_ts: list[tuple[bytes, float]] = []  # (data, ts) of every receive call
 
     def receive(self, direction: Direction, data: bytes, ts: float) -> list[Any]:
         self.calls.append(("data", direction, data))
+        self.rx_ts.append((data, ts))
         return [("rx", direction, len(data))]
 
     def gap(self, direction: Direction, size: int, ts: float) -> list[Any]:
@@ -57,7 +59,10 @@ class Recorder:
         return [c[0] for c in self.calls]
 
 
-def make(**kw: int) -> tuple[TcpReassembler, Recorder]:
+def make(**kw: Any) -> tuple[TcpReassembler, Recorder]:
+    """A reassembler on a recorder. ACK-revealed holes are gapped at once here
+    (``ack_grace=0``) unless a test passes a grace; the grace has its own tests."""
+    kw.setdefault("ack_grace", 0.0)
     rec = Recorder()
     return TcpReassembler(FLOW, rec, **kw), rec
 
@@ -534,6 +539,197 @@ def test_constructor_validates_limits() -> None:
         TcpReassembler(FLOW, Recorder(), max_seq_jump=0)
     with pytest.raises(ValueError):
         TcpAnomalyEvent(0.0, FLOW, C2S, TcpAnomaly.GAP, size=-1)
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError):
+            TcpReassembler(FLOW, Recorder(), hole_timeout=bad)
+
+
+# -- ACK-driven holes, hole timeout, per-piece timestamps ------------------
+
+
+def gap_events(events: Any) -> list[TcpAnomalyEvent]:
+    return [e for e in events if isinstance(e, TcpAnomalyEvent) and e.kind is TcpAnomaly.GAP]
+
+
+def test_ack_beyond_hole_reports_gap_and_delivers_with_piece_ts() -> None:
+    r, rec = make()
+    handshake(r)
+    r.segment(C2S, 1001, DATA, b"req1", 1.0, 5001)
+    r.segment(S2C, 5001, DATA, b"rsp1", 1.1, 1005)
+    # Request 2 (1005..1009) is never captured; request 3 arrives behind the hole.
+    assert list(r.segment(C2S, 1009, DATA, b"req3", 2.0, 5005)) == []
+    assert r.buffered_bytes == 4
+    # The server's reply acknowledges 1013: the hole can never be filled.
+    out = r.segment(S2C, 5005, DATA, b"rsp2", 2.5, 1013)
+    gaps = gap_events(out)
+    assert [(e.direction, e.size, e.ts) for e in gaps] == [(C2S, 4, 2.5)]
+    assert gaps[0].detail == "acknowledged, never captured"
+    # The other side's data first (it was acknowledged), then this segment's own.
+    assert rec.calls[-3:] == [("gap", C2S, 4), ("data", C2S, b"req3"), ("data", S2C, b"rsp2")]
+    assert rec.rx_ts[-2:] == [(b"req3", 2.0), (b"rsp2", 2.5)]  # req3 keeps its own time
+    assert (r.gaps, r.gap_bytes, r.acked_holes, r.buffered_bytes) == (1, 4, 1, 0)
+    # Both directions are back on the fast path.
+    assert r.segment(C2S, 1013, DATA, b"req4", 3.0, 5009) == [("rx", C2S, 4)]
+    assert r.segment(S2C, 5009, DATA, b"rsp4", 3.1, 1017) == [("rx", S2C, 4)]
+
+
+def test_pure_ack_beyond_several_holes_and_partial_ack() -> None:
+    r, rec = make()
+    handshake(r)
+    r.segment(C2S, 1003, DATA, b"cc", 1.0)  # holes: 1001-1002, 1005-1006, 1009-1010
+    r.segment(C2S, 1007, DATA, b"gg", 1.1)
+    r.segment(C2S, 1011, DATA, b"kk", 1.2)
+    # An ACK inside the first hole: only the acknowledged part is lost.
+    out = r.segment(S2C, 5001, TCP_ACK, b"", 2.0, 1002)
+    assert [e.size for e in gap_events(out)] == [1]
+    assert rec.calls == [("gap", C2S, 1)]
+    assert r.buffered_bytes == 6
+    out = r.segment(S2C, 5001, TCP_ACK, b"", 2.1, 1013)
+    assert [e.size for e in gap_events(out)] == [1, 2, 2]
+    assert rec.calls[1:] == [
+        ("gap", C2S, 1), ("data", C2S, b"cc"), ("gap", C2S, 2), ("data", C2S, b"gg"),
+        ("gap", C2S, 2), ("data", C2S, b"kk"),
+    ]
+    assert rec.rx_ts == [(b"cc", 1.0), (b"gg", 1.1), (b"kk", 1.2)]
+    assert r.bytes_delivered + r.gap_bytes == 12
+
+
+def test_ack_of_uncaptured_data_with_nothing_buffered() -> None:
+    r, rec = make()
+    handshake(r)
+    r.segment(C2S, 1001, DATA, b"req1", 1.0, 5001)
+    # The server's response (5001..5010) is lost; the next request acks it.
+    out = r.segment(C2S, 1005, DATA, b"req2", 2.0, 5010)
+    assert [(e.direction, e.size, e.ts) for e in gap_events(out)] == [(S2C, 9, 2.0)]
+    assert rec.calls[-2:] == [("gap", S2C, 9), ("data", C2S, b"req2")]
+    # The next response is in order again: fast path, no buffering.
+    assert r.segment(S2C, 5010, DATA, b"rsp2", 2.1, 1009) == [("rx", S2C, 4)]
+    assert r.buffered_bytes == 0 and r.gaps == 1
+
+
+def test_handshake_fin_and_lagging_acks_cause_no_gaps() -> None:
+    r, rec = make()
+    assert list(r.segment(C2S, 1000, TCP_SYN, b"", 0.0)) == []
+    assert list(r.segment(S2C, 5000, TCP_SYN | TCP_ACK, b"", 0.0, 1001)) == []
+    assert list(r.segment(C2S, 1001, TCP_ACK, b"", 0.0, 5001)) == []
+    r.segment(C2S, 1001, DATA, b"abcd", 1.0, 5001)
+    r.segment(C2S, 1005, DATA, b"efgh", 1.0, 5001)
+    assert list(r.segment(S2C, 5001, TCP_ACK, b"", 1.1, 1005)) == []  # lagging ACK
+    assert list(r.segment(S2C, 5001, TCP_ACK, b"", 1.1, 1009)) == []
+    r.segment(C2S, 1009, TCP_FIN | TCP_ACK, b"", 2.0, 5001)
+    out = r.segment(S2C, 5001, TCP_ACK, b"", 2.1, 1010)  # ACK of FIN + 1
+    assert list(out) == []
+    out = r.segment(S2C, 5001, TCP_FIN | TCP_ACK, b"", 2.2, 1010)
+    assert list(out) == [("eof", S2C)]
+    assert list(r.segment(C2S, 1010, TCP_ACK, b"", 2.3, 5002)) == []
+    assert r.gaps == 0 and r.bogus_acks == 0 and r.closed
+    assert rec.stream(C2S) == b"abcdefgh"
+
+
+def test_ack_of_fin_behind_a_hole_ends_the_direction() -> None:
+    r, rec = make()
+    handshake(r)
+    r.segment(C2S, 1001, DATA, b"ab", 1.0)
+    r.segment(C2S, 1005, TCP_FIN | TCP_ACK, b"", 1.1)  # "cd" (1003-1004) missing
+    assert rec.calls[-1] == ("data", C2S, b"ab")
+    out = r.segment(S2C, 5001, TCP_ACK, b"", 1.2, 1006)  # FIN + 1
+    assert [e.size for e in gap_events(out)] == [2]
+    assert rec.calls[-2:] == [("gap", C2S, 2), ("eof", C2S)]
+    assert r.bogus_acks == 0
+
+
+def test_ack_one_past_everything_is_read_as_lost_fin() -> None:
+    r, rec = make()
+    handshake(r)
+    r.segment(C2S, 1001, DATA, b"ab", 1.0)
+    assert list(r.segment(S2C, 5001, TCP_ACK, b"", 1.1, 1004)) == []  # FIN not captured
+    assert r.gaps == 0
+    # Had it been a 1-byte segment, the data after it is reported by the next ACK.
+    r.segment(C2S, 1004, DATA, b"d", 1.2)
+    out = r.segment(S2C, 5001, TCP_ACK, b"", 1.3, 1005)
+    assert [e.size for e in gap_events(out)] == [1]
+    assert rec.stream(C2S) == b"abd"
+
+
+def test_bogus_acks_are_ignored_and_counted() -> None:
+    r, _ = make(max_buffered=1000)
+    handshake(r)
+    r.segment(C2S, 1003, DATA, b"cd", 1.0)  # buffered behind a 2-byte hole
+    far = 1001 + 1000 + 64 * 1024 + 1
+    assert anomalies(r.segment(S2C, 5001, TCP_ACK, b"", 1.1, far)) == []
+    assert anomalies(r.segment(S2C, 5001, TCP_ACK, b"", 1.1, (1001 + 2**31 - 1) % M32)) == []
+    assert r.bogus_acks == 2 and r.gaps == 0 and r.buffered_bytes == 2
+    # Beyond a known FIN (+1) is impossible too.
+    r.segment(C2S, 1005, TCP_FIN | TCP_ACK, b"", 1.2)
+    assert list(r.segment(S2C, 5001, TCP_ACK, b"", 1.3, 1007)) == []
+    assert r.bogus_acks == 3
+    # ACK flag clear: the field is noise (fuzzers, some stacks) and not read.
+    assert list(r.segment(S2C, 5001, TCP_PSH, b"", 1.4, 1005)) == []
+    assert r.bogus_acks == 3 and r.gaps == 0
+    # An ACK for a direction that never started, or that ended, is ignored.
+    r2, rec2 = make()
+    assert list(r2.segment(C2S, 77, DATA, b"x", 0.0, 123456)) != []  # pickup, S2C idle
+    assert rec2.calls == [("data", C2S, b"x")] and r2.bogus_acks == 0
+
+
+def test_hole_timeout_by_packet_time() -> None:
+    r, rec = make(hole_timeout=10.0)
+    handshake(r)
+    r.segment(C2S, 1001, DATA, b"ab", 1.0)
+    r.segment(C2S, 1005, DATA, b"ef", 2.0)  # hole "cd"
+    r.segment(C2S, 1007, DATA, b"gh", 5.0)
+    # Traffic of the other direction, without ACKs we could use, moves the clock.
+    assert anomalies(r.segment(S2C, 5001, DATA, b"x", 11.9)) == []
+    assert r.buffered_bytes == 4
+    out = r.segment(S2C, 5002, DATA, b"y", 12.5)  # 10.5 s after "ef" arrived
+    gaps = gap_events(out)
+    assert [(e.direction, e.size, e.ts) for e in gaps] == [(C2S, 2, 12.5)]
+    assert gaps[0].detail == "hole_timeout 10s"
+    assert rec.rx_ts[-3:] == [(b"ef", 2.0), (b"gh", 5.0), (b"y", 12.5)]
+    assert r.hole_timeouts == 1 and r.buffered_bytes == 0
+    # A late retransmission of the hole is old now.
+    r.segment(C2S, 1003, DATA, b"cd", 13.0)
+    assert rec.stream(C2S) == b"abefgh"
+
+
+def test_hole_filled_before_timeout_delivers_at_fill_time() -> None:
+    r, rec = make(hole_timeout=10.0)
+    handshake(r)
+    r.segment(C2S, 1003, DATA, b"cd", 1.0)
+    r.segment(C2S, 1005, DATA, b"ef", 1.5)
+    out = r.segment(C2S, 1001, DATA, b"ab", 9.0)  # retransmission fills the hole
+    assert anomalies(out) == []
+    # The PDU could not be complete before the fill: never earlier than it.
+    assert rec.rx_ts == [(b"ab", 9.0), (b"cd", 9.0), (b"ef", 9.0)]
+    # A segment arriving just after the deadline fills its own hole first.
+    r.segment(C2S, 1009, DATA, b"ij", 10.0)
+    assert anomalies(r.segment(C2S, 1007, DATA, b"gh", 30.0)) == []
+    assert rec.stream(C2S) == b"abcdefghij"
+
+
+def test_hole_timeout_on_own_segment_and_piece_ts_never_go_backwards() -> None:
+    r, rec = make(hole_timeout=5.0)
+    handshake(r)
+    r.segment(C2S, 1007, DATA, b"gh", 1.0)  # arrived first, further ahead
+    r.segment(C2S, 1003, DATA, b"cd", 2.0)
+    out = r.segment(C2S, 1011, DATA, b"kl", 7.0)  # "gh" waited 6 s
+    assert [e.size for e in gap_events(out)] == [2, 2]  # "ab", "ef"; "ij" is still young
+    # "gh" arrived before "cd" but is delivered after it: not earlier than it.
+    assert rec.rx_ts == [(b"cd", 2.0), (b"gh", 2.0)]
+    assert r.hole_timeouts == 2 and r.buffered_bytes == 2
+    out = r.segment(S2C, 5001, DATA, b"z", 12.5, 1009)  # the clock moves on
+    assert [e.size for e in gap_events(out)] == [2]
+    assert rec.rx_ts[-2:] == [(b"kl", 7.0), (b"z", 12.5)]
+
+
+def test_legacy_callers_without_ack_keep_old_behaviour() -> None:
+    r, rec = make()
+    r.segment(C2S, 2**31 + 10, TCP_SYN, b"", 0.0)  # seq space above 2**31
+    r.segment(C2S, 2**31 + 11, DATA, b"abc", 0.0)
+    r.segment(S2C, 5000, TCP_SYN | TCP_ACK, b"", 0.0)
+    r.segment(S2C, 5001, DATA, b"xyz", 0.0)  # no ack passed: nothing is read
+    assert r.gaps == 0 and r.bogus_acks == 0
+    assert rec.stream(C2S) == b"abc" and rec.stream(S2C) == b"xyz"
 
 
 # -- properties -----------------------------------------------------------
@@ -590,16 +786,23 @@ flags_st = st.sampled_from([
             st.one_of(st.integers(0, M32 - 1), st.integers(0, 200)),
             flags_st,
             st.binary(max_size=40),
+            st.one_of(st.just(-1), st.integers(0, M32 - 1), st.integers(0, 300)),
+            st.floats(0.0, 30.0),
         ),
         max_size=60,
     ),
     st.integers(0, 64),
     st.integers(0, 6),
+    st.sampled_from([0.5, 10.0, float("inf")]),
 )
 def test_arbitrary_segments_never_raise_and_respect_caps(
-    segs: list[tuple[Direction, int, int, bytes]], max_buffered: int, max_segments: int
+    segs: list[tuple[Direction, int, int, bytes, int, float]],
+    max_buffered: int,
+    max_segments: int,
+    hole_timeout: float,
 ) -> None:
-    r, rec = make(max_buffered=max_buffered, max_segments=max_segments)
+    r, rec = make(max_buffered=max_buffered, max_segments=max_segments,
+                  hole_timeout=hole_timeout)
     ended = {C2S: False, S2C: False}
 
     def check(events: Any) -> None:
@@ -620,13 +823,23 @@ def test_arbitrary_segments_never_raise_and_respect_caps(
             if e[0] == "eof":
                 ended[e[1]] = True
 
-    for d, seq, flags, payload in segs:
-        check(r.segment(d, seq, flags, payload, 0.0))
+    now = 0.0
+    for d, seq, flags, payload, ack, dt in segs:
+        now += dt
+        n_rx = len(rec.rx_ts)
+        check(r.segment(d, seq, flags, payload, now, ack))
+        assert all(t <= now for _, t in rec.rx_ts[n_rx:])  # never from the future
+        # Nothing waits behind a hole for longer than hole_timeout. Exception by
+        # design: a pure ACK stays on the fast path and does not look at the
+        # data its own sender has waiting.
+        pure = not payload and not flags & (TCP_SYN | TCP_FIN | TCP_RST)
+        for x in [d.reverse] if pure else [C2S, S2C]:
+            assert all(now - p[2] <= hole_timeout for p in r._buf[x])
         assert r.closed == all(ended.values())
         assert r.buffered_bytes <= max_buffered
         assert sum(len(b) for b in r._buf) <= max_segments
         assert r.buffered_bytes == sum(len(p[1]) for b in r._buf for p in b)
-    check(r.close(1.0))
+    check(r.close(now + 1.0))
     assert all(ended.values())
     assert r.closed and r.buffered_bytes == 0
     eofs = sum(1 for c in rec.calls if c[0] == "eof")
@@ -663,3 +876,116 @@ def test_gaps_account_for_every_missing_byte(data: bytes, draw: st.DataObject) -
     for a, chunk in kept:
         expect[a : a + len(chunk)] = chunk
     assert rebuilt == bytes(expect)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=1, max_size=200), st.integers(0, M32 - 1), st.data())
+def test_correct_acks_release_every_hole_without_close(
+    data: bytes, isn: int, draw: st.DataObject
+) -> None:
+    """Capture drops + the receiver's (correct) ACKs: every hole is reported by the ACKs alone.
+
+    The network order is a permutation of a segmentation; the capture loses some
+    segments; the receiver got them all and acknowledges its contiguous prefix.
+    """
+    r, rec = make()
+    seq0 = (isn + 1) & (M32 - 1)
+    r.segment(C2S, isn, TCP_SYN, b"", 0.0)
+    r.segment(S2C, 7000, TCP_SYN | TCP_ACK, b"", 0.0, seq0)
+    cuts = sorted(set(draw.draw(st.lists(st.integers(1, max(1, len(data) - 1)), max_size=10))))
+    bounds = [0, *[c for c in cuts if c < len(data)], len(data)]
+    segs = [(a, data[a:b]) for a, b in pairwise(bounds)]
+    network = draw.draw(st.permutations(segs))
+    received = bytearray(len(data))
+    have = [False] * len(data)
+    kept: list[tuple[int, bytes]] = []
+    now = 0.0
+    last_rx: float = -1.0
+
+    def feed(*args: Any) -> None:
+        nonlocal last_rx
+        n_rx = len(rec.rx_ts)
+        out = r.segment(*args)
+        for _, t in rec.rx_ts[n_rx:]:
+            assert last_rx <= t <= now  # delivery times never go backwards
+            last_rx = t
+        assert [e.ts for e in out if isinstance(e, TcpAnomalyEvent)] == [
+            now for e in out if isinstance(e, TcpAnomalyEvent)
+        ]
+
+    for a, chunk in network:
+        now += draw.draw(st.floats(0.0, 1.0))
+        received[a : a + len(chunk)] = chunk
+        have[a : a + len(chunk)] = [True] * len(chunk)
+        if draw.draw(st.booleans()):
+            kept.append((a, chunk))
+            feed(C2S, (seq0 + a) & (M32 - 1), DATA, chunk, now, 7001)
+        if draw.draw(st.booleans()):
+            prefix = have.index(False) if False in have else len(data)
+            feed(S2C, 7001, TCP_ACK, b"", now, (seq0 + prefix) & (M32 - 1))
+    fin = (seq0 + len(data)) & (M32 - 1)
+    now += 1.0
+    feed(C2S, fin, TCP_FIN | TCP_ACK, b"", now, 7001)
+    feed(S2C, 7001, TCP_ACK, b"", now, (fin + 1) & (M32 - 1))  # ACK of the FIN
+    # No close() needed: the ACKs released every hole and the FIN ended the direction.
+    assert ("eof", C2S) in rec.calls
+    assert r.buffered_bytes == 0
+    assert r.bytes_delivered + r.gap_bytes == len(data)
+    assert r.bogus_acks == 0 and r.retransmissions == 0
+    rebuilt = b""
+    for c in rec.calls:
+        if c[1] == C2S and c[0] == "data":
+            rebuilt += c[2]
+        elif c[1] == C2S and c[0] == "gap":
+            rebuilt += b"\0" * c[2]
+    expect = bytearray(len(data))
+    for a, chunk in kept:
+        expect[a : a + len(chunk)] = chunk
+    assert rebuilt == bytes(expect)
+
+
+def test_segment_without_ack_flag_still_runs_the_other_sides_timeout() -> None:
+    r, rec = make(hole_timeout=0.5)
+    handshake(r)
+    r.segment(C2S, 1003, DATA, b"cd", 1.0, 5001)  # behind a 2-byte hole
+    out = r.segment(S2C, 5001, TCP_PSH, b"x", 5.0, 999999)  # no ACK flag: ack not read
+    assert [e.size for e in gap_events(out)] == [2]
+    assert rec.rx_ts == [(b"cd", 1.0), (b"x", 5.0)]
+    assert r.bogus_acks == 0
+
+
+# -- ACK grace: a SPAN port may show an ACK just before the data it acknowledges --
+
+
+def test_ack_seen_before_its_data_loses_nothing() -> None:
+    """modbusBig frames 3149/3150: the client's ACK arrives 0.7 ms before the response."""
+    r, rec = make(ack_grace=0.2)
+    handshake(r)
+    r.segment(C2S, 1001, DATA, b"req1", 1.0, 5001)
+    out = r.segment(C2S, 1005, TCP_ACK, b"", 1.0005, 5011)  # acknowledges rsp1 (10 bytes)
+    assert gap_events(out) == []
+    out = r.segment(S2C, 5001, DATA, b"response10", 1.0012, 1005)
+    assert gap_events(out) == []
+    assert rec.calls[-1] == ("data", S2C, b"response10")
+    assert r.gaps == 0
+    # Back on the fast path once the acknowledged data is in.
+    assert r.segment(C2S, 1005, DATA, b"req2", 1.1, 5011) == [("rx", C2S, 4)]
+
+
+def test_ack_grace_then_the_hole_is_a_gap() -> None:
+    r, rec = make(ack_grace=0.2)
+    handshake(r)
+    r.segment(C2S, 1001, DATA, b"req1", 1.0, 5001)
+    assert gap_events(r.segment(C2S, 1005, TCP_ACK, b"", 1.01, 5011)) == []
+    assert gap_events(r.segment(C2S, 1005, TCP_ACK, b"", 1.1, 5011)) == []  # within the grace
+    out = r.segment(C2S, 1005, DATA, b"req2", 1.3, 5011)  # past it: rsp1 was lost
+    gaps = gap_events(out)
+    assert [(e.direction, e.size) for e in gaps] == [(S2C, 10)]
+    assert ("gap", S2C, 10) in rec.calls
+    # The server's next bytes then flow in order.
+    assert r.segment(S2C, 5011, DATA, b"rsp2", 1.31, 1009) == [("rx", S2C, 4)]
+
+
+def test_ack_grace_validation() -> None:
+    with pytest.raises(ValueError):
+        TcpReassembler(FLOW, Recorder(), ack_grace=-1.0)
