@@ -16,11 +16,7 @@ from pathlib import Path
 from types import FrameType
 
 from sensor import config as cfg
-from sensor.collector.server import CollectorServer, CollectorSettings
-from sensor.collector.storage import open_storage
-from sensor.forwarder import ForwarderSettings
-from sensor.journal import AlertJournal
-from sensor.keys import KeyFileError, generate
+from sensor import forwarding_options  # noqa: F401  (registers [forward] and [collect])
 
 
 def register_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -70,6 +66,8 @@ def _config(args: argparse.Namespace, prog: str) -> cfg.Config | None:
 
 
 def cmd_keys_generate(args: argparse.Namespace) -> int:
+    from sensor.keys import KeyFileError, generate
+
     directory = args.dir
     if directory is None:
         config = _config(args, "keys")
@@ -87,6 +85,9 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
+    from sensor.collector.server import CollectorServer, CollectorSettings
+    from sensor.keys import KeyFileError
+
     config = _config(args, "collect")
     if config is None:
         return 2
@@ -116,6 +117,9 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 
 def cmd_collect_status(args: argparse.Namespace) -> int:
+    from sensor.collector.server import CollectorSettings
+    from sensor.collector.storage import open_storage
+
     config = _config(args, "collect status")
     if config is None:
         return 2
@@ -153,6 +157,9 @@ def _ago(seconds: float) -> str:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
+    from sensor.forwarder import ForwarderSettings
+    from sensor.journal import AlertJournal
+
     config = _config(args, "audit")
     if config is None:
         return 2

@@ -36,7 +36,6 @@ from sensor import config as cfg
 from sensor.collector.storage import SqlStorage, StoredMessage, open_storage
 from sensor.keys import load_allow_list, load_pair
 from sensor.wire import (
-    MAX_MESSAGE_BYTES,
     Ack,
     Envelope,
     Kind,
@@ -50,40 +49,6 @@ from sensor.wire import decode as decode_message
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 UNAUTHENTICATED = ""  # the rejects row for connections that never proved a key
-
-def v_endpoints(value: Any) -> tuple[str, ...]:
-    """One endpoint or a list of them (a ``--listen`` flag gives one)."""
-    items = cfg.v_str_list([value] if isinstance(value, str) else value)
-    if not items:
-        raise ValueError("at least one endpoint is needed")
-    return items
-
-
-cfg.register([
-    cfg.Option("collect", "listen", ("tcp://*:7700",), v_endpoints,
-               "endpoints the collector binds for sensors", "--listen"),
-    cfg.Option("collect", "secret_key", Path("keys/collector.secret"), cfg.v_path,
-               "the collector's CURVE secret key (relative to the state dir)"),
-    cfg.Option("collect", "keys_dir", Path("keys/sensors"), cfg.v_path,
-               "allow-list: one NAME.pub per sensor (relative to the state dir)", "--keys-dir"),
-    cfg.Option("collect", "db", Path("collector/collector.db"), cfg.v_path,
-               "SQLite store, used when no DSN is given (relative to the state dir)", "--db"),
-    cfg.Option("collect", "dsn", "", cfg.v_str,
-               "PostgreSQL DSN (e.g. 'host=/run/postgresql dbname=mamori'); empty = SQLite",
-               "--dsn"),
-    cfg.Option("collect", "publish", "tcp://127.0.0.1:7701", cfg.v_str,
-               "local PUB endpoint re-publishing accepted alerts as JSON; empty = off",
-               "--publish"),
-    cfg.Option("collect", "jsonl", "", cfg.v_str,
-               "append accepted alerts as JSON lines to this file (for a SIEM); empty = off",
-               "--jsonl"),
-    cfg.Option("collect", "max_message_bytes", MAX_MESSAGE_BYTES,
-               cfg.v_int_range(1024, 16 * 1024 * 1024),
-               "larger messages are rejected before they are unpacked"),
-    cfg.Option("collect", "replay_interval", 1.0, cfg.v_seconds,
-               "minimum time between two replay requests for the same stream"),
-])
-
 
 @dataclass(frozen=True, slots=True)
 class CollectorSettings:

@@ -1,0 +1,103 @@
+"""The ``[forward]`` and ``[collect]`` configuration options, without their machinery.
+
+They live apart from the forwarder and the collector so that the command line can
+register every option (one schema, ``sensor.config``) without importing ZeroMQ:
+``mamori replay`` should not pay for a socket library it never uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sensor import config as cfg
+from sensor.wire import ALERT_FIELDS, DEFAULT_DENY_FIELDS, MAX_MESSAGE_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class CollectorSpec:
+    """Where one collector listens and the public key its CURVE server must prove."""
+
+    endpoint: str
+    server_key: str  # Z85 key, or a path to a .pub file (relative to the state dir)
+
+
+def v_collectors(value: Any) -> tuple[CollectorSpec, ...]:
+    if not isinstance(value, list):
+        raise ValueError("must be a list of {endpoint, server_key} tables")
+    out = []
+    for item in value:
+        if not isinstance(item, dict) or set(item) != {"endpoint", "server_key"}:
+            raise ValueError(f"{item!r} must have exactly endpoint and server_key")
+        endpoint, key = item["endpoint"], item["server_key"]
+        if not isinstance(endpoint, str) or not endpoint.startswith(("tcp://", "ipc://")):
+            raise ValueError(f"{endpoint!r} is not a tcp:// or ipc:// endpoint")
+        if not isinstance(key, str) or not key:
+            raise ValueError("server_key must be a Z85 key or a .pub file path")
+        out.append(CollectorSpec(endpoint, key))
+    return tuple(out)
+
+
+def v_fields(value: Any) -> tuple[str, ...]:
+    names = cfg.v_str_list(value)
+    for name in names:
+        if name != "*" and name.split(".", 1)[0] not in ALERT_FIELDS:
+            raise ValueError(f"{name!r} is not an alert field ({', '.join(ALERT_FIELDS)})")
+    return tuple(sorted(set(names)))  # sorted: the same set dumps and reloads equal
+
+
+cfg.register([
+    cfg.Option("forward", "collectors", (), v_collectors,
+               "collectors to forward to: a list of {endpoint, server_key} tables"),
+    cfg.Option("forward", "secret_key", Path("keys/sensor.secret"), cfg.v_path,
+               "this sensor's CURVE secret key (relative to the state dir)"),
+    cfg.Option("forward", "journal", Path("forward/journal.db"), cfg.v_path,
+               "the outbound journal (relative to the state dir)"),
+    cfg.Option("forward", "journal_max_bytes", 64 * 1024 * 1024,
+               cfg.v_int_range(64 * 1024, 2**40),
+               "journal budget; acknowledged messages go first, unacknowledged raise S4"),
+    cfg.Option("forward", "heartbeat_interval", 10.0, cfg.v_seconds,
+               "seconds between heartbeats to each collector"),
+    cfg.Option("forward", "ack_timeout", 5.0, cfg.v_seconds,
+               "resend from the first unacknowledged message after this long without acks"),
+    cfg.Option("forward", "window", 2000, cfg.v_int_range(1, 1_000_000),
+               "messages in flight per collector before waiting for an ack"),
+    cfg.Option("forward", "allow_fields", ("*",), v_fields,
+               "alert fields that may leave the box ('*' = all, 'evidence.fc' = one key)"),
+    cfg.Option("forward", "deny_fields", DEFAULT_DENY_FIELDS, v_fields,
+               "alert fields that never leave the box (wins over allow_fields)"),
+])
+
+def v_endpoints(value: Any) -> tuple[str, ...]:
+    """One endpoint or a list of them (a ``--listen`` flag gives one)."""
+    items = cfg.v_str_list([value] if isinstance(value, str) else value)
+    if not items:
+        raise ValueError("at least one endpoint is needed")
+    return items
+
+
+cfg.register([
+    cfg.Option("collect", "listen", ("tcp://*:7700",), v_endpoints,
+               "endpoints the collector binds for sensors", "--listen"),
+    cfg.Option("collect", "secret_key", Path("keys/collector.secret"), cfg.v_path,
+               "the collector's CURVE secret key (relative to the state dir)"),
+    cfg.Option("collect", "keys_dir", Path("keys/sensors"), cfg.v_path,
+               "allow-list: one NAME.pub per sensor (relative to the state dir)", "--keys-dir"),
+    cfg.Option("collect", "db", Path("collector/collector.db"), cfg.v_path,
+               "SQLite store, used when no DSN is given (relative to the state dir)", "--db"),
+    cfg.Option("collect", "dsn", "", cfg.v_str,
+               "PostgreSQL DSN (e.g. 'host=/run/postgresql dbname=mamori'); empty = SQLite",
+               "--dsn"),
+    cfg.Option("collect", "publish", "tcp://127.0.0.1:7701", cfg.v_str,
+               "local PUB endpoint re-publishing accepted alerts as JSON; empty = off",
+               "--publish"),
+    cfg.Option("collect", "jsonl", "", cfg.v_str,
+               "append accepted alerts as JSON lines to this file (for a SIEM); empty = off",
+               "--jsonl"),
+    cfg.Option("collect", "max_message_bytes", MAX_MESSAGE_BYTES,
+               cfg.v_int_range(1024, 16 * 1024 * 1024),
+               "larger messages are rejected before they are unpacked"),
+    cfg.Option("collect", "replay_interval", 1.0, cfg.v_seconds,
+               "minimum time between two replay requests for the same stream"),
+])
