@@ -12,7 +12,6 @@ import contextlib
 import importlib
 import sys
 from collections.abc import Callable, Sequence
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import IO, Any
 
@@ -21,10 +20,25 @@ from sensor.replay import progress_stream, replay_files
 
 
 def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
         return version("mamori")
     except PackageNotFoundError:
         return "unknown"
+
+
+class _VersionAction(argparse.Action):
+    """``--version``, resolved only when asked (importlib.metadata costs ~20 ms)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="show the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        print(f"mamori {_version()}")
+        parser.exit()
 
 
 def port_list(text: str) -> frozenset[int]:
@@ -45,7 +59,7 @@ def port_list(text: str) -> frozenset[int]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mamori", description="Passive Modbus/TCP and DNP3 sensor for OT networks.")
-    parser.add_argument("--version", action="version", version=f"mamori {_version()}")
+    parser.add_argument("--version", action=_VersionAction)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
 
@@ -86,7 +100,8 @@ def _feature_commands() -> list[Callable[[Any], None]]:
     return registrars
 
 
-_FEATURE_MODULES = ("sensor.forwarding_cli", "sensor.detection_cli", "sensor.daemon_cli")
+_FEATURE_MODULES = ("sensor.forwarding_cli", "sensor.detection_cli", "sensor.daemon_cli",
+                    "sensor.zeek_cli")
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
