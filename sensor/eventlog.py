@@ -74,6 +74,8 @@ class JsonLinesWriter:
         self.written = 0
 
     def write(self, events: list[Any]) -> None:
+        if not events:
+            return
         encode = self._encode
         lines = [encode(event_to_dict(event)) for event in events]
         self._stream.write("\n".join(lines) + "\n")

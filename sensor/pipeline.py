@@ -21,7 +21,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, cast
 
 from parsers.dnp3 import DNP3Parser
 from parsers.modbus import ModbusParser
@@ -105,6 +105,9 @@ class _Flow:
 
 FlowKey = tuple[int, bytes, int, bytes, int]
 _EMPTY: list[Any] = []
+_TO_SERVER = Direction.TO_SERVER
+_TO_CLIENT = Direction.TO_CLIENT
+_LRU_RESOLUTION = 1.0  # seconds of packet time
 
 
 class Pipeline:
@@ -139,20 +142,20 @@ class Pipeline:
         self._until_sweep -= 1
         swept: list[Any] = self._sweep(ts) if self._until_sweep <= 0 else _EMPTY
 
-        pkt = decode(linktype, frame)
-        if pkt.__class__ is not Decoded:
-            return swept + self._problem(ts, pkt, frame_no)  # type: ignore[arg-type]
-        assert isinstance(pkt, Decoded)
+        decoded = decode(linktype, frame)
+        if decoded.__class__ is not Decoded:
+            return swept + self._problem(ts, cast(DecodeProblem, decoded), frame_no)
+        pkt = decoded
         ports = self._proto_by_port
         dport = pkt.dport
         sport = pkt.sport
         if dport in ports and not (sport in ports and (pkt.proto, pkt.src, sport, pkt.dst, dport)
                                    in self._flows):
             key: FlowKey = (pkt.proto, pkt.dst, dport, pkt.src, sport)
-            direction = Direction.TO_SERVER
+            direction = _TO_SERVER
         elif sport in ports:
             key = (pkt.proto, pkt.src, sport, pkt.dst, dport)
-            direction = Direction.TO_CLIENT
+            direction = _TO_CLIENT
         else:
             stats.ignored += 1
             return swept
@@ -163,7 +166,9 @@ class Pipeline:
             flow, evicted = self._new_flow(key, pkt, direction, ts)
             if evicted:
                 swept = swept + evicted
-        else:
+        elif ts - flow.last_ts > _LRU_RESOLUTION:
+            # Keeping the LRU order to the second is enough for minute-long timeouts,
+            # and saves a re-link on nearly every packet of a busy flow.
             flows.move_to_end(key)
         flow.last_ts = ts
 
