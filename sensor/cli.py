@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "('-' for stdout)")
     replay.add_argument("--no-progress", action="store_true",
                         help="no progress bar, even on a terminal")
+    if _detection is not None:
+        _detection.add_replay_arguments(replay)
     replay.set_defaults(func=_cmd_replay)
 
     for register in _feature_commands():
@@ -104,6 +106,13 @@ def _feature_commands() -> list[Callable[[Any], None]]:
 _FEATURE_MODULES = ("sensor.forwarding_cli", "sensor.detection_cli", "sensor.daemon_cli",
                     "sensor.zeek_cli")
 
+try:  # detection runs in replay by default when it is built into this tree
+    from sensor import detection_cli as _detection
+except ModuleNotFoundError as _err:  # pragma: no cover
+    if _err.name != "sensor.detection_cli":
+        raise
+    _detection = None  # type: ignore[assignment]
+
 
 def _cmd_replay(args: argparse.Namespace) -> int:
     for path in args.files:
@@ -115,6 +124,13 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"mamori replay: {err}", file=sys.stderr)
         return 2
+    detection = None
+    if _detection is not None:
+        try:
+            detection = _detection.ReplayDetection.from_args(args)
+        except _detection.UsageError as err:
+            print(f"mamori replay: {err}", file=sys.stderr)
+            return 2
     with contextlib.ExitStack() as stack:
         events_out: IO[str] | None = None
         if args.events is not None:
@@ -124,9 +140,14 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                 events_out = stack.enter_context(args.events.open("w", encoding="utf-8"))
         summary = replay_files(
             args.files, config, events_out=events_out,
+            extra_sinks=[detection.detector.process] if detection is not None else (),
             progress=None if args.no_progress else progress_stream())
-    report = sys.stderr if events_out is sys.stdout else sys.stdout
+    to_stdout = events_out is sys.stdout or (detection is not None
+                                             and str(detection.alerts_out) == "-")
+    report = sys.stderr if to_stdout else sys.stdout
     print(summary.render(), file=report)
+    if detection is not None:
+        detection.finish(report)
     for damage in summary.errors:
         print(f"mamori replay: {damage}", file=sys.stderr)
     return 1 if summary.errors else 0

@@ -318,15 +318,16 @@ def _scalar(text: str) -> Any:
 
 def dump(config: Config) -> str:
     """The effective configuration as TOML, each key commented with its source."""
-    out: list[str] = []
-    current = None
+    sections: dict[str, list[Option]] = {}
     for option in SCHEMA:
-        if option.section != current:
-            current = option.section
-            out.append(f"\n[{current}]")
-        value = config.values.get((option.section, option.key), option.default)
-        out.append(f"# {option.help} ({config.sources.get((option.section, option.key))})")
-        out.append(f"{option.key} = {_toml(value)}")
+        sections.setdefault(option.section, []).append(option)
+    out: list[str] = []
+    for section, options in sections.items():
+        out.append(f"\n[{section}]")
+        for option in options:
+            value = config.values.get((option.section, option.key), option.default)
+            out.append(f"# {option.help} ({config.sources.get((option.section, option.key))})")
+            out.append(f"{option.key} = {_toml(value)}")
     return "\n".join(out).lstrip() + "\n"
 
 

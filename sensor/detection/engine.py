@@ -1,0 +1,402 @@
+"""The detection engine: events in, deduplicated and aggregated alerts out.
+
+``Detector.process(events)`` is a pipeline sink. Per event it (1) lets the
+inventory observe it, which may reveal baseline deviations, (2) tracks the
+little DNP3 protocol state the catalogue needs (Select before Operate,
+unsolicited after Disable), (3) runs the candidate rules for the event's
+(class, code), and (4) runs the rules over any derived events.
+
+A hit passes the rule's set conditions, then its threshold (a count of events
+or of distinct values within a window, per group), then lands in an
+*aggregate*: the same rule on the same peers within the dedup window raises
+``count`` and ``last_ts`` instead of making another alert, so a looping write
+makes one alert with a large count. Time is the events' own, so replay is
+deterministic; ``tick(now)`` lets a live daemon drive silence checks by clock.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from parsers.dnp3.events import DNP3Request, DNP3Unsolicited
+from parsers.modbus.events import ModbusRequest
+from parsers.modbus.pdu import WriteSingleCoil, WriteSingleRegister
+from sensor.alerts import Alert
+from sensor.detection.derived import DerivedEvent, DerivedKind
+from sensor.detection.inventory import Inventory
+from sensor.detection.matcher import INDEX_ATTR, Peers, compile_match, indexed, peers
+from sensor.detection.model import LEARNED_SETS, GroupKey, Rule
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_TICK_EVERY = 1.0  # seconds of event time between clock checks
+_MAX_GROUPS = 100_000  # threshold groups per rule before the table is reset
+_SELECT_TIMEOUT = 10.0  # an Operate more than this after its Select is "without Select"
+
+
+class _Compiled:
+    """A rule plus what the engine needs to run it fast."""
+
+    __slots__ = ("has_sets", "index", "rule", "state", "test")
+
+    def __init__(self, index: int, rule: Rule) -> None:
+        self.index = index
+        self.rule = rule
+        self.test = compile_match(rule.match)
+        self.has_sets = bool(rule.match.src or rule.match.dst or not rule.conditions.empty)
+        self.state: dict[tuple[Any, ...], Any] = {}
+
+
+class _Aggregate:
+    __slots__ = ("alert", "count", "dirty", "last_ts")
+
+    def __init__(self, alert: Alert) -> None:
+        self.alert = alert
+        self.count = 1
+        self.last_ts = alert.last_ts
+        self.dirty = True
+
+    def materialise(self) -> Alert:
+        return replace(self.alert, count=self.count, last_ts=self.last_ts)
+
+
+@dataclass
+class DetectorStats:
+    events: int = 0
+    candidates: int = 0
+    hits: int = 0
+    alerts: int = 0
+    derived: dict[str, int] = field(default_factory=dict)
+
+
+class _ProtocolState:
+    """The little message-to-message state some precursors need.
+
+    DNP3: Select-before-Operate (D7) and unsolicited-after-Disable (D9), per
+    link pair. Modbus: a single write that changes a point's value (M11 coil
+    toggling counts these); the value itself stays here, never in an alert.
+    """
+
+    def __init__(self) -> None:
+        self._selects: dict[tuple[Any, ...], tuple[float, tuple[Any, ...]]] = {}
+        self._disabled: dict[tuple[Any, ...], bool] = {}
+        self._values: dict[tuple[Any, ...], int] = {}
+
+    def observe(self, ev: Any) -> DerivedEvent | None:
+        if ev.__class__ is ModbusRequest:
+            pdu = ev.pdu
+            if pdu.__class__ is not WriteSingleCoil and pdu.__class__ is not WriteSingleRegister:
+                return None
+            vkey = (ev.flow.client, ev.flow.server, ev.unit, ev.fc, ev.address)
+            before = self._values.get(vkey)
+            self._values[vkey] = pdu.value
+            if before is None or before == pdu.value:
+                if len(self._values) > _MAX_GROUPS:
+                    self._values.clear()
+                return None
+            flow = ev.flow
+            return DerivedEvent(ev.ts, DerivedKind.VALUE_FLIP, flow.client, flow.client_port,
+                                flow.server, flow.server_port, unit=ev.unit, fc=ev.fc,
+                                address=ev.address, quantity=1,
+                                detail="single write changed the point's value")
+        if ev.__class__ is DNP3Request:
+            fc = ev.fc
+            if fc not in (3, 4, 20, 21):
+                return None
+            key = (ev.flow, ev.link_src, ev.link_dst)
+            if fc == 3:
+                if len(self._selects) > _MAX_GROUPS:
+                    self._selects.clear()
+                self._selects[key] = (ev.ts, _signature(ev))
+            elif fc == 4:
+                selected = self._selects.pop(key, None)
+                if selected is None or ev.ts - selected[0] > _SELECT_TIMEOUT \
+                        or selected[1] != _signature(ev):
+                    return _derived(ev, DerivedKind.OPERATE_WITHOUT_SELECT,
+                                    "OPERATE without a matching SELECT")
+            else:
+                self._disabled[key] = fc == 21
+            return None
+        if ev.__class__ is DNP3Unsolicited and self._disabled.get(
+                (ev.flow, ev.link_dst, ev.link_src)):
+            return _derived(ev, DerivedKind.UNSOLICITED_AFTER_DISABLE,
+                            "unsolicited response after DISABLE_UNSOLICITED, no ENABLE since")
+        return None
+
+
+_STATEFUL = frozenset({DNP3Request, DNP3Unsolicited, ModbusRequest})
+
+
+def _signature(ev: Any) -> tuple[Any, ...]:
+    return tuple((h.group, h.variation, h.start, h.stop, h.count) for h in ev.objects)
+
+
+def _derived(ev: Any, kind: DerivedKind, detail: str) -> DerivedEvent:
+    src, sport, dst, dport = ev.flow.endpoints(ev.direction)
+    return DerivedEvent(ev.ts, kind, src, sport, dst, dport, link_src=ev.link_src,
+                        link_dst=ev.link_dst, fc=ev.fc, detail=detail)
+
+
+class Detector:
+    """Runs rules over events; keeps aggregated alerts; owns the inventory/baseline."""
+
+    def __init__(
+        self,
+        rules: Sequence[Rule],
+        *,
+        sets: Mapping[str, Iterable[Network | str]] | None = None,
+        inventory: Inventory | None = None,
+        dedup_window: float = 300.0,
+        silence_after: float = 900.0,
+        values_allowed: bool = False,
+        on_alert: Callable[[Alert], None] | None = None,
+    ) -> None:
+        self.rules = [_Compiled(i, r) for i, r in enumerate(rules)]
+        self.inventory = inventory if inventory is not None else Inventory()
+        self.dedup_window = dedup_window
+        self.silence_after = silence_after
+        self.values_allowed = values_allowed
+        self.on_alert = on_alert
+        self.stats = DetectorStats()
+        self._sets: dict[str, tuple[Network, ...]] = {
+            name: tuple(ipaddress.ip_network(n, strict=False) if isinstance(n, str) else n
+                        for n in nets)
+            for name, nets in (sets or {}).items()}
+        self._set_cache: dict[tuple[str, str], bool] = {}
+        self._cache: dict[tuple[type, object], tuple[_Compiled, ...]] = {}
+        self._open: dict[tuple[Any, ...], _Aggregate] = {}
+        self._all: list[_Aggregate] = []
+        self._sequence = _ProtocolState()
+        self._last_ts: float | None = None
+        self._next_tick = float("-inf")
+        self._silent = False
+
+    # -- public -----------------------------------------------------------------------
+
+    def process(self, events: Sequence[Any]) -> None:
+        """Sink for pipeline batches (one packet's events, in order)."""
+        observe = self.inventory.observe
+        sequence = self._sequence.observe
+        cache = self._cache
+        attrs = INDEX_ATTR
+        last_ts = self._last_ts
+        for ev in events:
+            ts = ev.ts
+            if ts >= self._next_tick:
+                self._last_ts = last_ts
+                self._clock(ts)
+            if last_ts is None or ts > last_ts:
+                last_ts = ts
+            cls = ev.__class__
+            attr = attrs.get(cls)
+            if attr is None:
+                continue
+            derived = observe(ev)
+            key = (cls, getattr(ev, attr))
+            candidates = cache.get(key)
+            if candidates is None:
+                candidates = cache[key] = self._candidates(cls, key[1])
+            for compiled in candidates:
+                if compiled.test(ev):
+                    self._hit(compiled, ev)
+            if cls in _STATEFUL:
+                found = sequence(ev)
+                if found is not None:
+                    self._run_derived(found)
+            if derived:
+                for d in derived:
+                    self._run_derived(d)
+        self._last_ts = last_ts
+        self.stats.events += len(events)
+
+    def tick(self, now: float) -> None:
+        """Clock-driven checks (silence, stopped cycles); replay calls it with packet time."""
+        self._clock(now)
+
+    def alerts(self) -> list[Alert]:
+        """Every alert so far, aggregated, oldest first."""
+        return [agg.materialise() for agg in self._all]
+
+    def drain(self) -> list[Alert]:
+        """Alerts new or changed since the last drain (what a store must write)."""
+        out = []
+        for agg in self._all:
+            if agg.dirty:
+                agg.dirty = False
+                out.append(agg.materialise())
+        return out
+
+    # -- internals --------------------------------------------------------------------
+
+    def _candidates(self, cls: type, code: object) -> tuple[_Compiled, ...]:
+        return tuple(c for c in self.rules if indexed(c.rule, cls, code))
+
+    def _clock(self, now: float) -> None:
+        self._next_tick = now + _TICK_EVERY
+        last = self._last_ts
+        if last is not None and self.silence_after > 0 and now - last > self.silence_after:
+            if not self._silent:
+                self._silent = True
+                self._run_derived(DerivedEvent(
+                    last + self.silence_after, DerivedKind.SILENCE,
+                    detail=f"no ICS traffic for {now - last:.0f}s "
+                           f"(limit {self.silence_after:.0f}s)"))
+        else:
+            self._silent = False
+        for d in self.inventory.tick(now):
+            self._run_derived(d)
+
+    def _run_derived(self, ev: DerivedEvent) -> None:
+        name = ev.kind.name
+        self.stats.derived[name] = self.stats.derived.get(name, 0) + 1
+        key = (DerivedEvent, ev.kind)
+        candidates = self._cache.get(key)
+        if candidates is None:
+            candidates = self._cache[key] = self._candidates(DerivedEvent, ev.kind)
+        for compiled in candidates:
+            if compiled.test(ev):
+                self._hit(compiled, ev)
+
+    def _in_set(self, name: str, ip: str | None) -> bool:
+        if ip is None:
+            return False
+        if name in LEARNED_SETS:
+            inv = self.inventory
+            learned = {"learned_masters": inv.learned_masters,
+                       "learned_outstations": inv.learned_outstations,
+                       "known_masters": inv.known_masters}[name]
+            return ip in learned
+        key = (name, ip)
+        hit = self._set_cache.get(key)
+        if hit is None:
+            try:
+                addr = ipaddress.ip_address(ip)
+                hit = any(addr in net for net in self._sets.get(name, ()))
+            except ValueError:
+                hit = False
+            if len(self._set_cache) > _MAX_GROUPS:
+                self._set_cache.clear()
+            self._set_cache[key] = hit
+        return hit
+
+    def _sets_allow(self, rule: Rule, p: Peers) -> bool:
+        m, c = rule.match, rule.conditions
+        if m.src and not any(self._in_set(n, p.src) for n in m.src):
+            return False
+        if m.dst and not any(self._in_set(n, p.dst) for n in m.dst):
+            return False
+        if c.src_in and not any(self._in_set(n, p.src) for n in c.src_in):
+            return False
+        if c.dst_in and not any(self._in_set(n, p.dst) for n in c.dst_in):
+            return False
+        if c.src_not_in and any(self._in_set(n, p.src) for n in c.src_not_in):
+            return False
+        return not (c.dst_not_in and any(self._in_set(n, p.dst) for n in c.dst_not_in))
+
+    def _hit(self, compiled: _Compiled, ev: Any) -> None:
+        self.stats.candidates += 1
+        rule = compiled.rule
+        p = peers(ev)
+        if compiled.has_sets and not self._sets_allow(rule, p):
+            return
+        threshold = rule.threshold
+        ts = ev.ts
+        if threshold is not None:
+            group = tuple(_group_value(k, p, ev) for k in threshold.group_by)
+            if not self._threshold(compiled, group, ev, p):
+                return
+            key: tuple[Any, ...] = (compiled.index, group)
+        else:
+            key = (compiled.index, p.src, p.dst, p.server_port, p.unit, p.link_src,
+                   p.link_dst)
+        self.stats.hits += 1
+        agg = self._open.get(key)
+        if agg is not None and ts - agg.last_ts <= self.dedup_window:
+            agg.count += 1
+            if ts > agg.last_ts:
+                agg.last_ts = ts
+            agg.dirty = True
+            return
+        alert = Alert(
+            rule=rule.id, precursor=rule.precursor, severity=rule.severity,
+            attack=rule.attack, title=rule.title, proto=p.proto, first_ts=ts, last_ts=ts,
+            count=1, src=p.src, sport=p.sport, dst=p.dst, dport=p.dport, unit=p.unit,
+            link_src=p.link_src, link_dst=p.link_dst,
+            evidence=self._evidence(rule, ev), id=len(self._all) + 1)
+        agg = _Aggregate(alert)
+        self._open[key] = agg
+        self._all.append(agg)
+        self.stats.alerts += 1
+        if self.on_alert is not None:
+            self.on_alert(alert)
+
+    def _threshold(self, compiled: _Compiled, group: tuple[Any, ...], ev: Any,
+                   p: Peers) -> bool:
+        threshold = compiled.rule.threshold
+        assert threshold is not None
+        state = compiled.state
+        ts = ev.ts
+        if len(state) > _MAX_GROUPS:
+            state.clear()
+        if threshold.distinct is None:
+            times = state.get(group)
+            if times is None:
+                times = state[group] = deque(maxlen=threshold.count)
+            times.append(ts)
+            return len(times) == threshold.count and ts - times[0] <= threshold.window
+        seen = state.get(group)
+        if seen is None:
+            seen = state[group] = {}
+        seen[_group_value(threshold.distinct, p, ev)] = ts
+        if len(seen) < threshold.count:
+            return False
+        for value, when in list(seen.items()):
+            if ts - when > threshold.window:
+                del seen[value]
+        return len(seen) >= threshold.count
+
+    def _evidence(self, rule: Rule, ev: Any) -> dict[str, Any]:
+        """Metadata of the first matching event: codes, ranges, objects; no values."""
+        out: dict[str, Any] = {}
+        for attr in ("fc", "sub", "exception", "iin", "address", "quantity", "unsolicited"):
+            value = getattr(ev, attr, None)
+            if value is not None:
+                out[attr] = value
+        if ev.__class__ is not DerivedEvent and getattr(ev, "function", None) is not None:
+            out["fc"] = ev.function
+        kind = getattr(ev, "kind", None)
+        if kind is not None:
+            out["anomaly"] = kind.name
+        detail = getattr(ev, "detail", "")
+        if detail:
+            out["detail"] = detail
+        objects = getattr(ev, "objects", None)
+        if objects:
+            out["objects"] = [{"group": h.group, "variation": h.variation,
+                               "qualifier": h.qualifier, "start": h.start, "stop": h.stop,
+                               "count": h.count} for h in objects]
+        if rule.values and self.values_allowed:
+            pdu = getattr(ev, "pdu", None)
+            if isinstance(pdu, WriteSingleCoil | WriteSingleRegister):
+                out["value"] = pdu.value
+        return out
+
+
+def _group_value(key: GroupKey, p: Peers, ev: Any) -> Any:
+    if key is GroupKey.SRC:
+        return p.src
+    if key is GroupKey.DST:
+        return p.dst
+    if key is GroupKey.DPORT:
+        return p.server_port
+    if key is GroupKey.UNIT:
+        return p.unit
+    if key is GroupKey.LINK_SRC:
+        return p.link_src
+    if key is GroupKey.LINK_DST:
+        return p.link_dst
+    return getattr(ev, key.value, None)

@@ -1,0 +1,564 @@
+"""Asset inventory and learned baseline: who talks to whom, how, and how often.
+
+One structure serves both. Everything observed goes into the inventory
+(assets, communication pairs with their function codes, address ranges and
+polling cycles). While the baseline is ``learning`` each new item is marked
+learned; once it is ``enforcing`` (after the learning period, or ``mamori
+baseline freeze``) new items are still recorded for the operator but marked
+unlearned, and the first sight of each becomes a :class:`DerivedEvent`
+(B1-B5, M8, M9, D15) that the rule packs turn into alerts.
+
+``observe`` runs on every message, so its common path is a handful of dict
+operations: the flow's pair table is cached, and nothing is allocated for a
+request that repeats a known exchange.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from enum import Enum
+from typing import Any
+
+from parsers.dnp3.events import (
+    DeviceAttribute,
+    DNP3Request,
+    DNP3Response,
+    DNP3Unsolicited,
+)
+from parsers.modbus.events import ModbusRequest, ModbusResponse
+from parsers.modbus.pdu import ReadDeviceIdResponse, ReportServerIdResponse
+from parsers.stream import FlowId
+from sensor.detection.derived import DerivedEvent, DerivedKind
+
+BASELINE_FORMAT = "mamori-baseline"
+BASELINE_VERSION = 1
+
+_ALPHA = 0.125  # EWMA weight while learning (as TCP's RTT estimator)
+_RUN_ALPHA = 0.3  # EWMA weight of the enforcing-time estimate: reacts within a few polls
+_MIN_LEARNED = 10  # intervals before a cycle counts as learned
+_MIN_RUN = 5  # intervals before the enforcing estimate is trusted
+_MAX_CYCLES = 64  # per pair; a sweep must not grow memory without bound
+_MAX_FLOWS = 65536  # flow cache entries before it is cleared
+
+
+class BaselineState(Enum):
+    LEARNING = "learning"
+    ENFORCING = "enforcing"
+
+
+class BaselineError(ValueError):
+    """An imported baseline file is not one we wrote (names the key at fault)."""
+
+
+class Asset:
+    """One IP address seen on an ICS flow."""
+
+    __slots__ = ("first_seen", "identity", "ip", "last_seen", "learned", "learned_identity",
+                 "links", "mac", "roles", "units")
+
+    def __init__(self, ip: str, ts: float, learned: bool) -> None:
+        self.ip = ip
+        self.mac: str | None = None
+        self.roles: set[str] = set()
+        self.units: set[int] = set()
+        self.links: set[int] = set()
+        self.identity: dict[str, str] = {}
+        self.learned_identity: dict[str, str] = {}
+        self.first_seen = ts
+        self.last_seen = ts
+        self.learned = learned
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ip": self.ip, "mac": self.mac, "roles": sorted(self.roles),
+                "units": sorted(self.units), "links": sorted(self.links),
+                "identity": dict(sorted(self.identity.items())),
+                "first_seen": self.first_seen, "last_seen": self.last_seen,
+                "learned": self.learned}
+
+
+class Cycle:
+    """Inter-arrival statistics of one repeated request (pair, fc, address or object)."""
+
+    __slots__ = ("dev", "flagged", "last", "mean", "n", "rmean", "rn", "silent")
+
+    def __init__(self) -> None:
+        self.last: float | None = None
+        self.mean = 0.0
+        self.dev = 0.0
+        self.n = 0
+        self.rmean = 0.0
+        self.rn = 0
+        self.flagged = False
+        self.silent = False
+
+    @property
+    def cyclic(self) -> bool:
+        """Learned as a regular poll: enough samples and jitter well below the period."""
+        return self.n >= _MIN_LEARNED and self.mean > 0 and self.dev <= 0.5 * self.mean
+
+
+PairKey = tuple[str, str, str, int, int | None, int | None, int | None]
+
+
+class Pair:
+    """client → server (and unit id or link addresses), with what the client asks for."""
+
+    __slots__ = ("count", "cycles", "fcs", "first_seen", "key", "last_seen", "learned",
+                 "ranges")
+
+    def __init__(self, key: PairKey, ts: float, learned: bool) -> None:
+        self.key = key
+        self.fcs: dict[object, bool] = {}  # fc, (8, sub) or ("g", group) -> learned
+        self.ranges: dict[object, list[int]] = {}  # fc or ("g", group) -> [lo, hi] learned
+        self.cycles: dict[object, Cycle] = {}
+        self.first_seen = ts
+        self.last_seen = ts
+        self.count = 0
+        self.learned = learned
+
+    def to_dict(self) -> dict[str, Any]:
+        proto, client, server, port, unit, master, outstation = self.key
+        periods = sorted(c.mean for c in self.cycles.values() if c.cyclic)
+        return {
+            "proto": proto, "client": client, "server": server, "port": port, "unit": unit,
+            "link_master": master, "link_outstation": outstation,
+            "functions": sorted((_fc_label(k) for k in self.fcs), key=str),
+            "ranges": {_fc_label(k): v for k, v in self.ranges.items()},
+            "period": periods[len(periods) // 2] if periods else None,
+            "count": self.count, "first_seen": self.first_seen, "last_seen": self.last_seen,
+            "learned": self.learned,
+        }
+
+
+def _fc_label(key: object) -> str:
+    if isinstance(key, tuple):
+        return f"{key[0]}/{key[1]}" if key[0] != "g" else f"g{key[1]}"
+    return str(key)
+
+
+def _fc_key(label: str) -> object:
+    if label.startswith("g"):
+        return ("g", int(label[1:]))
+    if "/" in label:
+        a, b = label.split("/")
+        return (int(a), int(b))
+    return int(label)
+
+
+class Inventory:
+    """Assets, pairs and the baseline state; feed it every event with :meth:`observe`."""
+
+    def __init__(self, learning_period: float = 0.0) -> None:
+        self.learning_period = learning_period  # seconds of packet time; 0: until freeze
+        self.state = BaselineState.LEARNING
+        self.started: float | None = None
+        self.frozen_at: float | None = None
+        self.assets: dict[str, Asset] = {}
+        self.pairs: dict[PairKey, Pair] = {}
+        self.learned_masters: set[str] = set()
+        self.learned_outstations: set[str] = set()
+        self.known_masters: set[str] = set()
+        self.link_ips: dict[tuple[str, int], set[str]] = {}  # (role, link addr) -> learned IPs
+        self._flows: dict[FlowId, dict[object, Pair]] = {}
+        self._last_flow: FlowId | None = None
+        self._last_units: dict[object, Pair] = {}
+        self._out: list[DerivedEvent] = []
+        self._reported_masters: set[str] = set()
+        self._handlers: dict[type, Callable[[Any], None]] = {
+            ModbusRequest: self._modbus_request,
+            ModbusResponse: self._modbus_response,
+            DNP3Request: self._dnp3_request,
+            DNP3Response: self._dnp3_response,
+            DNP3Unsolicited: self._dnp3_response,
+        }
+
+    @property
+    def enforcing(self) -> bool:
+        return self.state is BaselineState.ENFORCING
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def freeze(self, ts: float | None = None) -> None:
+        """End learning: from now on new items are deviations."""
+        self.state = BaselineState.ENFORCING
+        self.frozen_at = ts
+        for pair in self.pairs.values():
+            for cycle in pair.cycles.values():
+                cycle.rn = 0
+                cycle.flagged = False
+
+    # -- hot path ---------------------------------------------------------------------
+
+    def observe(self, event: Any) -> list[DerivedEvent] | None:
+        """Record one event; return deviations it revealed (usually ``None``)."""
+        cls = event.__class__
+        if cls is ModbusResponse and event.fc != 43 and event.fc != 17:
+            return None  # only identity responses teach the inventory anything
+        handler = self._handlers.get(cls)
+        if handler is None:
+            return None
+        if self.state is BaselineState.LEARNING and self.learning_period > 0:
+            if self.started is None:
+                self.started = event.ts
+            elif event.ts - self.started >= self.learning_period:
+                self.freeze(event.ts)
+        handler(event)
+        if self._out:
+            out, self._out = self._out, []
+            return out
+        return None
+
+    def _flow_pairs(self, flow: FlowId, ts: float) -> dict[object, Pair]:
+        if flow is self._last_flow:
+            return self._last_units
+        units = self._flows.get(flow)
+        if units is None:
+            if len(self._flows) >= _MAX_FLOWS:
+                self._flows.clear()
+            units = self._flows[flow] = {}
+            self._new_flow(flow, ts)
+        self._last_flow = flow
+        self._last_units = units
+        return units
+
+    def _asset(self, ip: str, ts: float, role: str, mac: str | None) -> Asset:
+        asset = self.assets.get(ip)
+        if asset is None:
+            asset = self.assets[ip] = Asset(ip, ts, not self.enforcing)
+        asset.last_seen = ts
+        asset.roles.add(role)
+        if mac and asset.mac is None:
+            asset.mac = mac
+        return asset
+
+    def _new_flow(self, flow: FlowId, ts: float) -> None:
+        client, server = flow.client, flow.server
+        server_asset = self.assets.get(server)
+        server_known = server_asset is not None and server_asset.learned
+        self._asset(client, ts, "master", flow.client_mac)
+        self._asset(server, ts, "outstation", flow.server_mac)
+        self.known_masters.add(client)
+        if not self.enforcing:
+            self.learned_masters.add(client)
+            self.learned_outstations.add(server)
+        elif client not in self.learned_masters and server_known \
+                and client not in self._reported_masters:
+            self._reported_masters.add(client)
+            self._out.append(DerivedEvent(ts, DerivedKind.NEW_MASTER, client, flow.client_port,
+                                          server, flow.server_port,
+                                          detail=f"first request from {client} "
+                                                 f"(mac {flow.client_mac}) to {server}"))
+
+    def _pair(self, units: dict[object, Pair], key: PairKey, ts: float, flow: FlowId,
+              sub: object) -> Pair:
+        pair = self.pairs.get(key)
+        if pair is not None:
+            units[sub] = pair
+            return pair
+        if pair is None:
+            pair = self.pairs[key] = Pair(key, ts, not self.enforcing)
+            if self.enforcing:
+                self._out.append(DerivedEvent(
+                    ts, DerivedKind.NEW_PAIR, flow.client, flow.client_port, flow.server,
+                    flow.server_port, unit=key[4], link_src=key[5], link_dst=key[6],
+                    detail=f"new pair {flow.client} -> {flow.server}:{flow.server_port} "
+                           f"{'unit ' + str(key[4]) if key[0] == 'modbus' else 'link '}"
+                           f"{'' if key[0] == 'modbus' else f'{key[5]}->{key[6]}'}"))
+        units[sub] = pair
+        return pair
+
+    def _function(self, pair: Pair, fkey: object, ev: Any, link: tuple[int, int] | None,
+                  label: str) -> None:
+        if self.enforcing:
+            pair.fcs[fkey] = False
+            if pair.learned:
+                self._out.append(self._derived(ev, DerivedKind.NEW_FUNCTION, link,
+                                               f"new {label} for a known pair"))
+        else:
+            pair.fcs[fkey] = True
+
+    def _derived(self, ev: Any, kind: DerivedKind, link: tuple[int, int] | None,
+                 detail: str) -> DerivedEvent:
+        flow = ev.flow
+        return DerivedEvent(
+            ev.ts, kind, flow.client, flow.client_port, flow.server, flow.server_port,
+            unit=getattr(ev, "unit", None), link_src=link[0] if link else None,
+            link_dst=link[1] if link else None, fc=ev.fc, sub=getattr(ev, "sub", None),
+            address=getattr(ev, "address", None), quantity=getattr(ev, "quantity", None),
+            detail=detail)
+
+    def _range(self, pair: Pair, rkey: object, lo: int, hi: int, ev: Any,
+               link: tuple[int, int] | None) -> None:
+        learned = pair.ranges.get(rkey)
+        if not self.enforcing:
+            if learned is None:
+                pair.ranges[rkey] = [lo, hi]
+            else:
+                if lo < learned[0]:
+                    learned[0] = lo
+                if hi > learned[1]:
+                    learned[1] = hi
+        elif pair.learned and pair.fcs.get(rkey) is True and (
+                learned is None or lo < learned[0] or hi > learned[1]):
+            span = "none" if learned is None else f"{learned[0]}-{learned[1]}"
+            self._out.append(self._derived(ev, DerivedKind.ADDRESS_RANGE, link,
+                                           f"{_fc_label(rkey)} range {lo}-{hi} outside "
+                                           f"learned {span}"))
+
+    def _cycle(self, pair: Pair, ckey: object, ts: float, ev: Any,
+               link: tuple[int, int] | None) -> None:
+        cycle = pair.cycles.get(ckey)
+        if cycle is None:
+            if len(pair.cycles) >= _MAX_CYCLES:
+                return
+            cycle = pair.cycles[ckey] = Cycle()
+        last = cycle.last
+        cycle.last = ts
+        if cycle.silent:
+            cycle.silent = False
+        if last is None:
+            return
+        dt = ts - last
+        if dt <= 0:
+            return
+        if not self.enforcing:
+            if cycle.n == 0:
+                cycle.mean = dt
+            else:
+                cycle.dev += _ALPHA * (abs(dt - cycle.mean) - cycle.dev)
+                cycle.mean += _ALPHA * (dt - cycle.mean)
+            cycle.n += 1
+            return
+        if not cycle.cyclic:
+            return
+        cycle.rmean = dt if cycle.rn == 0 else cycle.rmean + _RUN_ALPHA * (dt - cycle.rmean)
+        cycle.rn += 1
+        if cycle.rn < _MIN_RUN:
+            return
+        off = cycle.rmean < 0.5 * cycle.mean or cycle.rmean > 2.0 * cycle.mean
+        if off and not cycle.flagged:
+            cycle.flagged = True
+            self._out.append(self._derived(
+                ev, DerivedKind.PERIOD_CHANGE, link,
+                f"period {cycle.rmean:.3f}s, learned {cycle.mean:.3f}s ± {cycle.dev:.3f}s"))
+        elif not off:
+            cycle.flagged = False
+
+    def _modbus_request(self, ev: ModbusRequest) -> None:
+        flow = ev.flow
+        ts = ev.ts
+        units = self._flow_pairs(flow, ts)
+        unit = ev.unit
+        pair = units.get(unit)
+        if pair is None:
+            key: PairKey = ("modbus", flow.client, flow.server, flow.server_port, unit,
+                            None, None)
+            created = key not in self.pairs
+            pair = self._pair(units, key, ts, flow, unit)
+            self.assets[flow.server].units.add(unit)
+            if created:
+                self._out.append(DerivedEvent(
+                    ts, DerivedKind.NEW_UNIT, flow.client,
+                    flow.client_port, flow.server, flow.server_port, unit=unit, fc=ev.fc,
+                    detail=f"first request to unit {unit}"))
+        pair.last_seen = ts
+        pair.count += 1
+        fc = ev.fc
+        if fc not in pair.fcs:
+            self._function(pair, fc, ev, None, f"function code {fc}")
+        if ev.sub is not None and fc == 8:
+            skey = (8, ev.sub)
+            if skey not in pair.fcs:
+                self._function(pair, skey, ev, None, f"diagnostics sub-function {ev.sub}")
+        address = ev.address
+        if address is not None:
+            self._range(pair, fc, address, address + max(ev.quantity or 1, 1) - 1, ev, None)
+        self._cycle(pair, (fc, address), ts, ev, None)
+
+    def _identity(self, ip: str, ts: float, values: Mapping[str, str], ev: Any,
+                  link: tuple[int, int] | None) -> None:
+        asset = self.assets.get(ip) or self._asset(ip, ts, "outstation", None)
+        for key, value in values.items():
+            asset.identity[key] = value
+            learned = asset.learned_identity.get(key)
+            if not self.enforcing:
+                asset.learned_identity[key] = value
+            elif learned is not None and learned != value:
+                self._out.append(self._derived(
+                    ev, DerivedKind.IDENTITY_CHANGED, link,
+                    f"{key}: {learned!r} -> {value!r}"))
+
+    def _modbus_response(self, ev: ModbusResponse) -> None:
+        if ev.exception is not None:
+            return
+        pdu = ev.pdu
+        if pdu.__class__ is ReadDeviceIdResponse:
+            assert isinstance(pdu, ReadDeviceIdResponse)
+            values = {f"unit{ev.unit}.{obj.name}": str(obj.value) for obj in pdu.objects}
+        elif pdu.__class__ is ReportServerIdResponse:
+            assert isinstance(pdu, ReportServerIdResponse)
+            values = {f"unit{ev.unit}.server_id": str(pdu.server_id),
+                      f"unit{ev.unit}.server_id_data": pdu.additional.hex()}
+        else:
+            return
+        self._identity(ev.flow.server, ev.ts, values, ev, None)
+
+    def _dnp3_request(self, ev: DNP3Request) -> None:
+        flow = ev.flow
+        ts = ev.ts
+        units = self._flow_pairs(flow, ts)
+        master, outstation = ev.link_src, ev.link_dst
+        sub = (master, outstation)
+        pair = units.get(sub)
+        if pair is None:
+            key: PairKey = ("dnp3", flow.client, flow.server, flow.server_port, None,
+                            master, outstation)
+            pair = self._pair(units, key, ts, flow, sub)
+            self.assets[flow.client].links.add(master)
+            self.assets[flow.server].links.add(outstation)
+            self._binding("master", master, flow.client, ev, sub)
+            self._binding("outstation", outstation, flow.server, ev, sub)
+        pair.last_seen = ts
+        pair.count += 1
+        fc = ev.fc
+        if fc not in pair.fcs:
+            self._function(pair, fc, ev, sub, f"function code {fc}")
+        first: object = None
+        for header in ev.objects:
+            gkey = ("g", header.group)
+            if first is None:
+                first = (header.group, header.variation)
+            if gkey not in pair.fcs:
+                self._function(pair, gkey, ev, sub, f"object group {header.group}")
+            if header.start is not None and header.stop is not None:
+                self._range(pair, gkey, header.start, header.stop, ev, sub)
+        self._cycle(pair, (fc, first), ts, ev, sub)
+
+    def _binding(self, role: str, link: int, ip: str, ev: Any, sub: tuple[int, int]) -> None:
+        ips = self.link_ips.get((role, link))
+        if not self.enforcing:
+            self.link_ips.setdefault((role, link), set()).add(ip)
+        elif ips and ip not in ips:
+            self._out.append(self._derived(
+                ev, DerivedKind.LINK_BINDING, sub,
+                f"{role} link address {link} from {ip}, learned at {', '.join(sorted(ips))}"))
+
+    def _dnp3_response(self, ev: DNP3Response | DNP3Unsolicited) -> None:
+        values: dict[str, str] = {}
+        for header in ev.objects:
+            if header.group == 0:
+                for detail in header.details:
+                    if isinstance(detail, DeviceAttribute) and detail.value is not None:
+                        values[f"link{ev.link_src}.g0v{detail.attribute}"] = str(detail.value)
+        if values:
+            self._identity(ev.flow.server, ev.ts, values, ev, (ev.link_src, ev.link_dst))
+
+    # -- clock ------------------------------------------------------------------------
+
+    def tick(self, now: float) -> list[DerivedEvent]:
+        """Cycles that used to run and have gone quiet by ``now`` (B4, silence)."""
+        if not self.enforcing:
+            return []
+        out: list[DerivedEvent] = []
+        for pair in self.pairs.values():
+            if not pair.learned:
+                continue
+            for ckey, cycle in pair.cycles.items():
+                if cycle.silent or cycle.last is None or not cycle.cyclic:
+                    continue
+                limit = max(5 * cycle.mean, cycle.mean + 8 * cycle.dev, 2.0)
+                if now - cycle.last > limit:
+                    cycle.silent = True
+                    proto, client, server, port, unit, master, outstation = pair.key
+                    fc, where = ckey if isinstance(ckey, tuple) else (ckey, None)
+                    out.append(DerivedEvent(
+                        now, DerivedKind.PERIOD_STOPPED, client, None, server, port,
+                        unit=unit, link_src=master, link_dst=outstation,
+                        fc=fc if isinstance(fc, int) else None,
+                        detail=f"{proto} fc {fc} {where} silent for {now - cycle.last:.1f}s, "
+                               f"learned period {cycle.mean:.3f}s"))
+        return out
+
+    # -- views and files --------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return {"state": self.state.value, "started": self.started,
+                "frozen_at": self.frozen_at, "learning_period": self.learning_period,
+                "assets": len(self.assets), "pairs": len(self.pairs),
+                "learned_pairs": sum(1 for p in self.pairs.values() if p.learned),
+                "learned_masters": len(self.learned_masters)}
+
+    def export(self) -> dict[str, Any]:
+        """The learned baseline as a JSON-ready document (what an engineer reviews)."""
+        pairs = []
+        for pair in self.pairs.values():
+            if not pair.learned:
+                continue
+            d = pair.to_dict()
+            d["functions"] = sorted((_fc_label(k) for k, v in pair.fcs.items() if v), key=str)
+            d["cycles"] = [{"key": [_fc_label(k[0]) if isinstance(k, tuple) else str(k),
+                                    list(k[1]) if isinstance(k, tuple) and isinstance(
+                                        k[1], tuple) else (k[1] if isinstance(k, tuple)
+                                                           else None)],
+                            "mean": c.mean, "dev": c.dev, "n": c.n}
+                           for k, c in pair.cycles.items() if c.n]
+            pairs.append(d)
+        return {
+            "format": BASELINE_FORMAT, "version": BASELINE_VERSION,
+            "state": self.state.value, "started": self.started, "frozen_at": self.frozen_at,
+            "masters": sorted(self.learned_masters),
+            "outstations": sorted(self.learned_outstations),
+            "assets": [a.to_dict() | {"identity": dict(sorted(a.learned_identity.items()))}
+                       for a in self.assets.values() if a.learned],
+            "pairs": pairs,
+            "links": [{"role": role, "link": link, "ips": sorted(ips)}
+                      for (role, link), ips in sorted(self.link_ips.items())],
+        }
+
+    def import_baseline(self, doc: Mapping[str, Any]) -> None:
+        """Replace what was learned with a reviewed baseline and enforce it."""
+        try:
+            if doc.get("format") != BASELINE_FORMAT:
+                raise BaselineError(f"format: expected {BASELINE_FORMAT!r}")
+            if doc.get("version") != BASELINE_VERSION:
+                raise BaselineError(f"version: expected {BASELINE_VERSION}")
+            self.__init__(self.learning_period)  # type: ignore[misc]
+            self.learned_masters = set(map(str, doc["masters"]))
+            self.learned_outstations = set(map(str, doc["outstations"]))
+            self.known_masters = set(self.learned_masters)
+            for a in doc["assets"]:
+                asset = Asset(str(a["ip"]), float(a["first_seen"]), True)
+                asset.last_seen = float(a["last_seen"])
+                asset.mac = a.get("mac")
+                asset.roles = set(a["roles"])
+                asset.units = {int(u) for u in a["units"]}
+                asset.links = {int(u) for u in a["links"]}
+                asset.identity = dict(a["identity"])
+                asset.learned_identity = dict(a["identity"])
+                self.assets[asset.ip] = asset
+            for p in doc["pairs"]:
+                key: PairKey = (str(p["proto"]), str(p["client"]), str(p["server"]),
+                                int(p["port"]), p["unit"], p["link_master"],
+                                p["link_outstation"])
+                pair = Pair(key, float(p["first_seen"]), True)
+                pair.last_seen = float(p["last_seen"])
+                pair.count = int(p["count"])
+                pair.fcs = {_fc_key(str(f)): True for f in p["functions"]}
+                pair.ranges = {_fc_key(k): [int(v[0]), int(v[1])]
+                               for k, v in p["ranges"].items()}
+                for c in p.get("cycles", []):
+                    fc_label, where = c["key"]
+                    ckey = (_fc_key(fc_label), tuple(where) if isinstance(where, list)
+                            else where)
+                    cycle = pair.cycles[ckey] = Cycle()
+                    cycle.mean, cycle.dev, cycle.n = float(c["mean"]), float(c["dev"]), \
+                        int(c["n"])
+                self.pairs[key] = pair
+            for link in doc["links"]:
+                self.link_ips[(str(link["role"]), int(link["link"]))] = set(link["ips"])
+            self.started = doc.get("started")
+            self.freeze(doc.get("frozen_at"))
+        except BaselineError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
+            raise BaselineError(f"malformed baseline: {type(err).__name__}: {err}") from None

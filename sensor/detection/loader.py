@@ -1,0 +1,469 @@
+"""Load rule packs (YAML) and check them against ``rules/schema.yaml``, with located errors.
+
+A bad rule must stop the sensor with a message an operator can act on, so
+every problem names the file, the line and the key::
+
+    rules/modbus.yaml:42: rule mamori.modbus.x: severity: 'hgih' is not one of info, ...
+
+PyYAML's ``compose`` gives a node tree with marks; the schema walk and the
+semantic checks both run over nodes, so a line is always at hand. All problems
+of all files are collected before raising, so one run of ``mamori rules check``
+shows them all.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from yaml.constructor import SafeConstructor
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from parsers.dnp3.events import DNP3Anomaly
+from parsers.modbus.events import ModbusAnomaly
+from parsers.tcp import TcpAnomaly
+from sensor.alerts import Severity
+from sensor.config import parse_duration
+from sensor.detection.derived import DerivedKind
+from sensor.detection.model import (
+    Conditions,
+    GroupKey,
+    IinBit,
+    Match,
+    MsgType,
+    ObjectPattern,
+    Proto,
+    Rule,
+    Threshold,
+)
+from sensor.pipeline import PipelineAnomaly
+
+SHIPPED_RULES = Path(__file__).resolve().parents[2] / "rules"
+SCHEMA_FILE = SHIPPED_RULES / "schema.yaml"
+
+# Anomaly kind names a rule may use, per proto.
+ANOMALY_NAMES: dict[str, frozenset[str]] = {
+    "modbus": frozenset(k.name for k in ModbusAnomaly)
+    | {k.name for k in DerivedKind if k.proto == "modbus"},
+    "dnp3": frozenset(k.name for k in DNP3Anomaly)
+    | {k.name for k in DerivedKind if k.proto == "dnp3"},
+    "tcp": frozenset(k.name for k in TcpAnomaly),
+    "ip": frozenset(k.name for k in PipelineAnomaly),
+    "baseline": frozenset(k.name for k in DerivedKind if k.proto == "baseline"),
+    "sensor": frozenset(k.name for k in DerivedKind if k.proto == "sensor"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RuleProblem:
+    file: str
+    line: int | None
+    rule: str | None
+    key: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        rule = f" rule {self.rule}:" if self.rule else ""
+        key = f" {self.key}:" if self.key else ""
+        return f"{where}:{rule}{key} {self.message}"
+
+
+class RuleError(Exception):
+    """One or more problems in rule packs; ``str()`` lists them, one per line."""
+
+    def __init__(self, problems: list[RuleProblem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+def pack_files(paths: Iterable[str | Path]) -> list[Path]:
+    """Every ``*.yaml``/``*.yml`` pack under the given dirs (or the files themselves)."""
+    out: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            out.extend(sorted(p for p in path.iterdir()
+                              if p.suffix in {".yaml", ".yml"} and p.name != "schema.yaml"))
+        else:
+            out.append(path)
+    return out
+
+
+def load_rules(paths: Iterable[str | Path], set_names: Collection[str] = ()) -> list[Rule]:
+    """Load and check every pack; raise :class:`RuleError` listing every problem found.
+
+    ``set_names`` are the named sets a rule may refer to (site config sets and
+    the learned ones); an unknown name is an error, not a rule that never fires.
+    """
+    schema = _load_schema()
+    problems: list[RuleProblem] = []
+    rules: list[Rule] = []
+    seen: dict[str, str] = {}
+    files = pack_files(paths)
+    if not files:
+        raise RuleError([RuleProblem(", ".join(str(p) for p in paths) or "(none)", None,
+                                     None, None, "no rule packs (*.yaml) found")])
+    for file in files:
+        name = str(file)
+        try:
+            text = file.read_text(encoding="utf-8")
+        except OSError as err:
+            problems.append(RuleProblem(name, None, None, None, f"cannot read: {err.strerror}"))
+            continue
+        except UnicodeDecodeError:
+            problems.append(RuleProblem(name, None, None, None, "not UTF-8 text"))
+            continue
+        for rule in _load_pack(name, text, schema, set(set_names), problems):
+            if rule.id in seen:
+                problems.append(RuleProblem(name, _line(rule.source), rule.id, "id",
+                                            f"duplicate rule id (first in {seen[rule.id]})"))
+                continue
+            seen[rule.id] = rule.source
+            rules.append(rule)
+    if problems:
+        raise RuleError(problems)
+    return rules
+
+
+def _line(source: str) -> int | None:
+    tail = source.rsplit(":", 1)[-1]
+    return int(tail) if tail.isdigit() else None
+
+
+# -- schema walk ------------------------------------------------------------------------
+
+_schema_cache: dict[str, Any] = {}
+
+
+def _load_schema() -> Any:
+    if "schema" not in _schema_cache:
+        _schema_cache["schema"] = yaml.safe_load(SCHEMA_FILE.read_text(encoding="utf-8"))
+    return _schema_cache["schema"]
+
+
+_CTOR = SafeConstructor()
+
+
+def scalar(node: ScalarNode) -> Any:
+    """The Python value of a scalar node (int, float, bool, str or None)."""
+    return _CTOR.construct_object(node, deep=True)
+
+
+_Err = tuple[Node, str, str]  # node, key path, message
+
+
+class _SchemaWalker:
+    def __init__(self, root: Any) -> None:
+        self._root = root
+
+    def _resolve(self, schema: Any) -> Any:
+        while isinstance(schema, dict) and "$ref" in schema:
+            ref = schema["$ref"]
+            target = self._root
+            for part in ref.lstrip("#/").split("/"):
+                target = target[part]
+            schema = {**target, **{k: v for k, v in schema.items() if k != "$ref"}}
+        return schema
+
+    def check(self, node: Node, schema: Any, path: str) -> list[_Err]:
+        schema = self._resolve(schema)
+        if "anyOf" in schema:
+            branches = [self._resolve(b) for b in schema["anyOf"]]
+            results = [self.check(node, b, path) for b in branches]
+            if any(not r for r in results):
+                return []
+            fitting = [r for b, r in zip(branches, results, strict=True)
+                       if self._kind_fits(node, b)]
+            if len(fitting) == 1:
+                return fitting[0]
+            return [(node, path, f"{_show(node)} is not {_describe(branches)}")]
+        errors: list[_Err] = []
+        kind = schema.get("type")
+        if kind is not None and not self._kind_fits(node, schema):
+            return [(node, path, f"{_show(node)} is not {_TYPE_WORDS[kind]}")]
+        if "enum" in schema:
+            value = scalar(node) if isinstance(node, ScalarNode) else None
+            if value not in schema["enum"] or not isinstance(node, ScalarNode):
+                return [(node, path, f"{_show(node)} is not one of "
+                         + ", ".join(str(e) for e in schema["enum"]))]
+        if isinstance(node, ScalarNode):
+            value = scalar(node)
+            if "pattern" in schema and not re.search(schema["pattern"], str(value)):
+                errors.append((node, path, f"{value!r} has the wrong form "
+                               f"(expected {schema['pattern']})"))
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                if "minimum" in schema and value < schema["minimum"]:
+                    errors.append((node, path, f"{value} is below {schema['minimum']}"))
+                if "maximum" in schema and value > schema["maximum"]:
+                    errors.append((node, path, f"{value} is above {schema['maximum']}"))
+        elif isinstance(node, SequenceNode):
+            if len(node.value) < schema.get("minItems", 0):
+                errors.append((node, path, f"needs at least {schema['minItems']} item(s)"))
+            if "items" in schema:
+                for i, item in enumerate(node.value):
+                    errors.extend(self.check(item, schema["items"], f"{path}[{i}]"))
+        elif isinstance(node, MappingNode):
+            props = schema.get("properties", {})
+            present: set[str] = set()
+            for knode, vnode in node.value:
+                key = str(scalar(knode)) if isinstance(knode, ScalarNode) else "?"
+                sub = f"{path}.{key}" if path else key
+                if key in present:
+                    errors.append((knode, sub, "duplicate key"))
+                present.add(key)
+                if key in props:
+                    errors.extend(self.check(vnode, props[key], sub))
+                elif schema.get("additionalProperties", True) is False:
+                    errors.append((knode, sub, "unknown key (known: "
+                                   + ", ".join(sorted(props)) + ")"))
+            for key in schema.get("required", []):
+                if key not in present:
+                    errors.append((node, path, f"missing required key {key!r}"))
+        return errors
+
+    @staticmethod
+    def _kind_fits(node: Node, schema: Any) -> bool:
+        kind = schema.get("type")
+        if kind is None:
+            return True
+        if kind == "object":
+            return isinstance(node, MappingNode)
+        if kind == "array":
+            return isinstance(node, SequenceNode)
+        if not isinstance(node, ScalarNode):
+            return False
+        value = scalar(node)
+        if kind == "string":
+            return isinstance(value, str)
+        if kind == "boolean":
+            return isinstance(value, bool)
+        if kind == "integer":
+            return isinstance(value, int) and not isinstance(value, bool)
+        if kind == "number":
+            return isinstance(value, int | float) and not isinstance(value, bool)
+        return False
+
+
+_TYPE_WORDS = {"object": "a mapping", "array": "a list", "string": "a string",
+               "integer": "a whole number", "number": "a number", "boolean": "true or false"}
+
+
+def _describe(branches: list[Any]) -> str:
+    words = []
+    for b in branches:
+        word = _TYPE_WORDS.get(b.get("type", ""), "a value")
+        if "pattern" in b:
+            word += " like '25-30'" if "-" in b["pattern"] else " of the right form"
+        words.append(word)
+    return " or ".join(dict.fromkeys(words))
+
+
+def _show(node: Node) -> str:
+    if isinstance(node, ScalarNode):
+        return repr(scalar(node))
+    return "a list" if isinstance(node, SequenceNode) else "a mapping"
+
+
+# -- semantic compile -------------------------------------------------------------------
+
+
+class _Bad(Exception):
+    def __init__(self, node: Node, key: str, message: str) -> None:
+        self.node = node
+        self.key = key
+        self.message = message
+
+
+def _mapping(node: MappingNode) -> dict[str, Node]:
+    return {str(scalar(k)): v for k, v in node.value if isinstance(k, ScalarNode)}
+
+
+def _load_pack(name: str, text: str, schema: Any, set_names: set[str],
+               problems: list[RuleProblem]) -> Iterator[Rule]:
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        problems.append(RuleProblem(name, mark.line + 1 if mark else None, None, None,
+                                    f"not valid YAML: {err.problem or err}"))
+        return
+    except yaml.YAMLError as err:
+        problems.append(RuleProblem(name, None, None, None, f"not valid YAML: {err}"))
+        return
+    if root is None:
+        problems.append(RuleProblem(name, None, None, None, "empty file"))
+        return
+    walker = _SchemaWalker(schema)
+    errors = walker.check(root, schema, "")
+    bad_rules: set[int] = set()
+    rule_nodes: list[MappingNode] = []
+    if isinstance(root, MappingNode):
+        rules_node = _mapping(root).get("rules")
+        if isinstance(rules_node, SequenceNode):
+            rule_nodes = [n for n in rules_node.value if isinstance(n, MappingNode)]
+    for node, path, message in errors:
+        index, key = _split_rule_path(path)
+        rule_id = _rule_id(rule_nodes[index]) if index is not None and index < len(
+            rule_nodes) else None
+        if index is not None:
+            bad_rules.add(index)
+        problems.append(RuleProblem(name, node.start_mark.line + 1, rule_id, key or None,
+                                    message))
+    for index, node in enumerate(rule_nodes):
+        if index in bad_rules:
+            continue
+        try:
+            yield _compile_rule(name, node, set_names)
+        except _Bad as bad:
+            problems.append(RuleProblem(name, bad.node.start_mark.line + 1, _rule_id(node),
+                                        bad.key, bad.message))
+
+
+def _split_rule_path(path: str) -> tuple[int | None, str]:
+    m = re.match(r"^rules\[(\d+)\]\.?(.*)$", path)
+    if not m:
+        return None, path
+    return int(m.group(1)), m.group(2)
+
+
+def _rule_id(node: MappingNode) -> str | None:
+    id_node = _mapping(node).get("id")
+    if isinstance(id_node, ScalarNode):
+        return str(scalar(id_node))
+    return None
+
+
+def _names(node: Node) -> list[tuple[Node, str]]:
+    if isinstance(node, SequenceNode):
+        return [(n, str(scalar(n))) for n in node.value if isinstance(n, ScalarNode)]
+    assert isinstance(node, ScalarNode)
+    return [(node, str(scalar(node)))]
+
+
+def _numbers(node: Node, key: str) -> frozenset[int]:
+    items = node.value if isinstance(node, SequenceNode) else [node]
+    out: set[int] = set()
+    for item in items:
+        value = scalar(item)
+        if isinstance(value, int):
+            out.add(value)
+            continue
+        parts = [p.strip() for p in str(value).split("-")]
+        try:
+            lo, hi = int(parts[0], 0), int(parts[-1], 0)
+        except ValueError:
+            raise _Bad(item, key, f"{value!r} is not a number or range") from None
+        if lo > hi or hi > 0xFFFF:
+            raise _Bad(item, key, f"{value!r} is not a range lo-hi within 0-65535")
+        out.update(range(lo, hi + 1))
+    return frozenset(out)
+
+
+def _enum_names(node: Node, key: str, known: Collection[str], what: str) -> list[str]:
+    out = []
+    for item, name in _names(node):
+        if name not in known:
+            raise _Bad(item, key, f"{name!r} is not {what} (known: "
+                       + ", ".join(sorted(known)) + ")")
+        out.append(name)
+    return out
+
+
+def _compile_rule(file: str, node: MappingNode, set_names: set[str]) -> Rule:
+    fields = _mapping(node)
+    value = {k: scalar(v) for k, v in fields.items() if isinstance(v, ScalarNode)}
+    match = _compile_match(fields["match"], set_names)
+    threshold = None
+    if "threshold" in fields:
+        threshold = _compile_threshold(fields["threshold"])
+    conditions = Conditions()
+    if "conditions" in fields:
+        cond = _mapping(fields["conditions"])
+        kwargs: dict[str, tuple[str, ...]] = {}
+        for key, sub in cond.items():
+            kwargs[key] = tuple(_enum_names(sub, f"conditions.{key}", set_names, "a known set"))
+        conditions = Conditions(**kwargs)
+    attack_node = fields["attack"]
+    assert isinstance(attack_node, SequenceNode)
+    return Rule(
+        id=str(value["id"]), precursor=str(value["precursor"]), title=str(value["title"]),
+        severity=Severity.parse(str(value["severity"])),
+        attack=tuple(str(scalar(a)) for a in attack_node.value),
+        match=match, description=str(value.get("description", "")).strip(),
+        threshold=threshold, conditions=conditions,
+        guidance=str(value.get("guidance", "")).strip(),
+        values=bool(value.get("values", False)),
+        source=f"{file}:{node.start_mark.line + 1}",
+    )
+
+
+def _compile_match(node: MappingNode, set_names: set[str]) -> Match:
+    m = _mapping(node)
+    protos = _enum_names(m["proto"], "match.proto", [p.value for p in Proto], "a protocol")
+    kwargs: dict[str, Any] = {"proto": frozenset(Proto(p) for p in protos)}
+    if "type" in m:
+        kwargs["type"] = frozenset(MsgType(t) for t in _enum_names(
+            m["type"], "match.type", [t.value for t in MsgType], "a message type"))
+    for key in ("fc", "sub", "unit", "link_src", "link_dst", "exception"):
+        if key in m:
+            kwargs[key] = _numbers(m[key], f"match.{key}")
+    if "address" in m:
+        addr = m["address"]
+        assert isinstance(addr, SequenceNode)
+        lo, hi = (int(scalar(n)) for n in addr.value[:2])
+        if len(addr.value) != 2 or lo > hi:
+            raise _Bad(addr, "match.address", "must be [lo, hi] with lo <= hi")
+        kwargs["address"] = (lo, hi)
+    if "objects" in m:
+        patterns = []
+        objects = m["objects"]
+        assert isinstance(objects, SequenceNode)
+        for i, obj in enumerate(objects.value):
+            assert isinstance(obj, MappingNode)
+            o = _mapping(obj)
+            patterns.append(ObjectPattern(
+                groups=_numbers(o["group"], f"match.objects[{i}].group"),
+                variations=_numbers(o["variation"], f"match.objects[{i}].variation")
+                if "variation" in o else None,
+                qualifiers=_numbers(o["qualifier"], f"match.objects[{i}].qualifier")
+                if "qualifier" in o else None))
+        kwargs["objects"] = tuple(patterns)
+    if "iin" in m:
+        mask = 0
+        for name in _enum_names(m["iin"], "match.iin", IinBit.__members__, "an IIN bit"):
+            mask |= IinBit[name].value
+        kwargs["iin"] = mask
+    if "anomaly" in m:
+        known: set[str] = set()
+        for p in protos:
+            known |= ANOMALY_NAMES[p]
+        kwargs["anomaly"] = frozenset(_enum_names(
+            m["anomaly"], "match.anomaly", known, f"an anomaly of {'/'.join(protos)}"))
+    for key in ("direction", "prm", "unsolicited"):
+        if key in m:
+            kwargs[key] = scalar(m[key])
+    for key in ("src", "dst"):
+        if key in m:
+            kwargs[key] = tuple(_enum_names(m[key], f"match.{key}", set_names, "a known set"))
+    return Match(**kwargs)
+
+
+def _compile_threshold(node: MappingNode) -> Threshold:
+    t = _mapping(node)
+    window_node = t["window"]
+    raw = scalar(window_node)
+    try:
+        window = float(raw) if isinstance(raw, int | float) else parse_duration(str(raw))
+    except ValueError as err:
+        raise _Bad(window_node, "threshold.window", str(err)) from None
+    group_by: tuple[GroupKey, ...] = ()
+    if "group_by" in t:
+        group_by = tuple(GroupKey(g) for _, g in _names(t["group_by"]))
+    distinct = GroupKey(str(scalar(t["distinct"]))) if "distinct" in t else None
+    return Threshold(count=int(scalar(t["count"])), window=window,
+                     group_by=group_by, distinct=distinct)

@@ -1,0 +1,182 @@
+"""Turn a rule's ``match`` into a predicate once; find candidate rules per event fast.
+
+The engine meets every event of the pipeline, 100k+ per second on a capture,
+and most of them (reads in a polling loop) match no rule. So rules are indexed
+by what is cheap to read on every event: the event class and its function
+code (messages) or anomaly kind (anomalies and derived events). The candidate
+list for each distinct (class, code) is worked out on first sight and cached;
+only candidates run their remaining checks, against event attributes, without
+flattening the event to a dict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import Enum
+from typing import Any, NamedTuple
+
+from parsers.dnp3.events import (
+    DNP3AnomalyEvent,
+    DNP3LinkEvent,
+    DNP3Request,
+    DNP3Response,
+    DNP3Unsolicited,
+)
+from parsers.modbus.events import ModbusAnomalyEvent, ModbusRequest, ModbusResponse
+from parsers.stream import Direction
+from parsers.tcp import TcpAnomalyEvent
+from sensor.detection.derived import DerivedEvent
+from sensor.detection.model import Match, MsgType, ObjectPattern, Proto, Rule
+from sensor.pipeline import PipelineAnomalyEvent
+
+Predicate = Callable[[Any], bool]
+
+# class -> (proto, type, attribute that carries the index code). DerivedEvent's
+# proto and type come from its kind.
+CLASS_INFO: dict[type, tuple[Proto | None, MsgType | None, str]] = {
+    ModbusRequest: (Proto.MODBUS, MsgType.REQUEST, "fc"),
+    ModbusResponse: (Proto.MODBUS, MsgType.RESPONSE, "fc"),
+    ModbusAnomalyEvent: (Proto.MODBUS, MsgType.ANOMALY, "kind"),
+    DNP3Request: (Proto.DNP3, MsgType.REQUEST, "fc"),
+    DNP3Response: (Proto.DNP3, MsgType.RESPONSE, "fc"),
+    DNP3Unsolicited: (Proto.DNP3, MsgType.UNSOLICITED, "fc"),
+    DNP3LinkEvent: (Proto.DNP3, MsgType.LINK, "function"),
+    DNP3AnomalyEvent: (Proto.DNP3, MsgType.ANOMALY, "kind"),
+    TcpAnomalyEvent: (Proto.TCP, MsgType.ANOMALY, "kind"),
+    PipelineAnomalyEvent: (Proto.IP, MsgType.ANOMALY, "kind"),
+    DerivedEvent: (None, None, "kind"),
+}
+INDEX_ATTR: dict[type, str] = {cls: info[2] for cls, info in CLASS_INFO.items()}
+
+
+class Peers(NamedTuple):
+    """Who talked, in the direction of the message (alert fields)."""
+
+    proto: str
+    src: str | None
+    sport: int | None
+    dst: str | None
+    dport: int | None
+    unit: int | None
+    link_src: int | None
+    link_dst: int | None
+    server_port: int | None  # for aggregation: stable across client reconnects
+
+
+def classify(cls: type, code: object) -> tuple[Proto, MsgType, str | None, int | None]:
+    """(proto, type, anomaly name, fc) of an index key."""
+    proto, mtype, _ = CLASS_INFO[cls]
+    if cls is DerivedEvent:
+        assert isinstance(code, Enum)
+        return Proto(code.value[0]), MsgType(code.value[1]), code.name, None
+    assert proto is not None and mtype is not None
+    if isinstance(code, Enum):
+        return proto, mtype, code.name, None
+    return proto, mtype, None, code if isinstance(code, int) else None
+
+
+def indexed(rule: Rule, cls: type, code: object) -> bool:
+    """Could ``rule`` match events of this class with this code? (The cheap part.)"""
+    proto, mtype, anomaly, fc = classify(cls, code)
+    m = rule.match
+    if proto not in m.proto or (m.type is not None and mtype not in m.type):
+        return False
+    if anomaly is not None:
+        return m.anomaly is None or anomaly in m.anomaly
+    if m.anomaly is not None:
+        return False
+    return m.fc is None or (fc is not None and fc in m.fc)
+
+
+def event_direction(event: Any) -> Direction | None:
+    cls = event.__class__
+    if cls is ModbusRequest:
+        return Direction.TO_SERVER
+    if cls is ModbusResponse:
+        return Direction.TO_CLIENT
+    direction = getattr(event, "direction", None)
+    return direction if isinstance(direction, Direction) else None
+
+
+def peers(event: Any) -> Peers:
+    """Alert peer fields of any event the engine handles."""
+    if event.__class__ is DerivedEvent:
+        return Peers(event.kind.value[0], event.src, event.sport, event.dst, event.dport,
+                     event.unit, event.link_src, event.link_dst, event.dport)
+    cls = event.__class__
+    if cls is ModbusRequest:
+        flow = event.flow
+        return Peers("modbus", flow.client, flow.client_port, flow.server, flow.server_port,
+                     event.unit, None, None, flow.server_port)
+    if cls is ModbusResponse:
+        flow = event.flow
+        return Peers("modbus", flow.server, flow.server_port, flow.client, flow.client_port,
+                     event.unit, None, None, flow.server_port)
+    proto = CLASS_INFO[cls][0]
+    flow = getattr(event, "flow", None)
+    direction = event_direction(event)
+    if flow is None:
+        src = sport = dst = dport = server_port = None
+    else:
+        src, sport, dst, dport = flow.endpoints(direction or Direction.TO_SERVER)
+        server_port = flow.server_port
+    return Peers(proto.value if proto else "", src, sport, dst, dport,
+                 getattr(event, "unit", None), getattr(event, "link_src", None),
+                 getattr(event, "link_dst", None), server_port)
+
+
+def _object_matches(patterns: tuple[ObjectPattern, ...], headers: Any) -> bool:
+    for h in headers:
+        for p in patterns:
+            if h.group in p.groups and (p.variations is None or h.variation in p.variations) \
+                    and (p.qualifiers is None or h.qualifier in p.qualifiers):
+                return True
+    return False
+
+
+def compile_match(match: Match) -> Predicate:
+    """The attribute checks of ``match`` beyond the index (class, fc, anomaly kind).
+
+    ``src``/``dst`` set checks need the engine's sets, so the engine does them.
+    """
+    checks: list[Predicate] = []
+
+    def member(attr: str, values: frozenset[int]) -> Predicate:
+        return lambda e: getattr(e, attr, None) in values
+
+    # fc is re-checked for anomaly/derived events, whose index code is the kind
+    if match.fc is not None and match.anomaly is not None:
+        checks.append(member("fc", match.fc))
+    for attr in ("sub", "unit", "link_src", "link_dst", "exception"):
+        values = getattr(match, attr)
+        if values is not None:
+            checks.append(member(attr, values))
+    if match.address is not None:
+        lo, hi = match.address
+
+        def address(e: Any) -> bool:
+            start = getattr(e, "address", None)
+            if start is None:
+                return False
+            return bool(start <= hi and start + max(getattr(e, "quantity", None) or 1, 1) - 1 >= lo)
+        checks.append(address)
+    if match.objects is not None:
+        patterns = match.objects
+        checks.append(lambda e: _object_matches(patterns, getattr(e, "objects", ())))
+    if match.iin is not None:
+        mask = match.iin
+        checks.append(lambda e: bool((getattr(e, "iin", None) or 0) & mask))
+    if match.direction is not None:
+        wanted = Direction.TO_SERVER if match.direction == "to_server" else Direction.TO_CLIENT
+        checks.append(lambda e: event_direction(e) is wanted)
+    if match.prm is not None:
+        prm = match.prm
+        checks.append(lambda e: getattr(e, "prm", None) is prm)
+    if match.unsolicited is not None:
+        unsolicited = match.unsolicited
+        checks.append(lambda e: getattr(e, "unsolicited", None) is unsolicited)
+    if not checks:
+        return lambda e: True
+    if len(checks) == 1:
+        return checks[0]
+    return lambda e: all(check(e) for check in checks)

@@ -1,0 +1,89 @@
+"""Detection's configuration keys, and building a Detector from a loaded config.
+
+Keys are registered into the one config schema (``sensor.config``) at import:
+``[detection]`` for the engine, ``[store]`` for the local SQLite store and
+``[sets]`` for the named address sets that rules refer to (allowed masters,
+engineering workstations, outstations). A mistyped set name in the config is
+rejected by the schema; in a rule, by the rule loader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sensor import config as cfg
+from sensor.detection.engine import Detector
+from sensor.detection.inventory import Inventory
+from sensor.detection.loader import SHIPPED_RULES, load_rules
+from sensor.detection.model import LEARNED_SETS, Rule
+
+SET_NAMES = ("allowed_masters", "engineering_workstations", "outstations")
+
+cfg.register([
+    cfg.Option("detection", "enabled", True, cfg.v_bool,
+               "run the detection engine on every event"),
+    cfg.Option("detection", "rules", (), cfg.v_str_list,
+               "rule pack directories or files (empty: the packs shipped with mamori)",
+               "--rules"),
+    cfg.Option("detection", "dedup_window", 300.0, cfg.v_seconds,
+               "the same rule on the same peers within this time aggregates into one alert"),
+    cfg.Option("detection", "learning_period", 7 * 86400.0, cfg.v_seconds,
+               "learn the baseline for this long, then enforce (0: until 'baseline freeze')"),
+    cfg.Option("detection", "silence_after", 900.0, cfg.v_seconds,
+               "S3: alert when no ICS traffic is seen for this long (0: never)"),
+    cfg.Option("detection", "values_allowed", False, cfg.v_bool,
+               "let value rules put register/point values in local alert evidence"),
+    cfg.Option("store", "path", Path("mamori.db"), cfg.v_path,
+               "SQLite store of alerts, assets and baseline (relative to state_dir)",
+               "--store"),
+    cfg.Option("store", "max_age", 90 * 86400.0, cfg.v_seconds,
+               "alerts older than this (by last seen) are deleted"),
+    cfg.Option("store", "max_bytes", 512 * 1024 * 1024, cfg.v_int_range(1 << 20, 1 << 40),
+               "the store is kept under this size by deleting the oldest alerts"),
+    *(cfg.Option("sets", name, (), cfg.v_networks,
+                 f"named set '{name}' for rules: IP addresses or networks")
+      for name in SET_NAMES),
+])
+
+
+def set_names() -> frozenset[str]:
+    """Every set name a rule may use: config sets and learned ones."""
+    return frozenset(SET_NAMES) | LEARNED_SETS
+
+
+def rule_dirs(config: cfg.Config | None) -> list[Path]:
+    dirs = config.get("detection", "rules") if config is not None else ()
+    return [Path(d) for d in dirs] or [SHIPPED_RULES]
+
+
+def load_configured_rules(config: cfg.Config | None,
+                          extra: Sequence[str | Path] = ()) -> list[Rule]:
+    """The rules the config names (or the shipped packs); raises ``RuleError``."""
+    paths: list[str | Path] = list(extra) or list(rule_dirs(config))
+    return load_rules(paths, set_names())
+
+
+def store_path(config: cfg.Config) -> Path:
+    path: Path = config.get("store", "path")
+    if path.is_absolute():
+        return path
+    state_dir: Path = config.get("sensor", "state_dir")
+    return state_dir / path
+
+
+def build_detector(config: cfg.Config | None, rules: Sequence[Rule] | None = None,
+                   **kwargs: Any) -> Detector:
+    """A Detector configured from ``config`` (defaults when ``None``)."""
+    if config is None:
+        config = cfg.load(None)
+    if rules is None:
+        rules = load_configured_rules(config)
+    sets = {name: config.get("sets", name) for name in SET_NAMES}
+    inventory = kwargs.pop("inventory", None) or Inventory(
+        config.get("detection", "learning_period"))
+    return Detector(rules, sets=sets, inventory=inventory,
+                    dedup_window=config.get("detection", "dedup_window"),
+                    silence_after=config.get("detection", "silence_after"),
+                    values_allowed=config.get("detection", "values_allowed"), **kwargs)

@@ -1,0 +1,336 @@
+"""Operator commands for detection: ``rules``, ``alerts``, ``assets``, ``baseline``.
+
+Also the detection part of ``mamori replay`` (flags, building the Detector,
+writing ``--alerts OUT.jsonl`` and the store), so ``sensor/cli.py`` only wires
+it in. Every handler returns an exit status: 0 success, 1 a check failed or
+the input was bad, 2 usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import IO, Any
+
+from sensor import config as cfg
+from sensor.alerts import Alert, Severity
+from sensor.detection.engine import Detector
+from sensor.detection.inventory import Inventory
+from sensor.detection.loader import RuleError, load_rules, pack_files
+from sensor.detection.settings import (
+    build_detector,
+    load_configured_rules,
+    rule_dirs,
+    set_names,
+    store_path,
+)
+from sensor.journald import journald_sink
+from sensor.store import Store, StoreError
+
+
+class UsageError(Exception):
+    """A problem the operator must fix before the command can run (exit 2)."""
+
+
+def register_commands(commands: Any) -> None:
+    rules = commands.add_parser("rules", help="check rule packs",
+                                description="Validate rule packs against the schema.")
+    rules_sub = rules.add_subparsers(dest="rules_command", metavar="ACTION")
+    rules_sub.required = True
+    check = rules_sub.add_parser("check", help="validate rule packs and exit")
+    check.add_argument("dirs", nargs="*", metavar="DIR", type=Path,
+                       help="pack directories or files (default: the configured packs)")
+    check.add_argument("--config", type=Path, metavar="FILE")
+    check.set_defaults(func=cmd_rules_check)
+
+    alerts = commands.add_parser("alerts", help="show alerts from the local store")
+    alerts.add_argument("--since", metavar="DURATION", help="last seen within, e.g. 1h, 7d")
+    alerts.add_argument("--severity", metavar="LEVEL", help="at least this severity")
+    alerts.add_argument("--follow", action="store_true", help="keep printing new alerts")
+    alerts.add_argument("--json", action="store_true", help="one JSON object per line")
+    alerts.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
+    alerts.add_argument("--max-polls", type=int, default=None, help=argparse.SUPPRESS)
+    _store_args(alerts)
+    alerts.set_defaults(func=cmd_alerts)
+
+    assets = commands.add_parser("assets", help="show the asset inventory")
+    assets.add_argument("--json", action="store_true")
+    assets.add_argument("--pairs", action="store_true", help="communication pairs instead")
+    _store_args(assets)
+    assets.set_defaults(func=cmd_assets)
+
+    baseline = commands.add_parser("baseline", help="freeze, export, import the baseline")
+    baseline_sub = baseline.add_subparsers(dest="baseline_command", metavar="ACTION")
+    baseline_sub.required = True
+    for name, help_text in (("freeze", "end learning now; enforce the baseline"),
+                            ("status", "show learning/enforcing and counts"),
+                            ("export", "write the baseline to FILE (JSON)"),
+                            ("import", "load a reviewed baseline FILE and enforce it")):
+        sub = baseline_sub.add_parser(name, help=help_text)
+        if name in ("export", "import"):
+            sub.add_argument("file", type=Path, metavar="FILE")
+        _store_args(sub)
+        sub.set_defaults(func=cmd_baseline)
+
+
+def _store_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", type=Path, metavar="PATH",
+                        help="store file (default from the config)")
+    parser.add_argument("--config", type=Path, metavar="FILE",
+                        help="site configuration (default /etc/mamori/sensor.toml if present)")
+
+
+def _config(path: Path | None) -> cfg.Config:
+    if path is None:
+        from sensor.daemon import config_path_default
+        default = config_path_default()
+        return cfg.load(default)
+    return cfg.load(path)
+
+
+def _open_store(args: argparse.Namespace, readonly: bool) -> Store:
+    config = _config(args.config)
+    path = args.store if args.store is not None else store_path(config)
+    return Store(path, readonly=readonly, max_age=config.get("store", "max_age"),
+                 max_bytes=config.get("store", "max_bytes"))
+
+
+def _fail(command: str, err: Exception | str, status: int = 1) -> int:
+    print(f"mamori {command}: {err}", file=sys.stderr)
+    return status
+
+
+# -- rules ------------------------------------------------------------------------------
+
+def cmd_rules_check(args: argparse.Namespace) -> int:
+    try:
+        config = _config(args.config)
+    except cfg.ConfigError as err:
+        return _fail("rules", err)
+    dirs = args.dirs or rule_dirs(config)
+    try:
+        rules = load_rules(dirs, set_names())
+    except RuleError as err:
+        for problem in err.problems:
+            print(problem, file=sys.stderr)
+        print(f"mamori rules: {len(err.problems)} problem(s)", file=sys.stderr)
+        return 1
+    precursors = sorted({r.precursor for r in rules}, key=lambda p: (p[0], int(p[1:])))
+    print(f"ok: {len(rules)} rules in {len(pack_files(dirs))} pack(s); "
+          f"precursors {' '.join(precursors)}")
+    return 0
+
+
+# -- alerts and assets ------------------------------------------------------------------
+
+def _when(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _peer(ip: str | None, port: int | None) -> str:
+    return "-" if ip is None else f"{ip}:{port}" if port is not None else ip
+
+
+def render_alert(alert: Alert) -> str:
+    where = f"{_peer(alert.src, alert.sport)} -> {_peer(alert.dst, alert.dport)}"
+    if alert.unit is not None:
+        where += f" unit {alert.unit}"
+    if alert.link_src is not None or alert.link_dst is not None:
+        where += f" link {alert.link_src}->{alert.link_dst}"
+    return (f"{alert.id:>6} {_when(alert.last_ts)} {alert.severity.label:<8} "
+            f"{alert.precursor:<4} x{alert.count:<7} {where}  {alert.title} [{alert.rule}]")
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    try:
+        since = None if args.since is None else time.time() - cfg.parse_duration(args.since)
+        severity = None if args.severity is None else Severity.parse(args.severity)
+    except ValueError as err:
+        return _fail("alerts", err, 2)
+    try:
+        store = _open_store(args, readonly=True)
+    except (cfg.ConfigError, StoreError) as err:
+        return _fail("alerts", err)
+    out = sys.stdout
+    last_id = 0
+    polls = 0
+    with store:
+        while True:
+            for alert in store.alerts(since=since, min_severity=severity, after_id=last_id):
+                last_id = alert.id
+                print(json.dumps(alert.to_dict()) if args.json else render_alert(alert),
+                      file=out)
+            out.flush()
+            polls += 1
+            if not args.follow or (args.max_polls is not None and polls >= args.max_polls):
+                return 0
+            try:
+                time.sleep(args.interval)
+            except KeyboardInterrupt:
+                return 0
+
+
+def cmd_assets(args: argparse.Namespace) -> int:
+    try:
+        store = _open_store(args, readonly=True)
+    except (cfg.ConfigError, StoreError) as err:
+        return _fail("assets", err)
+    with store:
+        rows = store.pairs() if args.pairs else store.assets()
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+        return 0
+    for row in rows:
+        if args.pairs:
+            unit = row["unit"] if row["proto"] == "modbus" else \
+                f"{row['link_master']}->{row['link_outstation']}"
+            period = "-" if row["period"] is None else f"{row['period']:.3f}s"
+            print(f"{row['proto']:<6} {row['client']:>15} -> {row['server']}:{row['port']} "
+                  f"[{unit}] fc {','.join(row['functions'])} period {period} "
+                  f"n={row['count']}{'' if row['learned'] else ' (new)'}")
+        else:
+            ident = "; ".join(f"{k}={v}" for k, v in row["identity"].items())
+            print(f"{row['ip']:<15} {row['mac'] or '-':<17} {'/'.join(row['roles']):<18} "
+                  f"units {row['units'] or '-'} links {row['links'] or '-'} "
+                  f"{'' if row['learned'] else '(new) '}{ident}")
+    return 0
+
+
+# -- baseline ---------------------------------------------------------------------------
+
+def cmd_baseline(args: argparse.Namespace) -> int:
+    action = args.baseline_command
+    try:
+        store = _open_store(args, readonly=action in ("status", "export"))
+    except (cfg.ConfigError, StoreError) as err:
+        return _fail("baseline", err)
+    with store:
+        doc = store.load_baseline()
+        if action == "import":
+            try:
+                loaded = json.loads(args.file.read_text(encoding="utf-8"))
+                inventory = Inventory()
+                inventory.import_baseline(loaded)
+            except (OSError, ValueError) as err:  # BaselineError, JSONDecodeError
+                return _fail("baseline", f"{args.file}: {err}")
+            store.save_baseline(inventory.export())
+            print(f"imported {args.file}: {inventory.status()['pairs']} pairs; enforcing")
+            return 0
+        if doc is None:
+            return _fail("baseline", f"{store.path}: no baseline yet (nothing learned)")
+        if action == "status":
+            print(f"state {doc['state']}; {len(doc['pairs'])} pairs, {len(doc['assets'])} "
+                  f"assets, {len(doc['masters'])} masters")
+        elif action == "freeze":
+            doc["state"] = "enforcing"
+            doc["frozen_at"] = time.time()
+            store.save_baseline(doc)
+            print("baseline frozen: enforcing")
+        elif action == "export":
+            args.file.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n",
+                                 encoding="utf-8")
+            print(f"exported to {args.file}")
+    return 0
+
+
+# -- replay integration -----------------------------------------------------------------
+
+def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("detection")
+    group.add_argument("--no-detect", action="store_true", help="parse only; no rules")
+    group.add_argument("--alerts", type=Path, metavar="OUT.jsonl",
+                       help="write each (aggregated) alert as a JSON line ('-' for stdout)")
+    group.add_argument("--rules", type=Path, action="append", metavar="DIR",
+                       help="rule pack dir or file (repeatable; default: configured packs)")
+    group.add_argument("--config", type=Path, metavar="FILE",
+                       help="site configuration (sets, dedup window, learning period)")
+    group.add_argument("--store", type=Path, metavar="PATH",
+                       help="also keep alerts, assets and baseline in this SQLite store")
+    group.add_argument("--baseline", type=Path, metavar="FILE",
+                       help="enforce this exported baseline instead of learning")
+
+
+class ReplayDetection:
+    """Detection wired into one ``mamori replay`` run."""
+
+    def __init__(self, detector: Detector, alerts_out: Path | None, store: Store | None) -> None:
+        self.detector = detector
+        self.alerts_out = alerts_out
+        self.store = store
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ReplayDetection | None:
+        """``None`` with ``--no-detect``; raises UsageError for bad rules/config/baseline."""
+        if args.no_detect:
+            if args.alerts is not None or args.store is not None:
+                raise UsageError("--alerts and --store need detection (drop --no-detect)")
+            return None
+        try:
+            config = cfg.load(args.config) if args.config is not None else cfg.load(None)
+            rules = load_configured_rules(config, args.rules or ())
+        except (cfg.ConfigError, RuleError) as err:
+            raise UsageError(str(err)) from None
+        inventory = Inventory(config.get("detection", "learning_period"))
+        store = None
+        if args.store is not None:
+            try:
+                store = Store(args.store, max_age=config.get("store", "max_age"),
+                              max_bytes=config.get("store", "max_bytes"))
+            except StoreError as err:
+                raise UsageError(str(err)) from None
+            stored = store.load_baseline()
+            if stored is not None and stored.get("state") == "enforcing":
+                inventory.import_baseline(stored)
+        if args.baseline is not None:
+            try:
+                inventory.import_baseline(json.loads(args.baseline.read_text("utf-8")))
+            except (OSError, ValueError) as err:
+                raise UsageError(f"{args.baseline}: {err}") from None
+        detector = build_detector(config, rules, inventory=inventory,
+                                  on_alert=journald_sink())
+        return cls(detector, args.alerts, store)
+
+    def finish(self, report: IO[str]) -> None:
+        alerts = self.detector.alerts()
+        if self.alerts_out is not None:
+            stream = sys.stdout if str(self.alerts_out) == "-" else \
+                self.alerts_out.open("w", encoding="utf-8")
+            try:
+                write_alerts_jsonl(alerts, stream)
+            finally:
+                if stream is not sys.stdout:
+                    stream.close()
+        if self.store is not None:
+            inv = self.detector.inventory
+            self.store.save_alerts(self.detector.drain())
+            self.store.save_inventory([a.to_dict() for a in inv.assets.values()],
+                                      [p.to_dict() for p in inv.pairs.values()], inv.export())
+            # replayed alerts carry packet time: age them against the capture, not today
+            self.store.prune(now=max((a.last_ts for a in alerts), default=None))
+            self.store.close()
+        print(render_summary(alerts, self.detector), file=report)
+
+
+def write_alerts_jsonl(alerts: list[Alert], stream: IO[str]) -> None:
+    for alert in alerts:
+        stream.write(json.dumps(alert.to_dict(), separators=(",", ":"), default=str) + "\n")
+
+
+def render_summary(alerts: list[Alert], detector: Detector) -> str:
+    by_severity = Counter(a.severity for a in alerts)
+    head = ", ".join(f"{s.label} {by_severity[s]}" for s in sorted(by_severity, reverse=True))
+    lines = [f"baseline   {detector.inventory.state.value}",
+             f"alerts     {len(alerts)}" + (f" ({head})" if head else "")]
+    for alert in sorted(alerts, key=lambda a: (-a.severity, a.first_ts))[:40]:
+        lines.append(f"  {alert.severity.label:<8} {alert.precursor:<4} x{alert.count:<7} "
+                     f"{_peer(alert.src, alert.sport)} -> {_peer(alert.dst, alert.dport)} "
+                     f"{alert.rule}")
+    if len(alerts) > 40:
+        lines.append(f"  ... {len(alerts) - 40} more (use --alerts)")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Traffic generators for tests: real protocol peers on loopback, captured with tcpdump."""

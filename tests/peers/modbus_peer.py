@@ -1,0 +1,98 @@
+"""A pymodbus server (SimDevice API of pymodbus 3.16) and a tcpdump capture on ``lo``.
+
+Run as ``python -m tests.peers.modbus_peer PORT REVISION`` to serve; tests use
+:func:`server` and :func:`capture` as context managers. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+HOST = "127.0.0.1"
+
+
+def serve(port: int, revision: str) -> None:
+    from pymodbus import ModbusDeviceIdentification
+    from pymodbus.server import StartAsyncTcpServer
+    from pymodbus.simulator import SimData, SimDevice
+    from pymodbus.simulator.simutils import DataType
+
+    def device(unit: int) -> SimDevice:
+        return SimDevice(id=unit, simdata=(
+            [SimData(0, count=200, values=0, datatype=DataType.BITS)],
+            [SimData(0, count=200, values=1, datatype=DataType.BITS)],
+            [SimData(0, count=200, values=100, datatype=DataType.REGISTERS)],
+            [SimData(0, count=200, values=7, datatype=DataType.REGISTERS)],
+        ))
+
+    identity = ModbusDeviceIdentification(info_name={
+        "VendorName": "Mamori Test Works", "ProductCode": "MTW-PLC-1",
+        "MajorMinorRevision": revision})
+    asyncio.run(StartAsyncTcpServer(context=[device(u) for u in range(1, 11)],
+                                    identity=identity, address=("0.0.0.0", port)))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((HOST, port), 0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"pymodbus server on {port} did not start")
+
+
+@contextlib.contextmanager
+def server(port: int, revision: str = "2.4.1") -> Iterator[None]:
+    proc = subprocess.Popen([sys.executable, "-m", "tests.peers.modbus_peer", str(port),
+                             revision], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_port(port)
+        yield
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@contextlib.contextmanager
+def capture(path: Path, port: int) -> Iterator[None]:
+    """tcpdump on lo for ``tcp port PORT`` into ``path`` (tests run as root)."""
+    proc = subprocess.Popen(["tcpdump", "-i", "lo", "-U", "-w", str(path), f"tcp port {port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # "listening on lo" means packets are captured
+        line = proc.stderr.readline()
+        if b"listening" in line or not line:
+            break
+    try:
+        yield
+    finally:
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+if __name__ == "__main__":
+    serve(int(sys.argv[1]), sys.argv[2])
