@@ -21,7 +21,6 @@ from typing import Any
 
 import yaml
 from yaml.constructor import SafeConstructor
-
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from parsers.dnp3.events import DNP3Anomaly
