@@ -104,7 +104,7 @@ class Sensor:
 
     def __init__(self, conf: cfg.Config, config_path: str | None,
                  consumers: Sequence[Consumer] = (),
-                 alert_sink: Callable[[Alert], None] | None = None,
+                 alert_sink: Callable[[Alert], object] | None = None,
                  notifier: Notifier | None = None) -> None:
         self.conf = conf
         self.config_path = config_path
@@ -120,6 +120,9 @@ class Sensor:
         self._pending: list[int] = []
         self._running = False
         self.started = time.time()
+        self.store: Any = None  # sensor.store.Store, closed at shutdown
+        self.forwarder: Any = None  # sensor.forwarder.Forwarder, flushed at shutdown
+        self._rate = (time.monotonic(), 0)
 
     # -- set-up -------------------------------------------------------------------------
 
@@ -298,14 +301,29 @@ class Sensor:
                          "last_frame": h.last_frame} for h in self.health.values()},
         }
 
+    def health_for_heartbeat(self) -> dict[str, float]:
+        """packets/s since the last heartbeat, kernel drops and flows (forwarder thread)."""
+        then, packets = self._rate
+        now, current = time.monotonic(), self.pipeline.stats.packets
+        self._rate = (now, current)
+        pps = (current - packets) / (now - then) if now > then else 0.0
+        return {"pps": round(pps, 1), "drops": float(sum(h.dropped for h in
+                                                          self.health.values())),
+                "flows": float(self.pipeline.active_flows)}
+
     def shutdown(self) -> None:
+        """Flush everything in order: pipeline, consumers (store), forwarder, sockets."""
         self.notifier.stopping()
         events = self.pipeline.finish()
         if events:
             for consumer in self.consumers:
-                consumer.consume(events)
+                consumer.consume(list(events))
         for consumer in self.consumers:
             consumer.close()
+        if self.forwarder is not None:
+            self.forwarder.close()
+        if self.store is not None:
+            self.store.close()
         for cap in self.captures:
             cap.close()
         self._wake_r.close()
@@ -316,3 +334,86 @@ class Sensor:
 def config_path_default() -> str | None:
     path = Path("/etc/mamori/sensor.toml")
     return str(path) if path.exists() else None
+
+
+class StartupError(Exception):
+    """The daemon cannot start: bad rules, an unreadable store, missing keys."""
+
+    def __init__(self, message: str, status: int = 2) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class EventFile:
+    """``--events``: the same JSON lines as ``mamori replay --events``."""
+
+    def __init__(self, path: Path) -> None:
+        from sensor.eventlog import JsonLinesWriter
+
+        self._stream = path.open("a", encoding="utf-8")
+        self._writer = JsonLinesWriter(self._stream)
+
+    def consume(self, events: list[Any]) -> None:
+        self._writer.write(events)
+        self._stream.flush()
+
+    def tick(self, now: float) -> None:
+        pass
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+def build_sensor(conf: cfg.Config, config_path: str | None,
+                 events: Path | None = None) -> Sensor:
+    """The daemon with its consumers: detection → store → forwarder, and health.
+
+    Everything that can refuse to start (rules, store, keys) is built here, before
+    any capture socket is opened, so a broken deployment fails fast and says why.
+    """
+    from sensor.alerting import AlertOutputs
+    from sensor.detection.loader import RuleError
+    from sensor.detection.settings import store_path
+    from sensor.store import Store, StoreError
+
+    state_dir = Path(conf.get("sensor", "state_dir"))
+    try:
+        store = Store(store_path(conf), max_age=conf.get("store", "max_age"),
+                      max_bytes=conf.get("store", "max_bytes"))
+    except (StoreError, OSError) as err:
+        raise StartupError(f"store: {err}") from None
+    forwarder = None
+    outputs = AlertOutputs(store)
+    holder: list[Sensor] = []
+    if conf.get("forward", "collectors"):
+        from sensor.forwarder import Forwarder
+        from sensor.keys import KeyFileError
+
+        def health() -> dict[str, float]:
+            return holder[0].health_for_heartbeat() if holder else {}
+
+        try:
+            forwarder = Forwarder(conf, state_dir, health=health,
+                                  on_meta_alert=outputs.raise_local)
+        except (KeyFileError, OSError) as err:
+            store.close()
+            raise StartupError(f"forwarding: {err}") from None
+        outputs.forwarder = forwarder
+    consumers: list[Consumer] = []
+    if conf.get("detection", "enabled"):
+        from sensor.live_detection import LiveDetection
+
+        try:
+            consumers.append(LiveDetection(conf, store, outputs))
+        except RuleError as err:
+            store.close()
+            raise StartupError(str(err)) from None
+    if events is not None:
+        consumers.append(EventFile(events))
+    sensor = Sensor(conf, config_path, consumers, alert_sink=outputs.raise_external)
+    sensor.store = store
+    sensor.forwarder = forwarder
+    holder.append(sensor)
+    if forwarder is not None:
+        forwarder.start()
+    return sensor

@@ -77,39 +77,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     conf = _load(args)
     if conf is None:
         return 2
-    path = str(args.config) if args.config is not None else None
-    consumers: list[Any] = []
-    if args.events is not None:
-        consumers.append(_EventFile(args.events))
-    sensor = daemon.Sensor(conf, path, consumers)
+    path = str(args.config) if args.config is not None else daemon.config_path_default()
+    try:
+        sensor = daemon.build_sensor(conf, path, events=args.events)
+    except daemon.StartupError as err:
+        log.error("%s", err)
+        return err.status
     try:
         sensor.open_captures()
     except CaptureError as err:
         log.error("%s", err)
+        sensor.shutdown()
         return 1
     sensor.drop_privileges()
     sensor.install_signals()
     return sensor.run(args.max_seconds)
-
-
-class _EventFile:
-    """``--events``: the same JSON lines as ``mamori replay --events``."""
-
-    def __init__(self, path: Path) -> None:
-        from sensor.eventlog import JsonLinesWriter
-
-        self._stream = path.open("a", encoding="utf-8")
-        self._writer = JsonLinesWriter(self._stream)
-
-    def consume(self, events: list[Any]) -> None:
-        self._writer.write(events)
-        self._stream.flush()
-
-    def tick(self, now: float) -> None:
-        pass
-
-    def close(self) -> None:
-        self._stream.close()
 
 
 @dataclass(frozen=True, slots=True)

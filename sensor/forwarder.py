@@ -120,7 +120,7 @@ class Forwarder:
 
     def __init__(self, config: cfg.Config | ForwarderSettings, state_dir: Path | None = None,
                  *, health: HealthSource | None = None,
-                 on_meta_alert: Callable[[Alert], None] | None = None) -> None:
+                 on_meta_alert: Callable[[Alert], object] | None = None) -> None:
         self.settings = (config if isinstance(config, ForwarderSettings)
                          else ForwarderSettings.from_config(config, state_dir))
         s = self.settings

@@ -213,6 +213,19 @@ class Detector:
         self._last_ts = last_ts
         self.stats.events += len(events)
 
+    def adopt(self, old: Detector) -> None:
+        """Carry open aggregates and protocol state over from ``old`` (a rules reload).
+
+        Aggregates are keyed by rule id, not by position, so a reloaded pack keeps
+        counting the alerts it already raised instead of raising them again.
+        """
+        self._open = old._open
+        self._all = old._all
+        self._sequence = old._sequence
+        self._last_ts = old._last_ts
+        self._silent = old._silent
+        self.stats = old.stats
+
     def tick(self, now: float) -> None:
         """Clock-driven checks (silence, stopped cycles); replay calls it with packet time."""
         self._clock(now)
@@ -309,9 +322,9 @@ class Detector:
             group = tuple(_group_value(k, p, ev) for k in threshold.group_by)
             if not self._threshold(compiled, group, ev, p):
                 return
-            key: tuple[Any, ...] = (compiled.index, group)
+            key: tuple[Any, ...] = (rule.id, group)
         else:
-            key = (compiled.index, p.src, p.dst, p.server_port, p.unit, p.link_src,
+            key = (rule.id, p.src, p.dst, p.server_port, p.unit, p.link_src,
                    p.link_dst)
         self.stats.hits += 1
         agg = self._open.get(key)

@@ -1,0 +1,85 @@
+"""Detection inside the live daemon: feed the detector, publish alerts, keep the inventory.
+
+The pipeline hands events to ``consume``; once a second ``tick`` lets the
+detector run its clock-driven checks (silence, stopped polling cycles), drains the
+aggregates that are new or changed, and publishes them (store, then forwarder).
+Every ``persist_every`` seconds the inventory and the baseline go to the store.
+
+``mamori baseline freeze`` runs in another process and writes the store. So
+before the daemon saves its own baseline it reads the stored one: if an operator
+froze it (or imported a reviewed one) the daemon adopts that and enforces from
+then on, instead of overwriting it with its learning state.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from sensor import config as cfg
+from sensor.alerting import AlertOutputs
+from sensor.detection.engine import Detector
+from sensor.detection.inventory import Inventory
+from sensor.detection.settings import build_detector, load_configured_rules
+from sensor.journald import journald_sink
+from sensor.store import Store
+
+log = logging.getLogger("mamori.detection")
+
+
+class LiveDetection:
+    """A daemon consumer (``consume``/``tick``/``reload``/``close``)."""
+
+    def __init__(self, conf: cfg.Config, store: Store, outputs: AlertOutputs,
+                 persist_every: float = 30.0) -> None:
+        self.store = store
+        self.outputs = outputs
+        self.persist_every = persist_every
+        self.detector = self._build(conf, Inventory(conf.get("detection", "learning_period")))
+        self._adopt_stored_baseline()
+        self._next_persist = time.monotonic() + persist_every
+
+    def _build(self, conf: cfg.Config, inventory: Inventory) -> Detector:
+        rules = load_configured_rules(conf)
+        return build_detector(conf, rules, inventory=inventory, on_alert=journald_sink())
+
+    def _adopt_stored_baseline(self) -> None:
+        stored = self.store.load_baseline()
+        inventory = self.detector.inventory
+        if stored is not None and stored.get("state") == "enforcing" \
+                and not inventory.enforcing:
+            inventory.import_baseline(stored)
+            log.info("baseline from the store: enforcing (%d pairs)", len(stored["pairs"]))
+
+    # -- consumer -----------------------------------------------------------------------
+
+    def consume(self, events: list[Any]) -> None:
+        self.detector.process(events)
+
+    def tick(self, now: float) -> None:
+        self.detector.tick(now)
+        self.outputs.publish(self.detector.drain())
+        if time.monotonic() >= self._next_persist:
+            self._next_persist = time.monotonic() + self.persist_every
+            self.persist()
+
+    def persist(self) -> None:
+        self._adopt_stored_baseline()
+        inv = self.detector.inventory
+        self.store.save_inventory([a.to_dict() for a in inv.assets.values()],
+                                  [p.to_dict() for p in inv.pairs.values()], inv.export())
+        self.store.prune()
+
+    def reload(self, conf: cfg.Config) -> None:
+        """New rules and sets; the inventory, baseline and open aggregates carry over."""
+        self.outputs.publish(self.detector.drain())
+        old = self.detector
+        self.detector = self._build(conf, old.inventory)
+        self.detector.adopt(old)
+        self._adopt_stored_baseline()
+        log.info("rules reloaded: %d rules", len(self.detector.rules))
+
+    def close(self) -> None:
+        self.outputs.publish(self.detector.drain())
+        self.persist()
