@@ -259,10 +259,12 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
 class ReplayDetection:
     """Detection wired into one ``mamori replay`` run."""
 
-    def __init__(self, detector: Detector, alerts_out: Path | None, store: Store | None) -> None:
+    def __init__(self, detector: Detector, alerts_out: Path | None, store: Store | None,
+                 config: cfg.Config | None = None) -> None:
         self.detector = detector
         self.alerts_out = alerts_out
         self.store = store
+        self.config = config
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ReplayDetection | None:
@@ -294,7 +296,7 @@ class ReplayDetection:
                 raise UsageError(f"{args.baseline}: {err}") from None
         detector = build_detector(config, rules, inventory=inventory,
                                   on_alert=journald_sink())
-        return cls(detector, args.alerts, store)
+        return cls(detector, args.alerts, store, config)
 
     def finish(self, report: IO[str]) -> None:
         alerts = self.detector.alerts()
@@ -306,15 +308,47 @@ class ReplayDetection:
             finally:
                 if stream is not sys.stdout:
                     stream.close()
+        drained = self.detector.drain()
+        if self.config is not None and self.config.get("forward", "collectors"):
+            self._forward(drained, report)
+        elif self.store is not None:
+            self.store.save_alerts(drained)
         if self.store is not None:
             inv = self.detector.inventory
-            self.store.save_alerts(self.detector.drain())
             self.store.save_inventory([a.to_dict() for a in inv.assets.values()],
                                       [p.to_dict() for p in inv.pairs.values()], inv.export())
             # replayed alerts carry packet time: age them against the capture, not today
             self.store.prune(now=max((a.last_ts for a in alerts), default=None))
             self.store.close()
         print(render_summary(alerts, self.detector), file=report)
+
+
+    def _forward(self, alerts: list[Alert], report: IO[str]) -> None:
+        """Store, then forward to the configured collectors, and wait for their acks."""
+        from sensor.alerting import AlertOutputs
+        from sensor.forwarder import Forwarder
+
+        from sensor.keys import KeyFileError
+
+        assert self.config is not None
+        try:
+            forwarder = Forwarder(self.config)
+        except (KeyFileError, OSError) as err:
+            print(f"forwarding disabled: {err}", file=sys.stderr)
+            if self.store is not None:
+                self.store.save_alerts(alerts)
+            return
+        outputs = AlertOutputs(self.store, forwarder, window=0.0)
+        outputs.publish(alerts)
+        forwarder.start()
+        deadline = time.monotonic() + self.config.get("forward", "ack_timeout") * 2
+        while forwarder.unacked() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = forwarder.unacked()
+        forwarder.close()
+        print(f"forwarded  {len(alerts)} alerts to {len(self.config.get('forward', 'collectors'))}"
+              f" collector(s); {left} awaiting acknowledgement (kept in the journal)",
+              file=report)
 
 
 def write_alerts_jsonl(alerts: list[Alert], stream: IO[str]) -> None:
