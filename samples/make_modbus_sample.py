@@ -14,6 +14,9 @@ a scripted session from two clients:
 Needs root (tcpdump on ``lo``) and the test extras (pymodbus). Usage::
 
     .venv/bin/python samples/make_modbus_sample.py samples/modbus_demo.pcap
+
+``--serve PORT [HOST]`` and ``--drive PORT [HOST]`` run either side alone (the
+end-to-end test places them in two network namespaces).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ PORT = 502
 HOST = "127.0.0.1"
 
 
-def serve(port: int) -> None:
+def serve(port: int, host: str = HOST) -> None:
     """Run a pymodbus server with device identification until killed."""
     from pymodbus import ModbusDeviceIdentification
     from pymodbus.server import StartAsyncTcpServer
@@ -56,14 +59,14 @@ def serve(port: int) -> None:
         "ProductName": "Pump station controller",
         "ModelName": "PSC-200",
     })
-    asyncio.run(StartAsyncTcpServer(context=context, identity=identity, address=(HOST, port)))
+    asyncio.run(StartAsyncTcpServer(context=context, identity=identity, address=(host, port)))
 
 
-def drive(port: int) -> None:
+def drive(port: int, host: str = HOST) -> None:
     """The scripted client session (see the module docstring)."""
     from pymodbus.client import ModbusTcpClient
 
-    scada = ModbusTcpClient(HOST, port=port, timeout=2)
+    scada = ModbusTcpClient(host, port=port, timeout=2)
     scada.connect()
     for cycle in range(20):
         scada.read_holding_registers(0, count=10, device_id=1)
@@ -78,7 +81,7 @@ def drive(port: int) -> None:
     scada.report_device_id(device_id=1)
     scada.close()
 
-    intruder = ModbusTcpClient(HOST, port=port, timeout=0.5, retries=0)
+    intruder = ModbusTcpClient(host, port=port, timeout=0.5, retries=0)
     intruder.connect()
     for unit in range(1, 6):
         intruder.read_holding_registers(0, count=1, device_id=unit)
@@ -123,7 +126,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--serve":
-        serve(int(sys.argv[2]))
+    if len(sys.argv) in (3, 4) and sys.argv[1] == "--serve":
+        serve(int(sys.argv[2]), *sys.argv[3:])
+    elif len(sys.argv) in (3, 4) and sys.argv[1] == "--drive":
+        drive(int(sys.argv[2]), *sys.argv[3:])
     else:
         sys.exit(main())

@@ -11,7 +11,8 @@ Wire layout of one Modbus/TCP ADU (big-endian)::
 :data:`MBAP_HEADER` unpacks the first eight bytes (including the function
 code) in one call. After a malformed header or a gap the parser scans for a
 *plausible* header: pid 0, length in range, a function code that could open
-this direction's PDU and, when the buffer reaches past the declared end, a
+this direction's PDU (for responses: an exception to a known function, or to any
+function in a length-3 ADU) and, when the buffer reaches past the declared end, a
 next header that is itself plausible as far as its bytes are present.
 """
 
@@ -45,9 +46,23 @@ def _prefix_plausible(buf: bytes, start: int, end: int, to_client: bool) -> bool
         return False
     if available >= 8:
         fc = buf[start + 7]
-        if not (0 < fc < 0x80 or (to_client and fc in _EXCEPTION_FCS)):
+        if not (0 < fc < 0x80 or (to_client and _exception_plausible(buf, start, fc))):
             return False
     return True
+
+
+def _exception_plausible(buf: bytes, start: int, fc: int) -> bool:
+    """An exception function code a server can send: to a known function, or to any
+    function (1..127) in an ADU of exactly unit + fc + exception code (length 3).
+
+    A server answers a function code it does not implement with ``fc | 0x80`` and
+    exception 01 ILLEGAL FUNCTION (Modbus Application Protocol V1.1b3, 7), so
+    ``00 00 00 00 00 03 01 a0 01`` (the answer to fc 32 in Zeek's fuzz-72.pcap,
+    frame 5) is as plausible a header as any; the length 3 keeps the test narrow.
+    """
+    if fc in _EXCEPTION_FCS:
+        return True
+    return fc > 0x80 and buf[start + 4] == 0 and buf[start + 5] == 3
 
 
 def plausible_header(buf: bytes, start: int, end: int, to_client: bool) -> bool:

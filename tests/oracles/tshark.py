@@ -47,23 +47,38 @@ def _as_list(value: Any) -> list[Any]:
 
 
 def dissect(
-    path: Path, layers: tuple[str, ...], options: tuple[str, ...] = ()
+    path: Path, layers: tuple[str, ...], options: tuple[str, ...] = (), where: str = ""
 ) -> list[dict[str, Any]]:
-    """Raw tshark JSON layers for every frame that has the first of ``layers``."""
+    """Raw tshark JSON layers for every frame that has the first of ``layers``
+    (and matches the display filter ``where``, when given)."""
+    display = f"{layers[0]} && ({where})" if where else layers[0]
     cmd = ["tshark", "-r", str(path), "-T", "json", "--no-duplicate-keys",
            "-J", " ".join(("frame", "ip", "ipv6", "tcp", "udp", *layers)),
-           "-Y", layers[0], *options]
+           "-Y", display, *options]
     out = subprocess.run(cmd, capture_output=True, check=True, timeout=600).stdout
     frames: list[dict[str, Any]] = [p["_source"]["layers"] for p in json.loads(out or b"[]")]
     return frames
 
 
-def modbus_pdus(path: Path, port: int = 502) -> tuple[list[TsharkPdu], list[int]]:
-    """Every Modbus/TCP PDU tshark sees, in frame order; plus frames it could not align."""
-    options = ("-o", f"mbtcp.tcp.port:{port}") if port != 502 else ()
+def _frames_filter(frames: tuple[int, ...]) -> str:
+    return " || ".join(f"frame.number == {n}" for n in frames)
+
+
+def modbus_pdus(
+    path: Path, port: int = 502, *, frames: tuple[int, ...] = (), seq_analysis: bool = True
+) -> tuple[list[TsharkPdu], list[int]]:
+    """Every Modbus/TCP PDU tshark sees, in frame order; plus frames it could not align.
+
+    ``frames`` limits the answer to those frames. ``seq_analysis=False`` turns off
+    tshark's TCP sequence analysis (``tcp.analyze_sequence_numbers``): tshark then
+    hands segments it would flag as retransmissions or out-of-order to Modbus too.
+    """
+    options: tuple[str, ...] = ("-o", f"mbtcp.tcp.port:{port}") if port != 502 else ()
+    if not seq_analysis:
+        options += ("-o", "tcp.analyze_sequence_numbers:FALSE")
     pdus: list[TsharkPdu] = []
     unaligned: list[int] = []
-    for layers in dissect(path, ("mbtcp", "modbus"), options):
+    for layers in dissect(path, ("mbtcp", "modbus"), options, _frames_filter(frames)):
         frame = layers["frame"]
         number = int(frame["frame.number"])
         ts = float(frame["frame.time_epoch"])
@@ -88,6 +103,39 @@ def modbus_pdus(path: Path, port: int = 502) -> tuple[list[TsharkPdu], list[int]
             pdus.append(TsharkPdu(number, ts, src, dst, int(tcp.get("tcp.srcport", 0)),
                                   int(tcp.get("tcp.dstport", 0)), fields))
     return pdus, unaligned
+
+
+@dataclass(frozen=True)
+class TsharkTcpFrame:
+    """A TCP frame as tshark's TCP layer sees it (whatever it carries)."""
+
+    frame: int
+    ts: float
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    experts: tuple[str, ...]  # every expert message of the frame, e.g. TCP analysis
+
+
+def tcp_frames(path: Path, frames: tuple[int, ...], port: int = 502) -> dict[int, TsharkTcpFrame]:
+    """Addresses, time and expert messages of the given TCP frames."""
+    if not frames:
+        return {}
+    options = ["-o", f"mbtcp.tcp.port:{port}"] if port != 502 else []
+    cmd = ["tshark", "-r", str(path), "-Y", f"tcp && ({_frames_filter(frames)})",
+           "-T", "fields", "-E", "separator=/t", "-E", "occurrence=a", "-E", "aggregator=|",
+           *options, "-e", "frame.number", "-e", "frame.time_epoch", "-e", "ip.src",
+           "-e", "tcp.srcport", "-e", "ip.dst", "-e", "tcp.dstport", "-e", "_ws.expert.message"]
+    out = subprocess.run(cmd, capture_output=True, check=True, timeout=600).stdout.decode()
+    result: dict[int, TsharkTcpFrame] = {}
+    for line in out.splitlines():
+        number, ts, src, sport, dst, dport, experts = (line.split("\t") + [""] * 7)[:7]
+        result[int(number)] = TsharkTcpFrame(
+            int(number), float(ts), src.split("|")[-1], int(sport.split("|")[-1]),
+            dst.split("|")[-1], int(dport.split("|")[-1]),
+            tuple(e for e in experts.split("|") if e))
+    return result
 
 
 @dataclass(frozen=True)

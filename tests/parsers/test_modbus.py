@@ -1110,3 +1110,29 @@ def test_unanswered_requests_expire() -> None:
     events = parser.receive(C2S, retid(FC3_REQ, 100), 115.0)
     assert kinds(events) == [] and parser.outstanding == 6  # tids 15..19 and 100
     assert not parser.receive(S2C, retid(FC3_RSP, 100), 116.0)[0].unsolicited
+
+
+def test_resync_accepts_an_exception_to_an_unknown_function() -> None:
+    # Zeek fuzz-72.pcap frame 5, after a gap: tid 0000 | pid 0000 | length 0003 | unit 01
+    # | fc a0 (= 0x80 | 32: fc 32 is no Modbus function) | exception 01 ILLEGAL FUNCTION.
+    # A server answers a function it does not implement exactly so; tshark shows
+    # "Unknown function (32). Exception returned".
+    adu = bytes.fromhex("00 00 00 00 00 03 01 a0 01")
+    parser = ModbusParser(FLOW)
+    events = parser.gap(S2C, 9, TS) + parser.receive(S2C, adu, TS)
+    assert [e.detail for e in _anomalies(events)] == ["9 bytes lost", "skipped 0 bytes"]
+    (response,) = messages_only(events)
+    assert (response.fc, response.exception) == (32, 1)
+
+
+def test_resync_rejects_an_unknown_exception_with_a_length_other_than_3() -> None:
+    # Same header with length 0004 (unit + fc + 2 bytes): an exception ADU is always
+    # unit + fc + code, so for an undefined function this is no plausible header and
+    # the scan moves on to the real ADU after it.
+    junk = bytes.fromhex("00 00 00 00 00 04 01 a0 01 02")
+    adu = bytes.fromhex("00 07 00 00 00 03 01 83 02")  # exception 02 to fc 3
+    parser = ModbusParser(FLOW)
+    parser.gap(S2C, 1, TS)
+    events = parser.receive(S2C, junk + adu, TS)
+    assert [e.detail for e in _anomalies(events)] == [f"skipped {len(junk)} bytes"]
+    assert [(e.tid, e.fc, e.exception) for e in messages_only(events)] == [(7, 3, 2)]
