@@ -110,22 +110,19 @@ class SpanLab:
         """Map every conversation of a public capture onto our two test hosts.
 
         The frames only ever travel from gen0 to cap0 inside our namespaces, but we
-        keep foreign addresses off every wire anyway. tcpprep splits clients from
-        servers by port, then each client becomes 10.250.1.2 and each server
-        10.250.1.1 (ports are kept, so conversations stay distinct).
+        keep foreign addresses off every wire anyway (see tests/pcaprewrite.py for
+        why not tcprewrite).
         """
-        cache = out.with_suffix(".cache")
-        sh("tcpprep", "--port", f"--pcap={capture}", f"--cachefile={cache}", timeout=120)
-        sh("tcprewrite", f"--endpoints={CLIENT_IP}:{SERVER_IP}", f"--cachefile={cache}",
-           "--fixcsum", f"--infile={capture}", f"--outfile={out}", timeout=120)
-        return out
+        from tests.pcaprewrite import rewrite
+
+        return rewrite(capture, out, CLIENT_IP, SERVER_IP)
 
 
 def available() -> str | None:
     """Why the lab cannot run here, or None."""
     if os.geteuid() != 0:
         return "network namespaces need root"
-    for tool in ("ip", "tcpreplay", "tcprewrite", "tcpprep"):
+    for tool in ("ip", "tcpreplay"):
         if subprocess.run(["which", tool], capture_output=True).returncode:
             return f"{tool} is not installed"
     with contextlib.suppress(Exception):

@@ -1,0 +1,79 @@
+"""Map a capture's IPv4 conversations onto two test hosts, keeping every byte else.
+
+tcprewrite cannot do this for us: when it edits addresses it "fixes" the IP total
+length to the frame length, so Ethernet padding on short frames (a 60-byte frame
+carrying a 40-byte ACK) becomes 6 bytes of TCP payload. For a protocol sensor that
+is corruption, so the lab rewrites with this instead: the server side of each
+packet (the end whose port is an ICS port) becomes ``server``, the other end
+``client``, and the IPv4 and TCP/UDP checksums are recomputed.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from pathlib import Path
+
+from parsers.capfile import CaptureFileParser
+
+ICS_PORTS = frozenset({502, 20000})
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def _rewrite(frame: bytes, client: bytes, server: bytes) -> bytes:
+    if len(frame) < 34 or frame[12:14] != b"\x08\x00":
+        return frame
+    ip = 14
+    ihl = (frame[ip] & 0x0F) * 4
+    total = struct.unpack_from("!H", frame, ip + 2)[0]
+    proto = frame[ip + 9]
+    l4 = ip + ihl
+    if proto not in (6, 17) or len(frame) < l4 + 4 or total < ihl + 4:
+        return frame
+    sport, dport = struct.unpack_from("!HH", frame, l4)
+    src, dst = (server, client) if sport in ICS_PORTS and dport not in ICS_PORTS else (
+        client, server)
+    out = bytearray(frame)
+    out[ip + 12:ip + 16] = src
+    out[ip + 16:ip + 20] = dst
+    out[ip + 10:ip + 12] = b"\0\0"
+    out[ip + 10:ip + 12] = struct.pack("!H", _checksum(bytes(out[ip:ip + ihl])))
+    end = ip + total
+    if end > len(out):
+        return bytes(out)  # truncated by the snap length: leave the L4 checksum alone
+    offset = 16 if proto == 6 else 6
+    if proto == 17 and out[l4 + 6:l4 + 8] == b"\0\0":
+        return bytes(out)  # UDP without a checksum stays without one
+    out[l4 + offset:l4 + offset + 2] = b"\0\0"
+    pseudo = src + dst + struct.pack("!BBH", 0, proto, end - l4)
+    out[l4 + offset:l4 + offset + 2] = struct.pack(
+        "!H", _checksum(pseudo + bytes(out[l4:end])))
+    return bytes(out)
+
+
+def rewrite(capture: Path, out: Path, client_ip: str, server_ip: str) -> Path:
+    """Write ``out`` as a microsecond pcap of Ethernet frames with mapped addresses."""
+    client, server = socket.inet_aton(client_ip), socket.inet_aton(server_ip)
+    parser = CaptureFileParser()
+    parser.receive(capture.read_bytes())
+    records = parser.records()
+    parser.close()
+    with out.open("wb") as f:
+        f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1))
+        for rec in records:
+            if rec.linktype != 1:
+                continue
+            data = _rewrite(rec.data, client, server)
+            sec = int(rec.ts)
+            usec = round((rec.ts - sec) * 1e6)
+            f.write(struct.pack("<IIII", sec, usec, len(data), max(rec.orig_len, len(data))))
+            f.write(data)
+    return out
