@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from sensor import daemon_cli, detection_cli, forwarding_cli, zeek_cli
 from sensor.pipeline import PipelineConfig
 from sensor.replay import progress_stream, replay_files
 
@@ -68,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
         "replay", help="run capture files (pcap, pcapng) through the sensor pipeline",
         description="Replay capture files through decoding, reassembly and the protocol "
                     "parsers, then print a summary.")
-    replay.add_argument("files", nargs="+", metavar="FILE", type=Path)
+    replay.add_argument("files", nargs="*", metavar="FILE", type=Path)
+    replay.add_argument("--zeek-logs", type=Path, metavar="DIR",
+                        help="replay a directory of Zeek/ICSNPP logs instead of captures")
     replay.add_argument("--modbus-ports", type=port_list, default=frozenset({502}),
                         metavar="PORTS", help="comma-separated Modbus/TCP server ports "
                         "(default 502)")
@@ -80,57 +82,35 @@ def build_parser() -> argparse.ArgumentParser:
                              "('-' for stdout)")
     replay.add_argument("--no-progress", action="store_true",
                         help="no progress bar, even on a terminal")
-    if _detection is not None:
-        _detection.add_replay_arguments(replay)
+    detection_cli.add_replay_arguments(replay)
     replay.set_defaults(func=_cmd_replay)
 
-    for register in _feature_commands():
-        register(commands)
+    for feature in (forwarding_cli, detection_cli, daemon_cli, zeek_cli):
+        feature.register_commands(commands)
     return parser
 
 
-def _feature_commands() -> list[Callable[[Any], None]]:
-    """Subcommands that live with their features (forwarding, detection, daemon...)."""
-    registrars: list[Callable[[Any], None]] = []
-    for module in _FEATURE_MODULES:
-        try:
-            imported = importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            if err.name == module:
-                continue  # feature not built into this tree
-            raise
-        registrars.append(imported.register_commands)
-    return registrars
-
-
-_FEATURE_MODULES = ("sensor.forwarding_cli", "sensor.detection_cli", "sensor.daemon_cli",
-                    "sensor.zeek_cli")
-
-try:  # detection runs in replay by default when it is built into this tree
-    from sensor import detection_cli as _detection
-except ModuleNotFoundError as _err:  # pragma: no cover
-    if _err.name != "sensor.detection_cli":
-        raise
-    _detection = None  # type: ignore[assignment]
-
-
 def _cmd_replay(args: argparse.Namespace) -> int:
-    for path in args.files:
-        if not path.is_file():
-            print(f"mamori replay: {path}: no such file", file=sys.stderr)
-            return 2
+    zeek: Path | None = args.zeek_logs
+    problem = None
+    if zeek is not None and args.files:
+        problem = "give capture files or --zeek-logs, not both"
+    elif zeek is None and not args.files:
+        problem = "no capture file given (or use --zeek-logs DIR)"
+    elif zeek is not None and not zeek.is_dir():
+        problem = f"{zeek}: not a directory"
+    else:
+        problem = next((f"{p}: no such file" for p in args.files if not p.is_file()), None)
+    if problem is not None:
+        print(f"mamori replay: {problem}", file=sys.stderr)
+        return 2
     try:
         config = PipelineConfig(modbus_ports=args.modbus_ports, dnp3_ports=args.dnp3_ports)
-    except ValueError as err:
+        detection = detection_cli.ReplayDetection.from_args(args)
+    except (ValueError, detection_cli.UsageError) as err:
         print(f"mamori replay: {err}", file=sys.stderr)
         return 2
-    detection = None
-    if _detection is not None:
-        try:
-            detection = _detection.ReplayDetection.from_args(args)
-        except _detection.UsageError as err:
-            print(f"mamori replay: {err}", file=sys.stderr)
-            return 2
+    sinks = [detection.detector.process] if detection is not None else []
     with contextlib.ExitStack() as stack:
         events_out: IO[str] | None = None
         if args.events is not None:
@@ -138,16 +118,23 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                 events_out = sys.stdout
             else:
                 events_out = stack.enter_context(args.events.open("w", encoding="utf-8"))
-        summary = replay_files(
-            args.files, config, events_out=events_out,
-            extra_sinks=[detection.detector.process] if detection is not None else (),
-            progress=None if args.no_progress else progress_stream())
+        if zeek is not None:
+            from sensor.zeek import replay_zeek_logs
+
+            summary = replay_zeek_logs(zeek, events_out=events_out, extra_sinks=sinks)
+        else:
+            summary = replay_files(
+                args.files, config, events_out=events_out, extra_sinks=sinks,
+                progress=None if args.no_progress else progress_stream())
     to_stdout = events_out is sys.stdout or (detection is not None
                                              and str(detection.alerts_out) == "-")
     report = sys.stderr if to_stdout else sys.stdout
     print(summary.render(), file=report)
     if detection is not None:
         detection.finish(report)
+    if zeek is not None and summary.files == 0:
+        print(f"mamori replay: {zeek}: no Modbus or DNP3 Zeek logs", file=sys.stderr)
+        return 1
     for damage in summary.errors:
         print(f"mamori replay: {damage}", file=sys.stderr)
     return 1 if summary.errors else 0

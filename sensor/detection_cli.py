@@ -327,7 +327,6 @@ class ReplayDetection:
         """Store, then forward to the configured collectors, and wait for their acks."""
         from sensor.alerting import AlertOutputs
         from sensor.forwarder import Forwarder
-
         from sensor.keys import KeyFileError
 
         assert self.config is not None

@@ -58,7 +58,7 @@ class ReplaySummary:
         return "\n".join(lines)
 
 
-class _Tally:
+class EventTally:
     """Counts events by protocol, type and function code or anomaly kind.
 
     The label of an event depends only on its class, ``fc`` and ``kind``, so it is
@@ -135,7 +135,7 @@ def replay_files(
         for sink in sinks:
             sink(events)
 
-    tally = _Tally(summary, fan_out if sinks else None)
+    tally = EventTally(summary, fan_out if sinks else None)
     packet = pipeline.packet
     started = time.perf_counter()
     for path in paths:
