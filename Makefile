@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Debian packages the tests drive as real peers and oracles.
-APT_PACKAGES := python3-venv tshark tcpdump tcpreplay nmap
+APT_PACKAGES := python3-venv tshark tcpdump tcpreplay nmap postgresql libsystemd-dev pkg-config iproute2
 
 .PHONY: all setup apt venv demo test lint typecheck unit bench clean sample
 
@@ -33,10 +33,9 @@ venv: $(STAMP)
 
 setup: apt venv
 
+# A sensor replays the bundled capture into a local collector (samples/demo.sh).
 demo: setup
-	mkdir -p out
-	$(BIN)/mamori replay samples/modbus_demo.pcap --events out/demo-events.jsonl
-	@echo "events: out/demo-events.jsonl ($$(wc -l < out/demo-events.jsonl) lines)"
+	sh samples/demo.sh
 
 lint: venv
 	$(BIN)/ruff check parsers sensor tests bench samples
@@ -50,7 +49,8 @@ unit: setup
 test: setup lint typecheck unit
 
 bench: setup
-	$(BIN)/python bench/bench_modbus_replay.py
+	$(BIN)/python bench/bench_replay.py modbus
+	$(BIN)/python bench/bench_replay.py dnp3
 
 # Regenerates the bundled demo capture from a real pymodbus exchange (needs root for tcpdump).
 sample: setup
@@ -58,3 +58,50 @@ sample: setup
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache
+
+# --- Debian package and appliance image (packaging/, firmware_images/) -------------------
+# Debian packages these targets need on the build machine, installed by the targets
+# themselves when run as root (as `make apt` does). dpkg-buildpackage must see Debian's
+# python3 first: the scripts set PATH=/usr/sbin:/usr/bin:/sbin:/bin themselves.
+PACKAGING_APT_PACKAGES := debhelper dh-python pybuild-plugin-pyproject python3-all \
+	python3-setuptools python3-zmq python3-msgpack python3-psycopg dpkg-dev lintian debootstrap systemd
+IMAGE_APT_PACKAGES := $(PACKAGING_APT_PACKAGES) e2fsprogs dosfstools mtools fdisk \
+	qemu-system-x86 ovmf
+
+.PHONY: packaging-apt image-apt deb deb-test image image-test
+
+define apt_install
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "apt: installing$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	  else echo "apt: missing$$missing (run as root to install)"; exit 1; fi; \
+	fi
+endef
+
+packaging-apt:
+	$(call apt_install,$(PACKAGING_APT_PACKAGES))
+
+image-apt:
+	$(call apt_install,$(IMAGE_APT_PACKAGES))
+
+# build/deb/mamori_VERSION_all.deb, then lintian (errors and warnings fail).
+deb: packaging-apt
+	sh packaging/build-deb.sh
+
+# Install the .deb into a fresh debootstrap chroot (cached in build/cache/) and check it:
+# mamori --version, config, user, directories, enabled units, systemd-analyze verify and
+# security (exposure <= 2.0). Root.
+deb-test: deb
+	sh packaging/deb-test.sh
+
+# build/image/mamori-bookworm-amd64.img: a bootable UEFI x86-64 raw disk image. Root.
+# CAPTURE_IFACES, MGMT_IFACE, ROOT_PASSWORD_HASH, SITE_DIR: see docs/appliance.md.
+image: image-apt deb
+	sh firmware_images/build-image.sh
+
+# Boot a copy of the image in qemu (TCG, OVMF), replay samples/modbus_demo.pcap into its
+# capture NIC, and assert MAMORI-BOOT-OK (sensor active, every frame counted, nothing sent).
+image-test: image-apt
+	sh firmware_images/boot_test.sh

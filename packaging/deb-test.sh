@@ -1,0 +1,80 @@
+#!/bin/sh
+# Installs the built .deb into a fresh debootstrap chroot (bookworm minbase + systemd)
+# and checks it there: the CLI runs, the default config validates, the user and the
+# state directories exist, the units are enabled, and systemd-analyze verify/security
+# pass (verify: any message fails; security: exposure <= 2.0 per unit).
+# The debootstrap output is cached as $CACHE/bookworm-minbase-HASH.tar (CACHE: lib.sh).
+set -eu
+cd "$(dirname "$0")/.."
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+. firmware_images/lib.sh
+STEP=deb-test
+TIMINGS=${TIMINGS:-build/timings.txt}
+deb=$(ls build/deb/mamori_*_all.deb | tail -n1)
+root=build/deb-test/root
+mkdir -p "$CACHE" build/deb-test
+
+timed debootstrap-minbase cached_debootstrap "$CACHE/bookworm-minbase.tar" minbase systemd
+
+cleanup() { chroot_umount "$root"; }
+trap cleanup EXIT INT TERM
+chroot_umount "$root"
+rm -rf "$root"; mkdir -p "$root"
+timed deb-test-extract tar -C "$root" -xf "$CACHED_TARBALL"
+chroot_mount "$root"
+cp "$deb" "$root/tmp/mamori.deb"
+cp samples/modbus_demo.pcap "$root/tmp/demo.pcap"
+install_deb() {
+    chroot "$root" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive chroot "$root" apt-get install -y -qq --no-install-recommends \
+        /tmp/mamori.deb > build/deb-test/apt.log 2>&1 || { tail -n 40 build/deb-test/apt.log; return 1; }
+}
+timed deb-test-install install_deb
+
+fail=0
+check() {
+    desc=$1; shift
+    if out=$(chroot "$root" "$@" 2>&1); then
+        echo "ok   $desc"
+    else
+        echo "FAIL $desc"; echo "$out" | sed 's/^/     /'; fail=1
+    fi
+}
+check "mamori --version: $(chroot "$root" mamori --version 2>&1)" mamori --version
+check "default config validates" mamori check-config --config /etc/mamori/sensor.toml
+check "user mamori exists" getent passwd mamori
+check "/var/lib/mamori is mamori's, 0750" sh -c \
+    '[ "$(stat -c %U:%a /var/lib/mamori)" = mamori:750 ]'
+check "/var/lib/mamori/keys is mamori's, 0700" sh -c \
+    '[ "$(stat -c %U:%a /var/lib/mamori/keys)" = mamori:700 ]'
+check "replay the sample as user mamori" runuser -u mamori -- mamori replay --no-progress /tmp/demo.pcap
+# What mamori-keygen.service runs (Debian's pyzmq must have CURVE).
+check "keys generate as user mamori" runuser -u mamori -- \
+    mamori keys generate sensor --dir /var/lib/mamori/keys
+check "secret key is mamori's, 0600" sh -c \
+    '[ "$(stat -c %U:%a /var/lib/mamori/keys/sensor.secret)" = mamori:600 ]'
+for unit in mamori.target mamori-keygen.service mamori-collector.service; do
+    check "$unit enabled" systemctl is-enabled "$unit"
+done
+check "mamori-sensor@eth1 can be enabled" systemctl enable mamori-sensor@eth1.service
+check "mamori-sensor@eth1 enabled" systemctl is-enabled mamori-sensor@eth1.service
+units="mamori-sensor@eth1.service mamori-collector.service mamori-keygen.service mamori.target"
+# verify: warnings count as failures (systemd-analyze exits 0 on some of them).
+# shellcheck disable=SC2086
+if out=$(chroot "$root" systemd-analyze verify --man=no $units 2>&1) && [ -z "$out" ]; then
+    echo "ok   systemd-analyze verify $units"
+else
+    echo "FAIL systemd-analyze verify"; echo "$out" | sed 's/^/     /'; fail=1
+fi
+for unit in mamori-sensor@eth1.service mamori-collector.service mamori-keygen.service; do
+    score=$(chroot "$root" systemd-analyze security --offline=yes --no-pager "$unit" 2>/dev/null \
+            | sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p')
+    if chroot "$root" systemd-analyze security --offline=yes --threshold=20 --no-pager "$unit" \
+            >/dev/null 2>&1; then
+        echo "ok   $unit exposure $score <= 2.0"
+    else
+        echo "FAIL $unit exposure $score > 2.0"; fail=1
+    fi
+done
+if [ "$fail" = 0 ]; then echo "deb-test: all checks passed"; else echo "deb-test: FAILED"; fi
+exit "$fail"
