@@ -35,8 +35,13 @@ PORT = 502
 HOST = "127.0.0.1"
 
 
-def serve(port: int, host: str = HOST) -> None:
-    """Run a pymodbus server with device identification until killed."""
+def serve(port: int, host: str = HOST, units: tuple[int, ...] = (1, 2),
+          revision: str = "2.4.1") -> None:
+    """Run a pymodbus server with device identification until killed.
+
+    The tests' traffic peers (tests/peers/modbus_peer.py) run this same server with
+    more units and a chosen firmware revision (B5 is about a changed revision).
+    """
     from pymodbus import ModbusDeviceIdentification
     from pymodbus.server import StartAsyncTcpServer
     from pymodbus.simulator import SimData, SimDevice
@@ -50,11 +55,11 @@ def serve(port: int, host: str = HOST) -> None:
             [SimData(0, count=200, values=7, datatype=DataType.REGISTERS)],
         ))
 
-    context = [device(1), device(2)]
+    context = [device(unit) for unit in units]
     identity = ModbusDeviceIdentification(info_name={
         "VendorName": "Mamori Test Works",
         "ProductCode": "MTW-PLC-1",
-        "MajorMinorRevision": "2.4.1",
+        "MajorMinorRevision": revision,
         "VendorUrl": "https://example.invalid/plc",
         "ProductName": "Pump station controller",
         "ModelName": "PSC-200",

@@ -6,7 +6,6 @@ Run as ``python -m tests.peers.modbus_peer PORT REVISION`` to serve; tests use
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import signal
 import socket
@@ -20,24 +19,10 @@ HOST = "127.0.0.1"
 
 
 def serve(port: int, revision: str) -> None:
-    from pymodbus import ModbusDeviceIdentification
-    from pymodbus.server import StartAsyncTcpServer
-    from pymodbus.simulator import SimData, SimDevice
-    from pymodbus.simulator.simutils import DataType
+    """The demo sample's server (samples/make_modbus_sample.py), units 1-10, on any address."""
+    from samples.make_modbus_sample import serve as serve_sample
 
-    def device(unit: int) -> SimDevice:
-        return SimDevice(id=unit, simdata=(
-            [SimData(0, count=200, values=0, datatype=DataType.BITS)],
-            [SimData(0, count=200, values=1, datatype=DataType.BITS)],
-            [SimData(0, count=200, values=100, datatype=DataType.REGISTERS)],
-            [SimData(0, count=200, values=7, datatype=DataType.REGISTERS)],
-        ))
-
-    identity = ModbusDeviceIdentification(info_name={
-        "VendorName": "Mamori Test Works", "ProductCode": "MTW-PLC-1",
-        "MajorMinorRevision": revision})
-    asyncio.run(StartAsyncTcpServer(context=[device(u) for u in range(1, 11)],
-                                    identity=identity, address=("0.0.0.0", port)))
+    serve_sample(port, "0.0.0.0", units=tuple(range(1, 11)), revision=revision)
 
 
 def free_port() -> int:
