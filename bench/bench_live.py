@@ -1,0 +1,120 @@
+"""The highest tcpreplay rate the live daemon takes with zero kernel drops, on one core.
+
+A SPAN port in network namespaces (tests/netns.py): ``mamori run`` on ``cap0`` pinned
+to CPU 0 with detection on, tcpreplay pinned to CPU 1 sending a capture onto the
+wire at a fixed rate. For each rate the daemon reports its kernel counters in its
+systemd STATUS line (read from a NOTIFY_SOCKET this script binds); a rate passes
+when every frame was received and the kernel dropped none.
+
+The capture is generated/modbus_big.pcap (120,008 packets, mapped onto the lab's
+test hosts) replayed ``--loops`` times, with a small ring (``--ring-mb``) so a rate
+the daemon cannot sustain shows up as drops within the run instead of being
+absorbed by a ring larger than the whole replay.
+
+    .venv/bin/python bench/bench_live.py [--rates 20000,40000,...] [--loops 3]
+
+Needs root, iproute2 and tcpreplay.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.netns import SpanLab, available  # noqa: E402
+
+MAMORI = str(ROOT / ".venv" / "bin" / "mamori")
+CAPTURE = ROOT.parent / "shared" / "corpus" / "generated" / "modbus_big.pcap"
+STATUS = re.compile(r"STATUS=(\d+) frames, (\d+) dropped")
+
+
+def trial(lab: SpanLab, work: Path, capture: Path, rate: int, loops: int,
+          ring_mb: int) -> tuple[int, int, int, float]:
+    """(frames sent, frames seen, kernel drops, seconds) for one rate."""
+    config = work / "sensor.toml"
+    config.write_text(
+        f'[sensor]\nstate_dir = "{work}/state-{rate}"\n\n[capture]\ninterfaces = ["cap0"]\n'
+        f'ring_mb = {ring_mb}\n\n[ports]\nmodbus = [15020]\n\n[health]\nstats_interval = 0.5\n')
+    notify_path = work / f"notify-{rate}"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(notify_path))
+    notify.settimeout(0.5)
+    env = dict(os.environ, NOTIFY_SOCKET=str(notify_path))
+    sensor = lab.popen(lab.sensor, ["taskset", "-c", "0", MAMORI, "run", "--config",
+                                    str(config)], env=env, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+    last = (0, 0)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if b"READY=1" in notify.recv(4096):
+                    break
+            except TimeoutError:
+                continue
+        before = lab.counter("rx_packets")
+        start = time.monotonic()
+        lab.ns(lab.tap, "taskset", "-c", "1", "tcpreplay", "-q", "-i", "gen0",
+               f"--pps={rate}", f"--loop={loops}", str(capture), timeout=3600)
+        elapsed = time.monotonic() - start
+        sent = lab.counter("rx_packets") - before
+        settle = time.monotonic() + 15
+        while time.monotonic() < settle:
+            try:
+                message = notify.recv(4096).decode()
+            except TimeoutError:
+                continue
+            for frames, dropped in STATUS.findall(message):
+                last = (int(frames), int(dropped))
+            if last[0] + last[1] >= sent:
+                break
+    finally:
+        sensor.terminate()
+        sensor.wait(30)
+        notify.close()
+    return sent, last[0], last[1], elapsed
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rates", default="10000,20000,40000,60000,80000,120000,160000")
+    ap.add_argument("--loops", type=int, default=3)
+    ap.add_argument("--ring-mb", type=int, default=4)
+    args = ap.parse_args()
+    why = available()
+    if why is not None:
+        print(f"cannot run: {why}", file=sys.stderr)
+        return 2
+    lab = SpanLab(prefix="mmbench").setup()
+    best = 0
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            capture = lab.rewrite(CAPTURE, work / "big.pcap")
+            print(f"{'pps asked':>10} {'sent':>9} {'seen':>9} {'drops':>7} {'pps real':>9}")
+            for rate in (int(r) for r in args.rates.split(",")):
+                sent, seen, drops, secs = trial(lab, work, capture, rate, args.loops,
+                                                args.ring_mb)
+                print(f"{rate:>10} {sent:>9} {seen:>9} {drops:>7} {sent / secs:>9,.0f}")
+                if drops == 0 and seen >= sent:
+                    best = max(best, int(sent / secs))
+                else:
+                    break
+    finally:
+        lab.close()
+    print(f"highest rate with 0 drops on one core: {best:,} packets/s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
