@@ -133,3 +133,15 @@ def test_installed_console_script_runs() -> None:
     result = subprocess.run([str(mamori), "--version"], capture_output=True, text=True,
                             check=True)
     assert result.stdout.startswith("mamori ")
+
+
+@pytest.mark.corpus
+@pytest.mark.parametrize("relative", ["zeek/Traces/modbus/fuzz-72.pcap",
+                                      "zeek/Traces/modbus/fuzz-1011.pcap",
+                                      "zeek/Traces/dnp3/dnp3-flowbuffer-overflow-assert.pcap"])
+def test_zeek_fuzz_traces_give_anomalies(relative: str) -> None:
+    summary = replay_files([corpus_path(relative)],
+                           PipelineConfig(modbus_ports=frozenset({502}),
+                                          dnp3_ports=frozenset({20000})))
+    assert not summary.errors
+    assert sum(summary.anomalies.values()) > 0, summary.render()
