@@ -199,6 +199,11 @@ class Config:
     def get(self, section: str, key: str) -> Any:
         return self.values[(section, key)]
 
+    def state_path(self, section: str, key: str) -> Path:
+        """A path option: as given when absolute, else under ``[sensor] state_dir``."""
+        path = Path(self.get(section, key))
+        return path if path.is_absolute() else Path(self.get("sensor", "state_dir")) / path
+
     def section(self, section: str) -> dict[str, Any]:
         return {k: v for (s, k), v in self.values.items() if s == section}
 

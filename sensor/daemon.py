@@ -122,6 +122,8 @@ class Sensor:
         self.started = time.time()
         self.store: Any = None  # sensor.store.Store, closed at shutdown
         self.forwarder: Any = None  # sensor.forwarder.Forwarder, flushed at shutdown
+        self.web: Any = None  # the operator page (build_sensor(web=...)), stopped first
+        self.last_heartbeat: float | None = None  # wall time health was last sampled
         self._rate = (time.monotonic(), 0)
 
     # -- set-up -------------------------------------------------------------------------
@@ -305,6 +307,7 @@ class Sensor:
         """packets/s since the last heartbeat, kernel drops and flows (forwarder thread)."""
         then, packets = self._rate
         now, current = time.monotonic(), self.pipeline.stats.packets
+        self.last_heartbeat = time.time()  # shown on the web page's health panel
         self._rate = (now, current)
         pps = (current - packets) / (now - then) if now > then else 0.0
         return {"pps": round(pps, 1), "drops": float(sum(h.dropped for h in
@@ -314,6 +317,8 @@ class Sensor:
     def shutdown(self) -> None:
         """Flush everything in order: pipeline, consumers (store), forwarder, sockets."""
         self.notifier.stopping()
+        if self.web is not None:
+            self.web.close()
         events = self.pipeline.finish()
         if events:
             for consumer in self.consumers:
@@ -365,11 +370,15 @@ class EventFile:
 
 
 def build_sensor(conf: cfg.Config, config_path: str | None,
-                 events: Path | None = None) -> Sensor:
+                 events: Path | None = None,
+                 web: Callable[[Sensor], Any] | None = None) -> Sensor:
     """The daemon with its consumers: detection → store → forwarder, and health.
 
-    Everything that can refuse to start (rules, store, keys) is built here, before
-    any capture socket is opened, so a broken deployment fails fast and says why.
+    Everything that can refuse to start (rules, store, keys, the web page's address
+    and token) is built here, before any capture socket is opened, so a broken
+    deployment fails fast and says why. ``web``, given the Sensor, starts the operator
+    page in a thread and returns something with ``close()`` (``mamori run --web``;
+    sensor.web.server.daemon_starter); it raises OSError or ValueError to refuse.
     """
     from sensor.alerting import AlertOutputs
     from sensor.detection.loader import RuleError
@@ -414,6 +423,14 @@ def build_sensor(conf: cfg.Config, config_path: str | None,
     sensor.store = store
     sensor.forwarder = forwarder
     holder.append(sensor)
+    if web is not None:
+        try:
+            sensor.web = web(sensor)
+        except (OSError, ValueError) as err:
+            if forwarder is not None:
+                forwarder.close(flush_timeout=0)
+            store.close()
+            raise StartupError(f"web: {err}") from None
     if forwarder is not None:
         forwarder.start()
     return sensor

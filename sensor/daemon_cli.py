@@ -14,6 +14,7 @@ from typing import Any
 from sensor import config as cfg
 from sensor import daemon
 from sensor.capture.live import CaptureError, interface_exists
+from sensor.web import settings as _web_settings  # noqa: F401  registers [web]
 
 log = logging.getLogger("mamori")
 
@@ -29,6 +30,8 @@ def register_commands(commands: Any) -> None:
     run.add_argument("--events", type=Path, default=None, metavar="OUT.jsonl",
                      help="also write every event as JSON lines (for analysts)")
     run.add_argument("--max-seconds", type=float, default=None, help=argparse.SUPPRESS)
+    run.add_argument("--web", action="store_true",
+                     help="also serve the operator web page ([web] enabled; docs/web.md)")
     cfg.add_flags(run)
     run.set_defaults(func=cmd_run)
 
@@ -78,8 +81,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if conf is None:
         return 2
     path = str(args.config) if args.config is not None else daemon.config_path_default()
+    web = None
+    if args.web or conf.get("web", "enabled"):
+        from sensor.web.server import daemon_starter  # Starlette only when serving
+
+        web = daemon_starter(conf)
     try:
-        sensor = daemon.build_sensor(conf, path, events=args.events)
+        sensor = daemon.build_sensor(conf, path, events=args.events, web=web)
     except daemon.StartupError as err:
         log.error("%s", err)
         return err.status

@@ -66,11 +66,7 @@ def load_configured_rules(config: cfg.Config | None,
 
 
 def store_path(config: cfg.Config) -> Path:
-    path: Path = config.get("store", "path")
-    if path.is_absolute():
-        return path
-    state_dir: Path = config.get("sensor", "state_dir")
-    return state_dir / path
+    return config.state_path("store", "path")
 
 
 def build_detector(config: cfg.Config | None, rules: Sequence[Rule] | None = None,

@@ -1,0 +1,395 @@
+"""The Starlette application: routes, login, security headers.
+
+Why Starlette + Jinja2 (+ uvicorn to serve): Starlette is a small ASGI toolkit
+(routing, forms, static files, a test client) with one runtime dependency (anyio);
+Jinja2 autoescapes every template value, which matters when rule titles, identity
+strings and peer addresses come off the wire. The map is SVG rendered here, and the
+only JavaScript is one static file for live updates: nothing is fetched from a CDN,
+and the CSP allows nothing but this origin.
+
+Every page needs a login session (cookie) or, for GET, ``Authorization: Bearer``.
+The only state-changing request is acknowledging an alert: POST, session only, with
+the session's CSRF token and a same-origin check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode
+
+import jinja2
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from sensor.alerts import Severity
+from sensor.config import parse_duration
+from sensor.web.attack import attack_name
+from sensor.web.audit import AuditError, OperatorAudit
+from sensor.web.auth import SESSION_COOKIE, Authenticator, Session, valid_operator
+from sensor.web.commap import build_graph, render_svg
+from sensor.web.data import AlertFilter, AlertRow, StoreReader
+from sensor.web.fcclass import classify
+from sensor.web.health import HealthSource
+
+HERE = Path(__file__).parent
+
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+       "frame-ancestors 'none'")
+SECURITY_HEADERS = [
+    (b"content-security-policy", CSP.encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+    (b"cross-origin-resource-policy", b"same-origin"),
+    (b"permissions-policy", b"camera=(), microphone=(), geolocation=(), usb=(), serial=()"),
+]
+
+
+class SecurityHeaders:
+    """Adds the security headers to every response; ``no-store`` except static files."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        static = str(scope.get("path", "")).startswith("/static/")
+
+        async def wrapped(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [h for h in message.get("headers", [])
+                           if h[0].lower() != b"cache-control" or not static]
+                headers += SECURITY_HEADERS
+                headers.append((b"cache-control",
+                                b"max-age=3600" if static else b"no-store"))
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, wrapped)
+
+
+@dataclass
+class WebContext:
+    """What the views need; built once by :func:`create_app`."""
+
+    reader: StoreReader
+    auth: Authenticator
+    audit: OperatorAudit | None
+    health: HealthSource
+    sensor_name: str = "mamori"
+    page_size: int = 50
+    guidance: dict[str, str] = field(default_factory=dict)  # rule id -> operator guidance
+    ack_problem: str | None = None
+
+
+def _ts(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return datetime.fromtimestamp(float(value), UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
+                             autoescape=True, undefined=jinja2.StrictUndefined)
+    env.filters["ts"] = _ts
+    env.globals["attack_name"] = attack_name
+    env.globals["severities"] = [s.label for s in Severity]
+    return env
+
+
+def parse_time(text: str, now: float) -> float | None:
+    """``"24h"`` (that long ago) or an ISO date/time (UTC unless it says otherwise)."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return now - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is neither a duration (24h, 7d) nor a date "
+                         "(2025-01-31, 2025-01-31T12:00)") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
+def parse_filter(params: Any, now: float | None = None) -> tuple[AlertFilter, dict[str, str],
+                                                                 list[str]]:
+    """The filter from query parameters, the raw values to echo, and problems to show."""
+    now = time.time() if now is None else now
+    raw = {k: str(params.get(k, "")).strip()[:100]
+           for k in ("severity", "precursor", "since", "until", "asset", "state")}
+    problems: list[str] = []
+    severity = None
+    if raw["severity"]:
+        try:
+            severity = Severity.parse(raw["severity"])
+        except ValueError as err:
+            problems.append(str(err))
+    times: dict[str, float | None] = {}
+    for key in ("since", "until"):
+        try:
+            times[key] = parse_time(raw[key], now)
+        except ValueError as err:
+            problems.append(f"{key}: {err}")
+            times[key] = None
+    state = raw["state"] if raw["state"] in ("open", "acked") else None
+    filt = AlertFilter(min_severity=severity, precursor=raw["precursor"] or None,
+                       since=times["since"], until=times["until"],
+                       asset=raw["asset"] or None, state=state)
+    return filt, raw, problems
+
+
+def _alert_json(row: AlertRow) -> dict[str, Any]:
+    a = row.alert
+    return {"id": a.id, "severity": a.severity.label, "precursor": a.precursor,
+            "title": a.title, "proto": a.proto, "src": _peer(a.src, a.sport),
+            "dst": _peer(a.dst, a.dport), "count": a.count, "last_seen": _ts(a.last_ts),
+            "open": row.open, "url": f"/alerts/{a.id}"}
+
+
+def _peer(ip: str | None, port: int | None) -> str:
+    if ip is None:
+        return ""
+    return f"{ip}:{port}" if port is not None else ip
+
+
+Handler = Callable[[Request, "Auth"], Awaitable[Response]]
+
+
+@dataclass(frozen=True, slots=True)
+class Auth:
+    """Who made the request: a session (browser) or the bearer token (scripts)."""
+
+    session: Session | None
+
+    @property
+    def operator(self) -> str:
+        return self.session.operator if self.session else "bearer token"
+
+
+def create_app(ctx: WebContext) -> Starlette:
+    """The ASGI app over ``ctx``; the caller serves it (uvicorn, or a test client)."""
+    env = _environment()
+
+    def render(request: Request, auth: Auth | None, name: str, status: int = 200,
+               **values: Any) -> HTMLResponse:
+        template = env.get_template(name)
+        html = template.render(
+            sensor_name=ctx.sensor_name, path=request.url.path,
+            operator=auth.operator if auth else None,
+            csrf=auth.session.csrf if auth and auth.session else "", **values)
+        return HTMLResponse(html, status_code=status)
+
+    def authenticate(request: Request) -> Auth | None:
+        session = ctx.auth.session(request.cookies.get(SESSION_COOKIE))
+        if session is not None:
+            return Auth(session)
+        if request.method == "GET" and ctx.auth.bearer_ok(request.headers.get("authorization")):
+            return Auth(None)
+        return None
+
+    def protected(handler: Handler, api: bool = False) -> Callable[[Request],
+                                                                   Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            auth = authenticate(request)
+            if auth is None:
+                if api or request.method != "GET":
+                    return JSONResponse({"error": "login required"}, status_code=401,
+                                        headers={"www-authenticate": "Bearer"})
+                return RedirectResponse("/login", status_code=303)
+            return await handler(request, auth)
+        return endpoint
+
+    def same_origin(request: Request) -> bool:
+        """A POST from our own pages. Browsers say so in Sec-Fetch-Site; with
+        ``Referrer-Policy: no-referrer`` their Origin is "null", so that is the fallback."""
+        site = request.headers.get("sec-fetch-site")
+        if site is not None:
+            return site in ("same-origin", "none")
+        origin = request.headers.get("origin")
+        if origin is None or origin == "null":
+            return True  # not a browser (tests, curl); the CSRF token still applies
+        return origin == f"{request.url.scheme}://{request.headers.get('host', '')}"
+
+    # -- login --------------------------------------------------------------------------
+
+    async def login_form(request: Request) -> Response:
+        return render(request, None, "login.html", error=None)
+
+    async def login(request: Request) -> Response:
+        form = await _form(request)
+        operator = valid_operator(str(form.get("operator", "")))
+        token = str(form.get("token", ""))
+        cross = not same_origin(request)
+        sid = ctx.auth.login(operator, token) if operator and not cross else None
+        if sid is None:
+            await asyncio.sleep(1.0)  # slows guessing; the token has 256 bits anyway
+            error = ("Cross-site login refused." if cross else
+                     "Enter your name (up to 64 characters)." if operator is None
+                     else "Wrong token.")
+            return render(request, None, "login.html", status=401, error=error)
+        response = RedirectResponse("/alerts", status_code=303)
+        response.set_cookie(SESSION_COOKIE, sid, max_age=int(ctx.auth.lifetime),
+                            httponly=True, samesite="strict", path="/",
+                            secure=request.url.scheme == "https")
+        return response
+
+    async def logout(request: Request, auth: Auth) -> Response:
+        form = await _form(request)
+        if auth.session is None or str(form.get("csrf", "")) != auth.session.csrf:
+            return JSONResponse({"error": "bad form"}, status_code=403)
+        ctx.auth.logout(request.cookies.get(SESSION_COOKIE))
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(SESSION_COOKIE, path="/")
+        return response
+
+    # -- alerts -------------------------------------------------------------------------
+
+    async def alerts(request: Request, auth: Auth) -> Response:
+        filt, raw, problems = parse_filter(request.query_params)
+        before = _int(request.query_params.get("before"))
+        rows, more = ctx.reader.alert_page(filt, before, ctx.page_size)
+        query = urlencode({k: v for k, v in raw.items() if v})
+        newest = ctx.reader.max_id()
+        return render(request, auth, "alerts.html", rows=rows, more=more, raw=raw,
+                      problems=problems, query=query, before=before,
+                      after=max([newest, *(r.alert.id for r in rows)]),
+                      precursors=ctx.reader.precursors(), counts=ctx.reader.counts())
+
+    async def alert_detail(request: Request, auth: Auth) -> Response:
+        row = ctx.reader.alert(int(request.path_params["alert_id"]))
+        if row is None:
+            return render(request, auth, "missing.html", status=404,
+                          what=f"alert {request.path_params['alert_id']}")
+        return render(request, auth, "alert.html", row=row, a=row.alert,
+                      guidance=ctx.guidance.get(row.alert.rule, ""),
+                      acks=ctx.reader.acks(row.alert.id), ack_problem=ctx.ack_problem,
+                      evidence=sorted(row.alert.evidence.items()))
+
+    async def acknowledge(request: Request, auth: Auth) -> Response:
+        form = await _form(request)
+        if (auth.session is None or not same_origin(request)
+                or str(form.get("csrf", "")) != auth.session.csrf):
+            return JSONResponse({"error": "bad form (CSRF)"}, status_code=403)
+        alert_id = int(request.path_params["alert_id"])
+        if ctx.audit is None:
+            return JSONResponse({"error": ctx.ack_problem or "read-only"}, status_code=409)
+        try:
+            ctx.audit.ack(alert_id, auth.session.operator,
+                          request.client.host if request.client else None)
+        except AuditError as err:
+            return JSONResponse({"error": str(err)}, status_code=409)
+        return RedirectResponse(f"/alerts/{alert_id}", status_code=303)
+
+    async def api_alerts(request: Request, auth: Auth) -> Response:
+        filt, _, problems = parse_filter(request.query_params)
+        if problems:
+            return JSONResponse({"error": "; ".join(problems)}, status_code=400)
+        after = _int(request.query_params.get("after")) or 0
+        rows = ctx.reader.alerts_after(filt, after)
+        return JSONResponse({"alerts": [_alert_json(r) for r in rows],
+                             "counts": ctx.reader.counts()})
+
+    # -- inventory and map --------------------------------------------------------------
+
+    async def assets(request: Request, auth: Auth) -> Response:
+        pairs = ctx.reader.pairs()
+        functions: dict[str, set[str]] = {}
+        for p in pairs:
+            for ip in (p["client"], p["server"]):
+                functions.setdefault(ip, set()).update(
+                    f"{p['proto']} {f}" for f in p.get("functions", ()))
+        for p in pairs:
+            p["classes"] = classify(str(p["proto"]), p.get("functions", ()))
+        return render(request, auth, "assets.html", assets=ctx.reader.assets(), pairs=pairs,
+                      functions={ip: sorted(fs, key=_fc_sort) for ip, fs in functions.items()})
+
+    def map_svg() -> str:
+        nodes, edges = build_graph(ctx.reader.assets(), ctx.reader.pairs(),
+                                   ctx.reader.open_peers())
+        return render_svg(nodes, edges)
+
+    async def map_page(request: Request, auth: Auth) -> Response:
+        return render(request, auth, "map.html", svg=map_svg())
+
+    async def map_image(request: Request, auth: Auth) -> Response:
+        return Response(map_svg(), media_type="image/svg+xml")
+
+    # -- health -------------------------------------------------------------------------
+
+    async def health(request: Request, auth: Auth) -> Response:
+        return render(request, auth, "health.html", h=ctx.health())
+
+    async def api_health(request: Request, auth: Auth) -> Response:
+        return JSONResponse(ctx.health())
+
+    async def root(request: Request, auth: Auth) -> Response:
+        return RedirectResponse("/alerts", status_code=303)
+
+    routes = [
+        Route("/", protected(root)),
+        Route("/login", login_form, methods=["GET"]),
+        Route("/login", login, methods=["POST"]),
+        Route("/logout", protected(logout), methods=["POST"]),
+        Route("/alerts", protected(alerts)),
+        Route("/alerts/{alert_id:int}", protected(alert_detail)),
+        Route("/alerts/{alert_id:int}/ack", protected(acknowledge), methods=["POST"]),
+        Route("/assets", protected(assets)),
+        Route("/map", protected(map_page)),
+        Route("/map.svg", protected(map_image)),
+        Route("/health", protected(health)),
+        Route("/api/alerts", protected(api_alerts, api=True)),
+        Route("/api/health", protected(api_health, api=True)),
+        Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+    ]
+    app = Starlette(routes=routes)
+    app.add_middleware(SecurityHeaders)
+    return app
+
+
+MAX_FORM_BYTES = 4096
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """An urlencoded form (all ours are small), without python-multipart."""
+    if request.headers.get("content-type", "").split(";")[0].strip() != \
+            "application/x-www-form-urlencoded":
+        return {}
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            return {}
+    return {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
+
+
+def _int(text: str | None) -> int | None:
+    try:
+        return int(text) if text else None
+    except ValueError:
+        return None
+
+
+def _fc_sort(label: str) -> tuple[str, int, str]:
+    proto, _, fc = label.partition(" ")
+    head = fc.split("/", 1)[0]
+    return (proto, int(head) if head.isdigit() else 999, fc)
+

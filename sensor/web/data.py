@@ -1,0 +1,210 @@
+"""What the page reads from the store, over a read-only connection per request.
+
+The sensor writes the store while we read it (WAL), so every request opens its own
+``mode=ro`` connection: cheap (well under a millisecond), safe across the server's
+threads, and a read can never change the file. Rows become :class:`Alert` through the
+store's own row mapping, so the page and ``mamori alerts`` read alerts the same way.
+
+The alert list is paginated by keyset on ``id`` (newest first, ``before=<id>``):
+page N costs the same as page 1, which an ``OFFSET`` would not with 100k alerts.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sensor.alerts import Alert, Severity
+from sensor.store import _COLUMNS, _alert
+from sensor.web.audit import AUDIT_TABLE
+
+
+@dataclass(frozen=True, slots=True)
+class AlertFilter:
+    """The alert list's filters; every field optional. Times are epoch seconds."""
+
+    min_severity: Severity | None = None
+    precursor: str | None = None
+    since: float | None = None
+    until: float | None = None
+    asset: str | None = None
+    state: str | None = None  # "open" | "acked" | None (all)
+
+    def where(self, acks: bool) -> tuple[list[str], list[Any]]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        if self.min_severity is not None:
+            clauses.append("severity >= ?")
+            params.append(int(self.min_severity))
+        if self.precursor:
+            clauses.append("precursor = ?")
+            params.append(self.precursor)
+        if self.since is not None:
+            clauses.append("last_ts >= ?")
+            params.append(self.since)
+        if self.until is not None:
+            clauses.append("first_ts <= ?")
+            params.append(self.until)
+        if self.asset:
+            clauses.append("(src = ? OR dst = ?)")
+            params += [self.asset, self.asset]
+        if self.state == "open":
+            clauses.append(OPEN_SQL if acks else "1")
+        elif self.state == "acked":
+            clauses.append(f"NOT {OPEN_SQL}" if acks else "0")
+        return clauses, params
+
+
+# An alert is open until acknowledged at (or beyond) its current count: an aggregate
+# that fires again after the acknowledgement is open again.
+OPEN_SQL = (f"NOT EXISTS (SELECT 1 FROM {AUDIT_TABLE} a WHERE a.action = 'ack'"
+            " AND a.alert_id = alerts.id AND a.alert_count >= alerts.count)")
+
+
+PRECURSOR_CACHE = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRow:
+    alert: Alert
+    open: bool
+
+
+class StoreReader:
+    """Read-only queries for the views. Opens the file per call (see module docstring)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._uri = f"{path.resolve().as_uri()}?mode=ro"
+        self._precursors: tuple[float, list[str]] | None = None
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self._uri, uri=True, timeout=10.0)
+        try:
+            yield db
+        finally:
+            db.close()
+
+    @staticmethod
+    def _has_acks(db: sqlite3.Connection) -> bool:
+        row = db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?",
+                         (AUDIT_TABLE,)).fetchone()
+        return row is not None
+
+    def _open_expr(self, acks: bool) -> str:
+        return OPEN_SQL if acks else "1"
+
+    # -- alerts -----------------------------------------------------------------------
+
+    def alert_page(self, filt: AlertFilter, before: int | None, limit: int
+                   ) -> tuple[list[AlertRow], int | None]:
+        """Newest first, ids below ``before``; also the id to continue from (or None)."""
+        with self._db() as db:
+            acks = self._has_acks(db)
+            clauses, params = filt.where(acks)
+            if before is not None:
+                clauses.append("id < ?")
+                params.append(before)
+            where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+            rows = db.execute(
+                f"SELECT {', '.join(_COLUMNS)}, {self._open_expr(acks)} FROM alerts {where}"
+                f" ORDER BY id DESC LIMIT ?", [*params, limit + 1]).fetchall()
+        page = [AlertRow(_alert(r[:-1]), bool(r[-1])) for r in rows[:limit]]
+        more = page[-1].alert.id if len(rows) > limit and page else None
+        return page, more
+
+    def alerts_after(self, filt: AlertFilter, after: int, limit: int = 200) -> list[AlertRow]:
+        """Alerts newer than ``after`` matching the filter, oldest first (live updates)."""
+        with self._db() as db:
+            acks = self._has_acks(db)
+            clauses, params = filt.where(acks)
+            clauses.append("id > ?")
+            params.append(after)
+            rows = db.execute(
+                f"SELECT {', '.join(_COLUMNS)}, {self._open_expr(acks)} FROM alerts"
+                f" WHERE {' AND '.join(clauses)} ORDER BY id LIMIT ?",
+                [*params, limit]).fetchall()
+        return [AlertRow(_alert(r[:-1]), bool(r[-1])) for r in rows]
+
+    def alert(self, alert_id: int) -> AlertRow | None:
+        with self._db() as db:
+            acks = self._has_acks(db)
+            row = db.execute(
+                f"SELECT {', '.join(_COLUMNS)}, {self._open_expr(acks)} FROM alerts"
+                " WHERE id = ?", (alert_id,)).fetchone()
+        return None if row is None else AlertRow(_alert(row[:-1]), bool(row[-1]))
+
+    def max_id(self) -> int:
+        with self._db() as db:
+            return int(db.execute("SELECT COALESCE(MAX(id), 0) FROM alerts").fetchone()[0])
+
+    def precursors(self) -> list[str]:
+        """Precursor ids present in the store, for the filter's choices.
+
+        A full scan (no index on precursor), so it is cached for PRECURSOR_CACHE s.
+        """
+        now = time.monotonic()
+        if self._precursors is not None and now - self._precursors[0] < PRECURSOR_CACHE:
+            return self._precursors[1]
+        with self._db() as db:
+            found = [r[0] for r in db.execute("SELECT DISTINCT precursor FROM alerts")]
+        ordered = sorted(found, key=lambda p: (p[:1], int(p[1:]) if p[1:].isdigit() else 0,
+                                               p))
+        self._precursors = (now, ordered)
+        return ordered
+
+    def counts(self) -> dict[str, int]:
+        """All alerts and open ones: the header badge and the health page."""
+        with self._db() as db:
+            acks = self._has_acks(db)
+            total = int(db.execute("SELECT count(*) FROM alerts").fetchone()[0])
+            acked = 0 if not acks else int(db.execute(  # O(acks), not O(alerts)
+                f"SELECT count(DISTINCT a.alert_id) FROM {AUDIT_TABLE} a JOIN alerts"
+                " ON alerts.id = a.alert_id WHERE a.action = 'ack'"
+                " AND a.alert_count >= alerts.count").fetchone()[0])
+        return {"alerts": total, "open": total - acked}
+
+    def open_peers(self) -> list[tuple[str | None, str | None, str, int]]:
+        """(src, dst, proto, highest severity) of open alerts: what the map highlights."""
+        with self._db() as db:
+            acks = self._has_acks(db)
+            rows = db.execute(
+                f"SELECT src, dst, proto, MAX(severity) FROM alerts"
+                f" WHERE {self._open_expr(acks)} GROUP BY src, dst, proto").fetchall()
+        return [(r[0], r[1], str(r[2]), int(r[3])) for r in rows]
+
+    def acks(self, alert_id: int) -> list[dict[str, Any]]:
+        with self._db() as db:
+            if not self._has_acks(db):
+                return []
+            rows = db.execute(
+                f"SELECT ts, operator, alert_count, remote FROM {AUDIT_TABLE}"
+                " WHERE action = 'ack' AND alert_id = ? ORDER BY id", (alert_id,)).fetchall()
+        return [{"ts": r[0], "operator": r[1], "count": r[2], "remote": r[3]} for r in rows]
+
+    # -- inventory --------------------------------------------------------------------
+
+    def assets(self) -> list[dict[str, Any]]:
+        with self._db() as db:
+            return [json.loads(r[0]) for r in db.execute("SELECT doc FROM assets ORDER BY ip")]
+
+    def pairs(self) -> list[dict[str, Any]]:
+        with self._db() as db:
+            return [json.loads(r[0]) for r in db.execute("SELECT doc FROM pairs ORDER BY key")]
+
+    def summary(self) -> dict[str, Any]:
+        """What the store alone says about the sensor (health when not under mamori run)."""
+        with self._db() as db:
+            last = db.execute("SELECT MAX(last_ts), MAX(updated) FROM alerts").fetchone()
+            assets = int(db.execute("SELECT count(*) FROM assets").fetchone()[0])
+            pages = db.execute("PRAGMA page_count").fetchone()[0]
+            size = db.execute("PRAGMA page_size").fetchone()[0]
+        return {"last_alert_ts": last[0], "last_write": last[1], "assets": assets,
+                "store_bytes": int(pages) * int(size)}
