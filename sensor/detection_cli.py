@@ -317,8 +317,7 @@ class ReplayDetection:
             inv = self.detector.inventory
             self.store.save_inventory([a.to_dict() for a in inv.assets.values()],
                                       [p.to_dict() for p in inv.pairs.values()], inv.export())
-            # replayed alerts carry packet time: age them against the capture, not today
-            self.store.prune(now=max((a.last_ts for a in alerts), default=None))
+            self.store.prune()
             self.store.close()
         print(render_summary(alerts, self.detector), file=report)
 

@@ -195,11 +195,16 @@ class Store:
     # -- retention --------------------------------------------------------------------
 
     def prune(self, now: float | None = None) -> int:
-        """Apply retention by age and by size; returns the number of alerts deleted."""
+        """Apply retention by age and by size; returns the number of alerts deleted.
+
+        Age counts from when the store last wrote the alert (``updated``, wall clock),
+        not from its packet time: an analyst replaying a capture from 2015 into the
+        store keeps those alerts for ``max_age`` like any others.
+        """
         now = time.time() if now is None else now
         deleted = 0
         with self._db:
-            cur = self._db.execute("DELETE FROM alerts WHERE last_ts < ?",
+            cur = self._db.execute("DELETE FROM alerts WHERE updated < ?",
                                    (now - self.max_age,))
             deleted += cur.rowcount
         while self.size_bytes() > self.max_bytes:
