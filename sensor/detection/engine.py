@@ -121,7 +121,10 @@ class _ProtocolState:
             else:
                 self._disabled[key] = fc == 21
             return None
-        if ev.__class__ is DNP3Unsolicited and self._disabled.get(
+        # A null unsolicited response (no objects) is the outstation's start-up
+        # announcement, not event reporting; opendnp3 sends it as the master's
+        # DISABLE crosses it on the wire (suricata-verify dnp3-eve shows the same).
+        if ev.__class__ is DNP3Unsolicited and ev.objects and self._disabled.get(
                 (ev.flow, ev.link_dst, ev.link_src)):
             return _derived(ev, DerivedKind.UNSOLICITED_AFTER_DISABLE,
                             "unsolicited response after DISABLE_UNSOLICITED, no ENABLE since")

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 HOST = "127.0.0.1"
 
@@ -49,29 +48,6 @@ def server(port: int, revision: str = "2.4.1") -> Iterator[None]:
         yield
     finally:
         proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
-@contextlib.contextmanager
-def capture(path: Path, port: int) -> Iterator[None]:
-    """tcpdump on lo for ``tcp port PORT`` into ``path`` (tests run as root)."""
-    proc = subprocess.Popen(["tcpdump", "-i", "lo", "-U", "-w", str(path), f"tcp port {port}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    assert proc.stderr is not None
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:  # "listening on lo" means packets are captured
-        line = proc.stderr.readline()
-        if b"listening" in line or not line:
-            break
-    try:
-        yield
-    finally:
-        time.sleep(0.3)
-        proc.send_signal(signal.SIGINT)
         try:
             proc.wait(5)
         except subprocess.TimeoutExpired:

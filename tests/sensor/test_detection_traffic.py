@@ -6,7 +6,9 @@ time recorded between the phases) and an attack phase follows: the server is
 replaced by one reporting another firmware revision; the SCADA client polls
 slower, adds a new function and writes outside its range; an intruder from
 127.0.0.2 writes, broadcasts, toggles a coil and bursts writes; nmap's
-modbus-discover probes unit ids. The negative for each rule is the learning
+modbus-discover probes unit ids; the intruder asks for the server id (FC 17) and
+polls a unit the server does not have, which pymodbus answers with exception
+0x0B (gateway target failed to respond). The negative for each rule is the learning
 phase alone, learned then enforced.
 """
 
@@ -28,6 +30,7 @@ from sensor.pipeline import PipelineConfig
 from sensor.replay import replay_files
 from tests.conftest import require_tool, unavailable
 from tests.peers import modbus_peer
+from tests.peers.capture import capture
 
 RULES = load_rules([SHIPPED_RULES], set_names())
 
@@ -45,7 +48,7 @@ def traffic(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float, int]
     pymodbus_client = pytest.importorskip("pymodbus.client")
     port = modbus_peer.free_port()
     pcap = tmp_path_factory.mktemp("traffic") / "modbus.pcap"
-    with modbus_peer.capture(pcap, port):
+    with capture(pcap, port):
         with modbus_peer.server(port, "2.4.1"):
             scada = pymodbus_client.ModbusTcpClient("127.0.0.1", port=port, timeout=2)
             scada.connect()
@@ -78,6 +81,9 @@ def traffic(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float, int]
             intruder.read_holding_registers(0, count=1, device_id=1)
             for unit in range(1, 6):  # M4 identification against many units
                 intruder.read_device_information(read_code=1, object_id=0, device_id=unit)
+            intruder.report_device_id(device_id=1)  # M4 Report Server ID (FC 17)
+            for _ in range(6):  # M13: unit 42 is not behind this gateway: exception 0x0B
+                intruder.read_holding_registers(0, count=1, device_id=42)
             intruder.close()
             nmap = require_tool("nmap")
             subprocess.run([nmap, "-n", "-Pn", "-p", str(port), "--script", "modbus-discover",
@@ -115,6 +121,8 @@ TRAFFIC_RULES = {
     "mamori.modbus.coil_toggling": "127.0.0.2",
     "mamori.modbus.write_burst": "127.0.0.2",
     "mamori.modbus.device_id_sweep": None,
+    "mamori.modbus.report_server_id": "127.0.0.2",
+    "mamori.modbus.device_failure_rise": "127.0.0.2",  # answered to the intruder
     "mamori.baseline.new_function": "127.0.0.1",
     "mamori.baseline.address_range": "127.0.0.1",
     "mamori.modbus.write_outside_range": "127.0.0.1",

@@ -1,0 +1,68 @@
+"""The catalogue cannot silently lose its tests: every shipped rule has a positive and a negative.
+
+The registry below is built from the tables the detection tests parametrize over
+(so it names real test ids, not a hand-kept copy): corpus captures, Modbus
+traffic made with pymodbus and nmap, DNP3 traffic made with opendnp3. A rule
+added to ``rules/`` without a positive test fails here, and so does a table
+entry naming a rule that no longer exists.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from sensor.detection import load_rules
+from sensor.detection.loader import SHIPPED_RULES
+from sensor.detection.settings import set_names
+from tests.sensor import test_detection_corpus as corpus
+from tests.sensor import test_detection_dnp3_traffic as dnp3_traffic
+from tests.sensor import test_detection_traffic as modbus_traffic
+
+SHIPPED = sorted(r.id for r in load_rules([SHIPPED_RULES], set_names()))
+
+
+def registry() -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """rule id -> test node ids proving it fires / stays quiet."""
+    positive: dict[str, list[str]] = defaultdict(list)
+    negative: dict[str, list[str]] = defaultdict(list)
+    corpus_file = "tests/sensor/test_detection_corpus.py"
+    for rule in corpus.POSITIVE:
+        positive[rule].append(f"{corpus_file}::test_rule_fires_on_its_capture[{rule}]")
+    for rule in (r.id for r in corpus.RULES):  # parametrized over every rule
+        negative[rule].append(f"{corpus_file}::test_rule_quiet_on_benign_traffic[{rule}]")
+    modbus_file = "tests/sensor/test_detection_traffic.py"
+    for rule in modbus_traffic.TRAFFIC_RULES:
+        positive[rule].append(f"{modbus_file}::test_rule_fires_on_generated_traffic[{rule}]")
+        negative[rule].append(f"{modbus_file}::test_rule_quiet_on_the_learning_phase[{rule}]")
+    dnp3_file = "tests/sensor/test_detection_dnp3_traffic.py"
+    for rule in dnp3_traffic.TRAFFIC_RULES:
+        positive[rule].append(f"{dnp3_file}::test_rule_fires_on_generated_dnp3_traffic[{rule}]")
+    for rule in dnp3_traffic.GAP_RULES:
+        positive[rule].append(
+            f"{dnp3_file}::test_gap_rules_fire_on_a_segment_lost_from_a_dnp3_flow[{rule}]")
+    for rule in (*dnp3_traffic.TRAFFIC_RULES, *dnp3_traffic.GAP_RULES):
+        negative[rule].append(f"{dnp3_file}::test_rule_quiet_on_the_learning_part[{rule}]")
+    return dict(positive), dict(negative)
+
+
+def test_every_shipped_rule_has_a_positive_test() -> None:
+    positive, _ = registry()
+    missing = [rule for rule in SHIPPED if not positive.get(rule)]
+    assert missing == [], f"rules without a positive test: {missing}"
+
+
+def test_every_shipped_rule_has_a_negative_test() -> None:
+    _, negative = registry()
+    missing = [rule for rule in SHIPPED if not negative.get(rule)]
+    assert missing == [], f"rules without a negative test: {missing}"
+
+
+def test_registry_names_only_shipped_rules() -> None:
+    positive, negative = registry()
+    stale = sorted((set(positive) | set(negative) | set(corpus.NEGATIVE)) - set(SHIPPED))
+    assert stale == [], f"tests name rules that no longer exist: {stale}"
+
+
+def test_traffic_tests_use_the_shipped_packs() -> None:
+    for module in (corpus, modbus_traffic, dnp3_traffic):
+        assert sorted(r.id for r in module.RULES) == SHIPPED, module.__name__
