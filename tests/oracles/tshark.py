@@ -3,28 +3,26 @@
 tshark's JSON (``--no-duplicate-keys``) turns repeated layers of one frame into lists,
 so a frame carrying two Modbus ADUs has ``mbtcp: [..., ...]``. We pair the i-th ``mbtcp``
 with the i-th ``modbus`` layer; when their counts differ (a PDU tshark could not
-dissect) the frame is reported as unaligned rather than guessed at.
+dissect) the frame is reported as unaligned rather than guessed at. A DNP3 layer is read
+by sensor/verify.py's ``dnp3_layer``, the reading ``mamori verify`` makes of the same
+JSON through pyshark.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import re
 import subprocess
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 from typing import Any
 
+from sensor.verify import FrameAddress, TsharkFragment, TsharkSegment, dnp3_layer
+
 
 @dataclass(frozen=True)
-class TsharkPdu:
-    frame: int
-    ts: float
-    src: str
-    dst: str
-    sport: int
-    dport: int
+class TsharkPdu(FrameAddress):
+    _: KW_ONLY
     layers: dict[str, str]  # flattened fields of the protocol layer(s) of this PDU
 
 
@@ -101,7 +99,7 @@ def modbus_pdus(
             if modbus:
                 _flatten(modbus[i], fields)
             pdus.append(TsharkPdu(number, ts, src, dst, int(tcp.get("tcp.srcport", 0)),
-                                  int(tcp.get("tcp.dstport", 0)), fields))
+                                  int(tcp.get("tcp.dstport", 0)), layers=fields))
     return pdus, unaligned
 
 
@@ -138,106 +136,6 @@ def tcp_frames(path: Path, frames: tuple[int, ...], port: int = 502) -> dict[int
     return result
 
 
-@dataclass(frozen=True)
-class TsharkFragment:
-    """One DNP3 application fragment as tshark dissected it."""
-
-    frame: int
-    ts: float
-    link_src: int
-    link_dst: int
-    fc: int
-    iin: int | None
-    objects: tuple[tuple[int, int, int, int | None, int | None, int | None], ...]
-    # (group, variation, qualifier, start, stop, count)
-    src: str = ""
-    dst: str = ""
-    sport: int = 0
-    dport: int = 0
-    experts: tuple[str, ...] = ()  # tshark's expert messages inside this fragment
-    malformed: bool = False  # tshark flagged the frame's DNP3 layer as malformed
-    link_control: int = -1  # CTRL byte of the link frame that completed the fragment
-    # per object: tshark's expert messages, plus "no item count" when tshark printed
-    # "Number of Items: " without a number (range field cut short) and "no qualifier"
-    # when it printed no qualifier at all (header cut short)
-    object_notes: tuple[tuple[str, ...], ...] = ()
-    retransmission: bool = False  # tshark's TCP analysis calls this frame a retransmission
-
-
-@dataclass(frozen=True)
-class TsharkSegment:
-    """A DNP3 transport segment tshark did not reassemble into an application fragment."""
-
-    frame: int
-    ts: float
-    src: str
-    dst: str
-    sport: int
-    dport: int
-    link_src: int
-    link_dst: int
-    transport: int  # the transport header byte: FIN 0x80 | FIR 0x40 | SEQ 0x3F
-
-
-_ITEMS = re.compile(r"Number of Items: *(-?\d+)")
-
-
-def _dnp3_object(code: str, tree: dict[str, Any]) -> tuple[int, int, int, int | None,
-                                                             int | None, int | None]:
-    value = int(code, 16)
-    prefix = rng = 0
-    start = stop = count = None
-    for key, sub in tree.items():
-        if key.startswith("Qualifier Field") and isinstance(sub, dict):
-            prefix = int(sub.get("dnp3.al.objq.prefix", "0"))
-            rng = int(sub.get("dnp3.al.objq.range", "0"))
-        elif key.startswith("Number of Items"):
-            # tshark writes "Number of Items: " with no number when the range is cut
-            # short, and "Number of Items: -1 (bogus)" when stop < start.
-            match = _ITEMS.match(key)
-            count = int(match.group(1)) if match else None
-            if isinstance(sub, dict):
-                if "dnp3.al.range.start" in sub:
-                    start = int(sub["dnp3.al.range.start"])
-                    stop = int(sub["dnp3.al.range.stop"])
-                if "dnp3.al.range.quantity" in sub:
-                    count = int(sub["dnp3.al.range.quantity"])
-    return value >> 8, value & 0xFF, (prefix << 4) | rng, start, stop, count
-
-
-def _app_objects(app: dict[str, Any]) -> list[tuple[tuple[int, int, int, int | None,
-                                                          int | None, int | None],
-                                                    tuple[str, ...]]]:
-    objects = []
-    for key, block in app.items():
-        if not key.endswith("Data Objects") or not isinstance(block, dict):
-            continue
-        codes = _as_list(block.get("dnp3.al.obj"))
-        trees = _as_list(block.get("dnp3.al.obj_tree"))
-        for code, tree in zip(codes, trees, strict=False):
-            tree = tree if isinstance(tree, dict) else {}
-            notes: list[str] = []
-            _experts(tree, notes)
-            if any(k.startswith("Number of Items") and not _ITEMS.match(k) for k in tree):
-                notes.append("no item count")
-            if not any(k.startswith("Qualifier Field") for k in tree):
-                notes.append("no qualifier")
-            objects.append((_dnp3_object(code, tree), tuple(notes)))
-    return objects
-
-
-def _experts(node: Any, out: list[str]) -> None:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "_ws.expert.message" and isinstance(value, str):
-                out.append(value)
-            else:
-                _experts(value, out)
-    elif isinstance(node, list):
-        for item in node:
-            _experts(item, out)
-
-
 def dnp3_fragments(path: Path, ports: tuple[int, ...] = (20000,)) -> list[TsharkFragment]:
     """Every DNP3 application fragment tshark reassembles, in frame order."""
     return dnp3_dissect(path, ports)[0]
@@ -270,29 +168,10 @@ def dnp3_dissect(path: Path, ports: tuple[int, ...] = (20000,)
         retransmission = ("tcp.analysis.retransmission" in tcp_text
                           or "tcp.analysis.fast_retransmission" in tcp_text)
         malformed = "_ws.malformed" in json.dumps(layers)
+        at = FrameAddress(number, ts, src, dst, sport, dport, malformed, retransmission)
         for pdu in _as_list(layers.get("dnp3")):
-            link: dict[str, Any] = {}
-            has_app = False
-            for key, value in pdu.items():
-                for item in _as_list(value):
-                    if key.startswith("Data Link Layer") and isinstance(item, dict):
-                        link = item
-                    elif key.startswith("Application Layer") and isinstance(item, dict):
-                        has_app = True
-                        iin = item.get("dnp3.al.iin")
-                        experts: list[str] = []
-                        _experts(item, experts)
-                        objects = _app_objects(item)
-                        out.append(TsharkFragment(
-                            number, ts, int(link.get("dnp3.src", "-1")),
-                            int(link.get("dnp3.dst", "-1")), int(item["dnp3.al.func"]),
-                            int(iin, 16) if iin else None, tuple(o for o, _ in objects),
-                            src, dst, sport, dport, tuple(experts), malformed,
-                            int(link.get("dnp3.ctl", "-1"), 0),
-                            tuple(n for _, n in objects), retransmission))
-            transport = pdu.get("dnp3.tr.ctl")
-            if not has_app and isinstance(transport, str):
-                loose.append(TsharkSegment(number, ts, src, dst, sport, dport,
-                                           int(link.get("dnp3.src", "-1")),
-                                           int(link.get("dnp3.dst", "-1")), int(transport, 0)))
+            fragments, segment = dnp3_layer(pdu, at)
+            out.extend(fragments)
+            if segment is not None:
+                loose.append(segment)
     return out, loose

@@ -12,7 +12,14 @@ import pytest
 
 from sensor.cli import main
 from sensor.pipeline import PipelineConfig
-from sensor.verify import VerifyReport, compare_messages, verify_capture
+from sensor.tshark_known import REASONS
+from sensor.verify import (
+    MamoriSide,
+    TsharkFragment,
+    VerifyReport,
+    compare_messages,
+    verify_capture,
+)
 from tests.conftest import corpus_path, require_tool
 
 SMALL = [
@@ -20,7 +27,7 @@ SMALL = [
     ("zeek/Traces/dnp3/dnp3_select_operate.pcap", 502, 20000),
     ("zeek/Traces/dnp3/dnp3_read_p20001.pcap", 502, 20001),
     ("ICS-Security-Tools/pcaps/dnp3/cold_restart_and_response.pcap", 502, 20000),
-    ("icsnpp-dnp3/testing/traces/dnp3_example.pcap", 502, 20000),  # uses both gap tables
+    ("icsnpp-dnp3/testing/traces/dnp3_example.pcap", 502, 20000),  # TSHARK_ERRORS, wrap
 ]
 
 
@@ -36,20 +43,46 @@ def test_small_captures_agree(relative: str, modbus: int, dnp3: int) -> None:
     assert report.agreed, report.render()
 
 
+def _fragment(frame: int, iin: int, link_control: int = 0x44) -> TsharkFragment:
+    return TsharkFragment(frame, 1.5, 1, 2, 129, iin, (), "10.0.0.1", "10.0.0.2", 20000,
+                          40000, link_control=link_control)
+
+
+def _mamori(rows: dict[int | None, list[dict[str, object]]],
+            events: list[dict[str, object]] | None = None) -> MamoriSide:
+    return MamoriSide(rows, events or [])
+
+
 def test_report_counts_and_lists_disagreements_with_frames() -> None:
     report = VerifyReport("x.pcap")
-    theirs = {7: [{"proto": "dnp3", "link_src": 1, "link_dst": 2, "fc": 129, "iin": 0x8000,
-                   "objects": [], "objects_complete": True, "user_data": True}]}
-    ours: dict[int | None, list[dict[str, object]]] = {
-        7: [{"proto": "dnp3", "link_src": 1, "link_dst": 2, "fc": 129, "iin": 0x9000,
-             "objects": []}]}
-    compare_messages(report, "digest", theirs, ours)
+    ours = _mamori({7: [{"proto": "dnp3", "link_src": 1, "link_dst": 2, "fc": 129,
+                         "iin": 0x9000, "objects": ()}]})
+    compare_messages(report, "digest", [_fragment(7, 0x8000)], [], ours)
     assert not report.agreed
     assert report.fields["dnp3.fc"].agree == 1
     assert report.fields["dnp3.iin"].disagree == [(7, 0x8000, 0x9000)]
     text = report.render()
     assert "frame 7: dnp3.iin: tshark 32768 mamori 36864" in text
     assert text.endswith("verdict: DISAGREEMENT")
+
+
+def test_known_tshark_error_needs_mamoris_evidence() -> None:
+    """A rule of sensor/tshark_known.py that drops tshark's fragment is a "known tshark
+    error" line only where Mamori reports why; else it is a disagreement."""
+    dropped = _fragment(9, 0, link_control=0xC2)  # TEST_LINK_STATES with user data
+    evidence = {"proto": "dnp3", "ts": 1.5, "src": "10.0.0.1", "sport": 20000,
+                "dst": "10.0.0.2", "dport": 40000, "link_src": 1, "link_dst": 2,
+                "anomaly": None, "type": "link"}
+    report = VerifyReport("x.pcap")
+    compare_messages(report, "digest", [dropped], [], _mamori({}, [evidence]))
+    assert report.agreed
+    assert list(report.known) == [REASONS["dnp3.link_function"]]
+    text = report.render()
+    assert "known tshark error (1 at frames 9): packet-dnp.c dissects" in text
+    assert text.endswith("verdict: full agreement, except for the known tshark errors above")
+    report = VerifyReport("x.pcap")
+    compare_messages(report, "digest", [dropped], [], _mamori({}, []))
+    assert report.fields["dnp3.evidence"].disagree == [(9, "UNKNOWN_LINK_FUNCTION|link", None)]
 
 
 @pytest.mark.corpus
@@ -74,33 +107,14 @@ def _corpus_modbus_dnp3() -> list[str]:
             and p.name != "modbus_big.pcap"]
 
 
-#: Captures where verify still reports disagreements, with what is known. Open work:
-#: each needs either a fix or a TSHARK_GAPS/TSHARK_ERRORS entry with evidence.
-OPEN: dict[str, str] = {
-    "ICS-Security-Tools/pcaps/ModbusTCP/mb2.pcap":
-        "frame 1131 (60 bytes, 4 requests) is a '[TCP Retransmission]' to tshark, which "
-        "does not dissect it; Mamori's reassembly reports its 4 requests",
-    "ICS-Security-Tools/pcaps/bro/modbus/modbusBig.pcap": "frame 3150: one PDU tshark lacks",
-    "ICS-Security-Tools/pcaps/bro/modbus/fuzz-72.pcap": "fuzz trace: 18 PDUs differ",
-    "ICS-Security-Tools/pcaps/openics/DNP3-Malformed.pcap":
-        "not investigated yet; likely the malformed-header rules of test_dnp3_vs_tshark "
-        "(_view) that verify does not have",
-    "arkime/tests/pcap/dnp3_synthetic.pcap":
-        "not investigated yet; likely the cut-short header rule of test_dnp3_vs_tshark",
-    "nDPI/tests/cfgs/default/pcap/dnp3.pcap":
-        "not investigated yet; likely tshark's retransmitted fragments (every packet is "
-        "in the capture three times)",
-}
-
-
 @pytest.mark.slow
 @pytest.mark.corpus
 @pytest.mark.tshark
-@pytest.mark.parametrize("relative", [
-    pytest.param(r, marks=pytest.mark.xfail(reason=OPEN[r], strict=True)) if r in OPEN else r
-    for r in _corpus_modbus_dnp3()])
+@pytest.mark.parametrize("relative", _corpus_modbus_dnp3())
 def test_every_corpus_capture_agrees(relative: str) -> None:
-    """The acceptance sweep (minutes: pyshark is slow). Ports as in the differential tests."""
+    """The acceptance sweep (minutes: pyshark is slow). Ports as in the differential tests.
+    Full agreement everywhere, except for the known tshark errors of
+    sensor/tshark_known.py, each used only with Mamori's own evidence."""
     require_tool("tshark")
     from tests.sensor.test_dnp3_vs_tshark import PORTS as DNP3_PORTS
     from tests.sensor.test_modbus_vs_tshark import PORTS as MODBUS_PORTS
