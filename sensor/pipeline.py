@@ -18,7 +18,7 @@ clock, so a replay gives the same events every time.
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, cast
@@ -279,16 +279,3 @@ class Pipeline:
             self.stats.flows_expired += 1
             events.extend(self._close(flow, ts))
         return events
-
-
-def run_records(
-    pipeline: Pipeline, records: Iterable[tuple[float, int, bytes, int]],
-    consume: Callable[[Sequence[Any]], None],
-) -> None:
-    """Drive a pipeline over (ts, linktype, frame, frame_no) tuples."""
-    packet = pipeline.packet
-    for ts, linktype, frame, frame_no in records:
-        events = packet(ts, linktype, frame, frame_no)
-        if events:
-            consume(events)
-    consume(pipeline.finish())

@@ -51,6 +51,12 @@ def corpus_captures() -> list[Path]:
     return out
 
 
+@pytest.fixture
+def tshark() -> str:
+    """For ``pytest.mark.usefixtures("tshark")``: tshark, or skip (fail in CI)."""
+    return require_tool("tshark")
+
+
 def require_tool(name: str) -> str:
     found = shutil.which(name)
     if found is None:

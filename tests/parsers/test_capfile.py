@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import struct
 import subprocess
 from pathlib import Path
@@ -12,8 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from parsers.capfile import CaptureFileError, CaptureFileParser, CaptureRecord
-
-CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
+from tests.conftest import corpus_path, require_tool
 
 PCAPNG = "nDPI/tests/cfgs/default/pcap/dnp3.pcap"  # the corpus's one pcapng
 ETHER = "suricata-verify/tests/modbus/modbus.pcap"  # linktype 1
@@ -21,14 +19,8 @@ NULL = "ICS-Security-Tools/pcaps/dnp3/opendnp3-3/conformance/8.11.2.5/dump.pcap"
 RAWIP4 = "suricata-verify/tests/dnp3/dnp3-flood/input.pcap"  # linktype 228
 BIG = "generated/modbus_big.pcap"  # 120008 frames, more than one 1 MiB chunk
 
-needs_tshark = pytest.mark.skipif(shutil.which("tshark") is None, reason="needs tshark")
-
-
-def corpus_file(rel: str) -> Path:
-    path = CORPUS / rel
-    if not path.is_file():
-        pytest.skip(f"corpus file {rel} not available")
-    return path
+needs_tshark = pytest.mark.usefixtures("tshark")
+corpus_file = corpus_path
 
 
 def tshark_frames(path: Path) -> list[tuple[int, int, int, int]]:
@@ -136,8 +128,7 @@ def test_record_offsets_point_at_records() -> None:
     (ETHER, "pcapng"), (ETHER, "nsecpcap"), (PCAPNG, "pcap"), (PCAPNG, "nsecpcap"),
     (NULL, "pcapng"), (RAWIP4, "nsecpcap")])
 def test_editcap_variants(tmp_path: Path, rel: str, fmt: str) -> None:
-    if shutil.which("editcap") is None:
-        pytest.skip("needs editcap")
+    require_tool("editcap")
     src = corpus_file(rel)
     out = tmp_path / f"variant.{fmt}"
     subprocess.run(["editcap", "-F", fmt, str(src), str(out)], check=True, capture_output=True)
@@ -151,8 +142,7 @@ def test_editcap_variants(tmp_path: Path, rel: str, fmt: str) -> None:
 @needs_tshark
 @pytest.mark.corpus
 def test_mergecap_multi_interface_pcapng(tmp_path: Path) -> None:
-    if shutil.which("mergecap") is None:
-        pytest.skip("needs mergecap")
+    require_tool("mergecap")
     inputs = [corpus_file(rel) for rel in (ETHER, NULL, RAWIP4)]
     out = tmp_path / "merged.pcapng"
     subprocess.run(["mergecap", "-F", "pcapng", "-w", str(out), *map(str, inputs)],

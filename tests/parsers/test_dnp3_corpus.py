@@ -9,7 +9,6 @@ may raise.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -18,15 +17,14 @@ import pytest
 
 from parsers.dnp3 import DNP3AnomalyEvent, DNP3Application, DNP3Parser
 from parsers.stream import Direction, FlowId, Transport
+from tests.conftest import corpus_path
 
-CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
 PORTS = {20000, 20001, 20030, 20031, 20032, 20033, 20034}
 
 pytestmark = [
     pytest.mark.corpus,
     pytest.mark.tshark,
-    pytest.mark.skipif(not CORPUS.is_dir(), reason="no ../shared/corpus"),
-    pytest.mark.skipif(shutil.which("tshark") is None, reason="no tshark"),
+    pytest.mark.usefixtures("tshark"),
 ]
 
 CLEAN = [
@@ -147,18 +145,14 @@ def kinds(events: list[object]) -> Counter[str]:
 
 @pytest.mark.parametrize("name", CLEAN)
 def test_clean_capture_matches_tshark(name: str) -> None:
-    path = CORPUS / name
-    if not path.is_file():
-        pytest.skip(f"{name} missing")
+    path = corpus_path(name)
     events = run(path)
     assert mine_view(events) == tshark_view(path)
     assert not kinds(events) - Counter({"UNEXPECTED_DIRECTION": 99})
 
 
 def test_yadnp3_matches_tshark_up_to_its_g50v4_gap() -> None:
-    path = CORPUS / "generated/yadnp3.pcap"
-    if not path.is_file():
-        pytest.skip("missing")
+    path = corpus_path("generated/yadnp3.pcap")
     events = run(path)
     funcs, iins, objects = mine_view(events)
     shark_funcs, shark_iins, shark_objects = tshark_view(path)
@@ -203,17 +197,13 @@ def test_yadnp3_matches_tshark_up_to_its_g50v4_gap() -> None:
     ],
 )
 def test_malformed_capture_anomalies(name: str, expected: set[str]) -> None:
-    path = CORPUS / name
-    if not path.is_file():
-        pytest.skip(f"{name} missing")
+    path = corpus_path(name)
     found = kinds(run(path))
     assert expected <= set(found), found
 
 
 def test_flood_capture_is_flooded_with_a_small_table() -> None:
-    path = CORPUS / "suricata-verify/tests/dnp3/dnp3-flood/input.pcap"
-    if not path.is_file():
-        pytest.skip("missing")
+    path = corpus_path("suricata-verify/tests/dnp3/dnp3-flood/input.pcap")
     # 33 unanswered SELECTs; keys are (master, outstation, 4-bit seq), so 16 at most per pair
     parser = DNP3Parser(FlowId(Transport.TCP, "c", 1, "s", 20000), max_outstanding=8)
     events: list[object] = []

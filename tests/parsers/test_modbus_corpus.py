@@ -6,7 +6,6 @@ lead's differential test does the full field-by-field comparison.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -22,8 +21,8 @@ from parsers.modbus import (
     ModbusResponse,
 )
 from parsers.stream import Direction, FlowId, Transport
+from tests.conftest import corpus_path, require_tool
 
-CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
 #: Capture → the anomalies it really contains (kind names, in order).
 CLEAN = {
     "zeek/Traces/modbus/modbusSmall.pcap": [],
@@ -66,11 +65,8 @@ def segments(path: Path) -> list[tuple[str, int, int, bytes, float]]:
 
 @pytest.mark.parametrize("name", sorted(CLEAN))
 def test_clean_capture_has_no_anomaly(name: str) -> None:
-    path = CORPUS / name
-    if not path.exists():
-        pytest.skip(f"corpus file {name} missing")
-    if shutil.which("tshark") is None:
-        pytest.skip("tshark missing")
+    path = corpus_path(name)
+    require_tool("tshark")
     parsers: dict[str, ModbusParser] = {}
     counts: Counter[str] = Counter()
     anomalies: list[Any] = []

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -19,8 +17,7 @@ from parsers.packet import (
     ip_to_str,
     mac_to_str,
 )
-
-CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
+from tests.conftest import corpus_path
 
 H = bytes.fromhex
 
@@ -410,7 +407,7 @@ TSHARK_FIELDS = ["frame.protocols", "ip.src", "ipv6.src", "ip.dst", "ipv6.dst",
 
 
 @pytest.mark.corpus
-@pytest.mark.skipif(shutil.which("tshark") is None, reason="needs tshark")
+@pytest.mark.usefixtures("tshark")
 @pytest.mark.parametrize("rel", [
     "nDPI/tests/cfgs/default/pcap/dnp3.pcap",  # pcapng, Ethernet
     "ICS-Security-Tools/pcaps/ModbusTCP/mb2.pcap",  # ARP, LLDP, ICMP, UDP
@@ -419,9 +416,7 @@ TSHARK_FIELDS = ["frame.protocols", "ip.src", "ipv6.src", "ip.dst", "ipv6.dst",
     "suricata-verify/tests/modbus/modbus.pcap",
 ])
 def test_decode_matches_tshark(rel: str) -> None:
-    path = CORPUS / rel
-    if not path.is_file():
-        pytest.skip(f"corpus file {rel} not available")
+    path = corpus_path(rel)
     cmd = ["tshark", "-r", str(path), "-T", "fields", "-E", "occurrence=f"]
     for name in TSHARK_FIELDS:
         cmd += ["-e", name]

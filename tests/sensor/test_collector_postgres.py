@@ -36,7 +36,6 @@ def _pg_bin() -> Path | None:
 
 @pytest.fixture(scope="module")
 def dsn() -> Iterator[str]:
-    pytest.importorskip("psycopg")
     bindir = _pg_bin()
     if bindir is None:
         unavailable("PostgreSQL server binaries (Debian package postgresql) not installed")

@@ -140,7 +140,7 @@ def test_journald_fields() -> None:
 
 def test_journald_real_binding_accepts_fields() -> None:
     import pytest
-    journal = pytest.importorskip("systemd.journal")
+    from systemd import journal
     detector = Detector(RULES)
     detector.inventory.freeze()
     detector.process([write(0.0)])

@@ -45,7 +45,7 @@ def _poll(client: Any, rounds: int, period: float) -> None:
 @pytest.fixture(scope="module")
 def traffic(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float, int]:
     require_tool("tcpdump")
-    pymodbus_client = pytest.importorskip("pymodbus.client")
+    import pymodbus.client as pymodbus_client
     port = modbus_peer.free_port()
     pcap = tmp_path_factory.mktemp("traffic") / "modbus.pcap"
     with capture(pcap, port):

@@ -38,7 +38,7 @@ from sensor.tshark_known import (
     tshark_view,
     wrap_flags,
 )
-from tests.conftest import CORPUS, corpus_captures, require_tool
+from tests.conftest import CORPUS, corpus_captures, require_tool, unavailable
 from tests.oracles.tshark import TsharkFragment, TsharkSegment, dnp3_dissect
 
 PORTS: dict[str, tuple[int, ...]] = {
@@ -216,7 +216,7 @@ def test_enough_captures_are_compared() -> None:
     require_tool("tshark")
     captures = dnp3_captures()
     if not captures:
-        pytest.skip("no corpus")
+        unavailable("no corpus")
     compared = [rel for rel in captures
                 if dnp3_dissect(CORPUS / rel, PORTS.get(rel, (20000,)))[0]]
     assert len(compared) >= MIN_COMPARED, (len(compared), len(captures))

@@ -54,7 +54,6 @@ class Run:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     require_tool("tcpdump")
-    pytest.importorskip("opendnp3", reason="yadnp3 (opendnp3 bindings) not installed")
     for _attempt in range(3):  # a re-run only if tcpdump itself missed a frame
         port = dnp3_peer.free_port()
         pcap = tmp_path_factory.mktemp("yadnp3") / "dnp3.pcap"

@@ -56,7 +56,7 @@ from sensor.tshark_known import (
     modbus_evidence_problem,
     seq_skip_flagged,
 )
-from tests.conftest import CORPUS, require_tool
+from tests.conftest import CORPUS, corpus_path, require_tool, unavailable
 from tests.oracles.tshark import TsharkPdu, modbus_pdus, tcp_frames
 
 # Captures that tshark dissects as Modbus, and the Modbus port of each.
@@ -262,9 +262,7 @@ def compare(theirs: list[tuple[int, Row]], ours: list[Row]) -> list[str]:
 @pytest.mark.parametrize("relative", MODBUS_CAPTURES)
 def test_modbus_matches_tshark(relative: str) -> None:
     require_tool("tshark")
-    path = CORPUS / relative
-    if not path.exists():
-        pytest.skip(f"{relative} not in corpus")
+    path = corpus_path(relative)
     port = PORTS.get(relative, 502)
     expected = tshark_rows(path, port)
     assert expected.rows, "tshark dissected no Modbus here: the capture list is wrong"
@@ -284,7 +282,7 @@ def test_modbus_matches_tshark(relative: str) -> None:
 def test_capture_list_covers_every_modbus_capture() -> None:
     """Every Modbus capture of the corpus is in the list above, or a byte-identical copy is."""
     if not CORPUS.is_dir():
-        pytest.skip("no corpus")
+        unavailable("no corpus")
 
     def digest(path: Path) -> str:
         return hashlib.sha256(path.read_bytes()).hexdigest()

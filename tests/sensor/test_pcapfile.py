@@ -10,15 +10,9 @@ import pytest
 
 from parsers.capfile import CaptureFileError, CaptureFileParser
 from sensor.capture.pcapfile import CHUNK_SIZE, read_capture, read_capture_tuples
+from tests.conftest import corpus_path
 
-CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
-
-
-def corpus_file(rel: str) -> Path:
-    path = CORPUS / rel
-    if not path.is_file():
-        pytest.skip(f"corpus file {rel} not available")
-    return path
+corpus_file = corpus_path
 
 
 @pytest.mark.corpus

@@ -45,7 +45,7 @@ from sensor.eventlog import event_to_dict
 from sensor.pipeline import PipelineConfig
 from sensor.replay import replay_files
 from sensor.zeek import read_zeek_log
-from tests.conftest import CORPUS
+from tests.conftest import CORPUS, unavailable
 
 Key = tuple[Any, ...]
 
@@ -157,5 +157,5 @@ def test_log_and_capture_give_the_same_events(log: str, traces: tuple[str, ...])
 
 def test_pairs_found() -> None:
     if not CORPUS.is_dir():
-        pytest.skip("no corpus")
+        unavailable("no corpus")
     assert len(PAIRS) >= 24
