@@ -6,11 +6,12 @@ channel go data and heartbeats one way, acks and replay requests the other. PUB/
 could not carry the requests back and drops silently; see ``docs/wire.md``.
 
 Delivery is go-back-N over the journal. Per collector the forwarder keeps a send
-cursor (a journal row id) and a window of unacknowledged messages in flight. It
-rewinds the cursor to the first unacknowledged message when a connection is
-(re)established, when acks stop coming for ``ack_timeout``, and when the collector
-asks for a replay. The collector accepts only the next seq of each epoch, so the
-stream arrives exactly once and in order however the link behaves.
+cursor (a journal row id) and a window of unacknowledged messages in flight. The
+cursor only moves back: to the first unacknowledged message when a connection is
+(re)established or acks stop coming for ``ack_timeout``, and to a message the
+collector asks for again. The collector accepts only the next seq of each epoch, so
+the stream arrives exactly once and in order however the link behaves, and every
+epoch's backlog drains, oldest first (``tests/sensor/test_forwarding_faults.py``).
 """
 
 from __future__ import annotations
@@ -103,10 +104,29 @@ class _Link:
         self.rewinds = 0
 
     def rewind(self, to_id: int) -> None:
-        self.cursor = max(0, to_id)
-        self.inflight.clear()
+        """Go back so that the next message sent is the one after journal id ``to_id``.
+
+        Only ever backwards: what was sent after ``to_id`` leaves the window (it is sent
+        again), what was sent before stays in flight. Jumping the cursor forward could
+        skip messages no collector has acknowledged, which is how an earlier epoch's
+        backlog once stalled after one window.
+        """
+        to_id = max(0, to_id)
+        if to_id < self.cursor:
+            self.cursor = to_id
+            while self.inflight and self.inflight[-1][0] > to_id:
+                self.inflight.pop()
+            self.rewinds += 1
         self.last_progress = time.monotonic()
-        self.rewinds += 1
+
+    def acknowledge(self, epoch: int, seq: int) -> None:
+        """Drop from the window what the cumulative ack (epoch, seq) covers.
+
+        Acks are per epoch: an ack of a newer epoch says nothing about an older one,
+        and the entries it covers need not be at the head of the window.
+        """
+        if any(e == epoch and s <= seq for _, e, s in self.inflight):
+            self.inflight = deque(x for x in self.inflight if x[1] != epoch or x[2] > seq)
 
     def close(self) -> None:
         with contextlib.suppress(zmq.ZMQError):
@@ -138,8 +158,9 @@ class Forwarder:
             for spec in s.collectors:
                 self._links.append(_Link(self._ctx, spec, pair.public, pair.secret,
                                          resolve_key(spec.server_key, s.state_dir), s.window))
-        for link in self._links:
-            link.rewind((self.journal.first_unacked_id(link.name) or 1) - 1)
+        for link in self._links:  # start at the first message this collector lacks
+            first = self.journal.first_unacked_id(link.name)
+            link.cursor = first - 1 if first is not None else self.journal.last_id()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -249,12 +270,7 @@ class Forwarder:
     def _on_ack(self, link: _Link, ack: Ack) -> None:
         if self.journal.ack(link.name, ack.epoch, ack.seq):
             link.last_progress = time.monotonic()
-        while link.inflight:
-            _, epoch, seq = link.inflight[0]
-            if epoch < ack.epoch or (epoch == ack.epoch and seq <= ack.seq):
-                link.inflight.popleft()
-            else:
-                break
+        link.acknowledge(ack.epoch, ack.seq)
 
     def _on_replay(self, link: _Link, req: ReplayRequest) -> None:
         if req.epoch > self.epoch:
@@ -264,12 +280,12 @@ class Forwarder:
             frame = encode(req.epoch, missing_to, time.time(), Kind.LOST, [req.first])
             with contextlib.suppress(zmq.Again):
                 link.sock.send(frame, zmq.NOBLOCK)
-        if row_id is not None:
+        if row_id is not None and row_id <= link.cursor:  # sent, and lost on the way
             link.rewind(row_id - 1)
 
     def _send(self, link: _Link, audit: list[AuditEntry]) -> None:
-        if (link.inflight and time.monotonic() - link.last_progress > self.settings.ack_timeout):
-            link.rewind((self.journal.first_unacked_id(link.name) or 1) - 1)
+        if time.monotonic() - link.last_progress > self.settings.ack_timeout:
+            self._resume(link)
         room = self.settings.window - len(link.inflight)
         while room > 0:
             rows = self.journal.pending(link.name, link.cursor, min(room, 500))
@@ -286,6 +302,20 @@ class Forwarder:
                                         row.id <= link.max_sent))
                 link.max_sent = max(link.max_sent, row.id)
             room = self.settings.window - len(link.inflight)
+
+    def _resume(self, link: _Link) -> None:
+        """No ack for ``ack_timeout``: resend from the first message ``link`` lacks.
+
+        Also when nothing is in flight, in case the collector dropped what it got (a
+        restart before its commit): anything unacknowledged at or before the cursor
+        would otherwise never be sent again. The journal is asked at most once per
+        ``ack_timeout`` while the link is idle.
+        """
+        first = self.journal.first_unacked_id(link.name)
+        if first is not None and first <= link.cursor:
+            link.rewind(first - 1)
+        else:
+            link.last_progress = time.monotonic()
 
     def heartbeat(self) -> None:
         """Last seq and health to every collector; not journaled (it is only news)."""

@@ -238,6 +238,12 @@ class AlertJournal:
         rows = self.pending(collector, 0, 1)
         return rows[0].id if rows else None
 
+    def last_id(self) -> int:
+        """The newest message's id (0 for an empty journal)."""
+        with self._lock:
+            row = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM messages").fetchone()
+        return int(row[0])
+
     def locate(self, epoch: int, seq: int) -> tuple[int | None, int]:
         """For a replay from ``seq``: the id of the first kept message at or after it in
         ``epoch`` (None if none), and the last seq missing before it (``seq - 1`` if none)."""
