@@ -161,7 +161,11 @@ def v_choice(*choices: str) -> Validator:
 
 SCHEMA: list[Option] = [
     Option("sensor", "name", "mamori", v_nonempty_str,
-           "a human name for this sensor, shown to operators"),
+           "a human name for this sensor, shown to operators and sent to collectors"),
+    Option("sensor", "site", "", v_str,
+           "the site this sensor watches (sent to collectors; empty = not said)"),
+    Option("sensor", "sector", "", v_str,
+           "the sector of that site, e.g. 'energy' or 'water' (sent to collectors)"),
     Option("sensor", "state_dir", Path("/var/lib/mamori"), v_path,
            "where the store, the journal and keys live", "--state-dir"),
     Option("ports", "modbus", frozenset({502}), v_ports,

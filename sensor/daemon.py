@@ -268,6 +268,8 @@ class Sensor:
                     {"interface": health.name, "silent_for": round(now - health.last_frame)}))
         for consumer in self.consumers:
             consumer.tick(now)
+        if self.forwarder is not None:
+            self.forwarder.deliver_meta()  # S5/S6 raised on the forwarder's thread
 
     def _read_stats(self, now: float) -> None:
         for cap in self.captures:

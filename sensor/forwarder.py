@@ -45,6 +45,10 @@ from sensor.wire import (
 )
 
 EVICTION_RULE = "mamori.sensor.journal_eviction"
+CLOCK_RULE = "mamori.sensor.clock"
+UNREACHABLE_RULE = "mamori.sensor.collector_unreachable"
+CLOCK_STEP = 2.0  # a wall clock that moves this much against the monotonic one was stepped
+TIMESYNC_DIR = Path("/run/systemd/timesync")  # systemd-timesyncd's state, where it runs
 
 
 HealthSource = Callable[[], Mapping[str, float]]
@@ -64,6 +68,8 @@ class ForwarderSettings:
     window: int
     policy: FieldPolicy
     state_dir: Path
+    identity: tuple[tuple[str, str], ...] = ()  # name, site, sector as configured
+    unreachable_after: float = 300.0
 
     @classmethod
     def from_config(cls, config: cfg.Config, state_dir: Path | None = None) -> ForwarderSettings:
@@ -73,9 +79,11 @@ class ForwarderSettings:
             policy = FieldPolicy(tuple(s["allow_fields"]), tuple(s["deny_fields"]))
         except ValueError as err:
             raise cfg.ConfigError("config", None, "[forward] deny_fields", str(err)) from None
+        identity = tuple((k, str(config.get("sensor", k))) for k in ("name", "site", "sector")
+                         if config.get("sensor", k))
         return cls(s["collectors"], base / s["secret_key"], base / s["journal"],
                    s["journal_max_bytes"], s["heartbeat_interval"], s["ack_timeout"],
-                   s["window"], policy, base)
+                   s["window"], policy, base, identity, s["unreachable_after"])
 
 
 class _Link:
@@ -102,6 +110,8 @@ class _Link:
         self.last_progress = time.monotonic()
         self.connected = False
         self.rewinds = 0
+        self.down_since: float | None = time.monotonic()  # never connected yet
+        self.unreachable_reported = False
 
     def rewind(self, to_id: int) -> None:
         """Go back so that the next message sent is the one after journal id ``to_id``.
@@ -168,8 +178,12 @@ class Forwarder:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._poll_lock = threading.Lock()
-        # The first journaled message of every epoch announces it.
-        self.submit(Kind.HEALTH, {"event": "start", "epoch": self.epoch})
+        self._clock_offset = time.time() - time.monotonic()
+        self._meta: deque[Alert] = deque(maxlen=1000)
+        self._synced = timesync_state()
+        # The first journaled message of every epoch announces it, and who is speaking.
+        self.submit(Kind.HEALTH, {"event": "start", "epoch": self.epoch,
+                                  **dict(s.identity)})
 
     # -- producing --------------------------------------------------------------------
 
@@ -246,10 +260,17 @@ class Forwarder:
             event = parse_monitor_message(msg)["event"]
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 link.connected = True
+                if link.unreachable_reported:
+                    self._health_alert(UNREACHABLE_RULE, "S6", Severity.LOW,
+                                       f"Collector {link.name} reachable again",
+                                       {"collector": link.name, "state": "reachable"})
+                link.down_since, link.unreachable_reported = None, False
                 link.rewind((self.journal.first_unacked_id(link.name) or 1) - 1)
                 self._next_heartbeat = 0.0  # announce epoch and last seq at once
             elif event == zmq.EVENT_DISCONNECTED:
                 link.connected = False
+                if link.down_since is None:
+                    link.down_since = time.monotonic()
 
     def _control(self, link: _Link) -> None:
         for _ in range(10_000):
@@ -318,10 +339,22 @@ class Forwarder:
             link.last_progress = time.monotonic()
 
     def heartbeat(self) -> None:
-        """Last seq and health to every collector; not journaled (it is only news)."""
+        """Last seq, identity, health and what each collector is still owed; not
+        journaled (it is only news).
+
+        ``owed`` lists the older epochs whose messages that collector has not
+        acknowledged, so it can see (and ask for) a backlog it would otherwise only
+        learn of when it arrives. ``clock`` is this box's wall clock, which the
+        collector compares with its own (S5); ``synced`` is systemd-timesyncd's view.
+        """
         self._next_heartbeat = time.monotonic() + self.settings.heartbeat_interval
-        body: dict[str, Any] = {"up": round(time.time() - self.started, 3),
-                                "clock": time.time()}
+        self._check_clock()
+        self._check_links()
+        now = time.time()
+        body: dict[str, Any] = {"up": round(now - self.started, 3), "clock": now,
+                                **dict(self.settings.identity)}
+        if self._synced is not None:
+            body["synced"] = self._synced
         if self.health is not None:
             try:
                 values = self.health()
@@ -329,10 +362,67 @@ class Forwarder:
                 values = {}
             body.update({k: values[k] for k in _HEALTH_KEYS
                          if isinstance(values.get(k), int | float)})
-        frame = encode(self.epoch, self.journal.seq, time.time(), Kind.HEARTBEAT, body)
         for link in self._links:
+            owed = [list(o) for o in self.journal.owed(link.name) if o[0] != self.epoch]
+            frame = encode(self.epoch, self.journal.seq, now, Kind.HEARTBEAT,
+                           {**body, "owed": owed} if owed else body)
             with contextlib.suppress(zmq.Again):
                 link.sock.send(frame, zmq.NOBLOCK)
+
+    def _check_clock(self) -> None:
+        """S5 when the wall clock is stepped back (alert times would run backwards) or
+        time synchronisation is lost."""
+        offset = time.time() - time.monotonic()
+        step, self._clock_offset = offset - self._clock_offset, offset
+        if step < -CLOCK_STEP:
+            self._health_alert(CLOCK_RULE, "S5", Severity.MEDIUM,
+                               f"Sensor clock stepped back by {-step:.1f} s",
+                               {"step": round(step, 3)})
+        synced = timesync_state()
+        if self._synced and synced is False:
+            self._health_alert(CLOCK_RULE, "S5", Severity.MEDIUM,
+                               "Sensor lost time synchronisation", {"synced": False})
+        self._synced = synced
+
+    def _check_links(self) -> None:
+        """S6 once per outage when a collector stays unreachable too long."""
+        now = time.monotonic()
+        for link in self._links:
+            if (link.down_since is not None and not link.unreachable_reported
+                    and now - link.down_since >= self.settings.unreachable_after):
+                link.unreachable_reported = True
+                self._health_alert(
+                    UNREACHABLE_RULE, "S6", Severity.MEDIUM,
+                    f"Collector {link.name} unreachable for {now - link.down_since:.0f} s",
+                    {"collector": link.name, "state": "unreachable",
+                     "for": round(now - link.down_since, 1)})
+
+    def _health_alert(self, rule: str, precursor: str, severity: Severity, title: str,
+                      evidence: dict[str, Any]) -> None:
+        """A sensor-health alert raised by forwarding itself: kept locally through
+        ``on_meta_alert`` and journaled, so it is forwarded once a link allows."""
+        now = time.time()
+        alert = Alert(rule=rule, precursor=precursor, severity=severity, attack=(),
+                      title=title, proto="sensor", first_ts=now, last_ts=now,
+                      evidence=evidence)
+        if self.on_meta_alert is not None:
+            if threading.current_thread() is self._thread:
+                self._meta.append(alert)  # the owner's store is not ours to touch
+            else:
+                self.on_meta_alert(alert)
+        body, fields = self.settings.policy.apply(alert)
+        _, evictions = self.journal.append(Kind.ALERT, body, ",".join(fields))
+        if evictions:
+            self._data_loss(evictions)
+
+    def deliver_meta(self) -> int:
+        """Hand the health alerts raised on the forwarder's thread (S5, S6) to
+        ``on_meta_alert`` on the caller's thread; the daemon calls it every tick."""
+        n = 0
+        while self._meta and self.on_meta_alert is not None:
+            self.on_meta_alert(self._meta.popleft())
+            n += 1
+        return n
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -374,3 +464,10 @@ class Forwarder:
         return [{"collector": ln.name, "connected": ln.connected, "inflight": len(ln.inflight),
                  "cursor": ln.cursor, "rewinds": ln.rewinds} for ln in self._links]
 
+
+def timesync_state(directory: Path = TIMESYNC_DIR) -> bool | None:
+    """systemd-timesyncd's word on the clock: True when synchronised, False when it
+    runs but is not, None where it does not run (nothing to say)."""
+    if not directory.is_dir():
+        return None
+    return (directory / "synchronized").exists()

@@ -136,15 +136,23 @@ def cmd_collect_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([r.to_dict(now) for r in rows], indent=1))
         return 0
-    print(f"{'sensor':<16} {'key':<12} {'epoch':>5} {'last seq':>9} {'lag':>9} "
-          f"{'heartbeat':>10} {'behind':>6} {'lost':>5}  rejected")
+    print(f"{'sensor':<16} {'key':<12} {'site':<20} {'epoch':>5} {'last seq':>9} {'lag':>9} "
+          f"{'heartbeat':>10} {'skew':>7} {'behind':>6} {'lost':>5} {'complete':>9}  "
+          "owed, rejected")
     for r in rows:
         beat = "never" if r.heartbeat_ts is None else _ago(now - r.heartbeat_ts)
         lag = "-" if not r.last_ts else _ago(r.lag(now))
-        rejected = ", ".join(f"{k}={v}" for k, v in sorted(r.rejected.items())) or "-"
-        print(f"{r.name[:16]:<16} {r.sensor[:10] + '..' if r.sensor else '-':<12} "
-              f"{r.epoch:>5} {r.last_seq:>9} {lag:>9} {beat:>10} {r.behind:>6} {r.lost:>5}"
-              f"  {rejected}")
+        skew = "-" if r.skew is None else f"{r.skew:+.1f}s"
+        done = "never" if r.complete_ts is None else _ago(now - r.complete_ts)
+        owed = " ".join(f"epoch {e}: {stored}/{last}" for e, stored, last in r.owed)
+        rejected = ", ".join(f"{k}={v}" for k, v in sorted(r.rejected.items()))
+        site = "/".join(r.reported.get(k, "") for k in ("sector", "site")).strip("/") or "-"
+        name = r.name if r.reported.get("name") in (None, r.name) else \
+            f"{r.name} ({r.reported['name']})"
+        print(f"{name[:16]:<16} {r.sensor[:10] + '..' if r.sensor else '-':<12} "
+              f"{site[:20]:<20} {r.epoch:>5} {r.last_seq:>9} {lag:>9} {beat:>10} {skew:>7} "
+              f"{r.outstanding:>6} {r.lost:>5} {done:>9}  "
+              f"{'; '.join(x for x in (owed, rejected) if x) or '-'}")
     return 0
 
 

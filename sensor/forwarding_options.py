@@ -63,6 +63,8 @@ cfg.register([
                "resend from the first unacknowledged message after this long without acks"),
     cfg.Option("forward", "window", 2000, cfg.v_int_range(1, 1_000_000),
                "messages in flight per collector before waiting for an ack"),
+    cfg.Option("forward", "unreachable_after", 300.0, cfg.v_seconds,
+               "raise S6 when a collector has been unreachable for this long"),
     cfg.Option("forward", "allow_fields", ("*",), v_fields,
                "alert fields that may leave the box ('*' = all, 'evidence.fc' = one key)"),
     cfg.Option("forward", "deny_fields", DEFAULT_DENY_FIELDS, v_fields,
@@ -100,4 +102,6 @@ cfg.register([
                "larger messages are rejected before they are unpacked"),
     cfg.Option("collect", "replay_interval", 1.0, cfg.v_seconds,
                "minimum time between two replay requests for the same stream"),
+    cfg.Option("collect", "max_clock_skew", 30.0, cfg.v_seconds,
+               "a sensor whose clock differs from the collector's by more is reported (S5)"),
 ])

@@ -238,6 +238,17 @@ class AlertJournal:
         rows = self.pending(collector, 0, 1)
         return rows[0].id if rows else None
 
+    def owed(self, collector: str, limit: int = 32) -> list[tuple[int, int, int]]:
+        """(epoch, first, last) of each epoch with messages ``collector`` has not
+        acknowledged, oldest first: what heartbeats tell the collector it is still owed."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT m.epoch, MIN(m.seq), MAX(m.seq) FROM messages m "
+                "LEFT JOIN acks a ON a.collector = ? AND a.epoch = m.epoch "
+                "WHERE m.acked = 0 AND m.seq > COALESCE(a.seq, 0) "
+                "GROUP BY m.epoch ORDER BY m.epoch LIMIT ?", (collector, limit)).fetchall()
+        return [(int(e), int(f), int(last)) for e, f, last in rows]
+
     def last_id(self) -> int:
         """The newest message's id (0 for an empty journal)."""
         with self._lock:

@@ -63,6 +63,7 @@ class CollectorSettings:
     jsonl: str
     max_message_bytes: int
     replay_interval: float
+    max_clock_skew: float = 30.0
 
     @classmethod
     def from_config(cls, config: cfg.Config,
@@ -71,7 +72,7 @@ class CollectorSettings:
         s = config.section("collect")
         return cls(tuple(s["listen"]), base / s["secret_key"], base / s["keys_dir"],
                    base / s["db"], s["dsn"], s["publish"], s["jsonl"],
-                   s["max_message_bytes"], s["replay_interval"])
+                   s["max_message_bytes"], s["replay_interval"], s["max_clock_skew"])
 
 
 class CollectorServer:
@@ -90,6 +91,8 @@ class CollectorServer:
         self._contig: dict[tuple[str, int], int] = {}
         self._last_replay: dict[tuple[str, int], float] = {}
         self._routes: dict[str, bytes] = {}  # sensor key -> ROUTER identity of its link
+        self._skewed: set[str] = set()  # sensors whose clock is past max_clock_skew now
+        self._health: list[dict[str, Any]] = []  # the collector's own findings to publish
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._jsonl: IO[str] | None = None
 
@@ -264,6 +267,11 @@ class CollectorServer:
             heartbeats[sensor] = env
             if env.seq > contig:
                 self._want(stream, contig + 1, env.seq, replays)
+            for epoch, last in _owed(env):  # older epochs' backlog, asked for at once
+                position = self._position((sensor, epoch))
+                if position < last:
+                    self._want((sensor, epoch), position + 1, last, replays)
+            self._check_clock(sensor, env, now)
             return
         if env.kind is Kind.LOST:
             first = int(env.body)
@@ -285,6 +293,30 @@ class CollectorServer:
         else:
             self.counters["out_of_order"] += 1
             self._want(stream, contig + 1, env.seq - 1, replays)
+
+    def _check_clock(self, sensor: str, env: Envelope, now: float) -> None:
+        """S5: the sensor's wall clock (its heartbeat's ``clock``) against ours.
+
+        Reported once when the skew passes ``max_clock_skew`` and once when it is back,
+        on the PUB socket and in the SIEM file; ``collect status`` shows it always.
+        """
+        clock = env.body.get("clock") if isinstance(env.body, dict) else None
+        if not isinstance(clock, float | int) or isinstance(clock, bool):
+            return
+        skew = now - float(clock)
+        over = abs(skew) > self.settings.max_clock_skew
+        if over == (sensor in self._skewed):
+            return
+        if over:
+            self._skewed.add(sensor)
+            self.counters["clock_skew"] += 1
+        else:
+            self._skewed.discard(sensor)
+        self._health.append({
+            "event_type": "health", "precursor": "S5", "event": "clock_skew" if over
+            else "clock_ok", "sensor": self.allow.get(sensor.encode(), "?"),
+            "sensor_key": sensor, "skew": round(skew, 3),
+            "max_skew": self.settings.max_clock_skew, "ts": now})
 
     def _position(self, stream: tuple[str, int]) -> int:
         if stream not in self._contig:
@@ -314,6 +346,9 @@ class CollectorServer:
             st.advance(sensor, epoch, self._contig[(sensor, epoch)], ts, now)
         for sensor, env in heartbeats.items():
             st.heartbeat(sensor, env.epoch, env.seq, env.ts, now, env.body)
+            if env.seq <= self._contig.get((sensor, env.epoch), 0) and all(
+                    self._contig.get((sensor, e), 0) >= last for e, last in _owed(env)):
+                st.mark_complete(sensor, now)
         for (sensor, reason), n in self._rejects.items():
             st.reject(sensor, reason, n, now)
         st.commit()
@@ -330,8 +365,16 @@ class CollectorServer:
             self.counters["unroutable"] += 1
 
     def _publish(self, accepted: list[tuple[str, Envelope]]) -> None:
+        health, self._health = self._health, []
         if self._pub is None and self._jsonl is None:
             return
+        for doc in health:
+            line = json.dumps(doc, separators=(",", ":"))
+            if self._pub is not None:
+                with contextlib.suppress(zmq.Again):
+                    self._pub.send_multipart([b"health", line.encode()], zmq.NOBLOCK)
+            if self._jsonl is not None:
+                self._jsonl.write(line + "\n")
         for sensor, env in accepted:
             if env.kind is not Kind.ALERT:
                 continue
@@ -344,6 +387,25 @@ class CollectorServer:
                 self._jsonl.write(line + "\n")
         if self._jsonl is not None:
             self._jsonl.flush()
+
+
+def _owed(env: Envelope) -> list[tuple[int, int]]:
+    """(epoch, last seq) of each older epoch a heartbeat says is still unacknowledged.
+
+    The field is the sensor's word, so it is checked like any other: a list of at most
+    32 [epoch, first, last] triples of integers, older than the heartbeat's own epoch;
+    anything else is ignored.
+    """
+    owed = env.body.get("owed") if isinstance(env.body, dict) else None
+    if not isinstance(owed, list):
+        return []
+    out = []
+    for item in owed[:32]:
+        if (isinstance(item, list) and len(item) == 3
+                and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0
+                        for x in item) and 0 < item[0] < env.epoch):
+            out.append((item[0], item[2]))
+    return out
 
 
 def _hex(value: Any) -> Any:

@@ -11,6 +11,7 @@ and any counters, then commits once, and only then acknowledges: an ack always m
     heartbeats(sensor PK, epoch, seq, ts, received, body)      the latest one
     rejects   (sensor, reason, count, last_ts)     sensor '' = not authenticated
     lost      (sensor, epoch, first, last, received)  ranges the sensor evicted unacked
+    complete  (sensor PK, ts)   the last time every epoch the sensor holds was stored whole
 
 Both engines take the same statements; only the placeholder and a few column types
 differ, so the two cannot drift apart.
@@ -22,7 +23,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,36 @@ CREATE TABLE IF NOT EXISTS rejects (
 CREATE TABLE IF NOT EXISTS lost (
     sensor TEXT NOT NULL, epoch {int} NOT NULL, first {int} NOT NULL, last {int} NOT NULL,
     received {real} NOT NULL);
+CREATE TABLE IF NOT EXISTS complete (sensor TEXT PRIMARY KEY, ts {real} NOT NULL);
 """
+
+
+def _loads(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _skew(body: dict[str, Any], received: float) -> float | None:
+    clock = body.get("clock")
+    if isinstance(clock, int | float) and not isinstance(clock, bool):
+        return round(received - float(clock), 3)
+    return None
+
+
+def _owed(body: dict[str, Any], sensor: str,
+          contigs: dict[tuple[str, int], int]) -> list[tuple[int, int, int]]:
+    """Older epochs the last heartbeat said the sensor still holds, with how much of
+    each is stored here: (epoch, stored gap-free up to, last)."""
+    out = []
+    for item in body.get("owed") or []:
+        if isinstance(item, list) and len(item) == 3 and all(isinstance(x, int) for x in item):
+            stored = contigs.get((sensor, item[0]), 0)
+            if stored < item[2]:
+                out.append((item[0], stored, item[2]))
+    return out
 
 
 def _hex(value: Any) -> Any:
@@ -96,16 +126,28 @@ class SensorStatus:
     messages: int
     lost: int
     rejected: dict[str, int]
+    reported: dict[str, str] = field(default_factory=dict)  # name, site, sector it sent
+    skew: float | None = None  # our receive time minus its clock, at the last heartbeat
+    owed: list[tuple[int, int, int]] = field(default_factory=list)  # (epoch, stored, last)
+    complete_ts: float | None = None  # when every epoch it held was last stored whole
 
     def lag(self, now: float | None = None) -> float:
         return (time.time() if now is None else now) - self.last_ts
+
+    @property
+    def outstanding(self) -> int:
+        """Messages the sensor holds that are not stored here yet, all epochs."""
+        return self.behind + sum(last - stored for _, stored, last in self.owed)
 
     def to_dict(self, now: float | None = None) -> dict[str, Any]:
         return {"sensor": self.sensor, "name": self.name, "epoch": self.epoch,
                 "last_seq": self.last_seq, "lag": round(self.lag(now), 3),
                 "last_ts": self.last_ts, "heartbeat_ts": self.heartbeat_ts,
                 "heartbeat_seq": self.heartbeat_seq, "behind": self.behind,
-                "messages": self.messages, "lost": self.lost, "rejected": self.rejected}
+                "messages": self.messages, "lost": self.lost, "rejected": self.rejected,
+                "reported": self.reported, "skew": self.skew,
+                "owed": [list(o) for o in self.owed], "outstanding": self.outstanding,
+                "complete_ts": self.complete_ts}
 
 
 class SqlStorage:
@@ -186,6 +228,10 @@ class SqlStorage:
     def mark_lost(self, sensor: str, epoch: int, first: int, last: int, now: float) -> None:
         self._exec("INSERT INTO lost VALUES (?, ?, ?, ?, ?)", (sensor, epoch, first, last, now))
 
+    def mark_complete(self, sensor: str, now: float) -> None:
+        self._exec("INSERT INTO complete VALUES (?, ?) ON CONFLICT (sensor) DO UPDATE "
+                   "SET ts = excluded.ts", (sensor, now))
+
     # -- reads --------------------------------------------------------------------------
 
     def rejects(self) -> dict[tuple[str, str], int]:
@@ -213,7 +259,10 @@ class SqlStorage:
     def status(self) -> list[SensorStatus]:
         names = {r[0]: r[1] for r in self._all("SELECT sensor, name FROM sensors")}
         heartbeats = {r[0]: r[1:] for r in self._all(
-            "SELECT sensor, epoch, seq, ts FROM heartbeats")}
+            "SELECT sensor, epoch, seq, ts, received, body FROM heartbeats")}
+        contigs = {(r[0], int(r[1])): int(r[2]) for r in self._all(
+            "SELECT sensor, epoch, contig FROM streams")}
+        complete = {r[0]: float(r[1]) for r in self._all("SELECT sensor, ts FROM complete")}
         counts = {r[0]: int(r[1]) for r in self._all(
             "SELECT sensor, COUNT(*) FROM messages GROUP BY sensor")}
         lost = {r[0]: int(r[1]) for r in self._all(
@@ -222,18 +271,24 @@ class SqlStorage:
         for (sensor, reason), count in self.rejects().items():
             rejected.setdefault(sensor, {})[reason] = count
         out = []
-        latest = self._all(
+        latest = {r[0]: r[1:] for r in self._all(
             "SELECT s.sensor, s.epoch, s.contig, s.last_ts, s.received FROM streams s "
-            "WHERE s.epoch = (SELECT MAX(epoch) FROM streams t WHERE t.sensor = s.sensor) "
-            "ORDER BY s.sensor")
-        for sensor, epoch, contig, last_ts, received in latest:
+            "WHERE s.epoch = (SELECT MAX(epoch) FROM streams t WHERE t.sensor = s.sensor)")}
+        for sensor, hb in heartbeats.items():  # heard from, nothing stored yet
+            latest.setdefault(sensor, (hb[0], 0, 0.0, 0.0))
+        for sensor in sorted(latest):
+            epoch, contig, last_ts, received = latest[sensor]
             hb = heartbeats.get(sensor)
             behind = int(hb[1]) - int(contig) if hb and int(hb[0]) == int(epoch) else 0
+            body = _loads(hb[4]) if hb else {}
             out.append(SensorStatus(
                 sensor, names.get(sensor, "?"), int(epoch), int(contig), float(last_ts),
                 float(received), float(hb[2]) if hb else None, int(hb[1]) if hb else None,
                 max(0, behind), counts.get(sensor, 0), lost.get(sensor, 0),
-                rejected.pop(sensor, {})))
+                rejected.pop(sensor, {}),
+                {k: body[k] for k in ("name", "site", "sector") if isinstance(body.get(k), str)},
+                _skew(body, float(hb[3])) if hb else None,
+                _owed(body, sensor, contigs), complete.get(sensor)))
         for sensor, reasons in sorted(rejected.items()):  # never stored anything
             out.append(SensorStatus(sensor, names.get(sensor, "(unauthenticated)"
                                     if sensor == "" else "?"), 0, 0, 0.0, 0.0, None, None, 0,

@@ -185,7 +185,8 @@ class Collector:
         if not self.jsonl.exists():
             return []
         docs = [json.loads(line) for line in self.jsonl.read_text().splitlines()]
-        return [(int(d["epoch"]), int(d["seq"])) for d in docs]
+        return [(int(d["epoch"]), int(d["seq"])) for d in docs
+                if d.get("event_type") != "health"]
 
 
 class Sensor:
