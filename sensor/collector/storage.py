@@ -209,8 +209,11 @@ class SqlStorage:
 
     def advance(self, sensor: str, epoch: int, contig: int, last_ts: float,
                 received: float) -> None:
+        # Never backwards: collectors sharing one database each advance a stream as far
+        # as they accepted it, and the one that is behind must not undo the other's work.
         self._exec("INSERT INTO streams VALUES (?, ?, ?, ?, ?) ON CONFLICT (sensor, epoch) "
-                   "DO UPDATE SET contig = excluded.contig, last_ts = excluded.last_ts, "
+                   "DO UPDATE SET contig = CASE WHEN excluded.contig > streams.contig "
+                   "THEN excluded.contig ELSE streams.contig END, last_ts = excluded.last_ts, "
                    "received = excluded.received", (sensor, epoch, contig, last_ts, received))
 
     def heartbeat(self, sensor: str, epoch: int, seq: int, ts: float, received: float,

@@ -378,6 +378,13 @@ def test_backlog_drains_into_postgresql(workdir: Path, seed: int,
     run_schedule(workdir, seed + 2, [Collector(workdir / "c1", dsn=dsn)])
 
 
+@pytest.mark.parametrize("seed", SEEDS)
+def test_two_collectors_in_front_of_one_postgresql_store_each_alert_once(
+        workdir: Path, seed: int, dsn: str) -> None:  # noqa: F811 (the fixture)
+    run_schedule(workdir, seed + 3, [Collector(workdir / "c1", dsn=dsn),
+                                     Collector(workdir / "c2", dsn=dsn)])
+
+
 def test_schedule_is_reproducible_and_exceeds_the_window() -> None:
     a, b = schedule(7, 2), schedule(7, 2)
     assert a == b and a != schedule(8, 2)
