@@ -82,7 +82,8 @@ class LiveCapture:
 
     def __init__(self, interface: str, ports: frozenset[int], *, block_size: int = 1 << 20,
                  block_count: int = 64, block_timeout_ms: int = 100,
-                 promiscuous: bool = True) -> None:
+                 promiscuous: bool = True, user_filter: list[bpf.Instruction] | None = None
+                 ) -> None:
         self.interface = interface
         self._received = 0
         self._dropped = 0
@@ -90,21 +91,25 @@ class LiveCapture:
         self._frames = 0
         self._block = 0
         try:
+            program = bpf.port_filter(ports, user_filter)
+        except ValueError as err:
+            raise CaptureError(f"{interface}: {err}") from None
+        try:
             self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
         except PermissionError as err:
             raise CaptureError(f"{interface}: opening a packet socket needs CAP_NET_RAW "
                                f"({err.strerror})") from None
         try:
-            self._setup(ports, block_size, block_count, block_timeout_ms, promiscuous)
+            self._setup(program, block_size, block_count, block_timeout_ms, promiscuous)
         except OSError as err:
             self._sock.close()
             raise CaptureError(f"{interface}: {err.strerror or err}") from None
 
-    def _setup(self, ports: frozenset[int], block_size: int, block_count: int,
+    def _setup(self, program: list[bpf.Instruction], block_size: int, block_count: int,
                block_timeout_ms: int, promiscuous: bool) -> None:
         sock = self._sock
         # Filter before bind, so no unfiltered frame is queued in between.
-        bpf.attach(sock, bpf.port_filter(ports))
+        bpf.attach(sock, program)
         # Older kernels lack it: outgoing frames are then dropped by packet type in read().
         with contextlib.suppress(OSError):
             sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
