@@ -13,7 +13,9 @@ shows them all.
 
 from __future__ import annotations
 
+import os
 import re
+import sysconfig
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +47,25 @@ from sensor.pipeline import PipelineAnomaly
 # libyaml's loader when the wheel has it (about 10x faster; the same marks and errors).
 _LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-SHIPPED_RULES = Path(__file__).resolve().parents[2] / "rules"
+
+def _shipped_rules() -> Path:
+    """Where the shipped rule packs are.
+
+    Beside the source tree in a checkout, an editable install and the Debian package
+    (/usr/share/mamori/rules); a wheel puts them under its install's data prefix
+    (``share/mamori/rules``, pyproject's data-files), system-wide or per user.
+    """
+    beside = Path(__file__).resolve().parents[2] / "rules"
+    if beside.is_dir():
+        return beside
+    for scheme in (sysconfig.get_default_scheme(), f"{os.name}_user"):
+        candidate = Path(sysconfig.get_path("data", scheme)) / "share" / "mamori" / "rules"
+        if candidate.is_dir():
+            return candidate
+    return beside  # absent everywhere: errors name the place a checkout has them
+
+
+SHIPPED_RULES = _shipped_rules()
 SCHEMA_FILE = SHIPPED_RULES / "schema.yaml"
 
 # Anomaly kind names a rule may use, per proto.
