@@ -3,8 +3,7 @@
 The wheel is built from this checkout, installed into a fresh venv in a temporary
 directory (its dependencies come from the package index, or pip's cache), and run
 from a directory outside the checkout, so nothing of the source tree can stand in
-for what the wheel lacks: the rule packs and their schema, the web templates, the
-advisory tables.
+for what the wheel lacks: the rule packs and their schema, the web templates.
 """
 
 from __future__ import annotations
@@ -53,6 +52,12 @@ def test_the_wheel_carries_the_rules_and_installs_no_checkout_paths(installed: P
     assert Path(rules).is_relative_to(installed) and Path(schema).is_file(), rules
     assert {p.name for p in Path(rules).glob("*.yaml")} == {
         p.name for p in (PROJECT / "rules").glob("*.yaml")}
+    web = run(installed / "bin" / "python", "-c",
+              "import importlib.resources as r; print(sorted(p.name for p in "
+              "r.files('sensor.web').joinpath('templates').iterdir()))", cwd=installed.parent)
+    assert web.returncode == 0, web.stderr
+    assert web.stdout.strip() == str(sorted(
+        p.name for p in (PROJECT / "sensor" / "web" / "templates").iterdir())), web.stdout
 
 
 def test_the_installed_wheel_replays_a_capture_with_detection(installed: Path,
