@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 from sensor import config as cfg
 from sensor.alerts import Alert, Severity
+from sensor.capture import bpf
 from sensor.capture.live import CaptureError, CaptureStats, LiveCapture
 from sensor.notify import Notifier
 from sensor.pipeline import Pipeline, PipelineConfig
@@ -48,6 +49,9 @@ cfg.register([
                "interfaces to capture on (SPAN/TAP ports, no IP address)", "--interface"),
     cfg.Option("capture", "promiscuous", True, cfg.v_bool,
                "put the capture interfaces in promiscuous mode"),
+    cfg.Option("capture", "filter", "", bpf.v_expression,
+               "a tcpdump expression narrowing what is captured on the Modbus/DNP3 ports"
+               " (e.g. 'net 10.1.0.0/16'); empty: everything on those ports"),
     cfg.Option("capture", "ring_mb", 64, cfg.v_int_range(1, 4096),
                "kernel receive ring per interface, in MiB"),
     cfg.Option("sensor", "user", "mamori", cfg.v_nonempty_str,
@@ -135,10 +139,15 @@ class Sensor:
         ports = self.conf.get("ports", "modbus") | self.conf.get("ports", "dnp3")
         ring = self.conf.get("capture", "ring_mb") * (1 << 20)
         block = 1 << 20 if ring >= (4 << 20) else 1 << 16
+        expression = self.conf.get("capture", "filter")
+        try:  # validated at load; compiled here, once, for every interface
+            user = bpf.compile_expression(expression) if expression else None
+        except ValueError as err:
+            raise CaptureError(f"[capture] filter: {err}") from None
         for name in interfaces:
             self.captures.append(LiveCapture(
                 name, ports, block_size=block, block_count=max(ring // block, 2),
-                promiscuous=self.conf.get("capture", "promiscuous")))
+                promiscuous=self.conf.get("capture", "promiscuous"), user_filter=user))
             self.health[name] = InterfaceHealth(name)
 
     def drop_privileges(self) -> None:

@@ -17,6 +17,7 @@ import struct
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -304,3 +305,20 @@ def test_the_kernel_runs_the_program_as_the_interpreter_does() -> None:
         assert len(kept) > 100
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+def test_the_capture_filter_option_is_checked_at_load_with_its_line(tmp_path: Path) -> None:
+    from sensor import config as cfg
+    from sensor import daemon  # noqa: F401  registers [capture]
+
+    good = tmp_path / "good.toml"
+    good.write_text('[capture]\nfilter = "net 10.1.0.0/16 and not host 10.1.0.9"\n')
+    assert cfg.load(str(good)).get("capture", "filter") == \
+        "net 10.1.0.0/16 and not host 10.1.0.9"
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[capture]\ninterfaces = ["eth1"]\nfilter = "port nope"\n')
+    with pytest.raises(cfg.ConfigError) as caught:
+        cfg.load(str(bad))
+    message = str(caught.value)
+    assert str(bad) in message and ":3" in message and "filter" in message, message
+    assert "nope" in message, message  # libpcap's own reason

@@ -164,3 +164,48 @@ def test_missing_interface_is_a_clear_error(tmp_path: Path) -> None:
                             text=True, timeout=30)
     assert result.returncode == 1
     assert "mamori-nope0" in result.stderr
+
+
+def _modbus_exchange(port: int, source: str) -> None:
+    """One Read Holding Registers request and its response, client bound to ``source``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the last one's TIME_WAIT
+        server.bind(("127.0.0.1", port))
+        server.listen(1)
+        with socket.create_connection(("127.0.0.1", port), source_address=(source, 0)) as client:
+            peer, _ = server.accept()
+            with peer:
+                client.sendall(bytes.fromhex("000100000006010300000002"))
+                peer.recv(100)
+                peer.sendall(bytes.fromhex("000100000007010304000a000b"))
+                client.recv(100)
+
+
+@needs_root
+def test_daemon_applies_the_configured_capture_filter(tmp_path: Path) -> None:
+    """``[capture] filter`` reaches the kernel: a host it excludes yields no event."""
+    port = free_port(socket.SOCK_STREAM)
+    config = tmp_path / "sensor.toml"
+    config.write_text(f'[capture]\ninterfaces = ["lo"]\nfilter = "not host 127.0.0.2"\n\n'
+                      f'[ports]\nmodbus = [{port}]\n')
+    notify = NotifySocket(tmp_path / "notify")
+    events = tmp_path / "events.jsonl"
+    env = dict(os.environ, NOTIFY_SOCKET=str(notify.path))
+    proc = subprocess.Popen([MAMORI, "run", "--config", str(config), "--events", str(events)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert notify.wait_for("READY=1", 15), notify.messages
+        _modbus_exchange(port, "127.0.0.2")  # filtered out
+        _modbus_exchange(port, "127.0.0.1")
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        notify.close()
+    assert proc.returncode == 0, err
+    rows = [json.loads(line) for line in events.read_text().splitlines()]
+    sources = {r["src"] for r in rows if r["proto"] == "modbus"}
+    assert sources == {"127.0.0.1"}, rows
+    assert len([r for r in rows if r["proto"] == "modbus"]) == 2, rows
