@@ -48,6 +48,7 @@ check "/var/lib/mamori is mamori's, 0750" sh -c \
 check "/var/lib/mamori/keys is mamori's, 0700" sh -c \
     '[ "$(stat -c %U:%a /var/lib/mamori/keys)" = mamori:700 ]'
 check "replay the sample as user mamori" runuser -u mamori -- mamori replay --no-progress /tmp/demo.pcap
+check "shipped rule packs pass the schema (Debian's jsonschema)" mamori rules check
 # What mamori-keygen.service runs (Debian's pyzmq must have CURVE).
 check "keys generate as user mamori" runuser -u mamori -- \
     mamori keys generate sensor --dir /var/lib/mamori/keys

@@ -5,8 +5,10 @@ every problem names the file, the line and the key::
 
     rules/modbus.yaml:42: rule mamori.modbus.x: severity: 'hgih' is not one of info, ...
 
-PyYAML's ``compose`` gives a node tree with marks; the schema walk and the
-semantic checks both run over nodes, so a line is always at hand. All problems
+PyYAML's ``compose`` gives a node tree with marks. The schema is checked by
+``jsonschema`` (Draft 7) over the constructed document, and each error is put back
+on its node by its path; the semantic checks, which a schema cannot express, run
+over the nodes. Either way a line is always at hand. All problems
 of all files are collected before raising, so one run of ``mamori rules check``
 shows them all.
 """
@@ -22,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from jsonschema import Draft7Validator
+from jsonschema.exceptions import ValidationError
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
@@ -160,13 +164,13 @@ def _line(source: str) -> int | None:
 
 # -- schema walk ------------------------------------------------------------------------
 
-_schema_cache: dict[str, Any] = {}
+_schema_cache: dict[str, _SchemaCheck] = {}
 
 
-def _load_schema() -> Any:
+def _load_schema() -> _SchemaCheck:
     if "schema" not in _schema_cache:
-        _schema_cache["schema"] = yaml.load(SCHEMA_FILE.read_text(encoding="utf-8"),
-                                            Loader=_LOADER)
+        _schema_cache["schema"] = _SchemaCheck(yaml.load(
+            SCHEMA_FILE.read_text(encoding="utf-8"), Loader=_LOADER))
     return _schema_cache["schema"]
 
 
@@ -179,98 +183,102 @@ def scalar(node: ScalarNode) -> Any:
 
 
 _Err = tuple[Node, str, str]  # node, key path, message
+_Path = tuple[str | int, ...]  # keys and list indexes from the document root
 
 
-class _SchemaWalker:
-    def __init__(self, root: Any) -> None:
-        self._root = root
+class _SchemaCheck:
+    """``rules/schema.yaml`` applied by ``jsonschema``, its errors put back on YAML lines.
+
+    The validator sees the constructed document; an index from each path to its node
+    (and to the node of each mapping key) gives every error a line. The messages are
+    the operator's words, not the validator's: one per keyword below. Duplicate keys,
+    which the constructed document can no longer show, are checked on the nodes.
+    """
+
+    def __init__(self, schema: Any) -> None:
+        Draft7Validator.check_schema(schema)
+        self._root = schema
+        self._validator = Draft7Validator(schema)
+
+    def check(self, root: Node, document: Any) -> list[_Err]:
+        nodes: dict[_Path, Node] = {}
+        keys: dict[_Path, Node] = {}
+        errors = _index(root, (), nodes, keys)
+        for error in self._validator.iter_errors(document):
+            errors.extend(self._explain(error, nodes, keys))
+        unique = dict.fromkeys(errors)  # one missing key is one error, not one per branch
+        return sorted(unique, key=lambda e: (e[0].start_mark.line, e[0].start_mark.column))
+
+    def _explain(self, error: ValidationError, nodes: dict[_Path, Node],
+                 keys: dict[_Path, Node]) -> list[_Err]:
+        path: _Path = tuple(error.absolute_path)
+        node = nodes[path]
+        value: Any = error.instance
+        rule: Any = error.validator_value
+        where: Any = error.schema
+        keyword = error.validator
+        if keyword == "anyOf":
+            branches = [self._resolve(b) for b in rule]
+            fitting = [i for i, b in enumerate(branches)
+                       if "type" not in b or self._validator.is_type(value, b["type"])]
+            if len(fitting) == 1:
+                return [e for sub in error.context or ()
+                        if sub.relative_schema_path[0] == fitting[0]
+                        for e in self._explain(sub, nodes, keys)]
+            return [(node, _dotted(path), f"{_show(node)} is not {_describe(branches)}")]
+        if keyword == "additionalProperties":
+            known = where.get("properties", {})
+            return [(keys[(*path, k)], _dotted((*path, k)),
+                     "unknown key (known: " + ", ".join(sorted(known)) + ")")
+                    for k in value if k not in known]
+        if keyword == "required":
+            return [(node, _dotted(path), f"missing required key {k!r}")
+                    for k in rule if k not in value]
+        messages = {
+            "type": lambda: f"{_show(node)} is not {_TYPE_WORDS[rule]}",
+            "enum": lambda: f"{_show(node)} is not one of " + ", ".join(map(str, rule)),
+            "pattern": lambda: f"{value!r} has the wrong form (expected {rule})",
+            "minimum": lambda: f"{value} is below {rule}",
+            "maximum": lambda: f"{value} is above {rule}",
+            "minItems": lambda: f"needs at least {rule} item(s)",
+        }
+        explain = messages.get(str(keyword))
+        return [(node, _dotted(path), explain() if explain else error.message)]
 
     def _resolve(self, schema: Any) -> Any:
         while isinstance(schema, dict) and "$ref" in schema:
-            ref = schema["$ref"]
             target = self._root
-            for part in ref.lstrip("#/").split("/"):
+            for part in schema["$ref"].lstrip("#/").split("/"):
                 target = target[part]
             schema = {**target, **{k: v for k, v in schema.items() if k != "$ref"}}
         return schema
 
-    def check(self, node: Node, schema: Any, path: str) -> list[_Err]:
-        schema = self._resolve(schema)
-        if "anyOf" in schema:
-            branches = [self._resolve(b) for b in schema["anyOf"]]
-            results = [self.check(node, b, path) for b in branches]
-            if any(not r for r in results):
-                return []
-            fitting = [r for b, r in zip(branches, results, strict=True)
-                       if self._kind_fits(node, b)]
-            if len(fitting) == 1:
-                return fitting[0]
-            return [(node, path, f"{_show(node)} is not {_describe(branches)}")]
-        errors: list[_Err] = []
-        kind = schema.get("type")
-        if kind is not None and not self._kind_fits(node, schema):
-            return [(node, path, f"{_show(node)} is not {_TYPE_WORDS[kind]}")]
-        if "enum" in schema:
-            value = scalar(node) if isinstance(node, ScalarNode) else None
-            if value not in schema["enum"] or not isinstance(node, ScalarNode):
-                return [(node, path, f"{_show(node)} is not one of "
-                         + ", ".join(str(e) for e in schema["enum"]))]
-        if isinstance(node, ScalarNode):
-            value = scalar(node)
-            if "pattern" in schema and not re.search(schema["pattern"], str(value)):
-                errors.append((node, path, f"{value!r} has the wrong form "
-                               f"(expected {schema['pattern']})"))
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                if "minimum" in schema and value < schema["minimum"]:
-                    errors.append((node, path, f"{value} is below {schema['minimum']}"))
-                if "maximum" in schema and value > schema["maximum"]:
-                    errors.append((node, path, f"{value} is above {schema['maximum']}"))
-        elif isinstance(node, SequenceNode):
-            if len(node.value) < schema.get("minItems", 0):
-                errors.append((node, path, f"needs at least {schema['minItems']} item(s)"))
-            if "items" in schema:
-                for i, item in enumerate(node.value):
-                    errors.extend(self.check(item, schema["items"], f"{path}[{i}]"))
-        elif isinstance(node, MappingNode):
-            props = schema.get("properties", {})
-            present: set[str] = set()
-            for knode, vnode in node.value:
-                key = str(scalar(knode)) if isinstance(knode, ScalarNode) else "?"
-                sub = f"{path}.{key}" if path else key
-                if key in present:
-                    errors.append((knode, sub, "duplicate key"))
-                present.add(key)
-                if key in props:
-                    errors.extend(self.check(vnode, props[key], sub))
-                elif schema.get("additionalProperties", True) is False:
-                    errors.append((knode, sub, "unknown key (known: "
-                                   + ", ".join(sorted(props)) + ")"))
-            for key in schema.get("required", []):
-                if key not in present:
-                    errors.append((node, path, f"missing required key {key!r}"))
-        return errors
 
-    @staticmethod
-    def _kind_fits(node: Node, schema: Any) -> bool:
-        kind = schema.get("type")
-        if kind is None:
-            return True
-        if kind == "object":
-            return isinstance(node, MappingNode)
-        if kind == "array":
-            return isinstance(node, SequenceNode)
-        if not isinstance(node, ScalarNode):
-            return False
-        value = scalar(node)
-        if kind == "string":
-            return isinstance(value, str)
-        if kind == "boolean":
-            return isinstance(value, bool)
-        if kind == "integer":
-            return isinstance(value, int) and not isinstance(value, bool)
-        if kind == "number":
-            return isinstance(value, int | float) and not isinstance(value, bool)
-        return False
+def _index(node: Node, path: _Path, nodes: dict[_Path, Node],
+           keys: dict[_Path, Node]) -> list[_Err]:
+    """Fill ``nodes`` and ``keys`` for the tree under ``node``; return its duplicate keys."""
+    nodes[path] = node
+    duplicates: list[_Err] = []
+    if isinstance(node, SequenceNode):
+        for i, item in enumerate(node.value):
+            duplicates += _index(item, (*path, i), nodes, keys)
+    elif isinstance(node, MappingNode):
+        for knode, vnode in node.value:
+            key = scalar(knode) if isinstance(knode, ScalarNode) else "?"
+            sub = (*path, key)
+            if sub in keys:
+                duplicates.append((knode, _dotted(sub), "duplicate key"))
+            keys[sub] = knode
+            duplicates += _index(vnode, sub, nodes, keys)
+    return duplicates
+
+
+def _dotted(path: _Path) -> str:
+    """``rules[0].match.fc[1]``: the key path as the messages show it."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
 
 
 _TYPE_WORDS = {"object": "a mapping", "array": "a list", "string": "a string",
@@ -307,7 +315,7 @@ def _mapping(node: MappingNode) -> dict[str, Node]:
     return {str(scalar(k)): v for k, v in node.value if isinstance(k, ScalarNode)}
 
 
-def _load_pack(name: str, text: str, schema: Any, set_names: set[str],
+def _load_pack(name: str, text: str, schema: _SchemaCheck, set_names: set[str],
                problems: list[RuleProblem]) -> Iterator[Rule]:
     try:
         root = yaml.compose(text, Loader=_LOADER)
@@ -322,8 +330,14 @@ def _load_pack(name: str, text: str, schema: Any, set_names: set[str],
     if root is None:
         problems.append(RuleProblem(name, None, None, None, "empty file"))
         return
-    walker = _SchemaWalker(schema)
-    errors = walker.check(root, schema, "")
+    try:
+        document = SafeConstructor().construct_document(root)
+    except yaml.MarkedYAMLError as err:  # a key that is a list or a mapping, ...
+        mark = err.problem_mark or err.context_mark
+        problems.append(RuleProblem(name, mark.line + 1 if mark else None, None, None,
+                                    f"not a rule pack: {err.problem or err}"))
+        return
+    errors = schema.check(root, document)
     bad_rules: set[int] = set()
     rule_nodes: list[MappingNode] = []
     if isinstance(root, MappingNode):

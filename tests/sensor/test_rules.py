@@ -79,6 +79,15 @@ def test_severity_typo_names_file_line_rule_and_key(tmp_path: Path) -> None:
     (("sub: 4}", "sub: 4, anomaly: NOPE}"), 8, "match.anomaly", "not an anomaly of modbus"),
     (("sub: 4}", "sub: 4, src: [alowed_masters]}"), 8, "match.src", "not a known set"),
     (("sub: 4}", "sub: 4, iin: DEVICE_RESTARTED}"), 8, "match.iin", "not an IIN bit"),
+    (("    title: test\n", "    title: test\n    title: again\n"), 6, "title", "duplicate key"),
+    (("fc: 8,", "fc: {a: 1},"), 8, "match.fc", "is not a whole number or a string"),
+    (("fc: 8,", "fc: 70000,"), 8, "match.fc", "70000 is above 65535"),
+    (("fc: 8,", "fc: [],"), 8, "match.fc", "needs at least 1 item"),
+    (("    attack: [T0814]\n", "    attack: T0814\n"), 7, "attack", "'T0814' is not a list"),
+    (("    title: test\n", "    title: test\n    threshold: {count: 0, window: 5m}\n"), 6,
+     "threshold.count", "0 is below 1"),
+    (("    title: test\n", "    title: test\n    threshold: {count: 2, window: soon}\n"), 6,
+     "threshold.window", "'soon' has the wrong form"),
 ])
 def test_schema_and_semantic_errors_are_located(
         tmp_path: Path, change: tuple[str, str], line: int, key: str | None,
