@@ -49,6 +49,8 @@ check "/var/lib/mamori/keys is mamori's, 0700" sh -c \
     '[ "$(stat -c %U:%a /var/lib/mamori/keys)" = mamori:700 ]'
 check "replay the sample as user mamori" runuser -u mamori -- mamori replay --no-progress /tmp/demo.pcap
 check "shipped rule packs pass the schema (Debian's jsonschema)" mamori rules check
+check "rule bundles sign and verify with Debian's PyNaCl" sh -c \
+    'cd /tmp && mamori rules keygen t --dir /tmp/k && cp /tmp/k/t.pub /etc/mamori/trusted-rule-keys/ && mamori rules bundle --key /tmp/k/t.sign --version 1 -o /tmp/b.mrb && runuser -u mamori -- mamori rules install /tmp/b.mrb && runuser -u mamori -- mamori rules status | grep -q "active bundle: 1"'
 # What mamori-keygen.service runs (Debian's pyzmq must have CURVE).
 check "keys generate as user mamori" runuser -u mamori -- \
     mamori keys generate sensor --dir /var/lib/mamori/keys

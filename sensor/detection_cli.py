@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from sensor import config as cfg
+from sensor import rulebundle_cli
 from sensor.alerts import Alert, Severity
 from sensor.detection.engine import Detector
 from sensor.detection.inventory import Inventory
@@ -38,8 +39,9 @@ class UsageError(Exception):
 
 
 def register_commands(commands: Any) -> None:
-    rules = commands.add_parser("rules", help="check rule packs",
-                                description="Validate rule packs against the schema.")
+    rules = commands.add_parser("rules", help="check rule packs; signed rule bundles",
+                                description="Validate rule packs against the schema; build,"
+                                " sign, install and inspect signed rule bundles.")
     rules_sub = rules.add_subparsers(dest="rules_command", metavar="ACTION")
     rules_sub.required = True
     check = rules_sub.add_parser("check", help="validate rule packs and exit")
@@ -47,6 +49,7 @@ def register_commands(commands: Any) -> None:
                        help="pack directories or files (default: the configured packs)")
     check.add_argument("--config", type=Path, metavar="FILE")
     check.set_defaults(func=cmd_rules_check)
+    rulebundle_cli.add_actions(rules_sub)
 
     alerts = commands.add_parser("alerts", help="show alerts from the local store")
     alerts.add_argument("--since", metavar="DURATION", help="last seen within, e.g. 1h, 7d")

@@ -9,6 +9,7 @@ rejected by the schema; in a rule, by the rule loader.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,11 @@ from typing import Any
 from sensor import config as cfg
 from sensor.detection.engine import Detector
 from sensor.detection.inventory import Inventory
-from sensor.detection.loader import SHIPPED_RULES, load_rules
+from sensor.detection.loader import SHIPPED_RULES, RuleError, load_rules
 from sensor.detection.model import LEARNED_SETS, Rule
+from sensor.rulebundle import BundleRefused, BundleStore, Refusal
+
+log = logging.getLogger("mamori.rules")
 
 SET_NAMES = ("allowed_masters", "engineering_workstations", "outstations")
 
@@ -25,8 +29,11 @@ cfg.register([
     cfg.Option("detection", "enabled", True, cfg.v_bool,
                "run the detection engine on every event"),
     cfg.Option("detection", "rules", (), cfg.v_str_list,
-               "rule pack directories or files (empty: the packs shipped with mamori)",
-               "--rules"),
+               "rule pack directories or files (empty: the active signed bundle, else the"
+               " packs shipped with mamori)", "--rules"),
+    cfg.Option("detection", "trusted_rule_keys", Path("/etc/mamori/trusted-rule-keys"),
+               cfg.v_path, "directory of Ed25519 public keys (*.pub) whose rule bundles"
+               " this sensor accepts"),
     cfg.Option("detection", "dedup_window", 300.0, cfg.v_seconds,
                "the same rule on the same peers within this time aggregates into one alert"),
     cfg.Option("detection", "learning_period", 7 * 86400.0, cfg.v_seconds,
@@ -53,16 +60,52 @@ def set_names() -> frozenset[str]:
     return frozenset(SET_NAMES) | LEARNED_SETS
 
 
+def bundle_store(config: cfg.Config) -> BundleStore:
+    """The signed rule bundles installed on this sensor (``mamori rules install``)."""
+    return BundleStore(Path(config.get("sensor", "state_dir")) / "rules")
+
+
 def rule_dirs(config: cfg.Config | None) -> list[Path]:
+    """What is loaded: the configured packs, else the active bundle, else the shipped."""
     dirs = config.get("detection", "rules") if config is not None else ()
-    return [Path(d) for d in dirs] or [SHIPPED_RULES]
+    if dirs:
+        return [Path(d) for d in dirs]
+    active = bundle_store(config).active() if config is not None else None
+    return [active.path] if active is not None else [SHIPPED_RULES]
 
 
 def load_configured_rules(config: cfg.Config | None,
                           extra: Sequence[str | Path] = ()) -> list[Rule]:
-    """The rules the config names (or the shipped packs); raises ``RuleError``."""
-    paths: list[str | Path] = list(extra) or list(rule_dirs(config))
-    return load_rules(paths, set_names())
+    """The rules the config names (or the bundle, or the shipped packs).
+
+    An active bundle that must not or cannot be loaded (its files changed on disk;
+    the sensor was upgraded under it and its packs no longer load) is rolled back to
+    the previous one, or to the shipped packs, logged and counted; the sensor keeps
+    detecting. Other load failures raise ``RuleError``.
+    """
+    if extra:
+        return load_rules(list(extra), set_names())
+    bundles = bundle_store(config) if config is not None and not config.get(
+        "detection", "rules") else None
+    while True:
+        refused = bundles.check_active() if bundles is not None else None
+        if refused is None:
+            paths = rule_dirs(config)
+            try:
+                return load_rules(paths, set_names())
+            except RuleError as err:
+                if bundles is None or paths == [SHIPPED_RULES]:
+                    raise
+                refused = BundleRefused(Refusal.INVALID_RULES, str(err.problems[0]))
+        assert bundles is not None
+        bundles.record_refusal(refused, "load")
+        try:
+            back: int | None = bundles.roll_back().version
+        except FileNotFoundError:
+            back = None
+            bundles.deactivate()
+        log.error("active rule bundle refused (%s: %s); now running %s", refused.reason.name,
+                  refused.detail, f"bundle {back}" if back else "the shipped packs")
 
 
 def store_path(config: cfg.Config) -> Path:
