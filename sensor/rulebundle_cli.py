@@ -21,6 +21,7 @@ from sensor.alerts import Alert, Severity
 from sensor.rulebundle import (
     REFUSAL_RULE,
     BundleRefused,
+    BundleStore,
     build,
     generate_key,
     read_signing_key,
@@ -65,10 +66,13 @@ def _fail(err: object) -> int:
     return 1
 
 
-def _config(path: Path | None) -> cfg.Config:
+def _site(args: argparse.Namespace) -> tuple[cfg.Config, BundleStore]:
+    """The sensor's configuration and its installed bundles; raises ``ConfigError``."""
+    from sensor.detection.settings import bundle_store
     from sensor.detection_cli import _config as load
 
-    return load(path)
+    config = load(args.config)
+    return config, bundle_store(config)
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -104,13 +108,12 @@ def cmd_bundle(args: argparse.Namespace) -> int:
 
 def cmd_install(args: argparse.Namespace) -> int:
     from sensor.detection.loader import load_rules
-    from sensor.detection.settings import bundle_store, set_names
+    from sensor.detection.settings import set_names
 
     try:
-        config = _config(args.config)
+        config, store = _site(args)
     except cfg.ConfigError as err:
         return _fail(err)
-    store = bundle_store(config)
     try:
         raw = args.bundle.read_bytes()
         trusted = trusted_keys(config.get("detection", "trusted_rule_keys"))
@@ -161,13 +164,12 @@ def _health_alert(config: cfg.Config, refused: BundleRefused, source: str,
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from sensor.detection.settings import bundle_store, rule_dirs
+    from sensor.detection.settings import rule_dirs
 
     try:
-        config = _config(args.config)
+        config, store = _site(args)
     except cfg.ConfigError as err:
         return _fail(err)
-    store = bundle_store(config)
     active, previous, state = store.active(), store.previous(), store.state()
     doc: dict[str, Any] = {
         "loading": [str(p) for p in rule_dirs(config)],
@@ -194,10 +196,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from sensor.detection.settings import bundle_store
-
     try:
-        back = bundle_store(_config(args.config)).roll_back()
+        back = _site(args)[1].roll_back()
     except (cfg.ConfigError, OSError) as err:
         return _fail(err)
     print(f"bundle {back.version} active again")

@@ -98,51 +98,89 @@ class NotifySocket:
         self.sock.close()
 
 
+class Daemon:
+    """``mamori run`` as systemd runs it: a NOTIFY_SOCKET, then SIGHUP and SIGTERM."""
+
+    def __init__(self, tmp_path: Path, config: str, **env: str) -> None:
+        self.config = tmp_path / "sensor.toml"
+        self.config.write_text(config)
+        self.events = tmp_path / "events.jsonl"
+        self.notify = NotifySocket(tmp_path / "notify")
+        self.proc = subprocess.Popen(
+            [MAMORI, "run", "--config", str(self.config), "--events", str(self.events)],
+            env=dict(os.environ, NOTIFY_SOCKET=str(self.notify.path), **env),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def __enter__(self) -> Daemon:
+        assert self.notify.wait_for("READY=1", 15), self.notify.messages
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
+        self.notify.close()
+
+    def stop(self) -> None:
+        """SIGTERM after the last frames are read; it must exit 0."""
+        time.sleep(0.5)
+        self.proc.send_signal(signal.SIGTERM)
+        _out, err = self.proc.communicate(timeout=15)
+        assert self.proc.returncode == 0, err
+
+    def modbus_events(self) -> list[dict[str, object]]:
+        rows = [json.loads(line) for line in self.events.read_text().splitlines()]
+        return [r for r in rows if r["proto"] == "modbus"]
+
+
+def _modbus_exchange(port: int, source: str = "127.0.0.1") -> None:
+    """One Read Holding Registers request and its response, client bound to ``source``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the last one's TIME_WAIT
+        server.bind(("127.0.0.1", port))
+        server.listen(1)
+        with socket.create_connection(("127.0.0.1", port), source_address=(source, 0)) as client:
+            peer, _ = server.accept()
+            with peer:
+                client.sendall(bytes.fromhex("000100000006010300000002"))
+                peer.recv(100)
+                peer.sendall(bytes.fromhex("000100000007010304000a000b"))
+                client.recv(100)
+
+
 @needs_root
 def test_daemon_notifies_systemd_reloads_and_stops_cleanly(tmp_path: Path) -> None:
     port = free_port(socket.SOCK_STREAM)
-    config = tmp_path / "sensor.toml"
-    config.write_text(f'[capture]\ninterfaces = ["lo"]\n\n[ports]\nmodbus = [{port}]\n')
-    notify = NotifySocket(tmp_path / "notify")
-    events = tmp_path / "events.jsonl"
-    env = dict(os.environ, NOTIFY_SOCKET=str(notify.path), WATCHDOG_USEC="400000")
-    proc = subprocess.Popen([MAMORI, "run", "--config", str(config), "--events", str(events)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert notify.wait_for("READY=1", 15), notify.messages
+    good = f'[capture]\ninterfaces = ["lo"]\n\n[ports]\nmodbus = [{port}]\n'
+    with Daemon(tmp_path, good, WATCHDOG_USEC="400000") as daemon:
+        notify = daemon.notify
         assert notify.wait_for("WATCHDOG=1", 5), notify.messages
-        # Real Modbus traffic on the configured port while it runs.
-        server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        server.bind(("127.0.0.1", port))
-        server.listen(1)
-        client = socket.create_connection(("127.0.0.1", port))
-        peer, _ = server.accept()
-        client.sendall(bytes.fromhex("0001 0000 0006 01 03 0000 0002".replace(" ", "")))
-        peer.recv(100)
-        peer.sendall(bytes.fromhex("0001 0000 0007 01 03 04 000a 000b".replace(" ", "")))
-        client.recv(100)
-        for s in (client, peer, server):
-            s.close()
+        _modbus_exchange(port)  # real Modbus traffic on the configured port
         # A broken config on reload is refused; the daemon keeps running.
-        config.write_text("[ports]\nmodbus = [0]\n")
-        proc.send_signal(signal.SIGHUP)
+        daemon.config.write_text("[ports]\nmodbus = [0]\n")
+        daemon.proc.send_signal(signal.SIGHUP)
         assert notify.wait_for("reload refused", 5), notify.messages
-        assert proc.poll() is None
-        config.write_text(f'[capture]\ninterfaces = ["lo"]\n\n[ports]\nmodbus = [{port}]\n')
-        proc.send_signal(signal.SIGHUP)
+        assert daemon.proc.poll() is None
+        daemon.config.write_text(good)
+        daemon.proc.send_signal(signal.SIGHUP)
         assert notify.wait_for("configuration reloaded", 5), notify.messages
-        time.sleep(0.5)
-        proc.send_signal(signal.SIGTERM)
-        _out, err = proc.communicate(timeout=15)
+        daemon.stop()
         assert notify.wait_for("STOPPING=1", 2), notify.messages
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        notify.close()
-    assert proc.returncode == 0, err
-    rows = [json.loads(line) for line in events.read_text().splitlines()]
-    kinds = [(r["type"], r["fc"]) for r in rows if r["proto"] == "modbus"]
-    assert kinds == [("request", 3), ("response", 3)], rows
+    rows = daemon.modbus_events()
+    assert [(r["type"], r["fc"]) for r in rows] == [("request", 3), ("response", 3)], rows
+
+
+@needs_root
+def test_daemon_applies_the_configured_capture_filter(tmp_path: Path) -> None:
+    """``[capture] filter`` reaches the kernel: a host it excludes yields no event."""
+    port = free_port(socket.SOCK_STREAM)
+    with Daemon(tmp_path, f'[capture]\ninterfaces = ["lo"]\nfilter = "not host 127.0.0.2"\n'
+                          f'\n[ports]\nmodbus = [{port}]\n') as daemon:
+        _modbus_exchange(port, "127.0.0.2")  # filtered out
+        _modbus_exchange(port, "127.0.0.1")
+        daemon.stop()
+    rows = daemon.modbus_events()
+    assert {r["src"] for r in rows} == {"127.0.0.1"} and len(rows) == 2, rows
 
 
 def test_bad_config_names_file_line_and_key(tmp_path: Path) -> None:
@@ -165,47 +203,3 @@ def test_missing_interface_is_a_clear_error(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "mamori-nope0" in result.stderr
 
-
-def _modbus_exchange(port: int, source: str) -> None:
-    """One Read Holding Registers request and its response, client bound to ``source``."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
-        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the last one's TIME_WAIT
-        server.bind(("127.0.0.1", port))
-        server.listen(1)
-        with socket.create_connection(("127.0.0.1", port), source_address=(source, 0)) as client:
-            peer, _ = server.accept()
-            with peer:
-                client.sendall(bytes.fromhex("000100000006010300000002"))
-                peer.recv(100)
-                peer.sendall(bytes.fromhex("000100000007010304000a000b"))
-                client.recv(100)
-
-
-@needs_root
-def test_daemon_applies_the_configured_capture_filter(tmp_path: Path) -> None:
-    """``[capture] filter`` reaches the kernel: a host it excludes yields no event."""
-    port = free_port(socket.SOCK_STREAM)
-    config = tmp_path / "sensor.toml"
-    config.write_text(f'[capture]\ninterfaces = ["lo"]\nfilter = "not host 127.0.0.2"\n\n'
-                      f'[ports]\nmodbus = [{port}]\n')
-    notify = NotifySocket(tmp_path / "notify")
-    events = tmp_path / "events.jsonl"
-    env = dict(os.environ, NOTIFY_SOCKET=str(notify.path))
-    proc = subprocess.Popen([MAMORI, "run", "--config", str(config), "--events", str(events)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert notify.wait_for("READY=1", 15), notify.messages
-        _modbus_exchange(port, "127.0.0.2")  # filtered out
-        _modbus_exchange(port, "127.0.0.1")
-        time.sleep(0.5)
-        proc.send_signal(signal.SIGTERM)
-        _out, err = proc.communicate(timeout=15)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        notify.close()
-    assert proc.returncode == 0, err
-    rows = [json.loads(line) for line in events.read_text().splitlines()]
-    sources = {r["src"] for r in rows if r["proto"] == "modbus"}
-    assert sources == {"127.0.0.1"}, rows
-    assert len([r for r in rows if r["proto"] == "modbus"]) == 2, rows
