@@ -14,19 +14,13 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sensor import config as cfg
 from sensor.alerts import Alert, Severity
-from sensor.rulebundle import (
-    REFUSAL_RULE,
-    BundleRefused,
-    BundleStore,
-    build,
-    generate_key,
-    read_signing_key,
-    trusted_keys,
-)
+
+if TYPE_CHECKING:  # imported when a command runs: PyNaCl is not needed for the others
+    from sensor.rulebundle import BundleRefused, BundleStore
 
 
 def add_actions(rules_sub: Any) -> None:
@@ -76,6 +70,8 @@ def _site(args: argparse.Namespace) -> tuple[cfg.Config, BundleStore]:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
+    from sensor.rulebundle import generate_key
+
     try:
         secret, public = generate_key(args.name, args.dir)
     except (OSError, ValueError) as err:
@@ -88,6 +84,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 def cmd_bundle(args: argparse.Namespace) -> int:
     from sensor.detection.loader import SHIPPED_RULES, RuleError, load_rules, pack_files
     from sensor.detection.settings import set_names
+    from sensor.rulebundle import build, read_signing_key
 
     packs = pack_files(args.packs or [SHIPPED_RULES])
     try:
@@ -109,6 +106,7 @@ def cmd_bundle(args: argparse.Namespace) -> int:
 def cmd_install(args: argparse.Namespace) -> int:
     from sensor.detection.loader import load_rules
     from sensor.detection.settings import set_names
+    from sensor.rulebundle import BundleRefused, trusted_keys
 
     try:
         config, store = _site(args)
@@ -140,6 +138,7 @@ def _health_alert(config: cfg.Config, refused: BundleRefused, source: str,
     """S7: the refusal where operators and the collector see alerts (best effort)."""
     from sensor.detection.settings import store_path
     from sensor.journald import journald_sink
+    from sensor.rulebundle import REFUSAL_RULE
     from sensor.store import Store, StoreError
 
     now = time.time()
