@@ -40,6 +40,7 @@ from sensor.web.commap import build_graph, render_svg
 from sensor.web.data import AlertFilter, AlertRow, StoreReader
 from sensor.web.fcclass import classify
 from sensor.web.health import HealthSource
+from sensor.web.limits import BadParameter, RequestLimits, parse_id, query_id
 
 HERE = Path(__file__).parent
 
@@ -188,6 +189,8 @@ class Auth:
 def create_app(ctx: WebContext) -> Starlette:
     """The ASGI app over ``ctx``; the caller serves it (uvicorn, or a test client)."""
     env = _environment()
+    for name in env.list_templates(filter_func=lambda n: n.endswith(".html")):
+        env.get_template(name)  # compiled now: no file read on a request, errors at start
 
     def render(request: Request, auth: Auth | None, name: str, status: int = 200,
                **values: Any) -> HTMLResponse:
@@ -265,20 +268,26 @@ def create_app(ctx: WebContext) -> Starlette:
 
     async def alerts(request: Request, auth: Auth) -> Response:
         filt, raw, problems = parse_filter(request.query_params)
-        before = _int(request.query_params.get("before"))
+        status = 200
+        try:
+            before = query_id(request.query_params, "before")
+        except BadParameter as err:  # the page still shows, saying what was wrong
+            before, status = None, 400
+            problems.append(str(err))
         rows, more = ctx.reader.alert_page(filt, before, ctx.page_size)
         query = urlencode({k: v for k, v in raw.items() if v})
         newest = ctx.reader.max_id()
-        return render(request, auth, "alerts.html", rows=rows, more=more, raw=raw,
-                      problems=problems, query=query, before=before,
+        return render(request, auth, "alerts.html", status=status, rows=rows, more=more,
+                      raw=raw, problems=problems, query=query, before=before,
                       after=max([newest, *(r.alert.id for r in rows)]),
                       precursors=ctx.reader.precursors(), counts=ctx.reader.counts())
 
     async def alert_detail(request: Request, auth: Auth) -> Response:
-        row = ctx.reader.alert(int(request.path_params["alert_id"]))
+        alert_id = _path_id(request)
+        row = None if alert_id is None else ctx.reader.alert(alert_id)
         if row is None:
             return render(request, auth, "missing.html", status=404,
-                          what=f"alert {request.path_params['alert_id']}")
+                          what=f"alert {str(request.path_params['alert_id'])[:40]}")
         return render(request, auth, "alert.html", row=row, a=row.alert,
                       guidance=ctx.guidance.get(row.alert.rule, ""),
                       acks=ctx.reader.acks(row.alert.id), ack_problem=ctx.ack_problem,
@@ -289,7 +298,9 @@ def create_app(ctx: WebContext) -> Starlette:
         if (auth.session is None or not same_origin(request)
                 or str(form.get("csrf", "")) != auth.session.csrf):
             return JSONResponse({"error": "bad form (CSRF)"}, status_code=403)
-        alert_id = int(request.path_params["alert_id"])
+        alert_id = _path_id(request)
+        if alert_id is None:
+            return JSONResponse({"error": "no such alert"}, status_code=404)
         if ctx.audit is None:
             return JSONResponse({"error": ctx.ack_problem or "read-only"}, status_code=409)
         try:
@@ -303,7 +314,10 @@ def create_app(ctx: WebContext) -> Starlette:
         filt, _, problems = parse_filter(request.query_params)
         if problems:
             return JSONResponse({"error": "; ".join(problems)}, status_code=400)
-        after = _int(request.query_params.get("after")) or 0
+        try:
+            after = query_id(request.query_params, "after") or 0
+        except BadParameter as err:
+            return JSONResponse({"error": str(err)}, status_code=400)
         rows = ctx.reader.alerts_after(filt, after)
         return JSONResponse({"alerts": [_alert_json(r) for r in rows],
                              "counts": ctx.reader.counts()})
@@ -350,8 +364,9 @@ def create_app(ctx: WebContext) -> Starlette:
         Route("/login", login, methods=["POST"]),
         Route("/logout", protected(logout), methods=["POST"]),
         Route("/alerts", protected(alerts)),
-        Route("/alerts/{alert_id:int}", protected(alert_detail)),
-        Route("/alerts/{alert_id:int}/ack", protected(acknowledge), methods=["POST"]),
+        # Not {alert_id:int}: its int() of 5000 digits raises (a 500); see _path_id.
+        Route("/alerts/{alert_id}", protected(alert_detail)),
+        Route("/alerts/{alert_id}/ack", protected(acknowledge), methods=["POST"]),
         Route("/assets", protected(assets)),
         Route("/map", protected(map_page)),
         Route("/map.svg", protected(map_image)),
@@ -361,6 +376,8 @@ def create_app(ctx: WebContext) -> Starlette:
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
     app = Starlette(routes=routes)
+    # add_middleware puts the newest outermost: the limits' refusals get the headers too.
+    app.add_middleware(RequestLimits)
     app.add_middleware(SecurityHeaders)
     return app
 
@@ -381,11 +398,12 @@ async def _form(request: Request) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
 
 
-def _int(text: str | None) -> int | None:
-    try:
-        return int(text) if text else None
-    except ValueError:
-        return None
+def _path_id(request: Request) -> int | None:
+    """The ``{alert_id}`` of the path; None (so 404) past SQLite's 64-bit INTEGER.
+
+    Anything but ASCII digits is no alert id either (also 404, as before).
+    """
+    return parse_id(str(request.path_params["alert_id"]))
 
 
 def _fc_sort(label: str) -> tuple[str, int, str]:

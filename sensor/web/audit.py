@@ -62,6 +62,8 @@ class OperatorAudit:
     def ack(self, alert_id: int, operator: str, remote: str | None,
             now: float | None = None) -> int:
         """Record an acknowledgement of the alert at its current count; returns that count."""
+        if not -(2**63) <= alert_id < 2**63:  # sqlite3 would raise OverflowError
+            raise AuditError(f"no alert {alert_id}")
         try:
             db = self._connect()
             try:

@@ -23,6 +23,7 @@ from typing import Any
 from sensor.alerts import Alert, Severity
 from sensor.store import _COLUMNS, _alert
 from sensor.web.audit import AUDIT_TABLE
+from sensor.web.limits import MAX_ID
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +71,16 @@ OPEN_SQL = (f"NOT EXISTS (SELECT 1 FROM {AUDIT_TABLE} a WHERE a.action = 'ack'"
 PRECURSOR_CACHE = 30.0
 
 
+def _sql_int(value: int) -> int:
+    """``value`` within SQLite's 64-bit INTEGER, where a bound means the same.
+
+    A larger Python int raises OverflowError in sqlite3. The page refuses such
+    parameters itself (400/404); this keeps every other caller safe too. An id is never
+    ``MAX_ID`` in practice (AUTOINCREMENT fails there), so ``id < MAX_ID`` loses nothing.
+    """
+    return max(-MAX_ID - 1, min(MAX_ID, value))
+
+
 @dataclass(frozen=True, slots=True)
 class AlertRow:
     alert: Alert
@@ -111,7 +122,7 @@ class StoreReader:
             clauses, params = filt.where(acks)
             if before is not None:
                 clauses.append("id < ?")
-                params.append(before)
+                params.append(_sql_int(before))
             where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
             rows = db.execute(
                 f"SELECT {', '.join(_COLUMNS)}, {self._open_expr(acks)} FROM alerts {where}"
@@ -126,7 +137,7 @@ class StoreReader:
             acks = self._has_acks(db)
             clauses, params = filt.where(acks)
             clauses.append("id > ?")
-            params.append(after)
+            params.append(_sql_int(after))
             rows = db.execute(
                 f"SELECT {', '.join(_COLUMNS)}, {self._open_expr(acks)} FROM alerts"
                 f" WHERE {' AND '.join(clauses)} ORDER BY id LIMIT ?",
@@ -134,6 +145,8 @@ class StoreReader:
         return [AlertRow(_alert(r[:-1]), bool(r[-1])) for r in rows]
 
     def alert(self, alert_id: int) -> AlertRow | None:
+        if alert_id != _sql_int(alert_id):
+            return None  # no such row can exist
         with self._db() as db:
             acks = self._has_acks(db)
             row = db.execute(
@@ -181,6 +194,8 @@ class StoreReader:
         return [(r[0], r[1], str(r[2]), int(r[3])) for r in rows]
 
     def acks(self, alert_id: int) -> list[dict[str, Any]]:
+        if alert_id != _sql_int(alert_id):
+            return []
         with self._db() as db:
             if not self._has_acks(db):
                 return []

@@ -5,10 +5,17 @@ address or a port in use is an ordinary ``OSError`` at start-up (uvicorn alone w
 log and ``sys.exit`` from inside its thread). Under the daemon, uvicorn runs in a
 daemon thread; it installs signal handlers only on the main thread, so the daemon's
 own SIGTERM/SIGHUP handling is untouched, and ``close()`` asks it to stop.
+
+Two uvicorns: Debian 12's python3-uvicorn 0.17.6 (with python3-starlette 0.26.1), which
+the Debian package runs on, and what pip installs today. :func:`_server` passes only
+the options this uvicorn's Config has: ``timeout_graceful_shutdown`` came in 0.22, and
+0.17.6 refused to start with a TypeError when given it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 import socket
 import threading
@@ -16,7 +23,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import h11
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from sensor import config as cfg
 from sensor.web.app import WebContext, create_app
@@ -25,6 +34,7 @@ from sensor.web.auth import Authenticator, TokenFileError, read_token_file
 from sensor.web.bind import BindRefused, check_bind
 from sensor.web.data import StoreReader
 from sensor.web.health import HealthSource, LiveHealth, StoreHealth
+from sensor.web.limits import MAX_HEAD_BYTES, head_problem, refusal
 from sensor.web.settings import token_path
 
 log = logging.getLogger("mamori.web")
@@ -96,10 +106,61 @@ def url_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
+DRAIN_BYTES = 8 * 1024 * 1024  # read and dropped after a 414/431 before we reset
+DRAIN_SECONDS = 5.0
+
+
+class LimitedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol, answering an overlong head with 414/431 itself.
+
+    h11 alone gives up at 16 KiB with a 400 and closes while the client still sends,
+    which the client sees as a reset. This checks the head before h11 sees it
+    (:func:`sensor.web.limits.head_problem`), answers, half-closes, and drops what
+    still arrives (up to DRAIN_BYTES or DRAIN_SECONDS) so that the answer is read.
+    Only ``data_received``, ``conn`` and ``transport`` are used: the same in uvicorn
+    0.17.6 and today's.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._drained: int | None = None  # bytes dropped since the refusal
+
+    def data_received(self, data: bytes) -> None:
+        if self._drained is not None:
+            self._drained += len(data)
+            if self._drained > DRAIN_BYTES:
+                self.transport.abort()
+            return
+        if self.conn.their_state is h11.IDLE:  # a request head, not a body
+            status = head_problem(self.conn.trailing_data[0] + data)
+            if status is not None:
+                self._refuse(status)
+                return
+        super().data_received(data)
+
+    def _refuse(self, status: int) -> None:
+        log.info("web: refused a request head with %d", status)
+        self._drained = 0
+        self.transport.write(refusal(status))
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        asyncio.get_running_loop().call_later(DRAIN_SECONDS, self.transport.close)
+
+
+def _config_options() -> dict[str, Any]:
+    """The Config options we want that this uvicorn has (Debian 12's is 0.17.6)."""
+    wanted: dict[str, Any] = {
+        "timeout_graceful_shutdown": 2,  # uvicorn >= 0.22; WebThread.close otherwise
+        "h11_max_incomplete_event_size": 4 * MAX_HEAD_BYTES,  # ours answers first
+    }
+    accepted = inspect.signature(uvicorn.Config.__init__).parameters
+    return {k: v for k, v in wanted.items() if k in accepted}
+
+
 def _server(ctx: WebContext) -> uvicorn.Server:
     config = uvicorn.Config(create_app(ctx), log_level="warning", access_log=False,
                             server_header=False, proxy_headers=False, lifespan="off",
-                            timeout_graceful_shutdown=2)
+                            http=LimitedH11Protocol, ws="none", **_config_options())
     return uvicorn.Server(config)
 
 
@@ -121,8 +182,12 @@ class WebThread:
         log.info("web page on %s", self.url)
 
     def close(self) -> None:
+        """Stop: open connections get 2 s, then are dropped (uvicorn 0.17.6 would wait)."""
         self._server.should_exit = True
-        self._thread.join(timeout=5)
+        self._thread.join(timeout=2)
+        if self._thread.is_alive():
+            self._server.force_exit = True
+            self._thread.join(timeout=3)
         self.sock.close()
 
 

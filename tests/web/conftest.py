@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -17,7 +20,7 @@ from sensor.pipeline import PipelineConfig
 from sensor.replay import replay_files
 from sensor.store import Store
 from sensor.web.auth import create_token_file
-from tests.conftest import PROJECT, corpus_path
+from tests.conftest import PROJECT, corpus_path, unavailable
 
 MODBUS_DEMO = PROJECT / "samples" / "modbus_demo.pcap"
 DNP3_COLD_RESTART = "ICS-Security-Tools/pcaps/dnp3/cold_restart_and_response.pcap"
@@ -66,28 +69,100 @@ def dnp3_capture() -> Path:
     return corpus_path(DNP3_COLD_RESTART)
 
 
-class WebProcess:
-    """``mamori web`` as a subprocess on a free port."""
+# The Debian package runs the page on Debian's own interpreter and python3-starlette,
+# python3-uvicorn and python3-jinja2 (bookworm: 0.26.1, 0.17.6, 3.1.2); the page is
+# tested there too, with this tree on PYTHONPATH as the package's launcher puts
+# /usr/share/mamori first on sys.path.
+DEBIAN_PYTHON = "/usr/bin/python3"
+DEBIAN_DIST = "/usr/lib/python3/dist-packages"
+DEBIAN_WEB = {"starlette": "python3-starlette", "uvicorn": "python3-uvicorn",
+              "jinja2": "python3-jinja2", "h11": "python3-h11", "anyio": "python3-anyio"}
 
-    def __init__(self, store: Path, token_file: Path, extra: Sequence[str] = ()) -> None:
+
+@dataclass(frozen=True)
+class Interpreter:
+    """A Python to run ``mamori web`` with, and the environment it needs."""
+
+    python: str
+    env: dict[str, str]
+    versions: dict[str, str]  # module: version, as that interpreter imports them
+
+
+def current_python() -> Interpreter:
+    """The test run's own interpreter and the libraries pip installed for it."""
+    import jinja2
+    import starlette
+    import uvicorn
+
+    return Interpreter(sys.executable, {**os.environ, "PYTHONUNBUFFERED": "1"},
+                       {"starlette": starlette.__version__, "uvicorn": uvicorn.__version__,
+                        "jinja2": jinja2.__version__})
+
+
+def debian_python() -> Interpreter:
+    """Debian's python3 importing Debian's packages (DEBIAN_WEB), or unavailable().
+
+    Skips (fails in CI) when those packages are not installed: ``make packaging-apt``.
+    Anything else shadowing them (pip installs in /usr/local) is no test of Debian's.
+    """
+    packages = sorted(set(DEBIAN_WEB.values()))
+    status = subprocess.run(["dpkg-query", "-W", "-f", "${Package} ${db:Status-Abbrev}\n",
+                             *packages], capture_output=True, text=True)
+    installed = {line.split()[0] for line in status.stdout.splitlines()
+                 if line.split()[1:2] == ["ii"]}
+    missing = [p for p in packages if p not in installed]
+    if missing or not Path(DEBIAN_PYTHON).exists():
+        unavailable(f"Debian's {' '.join(missing) or DEBIAN_PYTHON} not installed "
+                    "(make packaging-apt installs them as root)")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("PYTHON") and k != "VIRTUAL_ENV"}
+    env.update(PYTHONPATH=str(PROJECT), PYTHONUNBUFFERED="1", PYTHONNOUSERSITE="1")
+    probe = subprocess.run(
+        [DEBIAN_PYTHON, "-c", "import importlib, importlib.metadata as md, json, sys; "
+         "print(json.dumps({n: [md.version(n), importlib.import_module(n).__file__] "
+         "for n in sys.argv[1:]}))", *DEBIAN_WEB],
+        env=env, capture_output=True, text=True, check=True)
+    found = json.loads(probe.stdout)
+    elsewhere = {n: f for n, (_, f) in found.items() if not f.startswith(DEBIAN_DIST + "/")}
+    if elsewhere:
+        unavailable(f"{DEBIAN_PYTHON} imports these from outside {DEBIAN_DIST}: {elsewhere}")
+    return Interpreter(DEBIAN_PYTHON, env, {n: v for n, (v, _) in found.items()})
+
+
+class WebProcess:
+    """``mamori web`` as a subprocess on a free port (by default on our interpreter)."""
+
+    def __init__(self, store: Path, token_file: Path, extra: Sequence[str] = (),
+                 interpreter: Interpreter | None = None) -> None:
+        python = interpreter or current_python()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sensor.cli", "web", "--store", str(store),
+            [python.python, "-m", "sensor.cli", "web", "--store", str(store),
              "--token-file", str(token_file), "--port", "0", *extra],
             cwd=PROJECT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            env=python.env)
         assert self.proc.stderr is not None
         deadline = time.monotonic() + 30
-        line = ""
+        said: list[str] = []
         while time.monotonic() < deadline:
             line = self.proc.stderr.readline()
             found = re.search(r"(http://127\.0\.0\.1:\d+)/", line)
             if found:
                 self.url = found.group(1)
+                self.log: list[str] = []  # what it says on stderr from now on
+                threading.Thread(target=self._drain, daemon=True).start()
                 return
+            said.append(line)
             if not line and self.proc.poll() is not None:
                 break
         self.stop()
-        raise AssertionError(f"mamori web did not start: {line}")
+        raise AssertionError(f"mamori web ({python.python}) did not start: "
+                             + "".join(said[-15:]))
+
+    def _drain(self) -> None:
+        """Keep reading stderr: a full pipe would block the server's next log line."""
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.log.append(line)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
