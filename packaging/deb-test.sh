@@ -1,7 +1,8 @@
 #!/bin/sh
 # Installs the built .deb into a fresh debootstrap chroot (bookworm minbase + systemd)
 # and checks it there: the CLI runs, the default config validates, the user and the
-# state directories exist, the units are enabled, and systemd-analyze verify/security
+# state directories exist, the web page serves on Debian's own uvicorn and starlette
+# (deb-web-check.py), the units are enabled, and systemd-analyze verify/security
 # pass (verify: any message fails; security: exposure <= 2.0 per unit).
 # The debootstrap output is cached as $CACHE/bookworm-minbase-HASH.tar (CACHE: lib.sh).
 set -eu
@@ -24,6 +25,7 @@ timed deb-test-extract tar -C "$root" -xf "$CACHED_TARBALL"
 chroot_mount "$root"
 cp "$deb" "$root/tmp/mamori.deb"
 cp samples/modbus_demo.pcap "$root/tmp/demo.pcap"
+cp packaging/deb-web-check.py "$root/tmp/web-check.py"
 install_deb() {
     chroot "$root" apt-get update -qq
     DEBIAN_FRONTEND=noninteractive chroot "$root" apt-get install -y -qq --no-install-recommends \
@@ -56,6 +58,12 @@ check "keys generate as user mamori" runuser -u mamori -- \
     mamori keys generate sensor --dir /var/lib/mamori/keys
 check "secret key is mamori's, 0600" sh -c \
     '[ "$(stat -c %U:%a /var/lib/mamori/keys/sensor.secret)" = mamori:600 ]'
+# The web page on Debian's own python3-uvicorn/python3-starlette, over a store of the
+# sample (deb-web-check.py says what it checks).
+web_libs=$(chroot "$root" python3 -c \
+    'import starlette, uvicorn; print("starlette", starlette.__version__, "uvicorn", uvicorn.__version__)' 2>&1)
+check "web page as user mamori on $web_libs: serves, 404/400/414/431, stops on SIGTERM" \
+    runuser -u mamori -- python3 /tmp/web-check.py /tmp/demo.pcap
 for unit in mamori.target mamori-keygen.service mamori-collector.service; do
     check "$unit enabled" systemctl is-enabled "$unit"
 done

@@ -31,6 +31,7 @@ from sensor.web.auth import create_token_file
 from sensor.web.limits import MAX_HEAD_BYTES, MAX_HEADERS, MAX_ID, MAX_REQUEST_LINE
 from sensor.web.server import build_context
 from tests.web.conftest import (
+    CONTROL,
     MODBUS_DEMO,
     WebProcess,
     current_python,
@@ -118,6 +119,20 @@ def _status(answer: bytes) -> int:
     found = re.match(rb"HTTP/1\.[01] (\d{3}) ", answer)
     assert found, answer[:200]
     return int(found.group(1))
+
+
+def test_the_package_depends_on_the_debian_versions_tested_here() -> None:
+    """control's floors for the page's libraries are the versions ``debian`` runs on.
+
+    Lower would promise what no test saw; higher would refuse bookworm's own packages.
+    """
+    tested = debian_python().versions
+    text = CONTROL.read_text().split("\nRecommends:")[0]
+    for module, package in (("starlette", "python3-starlette"), ("uvicorn", "python3-uvicorn"),
+                            ("jinja2", "python3-jinja2"), ("h11", "python3-h11")):
+        floor = re.search(rf"\b{package} \(>= ([^)]+)\)", text)
+        assert floor, f"{CONTROL}: Depends has no {package} (>= VERSION)"
+        assert floor.group(1) == tested[module], (package, floor.group(1), tested)
 
 
 # -- the whole page on this interpreter ---------------------------------------------------

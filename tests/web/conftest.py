@@ -75,8 +75,16 @@ def dnp3_capture() -> Path:
 # /usr/share/mamori first on sys.path.
 DEBIAN_PYTHON = "/usr/bin/python3"
 DEBIAN_DIST = "/usr/lib/python3/dist-packages"
-DEBIAN_WEB = {"starlette": "python3-starlette", "uvicorn": "python3-uvicorn",
-              "jinja2": "python3-jinja2", "h11": "python3-h11", "anyio": "python3-anyio"}
+DEBIAN_WEB = ("starlette", "uvicorn", "jinja2", "h11", "anyio")  # must come from there
+CONTROL = PROJECT / "packaging" / "debian" / "control"
+
+
+def package_depends() -> list[str]:
+    """The python3-* packages packaging/debian/control's Depends names (no versions)."""
+    text = CONTROL.read_text()
+    found = re.search(r"^Depends:(.*?)^\S", text, re.M | re.S)
+    assert found, f"{CONTROL}: no Depends"
+    return sorted(set(re.findall(r"\b(python3-[a-z0-9.+-]+)", found.group(1))))
 
 
 @dataclass(frozen=True)
@@ -100,12 +108,13 @@ def current_python() -> Interpreter:
 
 
 def debian_python() -> Interpreter:
-    """Debian's python3 importing Debian's packages (DEBIAN_WEB), or unavailable().
+    """Debian's python3 importing Debian's packages, as the package does, or unavailable().
 
-    Skips (fails in CI) when those packages are not installed: ``make packaging-apt``.
-    Anything else shadowing them (pip installs in /usr/local) is no test of Debian's.
+    Skips (fails in CI) unless every python3-* package the Debian package depends on
+    is installed (``make packaging-apt``). Anything shadowing DEBIAN_WEB (a pip
+    install in /usr/local) is no test of Debian's either.
     """
-    packages = sorted(set(DEBIAN_WEB.values()))
+    packages = package_depends()
     status = subprocess.run(["dpkg-query", "-W", "-f", "${Package} ${db:Status-Abbrev}\n",
                              *packages], capture_output=True, text=True)
     installed = {line.split()[0] for line in status.stdout.splitlines()
