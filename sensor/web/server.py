@@ -108,6 +108,7 @@ def url_of(sock: socket.socket) -> str:
 
 DRAIN_BYTES = 8 * 1024 * 1024  # read and dropped after a 414/431 before we reset
 DRAIN_SECONDS = 5.0
+H11_BUFFER = 4 * MAX_HEAD_BYTES  # h11's limit on an unparsed head; ours answers first
 
 
 class LimitedH11Protocol(H11Protocol):
@@ -123,6 +124,9 @@ class LimitedH11Protocol(H11Protocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # h11 must never refuse a head we accept: it counts the blank line too, and
+        # 0.17.6 has no Config option for this (h11_max_incomplete_event_size, 0.18).
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=H11_BUFFER)
         self._drained: int | None = None  # bytes dropped since the refusal
 
     def data_received(self, data: bytes) -> None:
@@ -151,7 +155,6 @@ def _config_options() -> dict[str, Any]:
     """The Config options we want that this uvicorn has (Debian 12's is 0.17.6)."""
     wanted: dict[str, Any] = {
         "timeout_graceful_shutdown": 2,  # uvicorn >= 0.22; WebThread.close otherwise
-        "h11_max_incomplete_event_size": 4 * MAX_HEAD_BYTES,  # ours answers first
     }
     accepted = inspect.signature(uvicorn.Config.__init__).parameters
     return {k: v for k, v in wanted.items() if k in accepted}

@@ -308,6 +308,11 @@ def test_header_size_limit_is_exact(page: Page) -> None:
     assert len(_sized(MAX_HEAD_BYTES, page)) == MAX_HEAD_BYTES + 4
     assert _status(page.raw(_sized(MAX_HEAD_BYTES, page))) == 200
     assert _status(page.raw(_sized(MAX_HEAD_BYTES + 1, page))) == 431
+    # Whole but for its blank line, which follows: h11's own buffer limit must not
+    # refuse first (uvicorn 0.17.6 leaves it at 16 KiB, where the head alone is).
+    head = _sized(MAX_HEAD_BYTES, page)
+    assert _status(page.raw(head[:-2], head[-2:])) == 200
+    assert _status(page.raw(head[:-1], head[-1:])) == 200
 
 
 def test_too_large_headers_are_431(page: Page) -> None:
