@@ -17,6 +17,7 @@ import http.client
 import json
 import re
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,7 @@ from sensor.web.app import create_app
 from sensor.web.auth import create_token_file
 from sensor.web.limits import MAX_HEAD_BYTES, MAX_HEADERS, MAX_ID, MAX_REQUEST_LINE
 from sensor.web.server import build_context
+from tests.conftest import PROJECT
 from tests.web.conftest import (
     CONTROL,
     MODBUS_DEMO,
@@ -133,6 +135,46 @@ def test_the_package_depends_on_the_debian_versions_tested_here() -> None:
         floor = re.search(rf"\b{package} \(>= ([^)]+)\)", text)
         assert floor, f"{CONTROL}: Depends has no {package} (>= VERSION)"
         assert floor.group(1) == tested[module], (package, floor.group(1), tested)
+
+
+DAEMON_WEB = """
+import http.client, json, socket, sys
+from pathlib import Path
+from sensor import cli, daemon  # cli registers every feature's config keys
+from sensor import config as cfg
+from sensor.web.server import daemon_starter
+tmp = Path(sys.argv[1])
+token = (tmp / "web" / "token").read_text().strip()
+conf = cfg.load(None, {("sensor", "state_dir"): str(tmp), ("web", "port"): 0})
+sensor = daemon.build_sensor(conf, None, web=daemon_starter(conf))
+host, port = sensor.web.sock.getsockname()[:2]
+conn = http.client.HTTPConnection(host, port, timeout=10)
+conn.request("GET", "/api/health", headers={"Authorization": "Bearer " + token})
+health = json.loads(conn.getresponse().read())
+idle = socket.create_connection((host, port))
+idle.sendall(b"GET /api/health HTTP/1.1\\r\\n")  # half a request, open at shutdown
+sensor.shutdown()
+try:
+    socket.create_connection((host, port), timeout=5).close()
+    refused = False
+except ConnectionRefusedError:
+    refused = True
+print(json.dumps({"live": health["live"], "stopped": not sensor.web._thread.is_alive(),
+                  "refused": refused}))
+"""
+
+
+@pytest.mark.parametrize("which", ["current", "debian"])
+def test_the_daemon_serves_the_page_in_a_thread(which: str, tmp_path: Path) -> None:
+    """``mamori run --web``: the page in a thread of the daemon, on either uvicorn; its
+    shutdown stops the server even with a client that never finishes its request."""
+    python = debian_python() if which == "debian" else current_python()
+    create_token_file(tmp_path / "web" / "token")
+    done = subprocess.run([python.python, "-c", DAEMON_WEB, str(tmp_path)], env=python.env,
+                          cwd=PROJECT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result == {"live": True, "stopped": True, "refused": True}
 
 
 # -- the whole page on this interpreter ---------------------------------------------------
