@@ -118,8 +118,8 @@ class LimitedH11Protocol(H11Protocol):
     which the client sees as a reset. This checks the head before h11 sees it
     (:func:`sensor.web.limits.head_problem`), answers, half-closes, and drops what
     still arrives (up to DRAIN_BYTES or DRAIN_SECONDS) so that the answer is read.
-    Only ``data_received``, ``conn`` and ``transport`` are used: the same in uvicorn
-    0.17.6 and today's.
+    Only ``conn`` (replaced at construction), ``data_received`` and ``transport`` are
+    touched: the same in uvicorn 0.17.6 and today's.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -163,6 +163,7 @@ def _config_options() -> dict[str, Any]:
 def _server(ctx: WebContext) -> uvicorn.Server:
     config = uvicorn.Config(create_app(ctx), log_level="warning", access_log=False,
                             server_header=False, proxy_headers=False, lifespan="off",
+                            # ws: the page has no websocket route (0.17.6 would load wsproto)
                             http=LimitedH11Protocol, ws="none", **_config_options())
     return uvicorn.Server(config)
 
