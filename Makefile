@@ -71,7 +71,8 @@ clean:
 # page on them (Debian's python3 and its starlette/uvicorn/jinja2, as the package does).
 PACKAGING_APT_PACKAGES := debhelper dh-python pybuild-plugin-pyproject python3-all \
 	python3-setuptools python3-zmq python3-msgpack python3-psycopg dpkg-dev lintian debootstrap systemd \
-	python3-h11 python3-jinja2 python3-starlette python3-uvicorn python3-yaml
+	python3-h11 python3-jinja2 python3-jsonschema python3-nacl python3-starlette python3-uvicorn \
+	python3-yaml
 IMAGE_APT_PACKAGES := $(PACKAGING_APT_PACKAGES) e2fsprogs dosfstools mtools fdisk \
 	qemu-system-x86 ovmf
 
