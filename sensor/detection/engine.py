@@ -12,12 +12,20 @@ or of distinct values within a window, per group), then lands in an
 ``count`` and ``last_ts`` instead of making another alert, so a looping write
 makes one alert with a large count. Time is the events' own, so replay is
 deterministic; ``tick(now)`` lets a live daemon drive silence checks by clock.
+
+Storms are bounded twice. Alerts: a rule may open at most ``storm_max_alerts``
+distinct alerts per ``storm_window``; past that, and for as long as new keys keep
+arriving at that rate, every further occurrence folds into one *storm* aggregate
+per (rule, target) whose evidence says how many distinct sources it covers, so
+30,000 rogue masters make a few hundred alerts, not 90,000. Memory: every table
+keyed by something the sender chooses (threshold groups, protocol state, the set
+cache, open aggregates by age) is an :class:`LruTable` or is aged out, and what it
+forgot is counted in ``stats.evicted``.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -26,6 +34,7 @@ from parsers.dnp3.events import DNP3Request, DNP3Unsolicited
 from parsers.modbus.events import ModbusRequest
 from parsers.modbus.pdu import WriteSingleCoil, WriteSingleRegister
 from sensor.alerts import Alert
+from sensor.detection.bounded import DEFAULT_MAX_STATE, LruTable
 from sensor.detection.derived import DerivedEvent, DerivedKind
 from sensor.detection.inventory import Inventory
 from sensor.detection.matcher import INDEX_ATTR, Peers, compile_match, indexed, peers
@@ -34,7 +43,8 @@ from sensor.detection.model import LEARNED_SETS, GroupKey, Rule
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _TICK_EVERY = 1.0  # seconds of event time between clock checks
-_MAX_GROUPS = 100_000  # threshold groups per rule before the table is reset
+_STORM_TARGETS = 16  # storm aggregates per rule per window before one rule-wide aggregate
+_STORM_SOURCES = 4096  # distinct sources one storm aggregate remembers exactly
 _SELECT_TIMEOUT = 10.0  # an Operate more than this after its Select is "without Select"
 
 
@@ -43,12 +53,13 @@ class _Compiled:
 
     __slots__ = ("has_sets", "index", "rule", "state", "test")
 
-    def __init__(self, index: int, rule: Rule) -> None:
+    def __init__(self, index: int, rule: Rule, max_state: int = DEFAULT_MAX_STATE) -> None:
         self.index = index
         self.rule = rule
         self.test = compile_match(rule.match)
         self.has_sets = bool(rule.match.src or rule.match.dst or not rule.conditions.empty)
-        self.state: dict[tuple[Any, ...], Any] = {}
+        self.state: LruTable[tuple[Any, ...], Any] = LruTable(
+            max_state, f"threshold groups of {rule.id}")
 
 
 class _Aggregate:
@@ -64,6 +75,55 @@ class _Aggregate:
         return replace(self.alert, count=self.count, last_ts=self.last_ts)
 
 
+class _StormAggregate(_Aggregate):
+    """Everything a rule raised against one target past its storm cap, as one alert.
+
+    ``sources`` holds the distinct sources folded in, itself bounded: when it
+    reaches ``limit`` its size moves to ``base`` and it starts over, so the count
+    stays an upper bound (a source seen before and after a roll-over counts twice)
+    and the evidence says it is no longer exact.
+    """
+
+    __slots__ = ("base", "limit", "sources")
+
+    def __init__(self, alert: Alert, limit: int) -> None:
+        super().__init__(alert)
+        self.sources: set[object] = set()
+        self.base = 0
+        self.limit = limit
+
+    def add_source(self, source: object) -> None:
+        sources = self.sources
+        if source not in sources:
+            if len(sources) >= self.limit:
+                self.base += len(sources)
+                sources.clear()
+            sources.add(source)
+
+    @property
+    def source_count(self) -> int:
+        return self.base + len(self.sources)
+
+    def materialise(self) -> Alert:
+        evidence = dict(self.alert.evidence)
+        evidence["sources"] = self.source_count
+        if self.base:
+            evidence["sources_exact"] = False
+        return replace(self.alert, count=self.count, last_ts=self.last_ts, evidence=evidence)
+
+
+class _Storm:
+    """Per rule: distinct alerts and storm targets opened in the current window."""
+
+    __slots__ = ("new", "storming", "targets", "window_start")
+
+    def __init__(self, ts: float) -> None:
+        self.window_start = ts
+        self.new = 0
+        self.targets = 0
+        self.storming = False
+
+
 @dataclass
 class DetectorStats:
     events: int = 0
@@ -71,6 +131,9 @@ class DetectorStats:
     hits: int = 0
     alerts: int = 0
     derived: dict[str, int] = field(default_factory=dict)
+    storms: int = 0  # storm aggregates opened (a rule hit its storm cap against a target)
+    storm_folded: int = 0  # occurrences folded into storm aggregates instead of new alerts
+    evicted: dict[str, int] = field(default_factory=dict)  # bounded table -> entries forgotten
 
 
 class _ProtocolState:
@@ -81,10 +144,16 @@ class _ProtocolState:
     toggling counts these); the value itself stays here, never in an alert.
     """
 
-    def __init__(self) -> None:
-        self._selects: dict[tuple[Any, ...], tuple[float, tuple[Any, ...]]] = {}
-        self._disabled: dict[tuple[Any, ...], bool] = {}
-        self._values: dict[tuple[Any, ...], int] = {}
+    def __init__(self, max_state: int = DEFAULT_MAX_STATE) -> None:
+        self._selects: LruTable[tuple[Any, ...], tuple[float, tuple[Any, ...]]] = LruTable(
+            max_state, "DNP3 selects")
+        self._disabled: LruTable[tuple[Any, ...], bool] = LruTable(
+            max_state, "DNP3 unsolicited disabled")
+        self._values: LruTable[tuple[Any, ...], int] = LruTable(
+            max_state, "Modbus point values")
+
+    def tables(self) -> tuple[LruTable[Any, Any], ...]:
+        return (self._selects, self._disabled, self._values)
 
     def observe(self, ev: Any) -> DerivedEvent | None:
         if ev.__class__ is ModbusRequest:
@@ -93,10 +162,8 @@ class _ProtocolState:
                 return None
             vkey = (ev.flow.client, ev.flow.server, ev.unit, ev.fc, ev.address)
             before = self._values.get(vkey)
-            self._values[vkey] = pdu.value
+            self._values.put(vkey, pdu.value)
             if before is None or before == pdu.value:
-                if len(self._values) > _MAX_GROUPS:
-                    self._values.clear()
                 return None
             flow = ev.flow
             return DerivedEvent(ev.ts, DerivedKind.VALUE_FLIP, flow.client, flow.client_port,
@@ -109,9 +176,7 @@ class _ProtocolState:
                 return None
             key = (ev.flow, ev.link_src, ev.link_dst)
             if fc == 3:
-                if len(self._selects) > _MAX_GROUPS:
-                    self._selects.clear()
-                self._selects[key] = (ev.ts, _signature(ev))
+                self._selects.put(key, (ev.ts, _signature(ev)))
             elif fc == 4:
                 selected = self._selects.pop(key, None)
                 if selected is None or ev.ts - selected[0] > _SELECT_TIMEOUT \
@@ -119,7 +184,7 @@ class _ProtocolState:
                     return _derived(ev, DerivedKind.OPERATE_WITHOUT_SELECT,
                                     "OPERATE without a matching SELECT")
             else:
-                self._disabled[key] = fc == 21
+                self._disabled.put(key, fc == 21)
             return None
         # A null unsolicited response (no objects) is the outstation's start-up
         # announcement, not event reporting; opendnp3 sends it as the master's
@@ -157,25 +222,35 @@ class Detector:
         silence_after: float = 900.0,
         values_allowed: bool = False,
         on_alert: Callable[[Alert], None] | None = None,
+        storm_max_alerts: int = 100,
+        storm_window: float = 60.0,
+        max_state: int = DEFAULT_MAX_STATE,
     ) -> None:
-        self.rules = [_Compiled(i, r) for i, r in enumerate(rules)]
+        if storm_max_alerts < 1 or max_state < 1:
+            raise ValueError("storm_max_alerts and max_state must be at least 1")
+        self.rules = [_Compiled(i, r, max_state) for i, r in enumerate(rules)]
         self.inventory = inventory if inventory is not None else Inventory()
         self.dedup_window = dedup_window
         self.silence_after = silence_after
         self.values_allowed = values_allowed
         self.on_alert = on_alert
+        self.storm_max_alerts = storm_max_alerts
+        self.storm_window = storm_window
+        self.max_state = max_state
         self.stats = DetectorStats()
         self._sets: dict[str, tuple[Network, ...]] = {
             name: tuple(ipaddress.ip_network(n, strict=False) if isinstance(n, str) else n
                         for n in nets)
             for name, nets in (sets or {}).items()}
-        self._set_cache: dict[tuple[str, str], bool] = {}
+        self._set_cache: LruTable[tuple[str, str], bool] = LruTable(max_state, "set cache")
         self._cache: dict[tuple[type, object], tuple[_Compiled, ...]] = {}
         self._open: dict[tuple[Any, ...], _Aggregate] = {}
         self._all: list[_Aggregate] = []
-        self._sequence = _ProtocolState()
+        self._storms: dict[str, _Storm] = {}  # rule id -> its storm window
+        self._sequence = _ProtocolState(max_state)
         self._last_ts: float | None = None
         self._next_tick = float("-inf")
+        self._next_age = float("-inf")
         self._silent = False
 
     # -- public -----------------------------------------------------------------------
@@ -224,6 +299,7 @@ class Detector:
         """
         self._open = old._open
         self._all = old._all
+        self._storms = old._storms
         self._sequence = old._sequence
         self._last_ts = old._last_ts
         self._silent = old._silent
@@ -236,6 +312,27 @@ class Detector:
     def alerts(self) -> list[Alert]:
         """Every alert so far, aggregated, oldest first."""
         return [agg.materialise() for agg in self._all]
+
+    def state_sizes(self) -> dict[str, int]:
+        """Entries held per piece of per-source state (what the storm bounds keep small)."""
+        inv = self.inventory
+        return {
+            "open_aggregates": len(self._open),
+            "alerts": len(self._all),
+            "threshold_groups": max((len(c.state) for c in self.rules), default=0),
+            "protocol_state": max(len(t) for t in self._sequence.tables()),
+            "set_cache": len(self._set_cache),
+            **inv.state_sizes(),
+        }
+
+    def evictions(self) -> dict[str, int]:
+        """Entries each bounded table has forgotten (also kept in ``stats.evicted``)."""
+        tables: list[LruTable[Any, Any]] = [c.state for c in self.rules]
+        tables += [*self._sequence.tables(), self._set_cache]
+        out = {t.name: t.evicted for t in tables if t.evicted}
+        out.update({k: v for k, v in self.inventory.evicted.items() if v})
+        self.stats.evicted = out
+        return out
 
     def drain(self) -> list[Alert]:
         """Alerts new or changed since the last drain (what a store must write)."""
@@ -253,6 +350,8 @@ class Detector:
 
     def _clock(self, now: float) -> None:
         self._next_tick = now + _TICK_EVERY
+        if now >= self._next_age:
+            self._age(now)
         last = self._last_ts
         if last is not None and self.silence_after > 0 and now - last > self.silence_after:
             if not self._silent:
@@ -265,6 +364,19 @@ class Detector:
             self._silent = False
         for d in self.inventory.tick(now):
             self._run_derived(d)
+
+    def _age(self, now: float) -> None:
+        """Forget open aggregates no occurrence can join any more (quiet past the window).
+
+        They stay in ``_all`` (and the store); only the per-peers look-up goes, so
+        the look-up table holds what the last dedup window raised, not all history.
+        """
+        self._next_age = now + max(self.dedup_window / 4, _TICK_EVERY)
+        window = self.dedup_window
+        stale = [k for k, agg in self._open.items() if now - agg.last_ts > window]
+        for key in stale:
+            del self._open[key]
+        self.evictions()
 
     def _run_derived(self, ev: DerivedEvent) -> None:
         name = ev.kind.name
@@ -294,9 +406,7 @@ class Detector:
                 hit = any(addr in net for net in self._sets.get(name, ()))
             except ValueError:
                 hit = False
-            if len(self._set_cache) > _MAX_GROUPS:
-                self._set_cache.clear()
-            self._set_cache[key] = hit
+            self._set_cache.put(key, hit)
         return hit
 
     def _sets_allow(self, rule: Rule, p: Peers) -> bool:
@@ -337,6 +447,9 @@ class Detector:
                 agg.last_ts = ts
             agg.dirty = True
             return
+        if self._storming(rule.id, ts):
+            self._fold(rule, p, ev, ts, key)
+            return
         alert = Alert(
             rule=rule.id, precursor=rule.precursor, severity=rule.severity,
             attack=rule.attack, title=rule.title, proto=p.proto, first_ts=ts, last_ts=ts,
@@ -350,26 +463,110 @@ class Detector:
         if self.on_alert is not None:
             self.on_alert(alert)
 
+    def _storming(self, rule_id: str, ts: float) -> bool:
+        """Count one new alert key for the rule; True when it must fold into a storm.
+
+        A window that opened ``storm_max_alerts`` keys or more keeps the next window
+        storming, so a storm that lasts hours stays folded instead of letting
+        another ``storm_max_alerts`` alerts through each window.
+        """
+        storm = self._storms.get(rule_id)
+        if storm is None:
+            storm = self._storms[rule_id] = _Storm(ts)
+        elif ts - storm.window_start > self.storm_window:
+            recent = ts - storm.window_start <= 2 * self.storm_window
+            storm.storming = recent and storm.new >= self.storm_max_alerts
+            storm.window_start = ts
+            storm.new = 0
+            storm.targets = 0
+        storm.new += 1
+        if storm.new > self.storm_max_alerts:
+            storm.storming = True
+        return storm.storming
+
+    def _fold(self, rule: Rule, p: Peers, ev: Any, ts: float, key: tuple[Any, ...]) -> None:
+        """One occurrence past the storm cap: into the (rule, target) storm aggregate.
+
+        A storm that also spreads over targets folds, past ``_STORM_TARGETS`` storm
+        aggregates of the rule in one window, into a single rule-wide aggregate
+        (no destination), so the alert count stays bounded whatever the shape.
+        """
+        stats = self.stats
+        stats.storm_folded += 1
+        source: object = p.src if p.src is not None else key[1:]
+        skey: tuple[Any, ...] = (rule.id, "storm", p.dst, p.server_port)
+        agg = self._open.get(skey)
+        if (agg is None or ts - agg.last_ts > self.dedup_window) \
+                and self._storms[rule.id].targets >= _STORM_TARGETS:
+            skey = (rule.id, "storm", None, None)
+            agg = self._open.get(skey)
+        if isinstance(agg, _StormAggregate) and ts - agg.last_ts <= self.dedup_window:
+            agg.count += 1
+            if ts > agg.last_ts:
+                agg.last_ts = ts
+            agg.add_source(source)
+            agg.dirty = True
+            return
+        wide = skey[2] is None and skey[3] is None
+        if not wide:
+            self._storms[rule.id].targets += 1
+        evidence = self._evidence(rule, ev)
+        evidence.update({
+            "storm": True, "sources": 1, "cap": self.storm_max_alerts,
+            "window": self.storm_window,
+            "detail": f"storm cap reached: more than {self.storm_max_alerts} distinct alerts "
+                      f"of this rule within {self.storm_window:g}s; further occurrences "
+                      + ("against any target" if wide else "against this target")
+                      + " are counted here, with the number of sources they came from"})
+        alert = Alert(
+            rule=rule.id, precursor=rule.precursor, severity=rule.severity,
+            attack=rule.attack, title=f"{rule.title} (storm, many sources)", proto=p.proto,
+            first_ts=ts, last_ts=ts, count=1,
+            dst=None if wide else p.dst, dport=None if wide else p.server_port,
+            evidence=evidence, id=len(self._all) + 1)
+        folded = _StormAggregate(alert, min(self.max_state, _STORM_SOURCES))
+        folded.add_source(source)
+        self._open[skey] = folded
+        self._all.append(folded)
+        stats.storms += 1
+        stats.alerts += 1
+        if self.on_alert is not None:
+            self.on_alert(folded.materialise())
+
     def _threshold(self, compiled: _Compiled, group: tuple[Any, ...], ev: Any,
                    p: Peers) -> bool:
         threshold = compiled.rule.threshold
         assert threshold is not None
         state = compiled.state
         ts = ev.ts
-        if len(state) > _MAX_GROUPS:
-            state.clear()
         if threshold.distinct is None:
+            # A plain list of the last ``count`` times: a deque's first block alone is
+            # ~600 bytes, and there is one of these per group.
             times = state.get(group)
             if times is None:
-                times = state[group] = deque(maxlen=threshold.count)
+                times = []
+                state.put(group, times)
+            else:
+                state.touch(group)
             times.append(ts)
+            if len(times) > threshold.count:
+                del times[0]
             return len(times) == threshold.count and ts - times[0] <= threshold.window
         seen = state.get(group)
         if seen is None:
-            seen = state[group] = {}
-        seen[_group_value(threshold.distinct, p, ev)] = ts
+            seen = {}
+            state.put(group, seen)
+        else:
+            state.touch(group)
+        # Most recent last; only the newest ``count`` distinct values can decide
+        # whether ``count`` of them fall within the window, so no more are kept.
+        value = _group_value(threshold.distinct, p, ev)
+        seen.pop(value, None)
+        seen[value] = ts
         if len(seen) < threshold.count:
             return False
+        while len(seen) > threshold.count:
+            del seen[next(iter(seen))]
         for value, when in list(seen.items()):
             if ts - when > threshold.window:
                 del seen[value]

@@ -11,6 +11,13 @@ unlearned, and the first sight of each becomes a :class:`DerivedEvent`
 ``observe`` runs on every message, so its common path is a handful of dict
 operations: the flow's pair table is cached, and nothing is allocated for a
 request that repeats a known exchange.
+
+Memory is bounded whatever the traffic: at most ``max_assets`` assets and as
+many pairs are held (the least recently seen *unlearned* ones go first, so a
+storm of rogue hosts cannot push the learned baseline out), and the flow cache
+and the reported-masters memory are LRU tables. ``evicted`` counts what went.
+The store merges what is saved into what it already holds
+(``Store.save_inventory``), so an asset forgotten here is not lost there.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from parsers.dnp3.events import (
 from parsers.modbus.events import ModbusRequest, ModbusResponse
 from parsers.modbus.pdu import ReadDeviceIdResponse, ReportServerIdResponse
 from parsers.stream import FlowId
+from sensor.detection.bounded import DEFAULT_MAX_STATE, LruTable
 from sensor.detection.derived import DerivedEvent, DerivedKind
 
 BASELINE_FORMAT = "mamori-baseline"
@@ -38,7 +46,9 @@ _RUN_ALPHA = 0.3  # EWMA weight of the enforcing-time estimate: reacts within a 
 _MIN_LEARNED = 10  # intervals before a cycle counts as learned
 _MIN_RUN = 5  # intervals before the enforcing estimate is trusted
 _MAX_CYCLES = 64  # per pair; a sweep must not grow memory without bound
-_MAX_FLOWS = 65536  # flow cache entries before it is cleared
+DEFAULT_MAX_ASSETS = 8192  # assets held in memory, and as many pairs
+_MAX_LINK_IPS = 64  # learned IPs per DNP3 link address: beyond that it binds nothing
+_EVICT_FRACTION = 0.1  # a full table sheds this share at once: eviction is a scan
 
 
 class BaselineState(Enum):
@@ -148,8 +158,13 @@ def _fc_key(label: str) -> object:
 class Inventory:
     """Assets, pairs and the baseline state; feed it every event with :meth:`observe`."""
 
-    def __init__(self, learning_period: float = 0.0) -> None:
+    def __init__(self, learning_period: float = 0.0, *, max_assets: int = DEFAULT_MAX_ASSETS,
+                 max_state: int = DEFAULT_MAX_STATE) -> None:
+        if max_assets < 1:
+            raise ValueError("max_assets must be at least 1")
         self.learning_period = learning_period  # seconds of packet time; 0: until freeze
+        self.max_assets = max_assets
+        self.max_state = max_state
         self.state = BaselineState.LEARNING
         self.started: float | None = None
         self.frozen_at: float | None = None
@@ -159,11 +174,15 @@ class Inventory:
         self.learned_outstations: set[str] = set()
         self.known_masters: set[str] = set()
         self.link_ips: dict[tuple[str, int], set[str]] = {}  # (role, link addr) -> learned IPs
-        self._flows: dict[FlowId, dict[object, Pair]] = {}
+        self._flows: LruTable[FlowId, dict[object, Pair]] = LruTable(
+            max_state, "inventory flow cache")
         self._last_flow: FlowId | None = None
         self._last_units: dict[object, Pair] = {}
         self._out: list[DerivedEvent] = []
-        self._reported_masters: set[str] = set()
+        self._reported_masters: LruTable[str, None] = LruTable(max_state, "reported masters")
+        self.assets_evicted = 0
+        self.pairs_evicted = 0
+        self.link_ips_dropped = 0
         self._handlers: dict[type, Callable[[Any], None]] = {
             ModbusRequest: self._modbus_request,
             ModbusResponse: self._modbus_response,
@@ -213,18 +232,70 @@ class Inventory:
             return self._last_units
         units = self._flows.get(flow)
         if units is None:
-            if len(self._flows) >= _MAX_FLOWS:
-                self._flows.clear()
-            units = self._flows[flow] = {}
-            self._new_flow(flow, ts)
+            self._new_flow(flow, ts)  # may evict, which empties the flow cache
+            units = {}
+            self._flows.put(flow, units)
         self._last_flow = flow
         self._last_units = units
         return units
 
+    # -- bounds -----------------------------------------------------------------------
+
+    @property
+    def evicted(self) -> dict[str, int]:
+        """Entries forgotten per bounded table (assets and pairs: least recently seen)."""
+        return {"inventory assets": self.assets_evicted,
+                "inventory pairs": self.pairs_evicted,
+                "link bindings": self.link_ips_dropped,
+                self._flows.name: self._flows.evicted,
+                self._reported_masters.name: self._reported_masters.evicted}
+
+    def state_sizes(self) -> dict[str, int]:
+        return {"assets": len(self.assets), "pairs": len(self.pairs),
+                "flow_cache": len(self._flows), "known_masters": len(self.known_masters),
+                "reported_masters": len(self._reported_masters),
+                "learned_masters": len(self.learned_masters),
+                "learned_outstations": len(self.learned_outstations)}
+
+    def _shed(self, table: dict[Any, Any]) -> list[Any]:
+        """Keys to drop from a full ``table`` (insertion order = least recently seen first).
+
+        Unlearned entries go first; learned ones only if the learned part alone
+        overflows (a storm during learning), because they are the baseline.
+        """
+        want = max(1, int(self.max_assets * _EVICT_FRACTION)) + len(table) - self.max_assets
+        victims = [k for k, v in table.items() if not v.learned][:want]
+        if len(victims) < want:
+            chosen = set(victims)
+            victims += [k for k in table if k not in chosen][:want - len(victims)]
+        # cached flow tables point at pairs and assume their assets exist
+        self._flows.clear()
+        self._last_flow = None
+        return victims
+
+    def _evict_assets(self) -> None:
+        for ip in self._shed(self.assets):
+            asset = self.assets.pop(ip)
+            self.known_masters.discard(ip)
+            self._reported_masters.pop(ip, None)
+            if asset.learned:
+                self.learned_masters.discard(ip)
+                self.learned_outstations.discard(ip)
+            self.assets_evicted += 1
+
+    def _evict_pairs(self) -> None:
+        for key in self._shed(self.pairs):
+            del self.pairs[key]
+            self.pairs_evicted += 1
+
     def _asset(self, ip: str, ts: float, role: str, mac: str | None) -> Asset:
-        asset = self.assets.get(ip)
+        assets = self.assets
+        asset = assets.pop(ip, None)  # re-inserted last: the dict is in recency order
         if asset is None:
-            asset = self.assets[ip] = Asset(ip, ts, not self.enforcing)
+            asset = Asset(ip, ts, not self.enforcing)
+            if len(assets) >= self.max_assets:
+                self._evict_assets()
+        assets[ip] = asset
         asset.last_seen = ts
         asset.roles.add(role)
         if mac and asset.mac is None:
@@ -235,15 +306,15 @@ class Inventory:
         client, server = flow.client, flow.server
         server_asset = self.assets.get(server)
         server_known = server_asset is not None and server_asset.learned
-        self._asset(client, ts, "master", flow.client_mac)
         self._asset(server, ts, "outstation", flow.server_mac)
+        self._asset(client, ts, "master", flow.client_mac)
         self.known_masters.add(client)
         if not self.enforcing:
             self.learned_masters.add(client)
             self.learned_outstations.add(server)
         elif client not in self.learned_masters and server_known \
                 and client not in self._reported_masters:
-            self._reported_masters.add(client)
+            self._reported_masters.put(client, None)
             self._out.append(DerivedEvent(ts, DerivedKind.NEW_MASTER, client, flow.client_port,
                                           server, flow.server_port,
                                           detail=f"first request from {client} "
@@ -251,12 +322,16 @@ class Inventory:
 
     def _pair(self, units: dict[object, Pair], key: PairKey, ts: float, flow: FlowId,
               sub: object) -> Pair:
-        pair = self.pairs.get(key)
+        pairs = self.pairs
+        pair = pairs.pop(key, None)  # re-inserted last: the dict is in recency order
         if pair is not None:
+            pairs[key] = pair
             units[sub] = pair
             return pair
         if pair is None:
-            pair = self.pairs[key] = Pair(key, ts, not self.enforcing)
+            if len(pairs) >= self.max_assets:
+                self._evict_pairs()
+            pair = pairs[key] = Pair(key, ts, not self.enforcing)
             if self.enforcing:
                 self._out.append(DerivedEvent(
                     ts, DerivedKind.NEW_PAIR, flow.client, flow.client_port, flow.server,
@@ -355,7 +430,7 @@ class Inventory:
                             None, None)
             created = key not in self.pairs
             pair = self._pair(units, key, ts, flow, unit)
-            self.assets[flow.server].units.add(unit)
+            self._asset(flow.server, ts, "outstation", flow.server_mac).units.add(unit)
             if created:
                 self._out.append(DerivedEvent(
                     ts, DerivedKind.NEW_UNIT, flow.client,
@@ -414,8 +489,8 @@ class Inventory:
             key: PairKey = ("dnp3", flow.client, flow.server, flow.server_port, None,
                             master, outstation)
             pair = self._pair(units, key, ts, flow, sub)
-            self.assets[flow.client].links.add(master)
-            self.assets[flow.server].links.add(outstation)
+            self._asset(flow.client, ts, "master", flow.client_mac).links.add(master)
+            self._asset(flow.server, ts, "outstation", flow.server_mac).links.add(outstation)
             self._binding("master", master, flow.client, ev, sub)
             self._binding("outstation", outstation, flow.server, ev, sub)
         pair.last_seen = ts
@@ -437,7 +512,12 @@ class Inventory:
     def _binding(self, role: str, link: int, ip: str, ev: Any, sub: tuple[int, int]) -> None:
         ips = self.link_ips.get((role, link))
         if not self.enforcing:
-            self.link_ips.setdefault((role, link), set()).add(ip)
+            if ips is None:
+                ips = self.link_ips[(role, link)] = set()
+            if len(ips) < _MAX_LINK_IPS:
+                ips.add(ip)
+            elif ip not in ips:
+                self.link_ips_dropped += 1
         elif ips and ip not in ips:
             self._out.append(self._derived(
                 ev, DerivedKind.LINK_BINDING, sub,
@@ -522,7 +602,8 @@ class Inventory:
                 raise BaselineError(f"format: expected {BASELINE_FORMAT!r}")
             if doc.get("version") != BASELINE_VERSION:
                 raise BaselineError(f"version: expected {BASELINE_VERSION}")
-            self.__init__(self.learning_period)  # type: ignore[misc]
+            self.__init__(self.learning_period, max_assets=self.max_assets,  # type: ignore[misc]
+                          max_state=self.max_state)
             self.learned_masters = set(map(str, doc["masters"]))
             self.learned_outstations = set(map(str, doc["outstations"]))
             self.known_masters = set(self.learned_masters)
