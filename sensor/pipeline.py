@@ -13,6 +13,13 @@ The flow table is bounded (``max_flows``) and least-recently-used: a full table
 evicts the flow that has been quiet the longest and says so with a
 ``PipelineAnomalyEvent``. Idle flows expire by *packet* time, never the wall
 clock, so a replay gives the same events every time.
+
+A TCP connection that has ended both ways lingers ``closed_linger`` seconds so
+its last ACKs find it, but at most ``max_closed_flows`` of those ended by a FIN
+or RST do: past that the connection that ended first expires early, exactly as its linger would have
+ended it (a closed connection has nothing left to flush). Without that bound a
+storm of short connections (30,000 sources, one write each) keeps every one of
+them, parser and reassembler included, for the whole linger.
 """
 
 from __future__ import annotations
@@ -60,6 +67,7 @@ class PipelineConfig:
     tcp_idle_timeout: float = 600.0
     udp_idle_timeout: float = 120.0
     closed_linger: float = 30.0
+    max_closed_flows: int = 4096
     max_buffered_per_flow: int = 256 * 1024
 
     def __post_init__(self) -> None:
@@ -71,6 +79,8 @@ class PipelineConfig:
                 raise ValueError(f"port {port} is out of range 1-65535")
         if self.max_flows < 1:
             raise ValueError("max_flows must be at least 1")
+        if self.max_closed_flows < 1:
+            raise ValueError("max_closed_flows must be at least 1")
 
 
 @dataclass
@@ -83,6 +93,7 @@ class PipelineStats:
     flows_created: int = 0
     flows_expired: int = 0
     flows_evicted: int = 0
+    flows_closed_early: int = 0  # ended connections expired before their linger was over
     first_ts: float | None = None
     last_ts: float | None = None
 
@@ -121,6 +132,7 @@ class Pipeline:
         self._proto_by_port: dict[int, str] = {p: MODBUS for p in self.config.modbus_ports}
         self._proto_by_port.update({p: DNP3 for p in self.config.dnp3_ports})
         self._flows: OrderedDict[FlowKey, _Flow] = OrderedDict()
+        self._closed: OrderedDict[FlowKey, _Flow] = OrderedDict()  # ended, oldest first
         self._until_sweep = self._SWEEP_EVERY
         self._factories: dict[str, Callable[[FlowId], StreamParser]] = {
             MODBUS: ModbusParser,
@@ -177,6 +189,8 @@ class Pipeline:
             events: Sequence[Any] = tcp.segment(
                 direction, pkt.seq, pkt.flags, pkt.payload, ts, pkt.ack
             )
+            if pkt.flags & 0x05 and tcp.closed:  # FIN or RST that ended the connection
+                swept = self._ended(key, flow, ts, swept)
         elif pkt.payload:
             events = flow.parser.receive(direction, pkt.payload, ts)
         else:
@@ -189,6 +203,7 @@ class Pipeline:
         """End of input: close every flow, flushing partial data as gaps and EOFs."""
         end = ts if ts is not None else (self.stats.last_ts or 0.0)
         events: list[Any] = []
+        self._closed.clear()
         while self._flows:
             _, flow = self._flows.popitem(last=False)
             events.extend(self._close(flow, end))
@@ -230,7 +245,8 @@ class Pipeline:
                if transport is Transport.TCP else None)
         evicted: list[Any] = []
         if len(self._flows) >= self.config.max_flows:
-            _, victim = self._flows.popitem(last=False)
+            victim_key, victim = self._flows.popitem(last=False)
+            self._closed.pop(victim_key, None)
             self.stats.flows_evicted += 1
             evicted.append(PipelineAnomalyEvent(
                 ts, PipelineAnomaly.FLOW_TABLE_FULL,
@@ -241,6 +257,24 @@ class Pipeline:
         self._flows[key] = flow
         self.stats.flows_created += 1
         return flow, evicted
+
+    def _ended(self, key: FlowKey, flow: _Flow, ts: float, events: list[Any]) -> list[Any]:
+        """Note an ended connection; expire the oldest ended one past ``max_closed_flows``."""
+        closed = self._closed
+        closed[key] = flow
+        closed.move_to_end(key)
+        if len(closed) <= self.config.max_closed_flows:
+            return events
+        old_key, old = closed.popitem(last=False)
+        # Only if it is still that flow, still ended (a reused 4-tuple reopens it).
+        if self._flows.get(old_key) is old and old.tcp is not None and old.tcp.closed:
+            del self._flows[old_key]
+            self.stats.flows_expired += 1
+            self.stats.flows_closed_early += 1
+            flushed = self._close(old, ts)
+            if flushed:
+                return events + flushed
+        return events
 
     def _close(self, flow: _Flow, ts: float) -> list[Any]:
         if flow.tcp is not None:
@@ -276,6 +310,7 @@ class Pipeline:
         events: list[Any] = []
         for key in expired:
             flow = self._flows.pop(key)
+            self._closed.pop(key, None)
             self.stats.flows_expired += 1
             events.extend(self._close(flow, ts))
         return events
