@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -160,19 +160,46 @@ class Store:
     def save_inventory(self, assets: Sequence[Mapping[str, Any]],
                        pairs: Sequence[Mapping[str, Any]],
                        baseline: Mapping[str, Any] | None) -> None:
-        """Replace the asset/pair views and the baseline document, atomically."""
+        """Merge assets and pairs into the stored inventory; replace the baseline; atomically.
+
+        The stored inventory only grows: a host or pair that is not in ``assets``
+        or ``pairs`` (an earlier capture's, or one the detector's bounded
+        inventory forgot) stays as stored, and one that is there is merged with
+        its stored row (:func:`_merge_asset`, :func:`_merge_pair`). The merge is
+        idempotent, because a daemon saves the same growing inventory again and
+        again: sets are unions, first/last seen are min/max, and a pair's count is
+        the larger of the two (the most one run has counted).
+        """
         now = time.time()
         with self._db:
-            self._db.execute("DELETE FROM assets")
-            self._db.executemany("INSERT INTO assets VALUES (?,?,?)", [
-                (a["ip"], json.dumps(a), a["last_seen"]) for a in assets])
-            self._db.execute("DELETE FROM pairs")
-            self._db.executemany("INSERT OR REPLACE INTO pairs VALUES (?,?,?)", [
-                (json.dumps([p["proto"], p["client"], p["server"], p["port"], p["unit"],
-                             p["link_master"], p["link_outstation"]]),
-                 json.dumps(p), p["last_seen"]) for p in pairs])
+            self._merge_rows("assets", "ip", [(str(a["ip"]), a) for a in assets],
+                             _merge_asset)
+            self._merge_rows("pairs", "key", [(_pair_key(p), p) for p in pairs], _merge_pair)
             if baseline is not None:
                 self._save_baseline(baseline, now)
+
+    def _merge_rows(self, table: str, column: str,
+                    rows: Sequence[tuple[str, Mapping[str, Any]]],
+                    merge: Callable[[Mapping[str, Any], Mapping[str, Any]], dict[str, Any]],
+                    ) -> None:
+        """Upsert ``rows`` (key, doc) into ``table``, merging each with its stored doc."""
+        for start in range(0, len(rows), _MERGE_CHUNK):
+            chunk = rows[start:start + _MERGE_CHUNK]
+            keys = [key for key, _ in chunk]
+            stored: dict[str, Any] = {}
+            for key, doc in self._db.execute(
+                    f"SELECT {column}, doc FROM {table} WHERE {column} IN"
+                    f" ({','.join('?' * len(keys))})", keys):
+                try:
+                    stored[key] = json.loads(doc)
+                except ValueError:
+                    continue  # an unreadable row is replaced by what was seen now
+            out = []
+            for key, doc in chunk:
+                old = stored.get(key)
+                merged = dict(doc) if not isinstance(old, dict) else merge(old, doc)
+                out.append((key, json.dumps(merged), merged["last_seen"]))
+            self._db.executemany(f"INSERT OR REPLACE INTO {table} VALUES (?,?,?)", out)
 
     def save_baseline(self, doc: Mapping[str, Any]) -> None:
         with self._db:
@@ -228,6 +255,63 @@ class Store:
 
     def integrity_ok(self) -> bool:
         return bool(self._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok")
+
+
+_MERGE_CHUNK = 500  # keys per SELECT ... IN (...): under SQLite's variable limit
+
+
+def _pair_key(p: Mapping[str, Any]) -> str:
+    return json.dumps([p["proto"], p["client"], p["server"], p["port"], p["unit"],
+                       p["link_master"], p["link_outstation"]])
+
+
+def _union(old: Any, new: Any) -> list[Any]:
+    items = list(new) + [x for x in (old if isinstance(old, list) else ()) if x not in new]
+    return sorted(items, key=lambda x: (str(type(x)), x))
+
+
+def _span(old: Mapping[str, Any], new: Mapping[str, Any], merged: dict[str, Any]) -> None:
+    """first_seen is the earliest, last_seen the latest; learned once is learned."""
+    for key, pick in (("first_seen", min), ("last_seen", max)):
+        if isinstance(old.get(key), int | float):
+            merged[key] = pick(old[key], new[key])
+    merged["learned"] = bool(new.get("learned")) or bool(old.get("learned"))
+
+
+def _merge_asset(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored asset row and the same host seen now: what both say."""
+    merged = dict(new)
+    merged["mac"] = new.get("mac") or old.get("mac")
+    for key in ("roles", "units", "links"):
+        merged[key] = _union(old.get(key), new.get(key) or [])
+    identity = dict(old.get("identity") or {})
+    identity.update(new.get("identity") or {})
+    merged["identity"] = dict(sorted(identity.items()))
+    _span(old, new, merged)
+    return merged
+
+
+def _merge_pair(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored pair row and the same pair seen now: functions and ranges of both."""
+    merged = dict(new)
+    functions = set(map(str, new.get("functions") or []))
+    functions.update(map(str, old.get("functions") or []))
+    merged["functions"] = sorted(functions)
+    ranges: dict[str, list[int]] = {}
+    for source in (old.get("ranges"), new.get("ranges")):
+        for label, span in (source or {}).items():
+            if not (isinstance(span, list) and len(span) == 2):
+                continue
+            have = ranges.get(label)
+            ranges[label] = list(span) if have is None else [min(have[0], span[0]),
+                                                              max(have[1], span[1])]
+    merged["ranges"] = ranges
+    if merged.get("period") is None:
+        merged["period"] = old.get("period")
+    if isinstance(old.get("count"), int):
+        merged["count"] = max(old["count"], int(new.get("count") or 0))
+    _span(old, new, merged)
+    return merged
 
 
 def _alert(row: Sequence[Any]) -> Alert:

@@ -1,0 +1,122 @@
+"""A second capture replayed into an existing store adds to the inventory (issue 12 item 6).
+
+The same real Modbus capture, mapped onto two different host pairs, is replayed
+into one ``--store`` twice over: ``mamori assets --json`` must list the union,
+the hosts of the first capture keep what was learned about them, and replaying a
+capture again changes nothing (the merge is idempotent: the daemon saves the
+same inventory every minute).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sensor.cli import main
+from sensor.store import Store
+from tests.conftest import corpus_path
+from tests.pcaprewrite import rewrite
+
+ARKIME = "arkime/tests/pcap/modbus.pcap"
+A_HOSTS = ("10.1.0.1", "10.1.0.2")  # client, server
+B_HOSTS = ("10.2.0.1", "10.2.0.2")
+
+
+def _replay(capture: Path, store: Path, config: Path,
+            capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["replay", "--no-progress", "--config", str(config), "--store", str(store),
+                 str(capture)]) == 0
+    capsys.readouterr()
+
+
+def _without_count(pairs: list[dict[str, object]], hosts: tuple[str, str]
+                   ) -> list[dict[str, object]]:
+    return [{k: v for k, v in p.items() if k != "count"} for p in pairs
+            if (p["client"], p["server"]) == hosts]
+
+
+def _assets(store: Path, capsys: pytest.CaptureFixture[str],
+            *extra: str) -> list[dict[str, object]]:
+    assert main(["assets", "--store", str(store), "--json", *extra]) == 0
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+@pytest.mark.parametrize("learning", ["0", "7d"], ids=["learning", "enforcing"])
+def test_second_replay_adds_to_the_inventory(tmp_path: Path, learning: str,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Learning: the second run starts with an empty inventory (nothing is imported).
+
+    Enforcing (the capture spans more than the 7-day learning period): the second
+    run imports the first's baseline and sees the second capture's hosts as new.
+    """
+    source = corpus_path(ARKIME)
+    capture_a = rewrite(source, tmp_path / "a.pcap", *A_HOSTS)
+    capture_b = rewrite(source, tmp_path / "b.pcap", *B_HOSTS)
+    store = tmp_path / "mamori.db"
+    config = tmp_path / "sensor.toml"
+    config.write_text(f'[detection]\nlearning_period = "{learning}"\n', encoding="utf-8")
+
+    _replay(capture_a, store, config, capsys)
+    first = {a["ip"]: a for a in _assets(store, capsys)}
+    assert set(first) == set(A_HOSTS)
+    first_pairs = _assets(store, capsys, "--pairs")
+    assert {(p["client"], p["server"]) for p in first_pairs} == {A_HOSTS}
+
+    _replay(capture_b, store, config, capsys)
+    union = {a["ip"]: a for a in _assets(store, capsys)}
+    assert set(union) == set(A_HOSTS) | set(B_HOSTS)
+    for ip in A_HOSTS:  # what was learned about the first capture's hosts is kept
+        assert union[ip] == first[ip]
+    assert "outstation" in union[B_HOSTS[1]]["roles"]
+    assert "master" in union[B_HOSTS[0]]["roles"]
+    pairs = _assets(store, capsys, "--pairs")
+    assert {(p["client"], p["server"]) for p in pairs} == {A_HOSTS, B_HOSTS}
+    assert [p for p in pairs if (p["client"], p["server"]) == A_HOSTS] == first_pairs
+
+    # The same capture again: nothing new, nothing lost, and a count is not added
+    # to itself: a run counts what the first counted. Enforcing, the imported
+    # baseline carries a learned pair's count on, so that one was seen twice as often.
+    _replay(capture_a, store, config, capsys)
+    again = {a["ip"]: a for a in _assets(store, capsys)}
+    assert set(again) == set(union)
+    assert again[A_HOSTS[0]]["roles"] == first[A_HOSTS[0]]["roles"]
+    pairs = _assets(store, capsys, "--pairs")
+    assert _without_count(pairs, A_HOSTS) == _without_count(first_pairs, A_HOSTS)
+    counts = [p["count"] for p in pairs if (p["client"], p["server"]) == A_HOSTS]
+    carried = learning != "0"
+    assert counts == [int(str(p["count"])) * (2 if carried and p["learned"] else 1)
+                      for p in first_pairs]
+
+
+def test_merge_unions_what_each_save_saw(tmp_path: Path) -> None:
+    """Row-level merge: sets union, times widen, identity and ranges combine."""
+    asset = {"ip": "10.9.0.1", "mac": None, "roles": ["outstation"], "units": [1],
+             "links": [], "identity": {"vendor": "A"}, "first_seen": 100.0,
+             "last_seen": 200.0, "learned": True}
+    pair = {"proto": "modbus", "client": "10.9.0.2", "server": "10.9.0.1", "port": 502,
+            "unit": 1, "link_master": None, "link_outstation": None, "functions": ["3"],
+            "ranges": {"3": [0, 9]}, "period": 1.0, "count": 40, "first_seen": 100.0,
+            "last_seen": 200.0, "learned": True}
+    with Store(tmp_path / "s.db") as store:
+        store.save_inventory([asset], [pair], None)
+        store.save_inventory(
+            [asset | {"mac": "02:00:00:00:00:01", "roles": ["master"], "units": [2],
+                      "identity": {"model": "B"}, "first_seen": 150.0, "last_seen": 300.0,
+                      "learned": False}],
+            [pair | {"functions": ["6"], "ranges": {"3": [5, 20], "6": [1, 1]},
+                     "period": None, "count": 7, "first_seen": 250.0, "last_seen": 300.0,
+                     "learned": False}], None)
+        [merged_asset] = store.assets()
+        [merged_pair] = store.pairs()
+    assert merged_asset == {"ip": "10.9.0.1", "mac": "02:00:00:00:00:01",
+                            "roles": ["master", "outstation"], "units": [1, 2], "links": [],
+                            "identity": {"model": "B", "vendor": "A"}, "first_seen": 100.0,
+                            "last_seen": 300.0, "learned": True}
+    assert merged_pair["functions"] == ["3", "6"]
+    assert merged_pair["ranges"] == {"3": [0, 20], "6": [1, 1]}
+    assert merged_pair["period"] == 1.0
+    assert merged_pair["count"] == 40
+    assert (merged_pair["first_seen"], merged_pair["last_seen"]) == (100.0, 300.0)
+    assert merged_pair["learned"] is True
