@@ -45,7 +45,7 @@ class LruTable(OrderedDict[K, V]):
         if key in self:
             self.move_to_end(key)
         self[key] = value
-        if len(self) > self.limit:
+        while len(self) > self.limit:
             self.popitem(last=False)
             if self.evicted == 0:
                 log.warning("detection state %s full (%d entries): forgetting the least "

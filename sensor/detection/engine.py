@@ -228,6 +228,8 @@ class Detector:
     ) -> None:
         if storm_max_alerts < 1 or max_state < 1:
             raise ValueError("storm_max_alerts and max_state must be at least 1")
+        if not storm_window > 0:
+            raise ValueError("storm_window must be longer than 0 s")
         self.rules = [_Compiled(i, r, max_state) for i, r in enumerate(rules)]
         self.inventory = inventory if inventory is not None else Inventory()
         self.dedup_window = dedup_window

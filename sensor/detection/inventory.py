@@ -250,6 +250,15 @@ class Inventory:
                 self._flows.name: self._flows.evicted,
                 self._reported_masters.name: self._reported_masters.evicted}
 
+    def bound(self, *, max_assets: int, max_state: int) -> None:
+        """Set the limits (the config's); a table already over its new limit sheds on growth."""
+        if max_assets < 1 or max_state < 1:
+            raise ValueError("max_assets and max_state must be at least 1")
+        self.max_assets = max_assets
+        self.max_state = max_state
+        self._flows.limit = max_state
+        self._reported_masters.limit = max_state
+
     def state_sizes(self) -> dict[str, int]:
         return {"assets": len(self.assets), "pairs": len(self.pairs),
                 "flow_cache": len(self._flows), "known_masters": len(self.known_masters),

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from sensor import config as cfg
+from sensor.detection.bounded import DEFAULT_MAX_STATE
 from sensor.detection.engine import Detector
-from sensor.detection.inventory import Inventory
+from sensor.detection.inventory import DEFAULT_MAX_ASSETS, Inventory
 from sensor.detection.loader import SHIPPED_RULES, RuleError, load_rules
 from sensor.detection.model import LEARNED_SETS, Rule
 from sensor.rulebundle import BundleRefused, BundleStore, Refusal
@@ -24,6 +25,14 @@ from sensor.rulebundle import BundleRefused, BundleStore, Refusal
 log = logging.getLogger("mamori.rules")
 
 SET_NAMES = ("allowed_masters", "engineering_workstations", "outstations")
+
+
+def _v_window(value: Any) -> float:
+    seconds = cfg.v_seconds(value)
+    if not seconds > 0:
+        raise ValueError("a storm window must be longer than 0 s")
+    return seconds
+
 
 cfg.register([
     cfg.Option("detection", "enabled", True, cfg.v_bool,
@@ -42,6 +51,15 @@ cfg.register([
                "S3: alert when no ICS traffic is seen for this long (0: never)"),
     cfg.Option("detection", "values_allowed", False, cfg.v_bool,
                "let value rules put register/point values in local alert evidence"),
+    cfg.Option("detection", "storm_max_alerts", 100, cfg.v_int_range(1, 1_000_000),
+               "new alerts one rule may raise per storm_window; past that they fold into "
+               "storm aggregates that count their sources"),
+    cfg.Option("detection", "storm_window", 60.0, _v_window,
+               "the window of storm_max_alerts"),
+    cfg.Option("detection", "max_assets", DEFAULT_MAX_ASSETS, cfg.v_int_range(16, 10_000_000),
+               "assets (and pairs) held in memory; the least recently seen unlearned go first"),
+    cfg.Option("detection", "max_state", DEFAULT_MAX_STATE, cfg.v_int_range(16, 10_000_000),
+               "entries per per-source detection table (threshold groups, protocol state)"),
     cfg.Option("store", "path", Path("mamori.db"), cfg.v_path,
                "SQLite store of alerts, assets and baseline (relative to state_dir)",
                "--store"),
@@ -120,9 +138,15 @@ def build_detector(config: cfg.Config | None, rules: Sequence[Rule] | None = Non
     if rules is None:
         rules = load_configured_rules(config)
     sets = {name: config.get("sets", name) for name in SET_NAMES}
+    max_assets = config.get("detection", "max_assets")
+    max_state = config.get("detection", "max_state")
     inventory = kwargs.pop("inventory", None) or Inventory(
         config.get("detection", "learning_period"))
+    inventory.bound(max_assets=max_assets, max_state=max_state)
     return Detector(rules, sets=sets, inventory=inventory,
                     dedup_window=config.get("detection", "dedup_window"),
                     silence_after=config.get("detection", "silence_after"),
-                    values_allowed=config.get("detection", "values_allowed"), **kwargs)
+                    values_allowed=config.get("detection", "values_allowed"),
+                    storm_max_alerts=config.get("detection", "storm_max_alerts"),
+                    storm_window=config.get("detection", "storm_window"),
+                    max_state=max_state, **kwargs)
