@@ -35,7 +35,7 @@ from parsers.dnp3.events import (
 from parsers.modbus.events import ModbusRequest, ModbusResponse
 from parsers.modbus.pdu import ReadDeviceIdResponse, ReportServerIdResponse
 from parsers.stream import FlowId
-from sensor.detection.bounded import DEFAULT_MAX_STATE, LruTable
+from sensor.detection.bounded import DEFAULT_MAX_STATE, LruTable, log
 from sensor.detection.derived import DerivedEvent, DerivedKind
 
 BASELINE_FORMAT = "mamori-baseline"
@@ -283,6 +283,9 @@ class Inventory:
         return victims
 
     def _evict_assets(self) -> None:
+        if not self.assets_evicted:
+            log.warning("detection state inventory assets full (%d): forgetting the least "
+                        "recently seen, unlearned first", self.max_assets)
         for ip in self._shed(self.assets):
             asset = self.assets.pop(ip)
             self.known_masters.discard(ip)
@@ -293,6 +296,9 @@ class Inventory:
             self.assets_evicted += 1
 
     def _evict_pairs(self) -> None:
+        if not self.pairs_evicted:
+            log.warning("detection state inventory pairs full (%d): forgetting the least "
+                        "recently seen, unlearned first", self.max_assets)
         for key in self._shed(self.pairs):
             del self.pairs[key]
             self.pairs_evicted += 1
