@@ -65,8 +65,11 @@ def write_register(address: int, value: int, tid: int = 1, unit: int = 1) -> byt
 
 
 def session(client: str, cport: int, ts: float, requests: Iterable[tuple[bytes, bytes]],
-            server: str = SERVER, gap: float = 0.0001) -> Iterator[Frame]:
-    """One TCP connection: handshake, request/response pairs, FIN both ways, last ACK."""
+            server: str = SERVER, gap: float = 0.0001, close: bool = True) -> Iterator[Frame]:
+    """One TCP connection: handshake, request/response pairs, FIN both ways, last ACK.
+
+    ``close=False`` leaves the connection open after the last response.
+    """
     c, s, t = 1000, 5000, ts
     for frame in (tcp_frame(client, cport, server, PORT, c, 0, SYN),
                   tcp_frame(server, PORT, client, cport, s, c + 1, SYN | ACK),
@@ -81,6 +84,8 @@ def session(client: str, cport: int, ts: float, requests: Iterable[tuple[bytes, 
         yield t, tcp_frame(server, PORT, client, cport, s, c, PSH | ACK, response)
         s += len(response)
         t += gap
+    if not close:
+        return
     for frame in (tcp_frame(client, cport, server, PORT, c, s, FIN | ACK),
                   tcp_frame(server, PORT, client, cport, s, c + 1, FIN | ACK),
                   tcp_frame(client, cport, server, PORT, c + 1, s + 1, ACK)):
@@ -124,19 +129,24 @@ def storm_start(learn: float, start: float = START) -> float:
 
 
 def storm_frames(sources: int, learn: float, *, targets: int = 0, reference: bool = False,
-                 spacing: float = 0.001, start: float = START) -> Iterator[Frame]:
-    """Learning, then ``sources`` one-write connections ``spacing`` s apart, then ``targets``."""
+                 spacing: float = 0.001, close: bool = True, start: float = START
+                 ) -> Iterator[Frame]:
+    """Learning, then ``sources`` one-write connections ``spacing`` s apart, then ``targets``.
+
+    ``close=False``: the storm's connections stay open (every one is a live flow).
+    """
     yield from learning(learn, start)
     t0 = storm_start(learn, start)
     write = write_register(10, 0xDEAD)
     for i in range(sources):
         client = MASTER if reference else rogue(i + 1)
-        yield from session(client, 41000 + i % 20000, t0 + i * spacing, [(write, write)])
+        yield from session(client, 41000 + i % 20000, t0 + i * spacing, [(write, write)],
+                           close=close)
     t1 = t0 + sources * spacing
     for i in range(targets):
         client = MASTER if reference else rogue(sources + i + 1)
         yield from session(client, 41000 + i % 20000, t1 + i * spacing, [(write, write)],
-                           server=target(i + 1))
+                           server=target(i + 1), close=close)
 
 
 def write_pcap(path: Path, frames: Iterable[Frame]) -> int:
