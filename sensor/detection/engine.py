@@ -16,11 +16,13 @@ deterministic; ``tick(now)`` lets a live daemon drive silence checks by clock.
 Storms are bounded twice. Alerts: a rule may open at most ``storm_max_alerts``
 distinct alerts per ``storm_window``; past that, and for as long as new keys keep
 arriving at that rate, every further occurrence folds into one *storm* aggregate
-per (rule, target) whose evidence says how many distinct sources it covers, so
-30,000 rogue masters make a few hundred alerts, not 90,000. Memory: every table
-keyed by something the sender chooses (threshold groups, protocol state, the set
-cache, open aggregates by age) is an :class:`LruTable` or is aged out, and what it
-forgot is counted in ``stats.evicted``.
+per (rule, target), and past ``_STORM_TARGETS`` targets into one per rule. Its
+evidence says the cap was reached and how many distinct sources it covers (exact
+up to a limit, then an upper bound, and it says so), so 30,000 rogue masters
+make a few hundred alerts, not 90,000. Memory: every table keyed by something
+the sender chooses (threshold groups, protocol state, the set cache, open
+aggregates by age) is an :class:`LruTable` or is aged out; what each forgot is
+counted in ``stats.evicted`` and logged when it first happens.
 """
 
 from __future__ import annotations

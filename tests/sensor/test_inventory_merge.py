@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,14 +32,14 @@ def _replay(capture: Path, store: Path, config: Path,
     capsys.readouterr()
 
 
-def _without_count(pairs: list[dict[str, object]], hosts: tuple[str, str]
-                   ) -> list[dict[str, object]]:
+def _without_count(pairs: list[dict[str, Any]], hosts: tuple[str, str]
+                   ) -> list[dict[str, Any]]:
     return [{k: v for k, v in p.items() if k != "count"} for p in pairs
             if (p["client"], p["server"]) == hosts]
 
 
 def _assets(store: Path, capsys: pytest.CaptureFixture[str],
-            *extra: str) -> list[dict[str, object]]:
+            *extra: str) -> list[dict[str, Any]]:
     assert main(["assets", "--store", str(store), "--json", *extra]) == 0
     return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
 
