@@ -19,6 +19,7 @@ from typing import IO, Any
 
 from sensor import config as cfg
 from sensor import rulebundle_cli
+from sensor.advisories import cli as advisories_cli
 from sensor.alerts import Alert, Severity
 from sensor.detection.engine import Detector
 from sensor.detection.inventory import Inventory
@@ -64,6 +65,7 @@ def register_commands(commands: Any) -> None:
     assets = commands.add_parser("assets", help="show the asset inventory")
     assets.add_argument("--json", action="store_true")
     assets.add_argument("--pairs", action="store_true", help="communication pairs instead")
+    advisories_cli.add_assets_arguments(assets)
     _store_args(assets)
     assets.set_defaults(func=cmd_assets)
 
@@ -179,6 +181,8 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 
 
 def cmd_assets(args: argparse.Namespace) -> int:
+    if getattr(args, "vulnerable", False):
+        return advisories_cli.cmd_assets_vulnerable(args)
     try:
         store = _open_store(args, readonly=True)
     except (cfg.ConfigError, StoreError) as err:

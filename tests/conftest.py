@@ -11,6 +11,7 @@ import pytest
 
 PROJECT = Path(__file__).resolve().parents[1]
 CORPUS = PROJECT.parent / "shared" / "corpus"
+CSAF = PROJECT.parent / "shared" / "csaf"  # real CSAF 2.0 advisories (read-only)
 
 
 def unavailable(reason: str) -> None:
@@ -25,6 +26,14 @@ def corpus_path(relative: str) -> Path:
     path = CORPUS / relative
     if not path.exists():
         unavailable(f"corpus file {relative} not present")
+    return path
+
+
+def csaf_path(relative: str = "") -> Path:
+    """A file or folder of the shared CSAF advisory set; skips (fails in CI) if absent."""
+    path = CSAF / relative
+    if not path.exists():
+        unavailable(f"CSAF advisory {relative or 'set'} not present")
     return path
 
 

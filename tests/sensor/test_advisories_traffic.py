@@ -1,0 +1,284 @@
+"""Issue 18 on traffic made in the test: pymodbus servers announcing a real advisory's product.
+
+Two pymodbus servers on loopback (127.0.0.21 and 127.0.0.22, one port) announce
+by FC 43/14 and FC 17 the identity of a Siemens SENTRON PAC3200 power meter, a
+Modbus TCP device named in three real CISA advisories of ``../shared/csaf``:
+
+* ICSA-21-068-06: SENTRON PAC3200 ``< V2.4.7``
+* ICSA-20-343-05: SENTRON PAC3200 ``< V2.4.5``
+* ICSA-24-284-04: SENTRON 7KM PAC3200 ``vers:all/*`` (no fix)
+
+The first announces V2.4.4 (inside both bounded ranges), the second V2.4.7
+(outside both). tcpdump captures ``lo``, the capture is replayed through the
+sensor's pipeline and inventory, and what the inventory learned is matched.
+Then the same capture goes through the CLI: the inventory is stored, the
+advisories are imported, ``mamori assets --vulnerable`` lists the affected
+device, and the import raised one low alert per (asset, advisory), once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sensor.advisories.csaf import document_files, read_document
+from sensor.advisories.index import AdvisoryIndex
+from sensor.advisories.live import AdvisoryWatch
+from sensor.advisories.matcher import Confidence, Match, Matcher
+from sensor.advisories.normalise import default_tables
+from sensor.cli import main
+from sensor.detection.inventory import Inventory
+from sensor.pipeline import PipelineConfig
+from sensor.replay import replay_files
+from sensor.store import Store
+from tests.conftest import csaf_path, require_tool, unavailable
+from tests.peers.capture import capture
+from tests.peers.modbus_peer import free_port
+
+AFFECTED_HOST, FIXED_HOST = "127.0.0.21", "127.0.0.22"
+AFFECTED_REV, FIXED_REV = "V2.4.4", "V2.4.7"
+BOUNDED = ("ICSA-21-068-06", "ICSA-20-343-05")  # < V2.4.7 and < V2.4.5
+ALL_VERSIONS = "ICSA-24-284-04"
+FILES = ("ot/2021/icsa-21-068-06.json", "ot/2020/icsa-20-343-05.json",
+         "ot/2024/icsa-24-284-04.json")
+
+# What a PAC3200 announces (vendor, order number, firmware, product, model). Run as
+# ``python -c SERVER HOST PORT REVISION``; the identity is fixed, the revision varies.
+SERVER = """
+import asyncio, sys
+from pymodbus import ModbusDeviceIdentification
+from pymodbus.server import StartAsyncTcpServer
+from pymodbus.simulator import SimData, SimDevice
+from pymodbus.simulator.simutils import DataType
+host, port, revision = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+device = SimDevice(id=1, simdata=([SimData(0, count=10, values=0, datatype=DataType.BITS)],
+    [SimData(0, count=10, values=0, datatype=DataType.BITS)],
+    [SimData(0, count=10, values=1, datatype=DataType.REGISTERS)],
+    [SimData(0, count=10, values=1, datatype=DataType.REGISTERS)]))
+identity = ModbusDeviceIdentification(info_name={
+    "VendorName": "Siemens AG", "ProductCode": "7KM2112-0BA00-3AA0",
+    "MajorMinorRevision": revision, "VendorUrl": "http://www.siemens.com",
+    "ProductName": "SENTRON PAC3200", "ModelName": "PAC3200"})
+asyncio.run(StartAsyncTcpServer(context=[device], identity=identity, address=(host, port)))
+"""
+
+
+@contextlib.contextmanager
+def _server(host: str, port: int, revision: str) -> Iterator[None]:
+    proc = subprocess.Popen([sys.executable, "-c", SERVER, host, str(port), revision],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        import socket
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection((host, port), 0.2).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+                    unavailable(f"pymodbus server on {host}:{port} did not start: {err[-300:]}")
+                time.sleep(0.05)
+        yield
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def _inventory(paths: list[Path], ports: PipelineConfig) -> Inventory:
+    """The sensor's own inventory fed by a replay: identity kept as the daemon keeps it.
+
+    The inventory alone, not the whole detector: identity is all matching reads,
+    and the rules have nothing to say about it.
+    """
+    inventory = Inventory()
+
+    def sink(events: list[Any]) -> None:
+        for event in events:
+            inventory.observe(event)
+
+    replay_files(paths, ports, extra_sinks=[sink])
+    return inventory
+
+
+@dataclass
+class Traffic:
+    pcap: Path
+    port: int
+    assets: dict[str, dict[str, Any]]  # ip -> the inventory's asset dict
+
+
+@pytest.fixture(scope="module")
+def traffic(tmp_path_factory: pytest.TempPathFactory) -> Traffic:
+    require_tool("tcpdump")
+    import pymodbus.client as pymodbus_client
+
+    port = free_port()
+    pcap = tmp_path_factory.mktemp("advisory-traffic") / "pac3200.pcap"
+    with capture(pcap, port):
+        for host, revision in ((AFFECTED_HOST, AFFECTED_REV), (FIXED_HOST, FIXED_REV)):
+            with _server(host, port, revision):
+                scada = pymodbus_client.ModbusTcpClient(host, port=port, timeout=2)
+                scada.connect()
+                scada.read_holding_registers(0, count=2, device_id=1)
+                scada.read_device_information(read_code=1, object_id=0, device_id=1)
+                scada.read_device_information(read_code=2, object_id=0, device_id=1)
+                scada.report_device_id(device_id=1)
+                scada.close()
+    if pcap.stat().st_size < 500:
+        unavailable("tcpdump captured nothing on lo")
+    inventory = _inventory([pcap], PipelineConfig(modbus_ports=frozenset({port})))
+    assets = {a.ip: a.to_dict() for a in inventory.assets.values()}
+    return Traffic(pcap, port, assets)
+
+
+@pytest.fixture(scope="module")
+def matcher(tmp_path_factory: pytest.TempPathFactory) -> Matcher:
+    """The whole real set: the PAC3200 must stand out of 2,379 advisories, not of three."""
+    path = tmp_path_factory.mktemp("adv") / "adv.db"
+    with AdvisoryIndex(path) as index:
+        for doc in document_files([csaf_path()]):
+            index.put(read_document(doc))
+        return Matcher(index.affected_products(), default_tables())
+
+
+def _by_id(matches: list[Match]) -> dict[str, Match]:
+    return {m.advisory_id: m for m in matches}
+
+
+def test_inventory_learned_the_announced_identity(traffic: Traffic) -> None:
+    for host, revision in ((AFFECTED_HOST, AFFECTED_REV), (FIXED_HOST, FIXED_REV)):
+        identity = traffic.assets[host]["identity"]
+        assert identity["unit1.VendorName"] == "Siemens AG"
+        assert identity["unit1.ProductName"] == "SENTRON PAC3200"
+        assert identity["unit1.MajorMinorRevision"] == revision
+        assert "unit1.server_id_data" in identity  # FC 17 was answered and decoded
+
+
+def test_version_inside_the_range_matches(traffic: Traffic, matcher: Matcher) -> None:
+    found = _by_id(matcher.match_asset(traffic.assets[AFFECTED_HOST]))
+    for adv in (*BOUNDED, ALL_VERSIONS):
+        assert found[adv].confidence is Confidence.EXACT, adv
+    m = found["ICSA-21-068-06"]
+    assert m.ranges == ("< V2.4.7",)
+    assert m.cves and m.cvss is not None
+    assert m.evidence["version"] == AFFECTED_REV
+    assert m.evidence["identity"]["unit1.ProductName"] == "SENTRON PAC3200"
+    assert m.evidence["first_seen"] is not None
+    affected = {m.advisory_id for m in found.values() if m.confidence.affected}
+    assert affected == {*BOUNDED, ALL_VERSIONS}, affected  # and no other Siemens product
+
+
+def test_version_outside_the_range_does_not_match(traffic: Traffic, matcher: Matcher) -> None:
+    found = _by_id(matcher.match_asset(traffic.assets[FIXED_HOST]))
+    for adv in BOUNDED:
+        assert adv not in found, adv  # not even vendor-only: the advisory names it as fixed
+    # The 2024 advisory has no fix: every PAC3200 is affected, whatever it runs.
+    assert found[ALL_VERSIONS].confidence is Confidence.EXACT
+    assert {m.advisory_id for m in found.values() if m.confidence.affected} == {ALL_VERSIONS}
+
+
+def test_vendor_only_matches_are_never_affected(traffic: Traffic, matcher: Matcher) -> None:
+    matches = matcher.match_asset(traffic.assets[FIXED_HOST])
+    vendor_only = [m for m in matches if m.confidence is Confidence.VENDOR]
+    assert len(vendor_only) > 100  # Siemens has hundreds of advisories ...
+    assert not any(m.confidence.affected for m in vendor_only)  # ... none says this device
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    status = main(list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_cli_import_vulnerable_view_and_one_alert_each(
+        traffic: Traffic, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "sensor.toml"
+    config.write_text("", encoding="utf-8")
+    store_path, index = tmp_path / "store.db", tmp_path / "advisories.db"
+    with Store(store_path) as store:
+        store.save_inventory(list(traffic.assets.values()), [], None)
+    files = [str(csaf_path(f)) for f in FILES]
+    common = ("--index", str(index), "--store", str(store_path), "--config", str(config))
+
+    status, out, err = _cli(capsys, "advisories", "import", *files, *common)
+    assert status == 0, err
+    assert "imported 3 document(s)" in out
+    assert "4 new advisory alert(s)" in err  # 3 for V2.4.4, 1 (no fix) for V2.4.7
+
+    status, out, err = _cli(capsys, "assets", "--vulnerable", "--json", *common)
+    assert status == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert {(r["ip"], r["advisory"]) for r in rows} == {
+        (AFFECTED_HOST, a) for a in (*BOUNDED, ALL_VERSIONS)} | {(FIXED_HOST, ALL_VERSIONS)}
+    assert all(r["affected"] and r["cves"] and r["cvss"] for r in rows)
+    assert all(r["remediations"] for r in rows)
+    status, text, _ = _cli(capsys, "assets", "--vulnerable", *common)
+    assert status == 0 and "ICSA-21-068-06" in text and "vendor_fix" in text
+
+    with Store(store_path, readonly=True) as store:
+        alerts = [a for a in store.alerts() if a.rule == "mamori.advisory.affected_device"]
+    assert sorted((a.dst, a.evidence["advisory"]) for a in alerts) == sorted(
+        (r["ip"], r["advisory"]) for r in rows)
+    assert all(a.severity.label == "low" and a.evidence["cves"] for a in alerts)
+
+    # Importing again (same revisions) or matching again raises nothing new.
+    status, out, err = _cli(capsys, "advisories", "import", *files, *common)
+    assert status == 0 and "3 unchanged or older" in out and "new advisory alert" not in err
+    status, _, err = _cli(capsys, "advisories", "match", "--alert", *common)
+    assert status == 0 and "0 new advisory alert(s)" in err
+    with Store(store_path, readonly=True) as store:
+        assert len([a for a in store.alerts()
+                    if a.rule == "mamori.advisory.affected_device"]) == len(alerts)
+
+
+def test_daemon_watch_alerts_new_assets_once(traffic: Traffic, tmp_path: Path,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    """The daemon's side: the index is there first, then the devices appear."""
+    index_path = tmp_path / "advisories.db"
+    watch = AdvisoryWatch(index_path)
+    assert watch.check(traffic.assets.values()) == []  # no index yet: nothing, no error
+    with AdvisoryIndex(index_path) as index:
+        for f in FILES:
+            index.put(read_document(csaf_path(f)))
+
+    fixed = traffic.assets[FIXED_HOST]
+    first = watch.check([fixed], now=100.0)
+    assert [(a.dst, a.evidence["advisory"]) for a in first] == [(FIXED_HOST, ALL_VERSIONS)]
+    alert = first[0]
+    assert alert.rule == "mamori.advisory.affected_device" and alert.severity.label == "low"
+    assert alert.evidence["cves"] == ["CVE-2024-41798"]
+    assert alert.evidence["seen_in"]["unit1.MajorMinorRevision"].startswith("Modbus FC 43/14")
+    assert watch.check([fixed], now=101.0) == []  # unchanged inventory: not matched again
+
+    both = watch.check(traffic.assets.values(), now=102.0)  # a new device appears
+    assert sorted(a.evidence["advisory"] for a in both) == sorted((*BOUNDED, ALL_VERSIONS))
+    assert {a.dst for a in both} == {AFFECTED_HOST}
+
+    # A second watch (a restarted daemon) and an identity change alert nothing again.
+    again = AdvisoryWatch(index_path)
+    changed = dict(fixed, identity=dict(fixed["identity"],
+                                        **{"unit1.MajorMinorRevision": AFFECTED_REV}))
+    raised = again.check([traffic.assets[AFFECTED_HOST], changed], now=103.0)
+    assert sorted(a.evidence["advisory"] for a in raised) == sorted(BOUNDED)  # downgraded
+    assert again.check([traffic.assets[AFFECTED_HOST], changed], now=104.0) == []
+
+    index_path.write_bytes(b"not sqlite" * 100)
+    broken = AdvisoryWatch(index_path)
+    with caplog.at_level("WARNING", logger="mamori.advisories"):
+        assert broken.check(traffic.assets.values()) == []
+    assert "advisory matching skipped" in caplog.text
