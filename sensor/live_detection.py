@@ -3,7 +3,10 @@
 The pipeline hands events to ``consume``; once a second ``tick`` lets the
 detector run its clock-driven checks (silence, stopped polling cycles), drains the
 aggregates that are new or changed, and publishes them (store, then forwarder).
-Every ``persist_every`` seconds the inventory and the baseline go to the store.
+Every ``persist_every`` seconds the inventory and the baseline go to the store,
+and the assets whose identity changed are matched against the imported CSAF
+advisories (one low alert per new affected (asset, advisory), see
+sensor.advisories.live).
 
 ``mamori baseline freeze`` runs in another process and writes the store. So
 before the daemon saves its own baseline it reads the stored one: if an operator
@@ -18,6 +21,7 @@ import time
 from typing import Any
 
 from sensor import config as cfg
+from sensor.advisories.live import AdvisoryWatch
 from sensor.alerting import AlertOutputs
 from sensor.detection.engine import Detector
 from sensor.detection.inventory import Inventory
@@ -37,6 +41,7 @@ class LiveDetection:
         self.outputs = outputs
         self.persist_every = persist_every
         self.detector = self._build(conf, Inventory(conf.get("detection", "learning_period")))
+        self.advisories = AdvisoryWatch.beside(store.path)  # issue 18: affected devices
         self._adopt_stored_baseline()
         self._next_persist = time.monotonic() + persist_every
 
@@ -67,8 +72,10 @@ class LiveDetection:
     def persist(self) -> None:
         self._adopt_stored_baseline()
         inv = self.detector.inventory
-        self.store.save_inventory([a.to_dict() for a in inv.assets.values()],
-                                  [p.to_dict() for p in inv.pairs.values()], inv.export())
+        assets = [a.to_dict() for a in inv.assets.values()]
+        self.store.save_inventory(assets, [p.to_dict() for p in inv.pairs.values()],
+                                  inv.export())
+        self.outputs.publish(self.advisories.check(assets))
         self.store.prune()
 
     def reload(self, conf: cfg.Config) -> None:

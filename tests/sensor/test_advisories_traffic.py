@@ -282,3 +282,70 @@ def test_daemon_watch_alerts_new_assets_once(traffic: Traffic, tmp_path: Path,
     with caplog.at_level("WARNING", logger="mamori.advisories"):
         assert broken.check(traffic.assets.values()) == []
     assert "advisory matching skipped" in caplog.text
+
+
+def _poll_identity(host: str, port: int) -> None:
+    import pymodbus.client as pymodbus_client
+
+    scada = pymodbus_client.ModbusTcpClient(host, port=port, timeout=2)
+    scada.connect()
+    scada.read_device_information(read_code=1, object_id=0, device_id=1)
+    scada.read_device_information(read_code=2, object_id=0, device_id=1)
+    scada.close()
+
+
+def test_live_daemon_alerts_a_new_affected_device(tmp_path: Path) -> None:
+    """``mamori run`` on ``lo`` with the index already imported: the device appears live.
+
+    The daemon learns the PAC3200's identity from the wire, matches it when it
+    persists the inventory (here at SIGTERM), and stores one low alert per
+    (asset, advisory); a restarted daemon that sees the device again raises none.
+    """
+    import os
+
+    from tests.sensor.test_daemon import MAMORI, NotifySocket
+
+    if os.geteuid() != 0:
+        unavailable("packet sockets need root")
+    port = free_port()
+    config = tmp_path / "sensor.toml"
+    config.write_text(f'[sensor]\nstate_dir = "{tmp_path}"\n\n[capture]\ninterfaces = ["lo"]\n\n'
+                      f'[ports]\nmodbus = [{port}]\n', encoding="utf-8")
+    with AdvisoryIndex(tmp_path / "advisories.db") as index:
+        for f in FILES:
+            index.put(read_document(csaf_path(f)))
+
+    def run_daemon_once() -> None:
+        notify = NotifySocket(tmp_path / "notify")
+        proc = subprocess.Popen([MAMORI, "run", "--config", str(config)],
+                                env=dict(os.environ, NOTIFY_SOCKET=str(notify.path)),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            assert notify.wait_for("READY=1", 15), notify.messages
+            with _server(AFFECTED_HOST, port, AFFECTED_REV):
+                _poll_identity(AFFECTED_HOST, port)
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=15)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+            notify.close()
+            (tmp_path / "notify").unlink(missing_ok=True)
+        assert proc.returncode == 0, err
+
+    run_daemon_once()
+    with Store(tmp_path / "mamori.db", readonly=True) as store:
+        alerts = [a for a in store.alerts() if a.rule == "mamori.advisory.affected_device"]
+        assets = {a["ip"]: a for a in store.assets()}
+    assert assets[AFFECTED_HOST]["identity"]["unit1.MajorMinorRevision"] == AFFECTED_REV
+    assert sorted((a.dst, a.evidence["advisory"]) for a in alerts) == sorted(
+        (AFFECTED_HOST, adv) for adv in (*BOUNDED, ALL_VERSIONS))
+    assert all(a.severity.label == "low" and a.evidence["confidence"] == "exact"
+               for a in alerts)
+
+    run_daemon_once()  # the same device, seen by a restarted daemon
+    with Store(tmp_path / "mamori.db", readonly=True) as store:
+        again = [a for a in store.alerts() if a.rule == "mamori.advisory.affected_device"]
+    assert len(again) == len(alerts)
