@@ -15,6 +15,12 @@ Confidence, strongest first:
 A product whose observed revision is outside every range of an advisory is not a
 match at all, even though its vendor is: the advisory says it is not affected.
 
+When one advisory tells variants of the product apart ("Series A: all versions",
+"Series B: <= 21.003") and the revision is affected in one and not in another,
+the match is ``product``: the device did not say which variant it is. A version
+series in the product name ("RTU500 series CMU Firmware Version 12.4") bounds the
+match like a range does.
+
 A vendor match is required for anything else. Product names are compared as
 word sequences, so "M340" matches "Modicon M340" but "1756" alone matches
 nothing; a generic advisory product ("Firmware", "PLC") never matches.
@@ -31,10 +37,21 @@ from typing import Any
 
 from sensor.advisories.index import IndexedProduct
 from sensor.advisories.normalise import Tables, compact_key, fold
-from sensor.advisories.versions import Key, Range, best_key, parse_range, parse_versions
+from sensor.advisories.versions import (
+    Key,
+    Range,
+    best_key,
+    parse_range,
+    parse_versions,
+    series_of,
+)
 
 _WILDCARD = re.compile(r"([A-Za-z0-9][A-Za-z0-9\-]{2,})\*")
 _PRINTABLE = re.compile(rb"[\x20-\x7e]{4,}")
+# A version series named in the product name itself: "RTU500 series CMU Firmware
+# Version 12.4", "S7-1200 CPU family V4.x" (the version field then says "All versions").
+_NAME_SERIES = re.compile(r"(?:\b(?:firmware\s+)?versions?\s+v?|\bv)(\d+(?:\.\d+)*(?:\.[x*])?)$",
+                          re.IGNORECASE)
 
 
 class Confidence(Enum):
@@ -119,6 +136,7 @@ class _Prepared:
     wildcards: tuple[str, ...]  # compact prefixes from "BMXP34*"
     range: Range | None
     every: bool
+    series: Range | None  # the version series in the product's name, if it names one
 
 
 def _specific(words: Sequence[str], tables: Tables) -> bool:
@@ -166,8 +184,10 @@ class Matcher:
                 rng = parse_range(p.version, scheme)
             elif p.version_kind == "version":
                 rng = parse_versions(p.version, scheme)
+                if re.search(re.escape(p.version) + r"\.[*xX]\s*$", p.full_name):
+                    rng = series_of(p.version, scheme)  # "version 12.2.*" kept as "12.2"
             prepared = _Prepared(p, tuple(dict.fromkeys(names)), wild, rng,
-                                 rng is not None and rng.every)
+                                 rng is not None and rng.every, _name_series(p.name, tables))
             for vendor in vendors:
                 self.by_vendor[vendor].append(prepared)
 
@@ -229,6 +249,12 @@ class Matcher:
                 product_keys = self._product_hits(prep, observed)
                 if not product_keys:
                     conf: Confidence | None = Confidence.VENDOR
+                elif prep.series is not None and version is None:
+                    conf = Confidence.PRODUCT
+                elif prep.series is not None and version is not None \
+                        and not prep.series.contains(version[1]):
+                    conf = None  # "... Firmware Version 12.4": another series
+                    slot["out"].append(p)
                 elif prep.every:
                     conf = Confidence.EXACT
                 elif prep.range is None or version is None:
@@ -252,6 +278,13 @@ class Matcher:
             if conf is Confidence.VENDOR and slot["out"]:
                 continue  # the product is named, and this revision is not affected
             hits = [(c, p, k) for c, p, k in slot["hits"] if c is conf]
+            if conf is Confidence.EXACT and {p.name for p in slot["out"]} - {
+                    p.name for _, p, _ in hits}:
+                # The advisory tells variants apart ("Series A: all versions", "Series
+                # B: <= 21.003") and this revision is affected in one, not in another:
+                # the device did not say which it is.
+                conf = Confidence.PRODUCT
+                hits = [(conf, p, k) for _, p, k in hits]
             used = {k.split(" ")[0] for k in (slot["vendor_key"], *(
                 k for _, _, keys in hits for k in keys))}
             if version is not None:
@@ -285,6 +318,15 @@ class Matcher:
                 if known is None or m.confidence.rank > known.confidence.rank:
                     best[m.advisory_id] = m
         return sorted(best.values(), key=lambda m: (-m.confidence.rank, m.advisory_id))
+
+
+def _name_series(name: str, tables: Tables) -> Range | None:
+    """The series a product name ends with (``... Version 12.4``), not a bound (``< V4.x``)."""
+    text = re.sub(r"\([^)]*\)", " ", name).strip()
+    m = _NAME_SERIES.search(text)
+    if m is None or text[:m.start()].rstrip().endswith(("<", ">", "=")):
+        return None
+    return series_of(m.group(1), tables.scheme)
 
 
 def version_of(ident: DeviceIdentity, tables: Tables) -> tuple[str, Key] | None:

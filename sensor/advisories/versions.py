@@ -124,6 +124,30 @@ def _satisfies(version: Key, op: str, bound: Key) -> bool:
             "!=": c != 0}[op]
 
 
+_WILDCARD = re.compile(r"(?:v|sv)?(\d+(?:\.\d+)*)\.(?:\*|x)", re.IGNORECASE)
+_SPAN = re.compile(r"((?:v|sv)?\d+(?:\.\d+)+)\s*-\s*((?:v|sv)?\d+(?:\.\d+)+)", re.IGNORECASE)
+
+
+def _series(text: str, scheme: Scheme) -> list[tuple[str, Key]] | None:
+    """``12.7.*`` or ``12.7.X``: every version of the 12.7 series, as ``>= 12.7 < 12.8``."""
+    m = _WILDCARD.fullmatch(text.strip())
+    if m is None:
+        return None
+    numbers = [int(n) for n in m.group(1).split(".")]
+    upper = ".".join(str(n) for n in (*numbers[:-1], numbers[-1] + 1))
+    low, high = version_key(m.group(1), scheme), version_key(upper, scheme)
+    if low is None or high is None:
+        return None
+    return [(">=", low), ("<", high)]
+
+
+def series_of(text: str, scheme: Scheme) -> Range | None:
+    """A version series (``12.4``, ``4.x``, ``12.7.*``) as a range: ``>= 12.4 < 12.5``."""
+    t = text.strip()
+    cons = _series(t if _WILDCARD.fullmatch(t) else f"{t}.*", scheme)
+    return None if cons is None else Range(text, False, tuple(cons))
+
+
 def parse_range(text: str, scheme: Scheme) -> Range | None:
     """A ``vers:`` string or CISA-style free text; None when any part is unreadable."""
     raw = text.strip()
@@ -143,6 +167,10 @@ def parse_range(text: str, scheme: Scheme) -> Range | None:
             continue
         if part == "*":
             return Range(raw, True, ())
+        series = _series(part, scheme)
+        if series is not None:
+            constraints.extend(series)
+            continue
         pos = 0
         found = False
         for m in _CONSTRAINT.finditer(part):
@@ -163,12 +191,27 @@ def parse_range(text: str, scheme: Scheme) -> Range | None:
 
 
 def parse_versions(text: str, scheme: Scheme) -> Range | None:
-    """A ``product_version`` name: one version, or a list (``7.30 | 7.40``, ``A and B``)."""
+    """A ``product_version`` name: one version, or a list (``7.30 | 7.40``, ``A and B``).
+
+    A part may be a series (``12.7.*``, ``13.0.X``) or a span of dotted versions
+    (``12.4.1-12.4.11``); a catalogue number (``1766-L32AWA``) is neither.
+    """
     if text.strip().lower().startswith("vers:"):
         return parse_range(text, scheme)
     keys: list[tuple[str, Key]] = []
     for part in re.split(r"\s*(?:\||,|/|\band\b|;)\s*", text.strip()):
         if not part:
+            continue
+        series = _series(part, scheme)
+        span = _SPAN.fullmatch(part)
+        if series is not None:
+            keys.extend(series)
+            continue
+        if span is not None:
+            low, high = version_key(span.group(1), scheme), version_key(span.group(2), scheme)
+            if low is None or high is None or compare(low, high) > 0:
+                return None
+            keys.extend([(">=", low), ("<=", high)])
             continue
         key = version_key(part, scheme)
         if key is None:

@@ -253,3 +253,74 @@ def test_tables_load_and_resolve() -> None:
     assert tables.vendor_of_url("https://download.schneider-electric.com/x") == \
         "Schneider Electric"
     assert tables.identity["MajorMinorRevision"] == "version"
+
+
+# -- precision on a labelled sample ------------------------------------------------------
+
+LABELS = Path(__file__).with_name("advisory_labels.toml")
+
+
+def test_precision_on_labelled_sample(matcher: Matcher, capsys: pytest.CaptureFixture[str]
+                                      ) -> None:
+    """Devices labelled by hand against the advisories' text: what "affected" is worth.
+
+    Precision of the affected (exact) reports must be 1.0: an operator acts on them.
+    Possibly affected (product) reports and misses are counted and printed; recall
+    has a floor, so that a matcher that reports nothing cannot pass.
+    """
+    import tomllib
+
+    devices = tomllib.loads(LABELS.read_text(encoding="utf-8"))["device"]
+    tp = fp = fn = possible = possible_true = 0
+    lines = []
+    for device in devices:
+        truth = set(device["affected"])
+        found = matcher.match_asset({"ip": "10.9.9.9", "identity": device["identity"]})
+        exact = {m.advisory_id for m in found if m.confidence is Confidence.EXACT}
+        product = {m.advisory_id for m in found if m.confidence is Confidence.PRODUCT}
+        tp += len(exact & truth)
+        fp += len(exact - truth)
+        fn += len(truth - exact - product)
+        possible += len(product)
+        possible_true += len(product & truth)
+        lines.append(f"  {device['name']}: exact {len(exact & truth)}/{len(truth)}"
+                     + (f", false {sorted(exact - truth)}" if exact - truth else "")
+                     + (f", possibly {sorted(product)}" if product else "")
+                     + (f", missed {sorted(truth - exact - product)}"
+                        if truth - exact - product else ""))
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn + possible_true) if tp + fn + possible_true else 0.0
+    with capsys.disabled():
+        print(f"\nlabelled sample: {len(devices)} devices, {tp + fn + possible_true} true "
+              f"(device, advisory) pairs; affected reports {tp + fp}, precision "
+              f"{precision:.2f}, recall {recall:.2f}; possibly affected {possible} "
+              f"({possible_true} true); missed {fn}")
+        for line in lines:
+            print(line)
+    assert fp == 0, lines
+    assert recall >= 0.8, lines
+
+
+@pytest.mark.parametrize(("text", "inside", "outside"), [
+    ("12.7.*", ["12.7", "12.7.0", "12.7.9"], ["12.6.9", "12.8", "13.7"]),
+    ("13.0.X", ["13.0.1", "13"], ["12.9", "13.1"]),
+    ("12.4.1-12.4.11", ["12.4.1", "12.4.10", "12.4.11"], ["12.4.0", "12.4.12", "12.5"]),
+    ("12.2.* | 13.1.*", ["12.2.4", "13.1.0"], ["12.3", "13.0.9", "13.2"]),
+])
+def test_product_version_series_and_spans(text: str, inside: list[str],
+                                          outside: list[str]) -> None:
+    rng = parse_versions(text, SCHEME)
+    assert rng is not None
+    for v in inside:
+        key = version_key(v, SCHEME)
+        assert key is not None and rng.contains(key), (text, v)
+    for v in outside:
+        key = version_key(v, SCHEME)
+        assert key is not None and not rng.contains(key), (text, v)
+
+
+def test_catalogue_number_is_no_span() -> None:
+    rng = parse_versions("1766-L32AWA", SCHEME)
+    key = version_key("1766.32", SCHEME)
+    assert rng is None or (key is not None and not rng.contains(key))
+    assert parse_versions("12.4.11-12.4.1", SCHEME) is None  # a span that runs backwards
