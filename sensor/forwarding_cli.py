@@ -17,6 +17,7 @@ from types import FrameType
 
 from sensor import config as cfg
 from sensor import forwarding_options  # noqa: F401  (registers [forward] and [collect])
+from sensor.advisories import cli as advisories_cli
 
 
 def register_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -43,6 +44,7 @@ def register_commands(subparsers: argparse._SubParsersAction) -> None:  # type: 
     _config_flags(status, ["sensor", "collect"])
     status.add_argument("--json", action="store_true", help="one JSON document")
     status.set_defaults(func=cmd_collect_status)
+    advisories_cli.add_collect_command(collect_cmds, _config_flags)  # issue 18
 
     audit = subparsers.add_parser("audit", help="what this sensor forwarded, to whom, when")
     _config_flags(audit, ["sensor"])

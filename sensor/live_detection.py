@@ -6,7 +6,8 @@ aggregates that are new or changed, and publishes them (store, then forwarder).
 Every ``persist_every`` seconds the inventory and the baseline go to the store,
 and the assets whose identity changed are matched against the imported CSAF
 advisories (one low alert per new affected (asset, advisory), see
-sensor.advisories.live).
+sensor.advisories.live) and, when forwarding, sent to the collectors as asset
+records (sensor.advisories.national).
 
 ``mamori baseline freeze`` runs in another process and writes the store. So
 before the daemon saves its own baseline it reads the stored one: if an operator
@@ -22,12 +23,14 @@ from typing import Any
 
 from sensor import config as cfg
 from sensor.advisories.live import AdvisoryWatch
+from sensor.advisories.national import IdentityFeed
 from sensor.alerting import AlertOutputs
 from sensor.detection.engine import Detector
 from sensor.detection.inventory import Inventory
 from sensor.detection.settings import build_detector, load_configured_rules
 from sensor.journald import journald_sink
 from sensor.store import Store
+from sensor.wire import Kind
 
 log = logging.getLogger("mamori.detection")
 
@@ -42,6 +45,7 @@ class LiveDetection:
         self.persist_every = persist_every
         self.detector = self._build(conf, Inventory(conf.get("detection", "learning_period")))
         self.advisories = AdvisoryWatch.beside(store.path)  # issue 18: affected devices
+        self.identities = IdentityFeed()  # and their identity, forwarded to the collectors
         self._adopt_stored_baseline()
         self._next_persist = time.monotonic() + persist_every
 
@@ -76,6 +80,10 @@ class LiveDetection:
         self.store.save_inventory(assets, [p.to_dict() for p in inv.pairs.values()],
                                   inv.export())
         self.outputs.publish(self.advisories.check(assets))
+        submit = getattr(self.outputs.forwarder, "submit", None)
+        if submit is not None:
+            for body in self.identities.changed(assets):
+                submit(Kind.ASSET, body)
         self.store.prune()
 
     def reload(self, conf: cfg.Config) -> None:

@@ -14,9 +14,9 @@ import json
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from sensor import config as cfg
 from sensor.advisories.csaf import CsafError, document_files, read_document
@@ -25,7 +25,8 @@ from sensor.advisories.live import RULE, alerts_for, claim_alerts, index_beside
 from sensor.advisories.matcher import Confidence, Match, Matcher
 from sensor.advisories.normalise import TablesError, default_tables
 
-__all__ = ["RULE", "alerts_for", "cmd_assets_vulnerable", "register_commands"]
+__all__ = ["RULE", "add_collect_command", "alerts_for", "cmd_assets_vulnerable",
+           "register_commands"]
 
 
 def register_commands(commands: Any) -> None:
@@ -99,28 +100,36 @@ def cmd_import(args: argparse.Namespace) -> int:
     missing = [p for p in args.paths if not p.exists()]
     if missing:
         return _fail("advisories", f"{missing[0]}: no such file or directory", 2)
-    counts: Counter[str] = Counter()
-    started = time.perf_counter()
     try:
-        with AdvisoryIndex(index_path) as index:
-            for path in document_files(args.paths):
-                try:
-                    counts[index.put(read_document(path))] += 1
-                except CsafError as err:
-                    counts["rejected"] += 1
-                    print(f"rejected {err}", file=sys.stderr)
-            total = index.count()
+        counts = import_documents(index_path, args.paths)
     except AdvisoryIndexError as err:
         return _fail("advisories", err)
-    took = time.perf_counter() - started
-    print(f"imported {counts['added'] + counts['replaced']} document(s) in {took:.2f} s: "
-          f"{counts['added']} new, {counts['replaced']} newer revision, {counts['kept']} "
-          f"unchanged or older, {counts['rejected']} rejected; {total} in {index_path}")
     if not args.no_alert and store_path.exists():
         status = _evaluate(index_path, store_path, args, alert=True, quiet=True)
         if status:
             return status
     return 1 if counts["rejected"] else 0
+
+
+def import_documents(index_path: Path, paths: Sequence[Path], out: IO[str] | None = None
+                     ) -> Counter[str]:
+    """Import every document under ``paths``; prints each rejection and a summary line."""
+    counts: Counter[str] = Counter()
+    started = time.perf_counter()
+    with AdvisoryIndex(index_path) as index:
+        for path in document_files(paths):
+            try:
+                counts[index.put(read_document(path))] += 1
+            except CsafError as err:
+                counts["rejected"] += 1
+                print(f"rejected {err}", file=sys.stderr)
+        total = index.count()
+    took = time.perf_counter() - started
+    print(f"imported {counts['added'] + counts['replaced']} document(s) in {took:.2f} s: "
+          f"{counts['added']} new, {counts['replaced']} newer revision, {counts['kept']} "
+          f"unchanged or older, {counts['rejected']} rejected; {total} in {index_path}",
+          file=out or sys.stdout)
+    return counts
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -250,3 +259,68 @@ def cmd_assets_vulnerable(args: argparse.Namespace) -> int:
     except (cfg.ConfigError, AdvisoryIndexError, StoreError, TablesError) as err:
         return _fail("assets", err)
     return 0
+
+
+# -- at the collector ---------------------------------------------------------------------
+
+def add_collect_command(collect_cmds: Any, config_flags: Callable[[Any, list[str]], None]
+                        ) -> None:
+    """``mamori collect advisories`` (registered by forwarding_cli beside ``status``)."""
+    adv = collect_cmds.add_parser(
+        "advisories", help="per advisory: the sites that run affected devices",
+        description="Match the identities every sensor reported against the collector's "
+                    "advisory index (re-evaluated on every call; --import adds documents "
+                    "first).")
+    config_flags(adv, ["sensor", "collect"])
+    adv.add_argument("--index", type=Path, metavar="PATH",
+                     help="advisory index (default advisories.db beside the collector db)")
+    adv.add_argument("--import", dest="import_paths", type=Path, action="append",
+                     default=[], metavar="DIR|FILE",
+                     help="import CSAF documents into the index first (repeatable)")
+    adv.add_argument("--json", action="store_true", help="one JSON document per advisory")
+    adv.set_defaults(func=cmd_collect_advisories)
+
+
+def cmd_collect_advisories(args: argparse.Namespace) -> int:
+    from sensor.advisories.national import national_view, reported_assets
+    from sensor.collector.server import CollectorSettings
+    from sensor.collector.storage import open_storage
+
+    try:
+        config = cfg.load(args.config, cfg.flag_overrides(args))
+    except cfg.ConfigError as err:
+        return _fail("collect advisories", err, 2)
+    s = CollectorSettings.from_config(config)
+    index_path = args.index if args.index is not None else s.db.with_name("advisories.db")
+    missing = [p for p in args.import_paths if not p.exists()]
+    if missing:
+        return _fail("collect advisories", f"{missing[0]}: no such file or directory", 2)
+    rejected = 0
+    try:
+        if args.import_paths:
+            rejected = import_documents(index_path, args.import_paths, sys.stderr)["rejected"]
+        if not s.dsn and not s.db.exists():
+            return _fail("collect advisories", f"{s.db}: no collector store yet")
+        storage = open_storage(s.db, s.dsn)
+        try:
+            reported = reported_assets(storage)
+        finally:
+            storage.close()
+        rows = national_view(index_path, reported)
+    except (AdvisoryIndexError, TablesError, OSError) as err:
+        return _fail("collect advisories", err)
+    for row in rows:
+        if args.json:
+            print(json.dumps(row.to_dict(), default=str))
+            continue
+        cvss = "-" if row.cvss is None else f"{row.cvss:.1f}"
+        print(f"{row.advisory:<18} cvss {cvss:<4} {len(row.sites())} site(s)  {row.title}  "
+              f"{' '.join(row.cves[:4])}{' ...' if len(row.cves) > 4 else ''}")
+        for d in row.devices:
+            what = "affected" if d["affected"] else "possibly"
+            print(f"    {d['site']:<24} {d['ip']:<15} {what:<8} {d['version'] or '-':<10} "
+                  f"{', '.join(d['products'][:2])}")
+    sites = {d["site"] for r in rows for d in r.devices}
+    print(f"{len(rows)} advisory(ies) affect devices at {len(sites)} site(s); "
+          f"{len(reported)} device identity(ies) reported", file=sys.stderr)
+    return 1 if rejected else 0

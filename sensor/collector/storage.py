@@ -254,6 +254,18 @@ class SqlStorage:
     def latencies(self) -> list[float]:
         return [float(r[0]) for r in self._all("SELECT received - ts FROM messages")]
 
+    def latest_assets(self) -> list[tuple[str, dict[str, Any], float]]:
+        """(sensor, body, received) of the latest asset record per (sensor, device ip)."""
+        latest: dict[tuple[str, str], tuple[dict[str, Any], float]] = {}
+        for sensor, body, received in self._all(
+                "SELECT sensor, body, received FROM messages WHERE kind = 3 "
+                "ORDER BY sensor, epoch, seq"):
+            doc = _loads(body)
+            if isinstance(doc.get("ip"), str):
+                latest[(sensor, doc["ip"])] = (doc, float(received))
+        return [(sensor, doc, received) for (sensor, _), (doc, received)
+                in sorted(latest.items())]
+
     def alerts(self, sensor: str) -> list[dict[str, Any]]:
         docs: list[dict[str, Any]] = [json.loads(r[0]) for r in self._all(
             "SELECT doc FROM alerts WHERE sensor = ? ORDER BY akey", (sensor,))]
