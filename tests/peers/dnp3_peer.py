@@ -261,6 +261,30 @@ class Stacks:
         return self._run(lambda: self.master.ScanClasses(o.ClassField.AllClasses(), soe),
                          "integrity poll")
 
+    def read_attributes(self) -> tuple[str, dict[int, str]]:
+        """READ g0v254 (all device attributes); the task result and what opendnp3 decoded."""
+        o = self._o
+        decoded: dict[int, str] = {}
+
+        class Attributes(o.ISOEHandler):  # type: ignore[misc]
+            def BeginFragment(self, info: Any) -> None:
+                pass
+
+            def EndFragment(self, info: Any) -> None:
+                pass
+
+            def Process(self, info: Any, values: Any) -> None:
+                pass
+
+            def OnDeviceAttribute(self, info: Any, set_: int, variation: int,
+                                  value: Any) -> None:
+                decoded[int(variation)] = str(value.stringValue)
+
+        soe = Attributes()
+        result = self._run(lambda: self.master.ScanAllObjects(o.GroupVariationID(0, 254), soe),
+                           "device attribute read")
+        return result, decoded
+
     def direct_operate(self, index: int, op: str = "LATCH_ON") -> str:
         """DIRECT_OPERATE one g12v1 CROB; returns the command task summary."""
         o = self._o
@@ -377,18 +401,22 @@ class ScriptedOutstation:
     """A stand-in outstation on ``127.0.0.1:port`` for what opendnp3 never sends.
 
     It answers every application request of a real master with an empty RESPONSE
-    carrying ``iin`` (IIN1 << 8 | IIN2, e.g. the reserved bits IIN2.6/2.7), and
+    carrying ``iin`` (IIN1 << 8 | IIN2, e.g. the reserved bits IIN2.6/2.7), a READ
+    of group 0 with the device ``attributes`` it was given (opendnp3's outstation
+    cannot announce them), and
     after answering a DISABLE_UNSOLICITED it sends one unsolicited g2v1 binary
     event anyway if ``ignore_disable`` (a rogue or broken device). Runs in a thread;
     every socket wait is bounded and :meth:`close` stops it.
     """
 
     def __init__(self, port: int, *, iin: int = 0, ignore_disable: bool = False,
-                 address: int = OUTSTATION_ADDR) -> None:
+                 address: int = OUTSTATION_ADDR,
+                 attributes: dict[int, str] | None = None) -> None:
         self.port = port
         self.iin = iin
         self.ignore_disable = ignore_disable
         self.address = address
+        self.attributes = attributes or {}  # g0 variation -> visible string, for READ g0
         self.requests: list[int] = []  # function codes received
         self._stop = threading.Event()
         self._server = socket.create_server((HOST, port))
@@ -411,6 +439,14 @@ class ScriptedOutstation:
         self._tseq = (getattr(self, "_tseq", -1) + 1) & 0x3F
         tpdu = bytes([0xC0 | self._tseq]) + app
         sock.sendall(raw_link_frame(4, dst, self.address, master=False, user_data=tpdu))
+
+    def _attribute_objects(self) -> bytes:
+        """One g0 object per attribute: header (qualifier 0x00, index 0), VSTR type, length."""
+        out = b""
+        for variation, text in sorted(self.attributes.items(), reverse=True):
+            value = text.encode("ascii")[:255]
+            out += bytes([0, variation, 0x00, 0, 0, 1, len(value)]) + value
+        return out
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -443,7 +479,11 @@ class ScriptedOutstation:
                 self.requests.append(fc)
                 if fc == 0:
                     continue  # a CONFIRM
-                self._send_app(conn, src, bytes([0xC0 | (app_control & 0x0F), 129]) + iin)
+                objects = b""
+                if fc == 1 and data[3:4] == b"\x00" and self.attributes:
+                    objects = self._attribute_objects()
+                self._send_app(conn, src,
+                               bytes([0xC0 | (app_control & 0x0F), 129]) + iin + objects)
                 if fc == 21 and self.ignore_disable:
                     event = bytes([2, 1, 0x28, 1, 0, 0, 0, 0x81])  # g2v1, index 0, ONLINE|1
                     self._send_app(conn, src, bytes([0xF0 | useq, 130]) + iin + event)

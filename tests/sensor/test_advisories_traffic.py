@@ -349,3 +349,61 @@ def test_live_daemon_alerts_a_new_affected_device(tmp_path: Path) -> None:
     with Store(tmp_path / "mamori.db", readonly=True) as store:
         again = [a for a in store.alerts() if a.rule == "mamori.advisory.affected_device"]
     assert len(again) == len(alerts)
+
+
+# -- DNP3: an opendnp3 master reads the group 0 device attributes of an outstation ------
+
+RTU_VENDOR, RTU_PRODUCT = "Hitachi Energy", "RTU500 series CMU"
+RTU_INSIDE, RTU_OUTSIDE = "12.7.2", "13.6.1"
+# ICSA-23-143-02 ">=12.7.1|<=12.7.6" and ICSA-21-336-08 "12.7.*", among others;
+# no advisory of the set names RTU500 firmware 13.6.
+RTU_ADVISORIES = {"ICSA-21-336-08", "ICSA-21-341-01", "ICSA-22-235-07", "ICSA-22-242-04",
+                  "ICSA-23-089-01", "ICSA-23-143-02", "ICSA-24-116-01"}
+
+
+def _dnp3_identity(tmp: Path, revision: str) -> dict[str, Any]:
+    """The inventory asset of an outstation announcing RTU500 ``revision`` in group 0."""
+    from tests.peers import dnp3_peer
+
+    port = dnp3_peer.free_port()
+    pcap = tmp / f"rtu500-{revision}.pcap"
+    attributes = {252: RTU_VENDOR, 250: RTU_PRODUCT, 242: revision, 243: "CMU 560CMU05"}
+    with capture(pcap, port), \
+            dnp3_peer.ScriptedOutstation(port, attributes=attributes) as outstation, \
+            dnp3_peer.Stacks(port, outstation=False) as master:
+        result, decoded = master.read_attributes()  # READ g0v254: all attributes
+    assert result == "SUCCESS", result
+    assert decoded == attributes  # opendnp3's master decodes what the sensor must
+    assert 1 in outstation.requests
+    inventory = _inventory([pcap], PipelineConfig(dnp3_ports=frozenset({port})))
+    assets = [a.to_dict() for a in inventory.assets.values() if a.identity]
+    assert len(assets) == 1, assets
+    return assets[0]
+
+
+@pytest.fixture(scope="module")
+def rtu500(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    require_tool("tcpdump")
+    tmp = tmp_path_factory.mktemp("advisory-dnp3")
+    return {rev: _dnp3_identity(tmp, rev) for rev in (RTU_INSIDE, RTU_OUTSIDE)}
+
+
+def test_dnp3_device_attributes_learned_from_the_wire(rtu500: dict[str, dict[str, Any]]
+                                                      ) -> None:
+    identity = rtu500[RTU_INSIDE]["identity"]
+    link = next(k for k in identity).partition(".")[0]
+    assert identity[f"{link}.g0v252"] == RTU_VENDOR
+    assert identity[f"{link}.g0v250"] == RTU_PRODUCT
+    assert identity[f"{link}.g0v242"] == RTU_INSIDE
+
+
+def test_dnp3_version_inside_matches_outside_does_not(
+        rtu500: dict[str, dict[str, Any]], matcher: Matcher) -> None:
+    inside = _by_id(matcher.match_asset(rtu500[RTU_INSIDE]))
+    affected = {a for a, m in inside.items() if m.confidence.affected}
+    assert affected == RTU_ADVISORIES, affected
+    m = inside["ICSA-23-143-02"]
+    assert m.evidence["version"] == RTU_INSIDE
+    assert all("group 0 variation" in frame for frame in m.evidence["seen_in"].values())
+    outside = matcher.match_asset(rtu500[RTU_OUTSIDE])
+    assert [m for m in outside if m.confidence is not Confidence.VENDOR] == []
