@@ -17,7 +17,7 @@ from sensor.advisories.versions import parse_range, parse_versions, version_key
 from sensor.detection.inventory import Inventory
 from sensor.pipeline import PipelineConfig
 from sensor.replay import replay_files
-from tests.conftest import corpus_captures, csaf_path
+from tests.conftest import corpus_captures, corpus_path, csaf_path
 
 SCHEME = default_tables().scheme
 M340 = "ICSA-23-201-01"  # Modicon M340 CPU (part numbers BMXP34*) < SV3.51
@@ -198,6 +198,39 @@ def test_corpus_identities_match_nothing_absurd(matcher: Matcher,
             print(f"  {line}")
     assert seen  # the corpus does carry identity: FC 43/14, FC 17 and DNP3 group 0
     assert {"VendorName", "server_id_data"} <= set(fields)
+
+
+@pytest.mark.corpus
+def test_corpus_zeek_logs_identities(matcher: Matcher, capsys: pytest.CaptureFixture[str]
+                                     ) -> None:
+    """Every Zeek/ICSNPP log directory of the corpus through the sensor's Zeek source.
+
+    The identity they carry comes from modbus_read_device_identification.log and
+    ICSNPP dnp3_objects (group 0); the corpus's baselines hold neither for a device
+    of the CISA set, so nothing may be reported as affected or possibly affected.
+    """
+    from sensor.zeek.source import replay_zeek_logs
+
+    dirs = sorted({p.parent for p in corpus_path("").rglob("*.log")})
+    assert dirs
+    rows = with_identity = 0
+    for directory in dirs:
+        inventory = Inventory()
+
+        def sink(events: list[Any], inventory: Inventory = inventory) -> None:
+            for event in events:
+                inventory.observe(event)
+
+        rows += replay_zeek_logs(directory, extra_sinks=[sink]).packets
+        for asset in inventory.assets.values():
+            if asset.identity:
+                with_identity += 1
+                for m in matcher.match_asset(asset.to_dict()):
+                    assert m.confidence is Confidence.VENDOR, (directory, m)
+    with capsys.disabled():
+        print(f"\ncorpus Zeek/ICSNPP logs: {len(dirs)} directories, {rows} rows, "
+              f"{with_identity} assets with identity")
+    assert rows > 1000
 
 
 # -- ranges and versions on their own ----------------------------------------------------
