@@ -101,6 +101,10 @@ class AdvisoryIndex:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._db = sqlite3.connect(self.path, timeout=10)
                 self._db.execute("PRAGMA journal_mode = WAL")
+                # Reference data, re-importable from its source: a power cut may lose the
+                # last documents, never corrupt the index (WAL), and an import of the
+                # whole CISA set is 2,379 transactions, not 2,379 fsyncs.
+                self._db.execute("PRAGMA synchronous = NORMAL")
                 with self._db:
                     self._db.executescript(_SCHEMA)
                     self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)",

@@ -137,6 +137,7 @@ class _Prepared:
     range: Range | None
     every: bool
     series: Range | None  # the version series in the product's name, if it names one
+    words: frozenset[str]  # every word of ``names``: no word shared, no name match
 
 
 def _specific(words: Sequence[str], tables: Tables) -> bool:
@@ -187,7 +188,8 @@ class Matcher:
                 if re.search(re.escape(p.version) + r"\.[*xX]\s*$", p.full_name):
                     rng = series_of(p.version, scheme)  # "version 12.2.*" kept as "12.2"
             prepared = _Prepared(p, tuple(dict.fromkeys(names)), wild, rng,
-                                 rng is not None and rng.every, _name_series(p.name, tables))
+                                 rng is not None and rng.every, _name_series(p.name, tables),
+                                 frozenset(w for n in names for w in n))
             for vendor in vendors:
                 self.by_vendor[vendor].append(prepared)
 
@@ -220,6 +222,9 @@ class Matcher:
     def _product_hits(self, prep: _Prepared,
                       observed: Sequence[tuple[str, tuple[str, ...], str]]) -> tuple[str, ...]:
         """Every observed product string that names this advisory product (the evidence)."""
+        if not prep.wildcards and not any(w in prep.words for _, ws, _ in observed
+                                          for w in ws):
+            return ()  # the common case, decided without comparing sequences
         hits: list[str] = []
         for key, words, compact in observed:
             if not words:
