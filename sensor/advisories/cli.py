@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from sensor import config as cfg
-from sensor.advisories.csaf import CsafError, document_files, read_document
+from sensor.advisories.csaf import CsafError, NotAnAdvisory, document_files, read_document
 from sensor.advisories.index import AdvisoryIndex, AdvisoryIndexError
 from sensor.advisories.live import RULE, alerts_for, claim_alerts, index_beside
 from sensor.advisories.matcher import Confidence, Match, Matcher
@@ -120,6 +120,9 @@ def import_documents(index_path: Path, paths: Sequence[Path], out: IO[str] | Non
         for path in document_files(paths):
             try:
                 counts[index.put(read_document(path))] += 1
+            except NotAnAdvisory as err:
+                counts["skipped"] += 1
+                print(f"skipped {err}", file=sys.stderr)
             except CsafError as err:
                 counts["rejected"] += 1
                 print(f"rejected {err}", file=sys.stderr)
@@ -127,7 +130,8 @@ def import_documents(index_path: Path, paths: Sequence[Path], out: IO[str] | Non
     took = time.perf_counter() - started
     print(f"imported {counts['added'] + counts['replaced']} document(s) in {took:.2f} s: "
           f"{counts['added']} new, {counts['replaced']} newer revision, {counts['kept']} "
-          f"unchanged or older, {counts['rejected']} rejected; {total} in {index_path}",
+          f"unchanged or older, {counts['rejected']} rejected, {counts['skipped']} not "
+          f"advisories; {total} in {index_path}",
           file=out or sys.stdout)
     return counts
 

@@ -56,6 +56,11 @@ class CsafError(ValueError):
         self.message = message
 
 
+class NotAnAdvisory(CsafError):
+    """A JSON file of a CSAF distribution that is no advisory (a ROLIE feed, provider
+    metadata): skipped by an import, not rejected."""
+
+
 @dataclass(frozen=True, slots=True)
 class Product:
     """One leaf of the product tree: a product id and the branch names above it."""
@@ -368,6 +373,11 @@ def parse_document(doc: Any, source: str, sha256: str = "") -> Advisory:
     _check_limits(doc, source)
     d = _Doc(source)
     root = d.obj(doc, "$")
+    if "document" not in root:
+        if "feed" in root:
+            raise NotAnAdvisory(source, "$", "a ROLIE feed, not an advisory")
+        if "canonical_url" in root and "metadata_version" in root:
+            raise NotAnAdvisory(source, "$", "CSAF provider metadata, not an advisory")
     document = d.obj(root.get("document"), "$.document")
     csaf_version = d.text(document.get("csaf_version"), "$.document.csaf_version")
     if csaf_version != "2.0":
@@ -455,7 +465,8 @@ def document_files(paths: Sequence[Path]) -> Iterator[Path]:
     """The ``*.json`` files under each directory (sorted), and each file given as is.
 
     A ROLIE feed (``*-feed-*.json``) sits beside the advisories in a CSAF
-    distribution directory; it is an index, not an advisory, so it is skipped.
+    distribution directory; it is an index, not an advisory, so it is skipped
+    here by name, and by content (:class:`NotAnAdvisory`) whatever its name.
     """
     for path in paths:
         if path.is_dir():

@@ -180,3 +180,43 @@ def test_newer_revision_replaces_older_is_kept(tmp_path: Path) -> None:
         assert index.put(read_document(_write(tmp_path, doc, "old.json"))) == "kept"
         assert index.summaries()[0].version == "9"
         assert index.count() == 1
+
+
+def test_feed_is_skipped_not_rejected(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                      ) -> None:
+    """The real ROLIE feed, renamed so the name rule does not skip it: skipped by content."""
+    from sensor.advisories.csaf import NotAnAdvisory
+    from sensor.cli import main
+
+    feed = tmp_path / "usb" / "index.json"
+    feed.parent.mkdir()
+    feed.write_bytes(csaf_path("ot/cisa-csaf-ot-feed-tlp-white.json").read_bytes())
+    with pytest.raises(NotAnAdvisory):
+        read_document(feed)
+    (tmp_path / "usb" / "m340.json").write_bytes(csaf_path(M340).read_bytes())
+    config = tmp_path / "sensor.toml"
+    config.write_text("", encoding="utf-8")
+    status = main(["advisories", "import", str(feed.parent), "--index", str(tmp_path / "a.db"),
+                   "--store", str(tmp_path / "none.db"), "--config", str(config)])
+    out, err = capsys.readouterr()
+    assert status == 0, err
+    assert "1 new" in out and "1 not advisories" in out and "0 rejected" in out
+    assert f"skipped {feed}: $: a ROLIE feed" in err
+
+
+def test_cli_reports_a_rejected_document_with_its_location(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from sensor.cli import main
+
+    doc = _doc()
+    doc["vulnerabilities"][0]["cve"] = "CVE-23-1"
+    bad = _write(tmp_path, doc, "bad.json")
+    config = tmp_path / "sensor.toml"
+    config.write_text("", encoding="utf-8")
+    status = main(["advisories", "import", str(bad), "--index", str(tmp_path / "a.db"),
+                   "--store", str(tmp_path / "none.db"), "--config", str(config)])
+    out, err = capsys.readouterr()
+    assert status == 1
+    assert err.splitlines() == [f"rejected {bad}: $.vulnerabilities[0].cve: 'CVE-23-1' is "
+                                "not a CVE id"]
+    assert "0 new" in out and "1 rejected" in out
