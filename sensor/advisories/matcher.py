@@ -47,6 +47,9 @@ from sensor.advisories.versions import (
 )
 
 _WILDCARD = re.compile(r"([A-Za-z0-9][A-Za-z0-9\-]{2,})\*")
+# A part number whose last characters are x placeholders: "BMX P34x", "750-82xx".
+_PLACEHOLDER = re.compile(
+    r"\b((?:[A-Za-z]{2,4}\s+)?(?:[A-Za-z]+-?)?\d[A-Za-z0-9\-]*?\d)[xX]+(?=$|[\s,;/)])")
 _PRINTABLE = re.compile(rb"[\x20-\x7e]{4,}")
 # A version series named in the product name itself: "RTU500 series CMU Firmware
 # Version 12.4", "S7-1200 CPU family V4.x" (the version field then says "All versions").
@@ -178,8 +181,11 @@ class Matcher:
                         words = words[len(vw):]
                 if _specific(words, tables):
                     names.append(tuple(words))
-            wild = tuple(compact_key(w).upper() for w in _WILDCARD.findall(
-                f"{p.name} {p.full_name}"))
+            text = f"{p.name} {p.full_name}"
+            wild = tuple(dict.fromkeys(
+                w for w in (compact_key(m).upper() for m in (*_WILDCARD.findall(text),
+                                                             *_PLACEHOLDER.findall(text)))
+                if len(w) >= 5))
             rng = None
             if p.version_kind == "range":
                 rng = parse_range(p.version, scheme)

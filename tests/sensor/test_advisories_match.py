@@ -357,3 +357,16 @@ def test_catalogue_number_is_no_span() -> None:
     key = version_key("1766.32", SCHEME)
     assert rng is None or (key is not None and not rng.contains(key))
     assert parse_versions("12.4.11-12.4.1", SCHEME) is None  # a span that runs backwards
+
+
+@pytest.mark.parametrize(("name", "prefix"), [
+    ("M340 CPUs BMX P34x", "BMXP34"), ("Series PFC200: (750-82xx/xxx-xxx)", "75082"),
+    ("EFD-22xx", "EFD22"), ("SIMATIC S7-1200 CPU family V4.x", None), ("9000X Drive", None)])
+def test_part_number_placeholders(name: str, prefix: str | None) -> None:
+    """Trailing x placeholders in a part number act like "BMXP34*"; a version or a short
+    number does not."""
+    from sensor.advisories.matcher import _PLACEHOLDER
+    from sensor.advisories.normalise import compact_key
+
+    found = [compact_key(m).upper() for m in _PLACEHOLDER.findall(name)]
+    assert [f for f in found if len(f) >= 5] == ([prefix] if prefix else [])
