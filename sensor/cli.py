@@ -18,7 +18,14 @@ from typing import IO, Any
 from sensor import daemon_cli, detection_cli, forwarding_cli, web_cli, zeek_cli
 from sensor.advisories import cli as advisories_cli
 from sensor.pipeline import PipelineConfig
-from sensor.replay import progress_stream, replay_files
+from sensor.replay import (
+    OutputError,
+    check_input,
+    check_output,
+    describe,
+    progress_stream,
+    replay_files,
+)
 
 
 def _version() -> str:
@@ -100,9 +107,12 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     elif zeek is None and not args.files:
         problem = "no capture file given (or use --zeek-logs DIR)"
     elif zeek is not None and not zeek.is_dir():
-        problem = f"{zeek}: not a directory"
+        problem = f"{zeek}: {'not a directory' if zeek.exists() else 'no such directory'}"
     else:
-        problem = next((f"{p}: no such file" for p in args.files if not p.is_file()), None)
+        problem = next(filter(None, map(check_input, args.files)), None)
+    if problem is None:
+        problem = next(filter(None, (check_output(out) for out in (args.events, args.alerts)
+                                     if out is not None and str(out) != "-")), None)
     if problem is not None:
         print(f"mamori replay: {problem}", file=sys.stderr)
         return 2
@@ -134,12 +144,14 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     print(summary.render(), file=report)
     if detection is not None:
         detection.finish(report)
+        for failure in detection.errors:
+            print(f"mamori replay: {failure}", file=sys.stderr)
     if zeek is not None and summary.files == 0:
         print(f"mamori replay: {zeek}: no Modbus or DNP3 Zeek logs", file=sys.stderr)
         return 1
     for damage in summary.errors:
         print(f"mamori replay: {damage}", file=sys.stderr)
-    return 1 if summary.errors else 0
+    return 1 if summary.errors or (detection is not None and detection.errors) else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -152,6 +164,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         # stdout at /dev/null so the interpreter's final flush does not complain.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OutputError as err:  # --events or --alerts failed mid-run (disk full, ...)
+        print(f"mamori {args.command}: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        # The last resort: every file, directory and permission failure a command does
+        # not report itself is still one line naming the path, never a traceback.
+        print(f"mamori {args.command}: {describe(err)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import math
 import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
@@ -27,16 +28,32 @@ Validator = Callable[[Any], Any]  # returns the normalised value or raises Value
 
 
 class ConfigError(Exception):
-    """A configuration problem, located: ``file:line: [section] key: message``."""
+    """A configuration problem, located: ``file:line[:column]: [section] key: message``.
 
-    def __init__(self, file: str, line: int | None, key: str | None, message: str) -> None:
+    ``problems`` lists every problem ``load`` found, this one first: ``check-config``
+    prints them all, the other commands only this one.
+    """
+
+    def __init__(self, file: str, line: int | None, key: str | None, message: str,
+                 column: int | None = None) -> None:
         self.file = file
         self.line = line
         self.key = key
         self.message = message
+        self.column = column if line else None
         where = f"{file}:{line}" if line else file
+        if self.column:
+            where += f":{self.column}"
         what = f" {key}:" if key else ""
         super().__init__(f"{where}:{what} {message}")
+        self.problems: list[ConfigError] = [self]  # every problem found; this is the first
+
+    @classmethod
+    def collected(cls, problems: list[ConfigError]) -> ConfigError:
+        """The first problem, carrying all of them (``load`` finds every one at once)."""
+        first = problems[0]
+        first.problems = list(problems)
+        return first
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +95,10 @@ def v_nonempty_str(value: Any) -> str:
 
 
 def v_path(value: Any) -> Path:
-    return Path(v_nonempty_str(value))
+    text = v_nonempty_str(value)
+    if "\0" in text:
+        raise ValueError("a path cannot contain a NUL character")
+    return Path(text)
 
 
 def v_int_range(low: int, high: int) -> Validator:
@@ -91,18 +111,30 @@ def v_int_range(low: int, high: int) -> Validator:
     return check
 
 
+MAX_SECONDS = 100 * 365 * 86400.0  # below threading.TIMEOUT_MAX; nothing waits longer
+
+
 def v_seconds(value: Any) -> float:
-    """A duration: a number of seconds, or a string like ``"90s"``, ``"15m"``, ``"7d"``."""
+    """A duration: a number of seconds, or a string like ``"90s"``, ``"15m"``, ``"7d"``.
+
+    ``nan`` and ``inf`` are refused: a NaN compares false with everything, so a NaN
+    dedup window or timeout would silently switch the feature off.
+    """
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a duration")
     if isinstance(value, int | float):
-        seconds = float(value)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{value!r} is not a duration (a finite number of seconds)")
+        seconds = float(value) if abs(value) <= MAX_SECONDS else math.copysign(
+            math.inf, value)
     elif isinstance(value, str):
         seconds = parse_duration(value)
     else:
         raise ValueError(f"{value!r} is not a duration")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
+    if seconds > MAX_SECONDS:
+        raise ValueError(f"{str(value)[:40]} is longer than 100 years")
     return seconds
 
 
@@ -115,7 +147,10 @@ def parse_duration(text: str) -> float:
     match = _DURATION.match(text)
     if not match:
         raise ValueError(f"{text!r} is not a duration (e.g. 30s, 15m, 2h, 7d)")
-    return float(match.group(1)) * _UNIT[match.group(2)]
+    seconds = float(match.group(1)) * _UNIT[match.group(2)]
+    if not math.isfinite(seconds):
+        raise ValueError(f"{text[:40]!r} is too long a duration")
+    return seconds
 
 
 def v_ports(value: Any) -> frozenset[int]:
@@ -212,76 +247,203 @@ class Config:
         return {k: v for (s, k), v in self.values.items() if s == section}
 
 
-def _locate(text: str) -> dict[tuple[str, str], int]:
-    """Line number of each ``key =`` under its ``[section]`` (tomllib gives no positions)."""
-    lines: dict[tuple[str, str], int] = {}
-    section = ""
-    header = re.compile(r"^\s*\[\s*([A-Za-z0-9_.\-]+)\s*\]\s*(#.*)?$")
-    assignment = re.compile(r"^\s*([A-Za-z0-9_\-]+|\"[^\"]*\")\s*=")
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """What a cross-key check found: the key at fault, and the key whose line to show."""
+
+    section: str
+    key: str
+    message: str
+    at: tuple[str, str] | None = None  # where to point (default: section, key)
+
+
+Check = Callable[[Config], Iterable[Problem]]
+_CHECKS: list[Check] = []
+
+
+def register_check(check: Check) -> None:
+    """A check that needs more than one value or the filesystem (key files exist, ...).
+
+    ``load(..., check_files=True)`` runs them: ``check-config``, ``run`` and ``replay``
+    do; commands that create those files (``keys generate``) do not.
+    """
+    _CHECKS.append(check)
+
+
+def check_state_dir(config: Config) -> list[Problem]:
+    """``[sensor] state_dir`` is a directory, or can become one (start-up creates it).
+
+    Without this a file there fails later and far away: the store reports
+    ``File exists``, every key file ``Not a directory``.
+    """
+    path = Path(config.get("sensor", "state_dir"))
+    for candidate in (path, *path.parents):  # the nearest one that exists decides
+        try:
+            if not candidate.exists():
+                continue
+            if not candidate.is_dir():
+                where = "" if candidate == path else f" ({candidate} is a file)"
+                return [Problem("sensor", "state_dir", f"{path}: not a directory{where}")]
+        except OSError as err:
+            return [Problem("sensor", "state_dir", f"{candidate}: {err.strerror or err}")]
+        return []
+    return []
+
+
+register_check(check_state_dir)
+
+
+_KEY_PART = r"""(?:[A-Za-z0-9_\-]+|"(?:[^"\\]|\\.)*"|'[^']*')"""
+_KEY_PATH = rf"{_KEY_PART}(?:\s*\.\s*{_KEY_PART})*"
+_HEADER = re.compile(rf"^\s*(\[\[?)\s*({_KEY_PATH})\s*\]\]?\s*(#.*)?$")
+_ASSIGNMENT = re.compile(rf"^\s*({_KEY_PATH})\s*=(.*)$")
+_MULTILINE_QUOTES = ('"' * 3, "'" * 3)
+
+
+def _key_path(text: str) -> tuple[str, ...]:
+    parts = re.findall(_KEY_PART, text)
+    return tuple(p[1:-1] if p[:1] in "\"'" else p for p in parts)
+
+
+def _locate(text: str) -> dict[tuple[str, ...], int]:
+    """Line of the first mention of each table and key path (tomllib gives no positions).
+
+    ``[sensor.sub]`` locates ``("sensor",)`` and ``("sensor", "sub")``; a dotted
+    ``sensor.name = 5`` locates ``("sensor",)`` and ``("sensor", "name")``.
+    Lines inside multi-line strings are skipped.
+    """
+    lines: dict[tuple[str, ...], int] = {}
+    table: tuple[str, ...] = ()
+    open_string: str | None = None
     for number, line in enumerate(text.splitlines(), start=1):
-        if m := header.match(line):
-            section = m.group(1)
-            lines.setdefault((section, ""), number)
-        elif m := assignment.match(line):
-            lines.setdefault((section, m.group(1).strip('"')), number)
+        if open_string is not None:
+            if line.count(open_string) % 2 == 1:
+                open_string = None
+            continue
+        if m := _HEADER.match(line):
+            table = _key_path(m.group(2))
+            for i in range(1, len(table) + 1):
+                lines.setdefault(table[:i], number)
+        elif m := _ASSIGNMENT.match(line):
+            path = table + _key_path(m.group(1))
+            for i in range(len(table) + 1, len(path) + 1):
+                lines.setdefault(path[:i], number)
+            open_string = next((q for q in _MULTILINE_QUOTES
+                                if m.group(2).count(q) % 2 == 1), None)
     return lines
 
 
-def _decode_error_line(err: tomllib.TOMLDecodeError) -> int | None:
-    match = re.search(r"line (\d+)", str(err))
-    return int(match.group(1)) if match else None
+_DECODE_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)")
+
+
+def _decode_error(name: str, text: str, err: tomllib.TOMLDecodeError) -> ConfigError:
+    """``file:line:column: not valid TOML: ...`` from tomllib's message."""
+    message = str(err)
+    line: int | None = getattr(err, "lineno", None)  # Python 3.14 has the attributes
+    column: int | None = getattr(err, "colno", None)
+    if match := _DECODE_POSITION.search(message):
+        line, column = int(match.group(1)), int(match.group(2))
+        message = message[:match.start()] + message[match.end():]
+    elif "(at end of document)" in message:
+        lines = text.splitlines() or [""]
+        if text.endswith(("\n", "\r")):  # the end is the start of a line past the last
+            lines.append("")
+        line, column = len(lines), len(lines[-1]) + 1
+        message = message.replace(" (at end of document)", " at the end of the file")
+    return ConfigError(name, line, None, f"not valid TOML: {message}", column)
 
 
 def load(path: str | Path | None, overrides: Mapping[tuple[str, str], Any] | None = None,
-         schema: Iterable[Option] | None = None) -> Config:
-    """Defaults, then the file (if any), then overrides (CLI flags). Validates everything."""
+         schema: Iterable[Option] | None = None, *, check_files: bool = False) -> Config:
+    """Defaults, then the file (if any), then overrides (CLI flags). Validates everything.
+
+    Every problem is collected before anything is raised, so ``check-config`` can
+    list them all at once (``ConfigError.problems``); the exception itself reads as
+    the first one, which is all most commands print. An unreadable file or a TOML
+    syntax error stops at once: nothing after it can be trusted.
+
+    ``check_files`` also runs the registered cross-key checks (see ``register_check``).
+    They run only when every value is valid: a value that failed validation is read
+    as its default, and a check would then report a consequence of the real error.
+    """
     options = {(o.section, o.key): o for o in (schema if schema is not None else SCHEMA)}
     values: dict[tuple[str, str], Any] = {k: o.default for k, o in options.items()}
     sources: dict[tuple[str, str], str] = {k: "default" for k in options}
     sections = {o.section for o in options.values()}
+    name = "defaults" if path is None else str(path)
+    located: dict[tuple[str, str], tuple[str, int | None]] = {}
+    problems: list[ConfigError] = []
     if path is not None:
-        name = str(path)
         try:
             text = Path(path).read_text(encoding="utf-8")
+        except IsADirectoryError:
+            raise ConfigError(name, None, None, "cannot read: is a directory") from None
         except OSError as err:
-            raise ConfigError(name, None, None, f"cannot read: {err.strerror}") from None
+            raise ConfigError(name, None, None,
+                              f"cannot read: {err.strerror or err}") from None
         except UnicodeDecodeError:
             raise ConfigError(name, None, None, "not UTF-8 text") from None
+        except ValueError as err:  # a NUL byte in the path
+            raise ConfigError(name, None, None, f"cannot read: {err}") from None
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as err:
-            raise ConfigError(name, _decode_error_line(err), None,
-                              f"not valid TOML: {err}") from None
+            raise _decode_error(name, text, err) from None
         where = _locate(text)
         for section, table in data.items():
+            section_line = where.get((section,))
             if section not in sections:
-                raise ConfigError(name, where.get((section, "")) or where.get(("", section)),
-                                  f"[{section}]", "unknown section (known: "
-                                  + ", ".join(sorted(sections)) + ")")
+                problems.append(ConfigError(
+                    name, section_line, f"[{section}]",
+                    "unknown section (known: " + ", ".join(sorted(sections)) + ")"))
+                continue
             if not isinstance(table, dict):
-                raise ConfigError(name, where.get(("", section)), section,
-                                  "must be a [section] table")
+                problems.append(ConfigError(name, section_line, section,
+                                            "must be a [section] table"))
+                continue
             for key, raw in table.items():
                 option = options.get((section, key))
-                line = where.get((section, key))
+                line = where.get((section, key)) or section_line
                 if option is None:
-                    known = sorted(k for s, k in options if s == section)
-                    raise ConfigError(name, line, f"[{section}] {key}",
-                                      f"unknown key (known in [{section}]: {', '.join(known)})")
+                    known = ", ".join(sorted(k for s, k in options if s == section))
+                    if isinstance(raw, dict):
+                        problems.append(ConfigError(
+                            name, line, f"[{section}] {key}",
+                            f"unknown table [{section}.{key}] ([{section}] has no "
+                            f"sub-tables; its keys: {known})"))
+                    else:
+                        problems.append(ConfigError(
+                            name, line, f"[{section}] {key}",
+                            f"unknown key (known in [{section}]: {known})"))
+                    continue
                 try:
                     values[(section, key)] = option.validate(raw)
                 except ValueError as err:
-                    raise ConfigError(name, line, option.name, str(err)) from None
+                    problems.append(ConfigError(name, line, option.name, str(err)))
+                    continue
                 sources[(section, key)] = f"{name}:{line}" if line else name
+                located[(section, key)] = (name, line)
     for key, raw in (overrides or {}).items():
         option = options[key]
         try:
             values[key] = option.validate(raw)
         except ValueError as err:
-            raise ConfigError(option.flag or "command line", None, option.name,
-                              str(err)) from None
+            problems.append(ConfigError(option.flag or "command line", None, option.name,
+                                        str(err)))
+            continue
         sources[key] = option.flag or "override"
-    return Config(values, sources)
+        located[key] = (option.flag or "command line", None)
+    config = Config(values, sources)
+    if check_files and not problems:
+        for check in _CHECKS:
+            for problem in check(config):
+                file, line = located.get(problem.at or (problem.section, problem.key),
+                                         (name, None))
+                problems.append(ConfigError(file, line, f"[{problem.section}] {problem.key}",
+                                            problem.message))
+    if problems:
+        raise ConfigError.collected(problems)
+    return config
 
 
 def add_flags(parser: argparse.ArgumentParser, sections: Iterable[str] | None = None) -> None:

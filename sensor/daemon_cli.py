@@ -14,6 +14,7 @@ from typing import Any
 from sensor import config as cfg
 from sensor import daemon
 from sensor.capture.live import CaptureError, interface_exists
+from sensor.replay import check_output
 from sensor.web import settings as _web_settings  # noqa: F401  registers [web]
 
 log = logging.getLogger("mamori")
@@ -53,17 +54,24 @@ def register_commands(commands: Any) -> None:
     iface.set_defaults(func=cmd_check_iface)
 
 
-def _load(args: argparse.Namespace) -> cfg.Config | None:
+def _load(args: argparse.Namespace, *, every: bool = False) -> cfg.Config | None:
+    """The configuration with its key files checked, or None after saying why.
+
+    ``every``: print every problem in the file (``check-config``), not just the first.
+    """
     path = str(args.config) if args.config is not None else daemon.config_path_default()
     try:
-        return cfg.load(path, cfg.flag_overrides(args))
+        return cfg.load(path, cfg.flag_overrides(args), check_files=True)
     except cfg.ConfigError as err:
-        print(f"mamori: {err}", file=sys.stderr)
+        for problem in err.problems if every else [err]:
+            print(f"mamori: {problem}", file=sys.stderr)
+        if every and len(err.problems) > 1:
+            print(f"mamori: {len(err.problems)} problems", file=sys.stderr)
         return None
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    conf = _load(args)
+    conf = _load(args, every=True)
     if conf is None:
         return 2
     if args.dump:
@@ -79,6 +87,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging()
     conf = _load(args)
     if conf is None:
+        return 2
+    if args.events is not None and (problem := check_output(args.events)) is not None:
+        log.error("--events: %s", problem)
         return 2
     path = str(args.config) if args.config is not None else daemon.config_path_default()
     web = None

@@ -32,6 +32,7 @@ from sensor.detection.settings import (
     store_path,
 )
 from sensor.journald import journald_sink
+from sensor.replay import OutputError, check_output
 from sensor.store import Store, StoreError
 
 
@@ -103,6 +104,15 @@ def _open_store(args: argparse.Namespace, readonly: bool) -> Store:
     path = args.store if args.store is not None else store_path(config)
     return Store(path, readonly=readonly, max_age=config.get("store", "max_age"),
                  max_bytes=config.get("store", "max_bytes"))
+
+
+def _file_problem(path: Path, err: Exception) -> str:
+    """``path: reason``: an OSError without its ``[Errno N] ... 'path'`` repetition."""
+    if isinstance(err, IsADirectoryError):
+        return f"{path}: is a directory, not a file"
+    if isinstance(err, OSError):
+        return f"{path}: cannot read: {err.strerror or err}"
+    return f"{path}: {err}"
 
 
 def _fail(command: str, err: Exception | str, status: int = 1) -> int:
@@ -213,6 +223,8 @@ def cmd_assets(args: argparse.Namespace) -> int:
 
 def cmd_baseline(args: argparse.Namespace) -> int:
     action = args.baseline_command
+    if action == "export" and (problem := check_output(args.file)) is not None:
+        return _fail("baseline", problem, 2)  # before the store: say it while it is cheap
     try:
         store = _open_store(args, readonly=action in ("status", "export"))
     except (cfg.ConfigError, StoreError) as err:
@@ -225,7 +237,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
                 inventory = Inventory()
                 inventory.import_baseline(loaded)
             except (OSError, ValueError) as err:  # BaselineError, JSONDecodeError
-                return _fail("baseline", f"{args.file}: {err}")
+                return _fail("baseline", _file_problem(args.file, err))
             store.save_baseline(inventory.export())
             print(f"imported {args.file}: {inventory.status()['pairs']} pairs; enforcing")
             return 0
@@ -240,8 +252,11 @@ def cmd_baseline(args: argparse.Namespace) -> int:
             store.save_baseline(doc)
             print("baseline frozen: enforcing")
         elif action == "export":
-            args.file.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n",
-                                 encoding="utf-8")
+            try:
+                args.file.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n",
+                                     encoding="utf-8")
+            except OSError as err:
+                return _fail("baseline", f"{args.file}: cannot write: {err.strerror or err}")
             print(f"exported to {args.file}")
     return 0
 
@@ -272,6 +287,7 @@ class ReplayDetection:
         self.alerts_out = alerts_out
         self.store = store
         self.config = config
+        self.errors: list[str] = []  # what failed after the replay (forwarding); exit 1
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ReplayDetection | None:
@@ -281,7 +297,9 @@ class ReplayDetection:
                 raise UsageError("--alerts and --store need detection (drop --no-detect)")
             return None
         try:
-            config = cfg.load(args.config) if args.config is not None else cfg.load(None)
+            # check_files: a missing server_key or secret key refuses the replay up front,
+            # rather than replaying everything and then not forwarding.
+            config = cfg.load(args.config, check_files=True)
             rules = load_configured_rules(config, args.rules or ())
         except (cfg.ConfigError, RuleError) as err:
             raise UsageError(str(err)) from None
@@ -300,7 +318,7 @@ class ReplayDetection:
             try:
                 inventory.import_baseline(json.loads(args.baseline.read_text("utf-8")))
             except (OSError, ValueError) as err:
-                raise UsageError(f"{args.baseline}: {err}") from None
+                raise UsageError(_file_problem(args.baseline, err)) from None
         detector = build_detector(config, rules, inventory=inventory,
                                   on_alert=journald_sink())
         return cls(detector, args.alerts, store, config)
@@ -308,13 +326,15 @@ class ReplayDetection:
     def finish(self, report: IO[str]) -> None:
         alerts = self.detector.alerts()
         if self.alerts_out is not None:
-            stream = sys.stdout if str(self.alerts_out) == "-" else \
-                self.alerts_out.open("w", encoding="utf-8")
-            try:
-                write_alerts_jsonl(alerts, stream)
-            finally:
-                if stream is not sys.stdout:
-                    stream.close()
+            if str(self.alerts_out) == "-":
+                write_alerts_jsonl(alerts, sys.stdout)
+            else:
+                try:
+                    with self.alerts_out.open("w", encoding="utf-8") as stream:
+                        write_alerts_jsonl(alerts, stream)
+                except OSError as err:  # checked before the replay; a full disk, ...
+                    raise OutputError(f"{self.alerts_out}: cannot write: "
+                                      f"{err.strerror or err}") from None
         drained = self.detector.drain()
         if self.config is not None and self.config.get("forward", "collectors"):
             self._forward(drained, report)
@@ -339,7 +359,9 @@ class ReplayDetection:
         try:
             forwarder = Forwarder(self.config)
         except (KeyFileError, OSError) as err:
-            print(f"forwarding disabled: {err}", file=sys.stderr)
+            # The files exist (load checked), but a key is malformed or unsafe: keep the
+            # alerts, and say so with a failing exit status, not a quiet "disabled".
+            self.errors.append(f"forwarding: {err}")
             if self.store is not None:
                 self.store.save_alerts(alerts)
             return

@@ -7,17 +7,24 @@ the same commands on their own (tests and a collector-only install use that).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sensor.collector.server import CollectorSettings
 
 from sensor import config as cfg
 from sensor import forwarding_options  # noqa: F401  (registers [forward] and [collect])
 from sensor.advisories import cli as advisories_cli
+from sensor.replay import check_output, describe
 
 
 def register_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -78,8 +85,14 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
         directory = Path(config.get("sensor", "state_dir")) / "keys"
     try:
         public, secret = generate(args.name, directory)
-    except (KeyFileError, OSError) as err:
+    except KeyFileError as err:
         print(f"mamori keys: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        problem = describe(err)
+        if isinstance(err, FileExistsError | NotADirectoryError):
+            problem = f"{err.filename}: not a directory"
+        print(f"mamori keys: {problem}", file=sys.stderr)
         return 1
     print(f"public key: {public} (give this to the collector's allow-list)")
     print(f"secret key: {secret} (mode 0600; keep it on this box)")
@@ -87,17 +100,36 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
+    import zmq
+
     from sensor.collector.server import CollectorServer, CollectorSettings
     from sensor.keys import KeyFileError
 
     config = _config(args, "collect")
     if config is None:
         return 2
+    settings = CollectorSettings.from_config(config)
+    problem = _unbindable(settings.listen + ((settings.publish,) if settings.publish else ()))
+    if problem is None and settings.jsonl:
+        problem = check_output(Path(settings.jsonl))
+    if problem is not None:
+        print(f"mamori collect: {problem}", file=sys.stderr)
+        return 2
     try:
-        server = CollectorServer(CollectorSettings.from_config(config))
+        server = CollectorServer(settings)
+    except _storage_errors(settings) as err:
+        print(f"mamori collect: {_storage_problem(settings, err)}", file=sys.stderr)
+        return 2
+    try:
         server.bind()
-    except (KeyFileError, OSError) as err:
-        print(f"mamori collect: {err}", file=sys.stderr)
+    except (KeyFileError, OSError, zmq.ZMQError) as err:
+        if isinstance(err, zmq.ZMQError):  # lost a race for a port the probe found free
+            message = f"cannot listen on {', '.join(settings.listen)}: {_zmq_reason(err)}"
+        else:
+            message = describe(err) if isinstance(err, OSError) else str(err)
+        print(f"mamori collect: {message}", file=sys.stderr)
+        with contextlib.suppress(Exception):  # half-bound: close what there is
+            server.close()
         return 2
     stop = False
 
@@ -118,6 +150,67 @@ def cmd_collect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _zmq_reason(err: Exception) -> str:
+    """``Address already in use``: the errno's text, without pyzmq's ``(addr=...)`` tail."""
+    import zmq
+
+    errno = getattr(err, "errno", None)
+    return zmq.strerror(errno) if isinstance(errno, int) else str(err)
+
+
+def _unbindable(endpoints: Sequence[str]) -> str | None:
+    """``endpoint: reason`` for the first endpoint that cannot be bound, or None.
+
+    The collector's own bind raises a bare ``ZMQError: Address already in use`` that
+    does not say which of its endpoints is taken, so each is tried here first, all
+    held at once (a listen endpoint repeated as the publish one is found too), and
+    released before the collector binds them for real.
+    """
+    import zmq
+
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sockets: list[zmq.Socket[bytes]] = []
+    try:
+        for endpoint in endpoints:
+            sock = ctx.socket(zmq.PUB)
+            sock.linger = 0
+            sockets.append(sock)
+            try:
+                sock.bind(endpoint)
+            except zmq.ZMQError as err:
+                return f"cannot listen on {endpoint}: {_zmq_reason(err)}"
+        return None
+    finally:
+        for sock in sockets:
+            sock.close(0)
+        ctx.term()
+
+
+def _storage_errors(settings: CollectorSettings) -> tuple[type[Exception], ...]:
+    """What opening the collector store raises when it cannot (not a programming error)."""
+    errors: tuple[type[Exception], ...] = (sqlite3.Error, OSError)
+    if settings.dsn:
+        try:
+            import psycopg
+        except ImportError:
+            return (*errors, ImportError)  # reported as "PostgreSQL needs psycopg"
+        errors = (*errors, psycopg.Error)
+    return errors
+
+
+def _storage_problem(settings: CollectorSettings, err: Exception) -> str:
+    """An error opening the collector store, naming the store (never the DSN: a password)."""
+    if isinstance(err, ImportError):
+        return "[collect] dsn is set, but psycopg (PostgreSQL) is not installed"
+    if settings.dsn:
+        return f"PostgreSQL ([collect] dsn): {err}".strip()
+    if isinstance(err, OSError):
+        return describe(err) if err.filename is not None else \
+            f"{settings.db}: {err.strerror or err}"
+    text = str(err)
+    return text if settings.dsn or str(settings.db) in text else f"{settings.db}: {text}"
+
+
 def cmd_collect_status(args: argparse.Namespace) -> int:
     from sensor.collector.server import CollectorSettings
     from sensor.collector.storage import open_storage
@@ -129,7 +222,11 @@ def cmd_collect_status(args: argparse.Namespace) -> int:
     if not s.dsn and not s.db.exists():
         print(f"mamori collect status: {s.db}: no collector store yet", file=sys.stderr)
         return 1
-    storage = open_storage(s.db, s.dsn)
+    try:
+        storage = open_storage(s.db, s.dsn)
+    except _storage_errors(s) as err:
+        print(f"mamori collect status: {_storage_problem(s, err)}", file=sys.stderr)
+        return 2
     try:
         rows = storage.status()
     finally:
@@ -182,11 +279,15 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if not path.exists():
         print(f"mamori audit: {path}: nothing forwarded yet", file=sys.stderr)
         return 1
-    journal = AlertJournal(path)
     try:
-        rows = journal.audit(since)
-    finally:
-        journal.close()
+        journal = AlertJournal(path)
+        try:
+            rows = journal.audit(since)
+        finally:
+            journal.close()
+    except sqlite3.Error as err:  # a directory, a file that is not a journal, read-only
+        print(f"mamori audit: {path}: not a usable journal: {err}", file=sys.stderr)
+        return 1
     if args.json:
         for row in rows:
             print(json.dumps(row))

@@ -105,3 +105,46 @@ cfg.register([
     cfg.Option("collect", "max_clock_skew", 30.0, cfg.v_seconds,
                "a sensor whose clock differs from the collector's by more is reported (S5)"),
 ])
+
+
+def _key_file(path: Path) -> str | None:
+    """Why the key file at ``path`` cannot be used, or None (content checked at start-up)."""
+    try:
+        if not path.exists():
+            return f"{path}: no such key file (mamori keys generate)"
+        if not path.is_file():
+            return f"{path}: is a directory, not a key file"
+        with path.open("rb"):
+            pass
+    except OSError as err:
+        return f"{path}: cannot read the key file: {err.strerror}"
+    return None
+
+
+def check_key_files(config: cfg.Config) -> list[cfg.Problem]:
+    """Forwarding configured: every collector's server_key file and our secret key exist."""
+    collectors: tuple[CollectorSpec, ...] = config.get("forward", "collectors")
+    if not collectors:
+        return []
+    from sensor.keys import is_z85_key  # ZeroMQ, only when forwarding is configured
+
+    base = Path(config.get("sensor", "state_dir"))
+    problems = []
+    for spec in collectors:
+        if is_z85_key(spec.server_key):
+            continue
+        path = Path(spec.server_key)
+        why = _key_file(path if path.is_absolute() else base / path)
+        if why is not None:
+            problems.append(cfg.Problem("forward", "collectors",
+                                        f"server_key of {spec.endpoint}: {why}"))
+    secret = config.state_path("forward", "secret_key")
+    why = _key_file(secret)
+    if why is not None:
+        where = ("forward", "secret_key") if config.sources.get(
+            ("forward", "secret_key"), "default") != "default" else ("forward", "collectors")
+        problems.append(cfg.Problem("forward", "secret_key", why, at=where))
+    return problems
+
+
+cfg.register_check(check_key_files)

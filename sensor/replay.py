@@ -7,7 +7,9 @@ harness as much as an analyst's tool.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import sys
 import time
 from collections import Counter
@@ -20,6 +22,76 @@ from parsers.capfile import CaptureFileError
 from sensor.capture.pcapfile import read_capture_batches
 from sensor.eventlog import JsonLinesWriter, event_to_dict
 from sensor.pipeline import Pipeline, PipelineConfig
+
+
+class OutputError(Exception):
+    """Writing an output file (``--events``, ``--alerts``) failed; the message names it."""
+
+
+def describe(err: OSError) -> str:
+    """``path: reason`` for an OSError, without the ``[Errno N]`` noise."""
+    reason = err.strerror or str(err)
+    return f"{err.filename}: {reason}" if err.filename is not None else reason
+
+
+def check_input(path: Path) -> str | None:
+    """Why the capture file at ``path`` cannot be read, or None."""
+    try:
+        if path.is_dir():
+            return f"{path}: is a directory, not a capture file"
+        if not path.exists():
+            return f"{path}: no such file"
+        with path.open("rb"):
+            pass
+    except OSError as err:
+        return f"{path}: cannot read: {err.strerror or err}"
+    return None
+
+
+def check_output(path: Path) -> str | None:
+    """Why an output file cannot be written at ``path``, or None. Creates nothing.
+
+    A regular file is opened for appending and given a zero-length write, which is
+    what finds a read-only file even for root, or a pseudo-file such as /proc/version
+    that opens but refuses every write. The file is never truncated here; one this
+    check created is removed again.
+    """
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        info = None
+    except OSError as err:
+        return f"{path}: cannot write: {err.strerror or err}"
+    if info is not None and stat.S_ISDIR(info.st_mode):
+        return f"{path}: is a directory"
+    if info is not None and not stat.S_ISREG(info.st_mode):
+        return None  # a pipe, a terminal, /dev/null: write errors are caught as they come
+    if info is None and not path.parent.is_dir():
+        return f"{path}: cannot write: directory {path.parent} does not exist"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o644)
+    except OSError as err:
+        return f"{path}: cannot write: {err.strerror or err}"
+    try:
+        os.write(fd, b"")
+    except OSError as err:
+        return f"{path}: cannot write: {err.strerror or err}"
+    finally:
+        os.close(fd)
+        if info is None:
+            try:
+                os.unlink(path)
+            except OSError as err:
+                if err.errno != errno.ENOENT:
+                    raise
+    return None
+
+
+def output_error(stream: IO[str], err: OSError) -> OutputError:
+    """The OutputError for a failed write to ``stream`` (named by its file name)."""
+    name = getattr(stream, "name", None)
+    where = name if isinstance(name, str) else "output"
+    return OutputError(f"{where}: cannot write: {err.strerror or err}")
 
 
 @dataclass
@@ -128,8 +200,19 @@ def replay_files(
     """Replay each file through one pipeline (flows may span files, as with rotation)."""
     summary = ReplaySummary()
     pipeline = Pipeline(config)
-    writer = JsonLinesWriter(events_out) if events_out is not None else None
-    sinks = [s for s in ([writer.write] if writer else []) + list(extra_sinks)]
+    sinks = list(extra_sinks)
+    if events_out is not None:
+        writer = JsonLinesWriter(events_out)
+
+        def write_events(events: list[Any]) -> None:
+            try:
+                writer.write(events)
+            except BrokenPipeError:
+                raise  # `--events - | head`: the reader left; main() ends quietly
+            except OSError as err:
+                raise output_error(events_out, err) from None
+
+        sinks.insert(0, write_events)
 
     def fan_out(events: list[Any]) -> None:
         for sink in sinks:
@@ -140,10 +223,11 @@ def replay_files(
     started = time.perf_counter()
     for path in paths:
         summary.files += 1
-        size = os.path.getsize(path)
-        bar = _Progress(progress, size, Path(path).name) if (
-            progress is not None and size >= _PROGRESS_MIN_BYTES) else None
+        bar: _Progress | None = None
         try:
+            size = os.path.getsize(path)
+            bar = _Progress(progress, size, Path(path).name) if (
+                progress is not None and size >= _PROGRESS_MIN_BYTES) else None
             for done, batch in read_capture_batches(path):
                 for ts, linktype, data, frame in batch:
                     events = packet(ts, linktype, data, frame)
@@ -153,6 +237,8 @@ def replay_files(
                     bar.update(done, pipeline.stats.packets)
         except CaptureFileError as err:
             summary.errors.append(str(err))
+        except OSError as err:  # unreadable, a directory, an I/O error mid-file
+            summary.errors.append(f"{os.fspath(path)}: cannot read: {err.strerror or err}")
         finally:
             if bar is not None:
                 bar.done()

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sensor import config as cfg
+from sensor.replay import describe
 from sensor.web import settings as web_settings
 from sensor.web.auth import TokenFileError, create_token_file
 
@@ -61,8 +62,14 @@ def cmd_token(args: argparse.Namespace) -> int:
         conf = _load(args)
         path = web_settings.token_path(conf)
         create_token_file(path, force=args.force)
-    except (cfg.ConfigError, TokenFileError, OSError) as err:
+    except (cfg.ConfigError, TokenFileError) as err:
         print(f"mamori web token: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # the token's directory cannot be made, or is not writable
+        problem = describe(err)
+        if isinstance(err, FileExistsError | NotADirectoryError):
+            problem = f"{err.filename}: not a directory"
+        print(f"mamori web token: {problem}", file=sys.stderr)
         return 1
     print(f"token written to {path} (mode 0600); log in with your name and its contents")
     return 0

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from sensor.pipeline import PipelineConfig
+from sensor.replay import check_input, check_output
 
 
 def register_commands(commands: Any) -> None:
@@ -48,8 +49,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from sensor.verify import verify_capture
 
     for path in args.files:
-        if not path.is_file():
-            print(f"mamori verify: {path}: no such file", file=sys.stderr)
+        if (problem := check_input(path)) is not None:
+            print(f"mamori verify: {problem}", file=sys.stderr)
             return 2
     if shutil.which("tshark") is None:
         print("mamori verify: tshark is not installed (apt install tshark)", file=sys.stderr)
@@ -72,9 +73,16 @@ def cmd_zeek_replay(args: argparse.Namespace) -> int:
     """Also the handler for ``replay --zeek-logs`` (reads ``args.zeek_logs`` if set)."""
     from sensor.zeek import replay_zeek_logs
 
-    directory: Path = getattr(args, "zeek_logs", None) or args.directory
+    zeek_logs: Path | None = getattr(args, "zeek_logs", None)
+    directory: Path = zeek_logs or args.directory
+    prog = "mamori replay" if zeek_logs is not None else "mamori zeek-replay"
+    problem = None
     if not directory.is_dir():
-        print(f"mamori replay: {directory}: not a directory", file=sys.stderr)
+        problem = f"{directory}: {'not a directory' if directory.exists() else 'no such directory'}"
+    elif args.events is not None and str(args.events) != "-":
+        problem = check_output(args.events)
+    if problem is not None:
+        print(f"{prog}: {problem}", file=sys.stderr)
         return 2
     with contextlib.ExitStack() as stack:
         events_out: IO[str] | None = None
@@ -84,6 +92,6 @@ def cmd_zeek_replay(args: argparse.Namespace) -> int:
         summary = replay_zeek_logs(directory, events_out=events_out)
     print(summary.render(), file=sys.stderr if events_out is sys.stdout else sys.stdout)
     if summary.files == 0:
-        print(f"mamori replay: {directory}: no Modbus or DNP3 Zeek logs", file=sys.stderr)
+        print(f"{prog}: {directory}: no Modbus or DNP3 Zeek logs", file=sys.stderr)
         return 1
     return 1 if summary.errors else 0
