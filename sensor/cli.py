@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -17,15 +18,9 @@ from typing import IO, Any
 
 from sensor import daemon_cli, detection_cli, forwarding_cli, web_cli, zeek_cli
 from sensor.advisories import cli as advisories_cli
+from sensor.paths import OutputError, check_input, check_output, describe
 from sensor.pipeline import PipelineConfig
-from sensor.replay import (
-    OutputError,
-    check_input,
-    check_output,
-    describe,
-    progress_stream,
-    replay_files,
-)
+from sensor.replay import progress_stream, replay_files
 
 
 def _version() -> str:
@@ -170,8 +165,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as err:
         # The last resort: every file, directory and permission failure a command does
         # not report itself is still one line naming the path, never a traceback.
-        print(f"mamori {args.command}: {describe(err)}", file=sys.stderr)
+        problem = describe(err)
+        if err.filename is None and err.errno in _WRITE_ERRNOS:
+            # Every file a command writes reports its own failures by name; an unnamed
+            # write error this far up is standard output (`> /dev/full`, a full disk).
+            problem = f"standard output: cannot write: {err.strerror or err}"
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # exit flush
+        print(f"mamori {args.command}: {problem}", file=sys.stderr)
         return 1
+
+
+_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
 
 
 if __name__ == "__main__":

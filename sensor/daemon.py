@@ -394,13 +394,13 @@ def build_sensor(conf: cfg.Config, config_path: str | None,
     from sensor.alerting import AlertOutputs
     from sensor.detection.loader import RuleError
     from sensor.detection.settings import store_path
-    from sensor.store import Store, StoreError
+    from sensor.detection_cli import open_store
+    from sensor.store import StoreError
 
     state_dir = Path(conf.get("sensor", "state_dir"))
     try:
-        store = Store(store_path(conf), max_age=conf.get("store", "max_age"),
-                      max_bytes=conf.get("store", "max_bytes"))
-    except (StoreError, OSError) as err:
+        store = open_store(store_path(conf), conf, readonly=False)
+    except StoreError as err:
         raise StartupError(f"store: {err}") from None
     forwarder = None
     outputs = AlertOutputs(store)

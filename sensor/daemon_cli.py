@@ -14,7 +14,7 @@ from typing import Any
 from sensor import config as cfg
 from sensor import daemon
 from sensor.capture.live import CaptureError, interface_exists
-from sensor.replay import check_output
+from sensor.paths import check_output
 from sensor.web import settings as _web_settings  # noqa: F401  registers [web]
 
 log = logging.getLogger("mamori")

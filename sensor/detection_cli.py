@@ -32,7 +32,7 @@ from sensor.detection.settings import (
     store_path,
 )
 from sensor.journald import journald_sink
-from sensor.replay import OutputError, check_output
+from sensor.paths import OutputError, check_creatable, check_output, describe
 from sensor.store import Store, StoreError
 
 
@@ -99,11 +99,27 @@ def _config(path: Path | None) -> cfg.Config:
     return cfg.load(path)
 
 
+def open_store(path: Path, config: cfg.Config, readonly: bool) -> Store:
+    """The store at ``path``; StoreError, naming the path, for anything in the way.
+
+    A directory there or a file where a directory should be would otherwise come
+    out of SQLite as ``disk I/O error`` or out of ``mkdir`` as ``File exists``.
+    """
+    if path.is_dir():
+        raise StoreError(f"{path}: is a directory, not a store")
+    if not readonly and (problem := check_creatable(path)) is not None:
+        raise StoreError(problem)
+    try:
+        return Store(path, readonly=readonly, max_age=config.get("store", "max_age"),
+                     max_bytes=config.get("store", "max_bytes"))
+    except OSError as err:  # its directory cannot be made (permissions, read-only fs)
+        raise StoreError(f"{path}: cannot open the store: {describe(err)}") from None
+
+
 def _open_store(args: argparse.Namespace, readonly: bool) -> Store:
     config = _config(args.config)
     path = args.store if args.store is not None else store_path(config)
-    return Store(path, readonly=readonly, max_age=config.get("store", "max_age"),
-                 max_bytes=config.get("store", "max_bytes"))
+    return open_store(path, config, readonly)
 
 
 def _file_problem(path: Path, err: Exception) -> str:
@@ -131,9 +147,10 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
     try:
         rules = load_rules(dirs, set_names())
     except RuleError as err:
-        for problem in err.problems:
-            print(problem, file=sys.stderr)
-        print(f"mamori rules: {len(err.problems)} problem(s)", file=sys.stderr)
+        for problem in err.problems:  # every one, each on its line, as check-config does
+            print(f"mamori rules: {problem}", file=sys.stderr)
+        if len(err.problems) > 1:
+            print(f"mamori rules: {len(err.problems)} problems", file=sys.stderr)
         return 1
     precursors = sorted({r.precursor for r in rules}, key=lambda p: (p[0], int(p[1:])))
     print(f"ok: {len(rules)} rules in {len(pack_files(dirs))} pack(s); "
@@ -307,8 +324,7 @@ class ReplayDetection:
         store = None
         if args.store is not None:
             try:
-                store = Store(args.store, max_age=config.get("store", "max_age"),
-                              max_bytes=config.get("store", "max_bytes"))
+                store = open_store(args.store, config, readonly=False)
             except StoreError as err:
                 raise UsageError(str(err)) from None
             stored = store.load_baseline()

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 from sensor import config as cfg
 from sensor import forwarding_options  # noqa: F401  (registers [forward] and [collect])
 from sensor.advisories import cli as advisories_cli
-from sensor.replay import check_output, describe
+from sensor.paths import check_output, describe, describe_mkdir
 
 
 def register_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -89,10 +89,7 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
         print(f"mamori keys: {err}", file=sys.stderr)
         return 1
     except OSError as err:
-        problem = describe(err)
-        if isinstance(err, FileExistsError | NotADirectoryError):
-            problem = f"{err.filename}: not a directory"
-        print(f"mamori keys: {problem}", file=sys.stderr)
+        print(f"mamori keys: {describe_mkdir(err)}", file=sys.stderr)
         return 1
     print(f"public key: {public} (give this to the collector's allow-list)")
     print(f"secret key: {secret} (mode 0600; keep it on this box)")
@@ -112,6 +109,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
     problem = _unbindable(settings.listen + ((settings.publish,) if settings.publish else ()))
     if problem is None and settings.jsonl:
         problem = check_output(Path(settings.jsonl))
+    if problem is None and not settings.dsn:
+        problem = foreign_sqlite(settings.db, "streams", "a collector store")
     if problem is not None:
         print(f"mamori collect: {problem}", file=sys.stderr)
         return 2
@@ -205,10 +204,38 @@ def _storage_problem(settings: CollectorSettings, err: Exception) -> str:
     if settings.dsn:
         return f"PostgreSQL ([collect] dsn): {err}".strip()
     if isinstance(err, OSError):
-        return describe(err) if err.filename is not None else \
+        return describe_mkdir(err) if err.filename is not None else \
             f"{settings.db}: {err.strerror or err}"
     text = str(err)
     return text if settings.dsn or str(settings.db) in text else f"{settings.db}: {text}"
+
+
+def foreign_sqlite(path: Path, table: str, what: str) -> str | None:
+    """Why the file at ``path`` is not ``what`` (has no ``table``), or None.
+
+    None too when there is no file yet, or an empty one: opening creates the schema.
+    Without this, the collector or the journal would add its tables to whatever
+    SQLite file it was pointed at (the sensor's own store, say) and then fail, or
+    report nothing, on a database that is not its own. Opens read-only.
+    """
+    try:
+        if path.is_dir():
+            return f"{path}: is a directory, not {what}"
+        if not path.exists() or path.stat().st_size == 0:
+            return None
+        conn = sqlite3.connect(path.absolute().as_uri() + "?mode=ro", uri=True)
+        try:
+            tables = {row[0] for row in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            conn.close()
+    except sqlite3.Error as err:
+        return f"{path}: not {what}: {err}"
+    except OSError as err:
+        return describe(err)
+    if table not in tables:
+        return f"{path}: not {what} (an SQLite file without its tables)"
+    return None
 
 
 def cmd_collect_status(args: argparse.Namespace) -> int:
@@ -222,6 +249,9 @@ def cmd_collect_status(args: argparse.Namespace) -> int:
     if not s.dsn and not s.db.exists():
         print(f"mamori collect status: {s.db}: no collector store yet", file=sys.stderr)
         return 1
+    if not s.dsn and (problem := foreign_sqlite(s.db, "streams", "a collector store")):
+        print(f"mamori collect status: {problem}", file=sys.stderr)
+        return 2
     try:
         storage = open_storage(s.db, s.dsn)
     except _storage_errors(s) as err:
@@ -279,6 +309,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if not path.exists():
         print(f"mamori audit: {path}: nothing forwarded yet", file=sys.stderr)
         return 1
+    if (problem := foreign_sqlite(path, "epochs", "a forwarding journal")) is not None:
+        print(f"mamori audit: {problem}", file=sys.stderr)
+        return 2
     try:
         journal = AlertJournal(path)
         try:

@@ -61,8 +61,10 @@ def read_key(path: Path, secret: bool = False) -> bytes:
     try:
         text = path.read_text(encoding="ascii")
         mode = path.stat().st_mode
-    except (OSError, UnicodeDecodeError) as err:
-        raise KeyFileError(f"{path}: cannot read key: {err}") from None
+    except OSError as err:
+        raise KeyFileError(f"{path}: cannot read key: {err.strerror or err}") from None
+    except UnicodeDecodeError:
+        raise KeyFileError(f"{path}: not a Z85 CURVE key (not ASCII text)") from None
     if secret and mode & 0o077:
         raise KeyFileError(f"{path}: secret key is accessible by others (chmod 600)")
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]

@@ -7,9 +7,7 @@ harness as much as an analyst's tool.
 
 from __future__ import annotations
 
-import errno
 import os
-import stat
 import sys
 import time
 from collections import Counter
@@ -21,76 +19,15 @@ from typing import IO, Any
 from parsers.capfile import CaptureFileError
 from sensor.capture.pcapfile import read_capture_batches
 from sensor.eventlog import JsonLinesWriter, event_to_dict
+from sensor.paths import OutputError
 from sensor.pipeline import Pipeline, PipelineConfig
-
-
-class OutputError(Exception):
-    """Writing an output file (``--events``, ``--alerts``) failed; the message names it."""
-
-
-def describe(err: OSError) -> str:
-    """``path: reason`` for an OSError, without the ``[Errno N]`` noise."""
-    reason = err.strerror or str(err)
-    return f"{err.filename}: {reason}" if err.filename is not None else reason
-
-
-def check_input(path: Path) -> str | None:
-    """Why the capture file at ``path`` cannot be read, or None."""
-    try:
-        if path.is_dir():
-            return f"{path}: is a directory, not a capture file"
-        if not path.exists():
-            return f"{path}: no such file"
-        with path.open("rb"):
-            pass
-    except OSError as err:
-        return f"{path}: cannot read: {err.strerror or err}"
-    return None
-
-
-def check_output(path: Path) -> str | None:
-    """Why an output file cannot be written at ``path``, or None. Creates nothing.
-
-    A regular file is opened for appending and given a zero-length write, which is
-    what finds a read-only file even for root, or a pseudo-file such as /proc/version
-    that opens but refuses every write. The file is never truncated here; one this
-    check created is removed again.
-    """
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        info = None
-    except OSError as err:
-        return f"{path}: cannot write: {err.strerror or err}"
-    if info is not None and stat.S_ISDIR(info.st_mode):
-        return f"{path}: is a directory"
-    if info is not None and not stat.S_ISREG(info.st_mode):
-        return None  # a pipe, a terminal, /dev/null: write errors are caught as they come
-    if info is None and not path.parent.is_dir():
-        return f"{path}: cannot write: directory {path.parent} does not exist"
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o644)
-    except OSError as err:
-        return f"{path}: cannot write: {err.strerror or err}"
-    try:
-        os.write(fd, b"")
-    except OSError as err:
-        return f"{path}: cannot write: {err.strerror or err}"
-    finally:
-        os.close(fd)
-        if info is None:
-            try:
-                os.unlink(path)
-            except OSError as err:
-                if err.errno != errno.ENOENT:
-                    raise
-    return None
 
 
 def output_error(stream: IO[str], err: OSError) -> OutputError:
     """The OutputError for a failed write to ``stream`` (named by its file name)."""
     name = getattr(stream, "name", None)
-    where = name if isinstance(name, str) else "output"
+    where = "standard output" if stream is sys.stdout else \
+        name if isinstance(name, str) else "output"
     return OutputError(f"{where}: cannot write: {err.strerror or err}")
 
 

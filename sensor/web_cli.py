@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sensor import config as cfg
-from sensor.replay import describe
+from sensor.paths import describe_mkdir
 from sensor.web import settings as web_settings
 from sensor.web.auth import TokenFileError, create_token_file
 
@@ -66,10 +66,7 @@ def cmd_token(args: argparse.Namespace) -> int:
         print(f"mamori web token: {err}", file=sys.stderr)
         return 1
     except OSError as err:  # the token's directory cannot be made, or is not writable
-        problem = describe(err)
-        if isinstance(err, FileExistsError | NotADirectoryError):
-            problem = f"{err.filename}: not a directory"
-        print(f"mamori web token: {problem}", file=sys.stderr)
+        print(f"mamori web token: {describe_mkdir(err)}", file=sys.stderr)
         return 1
     print(f"token written to {path} (mode 0600); log in with your name and its contents")
     return 0
@@ -77,16 +74,17 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 def cmd_web(args: argparse.Namespace) -> int:
     from sensor.detection.settings import store_path
+    from sensor.detection_cli import open_store
+    from sensor.store import StoreError
     from sensor.web.server import WebSetupError, build_context, listen, serve_forever, url_of
 
     try:
         conf = _load(args)
         store = store_path(conf)
-        if not store.exists():
-            raise WebSetupError(f"{store}: no store (has the sensor run yet?)")
+        open_store(store, conf, readonly=True).close()  # a store, not just a file there
         ctx = build_context(conf, store)
         sock = listen(conf)
-    except (cfg.ConfigError, WebSetupError) as err:
+    except (cfg.ConfigError, WebSetupError, StoreError) as err:
         print(f"mamori web: {err}", file=sys.stderr)
         return 2
     print(f"mamori web: serving {store} on {url_of(sock)} (health is live only under "

@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 from typing import IO, Any
 
+from sensor.paths import check_input, check_output
 from sensor.pipeline import PipelineConfig
-from sensor.replay import check_input, check_output
 
 
 def register_commands(commands: Any) -> None:

@@ -1,0 +1,114 @@
+"""Why a path cannot be used, as one line naming it: for every command's file errors.
+
+Each check returns ``"path: reason"`` or None and creates nothing, so a command can
+refuse bad input before it has done any work (a replay that fails on its output
+file after an hour of input is worse than one that never starts).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+
+
+class OutputError(Exception):
+    """Writing an output file (``--events``, ``--alerts``) failed; the message names it."""
+
+
+def describe(err: OSError) -> str:
+    """``path: reason`` for an OSError, without the ``[Errno N]`` noise."""
+    reason = err.strerror or str(err)
+    return f"{err.filename}: {reason}" if err.filename is not None else reason
+
+
+def check_input(path: Path) -> str | None:
+    """Why the capture file at ``path`` cannot be read, or None."""
+    try:
+        if path.is_dir():
+            return f"{path}: is a directory, not a capture file"
+        if not path.exists():
+            return f"{path}: no such file"
+        with path.open("rb"):
+            pass
+    except OSError as err:
+        return f"{path}: cannot read: {err.strerror or err}"
+    return None
+
+
+def check_output(path: Path) -> str | None:
+    """Why an output file cannot be written at ``path``, or None. Creates nothing.
+
+    A regular file is opened for appending and given a zero-length write, which is
+    what finds a read-only file even for root, or a pseudo-file such as /proc/version
+    that opens but refuses every write. The file is never truncated here; one this
+    check created is removed again.
+    """
+    try:
+        info = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        info = None
+    except OSError as err:
+        return f"{path}: cannot write: {err.strerror or err}"
+    if info is not None and stat.S_ISDIR(info.st_mode):
+        return f"{path}: is a directory"
+    if info is not None and not stat.S_ISREG(info.st_mode):
+        return None  # a pipe, a terminal, /dev/null: write errors are caught as they come
+    if info is None and not path.parent.is_dir():
+        if (blocker := blocking_file(path)) is not None:
+            return f"{path}: cannot write: {blocker} is a file, not a directory"
+        return f"{path}: cannot write: directory {path.parent} does not exist"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o644)
+    except OSError as err:
+        return f"{path}: cannot write: {err.strerror or err}"
+    try:
+        os.write(fd, b"")
+    except OSError as err:
+        return f"{path}: cannot write: {err.strerror or err}"
+    finally:
+        os.close(fd)
+        if info is None:
+            try:
+                os.unlink(path)
+            except OSError as err:
+                if err.errno != errno.ENOENT:
+                    raise
+    return None
+
+
+def blocking_file(path: Path) -> Path | None:
+    """The nearest existing ancestor of ``path`` when it is not a directory, else None."""
+    for candidate in path.parents:
+        try:
+            info = candidate.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError:
+            return None  # unreadable: the operation itself reports it
+        return None if stat.S_ISDIR(info.st_mode) else candidate
+    return None
+
+
+def check_creatable(path: Path) -> str | None:
+    """Why a file or directory cannot be made at ``path`` for a file in the way, or None.
+
+    ``mkdir(parents=True)`` reports a file where a directory should be as ``File
+    exists`` or ``Not a directory``; this names the file that is in the way.
+    """
+    blocker = blocking_file(path)
+    if blocker is None:
+        return None
+    return f"{path}: cannot create: {blocker} is a file, not a directory"
+
+
+def describe_mkdir(err: OSError) -> str:
+    """``describe`` for an error from making ``path``'s directories and then ``path``."""
+    if isinstance(err, FileExistsError | NotADirectoryError) and err.filename is not None:
+        path = Path(os.fsdecode(err.filename))
+        if path.exists() and not path.is_dir() and isinstance(err, FileExistsError):
+            return f"{path}: is a file, not a directory"
+        if (problem := check_creatable(path)) is not None:
+            return problem
+    return describe(err)
