@@ -254,7 +254,10 @@ class Problem:
     section: str
     key: str
     message: str
-    at: tuple[str, str] | None = None  # where to point (default: section, key)
+    # Where to point (default: section, key). Longer paths point closer when the file
+    # has them on lines of their own: ("forward", "collectors", 1, "server_key") is the
+    # server_key line of the second [[forward.collectors]] table.
+    at: tuple[str | int, ...] | None = None
 
 
 Check = Callable[[Config], Iterable[Problem]]
@@ -305,15 +308,20 @@ def _key_path(text: str) -> tuple[str, ...]:
     return tuple(p[1:-1] if p[:1] in "\"'" else p for p in parts)
 
 
-def _locate(text: str) -> dict[tuple[str, ...], int]:
+KeyPath = tuple[str | int, ...]
+
+
+def _locate(text: str) -> dict[KeyPath, int]:
     """Line of the first mention of each table and key path (tomllib gives no positions).
 
     ``[sensor.sub]`` locates ``("sensor",)`` and ``("sensor", "sub")``; a dotted
-    ``sensor.name = 5`` locates ``("sensor",)`` and ``("sensor", "name")``.
-    Lines inside multi-line strings are skipped.
+    ``sensor.name = 5`` locates ``("sensor",)`` and ``("sensor", "name")``; the keys
+    of the N-th ``[[a.b]]`` table are under ``("a", "b", N)``. Lines inside
+    multi-line strings are skipped.
     """
-    lines: dict[tuple[str, ...], int] = {}
-    table: tuple[str, ...] = ()
+    lines: dict[KeyPath, int] = {}
+    table: KeyPath = ()
+    arrays: dict[KeyPath, int] = {}  # [[table]] -> index of its latest element
     open_string: str | None = None
     for number, line in enumerate(text.splitlines(), start=1):
         if open_string is not None:
@@ -324,6 +332,10 @@ def _locate(text: str) -> dict[tuple[str, ...], int]:
             table = _key_path(m.group(2))
             for i in range(1, len(table) + 1):
                 lines.setdefault(table[:i], number)
+            if m.group(1) == "[[":
+                arrays[table] = arrays.get(table, -1) + 1
+                table = (*table, arrays[table])
+                lines.setdefault(table, number)
         elif m := _ASSIGNMENT.match(line):
             path = table + _key_path(m.group(1))
             for i in range(len(table) + 1, len(path) + 1):
@@ -372,6 +384,7 @@ def load(path: str | Path | None, overrides: Mapping[tuple[str, str], Any] | Non
     sections = {o.section for o in options.values()}
     name = "defaults" if path is None else str(path)
     located: dict[tuple[str, str], tuple[str, int | None]] = {}
+    where: dict[KeyPath, int] = {}
     problems: list[ConfigError] = []
     if path is not None:
         try:
@@ -437,8 +450,11 @@ def load(path: str | Path | None, overrides: Mapping[tuple[str, str], Any] | Non
     if check_files and not problems:
         for check in _CHECKS:
             for problem in check(config):
-                file, line = located.get(problem.at or (problem.section, problem.key),
-                                         (name, None))
+                at = problem.at or (problem.section, problem.key)
+                file, line = located.get((str(at[0]), str(at[1])), (name, None))
+                if file == name:  # the value is from the file: the closest line there
+                    line = next((where[at[:n]] for n in range(len(at), 2, -1)
+                                 if at[:n] in where), line)
                 problems.append(ConfigError(file, line, f"[{problem.section}] {problem.key}",
                                             problem.message))
     if problems:

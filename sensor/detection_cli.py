@@ -128,6 +128,10 @@ def _file_problem(path: Path, err: Exception) -> str:
         return f"{path}: is a directory, not a file"
     if isinstance(err, OSError):
         return f"{path}: cannot read: {err.strerror or err}"
+    if isinstance(err, UnicodeDecodeError):
+        return f"{path}: not UTF-8 text (byte {err.start})"
+    if isinstance(err, json.JSONDecodeError):
+        return f"{path}:{err.lineno}:{err.colno}: not JSON: {err.msg}"
     return f"{path}: {err}"
 
 
@@ -240,8 +244,15 @@ def cmd_assets(args: argparse.Namespace) -> int:
 
 def cmd_baseline(args: argparse.Namespace) -> int:
     action = args.baseline_command
+    # The file first, before the store is opened (or created): say it while it is cheap.
     if action == "export" and (problem := check_output(args.file)) is not None:
-        return _fail("baseline", problem, 2)  # before the store: say it while it is cheap
+        return _fail("baseline", problem, 2)
+    inventory = Inventory()
+    if action == "import":
+        try:
+            inventory.import_baseline(json.loads(args.file.read_text(encoding="utf-8")))
+        except (OSError, ValueError) as err:  # BaselineError, JSONDecodeError
+            return _fail("baseline", _file_problem(args.file, err))
     try:
         store = _open_store(args, readonly=action in ("status", "export"))
     except (cfg.ConfigError, StoreError) as err:
@@ -249,12 +260,6 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     with store:
         doc = store.load_baseline()
         if action == "import":
-            try:
-                loaded = json.loads(args.file.read_text(encoding="utf-8"))
-                inventory = Inventory()
-                inventory.import_baseline(loaded)
-            except (OSError, ValueError) as err:  # BaselineError, JSONDecodeError
-                return _fail("baseline", _file_problem(args.file, err))
             store.save_baseline(inventory.export())
             print(f"imported {args.file}: {inventory.status()['pairs']} pairs; enforcing")
             return 0

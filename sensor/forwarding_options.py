@@ -130,14 +130,15 @@ def check_key_files(config: cfg.Config) -> list[cfg.Problem]:
 
     base = Path(config.get("sensor", "state_dir"))
     problems = []
-    for spec in collectors:
+    for index, spec in enumerate(collectors):
         if is_z85_key(spec.server_key):
             continue
         path = Path(spec.server_key)
         why = _key_file(path if path.is_absolute() else base / path)
         if why is not None:
             problems.append(cfg.Problem("forward", "collectors",
-                                        f"server_key of {spec.endpoint}: {why}"))
+                                        f"server_key of {spec.endpoint}: {why}",
+                                        at=("forward", "collectors", index, "server_key")))
     secret = config.state_path("forward", "secret_key")
     why = _key_file(secret)
     if why is not None:
