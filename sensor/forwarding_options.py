@@ -107,26 +107,33 @@ cfg.register([
 ])
 
 
-def _key_file(path: Path) -> str | None:
-    """Why the key file at ``path`` cannot be used, or None (content checked at start-up)."""
+def _key_file(path: Path, *, secret: bool = False) -> str | None:
+    """Why the key file at ``path`` cannot be used, or None: what start-up would find.
+
+    Missing, a directory, unreadable, not a Z85 key, or a secret key others can read.
+    """
+    from sensor.keys import KeyFileError, read_key  # ZeroMQ: only with forwarding
+
     try:
         if not path.exists():
             return f"{path}: no such key file (mamori keys generate)"
-        if not path.is_file():
+        if path.is_dir():
             return f"{path}: is a directory, not a key file"
-        with path.open("rb"):
-            pass
-    except OSError as err:
-        return f"{path}: cannot read the key file: {err.strerror}"
+    except OSError as err:  # a directory on the way that we may not enter
+        return f"{path}: cannot read the key file: {err.strerror or err}"
+    try:
+        read_key(path, secret=secret)
+    except KeyFileError as err:
+        return str(err)
     return None
 
 
 def check_key_files(config: cfg.Config) -> list[cfg.Problem]:
-    """Forwarding configured: every collector's server_key file and our secret key exist."""
+    """Forwarding configured: every collector's server_key file and our secret key are usable."""
     collectors: tuple[CollectorSpec, ...] = config.get("forward", "collectors")
     if not collectors:
         return []
-    from sensor.keys import is_z85_key  # ZeroMQ, only when forwarding is configured
+    from sensor.keys import is_z85_key  # ZeroMQ: only with forwarding
 
     base = Path(config.get("sensor", "state_dir"))
     problems = []
@@ -140,7 +147,7 @@ def check_key_files(config: cfg.Config) -> list[cfg.Problem]:
                                         f"server_key of {spec.endpoint}: {why}",
                                         at=("forward", "collectors", index, "server_key")))
     secret = config.state_path("forward", "secret_key")
-    why = _key_file(secret)
+    why = _key_file(secret, secret=True)
     if why is not None:
         where = ("forward", "secret_key") if config.sources.get(
             ("forward", "secret_key"), "default") != "default" else ("forward", "collectors")

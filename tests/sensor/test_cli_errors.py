@@ -74,9 +74,10 @@ def site() -> Iterator[Site]:
         (root / "forward-junk" / "forward").mkdir(parents=True)
         (root / "forward-junk" / "forward" / "journal.db").write_text("junk\n")
         create_token_file(root / "web" / "token")
-        (root / "no-key.toml").write_text(
-            "[sensor]\nname = 'x'\n\n[forward]\ncollectors = [\n"
-            f"  {{endpoint = 'tcp://127.0.0.1:7700', server_key = '{root}/absent.pub'}},\n]\n")
+        for name, key in (("no-key", "absent.pub"), ("bad-key", "afile")):
+            (root / f"{name}.toml").write_text(
+                f"[sensor]\nstate_dir = '{root}'\n\n[forward]\ncollectors = [\n"
+                f"  {{endpoint = 'tcp://127.0.0.1:7700', server_key = '{key}'}},\n]\n")
         for path in root.rglob("*"):
             if path.is_dir() and path.name != "closed":
                 path.chmod(0o755)
@@ -229,6 +230,10 @@ CASES: dict[str, Case] = {
     "replay-server-key-missing": lambda s: (
         [*REPLAY, str(s / "capture.pcap"), "--config", str(s / "no-key.toml")],
         [f"{s / 'no-key.toml'}:5", "[forward] collectors", str(s / "absent.pub")]),
+    "replay-server-key-malformed": lambda s: (
+        [*REPLAY, str(s / "capture.pcap"), "--config", str(s / "bad-key.toml")],
+        [f"{s / 'bad-key.toml'}:5", "[forward] collectors", str(s / "afile"),
+         "not a Z85 CURVE key"]),
     "replay-rules-missing": lambda s: (
         [*REPLAY, str(s / "capture.pcap"), "--rules", str(s / "norules")],
         [str(s / "norules")]),

@@ -12,6 +12,7 @@ import pytest
 import sensor.detection.settings  # registers [detection], [store], [sets]
 import sensor.forwarding_options  # noqa: F401  registers [forward], [collect]
 from sensor import config as cfg
+from sensor.keys import generate
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -140,7 +141,7 @@ def forwarding(tmp_path: Path, server_key: str, *, secret: bool = True,
     state = tmp_path / "state"
     (state / "keys").mkdir(parents=True, exist_ok=True)
     if secret:
-        (state / "keys" / "sensor.secret").write_text("x\n")
+        generate("sensor", state / "keys")
     if tables:
         text = (f"[sensor]\nstate_dir = '{state}'\n\n[[forward.collectors]]\n"
                 f"endpoint = 'tcp://127.0.0.1:7700'\nserver_key = '{server_key}'\n")
@@ -167,9 +168,8 @@ def test_a_missing_server_key_file_is_refused_with_file_line_and_key(
 def test_each_collector_table_is_located(tmp_path: Path) -> None:
     """Two [[forward.collectors]]: the problem points at the second one's server_key."""
     state = tmp_path / "state"
-    (state / "keys").mkdir(parents=True)
-    (state / "keys" / "sensor.secret").write_text("x\n")
-    (state / "one.pub").write_text("x\n")
+    generate("sensor", state / "keys")
+    generate("one", state)
     path = write(tmp_path, f"[sensor]\nstate_dir = '{state}'\n\n"
                            "[[forward.collectors]]\nendpoint = 'tcp://10.0.0.1:7700'\n"
                            "server_key = 'one.pub'\n\n"
@@ -198,10 +198,26 @@ def test_a_missing_secret_key_is_refused_at_the_collectors_line(tmp_path: Path) 
 
 
 def test_present_key_files_pass(tmp_path: Path) -> None:
-    (tmp_path / "state" / "keys").mkdir(parents=True)
-    (tmp_path / "state" / "keys" / "collector.pub").write_text("x\n")
+    generate("collector", tmp_path / "state" / "keys")
     conf = cfg.load(forwarding(tmp_path, "keys/collector.pub"), check_files=True)
     assert conf.get("forward", "collectors")[0].server_key == "keys/collector.pub"
+
+
+def test_a_malformed_server_key_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "c.pub").write_text("# a comment, and no key\n")
+    path = forwarding(tmp_path, "c.pub")
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.load(path, check_files=True)
+    assert located(err.value) == [(str(path), 6, "[forward] collectors")]
+    assert f"{tmp_path / 'state' / 'c.pub'}: not a Z85 CURVE key" in str(err.value)
+
+
+def test_a_secret_key_others_can_read_is_refused(tmp_path: Path) -> None:
+    path = forwarding(tmp_path, "Y" * 40)
+    (tmp_path / "state" / "keys" / "sensor.secret").chmod(0o644)
+    with pytest.raises(cfg.ConfigError, match="accessible by others"):
+        cfg.load(path, check_files=True)
 
 
 def test_no_forwarding_needs_no_key_files(tmp_path: Path) -> None:
