@@ -53,6 +53,9 @@ def site() -> Iterator[Site]:
         shutil.copy(SAMPLE, root / "unreadable.pcap")
         (root / "unreadable.pcap").chmod(0o000)
         (root / "closed").mkdir(mode=0o700)  # nobody may not enter it
+        (root / "zeek").mkdir()
+        (root / "zeek" / "modbus.log").write_text("#separator \\x09\n")
+        (root / "zeek" / "modbus.log").chmod(0o000)
         shutil.copy(SAMPLE, root / "closed" / "capture.pcap")
         (root / "readonly").mkdir(mode=0o755)  # nobody may not write in it
         (root / "a_dir").mkdir()
@@ -324,6 +327,12 @@ UNPRIVILEGED: dict[str, Case] = {
     "replay-store-readonly-dir": lambda s: (
         [*REPLAY, str(s / "capture.pcap"), "--store", str(s / "readonly" / "new" / "s.db")],
         [str(s / "readonly"), "Permission denied"]),
+    "zeek-replay-unreadable-log": lambda s: (
+        ["zeek-replay", str(s / "zeek")], [str(s / "zeek" / "modbus.log"), "Permission denied"]),
+    "zeek-replay-closed-directory": lambda s: (
+        ["zeek-replay", str(s / "closed")], [str(s / "closed"), "Permission denied"]),
+    "replay-zeek-logs-closed-directory": lambda s: (
+        [*REPLAY, "--zeek-logs", str(s / "closed")], [str(s / "closed"), "Permission denied"]),
     "check-config-unreadable": lambda s: (
         ["check-config", "--config", str(s / "unreadable.toml")],
         [str(s / "unreadable.toml"), "Permission denied"]),
