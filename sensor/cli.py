@@ -18,7 +18,7 @@ from typing import IO, Any
 
 from sensor import daemon_cli, detection_cli, forwarding_cli, web_cli, zeek_cli
 from sensor.advisories import cli as advisories_cli
-from sensor.paths import OutputError, check_input, check_output, describe
+from sensor.paths import OutputError, check_input, check_output, describe, open_output
 from sensor.pipeline import PipelineConfig
 from sensor.replay import progress_stream, replay_files
 
@@ -124,7 +124,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             if str(args.events) == "-":
                 events_out = sys.stdout
             else:
-                events_out = stack.enter_context(args.events.open("w", encoding="utf-8"))
+                events_out = stack.enter_context(open_output(args.events))
         if zeek is not None:
             from sensor.zeek import replay_zeek_logs
 

@@ -8,13 +8,50 @@ file after an hour of input is worse than one that never starts).
 from __future__ import annotations
 
 import errno
+import io
 import os
 import stat
 from pathlib import Path
+from typing import IO
 
 
 class OutputError(Exception):
     """Writing an output file (``--events``, ``--alerts``) failed; the message names it."""
+
+
+class _NamedOutput(io.TextIOWrapper):
+    """A text file whose write, flush and close failures are OutputErrors naming it.
+
+    Buffered text reaches the disk later than the ``write`` that produced it, so a
+    full disk surfaces in whatever flushes next (often the close at the end of a
+    ``with``), as an OSError without a file name; this puts the name back.
+    """
+
+    def _failed(self, err: OSError) -> OutputError:
+        return OutputError(f"{self.name}: cannot write: {err.strerror or err}")
+
+    def write(self, text: str) -> int:
+        try:
+            return super().write(text)
+        except OSError as err:
+            raise self._failed(err) from None
+
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except OSError as err:
+            raise self._failed(err) from None
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError as err:
+            raise self._failed(err) from None
+
+
+def open_output(path: Path) -> IO[str]:
+    """``path`` opened for writing text (truncated); every later failure names it."""
+    return _NamedOutput(open(path, "wb"), encoding="utf-8")  # the caller closes it
 
 
 def describe(err: OSError) -> str:

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import IO, Any
 
-from sensor.paths import check_input, check_output
+from sensor.paths import check_input, check_output, open_output
 from sensor.pipeline import PipelineConfig
 
 
@@ -88,7 +88,7 @@ def cmd_zeek_replay(args: argparse.Namespace) -> int:
         events_out: IO[str] | None = None
         if args.events is not None:
             events_out = sys.stdout if str(args.events) == "-" else stack.enter_context(
-                args.events.open("w", encoding="utf-8"))
+                open_output(args.events))
         summary = replay_zeek_logs(directory, events_out=events_out)
     print(summary.render(), file=sys.stderr if events_out is sys.stdout else sys.stdout)
     if summary.files == 0:

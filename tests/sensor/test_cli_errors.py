@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from sensor.web.auth import create_token_file
-from tests.conftest import PROJECT
+from tests.conftest import PROJECT, corpus_path
 
 MAMORI = str(Path(sys.executable).parent / "mamori")
 SAMPLE = PROJECT / "samples" / "modbus_demo.pcap"
@@ -403,3 +403,18 @@ def test_a_full_standard_output_is_one_line(site: Site, command: list[str]) -> N
         proc = subprocess.run([MAMORI, *argv], stdout=full, stderr=subprocess.PIPE,
                               text=True, timeout=60)
     assert_one_line(proc, "standard output", "No space left on device")
+
+
+@pytest.mark.corpus
+@pytest.mark.parametrize("command", [["zeek-replay"], [*REPLAY, "--zeek-logs"]])
+def test_zeek_events_onto_a_full_disk_name_the_file(tmp_path: Path,
+                                                    command: list[str]) -> None:
+    """The write that fails is the flush at close, which knows no file name by itself."""
+    log = corpus_path("icsnpp-modbus/testing/baseline/analyzer.basic/modbus_detailed.log")
+    (tmp_path / "logs").mkdir()
+    shutil.copy(log, tmp_path / "logs" / "modbus.log")
+    proc = run([*command, str(tmp_path / "logs"), "--events", "/dev/full"])
+    assert_one_line(proc, "/dev/full", "No space left on device")
+    written = run([*command, str(tmp_path / "logs"), "--events", str(tmp_path / "e.jsonl")])
+    assert written.returncode == 0, written.stderr
+    assert len((tmp_path / "e.jsonl").read_text().splitlines()) > 10  # it had events
