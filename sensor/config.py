@@ -142,6 +142,22 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0, None: 1.0}
 
 
+def seconds_flag(text: str) -> float:
+    """argparse ``type=`` for a duration flag (``--duration 30``, ``--duration 2m``).
+
+    The same rules as a duration in the file: ``nan``, ``inf`` and negative numbers
+    are usage errors, not a loop that never ends or never starts.
+    """
+    try:
+        number = float(text)
+    except ValueError:
+        number = None
+    try:
+        return v_seconds(number if number is not None else text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def parse_duration(text: str) -> float:
     """``"1h"`` → 3600.0. Used by the config and by ``--since`` style flags."""
     match = _DURATION.match(text)

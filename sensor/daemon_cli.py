@@ -30,7 +30,7 @@ def register_commands(commands: Any) -> None:
                      help="site configuration (default /etc/mamori/sensor.toml if present)")
     run.add_argument("--events", type=Path, default=None, metavar="OUT.jsonl",
                      help="also write every event as JSON lines (for analysts)")
-    run.add_argument("--max-seconds", type=float, default=None, help=argparse.SUPPRESS)
+    run.add_argument("--max-seconds", type=cfg.seconds_flag, default=None, help=argparse.SUPPRESS)
     run.add_argument("--web", action="store_true",
                      help="also serve the operator web page ([web] enabled; docs/web.md)")
     cfg.add_flags(run)

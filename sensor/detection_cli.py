@@ -58,7 +58,7 @@ def register_commands(commands: Any) -> None:
     alerts.add_argument("--severity", metavar="LEVEL", help="at least this severity")
     alerts.add_argument("--follow", action="store_true", help="keep printing new alerts")
     alerts.add_argument("--json", action="store_true", help="one JSON object per line")
-    alerts.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
+    alerts.add_argument("--interval", type=cfg.seconds_flag, default=1.0, help=argparse.SUPPRESS)
     alerts.add_argument("--max-polls", type=int, default=None, help=argparse.SUPPRESS)
     _store_args(alerts)
     alerts.set_defaults(func=cmd_alerts)

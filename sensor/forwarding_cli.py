@@ -43,7 +43,7 @@ def register_commands(subparsers: argparse._SubParsersAction) -> None:  # type: 
         description="Accept alerts from sensors whose public keys are in the allow-list "
                     "directory, store them, acknowledge them and re-publish them.")
     _config_flags(collect, ["sensor", "collect"])
-    collect.add_argument("--duration", type=float, default=None,
+    collect.add_argument("--duration", type=cfg.seconds_flag, default=None,
                          help="stop after this many seconds (tests, demos)")
     collect.set_defaults(func=cmd_collect)
     collect_cmds = collect.add_subparsers(dest="collect_command", metavar="ACTION")

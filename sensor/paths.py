@@ -78,8 +78,8 @@ def check_output(path: Path) -> str | None:
     """Why an output file cannot be written at ``path``, or None. Creates nothing.
 
     A regular file is opened for appending and given a zero-length write, which is
-    what finds a read-only file even for root, or a pseudo-file such as /proc/version
-    that opens but refuses every write. The file is never truncated here; one this
+    what finds a read-only filesystem (even for root) or a pseudo-file such as
+    /proc/version that opens but refuses every write. The file is never truncated here; one this
     check created is removed again.
     """
     try:

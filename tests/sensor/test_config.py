@@ -312,3 +312,21 @@ def test_check_config_refuses_a_missing_server_key(tmp_path: Path) -> None:
     assert proc.stderr.splitlines() == [
         f"mamori: {path}:6: [forward] collectors: server_key of tcp://127.0.0.1:7700: "
         f"{tmp_path / 'state' / 'absent.pub'}: no such key file (mamori keys generate)"]
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf", "-1", "1e999", "soon", ""])
+def test_duration_flags_refuse_what_the_file_refuses(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError):
+        cfg.seconds_flag(text)
+
+
+def test_duration_flags_take_numbers_and_units() -> None:
+    assert cfg.seconds_flag("2.5") == 2.5
+    assert cfg.seconds_flag("2m") == 120.0
+
+
+def test_collect_duration_nan_is_a_usage_error() -> None:
+    proc = subprocess.run([str(Path(sys.executable).parent / "mamori"), "collect",
+                           "--duration", "nan"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "--duration: nan is not a duration" in proc.stderr.splitlines()[-1]
