@@ -277,16 +277,19 @@ class Problem:
 
 
 Check = Callable[[Config], Iterable[Problem]]
-_CHECKS: list[Check] = []
+_CHECKS: list[tuple[Check, frozenset[tuple[str, str]]]] = []
 
 
-def register_check(check: Check) -> None:
+def register_check(check: Check, reads: Iterable[tuple[str, str]]) -> None:
     """A check that needs more than one value or the filesystem (key files exist, ...).
 
     ``load(..., check_files=True)`` runs them: ``check-config``, ``run`` and ``replay``
-    do; commands that create those files (``keys generate``) do not.
+    do; commands that create those files (``keys generate``) do not. ``reads`` are
+    the (section, key) values it looks at: it is skipped when one of them is invalid
+    (that value is then its default, and the check would report a consequence of the
+    error already reported rather than a problem of its own).
     """
-    _CHECKS.append(check)
+    _CHECKS.append((check, frozenset(reads)))
 
 
 def check_state_dir(config: Config) -> list[Problem]:
@@ -309,7 +312,7 @@ def check_state_dir(config: Config) -> list[Problem]:
     return []
 
 
-register_check(check_state_dir)
+register_check(check_state_dir, [("sensor", "state_dir")])
 
 
 _KEY_PART = r"""(?:[A-Za-z0-9_\-]+|"(?:[^"\\]|\\.)*"|'[^']*')"""
@@ -390,9 +393,8 @@ def load(path: str | Path | None, overrides: Mapping[tuple[str, str], Any] | Non
     the first one, which is all most commands print. An unreadable file or a TOML
     syntax error stops at once: nothing after it can be trusted.
 
-    ``check_files`` also runs the registered cross-key checks (see ``register_check``).
-    They run only when every value is valid: a value that failed validation is read
-    as its default, and a check would then report a consequence of the real error.
+    ``check_files`` also runs the registered cross-key checks (see ``register_check``),
+    each one whose values are valid, so their problems are listed with the rest.
     """
     options = {(o.section, o.key): o for o in (schema if schema is not None else SCHEMA)}
     values: dict[tuple[str, str], Any] = {k: o.default for k, o in options.items()}
@@ -400,6 +402,7 @@ def load(path: str | Path | None, overrides: Mapping[tuple[str, str], Any] | Non
     sections = {o.section for o in options.values()}
     name = "defaults" if path is None else str(path)
     located: dict[tuple[str, str], tuple[str, int | None]] = {}
+    invalid: set[tuple[str, str]] = set()  # failed validation: read as the default
     where: dict[KeyPath, int] = {}
     problems: list[ConfigError] = []
     if path is not None:
@@ -449,6 +452,7 @@ def load(path: str | Path | None, overrides: Mapping[tuple[str, str], Any] | Non
                     values[(section, key)] = option.validate(raw)
                 except ValueError as err:
                     problems.append(ConfigError(name, line, option.name, str(err)))
+                    invalid.add((section, key))
                     continue
                 sources[(section, key)] = f"{name}:{line}" if line else name
                 located[(section, key)] = (name, line)
@@ -459,12 +463,14 @@ def load(path: str | Path | None, overrides: Mapping[tuple[str, str], Any] | Non
         except ValueError as err:
             problems.append(ConfigError(option.flag or "command line", None, option.name,
                                         str(err)))
+            invalid.add(key)
             continue
+        invalid.discard(key)  # a valid flag replaces the file's invalid value
         sources[key] = option.flag or "override"
         located[key] = (option.flag or "command line", None)
     config = Config(values, sources)
-    if check_files and not problems:
-        for check in _CHECKS:
+    for check, reads in _CHECKS if check_files else ():
+        if not reads & invalid:
             for problem in check(config):
                 at = problem.at or (problem.section, problem.key)
                 file, line = located.get((str(at[0]), str(at[1])), (name, None))

@@ -155,4 +155,5 @@ def check_key_files(config: cfg.Config) -> list[cfg.Problem]:
     return problems
 
 
-cfg.register_check(check_key_files)
+cfg.register_check(check_key_files, [("sensor", "state_dir"), ("forward", "collectors"),
+                                      ("forward", "secret_key")])

@@ -330,3 +330,22 @@ def test_collect_duration_nan_is_a_usage_error() -> None:
                            "--duration", "nan"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "--duration: nan is not a duration" in proc.stderr.splitlines()[-1]
+
+
+def test_file_checks_are_listed_with_value_problems(tmp_path: Path) -> None:
+    """A bad value elsewhere does not hide a missing key file, nor the other way round."""
+    path = forwarding(tmp_path, "absent.pub")
+    path.write_text(path.read_text() + "\n[detection]\ndedup_window = nan\n")
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.load(path, check_files=True)
+    assert located(err.value) == [(str(path), 9, "[detection] dedup_window"),
+                                  (str(path), 6, "[forward] collectors")]
+
+
+def test_a_check_is_skipped_when_a_value_it_reads_is_invalid(tmp_path: Path) -> None:
+    """An invalid state_dir is read as the default: its key paths would be noise."""
+    path = write(tmp_path, "[sensor]\nstate_dir = 5\n[forward]\n"
+                           "collectors = [{endpoint = 'tcp://x:1', server_key = 'absent.pub'}]\n")
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.load(path, check_files=True)
+    assert located(err.value) == [(str(path), 2, "[sensor] state_dir")]
