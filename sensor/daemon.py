@@ -29,6 +29,7 @@ import pwd
 import select
 import signal
 import socket
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -394,7 +395,7 @@ def build_sensor(conf: cfg.Config, config_path: str | None,
     from sensor.alerting import AlertOutputs
     from sensor.detection.loader import RuleError
     from sensor.detection.settings import store_path
-    from sensor.detection_cli import open_store
+    from sensor.detection_cli import forwarding_problem, open_store
     from sensor.store import StoreError
 
     state_dir = Path(conf.get("sensor", "state_dir"))
@@ -415,9 +416,9 @@ def build_sensor(conf: cfg.Config, config_path: str | None,
         try:
             forwarder = Forwarder(conf, state_dir, health=health,
                                   on_meta_alert=outputs.raise_local)
-        except (KeyFileError, OSError) as err:
+        except (KeyFileError, OSError, sqlite3.Error) as err:
             store.close()
-            raise StartupError(f"forwarding: {err}") from None
+            raise StartupError(f"forwarding: {forwarding_problem(conf, err)}") from None
         outputs.forwarder = forwarder
     consumers: list[Consumer] = []
     if conf.get("detection", "enabled"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import sqlite3
 import sys
 import time
 from collections import Counter
@@ -32,7 +33,13 @@ from sensor.detection.settings import (
     store_path,
 )
 from sensor.journald import journald_sink
-from sensor.paths import OutputError, check_creatable, check_output, describe
+from sensor.paths import (
+    OutputError,
+    check_creatable,
+    check_output,
+    describe,
+    describe_mkdir,
+)
 from sensor.store import Store, StoreError
 
 
@@ -133,6 +140,15 @@ def _file_problem(path: Path, err: Exception) -> str:
     if isinstance(err, json.JSONDecodeError):
         return f"{path}:{err.lineno}:{err.colno}: not JSON: {err.msg}"
     return f"{path}: {err}"
+
+
+def forwarding_problem(config: cfg.Config, err: Exception) -> str:
+    """What starting the forwarder raised, naming the file (SQLite names none)."""
+    if isinstance(err, sqlite3.Error):
+        return f"{config.state_path('forward', 'journal')}: {err}"
+    if isinstance(err, OSError):
+        return describe_mkdir(err)
+    return str(err)
 
 
 def _fail(command: str, err: Exception | str, status: int = 1) -> int:
@@ -379,10 +395,10 @@ class ReplayDetection:
         assert self.config is not None
         try:
             forwarder = Forwarder(self.config)
-        except (KeyFileError, OSError) as err:
-            # The files exist (load checked), but a key is malformed or unsafe: keep the
-            # alerts, and say so with a failing exit status, not a quiet "disabled".
-            self.errors.append(f"forwarding: {err}")
+        except (KeyFileError, OSError, sqlite3.Error) as err:
+            # load() checked the files; this is what changed since, or what only opening
+            # finds: keep the alerts, and fail the exit status, not a quiet "disabled".
+            self.errors.append(f"forwarding: {forwarding_problem(self.config, err)}")
             if self.store is not None:
                 self.store.save_alerts(alerts)
             return

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 from sensor import config as cfg
 from sensor import forwarding_options  # noqa: F401  (registers [forward] and [collect])
 from sensor.advisories import cli as advisories_cli
-from sensor.paths import check_output, describe, describe_mkdir
+from sensor.paths import check_output, describe, describe_mkdir, foreign_sqlite
 
 
 def register_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -208,34 +208,6 @@ def _storage_problem(settings: CollectorSettings, err: Exception) -> str:
             f"{settings.db}: {err.strerror or err}"
     text = str(err)
     return text if settings.dsn or str(settings.db) in text else f"{settings.db}: {text}"
-
-
-def foreign_sqlite(path: Path, table: str, what: str) -> str | None:
-    """Why the file at ``path`` is not ``what`` (has no ``table``), or None.
-
-    None too when there is no file yet, or an empty one: opening creates the schema.
-    Without this, the collector or the journal would add its tables to whatever
-    SQLite file it was pointed at (the sensor's own store, say) and then fail, or
-    report nothing, on a database that is not its own. Opens read-only.
-    """
-    try:
-        if path.is_dir():
-            return f"{path}: is a directory, not {what}"
-        if not path.exists() or path.stat().st_size == 0:
-            return None
-        conn = sqlite3.connect(path.absolute().as_uri() + "?mode=ro", uri=True)
-        try:
-            tables = {row[0] for row in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table'")}
-        finally:
-            conn.close()
-    except sqlite3.Error as err:
-        return f"{path}: not {what}: {err}"
-    except OSError as err:
-        return describe(err)
-    if table not in tables:
-        return f"{path}: not {what} (an SQLite file without its tables)"
-    return None
 
 
 def cmd_collect_status(args: argparse.Namespace) -> int:

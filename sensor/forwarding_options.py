@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sensor import config as cfg
+from sensor.paths import check_creatable, foreign_sqlite
 from sensor.wire import ALERT_FIELDS, DEFAULT_DENY_FIELDS, MAX_MESSAGE_BYTES
 
 
@@ -155,5 +156,18 @@ def check_key_files(config: cfg.Config) -> list[cfg.Problem]:
     return problems
 
 
+def check_journal(config: cfg.Config) -> list[cfg.Problem]:
+    """Forwarding configured: the journal can be created, or is a journal already."""
+    if not config.get("forward", "collectors"):
+        return []
+    path = config.state_path("forward", "journal")
+    problem = check_creatable(path) or foreign_sqlite(path, "epochs", "a forwarding journal")
+    return [cfg.Problem("forward", "journal", problem,
+                        at=None if config.sources.get(("forward", "journal"), "default")
+                        != "default" else ("forward", "collectors"))] if problem else []
+
+
+cfg.register_check(check_journal, [("sensor", "state_dir"), ("forward", "collectors"),
+                                   ("forward", "journal")])
 cfg.register_check(check_key_files, [("sensor", "state_dir"), ("forward", "collectors"),
                                       ("forward", "secret_key")])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import sqlite3
 import stat
 from pathlib import Path
 from typing import IO
@@ -149,3 +150,31 @@ def describe_mkdir(err: OSError) -> str:
         if (problem := check_creatable(path)) is not None:
             return problem
     return describe(err)
+
+
+def foreign_sqlite(path: Path, table: str, what: str) -> str | None:
+    """Why the file at ``path`` is not ``what`` (has no ``table``), or None.
+
+    None too when there is no file yet, or an empty one: opening creates the schema.
+    Without this, the collector or the journal would add its tables to whatever
+    SQLite file it was pointed at (the sensor's own store, say) and then fail, or
+    report nothing, on a database that is not its own. Opens read-only.
+    """
+    try:
+        if path.is_dir():
+            return f"{path}: is a directory, not {what}"
+        if not path.exists() or path.stat().st_size == 0:
+            return None
+        conn = sqlite3.connect(path.absolute().as_uri() + "?mode=ro", uri=True)
+        try:
+            tables = {row[0] for row in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            conn.close()
+    except sqlite3.Error as err:
+        return f"{path}: not {what}: {err}"
+    except OSError as err:
+        return describe(err)
+    if table not in tables:
+        return f"{path}: not {what} (an SQLite file without its tables)"
+    return None

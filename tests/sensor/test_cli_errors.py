@@ -81,6 +81,12 @@ def site() -> Iterator[Site]:
             (root / f"{name}.toml").write_text(
                 f"[sensor]\nstate_dir = '{root}'\n\n[forward]\ncollectors = [\n"
                 f"  {{endpoint = 'tcp://127.0.0.1:7700', server_key = '{key}'}},\n]\n")
+        for name, journal in (("journal-under-a-file", "afile/j.db"),
+                              ("journal-directory", "a_dir"),
+                              ("journal-sensor-store", "sensor.db")):
+            (root / f"{name}.toml").write_text(
+                f"[sensor]\nstate_dir = '{root}'\n\n[forward]\njournal = '{journal}'\n"
+                "collectors = [{endpoint = 'tcp://127.0.0.1:7700', server_key = 'k.pub'}]\n")
         for path in root.rglob("*"):
             if path.is_dir() and path.name != "closed":
                 path.chmod(0o755)
@@ -237,6 +243,18 @@ CASES: dict[str, Case] = {
         [*REPLAY, str(s / "capture.pcap"), "--config", str(s / "bad-key.toml")],
         [f"{s / 'bad-key.toml'}:5", "[forward] collectors", str(s / "afile"),
          "not a Z85 CURVE key"]),
+    "replay-journal-under-a-file": lambda s: (
+        [*REPLAY, str(s / "capture.pcap"), "--config", str(s / "journal-under-a-file.toml")],
+        [f"{s / 'journal-under-a-file.toml'}:5: [forward] journal", str(s / "afile"),
+         "is a file, not a directory"]),
+    "replay-journal-directory": lambda s: (
+        [*REPLAY, str(s / "capture.pcap"), "--config", str(s / "journal-directory.toml")],
+        [f"{s / 'journal-directory.toml'}:5: [forward] journal", str(s / "a_dir"),
+         "is a directory"]),
+    "run-journal-sensor-store": lambda s: (
+        ["run", "--config", str(s / "journal-sensor-store.toml"), "--interface", "lo"],
+        [f"{s / 'journal-sensor-store.toml'}:5: [forward] journal", str(s / "sensor.db"),
+         "not a forwarding journal"]),
     "replay-rules-missing": lambda s: (
         [*REPLAY, str(s / "capture.pcap"), "--rules", str(s / "norules")],
         [str(s / "norules")]),
@@ -418,3 +436,23 @@ def test_zeek_events_onto_a_full_disk_name_the_file(tmp_path: Path,
     written = run([*command, str(tmp_path / "logs"), "--events", str(tmp_path / "e.jsonl")])
     assert written.returncode == 0, written.stderr
     assert len((tmp_path / "e.jsonl").read_text().splitlines()) > 10  # it had events
+
+
+def test_a_journal_that_cannot_be_opened_at_start_up_is_named(tmp_path: Path) -> None:
+    """The fallback when load's checks were skipped or the journal changed since."""
+    import sqlite3
+
+    from sensor import config as cfg
+    from sensor.detection_cli import forwarding_problem
+    from sensor.forwarder import Forwarder
+    from sensor.keys import generate
+
+    generate("sensor", tmp_path / "keys")
+    generate("collector", tmp_path / "keys")
+    (tmp_path / "forward" / "journal.db").mkdir(parents=True)
+    conf = cfg.load(None, {("sensor", "state_dir"): str(tmp_path), ("forward", "collectors"): [
+        {"endpoint": "tcp://127.0.0.1:7700", "server_key": "keys/collector.pub"}]})
+    with pytest.raises(sqlite3.Error) as err:
+        Forwarder(conf)
+    assert forwarding_problem(conf, err.value).startswith(
+        f"{tmp_path / 'forward' / 'journal.db'}: ")
