@@ -364,6 +364,9 @@ def _locate(text: str) -> dict[KeyPath, int]:
     return lines
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a real one is a few KiB
+
+
 _DECODE_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)")
 
 
@@ -407,16 +410,23 @@ def load(path: str | Path | None, overrides: Mapping[tuple[str, str], Any] | Non
     problems: list[ConfigError] = []
     if path is not None:
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            with Path(path).open("rb") as stream:  # bounded: /dev/zero is not a config
+                raw = stream.read(MAX_CONFIG_BYTES + 1)
         except IsADirectoryError:
             raise ConfigError(name, None, None, "cannot read: is a directory") from None
         except OSError as err:
             raise ConfigError(name, None, None,
                               f"cannot read: {err.strerror or err}") from None
-        except UnicodeDecodeError:
-            raise ConfigError(name, None, None, "not UTF-8 text") from None
         except ValueError as err:  # a NUL byte in the path
             raise ConfigError(name, None, None, f"cannot read: {err}") from None
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(name, None, None, f"larger than {MAX_CONFIG_BYTES >> 20} MiB: "
+                              "not a configuration file")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ConfigError(name, raw.count(b"\n", 0, err.start) + 1, None,
+                              "not UTF-8 text") from None
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as err:

@@ -64,10 +64,14 @@ def describe(err: OSError) -> str:
 def check_input(path: Path) -> str | None:
     """Why the capture file at ``path`` cannot be read, or None."""
     try:
-        if path.is_dir():
-            return f"{path}: is a directory, not a capture file"
-        if not path.exists():
-            return f"{path}: no such file"
+        info = path.stat()
+    except FileNotFoundError:
+        return f"{path}: no such file"
+    except OSError as err:  # a symlink loop, a directory on the way we may not enter
+        return f"{path}: cannot read: {err.strerror or err}"
+    if stat.S_ISDIR(info.st_mode):
+        return f"{path}: is a directory, not a capture file"
+    try:
         with path.open("rb"):
             pass
     except OSError as err:
@@ -145,8 +149,15 @@ def describe_mkdir(err: OSError) -> str:
     """``describe`` for an error from making ``path``'s directories and then ``path``."""
     if isinstance(err, FileExistsError | NotADirectoryError) and err.filename is not None:
         path = Path(os.fsdecode(err.filename))
-        if path.exists() and not path.is_dir() and isinstance(err, FileExistsError):
-            return f"{path}: is a file, not a directory"
+        if isinstance(err, FileExistsError):
+            try:
+                info = os.stat(path)
+            except FileNotFoundError:
+                return f"{path}: a symbolic link to nothing"
+            except OSError as stat_err:  # a symlink loop
+                return f"{path}: {stat_err.strerror or stat_err}"
+            if not stat.S_ISDIR(info.st_mode):
+                return f"{path}: is a file, not a directory"
         if (problem := check_creatable(path)) is not None:
             return problem
     return describe(err)

@@ -59,6 +59,8 @@ def site() -> Iterator[Site]:
         shutil.copy(SAMPLE, root / "closed" / "capture.pcap")
         (root / "readonly").mkdir(mode=0o755)  # nobody may not write in it
         (root / "a_dir").mkdir()
+        (root / "loop1").symlink_to(root / "loop2")
+        (root / "loop2").symlink_to(root / "loop1")
         (root / "afile").write_text("a file where a directory should be\n")
         (root / "junk.db").write_text("not a database\n")
         (root / "junk.json").write_text("{not json\n")
@@ -139,6 +141,8 @@ CASES: dict[str, Case] = {
     "replay-missing-after-good": lambda s: (
         [*REPLAY, str(s / "capture.pcap"), str(s / "missing.pcap")],
         [str(s / "missing.pcap"), "no such file"]),
+    "replay-symlink-loop": lambda s: (
+        [*REPLAY, str(s / "loop1")], [str(s / "loop1"), "Too many levels of symbolic links"]),
     "verify-directory": lambda s: (
         ["verify", str(s / "a_dir")], [str(s / "a_dir"), "is a directory"]),
     "zeek-replay-missing": lambda s: (
@@ -263,6 +267,8 @@ CASES: dict[str, Case] = {
     "check-config-missing": lambda s: (
         ["check-config", "--config", str(s / "missing.toml")],
         [str(s / "missing.toml"), "cannot read"]),
+    "check-config-dev-zero": lambda s: (
+        ["check-config", "--config", "/dev/zero"], ["/dev/zero", "not a configuration file"]),
     "check-config-directory": lambda s: (
         ["check-config", "--config", str(s / "a_dir")], [str(s / "a_dir"), "is a directory"]),
     "check-config-state-dir-file": lambda s: (
@@ -272,6 +278,9 @@ CASES: dict[str, Case] = {
     "keys-into-a-file": lambda s: (
         ["keys", "generate", "k", "--dir", str(s / "afile")],
         [str(s / "afile"), "not a directory"]),
+    "keys-into-a-symlink-loop": lambda s: (
+        ["keys", "generate", "k", "--dir", str(s / "loop1")],
+        [str(s / "loop1"), "Too many levels of symbolic links"]),
     "keys-under-a-file": lambda s: (
         ["keys", "generate", "k", "--dir", str(s / "afile" / "keys")],
         [str(s / "afile"), "not a directory"]),

@@ -72,6 +72,19 @@ def test_unreadable_and_binary_files(tmp_path: Path) -> None:
         cfg.load(binary)
 
 
+def test_an_endless_file_is_refused_after_a_bounded_read() -> None:
+    with pytest.raises(cfg.ConfigError, match="larger than 1 MiB"):
+        cfg.load("/dev/zero")
+
+
+def test_bytes_that_are_not_utf8_are_located(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b"[sensor]\n\nsite = 'M\xfcnchen'\n")
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.load(path)
+    assert (err.value.line, str(err.value)) == (3, f"{path}:3: not UTF-8 text")
+
+
 def test_flags_override_the_file(tmp_path: Path) -> None:
     path = write(tmp_path, "[ports]\nmodbus = 502\n")
     parser = argparse.ArgumentParser()
