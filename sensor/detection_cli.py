@@ -37,8 +37,10 @@ from sensor.paths import (
     OutputError,
     check_creatable,
     check_output,
+    check_special,
     describe,
     describe_mkdir,
+    read_bounded,
 )
 from sensor.store import Store, StoreError
 
@@ -151,6 +153,16 @@ def forwarding_problem(config: cfg.Config, err: Exception) -> str:
     return str(err)
 
 
+MAX_BASELINE_BYTES = 64 << 20  # a reviewed baseline of a large site is a few MiB
+
+
+def read_baseline(path: Path) -> Any:
+    """The JSON document in ``path``, read bounded (OSError, ValueError: _file_problem)."""
+    if (problem := check_special(path)) is not None:
+        raise ValueError(problem.removeprefix(f"{path}: "))
+    return json.loads(read_bounded(path, MAX_BASELINE_BYTES).decode("utf-8"))
+
+
 def _fail(command: str, err: Exception | str, status: int = 1) -> int:
     print(f"mamori {command}: {err}", file=sys.stderr)
     return status
@@ -164,6 +176,8 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
     except cfg.ConfigError as err:
         return _fail("rules", err)
     dirs = args.dirs or rule_dirs(config)
+    if (special := next(filter(None, map(check_special, map(Path, dirs))), None)):
+        return _fail("rules", special)
     try:
         rules = load_rules(dirs, set_names())
     except RuleError as err:
@@ -266,7 +280,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     inventory = Inventory()
     if action == "import":
         try:
-            inventory.import_baseline(json.loads(args.file.read_text(encoding="utf-8")))
+            inventory.import_baseline(read_baseline(args.file))
         except (OSError, ValueError) as err:  # BaselineError, JSONDecodeError
             return _fail("baseline", _file_problem(args.file, err))
     try:
@@ -338,6 +352,9 @@ class ReplayDetection:
             # check_files: a missing server_key or secret key refuses the replay up front,
             # rather than replaying everything and then not forwarding.
             config = cfg.load(args.config, check_files=True)
+            packs = [Path(p) for p in args.rules or rule_dirs(config)]
+            if (problem := next(filter(None, map(check_special, packs)), None)):
+                raise UsageError(problem)
             rules = load_configured_rules(config, args.rules or ())
         except (cfg.ConfigError, RuleError) as err:
             raise UsageError(str(err)) from None
@@ -353,7 +370,7 @@ class ReplayDetection:
                 inventory.import_baseline(stored)
         if args.baseline is not None:
             try:
-                inventory.import_baseline(json.loads(args.baseline.read_text("utf-8")))
+                inventory.import_baseline(read_baseline(args.baseline))
             except (OSError, ValueError) as err:
                 raise UsageError(_file_problem(args.baseline, err)) from None
         detector = build_detector(config, rules, inventory=inventory,

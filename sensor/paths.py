@@ -120,6 +120,30 @@ def check_output(path: Path) -> str | None:
     return None
 
 
+def check_special(path: Path) -> str | None:
+    """Why ``path`` is neither a regular file nor a directory (a device, a FIFO), or None.
+
+    For inputs read whole: ``/dev/zero`` as a rule pack or a baseline would be read
+    until memory runs out. A path that cannot be looked at is left to the reader.
+    """
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    return f"{path}: not a regular file"
+
+
+def read_bounded(path: Path, limit: int) -> bytes:
+    """The bytes of ``path``; ValueError naming the limit if it holds more (or never ends)."""
+    with path.open("rb") as stream:
+        data = stream.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"larger than {limit >> 20} MiB")
+    return data
+
+
 def blocking_file(path: Path) -> Path | None:
     """The nearest existing ancestor of ``path`` when it is not a directory, else None."""
     for candidate in path.parents:

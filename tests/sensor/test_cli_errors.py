@@ -262,6 +262,17 @@ CASES: dict[str, Case] = {
     "replay-rules-missing": lambda s: (
         [*REPLAY, str(s / "capture.pcap"), "--rules", str(s / "norules")],
         [str(s / "norules")]),
+    "rules-check-dev-zero": lambda s: (
+        ["rules", "check", "/dev/zero"], ["/dev/zero", "not a regular file"]),
+    "replay-rules-dev-zero": lambda s: (
+        [*REPLAY, str(s / "capture.pcap"), "--rules", "/dev/zero"],
+        ["/dev/zero", "not a regular file"]),
+    "baseline-import-dev-zero": lambda s: (
+        ["baseline", "import", "/dev/zero", "--config", "/dev/null",
+         "--store", str(s / "state-b" / "b.db")], ["/dev/zero", "not a regular file"]),
+    "replay-baseline-dev-zero": lambda s: (
+        [*REPLAY, str(s / "capture.pcap"), "--baseline", "/dev/zero"],
+        ["/dev/zero", "not a regular file"]),
     "rules-check-missing": lambda s: (
         ["rules", "check", str(s / "norules")], [str(s / "norules")]),
     "check-config-missing": lambda s: (

@@ -60,3 +60,14 @@ def test_bad_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "format" in capsys.readouterr().err
     assert main(["alerts", "--store", str(tmp_path / "missing.db")]) == 1
     assert main(["alerts", "--store", str(tmp_path / "s.db"), "--severity", "hgih"]) == 2
+
+
+def test_a_baseline_larger_than_the_limit_is_refused(tmp_path: Path) -> None:
+    """Read bounded: an endless or huge file is not read into memory whole."""
+    from sensor import detection_cli
+
+    path = tmp_path / "big.json"
+    with path.open("wb") as out:
+        out.truncate(detection_cli.MAX_BASELINE_BYTES + 1)  # sparse: no disk used
+    with pytest.raises(ValueError, match="larger than 64 MiB"):
+        detection_cli.read_baseline(path)
