@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,9 @@ import zmq
 
 _Z85_KEY = re.compile(r"^[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+
+
+_MAX_KEY_FILE = 4096  # a key file is a comment line and 40 characters
 
 
 class KeyFileError(ValueError):
@@ -59,10 +63,17 @@ def _write(path: Path, key: bytes, header: str, mode: int) -> None:
 def read_key(path: Path, secret: bool = False) -> bytes:
     """The Z85 key in ``path``. A secret key readable by group or others is refused."""
     try:
-        text = path.read_text(encoding="ascii")
         mode = path.stat().st_mode
+        if not stat.S_ISREG(mode):  # /dev/zero would be read forever
+            raise KeyFileError(f"{path}: not a regular file, not a key file")
+        with path.open("rb") as stream:
+            data = stream.read(_MAX_KEY_FILE + 1)
     except OSError as err:
         raise KeyFileError(f"{path}: cannot read key: {err.strerror or err}") from None
+    if len(data) > _MAX_KEY_FILE:
+        raise KeyFileError(f"{path}: not a Z85 CURVE key (larger than {_MAX_KEY_FILE} bytes)")
+    try:
+        text = data.decode("ascii")
     except UnicodeDecodeError:
         raise KeyFileError(f"{path}: not a Z85 CURVE key (not ASCII text)") from None
     if secret and mode & 0o077:

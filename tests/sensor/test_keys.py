@@ -38,3 +38,25 @@ def test_cli_keys_generate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert main(["keys", "generate", "s1", "--dir", str(tmp_path)]) == 0
     assert (tmp_path / "s1.pub").exists() and "public key" in capsys.readouterr().out
     assert main(["keys", "generate", "s1", "--dir", str(tmp_path)]) == 1
+
+
+@pytest.mark.parametrize("content", [b"x" * 5000, "Ünïcode\n".encode()])
+def test_key_files_are_read_bounded_and_strictly(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "c.pub"
+    path.write_bytes(content)
+    with pytest.raises(KeyFileError, match=f"{path}: not a Z85 CURVE key"):
+        read_key(path)
+
+
+@pytest.mark.parametrize("path", [Path("/dev/zero"), Path("/dev/null")])
+def test_a_device_is_not_a_key_file(path: Path) -> None:
+    """Read whole, /dev/zero would never end; it is refused before it is opened."""
+    with pytest.raises(KeyFileError, match="not a regular file"):
+        read_key(path)
+
+
+def test_a_missing_key_file_is_one_line_without_errno(tmp_path: Path) -> None:
+    with pytest.raises(KeyFileError) as err:
+        read_key(tmp_path / "absent.pub")
+    assert str(err.value) == (f"{tmp_path / 'absent.pub'}: cannot read key: "
+                              "No such file or directory")
