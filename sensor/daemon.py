@@ -22,6 +22,7 @@ drops raise S1, silence on an interface for ``silence_alert`` raises S3.
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import logging
 import os
@@ -34,7 +35,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 from sensor import config as cfg
 from sensor.alerts import Alert, Severity
@@ -362,23 +363,49 @@ class StartupError(Exception):
 
 
 class EventFile:
-    """``--events``: the same JSON lines as ``mamori replay --events``."""
+    """``--events``: the same JSON lines as ``mamori replay --events``.
+
+    An analyst's extra, not the sensor's record (that is the store): when a write
+    fails (a full disk, a removed mount) it says so once, naming the file, and stops
+    writing it; capture, detection and forwarding go on.
+    """
 
     def __init__(self, path: Path) -> None:
         from sensor.eventlog import JsonLinesWriter
 
-        self._stream = path.open("a", encoding="utf-8")
+        self.path = path
+        self._stream: IO[str] | None = path.open("a", encoding="utf-8")
         self._writer = JsonLinesWriter(self._stream)
 
     def consume(self, events: list[Any]) -> None:
-        self._writer.write(events)
-        self._stream.flush()
+        if self._stream is None:
+            return
+        try:
+            self._writer.write(events)
+            self._stream.flush()
+        except OSError as err:
+            log.error("--events %s: cannot write: %s; no longer writing events there "
+                      "(detection goes on)", self.path, err.strerror or err)
+            self._abandon()
+
+    def _abandon(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            # Its buffer could not be written either: that is what was just reported.
+            with contextlib.suppress(OSError):
+                stream.close()
 
     def tick(self, now: float) -> None:
         pass
 
     def close(self) -> None:
-        self._stream.close()
+        if self._stream is not None:
+            try:
+                self._stream.close()
+            except OSError as err:
+                log.error("--events %s: cannot write: %s", self.path,
+                          err.strerror or err)
+            self._stream = None
 
 
 def build_sensor(conf: cfg.Config, config_path: str | None,

@@ -203,3 +203,24 @@ def test_missing_interface_is_a_clear_error(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "mamori-nope0" in result.stderr
 
+
+def test_an_events_file_that_fills_up_is_reported_once_and_abandoned(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """/dev/full refuses every write: one error naming it, then the daemon goes on."""
+    from sensor.daemon import EventFile
+    from sensor.pipeline import PipelineConfig
+    from sensor.replay import replay_files
+    from tests.conftest import PROJECT
+
+    events: list[object] = []
+    replay_files([PROJECT / "samples" / "modbus_demo.pcap"], PipelineConfig(),
+                 extra_sinks=[events.extend])
+    assert events
+    out = EventFile(Path("/dev/full"))
+    with caplog.at_level("ERROR", logger="mamori.daemon"):
+        for start in range(0, len(events), 10):
+            out.consume(events[start:start + 10])  # never raises
+        out.close()
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1, errors
+    assert errors[0].startswith("--events /dev/full: cannot write: No space left on device")
