@@ -18,13 +18,13 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from sensor.collector.server import CollectorSettings
-
 from sensor import config as cfg
 from sensor import forwarding_options  # noqa: F401  (registers [forward] and [collect])
 from sensor.advisories import cli as advisories_cli
 from sensor.paths import check_output, describe, describe_mkdir, foreign_sqlite
+
+if TYPE_CHECKING:
+    from sensor.collector.server import CollectorSettings
 
 
 def register_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
