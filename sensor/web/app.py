@@ -25,6 +25,7 @@ from urllib.parse import parse_qs, urlencode
 
 import jinja2
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -41,6 +42,7 @@ from sensor.web.data import AlertFilter, AlertRow, StoreReader
 from sensor.web.fcclass import classify
 from sensor.web.health import HealthSource
 from sensor.web.limits import BadParameter, RequestLimits, parse_id, query_id
+from sensor.web.vulnerable import VulnerableView
 
 HERE = Path(__file__).parent
 
@@ -95,6 +97,7 @@ class WebContext:
     page_size: int = 50
     guidance: dict[str, str] = field(default_factory=dict)  # rule id -> operator guidance
     ack_problem: str | None = None
+    vulnerable: VulnerableView | None = None  # CSAF matches of the assets (issue 18)
 
 
 def _ts(value: float | None) -> str:
@@ -333,8 +336,13 @@ def create_app(ctx: WebContext) -> Starlette:
                     f"{p['proto']} {f}" for f in p.get("functions", ()))
         for p in pairs:
             p["classes"] = classify(str(p["proto"]), p.get("functions", ()))
-        return render(request, auth, "assets.html", assets=ctx.reader.assets(), pairs=pairs,
-                      functions={ip: sorted(fs, key=_fc_sort) for ip, fs in functions.items()})
+        assets = ctx.reader.assets()
+        view = ctx.vulnerable
+        devices = await run_in_threadpool(view.devices, assets) if view is not None else []
+        return render(request, auth, "assets.html", assets=assets, pairs=pairs,
+                      functions={ip: sorted(fs, key=_fc_sort) for ip, fs in functions.items()},
+                      vulnerable=devices, vulnerable_ips={d.ip for d in devices},
+                      advisory_problem=view.problem if view is not None else None)
 
     def map_svg() -> str:
         nodes, edges = build_graph(ctx.reader.assets(), ctx.reader.pairs(),

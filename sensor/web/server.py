@@ -28,6 +28,7 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from sensor import config as cfg
+from sensor.advisories.live import index_beside
 from sensor.web.app import WebContext, create_app
 from sensor.web.audit import AuditError, OperatorAudit
 from sensor.web.auth import Authenticator, TokenFileError, read_token_file
@@ -36,6 +37,7 @@ from sensor.web.data import StoreReader
 from sensor.web.health import HealthSource, LiveHealth, StoreHealth
 from sensor.web.limits import MAX_HEAD_BYTES, head_problem, refusal
 from sensor.web.settings import token_path
+from sensor.web.vulnerable import VulnerableView
 
 log = logging.getLogger("mamori.web")
 
@@ -77,7 +79,7 @@ def build_context(conf: cfg.Config, store: Path,
                       audit=audit, health=(health or StoreHealth)(reader),
                       sensor_name=conf.get("sensor", "name"),
                       page_size=conf.get("web", "page_size"), guidance=rule_guidance(conf),
-                      ack_problem=problem)
+                      ack_problem=problem, vulnerable=VulnerableView(index_beside(store)))
 
 
 def listen(conf: cfg.Config) -> socket.socket:

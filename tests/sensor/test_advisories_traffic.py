@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -30,7 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from starlette.testclient import TestClient
 
+from sensor import config as cfg
 from sensor.advisories.csaf import document_files, read_document
 from sensor.advisories.index import AdvisoryIndex
 from sensor.advisories.live import AdvisoryWatch
@@ -41,6 +44,9 @@ from sensor.detection.inventory import Inventory
 from sensor.pipeline import PipelineConfig
 from sensor.replay import replay_files
 from sensor.store import Store
+from sensor.web.app import create_app
+from sensor.web.auth import create_token_file
+from sensor.web.server import build_context
 from tests.conftest import csaf_path, require_tool, unavailable
 from tests.peers.capture import capture
 from tests.peers.modbus_peer import free_port
@@ -407,3 +413,38 @@ def test_dnp3_version_inside_matches_outside_does_not(
     assert all("group 0 variation" in frame for frame in m.evidence["seen_in"].values())
     outside = matcher.match_asset(rtu500[RTU_OUTSIDE])
     assert [m for m in outside if m.confidence is not Confidence.VENDOR] == []
+
+
+def test_web_asset_view_shows_affected_devices_with_cves_and_remediation(
+        traffic: Traffic, tmp_path: Path) -> None:
+    """The operator page: the same matches as ``assets --vulnerable``, from the index beside
+    the store, refreshed when the index changes (a vendor-only match is never listed)."""
+    store_path, token_file = tmp_path / "mamori.db", tmp_path / "token"
+    with Store(store_path) as store:
+        store.save_inventory(list(traffic.assets.values()), [], None)
+    create_token_file(token_file)
+    client = TestClient(create_app(build_context(cfg.load(None), store_path,
+                                                 token_file=token_file)))
+    login = client.post("/login", data={"operator": "Aiko",
+                                        "token": token_file.read_text().strip()})
+    assert login.status_code in (200, 303), login.text
+
+    def rows() -> set[tuple[str, str, str]]:
+        page = client.get("/assets")
+        assert page.status_code == 200, page.text
+        return set(re.findall(r'<tr data-ip="([^"]+)" data-advisory="([^"]+)" '
+                              r'data-confidence="([^"]+)">', page.text))
+
+    assert rows() == set()  # no index imported yet: no section, no error
+    with AdvisoryIndex(store_path.with_name("advisories.db")) as index:
+        index.put(read_document(csaf_path(FILES[0])))
+    assert rows() == {(AFFECTED_HOST, BOUNDED[0], "exact")}
+    with AdvisoryIndex(store_path.with_name("advisories.db")) as index:
+        for f in FILES[1:]:
+            index.put(read_document(csaf_path(f)))
+    assert rows() == {(AFFECTED_HOST, a, "exact") for a in (*BOUNDED, ALL_VERSIONS)} | {
+        (FIXED_HOST, ALL_VERSIONS, "exact")}
+    page = client.get("/assets").text
+    section = page.split('<table id="vulnerable"', 1)[1].split("</table>", 1)[0]
+    assert "CVE-" in section and "vendor_fix" in section
+    assert f'<tr data-ip="{AFFECTED_HOST}" class="vulnerable">' in page
