@@ -123,6 +123,7 @@ class Sensor:
         self.store: Any = None  # sensor.store.Store, closed at shutdown
         self.forwarder: Any = None  # sensor.forwarder.Forwarder, flushed at shutdown
         self.web: Any = None  # the operator page (build_sensor(web=...)), stopped first
+        self.outputs: Any = None  # sensor.alerting.AlertOutputs: disk-full counters
         self.last_heartbeat: float | None = None  # wall time health was last sampled
         self._rate = (time.monotonic(), 0)
 
@@ -286,8 +287,15 @@ class Sensor:
             health.stats = stats
         total = sum(h.frames for h in self.health.values())
         drops = sum(h.dropped for h in self.health.values())
+        disk = ""
+        if self.outputs is not None:
+            state = self.outputs.status()
+            if state["store_full"] or state["journal_behind"]:
+                disk = (f", DISK FULL: {state['unstored']} alerts refused by the store, "
+                        f"{state['held']} held, {state['dropped']} lost, "
+                        f"{state['journal_behind']} not yet journaled")
         self.notifier.status(f"{total} frames, {drops} dropped, "
-                             f"{self.pipeline.active_flows} flows")
+                             f"{self.pipeline.active_flows} flows{disk}")
 
     def _alert(self, alert: Alert) -> None:
         log.warning("%s: %s", alert.precursor, alert.title)
@@ -296,7 +304,7 @@ class Sensor:
 
     def snapshot(self) -> dict[str, Any]:
         """Health for heartbeats and the web page: packets, drops, flows, uptime."""
-        return {
+        snap: dict[str, Any] = {
             "uptime": round(time.time() - self.started, 1),
             "flows": self.pipeline.active_flows,
             "packets": self.pipeline.stats.packets,
@@ -304,6 +312,9 @@ class Sensor:
                 h.name: {"frames": h.frames, "dropped": h.dropped,
                          "last_frame": h.last_frame} for h in self.health.values()},
         }
+        if self.outputs is not None:
+            snap["disk"] = self.outputs.status()
+        return snap
 
     def health_for_heartbeat(self) -> dict[str, float]:
         """packets/s since the last heartbeat, kernel drops and flows (forwarder thread)."""
@@ -312,9 +323,13 @@ class Sensor:
         self.last_heartbeat = time.time()  # shown on the web page's health panel
         self._rate = (now, current)
         pps = (current - packets) / (now - then) if now > then else 0.0
-        return {"pps": round(pps, 1), "drops": float(sum(h.dropped for h in
-                                                          self.health.values())),
-                "flows": float(self.pipeline.active_flows)}
+        values = {"pps": round(pps, 1), "drops": float(sum(h.dropped for h in
+                                                            self.health.values())),
+                  "flows": float(self.pipeline.active_flows)}
+        if self.outputs is not None:  # disk full: what the collector should know of it
+            values["unstored"] = float(self.outputs.unstored)
+            values["never_stored"] = float(self.outputs.dropped)
+        return values
 
     def shutdown(self) -> None:
         """Flush everything in order: pipeline, consumers (store), forwarder, sockets."""
@@ -352,23 +367,45 @@ class StartupError(Exception):
 
 
 class EventFile:
-    """``--events``: the same JSON lines as ``mamori replay --events``."""
+    """``--events``: the same JSON lines as ``mamori replay --events``.
+
+    A write error (a full disk) drops that batch, counted in ``dropped`` and said once
+    per episode; detection does not depend on this file, so it goes on.
+    """
 
     def __init__(self, path: Path) -> None:
         from sensor.eventlog import JsonLinesWriter
 
+        self.path = path
         self._stream = path.open("a", encoding="utf-8")
         self._writer = JsonLinesWriter(self._stream)
+        self.dropped = 0
+        self._failing = False
 
     def consume(self, events: list[Any]) -> None:
-        self._writer.write(events)
-        self._stream.flush()
+        try:
+            self._writer.write(events)
+            self._stream.flush()
+        except OSError as err:
+            self.dropped += len(events)
+            if not self._failing:
+                log.error("%s: %s; events are not written (counted) until it works again",
+                          self.path, err.strerror or err)
+            self._failing = True
+            return
+        if self._failing:
+            log.warning("%s: writing events again; %d were dropped", self.path, self.dropped)
+        self._failing = False
 
     def tick(self, now: float) -> None:
         pass
 
     def close(self) -> None:
-        self._stream.close()
+        try:
+            self._stream.close()
+        except OSError as err:
+            log.error("%s: %s; the last events were not written", self.path,
+                      err.strerror or err)
 
 
 def build_sensor(conf: cfg.Config, config_path: str | None,
@@ -385,6 +422,7 @@ def build_sensor(conf: cfg.Config, config_path: str | None,
     from sensor.alerting import AlertOutputs
     from sensor.detection.loader import RuleError
     from sensor.detection.settings import store_path
+    from sensor.journald import journald_sink
     from sensor.store import Store, StoreError
 
     state_dir = Path(conf.get("sensor", "state_dir"))
@@ -394,7 +432,7 @@ def build_sensor(conf: cfg.Config, config_path: str | None,
     except (StoreError, OSError) as err:
         raise StartupError(f"store: {err}") from None
     forwarder = None
-    outputs = AlertOutputs(store)
+    outputs = AlertOutputs(store, on_health=journald_sink())
     holder: list[Sensor] = []
     if conf.get("forward", "collectors"):
         from sensor.forwarder import Forwarder
@@ -424,6 +462,7 @@ def build_sensor(conf: cfg.Config, config_path: str | None,
     sensor = Sensor(conf, config_path, consumers, alert_sink=outputs.raise_external)
     sensor.store = store
     sensor.forwarder = forwarder
+    sensor.outputs = outputs
     holder.append(sensor)
     if web is not None:
         try:

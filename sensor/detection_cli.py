@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from sensor import config as cfg
+from sensor.alerting import AlertOutputs
 from sensor.alerts import Alert, Severity
 from sensor.detection.engine import Detector
 from sensor.detection.inventory import Inventory
@@ -298,7 +299,9 @@ class ReplayDetection:
                                   on_alert=journald_sink())
         return cls(detector, args.alerts, store, config)
 
-    def finish(self, report: IO[str]) -> None:
+    def finish(self, report: IO[str]) -> bool:
+        """Write, store, forward and summarise; False when alerts could not be stored
+        (a full disk: the summary says how many)."""
         alerts = self.detector.alerts()
         if self.alerts_out is not None:
             stream = sys.stdout if str(self.alerts_out) == "-" else \
@@ -309,10 +312,14 @@ class ReplayDetection:
                 if stream is not sys.stdout:
                     stream.close()
         drained = self.detector.drain()
+        outputs = None
         if self.config is not None and self.config.get("forward", "collectors"):
-            self._forward(drained, report)
+            outputs = self._forward(drained, report)
         elif self.store is not None:
-            self.store.save_alerts(drained)
+            outputs = AlertOutputs(self.store, window=0.0)
+            outputs.publish(drained)
+            outputs.close()
+        state = outputs.status() if outputs is not None else {}
         if self.store is not None:
             inv = self.detector.inventory
             self.store.save_inventory([a.to_dict() for a in inv.assets.values()],
@@ -320,11 +327,17 @@ class ReplayDetection:
             self.store.prune()
             self.store.close()
         print(render_summary(alerts, self.detector), file=report)
+        if state and (state["unstored"] or state["journal_behind"]):
+            print(f"disk full  {self.store.path if self.store else '-'}: {state['unstored']} "
+                  f"alert writes refused, {state['stored_late']} stored late, "
+                  f"{state['dropped']} never stored; {state['journal_behind']} stored but "
+                  f"not yet journaled (the next run journals them)", file=report)
+        lost = int(state["dropped"]) if state else 0
+        return lost == 0
 
 
-    def _forward(self, alerts: list[Alert], report: IO[str]) -> None:
+    def _forward(self, alerts: list[Alert], report: IO[str]) -> AlertOutputs | None:
         """Store, then forward to the configured collectors, and wait for their acks."""
-        from sensor.alerting import AlertOutputs
         from sensor.forwarder import Forwarder
         from sensor.keys import KeyFileError
 
@@ -333,11 +346,15 @@ class ReplayDetection:
             forwarder = Forwarder(self.config)
         except (KeyFileError, OSError) as err:
             print(f"forwarding disabled: {err}", file=sys.stderr)
-            if self.store is not None:
-                self.store.save_alerts(alerts)
-            return
+            if self.store is None:
+                return None
+            outputs = AlertOutputs(self.store, window=0.0)
+            outputs.publish(alerts)
+            outputs.close()
+            return outputs
         outputs = AlertOutputs(self.store, forwarder, window=0.0)
         outputs.publish(alerts)
+        outputs.close()
         forwarder.start()
         deadline = time.monotonic() + self.config.get("forward", "ack_timeout") * 2
         while forwarder.unacked() and time.monotonic() < deadline:
@@ -347,6 +364,7 @@ class ReplayDetection:
         print(f"forwarded  {len(alerts)} alerts to {len(self.config.get('forward', 'collectors'))}"
               f" collector(s); {left} awaiting acknowledgement (kept in the journal)",
               file=report)
+        return outputs
 
 
 def write_alerts_jsonl(alerts: list[Alert], stream: IO[str]) -> None:
