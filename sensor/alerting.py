@@ -33,7 +33,6 @@ gives the counters for the daemon's health output.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import time
@@ -165,18 +164,24 @@ class AlertOutputs:
 
     def _start_sync(self) -> None:
         """Learn the journal's mark for this store. A journal that never saw it adopts
-        the store as it is now: what is older was stored without forwarding."""
+        the store as it is now (what is older was stored without forwarding), unless a
+        run that had forwarding configured could not open the journal
+        (``Store.owe_journal``): then it starts where that run began."""
         if self._mark is not None:
             return
         assert self.store is not None
         forwarder: Any = self.forwarder
         mark = forwarder.journal.sync_mark(self.store.id)
         if mark is None:
-            mark = self.store.rev()
-            # On a full disk the mark is kept in memory; the first journaled batch
-            # records a later one.
-            with contextlib.suppress(JournalFull):
+            owed = self.store.journal_owed()  # a run that could not open the journal
+            mark = self.store.rev() if owed is None else owed
+            try:
                 forwarder.journal.set_sync_mark(self.store.id, mark)
+            except JournalFull:
+                pass  # kept in memory; the first journaled batch records a later one
+            else:
+                if owed is not None:
+                    self.store.clear_journal_owed()
         self._mark = mark
 
     def backlog(self) -> int:

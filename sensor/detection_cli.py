@@ -339,6 +339,7 @@ class ReplayDetection:
     def _forward(self, alerts: list[Alert], report: IO[str]) -> AlertOutputs | None:
         """Store, then forward to the configured collectors, and wait for their acks."""
         from sensor.forwarder import Forwarder
+        from sensor.journal import JournalFull
         from sensor.keys import KeyFileError
 
         assert self.config is not None
@@ -348,6 +349,8 @@ class ReplayDetection:
             print(f"forwarding disabled: {err}", file=sys.stderr)
             if self.store is None:
                 return None
+            if isinstance(err, JournalFull):  # the next run with room journals these
+                self.store.owe_journal(self.store.rev())
             outputs = AlertOutputs(self.store, window=0.0)
             outputs.publish(alerts)
             outputs.close()

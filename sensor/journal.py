@@ -73,7 +73,14 @@ class JournalFull(OSError):
     """
 
     def __init__(self, path: Path, what: str) -> None:
-        super().__init__(errno.ENOSPC, f"disk full, {what} not journaled", str(path))
+        super().__init__(errno.ENOSPC, f"disk full, {what}", str(path))
+
+
+class JournalError(OSError):
+    """The journal file cannot be opened (damaged, not a journal, unreadable)."""
+
+    def __init__(self, path: Path, what: str) -> None:
+        super().__init__(errno.EIO, f"not a usable forwarding journal: {what}", str(path))
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,12 +135,13 @@ class AlertJournal:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA journal_size_limit=8388608")
             self._db.executescript(_SCHEMA)
+            row = self._db.execute(
+                "SELECT COALESCE(SUM(LENGTH(frame)), 0) FROM messages").fetchone()
         except sqlite3.Error as err:
             self._db.close()
             if is_disk_full(err):
-                raise JournalFull(path, "journal schema") from None
-            raise
-        row = self._db.execute("SELECT COALESCE(SUM(LENGTH(frame)), 0) FROM messages").fetchone()
+                raise JournalFull(path, "cannot open the journal") from None
+            raise JournalError(path, str(err)) from None
         self._bytes = int(row[0])
         self.epoch = 0
         self.seq = 0
@@ -149,7 +157,7 @@ class AlertJournal:
                                  (int(row[0]) + 1, time.time() if now is None else now))
             except sqlite3.Error as err:
                 if is_disk_full(err):
-                    raise JournalFull(self.path, "new epoch") from None
+                    raise JournalFull(self.path, "new epoch not journaled") from None
                 raise
             self.epoch, self.seq = int(row[0]) + 1, 0
         return self.epoch
@@ -197,7 +205,7 @@ class AlertJournal:
                 self._bytes = size
                 self._rollback()
                 if isinstance(err, sqlite3.Error) and is_disk_full(err):
-                    raise JournalFull(self.path, f"{len(seqs) or 'the'} message(s)") from None
+                    raise JournalFull(self.path, "messages not journaled") from None
                 raise
             self.seq = seq
         return seqs, evictions
@@ -231,7 +239,7 @@ class AlertJournal:
             except sqlite3.Error as err:
                 self._rollback()
                 if is_disk_full(err):
-                    raise JournalFull(self.path, "store mark") from None
+                    raise JournalFull(self.path, "store mark not journaled") from None
                 raise
 
     def _evict(self) -> list[Eviction]:
@@ -279,7 +287,7 @@ class AlertJournal:
             except sqlite3.Error as err:
                 self._rollback()
                 if is_disk_full(err):
-                    raise JournalFull(self.path, "ack") from None
+                    raise JournalFull(self.path, "ack not journaled") from None
                 raise
             return True
 
@@ -310,7 +318,7 @@ class AlertJournal:
             except sqlite3.Error as err:
                 self._rollback()
                 if is_disk_full(err):
-                    raise JournalFull(self.path, f"{len(entries)} audit record(s)") from None
+                    raise JournalFull(self.path, "audit records not journaled") from None
                 raise
 
     # -- reading ----------------------------------------------------------------------

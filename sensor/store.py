@@ -77,19 +77,25 @@ class StoreError(Exception):
 
 
 class StoreFull(StoreError):
-    """An explicit write (``save_baseline``) did not fit on the disk; nothing changed."""
+    """The disk has no room: for an explicit write (``save_baseline``, nothing
+    changed) or to open the store at all."""
 
 
 def is_disk_full(err: BaseException) -> bool:
     """SQLite's SQLITE_FULL: the disk (or a quota) has no room for the transaction.
 
-    Checked by code, not message, where Python gives the code (3.11+). SQLite rolls
-    the transaction back itself in that case, so the database is unchanged.
+    Also SQLITE_IOERR_SHMSIZE, which is what opening a WAL database on a full disk
+    gives (its shared-memory file cannot grow). Checked by code, not message, where
+    Python gives the code (3.11+). SQLite rolls the transaction back itself in that
+    case, so the database is unchanged.
     """
     code = getattr(err, "sqlite_errorcode", None)
     if code is not None:
-        return bool(code == sqlite3.SQLITE_FULL)
+        return code in (sqlite3.SQLITE_FULL, _SQLITE_IOERR_SHMSIZE)
     return "database or disk is full" in str(err)
+
+
+_SQLITE_IOERR_SHMSIZE = 4874  # sqlite3.SQLITE_IOERR_SHMSIZE (named from Python 3.11)
 
 
 class Store:
@@ -122,6 +128,9 @@ class Store:
             version = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
             ident = self._db.execute("SELECT value FROM meta WHERE key='id'").fetchone()
         except sqlite3.DatabaseError as err:
+            if is_disk_full(err):
+                raise StoreFull(f"{self.path}: disk full, cannot open the store ({err}); "
+                                f"free some space") from None
             raise StoreError(f"{self.path}: not a usable store: {err}") from None
         if version is None or int(version[0]) != SCHEMA_VERSION:
             raise StoreError(f"{self.path}: store schema {version} is not {SCHEMA_VERSION}")
@@ -251,6 +260,34 @@ class Store:
         """The newest revision given to a forwardable alert (0: none yet)."""
         row = self._db.execute("SELECT value FROM meta WHERE key = 'rev'").fetchone()
         return int(row[0]) if row else 0
+
+    def owe_journal(self, rev: int) -> None:
+        """Forwarding is configured but its journal cannot be opened (a full disk):
+        remember that what comes after ``rev`` is owed to it, so the journal, when it
+        first sees this store, starts there instead of adopting the store as it is.
+        Keeps the oldest such revision; on a full disk this too may not be kept."""
+        try:
+            with self._db:
+                self._db.execute("INSERT INTO meta VALUES ('journal_owed', ?) "
+                                 "ON CONFLICT (key) DO NOTHING", (str(rev),))
+        except sqlite3.Error as err:
+            if not is_disk_full(err):
+                raise
+            self._disk_full("note of alerts owed to the journal not saved")
+
+    def journal_owed(self) -> int | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'journal_owed'").fetchone()
+        return None if row is None else int(row[0])
+
+    def clear_journal_owed(self) -> None:
+        """The journal holds a mark for this store now (it does not fail: a delete on
+        a full disk is retried by the next journal's first sight of the store)."""
+        try:
+            with self._db:
+                self._db.execute("DELETE FROM meta WHERE key = 'journal_owed'")
+        except sqlite3.Error as err:
+            if not is_disk_full(err):
+                raise
 
     def unjournaled(self, after_rev: int, limit: int = 500) -> list[tuple[int, Alert]]:
         """(revision, alert as stored now) of forwardable alerts written after
