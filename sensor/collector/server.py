@@ -319,7 +319,7 @@ class CollectorServer:
                 self._disk_full(len(accepted), now)
             self._publish([])  # the health record; and the SIEM file's held lines
             return count
-        if self.storage_full:
+        if self.storage_full and accepted:  # messages fit again, not just a heartbeat
             self.storage_full = False
             log.warning("mamori collect: storage writing again (disk space is back)")
             self._health.append({"event_type": "health", "event": "storage_ok", "ts": now,
