@@ -81,6 +81,7 @@ class AlertOutputs:
         self._late = (0, 0)  # (stored_late, journaled_late) when the episode began
         self._raising = False
         self._told_unjournaled = False
+        self._behind = 0  # backlog() as of the last publish, for other threads' status
 
     # -- publishing -------------------------------------------------------------------
 
@@ -102,6 +103,7 @@ class AlertOutputs:
         out = self._store(batch, forward)
         if syncing:
             self._journal_backlog(before)
+            self._behind = self.backlog()
         self.published += len(batch)
         if not self._raising:
             self._check_health()
@@ -222,9 +224,12 @@ class AlertOutputs:
     # -- health -----------------------------------------------------------------------
 
     def status(self) -> dict[str, int | bool]:
-        """The disk-full counters, for the daemon's status line and health output."""
+        """The disk-full counters, for the daemon's status line and health output.
+
+        Reads no database (the web page's thread calls it through the daemon's
+        snapshot; the store's connection belongs to the daemon's thread)."""
         return {"store_full": bool(self.pending) or bool(self.store and self.store.full),
-                "journal_behind": self.backlog(), "unstored": self.unstored,
+                "journal_behind": self._behind, "unstored": self.unstored,
                 "held": len(self.pending), "dropped": self.dropped,
                 "stored_late": self.stored_late, "journaled_late": self.journaled_late,
                 "unjournaled": self.unjournaled}

@@ -207,7 +207,7 @@ def test_daemon_fills_its_state_dir_keeps_detecting_and_forwards_all_committed(
                  "the daemon to see the second burst")
         assert proc.poll() is None
         during = _status(notify)
-        stored_full = len(store_alerts(state / "store.db", forwardable=False))
+        stored_full = len(store_alerts(state / "mamori.db", forwardable=False))
         grow(state, "64m")
         wait_for(lambda: "DISK FULL" not in _status(notify), 60, "the daemon to recover")
         time.sleep(1.5)  # a tick to raise the "space back" alert
@@ -221,14 +221,14 @@ def test_daemon_fills_its_state_dir_keeps_detecting_and_forwards_all_committed(
     assert proc.returncode == 0, output[-3000:]
     assert "Traceback" not in output, output[-3000:]
     assert "disk full" in output.lower()
-    rules = store_rules(state / "store.db")
+    rules = store_rules(state / "mamori.db")
     assert DISK_FULL_RULE in rules and DISK_BACK_RULE in rules
     # The counts the status line gave while full: refused alerts, held, none lost.
     refused = int(during.split("DISK FULL: ")[1].split()[0])
     held = int(during.split("refused by the store, ")[1].split()[0])
     lost = int(during.split(" held, ")[1].split()[0])
     assert refused > 0 and held > 0 and lost == 0, during
-    committed = store_alerts(state / "store.db")
+    committed = store_alerts(state / "mamori.db")
     produced = first + later
     assert len([r for r in rules if r == "mamori.health.tcp_gap"]) == produced
     wait_for(lambda: collector_alerts(collector, key) == committed, 120,
@@ -248,7 +248,7 @@ def test_replay_on_a_full_disk_counts_and_the_next_run_forwards_what_was_committ
     state = tmpfs("state", "4m")
     collector = Collector(tmp_path / "collector")
     conf, key = sensor_state(state, collector)
-    store = state / "store.db"
+    store = state / "mamori.db"
     n = 6000
     pcap = sources_pcap(tmp_path / "sources.pcap", 0, n, 502)
     collector.start()
