@@ -15,9 +15,10 @@ happens to each alert depends on which write failed:
 
 * The store had no room: the alert is held in memory (bounded by ``max_pending``,
   one entry per aggregate, so count updates collapse) and written first at the next
-  ``publish``, which the daemon calls every second. Past the bound it is dropped,
-  and ``dropped`` counts it. These are the only alerts that can be lost: they were
-  never committed.
+  ``publish``, which the daemon calls every second. Past the bound a detector alert
+  is dropped (the sensor's own health alerts are always held), and so is what is
+  still held when the process ends (``close``); ``dropped`` counts both. These are
+  the only alerts that can be lost: they were never committed.
 * The store kept it but the journal had no room: nothing is held in memory. Every
   forwardable store write carries a store revision, and the journal records, in the
   same transaction as the messages, the highest revision it holds (its mark). So
@@ -82,6 +83,7 @@ class AlertOutputs:
         self._raising = False
         self._told_unjournaled = False
         self._behind = 0  # backlog() as of the last publish, for other threads' status
+        self._fresh: dict[int, Alert] = {}  # revision -> alert as given, this publish
 
     # -- publishing -------------------------------------------------------------------
 
@@ -96,6 +98,7 @@ class AlertOutputs:
             return batch
         if not batch and not self.pending and not self._syncing():
             return []
+        self._fresh = {}
         syncing = self._syncing()
         if syncing:
             self._start_sync()
@@ -104,6 +107,7 @@ class AlertOutputs:
         if syncing:
             self._journal_backlog(before)
             self._behind = self.backlog()
+        self._fresh = {}
         self.published += len(batch)
         if not self._raising:
             self._check_health()
@@ -130,12 +134,17 @@ class AlertOutputs:
             kept = self.store.commit_alerts([a for _, a in group], forward=flag)
             stored = [(k, dataclasses.replace(a, id=row))
                       for (k, a), (row, _) in zip(group, kept, strict=False)]
+            for (_, alert), (_, rev) in zip(stored, kept, strict=True):
+                if rev:
+                    self._fresh[rev] = alert
             done.update(stored)
             self.stored_late += sum(1 for k, _ in stored if k in held)
             rest = group[len(kept):]
             self.unstored += sum(1 for k, _ in rest if k not in held)
             for k, a in rest:
-                if len(self.pending) < self.max_pending:
+                # The bound is for the detector's alerts; the sensor's own health
+                # alerts (negative ids, a handful of aggregates) are always held.
+                if len(self.pending) < self.max_pending or (isinstance(k, int) and k < 0):
                     self.pending[k] = (a, flag)
                 else:
                     self.dropped += 1
@@ -205,8 +214,10 @@ class AlertOutputs:
             if not rows:  # the newest revisions belong to rows since pruned
                 self._move_mark(forwarder, self.store.rev())
                 return
+            # What this call stored goes out as given (the store's JSON copy loses
+            # bytes in evidence); only what an earlier call left behind is read back.
             try:
-                forwarder.submit_alerts([a for _, a in rows],
+                forwarder.submit_alerts([self._fresh.get(rev, a) for rev, a in rows],
                                         sync=(self.store.id, rows[-1][0]))
             except JournalFull:
                 return  # still behind: the next publish tries again

@@ -220,7 +220,10 @@ def cmd_baseline(args: argparse.Namespace) -> int:
                 inventory.import_baseline(loaded)
             except (OSError, ValueError) as err:  # BaselineError, JSONDecodeError
                 return _fail("baseline", f"{args.file}: {err}")
-            store.save_baseline(inventory.export())
+            try:
+                store.save_baseline(inventory.export())
+            except StoreError as err:  # StoreFull: nothing changed
+                return _fail("baseline", err)
             print(f"imported {args.file}: {inventory.status()['pairs']} pairs; enforcing")
             return 0
         if doc is None:
@@ -231,7 +234,10 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         elif action == "freeze":
             doc["state"] = "enforcing"
             doc["frozen_at"] = time.time()
-            store.save_baseline(doc)
+            try:
+                store.save_baseline(doc)
+            except StoreError as err:  # StoreFull: nothing changed
+                return _fail("baseline", err)
             print("baseline frozen: enforcing")
         elif action == "export":
             args.file.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n",

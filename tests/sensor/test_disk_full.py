@@ -361,3 +361,57 @@ def test_collector_disk_full_acks_nothing_unstored_and_recovers(
     print(f"\ncollector on a full 2 MB tmpfs: {n} alerts sent; {stored_full} messages "
           f"stored before it was full; after recovery {len(stored)} stored = "
           f"{len(journaled)} journaled, {len(siem)} SIEM lines, none twice")
+
+
+# -- the limits, at the API -----------------------------------------------------------------
+
+def test_held_alerts_are_bounded_and_the_journal_stays_as_it_was(
+        tmp_path: Path, tmpfs: Callable[[str, str], Path]) -> None:
+    """Past ``max_pending`` the store's refusals are dropped and counted (health alerts
+    are still held); a refused journal write leaves the journal exactly as it was."""
+    from sensor import config as cfg
+    from sensor.alerting import AlertOutputs
+    from sensor.alerts import Alert, Severity
+    from sensor.forwarder import Forwarder
+    from sensor.journal import JournalFull
+    from sensor.store import Store
+
+    disk = tmpfs("small", "1m")
+    conf = disk / "sensor.toml"
+    conf.write_text(f'[sensor]\nstate_dir = "{disk}"\n')
+    store = Store(disk / "mamori.db")
+    forwarder = Forwarder(cfg.load(conf))
+    outputs = AlertOutputs(store, forwarder, max_pending=100)
+
+    def alert(i: int) -> Alert:
+        return Alert("mamori.test.flood", "M3", Severity.HIGH, (), f"client {i}", "modbus",
+                     1.0, 1.0, src=f"10.1.{i >> 8}.{i & 255}", dst="10.0.0.2", dport=502,
+                     evidence={"pad": "x" * 200}, id=i)
+
+    outputs.publish([alert(i) for i in range(1, 51)])
+    assert outputs.status()["unstored"] == 0
+    filler = fill(disk)
+    before = (forwarder.journal.seq, forwarder.journal.stats())
+    outputs.publish([alert(i) for i in range(51, 351)])
+    state = outputs.status()
+    assert state["unstored"] == 300 + 1 and state["store_full"]  # the S4 alert too
+    assert state["dropped"] == 300 - 100 and state["held"] == 100 + 1  # and the S4 alert
+    with pytest.raises(JournalFull):  # not "cannot rollback - no transaction is active"
+        forwarder.submit_alerts([alert(i) for i in range(1000, 1100)], sync=(store.id, 10**6))
+    assert (forwarder.journal.seq, forwarder.journal.stats()) == before
+    assert forwarder.journal.sync_mark(store.id) == 50
+    filler.unlink()
+    outputs.publish([])
+    state = outputs.status()
+    assert state["held"] == 0 and state["journal_behind"] == 0 and not state["store_full"]
+    assert state["stored_late"] == 101
+    rules = store_rules(disk / "mamori.db")
+    assert rules.count("mamori.test.flood") == 150
+    assert DISK_FULL_RULE in rules and DISK_BACK_RULE in rules
+    forwarder.close(0)
+    store.close()
+    db = sqlite3.connect(disk / "forward" / "journal.db")
+    journaled = db.execute("SELECT COUNT(*) FROM messages WHERE kind = ?",
+                           (int(Kind.ALERT),)).fetchone()[0]
+    db.close()
+    assert journaled == len(store_alerts(disk / "mamori.db"))  # each committed alert once
