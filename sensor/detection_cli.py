@@ -362,17 +362,19 @@ class ReplayDetection:
             outputs.close()
             return outputs
         outputs = AlertOutputs(self.store, forwarder, window=0.0)
+        start = forwarder.journal.seq
         outputs.publish(alerts)
         outputs.close()
+        journaled = forwarder.journal.seq - start
         forwarder.start()
         deadline = time.monotonic() + self.config.get("forward", "ack_timeout") * 2
         while forwarder.unacked() and time.monotonic() < deadline:
             time.sleep(0.05)
         left = forwarder.unacked()
         forwarder.close()
-        print(f"forwarded  {len(alerts)} alerts to {len(self.config.get('forward', 'collectors'))}"
-              f" collector(s); {left} awaiting acknowledgement (kept in the journal)",
-              file=report)
+        print(f"forwarded  {journaled} messages ({len(alerts)} new alerts) to "
+              f"{len(self.config.get('forward', 'collectors'))} collector(s); {left} awaiting "
+              f"acknowledgement (kept in the journal)", file=report)
         return outputs
 
 
