@@ -359,11 +359,15 @@ def config_path_default() -> str | None:
 
 
 class StartupError(Exception):
-    """The daemon cannot start: bad rules, an unreadable store, missing keys."""
+    """The daemon cannot start: bad rules, an unreadable store, missing keys.
 
-    def __init__(self, message: str, status: int = 2) -> None:
+    ``disk_full``: only because the state directory has no room (``mamori run`` waits
+    for space then, instead of exiting into systemd's restart limit)."""
+
+    def __init__(self, message: str, status: int = 2, disk_full: bool = False) -> None:
         super().__init__(message)
         self.status = status
+        self.disk_full = disk_full
 
 
 class EventFile:
@@ -422,15 +426,16 @@ def build_sensor(conf: cfg.Config, config_path: str | None,
     from sensor.alerting import AlertOutputs
     from sensor.detection.loader import RuleError
     from sensor.detection.settings import store_path
+    from sensor.journal import JournalFull
     from sensor.journald import journald_sink
-    from sensor.store import Store, StoreError
+    from sensor.store import Store, StoreError, StoreFull
 
     state_dir = Path(conf.get("sensor", "state_dir"))
     try:
         store = Store(store_path(conf), max_age=conf.get("store", "max_age"),
                       max_bytes=conf.get("store", "max_bytes"))
     except (StoreError, OSError) as err:
-        raise StartupError(f"store: {err}") from None
+        raise StartupError(f"store: {err}", disk_full=isinstance(err, StoreFull)) from None
     forwarder = None
     outputs = AlertOutputs(store, on_health=journald_sink())
     holder: list[Sensor] = []
@@ -446,7 +451,8 @@ def build_sensor(conf: cfg.Config, config_path: str | None,
                                   on_meta_alert=outputs.raise_local)
         except (KeyFileError, OSError) as err:
             store.close()
-            raise StartupError(f"forwarding: {err}") from None
+            raise StartupError(f"forwarding: {err}",
+                               disk_full=isinstance(err, JournalFull)) from None
         outputs.forwarder = forwarder
     consumers: list[Consumer] = []
     if conf.get("detection", "enabled"):

@@ -240,6 +240,49 @@ def test_daemon_fills_its_state_dir_keeps_detecting_and_forwards_all_committed(
           f"committed = {len(collector_alerts(collector, key))} at the collector")
 
 
+@needs_root
+def test_daemon_started_on_a_full_disk_waits_for_space_then_runs(
+        tmp_path: Path, tmpfs: Callable[[str, str], Path]) -> None:
+    """Not an exit into systemd's start limit: READY with a status saying why, the
+    watchdog fed, and capture as soon as there is room."""
+    tcpreplay = require_tool("tcpreplay")
+    state = tmpfs("state", "1m")
+    port = free_port()
+    conf = state / "sensor.toml"
+    conf.write_text(f'[sensor]\nstate_dir = "{state}"\n[capture]\ninterfaces = ["lo"]\n'
+                    f'[ports]\nmodbus = [{port}]\n')
+    filler = fill(state)
+    notify = NotifySocket(tmp_path / "notify")
+    log = tmp_path / "daemon.log"
+    with log.open("w") as err:
+        proc = subprocess.Popen([MAMORI, "run", "--config", str(conf)], stderr=err,
+                                stdout=subprocess.DEVNULL,
+                                env=dict(os.environ, NOTIFY_SOCKET=str(notify.path),
+                                         WATCHDOG_USEC="2000000"))
+    try:
+        assert notify.wait_for("waiting for disk space", 20), (notify.messages,
+                                                                log.read_text())
+        notify.messages.clear()
+        assert notify.wait_for("WATCHDOG=1", 5), notify.messages
+        assert proc.poll() is None
+        filler.unlink()
+        assert notify.wait_for("capturing on lo", 20), (notify.messages, log.read_text())
+        pcap = sources_pcap(tmp_path / "few.pcap", 0, 20, port)
+        subprocess.run([tcpreplay, "-q", "-i", "lo", str(pcap)], check=True,
+                       capture_output=True)
+        time.sleep(2.5)  # a tick publishes them
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        notify.close()
+    output = log.read_text()
+    assert proc.returncode == 0 and "Traceback" not in output, output[-3000:]
+    assert "waiting for disk space" in output
+    assert store_rules(state / "mamori.db").count("mamori.health.tcp_gap") == 20
+
+
 # -- mamori replay --------------------------------------------------------------------------
 
 @needs_root
