@@ -137,16 +137,19 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                                              and str(detection.alerts_out) == "-")
     report = sys.stderr if to_stdout else sys.stdout
     print(summary.render(), file=report)
-    if detection is not None:
-        detection.finish(report)
-        for failure in detection.errors:
-            print(f"mamori replay: {failure}", file=sys.stderr)
+    stored = detection.finish(report) if detection is not None else True
+    for failure in detection.errors if detection is not None else ():
+        print(f"mamori replay: {failure}", file=sys.stderr)
     if zeek is not None and summary.files == 0:
         print(f"mamori replay: {zeek}: no Modbus or DNP3 Zeek logs", file=sys.stderr)
         return 1
     for damage in summary.errors:
         print(f"mamori replay: {damage}", file=sys.stderr)
-    return 1 if summary.errors or (detection is not None and detection.errors) else 0
+    if not stored:
+        print("mamori replay: disk full: some alerts were not stored (see the summary)",
+              file=sys.stderr)
+    failed = detection is not None and bool(detection.errors)
+    return 1 if summary.errors or not stored or failed else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,7 +22,6 @@ drops raise S1, silence on an interface for ``silence_alert`` raises S3.
 
 from __future__ import annotations
 
-import contextlib
 import grp
 import logging
 import os
@@ -35,7 +34,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
 from sensor import config as cfg
 from sensor.alerts import Alert, Severity
@@ -129,6 +128,7 @@ class Sensor:
         self.store: Any = None  # sensor.store.Store, closed at shutdown
         self.forwarder: Any = None  # sensor.forwarder.Forwarder, flushed at shutdown
         self.web: Any = None  # the operator page (build_sensor(web=...)), stopped first
+        self.outputs: Any = None  # sensor.alerting.AlertOutputs: disk-full counters
         self.last_heartbeat: float | None = None  # wall time health was last sampled
         self._rate = (time.monotonic(), 0)
 
@@ -297,8 +297,15 @@ class Sensor:
             health.stats = stats
         total = sum(h.frames for h in self.health.values())
         drops = sum(h.dropped for h in self.health.values())
+        disk = ""
+        if self.outputs is not None:
+            state = self.outputs.status()
+            if state["store_full"] or state["journal_behind"]:
+                disk = (f", DISK FULL: {state['unstored']} alerts refused by the store, "
+                        f"{state['held']} held, {state['dropped']} lost, "
+                        f"{state['journal_behind']} not yet journaled")
         self.notifier.status(f"{total} frames, {drops} dropped, "
-                             f"{self.pipeline.active_flows} flows")
+                             f"{self.pipeline.active_flows} flows{disk}")
 
     def _alert(self, alert: Alert) -> None:
         log.warning("%s: %s", alert.precursor, alert.title)
@@ -307,7 +314,7 @@ class Sensor:
 
     def snapshot(self) -> dict[str, Any]:
         """Health for heartbeats and the web page: packets, drops, flows, uptime."""
-        return {
+        snap: dict[str, Any] = {
             "uptime": round(time.time() - self.started, 1),
             "flows": self.pipeline.active_flows,
             "packets": self.pipeline.stats.packets,
@@ -315,6 +322,9 @@ class Sensor:
                 h.name: {"frames": h.frames, "dropped": h.dropped,
                          "last_frame": h.last_frame} for h in self.health.values()},
         }
+        if self.outputs is not None:
+            snap["disk"] = self.outputs.status()
+        return snap
 
     def health_for_heartbeat(self) -> dict[str, float]:
         """packets/s since the last heartbeat, kernel drops and flows (forwarder thread)."""
@@ -323,9 +333,13 @@ class Sensor:
         self.last_heartbeat = time.time()  # shown on the web page's health panel
         self._rate = (now, current)
         pps = (current - packets) / (now - then) if now > then else 0.0
-        return {"pps": round(pps, 1), "drops": float(sum(h.dropped for h in
-                                                          self.health.values())),
-                "flows": float(self.pipeline.active_flows)}
+        values = {"pps": round(pps, 1), "drops": float(sum(h.dropped for h in
+                                                            self.health.values())),
+                  "flows": float(self.pipeline.active_flows)}
+        if self.outputs is not None:  # disk full: what the collector should know of it
+            values["unstored"] = float(self.outputs.unstored)
+            values["never_stored"] = float(self.outputs.dropped)
+        return values
 
     def shutdown(self) -> None:
         """Flush everything in order: pipeline, consumers (store), forwarder, sockets."""
@@ -355,57 +369,61 @@ def config_path_default() -> str | None:
 
 
 class StartupError(Exception):
-    """The daemon cannot start: bad rules, an unreadable store, missing keys."""
+    """The daemon cannot start: bad rules, an unreadable store, missing keys.
 
-    def __init__(self, message: str, status: int = 2) -> None:
+    ``disk_full``: only because the state directory has no room (``mamori run`` waits
+    for space then, instead of exiting into systemd's restart limit)."""
+
+    def __init__(self, message: str, status: int = 2, disk_full: bool = False) -> None:
         super().__init__(message)
         self.status = status
+        self.disk_full = disk_full
 
 
 class EventFile:
     """``--events``: the same JSON lines as ``mamori replay --events``.
 
-    An analyst's extra, not the sensor's record (that is the store): when a write
-    fails (a full disk, a removed mount) it says so once, naming the file, and stops
-    writing it; capture, detection and forwarding go on.
+    An analyst's extra, not the sensor's record (that is the store): a write that
+    fails (a full disk, a removed mount) drops that batch, counted in ``dropped`` and
+    said once per episode, naming the file; writing resumes when it works again.
+    Capture, detection and forwarding go on either way.
     """
 
     def __init__(self, path: Path) -> None:
         from sensor.eventlog import JsonLinesWriter
 
         self.path = path
-        self._stream: IO[str] | None = path.open("a", encoding="utf-8")
+        self._stream = path.open("a", encoding="utf-8")
         self._writer = JsonLinesWriter(self._stream)
+        self.dropped = 0
+        self._failing = False
 
     def consume(self, events: list[Any]) -> None:
-        if self._stream is None:
-            return
         try:
             self._writer.write(events)
             self._stream.flush()
         except OSError as err:
-            log.error("--events %s: cannot write: %s; no longer writing events there "
-                      "(detection goes on)", self.path, err.strerror or err)
-            self._abandon()
-
-    def _abandon(self) -> None:
-        stream, self._stream = self._stream, None
-        if stream is not None:
-            # Its buffer could not be written either: that is what was just reported.
-            with contextlib.suppress(OSError):
-                stream.close()
+            self.dropped += len(events)
+            if not self._failing:
+                log.error("--events %s: cannot write: %s; events are dropped (counted) "
+                          "until it works again", self.path, err.strerror or err)
+            self._failing = True
+            return
+        if self._failing:
+            log.warning("--events %s: writing events again; %d were dropped", self.path,
+                        self.dropped)
+        self._failing = False
 
     def tick(self, now: float) -> None:
         pass
 
     def close(self) -> None:
-        if self._stream is not None:
-            try:
-                self._stream.close()
-            except OSError as err:
-                log.error("--events %s: cannot write: %s", self.path,
-                          err.strerror or err)
-            self._stream = None
+        try:
+            self._stream.close()
+        except OSError as err:
+            if not self._failing:  # already said, and counted
+                log.error("--events %s: cannot write: %s; the last events were not "
+                          "written", self.path, err.strerror or err)
 
 
 def build_sensor(conf: cfg.Config, config_path: str | None,
@@ -423,15 +441,17 @@ def build_sensor(conf: cfg.Config, config_path: str | None,
     from sensor.detection.loader import RuleError
     from sensor.detection.settings import store_path
     from sensor.detection_cli import forwarding_problem, open_store
-    from sensor.store import StoreError
+    from sensor.journal import JournalFull
+    from sensor.journald import journald_sink
+    from sensor.store import StoreError, StoreFull
 
     state_dir = Path(conf.get("sensor", "state_dir"))
     try:
         store = open_store(store_path(conf), conf, readonly=False)
     except StoreError as err:
-        raise StartupError(f"store: {err}") from None
+        raise StartupError(f"store: {err}", disk_full=isinstance(err, StoreFull)) from None
     forwarder = None
-    outputs = AlertOutputs(store)
+    outputs = AlertOutputs(store, on_health=journald_sink())
     holder: list[Sensor] = []
     if conf.get("forward", "collectors"):
         from sensor.forwarder import Forwarder
@@ -445,7 +465,8 @@ def build_sensor(conf: cfg.Config, config_path: str | None,
                                   on_meta_alert=outputs.raise_local)
         except (KeyFileError, OSError, sqlite3.Error) as err:
             store.close()
-            raise StartupError(f"forwarding: {forwarding_problem(conf, err)}") from None
+            raise StartupError(f"forwarding: {forwarding_problem(conf, err)}",
+                               disk_full=isinstance(err, JournalFull)) from None
         outputs.forwarder = forwarder
     consumers: list[Consumer] = []
     if conf.get("detection", "enabled"):
@@ -461,6 +482,7 @@ def build_sensor(conf: cfg.Config, config_path: str | None,
     sensor = Sensor(conf, config_path, consumers, alert_sink=outputs.raise_external)
     sensor.store = store
     sensor.forwarder = forwarder
+    sensor.outputs = outputs
     holder.append(sensor)
     if web is not None:
         try:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,11 +99,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         from sensor.web.server import daemon_starter  # Starlette only when serving
 
         web = daemon_starter(conf)
-    try:
-        sensor = daemon.build_sensor(conf, path, events=args.events, web=web)
-    except daemon.StartupError as err:
-        log.error("%s", err)
-        return err.status
+    sensor = _build_waiting_for_space(conf, path, args.events, web)
+    if not isinstance(sensor, daemon.Sensor):
+        return sensor
     try:
         sensor.open_captures()
     except CaptureError as err:
@@ -111,6 +111,53 @@ def cmd_run(args: argparse.Namespace) -> int:
     sensor.drop_privileges()
     sensor.install_signals()
     return sensor.run(args.max_seconds)
+
+
+DISK_RETRY = 5.0  # seconds between start attempts while the state directory is full
+
+
+def _build_waiting_for_space(conf: cfg.Config, path: str | None, events: Path | None,
+                             web: Any) -> daemon.Sensor | int:
+    """``build_sensor``; while it fails only for lack of disk space, wait and retry.
+
+    A full disk is a state, not a crash (issue 12): exiting would run into systemd's
+    start limit and leave the sensor down after space returns. Meanwhile systemd is
+    told READY with a status that says why, and the watchdog is fed; SIGTERM or
+    SIGINT stop the wait. Returns the sensor, or the exit status.
+    """
+    from sensor.notify import Notifier
+
+    notifier = Notifier()
+    stop: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, _frame: stop.append(signum))
+                for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        waiting = False
+        while True:
+            try:
+                return daemon.build_sensor(conf, path, events=events, web=web)
+            except daemon.StartupError as err:
+                if not err.disk_full:
+                    log.error("%s", err)
+                    return err.status
+                if not waiting:
+                    log.error("%s: waiting for disk space (retrying every %.0f s)", err,
+                              DISK_RETRY)
+                    notifier.ready(f"waiting for disk space: {err}")
+                    waiting = True
+            deadline = time.monotonic() + DISK_RETRY
+            while time.monotonic() < deadline:
+                if stop:
+                    log.info("signal %d: stopping (still waiting for disk space)", stop[0])
+                    notifier.stopping()
+                    return 0
+                notifier.tick()
+                time.sleep(0.1)
+            if waiting:
+                log.info("retrying start-up")
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @dataclass(frozen=True, slots=True)

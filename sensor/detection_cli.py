@@ -21,6 +21,7 @@ from typing import IO, Any
 from sensor import config as cfg
 from sensor import rulebundle_cli
 from sensor.advisories import cli as advisories_cli
+from sensor.alerting import AlertOutputs
 from sensor.alerts import Alert, Severity
 from sensor.detection.engine import Detector
 from sensor.detection.inventory import Inventory
@@ -290,7 +291,10 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     with store:
         doc = store.load_baseline()
         if action == "import":
-            store.save_baseline(inventory.export())
+            try:
+                store.save_baseline(inventory.export())
+            except StoreError as err:  # StoreFull: nothing changed
+                return _fail("baseline", err)
             print(f"imported {args.file}: {inventory.status()['pairs']} pairs; enforcing")
             return 0
         if doc is None:
@@ -301,7 +305,10 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         elif action == "freeze":
             doc["state"] = "enforcing"
             doc["frozen_at"] = time.time()
-            store.save_baseline(doc)
+            try:
+                store.save_baseline(doc)
+            except StoreError as err:  # StoreFull: nothing changed
+                return _fail("baseline", err)
             print("baseline frozen: enforcing")
         elif action == "export":
             try:
@@ -377,7 +384,9 @@ class ReplayDetection:
                                   on_alert=journald_sink())
         return cls(detector, args.alerts, store, config)
 
-    def finish(self, report: IO[str]) -> None:
+    def finish(self, report: IO[str]) -> bool:
+        """Write, store, forward and summarise; False when alerts could not be stored
+        (a full disk: the summary says how many)."""
         alerts = self.detector.alerts()
         if self.alerts_out is not None:
             if str(self.alerts_out) == "-":
@@ -390,10 +399,14 @@ class ReplayDetection:
                     raise OutputError(f"{self.alerts_out}: cannot write: "
                                       f"{err.strerror or err}") from None
         drained = self.detector.drain()
+        outputs = None
         if self.config is not None and self.config.get("forward", "collectors"):
-            self._forward(drained, report)
+            outputs = self._forward(drained, report)
         elif self.store is not None:
-            self.store.save_alerts(drained)
+            outputs = AlertOutputs(self.store, window=0.0)
+            outputs.publish(drained)
+            outputs.close()
+        state = outputs.status() if outputs is not None else {}
         if self.store is not None:
             inv = self.detector.inventory
             self.store.save_inventory([a.to_dict() for a in inv.assets.values()],
@@ -401,12 +414,19 @@ class ReplayDetection:
             self.store.prune()
             self.store.close()
         print(render_summary(alerts, self.detector), file=report)
+        if state and (state["unstored"] or state["journal_behind"]):
+            print(f"disk full  {self.store.path if self.store else '-'}: {state['unstored']} "
+                  f"alert writes refused, {state['stored_late']} stored late, "
+                  f"{state['dropped']} never stored; {state['journal_behind']} stored but "
+                  f"not yet journaled (the next run journals them)", file=report)
+        lost = int(state["dropped"]) if state else 0
+        return lost == 0
 
 
-    def _forward(self, alerts: list[Alert], report: IO[str]) -> None:
+    def _forward(self, alerts: list[Alert], report: IO[str]) -> AlertOutputs | None:
         """Store, then forward to the configured collectors, and wait for their acks."""
-        from sensor.alerting import AlertOutputs
         from sensor.forwarder import Forwarder
+        from sensor.journal import JournalFull
         from sensor.keys import KeyFileError
 
         assert self.config is not None
@@ -414,22 +434,31 @@ class ReplayDetection:
             forwarder = Forwarder(self.config)
         except (KeyFileError, OSError, sqlite3.Error) as err:
             # load() checked the files; this is what changed since, or what only opening
-            # finds: keep the alerts, and fail the exit status, not a quiet "disabled".
+            # finds (a full disk): keep the alerts, and fail the exit status.
             self.errors.append(f"forwarding: {forwarding_problem(self.config, err)}")
-            if self.store is not None:
-                self.store.save_alerts(alerts)
-            return
+            if self.store is None:
+                return None
+            if isinstance(err, JournalFull):  # the next run with room journals these
+                self.store.owe_journal(self.store.rev())
+            outputs = AlertOutputs(self.store, window=0.0)
+            outputs.publish(alerts)
+            outputs.close()
+            return outputs
         outputs = AlertOutputs(self.store, forwarder, window=0.0)
+        start = forwarder.journal.seq
         outputs.publish(alerts)
+        outputs.close()
+        journaled = forwarder.journal.seq - start
         forwarder.start()
         deadline = time.monotonic() + self.config.get("forward", "ack_timeout") * 2
         while forwarder.unacked() and time.monotonic() < deadline:
             time.sleep(0.05)
         left = forwarder.unacked()
         forwarder.close()
-        print(f"forwarded  {len(alerts)} alerts to {len(self.config.get('forward', 'collectors'))}"
-              f" collector(s); {left} awaiting acknowledgement (kept in the journal)",
-              file=report)
+        print(f"forwarded  {journaled} messages ({len(alerts)} new alerts) to "
+              f"{len(self.config.get('forward', 'collectors'))} collector(s); {left} awaiting "
+              f"acknowledgement (kept in the journal)", file=report)
+        return outputs
 
 
 def write_alerts_jsonl(alerts: list[Alert], stream: IO[str]) -> None:

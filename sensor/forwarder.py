@@ -17,11 +17,12 @@ epoch's backlog drains, oldest first (``tests/sensor/test_forwarding_faults.py``
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Mapping
+from collections import Counter, deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from zmq.utils.monitor import parse_monitor_message
 from sensor import config as cfg
 from sensor.alerts import Alert, Severity
 from sensor.forwarding_options import CollectorSpec
-from sensor.journal import AlertJournal, AuditEntry, Eviction
+from sensor.journal import AlertJournal, AuditEntry, Eviction, JournalFull
 from sensor.keys import load_pair, resolve_key
 from sensor.wire import (
     Ack,
@@ -44,6 +45,8 @@ from sensor.wire import (
     encode,
 )
 
+log = logging.getLogger("mamori.forwarder")
+
 EVICTION_RULE = "mamori.sensor.journal_eviction"
 CLOCK_RULE = "mamori.sensor.clock"
 UNREACHABLE_RULE = "mamori.sensor.collector_unreachable"
@@ -52,7 +55,7 @@ TIMESYNC_DIR = Path("/run/systemd/timesync")  # systemd-timesyncd's state, where
 
 
 HealthSource = Callable[[], Mapping[str, float]]
-_HEALTH_KEYS = ("pps", "drops", "flows")
+_HEALTH_KEYS = ("pps", "drops", "flows", "unstored", "never_stored")
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +184,10 @@ class Forwarder:
         self._clock_offset = time.time() - time.monotonic()
         self._meta: deque[Alert] = deque(maxlen=1000)
         self._synced = timesync_state()
+        # Disk full (issue 12): writes the journal could not make. Acks and audit rows
+        # are only bookkeeping (a missed ack means a resend the collector drops);
+        # health alerts raised here are still kept locally through on_meta_alert.
+        self.unjournaled = Counter[str]()
         # The first journaled message of every epoch announces it, and who is speaking.
         self.submit(Kind.HEALTH, {"event": "start", "epoch": self.epoch,
                                   **dict(s.identity)})
@@ -191,6 +198,21 @@ class Forwarder:
         """Journal an alert (or an update of an aggregated one) under the policy; its seq."""
         body, fields = self.settings.policy.apply(alert)
         return self._append(Kind.ALERT, body, ",".join(fields))
+
+    def submit_alerts(self, alerts: Sequence[Alert],
+                      sync: tuple[str, int] | None = None) -> list[int]:
+        """Journal several alerts in one transaction; ``sync`` = (store id, revision)
+        moves the store's journaled mark with them, atomically. Raises ``JournalFull``
+        when the disk is full (then nothing of the call was journaled)."""
+        items = []
+        for alert in alerts:
+            body, fields = self.settings.policy.apply(alert)
+            items.append((Kind.ALERT, body, ",".join(fields)))
+        seqs, evictions = self.journal.append_many(items, sync=sync)
+        self._wake()
+        if evictions:
+            self._data_loss(evictions)
+        return seqs
 
     def submit(self, kind: Kind, body: Mapping[str, Any]) -> int:
         """Journal an asset change or health record; returns its seq."""
@@ -217,9 +239,20 @@ class Forwarder:
         if self.on_meta_alert is not None:
             self.on_meta_alert(alert)
         body, fields = self.settings.policy.apply(alert)
-        _, more = self.journal.append(Kind.ALERT, body, ",".join(fields))
+        try:
+            _, more = self.journal.append(Kind.ALERT, body, ",".join(fields))
+        except JournalFull:
+            self._unjournaled("health alert")
+            return
         if more and self.on_meta_alert is not None:  # do not recurse: report once more
             self.on_meta_alert(alert)
+
+    def _unjournaled(self, what: str, n: int = 1) -> None:
+        """Count a write the full disk refused; log the first of each kind."""
+        if not self.unjournaled[what]:
+            log.error("forwarding journal %s: disk full, %s not journaled (counted)",
+                      self.journal.path, what)
+        self.unjournaled[what] += n
 
     def _wake(self) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -247,7 +280,10 @@ class Forwarder:
             audit: list[AuditEntry] = []
             for link in self._links:
                 self._send(link, audit)
-            self.journal.record_audit(audit)
+            try:
+                self.journal.record_audit(audit)
+            except JournalFull:
+                self._unjournaled("audit record", len(audit))
             if time.monotonic() >= self._next_heartbeat:
                 self.heartbeat()
 
@@ -289,7 +325,13 @@ class Forwarder:
                 self._on_replay(link, message)
 
     def _on_ack(self, link: _Link, ack: Ack) -> None:
-        if self.journal.ack(link.name, ack.epoch, ack.seq):
+        try:
+            if self.journal.ack(link.name, ack.epoch, ack.seq):
+                link.last_progress = time.monotonic()
+        except JournalFull:
+            # Not recorded: after a restart these are resent and the collector, which
+            # stored them, drops the copies and acks again. The link goes on meanwhile.
+            self._unjournaled("ack")
             link.last_progress = time.monotonic()
         link.acknowledge(ack.epoch, ack.seq)
 
@@ -411,7 +453,11 @@ class Forwarder:
             else:
                 self.on_meta_alert(alert)
         body, fields = self.settings.policy.apply(alert)
-        _, evictions = self.journal.append(Kind.ALERT, body, ",".join(fields))
+        try:
+            _, evictions = self.journal.append(Kind.ALERT, body, ",".join(fields))
+        except JournalFull:
+            self._unjournaled("health alert")
+            return
         if evictions:
             self._data_loss(evictions)
 

@@ -12,16 +12,26 @@ Tables::
     acks     (collector, epoch, seq)                cumulative ack per collector, epoch
     evicted  (epoch, first, last, ts)               unacked ranges lost to the size cap
     audit    (hour, collector, kind, fields, messages, retransmits, bytes, first_ts, last_ts)
+    store_sync (store PK, rev)                     how far the local store is journaled
 
 ``messages.id`` orders all epochs: the forwarder walks it as its send cursor, so old
 epochs' unacknowledged messages go out first after a restart. A message is ``acked``
 once every configured collector acknowledged it; only then is it the first to go
 when the journal exceeds its byte budget. Evicting an unacknowledged message is data
 loss, which ``append`` reports to the caller (the forwarder raises an S4 meta-alert).
+
+A full disk is not a crash: SQLite rolls the transaction back itself on
+``SQLITE_FULL`` and ``append`` raises ``JournalFull`` (an ``OSError`` with ENOSPC,
+so callers that already refuse to start on OSError keep doing so), leaving the
+journal exactly as it was. ``store_sync`` is how nothing the local store committed
+is lost for forwarding: each append of store alerts moves, in the same transaction,
+the mark of the highest store revision journaled, so after a disk-full episode the
+alerts above the mark are journaled from the store (``sensor.alerting``).
 """
 
 from __future__ import annotations
 
+import errno
 import sqlite3
 import threading
 import time
@@ -30,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sensor.store import is_disk_full
 from sensor.wire import Kind, encode
 
 _SCHEMA = """
@@ -50,7 +61,26 @@ CREATE TABLE IF NOT EXISTS audit (
     fields TEXT NOT NULL, messages INTEGER NOT NULL, retransmits INTEGER NOT NULL,
     bytes INTEGER NOT NULL, first_ts REAL NOT NULL, last_ts REAL NOT NULL,
     PRIMARY KEY (hour, collector, kind, fields));
+CREATE TABLE IF NOT EXISTS store_sync (store TEXT PRIMARY KEY, rev INTEGER NOT NULL);
 """
+
+
+class JournalFull(OSError):
+    """The journal's disk is full: nothing of the failed write was kept.
+
+    An ``OSError`` (ENOSPC) because that is what it is, and because the callers that
+    open a journal already treat OSError as "cannot forward" rather than crashing.
+    """
+
+    def __init__(self, path: Path, what: str) -> None:
+        super().__init__(errno.ENOSPC, f"disk full, {what}", str(path))
+
+
+class JournalError(OSError):
+    """The journal file cannot be opened (damaged, not a journal, unreadable)."""
+
+    def __init__(self, path: Path, what: str) -> None:
+        super().__init__(errno.EIO, f"not a usable forwarding journal: {what}", str(path))
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,11 +130,18 @@ class AlertJournal:
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA journal_size_limit=8388608")
-        self._db.executescript(_SCHEMA)
-        row = self._db.execute("SELECT COALESCE(SUM(LENGTH(frame)), 0) FROM messages").fetchone()
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA journal_size_limit=8388608")
+            self._db.executescript(_SCHEMA)
+            row = self._db.execute(
+                "SELECT COALESCE(SUM(LENGTH(frame)), 0) FROM messages").fetchone()
+        except sqlite3.Error as err:
+            self._db.close()
+            if is_disk_full(err):
+                raise JournalFull(path, "cannot open the journal") from None
+            raise JournalError(path, str(err)) from None
         self._bytes = int(row[0])
         self.epoch = 0
         self.seq = 0
@@ -115,9 +152,14 @@ class AlertJournal:
         """A new boot epoch, persisted before anything of it is sent."""
         with self._lock:
             row = self._db.execute("SELECT COALESCE(MAX(epoch), 0) FROM epochs").fetchone()
+            try:
+                self._db.execute("INSERT INTO epochs (epoch, started) VALUES (?, ?)",
+                                 (int(row[0]) + 1, time.time() if now is None else now))
+            except sqlite3.Error as err:
+                if is_disk_full(err):
+                    raise JournalFull(self.path, "new epoch not journaled") from None
+                raise
             self.epoch, self.seq = int(row[0]) + 1, 0
-            self._db.execute("INSERT INTO epochs (epoch, started) VALUES (?, ?)",
-                             (self.epoch, time.time() if now is None else now))
         return self.epoch
 
     def append(self, kind: Kind, body: Any, fields: str = "",
@@ -127,15 +169,22 @@ class AlertJournal:
         return seqs[0], evictions
 
     def append_many(self, items: Iterable[tuple[Kind, Any, str]],
-                    ts: float | None = None) -> tuple[list[int], list[Eviction]]:
-        """Commit several messages in one transaction (one fsync)."""
+                    ts: float | None = None, sync: tuple[str, int] | None = None,
+                    ) -> tuple[list[int], list[Eviction]]:
+        """Commit several messages in one transaction (one fsync).
+
+        ``sync`` = (store id, revision) records, atomically with the messages, that the
+        store's alerts up to that revision are journaled. Raises ``JournalFull`` when
+        the disk is full; then nothing of this call was kept (seq and byte count too).
+        """
         if self.epoch == 0:
             raise RuntimeError("start_epoch() before append")
         stamp = time.time() if ts is None else ts
         seqs: list[int] = []
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            size = self._bytes
             try:
+                self._db.execute("BEGIN IMMEDIATE")
                 seq = self.seq
                 for kind, body, fields in items:
                     seq += 1
@@ -148,13 +197,50 @@ class AlertJournal:
                     seqs.append(seq)
                 self._db.execute("UPDATE epochs SET last_seq = ? WHERE epoch = ?",
                                  (seq, self.epoch))
+                if sync is not None:
+                    self._set_sync(*sync)
                 evictions = self._evict() if self._bytes > self.max_bytes else []
                 self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
+            except BaseException as err:
+                self._bytes = size
+                self._rollback()
+                if isinstance(err, sqlite3.Error) and is_disk_full(err):
+                    raise JournalFull(self.path, "messages not journaled") from None
                 raise
             self.seq = seq
         return seqs, evictions
+
+    def _rollback(self) -> None:
+        """Roll back if a transaction is still open: on SQLITE_FULL (and a few other
+        errors) SQLite has already rolled it back, and a second ROLLBACK would raise
+        "cannot rollback - no transaction is active" over the real error."""
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
+
+    def _set_sync(self, store: str, rev: int) -> None:
+        self._db.execute("INSERT INTO store_sync VALUES (?, ?) ON CONFLICT (store) "
+                         "DO UPDATE SET rev = MAX(rev, excluded.rev)", (store, rev))
+
+    def sync_mark(self, store: str) -> int | None:
+        """The highest revision of ``store`` known to be journaled (None: never seen)."""
+        with self._lock:
+            row = self._db.execute("SELECT rev FROM store_sync WHERE store = ?",
+                                   (store,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def set_sync_mark(self, store: str, rev: int) -> None:
+        """Adopt ``store`` at revision ``rev`` (what is older was never ours to send).
+        Raises ``JournalFull`` on a full disk; the caller retries with the next append."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._set_sync(store, rev)
+                self._db.execute("COMMIT")
+            except sqlite3.Error as err:
+                self._rollback()
+                if is_disk_full(err):
+                    raise JournalFull(self.path, "store mark not journaled") from None
+                raise
 
     def _evict(self) -> list[Eviction]:
         """Drop the oldest acknowledged messages, then, if still over, unacknowledged ones."""
@@ -189,14 +275,20 @@ class AlertJournal:
                                    (collector, epoch)).fetchone()
             if row is not None and row[0] >= seq:
                 return False
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute(
-                "INSERT INTO acks VALUES (?, ?, ?) ON CONFLICT (collector, epoch) "
-                "DO UPDATE SET seq = MAX(seq, excluded.seq)", (collector, epoch, seq))
-            floor = min(self._acked_seq(c, epoch) for c in self.collectors or (collector,))
-            self._db.execute("UPDATE messages SET acked = 1 WHERE epoch = ? AND seq <= ? "
-                             "AND acked = 0", (epoch, floor))
-            self._db.execute("COMMIT")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute(
+                    "INSERT INTO acks VALUES (?, ?, ?) ON CONFLICT (collector, epoch) "
+                    "DO UPDATE SET seq = MAX(seq, excluded.seq)", (collector, epoch, seq))
+                floor = min(self._acked_seq(c, epoch) for c in self.collectors or (collector,))
+                self._db.execute("UPDATE messages SET acked = 1 WHERE epoch = ? AND seq <= ? "
+                                 "AND acked = 0", (epoch, floor))
+                self._db.execute("COMMIT")
+            except sqlite3.Error as err:
+                self._rollback()
+                if is_disk_full(err):
+                    raise JournalFull(self.path, "ack not journaled") from None
+                raise
             return True
 
     def _acked_seq(self, collector: str, epoch: int) -> int:
@@ -211,16 +303,23 @@ class AlertJournal:
         stamp = time.time() if now is None else now
         hour = int(stamp // 3600)
         with self._lock:
-            self._db.execute("BEGIN")
-            for e in entries:
-                self._db.execute(
-                    "INSERT INTO audit VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?) "
-                    "ON CONFLICT (hour, collector, kind, fields) DO UPDATE SET "
-                    "messages = messages + 1, retransmits = retransmits + excluded.retransmits,"
-                    " bytes = bytes + excluded.bytes, last_ts = excluded.last_ts",
-                    (hour, e.collector, e.kind, e.fields, int(e.retransmit), e.size,
-                     stamp, stamp))
-            self._db.execute("COMMIT")
+            try:
+                self._db.execute("BEGIN")
+                for e in entries:
+                    self._db.execute(
+                        "INSERT INTO audit VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?) "
+                        "ON CONFLICT (hour, collector, kind, fields) DO UPDATE SET "
+                        "messages = messages + 1, "
+                        "retransmits = retransmits + excluded.retransmits,"
+                        " bytes = bytes + excluded.bytes, last_ts = excluded.last_ts",
+                        (hour, e.collector, e.kind, e.fields, int(e.retransmit), e.size,
+                         stamp, stamp))
+                self._db.execute("COMMIT")
+            except sqlite3.Error as err:
+                self._rollback()
+                if is_disk_full(err):
+                    raise JournalFull(self.path, "audit records not journaled") from None
+                raise
 
     # -- reading ----------------------------------------------------------------------
 

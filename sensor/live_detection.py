@@ -98,3 +98,4 @@ class LiveDetection:
     def close(self) -> None:
         self.outputs.publish(self.detector.drain())
         self.persist()
+        self.outputs.close()  # held alerts a full disk still refuses are said, not hidden

@@ -12,13 +12,26 @@ back with incremental vacuum).
 
 Alerts are upserted by the detector's aggregate: ``save_alerts`` inserts new
 ones and updates count/last-seen of known ones, in one transaction.
+
+Every write of a forwardable alert stamps it with the next store revision
+(``alerts.rev``, counter in ``meta``), so "everything committed since revision N"
+is one indexed query: the forwarding journal keeps the last revision it holds, and
+after a disk-full episode journals the rest from here (``sensor.alerting``).
+
+A full disk is a state, not a crash (issue 12): SQLite rolls back on
+``SQLITE_FULL``; ``save_alerts`` then keeps what fits, in chunks, and returns the
+ids of that prefix; the inventory and baseline snapshot and retention are skipped
+and retried at the next call. ``full``, ``unstored`` and ``skipped_snapshots`` say
+what happened, for the health alert and the status output.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +39,9 @@ from typing import Any
 from sensor.alerts import Alert, Severity
 
 SCHEMA_VERSION = 1
+_CHUNK = 50  # alerts per transaction once a whole batch did not fit on the disk
+
+log = logging.getLogger("mamori.store")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -60,6 +76,28 @@ class StoreError(Exception):
     """The store file cannot be opened or is not a Mamori store (names the path)."""
 
 
+class StoreFull(StoreError):
+    """The disk has no room: for an explicit write (``save_baseline``, nothing
+    changed) or to open the store at all."""
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """SQLite's SQLITE_FULL: the disk (or a quota) has no room for the transaction.
+
+    Also SQLITE_IOERR_SHMSIZE, which is what opening a WAL database on a full disk
+    gives (its shared-memory file cannot grow). Checked by code, not message, where
+    Python gives the code (3.11+). SQLite rolls the transaction back itself in that
+    case, so the database is unchanged.
+    """
+    code = getattr(err, "sqlite_errorcode", None)
+    if code is not None:
+        return code in (sqlite3.SQLITE_FULL, _SQLITE_IOERR_SHMSIZE)
+    return "database or disk is full" in str(err)
+
+
+_SQLITE_IOERR_SHMSIZE = 4874  # sqlite3.SQLITE_IOERR_SHMSIZE (named from Python 3.11)
+
+
 class Store:
     """One connection to the store file. Not shared between threads."""
 
@@ -86,12 +124,31 @@ class Store:
                     self._db.executescript(_SCHEMA)
                     self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)",
                                      (str(SCHEMA_VERSION),))
+                    self._migrate()
             version = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            ident = self._db.execute("SELECT value FROM meta WHERE key='id'").fetchone()
         except sqlite3.DatabaseError as err:
+            if is_disk_full(err):
+                raise StoreFull(f"{self.path}: disk full, cannot open the store ({err}); "
+                                f"free some space") from None
             raise StoreError(f"{self.path}: not a usable store: {err}") from None
         if version is None or int(version[0]) != SCHEMA_VERSION:
             raise StoreError(f"{self.path}: store schema {version} is not {SCHEMA_VERSION}")
+        self.id = str(ident[0]) if ident else ""  # names this store in the journal's marks
         self._ids: dict[int, int] = {}  # detector alert id -> row id
+        self.full = False  # the last write failed for lack of space
+        self.unstored = 0  # alert writes that did not fit, cumulative
+        self.skipped_snapshots = 0  # inventory/baseline/retention passes skipped (full)
+
+    def _migrate(self) -> None:
+        """Add the revision column, its counter and the store's id to older stores
+        (same schema version: old readers ignore them)."""
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(alerts)")}
+        if "rev" not in columns:
+            self._db.execute("ALTER TABLE alerts ADD COLUMN rev INTEGER NOT NULL DEFAULT 0")
+        self._db.execute("CREATE INDEX IF NOT EXISTS alerts_rev ON alerts (rev)")
+        self._db.execute("INSERT OR IGNORE INTO meta VALUES ('rev', '0')")
+        self._db.execute("INSERT OR IGNORE INTO meta VALUES ('id', ?)", (uuid.uuid4().hex,))
 
     def close(self) -> None:
         self._db.close()
@@ -104,37 +161,144 @@ class Store:
 
     # -- alerts -----------------------------------------------------------------------
 
-    def save_alerts(self, alerts: Iterable[Alert]) -> list[int]:
+    def save_alerts(self, alerts: Iterable[Alert], *, forward: bool = True) -> list[int]:
         """Insert new aggregates, update known ones; one transaction; returns row ids.
 
         ``Alert.id`` is the detector's number for the aggregate; the store maps it
-        to its own row id for the lifetime of this Store object.
+        to its own row id for the lifetime of this Store object. On a full disk the
+        ids returned are those of the prefix that fitted (see ``commit_alerts``).
         """
-        now = time.time()
-        out: list[int] = []
-        with self._db:
-            for alert in alerts:
-                row = self._ids.get(alert.id) if alert.id else None
-                if row is not None:
-                    self._db.execute(
-                        "UPDATE alerts SET count=?, last_ts=?, updated=? WHERE id=?",
-                        (alert.count, alert.last_ts, now, row))
-                else:
-                    cur = self._db.execute(
-                        "INSERT INTO alerts (rule, precursor, severity, attack, title, proto,"
-                        " first_ts, last_ts, count, src, sport, dst, dport, unit, link_src,"
-                        " link_dst, evidence, updated) VALUES"
-                        " (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                        (alert.rule, alert.precursor, int(alert.severity),
-                         json.dumps(list(alert.attack)), alert.title, alert.proto,
-                         alert.first_ts, alert.last_ts, alert.count, alert.src, alert.sport,
-                         alert.dst, alert.dport, alert.unit, alert.link_src, alert.link_dst,
-                         json.dumps(dict(alert.evidence), default=str), now))
-                    row = int(cur.lastrowid or 0)
-                    if alert.id:
-                        self._ids[alert.id] = row
-                out.append(row)
+        return [row for row, _ in self.commit_alerts(alerts, forward=forward)]
+
+    def commit_alerts(self, alerts: Iterable[Alert], *,
+                      forward: bool = True) -> list[tuple[int, int]]:
+        """``save_alerts`` returning (row id, revision) per alert committed.
+
+        ``forward=False`` (alerts the forwarder journals itself) leaves revision 0, so
+        the journal's catch-up never sends them twice. When the whole batch does not
+        fit, it is retried in chunks and stops at the first chunk that does not: the
+        result is the prefix that was kept, in order; the rest is counted in
+        ``unstored`` and the caller decides whether to hold it.
+        """
+        batch = list(alerts)
+        if not batch:
+            return []
+        try:
+            out = self._commit(batch, forward)
+        except sqlite3.Error as err:
+            if not is_disk_full(err):
+                raise
+            out = []
+            for start in range(0, len(batch), _CHUNK):
+                try:
+                    out += self._commit(batch[start:start + _CHUNK], forward)
+                except sqlite3.Error as chunk_err:
+                    if not is_disk_full(chunk_err):
+                        raise
+                    break
+            self._disk_full(f"{len(batch) - len(out)} of {len(batch)} alerts not stored")
+            self.unstored += len(batch) - len(out)
+            return out
+        self._space_back()
         return out
+
+    def _commit(self, batch: Sequence[Alert], forward: bool) -> list[tuple[int, int]]:
+        now = time.time()
+        out: list[tuple[int, int]] = []
+        added: list[int] = []  # detector ids mapped in this transaction: undone if it fails
+        try:
+            with self._db:
+                rev = 0
+                if forward:
+                    self._db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + ? "
+                                     "WHERE key = 'rev'", (len(batch),))
+                    top = self._db.execute("SELECT value FROM meta WHERE key = 'rev'").fetchone()
+                    rev = int(top[0]) - len(batch) if top else 0
+                for alert in batch:
+                    if forward:
+                        rev += 1
+                    row = self._ids.get(alert.id) if alert.id else None
+                    if row is not None:
+                        self._db.execute(
+                            # evidence too: an aggregate's (a storm's source count) grows
+                            "UPDATE alerts SET count=?, last_ts=?, evidence=?, updated=?, rev=?"
+                            " WHERE id=?",
+                            (alert.count, alert.last_ts,
+                             json.dumps(dict(alert.evidence), default=str), now, rev, row))
+                    else:
+                        cur = self._db.execute(
+                            "INSERT INTO alerts (rule, precursor, severity, attack, title,"
+                            " proto, first_ts, last_ts, count, src, sport, dst, dport, unit,"
+                            " link_src, link_dst, evidence, updated, rev) VALUES"
+                            " (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                            (alert.rule, alert.precursor, int(alert.severity),
+                             json.dumps(list(alert.attack)), alert.title, alert.proto,
+                             alert.first_ts, alert.last_ts, alert.count, alert.src,
+                             alert.sport, alert.dst, alert.dport, alert.unit,
+                             alert.link_src, alert.link_dst,
+                             json.dumps(dict(alert.evidence), default=str), now, rev))
+                        row = int(cur.lastrowid or 0)
+                        if alert.id:
+                            self._ids[alert.id] = row
+                            added.append(alert.id)
+                    out.append((row, rev))
+        except BaseException:
+            for ident in added:
+                self._ids.pop(ident, None)
+            raise
+        return out
+
+    def _disk_full(self, what: str) -> None:
+        if not self.full:
+            log.error("%s: disk full: %s; kept what fitted, retrying as space returns",
+                      self.path, what)
+        self.full = True
+
+    def _space_back(self) -> None:
+        if self.full:
+            log.warning("%s: writing again (disk space is back)", self.path)
+        self.full = False
+
+    def rev(self) -> int:
+        """The newest revision given to a forwardable alert (0: none yet)."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'rev'").fetchone()
+        return int(row[0]) if row else 0
+
+    def owe_journal(self, rev: int) -> None:
+        """Forwarding is configured but its journal cannot be opened (a full disk):
+        remember that what comes after ``rev`` is owed to it, so the journal, when it
+        first sees this store, starts there instead of adopting the store as it is.
+        Keeps the oldest such revision; on a full disk this too may not be kept."""
+        try:
+            with self._db:
+                self._db.execute("INSERT INTO meta VALUES ('journal_owed', ?) "
+                                 "ON CONFLICT (key) DO NOTHING", (str(rev),))
+        except sqlite3.Error as err:
+            if not is_disk_full(err):
+                raise
+            self._disk_full("note of alerts owed to the journal not saved")
+
+    def journal_owed(self) -> int | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'journal_owed'").fetchone()
+        return None if row is None else int(row[0])
+
+    def clear_journal_owed(self) -> None:
+        """The journal holds a mark for this store now (it does not fail: a delete on
+        a full disk is retried by the next journal's first sight of the store)."""
+        try:
+            with self._db:
+                self._db.execute("DELETE FROM meta WHERE key = 'journal_owed'")
+        except sqlite3.Error as err:
+            if not is_disk_full(err):
+                raise
+
+    def unjournaled(self, after_rev: int, limit: int = 500) -> list[tuple[int, Alert]]:
+        """(revision, alert as stored now) of forwardable alerts written after
+        ``after_rev``, oldest revision first: the journal's catch-up after a full disk.
+        An aggregate updated several times is there once, at its latest state."""
+        sql = (f"SELECT rev, {', '.join(_COLUMNS)} FROM alerts WHERE rev > ? "
+               f"ORDER BY rev LIMIT ?")
+        return [(int(r[0]), _alert(r[1:])) for r in self._db.execute(sql, (after_rev, limit))]
 
     def alerts(self, *, since: float | None = None, min_severity: Severity | None = None,
                after_id: int = 0, limit: int | None = None) -> list[Alert]:
@@ -171,12 +335,22 @@ class Store:
         the larger of the two (the most one run has counted).
         """
         now = time.time()
-        with self._db:
-            self._merge_rows("assets", "ip", [(str(a["ip"]), a) for a in assets],
-                             _merge_asset)
-            self._merge_rows("pairs", "key", [(_pair_key(p), p) for p in pairs], _merge_pair)
-            if baseline is not None:
-                self._save_baseline(baseline, now)
+        try:
+            with self._db:
+                self._merge_rows("assets", "ip", [(str(a["ip"]), a) for a in assets],
+                                 _merge_asset)
+                self._merge_rows("pairs", "key", [(_pair_key(p), p) for p in pairs],
+                                 _merge_pair)
+                if baseline is not None:
+                    self._save_baseline(baseline, now)
+        except sqlite3.Error as err:
+            if not is_disk_full(err):
+                raise
+            # A snapshot of state the caller still holds: the next save merges it.
+            self.skipped_snapshots += 1
+            self._disk_full("inventory and baseline not saved")
+        else:
+            self._space_back()
 
     def _merge_rows(self, table: str, column: str,
                     rows: Sequence[tuple[str, Mapping[str, Any]]],
@@ -202,8 +376,14 @@ class Store:
             self._db.executemany(f"INSERT OR REPLACE INTO {table} VALUES (?,?,?)", out)
 
     def save_baseline(self, doc: Mapping[str, Any]) -> None:
-        with self._db:
-            self._save_baseline(doc, time.time())
+        """An operator's explicit save: on a full disk it raises ``StoreFull``."""
+        try:
+            with self._db:
+                self._save_baseline(doc, time.time())
+        except sqlite3.Error as err:
+            if is_disk_full(err):
+                raise StoreFull(f"{self.path}: disk full, baseline not saved") from None
+            raise
 
     def _save_baseline(self, doc: Mapping[str, Any], now: float) -> None:
         self._db.execute("INSERT OR REPLACE INTO baseline VALUES (1, ?, ?)",
@@ -229,6 +409,17 @@ class Store:
         store keeps those alerts for ``max_age`` like any others.
         """
         now = time.time() if now is None else now
+        try:
+            return self._prune(now)
+        except sqlite3.Error as err:
+            if not is_disk_full(err):
+                raise
+            # Deleting needs room in the WAL too; retention runs again next time.
+            self.skipped_snapshots += 1
+            self._disk_full("retention pass skipped")
+            return 0
+
+    def _prune(self, now: float) -> int:
         deleted = 0
         with self._db:
             cur = self._db.execute("DELETE FROM alerts WHERE updated < ?",

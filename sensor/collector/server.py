@@ -15,18 +15,28 @@ reorder buffer that a hostile sensor could fill.
 
 A batch of messages is committed to storage before it is acknowledged, published on
 the local PUB socket and written to the SIEM JSON lines file.
+
+A full disk is a state, not a crash (issue 12): a batch the storage cannot commit is
+rolled back and not acknowledged, so the sensors keep it in their journals and resend
+it; the collector says so once (stderr, a ``storage_full`` health record) and again
+when writes work again. The SIEM file keeps, in memory and bounded, whatever bytes the
+disk refused and writes them, whole lines in order, when space returns.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import logging
+import os
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import zmq
 from zmq.utils import z85
@@ -75,6 +85,73 @@ class CollectorSettings:
                    s["max_message_bytes"], s["replay_interval"], s["max_clock_skew"])
 
 
+log = logging.getLogger("mamori.collector")
+
+SIEM_BACKLOG_MAX = 64 * 1024 * 1024  # bytes of SIEM lines held while its disk is full
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """SQLite's SQLITE_FULL, PostgreSQL's disk_full (53100) or ENOSPC."""
+    if isinstance(err, sqlite3.Error):
+        code = getattr(err, "sqlite_errorcode", None)
+        return bool(code == sqlite3.SQLITE_FULL) if code is not None \
+            else "database or disk is full" in str(err)
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    return getattr(err, "sqlstate", None) == "53100"
+
+
+class SiemFile:
+    """The SIEM JSON lines file, written with ``os.write`` so that a full disk never
+    leaves half a line: what the disk refused stays queued, in order, and goes first
+    at the next write. Past ``max_backlog`` queued bytes new lines are dropped and
+    counted (the storage has them all)."""
+
+    def __init__(self, path: str, max_backlog: int = SIEM_BACKLOG_MAX) -> None:
+        self.path = path
+        self.max_backlog = max_backlog
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._queue = bytearray()
+        self.dropped = 0  # lines never written
+        self.error: str | None = None  # set while writes fail
+
+    def write(self, lines: list[str]) -> None:
+        for line in lines:
+            data = (line + "\n").encode()
+            if self._queue and len(self._queue) + len(data) > self.max_backlog:
+                self.dropped += 1
+            else:
+                self._queue += data
+        self.flush()
+
+    def flush(self) -> None:
+        while self._queue:
+            try:
+                n = os.write(self._fd, self._queue)
+            except OSError as err:
+                if self.error is None:
+                    log.error("mamori collect: %s: %s; %d bytes of SIEM lines held until "
+                              "it works again", self.path, err.strerror, len(self._queue))
+                self.error = err.strerror or str(err)
+                return
+            del self._queue[:n]
+        if self.error is not None:
+            log.warning("mamori collect: %s: writing SIEM lines again (%d dropped)",
+                        self.path, self.dropped)
+        self.error = None
+
+    @property
+    def held(self) -> int:
+        return len(self._queue)
+
+    def close(self) -> None:
+        self.flush()
+        if self._queue:
+            log.error("mamori collect: %s: %d bytes of SIEM lines not written at exit",
+                      self.path, len(self._queue))
+        os.close(self._fd)
+
+
 class CollectorServer:
     """One process, one thread: ``bind()``, then ``run()`` or ``poll()`` repeatedly."""
 
@@ -94,7 +171,8 @@ class CollectorServer:
         self._skewed: set[str] = set()  # sensors whose clock is past max_clock_skew now
         self._health: list[dict[str, Any]] = []  # the collector's own findings to publish
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
-        self._jsonl: IO[str] | None = None
+        self._jsonl: SiemFile | None = None
+        self.storage_full = False  # the last commit failed for lack of space
 
     # -- sockets ------------------------------------------------------------------------
 
@@ -127,7 +205,7 @@ class CollectorServer:
             self._pub.linger = 0
             self._pub.bind(s.publish)
         if s.jsonl:
-            self._jsonl = open(s.jsonl, "a", encoding="utf-8")  # noqa: SIM115 (closed in close)
+            self._jsonl = SiemFile(s.jsonl)
 
     def close(self) -> None:
         if self._ctx is not None:
@@ -236,13 +314,32 @@ class CollectorServer:
             with contextlib.suppress(Exception):
                 self.storage.rollback()
             self._contig.clear()  # reload positions; sensors will resend after a timeout
+            if is_disk_full(err):
+                self.counters["unstored_disk_full"] += len(accepted)
+                self._disk_full(len(accepted), now)
+            self._publish([])  # the health record; and the SIEM file's held lines
             return count
+        if self.storage_full and accepted:  # messages fit again, not just a heartbeat
+            self.storage_full = False
+            log.warning("mamori collect: storage writing again (disk space is back)")
+            self._health.append({"event_type": "health", "event": "storage_ok", "ts": now,
+                                 "unstored": self.counters["unstored_disk_full"]})
         for sensor, epoch in acks:
             self._send(sensor, encode_ack(Ack(epoch, self._contig[(sensor, epoch)])))
         for sensor, req in replays:
             self._send(sensor, encode_replay(req))
         self._publish(accepted)
         return count
+
+    def _disk_full(self, n: int, now: float) -> None:
+        """Said once per episode; the messages stay with the sensors (not acked)."""
+        if self.storage_full:
+            return
+        self.storage_full = True
+        log.error("mamori collect: storage disk full: %d messages not stored and not "
+                  "acknowledged (the sensors keep and resend them); retrying", n)
+        self._health.append({"event_type": "health", "event": "storage_full", "ts": now,
+                             "unstored": self.counters["unstored_disk_full"]})
 
     def _one(self, frames: list[zmq.Frame], now: float, accepted: list[tuple[str, Envelope]],
              touched: dict[tuple[str, int], float], acks: set[tuple[str, int]],
@@ -368,13 +465,13 @@ class CollectorServer:
         health, self._health = self._health, []
         if self._pub is None and self._jsonl is None:
             return
+        lines: list[str] = []
         for doc in health:
             line = json.dumps(doc, separators=(",", ":"))
             if self._pub is not None:
                 with contextlib.suppress(zmq.Again):
                     self._pub.send_multipart([b"health", line.encode()], zmq.NOBLOCK)
-            if self._jsonl is not None:
-                self._jsonl.write(line + "\n")
+            lines.append(line)
         for sensor, env in accepted:
             if env.kind is not Kind.ALERT:
                 continue
@@ -383,10 +480,11 @@ class CollectorServer:
             if self._pub is not None:
                 with contextlib.suppress(zmq.Again):
                     self._pub.send_multipart([b"alert", line.encode()], zmq.NOBLOCK)
-            if self._jsonl is not None:
-                self._jsonl.write(line + "\n")
+            lines.append(line)
         if self._jsonl is not None:
-            self._jsonl.flush()
+            self._jsonl.write(lines)
+            if self._jsonl.dropped:
+                self.counters["siem_dropped"] = self._jsonl.dropped
 
 
 def _owed(env: Envelope) -> list[tuple[int, int]]:

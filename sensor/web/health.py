@@ -61,6 +61,7 @@ class LiveHealth:
             "pps": round(pps, 1), "flows": snap.get("flows"),
             "drops": sum(int(i.get("dropped", 0)) for i in interfaces.values()),
             "interfaces": interfaces, "forwarding": self._forwarding(),
+            "disk": snap.get("disk", {}),
         })
         return out
 
