@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Debian packages the tests drive as real peers and oracles.
-APT_PACKAGES := python3-venv tshark tcpdump tcpreplay nmap postgresql libsystemd-dev pkg-config iproute2 systemd chromium
+APT_PACKAGES := python3-venv tshark tcpdump tcpreplay nmap postgresql libsystemd-dev pkg-config iproute2 systemd chromium nats-server
 
 .PHONY: all setup apt venv demo test lint typecheck unit bench clean sample
 

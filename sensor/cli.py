@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from sensor import daemon_cli, detection_cli, forwarding_cli, web_cli, zeek_cli
+from sensor import daemon_cli, detection_cli, forwarding_cli, subscribe_cli, web_cli, zeek_cli
 from sensor.pipeline import PipelineConfig
 from sensor.replay import progress_stream, replay_files
 
@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     detection_cli.add_replay_arguments(replay)
     replay.set_defaults(func=_cmd_replay)
 
-    for feature in (forwarding_cli, detection_cli, daemon_cli, zeek_cli, web_cli):
+    for feature in (forwarding_cli, detection_cli, daemon_cli, zeek_cli, web_cli, subscribe_cli):
         feature.register_commands(commands)
     return parser
 
