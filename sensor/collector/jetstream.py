@@ -464,11 +464,15 @@ def status_report(settings: JetStreamSettings, storage: SqlStorage) -> dict[str,
     if not settings.cursor.exists():
         return {**out, "connected": False, "behind": sum(storage.contigs().values()),
                 "updated": None, "note": "the publisher has not run yet"}
-    store = CursorStore(settings.cursor, readonly=True)
     try:
-        cursor, state = store.load(), store.state().get("status", {})
-    finally:
-        store.close()
+        store = CursorStore(settings.cursor, readonly=True)
+        try:
+            cursor, state = store.load(), store.state().get("status", {})
+        finally:
+            store.close()
+    except sqlite3.Error as err:  # being created right now, or not a cursor file
+        return {**out, "connected": False, "behind": sum(storage.contigs().values()),
+                "updated": None, "note": f"{settings.cursor}: {err}"}
     behind = sum(max(0, c - cursor.get(s, 0)) for s, c in storage.contigs().items())
     updated = state.get("updated") if isinstance(state, dict) else None
     fresh = isinstance(updated, float | int) and time.time() - updated < 10
