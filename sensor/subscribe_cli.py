@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import re
 import secrets
 import signal
 import sys
@@ -36,6 +37,20 @@ from sensor import config as cfg
 
 DEFAULT_SERVER = "nats://127.0.0.1:4222"
 RECENT = 200_000  # stream sequences remembered to drop redeliveries
+
+
+_NAME = re.compile(r"[A-Za-z0-9_\-]{1,64}")
+_TOKEN = re.compile(r"[^\s.*>]+|\*|>")
+
+
+def check_subject(text: str) -> None:
+    """A NATS subject filter: dot-separated non-empty tokens, '*' a whole token, '>' only
+    the last one."""
+    tokens = text.split(".")
+    for i, tok in enumerate(tokens):
+        if not _TOKEN.fullmatch(tok) or (tok == ">" and i != len(tokens) - 1):
+            raise ValueError(f"subject {text!r}: token {i + 1} ({tok!r}) is not valid "
+                             "(e.g. mamori.alert.energy.>)")
 
 
 class Refused(Exception):
@@ -105,6 +120,13 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
             raise ValueError("--from-seq must be 1 or more")
         if not 1 <= args.batch <= 10_000:
             raise ValueError("--batch must be 1-10000")
+        if args.count < 0 or args.idle < 0:
+            raise ValueError("--count and --idle cannot be negative")
+        check_subject(args.subject)
+        if args.durable is not None and not _NAME.fullmatch(args.durable):
+            raise ValueError(f"--durable {args.durable!r}: letters, digits, '_' and '-' only")
+        if not _NAME.fullmatch(args.stream):
+            raise ValueError(f"--stream {args.stream!r}: letters, digits, '_' and '-' only")
     except ValueError as err:
         print(f"mamori subscribe: {err}", file=sys.stderr)
         return 2
@@ -131,9 +153,11 @@ class Tail:
         self.seen: OrderedDict[int, None] = OrderedDict()
         self.printed = 0
         self.stop = False
+        self.last_error = ""
 
     async def _on_error(self, err: Exception) -> None:
         text = str(err) or type(err).__name__
+        self.last_error = _describe(err)
         lowered = text.lower()
         refused = any(w in lowered for w in ("authorization", "permissions violation",
                                              "authentication", "user credentials"))
@@ -156,7 +180,8 @@ class Tail:
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task
-            raise Refused(f"{what}: no answer in {timeout:.0f} s")
+            raise Refused(f"{what}: no answer in {timeout:.0f} s"
+                          + (f" ({self.last_error})" if self.last_error else ""))
         try:
             return task.result()
         except Refused:
@@ -297,7 +322,7 @@ class Tail:
         where = "/".join(str(doc.get(k) or "_") for k in ("sector", "site", "sensor"))
         self._line(f"{when:<19} {doc.get('kind', '?')!s:<6} "
                    f"{doc.get('severity') or '-'!s:<8} {doc.get('precursor') or '-'!s:<4} "
-                   f"{where[:32]:<32} {doc.get('epoch')}:{doc.get('seq'):<5}  "
+                   f"{where[:32]:<32} {doc.get('epoch')!s:>4}:{doc.get('seq')!s:<5}  "
                    f"{doc.get('title') or doc.get('event') or ''}")
 
     def _line(self, text: str) -> None:

@@ -47,6 +47,7 @@ from sensor.wire import Kind
 _UNSAFE = re.compile(r"[^A-Za-z0-9_\-]")
 BATCH = 500  # messages read from storage and published per stream per round
 STATE_EVERY = 0.5  # seconds between cursor/status writes
+STALE = 30.0  # a status older than this is not the running publisher's (connects take ~10 s)
 
 
 def token(value: Any) -> str:
@@ -127,6 +128,9 @@ class CursorStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(str(path), timeout=5)
         self._conn.execute("PRAGMA journal_mode=WAL")
+        # A cursor update lost to a power cut only means publishing again, and JetStream
+        # drops those copies (Nats-Msg-Id): no fsync per update.
+        self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute("CREATE TABLE IF NOT EXISTS cursor (sensor TEXT NOT NULL, "
                            "epoch INTEGER NOT NULL, seq INTEGER NOT NULL, "
                            "PRIMARY KEY (sensor, epoch))")
@@ -187,7 +191,12 @@ class JetStreamPublisher:
     # -- the collector's side (any thread) ------------------------------------------------
 
     def start(self) -> JetStreamPublisher:
+        """Start the thread; fails at once (not in a retry loop) on what a retry
+        cannot fix: no client library, no credentials file."""
         require_client()
+        creds = self.settings.creds
+        if creds is not None and not creds.is_file():
+            raise FileNotFoundError(f"[collect] nats_creds: {creds}: no such file")
         ready = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(ready,),
                                         name="mamori-jetstream", daemon=True)
@@ -286,7 +295,7 @@ class JetStreamPublisher:
                 self.behind = sum(self._known[s] - self._cursor.get(s, 0)
                                   for s in self._pending)
                 self.connected = bool(nc.is_connected) and ok
-                if time.monotonic() - last_save > STATE_EVERY or not self.behind:
+                if time.monotonic() - last_save > STATE_EVERY:
                     self._save(cursor_file)
                     last_save = time.monotonic()
                 if not ok:
@@ -348,7 +357,9 @@ class JetStreamPublisher:
             await asyncio.wait_for(nc.connect(**options), 2.5 * len(s.servers) + 1)
             await self._ensure_stream(nc)
         except Exception as err:
-            self._fail(f"connect {', '.join(s.servers)}: {err!r}")
+            why = self.last_error if isinstance(err, asyncio.TimeoutError) and \
+                self.last_error.startswith("nats: ") else repr(err)
+            self._fail(f"connect {', '.join(s.servers)}: {why.removeprefix('nats: ')}")
             self.connected = False
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(nc.close(), 2)
@@ -374,7 +385,7 @@ class JetStreamPublisher:
         await js.update_stream(config)
 
     async def _on_error(self, err: Exception) -> None:
-        self._fail(repr(err))
+        self._fail(f"nats: {err!s}" if str(err) else f"nats: {err!r}")
 
     async def _on_disconnected(self) -> None:
         self.connected = False
@@ -475,9 +486,10 @@ def status_report(settings: JetStreamSettings, storage: SqlStorage) -> dict[str,
                 "updated": None, "note": f"{settings.cursor}: {err}"}
     behind = sum(max(0, c - cursor.get(s, 0)) for s, c in storage.contigs().items())
     updated = state.get("updated") if isinstance(state, dict) else None
-    fresh = isinstance(updated, float | int) and time.time() - updated < 10
+    fresh = isinstance(updated, float | int) and time.time() - updated < STALE
     return {**out, "connected": bool(fresh and state.get("connected")), "behind": behind,
             "updated": updated, "server": state.get("server", ""),
-            "published": state.get("published", 0), "errors": state.get("errors", 0),
+            "published": state.get("published", 0), "duplicates": state.get("duplicates", 0),
+            "errors": state.get("errors", 0),
             "last_error": state.get("last_error", ""),
-            "note": "" if fresh else "no status for 10 s: is the collector running?"}
+            "note": "" if fresh else f"no status for {STALE:.0f} s: is the collector running?"}

@@ -9,6 +9,7 @@ which ingest goes on); and a subscriber sees only what its NATS permissions allo
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -21,7 +22,13 @@ import pytest
 
 from sensor import config as cfg
 from sensor import forwarding_options  # noqa: F401  (registers [collect])
-from sensor.collector.jetstream import JetStreamSettings, status_report, subject, token
+from sensor.collector.jetstream import (
+    CursorStore,
+    JetStreamSettings,
+    status_report,
+    subject,
+    token,
+)
 from sensor.wire import Kind
 from tests.peers.nats_cluster import USERS, NatsCluster, nats_server
 from tests.sensor.test_collector import PROJECT, Site, wait_for
@@ -231,3 +238,81 @@ def test_credentials_and_subject_permissions_are_enforced(
         assert log.count('Publish Violation - User "energy"') >= 3
     finally:
         _cleanup(site)
+
+
+async def _stream_messages(url: str) -> int:
+    import nats
+
+    nc = await nats.connect(url, user="collector", password=USERS["collector"])
+    try:
+        info = await nc.jetstream().stream_info("MAMORI")
+        return int(info.state.messages)
+    finally:
+        await nc.close()
+
+
+def stream_messages(url: str) -> int:
+    return asyncio.run(_stream_messages(url))
+
+
+def test_collector_killed_mid_publish_republishes_and_jetstream_drops_the_copies(
+        tmp_path: Path, single: NatsCluster) -> None:
+    site = _site(tmp_path, single, {"s0": "energy"})
+    try:
+        site.start_collector()
+        wait_for(lambda: caught_up(site), 30, "the publisher to connect")
+        sensor = site.sensor(site.sensor_confs[0], 2 * ALERTS, 0.0005, flush=60)
+        wait_for(lambda: len(stored_alerts(site)) > ALERTS // 2, 60, "alerts flowing")
+        assert site.proc is not None
+        site.proc.kill()  # between JetStream's acks and the next cursor write
+        site.proc.wait(timeout=10)
+        site.proc = None
+        in_stream = stream_messages(single.urls[0])
+        cursor = CursorStore(JetStreamSettings.from_config(  # type: ignore[union-attr]
+            cfg.load(site.collector_conf)).cursor, readonly=True)
+        try:
+            remembered = sum(cursor.load().values())
+        finally:
+            cursor.close()
+        site.start_collector()
+        sensor.communicate(timeout=120)
+        assert sensor.returncode == 0
+        wait_for(lambda: len(stored_alerts(site)) == 2 * ALERTS, 60, "all alerts stored")
+        wait_for(lambda: caught_up(site), 60, "the stream to catch up")
+        state = jetstream_state(site)
+        # what was acked but not yet in the cursor went out again, and was dropped
+        assert int(str(state["duplicates"])) == in_stream - remembered > 0, \
+            (state, in_stream, remembered)
+        reader = subscribe(single.urls, "mamori.alert.>", "--all", "--idle", "3")
+        docs, _ = received(reader, 60)
+        got = keys_of(docs)
+        assert len(got) == len(set(got)) == 2 * ALERTS
+        assert set(got) == stored_alerts(site)
+        assert stream_messages(single.urls[0]) == 2 * ALERTS + 1  # and the start record
+    finally:
+        _cleanup(site)
+
+
+def test_subscribe_refuses_bad_arguments_in_one_line(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from sensor.cli import main
+
+    for argv, what in ((["mamori..alert"], "token 2"), (["mamori.>.x"], "token 2"),
+                       (["--durable", "a.b"], "--durable"), (["--since", "yesterday"],
+                                                             "--since"),
+                       (["--creds", str(tmp_path / "none.creds")], "no such file"),
+                       (["--from-seq", "0"], "--from-seq")):
+        assert main(["subscribe", *argv]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and what in err, (argv, err)
+
+
+def test_nats_options_are_checked_with_their_line(tmp_path: Path) -> None:
+    conf = tmp_path / "c.toml"
+    for line, what in (('nats_servers = ["http://x:4222"]', "nats_servers"),
+                       ('nats_stream = "a.b"', "nats_stream"),
+                       ("nats_replicas = 9", "nats_replicas")):
+        conf.write_text(f"[collect]\npublish = \"\"\n{line}\n")
+        with pytest.raises(cfg.ConfigError) as err:
+            cfg.load(conf)
+        assert f"c.toml:3: [collect] {what}" in str(err.value)
