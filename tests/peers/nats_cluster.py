@@ -1,7 +1,7 @@
 """Real ``nats-server`` processes on loopback: one node or a JetStream cluster.
 
 Every node gets free ports, its own store directory and the same accounts: a
-``collector`` user that may publish the stream, a ``national`` subscriber that reads
+``collector`` user that may publish the stream and use the JetStream API (nothing else), a ``national`` subscriber that reads
 everything, and an ``energy`` sector CERT confined by subject permissions to its sector
 and to its own durable consumer ``energy-cert`` (the example of docs/subscribers.md).
 """
@@ -63,7 +63,8 @@ accounts {{
   MAMORI {{
     jetstream: enabled
     users: [
-      {{user: collector, password: "{USERS['collector']}"}}
+      {{user: collector, password: "{USERS['collector']}",
+        permissions: {{publish: ["mamori.>", "$JS.API.>"], subscribe: ["_INBOX.>"]}}}}
       {{user: national, password: "{USERS['national']}",
         permissions: {{publish: {_list(_READER)}, subscribe: ["_INBOX.>"]}}}}
       {{user: energy, password: "{USERS['energy']}",
