@@ -11,8 +11,13 @@ commit and, for JetStream, the publisher's read of storage, the stream's ack and
 consumer's delivery. Throughput is alerts received per second from the first alert
 raised to the last one received. The ratios are JetStream / PUB.
 
+``--catch-up`` measures the publisher alone: NATS is down while the sensors send, the
+collector stores everything (its ingest rate is the reference), then NATS starts and the
+publisher empties its backlog from storage; the ratio is catch-up rate / ingest rate
+(above 1: an outage is caught up faster than it built up).
+
     .venv/bin/python bench/bench_jetstream.py [--sensors 4] [--alerts 5000] [--rate 2000]
-                                              [--nodes 1|3]
+                                              [--nodes 1|3] [--catch-up]
 """
 
 from __future__ import annotations
@@ -131,6 +136,67 @@ async def js_reader(urls: list[str], path: Path_, total: int, stop: threading.Ev
     await nc.close()
 
 
+def catch_up(args: argparse.Namespace) -> int:
+    from sensor import config as cfg
+    from sensor import forwarding_options  # noqa: F401  (registers [collect])
+    from sensor.collector.jetstream import JetStreamSettings, status_report
+    from sensor.wire import Kind
+
+    tmp = Path(tempfile.mkdtemp(prefix="mamori-bench-js-"))
+    cluster = NatsCluster(tmp / "nats", args.nodes)
+    site = Site(tmp, args.sensors, f"nats_servers = {json.dumps(cluster.urls)}\n"
+                f'nats_user = "collector"\nnats_password = "{USERS["collector"]}"\n'
+                f"nats_replicas = {args.nodes}\n")
+    settings = JetStreamSettings.from_config(cfg.load(site.collector_conf))
+    assert settings is not None
+    total = args.sensors * args.alerts
+
+    def stored() -> int:
+        st = site.storage()
+        try:
+            return sum(len(st.sequence(r.sensor, int(Kind.ALERT))) for r in st.status())
+        finally:
+            st.close()
+
+    def behind() -> tuple[bool, int]:
+        st = site.storage()
+        try:
+            state = status_report(settings, st)
+        finally:
+            st.close()
+        return bool(state["connected"]), int(state["behind"])
+
+    try:
+        site.start_collector()
+        interval = args.sensors / args.rate if args.rate else 0.0
+        t0 = time.monotonic()
+        sensors = [subprocess.Popen([sys.executable, "-c", SENSOR, str(c), str(args.alerts),
+                                     str(interval)], cwd=PROJECT)
+                   for c in site.sensor_confs]
+        for proc in sensors:
+            proc.wait(timeout=600)
+        while stored() < total and time.monotonic() - t0 < 600:
+            time.sleep(0.05)
+        ingest = time.monotonic() - t0
+        backlog = behind()[1]
+        cluster.start()
+        t1 = time.monotonic()
+        while behind() != (True, 0) and time.monotonic() - t1 < 600:
+            time.sleep(0.05)
+        drained = time.monotonic() - t1
+    finally:
+        site.stop_collector()
+        cluster.stop()
+    print(f"{args.sensors} sensors x {args.alerts} alerts, NATS down while they send, "
+          f"nats nodes {args.nodes}")
+    print(f"  ingest (collector store)  {total} alerts in {ingest:6.2f} s  "
+          f"{total / ingest:8.0f}/s")
+    print(f"  JetStream catch-up        {backlog} messages in {drained:6.2f} s  "
+          f"{backlog / drained:8.0f}/s (from NATS start, includes its startup)")
+    print(f"  ratio catch-up/ingest: {(backlog / drained) / (total / ingest):.2f}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -139,7 +205,11 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=2000.0,
                         help="aggregate alerts/s (0 = as fast as the sensors can)")
     parser.add_argument("--nodes", type=int, choices=(1, 3), default=1)
+    parser.add_argument("--catch-up", action="store_true",
+                        help="publisher backlog rate after an outage, against ingest")
     args = parser.parse_args()
+    if args.catch_up:
+        return catch_up(args)
     tmp = Path(tempfile.mkdtemp(prefix="mamori-bench-js-"))
     cluster = NatsCluster(tmp / "nats", args.nodes)
     cluster.start()

@@ -1,9 +1,10 @@
 """Real ``nats-server`` processes on loopback: one node or a JetStream cluster.
 
 Every node gets free ports, its own store directory and the same accounts: a
-``collector`` user that may publish the stream and use the JetStream API (nothing else), a ``national`` subscriber that reads
-everything, and an ``energy`` sector CERT confined by subject permissions to its sector
-and to its own durable consumer ``energy-cert`` (the example of docs/subscribers.md).
+``collector`` user that may publish the stream and use the JetStream API (nothing else),
+a ``national`` subscriber that reads everything, and an ``energy`` sector CERT confined
+by subject permissions to its sector and to its own durable consumer ``energy-cert``
+(the example of docs/subscribers.md).
 """
 
 from __future__ import annotations
