@@ -260,14 +260,15 @@ class JetStreamPublisher:
         self._said: dict[tuple[str, int], tuple[str, dict[str, Any]]] = {}
         self._unsaved: dict[tuple[str, int], int] = {}
         nc: Any = None
-        last_scan = last_save = time.monotonic()
+        last_scan = time.monotonic()
+        # Its own task: the status on disk stays fresh while a round waits for acks.
+        saver = asyncio.get_running_loop().create_task(self._saver(cursor_file))
         backoff = 0.2
         try:
             while not self._stop.is_set():
                 if nc is None or nc.is_closed:
                     nc = await self._connect()
                     if nc is None:
-                        self._save(cursor_file)
                         await self._sleep(backoff)
                         backoff = min(backoff * 2, 5.0)
                         continue
@@ -295,14 +296,14 @@ class JetStreamPublisher:
                 self.behind = sum(self._known[s] - self._cursor.get(s, 0)
                                   for s in self._pending)
                 self.connected = bool(nc.is_connected) and ok
-                if time.monotonic() - last_save > STATE_EVERY:
-                    self._save(cursor_file)
-                    last_save = time.monotonic()
                 if not ok:
                     await self._sleep(0.5)
                 elif not self.behind or not progressed:
                     await self._sleep(1.0)
         finally:
+            saver.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await saver
             self.connected = False
             self._save(cursor_file)
             cursor_file.close()
@@ -323,6 +324,11 @@ class JetStreamPublisher:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._wake.wait(), seconds)
         self._wake.clear()
+
+    async def _saver(self, store: CursorStore) -> None:
+        while True:
+            await asyncio.sleep(STATE_EVERY)
+            self._save(store)
 
     def _save(self, store: CursorStore) -> None:
         moved, self._unsaved = self._unsaved, {}
