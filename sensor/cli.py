@@ -16,7 +16,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from sensor import daemon_cli, detection_cli, forwarding_cli, web_cli, zeek_cli
+from sensor import (
+    daemon_cli,
+    detection_cli,
+    forwarding_cli,
+    subscribe_cli,
+    web_cli,
+    zeek_cli,
+)
 from sensor.advisories import cli as advisories_cli
 from sensor.paths import OutputError, check_input, check_output, describe, open_output
 from sensor.pipeline import PipelineConfig
@@ -89,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.set_defaults(func=_cmd_replay)
 
     for feature in (forwarding_cli, detection_cli, daemon_cli, zeek_cli, web_cli,
-                    advisories_cli):
+                    advisories_cli, subscribe_cli):
         feature.register_commands(commands)
     return parser
 

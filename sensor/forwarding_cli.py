@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sensor import config as cfg
 from sensor import forwarding_options  # noqa: F401  (registers [forward] and [collect])
@@ -50,6 +50,8 @@ def register_commands(subparsers: argparse._SubParsersAction) -> None:  # type: 
     status = collect_cmds.add_parser("status", help="per sensor: last seq, lag, heartbeat")
     _config_flags(status, ["sensor", "collect"])
     status.add_argument("--json", action="store_true", help="one JSON document")
+    status.add_argument("--jetstream", action="store_true",
+                        help="only the JetStream publisher: connected, how far behind")
     status.set_defaults(func=cmd_collect_status)
     advisories_cli.add_collect_command(collect_cmds, _config_flags)  # issue 18
 
@@ -99,6 +101,7 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
 def cmd_collect(args: argparse.Namespace) -> int:
     import zmq
 
+    from sensor.collector.jetstream import NatsUnavailable
     from sensor.collector.server import CollectorServer, CollectorSettings
     from sensor.keys import KeyFileError
 
@@ -121,7 +124,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
         return 2
     try:
         server.bind()
-    except (KeyFileError, OSError, zmq.ZMQError) as err:
+    except (KeyFileError, OSError, zmq.ZMQError, NatsUnavailable) as err:
         if isinstance(err, zmq.ZMQError):  # lost a race for a port the probe found free
             message = f"cannot listen on {', '.join(settings.listen)}: {_zmq_reason(err)}"
         else:
@@ -211,6 +214,7 @@ def _storage_problem(settings: CollectorSettings, err: Exception) -> str:
 
 
 def cmd_collect_status(args: argparse.Namespace) -> int:
+    from sensor.collector.jetstream import status_report as jetstream_status
     from sensor.collector.server import CollectorSettings
     from sensor.collector.storage import open_storage
 
@@ -230,10 +234,14 @@ def cmd_collect_status(args: argparse.Namespace) -> int:
         print(f"mamori collect status: {_storage_problem(s, err)}", file=sys.stderr)
         return 2
     try:
-        rows = storage.status()
+        rows = [] if args.jetstream else storage.status()
+        stream = None if s.jetstream is None else jetstream_status(s.jetstream, storage)
     finally:
         storage.close()
     now = time.time()
+    if args.jetstream:
+        print(json.dumps(stream) if args.json else _jetstream_line(stream))
+        return 0
     if args.json:
         print(json.dumps([r.to_dict(now) for r in rows], indent=1))
         return 0
@@ -254,7 +262,21 @@ def cmd_collect_status(args: argparse.Namespace) -> int:
               f"{site[:20]:<20} {r.epoch:>5} {r.last_seq:>9} {lag:>9} {beat:>10} {skew:>7} "
               f"{r.outstanding:>6} {r.lost:>5} {done:>9}  "
               f"{'; '.join(x for x in (owed, rejected) if x) or '-'}")
+    if stream is not None:
+        print(_jetstream_line(stream))
     return 0
+
+
+def _jetstream_line(state: dict[str, Any] | None) -> str:
+    if state is None:
+        return "jetstream: off ([collect] nats_servers is empty)"
+    link = f"connected to {state.get('server') or '?'}" if state["connected"] \
+        else "NOT connected"
+    line = (f"jetstream: {link}, stream {state['stream']}, behind {state['behind']} "
+            f"messages, published {state.get('published', 0)}")
+    extra = [x for x in (state.get("note"), state.get("last_error") and
+                         f"last error: {state['last_error']}") if x]
+    return line + (f" ({'; '.join(extra)})" if extra else "")
 
 
 def _ago(seconds: float) -> str:

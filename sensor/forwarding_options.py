@@ -171,3 +171,42 @@ cfg.register_check(check_journal, [("sensor", "state_dir"), ("forward", "collect
                                    ("forward", "journal")])
 cfg.register_check(check_key_files, [("sensor", "state_dir"), ("forward", "collectors"),
                                       ("forward", "secret_key")])
+
+
+def v_nats_servers(value: Any) -> tuple[str, ...]:
+    """NATS server URLs (``nats://host:4222`` or ``tls://...``); empty = JetStream off."""
+    items = cfg.v_str_list(value)
+    for url in items:
+        if not url.startswith(("nats://", "tls://")) or len(url) <= len("nats://"):
+            raise ValueError(f"{url!r} is not a nats:// or tls:// URL")
+    return items
+
+
+def v_stream_name(value: Any) -> str:
+    name = cfg.v_nonempty_str(value)
+    if any(c in name for c in ". *>\t\n/\\") or not name.isprintable():
+        raise ValueError(f"{name!r} is not a JetStream stream name (no '.', '*', '>', "
+                         "'/', whitespace)")
+    return name
+
+
+cfg.register([
+    cfg.Option("collect", "nats_servers", (), v_nats_servers,
+               "NATS servers to publish to JetStream (empty = off; the PUB socket stays)"),
+    cfg.Option("collect", "nats_stream", "MAMORI", v_stream_name,
+               "the JetStream stream the collector creates and publishes to"),
+    cfg.Option("collect", "nats_subject_prefix", "mamori", v_stream_name,
+               "first subject token: PREFIX.alert.SECTOR.SITE.SENSOR.SEVERITY.PRECURSOR"),
+    cfg.Option("collect", "nats_replicas", 1, cfg.v_int_range(1, 5),
+               "stream replicas (3 on a three-node cluster)"),
+    cfg.Option("collect", "nats_creds", "", cfg.v_str,
+               "NATS credentials file (.creds, relative to the state dir); empty = none"),
+    cfg.Option("collect", "nats_user", "", cfg.v_str, "NATS user name; empty = none"),
+    cfg.Option("collect", "nats_password", "", cfg.v_str, "NATS password for nats_user"),
+    cfg.Option("collect", "nats_cursor", Path("collector/jetstream.db"), cfg.v_path,
+               "what was published and acked, per stream (relative to the state dir)"),
+    cfg.Option("collect", "nats_max_age", 0.0, cfg.v_seconds,
+               "drop stream messages older than this (0 = keep)"),
+    cfg.Option("collect", "nats_duplicate_window", 600.0, cfg.v_seconds,
+               "JetStream drops a re-published message (same Nats-Msg-Id) within this"),
+])

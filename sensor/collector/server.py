@@ -43,6 +43,7 @@ from zmq.utils import z85
 from zmq.utils.monitor import parse_monitor_message
 
 from sensor import config as cfg
+from sensor.collector.jetstream import JetStreamPublisher, JetStreamSettings
 from sensor.collector.storage import SqlStorage, StoredMessage, open_storage
 from sensor.keys import load_allow_list, load_pair
 from sensor.wire import (
@@ -74,6 +75,7 @@ class CollectorSettings:
     max_message_bytes: int
     replay_interval: float
     max_clock_skew: float = 30.0
+    jetstream: JetStreamSettings | None = None  # [collect] nats_*: None = off
 
     @classmethod
     def from_config(cls, config: cfg.Config,
@@ -82,7 +84,8 @@ class CollectorSettings:
         s = config.section("collect")
         return cls(tuple(s["listen"]), base / s["secret_key"], base / s["keys_dir"],
                    base / s["db"], s["dsn"], s["publish"], s["jsonl"],
-                   s["max_message_bytes"], s["replay_interval"], s["max_clock_skew"])
+                   s["max_message_bytes"], s["replay_interval"], s["max_clock_skew"],
+                   JetStreamSettings.from_section(s, base))
 
 
 log = logging.getLogger("mamori.collector")
@@ -173,6 +176,7 @@ class CollectorServer:
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._jsonl: SiemFile | None = None
         self.storage_full = False  # the last commit failed for lack of space
+        self.jetstream: JetStreamPublisher | None = None
 
     # -- sockets ------------------------------------------------------------------------
 
@@ -204,10 +208,15 @@ class CollectorServer:
             self._pub = self._ctx.socket(zmq.PUB)
             self._pub.linger = 0
             self._pub.bind(s.publish)
+        if s.jetstream is not None:  # its own thread: reads storage, never blocks us
+            self.jetstream = JetStreamPublisher(s.jetstream, s.db, s.dsn).start()
         if s.jsonl:
             self._jsonl = SiemFile(s.jsonl)
 
     def close(self) -> None:
+        if self.jetstream is not None:
+            self.jetstream.stop()
+            self.jetstream = None
         if self._ctx is not None:
             with contextlib.suppress(zmq.ZMQError):
                 self.router.disable_monitor()
@@ -328,6 +337,8 @@ class CollectorServer:
             self._send(sensor, encode_ack(Ack(epoch, self._contig[(sensor, epoch)])))
         for sensor, req in replays:
             self._send(sensor, encode_replay(req))
+        if self.jetstream is not None:  # committed: the publisher may read them now
+            self.jetstream.notify({k: self._contig.get(k, 0) for k in touched}, self._health)
         self._publish(accepted)
         return count
 

@@ -311,6 +311,33 @@ class SqlStorage:
         return out
 
 
+    # -- reads for the JetStream publisher (sensor.collector.jetstream) -----------------
+
+    def contigs(self) -> dict[tuple[str, int], int]:
+        """Every stream and how far it is stored gap-free."""
+        return {(r[0], int(r[1])): int(r[2]) for r in self._all(
+            "SELECT sensor, epoch, contig FROM streams")}
+
+    def messages_after(self, sensor: str, epoch: int, after: int, upto: int,
+                       limit: int) -> list[tuple[int, int, float, float, str]]:
+        """(seq, kind, ts, received, JSON body) of a stream's messages after ``after``."""
+        return [(int(r[0]), int(r[1]), float(r[2]), float(r[3]), str(r[4])) for r in self._all(
+            "SELECT seq, kind, ts, received, body FROM messages WHERE sensor = ? AND epoch = ?"
+            " AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?", (sensor, epoch, after, upto, limit))]
+
+    def identity(self, sensor: str, epoch: int) -> tuple[str, dict[str, Any]]:
+        """The allow-list name, and what the sensor said of itself in the epoch's start
+        record (or else its last heartbeat): name, site, sector."""
+        names = self._all("SELECT name FROM sensors WHERE sensor = ?", (sensor,))
+        said: dict[str, Any] = {}
+        for sql in ("SELECT body FROM heartbeats WHERE sensor = ?",
+                    "SELECT body FROM messages WHERE sensor = ? AND epoch = ? AND seq = 1"):
+            rows = self._all(sql, (sensor,) if "heartbeats" in sql else (sensor, epoch))
+            if rows:
+                said.update(_loads(str(rows[0][0])))
+        return (str(names[0][0]) if names else "?"), said
+
+
 class SqliteStorage(SqlStorage):
     """The default: one file, WAL, full sync (an ack means the row is on disk)."""
 
