@@ -355,6 +355,7 @@ def tshark_messages(path: Path, config: PipelineConfig, frames: Iterable[int] = 
     so that tshark hands segments it flags as retransmissions to Modbus too."""
     import pyshark  # only this tool needs it
 
+    _ensure_event_loop()
     asked = set(frames)
     prefs: dict[str, Any] = {}
     decode_as: dict[str, str] = {}
@@ -392,6 +393,16 @@ def tshark_messages(path: Path, config: PipelineConfig, frames: Iterable[int] = 
             _restore_child_watcher()
         return side
     raise AssertionError("unreachable")
+
+
+def _ensure_event_loop() -> None:
+    """pyshark asks ``asyncio.get_event_loop()``; after an ``asyncio.run`` in this thread
+    (``mamori subscribe``, or another caller in the same process) none is set, and that
+    raises RuntimeError. Give the thread a fresh loop then."""
+    try:
+        asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:
+        asyncio.set_event_loop(asyncio.new_event_loop())
 
 
 def _restore_child_watcher() -> None:

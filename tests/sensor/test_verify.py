@@ -6,6 +6,7 @@ corpus is the slow-marked test at the end.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,21 @@ def test_every_corpus_capture_agrees(relative: str) -> None:
                             dnp3_ports=frozenset(DNP3_PORTS.get(relative, (20000,))))
     report = verify_capture(corpus_path(relative), config)
     assert report.agreed, report.render(limit=5)
+
+
+
+@pytest.mark.corpus
+@pytest.mark.tshark
+def test_verify_works_after_an_asyncio_run_in_the_same_thread() -> None:
+    """asyncio.run() leaves the thread without a current loop (mamori subscribe, or any
+    earlier caller in the process); pyshark's get_event_loop() must still get one."""
+    require_tool("tshark")
+
+    async def nothing() -> None:
+        return None
+
+    asyncio.run(nothing())
+    relative, modbus, dnp3 = SMALL[0]
+    report = verify_capture(corpus_path(relative), PipelineConfig(
+        modbus_ports=frozenset({modbus}), dnp3_ports=frozenset({dnp3})))
+    assert report.agreed, report.render()
