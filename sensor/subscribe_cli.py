@@ -29,7 +29,6 @@ import signal
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -333,16 +332,3 @@ def _describe(err: BaseException) -> str:
     text = str(err).strip() or type(err).__name__
     return " ".join(text.split())[:300]
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mamori")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.required = True
-    register_commands(commands)
-    args = parser.parse_args(argv)
-    status: int = args.func(args)
-    return status
-
-
-if __name__ == "__main__":
-    sys.exit(main())

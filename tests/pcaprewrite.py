@@ -19,13 +19,14 @@ from parsers.capfile import CaptureFileParser
 ICS_PORTS = frozenset({502, 20000})
 
 
-def _checksum(data: bytes) -> int:
+def ip_checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071) of IPv4 headers and TCP/UDP pseudo-headers."""
     if len(data) % 2:
         data += b"\0"
     total = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
+    return int(~total & 0xFFFF)
 
 
 def _rewrite(frame: bytes, client: bytes, server: bytes) -> bytes:
@@ -45,7 +46,7 @@ def _rewrite(frame: bytes, client: bytes, server: bytes) -> bytes:
     out[ip + 12:ip + 16] = src
     out[ip + 16:ip + 20] = dst
     out[ip + 10:ip + 12] = b"\0\0"
-    out[ip + 10:ip + 12] = struct.pack("!H", _checksum(bytes(out[ip:ip + ihl])))
+    out[ip + 10:ip + 12] = struct.pack("!H", ip_checksum(bytes(out[ip:ip + ihl])))
     end = ip + total
     if end > len(out):
         return bytes(out)  # truncated by the snap length: leave the L4 checksum alone
@@ -55,7 +56,7 @@ def _rewrite(frame: bytes, client: bytes, server: bytes) -> bytes:
     out[l4 + offset:l4 + offset + 2] = b"\0\0"
     pseudo = src + dst + struct.pack("!BBH", 0, proto, end - l4)
     out[l4 + offset:l4 + offset + 2] = struct.pack(
-        "!H", _checksum(pseudo + bytes(out[l4:end])))
+        "!H", ip_checksum(pseudo + bytes(out[l4:end])))
     return bytes(out)
 
 

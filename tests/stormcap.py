@@ -21,6 +21,8 @@ import struct
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from tests.pcaprewrite import ip_checksum
+
 SERVER = "10.0.0.5"
 MASTER = "10.0.0.1"
 PORT = 502
@@ -34,13 +36,6 @@ def _ip(text: str) -> bytes:
     return bytes(int(x) for x in text.split("."))
 
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return int(~total & 0xFFFF)
 
 
 def tcp_frame(src: str, sport: int, dst: str, dport: int, seq: int, ack: int, flags: int,
@@ -50,9 +45,9 @@ def tcp_frame(src: str, sport: int, dst: str, dport: int, seq: int, ack: int, fl
     tcp = struct.pack("!HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF,
                       5 << 4, flags, 65535, 0, 0) + payload
     pseudo = s + d + struct.pack("!BBH", 0, 6, len(tcp))
-    tcp = tcp[:16] + struct.pack("!H", _checksum(pseudo + tcp)) + tcp[18:]
+    tcp = tcp[:16] + struct.pack("!H", ip_checksum(pseudo + tcp)) + tcp[18:]
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0x4000, 64, 6, 0, s, d)
-    ip = ip[:10] + struct.pack("!H", _checksum(ip)) + ip[12:]
+    ip = ip[:10] + struct.pack("!H", ip_checksum(ip)) + ip[12:]
     return b"\x02\0" + d + b"\x02\0" + s + b"\x08\x00" + ip + tcp
 
 

@@ -145,7 +145,7 @@ def test_counts_by_confidence(matcher: Matcher, capsys: pytest.CaptureFixture[st
 
 # -- the corpus: what real captures announce, and what that matches -------------------
 
-def _inventory(paths: list[Path], ports: PipelineConfig) -> Inventory:
+def replay_inventory(paths: list[Path], ports: PipelineConfig) -> Inventory:
     """The sensor's own inventory fed by a replay: identity kept as the daemon keeps it.
 
     The inventory alone, not the whole detector: identity is all matching reads,
@@ -182,7 +182,7 @@ def test_corpus_identities_match_nothing_absurd(matcher: Matcher,
     counts: Counter[str] = Counter()
     seen: list[str] = []
     for path in captures:
-        for asset in _inventory([path], CORPUS_PORTS).assets.values():
+        for asset in replay_inventory([path], CORPUS_PORTS).assets.values():
             if not asset.identity:
                 continue
             fields.update(k.partition(".")[2] for k in asset.identity)

@@ -40,16 +40,15 @@ from sensor.advisories.live import AdvisoryWatch
 from sensor.advisories.matcher import Confidence, Match, Matcher
 from sensor.advisories.normalise import default_tables
 from sensor.cli import main
-from sensor.detection.inventory import Inventory
 from sensor.pipeline import PipelineConfig
-from sensor.replay import replay_files
 from sensor.store import Store
 from sensor.web.app import create_app
 from sensor.web.auth import create_token_file
 from sensor.web.server import build_context
 from tests.conftest import csaf_path, require_tool, unavailable
 from tests.peers.capture import capture
-from tests.peers.modbus_peer import free_port
+from tests.peers.modbus_peer import free_port, terminate
+from tests.sensor.test_advisories_match import replay_inventory
 
 AFFECTED_HOST, FIXED_HOST = "127.0.0.21", "127.0.0.22"
 AFFECTED_REV, FIXED_REV = "V2.4.4", "V2.4.7"
@@ -97,28 +96,9 @@ def _server(host: str, port: int, revision: str) -> Iterator[None]:
                 time.sleep(0.05)
         yield
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        terminate(proc)
 
 
-def _inventory(paths: list[Path], ports: PipelineConfig) -> Inventory:
-    """The sensor's own inventory fed by a replay: identity kept as the daemon keeps it.
-
-    The inventory alone, not the whole detector: identity is all matching reads,
-    and the rules have nothing to say about it.
-    """
-    inventory = Inventory()
-
-    def sink(events: list[Any]) -> None:
-        for event in events:
-            inventory.observe(event)
-
-    replay_files(paths, ports, extra_sinks=[sink])
-    return inventory
 
 
 @dataclass
@@ -147,7 +127,7 @@ def traffic(tmp_path_factory: pytest.TempPathFactory) -> Traffic:
                 scada.close()
     if pcap.stat().st_size < 500:
         unavailable("tcpdump captured nothing on lo")
-    inventory = _inventory([pcap], PipelineConfig(modbus_ports=frozenset({port})))
+    inventory = replay_inventory([pcap], PipelineConfig(modbus_ports=frozenset({port})))
     assets = {a.ip: a.to_dict() for a in inventory.assets.values()}
     return Traffic(pcap, port, assets)
 
@@ -217,7 +197,7 @@ def test_cli_import_vulnerable_view_and_one_alert_each(
     config.write_text("", encoding="utf-8")
     store_path, index = tmp_path / "store.db", tmp_path / "advisories.db"
     with Store(store_path) as store:
-        store.save_inventory(list(traffic.assets.values()), [], None)
+        store.savereplay_inventory(list(traffic.assets.values()), [], None)
     files = [str(csaf_path(f)) for f in FILES]
     common = ("--index", str(index), "--store", str(store_path), "--config", str(config))
 
@@ -381,7 +361,7 @@ def _dnp3_identity(tmp: Path, revision: str) -> dict[str, Any]:
     assert result == "SUCCESS", result
     assert decoded == attributes  # opendnp3's master decodes what the sensor must
     assert 1 in outstation.requests
-    inventory = _inventory([pcap], PipelineConfig(dnp3_ports=frozenset({port})))
+    inventory = replay_inventory([pcap], PipelineConfig(dnp3_ports=frozenset({port})))
     assets = [a.to_dict() for a in inventory.assets.values() if a.identity]
     assert len(assets) == 1, assets
     return assets[0]
@@ -421,7 +401,7 @@ def test_web_asset_view_shows_affected_devices_with_cves_and_remediation(
     the store, refreshed when the index changes (a vendor-only match is never listed)."""
     store_path, token_file = tmp_path / "mamori.db", tmp_path / "token"
     with Store(store_path) as store:
-        store.save_inventory(list(traffic.assets.values()), [], None)
+        store.savereplay_inventory(list(traffic.assets.values()), [], None)
     create_token_file(token_file)
     client = TestClient(create_app(build_context(cfg.load(None), store_path,
                                                  token_file=token_file)))

@@ -33,6 +33,7 @@ from sensor.alerting import DISK_BACK_RULE, DISK_FULL_RULE
 from sensor.keys import generate, read_key
 from sensor.wire import Kind
 from tests.conftest import require_tool
+from tests.pcaprewrite import ip_checksum
 from tests.sensor.test_collector import SENSOR, free_port, wait_for
 from tests.sensor.test_daemon import NotifySocket
 from tests.sensor.test_forwarding_faults import Collector
@@ -84,21 +85,14 @@ def fill(where: Path, leave: int = 0) -> Path:
 
 # -- traffic ------------------------------------------------------------------------------
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    total = (total >> 16) + (total & 0xFFFF)
-    total += total >> 16
-    return ~total & 0xFFFF
 
 
 def _frame(src: bytes, dst: bytes, sport: int, dport: int, payload: bytes) -> bytes:
     tcp = struct.pack("!HHIIBBHHH", sport, dport, 1000, 1, 5 << 4, 0x18, 65535, 0, 0)
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40 + len(payload), 1, 0, 64, 6, 0, src, dst)
-    ip = ip[:10] + struct.pack("!H", _checksum(ip)) + ip[12:]
+    ip = ip[:10] + struct.pack("!H", ip_checksum(ip)) + ip[12:]
     pseudo = src + dst + struct.pack("!BBH", 0, 6, len(tcp) + len(payload))
-    tcp = tcp[:16] + struct.pack("!H", _checksum(pseudo + tcp + payload)) + tcp[18:]
+    tcp = tcp[:16] + struct.pack("!H", ip_checksum(pseudo + tcp + payload)) + tcp[18:]
     return b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x08\x00" + ip + tcp + payload
 
 
