@@ -197,7 +197,7 @@ def test_cli_import_vulnerable_view_and_one_alert_each(
     config.write_text("", encoding="utf-8")
     store_path, index = tmp_path / "store.db", tmp_path / "advisories.db"
     with Store(store_path) as store:
-        store.savereplay_inventory(list(traffic.assets.values()), [], None)
+        store.save_inventory(list(traffic.assets.values()), [], None)
     files = [str(csaf_path(f)) for f in FILES]
     common = ("--index", str(index), "--store", str(store_path), "--config", str(config))
 
@@ -401,7 +401,7 @@ def test_web_asset_view_shows_affected_devices_with_cves_and_remediation(
     the store, refreshed when the index changes (a vendor-only match is never listed)."""
     store_path, token_file = tmp_path / "mamori.db", tmp_path / "token"
     with Store(store_path) as store:
-        store.savereplay_inventory(list(traffic.assets.values()), [], None)
+        store.save_inventory(list(traffic.assets.values()), [], None)
     create_token_file(token_file)
     client = TestClient(create_app(build_context(cfg.load(None), store_path,
                                                  token_file=token_file)))
