@@ -8,8 +8,6 @@ from typing import Any
 
 import pytest
 
-from sensor.advisories.csaf import document_files, read_document
-from sensor.advisories.index import AdvisoryIndex
 from sensor.advisories.live import alerts_for
 from sensor.advisories.matcher import Confidence, Match, Matcher
 from sensor.advisories.normalise import default_tables, load_tables
@@ -17,20 +15,13 @@ from sensor.advisories.versions import parse_range, parse_versions, version_key
 from sensor.detection.inventory import Inventory
 from sensor.pipeline import PipelineConfig
 from sensor.replay import replay_files
-from tests.conftest import corpus_captures, corpus_path, csaf_path
+from tests.conftest import corpus_captures, corpus_path
 
 SCHEME = default_tables().scheme
 M340 = "ICSA-23-201-01"  # Modicon M340 CPU (part numbers BMXP34*) < SV3.51
 TMW = "ICSA-20-105-02"  # Triangle MicroWorks DNP3 Outstation Libraries >= 3.16.00 | <= 3.25.01
 
 
-@pytest.fixture(scope="module")
-def matcher(tmp_path_factory: pytest.TempPathFactory) -> Matcher:
-    path = tmp_path_factory.mktemp("adv") / "adv.db"
-    with AdvisoryIndex(path) as index:
-        for doc in document_files([csaf_path()]):
-            index.put(read_document(doc))
-        return Matcher(index.affected_products(), default_tables())
 
 
 def _modbus(vendor: str | None, code: str | None, revision: str | None,
@@ -235,6 +226,15 @@ def test_corpus_zeek_logs_identities(matcher: Matcher, capsys: pytest.CaptureFix
 
 # -- ranges and versions on their own ----------------------------------------------------
 
+def _assert_contains(rng: Any, text: str, inside: list[str], outside: list[str]) -> None:
+    for v in inside:
+        key = version_key(v, SCHEME)
+        assert key is not None and rng.contains(key), (text, v)
+    for v in outside:
+        key = version_key(v, SCHEME)
+        assert key is not None and not rng.contains(key), (text, v)
+
+
 @pytest.mark.parametrize(("text", "inside", "outside"), [
     ("vers:all/<V3.5.20", ["3.5.19", "V3.5.2", "1"], ["3.5.20", "3.10"]),
     ("<= 4.00.02", ["4.0.2", "3.99"], ["4.0.3", "4.1"]),
@@ -248,12 +248,7 @@ def test_corpus_zeek_logs_identities(matcher: Matcher, capsys: pytest.CaptureFix
 def test_range_containment(text: str, inside: list[str], outside: list[str]) -> None:
     rng = parse_range(text, SCHEME)
     assert rng is not None
-    for v in inside:
-        key = version_key(v, SCHEME)
-        assert key is not None and rng.contains(key), (text, v)
-    for v in outside:
-        key = version_key(v, SCHEME)
-        assert key is not None and not rng.contains(key), (text, v)
+    _assert_contains(rng, text, inside, outside)
 
 
 @pytest.mark.parametrize("text", [
@@ -344,12 +339,7 @@ def test_product_version_series_and_spans(text: str, inside: list[str],
                                           outside: list[str]) -> None:
     rng = parse_versions(text, SCHEME)
     assert rng is not None
-    for v in inside:
-        key = version_key(v, SCHEME)
-        assert key is not None and rng.contains(key), (text, v)
-    for v in outside:
-        key = version_key(v, SCHEME)
-        assert key is not None and not rng.contains(key), (text, v)
+    _assert_contains(rng, text, inside, outside)
 
 
 def test_catalogue_number_is_no_span() -> None:

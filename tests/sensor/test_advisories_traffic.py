@@ -34,11 +34,10 @@ import pytest
 from starlette.testclient import TestClient
 
 from sensor import config as cfg
-from sensor.advisories.csaf import document_files, read_document
+from sensor.advisories.csaf import read_document
 from sensor.advisories.index import AdvisoryIndex
 from sensor.advisories.live import AdvisoryWatch
 from sensor.advisories.matcher import Confidence, Match, Matcher
-from sensor.advisories.normalise import default_tables
 from sensor.cli import main
 from sensor.pipeline import PipelineConfig
 from sensor.store import Store
@@ -132,14 +131,6 @@ def traffic(tmp_path_factory: pytest.TempPathFactory) -> Traffic:
     return Traffic(pcap, port, assets)
 
 
-@pytest.fixture(scope="module")
-def matcher(tmp_path_factory: pytest.TempPathFactory) -> Matcher:
-    """The whole real set: the PAC3200 must stand out of 2,379 advisories, not of three."""
-    path = tmp_path_factory.mktemp("adv") / "adv.db"
-    with AdvisoryIndex(path) as index:
-        for doc in document_files([csaf_path()]):
-            index.put(read_document(doc))
-        return Matcher(index.affected_products(), default_tables())
 
 
 def _by_id(matches: list[Match]) -> dict[str, Match]:
