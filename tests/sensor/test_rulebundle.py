@@ -207,3 +207,27 @@ def test_rollback_by_hand(site: Site) -> None:
     done = site.mamori("rules", "rollback", "--config", site.config)
     assert done.returncode == 0 and "bundle 1 active" in done.stdout, done
     assert "mamori.modbus.listen_only" in site.replay_rules()
+
+
+def test_the_size_and_file_caps_are_enforced_past_their_limits(tmp_path: Path) -> None:
+    from sensor.rulebundle import MAX_BUNDLE_BYTES, MAX_FILES, BundleRefused, Refusal, verify
+
+    key = SigningKey.generate()
+    packs = []
+    for i in range(MAX_FILES + 1):
+        pack = tmp_path / f"p{i}.yaml"
+        pack.write_text(V2_PACK.replace("site.v2", f"site.p{i}"))
+        packs.append(pack)
+    with pytest.raises(ValueError, match=f"at most {MAX_FILES}"):
+        build(packs, key, 1)
+    trusted = {"k": bytes(key.verify_key)}
+    with pytest.raises(BundleRefused) as refused:
+        verify(b"\x90" * (MAX_BUNDLE_BYTES + 1), trusted)
+    assert refused.value.reason is Refusal.MALFORMED
+    # A manifest listing more files than the cap is refused by the reader's own limits.
+    big = msgpack.packb({"format": "mamori-rule-bundle", "manifest": b"", "signature": b"",
+                         "files": {f"p{i}.yaml": b"" for i in range(MAX_FILES * 2)}})
+    with pytest.raises(BundleRefused) as refused:
+        verify(bytes(big), trusted)
+    assert refused.value.reason is Refusal.MALFORMED
+    assert refused.value.detail.startswith("bundle: "), refused.value.detail  # not the manifest
