@@ -52,6 +52,7 @@ CLOCK_RULE = "mamori.sensor.clock"
 UNREACHABLE_RULE = "mamori.sensor.collector_unreachable"
 CLOCK_STEP = 2.0  # a wall clock that moves this much against the monotonic one was stepped
 TIMESYNC_DIR = Path("/run/systemd/timesync")  # systemd-timesyncd's state, where it runs
+FINAL_LINGER_MS = 500  # how long close() lets the last heartbeat reach a connected collector
 
 
 HealthSource = Callable[[], Mapping[str, float]]
@@ -141,11 +142,11 @@ class _Link:
         if any(e == epoch and s <= seq for _, e, s in self.inflight):
             self.inflight = deque(x for x in self.inflight if x[1] != epoch or x[2] > seq)
 
-    def close(self) -> None:
+    def close(self, linger_ms: int = 0) -> None:
         with contextlib.suppress(zmq.ZMQError):
             self.sock.disable_monitor()
         self.monitor.close(0)
-        self.sock.close(0)
+        self.sock.close(linger_ms)
 
 
 class Forwarder:
@@ -392,6 +393,9 @@ class Forwarder:
         self._next_heartbeat = time.monotonic() + self.settings.heartbeat_interval
         self._check_clock()
         self._check_links()
+        self._send_heartbeat()
+
+    def _send_heartbeat(self) -> None:
         now = time.time()
         body: dict[str, Any] = {"up": round(now - self.started, 3), "clock": now,
                                 **dict(self.settings.identity)}
@@ -488,6 +492,9 @@ class Forwarder:
         """Try to get everything acknowledged within ``flush_timeout``, then stop.
 
         Whatever is still unacknowledged stays in the journal for the next start.
+        When everything is acknowledged, a last heartbeat tells each collector so:
+        it marks a stream complete only on a heartbeat that follows the last ack,
+        and a run that ends between heartbeats would otherwise never be marked.
         """
         deadline = time.monotonic() + flush_timeout
         while self._links and self.unacked() and time.monotonic() < deadline:
@@ -499,8 +506,12 @@ class Forwarder:
         self._wake()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        final = bool(self._links) and not self.unacked() and (
+            self._thread is None or not self._thread.is_alive())
+        if final:
+            self._send_heartbeat()
         for link in self._links:
-            link.close()
+            link.close(FINAL_LINGER_MS if final else 0)
         self._ctx.term()
         os.close(self._wake_r)
         os.close(self._wake_w)

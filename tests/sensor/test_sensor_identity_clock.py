@@ -53,6 +53,8 @@ def test_identity_travels_and_a_skewed_clock_is_reported(tmp_path: Path) -> None
         sock.send(msgpack.packb([1, 1, 0, skewed, int(Kind.HEARTBEAT),
                                  {"clock": skewed, "up": 1.0}]))
         wait_for(lambda: "s1" in _status(site), 10, "the skewed heartbeat")
+        wait_for(lambda: _status(site)["s0"]["complete_ts"] is not None, 10,
+                 "s0's closing heartbeat")
         sock.close(0)
         ctx.term()
         rows = _status(site)
@@ -77,6 +79,32 @@ def test_identity_travels_and_a_skewed_clock_is_reported(tmp_path: Path) -> None
              str(site.collector_conf)], cwd=PROJECT, capture_output=True, text=True,
             timeout=30, check=True).stdout
         assert "port/harbour-east" in table and "+1080" in table  # +10800 s, give or take
+    finally:
+        site.stop_collector()
+
+
+def test_a_clean_close_marks_the_stream_complete_without_waiting_for_a_heartbeat(
+        tmp_path: Path) -> None:
+    """The collector marks a stream complete on a heartbeat that follows the last
+    ack; with heartbeats an hour apart, only the one ``close()`` sends can do it."""
+    site = Site(tmp_path, sensors=1)
+    conf = site.sensor_confs[0]
+    conf.write_text(conf.read_text().replace("heartbeat_interval = 0.5",
+                                             "heartbeat_interval = 3600"))
+    site.start_collector()
+    try:
+        site.sensor(conf, 20, 0.1).communicate(timeout=30)  # outlasts the handshake
+        st = site.storage()
+        try:
+            (last,), = st._all("SELECT MAX(received) FROM messages")
+        finally:
+            st.close()
+
+        def marked_after_last() -> bool:
+            done = _status(site)["s0"]["complete_ts"]
+            return isinstance(done, float) and done >= float(last)
+        wait_for(marked_after_last, 10, "the closing heartbeat")
+        assert _status(site)["s0"]["outstanding"] == 0
     finally:
         site.stop_collector()
 
