@@ -456,6 +456,8 @@ class Forwarder:
                          if isinstance(values.get(k), int | float)})
         if self.rules is not None:
             body.update(self.rules.report())
+        if self.control_errors:  # frames from a collector that were not valid control
+            body["control_errors"] = self.control_errors
         for link in self._links:
             owed = [list(o) for o in self.journal.owed(link.name) if o[0] != self.epoch]
             frame = encode(self.epoch, self.journal.seq, now, Kind.HEARTBEAT,

@@ -1,0 +1,228 @@
+"""A hostile collector against a real sensor process: every bad offer and chunk is
+counted and dropped, nothing is applied, and the same link then delivers a genuine
+bundle in many chunks, including a chunk whose first request went unanswered.
+
+The collector here is the test itself: a CURVE ROUTER on a real socket that sends
+what a compromised collector could, frame by frame. The sensor is a real Forwarder
+with its RuleReceiver in another process; what it counted comes back in its
+heartbeats, which is how an operator at the centre would see it too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+from nacl.signing import SigningKey
+
+from sensor.keys import generate, load_pair
+from sensor.rulebundle import MAX_BUNDLE_BYTES, build
+from sensor.wire import (
+    MAX_CONTROL_BYTES,
+    RULES_CHUNK_BYTES,
+    WIRE_VERSION,
+    Envelope,
+    Kind,
+    RulesChunk,
+    RulesFetch,
+    RulesOffer,
+    decode,
+    encode_chunk,
+    encode_offer,
+    pack,
+)
+from tests.sensor.test_collector import PROJECT, free_port
+
+SENSOR = """
+import sys
+from sensor import config as cfg
+from sensor.detection.settings import bundle_store
+from sensor.forwarder import Forwarder
+from sensor.rulepush import RuleReceiver
+conf = cfg.load(sys.argv[1])
+receiver = RuleReceiver(bundle_store(conf), conf.get("detection", "trusted_rule_keys"))
+fw = Forwarder(conf, rules=receiver).start()
+sys.stdin.read()  # until the test closes it
+fw.close(0)
+"""
+PACK = """\
+pack: site.push
+rules:
+  - id: site.push.listen_only
+    precursor: M1
+    title: Listen only, pushed
+    severity: critical
+    attack: [T0814]
+    match: {{proto: modbus, type: request, fc: 8, sub: 4}}
+{padding}"""
+
+
+class HostileCollector:
+    """A CURVE server the sensor trusts (it holds its key), saying anything."""
+
+    def __init__(self, tmp: Path) -> None:
+        generate("collector", tmp / "ckeys")
+        pair = load_pair(tmp / "ckeys" / "collector.secret")
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.curve_server = True
+        self.sock.curve_secretkey = pair.secret
+        self.sock.curve_publickey = pair.public
+        self.sock.linger = 0
+        self.endpoint = f"tcp://127.0.0.1:{free_port()}"
+        self.sock.bind(self.endpoint)
+        self.identity = b""
+        self.fetches: list[RulesFetch] = []
+        self.heartbeat: dict[str, Any] = {}
+
+    def read(self, timeout: float = 0.2) -> Envelope | None:
+        if not self.sock.poll(int(timeout * 1000)):
+            return None
+        self.identity, frame = self.sock.recv_multipart()
+        env = decode(frame)
+        if env.kind is Kind.RULES_FETCH:
+            self.fetches.append(env.body)
+        elif env.kind is Kind.HEARTBEAT:
+            self.heartbeat = env.body
+        return env
+
+    def until(self, what: str, check: Any, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.read()
+            if check():
+                return
+        raise AssertionError(f"timed out waiting for {what}; last heartbeat "
+                             f"{self.heartbeat}")
+
+    def fetch(self, timeout: float = 10.0) -> RulesFetch:
+        self.fetches.clear()
+        self.until("a fetch request", lambda: self.fetches, timeout)
+        return self.fetches[0]
+
+    def send(self, frame: bytes) -> None:
+        self.sock.send_multipart([self.identity, frame])
+
+    def close(self) -> None:
+        self.sock.close(0)
+        self.ctx.term()
+
+
+@pytest.fixture
+def parties(tmp_path: Path) -> Iterator[tuple[HostileCollector, subprocess.Popen[str], Path,
+                                              SigningKey]]:
+    collector = HostileCollector(tmp_path)
+    state = tmp_path / "sensor"
+    generate("sensor", state / "keys")
+    centre = SigningKey.generate()
+    trusted = tmp_path / "trusted"
+    trusted.mkdir()
+    (trusted / "centre.pub").write_text(bytes(centre.verify_key).hex() + "\n")
+    conf = tmp_path / "sensor.toml"
+    conf.write_text(
+        f'[sensor]\nstate_dir = "{state}"\n[detection]\ntrusted_rule_keys = "{trusted}"\n'
+        f'[forward]\nheartbeat_interval = 0.3\ncollectors = [{{endpoint = '
+        f'"{collector.endpoint}", server_key = "{tmp_path / "ckeys" / "collector.pub"}"}}]\n')
+    proc = subprocess.Popen([sys.executable, "-c", SENSOR, str(conf)], cwd=PROJECT,
+                            stdin=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(PROJECT)))
+    try:
+        yield collector, proc, state, centre
+    finally:
+        if proc.poll() is None:
+            assert proc.stdin is not None
+            proc.stdin.close()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        collector.close()
+
+
+def drops(c: HostileCollector) -> dict[str, int]:
+    return dict(c.heartbeat.get("rules_drops") or {})
+
+
+def test_a_hostile_collector_is_counted_and_never_applied(
+        parties: tuple[HostileCollector, subprocess.Popen[str], Path, SigningKey],
+        tmp_path: Path) -> None:
+    c, proc, state, centre = parties
+    c.until("the first heartbeat", lambda: c.heartbeat)
+    assert c.heartbeat["rules"] == 0
+    pack_file = tmp_path / "push.yaml"  # three chunks and a bit: the chunking is exercised
+    pack_file.write_text(PACK.format(padding=("# " + "x" * 78 + "\n")
+                                     * (3 * RULES_CHUNK_BYTES // 80)))
+    raw = build([pack_file], centre, 3)
+    sha = hashlib.sha256(raw).digest()
+    assert len(raw) > 3 * RULES_CHUNK_BYTES
+
+    # An offer past the sensor's bundle cap is never fetched.
+    c.send(encode_offer(RulesOffer(3, MAX_BUNDLE_BYTES + 1, sha)))
+    c.until("offer_too_large counted", lambda: drops(c).get("offer_too_large") == 1)
+    # A frame past the control cap, and a chunk nobody asked for.
+    c.send(pack([WIRE_VERSION, int(Kind.RULES_CHUNK),
+                 [sha, 0, b"\0" * RULES_CHUNK_BYTES, b"\0" * 512]]))
+    c.send(b"\xc1")  # not msgpack at all
+    assert len(pack([WIRE_VERSION, int(Kind.RULES_CHUNK), [sha, 0, b"\0" * RULES_CHUNK_BYTES,
+                                                           b"\0" * 512]])) > MAX_CONTROL_BYTES
+    c.send(encode_chunk(RulesChunk(sha, 0, b"unasked")))
+    c.until("the bad frames counted", lambda: c.heartbeat.get("control_errors") == 2
+            and drops(c).get("chunk_unexpected") == 1)
+    # An offer whose size is a lie: the chunk runs past it.
+    c.send(encode_offer(RulesOffer(3, 100, sha)))
+    first = c.fetch()
+    assert (first.sha256, first.offset) == (sha, 0)
+    c.send(encode_chunk(RulesChunk(sha, 0, raw[:RULES_CHUNK_BYTES])))
+    c.until("chunk_overrun counted", lambda: drops(c).get("chunk_overrun") == 1)
+    assert c.heartbeat["rules_offer"] == [sha.hex(), "failed", "chunk_overrun"]
+    # An offer whose hash is not that of the bytes served.
+    liar = hashlib.sha256(b"something else").digest()
+    c.send(encode_offer(RulesOffer(3, len(raw), liar)))
+    offset = 0
+    while offset < len(raw):
+        req = c.fetch()
+        assert (req.sha256, req.offset) == (liar, offset)
+        c.send(encode_chunk(RulesChunk(liar, offset, raw[offset:offset + RULES_CHUNK_BYTES])))
+        offset += RULES_CHUNK_BYTES
+    c.until("hash_mismatch counted", lambda: drops(c).get("hash_mismatch") == 1)
+    # Offered again, either one: not fetched again (the collector would send the same).
+    c.send(encode_offer(RulesOffer(3, len(raw), liar)))
+    c.send(encode_offer(RulesOffer(3, 100, sha)))
+    c.fetches.clear()
+    quiet = time.monotonic() + 1.5
+    while time.monotonic() < quiet:
+        c.read(0.1)
+    assert not c.fetches
+    assert c.heartbeat["rules"] == 0 and not (state / "rules" / "active").exists()
+    assert proc.poll() is None
+
+    # The genuine bundle, on the same link: one request left unanswered is asked again.
+    honest = build([pack_file], centre, 4)
+    digest = hashlib.sha256(honest).digest()
+    c.send(encode_offer(RulesOffer(4, len(honest), digest)))
+    assert c.fetch().offset == 0  # not answered
+    started = time.monotonic()
+    again = c.fetch(timeout=10)
+    assert again.offset == 0 and time.monotonic() - started > 2.0  # after FETCH_TIMEOUT
+    offset, chunks = 0, 0
+    while True:
+        c.send(encode_chunk(RulesChunk(digest, offset,
+                                       honest[offset:offset + RULES_CHUNK_BYTES])))
+        chunks += 1
+        offset += RULES_CHUNK_BYTES
+        if offset >= len(honest):
+            break
+        assert c.fetch().offset == offset
+    c.until("bundle 4 running", lambda: c.heartbeat.get("rules") == 4)
+    assert chunks == 4
+    assert c.heartbeat["rules_offer"] == [digest.hex(), "applied", ""]
+    assert (state / "rules" / "bundles" / "4" / "push.yaml").read_text() == pack_file.read_text()
