@@ -226,3 +226,24 @@ def test_a_hostile_collector_is_counted_and_never_applied(
     assert chunks == 4
     assert c.heartbeat["rules_offer"] == [digest.hex(), "applied", ""]
     assert (state / "rules" / "bundles" / "4" / "push.yaml").read_text() == pack_file.read_text()
+
+
+def test_push_rules_names_what_it_cannot_offer(tmp_path: Path) -> None:
+    mamori = str(Path(sys.executable).parent / "mamori")
+    generate("s1", tmp_path / "keys" / "sensors")
+    pack_file = tmp_path / "push.yaml"
+    pack_file.write_text(PACK.format(padding=""))
+    bundle = tmp_path / "b.mrb"
+    bundle.write_bytes(build([pack_file], SigningKey.generate(), 1))
+
+    def push(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([mamori, "collect", "push-rules", "--state-dir", str(tmp_path),
+                               str(bundle), *args], capture_output=True, text=True, timeout=60)
+
+    done = push("--sensors", "s1", "nobody")
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done
+    assert f"nobody: no such sensor in the allow-list {tmp_path / 'keys' / 'sensors'}" \
+        in done.stderr
+    assert not (tmp_path / "collector").exists()  # nothing stored
+    done = push()
+    assert done.returncode == 0 and "offered to 1 sensor(s): s1" in done.stdout, done
