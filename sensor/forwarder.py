@@ -36,6 +36,7 @@ from sensor.forwarding_options import CollectorSpec
 from sensor.journal import AlertJournal, AuditEntry, Eviction, JournalFull
 from sensor.keys import load_pair, resolve_key
 from sensor.wire import (
+    MAX_CONTROL_BYTES,
     Ack,
     FieldPolicy,
     Kind,
@@ -107,7 +108,8 @@ class _Link:
         self.sock.curve_publickey = public
         self.sock.curve_serverkey = server_key
         for option, value in ((zmq.LINGER, 0), (zmq.IMMEDIATE, 1), (zmq.SNDHWM, window + 64),
-                              (zmq.RCVHWM, 10_000), (zmq.RECONNECT_IVL, 100),
+                              (zmq.RCVHWM, 10_000), (zmq.MAXMSGSIZE, 4 * MAX_CONTROL_BYTES),
+                              (zmq.RECONNECT_IVL, 100),
                               (zmq.RECONNECT_IVL_MAX, 2000), (zmq.HEARTBEAT_IVL, 2000),
                               (zmq.HEARTBEAT_TIMEOUT, 6000)):
             self.sock.setsockopt(option, value)

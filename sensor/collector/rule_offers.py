@@ -29,6 +29,7 @@ from sensor.wire import (
 
 REFRESH = 1.0  # seconds between reads of the offers table
 REOFFER = 2.0  # at most one offer per sensor in this many seconds
+FETCH_WINDOW = 60.0  # chunks served to one sensor are budgeted per this many seconds
 SETTLED = frozenset({"applied", "refused", "failed"})  # the sensor has dealt with it
 
 
@@ -40,6 +41,7 @@ class RuleOffers:
         self.offers: dict[str, tuple[bytes, int]] = {}  # sensor -> (sha256, version)
         self._bundles: dict[bytes, bytes] = {}  # sha256 -> the bundle file
         self._offered: dict[str, float] = {}  # sensor -> monotonic time of the last offer
+        self._served: dict[str, tuple[float, int]] = {}  # sensor -> (window start, chunks)
         self._next_refresh = 0.0
 
     def refresh(self, force: bool = False) -> set[str]:
@@ -60,8 +62,9 @@ class RuleOffers:
         self._bundles = {sha: self._bundles[sha] for sha, _ in rows.values()
                          if sha in self._bundles}
         self.offers = {s: o for s, o in rows.items() if o[0] in self._bundles}
-        for sensor in changed:
+        for sensor in changed:  # a new bundle: offered at once, with a fresh budget
             self._offered.pop(sensor, None)
+            self._served.pop(sensor, None)
         return changed & set(self.offers)
 
     def offer_for(self, sensor: str, heartbeat: dict[str, Any] | None) -> bytes | None:
@@ -81,14 +84,23 @@ class RuleOffers:
         self._offered[sensor] = now
         return encode_offer(RulesOffer(version, len(self._bundles[sha]), sha))
 
-    def chunk_for(self, sensor: str, fetch: RulesFetch) -> bytes | None:
-        """The chunk a sensor asked for, or None when it asked for a bundle that is not
-        the one offered to it, or past its end (counted by the caller)."""
+    def chunk_for(self, sensor: str, fetch: RulesFetch) -> tuple[bytes | None, str]:
+        """The chunk a sensor asked for, or None and why not (a counter name): a bundle
+        that is not the one offered to it, an offset past its end, or more chunks than
+        fetching it twice takes within ``FETCH_WINDOW``. That budget bounds what a
+        sensor that asks and never reads can queue at the collector."""
         offer = self.offers.get(sensor)
         if offer is None or offer[0] != fetch.sha256:
-            return None
+            return None, "rules_not_offered"
         data = self._bundles[fetch.sha256]
         if fetch.offset >= len(data):
-            return None
+            return None, "rules_not_offered"
+        now = time.monotonic()
+        start, served = self._served.get(sensor, (now, 0))
+        if now - start > FETCH_WINDOW:
+            start, served = now, 0
+        if served >= 2 * (len(data) // RULES_CHUNK_BYTES + 1) + 8:
+            return None, "rules_fetch_limited"
+        self._served[sensor] = (start, served + 1)
         piece = data[fetch.offset:fetch.offset + RULES_CHUNK_BYTES]
-        return encode_chunk(RulesChunk(fetch.sha256, fetch.offset, piece))
+        return encode_chunk(RulesChunk(fetch.sha256, fetch.offset, piece)), ""

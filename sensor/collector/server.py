@@ -406,9 +406,9 @@ class CollectorServer:
                 self._send(sensor, offer)
             return
         if env.kind is Kind.RULES_FETCH:
-            chunk = self.rule_offers.chunk_for(sensor, env.body)
+            chunk, refused = self.rule_offers.chunk_for(sensor, env.body)
             if chunk is None:
-                self._count(sensor, "rules_not_offered")
+                self._count(sensor, refused)
             else:
                 self.counters["rules_chunks"] += 1
                 self._send(sensor, chunk)

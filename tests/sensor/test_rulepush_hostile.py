@@ -39,7 +39,7 @@ from sensor.wire import (
     encode_offer,
     pack,
 )
-from tests.sensor.test_collector import PROJECT, free_port
+from tests.sensor.test_collector import PROJECT, Site, free_port
 
 SENSOR = """
 import sys
@@ -247,3 +247,60 @@ def test_push_rules_names_what_it_cannot_offer(tmp_path: Path) -> None:
     assert not (tmp_path / "collector").exists()  # nothing stored
     done = push()
     assert done.returncode == 0 and "offered to 1 sensor(s): s1" in done.stdout, done
+
+
+def test_a_sensor_that_asks_and_never_reads_is_limited(tmp_path: Path) -> None:
+    """The real collector serves a sensor at most twice its bundle per minute, and
+    nothing that is not offered to it; the rest is counted against its key."""
+    from sensor.wire import decode_control, encode
+
+    site = Site(tmp_path)
+    site.start_collector()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    try:
+        pair = load_pair(tmp_path / "s0" / "keys" / "sensor.secret")
+        sock.curve_secretkey, sock.curve_publickey = pair.secret, pair.public
+        sock.curve_serverkey = load_pair(site.coll_dir / "keys" / "collector.secret").public
+        sock.linger = 0
+        sock.connect(site.endpoint)
+        sock.send(encode(1, 0, time.time(), Kind.HEARTBEAT, {"up": 1.0}))
+        pack_file = tmp_path / "push.yaml"
+        pack_file.write_text(PACK.format(padding=""))
+        bundle = tmp_path / "b.mrb"
+        raw = build([pack_file], SigningKey.generate(), 1)
+        bundle.write_bytes(raw)
+        done = subprocess.run([str(Path(sys.executable).parent / "mamori"), "collect",
+                               "push-rules", "--config", str(site.collector_conf), str(bundle)],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert sock.poll(10_000), "no offer"
+        offer = decode_control(sock.recv())
+        assert isinstance(offer, RulesOffer) and offer.size == len(raw)
+        for _ in range(300):
+            sock.send(encode(1, 0, time.time(), Kind.RULES_FETCH, [offer.sha256, 0]))
+        sock.send(encode(1, 0, time.time(), Kind.RULES_FETCH, [b"\1" * 32, 0]))
+        sock.send(encode(1, 0, time.time(), Kind.RULES_FETCH, [offer.sha256, len(raw)]))
+        time.sleep(1.5)
+        chunks = 0
+        while sock.poll(200):
+            message = decode_control(sock.recv())
+            if isinstance(message, RulesChunk):
+                assert message.data == raw
+                chunks += 1
+        assert chunks == 2 * 1 + 8
+        site.stop_collector()
+        storage = site.storage()
+        try:
+            rejects = storage.rejects()
+        finally:
+            storage.close()
+        key = site.sensor_key("s0")
+        assert rejects[(key, "rules_fetch_limited")] == 300 - chunks
+        assert rejects[(key, "rules_not_offered")] == 2
+    finally:
+        sock.close(0)
+        ctx.term()
+        if site.proc is not None:
+            site.proc.kill()
+            site.proc.wait(10)
