@@ -2,8 +2,9 @@
 
 One ZeroMQ DEALER per configured collector *connects out* (CURVE client) to the
 collector's ROUTER, so the box needs no inbound firewall opening. Over that one
-channel go data and heartbeats one way, acks and replay requests the other. PUB/SUB
-could not carry the requests back and drops silently; see ``docs/wire.md``.
+channel go data and heartbeats one way, acks and replay requests the other (and
+rule bundle offers and chunks, handed to sensor.rulepush). PUB/SUB could not carry
+the requests back and drops silently; see ``docs/wire.md``.
 
 Delivery is go-back-N over the journal. Per collector the forwarder keeps a send
 cursor (a journal row id) and a window of unacknowledged messages in flight. The

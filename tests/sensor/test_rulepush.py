@@ -40,8 +40,8 @@ from sensor.collector.storage import SqliteStorage
 from sensor.keys import read_key
 from sensor.rulebundle import build
 from sensor.wire import RULES_CHUNK_BYTES
-from tests.conftest import PROJECT, unavailable
-from tests.netns import SERVER_IP, SpanLab, available
+from tests.conftest import PROJECT
+from tests.netns import SERVER_IP, SpanLab, lab_or_skip
 from tests.pcaprewrite import rewrite
 from tests.sensor.test_collector import free_port
 
@@ -63,14 +63,8 @@ rules:
 
 @pytest.fixture
 def lab() -> Iterator[SpanLab]:
-    why = available()
-    if why is not None:
-        unavailable(why)
-    span = SpanLab(prefix="mmpush").setup()
-    try:
+    with lab_or_skip("mmpush") as span:
         yield span
-    finally:
-        span.close()
 
 
 def wait(check: Callable[[], bool], timeout: float, what: str,
