@@ -457,14 +457,13 @@ class Forwarder:
                 values = {}
             body.update({k: values[k] for k in _HEALTH_KEYS
                          if isinstance(values.get(k), int | float)})
-        if self.rules is not None:
-            body.update(self.rules.report())
         if self.control_errors:  # frames from a collector that were not valid control
             body["control_errors"] = self.control_errors
         for link in self._links:
             owed = [list(o) for o in self.journal.owed(link.name) if o[0] != self.epoch]
+            said = {**body, **self.rules.report(link.name)} if self.rules else body
             frame = encode(self.epoch, self.journal.seq, now, Kind.HEARTBEAT,
-                           {**body, "owed": owed} if owed else body)
+                           {**said, "owed": owed} if owed else said)
             with contextlib.suppress(zmq.Again):
                 link.sock.send(frame, zmq.NOBLOCK)
 

@@ -321,7 +321,8 @@ class BundleStore:
         self._write_state(doc)
         return doc
 
-    def record_push(self, sha256: str, outcome: str, detail: str = "") -> None:
+    def record_push(self, sha256: str, outcome: str, detail: str = "",
+                    source: str = "") -> None:
         """What became of a pushed bundle (``applied``, ``refused``, ``failed``): kept
         for the last ``PUSHED_KEPT`` bundles, so a restarted sensor neither fetches nor
         alerts again for one it already dealt with."""
@@ -329,7 +330,7 @@ class BundleStore:
         pushed = [p for p in doc.get("pushed", []) if isinstance(p, dict)
                   and p.get("sha256") != sha256]
         pushed.append({"sha256": sha256, "outcome": outcome, "detail": detail,
-                       "ts": time.time()})
+                       "source": source, "ts": time.time()})
         doc["pushed"] = pushed[-PUSHED_KEPT:]
         self._write_state(doc)
 

@@ -91,8 +91,8 @@ class RuleReceiver:
         self._lock = threading.RLock()  # the forwarder's thread, and the daemon's
         self._outcomes: dict[str, tuple[str, str]] = {
             p["sha256"]: (p["outcome"], str(p.get("detail", ""))) for p in store.pushed()}
-        pushed = store.pushed()
-        self._latest: str | None = pushed[-1]["sha256"] if pushed else None
+        self._latest: dict[str, str] = {  # collector -> the last bundle it offered
+            p["source"]: p["sha256"] for p in store.pushed() if isinstance(p.get("source"), str)}
         self._active_sha = self._sha_of_active()
         self._refusals_seen = _total(store.state())
 
@@ -109,14 +109,13 @@ class RuleReceiver:
         if not 0 < offer.size <= MAX_BUNDLE_BYTES:
             self.drops["offer_too_large"] += 1
             return []
-        self._latest = sha
+        self._latest[source] = sha
         if sha == self._active_sha or sha in self._outcomes:
             if sha == self._active_sha and sha not in self._outcomes:
                 self._outcomes[sha] = ("applied", "")
             return []
-        current = self._transfer
-        if current is not None and current.offer.sha256 == offer.sha256:
-            return []  # being fetched; tick() asks again when a chunk is late
+        if self._transfer is not None:  # one at a time; the collector offers it again
+            return []  # and while this one is fetched, tick() asks again for late chunks
         self._transfer = _Transfer(link, source, offer)
         return self._ask(now)
 
@@ -192,7 +191,7 @@ class RuleReceiver:
         try:
             installed = install_signed(self.store, raw, self.trusted_dir)
         except BundleRefused as refused:
-            self.refused(sha, refused, source)
+            self.refused(sha, refused, source, origin=t.source)
             return
         except (OSError, ValueError) as err:  # a full disk, an unreadable key: try again
             self.drops["install_failed"] += 1
@@ -202,7 +201,7 @@ class RuleReceiver:
         self._settled = True
         self._active_sha = sha
         try:
-            self.store.record_push(sha, "applied", f"version {installed.version}")
+            self.store.record_push(sha, "applied", f"version {installed.version}", t.source)
         except OSError as err:  # active all the same; a restart finds it active
             log.error("%s: not recorded: %s", self.store.root, err)
         log.info("rule bundle %d (key %s) %s: active", installed.version, installed.key_id,
@@ -211,20 +210,23 @@ class RuleReceiver:
             self.on_applied(installed)
 
     def refused(self, sha: str, refused: BundleRefused, source: str,
-                counted: bool = False) -> None:
+                counted: bool = False, origin: str = "") -> None:
         """Count (unless ``counted``), remember and alert (S7): a pushed bundle is not
-        what the sensor runs, and the collector is told so and does not offer it again."""
+        what the sensor runs, and the collector (``origin``) is told so and does not
+        offer it again."""
         with self._lock:
+            pushed = sha in self._outcomes or sha in self._latest.values()
+            origin = origin or next((s for s, h in self._latest.items() if h == sha), "")
             try:
                 state = self.store.state() if counted else \
                     self.store.record_refusal(refused, source)
-                if sha in self._outcomes or sha == self._latest:  # one a collector pushed
-                    self.store.record_push(sha, "refused", refused.reason.name)
+                if pushed:
+                    self.store.record_push(sha, "refused", refused.reason.name, origin)
             except OSError as err:  # a full disk: refused all the same, said, not counted
                 log.error("%s: refusal not recorded: %s", self.store.root, err)
                 state = self.store.state()
             self._refusals_seen = _total(state)
-            if sha in self._outcomes or sha == self._latest:
+            if pushed:
                 self._outcomes[sha] = ("refused", refused.reason.name)
             self._settled = True
             self._active_sha = self._sha_of_active()
@@ -258,25 +260,26 @@ class RuleReceiver:
 
     # -- what the heartbeat says --------------------------------------------------------
 
-    def report(self) -> dict[str, Any]:
-        """``rules``: the version running (0: none); ``rules_offer``: the last offer's
-        [sha256 hex, state, detail], state fetching/applied/refused/failed/stalled."""
+    def report(self, source: str) -> dict[str, Any]:
+        """For the heartbeat to collector ``source``: ``rules``, the version running (0:
+        none); ``rules_offer``, [sha256 hex, state, detail] of the last bundle that
+        collector offered, state fetching/applied/refused/failed/stalled."""
         with self._lock:
-            return self._report()
+            return self._report(source)
 
-    def _report(self) -> dict[str, Any]:
+    def _report(self, source: str) -> dict[str, Any]:
         running = self.running
         if running is None:
             active = self.store.active()
             running = active.version if active is not None else 0
         doc: dict[str, Any] = {"rules": running}
         t = self._transfer
-        if t is not None:
-            doc["rules_offer"] = [t.offer.sha256.hex(), "fetching",
-                                  f"{len(t.data)}/{t.offer.size}"]
-        elif self._latest is not None:
-            outcome, detail = self._outcomes.get(self._latest, ("stalled", ""))
-            doc["rules_offer"] = [self._latest, outcome, detail]
+        latest = self._latest.get(source)
+        if t is not None and t.source == source and t.offer.sha256.hex() == latest:
+            doc["rules_offer"] = [latest, "fetching", f"{len(t.data)}/{t.offer.size}"]
+        elif latest is not None:
+            outcome, detail = self._outcomes.get(latest, ("stalled", ""))
+            doc["rules_offer"] = [latest, outcome, detail]
         if self.drops:
             doc["rules_drops"] = dict(self.drops)
         return doc
