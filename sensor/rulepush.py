@@ -263,7 +263,7 @@ class RuleReceiver:
     def report(self, source: str) -> dict[str, Any]:
         """For the heartbeat to collector ``source``: ``rules``, the version running (0:
         none); ``rules_offer``, [sha256 hex, state, detail] of the last bundle that
-        collector offered, state fetching/applied/refused/failed/stalled."""
+        collector offered, state fetching/waiting/applied/refused/failed/stalled."""
         with self._lock:
             return self._report(source)
 
@@ -277,8 +277,9 @@ class RuleReceiver:
         latest = self._latest.get(source)
         if t is not None and t.source == source and t.offer.sha256.hex() == latest:
             doc["rules_offer"] = [latest, "fetching", f"{len(t.data)}/{t.offer.size}"]
-        elif latest is not None:
-            outcome, detail = self._outcomes.get(latest, ("stalled", ""))
+        elif latest is not None:  # no outcome: behind another transfer, or given up
+            pending = ("waiting" if t is not None else "stalled", "")
+            outcome, detail = self._outcomes.get(latest, pending)
             doc["rules_offer"] = [latest, outcome, detail]
         if self.drops:
             doc["rules_drops"] = dict(self.drops)

@@ -99,7 +99,7 @@ def _hex(value: Any) -> Any:
 def _rules(body: dict[str, Any], offer: tuple[str, int] | None) -> dict[str, Any]:
     """The rule bundle a sensor runs (its last heartbeat) and what became of the one
     offered to it: ``pending`` until its heartbeat names the offer, then the sensor's
-    state (fetching, applied, refused, failed, stalled) and detail (a refusal reason)."""
+    state (fetching, waiting, applied, refused, failed, stalled) and detail (a reason)."""
     running = body.get("rules")
     doc: dict[str, Any] = {"running": running if isinstance(running, int)
                            and not isinstance(running, bool) else None}

@@ -10,6 +10,7 @@ heartbeats, which is how an operator at the centre would see it too.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
@@ -68,9 +69,10 @@ rules:
 class HostileCollector:
     """A CURVE server the sensor trusts (it holds its key), saying anything."""
 
-    def __init__(self, tmp: Path) -> None:
-        generate("collector", tmp / "ckeys")
-        pair = load_pair(tmp / "ckeys" / "collector.secret")
+    def __init__(self, tmp: Path, name: str = "collector") -> None:
+        generate(name, tmp / "ckeys")
+        self.public_file = tmp / "ckeys" / f"{name}.pub"
+        pair = load_pair(tmp / "ckeys" / f"{name}.secret")
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.curve_server = True
@@ -111,15 +113,27 @@ class HostileCollector:
     def send(self, frame: bytes) -> None:
         self.sock.send_multipart([self.identity, frame])
 
+    def serve(self, raw: bytes, first: RulesFetch) -> int:
+        """Answer ``first`` and every following request for ``raw``; chunks sent."""
+        sha, req, sent = hashlib.sha256(raw).digest(), first, 0
+        while True:
+            assert (req.sha256, req.offset) == (sha, sent * RULES_CHUNK_BYTES), req
+            self.send(encode_chunk(RulesChunk(sha, req.offset,
+                                              raw[req.offset:req.offset + RULES_CHUNK_BYTES])))
+            sent += 1
+            if sent * RULES_CHUNK_BYTES >= len(raw):
+                return sent
+            req = self.fetch()
+
     def close(self) -> None:
         self.sock.close(0)
         self.ctx.term()
 
 
-@pytest.fixture
-def parties(tmp_path: Path) -> Iterator[tuple[HostileCollector, subprocess.Popen[str], Path,
-                                              SigningKey]]:
-    collector = HostileCollector(tmp_path)
+@contextlib.contextmanager
+def sensor_of(tmp_path: Path, collectors: list[HostileCollector]
+              ) -> Iterator[tuple[subprocess.Popen[str], Path, SigningKey]]:
+    """A sensor process forwarding to ``collectors``, trusting a fresh centre key."""
     state = tmp_path / "sensor"
     generate("sensor", state / "keys")
     centre = SigningKey.generate()
@@ -127,15 +141,16 @@ def parties(tmp_path: Path) -> Iterator[tuple[HostileCollector, subprocess.Popen
     trusted.mkdir()
     (trusted / "centre.pub").write_text(bytes(centre.verify_key).hex() + "\n")
     conf = tmp_path / "sensor.toml"
+    links = ", ".join(f'{{endpoint = "{c.endpoint}", server_key = "{c.public_file}"}}'
+                      for c in collectors)
     conf.write_text(
         f'[sensor]\nstate_dir = "{state}"\n[detection]\ntrusted_rule_keys = "{trusted}"\n'
-        f'[forward]\nheartbeat_interval = 0.3\ncollectors = [{{endpoint = '
-        f'"{collector.endpoint}", server_key = "{tmp_path / "ckeys" / "collector.pub"}"}}]\n')
+        f'[forward]\nheartbeat_interval = 0.3\ncollectors = [{links}]\n')
     proc = subprocess.Popen([sys.executable, "-c", SENSOR, str(conf)], cwd=PROJECT,
                             stdin=subprocess.PIPE, text=True,
                             env=dict(os.environ, PYTHONPATH=str(PROJECT)))
     try:
-        yield collector, proc, state, centre
+        yield proc, state, centre
     finally:
         if proc.poll() is None:
             assert proc.stdin is not None
@@ -145,7 +160,16 @@ def parties(tmp_path: Path) -> Iterator[tuple[HostileCollector, subprocess.Popen
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
-        collector.close()
+        for collector in collectors:
+            collector.close()
+
+
+@pytest.fixture
+def parties(tmp_path: Path) -> Iterator[tuple[HostileCollector, subprocess.Popen[str], Path,
+                                              SigningKey]]:
+    collector = HostileCollector(tmp_path)
+    with sensor_of(tmp_path, [collector]) as (proc, state, centre):
+        yield collector, proc, state, centre
 
 
 def drops(c: HostileCollector) -> dict[str, int]:
@@ -304,3 +328,34 @@ def test_a_sensor_that_asks_and_never_reads_is_limited(tmp_path: Path) -> None:
         if site.proc is not None:
             site.proc.kill()
             site.proc.wait(10)
+
+
+def test_two_collectors_offering_two_bundles_each_hear_their_own(tmp_path: Path) -> None:
+    """One transfer at a time: B's offer during A's transfer waits for B's next offer.
+    Each collector's heartbeat then names the bundle it offered, and what became of it."""
+    a, b = HostileCollector(tmp_path, "a"), HostileCollector(tmp_path, "b")
+    with sensor_of(tmp_path, [a, b]) as (_, state, centre):
+        for c in (a, b):
+            c.until("a heartbeat", lambda c=c: c.heartbeat)  # type: ignore[misc]
+        pack_file = tmp_path / "push.yaml"
+        pack_file.write_text(PACK.format(padding=("# " + "y" * 78 + "\n") * 300))
+        five, six = build([pack_file], centre, 5), build([pack_file], centre, 6)
+        a.send(encode_offer(RulesOffer(5, len(five), hashlib.sha256(five).digest())))
+        first = a.fetch()
+        b.send(encode_offer(RulesOffer(6, len(six), hashlib.sha256(six).digest())))
+        b.fetches.clear()
+        b.until("B told its offer waits", lambda: b.heartbeat.get("rules_offer", [""])[0]
+                == hashlib.sha256(six).hexdigest())
+        assert b.heartbeat["rules_offer"][1] == "waiting" and not b.fetches
+        a.until("A told its offer is fetched", lambda: a.heartbeat.get("rules_offer", ["", ""])[1]
+                == "fetching")
+        assert a.serve(five, first) == 2
+        a.until("5 running", lambda: a.heartbeat.get("rules") == 5)
+        b.send(encode_offer(RulesOffer(6, len(six), hashlib.sha256(six).digest())))
+        b.serve(six, b.fetch())
+        for c, raw in ((a, five), (b, six)):
+            c.until("6 running, and the outcome of its own offer",
+                    lambda c=c, raw=raw: c.heartbeat.get("rules") == 6  # type: ignore[misc]
+                    and c.heartbeat["rules_offer"] == [hashlib.sha256(raw).hexdigest(),
+                                                       "applied", ""])
+        assert {p.name for p in (state / "rules" / "bundles").iterdir()} == {"5", "6"}
