@@ -165,6 +165,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             "created": active.created},
         "previous": None if previous is None else previous.version,
         "refused": state.get("refused", {}), "last_refusal": state.get("last_refusal"),
+        "pushed": store.pushed(),  # what became of bundles collectors pushed, oldest first
     }
     if args.json:
         print(json.dumps(doc, sort_keys=True))
@@ -179,6 +180,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"loading: {', '.join(doc['loading'])}")
     refusals = ", ".join(f"{k} {v}" for k, v in sorted(doc["refused"].items())) or "none"
     print(f"refused: {refusals}")
+    for push in doc["pushed"][-3:]:
+        detail = f" {push['detail']}" if push.get("detail") else ""
+        print(f"pushed: {push['sha256'][:16]} {push['outcome']}{detail}"
+              + (f" (from {push['source']})" if push.get("source") else ""))
     return 0
 
 

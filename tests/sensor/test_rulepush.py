@@ -91,7 +91,8 @@ class Centre:
         trusted = root / "trusted"
         trusted.mkdir()
         shutil.copy(root / "centre" / "centre.pub", trusted / "centre.pub")
-        endpoint = f"tcp://127.0.0.1:{free_port()}"
+        self.port = free_port()
+        endpoint = f"tcp://127.0.0.1:{self.port}"
         self.collector_conf = root / "collector.toml"
         self.collector_conf.write_text(
             f'[sensor]\nstate_dir = "{self.coll}"\n[collect]\nlisten = ["{endpoint}"]\n'
@@ -263,6 +264,10 @@ def test_pushed_bundles_reach_three_live_sensors(lab: SpanLab, tmp_path: Path) -
                       if a["rule"] == REFUSED} == {("s1", "TAMPERED"), ("s2", "DOWNGRADE"),
                                                    ("s3", "INVALID_RULES")}, 30,
              "three S7 refusals at the collector")
+        local = c.mamori("rules", "status", "--config", tmp_path / "s1.toml").stdout
+        assert "active bundle: 2 " in local and "refused: TAMPERED 1" in local, local
+        assert local.splitlines()[-1].endswith("refused TAMPERED (from tcp://127.0.0.1:"
+                                               f"{c.port})"), local
         status = c.mamori("collect", "status", "--config", c.collector_conf).stdout
         line = next(x for x in status.splitlines() if x.startswith("s2 "))
         assert "2 (offer 1: refused DOWNGRADE)" in line, status
