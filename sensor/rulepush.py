@@ -112,7 +112,8 @@ class RuleReceiver:
         self._latest[source] = sha
         if sha == self._active_sha or sha in self._outcomes:
             if sha == self._active_sha and sha not in self._outcomes:
-                self._outcomes[sha] = ("applied", "")
+                active = self.store.active()
+                self._outcomes[sha] = ("applied", f"version {active.version}" if active else "")
             return []
         if self._transfer is not None:  # one at a time; the collector offers it again
             return []  # and while this one is fetched, tick() asks again for late chunks
@@ -184,6 +185,10 @@ class RuleReceiver:
         sha = t.offer.sha256.hex()
         self._outcomes[sha] = ("failed", reason)
         log.error("rule bundle %s from %s dropped: %s", sha[:16], t.source, detail)
+        try:
+            self.store.record_push(sha, "failed", reason, t.source)
+        except OSError as err:
+            log.error("%s: not recorded: %s", self.store.root, err)
 
     def _apply(self, t: _Transfer, raw: bytes) -> None:
         sha = hashlib.sha256(raw).hexdigest()
@@ -197,7 +202,7 @@ class RuleReceiver:
             self.drops["install_failed"] += 1
             log.error("rule bundle %s from %s not installed: %s", sha[:16], t.source, err)
             return
-        self._outcomes[sha] = ("applied", "")
+        self._outcomes[sha] = ("applied", f"version {installed.version}")
         self._settled = True
         self._active_sha = sha
         try:

@@ -248,8 +248,32 @@ def test_a_hostile_collector_is_counted_and_never_applied(
         assert c.fetch().offset == offset
     c.until("bundle 4 running", lambda: c.heartbeat.get("rules") == 4)
     assert chunks == 4
-    assert c.heartbeat["rules_offer"] == [digest.hex(), "applied", ""]
+    assert c.heartbeat["rules_offer"] == [digest.hex(), "applied", "version 4"]
     assert (state / "rules" / "bundles" / "4" / "push.yaml").read_text() == pack_file.read_text()
+
+    # Restarted, the sensor remembers: none of these is fetched again, nothing alerts.
+    assert proc.stdin is not None
+    proc.stdin.close()
+    assert proc.wait(15) == 0
+    again_proc = subprocess.Popen([sys.executable, "-c", SENSOR, str(tmp_path / "sensor.toml")],
+                                  cwd=PROJECT, stdin=subprocess.PIPE, text=True,
+                                  env=dict(os.environ, PYTHONPATH=str(PROJECT)))
+    try:
+        c.heartbeat = {}
+        c.until("the restarted sensor's heartbeat", lambda: c.heartbeat.get("rules") == 4)
+        assert c.heartbeat["rules_offer"] == [digest.hex(), "applied", "version 4"]
+        c.fetches.clear()
+        for offered in (RulesOffer(3, 100, sha), RulesOffer(3, len(raw), liar),
+                        RulesOffer(4, len(honest), digest)):
+            c.send(encode_offer(offered))
+        quiet = time.monotonic() + 1.5
+        while time.monotonic() < quiet:
+            c.read(0.1)
+        assert not c.fetches and "rules_drops" not in c.heartbeat
+    finally:
+        assert again_proc.stdin is not None
+        again_proc.stdin.close()
+        again_proc.wait(15)
 
 
 def test_push_rules_names_what_it_cannot_offer(tmp_path: Path) -> None:
@@ -353,9 +377,9 @@ def test_two_collectors_offering_two_bundles_each_hear_their_own(tmp_path: Path)
         a.until("5 running", lambda: a.heartbeat.get("rules") == 5)
         b.send(encode_offer(RulesOffer(6, len(six), hashlib.sha256(six).digest())))
         b.serve(six, b.fetch())
-        for c, raw in ((a, five), (b, six)):
+        for c, raw, n in ((a, five, 5), (b, six, 6)):
             c.until("6 running, and the outcome of its own offer",
-                    lambda c=c, raw=raw: c.heartbeat.get("rules") == 6  # type: ignore[misc]
+                    lambda c=c, raw=raw, n=n: c.heartbeat.get("rules") == 6  # type: ignore[misc]
                     and c.heartbeat["rules_offer"] == [hashlib.sha256(raw).hexdigest(),
-                                                       "applied", ""])
+                                                       "applied", f"version {n}"])
         assert {p.name for p in (state / "rules" / "bundles").iterdir()} == {"5", "6"}
