@@ -14,7 +14,9 @@ Order of start-up, and why:
 The loop waits on the capture sockets and on a self-pipe that signal handlers
 write to: handlers only wake the loop, the loop does the work. SIGHUP reloads
 configuration and rules without losing flow or detection state; SIGTERM and
-SIGINT flush the store and the journal and exit 0.
+SIGINT flush the store and the journal and exit 0. A rule bundle pushed by a
+collector (sensor.rulepush, on the forwarder's thread) wakes the loop the same way,
+and the loop loads it as SIGHUP would, keeping the configuration.
 
 Health is measured here because only the daemon sees the interfaces: kernel
 drops raise S1, silence on an interface for ``silence_alert`` raises S3.
@@ -22,6 +24,7 @@ drops raise S1, silence on an interface for ``silence_alert`` raises S3.
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import logging
 import os
@@ -30,6 +33,7 @@ import select
 import signal
 import socket
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -129,6 +133,8 @@ class Sensor:
         self.forwarder: Any = None  # sensor.forwarder.Forwarder, flushed at shutdown
         self.web: Any = None  # the operator page (build_sensor(web=...)), stopped first
         self.outputs: Any = None  # sensor.alerting.AlertOutputs: disk-full counters
+        self.rules: Any = None  # sensor.rulepush.RuleReceiver: pushed rule bundles
+        self._rules_due = threading.Event()
         self.last_heartbeat: float | None = None  # wall time health was last sampled
         self._rate = (time.monotonic(), 0)
 
@@ -240,7 +246,16 @@ class Sensor:
         except BlockingIOError:
             pass
 
+    def request_rules_reload(self) -> None:
+        """A pushed bundle is active (the forwarder's thread): the loop loads it."""
+        self._rules_due.set()
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"r")
+
     def _handle_signals(self) -> None:
+        if self._rules_due.is_set():
+            self._rules_due.clear()
+            self.reload_rules()
         while self._pending:
             signum = self._pending.pop(0)
             if signum == signal.SIGHUP:
@@ -263,8 +278,33 @@ class Sensor:
             reload = getattr(consumer, "reload", None)
             if reload is not None:
                 reload(fresh)
+        self.rules_loaded()
         log.info("configuration reloaded from %s", self.config_path)
         self.notifier.ready("configuration reloaded")
+
+    def reload_rules(self) -> None:
+        """Load the active rule bundle into detection; the configuration stays."""
+        for consumer in self.consumers:
+            reload = getattr(consumer, "reload", None)
+            if reload is None:
+                continue
+            try:
+                reload(self.conf)
+            except Exception as err:  # the running rules stay; the bundle is rolled back
+                log.error("rules not reloaded, the running ones stay: %s", err)
+        self.rules_loaded()
+
+    def rules_loaded(self) -> None:
+        """Tell the pushed-bundle receiver (and so the collectors, at once) which
+        bundle detection runs now."""
+        if self.rules is None:
+            return
+        versions = [v for c in self.consumers
+                    if isinstance(v := getattr(c, "rules_version", None), int)]
+        if versions:
+            self.rules.loaded(versions[0])
+        if self.forwarder is not None:
+            self.forwarder.heartbeat_soon()
 
     def _tick(self, now: float) -> None:
         self.notifier.tick()
@@ -451,18 +491,23 @@ def build_sensor(conf: cfg.Config, config_path: str | None,
     except StoreError as err:
         raise StartupError(f"store: {err}", disk_full=isinstance(err, StoreFull)) from None
     forwarder = None
+    receiver = None
     outputs = AlertOutputs(store, on_health=journald_sink())
     holder: list[Sensor] = []
     if conf.get("forward", "collectors"):
+        from sensor.detection.settings import bundle_store
         from sensor.forwarder import Forwarder
         from sensor.keys import KeyFileError
+        from sensor.rulepush import RuleReceiver
 
         def health() -> dict[str, float]:
             return holder[0].health_for_heartbeat() if holder else {}
 
+        receiver = RuleReceiver(bundle_store(conf), conf.get("detection", "trusted_rule_keys"),
+                                on_applied=lambda _: holder[0].request_rules_reload())
         try:
             forwarder = Forwarder(conf, state_dir, health=health,
-                                  on_meta_alert=outputs.raise_local)
+                                  on_meta_alert=outputs.raise_local, rules=receiver)
         except (KeyFileError, OSError, sqlite3.Error) as err:
             store.close()
             raise StartupError(f"forwarding: {forwarding_problem(conf, err)}",
@@ -483,7 +528,9 @@ def build_sensor(conf: cfg.Config, config_path: str | None,
     sensor.store = store
     sensor.forwarder = forwarder
     sensor.outputs = outputs
+    sensor.rules = receiver
     holder.append(sensor)
+    sensor.rules_loaded()  # what runs, and an S7 if loading just rolled a bundle back
     if web is not None:
         try:
             sensor.web = web(sensor)

@@ -2,8 +2,9 @@
 
 One ZeroMQ DEALER per configured collector *connects out* (CURVE client) to the
 collector's ROUTER, so the box needs no inbound firewall opening. Over that one
-channel go data and heartbeats one way, acks and replay requests the other. PUB/SUB
-could not carry the requests back and drops silently; see ``docs/wire.md``.
+channel go data and heartbeats one way, acks and replay requests the other (and
+rule bundle offers and chunks, handed to sensor.rulepush). PUB/SUB could not carry
+the requests back and drops silently; see ``docs/wire.md``.
 
 Delivery is go-back-N over the journal. Per collector the forwarder keeps a send
 cursor (a journal row id) and a window of unacknowledged messages in flight. The
@@ -25,7 +26,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
@@ -36,14 +37,21 @@ from sensor.forwarding_options import CollectorSpec
 from sensor.journal import AlertJournal, AuditEntry, Eviction, JournalFull
 from sensor.keys import load_pair, resolve_key
 from sensor.wire import (
+    MAX_CONTROL_BYTES,
     Ack,
     FieldPolicy,
     Kind,
     ReplayRequest,
+    RulesChunk,
+    RulesFetch,
+    RulesOffer,
     WireError,
     decode_control,
     encode,
 )
+
+if TYPE_CHECKING:
+    from sensor.rulepush import RuleReceiver
 
 log = logging.getLogger("mamori.forwarder")
 
@@ -101,7 +109,8 @@ class _Link:
         self.sock.curve_publickey = public
         self.sock.curve_serverkey = server_key
         for option, value in ((zmq.LINGER, 0), (zmq.IMMEDIATE, 1), (zmq.SNDHWM, window + 64),
-                              (zmq.RCVHWM, 10_000), (zmq.RECONNECT_IVL, 100),
+                              (zmq.RCVHWM, 10_000), (zmq.MAXMSGSIZE, 4 * MAX_CONTROL_BYTES),
+                              (zmq.RECONNECT_IVL, 100),
                               (zmq.RECONNECT_IVL_MAX, 2000), (zmq.HEARTBEAT_IVL, 2000),
                               (zmq.HEARTBEAT_TIMEOUT, 6000)):
             self.sock.setsockopt(option, value)
@@ -154,12 +163,17 @@ class Forwarder:
 
     def __init__(self, config: cfg.Config | ForwarderSettings, state_dir: Path | None = None,
                  *, health: HealthSource | None = None,
-                 on_meta_alert: Callable[[Alert], object] | None = None) -> None:
+                 on_meta_alert: Callable[[Alert], object] | None = None,
+                 rules: RuleReceiver | None = None) -> None:
         self.settings = (config if isinstance(config, ForwarderSettings)
                          else ForwarderSettings.from_config(config, state_dir))
         s = self.settings
         self.health = health
         self.on_meta_alert = on_meta_alert
+        self.rules = rules  # pushed rule bundles; None: offers are counted and ignored
+        if rules is not None:
+            rules.raise_alert = self._raise
+        self.ignored_offers = 0
         self.started = time.time()
         self.journal = AlertJournal(s.journal, [c.endpoint for c in s.collectors],
                                     s.journal_max_bytes)
@@ -281,6 +295,8 @@ class Forwarder:
             audit: list[AuditEntry] = []
             for link in self._links:
                 self._send(link, audit)
+            if self.rules is not None:
+                self._fetch(self.rules.tick(time.monotonic()))
             try:
                 self.journal.record_audit(audit)
             except JournalFull:
@@ -322,8 +338,41 @@ class Forwarder:
                 continue
             if isinstance(message, Ack):
                 self._on_ack(link, message)
-            else:
+            elif isinstance(message, ReplayRequest):
                 self._on_replay(link, message)
+            else:
+                self._on_rules(link, message)
+
+    def _on_rules(self, link: _Link, message: RulesOffer | RulesChunk) -> None:
+        if self.rules is None:
+            self.ignored_offers += 1
+            return
+        now = time.monotonic()
+        try:
+            if isinstance(message, RulesOffer):
+                requests = self.rules.offer(link, link.name, message, now)
+            else:
+                requests = self.rules.chunk(link, message, now)
+        except Exception:  # whatever a bundle does to the installer, forwarding goes on
+            log.exception("pushed rule bundle from %s", link.name)
+            self.rules.drops["internal_error"] += 1
+            return
+        self._fetch(requests)
+        if self.rules.settled():
+            self._next_heartbeat = 0.0  # say at once what became of it
+
+    def _fetch(self, requests: list[tuple[object, RulesFetch]]) -> None:
+        for link, req in requests:
+            assert isinstance(link, _Link)
+            frame = encode(self.epoch, self.journal.seq, time.time(), Kind.RULES_FETCH,
+                           [req.sha256, req.offset])
+            with contextlib.suppress(zmq.Again):
+                link.sock.send(frame, zmq.NOBLOCK)
+
+    def heartbeat_soon(self) -> None:
+        """Send a heartbeat at the next round (the daemon: new rules are loaded)."""
+        self._next_heartbeat = 0.0
+        self._wake()
 
     def _on_ack(self, link: _Link, ack: Ack) -> None:
         try:
@@ -408,10 +457,13 @@ class Forwarder:
                 values = {}
             body.update({k: values[k] for k in _HEALTH_KEYS
                          if isinstance(values.get(k), int | float)})
+        if self.control_errors:  # frames from a collector that were not valid control
+            body["control_errors"] = self.control_errors
         for link in self._links:
             owed = [list(o) for o in self.journal.owed(link.name) if o[0] != self.epoch]
+            said = {**body, **self.rules.report(link.name)} if self.rules else body
             frame = encode(self.epoch, self.journal.seq, now, Kind.HEARTBEAT,
-                           {**body, "owed": owed} if owed else body)
+                           {**said, "owed": owed} if owed else said)
             with contextlib.suppress(zmq.Again):
                 link.sock.send(frame, zmq.NOBLOCK)
 
@@ -448,9 +500,11 @@ class Forwarder:
         """A sensor-health alert raised by forwarding itself: kept locally through
         ``on_meta_alert`` and journaled, so it is forwarded once a link allows."""
         now = time.time()
-        alert = Alert(rule=rule, precursor=precursor, severity=severity, attack=(),
-                      title=title, proto="sensor", first_ts=now, last_ts=now,
-                      evidence=evidence)
+        self._raise(Alert(rule=rule, precursor=precursor, severity=severity, attack=(),
+                          title=title, proto="sensor", first_ts=now, last_ts=now,
+                          evidence=evidence))
+
+    def _raise(self, alert: Alert) -> None:
         if self.on_meta_alert is not None:
             if threading.current_thread() is self._thread:
                 self._meta.append(alert)  # the owner's store is not ours to touch

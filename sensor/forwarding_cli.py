@@ -53,6 +53,16 @@ def register_commands(subparsers: argparse._SubParsersAction) -> None:  # type: 
     status.add_argument("--jetstream", action="store_true",
                         help="only the JetStream publisher: connected, how far behind")
     status.set_defaults(func=cmd_collect_status)
+    push = collect_cmds.add_parser(
+        "push-rules", help="offer a signed rule bundle to sensors",
+        description="Store a signed rule bundle (mamori rules bundle) and offer it to the "
+                    "sensors over their forwarding channel; each verifies it against its "
+                    "own trusted keys. A sensor that is offline gets it when it returns.")
+    _config_flags(push, ["sensor", "collect"])
+    push.add_argument("bundle", type=Path, metavar="FILE.mrb")
+    push.add_argument("--sensors", nargs="+", default=None, metavar="KEY|NAME",
+                      help="allow-list names (NAME.pub) or Z85 keys (default: every sensor)")
+    push.set_defaults(func=cmd_push_rules)
     advisories_cli.add_collect_command(collect_cmds, _config_flags)  # issue 18
 
     audit = subparsers.add_parser("audit", help="what this sensor forwarded, to whom, when")
@@ -247,7 +257,7 @@ def cmd_collect_status(args: argparse.Namespace) -> int:
         return 0
     print(f"{'sensor':<16} {'key':<12} {'site':<20} {'epoch':>5} {'last seq':>9} {'lag':>9} "
           f"{'heartbeat':>10} {'skew':>7} {'behind':>6} {'lost':>5} {'complete':>9}  "
-          "owed, rejected")
+          "rules; owed, rejected")
     for r in rows:
         beat = "never" if r.heartbeat_ts is None else _ago(now - r.heartbeat_ts)
         lag = "-" if not r.last_ts else _ago(r.lag(now))
@@ -260,11 +270,75 @@ def cmd_collect_status(args: argparse.Namespace) -> int:
             f"{r.name} ({r.reported['name']})"
         print(f"{name[:16]:<16} {r.sensor[:10] + '..' if r.sensor else '-':<12} "
               f"{site[:20]:<20} {r.epoch:>5} {r.last_seq:>9} {lag:>9} {beat:>10} {skew:>7} "
-              f"{r.outstanding:>6} {r.lost:>5} {done:>9}  "
+              f"{r.outstanding:>6} {r.lost:>5} {done:>9}  {_rules_cell(r.rules)}; "
               f"{'; '.join(x for x in (owed, rejected) if x) or '-'}")
     if stream is not None:
         print(_jetstream_line(stream))
     return 0
+
+
+def cmd_push_rules(args: argparse.Namespace) -> int:
+    import hashlib
+
+    from sensor.collector.server import CollectorSettings
+    from sensor.collector.storage import open_storage
+    from sensor.keys import KeyFileError, load_allow_list
+    from sensor.rulebundle import MAX_BUNDLE_BYTES, BundleRefused, verify_self
+
+    config = _config(args, "collect push-rules")
+    if config is None:
+        return 2
+    s = CollectorSettings.from_config(config)
+    try:
+        with args.bundle.open("rb") as source:
+            raw = source.read(MAX_BUNDLE_BYTES + 1)
+        bundle = verify_self(raw)  # whole and signed; which keys count is each sensor's say
+        allow = {key.decode(): name for key, name in load_allow_list(s.keys_dir).items()}
+    except BundleRefused as refused:
+        return _push_fail(f"{args.bundle}: not offered ({refused.reason.name}): {refused}")
+    except (OSError, KeyFileError) as err:
+        return _push_fail(describe(err) if isinstance(err, OSError) else str(err))
+    by_name = {name: key for key, name in allow.items()}
+    sensors = []
+    for wanted in args.sensors or sorted(allow, key=allow.__getitem__):
+        key = wanted if wanted in allow else by_name.get(wanted)
+        if key is None:
+            return _push_fail(f"{wanted}: no such sensor in the allow-list {s.keys_dir}")
+        sensors.append(key)
+    if not sensors:
+        return _push_fail(f"{s.keys_dir}: no sensors in the allow-list")
+    if not s.dsn and (problem := foreign_sqlite(s.db, "streams", "a collector store")):
+        return _push_fail(problem)
+    try:
+        storage = open_storage(s.db, s.dsn)
+    except _storage_errors(s) as err:
+        return _push_fail(_storage_problem(s, err))
+    sha = hashlib.sha256(raw).hexdigest()
+    try:
+        storage.offer_rules(sha, bundle.version, raw, sensors, time.time())
+    except _storage_errors(s) as err:
+        return _push_fail(_storage_problem(s, err))
+    finally:
+        storage.close()
+    names = ", ".join(allow[k] for k in sensors)
+    print(f"bundle {bundle.version} (key {bundle.key_id}, {len(raw)} bytes, sha256 "
+          f"{sha[:16]}) offered to {len(sensors)} sensor(s): {names}")
+    return 0
+
+
+def _push_fail(message: str) -> int:
+    print(f"mamori collect push-rules: {message}", file=sys.stderr)
+    return 1
+
+
+def _rules_cell(rules: dict[str, Any]) -> str:
+    """The rules column: the version running, and the offer's fate when there is one."""
+    running = rules.get("running")
+    cell = "-" if running is None else str(running) if running else "none"
+    if "offered" in rules and not (rules["state"] == "applied" and running == rules["offered"]):
+        detail = f" {rules['detail']}" if rules.get("detail") else ""
+        cell += f" (offer {rules['offered']}: {rules['state']}{detail})"
+    return cell
 
 
 def _jetstream_line(state: dict[str, Any] | None) -> str:

@@ -27,7 +27,7 @@ from sensor.advisories.national import IdentityFeed
 from sensor.alerting import AlertOutputs
 from sensor.detection.engine import Detector
 from sensor.detection.inventory import Inventory
-from sensor.detection.settings import build_detector, load_configured_rules
+from sensor.detection.settings import build_detector, bundle_store, load_configured_rules
 from sensor.journald import journald_sink
 from sensor.store import Store
 from sensor.wire import Kind
@@ -43,6 +43,7 @@ class LiveDetection:
         self.store = store
         self.outputs = outputs
         self.persist_every = persist_every
+        self.rules_version = 0  # the signed bundle detection runs (0: none)
         self.detector = self._build(conf, Inventory(conf.get("detection", "learning_period")))
         self.advisories = AdvisoryWatch.beside(store.path)  # issue 18: affected devices
         self.identities = IdentityFeed()  # and their identity, forwarded to the collectors
@@ -50,7 +51,9 @@ class LiveDetection:
         self._next_persist = time.monotonic() + persist_every
 
     def _build(self, conf: cfg.Config, inventory: Inventory) -> Detector:
-        rules = load_configured_rules(conf)
+        rules = load_configured_rules(conf)  # rolls a bundle back when it must
+        active = None if conf.get("detection", "rules") else bundle_store(conf).active()
+        self.rules_version = active.version if active is not None else 0
         return build_detector(conf, rules, inventory=inventory, on_alert=journald_sink())
 
     def _adopt_stored_baseline(self) -> None:

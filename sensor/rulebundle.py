@@ -22,7 +22,8 @@ On the sensor, under ``<state_dir>/rules``::
     bundles/<version>/   the packs of each installed bundle, and its bundle.mrb
     active -> bundles/N  what the sensor loads (a symlink, switched atomically)
     previous -> bundles/M  what it falls back to when the active packs fail to load
-    state.json           refusal counts by reason and the last refusal
+    state.json           refusal counts by reason, the last refusal, and what became
+                         of the last bundles a collector pushed (sensor.rulepush)
 """
 
 from __future__ import annotations
@@ -44,12 +45,15 @@ import msgpack
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
+from sensor.alerts import Alert, Severity
+
 FORMAT = "mamori-rule-bundle"
 SCHEMA = 1
 MAX_BUNDLE_BYTES = 16 << 20  # a bundle is text; anything larger is refused unread
 MAX_FILES = 256
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\.ya?ml$")  # no paths, no dot files
 REFUSAL_RULE = "mamori.sensor.rule_bundle_refused"
+PUSHED_KEPT = 32  # outcomes of pushed bundles remembered, so a re-offer is not re-tried
 
 
 class Refusal(Enum):
@@ -86,6 +90,16 @@ class Bundle:
     @property
     def key_id(self) -> str:
         return key_id(self.key)
+
+
+def refusal_alert(refused: BundleRefused, source: str, count: int) -> Alert:
+    """S7: a bundle was refused; the sensor runs what it ran before."""
+    now = time.time()
+    return Alert(rule=REFUSAL_RULE, precursor="S7", severity=Severity.HIGH, attack=(),
+                 title=f"Rule bundle refused: {refused.reason.value}", proto="sensor",
+                 first_ts=now, last_ts=now,
+                 evidence={"reason": refused.reason.name, "detail": refused.detail[:200],
+                           "source": source, "refusals": count})
 
 
 def key_id(public: bytes) -> str:
@@ -307,6 +321,24 @@ class BundleStore:
         self._write_state(doc)
         return doc
 
+    def record_push(self, sha256: str, outcome: str, detail: str = "",
+                    source: str = "") -> None:
+        """What became of a pushed bundle (``applied``, ``refused``, ``failed``): kept
+        for the last ``PUSHED_KEPT`` bundles, so a restarted sensor neither fetches nor
+        alerts again for one it already dealt with."""
+        doc = self.state()
+        pushed = [p for p in doc.get("pushed", []) if isinstance(p, dict)
+                  and p.get("sha256") != sha256]
+        pushed.append({"sha256": sha256, "outcome": outcome, "detail": detail,
+                       "source": source, "ts": time.time()})
+        doc["pushed"] = pushed[-PUSHED_KEPT:]
+        self._write_state(doc)
+
+    def pushed(self) -> list[dict[str, Any]]:
+        """The outcomes ``record_push`` kept, oldest first."""
+        return [p for p in self.state().get("pushed", []) if isinstance(p, dict)
+                and isinstance(p.get("sha256"), str) and isinstance(p.get("outcome"), str)]
+
     def _write_state(self, doc: dict[str, Any]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.root / "state.json.tmp"
@@ -384,17 +416,26 @@ class BundleStore:
                 shutil.rmtree(path, ignore_errors=True)
 
 
+def verify_self(raw: bytes) -> Bundle:
+    """``raw`` checked against the key its own manifest names: whole, untampered and
+    signed by that key, whoever holds it. Not trust: where no trusted keys are (an
+    installed bundle read back, a collector before it offers one) this is what can
+    be checked."""
+    if len(raw) > MAX_BUNDLE_BYTES:
+        raise BundleRefused(Refusal.MALFORMED, f"{len(raw)} bytes, over {MAX_BUNDLE_BYTES}")
+    outer = _unpack(raw, "bundle")
+    manifest = _unpack(outer.get("manifest", b""), "manifest")
+    public = manifest.get("key", b"")
+    return verify(raw, {key_id(public): public} if isinstance(public, bytes) else {})
+
+
 def verify_installed(path: Path) -> Bundle:
     """An installed bundle read back: its kept bundle file and packs still agree.
 
     The signature is not re-checked against the trusted keys (they may have been
     rotated since), but the packs on disk must still be the signed ones.
     """
-    raw = (path / "bundle.mrb").read_bytes()
-    outer = _unpack(raw, "installed bundle")
-    manifest = _unpack(outer.get("manifest", b""), "installed manifest")
-    public = manifest.get("key", b"")
-    bundle = verify(raw, {key_id(public): public} if isinstance(public, bytes) else {})
+    bundle = verify_self(path.joinpath("bundle.mrb").read_bytes())
     for name, data in bundle.files.items():
         if (path / name).read_bytes() != data:
             raise BundleRefused(Refusal.TAMPERED, f"{path / name} changed after install")

@@ -12,12 +12,10 @@ import argparse
 import datetime as dt
 import json
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sensor import config as cfg
-from sensor.alerts import Alert, Severity
 
 if TYPE_CHECKING:  # imported when a command runs: PyNaCl is not needed for the others
     from sensor.rulebundle import BundleRefused, BundleStore
@@ -104,9 +102,8 @@ def cmd_bundle(args: argparse.Namespace) -> int:
 
 
 def cmd_install(args: argparse.Namespace) -> int:
-    from sensor.detection.loader import load_rules
-    from sensor.detection.settings import set_names
-    from sensor.rulebundle import BundleRefused, trusted_keys
+    from sensor.rulebundle import BundleRefused
+    from sensor.rulepush import install_signed
 
     try:
         config, store = _site(args)
@@ -114,20 +111,16 @@ def cmd_install(args: argparse.Namespace) -> int:
         return _fail(err)
     try:
         raw = args.bundle.read_bytes()
-        trusted = trusted_keys(config.get("detection", "trusted_rule_keys"))
-    except (OSError, ValueError) as err:
-        return _fail(err)
-    def validate(packs: Path) -> None:
-        load_rules([packs], set_names())
-
-    try:
-        installed = store.install(raw, trusted, validate)
+        installed = install_signed(store, raw, config.get("detection", "trusted_rule_keys"))
     except BundleRefused as refused:
         counts = store.record_refusal(refused, str(args.bundle))["refused"]
         _health_alert(config, refused, str(args.bundle), counts[refused.reason.name])
         return _fail(f"{args.bundle}: refused ({refused.reason.name}): {refused}")
+    except ValueError as err:  # a trusted key file that is not one
+        return _fail(err)
     except OSError as err:
-        return _fail(f"{store.root}: cannot install: {err.strerror or err}")
+        where = err.filename or store.root
+        return _fail(f"{where}: cannot install: {err.strerror or err}")
     print(f"bundle {installed.version} active (key {installed.key_id}); "
           "send SIGHUP to a running sensor to load it")
     return 0
@@ -138,15 +131,10 @@ def _health_alert(config: cfg.Config, refused: BundleRefused, source: str,
     """S7: the refusal where operators and the collector see alerts (best effort)."""
     from sensor.detection.settings import store_path
     from sensor.journald import journald_sink
-    from sensor.rulebundle import REFUSAL_RULE
+    from sensor.rulebundle import refusal_alert
     from sensor.store import Store, StoreError
 
-    now = time.time()
-    alert = Alert(rule=REFUSAL_RULE, precursor="S7", severity=Severity.HIGH, attack=(),
-                  title=f"Rule bundle refused: {refused.reason.value}", proto="sensor",
-                  first_ts=now, last_ts=now,
-                  evidence={"reason": refused.reason.name, "detail": refused.detail,
-                            "source": source, "refusals": count})
+    alert = refusal_alert(refused, source, count)
     sink = journald_sink()
     if sink is not None:
         sink(alert)
@@ -177,6 +165,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             "created": active.created},
         "previous": None if previous is None else previous.version,
         "refused": state.get("refused", {}), "last_refusal": state.get("last_refusal"),
+        "pushed": store.pushed(),  # what became of bundles collectors pushed, oldest first
     }
     if args.json:
         print(json.dumps(doc, sort_keys=True))
@@ -191,6 +180,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"loading: {', '.join(doc['loading'])}")
     refusals = ", ".join(f"{k} {v}" for k, v in sorted(doc["refused"].items())) or "none"
     print(f"refused: {refusals}")
+    for push in doc["pushed"][-3:]:
+        detail = f" {push['detail']}" if push.get("detail") else ""
+        print(f"pushed: {push['sha256'][:16]} {push['outcome']}{detail}"
+              + (f" (from {push['source']})" if push.get("source") else ""))
     return 0
 
 

@@ -10,12 +10,15 @@ frame holding one msgpack array::
                            epoch uint   sensor boot epoch, +1 at every sensor start
                            seq   uint   +1 per journaled message within an epoch, from 1
                            ts    float  sensor wall clock, seconds since 1970 (UTC)
-                           kind  uint   1 alert, 2 heartbeat, 3 asset, 4 health, 5 lost
+                           kind  uint   1 alert, 2 heartbeat, 3 asset, 4 health, 5 lost,
+                                        6 rules fetch
                            body  kind-specific (see below)
 
     collector -> sensor   [ver, kind, body]
                            kind 16 ack     body [epoch, seq]          cumulative
                            kind 17 replay  body [epoch, first, last]  inclusive range
+                           kind 18 rules offer  body [version, size, sha256]
+                           kind 19 rules chunk  body [sha256, offset, data]
 
 Positional arrays (not maps with names) keep an alert near 1/10 of the equivalent
 Suricata EVE JSON record; the order is fixed by ``ALERT_FIELDS``.
@@ -55,12 +58,18 @@ class Kind(IntEnum):
     ASSET = 3
     HEALTH = 4
     LOST = 5  # not journaled: body [first, last] of a range the journal evicted unacked
+    RULES_FETCH = 6  # not journaled: body [sha256, offset], a chunk of an offered bundle
     ACK = 16
     REPLAY = 17
+    RULES_OFFER = 18  # body [version, size, sha256]: a signed rule bundle to fetch
+    RULES_CHUNK = 19  # body [sha256, offset, data]: the answer to a fetch
 
 
 JOURNALED_KINDS = frozenset({Kind.ALERT, Kind.ASSET, Kind.HEALTH})
-SENSOR_KINDS = frozenset({Kind.ALERT, Kind.HEARTBEAT, Kind.ASSET, Kind.HEALTH, Kind.LOST})
+SENSOR_KINDS = frozenset({Kind.ALERT, Kind.HEARTBEAT, Kind.ASSET, Kind.HEALTH, Kind.LOST,
+                          Kind.RULES_FETCH})
+RULES_CHUNK_BYTES = 16 * 1024  # data per rules chunk: a bundle of the shipped packs is two
+MAX_CONTROL_BYTES = RULES_CHUNK_BYTES + 256  # a collector -> sensor frame, whole
 
 # Position of every Alert field in an alert body. Never reorder: append and bump the version.
 ALERT_FIELDS: tuple[str, ...] = (
@@ -112,6 +121,33 @@ class ReplayRequest:
     epoch: int
     first: int
     last: int
+
+
+@dataclass(frozen=True, slots=True)
+class RulesOffer:
+    """The collector holds a rule bundle of ``size`` bytes for this sensor. Nothing in
+    it is trusted: the bundle's own signature decides (sensor.rulepush)."""
+
+    version: int
+    size: int
+    sha256: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RulesChunk:
+    """``data`` is the bundle ``sha256`` from byte ``offset`` on."""
+
+    sha256: bytes
+    offset: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RulesFetch:
+    """The sensor asks for the chunk of bundle ``sha256`` at ``offset``."""
+
+    sha256: bytes
+    offset: int
 
 
 # -- forwarding policy ---------------------------------------------------------------------
@@ -215,16 +251,24 @@ def encode_replay(req: ReplayRequest) -> bytes:
     return pack([WIRE_VERSION, int(Kind.REPLAY), [req.epoch, req.first, req.last]])
 
 
+def encode_offer(offer: RulesOffer) -> bytes:
+    return pack([WIRE_VERSION, int(Kind.RULES_OFFER), [offer.version, offer.size, offer.sha256]])
+
+
+def encode_chunk(chunk: RulesChunk) -> bytes:
+    return pack([WIRE_VERSION, int(Kind.RULES_CHUNK), [chunk.sha256, chunk.offset, chunk.data]])
+
+
 # -- decoding ------------------------------------------------------------------------------
 
 
-def _unpack(data: bytes, max_bytes: int) -> Any:
+def _unpack(data: bytes, max_bytes: int, max_bin: int = MAX_STR) -> Any:
     if len(data) > max_bytes:
         raise WireError("too_large", f"{len(data)} bytes > {max_bytes}")
     try:
         return msgpack.unpackb(
             data, raw=False, strict_map_key=True, use_list=True,
-            max_str_len=MAX_STR, max_bin_len=MAX_STR, max_array_len=MAX_LIST,
+            max_str_len=MAX_STR, max_bin_len=max_bin, max_array_len=MAX_LIST,
             max_map_len=MAX_MAP, max_ext_len=0)
     except (ValueError, TypeError, msgpack.UnpackException, RecursionError) as err:
         raise WireError("not_msgpack", type(err).__name__) from None
@@ -345,6 +389,10 @@ def decode(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Envelope:
     checked: Any
     if k is Kind.ALERT:
         checked = decode_alert(body)
+    elif k is Kind.RULES_FETCH:
+        if not isinstance(body, list) or len(body) != 2:
+            raise WireError("bad_body", "rules fetch body must be [sha256, offset]")
+        checked = RulesFetch(_sha256(body[0]), _uint(body[1], "offset"))
     elif k is Kind.LOST:
         if not isinstance(body, list) or len(body) != 1:
             raise WireError("bad_body", "lost body must be [first]")
@@ -356,9 +404,15 @@ def decode(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Envelope:
     return Envelope(epoch, seq, stamp, k, checked)
 
 
-def decode_control(data: bytes) -> Ack | ReplayRequest:
+def _sha256(value: Any) -> bytes:
+    if not isinstance(value, bytes) or len(value) != 32:
+        raise WireError("bad_body", "sha256 must be 32 bytes")
+    return value
+
+
+def decode_control(data: bytes) -> Ack | ReplayRequest | RulesOffer | RulesChunk:
     """A collector -> sensor frame. The sensor is as strict with the collector."""
-    obj = _unpack(data, 1024)
+    obj = _unpack(data, MAX_CONTROL_BYTES, RULES_CHUNK_BYTES)
     if not isinstance(obj, list) or len(obj) != 3 or obj[0] != WIRE_VERSION:
         raise WireError("bad_envelope", "not [1, kind, body]")
     _, kind, body = obj
@@ -371,6 +425,12 @@ def decode_control(data: bytes) -> Ack | ReplayRequest:
         if not 1 <= first <= last:
             raise WireError("bad_body", "empty replay range")
         return ReplayRequest(_uint(body[0], "epoch"), first, last)
+    if kind == Kind.RULES_OFFER and len(body) == 3:
+        return RulesOffer(_uint(body[0], "version"), _uint(body[1], "size"), _sha256(body[2]))
+    if kind == Kind.RULES_CHUNK and len(body) == 3:
+        if not isinstance(body[2], bytes) or not body[2]:
+            raise WireError("bad_body", "chunk data must be bytes")
+        return RulesChunk(_sha256(body[0]), _uint(body[1], "offset"), body[2])
     raise WireError("unknown_kind", repr(kind)[:32])
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 SERVER_IP = "10.250.1.1"
@@ -116,6 +116,22 @@ class SpanLab:
         from tests.pcaprewrite import rewrite
 
         return rewrite(capture, out, CLIENT_IP, SERVER_IP)
+
+
+@contextlib.contextmanager
+def lab_or_skip(prefix: str) -> Iterator[SpanLab]:
+    """A lab that is set up, and removed again afterwards; skipped (failed in CI) where
+    namespaces cannot be made."""
+    from tests.conftest import unavailable
+
+    why = available()
+    if why is not None:
+        unavailable(why)
+    span = SpanLab(prefix=prefix).setup()
+    try:
+        yield span
+    finally:
+        span.close()
 
 
 def available() -> str | None:

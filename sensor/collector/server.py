@@ -44,6 +44,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from sensor import config as cfg
 from sensor.collector.jetstream import JetStreamPublisher, JetStreamSettings
+from sensor.collector.rule_offers import RuleOffers
 from sensor.collector.storage import SqlStorage, StoredMessage, open_storage
 from sensor.keys import load_allow_list, load_pair
 from sensor.wire import (
@@ -177,6 +178,7 @@ class CollectorServer:
         self._jsonl: SiemFile | None = None
         self.storage_full = False  # the last commit failed for lack of space
         self.jetstream: JetStreamPublisher | None = None
+        self.rule_offers = RuleOffers(self.storage)  # `collect push-rules` (issue 17)
 
     # -- sockets ------------------------------------------------------------------------
 
@@ -257,6 +259,7 @@ class CollectorServer:
             poller.register(sock, zmq.POLLIN)
         ready = dict(poller.poll(int(timeout * 1000)))
         self._reload_allow_list()
+        self._offer_new_rules()
         if self._zap in ready:
             self._serve_zap()
         if self._monitor in ready:
@@ -264,6 +267,23 @@ class CollectorServer:
         if self.router in ready or self._rejects:
             return self._drain()
         return 0
+
+    def _offer_new_rules(self) -> None:
+        """A bundle just pushed goes at once to the sensors connected now; the others
+        are offered it with their next heartbeat."""
+        try:
+            changed = self.rule_offers.refresh()
+        except Exception as err:  # a storage hiccup: the offers are read again later
+            self.counters["storage_error"] += 1
+            self.last_storage_error = repr(err)
+            with contextlib.suppress(Exception):
+                self.storage.rollback()
+            return
+        for sensor in changed:
+            frame = self.rule_offers.offer_for(sensor, None)
+            if frame is not None and sensor in self._routes:
+                self.counters["rules_offers"] += 1
+                self._send(sensor, frame)
 
     def _serve_zap(self) -> None:
         """ZAP 1.0 (RFC 27): admit a CURVE key only if it is in the allow-list."""
@@ -380,6 +400,18 @@ class CollectorServer:
                 if position < last:
                     self._want((sensor, epoch), position + 1, last, replays)
             self._check_clock(sensor, env, now)
+            offer = self.rule_offers.offer_for(sensor, env.body)
+            if offer is not None:
+                self.counters["rules_offers"] += 1
+                self._send(sensor, offer)
+            return
+        if env.kind is Kind.RULES_FETCH:
+            chunk, refused = self.rule_offers.chunk_for(sensor, env.body)
+            if chunk is None:
+                self._count(sensor, refused)
+            else:
+                self.counters["rules_chunks"] += 1
+                self._send(sensor, chunk)
             return
         if env.kind is Kind.LOST:
             first = int(env.body)

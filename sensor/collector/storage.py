@@ -12,6 +12,8 @@ and any counters, then commits once, and only then acknowledges: an ack always m
     rejects   (sensor, reason, count, last_ts)     sensor '' = not authenticated
     lost      (sensor, epoch, first, last, received)  ranges the sensor evicted unacked
     complete  (sensor PK, ts)   the last time every epoch the sensor holds was stored whole
+    rule_bundles (sha256 PK, version, size, created, data)  bundles `collect push-rules` stored
+    rule_offers  (sensor PK, sha256, version, ts)  the bundle offered to each sensor
 
 Both engines take the same statements; only the placeholder and a few column types
 differ, so the two cannot drift apart.
@@ -52,6 +54,11 @@ CREATE TABLE IF NOT EXISTS lost (
     sensor TEXT NOT NULL, epoch {int} NOT NULL, first {int} NOT NULL, last {int} NOT NULL,
     received {real} NOT NULL);
 CREATE TABLE IF NOT EXISTS complete (sensor TEXT PRIMARY KEY, ts {real} NOT NULL);
+CREATE TABLE IF NOT EXISTS rule_bundles (
+    sha256 TEXT PRIMARY KEY, version {int} NOT NULL, size {int} NOT NULL,
+    created {real} NOT NULL, data {blob} NOT NULL);
+CREATE TABLE IF NOT EXISTS rule_offers (
+    sensor TEXT PRIMARY KEY, sha256 TEXT NOT NULL, version {int} NOT NULL, ts {real} NOT NULL);
 """
 
 
@@ -87,6 +94,26 @@ def _hex(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.hex()
     raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def _rules(body: dict[str, Any], offer: tuple[str, int] | None) -> dict[str, Any]:
+    """The rule bundle a sensor runs (its last heartbeat) and what became of the one
+    offered to it: ``pending`` until its heartbeat names the offer, then the sensor's
+    state (fetching, waiting, applied, refused, failed, stalled) and detail (a reason)."""
+    running = body.get("rules")
+    doc: dict[str, Any] = {"running": running if isinstance(running, int)
+                           and not isinstance(running, bool) else None}
+    if offer is None:
+        return doc
+    doc.update({"offered": offer[1], "sha256": offer[0], "state": "pending", "detail": ""})
+    said = body.get("rules_offer")
+    if isinstance(said, list) and len(said) == 3 and said[0] == offer[0] \
+            and all(isinstance(x, str) for x in said):
+        doc.update(state=said[1][:16], detail=said[2][:64])
+    if isinstance(body.get("rules_drops"), dict):
+        doc["drops"] = {str(k)[:32]: v for k, v in body["rules_drops"].items()
+                        if isinstance(v, int)}
+    return doc
 
 
 def _dumps(value: Any) -> str:
@@ -130,6 +157,7 @@ class SensorStatus:
     skew: float | None = None  # our receive time minus its clock, at the last heartbeat
     owed: list[tuple[int, int, int]] = field(default_factory=list)  # (epoch, stored, last)
     complete_ts: float | None = None  # when every epoch it held was last stored whole
+    rules: dict[str, Any] = field(default_factory=dict)  # running, offered, state, detail
 
     def lag(self, now: float | None = None) -> float:
         return (time.time() if now is None else now) - self.last_ts
@@ -147,14 +175,14 @@ class SensorStatus:
                 "messages": self.messages, "lost": self.lost, "rejected": self.rejected,
                 "reported": self.reported, "skew": self.skew,
                 "owed": [list(o) for o in self.owed], "outstanding": self.outstanding,
-                "complete_ts": self.complete_ts}
+                "complete_ts": self.complete_ts, "rules": self.rules}
 
 
 class SqlStorage:
     """The collector's store over a DB-API connection; subclasses choose the engine."""
 
     placeholder = "?"
-    types = {"int": "INTEGER", "real": "REAL"}
+    types = {"int": "INTEGER", "real": "REAL", "blob": "BLOB"}
 
     def __init__(self, conn: Any) -> None:
         self._conn = conn
@@ -235,6 +263,29 @@ class SqlStorage:
         self._exec("INSERT INTO complete VALUES (?, ?) ON CONFLICT (sensor) DO UPDATE "
                    "SET ts = excluded.ts", (sensor, now))
 
+    def offer_rules(self, sha256: str, version: int, data: bytes, sensors: Sequence[str],
+                    now: float) -> None:
+        """Store a bundle and offer it to ``sensors`` (each sensor's previous offer
+        goes); bundles no sensor is offered any more are deleted. Commits."""
+        self._exec("INSERT INTO rule_bundles VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                   (sha256, version, len(data), now, data))
+        for sensor in sensors:
+            self._exec("INSERT INTO rule_offers VALUES (?, ?, ?, ?) ON CONFLICT (sensor) "
+                       "DO UPDATE SET sha256 = excluded.sha256, version = excluded.version, "
+                       "ts = excluded.ts", (sensor, sha256, version, now))
+        self._exec("DELETE FROM rule_bundles WHERE sha256 NOT IN "
+                   "(SELECT sha256 FROM rule_offers)")
+        self.commit()
+
+    def rule_offers(self) -> dict[str, tuple[str, int]]:
+        """sensor -> (sha256 hex, version) of the bundle offered to it."""
+        return {r[0]: (str(r[1]), int(r[2])) for r in self._all(
+            "SELECT sensor, sha256, version FROM rule_offers")}
+
+    def rule_bundle(self, sha256: str) -> bytes | None:
+        rows = self._all("SELECT data FROM rule_bundles WHERE sha256 = ?", (sha256,))
+        return bytes(rows[0][0]) if rows else None
+
     # -- reads --------------------------------------------------------------------------
 
     def rejects(self) -> dict[tuple[str, str], int]:
@@ -278,6 +329,7 @@ class SqlStorage:
         contigs = {(r[0], int(r[1])): int(r[2]) for r in self._all(
             "SELECT sensor, epoch, contig FROM streams")}
         complete = {r[0]: float(r[1]) for r in self._all("SELECT sensor, ts FROM complete")}
+        offers = self.rule_offers()
         counts = {r[0]: int(r[1]) for r in self._all(
             "SELECT sensor, COUNT(*) FROM messages GROUP BY sensor")}
         lost = {r[0]: int(r[1]) for r in self._all(
@@ -303,7 +355,8 @@ class SqlStorage:
                 rejected.pop(sensor, {}),
                 {k: body[k] for k in ("name", "site", "sector") if isinstance(body.get(k), str)},
                 _skew(body, float(hb[3])) if hb else None,
-                _owed(body, sensor, contigs), complete.get(sensor)))
+                _owed(body, sensor, contigs), complete.get(sensor),
+                _rules(body, offers.get(sensor))))
         for sensor, reasons in sorted(rejected.items()):  # never stored anything
             out.append(SensorStatus(sensor, names.get(sensor, "(unauthenticated)"
                                     if sensor == "" else "?"), 0, 0, 0.0, 0.0, None, None, 0,
@@ -353,7 +406,7 @@ class PostgresStorage(SqlStorage):
     """PostgreSQL through psycopg 3, for collectors serving many sensors."""
 
     placeholder = "%s"
-    types = {"int": "BIGINT", "real": "DOUBLE PRECISION"}
+    types = {"int": "BIGINT", "real": "DOUBLE PRECISION", "blob": "BYTEA"}
 
     def __init__(self, dsn: str) -> None:
         import psycopg  # only collectors configured with a DSN need it

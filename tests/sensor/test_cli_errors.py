@@ -327,6 +327,15 @@ CASES: dict[str, Case] = {
     "collect-status-missing": lambda s: (
         ["collect", "status", "--state-dir", str(s), "--db", str(s / "missing.db")],
         [str(s / "missing.db"), "no collector store"]),
+    "push-rules-missing-bundle": lambda s: (
+        ["collect", "push-rules", "--state-dir", str(s), str(s / "missing.mrb")],
+        [str(s / "missing.mrb"), "No such file"]),
+    "push-rules-not-a-bundle": lambda s: (
+        ["collect", "push-rules", "--state-dir", str(s), str(s / "junk.db")],
+        [str(s / "junk.db"), "not offered (MALFORMED)"]),
+    "push-rules-dev-zero": lambda s: (
+        ["collect", "push-rules", "--state-dir", str(s), "/dev/zero"],
+        ["/dev/zero", "not offered (MALFORMED)", "over 16777216"]),
     "audit-sensor-store": lambda s: (
         ["audit", "--state-dir", str(s / "forward-bad")],
         [str(s / "forward-bad" / "forward" / "journal.db"), "not a forwarding journal"]),

@@ -83,6 +83,27 @@ def test_storage_dedups_keeps_latest_alert_and_reports_status(dsn: str) -> None:
         st.close()
 
 
+def test_rule_offers_keep_the_bytes_and_drop_unoffered_bundles(dsn: str) -> None:
+    st = PostgresStorage(dsn)
+    try:
+        now = time.time()
+        first, second = bytes(range(256)) * 100, b"\0\xff" * 30_000  # every byte value
+        st.offer_rules("aa" * 32, 1, first, ["K1", "K2"], now)
+        st.offer_rules("bb" * 32, 2, second, ["K1"], now)
+        assert st.rule_offers() == {"K1": ("bb" * 32, 2), "K2": ("aa" * 32, 1)}
+        assert st.rule_bundle("aa" * 32) == first and st.rule_bundle("bb" * 32) == second
+        st.offer_rules("bb" * 32, 2, second, ["K2"], now)  # nobody is offered the first now
+        assert st.rule_bundle("aa" * 32) is None
+        st.heartbeat("K2", 1, 0, now, now, {"rules": 1, "rules_offer": ["bb" * 32, "refused",
+                                                                        "DOWNGRADE"]})
+        st.commit()
+        (row,) = [r for r in st.status() if r.sensor == "K2"]
+        assert row.rules == {"running": 1, "offered": 2, "sha256": "bb" * 32,
+                             "state": "refused", "detail": "DOWNGRADE"}
+    finally:
+        st.close()
+
+
 def test_collector_stores_a_sensor_stream_in_postgresql(dsn: str, tmp_path: Path) -> None:
     port = free_port()
     generate("collector", tmp_path / "keys")
