@@ -40,6 +40,7 @@ from sensor import config as cfg
 from sensor.alerts import Alert, Severity
 from sensor.capture import bpf
 from sensor.capture.live import CaptureError, CaptureStats, LiveCapture
+from sensor.eventlog import JsonLinesWriter
 from sensor.notify import Notifier
 from sensor.pipeline import Pipeline, PipelineConfig
 
@@ -390,8 +391,6 @@ class EventFile:
     """
 
     def __init__(self, path: Path) -> None:
-        from sensor.eventlog import JsonLinesWriter
-
         self.path = path
         self._stream = path.open("a", encoding="utf-8")
         self._writer = JsonLinesWriter(self._stream)
@@ -416,6 +415,18 @@ class EventFile:
 
     def tick(self, now: float) -> None:
         pass
+
+    def reload(self, conf: cfg.Config) -> None:
+        """SIGHUP: reopen the path, so that after logrotate moved the file the events
+        go to a new one there. A path that cannot be opened now keeps the old file."""
+        try:
+            stream = self.path.open("a", encoding="utf-8")
+        except OSError as err:
+            log.error("--events %s: cannot reopen: %s; writing on to the old file",
+                      self.path, err.strerror or err)
+            return
+        self.close()
+        self._stream, self._writer = stream, JsonLinesWriter(stream)
 
     def close(self) -> None:
         try:

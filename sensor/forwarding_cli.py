@@ -134,18 +134,30 @@ def cmd_collect(args: argparse.Namespace) -> int:
             server.close()
         return 2
     stop = False
+    hup = False
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        nonlocal stop
-        stop = True  # only wake the loop; it shuts down between rounds
+        nonlocal stop, hup
+        if signum == signal.SIGHUP:
+            hup = True  # reloaded by the loop, between rounds
+        else:
+            stop = True  # only wake the loop; it shuts down between rounds
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
     deadline = None if args.duration is None else time.monotonic() + args.duration
+
+    def should_stop() -> bool:
+        nonlocal hup
+        if hup:
+            hup = False
+            server.reload()
+        return stop or (deadline is not None and time.monotonic() > deadline)
+
     print(f"mamori collect: listening on {', '.join(server.settings.listen)} "
           f"({len(server.allow)} sensor keys)", file=sys.stderr, flush=True)
     try:
-        server.run(lambda: stop or (deadline is not None and time.monotonic() > deadline))
+        server.run(should_stop)
     finally:
         server.close()
     print(f"mamori collect: stopped; {dict(server.counters)}", file=sys.stderr)
