@@ -42,6 +42,7 @@ from sensor.capture import bpf
 from sensor.capture.live import CaptureError, CaptureStats, LiveCapture
 from sensor.eventlog import JsonLinesWriter
 from sensor.notify import Notifier
+from sensor.paths import describe
 from sensor.pipeline import Pipeline, PipelineConfig
 
 log = logging.getLogger("mamori.daemon")
@@ -259,13 +260,25 @@ class Sensor:
             log.error("reload refused, keeping the running configuration: %s", err)
             self.notifier.status(f"reload refused: {err}")
             return
+        from sensor.detection.loader import RuleError
+
         self.conf = fresh
+        refused = []
         for consumer in self.consumers:
             reload = getattr(consumer, "reload", None)
-            if reload is not None:
+            if reload is None:
+                continue
+            try:
                 reload(fresh)
+            except (RuleError, OSError) as err:
+                # e.g. rule packs in an installation the dropped user cannot read: the
+                # running rules stay, and the daemon with them
+                problem = describe(err) if isinstance(err, OSError) else str(err)
+                log.error("reload: %s; keeping what was running", problem)
+                refused.append(problem)
         log.info("configuration reloaded from %s", self.config_path)
-        self.notifier.ready("configuration reloaded")
+        self.notifier.ready("configuration reloaded" if not refused else
+                            f"configuration reloaded, but: {'; '.join(refused)}")
 
     def _tick(self, now: float) -> None:
         self.notifier.tick()

@@ -88,6 +88,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from sensor.notify import setup_logging
 
     setup_logging()
+    # A SIGHUP before the loop's handler is in place (logrotate, `systemctl reload`
+    # while we start or wait for disk space) must not kill us: the configuration is
+    # read fresh at start anyway.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     conf = _load(args)
     if conf is None:
         return 2
