@@ -1,9 +1,11 @@
 #!/bin/sh
 # Installs the built .deb into a fresh debootstrap chroot (bookworm minbase + systemd)
-# and checks it there: the CLI runs, the default config validates, the user and the
-# state directories exist, the web page serves on Debian's own uvicorn and starlette
-# (deb-web-check.py), the units are enabled, and systemd-analyze verify/security
-# pass (verify: any message fails; security: exposure <= 2.0 per unit).
+# and checks it there: the CLI runs, the default configs (sensor.toml, collector.toml)
+# validate, the user and the state directories exist, the web page serves on Debian's
+# own uvicorn and starlette (deb-web-check.py), the collector starts with its shipped
+# config as its unit runs it, logrotate accepts /etc/logrotate.d/mamori, the units are
+# enabled (the collector: can be), and systemd-analyze verify/security pass (verify:
+# any message fails; security: exposure <= 2.0 per unit).
 # The debootstrap output is cached as $CACHE/bookworm-minbase-HASH.tar (CACHE: lib.sh).
 set -eu
 cd "$(dirname "$0")/.."
@@ -29,7 +31,7 @@ cp packaging/deb-web-check.py "$root/tmp/web-check.py"
 install_deb() {
     chroot "$root" apt-get update -qq
     DEBIAN_FRONTEND=noninteractive chroot "$root" apt-get install -y -qq --no-install-recommends \
-        /tmp/mamori.deb > build/deb-test/apt.log 2>&1 || { tail -n 40 build/deb-test/apt.log; return 1; }
+        /tmp/mamori.deb logrotate > build/deb-test/apt.log 2>&1 || { tail -n 40 build/deb-test/apt.log; return 1; }
 }
 timed deb-test-install install_deb
 
@@ -44,6 +46,12 @@ check() {
 }
 check "mamori --version: $(chroot "$root" mamori --version 2>&1)" mamori --version
 check "default config validates" mamori check-config --config /etc/mamori/sensor.toml
+check "collector config validates" mamori check-config --config /etc/mamori/collector.toml
+for conf in /etc/mamori/sensor.toml /etc/mamori/collector.toml /etc/logrotate.d/mamori; do
+    check "$conf is a conffile" grep -qx "$conf" /var/lib/dpkg/info/mamori.conffiles
+done
+check "logrotate -d /etc/logrotate.d/mamori" sh -c \
+    'out=$(logrotate -d /etc/logrotate.d/mamori 2>&1) && ! echo "$out" | grep -qi error'
 check "user mamori exists" getent passwd mamori
 check "/var/lib/mamori is mamori's, 0750" sh -c \
     '[ "$(stat -c %U:%a /var/lib/mamori)" = mamori:750 ]'
@@ -64,9 +72,26 @@ web_libs=$(chroot "$root" python3 -c \
     'import starlette, uvicorn; print("starlette", starlette.__version__, "uvicorn", uvicorn.__version__)' 2>&1)
 check "web page as user mamori on $web_libs: serves, 404/400/414/431, stops on SIGTERM" \
     runuser -u mamori -- python3 /tmp/web-check.py /tmp/demo.pcap
-for unit in mamori.target mamori-keygen.service mamori-collector.service; do
+# The collector as mamori-collector.service runs it (ExecStartPre, then ExecStart) with
+# the shipped /etc/mamori/collector.toml, for 2 s: keys made, listening, SIEM file open.
+# (Endpoints on a free loopback port: the chroot shares this machine's network.)
+# shellcheck disable=SC2016
+check "collector starts with /etc/mamori/collector.toml as its unit runs it" sh -c '
+    install -d -o mamori -g mamori -m 0750 /var/log/mamori /var/lib/mamori-collector
+    pre=$(sed -n "s/^ExecStartPre=//p" /lib/systemd/system/mamori-collector.service)
+    start=$(sed -n "s/^ExecStart=//p" /lib/systemd/system/mamori-collector.service)
+    runuser -u mamori -- sh -c "$pre" &&
+    runuser -u mamori -- $start --listen "tcp://127.0.0.1:*" --publish "" --duration 2 \
+        > /tmp/collect.log 2>&1 &&
+    grep -q "listening on" /tmp/collect.log && grep -q "stopped" /tmp/collect.log &&
+    [ -s /var/lib/mamori-collector/keys/collector.pub ] &&
+    [ -e /var/log/mamori/collector-alerts.jsonl ]'
+for unit in mamori.target mamori-keygen.service; do
     check "$unit enabled" systemctl is-enabled "$unit"
 done
+check "mamori-collector not enabled by the package" sh -c \
+    '! systemctl is-enabled --quiet mamori-collector.service'
+check "mamori-collector can be enabled" systemctl enable mamori-collector.service
 check "mamori-sensor@eth1 can be enabled" systemctl enable mamori-sensor@eth1.service
 check "mamori-sensor@eth1 enabled" systemctl is-enabled mamori-sensor@eth1.service
 units="mamori-sensor@eth1.service mamori-collector.service mamori-keygen.service mamori.target"

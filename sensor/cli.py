@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Replay capture files through decoding, reassembly and the protocol "
                     "parsers, then print a summary.")
     replay.add_argument("files", nargs="*", metavar="FILE", type=Path)
+    replay.add_argument("-r", "--read", dest="read", action="append", type=Path, default=[],
+                        metavar="FILE", help="a capture file, as with Suricata's and Zeek's "
+                        "-r (may be repeated; the same as giving FILE)")
     replay.add_argument("--zeek-logs", type=Path, metavar="DIR",
                         help="replay a directory of Zeek/ICSNPP logs instead of captures")
     replay.add_argument("--modbus-ports", type=port_list, default=frozenset({502}),
@@ -102,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
+    args.files = [*args.files, *args.read]
     zeek: Path | None = args.zeek_logs
     problem = None
     if zeek is not None and args.files:

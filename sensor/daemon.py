@@ -44,7 +44,9 @@ from sensor import config as cfg
 from sensor.alerts import Alert, Severity
 from sensor.capture import bpf
 from sensor.capture.live import CaptureError, CaptureStats, LiveCapture
+from sensor.eventlog import JsonLinesWriter
 from sensor.notify import Notifier
+from sensor.paths import describe
 from sensor.pipeline import Pipeline, PipelineConfig
 
 log = logging.getLogger("mamori.daemon")
@@ -273,14 +275,26 @@ class Sensor:
             log.error("reload refused, keeping the running configuration: %s", err)
             self.notifier.status(f"reload refused: {err}")
             return
+        from sensor.detection.loader import RuleError
+
         self.conf = fresh
+        refused = []
         for consumer in self.consumers:
             reload = getattr(consumer, "reload", None)
-            if reload is not None:
+            if reload is None:
+                continue
+            try:
                 reload(fresh)
+            except (RuleError, OSError) as err:
+                # e.g. rule packs in an installation the dropped user cannot read: the
+                # running rules stay, and the daemon with them
+                problem = describe(err) if isinstance(err, OSError) else str(err)
+                log.error("reload: %s; keeping what was running", problem)
+                refused.append(problem)
         self.rules_loaded()
         log.info("configuration reloaded from %s", self.config_path)
-        self.notifier.ready("configuration reloaded")
+        self.notifier.ready("configuration reloaded" if not refused else
+                            f"configuration reloaded, but: {'; '.join(refused)}")
 
     def reload_rules(self) -> None:
         """Load the active rule bundle into detection; the configuration stays."""
@@ -430,8 +444,6 @@ class EventFile:
     """
 
     def __init__(self, path: Path) -> None:
-        from sensor.eventlog import JsonLinesWriter
-
         self.path = path
         self._stream = path.open("a", encoding="utf-8")
         self._writer = JsonLinesWriter(self._stream)
@@ -456,6 +468,18 @@ class EventFile:
 
     def tick(self, now: float) -> None:
         pass
+
+    def reload(self, conf: cfg.Config) -> None:
+        """SIGHUP: reopen the path, so that after logrotate moved the file the events
+        go to a new one there. A path that cannot be opened now keeps the old file."""
+        try:
+            stream = self.path.open("a", encoding="utf-8")
+        except OSError as err:
+            log.error("--events %s: cannot reopen: %s; writing on to the old file",
+                      self.path, err.strerror or err)
+            return
+        self.close()
+        self._stream, self._writer = stream, JsonLinesWriter(stream)
 
     def close(self) -> None:
         try:

@@ -35,7 +35,8 @@ def register_commands(commands: Any) -> None:
     run.add_argument("--max-seconds", type=cfg.seconds_flag, default=None, help=argparse.SUPPRESS)
     run.add_argument("--web", action="store_true",
                      help="also serve the operator web page ([web] enabled; docs/web.md)")
-    cfg.add_flags(run)
+    # The sensor's flags only: the collector's ([collect]) belong to `mamori collect`.
+    cfg.add_flags(run, {o.section for o in cfg.SCHEMA if o.section != "collect"})
     run.set_defaults(func=cmd_run)
 
     check = commands.add_parser(
@@ -87,6 +88,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from sensor.notify import setup_logging
 
     setup_logging()
+    # A SIGHUP before the loop's handler is in place (logrotate, `systemctl reload`
+    # while we start or wait for disk space) must not kill us: the configuration is
+    # read fresh at start anyway.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     conf = _load(args)
     if conf is None:
         return 2

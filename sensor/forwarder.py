@@ -18,6 +18,8 @@ epoch's backlog drains, oldest first (``tests/sensor/test_forwarding_faults.py``
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import logging
 import os
 import threading
@@ -33,7 +35,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from sensor import config as cfg
 from sensor.alerts import Alert, Severity
-from sensor.forwarding_options import CollectorSpec
+from sensor.forwarding_options import CollectorSpec, journal_path
 from sensor.journal import AlertJournal, AuditEntry, Eviction, JournalFull
 from sensor.keys import load_pair, resolve_key
 from sensor.wire import (
@@ -91,11 +93,19 @@ class ForwarderSettings:
             policy = FieldPolicy(tuple(s["allow_fields"]), tuple(s["deny_fields"]))
         except ValueError as err:
             raise cfg.ConfigError("config", None, "[forward] deny_fields", str(err)) from None
-        identity = tuple((k, str(config.get("sensor", k))) for k in ("name", "site", "sector")
-                         if config.get("sensor", k))
-        return cls(s["collectors"], base / s["secret_key"], base / s["journal"],
+        said = {k: str(config.get("sensor", k)) for k in ("name", "site", "sector")
+                if config.get("sensor", k)}
+        if config.get("sensor", "instance"):
+            said["instance"] = config.get("sensor", "instance")
+        interfaces = config.values.get(("capture", "interfaces"))  # set by mamori run
+        if interfaces:
+            said["interface"] = ",".join(interfaces)
+        journal, configured = journal_path(config), Path(config.get("sensor", "state_dir"))
+        if journal.is_relative_to(configured):  # under a state_dir given here instead
+            journal = base / journal.relative_to(configured)
+        return cls(s["collectors"], base / s["secret_key"], journal,
                    s["journal_max_bytes"], s["heartbeat_interval"], s["ack_timeout"],
-                   s["window"], policy, base, identity, s["unreachable_after"])
+                   s["window"], policy, base, tuple(said.items()), s["unreachable_after"])
 
 
 class _Link:
@@ -158,6 +168,32 @@ class _Link:
         self.sock.close(linger_ms)
 
 
+def allocate_epoch(journal: AlertJournal, counter: Path) -> int:
+    """The journal's new epoch, unique among every journal of this state directory.
+
+    Several daemons of one box (mamori-sensor@eth1, @eth2) share its key, so the
+    collector tells their streams apart only by epoch: each takes the next number of
+    one box-wide counter (``forward/epoch``, under an exclusive lock) that is also past
+    its own journal's last. The counter is written before the journal, so a crash
+    between the two wastes a number and never hands it out twice.
+    """
+    counter.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(counter, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        handed = int(text) if text.isdigit() else 0
+        epoch = max(handed, journal.last_epoch()) + 1
+        data = f"{epoch}\n".encode()
+        os.ftruncate(fd, 0)
+        if os.pwrite(fd, data, 0) != len(data):
+            raise OSError(errno.ENOSPC, "short write", str(counter))
+        os.fsync(fd)
+        return journal.start_epoch(at_least=epoch)
+    finally:
+        os.close(fd)  # and the lock with it
+
+
 class Forwarder:
     """Journal, send, heartbeat, resend. Call ``start()`` for a thread, or ``poll()``."""
 
@@ -177,7 +213,7 @@ class Forwarder:
         self.started = time.time()
         self.journal = AlertJournal(s.journal, [c.endpoint for c in s.collectors],
                                     s.journal_max_bytes)
-        self.epoch = self.journal.start_epoch()
+        self.epoch = allocate_epoch(self.journal, s.state_dir / "forward" / "epoch")
         self.control_errors = 0
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self._links: list[_Link] = []

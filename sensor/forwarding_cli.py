@@ -13,6 +13,7 @@ import signal
 import sqlite3
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
@@ -144,18 +145,30 @@ def cmd_collect(args: argparse.Namespace) -> int:
             server.close()
         return 2
     stop = False
+    hup = False
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        nonlocal stop
-        stop = True  # only wake the loop; it shuts down between rounds
+        nonlocal stop, hup
+        if signum == signal.SIGHUP:
+            hup = True  # reloaded by the loop, between rounds
+        else:
+            stop = True  # only wake the loop; it shuts down between rounds
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
     deadline = None if args.duration is None else time.monotonic() + args.duration
+
+    def should_stop() -> bool:
+        nonlocal hup
+        if hup:
+            hup = False
+            server.reload()
+        return stop or (deadline is not None and time.monotonic() > deadline)
+
     print(f"mamori collect: listening on {', '.join(server.settings.listen)} "
           f"({len(server.allow)} sensor keys)", file=sys.stderr, flush=True)
     try:
-        server.run(lambda: stop or (deadline is not None and time.monotonic() > deadline))
+        server.run(should_stop)
     finally:
         server.close()
     print(f"mamori collect: stopped; {dict(server.counters)}", file=sys.stderr)
@@ -245,6 +258,7 @@ def cmd_collect_status(args: argparse.Namespace) -> int:
         return 2
     try:
         rows = [] if args.jetstream else storage.status()
+        instances = {r.sensor: _instances(storage, r.sensor) for r in rows if r.sensor}
         stream = None if s.jetstream is None else jetstream_status(s.jetstream, storage)
     finally:
         storage.close()
@@ -253,7 +267,8 @@ def cmd_collect_status(args: argparse.Namespace) -> int:
         print(json.dumps(stream) if args.json else _jetstream_line(stream))
         return 0
     if args.json:
-        print(json.dumps([r.to_dict(now) for r in rows], indent=1))
+        print(json.dumps([{**r.to_dict(now), "instances": instances.get(r.sensor, [])}
+                          for r in rows], indent=1))
         return 0
     print(f"{'sensor':<16} {'key':<12} {'site':<20} {'epoch':>5} {'last seq':>9} {'lag':>9} "
           f"{'heartbeat':>10} {'skew':>7} {'behind':>6} {'lost':>5} {'complete':>9}  "
@@ -272,6 +287,12 @@ def cmd_collect_status(args: argparse.Namespace) -> int:
               f"{site[:20]:<20} {r.epoch:>5} {r.last_seq:>9} {lag:>9} {beat:>10} {skew:>7} "
               f"{r.outstanding:>6} {r.lost:>5} {done:>9}  {_rules_cell(r.rules)}; "
               f"{'; '.join(x for x in (owed, rejected) if x) or '-'}")
+        for one in instances.get(r.sensor, []):
+            lag = "-" if one["last_ts"] is None else _ago(now - one["last_ts"])
+            named = "" if one["instance"] in ("", one["interface"]) else \
+                f" (instance {one['instance']})"
+            print(f"  interface {one['interface'] or '?'}{named}: epoch {one['epoch']}, "
+                  f"last seq {one['last_seq']}, lag {lag}, {one['epochs']} epochs")
     if stream is not None:
         print(_jetstream_line(stream))
     return 0
@@ -339,6 +360,38 @@ def _rules_cell(rules: dict[str, Any]) -> str:
         detail = f" {rules['detail']}" if rules.get("detail") else ""
         cell += f" (offer {rules['offered']}: {rules['state']}{detail})"
     return cell
+
+
+def _instances(storage: Any, sensor: str) -> list[dict[str, Any]]:
+    """The daemons behind one sensor key, told apart by their epochs' start records.
+
+    Per-interface units (mamori-sensor@eth1, @eth2) share the box's key; each has its
+    own epoch stream and says in its start record which interface it is. Per
+    interface: its latest epoch, how far that is stored gap-free, the time of its
+    last stored message, and how many epochs it had. Empty when no start record of
+    this key names an interface (one daemon per box, or an older sensor).
+    """
+    latest: dict[tuple[str, str], tuple[int, int]] = {}
+    counts: Counter[tuple[str, str]] = Counter()
+    for (key, epoch), contig in sorted(storage.contigs().items()):
+        if key != sensor:
+            continue
+        first = storage.messages_after(sensor, epoch, 0, 1, 1)
+        start = json.loads(first[0][4]) if first else {}
+        if not isinstance(start, dict) or start.get("event") != "start":
+            start = {}
+        who = (str(start.get("interface", "")), str(start.get("instance", "")))
+        latest[who] = (epoch, contig)
+        counts[who] += 1
+    if all(who == ("", "") for who in latest):
+        return []
+    out = []
+    for (interface, instance), (epoch, contig) in sorted(latest.items()):
+        last = storage.messages_after(sensor, epoch, contig - 1, contig, 1) if contig else []
+        out.append({"interface": interface, "instance": instance, "epoch": epoch,
+                    "last_seq": contig, "last_ts": last[0][2] if last else None,
+                    "epochs": counts[(interface, instance)]})
+    return out
 
 
 def _jetstream_line(state: dict[str, Any] | None) -> str:

@@ -7,6 +7,7 @@ register every option (one schema, ``sensor.config``) without importing ZeroMQ:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,32 @@ def v_fields(value: Any) -> tuple[str, ...]:
     return tuple(sorted(set(names)))  # sorted: the same set dumps and reloads equal
 
 
+INSTANCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}")
+
+
+def v_instance(value: Any) -> str:
+    text = cfg.v_str(value)
+    if text and not INSTANCE.fullmatch(text):
+        raise ValueError(f"{text!r} is not an instance name (an interface name: letters, "
+                         "digits, _ . : @ -; max 64)")
+    return text
+
+
+def journal_path(config: cfg.Config) -> Path:
+    """The forwarding journal: ``[forward] journal``, or, left at its default on a
+    box that runs one daemon per interface (``[sensor] instance``, the unit's %I),
+    ``forward/INSTANCE/journal.db``: each instance has its own epoch stream."""
+    instance = str(config.get("sensor", "instance"))
+    if instance and config.sources.get(("forward", "journal"), "default") == "default":
+        return Path(config.get("sensor", "state_dir")) / "forward" / instance / "journal.db"
+    return config.state_path("forward", "journal")
+
+
 cfg.register([
+    cfg.Option("sensor", "instance", "", v_instance,
+               "which of several daemons on one box this is (mamori-sensor@IF passes the "
+               "interface): its own journal and epochs, named to the collectors",
+               "--instance"),
     cfg.Option("forward", "collectors", (), v_collectors,
                "collectors to forward to: a list of {endpoint, server_key} tables"),
     cfg.Option("forward", "secret_key", Path("keys/sensor.secret"), cfg.v_path,
@@ -160,15 +186,15 @@ def check_journal(config: cfg.Config) -> list[cfg.Problem]:
     """Forwarding configured: the journal can be created, or is a journal already."""
     if not config.get("forward", "collectors"):
         return []
-    path = config.state_path("forward", "journal")
+    path = journal_path(config)
     problem = check_creatable(path) or foreign_sqlite(path, "epochs", "a forwarding journal")
     return [cfg.Problem("forward", "journal", problem,
                         at=None if config.sources.get(("forward", "journal"), "default")
                         != "default" else ("forward", "collectors"))] if problem else []
 
 
-cfg.register_check(check_journal, [("sensor", "state_dir"), ("forward", "collectors"),
-                                   ("forward", "journal")])
+cfg.register_check(check_journal, [("sensor", "state_dir"), ("sensor", "instance"),
+                                   ("forward", "collectors"), ("forward", "journal")])
 cfg.register_check(check_key_files, [("sensor", "state_dir"), ("forward", "collectors"),
                                       ("forward", "secret_key")])
 

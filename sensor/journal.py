@@ -148,18 +148,25 @@ class AlertJournal:
 
     # -- writing ----------------------------------------------------------------------
 
-    def start_epoch(self, now: float | None = None) -> int:
-        """A new boot epoch, persisted before anything of it is sent."""
+    def last_epoch(self) -> int:
         with self._lock:
             row = self._db.execute("SELECT COALESCE(MAX(epoch), 0) FROM epochs").fetchone()
+        return int(row[0])
+
+    def start_epoch(self, now: float | None = None, at_least: int = 0) -> int:
+        """A new boot epoch, persisted before anything of it is sent: the next one, or
+        ``at_least`` if larger (epochs handed out box-wide, see sensor.forwarder)."""
+        with self._lock:
+            row = self._db.execute("SELECT COALESCE(MAX(epoch), 0) FROM epochs").fetchone()
+            epoch = max(int(row[0]) + 1, at_least)
             try:
                 self._db.execute("INSERT INTO epochs (epoch, started) VALUES (?, ?)",
-                                 (int(row[0]) + 1, time.time() if now is None else now))
+                                 (epoch, time.time() if now is None else now))
             except sqlite3.Error as err:
                 if is_disk_full(err):
                     raise JournalFull(self.path, "new epoch not journaled") from None
                 raise
-            self.epoch, self.seq = int(row[0]) + 1, 0
+            self.epoch, self.seq = epoch, 0
         return self.epoch
 
     def append(self, kind: Kind, body: Any, fields: str = "",

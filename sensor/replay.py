@@ -41,6 +41,7 @@ class ReplaySummary:
     anomalies: Counter[str] = field(default_factory=Counter)  # "modbus UNSOLICITED_RESPONSE"
     errors: list[str] = field(default_factory=list)  # damaged files, with byte offsets
     elapsed: float = 0.0
+    unit: str = "packets"  # what ``packets`` counts: "records" for Zeek log rows
 
     @property
     def packets_per_second(self) -> float:
@@ -49,11 +50,11 @@ class ReplaySummary:
     def render(self) -> str:
         lines = [
             f"files      {self.files}",
-            f"packets    {self.packets}",
+            f"{self.unit:<10} {self.packets}",
             f"bytes      {self.bytes}",
             f"flows      {self.flows}",
             f"elapsed    {self.elapsed:.3f} s",
-            f"rate       {self.packets_per_second:,.0f} packets/s",
+            f"rate       {self.packets_per_second:,.0f} {self.unit}/s",
         ]
         if self.messages:
             lines.append("messages")

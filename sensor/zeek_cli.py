@@ -1,21 +1,22 @@
-"""Subcommands of the Zeek and verification features: ``verify`` and ``zeek-replay``.
+"""``mamori verify``: Mamori's parsing against tshark's, field by field.
 
-``mamori verify FILE...`` compares Mamori's parsing with tshark's (exit 0 on full
-agreement, 1 on any disagreement, 2 for usage errors). ``mamori zeek-replay DIR`` is
-the stand-alone form of ``mamori replay --zeek-logs DIR`` (same summary, same
-``--events`` output), for trees where the replay subcommand is not yet wired to it.
+``mamori verify FILE...`` exits 0 on full agreement, 1 on any disagreement, 2 for
+usage errors and when its tools are missing. It needs tshark and pyshark; Debian
+ships tshark but not pyshark, so the Debian package only Suggests tshark, and
+``verify`` says in one line what is missing and how to get it. (Zeek logs are
+replayed by ``mamori replay --zeek-logs DIR``, which also runs the rules.)
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import importlib.util
 import shutil
 import sys
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from sensor.paths import check_input, check_output, open_output
+from sensor.paths import check_input
 from sensor.pipeline import PipelineConfig
 
 
@@ -36,13 +37,21 @@ def register_commands(commands: Any) -> None:
                         help="disagreements listed per field (default 20)")
     verify.set_defaults(func=_cmd_verify)
 
-    replay = commands.add_parser(
-        "zeek-replay", help="run a directory of Zeek/ICSNPP logs through the sensor's event "
-                            "model (the same as 'replay --zeek-logs DIR')")
-    replay.add_argument("directory", metavar="DIR", type=Path)
-    replay.add_argument("--events", type=Path, metavar="OUT.jsonl",
-                        help="write every event as JSON lines ('-' for stdout)")
-    replay.set_defaults(func=cmd_zeek_replay)
+
+def missing_tools() -> str | None:
+    """What ``verify`` lacks, and how to get it, in one line; None when all is there."""
+    lacking = [name for name, present in (
+        ("tshark", shutil.which("tshark") is not None),
+        ("pyshark", importlib.util.find_spec("pyshark") is not None)) if not present]
+    if not lacking:
+        return None
+    how = []
+    if "tshark" in lacking:
+        how.append("apt install tshark")
+    if "pyshark" in lacking:
+        how.append("pip install pyshark (Debian does not package it; in a venv, or "
+                   "pip install --user)")
+    return f"needs {' and '.join(lacking)}, not installed: {'; '.join(how)}"
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
@@ -52,8 +61,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         if (problem := check_input(path)) is not None:
             print(f"mamori verify: {problem}", file=sys.stderr)
             return 2
-    if shutil.which("tshark") is None:
-        print("mamori verify: tshark is not installed (apt install tshark)", file=sys.stderr)
+    if (missing := missing_tools()) is not None:
+        print(f"mamori verify: {missing}", file=sys.stderr)
         return 2
     try:
         config = PipelineConfig(modbus_ports=args.modbus_ports, dnp3_ports=args.dnp3_ports)
@@ -67,31 +76,3 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         if not report.agreed:
             status = 1
     return status
-
-
-def cmd_zeek_replay(args: argparse.Namespace) -> int:
-    """Also the handler for ``replay --zeek-logs`` (reads ``args.zeek_logs`` if set)."""
-    from sensor.zeek import replay_zeek_logs
-
-    zeek_logs: Path | None = getattr(args, "zeek_logs", None)
-    directory: Path = zeek_logs or args.directory
-    prog = "mamori replay" if zeek_logs is not None else "mamori zeek-replay"
-    problem = None
-    if not directory.is_dir():
-        problem = f"{directory}: {'not a directory' if directory.exists() else 'no such directory'}"
-    elif args.events is not None and str(args.events) != "-":
-        problem = check_output(args.events)
-    if problem is not None:
-        print(f"{prog}: {problem}", file=sys.stderr)
-        return 2
-    with contextlib.ExitStack() as stack:
-        events_out: IO[str] | None = None
-        if args.events is not None:
-            events_out = sys.stdout if str(args.events) == "-" else stack.enter_context(
-                open_output(args.events))
-        summary = replay_zeek_logs(directory, events_out=events_out)
-    print(summary.render(), file=sys.stderr if events_out is sys.stdout else sys.stdout)
-    if summary.files == 0:
-        print(f"{prog}: {directory}: no Modbus or DNP3 Zeek logs", file=sys.stderr)
-        return 1
-    return 1 if summary.errors else 0

@@ -46,7 +46,7 @@ from sensor import config as cfg
 from sensor.collector.jetstream import JetStreamPublisher, JetStreamSettings
 from sensor.collector.rule_offers import RuleOffers
 from sensor.collector.storage import SqlStorage, StoredMessage, open_storage
-from sensor.keys import load_allow_list, load_pair
+from sensor.keys import KeyFileError, load_allow_list, load_pair
 from sensor.wire import (
     Ack,
     Envelope,
@@ -144,6 +144,13 @@ class SiemFile:
                         self.path, self.dropped)
         self.error = None
 
+    def reopen(self) -> None:
+        """After logrotate moved the file: write on at ``path`` (created anew if gone)."""
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        os.close(self._fd)
+        self._fd = fd
+        self.flush()  # what the old file refused goes to the new one
+
     @property
     def held(self) -> int:
         return len(self._queue)
@@ -232,6 +239,19 @@ class CollectorServer:
             self._jsonl = None
         self.storage.close()
 
+    def reload(self) -> None:
+        """SIGHUP: re-read the allow-list now (a key file replaced in place does not
+        change the directory's mtime) and reopen the SIEM file (logrotate). A key
+        removed from the list is refused from its next message on."""
+        self._reload_allow_list(force=True)
+        if self._jsonl is not None:
+            try:
+                self._jsonl.reopen()
+            except OSError as err:  # keep the old file rather than stop serving
+                log.error("mamori collect: %s: cannot reopen: %s; writing on to the old "
+                          "file", self._jsonl.path, err.strerror or err)
+        log.warning("mamori collect: reloaded: %d sensor keys", len(self.allow))
+
     def _reload_allow_list(self, force: bool = False) -> None:
         """Re-read the key directory when it changed (checked at most every 2 s)."""
         now = time.monotonic()
@@ -243,7 +263,13 @@ class CollectorServer:
         except OSError:
             stamp = -2
         if stamp != self._allow_stamp or force:
-            self.allow = load_allow_list(self.settings.keys_dir)
+            try:
+                self.allow = load_allow_list(self.settings.keys_dir)
+            except KeyFileError as err:
+                if self._allow_stamp == -1:
+                    raise  # at start: ``mamori collect`` says why and exits
+                log.error("mamori collect: allow-list not reloaded, keeping its %d keys: "
+                          "%s", len(self.allow), err)
             self._allow_stamp = stamp
 
     # -- the loop -----------------------------------------------------------------------
@@ -300,7 +326,10 @@ class CollectorServer:
                 reply = [version, request_id, b"200", b"OK", user, b""]
             else:
                 self._count(UNAUTHENTICATED, "unknown_key")
-                reply = [version, request_id, b"400", b"not in the allow-list", b"", b""]
+                # 300, "temporary": libzmq clients retry (with their reconnect back-off)
+                # on it, and give up for good on a 400, so a sensor whose key is added
+                # later (then SIGHUP) gets in without restarting it.
+                reply = [version, request_id, b"300", b"not in the allow-list", b"", b""]
             self._zap.send_multipart(reply)
 
     def _read_monitor(self) -> None:

@@ -15,6 +15,7 @@ the session's CSRF token and a same-origin check.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -28,8 +29,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from starlette.routing import Mount, Route
-from starlette.staticfiles import StaticFiles
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sensor.alerts import Severity
@@ -107,12 +107,38 @@ def _ts(value: float | None) -> str:
 
 
 def _environment() -> jinja2.Environment:
+    # auto_reload off: a compiled template is never checked against its file again, so
+    # the page keeps working once ``mamori run`` dropped privileges and cannot read its
+    # own installation (a venv under a private home directory, issue 19).
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
-                             autoescape=True, undefined=jinja2.StrictUndefined)
+                             autoescape=True, undefined=jinja2.StrictUndefined,
+                             auto_reload=False)
     env.filters["ts"] = _ts
     env.globals["attack_name"] = attack_name
     env.globals["severities"] = [s.label for s in Severity]
     return env
+
+
+@dataclass(frozen=True, slots=True)
+class StaticAsset:
+    body: bytes
+    media_type: str
+    etag: str
+
+
+STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8"}
+
+
+def static_assets() -> dict[str, StaticAsset]:
+    """The page's CSS and JavaScript, read once at start (a few KiB): served from
+    memory, so no file is opened after the daemon dropped privileges."""
+    out: dict[str, StaticAsset] = {}
+    for path in sorted((HERE / "static").iterdir()):
+        if path.suffix in STATIC_TYPES:
+            body = path.read_bytes()
+            out[path.name] = StaticAsset(body, STATIC_TYPES[path.suffix],
+                                         f'"{hashlib.sha256(body).hexdigest()[:32]}"')
+    return out
 
 
 def parse_time(text: str, now: float) -> float | None:
@@ -194,6 +220,16 @@ def create_app(ctx: WebContext) -> Starlette:
     env = _environment()
     for name in env.list_templates(filter_func=lambda n: n.endswith(".html")):
         env.get_template(name)  # compiled now: no file read on a request, errors at start
+    statics = static_assets()
+
+    async def static_file(request: Request) -> Response:
+        asset = statics.get(request.path_params["name"])
+        if asset is None:
+            return Response("Not Found", status_code=404, media_type="text/plain")
+        if request.headers.get("if-none-match") == asset.etag:
+            return Response(status_code=304, headers={"etag": asset.etag})
+        return Response(asset.body, media_type=asset.media_type,
+                        headers={"etag": asset.etag, "cache-control": "no-cache"})
 
     def render(request: Request, auth: Auth | None, name: str, status: int = 200,
                **values: Any) -> HTMLResponse:
@@ -381,7 +417,7 @@ def create_app(ctx: WebContext) -> Starlette:
         Route("/health", protected(health)),
         Route("/api/alerts", protected(api_alerts, api=True)),
         Route("/api/health", protected(api_health, api=True)),
-        Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+        Route("/static/{name}", static_file),
     ]
     app = Starlette(routes=routes)
     # add_middleware puts the newest outermost: the limits' refusals get the headers too.

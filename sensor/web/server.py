@@ -15,10 +15,12 @@ the options this uvicorn's Config has: ``timeout_graceful_shutdown`` came in 0.2
 from __future__ import annotations
 
 import asyncio
+import importlib
 import inspect
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -163,6 +165,7 @@ def _config_options() -> dict[str, Any]:
 
 
 def _server(ctx: WebContext) -> uvicorn.Server:
+    load_runtime_modules()
     config = uvicorn.Config(create_app(ctx), log_level="warning", access_log=False,
                             server_header=False, proxy_headers=False, lifespan="off",
                             # ws: the page has no websocket route (0.17.6 would load wsproto)
@@ -175,6 +178,16 @@ def serve_forever(ctx: WebContext, sock: socket.socket) -> None:
     _server(ctx).run(sockets=[sock])
 
 
+STARTUP_SECONDS = 10.0
+
+
+def load_runtime_modules() -> None:
+    """Import now what serving imports only on the first request: anyio's asyncio
+    backend (Starlette's thread pool, every store read). ``mamori run`` calls this
+    before it drops privileges; after that its installation may be unreadable."""
+    importlib.import_module("anyio._backends._asyncio")
+
+
 class WebThread:
     """The page inside ``mamori run``; ``close()`` stops it (Sensor.shutdown calls it)."""
 
@@ -185,6 +198,15 @@ class WebThread:
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
                                         name="mamori-web", daemon=True)
         self._thread.start()
+        # uvicorn imports its loop, protocol and lifespan modules as it starts: wait for
+        # that before the daemon drops privileges (it may no longer read them after).
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while not self._server.started and self._thread.is_alive() \
+                and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if not self._server.started:
+            self.close()
+            raise WebSetupError(f"[web] the page did not start within {STARTUP_SECONDS:.0f} s")
         log.info("web page on %s", self.url)
 
     def close(self) -> None:

@@ -99,11 +99,11 @@ def replay_zeek_logs(
 ) -> ReplaySummary:
     """``mamori replay --zeek-logs DIR``: like ``replay_files`` for a log directory.
 
-    In the summary, ``packets`` counts log rows and ``bytes`` the log files' size;
-    lines that could not be read are ``errors`` (``file:line: why``).
+    In the summary, ``packets`` counts log rows (rendered as "records") and ``bytes``
+    the log files' size; lines that could not be read are ``errors`` (``file:line: why``).
     """
     folder = Path(directory)
-    summary = ReplaySummary()
+    summary = ReplaySummary(unit="records")
     started = time.perf_counter()
     writer = JsonLinesWriter(events_out) if events_out is not None else None
     sinks = ([writer.write] if writer else []) + list(extra_sinks)

@@ -23,6 +23,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = ROOT / "packaging" / "systemd"
 DEFAULT_CONFIG = ROOT / "packaging" / "sensor.toml"
+COLLECTOR_CONFIG = ROOT / "packaging" / "collector.toml"
 SERVICES = ["mamori-sensor@.service", "mamori-collector.service", "mamori-keygen.service"]
 MAX_EXPOSURE = 2.0
 
@@ -90,7 +91,7 @@ def _directives(name: str) -> dict[str, list[str]]:
 def test_sensor_unit_is_minimal() -> None:
     unit = _directives("mamori-sensor@.service")
     assert unit["ExecStart"] == [
-        "/usr/bin/mamori run --config /etc/mamori/sensor.toml --interface %I"]
+        "/usr/bin/mamori run --config /etc/mamori/sensor.toml --interface %I --instance %I"]
     assert unit["Type"] == ["notify"]
     assert unit["AmbientCapabilities"] == ["CAP_NET_RAW"]
     assert unit["CapabilityBoundingSet"] == ["CAP_NET_RAW"]
@@ -136,7 +137,8 @@ def test_default_config_validates() -> None:
     assert str(conf.get("sensor", "state_dir")) == "/var/lib/mamori"
 
 
-def test_commented_examples_validate(tmp_path: Path) -> None:
+@pytest.mark.parametrize("shipped", [DEFAULT_CONFIG, COLLECTOR_CONFIG], ids=lambda p: p.name)
+def test_commented_examples_validate(tmp_path: Path, shipped: Path) -> None:
     """Uncomment every ``# key = value`` under its ``[section]``: still a valid config."""
     from sensor import config as cfg
 
@@ -144,7 +146,7 @@ def test_commented_examples_validate(tmp_path: Path) -> None:
     known = {o.section for o in cfg.SCHEMA}
     lines = []
     section = None
-    for raw in DEFAULT_CONFIG.read_text(encoding="utf-8").splitlines():
+    for raw in shipped.read_text(encoding="utf-8").splitlines():
         text = raw.lstrip("# ").rstrip() if raw.startswith("#") else raw
         if m := re.match(r"^\[(\w+)\]$", text):
             section = m.group(1)
@@ -155,7 +157,17 @@ def test_commented_examples_validate(tmp_path: Path) -> None:
     uncommented = tmp_path / "all.toml"
     uncommented.write_text("\n".join(lines) + "\n", encoding="utf-8")
     conf = cfg.load(uncommented)
-    assert conf.sources[("ports", "modbus")] != "default"
+    assert any(source != "default" for source in conf.sources.values())
+
+
+def test_shipped_collector_config_passes_check_config() -> None:
+    """What debian/rules and deb-test run on it: every error at once, none expected."""
+    proc = subprocess.run([sys.executable, "-m", "sensor.cli", "check-config", "--config",
+                           str(COLLECTOR_CONFIG), "--dump"], capture_output=True, text=True,
+                          cwd=ROOT, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "/var/log/mamori/collector-alerts.jsonl" in proc.stdout
+    assert "/var/lib/mamori-collector" in proc.stdout
 
 
 def test_versions_agree() -> None:
@@ -173,6 +185,52 @@ def test_collector_writes_only_its_state_directory() -> None:
         "--state-dir /var/lib/mamori-collector"]
     assert unit["StateDirectory"] == ["mamori-collector"]
     assert unit["ConditionPathExists"] == ["/etc/mamori/collector.toml"]
+    assert unit["LogsDirectory"] == ["mamori"]  # the SIEM file of the shipped config
+    assert unit["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+
+
+def test_collector_unit_starts_with_the_shipped_config(tmp_path: Path) -> None:
+    """The unit's ExecStartPre and ExecStart, run for real: only the paths are moved
+    under tmp (state, log, config) and the endpoints onto free loopback ports."""
+    import socket
+
+    def port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            found: int = s.getsockname()[1]
+            return found
+
+    unit = _directives("mamori-collector.service")
+    cli = str(Path(sys.executable).with_name("mamori"))
+    config = tmp_path / "collector.toml"
+    moves = {"/var/lib/mamori-collector": str(tmp_path / "state"),
+             "/var/log/mamori": str(tmp_path / "log"), "/etc/mamori/collector.toml":
+             str(config), "/usr/bin/mamori": cli}
+
+    def moved(text: str) -> str:
+        for old, new in moves.items():
+            text = text.replace(old, new)
+        return text
+
+    config.write_text(moved(COLLECTOR_CONFIG.read_text(encoding="utf-8")), encoding="utf-8")
+    (tmp_path / "log").mkdir()  # LogsDirectory=
+    (pre,) = unit["ExecStartPre"]
+    assert pre.startswith("/bin/sh -c '") and pre.endswith("'")
+    for _ in range(2):  # the second start keeps the key pair
+        done = subprocess.run(["/bin/sh", "-c", moved(pre)[len("/bin/sh -c '"):-1]],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+    public = tmp_path / "state" / "keys" / "collector.pub"
+    key = public.read_bytes()
+    assert (tmp_path / "state" / "keys" / "sensors").is_dir()  # the allow-list, empty
+    (start,) = unit["ExecStart"]
+    argv = [*moved(start).split(), "--listen", f"tcp://127.0.0.1:{port()}",
+            "--publish", f"tcp://127.0.0.1:{port()}", "--duration", "1"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "listening on" in proc.stderr and "stopped" in proc.stderr, proc.stderr
+    assert public.read_bytes() == key
+    assert (tmp_path / "log" / "collector-alerts.jsonl").exists()  # the SIEM file opened
 
 
 def test_unit_command_lines_parse() -> None:
@@ -181,7 +239,8 @@ def test_unit_command_lines_parse() -> None:
 
     parser = build_parser()
     commands = [
-        ["run", "--config", "/etc/mamori/sensor.toml", "--interface", "eth1"],
+        ["run", "--config", "/etc/mamori/sensor.toml", "--interface", "eth1",
+         "--instance", "eth1"],
         ["keys", "generate", "sensor", "--dir", "/var/lib/mamori/keys"],
         ["collect", "--config", "/etc/mamori/collector.toml",
          "--state-dir", "/var/lib/mamori-collector"],

@@ -145,10 +145,8 @@ CASES: dict[str, Case] = {
         [*REPLAY, str(s / "loop1")], [str(s / "loop1"), "Too many levels of symbolic links"]),
     "verify-directory": lambda s: (
         ["verify", str(s / "a_dir")], [str(s / "a_dir"), "is a directory"]),
-    "zeek-replay-missing": lambda s: (
-        ["zeek-replay", str(s / "nodir")], [str(s / "nodir"), "no such directory"]),
-    "zeek-replay-file": lambda s: (
-        ["zeek-replay", str(s / "afile")], [str(s / "afile"), "not a directory"]),
+    "replay-zeek-logs-file": lambda s: (
+        [*REPLAY, "--zeek-logs", str(s / "afile")], [str(s / "afile"), "not a directory"]),
     "replay-zeek-logs-missing": lambda s: (
         [*REPLAY, "--zeek-logs", str(s / "nodir")], [str(s / "nodir"), "no such directory"]),
     # output paths
@@ -160,8 +158,8 @@ CASES: dict[str, Case] = {
            ("under-a-file", "afile/out.jsonl", "is a file"),
            ("directory", "a_dir", "is a directory"),
            ("dev-full", "/dev/full", "No space left on device"))},
-    "zeek-replay-events-proc": lambda s: (
-        ["zeek-replay", str(s / "a_dir"), "--events", "/proc/version"],
+    "replay-zeek-logs-events-proc": lambda s: (
+        [*REPLAY, "--zeek-logs", str(s / "a_dir"), "--events", "/proc/version"],
         ["/proc/version", "cannot write"]),
     "run-events-proc": lambda s: (
         ["run", "--config", "/dev/null", "--state-dir", str(s / "state-run"),
@@ -374,10 +372,9 @@ UNPRIVILEGED: dict[str, Case] = {
     "replay-store-readonly-dir": lambda s: (
         [*REPLAY, str(s / "capture.pcap"), "--store", str(s / "readonly" / "new" / "s.db")],
         [str(s / "readonly"), "Permission denied"]),
-    "zeek-replay-unreadable-log": lambda s: (
-        ["zeek-replay", str(s / "zeek")], [str(s / "zeek" / "modbus.log"), "Permission denied"]),
-    "zeek-replay-closed-directory": lambda s: (
-        ["zeek-replay", str(s / "closed")], [str(s / "closed"), "Permission denied"]),
+    "replay-zeek-logs-unreadable-log": lambda s: (
+        [*REPLAY, "--zeek-logs", str(s / "zeek")],
+        [str(s / "zeek" / "modbus.log"), "Permission denied"]),
     "replay-zeek-logs-closed-directory": lambda s: (
         [*REPLAY, "--zeek-logs", str(s / "closed")], [str(s / "closed"), "Permission denied"]),
     "check-config-unreadable": lambda s: (
@@ -453,16 +450,15 @@ def test_a_full_standard_output_is_one_line(site: Site, command: list[str]) -> N
 
 
 @pytest.mark.corpus
-@pytest.mark.parametrize("command", [["zeek-replay"], [*REPLAY, "--zeek-logs"]])
-def test_zeek_events_onto_a_full_disk_name_the_file(tmp_path: Path,
-                                                    command: list[str]) -> None:
+def test_zeek_events_onto_a_full_disk_name_the_file(tmp_path: Path) -> None:
     """The write that fails is the flush at close, which knows no file name by itself."""
     log = corpus_path("icsnpp-modbus/testing/baseline/analyzer.basic/modbus_detailed.log")
     (tmp_path / "logs").mkdir()
     shutil.copy(log, tmp_path / "logs" / "modbus.log")
-    proc = run([*command, str(tmp_path / "logs"), "--events", "/dev/full"])
+    command = [*REPLAY, "--zeek-logs", str(tmp_path / "logs")]
+    proc = run([*command, "--events", "/dev/full"])
     assert_one_line(proc, "/dev/full", "No space left on device")
-    written = run([*command, str(tmp_path / "logs"), "--events", str(tmp_path / "e.jsonl")])
+    written = run([*command, "--events", str(tmp_path / "e.jsonl")])
     assert written.returncode == 0, written.stderr
     assert len((tmp_path / "e.jsonl").read_text().splitlines()) > 10  # it had events
 

@@ -171,6 +171,29 @@ def test_daemon_notifies_systemd_reloads_and_stops_cleanly(tmp_path: Path) -> No
 
 
 @needs_root
+def test_sighup_reopens_the_events_file_after_logrotate_moved_it(tmp_path: Path) -> None:
+    port = free_port(socket.SOCK_STREAM)
+    with Daemon(tmp_path, f'[capture]\ninterfaces = ["lo"]\n\n[ports]\nmodbus = [{port}]\n'
+                ) as daemon:
+        _modbus_exchange(port)
+        deadline = time.monotonic() + 10
+        while len(daemon.modbus_events()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        rotated = daemon.events.with_name("events.jsonl.1")
+        daemon.events.rename(rotated)  # what logrotate does, then it sends SIGHUP
+        daemon.proc.send_signal(signal.SIGHUP)
+        assert daemon.notify.wait_for("configuration reloaded", 5), daemon.notify.messages
+        assert daemon.events.exists()  # reopened at the same path
+        _modbus_exchange(port)
+        daemon.stop()
+    old = [json.loads(line) for line in rotated.read_text().splitlines()]
+    assert [(r["type"], r["fc"]) for r in old if r["proto"] == "modbus"] == \
+        [("request", 3), ("response", 3)]
+    new = daemon.modbus_events()
+    assert [(r["type"], r["fc"]) for r in new] == [("request", 3), ("response", 3)], new
+
+
+@needs_root
 def test_daemon_applies_the_configured_capture_filter(tmp_path: Path) -> None:
     """``[capture] filter`` reaches the kernel: a host it excludes yields no event."""
     port = free_port(socket.SOCK_STREAM)
