@@ -42,6 +42,7 @@ from sensor.capture import bpf
 from sensor.capture.live import CaptureError, CaptureStats, LiveCapture
 from sensor.notify import Notifier
 from sensor.pipeline import Pipeline, PipelineConfig
+from sensor.siem import SensorSiem  # registers [output]
 
 log = logging.getLogger("mamori.daemon")
 
@@ -352,6 +353,8 @@ class Sensor:
                 consumer.consume(list(events))
         for consumer in self.consumers:
             consumer.close()
+        if self.outputs is not None:
+            self.outputs.close_sinks()
         if self.forwarder is not None:
             self.forwarder.close()
         if self.store is not None:
@@ -451,7 +454,12 @@ def build_sensor(conf: cfg.Config, config_path: str | None,
     except StoreError as err:
         raise StartupError(f"store: {err}", disk_full=isinstance(err, StoreFull)) from None
     forwarder = None
-    outputs = AlertOutputs(store, on_health=journald_sink())
+    try:
+        siem = SensorSiem.from_config(conf)
+    except (OSError, ValueError) as err:
+        store.close()
+        raise StartupError(f"[output]: {err}") from None
+    outputs = AlertOutputs(store, on_health=journald_sink(), sinks=[siem] if siem else [])
     holder: list[Sensor] = []
     if conf.get("forward", "collectors"):
         from sensor.forwarder import Forwarder
