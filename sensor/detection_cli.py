@@ -217,8 +217,8 @@ def render_alert(alert: Alert) -> str:
 
 
 def cmd_alerts(args: argparse.Namespace) -> int:
-    if args.csv:
-        return export_cli.cmd_alerts_csv(args)
+    if (conflict := export_cli.csv_conflict(args)) is not None:
+        return _fail("alerts", conflict, 2)
     try:
         since = None if args.since is None else time.time() - cfg.parse_duration(args.since)
         severity = None if args.severity is None else Severity.parse(args.severity)
@@ -228,6 +228,8 @@ def cmd_alerts(args: argparse.Namespace) -> int:
         store = _open_store(args, readonly=True)
     except (cfg.ConfigError, StoreError) as err:
         return _fail("alerts", err)
+    if args.csv:
+        return export_cli.print_alerts_csv(store, since, severity)
     out = sys.stdout
     last_id = 0
     polls = 0
@@ -248,8 +250,8 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 
 
 def cmd_assets(args: argparse.Namespace) -> int:
-    if args.csv:
-        return export_cli.cmd_assets_csv(args)
+    if (conflict := export_cli.csv_conflict(args)) is not None:
+        return _fail("assets", conflict, 2)
     if getattr(args, "vulnerable", False):
         return advisories_cli.cmd_assets_vulnerable(args)
     try:
@@ -258,6 +260,8 @@ def cmd_assets(args: argparse.Namespace) -> int:
         return _fail("assets", err)
     with store:
         rows = store.pairs() if args.pairs else store.assets()
+    if args.csv:
+        return export_cli.print_assets_csv(rows)
     if args.json:
         for row in rows:
             print(json.dumps(row))

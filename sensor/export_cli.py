@@ -81,33 +81,28 @@ def _store(args: argparse.Namespace) -> Store:
     return _open_store(args, readonly=True)
 
 
-def cmd_alerts_csv(args: argparse.Namespace) -> int:
-    if args.follow or args.json:
-        return _fail("alerts", "--csv does not go with --follow or --json", 2)
-    try:
-        since = None if args.since is None else time.time() - cfg.parse_duration(args.since)
-        severity = None if args.severity is None else Severity.parse(args.severity)
-    except ValueError as err:
-        return _fail("alerts", err, 2)
-    try:
-        store = _store(args)
-    except (cfg.ConfigError, StoreError) as err:
-        return _fail("alerts", err)
+def csv_conflict(args: argparse.Namespace) -> str | None:
+    """Why ``--csv`` cannot be used with the other flags given, or None."""
+    if not args.csv:
+        return None
+    if hasattr(args, "follow"):
+        return "--csv does not go with --follow or --json" if args.follow or args.json \
+            else None
+    if args.json or args.pairs or getattr(args, "vulnerable", False):
+        return "--csv does not go with --json, --pairs or --vulnerable"
+    return None
+
+
+def print_alerts_csv(store: Store, since: float | None, severity: Severity | None) -> int:
+    """``mamori alerts --csv``: the store's alerts (filtered) as CSV on stdout."""
     with store:
         write_csv(sys.stdout, ALERT_COLUMNS,
                   (alert_row(a) for a in iter_alerts(store, since, severity)))
     return 0
 
 
-def cmd_assets_csv(args: argparse.Namespace) -> int:
-    if args.json or args.pairs or getattr(args, "vulnerable", False):
-        return _fail("assets", "--csv does not go with --json, --pairs or --vulnerable", 2)
-    try:
-        store = _store(args)
-    except (cfg.ConfigError, StoreError) as err:
-        return _fail("assets", err)
-    with store:
-        assets = store.assets()
+def print_assets_csv(assets: list[dict[str, Any]]) -> int:
+    """``mamori assets --csv``: the inventory as CSV on stdout."""
     write_csv(sys.stdout, ASSET_COLUMNS, (asset_row(a) for a in assets))
     return 0
 

@@ -34,22 +34,22 @@ log = logging.getLogger("mamori.output")
 _v_facility = cfg.v_choice(*FACILITIES)
 _v_format = cfg.v_choice("mamori", "eve")
 
+def _syslog_options(section: str, which: str) -> list[cfg.Option]:
+    return [cfg.Option(section, "syslog", "", v_target,
+                       f"send every {which} alert as RFC 5424 syslog to udp://HOST:PORT, "
+                       "unix:///dev/log or file:///PATH; empty = off"),
+            cfg.Option(section, "syslog_facility", "local0", _v_facility,
+                       "the syslog facility of those messages")]
+
+
 cfg.register([
     cfg.Option("output", "eve", "", cfg.v_str,
                "append every published alert as an EVE JSON line to this file (relative "
                "to state_dir); empty = off"),
-    cfg.Option("output", "syslog", "", v_target,
-               "send every published alert as RFC 5424 syslog to udp://HOST:PORT, "
-               "unix:///dev/log or file:///PATH; empty = off"),
-    cfg.Option("output", "syslog_facility", "local0", _v_facility,
-               "the syslog facility of those messages"),
+    *_syslog_options("output", "published"),
     cfg.Option("collect", "jsonl_format", "mamori", _v_format,
                "records of the [collect] jsonl file: 'mamori' (the alert JSON) or 'eve'"),
-    cfg.Option("collect", "syslog", "", v_target,
-               "send every accepted alert as RFC 5424 syslog to udp://HOST:PORT, "
-               "unix:///dev/log or file:///PATH; empty = off"),
-    cfg.Option("collect", "syslog_facility", "local0", _v_facility,
-               "the syslog facility of those messages"),
+    *_syslog_options("collect", "accepted"),
 ])
 
 

@@ -337,8 +337,10 @@ def test_live_daemon_alerts_a_new_affected_device(tmp_path: Path) -> None:
         unavailable("packet sockets need root")
     port = free_port()
     config = tmp_path / "sensor.toml"
-    config.write_text(f'[sensor]\nstate_dir = "{tmp_path}"\n\n[capture]\ninterfaces = ["lo"]\n\n'
-                      f'[ports]\nmodbus = [{port}]\n', encoding="utf-8")
+    config.write_text(f'[sensor]\nstate_dir = "{tmp_path}"\nname = "substation-7"\n\n'
+                      f'[capture]\ninterfaces = ["lo"]\n\n[ports]\nmodbus = [{port}]\n\n'
+                      f'[output]\neve = "eve.json"\nsyslog = "file://{tmp_path}/syslog.log"\n',
+                      encoding="utf-8")
     with AdvisoryIndex(tmp_path / "advisories.db") as index:
         for f in FILES:
             index.put(read_document(csaf_path(f)))
@@ -377,6 +379,14 @@ def test_live_daemon_alerts_a_new_affected_device(tmp_path: Path) -> None:
     assert 0 < vendor["first_frame"] < vendor["last_frame"], vendor
     assert all(a.evidence["frames"]["unit1.MajorMinorRevision"]["first_frame"] ==
                vendor["first_frame"] for a in alerts)
+
+    # The daemon's [output]: each alert as an EVE record and an RFC 5424 line.
+    eve = [json.loads(line) for line in (tmp_path / "eve.json").read_text().splitlines()]
+    assert sorted((r["dest_ip"], r["mamori"]["evidence"]["advisory"]) for r in eve) == sorted(
+        (a.dst, a.evidence["advisory"]) for a in alerts)
+    assert all(r["host"] == "substation-7" and r["alert"]["severity"] == 3 for r in eve)
+    syslog = (tmp_path / "syslog.log").read_bytes().splitlines()
+    assert len(syslog) == len(eve) and all(line.startswith(b"<133>1 ") for line in syslog)
 
     run_daemon_once()  # the same device, seen by a restarted daemon
     with Store(tmp_path / "mamori.db", readonly=True) as store:
