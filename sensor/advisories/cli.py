@@ -251,13 +251,17 @@ def render_match(m: Match, remediation: Sequence[tuple[str, str]] = ()) -> str:
 def describe_sighting(seen: Mapping[str, Any], key: str) -> str:
     """``Modbus FC 43/14 ... response, unit 1, ...; frame 12 at 2026-...; last frame 40 at ...``"""
     text = str(seen.get("message") or frame_of(key))
-    for which, label in (("first", "frame"), ("last", "last frame")):
+    for which in ("first", "last"):
         frame, ts = seen.get(f"{which}_frame"), seen.get(f"{which}_seen")
         if which == "last" and (frame, ts) == (seen.get("first_frame"), seen.get("first_seen")):
-            break
-        if frame is None and ts is None:
+            break  # seen once
+        lead = "; last " if which == "last" else "; "
+        if frame is not None:
+            text += f"{lead}frame {frame}"
+        elif isinstance(ts, int | float):
+            text += f"{lead}seen"  # no frames (Zeek logs)
+        else:
             continue
-        text += f"; {label} {frame if frame is not None else '?'}"
         if isinstance(ts, int | float):
             text += f" at {iso_time(ts)}"
     return text

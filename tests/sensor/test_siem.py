@@ -292,3 +292,30 @@ def test_collector_writes_eve_records_and_syslog_for_accepted_alerts(
     assert sorted((m["msg"] for m in messages), key=lambda r: r["mamori"]["alert_id"]) == \
         sorted(records, key=lambda r: r["mamori"]["alert_id"])
     assert {m["pri"] for m in messages} == {17 * 8 + 3}
+
+
+def test_dnp3_over_udp_records_udp_and_tsharks_community_id(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Zeek's DNP3/UDP trace: the alert's evidence says UDP, so the hash is of a UDP flow."""
+    from sensor.cli import main
+    from tests.conftest import corpus_path
+
+    require_tool("tshark")
+    pcap = corpus_path("zeek/Traces/dnp3/dnp3_udp_select_operate.pcap")
+    conf = tmp_path / "sensor.toml"
+    conf.write_text(f'[sensor]\nstate_dir = "{tmp_path}"\n[output]\neve = "eve.json"\n',
+                    encoding="utf-8")
+    assert main(["replay", "--no-progress", "--config", str(conf), "--store",
+                 str(tmp_path / "s.db"), str(pcap)]) == 0
+    capsys.readouterr()
+    records = [json.loads(line) for line in (tmp_path / "eve.json").read_text().splitlines()]
+    assert records
+    out = subprocess.run(
+        ["tshark", "-r", str(pcap), "--enable-protocol", "communityid", "-T", "fields",
+         "-e", "udp.srcport", "-e", "udp.dstport", "-e", "communityid"],
+        capture_output=True, text=True, check=True, timeout=60).stdout
+    tshark = {(int(a), int(b)): cid for a, b, cid in (line.split("\t") for line in out.split("\n")
+                                                        if line.count("\t") == 2)}
+    for r in records:
+        assert (r["proto"], r["app_proto"]) == ("UDP", "dnp3")
+        assert r["community_id"] == tshark[(r["src_port"], r["dest_port"])]
