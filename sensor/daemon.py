@@ -456,9 +456,9 @@ def build_sensor(conf: cfg.Config, config_path: str | None,
     forwarder = None
     try:
         siem = SensorSiem.from_config(conf)
-    except (OSError, ValueError) as err:
+    except OSError as err:  # checked at load; what changed since
         store.close()
-        raise StartupError(f"[output]: {err}") from None
+        raise StartupError(f"[output] eve: {err.filename}: {err.strerror or err}") from None
     outputs = AlertOutputs(store, on_health=journald_sink(), sinks=[siem] if siem else [])
     holder: list[Sensor] = []
     if conf.get("forward", "collectors"):

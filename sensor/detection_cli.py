@@ -442,8 +442,8 @@ class ReplayDetection:
             return []
         try:
             siem = SensorSiem.from_config(self.config)
-        except (OSError, ValueError) as err:
-            self.errors.append(f"[output]: {err}")
+        except OSError as err:  # checked at load; what changed since
+            self.errors.append(f"[output] eve: {describe(err)}")
             return []
         return [siem] if siem is not None else []
 

@@ -26,7 +26,8 @@ from sensor import config as cfg
 from sensor.alerts import Alert
 from sensor.eve import eve_alert, eve_health
 from sensor.linefile import LineFile
-from sensor.syslog5424 import FACILITIES, SyslogSender, v_target
+from sensor.paths import check_creatable, check_output
+from sensor.syslog5424 import FACILITIES, SyslogSender, parse_target, v_target
 from sensor.wire import Envelope, Kind
 
 log = logging.getLogger("mamori.output")
@@ -51,6 +52,32 @@ cfg.register([
                "records of the [collect] jsonl file: 'mamori' (the alert JSON) or 'eve'"),
     *_syslog_options("collect", "accepted"),
 ])
+
+
+def check_outputs(config: cfg.Config) -> list[cfg.Problem]:
+    """The EVE file and a syslog file target can be written (before any input is read).
+
+    An EVE path under the state directory needs only be creatable: start-up makes
+    that directory. Sockets are not checked: a receiver may come up later.
+    """
+    problems = []
+    eve = str(config.get("output", "eve"))
+    if eve:
+        path = config.state_path("output", "eve")
+        why = check_creatable(path) if not Path(eve).is_absolute() else check_output(path)
+        if why is not None:
+            problems.append(cfg.Problem("output", "eve", why))
+    for section in ("output", "collect"):
+        target = str(config.get(section, "syslog"))
+        if target and parse_target(target).kind == "file":
+            why = check_output(Path(parse_target(target).path))
+            if why is not None:
+                problems.append(cfg.Problem(section, "syslog", why))
+    return problems
+
+
+cfg.register_check(check_outputs, [("sensor", "state_dir"), ("output", "eve"),
+                                   ("output", "syslog"), ("collect", "syslog")])
 
 
 def _line(record: Mapping[str, Any]) -> str:

@@ -253,6 +253,18 @@ def test_bad_output_config_is_a_located_error(tmp_path: Path,
     err = capsys.readouterr().err
     assert f"{conf}:2" in err and "[output] syslog" in err
     assert f"{conf}:3" in err and "syslog_facility" in err
+    # Output files are checked before any input is read, as every other output is.
+    conf.write_text(f'[sensor]\nstate_dir = "{tmp_path}"\n[output]\n'
+                    f'eve = "{tmp_path}/missing/eve.json"\n'
+                    f'syslog = "file://{tmp_path}/missing/syslog.log"\n', encoding="utf-8")
+    assert main(["replay", "--no-progress", "--config", str(conf), str(DEMO)]) == 2
+    err = capsys.readouterr().err
+    assert f"{conf}:4: [output] eve: {tmp_path}/missing/eve.json: cannot write" in err
+    assert main(["check-config", "--config", str(conf)]) != 0  # lists every problem
+    err = capsys.readouterr().err
+    assert f"{conf}:4: [output] eve: {tmp_path}/missing/eve.json: cannot write" in err
+    assert f"{conf}:5: [output] syslog: {tmp_path}/missing/syslog.log: cannot write" in err
+    assert not (tmp_path / "missing").exists()
 
 
 def test_collector_writes_eve_records_and_syslog_for_accepted_alerts(
