@@ -62,8 +62,11 @@ class AlertOutputs:
 
     def __init__(self, store: Store | None, forwarder: AlertForwarder | None = None,
                  window: float = 3600.0, max_pending: int = MAX_PENDING,
-                 on_health: Callable[[Alert], object] | None = None) -> None:
+                 on_health: Callable[[Alert], object] | None = None,
+                 sinks: Sequence[Callable[[Sequence[Alert]], object]] = ()) -> None:
         self.store = store
+        # after the store: each published batch, with store ids (EVE, syslog: sensor.siem)
+        self.sinks = list(sinks)
         self.forwarder = forwarder
         self.window = window
         self.max_pending = max_pending
@@ -96,6 +99,7 @@ class AlertOutputs:
             if forward:
                 self._forward_each(batch)
             self.published += len(batch)
+            self._to_sinks(batch)
             return batch
         if not batch and not self.pending and not self._syncing():
             return []
@@ -112,7 +116,28 @@ class AlertOutputs:
         self.published += len(batch)
         if not self._raising:
             self._check_health()
+        self._to_sinks(out)
         return out
+
+    def _to_sinks(self, alerts: Sequence[Alert]) -> None:
+        if alerts:
+            for sink in self.sinks:
+                sink(alerts)
+
+    def reopen_sinks(self) -> None:
+        """SIGHUP: the sinks that write files reopen them (logrotate moved them)."""
+        for sink in self.sinks:
+            reopen = getattr(sink, "reopen", None)
+            if reopen is not None:
+                reopen()
+
+    def close_sinks(self) -> None:
+        """Close the sinks that can be (files, sockets); at shutdown, after the last publish."""
+        for sink in self.sinks:
+            close = getattr(sink, "close", None)
+            if close is not None:
+                close()
+        self.sinks = []
 
     def _store(self, batch: Sequence[Alert], forward: bool) -> list[Alert]:
         """Write what was held, then ``batch``; hold what does not fit; forward (when

@@ -19,6 +19,7 @@ from typing import IO, Any
 from sensor import (
     daemon_cli,
     detection_cli,
+    export_cli,
     forwarding_cli,
     subscribe_cli,
     web_cli,
@@ -99,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.set_defaults(func=_cmd_replay)
 
     for feature in (forwarding_cli, detection_cli, daemon_cli, zeek_cli, web_cli,
-                    advisories_cli, subscribe_cli):
+                    advisories_cli, subscribe_cli, export_cli):
         feature.register_commands(commands)
     return parser
 

@@ -48,6 +48,7 @@ from sensor.eventlog import JsonLinesWriter
 from sensor.notify import Notifier
 from sensor.paths import describe
 from sensor.pipeline import Pipeline, PipelineConfig
+from sensor.siem import SensorSiem  # registers [output]
 
 log = logging.getLogger("mamori.daemon")
 
@@ -292,6 +293,8 @@ class Sensor:
                 log.error("reload: %s; keeping what was running", problem)
                 refused.append(problem)
         self.rules_loaded()
+        if self.outputs is not None:
+            self.outputs.reopen_sinks()
         log.info("configuration reloaded from %s", self.config_path)
         self.notifier.ready("configuration reloaded" if not refused else
                             f"configuration reloaded, but: {'; '.join(refused)}")
@@ -406,6 +409,8 @@ class Sensor:
                 consumer.consume(list(events))
         for consumer in self.consumers:
             consumer.close()
+        if self.outputs is not None:
+            self.outputs.close_sinks()
         if self.forwarder is not None:
             self.forwarder.close()
         if self.store is not None:
@@ -516,7 +521,12 @@ def build_sensor(conf: cfg.Config, config_path: str | None,
         raise StartupError(f"store: {err}", disk_full=isinstance(err, StoreFull)) from None
     forwarder = None
     receiver = None
-    outputs = AlertOutputs(store, on_health=journald_sink())
+    try:
+        siem = SensorSiem.from_config(conf)
+    except OSError as err:  # checked at load; what changed since
+        store.close()
+        raise StartupError(f"[output] eve: {err.filename}: {err.strerror or err}") from None
+    outputs = AlertOutputs(store, on_health=journald_sink(), sinks=[siem] if siem else [])
     holder: list[Sensor] = []
     if conf.get("forward", "collectors"):
         from sensor.detection.settings import bundle_store

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from sensor import config as cfg
-from sensor import rulebundle_cli
+from sensor import export_cli, rulebundle_cli
 from sensor.advisories import cli as advisories_cli
 from sensor.alerting import AlertOutputs
 from sensor.alerts import Alert, Severity
@@ -43,6 +43,7 @@ from sensor.paths import (
     describe_mkdir,
     read_bounded,
 )
+from sensor.siem import SensorSiem
 from sensor.store import Store, StoreError
 
 
@@ -68,6 +69,7 @@ def register_commands(commands: Any) -> None:
     alerts.add_argument("--severity", metavar="LEVEL", help="at least this severity")
     alerts.add_argument("--follow", action="store_true", help="keep printing new alerts")
     alerts.add_argument("--json", action="store_true", help="one JSON object per line")
+    export_cli.add_csv_flag(alerts, "the alerts")
     alerts.add_argument("--interval", type=cfg.seconds_flag, default=1.0, help=argparse.SUPPRESS)
     alerts.add_argument("--max-polls", type=int, default=None, help=argparse.SUPPRESS)
     _store_args(alerts)
@@ -76,6 +78,7 @@ def register_commands(commands: Any) -> None:
     assets = commands.add_parser("assets", help="show the asset inventory")
     assets.add_argument("--json", action="store_true")
     assets.add_argument("--pairs", action="store_true", help="communication pairs instead")
+    export_cli.add_csv_flag(assets, "the assets")
     advisories_cli.add_assets_arguments(assets)
     _store_args(assets)
     assets.set_defaults(func=cmd_assets)
@@ -214,6 +217,8 @@ def render_alert(alert: Alert) -> str:
 
 
 def cmd_alerts(args: argparse.Namespace) -> int:
+    if (conflict := export_cli.csv_conflict(args)) is not None:
+        return _fail("alerts", conflict, 2)
     try:
         since = None if args.since is None else time.time() - cfg.parse_duration(args.since)
         severity = None if args.severity is None else Severity.parse(args.severity)
@@ -223,6 +228,8 @@ def cmd_alerts(args: argparse.Namespace) -> int:
         store = _open_store(args, readonly=True)
     except (cfg.ConfigError, StoreError) as err:
         return _fail("alerts", err)
+    if args.csv:
+        return export_cli.print_alerts_csv(store, since, severity)
     out = sys.stdout
     last_id = 0
     polls = 0
@@ -243,6 +250,8 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 
 
 def cmd_assets(args: argparse.Namespace) -> int:
+    if (conflict := export_cli.csv_conflict(args)) is not None:
+        return _fail("assets", conflict, 2)
     if getattr(args, "vulnerable", False):
         return advisories_cli.cmd_assets_vulnerable(args)
     try:
@@ -251,6 +260,8 @@ def cmd_assets(args: argparse.Namespace) -> int:
         return _fail("assets", err)
     with store:
         rows = store.pairs() if args.pairs else store.assets()
+    if args.csv:
+        return export_cli.print_assets_csv(rows)
     if args.json:
         for row in rows:
             print(json.dumps(row))
@@ -403,9 +414,10 @@ class ReplayDetection:
         if self.config is not None and self.config.get("forward", "collectors"):
             outputs = self._forward(drained, report)
         elif self.store is not None:
-            outputs = AlertOutputs(self.store, window=0.0)
+            outputs = AlertOutputs(self.store, window=0.0, sinks=self.sinks())
             outputs.publish(drained)
             outputs.close()
+            outputs.close_sinks()
         state = outputs.status() if outputs is not None else {}
         if self.store is not None:
             inv = self.detector.inventory
@@ -422,6 +434,18 @@ class ReplayDetection:
         lost = int(state["dropped"]) if state else 0
         return lost == 0
 
+
+    def sinks(self) -> list[SensorSiem]:
+        """The configured EVE and syslog outputs ([output]); a file that cannot be opened
+        is said and the replay goes on without it."""
+        if self.config is None:
+            return []
+        try:
+            siem = SensorSiem.from_config(self.config)
+        except OSError as err:  # checked at load; what changed since
+            self.errors.append(f"[output] eve: {describe(err)}")
+            return []
+        return [siem] if siem is not None else []
 
     def _forward(self, alerts: list[Alert], report: IO[str]) -> AlertOutputs | None:
         """Store, then forward to the configured collectors, and wait for their acks."""
@@ -440,14 +464,16 @@ class ReplayDetection:
                 return None
             if isinstance(err, JournalFull):  # the next run with room journals these
                 self.store.owe_journal(self.store.rev())
-            outputs = AlertOutputs(self.store, window=0.0)
+            outputs = AlertOutputs(self.store, window=0.0, sinks=self.sinks())
             outputs.publish(alerts)
             outputs.close()
+            outputs.close_sinks()
             return outputs
-        outputs = AlertOutputs(self.store, forwarder, window=0.0)
+        outputs = AlertOutputs(self.store, forwarder, window=0.0, sinks=self.sinks())
         start = forwarder.journal.seq
         outputs.publish(alerts)
         outputs.close()
+        outputs.close_sinks()
         journaled = forwarder.journal.seq - start
         forwarder.start()
         deadline = time.monotonic() + self.config.get("forward", "ack_timeout") * 2

@@ -31,7 +31,9 @@ from enum import Enum
 from typing import Any, cast
 
 from parsers.dnp3 import DNP3Parser
+from parsers.dnp3.events import DNP3Application
 from parsers.modbus import ModbusParser
+from parsers.modbus.events import ModbusResponse
 from parsers.packet import Decoded, DecodeProblem, decode, ip_to_str, mac_to_str
 from parsers.stream import Direction, FlowId, StreamParser, Transport
 from parsers.tcp import TcpReassembler
@@ -116,9 +118,24 @@ class _Flow:
 
 FlowKey = tuple[int, bytes, int, bytes, int]
 _EMPTY: list[Any] = []
+# Responses learn the number of the frame that completed them: the inventory keeps it
+# as the evidence of where a device announced its identity. Set through the slot
+# (the events are frozen); only server-to-client segments are scanned.
+_SET_MODBUS_FRAME = ModbusResponse.__dict__["frame"].__set__
+_SET_DNP3_FRAME = DNP3Application.__dict__["frame"].__set__
 _TO_SERVER = Direction.TO_SERVER
 _TO_CLIENT = Direction.TO_CLIENT
 _LRU_RESOLUTION = 1.0  # seconds of packet time
+
+
+def _number(events: Sequence[Any], frame_no: int) -> None:
+    """Stamp the responses among one frame's events with that frame's number."""
+    for ev in events:
+        cls = ev.__class__
+        if cls is ModbusResponse:
+            _SET_MODBUS_FRAME(ev, frame_no)
+        elif isinstance(ev, DNP3Application):
+            _SET_DNP3_FRAME(ev, frame_no)
 
 
 class Pipeline:
@@ -195,6 +212,8 @@ class Pipeline:
             events = flow.parser.receive(direction, pkt.payload, ts)
         else:
             events = _EMPTY
+        if events and direction is _TO_CLIENT and frame_no:
+            _number(events, frame_no)
         if swept:
             return swept + list(events)
         return events

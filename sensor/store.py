@@ -475,11 +475,50 @@ def _merge_asset(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, An
     merged["mac"] = new.get("mac") or old.get("mac")
     for key in ("roles", "units", "links"):
         merged[key] = _union(old.get(key), new.get(key) or [])
-    identity = dict(old.get("identity") or {})
+    old_identity = old.get("identity") or {}
+    identity = dict(old_identity)
     identity.update(new.get("identity") or {})
     merged["identity"] = dict(sorted(identity.items()))
+    merged["identity_seen"] = _merge_sightings(old_identity, old.get("identity_seen"),
+                                               new.get("identity") or {},
+                                               new.get("identity_seen"))
     _span(old, new, merged)
     return merged
+
+
+def _merge_sightings(old_identity: Mapping[str, Any], old: Any, new_identity: Mapping[str, Any],
+                     new: Any) -> dict[str, Any]:
+    """Per identity key, the first and the last sighting of its current value.
+
+    A value that changed starts afresh from the new row; the same value keeps the
+    earlier first sighting and the later last one (frame numbers belong to the
+    capture or the daemon run they were counted in, and travel with their time).
+    """
+    old = old if isinstance(old, Mapping) else {}
+    new = new if isinstance(new, Mapping) else {}
+    out: dict[str, Any] = {k: dict(v) for k, v in old.items() if isinstance(v, Mapping)
+                           and (k not in new_identity or new_identity[k] == old_identity.get(k))}
+    for key, seen in new.items():
+        if not isinstance(seen, Mapping):
+            continue
+        have = out.get(key)
+        if have is None or old_identity.get(key) != new_identity.get(key):
+            out[key] = dict(seen)
+            continue
+        if _before(seen.get("first_seen"), have.get("first_seen")):
+            have["first_seen"], have["first_frame"] = seen.get("first_seen"), seen.get(
+                "first_frame")
+        if _before(have.get("last_seen"), seen.get("last_seen")):
+            have["last_seen"], have["last_frame"] = seen.get("last_seen"), seen.get(
+                "last_frame")
+    return dict(sorted(out.items()))
+
+
+def _before(a: Any, b: Any) -> bool:
+    """``a`` is a time earlier than ``b`` (or ``b`` is none at all)."""
+    if not isinstance(a, int | float):
+        return False
+    return not isinstance(b, int | float) or a < b
 
 
 def _merge_pair(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ IIN writes, device attributes); those are local-only data.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from parsers.stream import Direction, FlowId, Transport
 
@@ -176,7 +176,9 @@ class DNP3Application:
     ``iin`` is IIN1 << 8 | IIN2 for responses, else ``None``. ``paired_fc`` is
     the function code this fragment answers: for a response the request's FC,
     for a CONFIRM the FC of the response it confirms. ``latency`` is the time
-    since that message, for the first fragment of a pairing only.
+    since that message, for the first fragment of a pairing only. ``frame`` is
+    the number of the captured frame that completed the fragment (0: not known);
+    the pipeline sets it, since the parser never sees frames.
     """
 
     ts: float
@@ -191,6 +193,7 @@ class DNP3Application:
     objects: tuple[ObjectHeader, ...]
     latency: float | None = None
     paired_fc: int | None = None
+    frame: int = field(default=0, compare=False, repr=False)  # set by the pipeline
 
     @property
     def fc_name(self) -> str:

@@ -9,7 +9,7 @@ are lifted onto the event because rules match on them for every code.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING
 
@@ -83,7 +83,9 @@ class ModbusResponse:
     code when it was set, else ``None``. ``address``/``quantity``/``sub`` come
     from the response where it carries them, otherwise from the paired request.
     ``latency`` is seconds since the paired request; ``unsolicited`` is true
-    when no request was outstanding for (tid, unit).
+    when no request was outstanding for (tid, unit). ``frame`` is the number of
+    the captured frame that completed the ADU (0: not known, as from Zeek logs);
+    the parser never sees frames, so the sensor's pipeline sets it.
     """
 
     ts: float
@@ -98,6 +100,7 @@ class ModbusResponse:
     exception: int | None
     latency: float | None
     unsolicited: bool
+    frame: int = field(default=0, compare=False, repr=False)
 
 
 @fast_init

@@ -14,7 +14,7 @@ import json
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -22,8 +22,9 @@ from sensor import config as cfg
 from sensor.advisories.csaf import CsafError, NotAnAdvisory, document_files, read_document
 from sensor.advisories.index import AdvisoryIndex, AdvisoryIndexError
 from sensor.advisories.live import RULE, alerts_for, claim_alerts, index_beside
-from sensor.advisories.matcher import Confidence, Match, Matcher
+from sensor.advisories.matcher import Confidence, Match, Matcher, frame_of
 from sensor.advisories.normalise import TablesError, default_tables
+from sensor.timefmt import iso_time
 
 __all__ = ["RULE", "add_collect_command", "alerts_for", "cmd_assets_vulnerable",
            "register_commands"]
@@ -239,9 +240,31 @@ def render_match(m: Match, remediation: Sequence[tuple[str, str]] = ()) -> str:
     line = (f"{m.ip:<15} {m.confidence.value:<8} {m.advisory_id:<18} cvss {cvss:<4} "
             f"{' '.join(m.cves[:4])}{' ...' if len(m.cves) > 4 else ''}  "
             f"[{', '.join(m.products[:2])} {', '.join(m.ranges[:2])}]  {ident}")
+    frames = m.evidence.get("frames") or {}
+    for key in m.evidence.get("identity", {}):
+        line += f"\n    seen: {key} in {describe_sighting(frames.get(key) or {}, key)}"
     for category, details in remediation[:3]:
         line += f"\n    {category}: {details[:160]}"
     return line
+
+
+def describe_sighting(seen: Mapping[str, Any], key: str) -> str:
+    """``Modbus FC 43/14 ... response, unit 1, ...; frame 12 at 2026-...; last frame 40 at ...``"""
+    text = str(seen.get("message") or frame_of(key))
+    for which in ("first", "last"):
+        frame, ts = seen.get(f"{which}_frame"), seen.get(f"{which}_seen")
+        if which == "last" and (frame, ts) == (seen.get("first_frame"), seen.get("first_seen")):
+            break  # seen once
+        lead = "; last " if which == "last" else "; "
+        if frame is not None:
+            text += f"{lead}frame {frame}"
+        elif isinstance(ts, int | float):
+            text += f"{lead}seen"  # no frames (Zeek logs)
+        else:
+            continue
+        if isinstance(ts, int | float):
+            text += f" at {iso_time(ts)}"
+    return text
 
 
 def cmd_assets_vulnerable(args: argparse.Namespace) -> int:

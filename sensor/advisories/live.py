@@ -67,7 +67,8 @@ def alerts_for(matches: Sequence[Match], already: set[tuple[str, str]], now: flo
                       "ranges": list(m.ranges), "scope": m.evidence.get("scope"),
                       "version": m.evidence.get("version"),
                       "identity": m.evidence.get("identity", {}),
-                      "seen_in": m.evidence.get("seen_in", {})}))
+                      "seen_in": m.evidence.get("seen_in", {}),
+                      "frames": m.evidence.get("frames", {})}))
     return out
 
 

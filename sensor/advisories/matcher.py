@@ -83,6 +83,9 @@ class DeviceIdentity:
     urls: tuple[tuple[str, str], ...] = ()
     first_seen: float | None = None
     last_seen: float | None = None
+    # identity key -> its first and last sighting (frame numbers and times), as the
+    # inventory keeps them (``Inventory`` ``identity_seen``); empty for older stores
+    seen: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,12 +126,16 @@ def identities(asset: Mapping[str, Any], tables: Tables) -> list[DeviceIdentity]
                 roles[scope]["product"].append((str(key), run.decode("ascii").strip()))
             continue
         roles[scope][role].append((str(key), value.strip()))
+    seen = asset.get("identity_seen")
+    seen = seen if isinstance(seen, Mapping) else {}
     out = []
     for scope, by_role in sorted(roles.items()):
+        keys = {k for pairs in by_role.values() for k, _ in pairs}
         out.append(DeviceIdentity(
             str(asset.get("ip", "")), scope, tuple(by_role["vendor"]), tuple(by_role["product"]),
             tuple(by_role["version"]), tuple(by_role["vendor_url"]),
-            asset.get("first_seen"), asset.get("last_seen")))
+            asset.get("first_seen"), asset.get("last_seen"),
+            {k: v for k, v in seen.items() if k in keys and isinstance(v, Mapping)}))
     return out
 
 
@@ -306,6 +313,7 @@ class Matcher:
                 "scope": ident.scope,
                 "identity": identity,
                 "seen_in": {k: frame_of(k) for k in identity},
+                "frames": {k: frames_of(k, ident.seen.get(k)) for k in identity},
                 "version": None if version is None else version[0],
                 "first_seen": ident.first_seen, "last_seen": ident.last_seen}
             if slot["out"]:
@@ -348,12 +356,24 @@ _MODBUS_KEY = re.compile(r"unit(\d+)\.(\w+)")
 _DNP3_KEY = re.compile(r"link(\d+)\.g0v(\d+)")
 
 
-def frame_of(key: str) -> str:
-    """Which frames carried an identity string, from the inventory's key for it.
+def frames_of(key: str, seen: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The evidence for one identity string: its message, and the frames that carried it.
 
-    The inventory keeps the value and the asset's first and last sighting, not
-    frame numbers; the key still says which protocol message it came in, which
-    is what an analyst needs to find it again in a capture.
+    Frame numbers are those of the capture file replayed (as Wireshark numbers
+    them) or of the daemon's per-interface counter; ``None`` where the source had
+    no frames (Zeek logs) or the store predates them.
+    """
+    seen = seen or {}
+    return {"message": frame_of(key),
+            **{k: seen.get(k) for k in ("first_frame", "first_seen", "last_frame",
+                                        "last_seen")}}
+
+
+def frame_of(key: str) -> str:
+    """Which message carried an identity string, from the inventory's key for it.
+
+    The key says which protocol message it came in; :func:`frames_of` adds the
+    frame numbers and times the inventory keeps per key.
     """
     m = _MODBUS_KEY.fullmatch(key)
     if m is not None:

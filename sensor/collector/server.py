@@ -29,7 +29,6 @@ import contextlib
 import errno
 import json
 import logging
-import os
 import sqlite3
 import time
 from collections import Counter
@@ -47,6 +46,8 @@ from sensor.collector.jetstream import JetStreamPublisher, JetStreamSettings
 from sensor.collector.rule_offers import RuleOffers
 from sensor.collector.storage import SqlStorage, StoredMessage, open_storage
 from sensor.keys import KeyFileError, load_allow_list, load_pair
+from sensor.linefile import LineFile as SiemFile
+from sensor.siem import CollectorSiem, CollectorSiemSettings
 from sensor.wire import (
     Ack,
     Envelope,
@@ -77,6 +78,7 @@ class CollectorSettings:
     replay_interval: float
     max_clock_skew: float = 30.0
     jetstream: JetStreamSettings | None = None  # [collect] nats_*: None = off
+    siem: CollectorSiemSettings | None = None  # EVE records, syslog (sensor.siem)
 
     @classmethod
     def from_config(cls, config: cfg.Config,
@@ -86,12 +88,12 @@ class CollectorSettings:
         return cls(tuple(s["listen"]), base / s["secret_key"], base / s["keys_dir"],
                    base / s["db"], s["dsn"], s["publish"], s["jsonl"],
                    s["max_message_bytes"], s["replay_interval"], s["max_clock_skew"],
-                   JetStreamSettings.from_section(s, base))
+                   JetStreamSettings.from_section(s, base),
+                   CollectorSiemSettings.from_section(s))
 
 
 log = logging.getLogger("mamori.collector")
 
-SIEM_BACKLOG_MAX = 64 * 1024 * 1024  # bytes of SIEM lines held while its disk is full
 
 
 def is_disk_full(err: BaseException) -> bool:
@@ -103,64 +105,6 @@ def is_disk_full(err: BaseException) -> bool:
     if isinstance(err, OSError):
         return err.errno in (errno.ENOSPC, errno.EDQUOT)
     return getattr(err, "sqlstate", None) == "53100"
-
-
-class SiemFile:
-    """The SIEM JSON lines file, written with ``os.write`` so that a full disk never
-    leaves half a line: what the disk refused stays queued, in order, and goes first
-    at the next write. Past ``max_backlog`` queued bytes new lines are dropped and
-    counted (the storage has them all)."""
-
-    def __init__(self, path: str, max_backlog: int = SIEM_BACKLOG_MAX) -> None:
-        self.path = path
-        self.max_backlog = max_backlog
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        self._queue = bytearray()
-        self.dropped = 0  # lines never written
-        self.error: str | None = None  # set while writes fail
-
-    def write(self, lines: list[str]) -> None:
-        for line in lines:
-            data = (line + "\n").encode()
-            if self._queue and len(self._queue) + len(data) > self.max_backlog:
-                self.dropped += 1
-            else:
-                self._queue += data
-        self.flush()
-
-    def flush(self) -> None:
-        while self._queue:
-            try:
-                n = os.write(self._fd, self._queue)
-            except OSError as err:
-                if self.error is None:
-                    log.error("mamori collect: %s: %s; %d bytes of SIEM lines held until "
-                              "it works again", self.path, err.strerror, len(self._queue))
-                self.error = err.strerror or str(err)
-                return
-            del self._queue[:n]
-        if self.error is not None:
-            log.warning("mamori collect: %s: writing SIEM lines again (%d dropped)",
-                        self.path, self.dropped)
-        self.error = None
-
-    def reopen(self) -> None:
-        """After logrotate moved the file: write on at ``path`` (created anew if gone)."""
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        os.close(self._fd)
-        self._fd = fd
-        self.flush()  # what the old file refused goes to the new one
-
-    @property
-    def held(self) -> int:
-        return len(self._queue)
-
-    def close(self) -> None:
-        self.flush()
-        if self._queue:
-            log.error("mamori collect: %s: %d bytes of SIEM lines not written at exit",
-                      self.path, len(self._queue))
-        os.close(self._fd)
 
 
 class CollectorServer:
@@ -183,6 +127,7 @@ class CollectorServer:
         self._health: list[dict[str, Any]] = []  # the collector's own findings to publish
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._jsonl: SiemFile | None = None
+        self._siem: CollectorSiem | None = None  # EVE lines and syslog, when configured
         self.storage_full = False  # the last commit failed for lack of space
         self.jetstream: JetStreamPublisher | None = None
         self.rule_offers = RuleOffers(self.storage)  # `collect push-rules` (issue 17)
@@ -220,7 +165,9 @@ class CollectorServer:
         if s.jetstream is not None:  # its own thread: reads storage, never blocks us
             self.jetstream = JetStreamPublisher(s.jetstream, s.db, s.dsn).start()
         if s.jsonl:
-            self._jsonl = SiemFile(s.jsonl)
+            self._jsonl = SiemFile(s.jsonl, who="mamori collect")
+        if s.siem is not None and (s.siem.eve or s.siem.syslog):
+            self._siem = CollectorSiem(s.siem)
 
     def close(self) -> None:
         if self.jetstream is not None:
@@ -237,6 +184,9 @@ class CollectorServer:
         if self._jsonl is not None:
             self._jsonl.close()
             self._jsonl = None
+        if self._siem is not None:
+            self._siem.close()
+            self._siem = None
         self.storage.close()
 
     def reload(self) -> None:
@@ -250,6 +200,8 @@ class CollectorServer:
             except OSError as err:  # keep the old file rather than stop serving
                 log.error("mamori collect: %s: cannot reopen: %s; writing on to the old "
                           "file", self._jsonl.path, err.strerror or err)
+        if self._siem is not None:
+            self._siem.reopen()
         log.warning("mamori collect: reloaded: %d sensor keys", len(self.allow))
 
     def _reload_allow_list(self, force: bool = False) -> None:
@@ -515,6 +467,8 @@ class CollectorServer:
             st.advance(sensor, epoch, self._contig[(sensor, epoch)], ts, now)
         for sensor, env in heartbeats.items():
             st.heartbeat(sensor, env.epoch, env.seq, env.ts, now, env.body)
+            if self._siem is not None:
+                self._siem.heartbeat(sensor, env.body)
             if env.seq <= self._contig.get((sensor, env.epoch), 0) and all(
                     self._contig.get((sensor, e), 0) >= last for e, last in _owed(env)):
                 st.mark_complete(sensor, now)
@@ -535,7 +489,7 @@ class CollectorServer:
 
     def _publish(self, accepted: list[tuple[str, Envelope]]) -> None:
         health, self._health = self._health, []
-        if self._pub is None and self._jsonl is None:
+        if self._pub is None and self._jsonl is None and self._siem is None:
             return
         lines: list[str] = []
         for doc in health:
@@ -553,6 +507,10 @@ class CollectorServer:
                 with contextlib.suppress(zmq.Again):
                     self._pub.send_multipart([b"alert", line.encode()], zmq.NOBLOCK)
             lines.append(line)
+        if self._siem is not None:  # EVE records in the SIEM file; syslog
+            eve = self._siem.lines([(s, self.allow.get(s.encode(), "?"), env)
+                                    for s, env in accepted], health)
+            lines = eve if self._siem.settings.eve else lines
         if self._jsonl is not None:
             self._jsonl.write(lines)
             if self._jsonl.dropped:

@@ -35,6 +35,7 @@ from typing import Any
 from parsers.dnp3.events import DNP3Request, DNP3Unsolicited
 from parsers.modbus.events import ModbusRequest
 from parsers.modbus.pdu import WriteSingleCoil, WriteSingleRegister
+from parsers.stream import Transport
 from sensor.alerts import Alert
 from sensor.detection.bounded import DEFAULT_MAX_STATE, LruTable
 from sensor.detection.derived import DerivedEvent, DerivedKind
@@ -596,6 +597,9 @@ class Detector:
             out["objects"] = [{"group": h.group, "variation": h.variation,
                                "qualifier": h.qualifier, "start": h.start, "stop": h.stop,
                                "count": h.count} for h in objects]
+        flow = getattr(ev, "flow", None)
+        if flow is not None and flow.transport is Transport.UDP:
+            out["transport"] = "udp"  # DNP3 over UDP: the SIEM record's flow hash needs it
         if rule.values and self.values_allowed:
             pdu = getattr(ev, "pdu", None)
             if isinstance(pdu, WriteSingleCoil | WriteSingleRegister):

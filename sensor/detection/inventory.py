@@ -63,8 +63,8 @@ class BaselineError(ValueError):
 class Asset:
     """One IP address seen on an ICS flow."""
 
-    __slots__ = ("first_seen", "identity", "ip", "last_seen", "learned", "learned_identity",
-                 "links", "mac", "roles", "units")
+    __slots__ = ("first_seen", "identity", "identity_seen", "ip", "last_seen", "learned",
+                 "learned_identity", "links", "mac", "roles", "units")
 
     def __init__(self, ip: str, ts: float, learned: bool) -> None:
         self.ip = ip
@@ -74,6 +74,10 @@ class Asset:
         self.links: set[int] = set()
         self.identity: dict[str, str] = {}
         self.learned_identity: dict[str, str] = {}
+        # identity key -> [first frame, first ts, last frame, last ts] of its current
+        # value: which packets carried it (frame 0: not known, as from Zeek logs),
+        # the evidence of an advisory match
+        self.identity_seen: dict[str, list[float]] = {}
         self.first_seen = ts
         self.last_seen = ts
         self.learned = learned
@@ -82,8 +86,16 @@ class Asset:
         return {"ip": self.ip, "mac": self.mac, "roles": sorted(self.roles),
                 "units": sorted(self.units), "links": sorted(self.links),
                 "identity": dict(sorted(self.identity.items())),
+                "identity_seen": {k: sighting(*v) for k, v in sorted(self.identity_seen.items())},
                 "first_seen": self.first_seen, "last_seen": self.last_seen,
                 "learned": self.learned}
+
+
+def sighting(first_frame: float, first_ts: float, last_frame: float, last_ts: float
+             ) -> dict[str, Any]:
+    """Where one identity string was seen first and last (frame ``None``: not known)."""
+    return {"first_frame": int(first_frame) or None, "first_seen": first_ts,
+            "last_frame": int(last_frame) or None, "last_seen": last_ts}
 
 
 class Cycle:
@@ -468,7 +480,16 @@ class Inventory:
     def _identity(self, ip: str, ts: float, values: Mapping[str, str], ev: Any,
                   link: tuple[int, int] | None) -> None:
         asset = self.assets.get(ip) or self._asset(ip, ts, "outstation", None)
+        if ts > asset.last_seen:
+            asset.last_seen = ts  # it answered: its sightings stay inside its span
+        frame = getattr(ev, "frame", 0)
+        seen = asset.identity_seen
         for key, value in values.items():
+            where = seen.get(key)
+            if where is None or asset.identity.get(key) != value:
+                seen[key] = [frame, ts, frame, ts]  # first sight of this value
+            else:
+                where[2], where[3] = frame, ts
             asset.identity[key] = value
             learned = asset.learned_identity.get(key)
             if not self.enforcing:

@@ -33,12 +33,13 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sensor.alerts import Severity
-from sensor.config import parse_duration
+from sensor.timefmt import parse_time
 from sensor.web.attack import attack_name
 from sensor.web.audit import AuditError, OperatorAudit
 from sensor.web.auth import SESSION_COOKIE, Authenticator, Session, valid_operator
 from sensor.web.commap import build_graph, render_svg
 from sensor.web.data import AlertFilter, AlertRow, StoreReader
+from sensor.web.downloads import alerts_csv, assets_csv
 from sensor.web.fcclass import classify
 from sensor.web.health import HealthSource
 from sensor.web.limits import BadParameter, RequestLimits, parse_id, query_id
@@ -139,25 +140,6 @@ def static_assets() -> dict[str, StaticAsset]:
             out[path.name] = StaticAsset(body, STATIC_TYPES[path.suffix],
                                          f'"{hashlib.sha256(body).hexdigest()[:32]}"')
     return out
-
-
-def parse_time(text: str, now: float) -> float | None:
-    """``"24h"`` (that long ago) or an ISO date/time (UTC unless it says otherwise)."""
-    text = text.strip()
-    if not text:
-        return None
-    try:
-        return now - parse_duration(text)
-    except ValueError:
-        pass
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is neither a duration (24h, 7d) nor a date "
-                         "(2025-01-31, 2025-01-31T12:00)") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return when.timestamp()
 
 
 def parse_filter(params: Any, now: float | None = None) -> tuple[AlertFilter, dict[str, str],
@@ -361,6 +343,15 @@ def create_app(ctx: WebContext) -> Starlette:
         return JSONResponse({"alerts": [_alert_json(r) for r in rows],
                              "counts": ctx.reader.counts()})
 
+    async def alerts_download(request: Request, auth: Auth) -> Response:
+        filt, _, problems = parse_filter(request.query_params)
+        if problems:
+            return JSONResponse({"error": "; ".join(problems)}, status_code=400)
+        return alerts_csv(ctx.reader, filt)
+
+    async def assets_download(request: Request, auth: Auth) -> Response:
+        return assets_csv(ctx.reader)
+
     # -- inventory and map --------------------------------------------------------------
 
     async def assets(request: Request, auth: Auth) -> Response:
@@ -412,6 +403,8 @@ def create_app(ctx: WebContext) -> Starlette:
         Route("/alerts/{alert_id}", protected(alert_detail)),
         Route("/alerts/{alert_id}/ack", protected(acknowledge), methods=["POST"]),
         Route("/assets", protected(assets)),
+        Route("/alerts.csv", protected(alerts_download)),
+        Route("/assets.csv", protected(assets_download)),
         Route("/map", protected(map_page)),
         Route("/map.svg", protected(map_image)),
         Route("/health", protected(health)),

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sensor.advisories.index import AdvisoryIndex, AdvisoryIndexError
-from sensor.advisories.matcher import Confidence, Matcher
+from sensor.advisories.matcher import Confidence, Match, Matcher, frame_of
 from sensor.advisories.normalise import TablesError, default_tables
 
 
@@ -35,6 +35,19 @@ class VulnerableDevice:
     cves: tuple[str, ...]
     cvss: float | None
     remediations: tuple[tuple[str, str], ...]  # (category, details)
+    # (identity key, value, message, first frame, first seen, last frame, last seen)
+    evidence: tuple[tuple[Any, ...], ...] = ()
+
+
+def evidence_rows(m: Match) -> tuple[tuple[Any, ...], ...]:
+    """The identity strings a match rests on, each with the frames that carried it."""
+    frames = m.evidence.get("frames") or {}
+    rows = []
+    for key, value in (m.evidence.get("identity") or {}).items():
+        f = frames.get(key) or {}
+        rows.append((key, value, f.get("message") or frame_of(key), f.get("first_frame"),
+                     f.get("first_seen"), f.get("last_frame"), f.get("last_seen")))
+    return tuple(rows)
 
 
 class VulnerableView:
@@ -81,7 +94,7 @@ class VulnerableView:
                     fixes = index.remediations(m.advisory_id, list(m.product_ids))
                     out.append(VulnerableDevice(
                         m.ip, m.advisory_id, m.confidence.value, m.confidence.affected,
-                        m.products, m.cves, m.cvss, tuple(fixes)))
+                        m.products, m.cves, m.cvss, tuple(fixes), evidence_rows(m)))
         except AdvisoryIndexError as err:
             self.problem = f"advisory index: {err}"
             return []

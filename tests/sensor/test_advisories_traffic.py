@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -137,6 +138,40 @@ def _by_id(matches: list[Match]) -> dict[str, Match]:
     return {m.advisory_id: m for m in matches}
 
 
+def _tshark_frames(pcap: Path, option: tuple[str, str], display_filter: str) -> list[int]:
+    """Wireshark's numbers of the frames that match ``display_filter``."""
+    out = subprocess.run(["tshark", "-r", str(pcap), *option, "-Y", display_filter,
+                          "-T", "fields", "-e", "frame.number"],
+                         capture_output=True, text=True, check=True, timeout=60).stdout
+    return [int(line) for line in out.split()]
+
+
+def test_identity_sightings_name_the_frames_wireshark_shows(traffic: Traffic) -> None:
+    """Each identity string keeps the frames of its first and last FC 43/14 (or 17) response.
+
+    The client asks twice (basic, then regular objects): VendorName is in both
+    responses, ProductName only in the second, and the FC 17 answer is a third.
+    """
+    require_tool("tshark")
+    for host in (AFFECTED_HOST, FIXED_HOST):
+        where = f"ip.src == {host} && tcp.srcport == {traffic.port}"
+        port = ("-o", f"mbtcp.tcp.port:{traffic.port}")  # responses come from this port
+        mei = _tshark_frames(traffic.pcap, port,
+                             f"{where} && modbus.func_code == 43 && modbus.mei == 14 && "
+                             f'modbus.object_str_value == "Siemens AG"')
+        fc17 = _tshark_frames(traffic.pcap, port, f"{where} && modbus.func_code == 17")
+        assert len(mei) == 2 and len(fc17) == 1, (mei, fc17)
+        seen = traffic.assets[host]["identity_seen"]
+        assert (seen["unit1.VendorName"]["first_frame"],
+                seen["unit1.VendorName"]["last_frame"]) == (mei[0], mei[1])
+        assert (seen["unit1.ProductName"]["first_frame"],
+                seen["unit1.ProductName"]["last_frame"]) == (mei[1], mei[1])
+        assert seen["unit1.server_id_data"]["first_frame"] == fc17[0]
+        vendor = seen["unit1.VendorName"]
+        assert traffic.assets[host]["first_seen"] <= vendor["first_seen"] \
+            < vendor["last_seen"] <= traffic.assets[host]["last_seen"]
+
+
 def test_inventory_learned_the_announced_identity(traffic: Traffic) -> None:
     for host, revision in ((AFFECTED_HOST, AFFECTED_REV), (FIXED_HOST, FIXED_REV)):
         identity = traffic.assets[host]["identity"]
@@ -156,6 +191,11 @@ def test_version_inside_the_range_matches(traffic: Traffic, matcher: Matcher) ->
     assert m.evidence["version"] == AFFECTED_REV
     assert m.evidence["identity"]["unit1.ProductName"] == "SENTRON PAC3200"
     assert m.evidence["first_seen"] is not None
+    frames = m.evidence["frames"]["unit1.MajorMinorRevision"]
+    assert frames["message"].startswith("Modbus FC 43/14")
+    seen = traffic.assets[AFFECTED_HOST]["identity_seen"]["unit1.MajorMinorRevision"]
+    assert frames["first_frame"] == seen["first_frame"] and frames["first_frame"] > 0
+    assert frames["last_seen"] == seen["last_seen"]
     affected = {m.advisory_id for m in found.values() if m.confidence.affected}
     assert affected == {*BOUNDED, ALL_VERSIONS}, affected  # and no other Siemens product
 
@@ -204,14 +244,25 @@ def test_cli_import_vulnerable_view_and_one_alert_each(
         (AFFECTED_HOST, a) for a in (*BOUNDED, ALL_VERSIONS)} | {(FIXED_HOST, ALL_VERSIONS)}
     assert all(r["affected"] and r["cves"] and r["cvss"] for r in rows)
     assert all(r["remediations"] for r in rows)
+    assert all(r["evidence"]["frames"]["unit1.MajorMinorRevision"]["first_frame"] ==
+               traffic.assets[r["ip"]]["identity_seen"]["unit1.MajorMinorRevision"][
+                   "first_frame"] for r in rows)
     status, text, _ = _cli(capsys, "assets", "--vulnerable", *common)
     assert status == 0 and "ICSA-21-068-06" in text and "vendor_fix" in text
+    revision = traffic.assets[AFFECTED_HOST]["identity_seen"]["unit1.MajorMinorRevision"]
+    assert (f"seen: unit1.MajorMinorRevision in Modbus FC 43/14 Read Device Identification "
+            f"response, unit 1, MajorMinorRevision; frame {revision['first_frame']} at "
+            f"20") in text
 
     with Store(store_path, readonly=True) as store:
         alerts = [a for a in store.alerts() if a.rule == "mamori.advisory.affected_device"]
     assert sorted((a.dst, a.evidence["advisory"]) for a in alerts) == sorted(
         (r["ip"], r["advisory"]) for r in rows)
     assert all(a.severity.label == "low" and a.evidence["cves"] for a in alerts)
+    for a in alerts:  # the alert says which frames carried the version it matched
+        assert a.evidence["frames"]["unit1.MajorMinorRevision"] == {
+            "message": a.evidence["seen_in"]["unit1.MajorMinorRevision"],
+            **traffic.assets[a.dst or ""]["identity_seen"]["unit1.MajorMinorRevision"]}
 
     # Importing again (same revisions) or matching again raises nothing new.
     status, out, err = _cli(capsys, "advisories", "import", *files, *common)
@@ -286,8 +337,10 @@ def test_live_daemon_alerts_a_new_affected_device(tmp_path: Path) -> None:
         unavailable("packet sockets need root")
     port = free_port()
     config = tmp_path / "sensor.toml"
-    config.write_text(f'[sensor]\nstate_dir = "{tmp_path}"\n\n[capture]\ninterfaces = ["lo"]\n\n'
-                      f'[ports]\nmodbus = [{port}]\n', encoding="utf-8")
+    config.write_text(f'[sensor]\nstate_dir = "{tmp_path}"\nname = "substation-7"\n\n'
+                      f'[capture]\ninterfaces = ["lo"]\n\n[ports]\nmodbus = [{port}]\n\n'
+                      f'[output]\neve = "eve.json"\nsyslog = "file://{tmp_path}/syslog.log"\n',
+                      encoding="utf-8")
     with AdvisoryIndex(tmp_path / "advisories.db") as index:
         for f in FILES:
             index.put(read_document(csaf_path(f)))
@@ -321,6 +374,19 @@ def test_live_daemon_alerts_a_new_affected_device(tmp_path: Path) -> None:
         (AFFECTED_HOST, adv) for adv in (*BOUNDED, ALL_VERSIONS))
     assert all(a.severity.label == "low" and a.evidence["confidence"] == "exact"
                for a in alerts)
+    # Frames counted live on the interface: the second FC 43/14 answer came after the first.
+    vendor = assets[AFFECTED_HOST]["identity_seen"]["unit1.VendorName"]
+    assert 0 < vendor["first_frame"] < vendor["last_frame"], vendor
+    assert all(a.evidence["frames"]["unit1.MajorMinorRevision"]["first_frame"] ==
+               vendor["first_frame"] for a in alerts)
+
+    # The daemon's [output]: each alert as an EVE record and an RFC 5424 line.
+    eve = [json.loads(line) for line in (tmp_path / "eve.json").read_text().splitlines()]
+    assert sorted((r["dest_ip"], r["mamori"]["evidence"]["advisory"]) for r in eve) == sorted(
+        (a.dst, a.evidence["advisory"]) for a in alerts)
+    assert all(r["host"] == "substation-7" and r["alert"]["severity"] == 3 for r in eve)
+    syslog = (tmp_path / "syslog.log").read_bytes().splitlines()
+    assert len(syslog) == len(eve) and all(line.startswith(b"<133>1 ") for line in syslog)
 
     run_daemon_once()  # the same device, seen by a restarted daemon
     with Store(tmp_path / "mamori.db", readonly=True) as store:
@@ -355,6 +421,13 @@ def _dnp3_identity(tmp: Path, revision: str) -> dict[str, Any]:
     inventory = replay_inventory([pcap], PipelineConfig(dnp3_ports=frozenset({port})))
     assets = [a.to_dict() for a in inventory.assets.values() if a.identity]
     assert len(assets) == 1, assets
+    if shutil.which("tshark"):  # the frame that carried the attributes, as Wireshark sees it
+        frames = _tshark_frames(pcap, ("-d", f"tcp.port=={port},dnp3"),
+                                f"tcp.srcport == {port} && dnp3.al.func == 129 && "
+                                f"dnp3.al.obj == 252")
+        seen = assets[0]["identity_seen"]
+        assert frames and {s["first_frame"] for s in seen.values()} == {frames[0]}, (frames,
+                                                                                     seen)
     return assets[0]
 
 
@@ -382,6 +455,7 @@ def test_dnp3_version_inside_matches_outside_does_not(
     m = inside["ICSA-23-143-02"]
     assert m.evidence["version"] == RTU_INSIDE
     assert all("group 0 variation" in frame for frame in m.evidence["seen_in"].values())
+    assert all(f["first_frame"] and f["first_seen"] for f in m.evidence["frames"].values())
     outside = matcher.match_asset(rtu500[RTU_OUTSIDE])
     assert [m for m in outside if m.confidence is not Confidence.VENDOR] == []
 
@@ -418,4 +492,9 @@ def test_web_asset_view_shows_affected_devices_with_cves_and_remediation(
     page = client.get("/assets").text
     section = page.split('<table id="vulnerable"', 1)[1].split("</table>", 1)[0]
     assert "CVE-" in section and "vendor_fix" in section
+    revision = traffic.assets[AFFECTED_HOST]["identity_seen"]["unit1.MajorMinorRevision"]
+    assert (f'<div data-key="unit1.MajorMinorRevision" '
+            f'data-first-frame="{revision["first_frame"]}" '
+            f'data-last-frame="{revision["last_frame"]}">') in section
+    assert f"; frame {revision['first_frame']} at " in section
     assert f'<tr data-ip="{AFFECTED_HOST}" class="vulnerable">' in page

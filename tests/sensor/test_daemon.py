@@ -194,6 +194,19 @@ def test_sighup_reopens_the_events_file_after_logrotate_moved_it(tmp_path: Path)
 
 
 @needs_root
+def test_sighup_reopens_the_eve_output_after_logrotate_moved_it(tmp_path: Path) -> None:
+    eve = tmp_path / "eve.json"
+    with Daemon(tmp_path, f'[sensor]\nstate_dir = "{tmp_path}"\n[capture]\n'
+                f'interfaces = ["lo"]\n[output]\neve = "{eve}"\n') as daemon:
+        assert eve.exists()
+        eve.rename(tmp_path / "eve.json.1")
+        daemon.proc.send_signal(signal.SIGHUP)
+        assert daemon.notify.wait_for("configuration reloaded", 5), daemon.notify.messages
+        assert eve.exists()  # reopened at the same path
+        daemon.stop()
+
+
+@needs_root
 def test_daemon_applies_the_configured_capture_filter(tmp_path: Path) -> None:
     """``[capture] filter`` reaches the kernel: a host it excludes yields no event."""
     port = free_port(socket.SOCK_STREAM)

@@ -113,11 +113,45 @@ def test_merge_unions_what_each_save_saw(tmp_path: Path) -> None:
         [merged_pair] = store.pairs()
     assert merged_asset == {"ip": "10.9.0.1", "mac": "02:00:00:00:00:01",
                             "roles": ["master", "outstation"], "units": [1, 2], "links": [],
-                            "identity": {"model": "B", "vendor": "A"}, "first_seen": 100.0,
-                            "last_seen": 300.0, "learned": True}
+                            "identity": {"model": "B", "vendor": "A"}, "identity_seen": {},
+                            "first_seen": 100.0, "last_seen": 300.0, "learned": True}
     assert merged_pair["functions"] == ["3", "6"]
     assert merged_pair["ranges"] == {"3": [0, 20], "6": [1, 1]}
     assert merged_pair["period"] == 1.0
     assert merged_pair["count"] == 40
     assert (merged_pair["first_seen"], merged_pair["last_seen"]) == (100.0, 300.0)
     assert merged_pair["learned"] is True
+
+
+def _seen(first_frame: int, first: float, last_frame: int, last: float) -> dict[str, Any]:
+    return {"first_frame": first_frame, "first_seen": first, "last_frame": last_frame,
+            "last_seen": last}
+
+
+def test_merge_keeps_the_first_and_last_frames_of_each_identity_value(tmp_path: Path) -> None:
+    """The same value keeps its earliest and latest sighting; a changed value starts afresh."""
+    asset = {"ip": "10.9.0.1", "mac": None, "roles": ["outstation"], "units": [1],
+             "links": [], "identity": {"unit1.VendorName": "A", "unit1.MajorMinorRevision": "1"},
+             "identity_seen": {"unit1.VendorName": _seen(12, 100.0, 40, 140.0),
+                               "unit1.MajorMinorRevision": _seen(12, 100.0, 40, 140.0)},
+             "first_seen": 100.0, "last_seen": 200.0, "learned": True}
+    later = asset | {
+        "identity": {"unit1.VendorName": "A", "unit1.MajorMinorRevision": "2"},
+        "identity_seen": {"unit1.VendorName": _seen(3, 300.0, 9, 310.0),
+                          "unit1.MajorMinorRevision": _seen(3, 300.0, 9, 310.0)},
+        "first_seen": 300.0, "last_seen": 310.0}
+    with Store(tmp_path / "s.db") as store:
+        store.save_inventory([asset], [], None)
+        store.save_inventory([later], [], None)
+        store.save_inventory([later], [], None)  # idempotent, as the daemon saves again
+        [mid] = store.assets()
+        store.save_inventory([asset | {"identity_seen": {}}], [], None)  # an older writer
+        [merged] = store.assets()
+    assert mid["identity_seen"] == {"unit1.VendorName": _seen(12, 100.0, 9, 310.0),
+                                    "unit1.MajorMinorRevision": _seen(3, 300.0, 9, 310.0)}
+    assert merged["identity_seen"] == {
+        "unit1.VendorName": _seen(12, 100.0, 9, 310.0),
+        # the revision went back to "1" in the last save, which carried no sightings
+        # and so the sightings of "2" no longer describe the value held
+    }
+    assert merged["identity"]["unit1.MajorMinorRevision"] == "1"
