@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from parsers.modbus.events import ModbusRequest
-from parsers.modbus.pdu import WriteSingleRegister
+from parsers.modbus.pdu import ReadRequest, WriteSingleRegister
 from parsers.stream import FlowId, Transport
 from sensor.alerts import Severity
 from sensor.detection import Detector, Inventory, load_rules
@@ -20,6 +20,10 @@ FLOW = FlowId(Transport.TCP, "10.9.9.9", 40000, "10.0.0.5", 502)
 def write(ts: float, value: int = 7, unit: int = 1, address: int = 10) -> ModbusRequest:
     return ModbusRequest(ts, FLOW, 1, unit, 6, None, address, 1,
                          WriteSingleRegister(address, value))
+
+
+def read(ts: float, unit: int = 1, address: int = 0) -> ModbusRequest:
+    return ModbusRequest(ts, FLOW, 1, unit, 3, None, address, 10, ReadRequest(address, 10))
 
 
 def test_storm_of_100k_looping_writes_is_one_alert() -> None:
@@ -96,7 +100,9 @@ def test_learning_period_ends_by_packet_time() -> None:
 def test_baseline_export_import_round_trip() -> None:
     inventory = Inventory()
     detector = Detector(RULES, inventory=inventory)
-    detector.process([write(float(t)) for t in range(20)])
+    detector.process([e for t in range(20) for e in (read(float(t)), write(t + 0.5))])
+    assert inventory.export()["masters"] == []  # 19 poll cycles over 19 s: not yet
+    inventory.freeze()  # the operator vouches: a clean poller becomes a learned master
     doc = inventory.export()
     assert doc["masters"] == ["10.9.9.9"] and len(doc["pairs"]) == 1
     again = Inventory()

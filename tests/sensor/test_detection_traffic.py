@@ -10,6 +10,10 @@ modbus-discover probes unit ids; the intruder asks for the server id (FC 17) and
 polls a unit the server does not have, which pymodbus answers with exception
 0x0B (gateway target failed to respond). The negative for each rule is the learning
 phase alone, learned then enforced.
+
+The SCADA client is the site's declared master (``allowed_masters``): its identity
+reads at start-up would otherwise be reconnaissance from a host not yet learned,
+and a host that raised an alert while learning is never learned.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from tests.peers import modbus_peer
 from tests.peers.capture import capture
 
 RULES = load_rules([SHIPPED_RULES], set_names())
+SITE = {"allowed_masters": ["127.0.0.1/32"]}
 
 
 def _poll(client: Any, rounds: int, period: float) -> None:
@@ -97,7 +102,7 @@ def traffic(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float, int]
 
 def _run(pcap: Path, port: int, freeze_at: float | None, stop_at: float | None
          ) -> list[Alert]:
-    detector = Detector(RULES)
+    detector = Detector(RULES, sets=SITE)
     frozen = False
 
     def sink(events: list[Any]) -> None:
@@ -146,11 +151,11 @@ def test_rule_fires_on_generated_traffic(traffic: tuple[Path, float, int], rule:
 def test_rule_quiet_on_the_learning_phase(traffic: tuple[Path, float, int],
                                           rule: str) -> None:
     pcap, marker, port = traffic
-    learned = Detector(RULES)
+    learned = Detector(RULES, sets=SITE)
     replay_files([pcap], PipelineConfig(modbus_ports=frozenset({port})),
                  extra_sinks=[lambda ev: learned.process([e for e in ev if e.ts < marker])])
     learned.inventory.freeze()
-    again = Detector(RULES, inventory=learned.inventory)
+    again = Detector(RULES, sets=SITE, inventory=learned.inventory)
     replay_files([pcap], PipelineConfig(modbus_ports=frozenset({port})),
                  extra_sinks=[lambda ev: again.process([e for e in ev if e.ts < marker])])
     assert rule not in {a.rule for a in learned.alerts() + again.alerts()}
