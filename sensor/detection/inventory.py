@@ -115,10 +115,13 @@ class Asset:
 class Cycle:
     """Inter-arrival statistics of one repeated request (pair, fc, address or object)."""
 
-    __slots__ = ("dev", "first", "flagged", "last", "mean", "n", "rmean", "rn", "silent")
+    __slots__ = ("dev", "first", "flagged", "last", "mean", "n", "prev", "rmean", "rn",
+                 "silent", "streak")
 
     def __init__(self) -> None:
         self.first: float | None = None
+        self.prev = 0.0  # the last interval, and how many in a row were alike (within
+        self.streak = 0  # half of the one before): a poller before the EWMA settles
         self.last: float | None = None
         self.mean = 0.0
         self.dev = 0.0
@@ -307,16 +310,18 @@ class Inventory:
         learned master after ``min_cycles`` covering ``min_span`` seconds."""
         asset = self.assets.get(ip)
         if asset is None or asset.master is not MasterState.CANDIDATE \
-                or cycle.n < _POLLER_CYCLES or not cycle.regular or cycle.first is None:
+                or cycle.first is None:
+            return
+        if not asset.poller and cycle.streak >= _POLLER_CYCLES:
+            asset.poller = True
+            self.learning_masters.add(ip)
+            self.new_pollers.append(ip)
+        if not asset.poller or not cycle.regular:
             return
         span = ts - cycle.first
         if cycle.n > asset.best_cycles:
             asset.best_cycles = cycle.n
             asset.best_span = span
-        if not asset.poller:
-            asset.poller = True
-            self.learning_masters.add(ip)
-            self.new_pollers.append(ip)
         if cycle.n >= self.min_cycles and span >= self.min_span:
             self._promote(asset)
 
@@ -544,6 +549,9 @@ class Inventory:
                 cycle.dev += _ALPHA * (abs(dt - cycle.mean) - cycle.dev)
                 cycle.mean += _ALPHA * (dt - cycle.mean)
             cycle.n += 1
+            alike = cycle.prev > 0 and abs(dt - cycle.prev) <= 0.5 * cycle.prev
+            cycle.streak = cycle.streak + 1 if alike else 1
+            cycle.prev = dt
             if isinstance(ckey, tuple) and ckey[0] in _READS[pair.key[0]]:
                 self._progress(pair.key[1], cycle, ts)
             return

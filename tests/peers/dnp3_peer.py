@@ -178,8 +178,9 @@ class Stacks:
 
     def __init__(self, port: int, *, unsolicited: bool = True,
                  master_addr: int = MASTER_ADDR, outstation_addr: int = OUTSTATION_ADDR,
-                 points: int = 10, outstation: bool = True) -> None:
+                 points: int = 10, outstation: bool = True, source: str = "0.0.0.0") -> None:
         self.port = port
+        self.source = source  # the master's local address (another loopback IP: another host)
         self.with_outstation = outstation
         self.unsolicited = unsolicited
         self.master_addr = master_addr
@@ -205,7 +206,7 @@ class Stacks:
                 self._add_outstation(commands, outstation_app)
             client = self._manager.AddTCPClient(
                 "master", o.levels.NOTHING, o.ChannelRetry.Default(),
-                [o.IPEndpoint(HOST, self.port)], "0.0.0.0", None)
+                [o.IPEndpoint(HOST, self.port)], self.source, None)
             mconf = o.MasterStackConfig()
             mconf.master.disableUnsolOnStartup = True
             mconf.master.responseTimeout = o.TimeDuration.Seconds(2)
