@@ -30,7 +30,9 @@ class DerivedKind(Enum):
     NEW_UNIT = ("modbus", "anomaly", "M6")  # first request from a client to a unit id
     VALUE_FLIP = ("modbus", "anomaly", "M11")  # a single write changed a point's value
     OPERATE_WITHOUT_SELECT = ("dnp3", "anomaly", "D7")
+    SELECT_WITHOUT_OPERATE = ("dnp3", "anomaly", "D7-select")  # replaced, or timed out
     UNSOLICITED_AFTER_DISABLE = ("dnp3", "anomaly", "D9")
+    UNSOLICITED_STORM = ("dnp3", "anomaly", "D9-storm")  # against the learned rate
     SILENCE = ("sensor", "health", "S3")
 
     @property

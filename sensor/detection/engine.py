@@ -171,8 +171,9 @@ class _ProtocolState:
     """
 
     def __init__(self, max_state: int = DEFAULT_MAX_STATE) -> None:
-        self._selects: LruTable[tuple[Any, ...], tuple[float, tuple[Any, ...]]] = LruTable(
-            max_state, "DNP3 selects")
+        # link pair -> (ts, objects, app seq, the SELECT); oldest first
+        self._selects: LruTable[tuple[Any, ...], tuple[float, tuple[Any, ...], int, Any]] = \
+            LruTable(max_state, "DNP3 selects")
         self._disabled: LruTable[tuple[Any, ...], bool] = LruTable(
             max_state, "DNP3 unsolicited disabled")
         self._values: LruTable[tuple[Any, ...], int] = LruTable(
@@ -202,7 +203,12 @@ class _ProtocolState:
                 return None
             key = (ev.flow, ev.link_src, ev.link_dst)
             if fc == 3:
-                self._selects.put(key, (ev.ts, _signature(ev)))
+                prior = self._selects.get(key)
+                signature = _signature(ev)
+                self._selects.put(key, (ev.ts, signature, ev.seq, ev))
+                if prior is not None and (prior[1], prior[2]) != (signature, ev.seq):
+                    return _derived(prior[3], DerivedKind.SELECT_WITHOUT_OPERATE,
+                                    "SELECT followed by another SELECT, no OPERATE between")
             elif fc == 4:
                 selected = self._selects.pop(key, None)
                 if selected is None or ev.ts - selected[0] > _SELECT_TIMEOUT \
@@ -220,6 +226,19 @@ class _ProtocolState:
             return _derived(ev, DerivedKind.UNSOLICITED_AFTER_DISABLE,
                             "unsolicited response after DISABLE_UNSOLICITED, no ENABLE since")
         return None
+
+    def expire(self, now: float) -> list[DerivedEvent]:
+        """SELECTs that no OPERATE followed within ``_SELECT_TIMEOUT`` (oldest first)."""
+        out = []
+        selects = self._selects
+        while selects:
+            key, (ts, _, _, ev) = next(iter(selects.items()))
+            if now - ts <= _SELECT_TIMEOUT:
+                break
+            del selects[key]
+            out.append(_derived(ev, DerivedKind.SELECT_WITHOUT_OPERATE,
+                                f"SELECT not followed by an OPERATE within {_SELECT_TIMEOUT:g}s"))
+        return out
 
 
 _STATEFUL = frozenset({DNP3Request, DNP3Unsolicited, ModbusRequest})
@@ -410,6 +429,8 @@ class Detector:
         else:
             self._silent = False
         for d in self.inventory.tick(now):
+            self._run_derived(d)
+        for d in self._sequence.expire(now):
             self._run_derived(d)
         if self._held:
             if self.inventory.enforcing:

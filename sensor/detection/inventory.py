@@ -53,6 +53,9 @@ DEFAULT_MIN_CYCLES = 20  # poll intervals before a client is a learned master
 DEFAULT_MIN_SPAN = 600.0  # seconds those intervals must cover
 _POLLER_CYCLES = 3  # regular read intervals that make a client a poller (not yet learned)
 _READS = {"modbus": frozenset({1, 2, 3, 4}), "dnp3": frozenset({1})}
+DEFAULT_UNSOLICITED_WINDOW = 10.0  # seconds per count of unsolicited responses
+_UNSOLICITED_CEILING = 20  # per window: the storm limit of an outstation never seen reporting
+_UNSOLICITED_FACTOR = 4.0  # times the most a learned outstation sent in one window
 
 
 class MasterState(Enum):
@@ -61,6 +64,19 @@ class MasterState(Enum):
     CANDIDATE = "candidate"  # seen, no alert, not (yet) polling for long enough
     LEARNED = "learned"  # sustained periodic polling, or vouched for by a freeze
     REFUSED = "refused"  # raised an alert while a candidate: never learned
+
+
+class Reporting:
+    """One outstation's unsolicited responses: this window's count, the learned peak."""
+
+    __slots__ = ("count", "flagged", "peak", "start", "windows")
+
+    def __init__(self, ts: float) -> None:
+        self.start = ts
+        self.count = 0
+        self.flagged = False  # a storm was reported in this window
+        self.peak = 0  # the most in one window while learning (stormy windows excluded)
+        self.windows = 0  # windows learned
 
 
 class BaselineState(Enum):
@@ -194,7 +210,8 @@ class Inventory:
 
     def __init__(self, learning_period: float = 0.0, *, max_assets: int = DEFAULT_MAX_ASSETS,
                  max_state: int = DEFAULT_MAX_STATE, min_cycles: int = DEFAULT_MIN_CYCLES,
-                 min_span: float = DEFAULT_MIN_SPAN, vouch: bool = False) -> None:
+                 min_span: float = DEFAULT_MIN_SPAN, vouch: bool = False,
+                 unsolicited_window: float = DEFAULT_UNSOLICITED_WINDOW) -> None:
         if max_assets < 1:
             raise ValueError("max_assets must be at least 1")
         if min_cycles < _POLLER_CYCLES or not min_span >= 0:
@@ -203,6 +220,11 @@ class Inventory:
         self.min_cycles = min_cycles
         self.min_span = min_span
         self.vouch = vouch  # the end of the learning period vouches (replay --learn-for)
+        if not unsolicited_window > 0:
+            raise ValueError("unsolicited_window must be longer than 0 s")
+        self.unsolicited_window = unsolicited_window
+        self._reporting: LruTable[tuple[str, int], Reporting] = LruTable(
+            max_state, "DNP3 unsolicited rates")
         self.max_assets = max_assets
         self.max_state = max_state
         self.state = BaselineState.LEARNING
@@ -372,6 +394,8 @@ class Inventory:
                 "inventory pairs": self.pairs_evicted,
                 "link bindings": self.link_ips_dropped,
                 self._flows.name: self._flows.evicted,
+                self._reporting.name: self._reporting.evicted,
+                self._link_claims.name: self._link_claims.evicted,
                 self._reported_masters.name: self._reported_masters.evicted}
 
     def bound(self, *, max_assets: int, max_state: int) -> None:
@@ -382,10 +406,13 @@ class Inventory:
         self.max_state = max_state
         self._flows.limit = max_state
         self._reported_masters.limit = max_state
+        self._reporting.limit = max_state
+        self._link_claims.limit = max_state
 
     def state_sizes(self) -> dict[str, int]:
         return {"assets": len(self.assets), "pairs": len(self.pairs),
                 "flow_cache": len(self._flows), "known_masters": len(self.known_masters),
+                "unsolicited_rates": len(self._reporting),
                 "reported_masters": len(self._reported_masters),
                 "learned_masters": len(self.learned_masters),
                 "learned_outstations": len(self.learned_outstations)}
@@ -692,7 +719,45 @@ class Inventory:
             f"already used from {prior}"))
         return True
 
+    def _unsolicited(self, ev: DNP3Unsolicited) -> None:
+        """D9: more unsolicited responses in one window than the outstation's norm allows.
+
+        The norm is the most it sent in any window while learning (a window that
+        stormed is not learned), times ``_UNSOLICITED_FACTOR``; an outstation never
+        seen reporting gets the absolute ceiling. Once enforcing, the peak is fixed.
+        """
+        key = (ev.flow.server, ev.link_src)
+        rep = self._reporting.get(key)
+        ts = ev.ts
+        window = self.unsolicited_window
+        if rep is None:
+            rep = Reporting(ts)
+            self._reporting.put(key, rep)
+        else:
+            self._reporting.touch(key)
+            if ts - rep.start >= window:
+                if not rep.flagged and not self.enforcing:
+                    rep.peak = max(rep.peak, rep.count)
+                    rep.windows += 1
+                rep.start, rep.count, rep.flagged = ts, 0, False
+        rep.count += 1
+        ceiling = _UNSOLICITED_CEILING
+        limit = max(ceiling, _UNSOLICITED_FACTOR * rep.peak) if rep.windows else ceiling
+        if rep.count > limit and not rep.flagged:
+            rep.flagged = True
+            norm = (f"learned peak {rep.peak} per window" if rep.windows
+                    else "never seen reporting")
+            flow = ev.flow
+            self._out.append(DerivedEvent(
+                ts, DerivedKind.UNSOLICITED_STORM, flow.server, flow.server_port, flow.client,
+                flow.client_port, link_src=ev.link_src, link_dst=ev.link_dst, fc=ev.fc,
+                detail=f"{rep.count} unsolicited responses within {window:g}s, "
+                       f"limit {limit:g} ({norm})"))
+
     def _dnp3_response(self, ev: DNP3Response | DNP3Unsolicited) -> None:
+        if ev.__class__ is DNP3Unsolicited:
+            assert isinstance(ev, DNP3Unsolicited)
+            self._unsolicited(ev)
         values: dict[str, str] = {}
         for header in ev.objects:
             if header.group == 0:
@@ -760,6 +825,8 @@ class Inventory:
             "outstations": sorted(self.learned_outstations),
             "min_cycles": self.min_cycles, "min_span": self.min_span,
             "master_states": self.masters(),
+            "unsolicited": [{"ip": ip, "link": link, "peak": r.peak, "windows": r.windows}
+                            for (ip, link), r in self._reporting.items() if r.windows],
             "assets": [a.to_dict() | {"identity": dict(sorted(a.learned_identity.items()))}
                        for a in self.assets.values() if a.learned],
             "pairs": pairs,
@@ -776,7 +843,8 @@ class Inventory:
                 raise BaselineError(f"version: expected {BASELINE_VERSION}")
             self.__init__(self.learning_period, max_assets=self.max_assets,  # type: ignore[misc]
                           max_state=self.max_state, min_cycles=self.min_cycles,
-                          min_span=self.min_span, vouch=self.vouch)
+                          min_span=self.min_span, vouch=self.vouch,
+                          unsolicited_window=self.unsolicited_window)
             self.learned_masters = set(map(str, doc["masters"]))
             self.learned_outstations = set(map(str, doc["outstations"]))
             self.known_masters = set(self.learned_masters)
@@ -810,6 +878,10 @@ class Inventory:
                 self.pairs[key] = pair
             for link in doc["links"]:
                 self.link_ips[(str(link["role"]), int(link["link"]))] = set(link["ips"])
+            for u in doc.get("unsolicited", []):
+                learned = Reporting(0.0)
+                learned.peak, learned.windows = int(u["peak"]), int(u["windows"])
+                self._reporting.put((str(u["ip"]), int(u["link"])), learned)
             for m in doc.get("master_states", []):
                 held = self.assets.get(str(m["ip"]))
                 if held is not None:

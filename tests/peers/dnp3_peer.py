@@ -112,7 +112,10 @@ def _classes(o: Any, seen: Observed, iin: dict[str, bool]) -> tuple[Any, Any, An
             pass
 
         def Select(self, command: Any, index: int) -> Any:
-            return o.CommandStatus.SUCCESS
+            # iin["refuse_select"]: the point is locked (local control, interlock), so the
+            # outstation answers the SELECT with a status and the master never operates
+            return o.CommandStatus.LOCAL if iin.get("refuse_select") else \
+                o.CommandStatus.SUCCESS
 
         def Operate(self, command: Any, index: int, handler: Any, op: Any) -> Any:
             if isinstance(command, o.ControlRelayOutputBlock):
@@ -302,6 +305,22 @@ class Stacks:
             raise TimeoutError("direct operate got no result")
         return summary[0]
 
+    def select_and_operate(self, index: int, op: str = "LATCH_ON") -> str:
+        """SELECT then (if the outstation accepts) OPERATE one g12v1 CROB."""
+        o = self._o
+        done = threading.Event()
+        summary: list[str] = []
+
+        def on_result(result: Any) -> None:
+            summary.append(result.summary.name)
+            done.set()
+
+        crob = o.ControlRelayOutputBlock(getattr(o.OperationType, op))
+        self.master.SelectAndOperate(crob, index, on_result)
+        if not done.wait(TIMEOUT):
+            raise TimeoutError("select and operate got no result")
+        return summary[0]
+
     def perform(self, fc: int, headers: Sequence[Any] = ()) -> str:
         """Send any function code with the given object headers (``PerformFunction``)."""
         o = self._o
@@ -316,14 +335,14 @@ class Stacks:
 
     # -- outstation -------------------------------------------------------------------
 
-    def emit_events(self, count: int) -> None:
-        """Change binary inputs ``count`` times: one class-1 event each, applied apart."""
+    def emit_events(self, count: int, gap: float = 0.05) -> None:
+        """Change binary inputs ``count`` times: one class-1 event each, ``gap`` s apart."""
         o = self._o
         for i in range(count):
             builder = o.UpdateBuilder()
             builder.Update(o.Binary(bool(i % 2 == 0)), i % self.points, o.EventMode.Force)
             self.outstation.Apply(builder.Build())
-            time.sleep(0.05)
+            time.sleep(gap)
 
     def link_resets(self, count: int, link_src: int | None = None, gap: float = 0.05) -> bytes:
         """``count`` RESET_LINK_STATES frames to the outstation on a connection of their own.
