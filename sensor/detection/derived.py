@@ -27,6 +27,7 @@ class DerivedKind(Enum):
     IDENTITY_CHANGED = ("baseline", "deviation", "B5")
     NEW_MASTER = ("baseline", "deviation", "M8")
     LINK_BINDING = ("baseline", "deviation", "D15")
+    ADDRESS_SWEEP = ("modbus", "anomaly", "M5")  # reads walking up the address space
     NEW_UNIT = ("modbus", "anomaly", "M6")  # first request from a client to a unit id
     VALUE_FLIP = ("modbus", "anomaly", "M11")  # a single write changed a point's value
     OPERATE_WITHOUT_SELECT = ("dnp3", "anomaly", "D7")

@@ -49,6 +49,8 @@ _TICK_EVERY = 1.0  # seconds of event time between clock checks
 _STORM_TARGETS = 16  # storm aggregates per rule per window before one rule-wide aggregate
 _STORM_SOURCES = 4096  # distinct sources one storm aggregate remembers exactly
 _SELECT_TIMEOUT = 10.0  # an Operate more than this after its Select is "without Select"
+_SWEEP_RUN = 32  # reads in a row, each beyond the highest address read before: M5 sweep
+_SWEEP_FCS = frozenset({1, 2, 3, 4})
 _HELD_PER_HOST = 256  # held (rule, peers) per client; past that they are released
 
 
@@ -167,7 +169,10 @@ class _ProtocolState:
 
     DNP3: Select-before-Operate (D7) and unsolicited-after-Disable (D9), per
     link pair. Modbus: a single write that changes a point's value (M11 coil
-    toggling counts these); the value itself stays here, never in an alert.
+    toggling counts these; the value itself stays here, never in an alert), and
+    per (client, server, unit, read fc) the highest address read and how many
+    reads in a row went beyond it (M5 sweep: a poll re-reads its table, so after
+    its first cycle it never goes beyond; a sweep always does).
     """
 
     def __init__(self, max_state: int = DEFAULT_MAX_STATE) -> None:
@@ -178,12 +183,39 @@ class _ProtocolState:
             max_state, "DNP3 unsolicited disabled")
         self._values: LruTable[tuple[Any, ...], int] = LruTable(
             max_state, "Modbus point values")
+        self._sweeps: LruTable[tuple[Any, ...], list[Any]] = LruTable(
+            max_state, "Modbus address sweeps")  # -> [highest address, run, reported]
 
     def tables(self) -> tuple[LruTable[Any, Any], ...]:
-        return (self._selects, self._disabled, self._values)
+        return (self._selects, self._disabled, self._values, self._sweeps)
+
+    def _sweep(self, ev: Any) -> DerivedEvent | None:
+        flow = ev.flow
+        key = (flow.client, flow.server, ev.unit, ev.fc)
+        top = ev.address + max(ev.quantity or 1, 1) - 1
+        state = self._sweeps.get(key)
+        if state is None:
+            self._sweeps.put(key, [top, 1, False])
+            return None
+        self._sweeps.touch(key)
+        if ev.address <= state[0]:
+            state[1], state[2] = 0, False  # back inside what was read: a poll, not a sweep
+            return None
+        state[0] = top
+        state[1] += 1
+        if state[1] < _SWEEP_RUN or state[2]:
+            return None
+        state[2] = True
+        return DerivedEvent(ev.ts, DerivedKind.ADDRESS_SWEEP, flow.client, flow.client_port,
+                            flow.server, flow.server_port, unit=ev.unit, fc=ev.fc,
+                            address=ev.address, quantity=ev.quantity,
+                            detail=f"{state[1]} reads in a row, each beyond the highest "
+                                   f"address read before (now {top})")
 
     def observe(self, ev: Any) -> DerivedEvent | None:
         if ev.__class__ is ModbusRequest:
+            if ev.fc in _SWEEP_FCS and ev.address is not None:
+                return self._sweep(ev)
             pdu = ev.pdu
             if pdu.__class__ is not WriteSingleCoil and pdu.__class__ is not WriteSingleRegister:
                 return None

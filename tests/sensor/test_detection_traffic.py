@@ -6,10 +6,10 @@ time recorded between the phases) and an attack phase follows: the server is
 replaced by one reporting another firmware revision; the SCADA client polls
 slower, adds a new function and writes outside its range; an intruder from
 127.0.0.2 writes, broadcasts, toggles a coil and bursts writes; nmap's
-modbus-discover probes unit ids; the intruder asks for the server id (FC 17) and
+modbus-discover probes unit ids; the intruder asks for the server id (FC 17),
 polls a unit the server does not have, which pymodbus answers with exception
-0x0B (gateway target failed to respond). The negative for each rule is the learning
-phase alone, learned then enforced.
+0x0B (gateway target failed to respond), and walks up the holding registers.
+The negative for each rule is the learning phase alone, learned then enforced.
 
 The SCADA client is the site's declared master (``allowed_masters``): its identity
 reads at start-up would otherwise be reconnaissance from a host not yet learned,
@@ -89,6 +89,8 @@ def traffic(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float, int]
             intruder.report_device_id(device_id=1)  # M4 Report Server ID (FC 17)
             for _ in range(6):  # M13: unit 42 is not behind this gateway: exception 0x0B
                 intruder.read_holding_registers(0, count=1, device_id=42)
+            for address in range(0, 160, 4):  # M5: walking up the holding registers
+                intruder.read_holding_registers(address, count=4, device_id=1)
             intruder.close()
             nmap = require_tool("nmap")
             subprocess.run([nmap, "-n", "-Pn", "-p", str(port), "--script", "modbus-discover",
@@ -128,6 +130,7 @@ TRAFFIC_RULES = {
     "mamori.modbus.device_id_sweep": None,
     "mamori.modbus.report_server_id": "127.0.0.2",
     "mamori.modbus.device_failure_rise": "127.0.0.2",  # answered to the intruder
+    "mamori.modbus.address_sweep": "127.0.0.2",
     "mamori.baseline.new_function": "127.0.0.1",
     "mamori.baseline.address_range": "127.0.0.1",
     "mamori.modbus.write_outside_range": "127.0.0.1",
