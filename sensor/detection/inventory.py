@@ -8,6 +8,13 @@ baseline freeze``) new items are still recorded for the operator but marked
 unlearned, and the first sight of each becomes a :class:`DerivedEvent`
 (B1-B5, M8, M9, D15) that the rule packs turn into alerts.
 
+A client is not a master because it talks: it is a *candidate* until one of its
+reads repeats regularly (a poller), and a learned master only after
+``min_cycles`` poll intervals over ``min_span`` seconds (or when an operator's
+freeze vouches for a clean poller). A candidate that raises an alert is
+*refused* and never learned (``refuse``, called by the detector); see
+docs/learning.md.
+
 ``observe`` runs on every message, so its common path is a handful of dict
 operations: the flow's pair table is cached, and nothing is allocated for a
 request that repeats a known exchange.
