@@ -291,22 +291,13 @@ class Stacks:
 
     def direct_operate(self, index: int, op: str = "LATCH_ON") -> str:
         """DIRECT_OPERATE one g12v1 CROB; returns the command task summary."""
-        o = self._o
-        done = threading.Event()
-        summary: list[str] = []
-
-        def on_result(result: Any) -> None:
-            summary.append(result.summary.name)
-            done.set()
-
-        crob = o.ControlRelayOutputBlock(getattr(o.OperationType, op))
-        self.master.DirectOperate(crob, index, on_result)
-        if not done.wait(TIMEOUT):
-            raise TimeoutError("direct operate got no result")
-        return summary[0]
+        return self._command("DirectOperate", index, op)
 
     def select_and_operate(self, index: int, op: str = "LATCH_ON") -> str:
         """SELECT then (if the outstation accepts) OPERATE one g12v1 CROB."""
+        return self._command("SelectAndOperate", index, op)
+
+    def _command(self, method: str, index: int, op: str) -> str:
         o = self._o
         done = threading.Event()
         summary: list[str] = []
@@ -316,9 +307,9 @@ class Stacks:
             done.set()
 
         crob = o.ControlRelayOutputBlock(getattr(o.OperationType, op))
-        self.master.SelectAndOperate(crob, index, on_result)
+        getattr(self.master, method)(crob, index, on_result)
         if not done.wait(TIMEOUT):
-            raise TimeoutError("select and operate got no result")
+            raise TimeoutError(f"{method} got no result")
         return summary[0]
 
     def perform(self, fc: int, headers: Sequence[Any] = ()) -> str:
