@@ -480,6 +480,8 @@ class Detector:
         with their own times."""
         held = self._held.get(src)
         if held is None:
+            if len(self._held) >= self._held.limit:  # full: the oldest become alerts now,
+                self._release(next(iter(self._held)))  # rather than be forgotten
             held = _Held(ev.ts)
             self._held.put(src, held)
         self.stats.held += 1
