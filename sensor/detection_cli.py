@@ -24,10 +24,11 @@ from sensor.advisories import cli as advisories_cli
 from sensor.alerting import AlertOutputs
 from sensor.alerts import Alert, Severity
 from sensor.detection.engine import Detector
-from sensor.detection.inventory import Inventory
+from sensor.detection.inventory import Inventory, vouch
 from sensor.detection.loader import RuleError, load_rules, pack_files
 from sensor.detection.settings import (
     build_detector,
+    build_inventory,
     load_configured_rules,
     rule_dirs,
     set_names,
@@ -313,14 +314,19 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         if action == "status":
             print(f"state {doc['state']}; {len(doc['pairs'])} pairs, {len(doc['assets'])} "
                   f"assets, {len(doc['masters'])} masters")
+            for line in master_lines(doc):
+                print(line)
         elif action == "freeze":
+            promoted = vouch(doc) if doc["state"] != "enforcing" else []
             doc["state"] = "enforcing"
             doc["frozen_at"] = time.time()
             try:
                 store.save_baseline(doc)
             except StoreError as err:  # StoreFull: nothing changed
                 return _fail("baseline", err)
-            print("baseline frozen: enforcing")
+            print("baseline frozen: enforcing" + (
+                f"; vouched for {len(promoted)} polling candidate(s): {', '.join(promoted)}"
+                if promoted else ""))
         elif action == "export":
             try:
                 args.file.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n",
@@ -329,6 +335,26 @@ def cmd_baseline(args: argparse.Namespace) -> int:
                 return _fail("baseline", f"{args.file}: cannot write: {err.strerror or err}")
             print(f"exported to {args.file}")
     return 0
+
+
+def master_lines(doc: dict[str, Any]) -> list[str]:
+    """What learning made of each client: learned, still a candidate, or refused and why."""
+    need_n, need_span = doc.get("min_cycles"), doc.get("min_span")
+    states = {m["ip"]: m for m in doc.get("master_states", [])}
+    lines = []
+    for ip in doc["masters"]:
+        m = states.get(ip)
+        how = f"{m['cycles']} poll cycles over {m['span']:.0f}s" if m else "imported"
+        lines.append(f"learned   {ip}  {how}")
+    for m in states.values():
+        excused = f"; {m['excused']} start-up writes/control excused" if m["excused"] else ""
+        if m["state"] == "candidate":
+            why = (f"{m['cycles']}/{need_n} poll cycles over {m['span']:.0f}/{need_span:.0f}s"
+                   if m["poller"] else "no regular read cycle yet")
+            lines.append(f"candidate {m['ip']}  not learned: {why}{excused}")
+        elif m["state"] == "refused":
+            lines.append(f"refused   {m['ip']}  raised {m['reason']}{excused}")
+    return lines
 
 
 # -- replay integration -----------------------------------------------------------------
@@ -346,6 +372,16 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
                        help="also keep alerts, assets and baseline in this SQLite store")
     group.add_argument("--baseline", type=Path, metavar="FILE",
                        help="enforce this exported baseline instead of learning")
+    group.add_argument("--learn-for", type=_learn_for, metavar="DURATION",
+                       help="learn for the first DURATION of packet time (e.g. 10m), "
+                            "then enforce, in this one run")
+
+
+def _learn_for(text: str) -> float:
+    seconds = cfg.seconds_flag(text)
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError("a learning duration must be longer than 0 s")
+    return seconds
 
 
 class ReplayDetection:
@@ -376,7 +412,11 @@ class ReplayDetection:
             rules = load_configured_rules(config, args.rules or ())
         except (cfg.ConfigError, RuleError) as err:
             raise UsageError(str(err)) from None
-        inventory = Inventory(config.get("detection", "learning_period"))
+        learn_for = args.learn_for
+        if learn_for is not None and args.baseline is not None:
+            raise UsageError("--learn-for learns a baseline; --baseline enforces one: "
+                             "give one of them")
+        inventory = build_inventory(config, learn_for)
         store = None
         if args.store is not None:
             try:
@@ -385,6 +425,10 @@ class ReplayDetection:
                 raise UsageError(str(err)) from None
             stored = store.load_baseline()
             if stored is not None and stored.get("state") == "enforcing":
+                if learn_for is not None:
+                    store.close()
+                    raise UsageError(f"{args.store}: already enforces a baseline; "
+                                     "--learn-for needs a store without one")
                 inventory.import_baseline(stored)
         if args.baseline is not None:
             try:

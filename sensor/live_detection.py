@@ -27,7 +27,12 @@ from sensor.advisories.national import IdentityFeed
 from sensor.alerting import AlertOutputs
 from sensor.detection.engine import Detector
 from sensor.detection.inventory import Inventory
-from sensor.detection.settings import build_detector, bundle_store, load_configured_rules
+from sensor.detection.settings import (
+    build_detector,
+    build_inventory,
+    bundle_store,
+    load_configured_rules,
+)
 from sensor.journald import journald_sink
 from sensor.store import Store
 from sensor.wire import Kind
@@ -44,7 +49,7 @@ class LiveDetection:
         self.outputs = outputs
         self.persist_every = persist_every
         self.rules_version = 0  # the signed bundle detection runs (0: none)
-        self.detector = self._build(conf, Inventory(conf.get("detection", "learning_period")))
+        self.detector = self._build(conf, build_inventory(conf))
         self.advisories = AdvisoryWatch.beside(store.path)  # issue 18: affected devices
         self.identities = IdentityFeed()  # and their identity, forwarded to the collectors
         self._adopt_stored_baseline()
@@ -99,6 +104,7 @@ class LiveDetection:
         log.info("rules reloaded: %d rules", len(self.detector.rules))
 
     def close(self) -> None:
+        self.detector.settle()  # start-up writes still held are alerts, not lost
         self.outputs.publish(self.detector.drain())
         self.persist()
         self.outputs.close()  # held alerts a full disk still refuses are said, not hidden

@@ -27,10 +27,13 @@ class DerivedKind(Enum):
     IDENTITY_CHANGED = ("baseline", "deviation", "B5")
     NEW_MASTER = ("baseline", "deviation", "M8")
     LINK_BINDING = ("baseline", "deviation", "D15")
+    ADDRESS_SWEEP = ("modbus", "anomaly", "M5")  # reads walking up the address space
     NEW_UNIT = ("modbus", "anomaly", "M6")  # first request from a client to a unit id
     VALUE_FLIP = ("modbus", "anomaly", "M11")  # a single write changed a point's value
     OPERATE_WITHOUT_SELECT = ("dnp3", "anomaly", "D7")
+    SELECT_WITHOUT_OPERATE = ("dnp3", "anomaly", "D7-select")  # replaced, or timed out
     UNSOLICITED_AFTER_DISABLE = ("dnp3", "anomaly", "D9")
+    UNSOLICITED_STORM = ("dnp3", "anomaly", "D9-storm")  # against the learned rate
     SILENCE = ("sensor", "health", "S3")
 
     @property

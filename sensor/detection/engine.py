@@ -28,6 +28,7 @@ counted in ``stats.evicted`` and logged when it first happens.
 from __future__ import annotations
 
 import ipaddress
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -36,7 +37,7 @@ from parsers.dnp3.events import DNP3Request, DNP3Unsolicited
 from parsers.modbus.events import ModbusRequest
 from parsers.modbus.pdu import WriteSingleCoil, WriteSingleRegister
 from parsers.stream import Transport
-from sensor.alerts import Alert
+from sensor.alerts import Alert, Severity
 from sensor.detection.bounded import DEFAULT_MAX_STATE, LruTable
 from sensor.detection.derived import DerivedEvent, DerivedKind
 from sensor.detection.inventory import Inventory
@@ -49,16 +50,22 @@ _TICK_EVERY = 1.0  # seconds of event time between clock checks
 _STORM_TARGETS = 16  # storm aggregates per rule per window before one rule-wide aggregate
 _STORM_SOURCES = 4096  # distinct sources one storm aggregate remembers exactly
 _SELECT_TIMEOUT = 10.0  # an Operate more than this after its Select is "without Select"
+_SWEEP_RUN = 32  # reads in a row, each beyond the highest address read before: M5 sweep
+_SWEEP_FCS = frozenset({1, 2, 3, 4})
+_HELD_PER_HOST = 256  # held (rule, peers) per client; past that they are released
 
 
 class _Compiled:
     """A rule plus what the engine needs to run it fast."""
 
-    __slots__ = ("has_sets", "index", "rule", "state", "test")
+    __slots__ = ("has_sets", "holdable", "index", "rule", "state", "test")
 
     def __init__(self, index: int, rule: Rule, max_state: int = DEFAULT_MAX_STATE) -> None:
         self.index = index
         self.rule = rule
+        # exempts clean pollers while learning: a not-yet-polling client's hit is held
+        self.holdable = "learning_masters" in rule.conditions.src_not_in \
+            and rule.threshold is None
         self.test = compile_match(rule.match)
         self.has_sets = bool(rule.match.src or rule.match.dst or not rule.conditions.empty)
         self.state: LruTable[tuple[Any, ...], Any] = LruTable(
@@ -127,6 +134,22 @@ class _Storm:
         self.storming = False
 
 
+class _Held:
+    """A learning client's start-up occurrences, waiting to see whether it polls.
+
+    Per alert key (rule and peers, as the alert would aggregate): the first and
+    the last occurrence and how many, so a master writing to many points holds a
+    few entries, not every write.
+    """
+
+    __slots__ = ("count", "items", "since")
+
+    def __init__(self, since: float) -> None:
+        self.since = since
+        self.count = 0
+        self.items: dict[tuple[Any, ...], list[Any]] = {}  # key -> [compiled, first, last, n]
+
+
 @dataclass
 class DetectorStats:
     events: int = 0
@@ -137,6 +160,9 @@ class DetectorStats:
     storms: int = 0  # storm aggregates opened (a rule hit its storm cap against a target)
     storm_folded: int = 0  # occurrences folded into storm aggregates instead of new alerts
     evicted: dict[str, int] = field(default_factory=dict)  # bounded table -> entries forgotten
+    held: int = 0  # occurrences held while their client was learning
+    excused: int = 0  # of those, excused because the client turned out to poll
+    refused: int = 0  # clients refused as masters because they raised an alert
 
 
 class _ProtocolState:
@@ -144,22 +170,53 @@ class _ProtocolState:
 
     DNP3: Select-before-Operate (D7) and unsolicited-after-Disable (D9), per
     link pair. Modbus: a single write that changes a point's value (M11 coil
-    toggling counts these); the value itself stays here, never in an alert.
+    toggling counts these; the value itself stays here, never in an alert), and
+    per (client, server, unit, read fc) the highest address read and how many
+    reads in a row went beyond it (M5 sweep: a poll re-reads its table, so after
+    its first cycle it never goes beyond; a sweep always does).
     """
 
     def __init__(self, max_state: int = DEFAULT_MAX_STATE) -> None:
-        self._selects: LruTable[tuple[Any, ...], tuple[float, tuple[Any, ...]]] = LruTable(
-            max_state, "DNP3 selects")
+        # link pair -> (ts, objects, app seq, the SELECT); oldest first
+        self._selects: LruTable[tuple[Any, ...], tuple[float, tuple[Any, ...], int, Any]] = \
+            LruTable(max_state, "DNP3 selects")
         self._disabled: LruTable[tuple[Any, ...], bool] = LruTable(
             max_state, "DNP3 unsolicited disabled")
         self._values: LruTable[tuple[Any, ...], int] = LruTable(
             max_state, "Modbus point values")
+        self._sweeps: LruTable[tuple[Any, ...], list[Any]] = LruTable(
+            max_state, "Modbus address sweeps")  # -> [highest address, run, reported]
 
     def tables(self) -> tuple[LruTable[Any, Any], ...]:
-        return (self._selects, self._disabled, self._values)
+        return (self._selects, self._disabled, self._values, self._sweeps)
+
+    def _sweep(self, ev: Any) -> DerivedEvent | None:
+        flow = ev.flow
+        key = (flow.client, flow.server, ev.unit, ev.fc)
+        top = ev.address + max(ev.quantity or 1, 1) - 1
+        state = self._sweeps.get(key)
+        if state is None:
+            self._sweeps.put(key, [top, 1, False])
+            return None
+        self._sweeps.touch(key)
+        if ev.address <= state[0]:
+            state[1], state[2] = 0, False  # back inside what was read: a poll, not a sweep
+            return None
+        state[0] = top
+        state[1] += 1
+        if state[1] < _SWEEP_RUN or state[2]:
+            return None
+        state[2] = True
+        return DerivedEvent(ev.ts, DerivedKind.ADDRESS_SWEEP, flow.client, flow.client_port,
+                            flow.server, flow.server_port, unit=ev.unit, fc=ev.fc,
+                            address=ev.address, quantity=ev.quantity,
+                            detail=f"{state[1]} reads in a row, each beyond the highest "
+                                   f"address read before (now {top})")
 
     def observe(self, ev: Any) -> DerivedEvent | None:
         if ev.__class__ is ModbusRequest:
+            if ev.fc in _SWEEP_FCS and ev.address is not None:
+                return self._sweep(ev)
             pdu = ev.pdu
             if pdu.__class__ is not WriteSingleCoil and pdu.__class__ is not WriteSingleRegister:
                 return None
@@ -179,7 +236,12 @@ class _ProtocolState:
                 return None
             key = (ev.flow, ev.link_src, ev.link_dst)
             if fc == 3:
-                self._selects.put(key, (ev.ts, _signature(ev)))
+                prior = self._selects.get(key)
+                signature = _signature(ev)
+                self._selects.put(key, (ev.ts, signature, ev.seq, ev))
+                if prior is not None and (prior[1], prior[2]) != (signature, ev.seq):
+                    return _derived(prior[3], DerivedKind.SELECT_WITHOUT_OPERATE,
+                                    "SELECT followed by another SELECT, no OPERATE between")
             elif fc == 4:
                 selected = self._selects.pop(key, None)
                 if selected is None or ev.ts - selected[0] > _SELECT_TIMEOUT \
@@ -197,6 +259,19 @@ class _ProtocolState:
             return _derived(ev, DerivedKind.UNSOLICITED_AFTER_DISABLE,
                             "unsolicited response after DISABLE_UNSOLICITED, no ENABLE since")
         return None
+
+    def expire(self, now: float) -> list[DerivedEvent]:
+        """SELECTs that no OPERATE followed within ``_SELECT_TIMEOUT`` (oldest first)."""
+        out = []
+        selects = self._selects
+        while selects:
+            key, (ts, _, _, ev) = next(iter(selects.items()))
+            if now - ts <= _SELECT_TIMEOUT:
+                break
+            del selects[key]
+            out.append(_derived(ev, DerivedKind.SELECT_WITHOUT_OPERATE,
+                                f"SELECT not followed by an OPERATE within {_SELECT_TIMEOUT:g}s"))
+        return out
 
 
 _STATEFUL = frozenset({DNP3Request, DNP3Unsolicited, ModbusRequest})
@@ -228,11 +303,14 @@ class Detector:
         storm_max_alerts: int = 100,
         storm_window: float = 60.0,
         max_state: int = DEFAULT_MAX_STATE,
+        hold: float = 30.0,
     ) -> None:
         if storm_max_alerts < 1 or max_state < 1:
             raise ValueError("storm_max_alerts and max_state must be at least 1")
         if not storm_window > 0:
             raise ValueError("storm_window must be longer than 0 s")
+        if not hold >= 0:
+            raise ValueError("hold must be at least 0 s")
         self.rules = [_Compiled(i, r, max_state) for i, r in enumerate(rules)]
         self.inventory = inventory if inventory is not None else Inventory()
         self.dedup_window = dedup_window
@@ -253,6 +331,8 @@ class Detector:
         self._all: list[_Aggregate] = []
         self._storms: dict[str, _Storm] = {}  # rule id -> its storm window
         self._sequence = _ProtocolState(max_state)
+        self.hold = hold
+        self._held: LruTable[str, _Held] = LruTable(max_state, "held start-up occurrences")
         self._last_ts: float | None = None
         self._next_tick = float("-inf")
         self._next_age = float("-inf")
@@ -279,6 +359,8 @@ class Detector:
             if attr is None:
                 continue
             derived = observe(ev)
+            if self.inventory.new_pollers:
+                self._excuse()
             key = (cls, getattr(ev, attr))
             candidates = cache.get(key)
             if candidates is None:
@@ -306,6 +388,7 @@ class Detector:
         self._all = old._all
         self._storms = old._storms
         self._sequence = old._sequence
+        self._held = old._held
         self._last_ts = old._last_ts
         self._silent = old._silent
         self.stats = old.stats
@@ -315,8 +398,18 @@ class Detector:
         self._clock(now)
 
     def alerts(self) -> list[Alert]:
-        """Every alert so far, aggregated, oldest first."""
+        """Every alert so far, aggregated, oldest first.
+
+        This is the end of a run: occurrences still held (a learning client that
+        has not shown it polls) are released first, never dropped.
+        """
+        self.settle()
         return [agg.materialise() for agg in self._all]
+
+    def settle(self) -> None:
+        """Release every held occurrence (end of a run, or learning has ended)."""
+        while self._held:
+            self._release(next(iter(self._held)))
 
     def state_sizes(self) -> dict[str, int]:
         """Entries held per piece of per-source state (what the storm bounds keep small)."""
@@ -327,13 +420,14 @@ class Detector:
             "threshold_groups": max((len(c.state) for c in self.rules), default=0),
             "protocol_state": max(len(t) for t in self._sequence.tables()),
             "set_cache": len(self._set_cache),
+            "held": len(self._held),
             **inv.state_sizes(),
         }
 
     def evictions(self) -> dict[str, int]:
         """Entries each bounded table has forgotten (also kept in ``stats.evicted``)."""
         tables: list[LruTable[Any, Any]] = [c.state for c in self.rules]
-        tables += [*self._sequence.tables(), self._set_cache]
+        tables += [*self._sequence.tables(), self._set_cache, self._held]
         out = {t.name: t.evicted for t in tables if t.evicted}
         out.update({k: v for k, v in self.inventory.evicted.items() if v})
         self.stats.evicted = out
@@ -369,6 +463,81 @@ class Detector:
             self._silent = False
         for d in self.inventory.tick(now):
             self._run_derived(d)
+        for d in self._sequence.expire(now):
+            self._run_derived(d)
+        if self._held:
+            if self.inventory.enforcing:
+                self.settle()
+            else:
+                self._expire(now)
+
+    # -- learning: hold, excuse, release, refuse ---------------------------------------
+
+    def _hold(self, compiled: _Compiled, ev: Any, src: str) -> None:
+        """A start-up action (write, control, time sync) from a learning client that
+        does not poll yet: kept back for ``hold`` seconds. If the client shows a
+        regular read cycle by then it was a master starting up (excused, counted);
+        otherwise, or if it raises any other alert, the occurrences become alerts
+        with their own times."""
+        held = self._held.get(src)
+        if held is None:
+            if len(self._held) >= self._held.limit:  # full: the oldest become alerts now,
+                self._release(next(iter(self._held)))  # rather than be forgotten
+            held = _Held(ev.ts)
+            self._held.put(src, held)
+        self.stats.held += 1
+        held.count += 1
+        key = _alert_key(compiled.rule, peers(ev))
+        item = held.items.get(key)
+        if item is None:
+            held.items[key] = [compiled, ev, ev, 1]
+            if len(held.items) > _HELD_PER_HOST:
+                self._release(src)
+        else:
+            item[2] = ev
+            item[3] += 1
+
+    def _excuse(self) -> None:
+        inv = self.inventory
+        for ip in inv.new_pollers:
+            held = self._held.pop(ip, None)
+            if held is not None:
+                inv.excuse(ip, held.count)
+                self.stats.excused += held.count
+        inv.new_pollers.clear()
+
+    def _release(self, src: str) -> None:
+        held = self._held.pop(src, None)
+        if held is None:
+            return
+        for key, (compiled, first, last, count) in held.items.items():
+            self._hit(compiled, first, released=True)
+            if count > 1:
+                self._hit(compiled, last, released=True)
+                agg = self._open.get(key)
+                if agg is not None and count > 2:
+                    agg.count += count - 2
+
+    def _expire(self, now: float) -> None:
+        expired = [ip for ip, held in self._held.items() if now - held.since > self.hold]
+        for ip in expired:
+            self._release(ip)
+
+    def _refuse(self, rule: Rule, p: Peers, ev: Any) -> None:
+        """An alert at medium or above: its source, if a learning client, is refused
+        as a master (and its held occurrences released); what triggered it is not
+        learned."""
+        if rule.severity < Severity.MEDIUM or p.src is None:
+            return
+        inv = self.inventory
+        if inv.enforcing:
+            return
+        inv.unlearn(ev)
+        when = _when(ev.ts)
+        if inv.refuse(p.src, f"{rule.id} ({rule.precursor}) at {when}"):
+            self.stats.refused += 1
+        if p.src in self._held:
+            self._release(p.src)
 
     def _age(self, now: float) -> None:
         """Forget open aggregates no occurrence can join any more (quiet past the window).
@@ -401,7 +570,8 @@ class Detector:
             inv = self.inventory
             learned = {"learned_masters": inv.learned_masters,
                        "learned_outstations": inv.learned_outstations,
-                       "known_masters": inv.known_masters}[name]
+                       "known_masters": inv.known_masters,
+                       "learning_masters": inv.learning_masters}[name]
             return ip in learned
         key = (name, ip)
         hit = self._set_cache.get(key)
@@ -428,11 +598,15 @@ class Detector:
             return False
         return not (c.dst_not_in and any(self._in_set(n, p.dst) for n in c.dst_not_in))
 
-    def _hit(self, compiled: _Compiled, ev: Any) -> None:
+    def _hit(self, compiled: _Compiled, ev: Any, released: bool = False) -> None:
         self.stats.candidates += 1
         rule = compiled.rule
         p = peers(ev)
         if compiled.has_sets and not self._sets_allow(rule, p):
+            return
+        if compiled.holdable and not released and p.src is not None \
+                and self.inventory.holdable(p.src):
+            self._hold(compiled, ev, p.src)
             return
         threshold = rule.threshold
         ts = ev.ts
@@ -442,8 +616,7 @@ class Detector:
                 return
             key: tuple[Any, ...] = (rule.id, group)
         else:
-            key = (rule.id, p.src, p.dst, p.server_port, p.unit, p.link_src,
-                   p.link_dst)
+            key = _alert_key(rule, p)
         self.stats.hits += 1
         agg = self._open.get(key)
         if agg is not None and ts - agg.last_ts <= self.dedup_window:
@@ -467,6 +640,7 @@ class Detector:
         self.stats.alerts += 1
         if self.on_alert is not None:
             self.on_alert(alert)
+        self._refuse(rule, p, ev)
 
     def _storming(self, rule_id: str, ts: float) -> bool:
         """Count one new alert key for the rule; True when it must fold into a storm.
@@ -537,6 +711,7 @@ class Detector:
         stats.alerts += 1
         if self.on_alert is not None:
             self.on_alert(folded.materialise())
+        self._refuse(rule, p, ev)
 
     def _threshold(self, compiled: _Compiled, group: tuple[Any, ...], ev: Any,
                    p: Peers) -> bool:
@@ -621,3 +796,12 @@ def _group_value(key: GroupKey, p: Peers, ev: Any) -> Any:
     if key is GroupKey.LINK_DST:
         return p.link_dst
     return getattr(ev, key.value, None)
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def _alert_key(rule: Rule, p: Peers) -> tuple[Any, ...]:
+    """What an unthresholded rule's occurrences aggregate by."""
+    return (rule.id, p.src, p.dst, p.server_port, p.unit, p.link_src, p.link_dst)

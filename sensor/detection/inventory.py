@@ -8,6 +8,13 @@ baseline freeze``) new items are still recorded for the operator but marked
 unlearned, and the first sight of each becomes a :class:`DerivedEvent`
 (B1-B5, M8, M9, D15) that the rule packs turn into alerts.
 
+A client is not a master because it talks: it is a *candidate* until one of its
+reads repeats regularly (a poller), and a learned master only after
+``min_cycles`` poll intervals over ``min_span`` seconds (or when an operator's
+freeze vouches for a clean poller). A candidate that raises an alert is
+*refused* and never learned (``refuse``, called by the detector); see
+docs/learning.md.
+
 ``observe`` runs on every message, so its common path is a handful of dict
 operations: the flow's pair table is cached, and nothing is allocated for a
 request that repeats a known exchange.
@@ -49,6 +56,34 @@ _MAX_CYCLES = 64  # per pair; a sweep must not grow memory without bound
 DEFAULT_MAX_ASSETS = 8192  # assets held in memory, and as many pairs
 _MAX_LINK_IPS = 64  # learned IPs per DNP3 link address: beyond that it binds nothing
 _EVICT_FRACTION = 0.1  # a full table sheds this share at once: eviction is a scan
+DEFAULT_MIN_CYCLES = 20  # poll intervals before a client is a learned master
+DEFAULT_MIN_SPAN = 600.0  # seconds those intervals must cover
+_POLLER_CYCLES = 3  # regular read intervals that make a client a poller (not yet learned)
+_READS = {"modbus": frozenset({1, 2, 3, 4}), "dnp3": frozenset({1})}
+DEFAULT_UNSOLICITED_WINDOW = 10.0  # seconds per count of unsolicited responses
+_UNSOLICITED_CEILING = 20  # per window: the storm limit of an outstation never seen reporting
+_UNSOLICITED_FACTOR = 4.0  # times the most a learned outstation sent in one window
+
+
+class MasterState(Enum):
+    """Where a client stands on its way to a learned master (``Asset.master``)."""
+
+    CANDIDATE = "candidate"  # seen, no alert, not (yet) polling for long enough
+    LEARNED = "learned"  # sustained periodic polling, or vouched for by a freeze
+    REFUSED = "refused"  # raised an alert while a candidate: never learned
+
+
+class Reporting:
+    """One outstation's unsolicited responses: this window's count, the learned peak."""
+
+    __slots__ = ("count", "flagged", "peak", "start", "windows")
+
+    def __init__(self, ts: float) -> None:
+        self.start = ts
+        self.count = 0
+        self.flagged = False  # a storm was reported in this window
+        self.peak = 0  # the most in one window while learning (stormy windows excluded)
+        self.windows = 0  # windows learned
 
 
 class BaselineState(Enum):
@@ -63,8 +98,9 @@ class BaselineError(ValueError):
 class Asset:
     """One IP address seen on an ICS flow."""
 
-    __slots__ = ("first_seen", "identity", "identity_seen", "ip", "last_seen", "learned",
-                 "learned_identity", "links", "mac", "roles", "units")
+    __slots__ = ("best_cycles", "best_span", "excused", "first_seen", "identity",
+                 "identity_seen", "ip", "last_seen", "learned", "learned_identity", "links",
+                 "mac", "master", "poller", "reason", "roles", "units")
 
     def __init__(self, ip: str, ts: float, learned: bool) -> None:
         self.ip = ip
@@ -81,6 +117,19 @@ class Asset:
         self.first_seen = ts
         self.last_seen = ts
         self.learned = learned
+        self.master: MasterState | None = None  # set once the host sends a request
+        self.poller = False  # a read repeats at a regular period
+        self.best_cycles = 0  # the longest regular read cycle: intervals ...
+        self.best_span = 0.0  # ... and the seconds they cover
+        self.excused = 0  # start-up writes/control held while learning, then excused
+        self.reason = ""  # why it was refused
+
+    def master_dict(self) -> dict[str, Any]:
+        """The host's standing as a master: what ``baseline status`` shows."""
+        assert self.master is not None
+        return {"ip": self.ip, "state": self.master.value, "poller": self.poller,
+                "cycles": self.best_cycles, "span": round(self.best_span, 3),
+                "excused": self.excused, "reason": self.reason}
 
     def to_dict(self) -> dict[str, Any]:
         return {"ip": self.ip, "mac": self.mac, "roles": sorted(self.roles),
@@ -101,9 +150,13 @@ def sighting(first_frame: float, first_ts: float, last_frame: float, last_ts: fl
 class Cycle:
     """Inter-arrival statistics of one repeated request (pair, fc, address or object)."""
 
-    __slots__ = ("dev", "flagged", "last", "mean", "n", "rmean", "rn", "silent")
+    __slots__ = ("dev", "first", "flagged", "last", "mean", "n", "prev", "rmean", "rn",
+                 "silent", "streak")
 
     def __init__(self) -> None:
+        self.first: float | None = None
+        self.prev = 0.0  # the last interval, and how many in a row were alike (within
+        self.streak = 0  # half of the one before): a poller before the EWMA settles
         self.last: float | None = None
         self.mean = 0.0
         self.dev = 0.0
@@ -116,7 +169,11 @@ class Cycle:
     @property
     def cyclic(self) -> bool:
         """Learned as a regular poll: enough samples and jitter well below the period."""
-        return self.n >= _MIN_LEARNED and self.mean > 0 and self.dev <= 0.5 * self.mean
+        return self.n >= _MIN_LEARNED and self.regular
+
+    @property
+    def regular(self) -> bool:
+        return self.mean > 0 and self.dev <= 0.5 * self.mean
 
 
 PairKey = tuple[str, str, str, int, int | None, int | None, int | None]
@@ -171,10 +228,22 @@ class Inventory:
     """Assets, pairs and the baseline state; feed it every event with :meth:`observe`."""
 
     def __init__(self, learning_period: float = 0.0, *, max_assets: int = DEFAULT_MAX_ASSETS,
-                 max_state: int = DEFAULT_MAX_STATE) -> None:
+                 max_state: int = DEFAULT_MAX_STATE, min_cycles: int = DEFAULT_MIN_CYCLES,
+                 min_span: float = DEFAULT_MIN_SPAN, vouch: bool = False,
+                 unsolicited_window: float = DEFAULT_UNSOLICITED_WINDOW) -> None:
         if max_assets < 1:
             raise ValueError("max_assets must be at least 1")
+        if min_cycles < _POLLER_CYCLES or not min_span >= 0:
+            raise ValueError(f"min_cycles must be at least {_POLLER_CYCLES}, min_span >= 0")
         self.learning_period = learning_period  # seconds of packet time; 0: until freeze
+        self.min_cycles = min_cycles
+        self.min_span = min_span
+        self.vouch = vouch  # the end of the learning period vouches (replay --learn-for)
+        if not unsolicited_window > 0:
+            raise ValueError("unsolicited_window must be longer than 0 s")
+        self.unsolicited_window = unsolicited_window
+        self._reporting: LruTable[tuple[str, int], Reporting] = LruTable(
+            max_state, "DNP3 unsolicited rates")
         self.max_assets = max_assets
         self.max_state = max_state
         self.state = BaselineState.LEARNING
@@ -185,6 +254,10 @@ class Inventory:
         self.learned_masters: set[str] = set()
         self.learned_outstations: set[str] = set()
         self.known_masters: set[str] = set()
+        self.learning_masters: set[str] = set()  # clean pollers, while learning
+        self.new_pollers: list[str] = []  # became pollers since the detector last looked
+        self._link_claims: LruTable[tuple[str, int], str] = LruTable(
+            max_state, "DNP3 master link claims")  # (outstation ip, master link) -> ip
         self.link_ips: dict[tuple[str, int], set[str]] = {}  # (role, link addr) -> learned IPs
         self._flows: LruTable[FlowId, dict[object, Pair]] = LruTable(
             max_state, "inventory flow cache")
@@ -209,14 +282,93 @@ class Inventory:
 
     # -- lifecycle --------------------------------------------------------------------
 
-    def freeze(self, ts: float | None = None) -> None:
-        """End learning: from now on new items are deviations."""
+    def freeze(self, ts: float | None = None, *, vouch: bool = True) -> None:
+        """End learning: from now on new items are deviations.
+
+        ``vouch``: an operator ended learning (``baseline freeze``, ``replay
+        --learn-for``) and so vouches for what was seen: clean candidates that poll
+        periodically become learned masters without the full ``min_cycles`` over
+        ``min_span``. The learning period running out vouches for nothing. Either
+        way a refused host is never learned, and pairs whose client is not a
+        learned master stay unlearned (they cannot teach the baseline).
+        """
         self.state = BaselineState.ENFORCING
         self.frozen_at = ts
+        for asset in self.assets.values():
+            if vouch and asset.master is MasterState.CANDIDATE and asset.poller:
+                self._promote(asset)
+        self.learning_masters.clear()
+        masters = self.learned_masters
         for pair in self.pairs.values():
+            if pair.learned and pair.key[1] not in masters:
+                pair.learned = False
             for cycle in pair.cycles.values():
                 cycle.rn = 0
                 cycle.flagged = False
+
+    # -- who is a master --------------------------------------------------------------
+
+    def _promote(self, asset: Asset) -> None:
+        asset.master = MasterState.LEARNED
+        self.learned_masters.add(asset.ip)
+        self.learning_masters.discard(asset.ip)
+
+    def holdable(self, ip: str) -> bool:
+        """A client still learning that has not yet shown it polls (its start-up may be)."""
+        asset = self.assets.get(ip)
+        return not self.enforcing and asset is not None \
+            and asset.master is MasterState.CANDIDATE and not asset.poller
+
+    def refuse(self, ip: str, reason: str) -> bool:
+        """``ip`` raised an alert while a candidate: it is never learned as a master."""
+        asset = self.assets.get(ip)
+        if self.enforcing or asset is None or asset.master is not MasterState.CANDIDATE:
+            return False
+        asset.master = MasterState.REFUSED
+        asset.reason = reason
+        self.learning_masters.discard(ip)
+        return True
+
+    def excuse(self, ip: str, count: int) -> None:
+        """``count`` held start-up occurrences of ``ip`` were excused: it polls."""
+        asset = self.assets.get(ip)
+        if asset is not None:
+            asset.excused += count
+
+    def unlearn(self, event: Any) -> None:
+        """While learning, what raised an alert does not stay in the learned profile."""
+        if self.enforcing or event.__class__ not in (ModbusRequest, DNP3Request):
+            return
+        units = self._flows.get(event.flow)
+        sub: object = event.unit if isinstance(event, ModbusRequest) else (
+            event.link_src, event.link_dst)
+        pair = units.get(sub) if units is not None else None
+        if pair is not None and pair.fcs.get(event.fc):
+            pair.fcs[event.fc] = False
+
+    def _progress(self, ip: str, cycle: Cycle, ts: float) -> None:
+        """A read cycle of ``ip`` advanced: poller after a few regular intervals,
+        learned master after ``min_cycles`` covering ``min_span`` seconds."""
+        asset = self.assets.get(ip)
+        if asset is None or asset.master is not MasterState.CANDIDATE \
+                or cycle.first is None:
+            return
+        if not asset.poller and cycle.streak >= _POLLER_CYCLES:
+            asset.poller = True
+            self.learning_masters.add(ip)
+            self.new_pollers.append(ip)
+        if not asset.poller or not cycle.regular:
+            return
+        span = ts - cycle.first
+        if cycle.n > asset.best_cycles:
+            asset.best_cycles = cycle.n
+            asset.best_span = span
+        if cycle.n >= self.min_cycles and span >= self.min_span:
+            self._promote(asset)
+
+    def masters(self) -> list[dict[str, Any]]:
+        """Every client's standing: learned, candidate (and its progress) or refused."""
+        return [a.master_dict() for a in self.assets.values() if a.master is not None]
 
     # -- hot path ---------------------------------------------------------------------
 
@@ -232,19 +384,20 @@ class Inventory:
             if self.started is None:
                 self.started = event.ts
             elif event.ts - self.started >= self.learning_period:
-                self.freeze(event.ts)
+                self.freeze(event.ts, vouch=self.vouch)
         handler(event)
         if self._out:
             out, self._out = self._out, []
             return out
         return None
 
-    def _flow_pairs(self, flow: FlowId, ts: float) -> dict[object, Pair]:
+    def _flow_pairs(self, flow: FlowId, ts: float, unit: int | None = None,
+                    link: tuple[int, int] | None = None) -> dict[object, Pair]:
         if flow is self._last_flow:
             return self._last_units
         units = self._flows.get(flow)
         if units is None:
-            self._new_flow(flow, ts)  # may evict, which empties the flow cache
+            self._new_flow(flow, ts, unit, link)  # may evict, which empties the flow cache
             units = {}
             self._flows.put(flow, units)
         self._last_flow = flow
@@ -260,6 +413,8 @@ class Inventory:
                 "inventory pairs": self.pairs_evicted,
                 "link bindings": self.link_ips_dropped,
                 self._flows.name: self._flows.evicted,
+                self._reporting.name: self._reporting.evicted,
+                self._link_claims.name: self._link_claims.evicted,
                 self._reported_masters.name: self._reported_masters.evicted}
 
     def bound(self, *, max_assets: int, max_state: int) -> None:
@@ -270,10 +425,13 @@ class Inventory:
         self.max_state = max_state
         self._flows.limit = max_state
         self._reported_masters.limit = max_state
+        self._reporting.limit = max_state
+        self._link_claims.limit = max_state
 
     def state_sizes(self) -> dict[str, int]:
         return {"assets": len(self.assets), "pairs": len(self.pairs),
                 "flow_cache": len(self._flows), "known_masters": len(self.known_masters),
+                "unsolicited_rates": len(self._reporting),
                 "reported_masters": len(self._reported_masters),
                 "learned_masters": len(self.learned_masters),
                 "learned_outstations": len(self.learned_outstations)}
@@ -329,21 +487,26 @@ class Inventory:
             asset.mac = mac
         return asset
 
-    def _new_flow(self, flow: FlowId, ts: float) -> None:
+    def _new_flow(self, flow: FlowId, ts: float, unit: int | None,
+                  link: tuple[int, int] | None) -> None:
         client, server = flow.client, flow.server
         server_asset = self.assets.get(server)
         server_known = server_asset is not None and server_asset.learned
         self._asset(server, ts, "outstation", flow.server_mac)
-        self._asset(client, ts, "master", flow.client_mac)
+        asset = self._asset(client, ts, "master", flow.client_mac)
         self.known_masters.add(client)
         if not self.enforcing:
-            self.learned_masters.add(client)
+            if asset.master is None:  # learned only by polling (see _progress)
+                asset.master = MasterState.CANDIDATE
             self.learned_outstations.add(server)
         elif client not in self.learned_masters and server_known \
                 and client not in self._reported_masters:
             self._reported_masters.put(client, None)
+            # unit or link addresses say which protocol's new master this is (M8: Modbus)
             self._out.append(DerivedEvent(ts, DerivedKind.NEW_MASTER, client, flow.client_port,
-                                          server, flow.server_port,
+                                          server, flow.server_port, unit=unit,
+                                          link_src=link[0] if link else None,
+                                          link_dst=link[1] if link else None,
                                           detail=f"first request from {client} "
                                                  f"(mac {flow.client_mac}) to {server}"))
 
@@ -416,6 +579,8 @@ class Inventory:
             cycle = pair.cycles[ckey] = Cycle()
         last = cycle.last
         cycle.last = ts
+        if cycle.first is None:
+            cycle.first = ts
         if cycle.silent:
             cycle.silent = False
         if last is None:
@@ -430,6 +595,11 @@ class Inventory:
                 cycle.dev += _ALPHA * (abs(dt - cycle.mean) - cycle.dev)
                 cycle.mean += _ALPHA * (dt - cycle.mean)
             cycle.n += 1
+            alike = cycle.prev > 0 and abs(dt - cycle.prev) <= 0.5 * cycle.prev
+            cycle.streak = cycle.streak + 1 if alike else 1
+            cycle.prev = dt
+            if isinstance(ckey, tuple) and ckey[0] in _READS[pair.key[0]]:
+                self._progress(pair.key[1], cycle, ts)
             return
         if not cycle.cyclic:
             return
@@ -449,8 +619,8 @@ class Inventory:
     def _modbus_request(self, ev: ModbusRequest) -> None:
         flow = ev.flow
         ts = ev.ts
-        units = self._flow_pairs(flow, ts)
         unit = ev.unit
+        units = self._flow_pairs(flow, ts, unit)
         pair = units.get(unit)
         if pair is None:
             key: PairKey = ("modbus", flow.client, flow.server, flow.server_port, unit,
@@ -517,8 +687,8 @@ class Inventory:
     def _dnp3_request(self, ev: DNP3Request) -> None:
         flow = ev.flow
         ts = ev.ts
-        units = self._flow_pairs(flow, ts)
         master, outstation = ev.link_src, ev.link_dst
+        units = self._flow_pairs(flow, ts, None, (master, outstation))
         sub = (master, outstation)
         pair = units.get(sub)
         if pair is None:
@@ -548,6 +718,8 @@ class Inventory:
     def _binding(self, role: str, link: int, ip: str, ev: Any, sub: tuple[int, int]) -> None:
         ips = self.link_ips.get((role, link))
         if not self.enforcing:
+            if role == "master" and self._link_conflict(link, ip, ev, sub):
+                return  # a second IP claiming one master address: D15 while learning too
             if ips is None:
                 ips = self.link_ips[(role, link)] = set()
             if len(ips) < _MAX_LINK_IPS:
@@ -559,7 +731,61 @@ class Inventory:
                 ev, DerivedKind.LINK_BINDING, sub,
                 f"{role} link address {link} from {ip}, learned at {', '.join(sorted(ips))}"))
 
+    def _link_conflict(self, link: int, ip: str, ev: Any, sub: tuple[int, int]) -> bool:
+        """While learning: the master address ``link`` toward this outstation was
+        already used from another IP. The first claimant keeps the binding."""
+        claim = (ev.flow.server, link)
+        prior = self._link_claims.get(claim)
+        if prior is None:
+            self._link_claims.put(claim, ip)
+            return False
+        if prior == ip:
+            return False
+        self._out.append(self._derived(
+            ev, DerivedKind.LINK_BINDING, sub,
+            f"master link address {link} toward {ev.flow.server} from {ip}, "
+            f"already used from {prior}"))
+        return True
+
+    def _unsolicited(self, ev: DNP3Unsolicited) -> None:
+        """D9: more unsolicited responses in one window than the outstation's norm allows.
+
+        The norm is the most it sent in any window while learning (a window that
+        stormed is not learned), times ``_UNSOLICITED_FACTOR``; an outstation never
+        seen reporting gets the absolute ceiling. Once enforcing, the peak is fixed.
+        """
+        key = (ev.flow.server, ev.link_src)
+        rep = self._reporting.get(key)
+        ts = ev.ts
+        window = self.unsolicited_window
+        if rep is None:
+            rep = Reporting(ts)
+            self._reporting.put(key, rep)
+        else:
+            self._reporting.touch(key)
+            if ts - rep.start >= window:
+                if not rep.flagged and not self.enforcing:
+                    rep.peak = max(rep.peak, rep.count)
+                    rep.windows += 1
+                rep.start, rep.count, rep.flagged = ts, 0, False
+        rep.count += 1
+        ceiling = _UNSOLICITED_CEILING
+        limit = max(ceiling, _UNSOLICITED_FACTOR * rep.peak) if rep.windows else ceiling
+        if rep.count > limit and not rep.flagged:
+            rep.flagged = True
+            norm = (f"learned peak {rep.peak} per window" if rep.windows
+                    else "never seen reporting")
+            flow = ev.flow
+            self._out.append(DerivedEvent(
+                ts, DerivedKind.UNSOLICITED_STORM, flow.server, flow.server_port, flow.client,
+                flow.client_port, link_src=ev.link_src, link_dst=ev.link_dst, fc=ev.fc,
+                detail=f"{rep.count} unsolicited responses within {window:g}s, "
+                       f"limit {limit:g} ({norm})"))
+
     def _dnp3_response(self, ev: DNP3Response | DNP3Unsolicited) -> None:
+        if ev.__class__ is DNP3Unsolicited:
+            assert isinstance(ev, DNP3Unsolicited)
+            self._unsolicited(ev)
         values: dict[str, str] = {}
         for header in ev.objects:
             if header.group == 0:
@@ -602,7 +828,8 @@ class Inventory:
                 "frozen_at": self.frozen_at, "learning_period": self.learning_period,
                 "assets": len(self.assets), "pairs": len(self.pairs),
                 "learned_pairs": sum(1 for p in self.pairs.values() if p.learned),
-                "learned_masters": len(self.learned_masters)}
+                "learned_masters": len(self.learned_masters),
+                "min_cycles": self.min_cycles, "min_span": self.min_span}
 
     def export(self) -> dict[str, Any]:
         """The learned baseline as a JSON-ready document (what an engineer reviews)."""
@@ -624,6 +851,10 @@ class Inventory:
             "state": self.state.value, "started": self.started, "frozen_at": self.frozen_at,
             "masters": sorted(self.learned_masters),
             "outstations": sorted(self.learned_outstations),
+            "min_cycles": self.min_cycles, "min_span": self.min_span,
+            "master_states": self.masters(),
+            "unsolicited": [{"ip": ip, "link": link, "peak": r.peak, "windows": r.windows}
+                            for (ip, link), r in self._reporting.items() if r.windows],
             "assets": [a.to_dict() | {"identity": dict(sorted(a.learned_identity.items()))}
                        for a in self.assets.values() if a.learned],
             "pairs": pairs,
@@ -639,7 +870,9 @@ class Inventory:
             if doc.get("version") != BASELINE_VERSION:
                 raise BaselineError(f"version: expected {BASELINE_VERSION}")
             self.__init__(self.learning_period, max_assets=self.max_assets,  # type: ignore[misc]
-                          max_state=self.max_state)
+                          max_state=self.max_state, min_cycles=self.min_cycles,
+                          min_span=self.min_span, vouch=self.vouch,
+                          unsolicited_window=self.unsolicited_window)
             self.learned_masters = set(map(str, doc["masters"]))
             self.learned_outstations = set(map(str, doc["outstations"]))
             self.known_masters = set(self.learned_masters)
@@ -673,9 +906,36 @@ class Inventory:
                 self.pairs[key] = pair
             for link in doc["links"]:
                 self.link_ips[(str(link["role"]), int(link["link"]))] = set(link["ips"])
+            for u in doc.get("unsolicited", []):
+                learned = Reporting(0.0)
+                learned.peak, learned.windows = int(u["peak"]), int(u["windows"])
+                self._reporting.put((str(u["ip"]), int(u["link"])), learned)
+            for m in doc.get("master_states", []):
+                held = self.assets.get(str(m["ip"]))
+                if held is not None:
+                    held.master = MasterState(m["state"])
+                    held.poller, held.reason = bool(m["poller"]), str(m["reason"])
+                    held.best_cycles, held.best_span = int(m["cycles"]), float(m["span"])
+                    held.excused = int(m["excused"])
+            for ip in self.learned_masters:
+                if ip in self.assets:
+                    self.assets[ip].master = MasterState.LEARNED
             self.started = doc.get("started")
-            self.freeze(doc.get("frozen_at"))
+            self.freeze(doc.get("frozen_at"), vouch=False)
         except BaselineError:
             raise
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
             raise BaselineError(f"malformed baseline: {type(err).__name__}: {err}") from None
+
+
+def vouch(doc: dict[str, Any]) -> list[str]:
+    """``baseline freeze`` on a stored baseline document: what :meth:`Inventory.freeze`
+    does with ``vouch``: clean candidates that poll become learned masters (and
+    their pairs learned); refused hosts stay out. Returns the IPs it promoted."""
+    promoted = []
+    for m in doc.get("master_states", []):
+        if m.get("state") == MasterState.CANDIDATE.value and m.get("poller"):
+            m["state"] = MasterState.LEARNED.value
+            promoted.append(str(m["ip"]))
+    doc["masters"] = sorted(set(doc.get("masters", [])) | set(promoted))
+    return promoted

@@ -154,4 +154,8 @@ class Rule:
 
 
 # Sets the engine fills from the baseline/inventory rather than from the config.
-LEARNED_SETS = frozenset({"learned_masters", "learned_outstations", "known_masters"})
+# ``learning_masters``: while learning, the clients that poll periodically and have
+# raised no alert (not yet learned); empty once enforcing. Rules for what a master
+# does at start-up (writes, control, time sync) exempt them; recon rules do not.
+LEARNED_SETS = frozenset({"learned_masters", "learned_outstations", "known_masters",
+                          "learning_masters"})

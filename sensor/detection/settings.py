@@ -17,7 +17,12 @@ from typing import Any
 from sensor import config as cfg
 from sensor.detection.bounded import DEFAULT_MAX_STATE
 from sensor.detection.engine import Detector
-from sensor.detection.inventory import DEFAULT_MAX_ASSETS, Inventory
+from sensor.detection.inventory import (
+    DEFAULT_MAX_ASSETS,
+    DEFAULT_MIN_CYCLES,
+    DEFAULT_MIN_SPAN,
+    Inventory,
+)
 from sensor.detection.loader import SHIPPED_RULES, RuleError, load_rules
 from sensor.detection.model import LEARNED_SETS, Rule
 from sensor.rulebundle import BundleRefused, BundleStore, Refusal
@@ -47,6 +52,15 @@ cfg.register([
                "the same rule on the same peers within this time aggregates into one alert"),
     cfg.Option("detection", "learning_period", 7 * 86400.0, cfg.v_seconds,
                "learn the baseline for this long, then enforce (0: until 'baseline freeze')"),
+    cfg.Option("detection", "learning_min_cycles", DEFAULT_MIN_CYCLES,
+               cfg.v_int_range(3, 1_000_000),
+               "while learning, a client becomes a learned master only after this many "
+               "regular poll intervals of one read ..."),
+    cfg.Option("detection", "learning_min_span", DEFAULT_MIN_SPAN, cfg.v_seconds,
+               "... covering at least this long (a single connection is never enough)"),
+    cfg.Option("detection", "learning_hold", 30.0, cfg.v_seconds,
+               "while learning, writes and control from a client not yet polling wait this "
+               "long for it to poll, then alert"),
     cfg.Option("detection", "silence_after", 900.0, cfg.v_seconds,
                "S3: alert when no ICS traffic is seen for this long (0: never)"),
     cfg.Option("detection", "values_allowed", False, cfg.v_bool,
@@ -130,6 +144,16 @@ def store_path(config: cfg.Config) -> Path:
     return config.state_path("store", "path")
 
 
+def build_inventory(config: cfg.Config, learn_for: float | None = None) -> Inventory:
+    """An empty inventory with the config's learning settings. ``learn_for``
+    (``replay --learn-for``) replaces the learning period, and its end vouches for
+    the clean pollers seen, as ``baseline freeze`` does."""
+    period = config.get("detection", "learning_period") if learn_for is None else learn_for
+    return Inventory(period, min_cycles=config.get("detection", "learning_min_cycles"),
+                     min_span=config.get("detection", "learning_min_span"),
+                     vouch=learn_for is not None)
+
+
 def build_detector(config: cfg.Config | None, rules: Sequence[Rule] | None = None,
                    **kwargs: Any) -> Detector:
     """A Detector configured from ``config`` (defaults when ``None``)."""
@@ -140,8 +164,7 @@ def build_detector(config: cfg.Config | None, rules: Sequence[Rule] | None = Non
     sets = {name: config.get("sets", name) for name in SET_NAMES}
     max_assets = config.get("detection", "max_assets")
     max_state = config.get("detection", "max_state")
-    inventory = kwargs.pop("inventory", None) or Inventory(
-        config.get("detection", "learning_period"))
+    inventory = kwargs.pop("inventory", None) or build_inventory(config)
     inventory.bound(max_assets=max_assets, max_state=max_state)
     return Detector(rules, sets=sets, inventory=inventory,
                     dedup_window=config.get("detection", "dedup_window"),
@@ -149,4 +172,5 @@ def build_detector(config: cfg.Config | None, rules: Sequence[Rule] | None = Non
                     values_allowed=config.get("detection", "values_allowed"),
                     storm_max_alerts=config.get("detection", "storm_max_alerts"),
                     storm_window=config.get("detection", "storm_window"),
+                    hold=config.get("detection", "learning_hold"),
                     max_state=max_state, **kwargs)

@@ -112,7 +112,10 @@ def _classes(o: Any, seen: Observed, iin: dict[str, bool]) -> tuple[Any, Any, An
             pass
 
         def Select(self, command: Any, index: int) -> Any:
-            return o.CommandStatus.SUCCESS
+            # iin["refuse_select"]: the point is locked (local control, interlock), so the
+            # outstation answers the SELECT with a status and the master never operates
+            return o.CommandStatus.LOCAL if iin.get("refuse_select") else \
+                o.CommandStatus.SUCCESS
 
         def Operate(self, command: Any, index: int, handler: Any, op: Any) -> Any:
             if isinstance(command, o.ControlRelayOutputBlock):
@@ -178,8 +181,9 @@ class Stacks:
 
     def __init__(self, port: int, *, unsolicited: bool = True,
                  master_addr: int = MASTER_ADDR, outstation_addr: int = OUTSTATION_ADDR,
-                 points: int = 10, outstation: bool = True) -> None:
+                 points: int = 10, outstation: bool = True, source: str = "0.0.0.0") -> None:
         self.port = port
+        self.source = source  # the master's local address (another loopback IP: another host)
         self.with_outstation = outstation
         self.unsolicited = unsolicited
         self.master_addr = master_addr
@@ -205,7 +209,7 @@ class Stacks:
                 self._add_outstation(commands, outstation_app)
             client = self._manager.AddTCPClient(
                 "master", o.levels.NOTHING, o.ChannelRetry.Default(),
-                [o.IPEndpoint(HOST, self.port)], "0.0.0.0", None)
+                [o.IPEndpoint(HOST, self.port)], self.source, None)
             mconf = o.MasterStackConfig()
             mconf.master.disableUnsolOnStartup = True
             mconf.master.responseTimeout = o.TimeDuration.Seconds(2)
@@ -287,6 +291,13 @@ class Stacks:
 
     def direct_operate(self, index: int, op: str = "LATCH_ON") -> str:
         """DIRECT_OPERATE one g12v1 CROB; returns the command task summary."""
+        return self._command("DirectOperate", index, op)
+
+    def select_and_operate(self, index: int, op: str = "LATCH_ON") -> str:
+        """SELECT then (if the outstation accepts) OPERATE one g12v1 CROB."""
+        return self._command("SelectAndOperate", index, op)
+
+    def _command(self, method: str, index: int, op: str) -> str:
         o = self._o
         done = threading.Event()
         summary: list[str] = []
@@ -296,9 +307,9 @@ class Stacks:
             done.set()
 
         crob = o.ControlRelayOutputBlock(getattr(o.OperationType, op))
-        self.master.DirectOperate(crob, index, on_result)
+        getattr(self.master, method)(crob, index, on_result)
         if not done.wait(TIMEOUT):
-            raise TimeoutError("direct operate got no result")
+            raise TimeoutError(f"{method} got no result")
         return summary[0]
 
     def perform(self, fc: int, headers: Sequence[Any] = ()) -> str:
@@ -315,14 +326,14 @@ class Stacks:
 
     # -- outstation -------------------------------------------------------------------
 
-    def emit_events(self, count: int) -> None:
-        """Change binary inputs ``count`` times: one class-1 event each, applied apart."""
+    def emit_events(self, count: int, gap: float = 0.05) -> None:
+        """Change binary inputs ``count`` times: one class-1 event each, ``gap`` s apart."""
         o = self._o
         for i in range(count):
             builder = o.UpdateBuilder()
             builder.Update(o.Binary(bool(i % 2 == 0)), i % self.points, o.EventMode.Force)
             self.outstation.Apply(builder.Build())
-            time.sleep(0.05)
+            time.sleep(gap)
 
     def link_resets(self, count: int, link_src: int | None = None, gap: float = 0.05) -> bytes:
         """``count`` RESET_LINK_STATES frames to the outstation on a connection of their own.

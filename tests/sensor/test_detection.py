@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from parsers.modbus.events import ModbusRequest
-from parsers.modbus.pdu import WriteSingleRegister
+from parsers.modbus.pdu import ReadRequest, WriteSingleRegister
 from parsers.stream import FlowId, Transport
 from sensor.alerts import Severity
 from sensor.detection import Detector, Inventory, load_rules
@@ -20,6 +20,10 @@ FLOW = FlowId(Transport.TCP, "10.9.9.9", 40000, "10.0.0.5", 502)
 def write(ts: float, value: int = 7, unit: int = 1, address: int = 10) -> ModbusRequest:
     return ModbusRequest(ts, FLOW, 1, unit, 6, None, address, 1,
                          WriteSingleRegister(address, value))
+
+
+def read(ts: float, unit: int = 1, address: int = 0) -> ModbusRequest:
+    return ModbusRequest(ts, FLOW, 1, unit, 3, None, address, 10, ReadRequest(address, 10))
 
 
 def test_storm_of_100k_looping_writes_is_one_alert() -> None:
@@ -96,7 +100,9 @@ def test_learning_period_ends_by_packet_time() -> None:
 def test_baseline_export_import_round_trip() -> None:
     inventory = Inventory()
     detector = Detector(RULES, inventory=inventory)
-    detector.process([write(float(t)) for t in range(20)])
+    detector.process([e for t in range(20) for e in (read(float(t)), write(t + 0.5))])
+    assert inventory.export()["masters"] == []  # 19 poll cycles over 19 s: not yet
+    inventory.freeze()  # the operator vouches: a clean poller becomes a learned master
     doc = inventory.export()
     assert doc["masters"] == ["10.9.9.9"] and len(doc["pairs"]) == 1
     again = Inventory()
@@ -149,3 +155,44 @@ def test_journald_real_binding_accepts_fields() -> None:
         journal.send(**fields(detector.alerts()[0]))
     except OSError:
         pytest.skip("no journald socket here")
+
+
+def _writer(ip: str, ts: float, server: str = "10.0.0.5") -> ModbusRequest:
+    flow = FlowId(Transport.TCP, ip, 40000, server, 502)
+    return ModbusRequest(ts, flow, 1, 1, 6, None, 10, 1, WriteSingleRegister(10, 7))
+
+
+def test_held_start_up_writes_past_every_bound_become_alerts_not_losses() -> None:
+    """While learning, writes from clients that do not poll are held: more holding
+    clients than ``max_state`` release the oldest early, one client holding more
+    than _HELD_PER_HOST alert keys releases them at once; nothing is dropped."""
+    from sensor.detection.engine import _HELD_PER_HOST
+
+    detector = Detector(RULES, max_state=16, storm_max_alerts=10_000)  # no storm folding
+    hosts = [f"10.7.0.{i}" for i in range(1, 41)]  # 40 holding clients, table of 16
+    detector.process([_writer(ip, float(i)) for i, ip in enumerate(hosts)])
+    assert detector.state_sizes()["held"] <= 16
+    released = {a.src for a in detector.drain() if a.rule == "mamori.modbus.unauthorised_write"}
+    assert released == set(hosts[:40 - 16])  # the oldest, before their time was up
+    servers = _HELD_PER_HOST + 10  # one client writing to more servers than it may hold
+    detector.process([_writer("10.8.0.1", 100.0 + n * 0.001, f"10.1.{n >> 8}.{n & 255}")
+                      for n in range(servers)])
+    wide = [a for a in detector.drain() if a.src == "10.8.0.1"
+            and a.rule == "mamori.modbus.unauthorised_write"]
+    # released at the first key past the limit (then refused: the rest alert directly)
+    assert len(wide) == servers and "10.8.0.1" not in detector._held
+    assert detector.inventory.assets["10.8.0.1"].reason.startswith(
+        "mamori.modbus.unauthorised_write")
+    everyone = {a.src for a in detector.alerts() if a.rule == "mamori.modbus.unauthorised_write"}
+    assert everyone == {*hosts, "10.8.0.1"}  # the end of the run releases the rest
+    assert detector.stats.excused == 0 and detector.stats.held == 40 + _HELD_PER_HOST + 1
+
+
+def test_a_poller_s_held_writes_are_excused() -> None:
+    detector = Detector(RULES)
+    detector.process([write(0.0)])  # a write first: held
+    assert detector.state_sizes()["held"] == 1
+    detector.process([read(float(t)) for t in range(1, 6)])  # then a regular read cycle
+    assert detector.state_sizes()["held"] == 0 and detector.stats.excused == 1
+    assert [a for a in detector.alerts() if a.severity >= Severity.MEDIUM] == []
+    assert detector.inventory.assets["10.9.9.9"].excused == 1

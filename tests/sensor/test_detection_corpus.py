@@ -94,7 +94,6 @@ POSITIVE: dict[str, tuple[str, str]] = {
     "mamori.dnp3.direct_operate_no_ack": (ITI + "direct_operate_no_ack_crob.pcap", "learn"),
     "mamori.dnp3.broadcast_request": (CONF + "8.6.5.2/dump.pcap", "learn"),
     "mamori.dnp3.all_stations_indication": (CONF + "8.6.5.2/dump.pcap", "learn"),
-    "mamori.dnp3.unsolicited_storm": ("suricata-verify/tests/dnp3/dnp3-eve/input.pcap", "learn"),
     "mamori.dnp3.device_restart_indication": (YADNP3, "learn"),
     "mamori.dnp3.local_control": (CONF + "8.6.4.2/dump.pcap", "learn"),
     "mamori.dnp3.event_buffer_overflow": (CONF + "8.6.6.2.1/dump.pcap", "learn"),
@@ -125,6 +124,10 @@ NEGATIVE: dict[str, tuple[str, str]] = {
     "mamori.dnp3.unsolicited_after_disable": ("suricata-verify/tests/dnp3/dnp3-eve/input.pcap",
                                               "learn"),
     "mamori.baseline.period_change": (MODBUS_BIG, "learn+enforce"),
+    # an outstation reporting about once a second for half a minute: its normal, not a
+    # storm (this was the rule's positive while it counted 5 per 10 s for everyone)
+    "mamori.dnp3.unsolicited_storm": ("suricata-verify/tests/dnp3/dnp3-eve/input.pcap",
+                                      "learn"),
     "mamori.health.tcp_gap": (MODBUS_SMALL, "learn+enforce"),
 }
 

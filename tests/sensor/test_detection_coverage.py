@@ -15,6 +15,7 @@ from sensor.detection import load_rules
 from sensor.detection.loader import SHIPPED_RULES
 from sensor.detection.settings import set_names
 from tests.sensor import test_detection_corpus as corpus
+from tests.sensor import test_detection_dnp3_rates as dnp3_rates
 from tests.sensor import test_detection_dnp3_traffic as dnp3_traffic
 from tests.sensor import test_detection_traffic as modbus_traffic
 
@@ -42,6 +43,14 @@ def registry() -> tuple[dict[str, list[str]], dict[str, list[str]]]:
             f"{dnp3_file}::test_gap_rules_fire_on_a_segment_lost_from_a_dnp3_flow[{rule}]")
     for rule in (*dnp3_traffic.TRAFFIC_RULES, *dnp3_traffic.GAP_RULES):
         negative[rule].append(f"{dnp3_file}::test_rule_quiet_on_the_learning_part[{rule}]")
+    rates_file = "tests/sensor/test_detection_dnp3_rates.py"
+    for rule, (fires, quiet) in dnp3_rates.TESTS.items():
+        assert all(callable(getattr(dnp3_rates, name, None)) for name in (fires, *quiet))
+        positive[rule].append(f"{rates_file}::{fires}")
+        negative[rule].extend(f"{rates_file}::{name}" for name in quiet)
+    learning_file = "tests/sensor/test_detection_learning.py"
+    negative["mamori.modbus.new_master"].append(
+        f"{learning_file}::test_new_master_is_modbus_only")
     return dict(positive), dict(negative)
 
 
@@ -64,5 +73,5 @@ def test_registry_names_only_shipped_rules() -> None:
 
 
 def test_traffic_tests_use_the_shipped_packs() -> None:
-    for module in (corpus, modbus_traffic, dnp3_traffic):
+    for module in (corpus, modbus_traffic, dnp3_traffic, dnp3_rates):
         assert sorted(r.id for r in module.RULES) == SHIPPED, module.__name__

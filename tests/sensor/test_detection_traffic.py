@@ -6,10 +6,14 @@ time recorded between the phases) and an attack phase follows: the server is
 replaced by one reporting another firmware revision; the SCADA client polls
 slower, adds a new function and writes outside its range; an intruder from
 127.0.0.2 writes, broadcasts, toggles a coil and bursts writes; nmap's
-modbus-discover probes unit ids; the intruder asks for the server id (FC 17) and
+modbus-discover probes unit ids; the intruder asks for the server id (FC 17),
 polls a unit the server does not have, which pymodbus answers with exception
-0x0B (gateway target failed to respond). The negative for each rule is the learning
-phase alone, learned then enforced.
+0x0B (gateway target failed to respond), and walks up the holding registers.
+The negative for each rule is the learning phase alone, learned then enforced.
+
+The SCADA client is the site's declared master (``allowed_masters``): its identity
+reads at start-up would otherwise be reconnaissance from a host not yet learned,
+and a host that raised an alert while learning is never learned.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from tests.peers import modbus_peer
 from tests.peers.capture import capture
 
 RULES = load_rules([SHIPPED_RULES], set_names())
+SITE = {"allowed_masters": ["127.0.0.1/32"]}
 
 
 def _poll(client: Any, rounds: int, period: float) -> None:
@@ -84,6 +89,8 @@ def traffic(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float, int]
             intruder.report_device_id(device_id=1)  # M4 Report Server ID (FC 17)
             for _ in range(6):  # M13: unit 42 is not behind this gateway: exception 0x0B
                 intruder.read_holding_registers(0, count=1, device_id=42)
+            for address in range(0, 160, 4):  # M5: walking up the holding registers
+                intruder.read_holding_registers(address, count=4, device_id=1)
             intruder.close()
             nmap = require_tool("nmap")
             subprocess.run([nmap, "-n", "-Pn", "-p", str(port), "--script", "modbus-discover",
@@ -97,7 +104,7 @@ def traffic(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float, int]
 
 def _run(pcap: Path, port: int, freeze_at: float | None, stop_at: float | None
          ) -> list[Alert]:
-    detector = Detector(RULES)
+    detector = Detector(RULES, sets=SITE)
     frozen = False
 
     def sink(events: list[Any]) -> None:
@@ -123,6 +130,7 @@ TRAFFIC_RULES = {
     "mamori.modbus.device_id_sweep": None,
     "mamori.modbus.report_server_id": "127.0.0.2",
     "mamori.modbus.device_failure_rise": "127.0.0.2",  # answered to the intruder
+    "mamori.modbus.address_sweep": "127.0.0.2",
     "mamori.baseline.new_function": "127.0.0.1",
     "mamori.baseline.address_range": "127.0.0.1",
     "mamori.modbus.write_outside_range": "127.0.0.1",
@@ -146,11 +154,11 @@ def test_rule_fires_on_generated_traffic(traffic: tuple[Path, float, int], rule:
 def test_rule_quiet_on_the_learning_phase(traffic: tuple[Path, float, int],
                                           rule: str) -> None:
     pcap, marker, port = traffic
-    learned = Detector(RULES)
+    learned = Detector(RULES, sets=SITE)
     replay_files([pcap], PipelineConfig(modbus_ports=frozenset({port})),
                  extra_sinks=[lambda ev: learned.process([e for e in ev if e.ts < marker])])
     learned.inventory.freeze()
-    again = Detector(RULES, inventory=learned.inventory)
+    again = Detector(RULES, sets=SITE, inventory=learned.inventory)
     replay_files([pcap], PipelineConfig(modbus_ports=frozenset({port})),
                  extra_sinks=[lambda ev: again.process([e for e in ev if e.ts < marker])])
     assert rule not in {a.rule for a in learned.alerts() + again.alerts()}

@@ -47,6 +47,7 @@ LATE = "10.99.0.1"  # a rogue after the storm has been quiet for two windows
 CONFIG = f"""\
 [detection]
 learning_period = {LEARN}
+learning_min_span = {LEARN - 10}  # the master polls once a second: learned within the period
 storm_max_alerts = {CAP}
 storm_window = {WINDOW}
 max_assets = {MAX_ASSETS}
