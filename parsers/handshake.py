@@ -53,12 +53,17 @@ class TransportKind(Enum):
 
 @dataclass(frozen=True, slots=True)
 class TransportEvent:
-    """One finding about a connection attempt; ``flow`` is None for table-wide ones."""
+    """One finding about a connection attempt; ``flow`` is None for table-wide ones.
+
+    ``count`` is the number of attempts a ``HANDSHAKE_TABLE_FULL`` report forgot
+    since the previous one (0 for the other kinds).
+    """
 
     ts: float
     kind: TransportKind
     flow: FlowId | None
     detail: str = ""
+    count: int = 0
 
 
 class Pending:
@@ -129,13 +134,16 @@ class HandshakeTable:
             self._unreported += 1
             if ts >= self._next_report:
                 self._next_report = ts + self.report_every
-                events.append(TransportEvent(
-                    ts, TransportKind.HANDSHAKE_TABLE_FULL, None,
-                    f"connection-attempt table full ({self.limit}); forgot the "
-                    f"{self._unreported} oldest attempt(s) since the last report "
-                    f"({self.evicted} in all): a scan beyond the sensor's memory"))
-                self._unreported = 0
+                events.append(self._full_report(ts))
         return pending, events
+
+    def _full_report(self, ts: float) -> TransportEvent:
+        forgotten, self._unreported = self._unreported, 0
+        return TransportEvent(
+            ts, TransportKind.HANDSHAKE_TABLE_FULL, None,
+            f"connection-attempt table full ({self.limit}); forgot the oldest attempts, "
+            f"{forgotten} since the last report ({self.evicted} in all): a scan beyond "
+            f"the sensor's memory", forgotten)
 
     def syn(self, key: Key, make_flow: Callable[[], FlowId], seq: int, flags: int,
             ts: float) -> list[TransportEvent]:
@@ -189,9 +197,15 @@ class HandshakeTable:
         return events
 
     def flush(self, ts: float) -> list[TransportEvent]:
-        """End of input: every attempt still waiting ends unanswered or half-open."""
+        """End of input: every attempt still waiting ends unanswered or half-open.
+
+        Attempts forgotten since the last table-full report are reported now, so
+        the reports always add up to ``evicted``.
+        """
         events = [self._timed_out(entry, ts) for entry in self._pending.values()]
         self._pending.clear()
+        if self._unreported:
+            events.append(self._full_report(ts))
         return events
 
     @staticmethod

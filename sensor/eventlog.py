@@ -49,7 +49,8 @@ def _pipeline_anomaly_fields(event: PipelineAnomalyEvent) -> Fields:
 def _transport_fields(event: TransportEvent) -> Fields:
     out: Fields = {"ts": event.ts, "proto": "tcp", "type": "anomaly"}
     out.update(_flow_fields(event.flow, Direction.TO_SERVER))
-    out.update({"anomaly": event.kind.name, "detail": event.detail})
+    out.update({"anomaly": event.kind.name, "detail": event.detail,
+                "count": event.count or None})
     return out
 
 

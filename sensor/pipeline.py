@@ -296,8 +296,10 @@ class Pipeline:
             if flags & _SYN and not flags & (_ACK | _RST):
                 return list(table.syn(key, make, pkt.seq, flags, ts))
             if flags & _RST:  # gave up, or a stray reset: nothing to parse either way
-                self.stats.ignored += 1
-                return list(table.client_reset(key, ts))
+                found = list(table.client_reset(key, ts))
+                if not found:
+                    self.stats.ignored += 1
+                return found
             return None
         if flags & _RST or flags & (_SYN | _ACK) == _SYN | _ACK:
             return list(table.answer(key, make, pkt.seq, pkt.ack, flags, ts))

@@ -17,6 +17,8 @@ from sensor.detection.settings import set_names
 from tests.sensor import test_detection_corpus as corpus
 from tests.sensor import test_detection_dnp3_traffic as dnp3_traffic
 from tests.sensor import test_detection_traffic as modbus_traffic
+from tests.sensor import test_network_traffic as network_traffic
+from tests.sensor import test_scan_bounds as scan_bounds
 
 SHIPPED = sorted(r.id for r in load_rules([SHIPPED_RULES], set_names()))
 
@@ -42,6 +44,14 @@ def registry() -> tuple[dict[str, list[str]], dict[str, list[str]]]:
             f"{dnp3_file}::test_gap_rules_fire_on_a_segment_lost_from_a_dnp3_flow[{rule}]")
     for rule in (*dnp3_traffic.TRAFFIC_RULES, *dnp3_traffic.GAP_RULES):
         negative[rule].append(f"{dnp3_file}::test_rule_quiet_on_the_learning_part[{rule}]")
+    network_file = "tests/sensor/test_network_traffic.py"
+    for rule in network_traffic.TRAFFIC_RULES:
+        positive[rule].append(f"{network_file}::test_rule_fires_in_its_labelled_window[{rule}]")
+        negative[rule].append(f"{network_file}::test_rule_quiet_on_the_benign_phase[{rule}]")
+    bounds_file = "tests/sensor/test_scan_bounds.py"
+    for rule in scan_bounds.SWEEP_RULES:
+        positive[rule].append(f"{bounds_file}::test_a_slash16_sweep_past_every_cap[{rule}]")
+        negative[rule].append(f"{bounds_file}::test_the_real_flows_alone_raise_none[{rule}]")
     return dict(positive), dict(negative)
 
 
@@ -64,5 +74,5 @@ def test_registry_names_only_shipped_rules() -> None:
 
 
 def test_traffic_tests_use_the_shipped_packs() -> None:
-    for module in (corpus, modbus_traffic, dnp3_traffic):
+    for module in (corpus, modbus_traffic, dnp3_traffic, network_traffic, scan_bounds):
         assert sorted(r.id for r in module.RULES) == SHIPPED, module.__name__
