@@ -11,9 +11,10 @@ One capture, labelled by wall-clock time (the pcap's own clock): a benign phase
 (the master polls), then ``nmap -sS`` and ``nmap -sT`` of ports 502 and 20000 on
 .10-.17, an ``nmap -sS`` of 100 ports on one server, an ``nmap -sn`` ARP sweep of
 the /24, and arpspoof poisoning the master and server .10 both ways while the
-master keeps polling through the attacker (server .10 re-resolves the master
-meanwhile, as a real host would). Each rule must fire inside its own window;
-the negative for each is the benign phase alone. The whole test takes about
+master keeps polling through the attacker (the servers' host forgets its ARP
+cache meanwhile and re-resolves the master, as a real host would). Each rule
+must fire inside its own window; the negative for each is the benign phase
+alone. The whole test takes about
 30 seconds, most of it arpspoof's two-second cadence.
 """
 
@@ -174,10 +175,9 @@ def _record(lab: ReconLab, pcap: Path) -> dict[str, tuple[float, float]]:
             spoofers = [_arpspoof(lab, MASTER, SERVERS[0]), _arpspoof(lab, SERVERS[0], MASTER)]
             try:
                 time.sleep(6)
-                # The real server re-resolves the master: its own ARP claims its address.
+                # The real server forgets and re-resolves the master (its next poll
+                # answer needs it): its own ARP request claims its address again.
                 lab.ns(lab.srv, "ip", "neigh", "flush", "dev", "srv0")
-                lab.ns(lab.srv, "ping", "-c", "1", "-W", "1", "-I", SERVERS[0], MASTER,
-                       check=False)
                 time.sleep(6)
             finally:
                 for proc in spoofers:
