@@ -176,3 +176,35 @@ def test_the_full_table_is_reported_with_its_count_and_rate_limited(swept: Run) 
     # so the reports add up to every attempt forgotten.
     assert full.count == len(swept.full_reports) == 2
     assert sum(swept.full_reports) == swept.pipeline.handshakes.evicted
+
+
+def _arp(sender_mac: bytes, sender_ip: str, target_ip: str, op: int = 2) -> bytes:
+    """An Ethernet ARP frame from ``sender_mac`` (broadcast when a request)."""
+    dst = b"\xff" * 6 if op == 1 else b"\x02\0\0\0\0\x01"
+    return (dst + sender_mac + b"\x08\x06" + struct.pack("!HHBBH", 1, 0x0800, 6, 4, op)
+            + sender_mac + bytes(int(x) for x in sender_ip.split("."))
+            + bytes(6) + bytes(int(x) for x in target_ip.split(".")))
+
+
+def test_a_forged_arp_flood_cannot_evict_an_asset_binding(tmp_path: Path) -> None:
+    """20,000 gratuitous ARPs for random addresses, 20 times the table cap, then the poisoner
+    claims the server's IP: the server's binding (from ARP and its flow) is still there."""
+    server_mac = b"\x02\0" + bytes(int(x) for x in SERVER.split("."))
+    attacker = b"\x02\xaa\0\0\0\x66"
+    frames: list[Frame] = [(START - 1.0, _arp(server_mac, SERVER, MASTER))]
+    frames += _real()
+    frames += [(START + 1.0 + i * 0.0001, _arp(attacker, f"10.9.{i >> 8}.{i & 0xFF}",
+                                              f"10.9.{i >> 8}.{i & 0xFF}"))
+               for i in range(20 * MAX_STATE)]
+    frames.append((START + 4.0, _arp(attacker, SERVER, MASTER)))
+    frames.sort(key=lambda f: f[0])
+    path = tmp_path / "arpflood.pcap"
+    write_pcap(path, frames)
+    run = Run(path)
+    assert run.pipeline.stats.arp == 20 * MAX_STATE + 2
+    changed = [a for a in run.alerts() if a.rule == "mamori.network.ip_mac_changed"]
+    assert [a.src for a in changed] == [SERVER]
+    assert "02:aa:00:00:00:66" in changed[0].evidence["detail"]
+    assert run.sizes_peak["address_bindings"] <= MAX_STATE
+    assert run.detector.evictions()["ARP-seen MAC bindings"] > 0  # the flood was forgotten
+    assert run.requests == {MASTER: POLLS, SECOND: 2}
