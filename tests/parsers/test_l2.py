@@ -26,6 +26,7 @@ from parsers.l2 import ArpEvent, ArpOp, ArpProblem, decode_arp
 from sensor.capture.pcapfile import read_capture
 from tests import netns
 from tests.conftest import require_tool, unavailable
+from tests.peers.modbus_peer import terminate
 from tests.stormcap import write_pcap
 
 A, B = "mrl-a", "mrl-b"
@@ -71,13 +72,8 @@ def _tcpdump(out: Path, iface: str) -> subprocess.Popen[bytes]:
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
+    time.sleep(0.3)  # the last frames reach the file
+    terminate(proc, signal.SIGINT)
 
 
 @pytest.fixture(scope="module")

@@ -44,14 +44,15 @@ def registry() -> tuple[dict[str, list[str]], dict[str, list[str]]]:
             f"{dnp3_file}::test_gap_rules_fire_on_a_segment_lost_from_a_dnp3_flow[{rule}]")
     for rule in (*dnp3_traffic.TRAFFIC_RULES, *dnp3_traffic.GAP_RULES):
         negative[rule].append(f"{dnp3_file}::test_rule_quiet_on_the_learning_part[{rule}]")
-    network_file = "tests/sensor/test_network_traffic.py"
-    for rule in network_traffic.TRAFFIC_RULES:
-        positive[rule].append(f"{network_file}::test_rule_fires_in_its_labelled_window[{rule}]")
-        negative[rule].append(f"{network_file}::test_rule_quiet_on_the_benign_phase[{rule}]")
-    bounds_file = "tests/sensor/test_scan_bounds.py"
-    for rule in scan_bounds.SWEEP_RULES:
-        positive[rule].append(f"{bounds_file}::test_a_slash16_sweep_past_every_cap[{rule}]")
-        negative[rule].append(f"{bounds_file}::test_the_real_flows_alone_raise_none[{rule}]")
+    # (test file, its rules, the positive test, the negative test), all parametrized by rule
+    for path, rules, fires, quiet in (
+            ("test_network_traffic.py", network_traffic.TRAFFIC_RULES,
+             "test_rule_fires_in_its_labelled_window", "test_rule_quiet_on_the_benign_phase"),
+            ("test_scan_bounds.py", scan_bounds.SWEEP_RULES,
+             "test_a_slash16_sweep_past_every_cap", "test_the_real_flows_alone_raise_none")):
+        for rule in rules:
+            positive[rule].append(f"tests/sensor/{path}::{fires}[{rule}]")
+            negative[rule].append(f"tests/sensor/{path}::{quiet}[{rule}]")
     return dict(positive), dict(negative)
 
 
