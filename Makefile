@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Debian packages the tests drive as real peers and oracles.
-APT_PACKAGES := python3-venv tshark tcpdump tcpreplay nmap postgresql libsystemd-dev pkg-config iproute2 systemd chromium nats-server logrotate util-linux
+APT_PACKAGES := python3-venv tshark tcpdump tcpreplay nmap postgresql libsystemd-dev pkg-config iproute2 systemd chromium nats-server logrotate util-linux dsniff
 # Debian's own python3 libraries the package depends on: tests run the web page and the
 # CLI on them (/usr/bin/python3), as the installed package does.
 APT_PACKAGES += python3-h11 python3-jinja2 python3-jsonschema python3-msgpack python3-nacl \

@@ -138,6 +138,14 @@ def v_seconds(value: Any) -> float:
     return seconds
 
 
+def v_positive_seconds(value: Any) -> float:
+    """A duration longer than zero (a timeout of 0 s would expire everything at once)."""
+    seconds = v_seconds(value)
+    if seconds <= 0:
+        raise ValueError("the duration must be longer than 0 s")
+    return seconds
+
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0, None: 1.0}
 
@@ -231,6 +239,10 @@ SCHEMA: list[Option] = [
            "a UDP conversation with no packet for this long is closed"),
     Option("limits", "max_buffered_per_flow", 256 * 1024, v_int_range(4096, 64 * 1024 * 1024),
            "bytes of out-of-order TCP data buffered per flow"),
+    Option("limits", "max_handshakes", 4096, v_int_range(16, 10_000_000),
+           "TCP handshakes on ICS ports in progress at once; a scan beyond it forgets the oldest"),
+    Option("limits", "handshake_timeout", 10.0, v_positive_seconds,
+           "a SYN with no answer for this long is an unanswered connection attempt"),
 ]
 
 

@@ -89,6 +89,8 @@ def pipeline_config(conf: cfg.Config) -> PipelineConfig:
         tcp_idle_timeout=conf.get("limits", "tcp_idle_timeout"),
         udp_idle_timeout=conf.get("limits", "udp_idle_timeout"),
         max_buffered_per_flow=conf.get("limits", "max_buffered_per_flow"),
+        max_handshakes=conf.get("limits", "max_handshakes"),
+        handshake_timeout=conf.get("limits", "handshake_timeout"),
     )
 
 

@@ -2,7 +2,8 @@
 
 Each protocol package knows how to flatten its own events (``event_fields``);
 this module only dispatches on the event class and adds the sensor-level
-events (TCP reassembly and pipeline anomalies). One object per line, keys in a
+events (TCP reassembly and pipeline anomalies, connection attempts, ARP and
+flow MAC pairs). One object per line, keys in a
 stable order, no NaN, UTF-8.
 """
 
@@ -13,6 +14,8 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from parsers import dnp3, modbus
+from parsers.handshake import TransportEvent
+from parsers.l2 import ArpEvent, MacPairEvent, MacPairKind
 from parsers.stream import Direction, FlowId
 from parsers.tcp import TcpAnomalyEvent
 from sensor.pipeline import PipelineAnomalyEvent
@@ -43,9 +46,39 @@ def _pipeline_anomaly_fields(event: PipelineAnomalyEvent) -> Fields:
     return out
 
 
+def _transport_fields(event: TransportEvent) -> Fields:
+    out: Fields = {"ts": event.ts, "proto": "tcp", "type": "anomaly"}
+    out.update(_flow_fields(event.flow, Direction.TO_SERVER))
+    out.update({"anomaly": event.kind.name, "detail": event.detail,
+                "count": event.count or None})
+    return out
+
+
+def _arp_fields(event: ArpEvent) -> Fields:
+    return {"ts": event.ts, "proto": "arp", "type": event.kind.name.lower(),
+            "sender_mac": event.sender_mac, "sender_ip": event.sender_ip,
+            "target_mac": event.target_mac, "target_ip": event.target_ip,
+            "src_mac": event.src_mac, "dst_mac": event.dst_mac, "vlan": event.vlan,
+            "gratuitous": event.gratuitous}
+
+
+def _mac_pair_fields(event: MacPairEvent) -> Fields:
+    out: Fields = {"ts": event.ts, "proto": "eth"}
+    if event.kind is MacPairKind.CHANGED:
+        out.update({"type": "anomaly", "anomaly": "MAC_PAIR_CHANGED"})
+    else:
+        out["type"] = "mac_pair"
+    out.update(_flow_fields(event.flow, Direction.TO_SERVER))
+    out.update({"client_mac": event.client_mac, "server_mac": event.server_mac})
+    return out
+
+
 _BY_CLASS: dict[type, Callable[[Any], Fields]] = {
     TcpAnomalyEvent: _tcp_anomaly_fields,
     PipelineAnomalyEvent: _pipeline_anomaly_fields,
+    TransportEvent: _transport_fields,
+    ArpEvent: _arp_fields,
+    MacPairEvent: _mac_pair_fields,
 }
 for _cls in (modbus.ModbusRequest, modbus.ModbusResponse, modbus.ModbusAnomalyEvent):
     _BY_CLASS[_cls] = modbus.event_fields

@@ -20,6 +20,14 @@ or RST do: past that the connection that ended first expires early, exactly as i
 ended it (a closed connection has nothing left to flush). Without that bound a
 storm of short connections (30,000 sources, one write each) keeps every one of
 them, parser and reassembler included, for the whole linger.
+
+A TCP connection becomes a flow only once its client completes the handshake:
+until then the SYN and the server's answer wait in a bounded handshake table
+(``parsers.handshake``), so a SYN scan of a /16 cannot fill the flow table
+and evict the real flows. Refused, half-open and unanswered attempts, and
+connections closed without payload, come out as ``TransportEvent``; ARP frames
+as ``ArpEvent``; each Ethernet flow's MAC pair as ``MacPairEvent``, when it
+starts and whenever a new pair appears mid-connection (``parsers.l2``).
 """
 
 from __future__ import annotations
@@ -32,9 +40,11 @@ from typing import Any, cast
 
 from parsers.dnp3 import DNP3Parser
 from parsers.dnp3.events import DNP3Application
+from parsers.handshake import HandshakeTable, Pending, TransportEvent, TransportKind
+from parsers.l2 import ArpEvent, MacPairEvent, MacPairKind, decode_arp
 from parsers.modbus import ModbusParser
 from parsers.modbus.events import ModbusResponse
-from parsers.packet import Decoded, DecodeProblem, decode, ip_to_str, mac_to_str
+from parsers.packet import Decoded, DecodeProblem, PacketAnomaly, decode, ip_to_str, mac_to_str
 from parsers.stream import Direction, FlowId, StreamParser, Transport
 from parsers.tcp import TcpReassembler
 
@@ -71,6 +81,8 @@ class PipelineConfig:
     closed_linger: float = 30.0
     max_closed_flows: int = 4096
     max_buffered_per_flow: int = 256 * 1024
+    max_handshakes: int = 4096  # connection attempts not yet flows (a scan's footprint)
+    handshake_timeout: float = 10.0  # seconds of packet time a SYN waits for its answer
 
     def __post_init__(self) -> None:
         both = self.modbus_ports & self.dnp3_ports
@@ -83,6 +95,8 @@ class PipelineConfig:
             raise ValueError("max_flows must be at least 1")
         if self.max_closed_flows < 1:
             raise ValueError("max_closed_flows must be at least 1")
+        if self.max_handshakes < 1:
+            raise ValueError("max_handshakes must be at least 1")
 
 
 @dataclass
@@ -91,6 +105,7 @@ class PipelineStats:
     bytes: int = 0
     ignored: int = 0  # IP traffic on ports we do not parse
     not_ip: int = 0  # ARP, LLDP, other ethertypes and IP protocols
+    arp: int = 0  # ARP messages decoded (also counted in not_ip)
     problems: Counter[str] = field(default_factory=Counter)
     flows_created: int = 0
     flows_expired: int = 0
@@ -103,7 +118,7 @@ class PipelineStats:
 class _Flow:
     """State held for one conversation. Plain slotted class: it is mutable by nature."""
 
-    __slots__ = ("id", "last_ts", "parser", "proto", "tcp")
+    __slots__ = ("cmac", "empty", "id", "last_ts", "macs", "parser", "proto", "smac", "tcp")
 
     def __init__(
         self, flow_id: FlowId, proto: str, parser: StreamParser, tcp: TcpReassembler | None,
@@ -114,6 +129,10 @@ class _Flow:
         self.parser = parser
         self.tcp = tcp
         self.last_ts = ts
+        self.empty = False  # set up by a whole handshake, no payload yet
+        self.cmac: bytes | None = None  # the MAC pair of the last frame (Ethernet only)
+        self.smac: bytes | None = None
+        self.macs: tuple[tuple[bytes, bytes], ...] = ()  # pairs seen, at most _MAX_PAIRS
 
 
 FlowKey = tuple[int, bytes, int, bytes, int]
@@ -126,6 +145,8 @@ _SET_DNP3_FRAME = DNP3Application.__dict__["frame"].__set__
 _TO_SERVER = Direction.TO_SERVER
 _TO_CLIENT = Direction.TO_CLIENT
 _LRU_RESOLUTION = 1.0  # seconds of packet time
+_MAX_PAIRS = 4  # MAC pairs one flow reports; a flow flapping between more says so once each
+_SYN, _RST, _ACK = 0x02, 0x04, 0x10
 
 
 def _number(events: Sequence[Any], frame_no: int) -> None:
@@ -151,6 +172,8 @@ class Pipeline:
         self._flows: OrderedDict[FlowKey, _Flow] = OrderedDict()
         self._closed: OrderedDict[FlowKey, _Flow] = OrderedDict()  # ended, oldest first
         self._until_sweep = self._SWEEP_EVERY
+        self._handshakes = HandshakeTable(self.config.max_handshakes,
+                                          self.config.handshake_timeout)
         self._factories: dict[str, Callable[[FlowId], StreamParser]] = {
             MODBUS: ModbusParser,
             DNP3: DNP3Parser,
@@ -159,6 +182,10 @@ class Pipeline:
     @property
     def active_flows(self) -> int:
         return len(self._flows)
+
+    @property
+    def handshakes(self) -> HandshakeTable:
+        return self._handshakes
 
     def packet(self, ts: float, linktype: int, frame: bytes, frame_no: int = 0) -> Sequence[Any]:
         """Process one captured frame; return the events it completed."""
@@ -173,7 +200,8 @@ class Pipeline:
 
         decoded = decode(linktype, frame)
         if decoded.__class__ is not Decoded:
-            return swept + self._problem(ts, cast(DecodeProblem, decoded), frame_no)
+            return swept + self._problem(ts, cast(DecodeProblem, decoded), frame_no,
+                                         linktype, frame)
         pkt = decoded
         ports = self._proto_by_port
         dport = pkt.dport
@@ -187,22 +215,47 @@ class Pipeline:
             direction = _TO_CLIENT
         else:
             stats.ignored += 1
+            if pkt.proto == 6 and pkt.flags & 0x12 == _SYN:
+                probe = self._handshakes.probe(pkt.src, sport, pkt.dst, dport, ts)
+                if probe is not None:
+                    return [*swept, probe]
             return swept
 
         flows = self._flows
         flow = flows.get(key)
         if flow is None:
+            pending: Pending | None = None
+            if pkt.proto == 6:
+                if not pkt.payload:
+                    early = self._attempt(key, pkt, direction, ts)
+                    if early is not None:
+                        return swept + early if swept else early
+                pending = self._handshakes.complete(key)
             flow, evicted = self._new_flow(key, pkt, direction, ts)
             if evicted:
                 swept = swept + evicted
+            if pending is not None:
+                swept = swept + self._replay_handshake(flow, pending)
+            if flow.cmac is not None:
+                swept = [*swept, MacPairEvent(ts, MacPairKind.STARTED, flow.id,
+                                              mac_to_str(flow.cmac), mac_to_str(flow.smac or b""))]
         elif ts - flow.last_ts > _LRU_RESOLUTION:
             # Keeping the LRU order to the second is enough for minute-long timeouts,
             # and saves a re-link on nearly every packet of a busy flow.
             flows.move_to_end(key)
         flow.last_ts = ts
+        dst_mac = pkt.dst_mac
+        if dst_mac is not None and flow.cmac is not None:
+            if direction is _TO_SERVER:
+                if pkt.src_mac != flow.cmac or dst_mac != flow.smac:
+                    swept = swept + self._mac_pair(flow, pkt.src_mac, dst_mac, ts)
+            elif dst_mac != flow.cmac or pkt.src_mac != flow.smac:
+                swept = swept + self._mac_pair(flow, dst_mac, pkt.src_mac, ts)
 
         tcp = flow.tcp
         if tcp is not None:
+            if flow.empty and pkt.payload:
+                flow.empty = False
             events: Sequence[Any] = tcp.segment(
                 direction, pkt.seq, pkt.flags, pkt.payload, ts, pkt.ack
             )
@@ -226,30 +279,82 @@ class Pipeline:
         while self._flows:
             _, flow = self._flows.popitem(last=False)
             events.extend(self._close(flow, end))
+        events.extend(self._handshakes.flush(end))
         return events
 
     # -- internals -------------------------------------------------------------------
 
-    def _problem(self, ts: float, problem: DecodeProblem, frame_no: int) -> list[Any]:
+    def _problem(self, ts: float, problem: DecodeProblem, frame_no: int, linktype: int,
+                 frame: bytes) -> list[Any]:
         name = problem.anomaly.name
         if not problem.anomaly.is_anomaly:
             self.stats.not_ip += 1
+            if problem.anomaly is PacketAnomaly.NOT_IP:
+                arp = decode_arp(ts, linktype, frame)
+                if arp.__class__ is ArpEvent:
+                    self.stats.arp += 1
+                    return [arp]
+                if arp is not None:  # the ARP ethertype, but not ARP we can read
+                    self.stats.problems["ARP_MALFORMED"] += 1
             return _EMPTY
         self.stats.problems[name] += 1
         kind = (PipelineAnomaly.IP_FRAGMENT if name == "IP_FRAGMENT"
                 else PipelineAnomaly.MALFORMED_FRAME)
         return [PipelineAnomalyEvent(ts, kind, f"{name}: {problem.detail}", frame_no)]
 
-    def _new_flow(
-        self, key: FlowKey, pkt: Decoded, direction: Direction, ts: float
-    ) -> tuple[_Flow, list[Any]]:
+    def _attempt(self, key: FlowKey, pkt: Decoded, direction: Direction,
+                 ts: float) -> list[Any] | None:
+        """A payload-less TCP segment of no flow: handshake events, or None to open a flow."""
+        flags = pkt.flags
+        table = self._handshakes
+
+        def make() -> FlowId:
+            return self._flow_id(key, pkt, direction)
+
+        if direction is _TO_SERVER:
+            if flags & _SYN and not flags & (_ACK | _RST):
+                return list(table.syn(key, make, pkt.seq, flags, ts))
+            if flags & _RST:  # gave up, or a stray reset: nothing to parse either way
+                found = list(table.client_reset(key, ts))
+                if not found:
+                    self.stats.ignored += 1
+                return found
+            return None
+        if flags & _RST or flags & (_SYN | _ACK) == _SYN | _ACK:
+            return list(table.answer(key, make, pkt.seq, pkt.ack, flags, ts))
+        return None
+
+    def _replay_handshake(self, flow: _Flow, pending: Pending) -> list[Any]:
+        """Hand the waiting SYN and SYN-ACK to the new flow's reassembler, in order."""
+        tcp = flow.tcp
+        assert tcp is not None
+        out: list[Any] = []
+        for direction, seg in ((_TO_SERVER, pending.syn), (_TO_CLIENT, pending.synack)):
+            if seg is not None:
+                out.extend(tcp.segment(direction, seg[0], seg[2], b"", seg[3], seg[1]))
+        flow.empty = pending.syn is not None and pending.synack is not None
+        return out
+
+    def _mac_pair(self, flow: _Flow, client: bytes | None, server: bytes | None, ts: float
+                  ) -> list[Any]:
+        """A frame of the flow with another MAC pair: reported the first time it is seen."""
+        if client is None or server is None or (client[0] | server[0]) & 1:  # group address
+            return _EMPTY
+        flow.cmac, flow.smac = client, server
+        pair = (client, server)
+        if pair in flow.macs or len(flow.macs) >= _MAX_PAIRS:
+            return _EMPTY
+        flow.macs += (pair,)
+        return [MacPairEvent(ts, MacPairKind.CHANGED, flow.id, mac_to_str(client),
+                             mac_to_str(server))]
+
+    def _flow_id(self, key: FlowKey, pkt: Decoded, direction: Direction) -> FlowId:
         proto_num, server_raw, server_port, client_raw, client_port = key
         to_server = direction is Direction.TO_SERVER
         server_mac = pkt.dst_mac if to_server else pkt.src_mac
         client_mac = pkt.src_mac if to_server else pkt.dst_mac
-        transport = Transport.TCP if proto_num == 6 else Transport.UDP
-        flow_id = FlowId(
-            transport=transport,
+        return FlowId(
+            transport=Transport.TCP if proto_num == 6 else Transport.UDP,
             client=ip_to_str(client_raw),
             client_port=client_port,
             server=ip_to_str(server_raw),
@@ -258,6 +363,13 @@ class Pipeline:
             server_mac=mac_to_str(server_mac) if server_mac else None,
             vlan=pkt.vlan,
         )
+
+    def _new_flow(
+        self, key: FlowKey, pkt: Decoded, direction: Direction, ts: float
+    ) -> tuple[_Flow, list[Any]]:
+        proto_num, server_raw, server_port, _, _ = key
+        transport = Transport.TCP if proto_num == 6 else Transport.UDP
+        flow_id = self._flow_id(key, pkt, direction)
         proto = self._proto_by_port[server_port]
         parser = self._factories[proto](flow_id)
         tcp = (TcpReassembler(flow_id, parser, max_buffered=self.config.max_buffered_per_flow)
@@ -273,12 +385,22 @@ class Pipeline:
                 f"active flow", flow=victim.id))
             evicted.extend(self._close(victim, ts))
         flow = _Flow(flow_id, proto, parser, tcp, ts)
+        to_server = direction is _TO_SERVER
+        cmac, smac = (pkt.src_mac, pkt.dst_mac) if to_server else (pkt.dst_mac, pkt.src_mac)
+        if cmac is not None and smac is not None and not (cmac[0] | smac[0]) & 1:
+            flow.cmac, flow.smac = cmac, smac
+            flow.macs = ((cmac, smac),)
         self._flows[key] = flow
+        self._handshakes.note_server(server_raw)
         self.stats.flows_created += 1
         return flow, evicted
 
     def _ended(self, key: FlowKey, flow: _Flow, ts: float, events: list[Any]) -> list[Any]:
         """Note an ended connection; expire the oldest ended one past ``max_closed_flows``."""
+        if flow.empty:  # set up and torn down without a byte: a connect scan's footprint
+            flow.empty = False
+            events = [*events, TransportEvent(ts, TransportKind.EMPTY_CONNECTION, flow.id,
+                                              "connection closed without any payload")]
         closed = self._closed
         closed[key] = flow
         closed.move_to_end(key)
@@ -332,4 +454,5 @@ class Pipeline:
             self._closed.pop(key, None)
             self.stats.flows_expired += 1
             events.extend(self._close(flow, ts))
+        events.extend(self._handshakes.expire(ts))
         return events

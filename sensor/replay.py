@@ -96,8 +96,9 @@ class EventTally:
         fields = event_to_dict(event)
         if fields["type"] == "anomaly":
             return self._summary.anomalies, f"{fields['proto']} {fields['anomaly']}"
+        label = f"{fields['proto']} {fields['type']}"
         fc = fields.get("fc")
-        return self._summary.messages, f"{fields['proto']} {fields['type']} fc={fc}"
+        return self._summary.messages, label if "fc" not in fields else f"{label} fc={fc}"
 
 
 class _Progress:

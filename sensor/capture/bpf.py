@@ -18,7 +18,10 @@ the same traffic agree:
 * IPv6 TCP or UDP behind up to ``MAX_IPV6_EXTENSIONS`` extension headers
   (hop-by-hop, routing, destination options, mobility, HIP, shim6, experimental,
   AH, atomic fragments), IPv6 fragments and over-long header chains (anomalies
-  again).
+  again);
+* ARP (ethertype 0x0806) behind any of those tags: adversary-in-the-middle
+  starts with forged ARP, and the pipeline decodes every ARP frame
+  (``parsers.l2``), malformed ones included (it counts those).
 
 The port test is a list of ranges (runs of adjacent ports are merged), so the
 number of ports is bounded only by the kernel's 4096-instruction limit.
@@ -46,6 +49,7 @@ import struct
 from collections.abc import Iterable
 from functools import cache
 
+from parsers.l2 import ARP_ETHERTYPE
 from parsers.packet import MAX_IPV6_EXTENSIONS, MAX_VLAN_DEPTH
 
 SO_ATTACH_FILTER = 26
@@ -148,6 +152,7 @@ def _vlan_walk(p: _Program) -> None:
     for depth in range(MAX_VLAN_DEPTH + 1):
         p.op(JEQ_K, 0x0800, "ipv4", 0)
         p.op(JEQ_K, 0x86DD, "ipv6", 0)
+        p.op(JEQ_K, ARP_ETHERTYPE, p.far("accept"), 0)
         tag = p.fresh("tag")
         for kind in VLAN_TYPES:
             p.op(JEQ_K, kind, tag, 0)

@@ -6,7 +6,8 @@ cycle that stopped). The inventory and the engine turn those findings into
 :class:`DerivedEvent` objects and run them through the same rules as parser
 events, so B1-B5, M8, M9, D15 and S3 stay data in ``rules/`` like everything
 else. A rule matches them with ``proto: baseline|dnp3|sensor``, ``type:
-deviation|anomaly|health`` and ``anomaly: KIND``.
+deviation|anomaly|health`` and ``anomaly: KIND``; the link-layer findings of
+:mod:`sensor.detection.aitm` carry ``proto: network``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,12 @@ class DerivedKind(Enum):
     UNSOLICITED_AFTER_DISABLE = ("dnp3", "anomaly", "D9")
     UNSOLICITED_STORM = ("dnp3", "anomaly", "D9-storm")  # against the learned rate
     SILENCE = ("sensor", "health", "S3")
+    # link layer (adversary-in-the-middle, ARP host discovery): sensor/detection/aitm.py
+    ARP_REQUEST = ("network", "anomaly", "N3")  # one per request; rules count targets
+    MAC_CHANGED = ("network", "anomaly", "N4")  # an ICS asset's IP claimed by another MAC
+    DUPLICATE_IP = ("network", "anomaly", "N5")  # owner and rival both claim the IP
+    ARP_UNSOLICITED = ("network", "anomaly", "N6")  # unasked or gratuitous reply
+    FLOW_MAC_CHANGED = ("network", "anomaly", "N7")  # an ICS flow's MAC pair changed
 
     @property
     def proto(self) -> str:

@@ -38,6 +38,7 @@ from parsers.modbus.events import ModbusRequest
 from parsers.modbus.pdu import WriteSingleCoil, WriteSingleRegister
 from parsers.stream import Transport
 from sensor.alerts import Alert, Severity
+from sensor.detection.aitm import WATCHED, AddressWatch
 from sensor.detection.bounded import DEFAULT_MAX_STATE, LruTable
 from sensor.detection.derived import DerivedEvent, DerivedKind
 from sensor.detection.inventory import Inventory
@@ -333,6 +334,7 @@ class Detector:
         self._sequence = _ProtocolState(max_state)
         self.hold = hold
         self._held: LruTable[str, _Held] = LruTable(max_state, "held start-up occurrences")
+        self._watch = AddressWatch(self.inventory, max_state)
         self._last_ts: float | None = None
         self._next_tick = float("-inf")
         self._next_age = float("-inf")
@@ -357,6 +359,9 @@ class Detector:
             cls = ev.__class__
             attr = attrs.get(cls)
             if attr is None:
+                if cls in WATCHED:  # ARP and flow MAC pairs: link-layer findings
+                    for d in self._watch.observe(ev):
+                        self._run_derived(d)
                 continue
             derived = observe(ev)
             if self.inventory.new_pollers:
@@ -389,6 +394,7 @@ class Detector:
         self._storms = old._storms
         self._sequence = old._sequence
         self._held = old._held
+        self._watch = old._watch
         self._last_ts = old._last_ts
         self._silent = old._silent
         self.stats = old.stats
@@ -419,6 +425,7 @@ class Detector:
             "alerts": len(self._all),
             "threshold_groups": max((len(c.state) for c in self.rules), default=0),
             "protocol_state": max(len(t) for t in self._sequence.tables()),
+            "address_bindings": max(len(t) for t in self._watch.tables()),
             "set_cache": len(self._set_cache),
             "held": len(self._held),
             **inv.state_sizes(),
@@ -427,7 +434,8 @@ class Detector:
     def evictions(self) -> dict[str, int]:
         """Entries each bounded table has forgotten (also kept in ``stats.evicted``)."""
         tables: list[LruTable[Any, Any]] = [c.state for c in self.rules]
-        tables += [*self._sequence.tables(), self._set_cache, self._held]
+        tables += [*self._sequence.tables(), *self._watch.tables(), self._set_cache,
+                   self._held]
         out = {t.name: t.evicted for t in tables if t.evicted}
         out.update({k: v for k, v in self.inventory.evicted.items() if v})
         self.stats.evicted = out

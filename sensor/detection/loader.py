@@ -30,6 +30,7 @@ from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from parsers.dnp3.events import DNP3Anomaly
+from parsers.handshake import TransportKind
 from parsers.modbus.events import ModbusAnomaly
 from parsers.tcp import TcpAnomaly
 from sensor.alerts import Severity
@@ -78,10 +79,11 @@ ANOMALY_NAMES: dict[str, frozenset[str]] = {
     | {k.name for k in DerivedKind if k.proto == "modbus"},
     "dnp3": frozenset(k.name for k in DNP3Anomaly)
     | {k.name for k in DerivedKind if k.proto == "dnp3"},
-    "tcp": frozenset(k.name for k in TcpAnomaly),
+    "tcp": frozenset(k.name for k in TcpAnomaly) | {k.name for k in TransportKind},
     "ip": frozenset(k.name for k in PipelineAnomaly),
     "baseline": frozenset(k.name for k in DerivedKind if k.proto == "baseline"),
     "sensor": frozenset(k.name for k in DerivedKind if k.proto == "sensor"),
+    "network": frozenset(k.name for k in DerivedKind if k.proto == "network"),
 }
 
 

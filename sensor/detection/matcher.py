@@ -22,6 +22,7 @@ from parsers.dnp3.events import (
     DNP3Response,
     DNP3Unsolicited,
 )
+from parsers.handshake import TransportEvent
 from parsers.modbus.events import ModbusAnomalyEvent, ModbusRequest, ModbusResponse
 from parsers.stream import Direction
 from parsers.tcp import TcpAnomalyEvent
@@ -43,6 +44,7 @@ CLASS_INFO: dict[type, tuple[Proto | None, MsgType | None, str]] = {
     DNP3LinkEvent: (Proto.DNP3, MsgType.LINK, "function"),
     DNP3AnomalyEvent: (Proto.DNP3, MsgType.ANOMALY, "kind"),
     TcpAnomalyEvent: (Proto.TCP, MsgType.ANOMALY, "kind"),
+    TransportEvent: (Proto.TCP, MsgType.ANOMALY, "kind"),
     PipelineAnomalyEvent: (Proto.IP, MsgType.ANOMALY, "kind"),
     DerivedEvent: (None, None, "kind"),
 }

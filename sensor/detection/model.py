@@ -24,6 +24,7 @@ class Proto(Enum):
     IP = "ip"
     BASELINE = "baseline"
     SENSOR = "sensor"
+    NETWORK = "network"  # link-layer findings: ARP, IP-to-MAC bindings
 
 
 class MsgType(Enum):

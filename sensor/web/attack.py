@@ -21,6 +21,7 @@ ATTACK_ICS: dict[str, str] = {
     "T0831": "Manipulation of Control",
     "T0836": "Modify Parameter",
     "T0839": "Module Firmware",
+    "T0840": "Network Connection Enumeration",
     "T0843": "Program Download",
     "T0845": "Program Upload",
     "T0846": "Remote System Discovery",

@@ -226,11 +226,11 @@ class Stacks:
             raise
         return self
 
-    def _add_outstation(self, commands: Any, outstation_app: Any) -> None:
+    def _add_outstation(self, commands: Any, outstation_app: Any, host: str = HOST) -> None:
         o = self._o
         server = self._manager.AddTCPServer(
             "outstation", o.levels.NOTHING, o.ServerAcceptMode.CloseExisting,
-            o.IPEndpoint(HOST, self.port), None)
+            o.IPEndpoint(host, self.port), None)
         oconf = o.OutstationStackConfig(o.DatabaseConfig(self.points))
         oconf.outstation.params.allowUnsolicited = self.unsolicited
         oconf.outstation.eventBufferConfig = o.EventBufferConfig.AllTypes(100)  # default: 0
@@ -499,3 +499,31 @@ class ScriptedOutstation:
                     event = bytes([2, 1, 0x28, 1, 0, 0, 0, 0x81])  # g2v1, index 0, ONLINE|1
                     self._send_app(conn, src, bytes([0xF0 | useq, 130]) + iin + event)
                     useq = (useq + 1) & 0x0F
+
+
+def serve_outstation(host: str, port: int) -> None:
+    """An outstation alone on ``host:port`` until SIGTERM, for hosts in a namespace.
+
+    ``python -m tests.peers.dnp3_peer HOST PORT``; prints ``listening`` once it is.
+    """
+    import signal
+
+    stacks = Stacks(port)
+    o = stacks._o
+    soe, master_app, commands, outstation_app = _classes(o, stacks.seen, stacks.iin)
+    stacks._callbacks = (soe, master_app, commands, outstation_app)
+    stacks._manager = o.DNP3Manager(1)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    try:
+        stacks._add_outstation(commands, outstation_app, host)
+        stacks.outstation.Enable()
+        print("listening", flush=True)
+        signal.sigwait({signal.SIGTERM, signal.SIGINT})
+    finally:
+        stacks.close()
+
+
+if __name__ == "__main__":
+    import sys
+
+    serve_outstation(sys.argv[1], int(sys.argv[2]))

@@ -51,9 +51,9 @@ def server(port: int, revision: str = "2.4.1") -> Iterator[None]:
         terminate(proc)
 
 
-def terminate(proc: subprocess.Popen[Any]) -> None:
-    """SIGTERM, and SIGKILL if it has not gone within 5 s."""
-    proc.send_signal(signal.SIGTERM)
+def terminate(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM) -> None:
+    """SIGTERM (or ``sig``), and SIGKILL if it has not gone within 5 s."""
+    proc.send_signal(sig)
     try:
         proc.wait(5)
     except subprocess.TimeoutExpired:

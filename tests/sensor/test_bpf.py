@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from parsers.l2 import decode_arp
 from parsers.packet import MAX_IPV6_EXTENSIONS, MAX_VLAN_DEPTH, Decoded, PacketAnomaly, decode
 from sensor.capture import bpf
 from tests import bpfvm
@@ -115,7 +116,9 @@ def catalogue() -> Iterator[tuple[str, bytes]]:
         yield f"v6-hop-icmp {t}", ethernet(0x86DD, ipv6(58, b"\x80\0\0\0" + mark(),
                                                         ((0, ext8()),)), tags)
         yield f"v6-no-next {t}", ethernet(0x86DD, ipv6(59, mark()), tags)
-        yield f"arp {t}", ethernet(0x0806, b"\0\1\x08\0\6\4\0\1" + mark(), tags)
+        yield f"arp {t}", ethernet(0x0806, b"\0\1\x08\0\6\4\0\1" + mark() + b"\0" * 10, tags)
+        yield f"arp-short {t}", ethernet(0x0806, b"\0\1\x08\0\6\4\0\1" + mark()[:4], tags)
+        yield f"rarp {t}", ethernet(0x8035, b"\0\1\x08\0\6\4\0\3" + mark() + b"\0" * 10, tags)
     whole = ethernet(0x0800, ipv4(6, l4(6, 40000, 502, mark())))
     for cut in (14, 20, 33, 34, 36, 37, 38, 40):  # the ports end at byte 38
         yield f"v4 cut at {cut}", whole[:cut]
@@ -136,6 +139,8 @@ def ours(ports: frozenset[int] = PORTS) -> list[bpf.Instruction]:
 
 def decoder_says(frame: bytes, ports: frozenset[int] = PORTS) -> bool | None:
     """True: replay makes an event or anomaly of ours; False: not ours; None: cut short."""
+    if decode_arp(0.0, 1, frame) is not None:  # ARP, readable or not: the pipeline takes it
+        return True
     result = decode(1, frame)
     if isinstance(result, Decoded):
         return result.sport in ports or result.dport in ports
@@ -180,12 +185,13 @@ def _port_expression(ports: frozenset[int]) -> str:
 def _comparable_with_tcpdump(name: str) -> bool:
     """tcpdump's ``port`` drops IPv4 fragments and looks past no IPv6 extension header."""
     kind, tags = name.split()[:2]
-    return kind in {"v4", "v4-options", "v6", "v4-icmp", "v6-icmp", "arp", "v6-no-next"} \
+    return kind in {"v4", "v4-options", "v6", "v4-icmp", "v6-icmp", "arp", "arp-short", "rarp",
+                    "v6-no-next"} \
         and tags in {"vlan0", "vlan1", "vlan2", "vlan1-9100"}
 
 
 def test_filter_agrees_with_tcpdump_on_the_same_ports() -> None:
-    p = _port_expression(PORTS)
+    p = f"({_port_expression(PORTS)} or arp)"
     # libpcap's vlan keyword moves every later offset by one tag, hence the nesting.
     theirs = _tcpdump(f"{p} or (vlan and ({p} or (vlan and {p})))")
     program = ours()

@@ -362,3 +362,17 @@ def test_a_check_is_skipped_when_a_value_it_reads_is_invalid(tmp_path: Path) -> 
     with pytest.raises(cfg.ConfigError) as err:
         cfg.load(path, check_files=True)
     assert located(err.value) == [(str(path), 2, "[sensor] state_dir")]
+
+
+def test_the_handshake_limits_reach_the_pipeline_and_a_zero_timeout_is_refused(
+        tmp_path: Path) -> None:
+    from sensor.daemon import pipeline_config
+
+    path = tmp_path / "sensor.toml"
+    path.write_text("[limits]\nmax_handshakes = 64\nhandshake_timeout = \"2s\"\n")
+    config = pipeline_config(cfg.load(path))
+    assert (config.max_handshakes, config.handshake_timeout) == (64, 2.0)
+    path.write_text("[limits]\nhandshake_timeout = 0\n")
+    with pytest.raises(cfg.ConfigError, match=r"sensor.toml:2: \[limits\] handshake_timeout: "
+                                              r".*longer than 0 s"):
+        cfg.load(path)

@@ -18,6 +18,8 @@ from tests.sensor import test_detection_corpus as corpus
 from tests.sensor import test_detection_dnp3_rates as dnp3_rates
 from tests.sensor import test_detection_dnp3_traffic as dnp3_traffic
 from tests.sensor import test_detection_traffic as modbus_traffic
+from tests.sensor import test_network_traffic as network_traffic
+from tests.sensor import test_scan_bounds as scan_bounds
 
 SHIPPED = sorted(r.id for r in load_rules([SHIPPED_RULES], set_names()))
 
@@ -51,6 +53,15 @@ def registry() -> tuple[dict[str, list[str]], dict[str, list[str]]]:
     learning_file = "tests/sensor/test_detection_learning.py"
     negative["mamori.modbus.new_master"].append(
         f"{learning_file}::test_new_master_is_modbus_only")
+    # (test file, its rules, the positive test, the negative test), all parametrized by rule
+    for path, rules, fires, quiet in (
+            ("test_network_traffic.py", network_traffic.TRAFFIC_RULES,
+             "test_rule_fires_in_its_labelled_window", "test_rule_quiet_on_the_benign_phase"),
+            ("test_scan_bounds.py", scan_bounds.SWEEP_RULES,
+             "test_a_slash16_sweep_past_every_cap", "test_the_real_flows_alone_raise_none")):
+        for rule in rules:
+            positive[rule].append(f"tests/sensor/{path}::{fires}[{rule}]")
+            negative[rule].append(f"tests/sensor/{path}::{quiet}[{rule}]")
     return dict(positive), dict(negative)
 
 
@@ -73,5 +84,6 @@ def test_registry_names_only_shipped_rules() -> None:
 
 
 def test_traffic_tests_use_the_shipped_packs() -> None:
-    for module in (corpus, modbus_traffic, dnp3_traffic, dnp3_rates):
+    for module in (corpus, modbus_traffic, dnp3_traffic, dnp3_rates, network_traffic,
+                   scan_bounds):
         assert sorted(r.id for r in module.RULES) == SHIPPED, module.__name__

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from parsers.l2 import MacPairEvent, MacPairKind
 from parsers.modbus import ModbusRequest, ModbusResponse
 from sensor.cli import main
 from sensor.pipeline import PipelineConfig
@@ -57,6 +58,8 @@ def test_modbus_big_pairs_every_transaction() -> None:
                 counts["response"] += 1
                 if ev.unsolicited or ev.latency is None:
                     unpaired += 1
+            elif isinstance(ev, MacPairEvent) and ev.kind is MacPairKind.STARTED:
+                counts["mac pair"] += 1  # one per flow, when it starts
             else:
                 counts[f"other {type(ev).__name__}"] += 1
 
@@ -66,7 +69,8 @@ def test_modbus_big_pairs_every_transaction() -> None:
     assert counts["request"] == 60000
     assert counts["response"] == 60000
     assert unpaired == 0
-    assert set(counts) == {"request", "response"}, counts
+    assert counts["mac pair"] == summary.flows == 1
+    assert set(counts) == {"request", "response", "mac pair"}, counts
 
 
 def test_events_jsonl_has_the_contract_keys(tmp_path: Path) -> None:

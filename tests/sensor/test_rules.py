@@ -15,7 +15,7 @@ from sensor.detection.settings import set_names
 from sensor.detection_cli import cmd_rules_check
 
 CATALOGUE = ([f"M{i}" for i in range(1, 16)] + [f"D{i}" for i in range(1, 16)]
-             + [f"B{i}" for i in range(1, 6)] + ["S2", "S3"])
+             + [f"B{i}" for i in range(1, 6)] + [f"N{i}" for i in range(1, 8)] + ["S2", "S3", "S7"])
 
 GOOD_RULE = """\
 pack: site.test
