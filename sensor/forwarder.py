@@ -123,7 +123,8 @@ class ForwarderSettings:
             pseudonymiser = None
             if spec.pseudonymise:
                 if key not in keyed:
-                    keyed[key] = Pseudonymiser(load_key(key, create=True))
+                    keyed[key] = Pseudonymiser(load_key(key, create=True),
+                                               refresh_after=max(1, self.pseudonyms_max // 2))
                 pseudonymiser = keyed[key]
             out[collector.endpoint] = DestinationPolicy(spec, pseudonymiser)
         return out or {SHARED: default}

@@ -117,32 +117,41 @@ class Mapping:
 
 
 class Pseudonymiser:
-    """Pseudonyms under one key; remembers new ones until ``take_new`` hands them over.
+    """Pseudonyms under one key; hands new mappings over (``take_new``) to be kept.
 
     ``remembered`` bounds the in-memory set of values already handed over, so a scan
     of a /16 costs a bounded amount of memory; one forgotten is merely handed over
-    (and stored) again.
+    (and stored) again. A value in constant use is handed over again once
+    ``refresh_after`` other mappings have been, so that the bounded map on disk,
+    which drops the least recently seen first, never drops the hosts in use.
     """
 
-    def __init__(self, key: bytes, remembered: int = 65536) -> None:
+    def __init__(self, key: bytes, remembered: int = 65536,
+                 refresh_after: int = 50_000) -> None:
         self._key = key
         self.key_id = key_id(key)
-        self._known: OrderedDict[tuple[str, bytes], bytes] = OrderedDict()
+        self._known: OrderedDict[tuple[str, bytes], tuple[bytes, int]] = OrderedDict()
         self._remembered = remembered
+        self._refresh_after = refresh_after
+        self._handed = 0  # mappings handed over so far
         self._new: list[Mapping] = []
 
     def digest(self, domain: str, canonical: bytes, shown: str) -> bytes:
         memo = (domain, canonical)
-        digest = self._known.get(memo)
-        if digest is not None:
+        known = self._known.get(memo)
+        if known is not None:
             self._known.move_to_end(memo)
-            return digest
-        digest = hmac.new(self._key, domain.encode() + b"\0" + canonical,
-                          hashlib.sha256).digest()[:PSEUDONYM_BYTES]
-        self._known[memo] = digest
+            if self._handed - known[1] < self._refresh_after:
+                return known[0]
+            digest = known[0]
+        else:
+            digest = hmac.new(self._key, domain.encode() + b"\0" + canonical,
+                              hashlib.sha256).digest()[:PSEUDONYM_BYTES]
+        self._known[memo] = (digest, self._handed)
         if len(self._known) > self._remembered:
             self._known.popitem(last=False)
         self._new.append(Mapping(digest.hex(), self.key_id, domain, shown))
+        self._handed += 1
         return digest
 
     def ip(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes:

@@ -26,10 +26,12 @@ import zmq
 
 from sensor import config as cfg
 from sensor import forwarding_options  # noqa: F401  (registers [forward])
-from sensor.alerts import Pseudonym, Severity
-from sensor.journal import AlertJournal
+from sensor.alerts import Alert, Pseudonym, Severity
+from sensor.audit import Sent, shape_json
+from sensor.journal import AlertJournal, Outgoing
 from sensor.keys import generate, load_pair
-from sensor.pseudonym import PseudonymKeyError, load_key
+from sensor.policy import DestinationPolicy, PolicySpec
+from sensor.pseudonym import Pseudonymiser, PseudonymKeyError, load_key
 from sensor.wire import JOURNALED_KINDS, Ack, Kind, decode, encode, encode_ack
 from tests.pcaprewrite import rewrite
 from tests.sensor.test_collector import PROJECT, Site, free_port, wait_for
@@ -410,3 +412,78 @@ def test_version_1_journal_is_migrated_without_losing_unacked_messages(tmp_path:
         assert j.stats()["unacked"] == 0
     finally:
         j.close()
+
+
+def test_audit_chain_pruned_far_past_its_cap_still_verifies(tmp_path: Path) -> None:
+    j = AlertJournal(tmp_path / "j.db", ["a"], audit_max_rows=1000)
+    try:
+        j.start_epoch()
+        for batch in range(35):  # 3.5 times the cap, in batches as the send loop does
+            sent = [Sent("a", 1, batch * 100 + i, int(Kind.ALERT), b"frame%d" % i, "id",
+                         shape_json("p", "h" * 64, ["title"], ["src"])) for i in range(1, 101)]
+            j.record_audit([], sent=sent)
+        with sqlite3.connect(tmp_path / "j.db") as db:
+            (count, low, high) = db.execute(
+                "SELECT COUNT(*), MIN(n), MAX(n) FROM audit_log").fetchone()
+        assert count <= 1000 and high == 3500 and low == high - count + 1
+        verdict = j.verify_audit()
+        assert verdict.ok and verdict.first == low and verdict.rows == count
+        j.record_audit([], sent=[Sent("a", 1, 3500, int(Kind.ALERT), b"again", "", "")])
+        assert j.verify_audit().rows == count  # a resend adds no row
+    finally:
+        j.close()
+    with sqlite3.connect(tmp_path / "j.db") as db:
+        db.execute("UPDATE audit_log SET bytes = bytes + 1 WHERE n = ?", (high - 10,))
+    j = AlertJournal(tmp_path / "j.db", ["a"], audit_max_rows=1000)
+    try:
+        assert j.verify_audit().bad_row == high - 10
+    finally:
+        j.close()
+
+
+def test_pseudonym_map_and_memory_stay_bounded_past_their_caps(tmp_path: Path) -> None:
+    key = load_key(tmp_path / "k.key", create=True)
+    pseudonymiser = Pseudonymiser(key, remembered=50, refresh_after=50)
+    policy = DestinationPolicy(PolicySpec("p", pseudonymise=frozenset({"ip"})), pseudonymiser)
+    j = AlertJournal(tmp_path / "j.db", ["a"], shared=[], pseudonyms_max=100)
+    made: list[tuple[str, str]] = []
+    try:
+        j.start_epoch()
+        for i in range(1000):  # a scan of 1000 hosts: ten times the map's cap
+            ip = f"10.9.{i // 250}.{i % 250 + 1}"
+            t = float(i)
+            shaped = policy.shape_alert(Alert("r", "M1", Severity.HIGH, (), "t", "modbus", t,
+                                              t, src=ip, dst="10.0.0.1"))
+            assert shaped is not None
+            made.append((ip, shaped.body[10].data.hex()))
+            j.append_many([Outgoing(Kind.ALERT, shaped.body, "", "a")],
+                          pseudonyms=pseudonymiser.take_new(), ts=t)
+        assert len(pseudonymiser._known) == 50  # memory: bounded
+        with sqlite3.connect(tmp_path / "j.db") as db:
+            (count,) = db.execute("SELECT COUNT(*) FROM pseudonyms").fetchone()
+        assert count == 100
+        assert j.resolve("pn:" + made[-1][1])["value"] == made[-1][0]  # type: ignore[index]
+        assert j.resolve(made[0][1]) is None  # the least recently seen went first
+        # The shared destination host, used in every alert, stays resolvable.
+        digest = policy.shape_alert(Alert("r", "M1", Severity.HIGH, (), "t", "modbus", 0, 0,
+                                          dst="10.0.0.1"))
+        assert digest is not None
+        assert j.resolve(digest.body[12].data.hex()) is not None
+    finally:
+        j.close()
+
+
+def test_effective_config_with_policies_dumps_and_reloads_equal(tmp_path: Path) -> None:
+    generate("c", tmp_path / "k")
+    path = tmp_path / "sensor.toml"
+    path.write_text(f'[sensor]\nstate_dir = "{tmp_path}"\n[forward]\ncollectors = [{{endpoint = '
+                    f'"tcp://127.0.0.1:9", server_key = "{tmp_path / "k" / "c.pub"}", '
+                    'policy = "p"}]\n[forward.policies.p]\nseverities = ["high"]\n'
+                    'precursors = ["M1", "S*"]\npseudonymise = ["ip", "unit"]\n'
+                    'pseudonym_key = "keys/p.key"\nassets = false\n')
+    first = cfg.load(path)
+    again = tmp_path / "dumped.toml"
+    again.write_text(cfg.dump(first))
+    second = cfg.load(again)
+    for key in ("collectors", "policies"):
+        assert second.get("forward", key) == first.get("forward", key)
