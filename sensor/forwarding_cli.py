@@ -14,7 +14,7 @@ import signal
 import sqlite3
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -412,33 +412,42 @@ def _audit_messages(args: argparse.Namespace, since: float, until: float) -> int
         rows = chain_rows(db, args.destination, since, until)
     finally:
         db.close()
-    if args.json:
-        for row in rows:
-            print(json.dumps(row))
-        return 0
-    print(f"{'sent (UTC)':<19} {'epoch':>5} {'seq':>7} {'kind':<9} {'policy':<12} "
-          f"{'hash':<12} {'bytes':>5}  withheld / pseudonymised")
-    for row in rows:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(row["ts"]))
-        print(f"{when:<19} {row['epoch']:>5} {row['seq']:>7} {row['kind']:<9} "
-              f"{row['policy'][:12]:<12} {row['policy_hash'][:12]:<12} {row['bytes']:>5}  "
-              f"{','.join(row['withheld']) or '-'} / {','.join(row['pseudonymised']) or '-'}")
+    _print_rows(rows, args.json, f"{'sent (UTC)':<19} {'epoch':>5} {'seq':>7} {'kind':<9} "
+                f"{'policy':<12} {'hash':<12} {'bytes':>5}  withheld / pseudonymised",
+                lambda row: (
+                    f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(row['ts'])):<19} "
+                    f"{row['epoch']:>5} {row['seq']:>7} {row['kind']:<9} "
+                    f"{row['policy'][:12]:<12} {row['policy_hash'][:12]:<12} "
+                    f"{row['bytes']:>5}  {','.join(row['withheld']) or '-'} / "
+                    f"{','.join(row['pseudonymised']) or '-'}"))
     print(f"{len(rows)} messages to {args.destination}", file=sys.stderr)
     return 0
+
+
+def _print_rows(rows: list[dict[str, Any]], as_json: bool, header: str,
+                line: Callable[[dict[str, Any]], str]) -> None:
+    """Audit rows as JSON lines, or as a table under ``header``."""
+    if as_json:
+        for row in rows:
+            print(json.dumps(row))
+        return
+    print(header)
+    for row in rows:
+        print(line(row))
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from sensor.journal import AlertJournal
 
     now = time.time()
-    try:
-        since = _when(args.since, now)
-        until = now if args.until is None else _when(args.until, now)
-    except ValueError as err:
-        flag = "--since" if args.until is None or str(err).startswith(repr(args.since)) \
-            else "--until"
-        print(f"mamori audit: {flag}: {err}", file=sys.stderr)
-        return 2
+    times = []
+    for flag, text in (("--since", args.since), ("--until", args.until)):
+        try:
+            times.append(now if text is None else _when(text, now))
+        except ValueError as err:
+            print(f"mamori audit: {flag}: {err}", file=sys.stderr)
+            return 2
+    since, until = times
     if args.destination is not None:
         return _audit_messages(args, since, until)
     config = _config(args, "audit")
@@ -460,16 +469,13 @@ def cmd_audit(args: argparse.Namespace) -> int:
     except sqlite3.Error as err:  # a directory, a file that is not a journal, read-only
         print(f"mamori audit: {path}: not a usable journal: {err}", file=sys.stderr)
         return 1
-    if args.json:
-        for row in rows:
-            print(json.dumps(row))
-        return 0
-    print(f"{'hour (UTC)':<17} {'collector':<28} {'kind':<9} {'sent':>7} {'resent':>6} "
-          f"{'bytes':>9}  fields")
-    for row in rows:
-        hour = time.strftime("%Y-%m-%d %H:00", time.gmtime(row["hour"]))
-        print(f"{hour:<17} {row['collector'][:28]:<28} {row['kind']:<9} {row['messages']:>7} "
-              f"{row['retransmits']:>6} {row['bytes']:>9}  {','.join(row['fields']) or '-'}")
+    _print_rows(rows, args.json, f"{'hour (UTC)':<17} {'collector':<28} {'kind':<9} "
+                f"{'sent':>7} {'resent':>6} {'bytes':>9}  fields",
+                lambda row: (
+                    f"{time.strftime('%Y-%m-%d %H:00', time.gmtime(row['hour'])):<17} "
+                    f"{row['collector'][:28]:<28} {row['kind']:<9} {row['messages']:>7} "
+                    f"{row['retransmits']:>6} {row['bytes']:>9}  "
+                    f"{','.join(row['fields']) or '-'}"))
     return 0
 
 

@@ -487,3 +487,19 @@ def test_effective_config_with_policies_dumps_and_reloads_equal(tmp_path: Path) 
     second = cfg.load(again)
     for key in ("collectors", "policies"):
         assert second.get("forward", key) == first.get("forward", key)
+
+
+def test_audit_time_flags_and_missing_chain_are_one_line_errors(tmp_path: Path) -> None:
+    conf = tmp_path / "sensor.toml"
+    conf.write_text(f'[sensor]\nstate_dir = "{tmp_path}"\n')
+    out = mamori("audit", "--config", str(conf), "--destination", "x", "--until", "soon")
+    assert out.returncode == 2
+    assert out.stderr.strip() == ("mamori audit: --until: 'soon' is neither a duration (1h, 7d) "
+                                  "nor an ISO time (2026-01-31T12:00)")
+    out = mamori("audit", "verify", "--config", str(conf))
+    assert out.returncode == 1 and "nothing forwarded yet" in out.stderr
+    (tmp_path / "forward").mkdir()
+    with sqlite3.connect(tmp_path / "forward" / "journal.db") as db:
+        db.executescript(V1_SCHEMA)
+    out = mamori("audit", "resolve", "--config", str(conf), "pn:00")
+    assert out.returncode == 1 and "no audit chain yet" in out.stderr, out
