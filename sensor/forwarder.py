@@ -23,7 +23,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -308,7 +308,11 @@ class Forwarder:
         return seqs[0]
 
     def _data_loss(self, evictions: list[Eviction]) -> None:
-        """Unacknowledged messages were evicted: say so loudly (S4), locally and upstream."""
+        """Unacknowledged messages were evicted: say so loudly (S4), locally and upstream.
+
+        Each destination is told of the ranges of its own stream (seqs are per stream:
+        another's would name messages it has); the local alert lists them all.
+        """
         now = time.time()
         alert = Alert(
             rule=EVICTION_RULE, precursor="S4", severity=Severity.HIGH, attack=(),
@@ -317,10 +321,19 @@ class Forwarder:
             count=sum(e.count for e in evictions),
             evidence={"ranges": [[e.epoch, e.first, e.last] for e in evictions]})
         if self.on_meta_alert is not None:
-            self.on_meta_alert(alert)
+            local = {e.collector for e in evictions} - {SHARED}
+            self.on_meta_alert(replace(alert, evidence={**alert.evidence, "collectors": [
+                e.collector for e in evictions]}) if local else alert)
+        items = []
+        for collector, policy in self.policies.items():
+            mine = [e for e in evictions if e.collector in (collector, SHARED)]
+            shaped = policy.shape_alert(replace(
+                alert, count=sum(e.count for e in mine),
+                evidence={"ranges": [[e.epoch, e.first, e.last] for e in mine]}))
+            if mine and shaped is not None:
+                items.append(self._outgoing(Kind.ALERT, collector, policy, shaped))
         try:
-            _, more = self.journal.append_many(self._shape_alert(alert),
-                                               pseudonyms=self._new_pseudonyms())
+            _, more = self.journal.append_many(items, pseudonyms=self._new_pseudonyms())
         except JournalFull:
             self._unjournaled("health alert")
             return

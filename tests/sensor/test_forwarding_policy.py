@@ -28,6 +28,7 @@ from sensor import config as cfg
 from sensor import forwarding_options  # noqa: F401  (registers [forward])
 from sensor.alerts import Alert, Pseudonym, Severity
 from sensor.audit import Sent, shape_json
+from sensor.forwarder import EVICTION_RULE, Forwarder
 from sensor.journal import AlertJournal, Outgoing
 from sensor.keys import generate, load_pair
 from sensor.policy import DestinationPolicy, PolicySpec
@@ -503,3 +504,36 @@ def test_audit_time_flags_and_missing_chain_are_one_line_errors(tmp_path: Path) 
         db.executescript(V1_SCHEMA)
     out = mamori("audit", "resolve", "--config", str(conf), "pn:00")
     assert out.returncode == 1 and "no audit chain yet" in out.stderr, out
+
+
+def test_eviction_alert_tells_each_destination_of_its_own_stream(tmp_path: Path) -> None:
+    generate("sensor", tmp_path / "keys")
+    generate("c", tmp_path / "ck")
+    key = str(tmp_path / "ck" / "c.pub")
+    conf = cfg.load(None, {
+        ("sensor", "state_dir"): str(tmp_path), ("forward", "journal_max_bytes"): 64 * 1024,
+        ("forward", "collectors"): [
+            {"endpoint": "tcp://127.0.0.1:9", "server_key": key},
+            {"endpoint": "tcp://127.0.0.1:10", "server_key": key, "policy": "few"}],
+        ("forward", "policies"): {"few": {"precursors": ["M1", "S*"]}}})
+    meta: list[Alert] = []
+    fw = Forwarder(conf, on_meta_alert=meta.append)
+    try:
+        t = time.time()
+        for i in range(1, 1500):  # nobody acks: the 64 KiB journal evicts unacked rows
+            fw.submit_alert(Alert("r", "M1" if i % 10 == 0 else "M3", Severity.HIGH, (),
+                                  "x" * 100, "modbus", t, t, id=i,
+                                  src="10.0.0.1", evidence={"pad": "y" * 100}))
+        assert meta and set(meta[0].evidence["collectors"]) <= set(fw.journal.collectors)
+        for collector in fw.journal.collectors:
+            rows = fw.journal.pending(collector, 0, 100_000)
+            kept = {(r.epoch, r.seq) for r in rows}
+            told = [decode(r.frame).body for r in rows if r.kind == Kind.ALERT]
+            told = [a for a in told if a.rule == EVICTION_RULE]
+            assert told, collector
+            for a in told:
+                for epoch, first, last in a.evidence["ranges"]:
+                    assert not kept & {(epoch, s) for s in range(first, last + 1)}
+                    assert last <= fw.journal.last_seq(collector)  # its own stream's seqs
+    finally:
+        fw.close(0)
