@@ -93,7 +93,7 @@ class AuditChain:
 
         A resend (same collector, epoch, seq) adds nothing: the row is of the first
         send, the hourly table counts the resends. Call inside a transaction; on
-        rollback call ``reload``.
+        rollback the caller restores ``n``, ``head`` and ``count`` as they were.
         """
         added = 0
         for s in sent:

@@ -191,6 +191,7 @@ class AlertJournal:
             row = self._db.execute(
                 "SELECT COALESCE(SUM(LENGTH(frame)), 0) FROM messages").fetchone()
             self._chain = chain.AuditChain(self._db, audit_max_rows)
+            self._settle_orphans()
         except sqlite3.Error as err:
             self._db.close()
             if is_disk_full(err):
@@ -208,6 +209,25 @@ class AlertJournal:
     def last_seq(self, collector: str) -> int:
         """The last seq of this epoch in ``collector``'s stream (its own, else shared)."""
         return self._seqs.get(collector, self._seqs.get(SHARED, 0))
+
+    def _settle_orphans(self) -> None:
+        """Rows no configured collector will ever take count as delivered.
+
+        A collector removed from the configuration, or shared rows when every
+        collector has a policy of its own (shared rows were shaped by the default
+        one), would otherwise stay unacknowledged for ever: ``close`` would wait its
+        whole flush timeout and eviction would report them as lost. They stay in the
+        journal until evicted (acknowledged rows go first), so a collector configured
+        again later still gets what is left of them. Opened without collectors (the
+        audit commands) nothing is touched.
+        """
+        if not self.collectors:
+            return
+        marks = ",".join("?" * len(self.collectors))
+        self._db.execute(f"UPDATE messages SET acked = 1 WHERE acked = 0 AND collector != '' "
+                         f"AND collector NOT IN ({marks})", self.collectors)
+        if not self.shared:
+            self._db.execute("UPDATE messages SET acked = 1 WHERE acked = 0 AND collector = ''")
 
     def _migrate(self) -> None:
         """A version-1 journal (no ``collector`` column) becomes shared rows, in one
@@ -371,7 +391,7 @@ class AlertJournal:
                     "DO UPDATE SET seq = MAX(seq, excluded.seq)", (collector, epoch, seq))
                 self._db.execute("UPDATE messages SET acked = 1 WHERE collector = ? AND "
                                  "epoch = ? AND seq <= ? AND acked = 0", (collector, epoch, seq))
-                if collector in self.shared or not self.shared:
+                if collector in self.shared:
                     floor = min(self._acked_seq(c, epoch) for c in self.shared or (collector,))
                     self._db.execute("UPDATE messages SET acked = 1 WHERE collector = '' AND "
                                      "epoch = ? AND seq <= ? AND acked = 0", (epoch, floor))

@@ -537,3 +537,31 @@ def test_eviction_alert_tells_each_destination_of_its_own_stream(tmp_path: Path)
                     assert last <= fw.journal.last_seq(collector)  # its own stream's seqs
     finally:
         fw.close(0)
+
+
+def test_rows_no_configured_collector_takes_do_not_stay_unacked(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    j = AlertJournal(path)  # no collector yet: shared rows
+    j.start_epoch()
+    j.append(Kind.HEALTH, {"n": 1})
+    j.close()
+    j = AlertJournal(path, ["a", "b"], shared=["a"])
+    try:
+        j.start_epoch()
+        j.append_many([Outgoing(Kind.HEALTH, {"n": 2}, "", c) for c in ("a", "b")])
+        assert j.stats()["unacked"] == 3  # the shared row (for a), a's and b's
+        assert [r.seq for r in j.pending("b", 0, 10)] == [1]  # b: its own stream only
+    finally:
+        j.close()
+    j = AlertJournal(path, ["b"], shared=[])  # a removed; b has a policy of its own
+    try:
+        assert j.stats()["unacked"] == 1 and j.pending("b", 0, 10)[0].collector == "b"
+        j.ack("b", 2, 1)
+        assert j.stats()["unacked"] == 0  # close() has nothing to wait for
+    finally:
+        j.close()
+    j = AlertJournal(path, ["a"])  # a configured again: what is left still reaches it
+    try:
+        assert [(r.epoch, r.seq) for r in j.pending("a", 0, 10)] == [(1, 1), (2, 1)]
+    finally:
+        j.close()
