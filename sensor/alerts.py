@@ -18,6 +18,21 @@ from enum import IntEnum
 from typing import Any
 
 
+class Pseudonym(str):
+    """A keyed pseudonym standing where an address was (``pn:`` + 24 hex digits).
+
+    A str so that it fits every address field and JSON as it is; its ``pn:`` prefix
+    parses as no IP address, MAC or number, so no consumer mistakes it for one. On
+    the wire it is a typed msgpack ext (``sensor.wire``), never a plain string.
+    """
+
+    PREFIX = "pn:"
+
+    @classmethod
+    def from_digest(cls, digest: bytes) -> Pseudonym:
+        return cls(cls.PREFIX + digest.hex())
+
+
 class Severity(IntEnum):
     INFO = 0
     LOW = 1
@@ -53,9 +68,9 @@ class Alert:
     sport: int | None = None
     dst: str | None = None
     dport: int | None = None
-    unit: int | None = None  # Modbus unit id
-    link_src: int | None = None  # DNP3 link addresses
-    link_dst: int | None = None
+    unit: int | Pseudonym | None = None  # Modbus unit id (a pseudonym at a collector)
+    link_src: int | Pseudonym | None = None  # DNP3 link addresses
+    link_dst: int | Pseudonym | None = None
     evidence: Mapping[str, Any] = field(default_factory=dict)  # fc, sub, objects, iin, ...
     id: int = 0  # the store's number; 0 until stored
 

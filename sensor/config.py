@@ -473,6 +473,11 @@ def load(path: str | Path | None, overrides: Mapping[tuple[str, str], Any] | Non
                 try:
                     values[(section, key)] = option.validate(raw)
                 except ValueError as err:
+                    # A validator of a table or list may say where inside it (``at``):
+                    # the line of the deepest part of that path the file names.
+                    inside = (section, key, *getattr(err, "at", ()))
+                    line = next((where[inside[:n]] for n in range(len(inside), 2, -1)
+                                 if inside[:n] in where), line)
                     problems.append(ConfigError(name, line, option.name, str(err)))
                     invalid.add((section, key))
                     continue
@@ -563,6 +568,13 @@ def dump(config: Config) -> str:
 
 
 def _toml(value: Any) -> str:
+    as_config = getattr(value, "as_config", None)  # a structured value (a collector entry)
+    if callable(as_config):
+        value = as_config()
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, Path):
+        value = str(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):

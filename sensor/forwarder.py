@@ -26,7 +26,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,9 +35,12 @@ from zmq.utils.monitor import parse_monitor_message
 
 from sensor import config as cfg
 from sensor.alerts import Alert, Severity
-from sensor.forwarding_options import CollectorSpec, journal_path
-from sensor.journal import AlertJournal, AuditEntry, Eviction, JournalFull
+from sensor.audit import Sent, shape_json
+from sensor.forwarding_options import CollectorSpec, journal_path, pseudonym_key_path
+from sensor.journal import SHARED, AlertJournal, AuditEntry, Eviction, JournalFull, Outgoing
 from sensor.keys import load_pair, resolve_key
+from sensor.policy import DEFAULT_POLICY, DestinationPolicy, PolicySpec, Shaped
+from sensor.pseudonym import Pseudonymiser, load_key
 from sensor.wire import (
     MAX_CONTROL_BYTES,
     Ack,
@@ -84,6 +87,9 @@ class ForwarderSettings:
     state_dir: Path
     identity: tuple[tuple[str, str], ...] = ()  # name, site, sector as configured
     unreachable_after: float = 300.0
+    policies: tuple[tuple[str, PolicySpec, Path], ...] = ()  # name, spec, key file
+    audit_max_rows: int = 1_000_000
+    pseudonyms_max: int = 100_000
 
     @classmethod
     def from_config(cls, config: cfg.Config, state_dir: Path | None = None) -> ForwarderSettings:
@@ -93,6 +99,15 @@ class ForwarderSettings:
             policy = FieldPolicy(tuple(s["allow_fields"]), tuple(s["deny_fields"]))
         except ValueError as err:
             raise cfg.ConfigError("config", None, "[forward] deny_fields", str(err)) from None
+        specs: dict[str, PolicySpec] = s["policies"]
+        for spec in s["collectors"]:
+            if spec.policy != DEFAULT_POLICY and spec.policy not in specs:
+                where = config.sources.get(("forward", "collectors"), "config")
+                raise cfg.ConfigError(where, None, "[forward] collectors",
+                                      f"{spec.endpoint}: no policy {spec.policy!r}")
+        keyed = config if state_dir is None else _rebased(config, base)
+        policies = tuple((name, spec, pseudonym_key_path(keyed, spec))
+                         for name, spec in sorted(specs.items()))
         said = {k: str(config.get("sensor", k)) for k in ("name", "site", "sector")
                 if config.get("sensor", k)}
         if config.get("sensor", "instance"):
@@ -105,7 +120,39 @@ class ForwarderSettings:
             journal = base / journal.relative_to(configured)
         return cls(s["collectors"], base / s["secret_key"], journal,
                    s["journal_max_bytes"], s["heartbeat_interval"], s["ack_timeout"],
-                   s["window"], policy, base, tuple(said.items()), s["unreachable_after"])
+                   s["window"], policy, base, tuple(said.items()), s["unreachable_after"],
+                   policies, s["audit_max_rows"], s["pseudonyms_max"])
+
+    def destination_policies(self) -> dict[str, DestinationPolicy]:
+        """Each collector's policy with its key loaded (created 0600 if missing).
+
+        Policies that share a key file share one pseudonymiser: the same host gets
+        the same pseudonym under one key, whichever policy uses it.
+        """
+        default = DestinationPolicy(PolicySpec(DEFAULT_POLICY, self.policy), None)
+        named = {name: (spec, key) for name, spec, key in self.policies}
+        keyed: dict[Path, Pseudonymiser] = {}
+        out: dict[str, DestinationPolicy] = {}
+        for collector in self.collectors:
+            if collector.policy == DEFAULT_POLICY:
+                out[collector.endpoint] = default
+                continue
+            spec, key = named[collector.policy]
+            pseudonymiser = None
+            if spec.pseudonymise:
+                if key not in keyed:
+                    keyed[key] = Pseudonymiser(load_key(key, create=True),
+                                               refresh_after=max(1, self.pseudonyms_max // 2))
+                pseudonymiser = keyed[key]
+            out[collector.endpoint] = DestinationPolicy(spec, pseudonymiser)
+        return out or {SHARED: default}
+
+
+def _rebased(config: cfg.Config, base: Path) -> cfg.Config:
+    """``config`` with its state dir replaced (the daemon may run with another one)."""
+    values = dict(config.values)
+    values[("sensor", "state_dir")] = base
+    return cfg.Config(values, config.sources)
 
 
 class _Link:
@@ -211,8 +258,11 @@ class Forwarder:
             rules.raise_alert = self._raise
         self.ignored_offers = 0
         self.started = time.time()
-        self.journal = AlertJournal(s.journal, [c.endpoint for c in s.collectors],
-                                    s.journal_max_bytes)
+        self.policies = s.destination_policies()
+        self.journal = AlertJournal(
+            s.journal, [c.endpoint for c in s.collectors], s.journal_max_bytes,
+            shared=[c.endpoint for c in s.collectors if c.policy == DEFAULT_POLICY],
+            audit_max_rows=s.audit_max_rows, pseudonyms_max=s.pseudonyms_max)
         self.epoch = allocate_epoch(self.journal, s.state_dir / "forward" / "epoch")
         self.control_errors = 0
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
@@ -246,20 +296,19 @@ class Forwarder:
     # -- producing --------------------------------------------------------------------
 
     def submit_alert(self, alert: Alert) -> int:
-        """Journal an alert (or an update of an aggregated one) under the policy; its seq."""
-        body, fields = self.settings.policy.apply(alert)
-        return self._append(Kind.ALERT, body, ",".join(fields))
+        """Journal an alert (or an update of an aggregated one) for each destination
+        whose policy lets it leave, shaped by that policy; its seq in the first
+        such destination's stream (0: it leaves for none)."""
+        return self._append(self._shape_alert(alert))
 
     def submit_alerts(self, alerts: Sequence[Alert],
                       sync: tuple[str, int] | None = None) -> list[int]:
         """Journal several alerts in one transaction; ``sync`` = (store id, revision)
         moves the store's journaled mark with them, atomically. Raises ``JournalFull``
         when the disk is full (then nothing of the call was journaled)."""
-        items = []
-        for alert in alerts:
-            body, fields = self.settings.policy.apply(alert)
-            items.append((Kind.ALERT, body, ",".join(fields)))
-        seqs, evictions = self.journal.append_many(items, sync=sync)
+        items = [item for alert in alerts for item in self._shape_alert(alert)]
+        seqs, evictions = self.journal.append_many(items, sync=sync,
+                                                   pseudonyms=self._new_pseudonyms())
         self._wake()
         if evictions:
             self._data_loss(evictions)
@@ -269,17 +318,51 @@ class Forwarder:
         """Journal an asset change or health record; returns its seq."""
         if kind not in (Kind.ASSET, Kind.HEALTH):
             raise ValueError(f"submit() takes asset or health, not {kind.name.lower()}")
-        return self._append(kind, dict(body), ",".join(sorted(body)))
+        items = []
+        for collector, policy in self.policies.items():
+            shaped = policy.shape(kind, body)
+            if shaped is not None or kind is Kind.HEALTH:  # health announces the epoch
+                items.append(self._outgoing(kind, collector, policy, shaped or Shaped(
+                    dict(body), tuple(sorted(body)), (), ())))
+        return self._append(items)
 
-    def _append(self, kind: Kind, body: Any, fields: str) -> int:
-        seq, evictions = self.journal.append(kind, body, fields)
+    def _shape_alert(self, alert: Alert) -> list[Outgoing]:
+        out = []
+        for collector, policy in self.policies.items():
+            shaped = policy.shape_alert(alert)
+            if shaped is not None:
+                out.append(self._outgoing(Kind.ALERT, collector, policy, shaped))
+        return out
+
+    @staticmethod
+    def _outgoing(kind: Kind, collector: str, policy: DestinationPolicy,
+                  shaped: Shaped) -> Outgoing:
+        return Outgoing(kind, shaped.body, ",".join(shaped.sent), collector,
+                        shape_json(policy.name, policy.digest, shaped.withheld,
+                                   shaped.pseudonymised))
+
+    def _new_pseudonyms(self) -> list[Any]:
+        """Mappings made since the last append, for the journal's resolve map."""
+        seen = {id(p.pseudonymiser): p.pseudonymiser for p in self.policies.values()
+                if p.pseudonymiser is not None}
+        return [m for p in seen.values() for m in p.take_new()]
+
+    def _append(self, items: list[Outgoing]) -> int:
+        """Journal one message's copies (one per destination); the first copy's seq."""
+        if not items:
+            return 0
+        seqs, evictions = self.journal.append_many(items, pseudonyms=self._new_pseudonyms())
         self._wake()
         if evictions:
             self._data_loss(evictions)
-        return seq
+        return seqs[0]
 
     def _data_loss(self, evictions: list[Eviction]) -> None:
-        """Unacknowledged messages were evicted: say so loudly (S4), locally and upstream."""
+        """Unacknowledged messages were evicted: say so loudly (S4), locally and upstream.
+
+        Each destination is told of the ranges of its own stream (seqs are per stream:
+        another's would name messages it has); the local alert lists them all.
+        """
         now = time.time()
         alert = Alert(
             rule=EVICTION_RULE, precursor="S4", severity=Severity.HIGH, attack=(),
@@ -288,10 +371,19 @@ class Forwarder:
             count=sum(e.count for e in evictions),
             evidence={"ranges": [[e.epoch, e.first, e.last] for e in evictions]})
         if self.on_meta_alert is not None:
-            self.on_meta_alert(alert)
-        body, fields = self.settings.policy.apply(alert)
+            local = {e.collector for e in evictions} - {SHARED}
+            self.on_meta_alert(replace(alert, evidence={**alert.evidence, "collectors": [
+                e.collector for e in evictions]}) if local else alert)
+        items = []
+        for collector, policy in self.policies.items():
+            mine = [e for e in evictions if e.collector in (collector, SHARED)]
+            shaped = policy.shape_alert(replace(
+                alert, count=sum(e.count for e in mine),
+                evidence={"ranges": [[e.epoch, e.first, e.last] for e in mine]}))
+            if mine and shaped is not None:
+                items.append(self._outgoing(Kind.ALERT, collector, policy, shaped))
         try:
-            _, more = self.journal.append(Kind.ALERT, body, ",".join(fields))
+            _, more = self.journal.append_many(items, pseudonyms=self._new_pseudonyms())
         except JournalFull:
             self._unjournaled("health alert")
             return
@@ -329,12 +421,13 @@ class Forwarder:
                 if link.sock in ready:
                     self._control(link)
             audit: list[AuditEntry] = []
+            sent: list[Sent] = []
             for link in self._links:
-                self._send(link, audit)
+                self._send(link, audit, sent)
             if self.rules is not None:
                 self._fetch(self.rules.tick(time.monotonic()))
             try:
-                self.journal.record_audit(audit)
+                self.journal.record_audit(audit, sent=sent)
             except JournalFull:
                 self._unjournaled("audit record", len(audit))
             if time.monotonic() >= self._next_heartbeat:
@@ -400,7 +493,8 @@ class Forwarder:
     def _fetch(self, requests: list[tuple[object, RulesFetch]]) -> None:
         for link, req in requests:
             assert isinstance(link, _Link)
-            frame = encode(self.epoch, self.journal.seq, time.time(), Kind.RULES_FETCH,
+            frame = encode(self.epoch, self.journal.last_seq(link.name), time.time(),
+                           Kind.RULES_FETCH,
                            [req.sha256, req.offset])
             with contextlib.suppress(zmq.Again):
                 link.sock.send(frame, zmq.NOBLOCK)
@@ -424,7 +518,7 @@ class Forwarder:
     def _on_replay(self, link: _Link, req: ReplayRequest) -> None:
         if req.epoch > self.epoch:
             return
-        row_id, missing_to = self.journal.locate(req.epoch, req.first)
+        row_id, missing_to = self.journal.locate(link.name, req.epoch, req.first)
         if missing_to >= req.first:  # evicted before it was acknowledged: tell, don't hang
             frame = encode(req.epoch, missing_to, time.time(), Kind.LOST, [req.first])
             with contextlib.suppress(zmq.Again):
@@ -432,7 +526,7 @@ class Forwarder:
         if row_id is not None and row_id <= link.cursor:  # sent, and lost on the way
             link.rewind(row_id - 1)
 
-    def _send(self, link: _Link, audit: list[AuditEntry]) -> None:
+    def _send(self, link: _Link, audit: list[AuditEntry], sent: list[Sent]) -> None:
         if time.monotonic() - link.last_progress > self.settings.ack_timeout:
             self._resume(link)
         room = self.settings.window - len(link.inflight)
@@ -449,6 +543,9 @@ class Forwarder:
                 link.inflight.append((row.id, row.epoch, row.seq))
                 audit.append(AuditEntry(link.name, row.kind, row.fields, len(row.frame),
                                         row.id <= link.max_sent))
+                if row.id > link.max_sent:  # the chain records first sends only
+                    sent.append(Sent(link.name, row.epoch, row.seq, row.kind, row.frame,
+                                     row.fields, row.shape))
                 link.max_sent = max(link.max_sent, row.id)
             room = self.settings.window - len(link.inflight)
 
@@ -498,7 +595,7 @@ class Forwarder:
         for link in self._links:
             owed = [list(o) for o in self.journal.owed(link.name) if o[0] != self.epoch]
             said = {**body, **self.rules.report(link.name)} if self.rules else body
-            frame = encode(self.epoch, self.journal.seq, now, Kind.HEARTBEAT,
+            frame = encode(self.epoch, self.journal.last_seq(link.name), now, Kind.HEARTBEAT,
                            {**said, "owed": owed} if owed else said)
             with contextlib.suppress(zmq.Again):
                 link.sock.send(frame, zmq.NOBLOCK)
@@ -546,9 +643,9 @@ class Forwarder:
                 self._meta.append(alert)  # the owner's store is not ours to touch
             else:
                 self.on_meta_alert(alert)
-        body, fields = self.settings.policy.apply(alert)
         try:
-            _, evictions = self.journal.append(Kind.ALERT, body, ",".join(fields))
+            _, evictions = self.journal.append_many(self._shape_alert(alert),
+                                                    pseudonyms=self._new_pseudonyms())
         except JournalFull:
             self._unjournaled("health alert")
             return

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import json
 import signal
 import sqlite3
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -66,11 +67,35 @@ def register_commands(subparsers: argparse._SubParsersAction) -> None:  # type: 
     push.set_defaults(func=cmd_push_rules)
     advisories_cli.add_collect_command(collect_cmds, _config_flags)  # issue 18
 
-    audit = subparsers.add_parser("audit", help="what this sensor forwarded, to whom, when")
-    _config_flags(audit, ["sensor"])
-    audit.add_argument("--since", default="24h", help="how far back (e.g. 1h, 7d; default 24h)")
-    audit.add_argument("--json", action="store_true", help="JSON lines")
+    audit = subparsers.add_parser(
+        "audit", help="what this sensor forwarded, to whom, when (or 'audit verify')",
+        description="Without --destination: messages per hour, collector and field set. "
+                    "With it: every message sent to that collector, with its policy, the "
+                    "policy's hash and the fields withheld and pseudonymised.")
+    _audit_flags(audit)
     audit.set_defaults(func=cmd_audit)
+    audit_cmds = audit.add_subparsers(dest="audit_command", metavar="ACTION")
+    verify = audit_cmds.add_parser("verify", help="check the audit chain; name the first "
+                                                  "altered row")
+    _config_flags(verify, ["sensor"])
+    verify.set_defaults(func=cmd_audit_verify)
+    resolve = audit_cmds.add_parser("resolve", help="what a pseudonym stands for (on this "
+                                                    "box only)")
+    _config_flags(resolve, ["sensor"])
+    resolve.add_argument("pseudonym", metavar="PSEUDONYM", help="pn:HEX as a collector shows it")
+    resolve.add_argument("--json", action="store_true", help="one JSON document")
+    resolve.set_defaults(func=cmd_audit_resolve)
+
+
+def _audit_flags(audit: argparse.ArgumentParser) -> None:
+    _config_flags(audit, ["sensor"])
+    audit.add_argument("--since", default="24h",
+                       help="how far back: a duration (1h, 7d; default 24h) or an ISO time")
+    audit.add_argument("--until", default=None,
+                       help="up to: a duration ago or an ISO time (default: now)")
+    audit.add_argument("--destination", default=None, metavar="ENDPOINT",
+                       help="one collector (its endpoint): every message sent to it")
+    audit.add_argument("--json", action="store_true", help="JSON lines")
 
 
 def _config_flags(parser: argparse.ArgumentParser, sections: list[str]) -> None:
@@ -414,19 +439,148 @@ def _ago(seconds: float) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
+def _when(text: str, now: float) -> float:
+    """A point in time: a duration ago (``1h``) or an ISO time (UTC unless it says)."""
+    try:
+        return now - cfg.parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is neither a duration (1h, 7d) nor an ISO time "
+                         "(2026-01-31T12:00)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return moment.timestamp()
+
+
+def _audit_db(prog: str, args: argparse.Namespace) -> tuple[sqlite3.Connection | None, int]:
+    """The journal, opened read-only (the running sensor owns it), or why not."""
+    config = _config(args, prog)
+    if config is None:
+        return None, 2
+    path = config.state_path("forward", "journal")
+    if not path.exists():
+        print(f"mamori {prog}: {path}: nothing forwarded yet", file=sys.stderr)
+        return None, 1
+    if (problem := foreign_sqlite(path, "epochs", "a forwarding journal")) is not None:
+        print(f"mamori {prog}: {problem}", file=sys.stderr)
+        return None, 2
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
+    except sqlite3.Error as err:
+        print(f"mamori {prog}: {path}: not a usable journal: {err}", file=sys.stderr)
+        return None, 1
+    if "audit_log" not in tables:
+        db.close()
+        print(f"mamori {prog}: {path}: this journal has no audit chain yet (written by an "
+              "older version; start the sensor once)", file=sys.stderr)
+        return None, 1
+    return db, 0
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from sensor.audit import verify
+
+    db, status = _audit_db("audit verify", args)
+    if db is None:
+        return status
+    try:
+        verdict = verify(db)
+    except sqlite3.Error as err:
+        print(f"mamori audit verify: cannot read the chain: {err}", file=sys.stderr)
+        return 1
+    finally:
+        db.close()
+    span = f"rows {verdict.first}..{verdict.first + verdict.rows - 1}" if verdict.rows \
+        else "no rows"
+    if not verdict.ok:
+        print(f"mamori audit verify: FAILED at row {verdict.bad_row}: {verdict.reason} "
+              f"({verdict.rows} rows before it verify)", file=sys.stderr)
+        return 1
+    pruned = f" (rows before {verdict.first} pruned)" if verdict.first > 1 else ""
+    print(f"audit chain intact: {span}{pruned}; head {verdict.head}")
+    return 0
+
+
+def cmd_audit_resolve(args: argparse.Namespace) -> int:
+    from sensor.audit import resolve
+
+    db, status = _audit_db("audit resolve", args)
+    if db is None:
+        return status
+    try:
+        found = resolve(db, args.pseudonym)
+    finally:
+        db.close()
+    if found is None:
+        print(f"mamori audit resolve: {args.pseudonym}: not a pseudonym this sensor made, "
+              "or one forgotten (the map keeps [forward] pseudonyms_max)", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(found))
+    else:
+        used = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(found["last_seen"]))
+        print(f"pn:{found['pseudonym']} = {found['domain']} {found['value']} (key "
+              f"{found['key_id']}, last used {used})")
+    return 0
+
+
+def _audit_messages(args: argparse.Namespace, since: float, until: float) -> int:
+    """``mamori audit --destination X``: every message the chain has for X."""
+    from sensor.audit import rows as chain_rows
+
+    db, status = _audit_db("audit", args)
+    if db is None:
+        return status
+    try:
+        rows = chain_rows(db, args.destination, since, until)
+    finally:
+        db.close()
+    _print_rows(rows, args.json, f"{'sent (UTC)':<19} {'epoch':>5} {'seq':>7} {'kind':<9} "
+                f"{'policy':<12} {'hash':<12} {'bytes':>5}  withheld / pseudonymised",
+                lambda row: (
+                    f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(row['ts'])):<19} "
+                    f"{row['epoch']:>5} {row['seq']:>7} {row['kind']:<9} "
+                    f"{row['policy'][:12]:<12} {row['policy_hash'][:12]:<12} "
+                    f"{row['bytes']:>5}  {','.join(row['withheld']) or '-'} / "
+                    f"{','.join(row['pseudonymised']) or '-'}"))
+    print(f"{len(rows)} messages to {args.destination}", file=sys.stderr)
+    return 0
+
+
+def _print_rows(rows: list[dict[str, Any]], as_json: bool, header: str,
+                line: Callable[[dict[str, Any]], str]) -> None:
+    """Audit rows as JSON lines, or as a table under ``header``."""
+    if as_json:
+        for row in rows:
+            print(json.dumps(row))
+        return
+    print(header)
+    for row in rows:
+        print(line(row))
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
-    from sensor.forwarder import ForwarderSettings
     from sensor.journal import AlertJournal
 
+    now = time.time()
+    times = []
+    for flag, text in (("--since", args.since), ("--until", args.until)):
+        try:
+            times.append(now if text is None else _when(text, now))
+        except ValueError as err:
+            print(f"mamori audit: {flag}: {err}", file=sys.stderr)
+            return 2
+    since, until = times
+    if args.destination is not None:
+        return _audit_messages(args, since, until)
     config = _config(args, "audit")
     if config is None:
         return 2
-    try:
-        since = time.time() - cfg.parse_duration(args.since)
-    except ValueError as err:
-        print(f"mamori audit: --since: {err}", file=sys.stderr)
-        return 2
-    path = ForwarderSettings.from_config(config).journal
+    path = config.state_path("forward", "journal")
     if not path.exists():
         print(f"mamori audit: {path}: nothing forwarded yet", file=sys.stderr)
         return 1
@@ -436,22 +590,19 @@ def cmd_audit(args: argparse.Namespace) -> int:
     try:
         journal = AlertJournal(path)
         try:
-            rows = journal.audit(since)
+            rows = [r for r in journal.audit(since) if r["first_ts"] <= until]
         finally:
             journal.close()
     except sqlite3.Error as err:  # a directory, a file that is not a journal, read-only
         print(f"mamori audit: {path}: not a usable journal: {err}", file=sys.stderr)
         return 1
-    if args.json:
-        for row in rows:
-            print(json.dumps(row))
-        return 0
-    print(f"{'hour (UTC)':<17} {'collector':<28} {'kind':<9} {'sent':>7} {'resent':>6} "
-          f"{'bytes':>9}  fields")
-    for row in rows:
-        hour = time.strftime("%Y-%m-%d %H:00", time.gmtime(row["hour"]))
-        print(f"{hour:<17} {row['collector'][:28]:<28} {row['kind']:<9} {row['messages']:>7} "
-              f"{row['retransmits']:>6} {row['bytes']:>9}  {','.join(row['fields']) or '-'}")
+    _print_rows(rows, args.json, f"{'hour (UTC)':<17} {'collector':<28} {'kind':<9} "
+                f"{'sent':>7} {'resent':>6} {'bytes':>9}  fields",
+                lambda row: (
+                    f"{time.strftime('%Y-%m-%d %H:00', time.gmtime(row['hour'])):<17} "
+                    f"{row['collector'][:28]:<28} {row['kind']:<9} {row['messages']:>7} "
+                    f"{row['retransmits']:>6} {row['bytes']:>9}  "
+                    f"{','.join(row['fields']) or '-'}"))
     return 0
 
 

@@ -14,31 +14,62 @@ from typing import Any
 
 from sensor import config as cfg
 from sensor.paths import check_creatable, foreign_sqlite
+from sensor.policy import DEFAULT_POLICY, PolicySpec, parse_policies
+from sensor.pseudonym import key_problem
 from sensor.wire import ALERT_FIELDS, DEFAULT_DENY_FIELDS, MAX_MESSAGE_BYTES
 
 
 @dataclass(frozen=True, slots=True)
 class CollectorSpec:
-    """Where one collector listens and the public key its CURVE server must prove."""
+    """Where one collector listens, the public key its CURVE server must prove, and the
+    forwarding policy that decides what it is sent."""
 
     endpoint: str
     server_key: str  # Z85 key, or a path to a .pub file (relative to the state dir)
+    policy: str = DEFAULT_POLICY
+
+    def as_config(self) -> dict[str, str]:
+        """The TOML table that configures this entry (``check-config --dump``)."""
+        return {"endpoint": self.endpoint, "server_key": self.server_key,
+                "policy": self.policy}
+
+
+class EntryError(ValueError):
+    """A problem in the N-th collectors entry; ``at`` points the config line at it."""
+
+    def __init__(self, at: tuple[str | int, ...], message: str) -> None:
+        self.at = at
+        super().__init__(message)
 
 
 def v_collectors(value: Any) -> tuple[CollectorSpec, ...]:
     if not isinstance(value, list):
-        raise ValueError("must be a list of {endpoint, server_key} tables")
-    out = []
-    for item in value:
-        if not isinstance(item, dict) or set(item) != {"endpoint", "server_key"}:
-            raise ValueError(f"{item!r} must have exactly endpoint and server_key")
+        raise ValueError("must be a list of {endpoint, server_key[, policy]} tables")
+    out: list[CollectorSpec] = []
+    for index, item in enumerate(value):
+        if not isinstance(item, dict) or not {"endpoint", "server_key"} <= set(item) \
+                or not set(item) <= {"endpoint", "server_key", "policy"}:
+            raise EntryError((index,), f"{item!r} must have endpoint and server_key, "
+                                       "and may name a policy")
         endpoint, key = item["endpoint"], item["server_key"]
         if not isinstance(endpoint, str) or not endpoint.startswith(("tcp://", "ipc://")):
-            raise ValueError(f"{endpoint!r} is not a tcp:// or ipc:// endpoint")
+            raise EntryError((index, "endpoint"),
+                             f"{endpoint!r} is not a tcp:// or ipc:// endpoint")
         if not isinstance(key, str) or not key:
-            raise ValueError("server_key must be a Z85 key or a .pub file path")
-        out.append(CollectorSpec(endpoint, key))
+            raise EntryError((index, "server_key"),
+                             "server_key must be a Z85 key or a .pub file path")
+        policy = item.get("policy", DEFAULT_POLICY)
+        if not isinstance(policy, str) or not policy:
+            raise EntryError((index, "policy"), "policy must name a [forward.policies.NAME]")
+        if any(spec.endpoint == endpoint for spec in out):
+            raise EntryError((index, "endpoint"), f"{endpoint} is listed twice (one "
+                             "stream per collector: two would interleave their seqs)")
+        out.append(CollectorSpec(endpoint, key, policy))
     return tuple(out)
+
+
+def v_policies(value: Any) -> dict[str, PolicySpec]:
+    return parse_policies(value)
 
 
 def v_fields(value: Any) -> tuple[str, ...]:
@@ -76,7 +107,15 @@ cfg.register([
                "interface): its own journal and epochs, named to the collectors",
                "--instance"),
     cfg.Option("forward", "collectors", (), v_collectors,
-               "collectors to forward to: a list of {endpoint, server_key} tables"),
+               "collectors to forward to: a list of {endpoint, server_key[, policy]} tables"),
+    cfg.Option("forward", "policies", {}, v_policies,
+               "named forwarding policies, [forward.policies.NAME] (docs/forwarding-policy.md)"),
+    cfg.Option("forward", "pseudonym_key", Path("keys/pseudonym.key"), cfg.v_path,
+               "site-held HMAC key for pseudonymising policies; created 0600 if missing"),
+    cfg.Option("forward", "audit_max_rows", 1_000_000, cfg.v_int_range(1000, 2**40),
+               "audit chain rows kept; older ones are pruned behind a verified anchor"),
+    cfg.Option("forward", "pseudonyms_max", 100_000, cfg.v_int_range(100, 100_000_000),
+               "pseudonyms remembered for 'mamori audit resolve' (least recent go first)"),
     cfg.Option("forward", "secret_key", Path("keys/sensor.secret"), cfg.v_path,
                "this sensor's CURVE secret key (relative to the state dir)"),
     cfg.Option("forward", "journal", Path("forward/journal.db"), cfg.v_path,
@@ -182,6 +221,34 @@ def check_key_files(config: cfg.Config) -> list[cfg.Problem]:
     return problems
 
 
+def pseudonym_key_path(config: cfg.Config, spec: PolicySpec) -> Path:
+    """The key file a pseudonymising policy uses, resolved against the state dir."""
+    path = spec.pseudonym_key or Path(config.get("forward", "pseudonym_key"))
+    return path if path.is_absolute() else Path(config.get("sensor", "state_dir")) / path
+
+
+def check_policies(config: cfg.Config) -> list[cfg.Problem]:
+    """Every collector names a defined policy; every pseudonym key is usable."""
+    policies: dict[str, PolicySpec] = config.get("forward", "policies")
+    problems = []
+    used = set()
+    for index, spec in enumerate(config.get("forward", "collectors")):
+        if spec.policy != DEFAULT_POLICY and spec.policy not in policies:
+            known = ", ".join([DEFAULT_POLICY, *sorted(policies)])
+            problems.append(cfg.Problem(
+                "forward", "collectors", f"{spec.endpoint}: no policy {spec.policy!r} "
+                f"(defined: {known})", at=("forward", "collectors", index, "policy")))
+        used.add(spec.policy)
+    for name, spec in sorted(policies.items()):
+        if spec.pseudonymise and name in used:
+            why = key_problem(pseudonym_key_path(config, spec))
+            if why is not None:
+                key = "pseudonym_key" if spec.pseudonym_key else "pseudonymise"
+                problems.append(cfg.Problem("forward", "policies", f"{name}: {why}",
+                                            at=("forward", "policies", name, key)))
+    return problems
+
+
 def check_journal(config: cfg.Config) -> list[cfg.Problem]:
     """Forwarding configured: the journal can be created, or is a journal already."""
     if not config.get("forward", "collectors"):
@@ -195,6 +262,8 @@ def check_journal(config: cfg.Config) -> list[cfg.Problem]:
 
 cfg.register_check(check_journal, [("sensor", "state_dir"), ("sensor", "instance"),
                                    ("forward", "collectors"), ("forward", "journal")])
+cfg.register_check(check_policies, [("sensor", "state_dir"), ("forward", "collectors"),
+                                    ("forward", "policies"), ("forward", "pseudonym_key")])
 cfg.register_check(check_key_files, [("sensor", "state_dir"), ("forward", "collectors"),
                                       ("forward", "secret_key")])
 

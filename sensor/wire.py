@@ -1,4 +1,4 @@
-"""The forwarding wire format (version 1): msgpack, positional, strictly validated.
+"""The forwarding wire format (version 2): msgpack, positional, strictly validated.
 
 Shared by the forwarder (sensor side) and the collector; neither owns it. The layout
 is documented field by field in ``docs/wire.md`` so that a collector written in any
@@ -6,7 +6,7 @@ language with a msgpack library can read it. In short, every ZeroMQ message is o
 frame holding one msgpack array::
 
     sensor -> collector   [ver, epoch, seq, ts, kind, body]
-                           ver   uint   WIRE_VERSION (1)
+                           ver   uint   WIRE_VERSION (2; collectors also read 1)
                            epoch uint   sensor boot epoch, +1 at every sensor start
                            seq   uint   +1 per journaled message within an epoch, from 1
                            ts    float  sensor wall clock, seconds since 1970 (UTC)
@@ -26,6 +26,11 @@ Suricata EVE JSON record; the order is fixed by ``ALERT_FIELDS``.
 The decoder treats every byte as hostile: size caps before unpacking, msgpack limits
 on string/bin/array/map lengths, no ext types, exact types per position, and every
 failure is a ``WireError`` with a short ``reason`` that the collector counts.
+
+Version 2 adds one msgpack ext type, the keyed pseudonym (``PSEUDONYM_EXT``): where a
+destination's policy replaces an address, the value is that ext, so no reader can
+take a pseudonym for an address or a unit number. Version 1 frames (no ext types)
+are still read, so sensors can be upgraded after their collectors.
 """
 
 from __future__ import annotations
@@ -39,9 +44,12 @@ from typing import Any
 
 import msgpack
 
-from sensor.alerts import Alert, Severity
+from sensor.alerts import Alert, Pseudonym, Severity
 
-WIRE_VERSION = 1
+WIRE_VERSION = 2
+KNOWN_VERSIONS = frozenset({1, 2})  # what this decoder reads; anything else: bad_version
+PSEUDONYM_EXT = 1  # msgpack ext code of a keyed pseudonym (version 2)
+PSEUDONYM_BYTES = 12  # truncated HMAC-SHA256: 96 bits, collision-free at any site's scale
 MAX_MESSAGE_BYTES = 64 * 1024  # a whole frame; alerts are ~100-200 bytes
 MAX_STR = 1024  # any string
 MAX_LIST = 256  # any array (attack ids, evidence lists)
@@ -262,6 +270,18 @@ def encode_chunk(chunk: RulesChunk) -> bytes:
 # -- decoding ------------------------------------------------------------------------------
 
 
+def pseudonym_ext(digest: bytes) -> msgpack.ExtType:
+    """The wire form of a pseudonym (what ``sensor.policy`` puts in a body)."""
+    return msgpack.ExtType(PSEUDONYM_EXT, digest[:PSEUDONYM_BYTES])
+
+
+def _ext(code: int, data: bytes) -> Pseudonym:
+    """The only ext type there is: a pseudonym of exactly ``PSEUDONYM_BYTES``."""
+    if code != PSEUDONYM_EXT or len(data) != PSEUDONYM_BYTES:
+        raise ValueError("unknown ext type")
+    return Pseudonym.from_digest(data)
+
+
 def _unpack(data: bytes, max_bytes: int, max_bin: int = MAX_STR) -> Any:
     if len(data) > max_bytes:
         raise WireError("too_large", f"{len(data)} bytes > {max_bytes}")
@@ -269,9 +289,23 @@ def _unpack(data: bytes, max_bytes: int, max_bin: int = MAX_STR) -> Any:
         return msgpack.unpackb(
             data, raw=False, strict_map_key=True, use_list=True,
             max_str_len=MAX_STR, max_bin_len=max_bin, max_array_len=MAX_LIST,
-            max_map_len=MAX_MAP, max_ext_len=0)
+            max_map_len=MAX_MAP, max_ext_len=PSEUDONYM_BYTES, ext_hook=_ext)
     except (ValueError, TypeError, msgpack.UnpackException, RecursionError) as err:
         raise WireError("not_msgpack", type(err).__name__) from None
+
+
+def _known_version(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value in KNOWN_VERSIONS
+
+
+def _has_pseudonym(value: Any) -> bool:
+    if isinstance(value, Pseudonym):
+        return True
+    if isinstance(value, list):
+        return any(_has_pseudonym(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_pseudonym(v) for v in value.values())
+    return False
 
 
 def _uint(value: Any, what: str, high: int = MAX_UINT) -> int:
@@ -282,6 +316,10 @@ def _uint(value: Any, what: str, high: int = MAX_UINT) -> int:
 
 def _opt_uint(value: Any, what: str, high: int = MAX_UINT) -> int | None:
     return None if value is None else _uint(value, what, high)
+
+
+def _opt_uint_or_pseudonym(value: Any, what: str, high: int) -> int | Pseudonym | None:
+    return value if isinstance(value, Pseudonym) else _opt_uint(value, what, high)
 
 
 def _float(value: Any, what: str) -> float:
@@ -308,7 +346,7 @@ def _check_value(value: Any, depth: int = 0) -> None:
     if depth > MAX_DEPTH:
         raise WireError("bad_body", "nested too deep")
     if value is None or isinstance(value, bool | int | str | bytes):
-        return
+        return  # a Pseudonym is a str
     if isinstance(value, float):
         if not math.isfinite(value):
             raise WireError("bad_body", "non-finite number")
@@ -333,8 +371,8 @@ def _map(value: Any, what: str) -> dict[str, Any]:
 
 
 def _address(value: Any, what: str) -> str | None:
-    if value is None:
-        return None
+    if value is None or isinstance(value, Pseudonym):
+        return value
     if isinstance(value, bytes):
         if len(value) == 4:
             return str(ipaddress.IPv4Address(value))
@@ -364,8 +402,9 @@ def decode_alert(body: Any) -> Alert:
         first_ts=first, last_ts=last,
         src=_address(src, "src"), sport=_opt_uint(sport, "sport", 65535),
         dst=_address(dst, "dst"), dport=_opt_uint(dport, "dport", 65535),
-        unit=_opt_uint(unit, "unit", 255), link_src=_opt_uint(link_src, "link_src", 65535),
-        link_dst=_opt_uint(link_dst, "link_dst", 65535),
+        unit=_opt_uint_or_pseudonym(unit, "unit", 255),
+        link_src=_opt_uint_or_pseudonym(link_src, "link_src", 65535),
+        link_dst=_opt_uint_or_pseudonym(link_dst, "link_dst", 65535),
         evidence=_map(evidence, "evidence") if evidence is not None else {},
     )
 
@@ -376,8 +415,10 @@ def decode(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Envelope:
     if not isinstance(obj, list) or len(obj) != 6:
         raise WireError("bad_envelope", "not an array of 6")
     version, epoch, seq, ts, kind, body = obj
-    if version != WIRE_VERSION or isinstance(version, bool):
+    if not _known_version(version):
         raise WireError("bad_version", repr(version)[:32])
+    if version == 1 and _has_pseudonym(body):
+        raise WireError("bad_type", "pseudonyms need wire version 2")
     epoch = _uint(epoch, "epoch", 2**32 - 1)
     seq = _uint(seq, "seq")
     stamp = _float(ts, "ts")
@@ -413,8 +454,8 @@ def _sha256(value: Any) -> bytes:
 def decode_control(data: bytes) -> Ack | ReplayRequest | RulesOffer | RulesChunk:
     """A collector -> sensor frame. The sensor is as strict with the collector."""
     obj = _unpack(data, MAX_CONTROL_BYTES, RULES_CHUNK_BYTES)
-    if not isinstance(obj, list) or len(obj) != 3 or obj[0] != WIRE_VERSION:
-        raise WireError("bad_envelope", "not [1, kind, body]")
+    if not isinstance(obj, list) or len(obj) != 3 or not _known_version(obj[0]):
+        raise WireError("bad_envelope", f"not [{WIRE_VERSION}, kind, body]")
     _, kind, body = obj
     if not isinstance(body, list):
         raise WireError("bad_body", "control body must be an array")

@@ -49,6 +49,7 @@ from sensor.keys import KeyFileError, load_allow_list, load_pair
 from sensor.linefile import LineFile as SiemFile
 from sensor.siem import CollectorSiem, CollectorSiemSettings
 from sensor.wire import (
+    KNOWN_VERSIONS,
     Ack,
     Envelope,
     Kind,
@@ -124,6 +125,7 @@ class CollectorServer:
         self._last_replay: dict[tuple[str, int], float] = {}
         self._routes: dict[str, bytes] = {}  # sensor key -> ROUTER identity of its link
         self._skewed: set[str] = set()  # sensors whose clock is past max_clock_skew now
+        self._version_told: set[tuple[str, str]] = set()  # (sensor, version) logged once
         self._health: list[dict[str, Any]] = []  # the collector's own findings to publish
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._jsonl: SiemFile | None = None
@@ -293,6 +295,18 @@ class CollectorServer:
             if event["event"] != zmq.EVENT_HANDSHAKE_FAILED_AUTH:  # ZAP counted those
                 self._count(UNAUTHENTICATED, "handshake_failed")
 
+    def _unknown_version(self, sensor: str, err: WireError) -> None:
+        """A sensor speaks a wire version this collector does not know: say so once
+        per sensor and version (every frame is still counted as ``bad_version``)."""
+        version = str(err).partition(": ")[2]
+        if (sensor, version) in self._version_told or len(self._version_told) >= 1024:
+            return
+        self._version_told.add((sensor, version))
+        log.error("mamori collect: sensor %s (%s) sends wire version %s; this collector "
+                  "reads %s: its messages are refused (counted as bad_version) until the "
+                  "collector is upgraded", self.allow.get(sensor.encode(), "?"), sensor[:10],
+                  version, ", ".join(str(v) for v in sorted(KNOWN_VERSIONS)))
+
     def _count(self, sensor: str, reason: str) -> None:
         self.counters[reason] += 1
         self._rejects[(sensor, reason)] += 1
@@ -369,6 +383,8 @@ class CollectorServer:
             env = decode_message(payload.bytes, self.settings.max_message_bytes)
         except WireError as err:
             self._count(sensor, err.reason)
+            if err.reason == "bad_version":
+                self._unknown_version(sensor, err)
             return
         stream = (sensor, env.epoch)
         contig = self._position(stream)

@@ -23,7 +23,7 @@ def test_epochs_seqs_and_acks(tmp_path: Path) -> None:
     assert j.stats()["unacked"] == 4  # b has acked nothing
     j.ack("b", 1, 3)
     assert j.stats()["unacked"] == 2
-    assert j.locate(1, 2) == (rows[1].id, 1)
+    assert j.locate("a", 1, 2) == (rows[1].id, 1)
     j.close()
 
 
@@ -42,5 +42,5 @@ def test_eviction_takes_acked_first_then_reports_unacked(tmp_path: Path) -> None
     assert j.stats()["bytes"] <= 64 * 1024
     assert j.stats()["evicted_unacked"] == sum(e.count for e in lost)
     first_kept = j.pending("a", 0, 1)[0].seq
-    assert j.locate(1, 51) == (j.pending("a", 0, 1)[0].id, first_kept - 1)
+    assert j.locate("a", 1, 51) == (j.pending("a", 0, 1)[0].id, first_kept - 1)
     j.close()

@@ -146,7 +146,9 @@ def test_unreachable_collector_raises_s6_once(tmp_path: Path) -> None:
         s6 = [a for a in meta if a.rule == UNREACHABLE_RULE]
         assert len(s6) == 1 and s6[0].precursor == "S6"
         assert s6[0].evidence["state"] == "unreachable"
-        journaled = [r for r in fw.journal.pending("x", 0, 1000) if r.kind == Kind.ALERT]
+        (collector,) = fw.journal.collectors
+        journaled = [r for r in fw.journal.pending(collector, 0, 1000)
+                     if r.kind == Kind.ALERT]
         assert len(journaled) == 1  # forwarded once a link allows
     finally:
         fw.close(0)

@@ -139,7 +139,13 @@ HOSTILE = [
     (b"\x91" * 5000 + b"\xc0", "not_msgpack"),  # nested 5000 deep
     (msgpack.packb([1, 2, 3]), "bad_envelope"),
     (msgpack.packb({"v": 1}), "bad_envelope"),
-    (msgpack.packb([2, 1, 1, T0, 1, []]), "bad_version"),
+    (msgpack.packb([3, 1, 1, T0, 1, []]), "bad_version"),  # newer than this collector
+    (msgpack.packb([0, 1, 1, T0, 4, {}]), "bad_version"),
+    (msgpack.packb([True, 1, 1, T0, 4, {}]), "bad_version"),
+    # a pseudonym is version 2; a version-1 frame carrying one is lying about itself
+    (msgpack.packb([1, 1, 1, T0, 4, {"ip": msgpack.ExtType(1, b"p" * 12)}]), "bad_type"),
+    (msgpack.packb([2, 1, 1, T0, 4, {"ip": msgpack.ExtType(1, b"p" * 11)}]), "not_msgpack"),
+    (msgpack.packb([2, 1, 1, T0, 4, {"ip": msgpack.ExtType(1, b"p" * 13)}]), "not_msgpack"),
     (msgpack.packb([1, -1, 1, T0, 4, {}]), "bad_type"),  # negative epoch
     (msgpack.packb([1, 1, "1", T0, 4, {}]), "bad_type"),  # seq as a string
     (msgpack.packb([1, 1, 1, float("nan"), 4, {}]), "bad_type"),
