@@ -44,7 +44,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from sensor import config as cfg
 from sensor.collector.jetstream import JetStreamPublisher, JetStreamSettings
-from sensor.collector.storage import SqlStorage, StoredMessage, open_storage
+from sensor.collector.storage import SqlStorage, StoredMessage, dumps, open_storage
 from sensor.keys import load_allow_list, load_pair
 from sensor.wire import (
     Ack,
@@ -76,6 +76,7 @@ class CollectorSettings:
     replay_interval: float
     max_clock_skew: float = 30.0
     jetstream: JetStreamSettings | None = None  # [collect] nats_*: None = off
+    retention: float = 0.0  # seconds; 0 = keep everything
 
     @classmethod
     def from_config(cls, config: cfg.Config,
@@ -85,12 +86,13 @@ class CollectorSettings:
         return cls(tuple(s["listen"]), base / s["secret_key"], base / s["keys_dir"],
                    base / s["db"], s["dsn"], s["publish"], s["jsonl"],
                    s["max_message_bytes"], s["replay_interval"], s["max_clock_skew"],
-                   JetStreamSettings.from_section(s, base))
+                   JetStreamSettings.from_section(s, base), s["retention"])
 
 
 log = logging.getLogger("mamori.collector")
 
 SIEM_BACKLOG_MAX = 64 * 1024 * 1024  # bytes of SIEM lines held while its disk is full
+HOUSEKEEPING_INTERVAL = 3600.0  # seconds between passes (the first at start)
 
 
 def is_disk_full(err: BaseException) -> bool:
@@ -177,6 +179,7 @@ class CollectorServer:
         self._jsonl: SiemFile | None = None
         self.storage_full = False  # the last commit failed for lack of space
         self.jetstream: JetStreamPublisher | None = None
+        self._next_housekeeping = 0.0  # monotonic
 
     # -- sockets ------------------------------------------------------------------------
 
@@ -261,9 +264,25 @@ class CollectorServer:
             self._serve_zap()
         if self._monitor in ready:
             self._read_monitor()
-        if self.router in ready or self._rejects:
-            return self._drain()
-        return 0
+        read = self._drain() if self.router in ready or self._rejects else 0
+        if time.monotonic() >= self._next_housekeeping:
+            self._housekeeping()
+        return read
+
+    def _housekeeping(self) -> None:
+        """Hourly, between rounds: the storage's upkeep (PostgreSQL makes the
+        coming days' partitions) and retention. A failure is counted and retried."""
+        self._next_housekeeping = time.monotonic() + HOUSEKEEPING_INTERVAL
+        now = time.time()
+        try:
+            self.storage.maintain(now)
+            if self.settings.retention:
+                self.counters["expired"] += self.storage.expire(now - self.settings.retention)
+        except Exception as err:
+            self.counters["housekeeping_error"] += 1
+            self.last_storage_error = repr(err)
+            with contextlib.suppress(Exception):
+                self.storage.rollback()
 
     def _serve_zap(self) -> None:
         """ZAP 1.0 (RFC 27): admit a CURVE key only if it is in the allow-list."""
@@ -316,7 +335,7 @@ class CollectorServer:
                 self._count(UNAUTHENTICATED, "internal_error")
                 self.last_internal_error = repr(err)
         try:
-            self._store(now, accepted, touched, heartbeats)
+            stored = self._store(now, accepted, touched, heartbeats)
         except Exception as err:
             self.counters["storage_error"] += 1
             self.last_storage_error = repr(err)
@@ -339,7 +358,7 @@ class CollectorServer:
             self._send(sensor, encode_replay(req))
         if self.jetstream is not None:  # committed: the publisher may read them now
             self.jetstream.notify({k: self._contig.get(k, 0) for k in touched}, self._health)
-        self._publish(accepted)
+        self._publish(stored)
         return count
 
     def _disk_full(self, n: int, now: float) -> None:
@@ -365,7 +384,8 @@ class CollectorServer:
             return
         self._routes[sensor] = frames[0].bytes
         try:
-            env = decode_message(payload.bytes, self.settings.max_message_bytes)
+            env = decode_message(payload.bytes, self.settings.max_message_bytes,
+                                 documents=True)
         except WireError as err:
             self._count(sensor, err.reason)
             return
@@ -443,13 +463,15 @@ class CollectorServer:
         replays.append((stream[0], ReplayRequest(stream[1], first, last)))
 
     def _store(self, now: float, accepted: list[tuple[str, Envelope]],
-               touched: dict[tuple[str, int], float], heartbeats: dict[str, Envelope]) -> None:
+               touched: dict[tuple[str, int], float],
+               heartbeats: dict[str, Envelope]) -> list[StoredMessage]:
+        """One transaction for the round (the group commit); what it stored, as rows."""
         st = self.storage
         rejecting = {s for s, _ in self._rejects if s != UNAUTHENTICATED}
         for sensor in {s for s, _ in accepted} | set(heartbeats) | rejecting:
             st.touch_sensor(sensor, self.allow.get(sensor.encode(), "?"), now)
-        for sensor, env in accepted:
-            st.store(_stored(sensor, env, now))
+        stored = [_stored(sensor, env, now) for sensor, env in accepted]
+        st.store_batch(stored)
         for (sensor, epoch), ts in touched.items():
             st.advance(sensor, epoch, self._contig[(sensor, epoch)], ts, now)
         for sensor, env in heartbeats.items():
@@ -462,6 +484,7 @@ class CollectorServer:
         st.commit()
         self.counters["accepted"] += len(accepted)
         self._rejects = Counter()
+        return stored
 
     def _send(self, sensor: str, frame: bytes) -> None:
         identity = self._routes.get(sensor)
@@ -472,7 +495,7 @@ class CollectorServer:
         except zmq.ZMQError:  # the link went away (ROUTER_MANDATORY) or is full
             self.counters["unroutable"] += 1
 
-    def _publish(self, accepted: list[tuple[str, Envelope]]) -> None:
+    def _publish(self, stored: list[StoredMessage]) -> None:
         health, self._health = self._health, []
         if self._pub is None and self._jsonl is None:
             return
@@ -481,13 +504,13 @@ class CollectorServer:
             line = json.dumps(doc, separators=(",", ":"))
             if self._pub is not None:
                 with contextlib.suppress(zmq.Again):
-                    self._pub.send_multipart([b"health", line.encode()], zmq.NOBLOCK)
+                    self._pub.send_multipart([b"health",
+                                              line.encode()], zmq.NOBLOCK)
             lines.append(line)
-        for sensor, env in accepted:
-            if env.kind is not Kind.ALERT:
+        for msg in stored:
+            if msg.kind != Kind.ALERT:
                 continue
-            doc = _document(sensor, self.allow.get(sensor.encode(), "?"), env)
-            line = json.dumps(doc, separators=(",", ":"), default=_hex)
+            line = published_line(msg, self.allow.get(msg.sensor.encode(), "?"))
             if self._pub is not None:
                 with contextlib.suppress(zmq.Again):
                     self._pub.send_multipart([b"alert", line.encode()], zmq.NOBLOCK)
@@ -517,23 +540,21 @@ def _owed(env: Envelope) -> list[tuple[int, int]]:
     return out
 
 
-def _hex(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.hex()
-    raise TypeError(type(value).__name__)
+def published_line(msg: StoredMessage, name: str) -> str:
+    """The alert's published JSON: its stored document with where it came from added.
 
-
-def _document(sensor: str, name: str, env: Envelope) -> dict[str, Any]:
-    doc = alert_json(env.body)
-    doc.update({"sensor": name, "sensor_key": sensor, "epoch": env.epoch, "seq": env.seq,
-                "sent_ts": env.ts})
-    return doc
+    The stored text is reused, not dumped again: the document is a JSON object, so
+    the fields go in before its closing brace (the alert's own fields never use these
+    names), the same text ``json.dumps`` of the merged dict would give."""
+    return (f'{msg.text[:-1]},"sensor":{json.dumps(name)},"sensor_key":'
+            f'{json.dumps(msg.sensor)},"epoch":{msg.epoch},"seq":{msg.seq},'
+            f'"sent_ts":{msg.ts!r}}}')
 
 
 def _stored(sensor: str, env: Envelope, now: float) -> StoredMessage:
     if env.kind is Kind.ALERT:
-        alert = env.body
-        key = str(alert.id) if alert.id else f"{env.epoch}:{env.seq}"
+        doc = env.body if isinstance(env.body, dict) else alert_json(env.body)
+        key = str(doc["id"]) if doc["id"] else f"{env.epoch}:{env.seq}"
         return StoredMessage(sensor, env.epoch, env.seq, int(env.kind), env.ts, now,
-                             alert_json(alert), key, alert.count, alert.last_ts)
+                             doc, key, doc["count"], doc["last_ts"], dumps(doc))
     return StoredMessage(sensor, env.epoch, env.seq, int(env.kind), env.ts, now, env.body)
