@@ -33,7 +33,7 @@ import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum, IntEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -87,9 +87,11 @@ class WireError(ValueError):
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
-@dataclass(frozen=True, slots=True)
-class Envelope:
-    """One sensor -> collector message, validated. ``body`` is already checked per kind."""
+class Envelope(NamedTuple):
+    """One sensor -> collector message, validated. ``body`` is already checked per kind.
+
+    A named tuple, not a frozen dataclass: made once per message at the collector, where
+    the dataclass's per-field ``object.__setattr__`` cost as much as unpacking."""
 
     epoch: int
     seq: int

@@ -31,9 +31,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from sensor.collector import partitions
+
+_orjson: Any
+try:
+    import orjson as _orjson
+except ImportError:  # a distribution without it: json does the same, slower
+    _orjson = None
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sensors (
@@ -101,13 +107,24 @@ _ENCODE = json.JSONEncoder(separators=(",", ":"), default=_hex).encode
 
 
 def dumps(value: Any) -> str:
-    """JSON for the store and the SIEM; raw bytes (rare, in evidence) as hex."""
+    """JSON for the store and the SIEM; raw bytes (rare, in evidence) as hex.
+
+    With orjson (a dependency; optional for a distribution that lacks it) a tenth of
+    the cost of ``json``, the largest single cost of a collector at full load. The text
+    is the same but for non-ASCII characters, which orjson leaves as UTF-8 where
+    ``json`` writes ``\\u`` escapes: the same JSON either way. What orjson refuses
+    (integers past 64 bits) goes through ``json``."""
+    if _orjson is not None:
+        try:
+            return str(_orjson.dumps(value, default=_hex).decode())
+        except TypeError:  # orjson.JSONEncodeError
+            pass
     return _ENCODE(value)
 
 
-@dataclass(frozen=True, slots=True)
-class StoredMessage:
-    """One accepted journaled message, for the batch writer."""
+class StoredMessage(NamedTuple):
+    """One accepted journaled message, for the batch writer (a named tuple: one per
+    message at full load, where a frozen dataclass costs three times as much)."""
 
     sensor: str
     epoch: int
