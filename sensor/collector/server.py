@@ -92,6 +92,7 @@ class CollectorSettings:
 log = logging.getLogger("mamori.collector")
 
 SIEM_BACKLOG_MAX = 64 * 1024 * 1024  # bytes of SIEM lines held while its disk is full
+ROUND_SECONDS = 0.025  # reading time of one round at most (then commit, ack, publish)
 HOUSEKEEPING_INTERVAL = 3600.0  # seconds between passes (the first at start)
 
 
@@ -211,6 +212,9 @@ class CollectorServer:
         if s.publish:
             self._pub = self._ctx.socket(zmq.PUB)
             self._pub.linger = 0
+            # A round publishes up to a whole batch at once: the default 1000 would drop
+            # alerts for a subscriber that keeps up on average but not within one burst.
+            self._pub.sndhwm = 100_000
             self._pub.bind(s.publish)
         if s.jetstream is not None:  # its own thread: reads storage, never blocks us
             self.jetstream = JetStreamPublisher(s.jetstream, s.db, s.dsn).start()
@@ -317,7 +321,12 @@ class CollectorServer:
         self._rejects[(sensor, reason)] += 1
 
     def _drain(self, limit: int = 5000) -> int:
+        """One round: read what is there (at most ``limit`` messages or ``ROUND_SECONDS``
+        of reading), commit it in one transaction, then ack and publish. The time bound
+        keeps latency flat when the collector falls behind: a backlog is taken in rounds
+        of a few thousand, each acked and published as soon as it is stored."""
         now = time.time()
+        deadline = time.monotonic() + ROUND_SECONDS
         accepted: list[tuple[str, Envelope]] = []
         touched: dict[tuple[str, int], float] = {}
         acks: set[tuple[str, int]] = set()
@@ -335,6 +344,8 @@ class CollectorServer:
             except Exception as err:  # never let one message stop the collector
                 self._count(UNAUTHENTICATED, "internal_error")
                 self.last_internal_error = repr(err)
+            if not count & 127 and time.monotonic() > deadline:
+                break
         try:
             stored = self._store(now, accepted, touched, heartbeats)
         except Exception as err:

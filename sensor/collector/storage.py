@@ -334,6 +334,11 @@ class SqlStorage:
     def latencies(self) -> list[float]:
         return [float(r[0]) for r in self._all("SELECT received - ts FROM messages")]
 
+    def received_times(self) -> list[tuple[str, int, int, float]]:
+        """(sensor, epoch, seq, received) of every stored message (for benchmarks)."""
+        return [(str(r[0]), int(r[1]), int(r[2]), float(r[3])) for r in self._all(
+            "SELECT sensor, epoch, seq, received FROM messages")]
+
     def latest_assets(self) -> list[tuple[str, dict[str, Any], float]]:
         """(sensor, body, received) of the latest asset record per (sensor, device ip)."""
         latest: dict[tuple[str, str], tuple[dict[str, Any], float]] = {}
