@@ -12,9 +12,11 @@ Figures, per engine:
   system), the figure that does not depend on what else the machine runs;
 * ``reference``: the same rows written by raw ``sqlite3`` ``executemany`` (same
   pragmas) or raw psycopg ``COPY`` into a table of the same shape, in batches of the
-  size the collector committed, one commit per batch, measured in this run;
-* ``ratio``: collector per core / reference (what the collector's decoding,
-  validation, acks, publishing and bookkeeping cost on top of the bare write).
+  size the collector commits at full load, one commit per batch, measured in this run,
+  per second of wall time and per second of this process's CPU time;
+* ``ratio``: collector / reference, per core and wall (below 1: what the collector's
+  decoding, validation, acks, publishing and bookkeeping cost on top of the bare write;
+  the PostgreSQL server's own CPU is in neither per-core figure).
 
 ``--rate N`` switches to the latency run: the sensors send N alerts/s in aggregate,
 each stamped with its send time, and a subscriber on the collector's PUB socket takes
@@ -125,7 +127,7 @@ def batches(alerts: int) -> list[list[Any]]:
     return [list(message_rows(stored[i:i + BATCH])) for i in range(0, alerts, BATCH)]
 
 
-def reference_sqlite(tmp: Path, alerts: int) -> float:
+def reference_sqlite(tmp: Path, alerts: int) -> tuple[float, float]:
     conn = sqlite3.connect(str(tmp / "reference.db"))
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
@@ -134,17 +136,17 @@ def reference_sqlite(tmp: Path, alerts: int) -> float:
     conn.execute("CREATE TABLE alerts (sensor TEXT, akey TEXT, epoch INTEGER, seq INTEGER, "
                  "count INTEGER, last_ts REAL, doc TEXT, PRIMARY KEY (sensor, akey))")
     work = batches(alerts)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for rows, alert_rows in work:
         conn.executemany("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
         conn.executemany("INSERT INTO alerts VALUES (?, ?, ?, ?, ?, ?, ?)", alert_rows)
         conn.commit()
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     conn.close()
-    return alerts / elapsed
+    return alerts / elapsed, alerts / cpu
 
 
-def reference_postgres(dsn: str, alerts: int) -> float:
+def reference_postgres(dsn: str, alerts: int) -> tuple[float, float]:
     import psycopg
 
     conn = psycopg.connect(dsn)
@@ -154,7 +156,7 @@ def reference_postgres(dsn: str, alerts: int) -> float:
     conn.execute("ALTER TABLE ref_alerts ADD PRIMARY KEY (sensor, akey)")
     conn.commit()
     work = batches(alerts)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     cur = conn.cursor()
     for rows, alert_rows in work:
         for table, data in (("ref_messages", rows), ("ref_alerts", alert_rows)):
@@ -162,9 +164,9 @@ def reference_postgres(dsn: str, alerts: int) -> float:
                 for row in data:
                     copy.write_row(row)
         conn.commit()
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     conn.close()
-    return alerts / elapsed
+    return alerts / elapsed, alerts / cpu
 
 
 class Subscriber(threading.Thread):
@@ -244,14 +246,15 @@ def run_engine(engine: str, args: argparse.Namespace, dsn: str) -> bool:
         print(f"  reference, sensor alert -> collector receive: p50 {l50:.1f} ms, "
               f"p99 {l99:.1f} ms; ratio p99 {p99 / l99:.2f}")
         return ok and len(sub.seen) == total
-    reference = (reference_sqlite(tmp, min(total, 100_000)) if engine == "sqlite"
-                 else reference_postgres(dsn, min(total, 100_000)))
+    ref_wall, ref_core = (reference_sqlite(tmp, min(total, 100_000)) if engine == "sqlite"
+                          else reference_postgres(dsn, min(total, 100_000)))
     per_core = acked / cpu if cpu else 0.0
     print(f"{engine}: {args.sensors} sensors x {args.alerts} alerts, acked {acked}/{total}")
     print(f"  collector: {acked / wall:,.0f} alerts/s wall, {per_core:,.0f} alerts/s per "
           f"core ({cpu:.1f} s CPU)")
     print(f"  reference ({'sqlite3 executemany' if engine == 'sqlite' else 'psycopg COPY'}):"
-          f" {reference:,.0f} rows/s; ratio per core / reference {per_core / reference:.2f}")
+          f" {ref_wall:,.0f} rows/s wall, {ref_core:,.0f} rows/s per core; ratio per core "
+          f"{per_core / ref_core:.2f}, wall {acked / wall / ref_wall:.2f}")
     return ok
 
 

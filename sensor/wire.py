@@ -322,23 +322,47 @@ def decode_alert_doc(body: Any) -> dict[str, Any]:
         raise WireError("bad_body", f"alert must be an array of {len(ALERT_FIELDS)}")
     (id_, count, rule, precursor, severity, attack, title, proto, first_ts, last_ts,
      src, sport, dst, dport, unit, link_src, link_dst, evidence) = body
-    if attack is None:
-        attack = []
-    if not isinstance(attack, list):
-        raise WireError("bad_body", "attack must be an array")
-    first = _float(first_ts, "first_ts")
+    isfinite = math.isfinite
+    # What sensors send: every field of its exact type and in range, checked in one
+    # expression. Anything else (an error to name, or a variant the general path
+    # accepts: an integer time, no title, no attack list) takes the general path.
+    if not (type(id_) is int and type(count) is int and type(severity) is int
+            and 0 <= id_ <= MAX_UINT and 0 <= count <= MAX_UINT
+            and 0 <= severity <= _MAX_SEVERITY
+            and type(rule) is str and len(rule) <= 128
+            and type(precursor) is str and len(precursor) <= 16
+            and type(proto) is str and len(proto) <= 16
+            and type(title) is str and len(title) <= 256
+            and type(first_ts) is float and isfinite(first_ts)
+            and type(last_ts) is float and isfinite(last_ts)
+            and (sport is None or (type(sport) is int and 0 <= sport <= 65535))
+            and (dport is None or (type(dport) is int and 0 <= dport <= 65535))
+            and (unit is None or (type(unit) is int and 0 <= unit <= 255))
+            and (link_src is None or (type(link_src) is int and 0 <= link_src <= 65535))
+            and (link_dst is None or (type(link_dst) is int and 0 <= link_dst <= 65535))
+            and type(attack) is list
+            and all(type(a) is str and len(a) <= 32 for a in attack)):
+        if attack is None:
+            attack = []
+        if not isinstance(attack, list):
+            raise WireError("bad_body", "attack must be an array")
+        id_, count = _uint(id_, "id"), _uint(count, "count")
+        severity = _uint(severity, "severity", _MAX_SEVERITY)
+        rule, precursor = _str(rule, "rule", 128), _str(precursor, "precursor", 16)
+        attack = [_str(a, "attack id", 32) for a in attack]
+        title, proto = _opt_str(title, "title", 256) or "", _str(proto, "proto", 16)
+        first_ts, last_ts = _float(first_ts, "first_ts"), _float(last_ts, "last_ts")
+        sport, dport = _opt_uint(sport, "sport", 65535), _opt_uint(dport, "dport", 65535)
+        unit = _opt_uint(unit, "unit", 255)
+        link_src = _opt_uint(link_src, "link_src", 65535)
+        link_dst = _opt_uint(link_dst, "link_dst", 65535)
     return {
-        "id": _uint(id_, "id"), "rule": _str(rule, "rule", 128),
-        "precursor": _str(precursor, "precursor", 16),
-        "severity": _SEVERITY_LABELS[_uint(severity, "severity", _MAX_SEVERITY)],
-        "attack": [_str(a, "attack id", 32) for a in attack],
-        "title": _opt_str(title, "title", 256) or "", "proto": _str(proto, "proto", 16),
-        "ts": first, "first_ts": first, "last_ts": _float(last_ts, "last_ts"),
-        "count": _uint(count, "count"), "src": _address(src, "src"),
-        "sport": _opt_uint(sport, "sport", 65535), "dst": _address(dst, "dst"),
-        "dport": _opt_uint(dport, "dport", 65535), "unit": _opt_uint(unit, "unit", 255),
-        "link_src": _opt_uint(link_src, "link_src", 65535),
-        "link_dst": _opt_uint(link_dst, "link_dst", 65535),
+        "id": id_, "rule": rule, "precursor": precursor,
+        "severity": _SEVERITY_LABELS[severity], "attack": attack, "title": title,
+        "proto": proto, "ts": first_ts, "first_ts": first_ts, "last_ts": last_ts,
+        "count": count, "src": _address(src, "src"), "sport": sport,
+        "dst": _address(dst, "dst"), "dport": dport, "unit": unit, "link_src": link_src,
+        "link_dst": link_dst,
         "evidence": {k: (v.hex() if isinstance(v, bytes) else v) for k, v in
                      _map(evidence, "evidence").items()} if evidence is not None else {},
     }

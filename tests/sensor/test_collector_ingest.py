@@ -99,3 +99,25 @@ def test_a_batch_keeps_the_latest_of_each_alert_id_and_every_message(tmp_path: P
         assert st.alerts("K") == [{"id": 7, "n": 3}]
     finally:
         st.close()
+
+
+def test_variants_the_general_path_accepts_give_the_same_document() -> None:
+    """Integer times, a missing title or attack list skip the one-expression check of
+    decode_alert_doc; they must come out as the exact-typed body does."""
+    body, _ = FieldPolicy().apply(sample_alerts()[1])
+    body[8] = body[9] = 1715678467.0
+    exact = decode(encode(1, 1, T0, Kind.ALERT, body), documents=True).body
+    for index, value, field, expected in [(8, 1715678467, "first_ts", 1715678467.0),
+                                          (9, 1715678467, "last_ts", 1715678467.0),
+                                          (6, None, "title", ""), (5, None, "attack", [])]:
+        variant = list(body)
+        variant[index] = value
+        doc = decode(encode(1, 1, T0, Kind.ALERT, variant), documents=True).body
+        assert doc == {**exact, field: expected, **({"ts": expected} if index == 8 else {})}
+        assert isinstance(doc[field], type(expected))
+    for index, bad in [(11, 65536), (13, -1), (14, 256), (15, 1 << 16), (16, "3"), (4, 5),
+                       (2, "r" * 129), (3, 3), (7, None), (5, ["T" * 33]), (8, float("nan"))]:
+        variant = list(body)
+        variant[index] = bad
+        with pytest.raises(WireError):
+            decode(encode(1, 1, T0, Kind.ALERT, variant), documents=True)
