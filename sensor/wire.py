@@ -283,7 +283,8 @@ def _check_value(value: Any, depth: int = 0) -> None:
         return
     if isinstance(value, dict):
         for key, item in value.items():
-            _str(key, "map key", 64)
+            if type(key) is not str or len(key) > 64:
+                _str(key, "map key", 64)
             if type(item) is not int and type(item) is not str:  # the common leaves
                 _check_value(item, depth + 1)
         return
