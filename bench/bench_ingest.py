@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import sqlite3
 import statistics
@@ -270,6 +271,8 @@ def main() -> int:
     parser.add_argument("--profile", metavar="FILE", default="",
                         help="run the collector under cProfile, stats to FILE.ENGINE")
     args = parser.parse_args()
+    print(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())} "
+          f"({os.cpu_count()} cores)")
     ok = True
     if args.engine in ("sqlite", "both"):
         ok &= run_engine("sqlite", args, "")

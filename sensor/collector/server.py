@@ -488,14 +488,15 @@ class CollectorServer:
         """One transaction for the round (the group commit); what it stored, as rows."""
         st = self.storage
         rejecting = {s for s, _ in self._rejects if s != UNAUTHENTICATED}
-        for sensor in {s for s, _ in accepted} | set(heartbeats) | rejecting:
-            st.touch_sensor(sensor, self.allow.get(sensor.encode(), "?"), now)
+        st.touch_sensors([(sensor, self.allow.get(sensor.encode(), "?"), now) for sensor
+                          in {s for s, _ in accepted} | set(heartbeats) | rejecting])
         stored = [_stored(sensor, env, now) for sensor, env in accepted]
         st.store_batch(stored)
-        for (sensor, epoch), ts in touched.items():
-            st.advance(sensor, epoch, self._contig[(sensor, epoch)], ts, now)
+        st.advance_many([(sensor, epoch, self._contig[(sensor, epoch)], ts, now)
+                         for (sensor, epoch), ts in touched.items()])
+        st.heartbeats([(sensor, env.epoch, env.seq, env.ts, now, env.body)
+                       for sensor, env in heartbeats.items()])
         for sensor, env in heartbeats.items():
-            st.heartbeat(sensor, env.epoch, env.seq, env.ts, now, env.body)
             if env.seq <= self._contig.get((sensor, env.epoch), 0) and all(
                     self._contig.get((sensor, e), 0) >= last for e, last in _owed(env)):
                 st.mark_complete(sensor, now)
@@ -541,8 +542,11 @@ class CollectorServer:
                 continue
             line = published_line(msg, self._origin_json(msg.sensor))
             if self._pub is not None:
-                with contextlib.suppress(zmq.Again):
-                    self._pub.send_multipart([b"alert", line.encode()], zmq.NOBLOCK)
+                try:  # a PUB drops at its high-water mark rather than block; never Again
+                    self._pub.send(b"alert", zmq.SNDMORE | zmq.NOBLOCK)
+                    self._pub.send(line.encode(), zmq.NOBLOCK)
+                except zmq.Again:
+                    pass
             lines.append(line)
         if self._jsonl is not None:
             self._jsonl.write(lines)

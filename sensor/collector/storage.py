@@ -152,6 +152,11 @@ MessageRow = tuple[str, int, int, int, float, float, str]
 AlertRow = tuple[str, str, int, int, int, float, str]
 
 
+def _row_key(row: Sequence[Any]) -> tuple[Any, ...]:
+    """The key columns of a row (sensor, then epoch or name): never the JSON body."""
+    return tuple(row[:2])
+
+
 def message_rows(msgs: Sequence[StoredMessage]) -> tuple[list[MessageRow], list[AlertRow]]:
     """The rows of a batch: one per message, and one per (sensor, alert id), the latest
     (an upsert cannot touch the same row twice in one statement). Each body is turned
@@ -253,10 +258,20 @@ class SqlStorage:
                          (sensor, epoch))
         return int(rows[0][0]) if rows else 0
 
+    def _many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """One statement for many rows (psycopg pipelines them: one round trip), in
+        key order, so that collectors sharing a database lock rows in the same order."""
+        if rows:
+            self._conn.cursor().executemany(self._sql(sql), sorted(rows, key=_row_key))
+
     def touch_sensor(self, sensor: str, name: str, now: float) -> None:
-        self._exec("INSERT INTO sensors VALUES (?, ?, ?, ?) ON CONFLICT (sensor) DO UPDATE "
+        self.touch_sensors([(sensor, name, now)])
+
+    def touch_sensors(self, rows: Sequence[tuple[str, str, float]]) -> None:
+        """(sensor, allow-list name, now) of each sensor heard from in the round."""
+        self._many("INSERT INTO sensors VALUES (?, ?, ?, ?) ON CONFLICT (sensor) DO UPDATE "
                    "SET name = excluded.name, last_seen = excluded.last_seen",
-                   (sensor, name, now, now))
+                   [(sensor, name, now, now) for sensor, name, now in rows])
 
     def store(self, msg: StoredMessage) -> None:
         self.store_batch([msg])
@@ -271,19 +286,27 @@ class SqlStorage:
 
     def advance(self, sensor: str, epoch: int, contig: int, last_ts: float,
                 received: float) -> None:
+        self.advance_many([(sensor, epoch, contig, last_ts, received)])
+
+    def advance_many(self, rows: Sequence[tuple[str, int, int, float, float]]) -> None:
+        """(sensor, epoch, contig, last_ts, received) of each stream the round moved."""
         # Never backwards: collectors sharing one database each advance a stream as far
         # as they accepted it, and the one that is behind must not undo the other's work.
-        self._exec("INSERT INTO streams VALUES (?, ?, ?, ?, ?) ON CONFLICT (sensor, epoch) "
+        self._many("INSERT INTO streams VALUES (?, ?, ?, ?, ?) ON CONFLICT (sensor, epoch) "
                    "DO UPDATE SET contig = CASE WHEN excluded.contig > streams.contig "
                    "THEN excluded.contig ELSE streams.contig END, last_ts = excluded.last_ts, "
-                   "received = excluded.received", (sensor, epoch, contig, last_ts, received))
+                   "received = excluded.received", rows)
 
     def heartbeat(self, sensor: str, epoch: int, seq: int, ts: float, received: float,
                   body: Any) -> None:
-        self._exec("INSERT INTO heartbeats VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (sensor) "
+        self.heartbeats([(sensor, epoch, seq, ts, received, body)])
+
+    def heartbeats(self, rows: Sequence[tuple[str, int, int, float, float, Any]]) -> None:
+        """(sensor, epoch, seq, ts, received, body) of each sensor's latest heartbeat."""
+        self._many("INSERT INTO heartbeats VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (sensor) "
                    "DO UPDATE SET epoch = excluded.epoch, seq = excluded.seq, ts = excluded.ts,"
                    " received = excluded.received, body = excluded.body",
-                   (sensor, epoch, seq, ts, received, dumps(body)))
+                   [(*row[:5], dumps(row[5])) for row in rows])
 
     def reject(self, sensor: str, reason: str, count: int, now: float) -> None:
         self._exec("INSERT INTO rejects VALUES (?, ?, ?, ?) ON CONFLICT (sensor, reason) "
@@ -489,8 +512,7 @@ class PostgresStorage(SqlStorage):
             self._days |= days
         cur = self._conn.cursor()
         keys = sorted({(m.sensor, m.epoch) for m in msgs})
-        cur.executemany("INSERT INTO streams VALUES (%s, %s, 0, 0, 0) ON CONFLICT DO NOTHING",
-                        keys)
+        self._many("INSERT INTO streams VALUES (?, ?, 0, 0, 0) ON CONFLICT DO NOTHING", keys)
         stored = {(r[0], int(r[1])): int(r[2]) for r in cur.execute(
             "SELECT sensor, epoch, contig FROM streams WHERE (sensor, epoch) IN "
             "(SELECT * FROM unnest(%s::text[], %s::bigint[])) ORDER BY sensor, epoch "
@@ -500,14 +522,15 @@ class PostgresStorage(SqlStorage):
         with cur.copy("COPY messages_in FROM STDIN") as copy:  # then, server-side, the
             for row in rows:                                    # key drops what is here
                 copy.write_row(row)
-        cur.execute("INSERT INTO messages SELECT * FROM messages_in ON CONFLICT DO NOTHING")
-        cur.execute("DELETE FROM messages_in")
+        # No parameters, so both statements go in one round trip.
+        cur.execute("INSERT INTO messages SELECT * FROM messages_in ON CONFLICT DO NOTHING; "
+                    "DELETE FROM messages_in")
         if alerts:
             with cur.copy("COPY alerts_in FROM STDIN") as copy:
                 for alert in alerts:
                     copy.write_row(alert)
-            cur.execute("INSERT INTO alerts SELECT * FROM alerts_in" + UPSERT_ALERT_FROM)
-            cur.execute("DELETE FROM alerts_in")
+            cur.execute("INSERT INTO alerts SELECT * FROM alerts_in" + UPSERT_ALERT_FROM
+                        + "; DELETE FROM alerts_in")
 
     def expire(self, cutoff: float) -> int:
         """Drop the days wholly before ``cutoff``; returns how many partitions went."""
