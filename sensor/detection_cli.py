@@ -15,6 +15,7 @@ import sqlite3
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -294,19 +295,30 @@ def cmd_alerts(args: argparse.Namespace) -> int:
                 return 0
 
 
-def _collector_alerts(args: argparse.Namespace, since: float | None,
-                      severity: Severity | None) -> int:
+def _collector_rows(args: argparse.Namespace, command: str,
+                    read: Callable[[Any, Any], list[Any]]) -> list[Any] | int:
+    """``read(storage, selected sensors)`` on the collector store, or the exit status
+    of the failure to open it (said on stderr)."""
     from sensor.collector import view
 
     try:
         storage = _open_collector(args)
     except (cfg.ConfigError, StoreError) as err:
-        return _fail("alerts", err)
+        return _fail(command, err)
     try:
-        rows = view.alerts(storage, view.origins(storage, args.sensor, args.site,
-                                                  args.sector), since, severity)
+        return read(storage, view.origins(storage, args.sensor, args.site, args.sector))
     finally:
         storage.close()
+
+
+def _collector_alerts(args: argparse.Namespace, since: float | None,
+                      severity: Severity | None) -> int:
+    from sensor.collector import view
+
+    rows = _collector_rows(args, "alerts", lambda st, selected: view.alerts(
+        st, selected, since, severity))
+    if isinstance(rows, int):
+        return rows
     for origin, alert, doc in rows:
         print(json.dumps(view.alert_json(origin, doc)) if args.json
               else f"{origin.label:<24} {render_alert(alert)}")
@@ -319,15 +331,9 @@ def _collector_assets(args: argparse.Namespace) -> int:
     if args.pairs:
         return _fail("assets", "--pairs needs a sensor's store: a collector keeps the "
                      "identity of devices, not their communication pairs", 2)
-    try:
-        storage = _open_collector(args)
-    except (cfg.ConfigError, StoreError) as err:
-        return _fail("assets", err)
-    try:
-        rows = view.assets(storage, view.origins(storage, args.sensor, args.site,
-                                                  args.sector))
-    finally:
-        storage.close()
+    rows = _collector_rows(args, "assets", view.assets)
+    if isinstance(rows, int):
+        return rows
     for origin, body, received in rows:
         print(json.dumps({**body, **origin.fields(), "received": received}) if args.json
               else view.asset_line(origin, body))

@@ -16,6 +16,7 @@ from typing import Any
 
 from sensor.alerts import Alert, Severity
 from sensor.collector.storage import SqlStorage
+from sensor.paths import sqlite_tables
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,12 +44,7 @@ def is_collector_store(path: Path) -> bool:
     try:
         if not path.is_file() or path.stat().st_size == 0:
             return False
-        conn = sqlite3.connect(path.absolute().as_uri() + "?mode=ro", uri=True)
-        try:
-            tables = {row[0] for row in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table'")}
-        finally:
-            conn.close()
+        tables = sqlite_tables(path)
     except (sqlite3.Error, OSError):
         return False  # the sensor store's own checks say what is wrong with it
     return "streams" in tables and "meta" not in tables
