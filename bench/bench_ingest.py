@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import sqlite3
 import statistics
@@ -212,6 +213,13 @@ def quantiles(values: list[float]) -> tuple[float, float]:
 
 def run_engine(engine: str, args: argparse.Namespace, dsn: str) -> bool:
     tmp = Path(tempfile.mkdtemp(prefix=f"mamori-ingest-{engine}-"))
+    try:
+        return measure(engine, args, dsn, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def measure(engine: str, args: argparse.Namespace, dsn: str, tmp: Path) -> bool:
     publish = free_endpoint()  # on, as by default: building and sending is part of ingest
     site = Site(tmp, args.sensors, dsn, publish,
                 f"{args.profile}.{engine}" if args.profile else "")
