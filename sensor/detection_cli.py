@@ -15,6 +15,7 @@ import sqlite3
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -74,6 +75,7 @@ def register_commands(commands: Any) -> None:
     alerts.add_argument("--interval", type=cfg.seconds_flag, default=1.0, help=argparse.SUPPRESS)
     alerts.add_argument("--max-polls", type=int, default=None, help=argparse.SUPPRESS)
     _store_args(alerts)
+    _collector_args(alerts)
     alerts.set_defaults(func=cmd_alerts)
 
     assets = commands.add_parser("assets", help="show the asset inventory")
@@ -82,6 +84,7 @@ def register_commands(commands: Any) -> None:
     export_cli.add_csv_flag(assets, "the assets")
     advisories_cli.add_assets_arguments(assets)
     _store_args(assets)
+    _collector_args(assets)
     assets.set_defaults(func=cmd_assets)
 
     baseline = commands.add_parser("baseline", help="freeze, export, import the baseline")
@@ -103,6 +106,50 @@ def _store_args(parser: argparse.ArgumentParser) -> None:
                         help="store file (default from the config)")
     parser.add_argument("--config", type=Path, metavar="FILE",
                         help="site configuration (default /etc/mamori/sensor.toml if present)")
+
+
+def _collector_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "collector", "on a collector's store (--collector, or --store pointing at one): "
+        "every sensor's, selected by")
+    group.add_argument("--collector", action="store_true",
+                       help="read the collector store of the config's [collect] (db or dsn)")
+    group.add_argument("--sensor", metavar="NAME", help="allow-list name, reported name or key")
+    group.add_argument("--site", metavar="SITE", help="the site the sensor reports")
+    group.add_argument("--sector", metavar="SECTOR", help="the sector the sensor reports")
+
+
+def _collector_mode(args: argparse.Namespace) -> bool:
+    """A collector's store was asked for, or ``--store`` is one. UsageError for a
+    sensor selection on a sensor's own store (it holds one sensor)."""
+    from sensor.collector.view import is_collector_store
+
+    on = bool(args.collector) or (args.store is not None and is_collector_store(args.store))
+    if not on and (args.sensor, args.site, args.sector) != (None, None, None):
+        raise UsageError("--sensor, --site and --sector select sensors on a collector's "
+                         "store (--collector, or --store COLLECTOR.db)")
+    return on
+
+
+def _open_collector(args: argparse.Namespace) -> Any:
+    """The collector store: ``--store`` (SQLite), else the config's [collect] db or dsn."""
+    from sensor import forwarding_options  # noqa: F401  (registers [collect])
+    from sensor.collector.server import CollectorSettings
+    from sensor.collector.storage import SqliteStorage, open_storage
+    from sensor.forwarding_cli import _storage_errors, _storage_problem
+
+    if args.store is not None and not args.collector:
+        try:
+            return SqliteStorage(args.store)
+        except sqlite3.Error as err:
+            raise StoreError(f"{args.store}: {err}") from None
+    settings = CollectorSettings.from_config(_config(args.config))
+    if not settings.dsn and not settings.db.exists():
+        raise StoreError(f"{settings.db}: no collector store yet")
+    try:
+        return open_storage(settings.db, settings.dsn)
+    except _storage_errors(settings) as err:
+        raise StoreError(_storage_problem(settings, err)) from None
 
 
 def _config(path: Path | None) -> cfg.Config:
@@ -223,8 +270,14 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     try:
         since = None if args.since is None else time.time() - cfg.parse_duration(args.since)
         severity = None if args.severity is None else Severity.parse(args.severity)
-    except ValueError as err:
+        collector = _collector_mode(args)
+        if collector and args.follow:
+            raise UsageError("--follow reads a sensor's store; a collector's alerts are "
+                             "followed with mamori subscribe")
+    except (ValueError, UsageError) as err:
         return _fail("alerts", err, 2)
+    if collector:
+        return _collector_alerts(args, since, severity)
     try:
         store = _open_store(args, readonly=True)
     except (cfg.ConfigError, StoreError) as err:
@@ -250,11 +303,62 @@ def cmd_alerts(args: argparse.Namespace) -> int:
                 return 0
 
 
+def _collector_rows(args: argparse.Namespace, command: str,
+                    read: Callable[[Any, Any], list[Any]]) -> list[Any] | int:
+    """``read(storage, selected sensors)`` on the collector store, or the exit status
+    of the failure to open it (said on stderr)."""
+    from sensor.collector import view
+
+    try:
+        storage = _open_collector(args)
+    except (cfg.ConfigError, StoreError) as err:
+        return _fail(command, err)
+    try:
+        return read(storage, view.origins(storage, args.sensor, args.site, args.sector))
+    finally:
+        storage.close()
+
+
+def _collector_alerts(args: argparse.Namespace, since: float | None,
+                      severity: Severity | None) -> int:
+    from sensor.collector import view
+
+    rows = _collector_rows(args, "alerts", lambda st, selected: view.alerts(
+        st, selected, since, severity))
+    if isinstance(rows, int):
+        return rows
+    for origin, alert, doc in rows:
+        print(json.dumps(view.alert_json(origin, doc)) if args.json
+              else f"{origin.label:<24} {render_alert(alert)}")
+    return 0
+
+
+def _collector_assets(args: argparse.Namespace) -> int:
+    from sensor.collector import view
+
+    if args.pairs:
+        return _fail("assets", "--pairs needs a sensor's store: a collector keeps the "
+                     "identity of devices, not their communication pairs", 2)
+    rows = _collector_rows(args, "assets", view.assets)
+    if isinstance(rows, int):
+        return rows
+    for origin, body, received in rows:
+        print(json.dumps({**body, **origin.fields(), "received": received}) if args.json
+              else view.asset_line(origin, body))
+    return 0
+
+
 def cmd_assets(args: argparse.Namespace) -> int:
     if (conflict := export_cli.csv_conflict(args)) is not None:
         return _fail("assets", conflict, 2)
     if getattr(args, "vulnerable", False):
         return advisories_cli.cmd_assets_vulnerable(args)
+    try:
+        collector = _collector_mode(args)
+    except UsageError as err:
+        return _fail("assets", err, 2)
+    if collector:
+        return _collector_assets(args)
     try:
         store = _open_store(args, readonly=True)
     except (cfg.ConfigError, StoreError) as err:

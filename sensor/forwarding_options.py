@@ -170,6 +170,9 @@ cfg.register([
                "minimum time between two replay requests for the same stream"),
     cfg.Option("collect", "max_clock_skew", 30.0, cfg.v_seconds,
                "a sensor whose clock differs from the collector's by more is reported (S5)"),
+    cfg.Option("collect", "retention", 0.0, cfg.v_seconds,
+               "forget messages received longer ago (e.g. '90d'; PostgreSQL drops whole "
+               "days); 0 = keep everything"),
 ])
 
 

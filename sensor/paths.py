@@ -187,6 +187,17 @@ def describe_mkdir(err: OSError) -> str:
     return describe(err)
 
 
+def sqlite_tables(path: Path) -> set[str]:
+    """The table names of the SQLite file at ``path``, opened read-only (sqlite3.Error
+    for a file that is not one)."""
+    conn = sqlite3.connect(path.absolute().as_uri() + "?mode=ro", uri=True)
+    try:
+        return {row[0] for row in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    finally:
+        conn.close()
+
+
 def foreign_sqlite(path: Path, table: str, what: str) -> str | None:
     """Why the file at ``path`` is not ``what`` (has no ``table``), or None.
 
@@ -200,12 +211,7 @@ def foreign_sqlite(path: Path, table: str, what: str) -> str | None:
             return f"{path}: is a directory, not {what}"
         if not path.exists() or path.stat().st_size == 0:
             return None
-        conn = sqlite3.connect(path.absolute().as_uri() + "?mode=ro", uri=True)
-        try:
-            tables = {row[0] for row in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table'")}
-        finally:
-            conn.close()
+        tables = sqlite_tables(path)
     except sqlite3.Error as err:
         return f"{path}: not {what}: {err}"
     except OSError as err:

@@ -20,7 +20,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sensor import config as cfg
 from sensor.alerts import Alert
@@ -28,7 +28,10 @@ from sensor.eve import eve_alert, eve_health
 from sensor.linefile import LineFile
 from sensor.paths import check_creatable, check_output
 from sensor.syslog5424 import FACILITIES, SyslogSender, parse_target, v_target
-from sensor.wire import Envelope, Kind
+from sensor.wire import Kind
+
+if TYPE_CHECKING:
+    from sensor.collector.storage import StoredMessage
 
 log = logging.getLogger("mamori.output")
 
@@ -174,18 +177,19 @@ class CollectorSiem:
         record["sensor"]["key"] = sensor_key
         return record
 
-    def lines(self, accepted: Sequence[tuple[str, str, Envelope]],
+    def lines(self, stored: Sequence[tuple[StoredMessage, str]],
               health: Sequence[Mapping[str, Any]]) -> list[str]:
-        """EVE lines for the SIEM file from (sensor key, name, envelope) as accepted, and
-        the collector's own health records; syslog messages go out here too. A sensor's
+        """EVE lines for the SIEM file from (message as stored, sensor name) and the
+        collector's own health records; syslog messages go out here too. A sensor's
         start record says its site and sector before its first heartbeat may have."""
         records = []
-        for key, name, env in accepted:
-            if env.kind is Kind.ALERT:
-                records.append((env.body, self.alert(key, name, env.body)))
-            elif env.kind is Kind.HEALTH and isinstance(env.body, dict) \
-                    and env.body.get("event") == "start":
-                self.heartbeat(key, env.body)
+        for msg, name in stored:
+            if msg.kind == Kind.ALERT:
+                alert = Alert.from_dict(msg.body)
+                records.append((alert, self.alert(msg.sensor, name, alert)))
+            elif msg.kind == Kind.HEALTH and isinstance(msg.body, dict) \
+                    and msg.body.get("event") == "start":
+                self.heartbeat(msg.sensor, msg.body)
         if self.syslog is not None:
             self.syslog.send_alerts(records)
         return [_line(eve_health(h)) for h in health] + [_line(r) for _, r in records]

@@ -6,11 +6,6 @@ and the ``psycopg`` Python package. As root, the server runs as the ``postgres``
 
 from __future__ import annotations
 
-import glob
-import os
-import shutil
-import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -26,38 +21,18 @@ from sensor.forwarder import Forwarder
 from sensor.keys import generate
 from sensor.wire import Kind
 from tests.conftest import unavailable
+from tests.peers.postgres import pg_bin, postgres_cluster
 from tests.sensor.test_collector import free_port, wait_for
-
-
-def _pg_bin() -> Path | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
-    return Path(found[-1]).parent if found else None
 
 
 @pytest.fixture(scope="module")
 def dsn() -> Iterator[str]:
-    bindir = _pg_bin()
+    bindir = pg_bin()
     if bindir is None:
         unavailable("PostgreSQL server binaries (Debian package postgresql) not installed")
         return
-    root = Path(tempfile.mkdtemp(prefix="mamori-pg-"))
-    data, port = root / "data", free_port()
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-        shutil.chown(root, "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "postgres",
-                    "-A", "trust", "--no-sync"], check=True, capture_output=True, timeout=60)
-    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-w", "-t", "30",
-                    "-l", str(root / "log"), "-o",
-                    f"-k {root} -p {port} -c listen_addresses='' -c fsync=off", "start"],
-                   check=True, capture_output=True, timeout=60)
-    try:
-        yield f"host={root} port={port} dbname=postgres user=postgres"
-    finally:
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate",
-                        "stop"], capture_output=True, timeout=60)
-        shutil.rmtree(root, ignore_errors=True)
+    with postgres_cluster(bindir) as found:
+        yield found
 
 
 def test_storage_dedups_keeps_latest_alert_and_reports_status(dsn: str) -> None:
