@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum, IntEnum
 from typing import Any
@@ -55,12 +55,17 @@ class Kind(IntEnum):
     ASSET = 3
     HEALTH = 4
     LOST = 5  # not journaled: body [first, last] of a range the journal evicted unacked
+    RELAY = 6  # a collector forwarding another sensor's message upward (federation)
     ACK = 16
     REPLAY = 17
+    RELAY_ACK = 18  # ack of a relayed stream: [origin, epoch, seq]
+    RELAY_REPLAY = 19  # replay of a relayed stream: [origin, epoch, first, last]
 
 
 JOURNALED_KINDS = frozenset({Kind.ALERT, Kind.ASSET, Kind.HEALTH})
 SENSOR_KINDS = frozenset({Kind.ALERT, Kind.HEARTBEAT, Kind.ASSET, Kind.HEALTH, Kind.LOST})
+UPSTREAM_KINDS = SENSOR_KINDS | {Kind.RELAY}
+MAX_RELAY_PATH = 16  # collectors a relayed message may have passed through
 
 # Position of every Alert field in an alert body. Never reorder: append and bump the version.
 ALERT_FIELDS: tuple[str, ...] = (
@@ -98,20 +103,42 @@ class Envelope:
 
 
 @dataclass(frozen=True, slots=True)
+class Relayed:
+    """The body of a kind 6 message: another sensor's message, as a relay forwards it.
+
+    ``origin`` is the original sensor's key (Z85), ``name`` its name at the first
+    collector, ``path`` the public keys of the collectors it passed through (the first
+    one first; the last is the relay that sent it). ``inner`` carries the original
+    epoch, seq, timestamp, kind and validated body.
+    """
+
+    origin: str
+    name: str
+    path: tuple[str, ...]
+    inner: Envelope
+
+
+@dataclass(frozen=True, slots=True)
 class Ack:
-    """Everything up to and including ``seq`` of ``epoch`` is stored by the collector."""
+    """Everything up to and including ``seq`` of ``epoch`` is stored by the collector.
+
+    ``origin`` is set for a relayed stream (kind 18): the original sensor's key."""
 
     epoch: int
     seq: int
+    origin: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class ReplayRequest:
-    """The collector misses ``first..last`` (inclusive) of ``epoch``; resend from the journal."""
+    """The collector misses ``first..last`` (inclusive) of ``epoch``; resend from the journal.
+
+    ``origin`` is set for a relayed stream (kind 19)."""
 
     epoch: int
     first: int
     last: int
+    origin: str = ""
 
 
 # -- forwarding policy ---------------------------------------------------------------------
@@ -208,11 +235,23 @@ def encode(epoch: int, seq: int, ts: float, kind: Kind, body: Any) -> bytes:
 
 
 def encode_ack(ack: Ack) -> bytes:
+    if ack.origin:
+        return pack([WIRE_VERSION, int(Kind.RELAY_ACK), [ack.origin, ack.epoch, ack.seq]])
     return pack([WIRE_VERSION, int(Kind.ACK), [ack.epoch, ack.seq]])
 
 
 def encode_replay(req: ReplayRequest) -> bytes:
+    if req.origin:
+        return pack([WIRE_VERSION, int(Kind.RELAY_REPLAY),
+                     [req.origin, req.epoch, req.first, req.last]])
     return pack([WIRE_VERSION, int(Kind.REPLAY), [req.epoch, req.first, req.last]])
+
+
+def encode_relayed(origin: str, name: str, path: Sequence[str], epoch: int, seq: int,
+                   ts: float, kind: Kind, body: Any) -> bytes:
+    """One relay -> upper collector frame: the original (epoch, seq, ts) in the envelope."""
+    return pack([WIRE_VERSION, epoch, seq, float(ts), int(Kind.RELAY),
+                 [origin, name, list(path), int(kind), body]])
 
 
 # -- decoding ------------------------------------------------------------------------------
@@ -327,7 +366,8 @@ def decode_alert(body: Any) -> Alert:
 
 
 def decode(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Envelope:
-    """Validate one sensor -> collector frame. The body of an alert becomes an ``Alert``."""
+    """Validate one sensor -> collector frame. The body of an alert becomes an ``Alert``;
+    that of a relayed message (kind 6) a ``Relayed`` holding the validated original."""
     obj = _unpack(data, max_bytes)
     if not isinstance(obj, list) or len(obj) != 6:
         raise WireError("bad_envelope", "not an array of 6")
@@ -337,9 +377,14 @@ def decode(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Envelope:
     epoch = _uint(epoch, "epoch", 2**32 - 1)
     seq = _uint(seq, "seq")
     stamp = _float(ts, "ts")
-    if isinstance(kind, bool) or not isinstance(kind, int) or kind not in SENSOR_KINDS:
+    if isinstance(kind, bool) or not isinstance(kind, int) or kind not in UPSTREAM_KINDS:
         raise WireError("unknown_kind", repr(kind)[:32])
-    k = Kind(kind)
+    if kind == Kind.RELAY:
+        return Envelope(epoch, seq, stamp, Kind.RELAY, _relayed(epoch, seq, stamp, body))
+    return _envelope(epoch, seq, stamp, Kind(kind), body)
+
+
+def _envelope(epoch: int, seq: int, stamp: float, k: Kind, body: Any) -> Envelope:
     if k in JOURNALED_KINDS and seq == 0:
         raise WireError("bad_type", "journaled messages have seq >= 1")
     checked: Any
@@ -356,21 +401,50 @@ def decode(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Envelope:
     return Envelope(epoch, seq, stamp, k, checked)
 
 
-def decode_control(data: bytes) -> Ack | ReplayRequest:
-    """A collector -> sensor frame. The sensor is as strict with the collector."""
+def _key(value: Any, what: str) -> str:
+    if not isinstance(value, str) or len(value) != 40:
+        raise WireError("bad_body", f"{what} must be a 40-character Z85 key")
+    return value
+
+
+def _relayed(epoch: int, seq: int, stamp: float, body: Any) -> Relayed:
+    """[origin, name, path, kind, body]; the inner kind is any sensor kind, not 6."""
+    if not isinstance(body, list) or len(body) != 5:
+        raise WireError("bad_body", "relayed body must be [origin, name, path, kind, body]")
+    origin, name, path, kind, inner = body
+    if not isinstance(path, list) or not 1 <= len(path) <= MAX_RELAY_PATH:
+        raise WireError("bad_body", f"relay path must hold 1..{MAX_RELAY_PATH} keys")
+    if isinstance(kind, bool) or not isinstance(kind, int) or kind not in SENSOR_KINDS:
+        raise WireError("unknown_kind", f"relayed {repr(kind)[:24]}")
+    return Relayed(_key(origin, "origin"), _str(name, "name", 64),
+                   tuple(_key(p, "relay path entry") for p in path),
+                   _envelope(epoch, seq, stamp, Kind(kind), inner))
+
+
+def decode_control(data: bytes, relayed: bool = False) -> Ack | ReplayRequest:
+    """A collector -> sensor frame. The sensor is as strict with the collector.
+
+    ``relayed``: the reader is a relay, which takes only kinds 18 and 19 (acks and
+    replay requests naming the original sensor); a sensor takes only 16 and 17."""
     obj = _unpack(data, 1024)
     if not isinstance(obj, list) or len(obj) != 3 or obj[0] != WIRE_VERSION:
         raise WireError("bad_envelope", "not [1, kind, body]")
     _, kind, body = obj
     if not isinstance(body, list):
         raise WireError("bad_body", "control body must be an array")
+    origin = ""
+    if relayed and kind in (Kind.RELAY_ACK, Kind.RELAY_REPLAY) and body:
+        origin, body = _key(body[0], "origin"), body[1:]
+        kind = Kind.ACK if kind == Kind.RELAY_ACK else Kind.REPLAY
+    elif relayed:
+        raise WireError("unknown_kind", repr(kind)[:32])
     if kind == Kind.ACK and len(body) == 2:
-        return Ack(_uint(body[0], "epoch"), _uint(body[1], "seq"))
+        return Ack(_uint(body[0], "epoch"), _uint(body[1], "seq"), origin)
     if kind == Kind.REPLAY and len(body) == 3:
         first, last = _uint(body[1], "first"), _uint(body[2], "last")
         if not 1 <= first <= last:
             raise WireError("bad_body", "empty replay range")
-        return ReplayRequest(_uint(body[0], "epoch"), first, last)
+        return ReplayRequest(_uint(body[0], "epoch"), first, last, origin)
     raise WireError("unknown_kind", repr(kind)[:32])
 
 

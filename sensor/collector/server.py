@@ -34,7 +34,7 @@ import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from zmq.utils import z85
 from zmq.utils.monitor import parse_monitor_message
 
 from sensor import config as cfg
+from sensor.collector.federation import Relay, RelayInbound, RelaySettings, ensure_routes
 from sensor.collector.jetstream import JetStreamPublisher, JetStreamSettings
 from sensor.collector.storage import SqlStorage, StoredMessage, open_storage
 from sensor.keys import load_allow_list, load_pair
@@ -76,6 +77,8 @@ class CollectorSettings:
     replay_interval: float
     max_clock_skew: float = 30.0
     jetstream: JetStreamSettings | None = None  # [collect] nats_*: None = off
+    relay_keys_dir: Path | None = None  # federation: lower tiers trusted to relay to us
+    upstream: RelaySettings | None = None  # federation: relay what we accept upward
 
     @classmethod
     def from_config(cls, config: cfg.Config,
@@ -85,7 +88,9 @@ class CollectorSettings:
         return cls(tuple(s["listen"]), base / s["secret_key"], base / s["keys_dir"],
                    base / s["db"], s["dsn"], s["publish"], s["jsonl"],
                    s["max_message_bytes"], s["replay_interval"], s["max_clock_skew"],
-                   JetStreamSettings.from_section(s, base))
+                   JetStreamSettings.from_section(s, base),
+                   base / s["relay_keys_dir"] if s["relay_keys_dir"] else None,
+                   RelaySettings.from_section(s, base))
 
 
 log = logging.getLogger("mamori.collector")
@@ -167,6 +172,7 @@ class CollectorServer:
         self._rejects: Counter[tuple[str, str]] = Counter()  # not yet in storage
         self.allow: dict[bytes, str] = {}
         self._allow_stamp = -1
+        self._relays_seen: dict[bytes, str] = {}
         self._next_allow_check = 0.0
         self._contig: dict[tuple[str, int], int] = {}
         self._last_replay: dict[tuple[str, int], float] = {}
@@ -177,13 +183,19 @@ class CollectorServer:
         self._jsonl: SiemFile | None = None
         self.storage_full = False  # the last commit failed for lack of space
         self.jetstream: JetStreamPublisher | None = None
+        self.relay: Relay | None = None  # federation, sending upward
+        self.inbound = RelayInbound("", self.settings.relay_keys_dir)  # and receiving
+        self._reply_to: dict[str, set[str]] = {}  # this batch: sensor -> "" direct, or relays
 
     # -- sockets ------------------------------------------------------------------------
 
     def bind(self) -> None:
         s = self.settings
-        self._reload_allow_list(force=True)
         pair = load_pair(s.secret_key)
+        self.inbound.own_key = pair.public.decode()
+        self._reload_allow_list(force=True)
+        if s.relay_keys_dir is not None:
+            ensure_routes(self.storage)
         self._ctx = zmq.Context()
         self._zap = self._ctx.socket(zmq.REP)
         self._zap.linger = 0
@@ -210,10 +222,17 @@ class CollectorServer:
             self._pub.bind(s.publish)
         if s.jetstream is not None:  # its own thread: reads storage, never blocks us
             self.jetstream = JetStreamPublisher(s.jetstream, s.db, s.dsn).start()
+        if s.upstream is not None:  # its own thread, also reading storage
+            ensure_routes(self.storage)  # what it reads, even before anything is relayed
+            self.relay = Relay(s.upstream, pair, s.db, s.dsn).start()
         if s.jsonl:
             self._jsonl = SiemFile(s.jsonl)
 
     def close(self) -> None:
+        if self.relay is not None:
+            self.relay.stop()
+            self.counters.update({f"relay_{k}": v for k, v in self.relay.counters.items()})
+            self.relay = None
         if self.jetstream is not None:
             self.jetstream.stop()
             self.jetstream = None
@@ -240,9 +259,13 @@ class CollectorServer:
             stamp = self.settings.keys_dir.stat().st_mtime_ns
         except OSError:
             stamp = -2
-        if stamp != self._allow_stamp or force:
-            self.allow = load_allow_list(self.settings.keys_dir)
+        relays = self.inbound.relays
+        if self.settings.relay_keys_dir is not None:
+            relays = self.inbound.reload()
+        if stamp != self._allow_stamp or force or relays is not self._relays_seen:
+            self.allow = {**load_allow_list(self.settings.keys_dir), **relays}
             self._allow_stamp = stamp
+            self._relays_seen = relays
 
     # -- the loop -----------------------------------------------------------------------
 
@@ -333,12 +356,19 @@ class CollectorServer:
             log.warning("mamori collect: storage writing again (disk space is back)")
             self._health.append({"event_type": "health", "event": "storage_ok", "ts": now,
                                  "unstored": self.counters["unstored_disk_full"]})
+        targets, self._reply_to = self._reply_to, {}
         for sensor, epoch in acks:
-            self._send(sensor, encode_ack(Ack(epoch, self._contig[(sensor, epoch)])))
+            for via in targets.get(sensor, ("",)):
+                self._send(via or sensor, encode_ack(
+                    Ack(epoch, self._contig[(sensor, epoch)], sensor if via else "")))
         for sensor, req in replays:
-            self._send(sensor, encode_replay(req))
+            for via in targets.get(sensor, ("",)):
+                self._send(via or sensor, encode_replay(replace(req, origin=sensor) if via
+                                                        else req))
         if self.jetstream is not None:  # committed: the publisher may read them now
             self.jetstream.notify({k: self._contig.get(k, 0) for k in touched}, self._health)
+        if self.relay is not None and (touched or heartbeats):
+            self.relay.notify()
         self._publish(accepted)
         return count
 
@@ -369,6 +399,13 @@ class CollectorServer:
         except WireError as err:
             self._count(sensor, err.reason)
             return
+        via = ""
+        if env.kind is Kind.RELAY:  # federation: the original sensor's message
+            unwrapped = self.inbound.unwrap(sensor, env, self._count)
+            if unwrapped is None:
+                return
+            via, (sensor, env) = sensor, unwrapped
+        self._reply_to.setdefault(sensor, set()).add(via)
         stream = (sensor, env.epoch)
         contig = self._position(stream)
         if env.kind is Kind.HEARTBEAT:
@@ -379,7 +416,8 @@ class CollectorServer:
                 position = self._position((sensor, epoch))
                 if position < last:
                     self._want((sensor, epoch), position + 1, last, replays)
-            self._check_clock(sensor, env, now)
+            if not via:  # a relayed heartbeat is late by design; its relay checks clocks
+                self._check_clock(sensor, env, now)
             return
         if env.kind is Kind.LOST:
             first = int(env.body)
@@ -422,9 +460,13 @@ class CollectorServer:
             self._skewed.discard(sensor)
         self._health.append({
             "event_type": "health", "precursor": "S5", "event": "clock_skew" if over
-            else "clock_ok", "sensor": self.allow.get(sensor.encode(), "?"),
+            else "clock_ok", "sensor": self._name(sensor),
             "sensor_key": sensor, "skew": round(skew, 3),
             "max_skew": self.settings.max_clock_skew, "ts": now})
+
+    def _name(self, sensor: str) -> str:
+        """The allow-list name; for a relayed sensor the name its first collector gave."""
+        return self.allow.get(sensor.encode()) or self.inbound.names.get(sensor, "?")
 
     def _position(self, stream: tuple[str, int]) -> int:
         if stream not in self._contig:
@@ -447,7 +489,8 @@ class CollectorServer:
         st = self.storage
         rejecting = {s for s, _ in self._rejects if s != UNAUTHENTICATED}
         for sensor in {s for s, _ in accepted} | set(heartbeats) | rejecting:
-            st.touch_sensor(sensor, self.allow.get(sensor.encode(), "?"), now)
+            st.touch_sensor(sensor, self._name(sensor), now)
+        self.inbound.store(st, now)
         for sensor, env in accepted:
             st.store(_stored(sensor, env, now))
         for (sensor, epoch), ts in touched.items():
@@ -486,7 +529,7 @@ class CollectorServer:
         for sensor, env in accepted:
             if env.kind is not Kind.ALERT:
                 continue
-            doc = _document(sensor, self.allow.get(sensor.encode(), "?"), env)
+            doc = _document(sensor, self._name(sensor), env)
             line = json.dumps(doc, separators=(",", ":"), default=_hex)
             if self._pub is not None:
                 with contextlib.suppress(zmq.Again):
