@@ -45,6 +45,7 @@ from zmq.utils.monitor import parse_monitor_message
 from sensor import config as cfg
 from sensor.collector.federation import Relay, RelayInbound, RelaySettings, ensure_routes
 from sensor.collector.jetstream import JetStreamPublisher, JetStreamSettings
+from sensor.collector.limits import LISTEN_BACKLOG, ensure_fd_limit
 from sensor.collector.storage import SqlStorage, StoredMessage, open_storage
 from sensor.keys import load_allow_list, load_pair
 from sensor.wire import (
@@ -196,6 +197,8 @@ class CollectorServer:
         self._reload_allow_list(force=True)
         if s.relay_keys_dir is not None:
             ensure_routes(self.storage)
+        if (warning := ensure_fd_limit(len(self.allow))) is not None:
+            log.warning("mamori collect: %s", warning)
         self._ctx = zmq.Context()
         self._zap = self._ctx.socket(zmq.REP)
         self._zap.linger = 0
@@ -208,7 +211,7 @@ class CollectorServer:
         for option, value in ((zmq.LINGER, 0), (zmq.RCVHWM, 100_000), (zmq.SNDHWM, 100_000),
                               (zmq.MAXMSGSIZE, 16 * s.max_message_bytes),
                               (zmq.ROUTER_MANDATORY, 1), (zmq.HEARTBEAT_IVL, 2000),
-                              (zmq.HEARTBEAT_TIMEOUT, 6000)):
+                              (zmq.HEARTBEAT_TIMEOUT, 6000), (zmq.BACKLOG, LISTEN_BACKLOG)):
             self.router.setsockopt(option, value)
         self._monitor = self.router.get_monitor_socket(
             zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL

@@ -1,0 +1,46 @@
+"""The operating-system and ZeroMQ limits a collector for thousands of sensors needs.
+
+Every sensor holds one TCP connection to the collector's ROUTER, and each is a file
+descriptor in ZeroMQ's I/O thread; the default soft ``RLIMIT_NOFILE`` of 1024 stops a
+collector near a thousand sensors (ZeroMQ then refuses connections, and the sensors
+keep retrying). The systemd unit sets ``LimitNOFILE``; a collector started otherwise
+raises its soft limit towards the hard one itself and says so when that is not enough.
+Under the unit the ``@resources`` system-call filter forbids ``setrlimit``, so the unit's
+value is the one that counts (``docs/scale.md``).
+
+ZeroMQ's own ``max_sockets`` (1023 by default) counts sockets, not connections: the
+collector has five, so it needs no change; a process simulating thousands of sensors
+does (``bench/sim_sensors.py``). The listen backlog (``ZMQ_BACKLOG``, 100 by default)
+is raised so that thousands of sensors reconnecting at once after a collector restart
+are queued by the kernel instead of being refused and retried seconds later.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+
+FD_RESERVE = 256  # storage and its WAL, SIEM file, sockets' mailboxes, NATS, monitor
+LISTEN_BACKLOG = 4096  # the kernel caps it at net.core.somaxconn (4096 on current kernels)
+
+
+def fds_needed(sensors: int) -> int:
+    """Descriptors for ``sensors`` connections and the collector's own files."""
+    return sensors + FD_RESERVE
+
+
+def ensure_fd_limit(sensors: int) -> str | None:
+    """Raise the soft RLIMIT_NOFILE for ``sensors`` if the hard limit allows; a warning
+    naming the limit when it stays too low, else None."""
+    need = fds_needed(sensors)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return None
+    target = need if hard == resource.RLIM_INFINITY else min(hard, max(need, 65536))
+    with contextlib.suppress(OSError, ValueError):  # EPERM under the unit's filter
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft >= need:
+        return None
+    return (f"{sensors} sensor keys need about {need} file descriptors but the limit is "
+            f"{soft}: raise LimitNOFILE (systemd) or ulimit -n")
