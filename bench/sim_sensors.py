@@ -90,7 +90,7 @@ class SimSensor:
     """One simulated sensor: a socket and the forwarder's go-back-N state."""
 
     __slots__ = ("acked", "alerts", "first_ack", "handshake", "index", "last_progress",
-                 "max_sent", "name", "outbox", "sent", "seq", "sock", "started")
+                 "max_sent", "name", "outbox", "sent", "seq", "skip", "sock", "started")
 
     def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], index: int, secret: bytes,
                  server_key: bytes, endpoint: str) -> None:
@@ -112,14 +112,17 @@ class SimSensor:
         self.max_sent = 0  # highest seq ever sent (or deliberately dropped)
         self.acked = 0
         self.outbox: dict[int, bytes] = {}  # unacknowledged, by seq
+        self.skip: set[int] = set()  # seqs whose first send is left out (fault injection)
         self.handshake: float | None = None
         self.first_ack: float | None = None
         self.last_progress = self.started
         self.alerts = 0
 
-    def add(self, kind: Kind, body: Any, now: float) -> None:
+    def add(self, kind: Kind, body: Any, now: float, drop: bool = False) -> None:
         self.seq += 1
         self.outbox[self.seq] = encode(1, self.seq, now, kind, body)
+        if drop:
+            self.skip.add(self.seq)
 
     def heartbeat(self, now: float, up: float) -> None:
         frame = encode(1, self.seq, now, Kind.HEARTBEAT,
@@ -127,7 +130,7 @@ class SimSensor:
         with contextlib.suppress(zmq.Again):
             self.sock.send(frame, zmq.NOBLOCK)
 
-    def pump(self, drop: float, rng: random.Random, counts: dict[str, int]) -> None:
+    def pump(self, counts: dict[str, int]) -> None:
         """Send what the cursor has not sent yet, in order, until the socket refuses."""
         while self.sent < self.seq:
             seq = self.sent + 1
@@ -136,7 +139,8 @@ class SimSensor:
                 self.sent = seq
                 continue
             first_time = seq > self.max_sent
-            if first_time and drop and rng.random() < drop:
+            if first_time and seq in self.skip:
+                self.skip.discard(seq)
                 counts["dropped"] += 1  # "lost on the way": the collector must notice
             else:
                 try:
@@ -209,7 +213,9 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     busy: set[int] = set()  # sensors holding unacknowledged messages
     while True:
         now = time.monotonic()
-        while len(sensors) < len(mine) and now >= next_connect:  # the connect ramp
+        made = 0  # at most 100 new sockets a round, so the others' handshakes are served
+        while len(sensors) < len(mine) and now >= next_connect and made < 100:
+            made += 1
             s = SimSensor(ctx, args.first + len(sensors), mine[len(sensors)].encode(),
                           server_key, args.endpoint)
             s.add(Kind.HEALTH, {"event": "start", "epoch": 1, "name": s.name}, time.time())
@@ -232,7 +238,8 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
                 heapq.heappush(timers, (now + args.heartbeat, HEARTBEAT, index))
             elif not draining:
                 s.alerts += 1
-                s.add(Kind.ALERT, _alert(s.alerts, time.time()), time.time())
+                s.add(Kind.ALERT, _alert(s.alerts, time.time()), time.time(),
+                      drop=rng.random() < args.drop)
                 busy.add(index)
                 heapq.heappush(timers, (now + args.alert_interval, ALERT, index))
         for sock, _ in poller.poll(20):
@@ -248,7 +255,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
                 s.sent = s.acked  # go back to the first unacknowledged message
                 s.last_progress = now
             if s.sent < s.seq:
-                s.pump(args.drop, rng, counts)
+                s.pump(counts)
         if draining and len(sensors) == len(mine) and (not busy or now > deadline):
             break
     for s in sensors:  # the last word: everything is acknowledged, as Forwarder.close does

@@ -105,6 +105,9 @@ cfg.register([
                "minimum time between two replay requests for the same stream"),
     cfg.Option("collect", "max_clock_skew", 30.0, cfg.v_seconds,
                "a sensor whose clock differs from the collector's by more is reported (S5)"),
+    cfg.Option("collect", "io_threads", 2, cfg.v_int_range(1, 64),
+               "ZeroMQ I/O threads (CURVE and TCP of all sensor links; about one per "
+               "5,000 sensors, at most one per core)"),
     cfg.Option("collect", "relay_keys_dir", "", cfg.v_str,
                "federation: one NAME.pub per lower-tier collector trusted to relay "
                "(relative to the state dir); empty = relayed messages refused"),

@@ -45,7 +45,7 @@ from zmq.utils.monitor import parse_monitor_message
 from sensor import config as cfg
 from sensor.collector.federation import Relay, RelayInbound, RelaySettings, ensure_routes
 from sensor.collector.jetstream import JetStreamPublisher, JetStreamSettings
-from sensor.collector.limits import LISTEN_BACKLOG, ensure_fd_limit
+from sensor.collector.limits import ROUTER_OPTIONS, ensure_fd_limit
 from sensor.collector.storage import SqlStorage, StoredMessage, open_storage
 from sensor.keys import load_allow_list, load_pair
 from sensor.wire import (
@@ -80,6 +80,7 @@ class CollectorSettings:
     jetstream: JetStreamSettings | None = None  # [collect] nats_*: None = off
     relay_keys_dir: Path | None = None  # federation: lower tiers trusted to relay to us
     upstream: RelaySettings | None = None  # federation: relay what we accept upward
+    io_threads: int = 2  # ZeroMQ I/O threads: CURVE and TCP for every sensor connection
 
     @classmethod
     def from_config(cls, config: cfg.Config,
@@ -91,7 +92,7 @@ class CollectorSettings:
                    s["max_message_bytes"], s["replay_interval"], s["max_clock_skew"],
                    JetStreamSettings.from_section(s, base),
                    base / s["relay_keys_dir"] if s["relay_keys_dir"] else None,
-                   RelaySettings.from_section(s, base))
+                   RelaySettings.from_section(s, base), s["io_threads"])
 
 
 log = logging.getLogger("mamori.collector")
@@ -199,7 +200,7 @@ class CollectorServer:
             ensure_routes(self.storage)
         if (warning := ensure_fd_limit(len(self.allow))) is not None:
             log.warning("mamori collect: %s", warning)
-        self._ctx = zmq.Context()
+        self._ctx = zmq.Context(io_threads=s.io_threads)
         self._zap = self._ctx.socket(zmq.REP)
         self._zap.linger = 0
         self._zap.bind(ZAP_ENDPOINT)  # before any CURVE socket accepts
@@ -210,8 +211,7 @@ class CollectorServer:
         self.router.zap_domain = b"mamori"
         for option, value in ((zmq.LINGER, 0), (zmq.RCVHWM, 100_000), (zmq.SNDHWM, 100_000),
                               (zmq.MAXMSGSIZE, 16 * s.max_message_bytes),
-                              (zmq.ROUTER_MANDATORY, 1), (zmq.HEARTBEAT_IVL, 2000),
-                              (zmq.HEARTBEAT_TIMEOUT, 6000), (zmq.BACKLOG, LISTEN_BACKLOG)):
+                              (zmq.ROUTER_MANDATORY, 1), *ROUTER_OPTIONS):
             self.router.setsockopt(option, value)
         self._monitor = self.router.get_monitor_socket(
             zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
