@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -106,12 +107,18 @@ def one_run(n: int, args: argparse.Namespace) -> dict[str, Any]:
     sampler = Sampler(proc.pid)
     sampler.start()
     started = time.monotonic()
+    load = os.getloadavg()[0]
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     report = sim_sensors.run(endpoint, coll / "keys" / "collector.pub", secrets, n,
-                             max(2, -(-n // 2500)), args.duration, heartbeat=10.0,
+                             max(2, -(-n // 2500)),
+                             args.duration + (n / args.connect_rate if args.connect_rate else 0),
+                             heartbeat=10.0,
                              alert_interval=args.alert_interval, drop=args.drop,
                              ack_timeout=5.0, drain=args.drain, seed=n,
                              connect_rate=args.connect_rate)
     wall = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the simulator's workers
+    sim_cpu = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
     time.sleep(1.0)
     sampler.stop.set()
     sampler.join()
@@ -125,6 +132,7 @@ def one_run(n: int, args: argparse.Namespace) -> dict[str, Any]:
         contig = {r[0]: int(r[1]) for r in st._all("SELECT sensor, contig FROM streams")}
         lost = int(st._all("SELECT COUNT(*) FROM lost")[0][0])
         status = {r.name: r for r in st.status()}
+        failed = sum(n for (who, why), n in st.rejects().items() if why == "handshake_failed")
     finally:
         st.close()
     whole = marked = 0
@@ -143,18 +151,21 @@ def one_run(n: int, args: argparse.Namespace) -> dict[str, Any]:
             "cpu_avg": round(sampler.cpu_seconds() / wall, 3),
             "cpu_peak5s": round(sampler.peak_cpu(), 3),
             "rss_mb": round(sampler.peak_rss / 2**20, 1), "fds": sampler.peak_fds,
-            "wall_s": round(wall, 1)}
+            "wall_s": round(wall, 1), "sim_cpu_s": round(sim_cpu, 1),
+            "load": [round(load, 1), round(os.getloadavg()[0], 1)],
+            "handshake_failed": failed}
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--counts", default="1000,2000,5000,10000")
-    p.add_argument("--duration", type=float, default=40.0)
+    p.add_argument("--duration", type=float, default=30.0,
+                   help="seconds of heartbeats and alerts after the last sensor connected")
     p.add_argument("--alert-interval", type=float, default=30.0)
     p.add_argument("--drop", type=float, default=0.002)
     p.add_argument("--drain", type=float, default=120.0)
-    p.add_argument("--connect-rate", type=float, default=1000.0,
+    p.add_argument("--connect-rate", type=float, default=250.0,
                    help="new sensor connections per second, all workers; 0 = all at once")
     args = p.parse_args()
     counts = [int(x) for x in args.counts.split(",")]
@@ -171,14 +182,15 @@ def main() -> int:
     ref_cost = ref["cpu_s"] / ref["sensors"] * 1000 or 1e-9
     print(f"{'sensors':>8} {'whole':>6} {'done':>6} {'msgs':>7} {'gaps':>5} {'hs p50':>7} "
           f"{'hs p99':>7} {'ack p99':>8} {'cpu avg':>8} {'cpu pk':>7} {'rss MB':>7} "
-          f"{'fds':>6} {'cpu/1k':>7} {'ratio':>6}")
+          f"{'fds':>6} {'cpu/1k':>7} {'ratio':>6} {'sim cpu':>8} {'hs fail':>7} {'load':>9}")
     for r in results:
         cost = r["cpu_s"] / r["sensors"] * 1000
         print(f"{r['sensors']:>8} {r['whole']:>6} {r['marked_complete']:>6} "
               f"{r['messages']:>7} {r['dropped']:>5} {r['handshake']['p50']:>7} "
               f"{r['handshake']['p99']:>7} {r['first_ack']['p99']:>8} {r['cpu_avg']:>8} "
               f"{r['cpu_peak5s']:>7} {r['rss_mb']:>7} {r['fds']:>6} {cost:>7.2f} "
-              f"{cost / ref_cost:>6.2f}")
+              f"{cost / ref_cost:>6.2f} {r['sim_cpu_s']:>8} {r['handshake_failed']:>7} "
+              f"{r['load'][0]:>4}-{r['load'][1]:<4}")
     return 0 if all(r["whole"] == r["sensors"] == r["marked_complete"] for r in results) \
         else 1
 

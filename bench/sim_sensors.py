@@ -15,8 +15,8 @@ measures the collector, not sensor disks.
 
 A worker process holds ``--sensors / --procs`` sensors in one ZeroMQ context (with
 ``max_sockets`` raised: one socket per sensor) and one poller. Per sensor it reports
-the handshake time (connect until the first send the socket takes: with
-``ZMQ_IMMEDIATE`` that is once CURVE and the collector's ZAP check are done) and the
+the handshake time (connect until the socket is writable: with ``ZMQ_IMMEDIATE``
+that is once CURVE and the collector's ZAP check are done) and the
 time to the first ack (handshake + storage commit + the way back).
 
     python bench/sim_sensors.py --endpoint tcp://127.0.0.1:7700 \\
@@ -147,8 +147,6 @@ class SimSensor:
                     self.sock.send(frame, zmq.NOBLOCK)
                 except zmq.Again:
                     return
-                if self.handshake is None:
-                    self.handshake = time.monotonic() - self.started
                 counts["sent" if first_time else "resent"] += 1
             self.sent = seq
             self.max_sent = max(self.max_sent, seq)
@@ -222,7 +220,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
             sensors.append(s)
             busy.add(len(sensors) - 1)
             by_sock[s.sock] = s
-            poller.register(s.sock, zmq.POLLIN)
+            poller.register(s.sock, zmq.POLLIN | zmq.POLLOUT)  # POLLOUT: handshake done
             heapq.heappush(timers, (now + rng.uniform(0, args.heartbeat), HEARTBEAT,
                                     len(sensors) - 1))
             if args.alert_interval > 0:
@@ -242,13 +240,21 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
                       drop=rng.random() < args.drop)
                 busy.add(index)
                 heapq.heappush(timers, (now + args.alert_interval, ALERT, index))
-        for sock, _ in poller.poll(20):
-            by_sock[sock].control(counts)
+        for sock, events in poller.poll(20):
+            s = by_sock[sock]
+            if events & zmq.POLLOUT and s.handshake is None:
+                s.handshake = time.monotonic() - s.started
+                s.last_progress = time.monotonic()
+                poller.modify(sock, zmq.POLLIN)
+            if events & zmq.POLLIN:
+                s.control(counts)
         now = time.monotonic()
         for index in list(busy):
             s = sensors[index]
             if not s.outbox:
                 busy.discard(index)
+                continue
+            if s.handshake is None:  # not connected yet: nothing to try
                 continue
             if now - s.last_progress > args.ack_timeout:
                 counts["timeouts"] += 1

@@ -291,7 +291,8 @@ class _RelayLoop:
         self.routes: dict[str, RelayRoute] = {}
         self.names: dict[str, str] = {}
         self.skipped: set[str] = set()
-        self.beats: dict[str, float] = {}  # sensor -> received time of the heartbeat sent
+        # sensor -> (received time of the heartbeat sent, the upper tier's acks then)
+        self.beats: dict[str, tuple[float, int]] = {}
         self.next_beat = 0.0
         self.next_save = 0.0
         self.next_refresh = 0.0
@@ -469,13 +470,20 @@ class _RelayLoop:
                 self.r.counters["sent"] += 1
 
     def _heartbeats(self) -> None:
-        """Each original sensor's latest heartbeat, when it is newer than the one sent."""
+        """Each original sensor's latest heartbeat, when it is newer than the one sent
+        or the upper tier acknowledged more of the sensor since: it marks a sensor
+        complete only on a heartbeat that follows the last ack, and a sensor that has
+        gone quiet sends no new one."""
         self.next_beat = time.monotonic() + self.r.settings.heartbeat_interval
         rows = self.storage._all("SELECT sensor, epoch, seq, ts, received, body "
                                  "FROM heartbeats")
         self.storage.rollback()
+        acked: Counter[str] = Counter()
+        for (sensor, _), seq in self.acked.items():
+            acked[sensor] += seq
         for sensor, epoch, seq, ts, received, body in rows:
-            if self.beats.get(sensor) == float(received) or not self._relayable(sensor):
+            mark = (float(received), acked[sensor])
+            if self.beats.get(sensor) == mark or not self._relayable(sensor):
                 continue
             name, path = self._identity(sensor)
             try:
@@ -488,7 +496,7 @@ class _RelayLoop:
                 self.sock.send(frame, zmq.NOBLOCK)
             except zmq.Again:
                 return
-            self.beats[sensor] = float(received)
+            self.beats[sensor] = mark
 
     def _save(self) -> None:
         self.next_save = time.monotonic() + STATE_EVERY

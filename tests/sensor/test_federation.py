@@ -220,3 +220,27 @@ def test_relayed_messages_from_untrusted_keys_or_loops_are_refused_and_counted(
 def _relay_ack(origin: str) -> bytes:
     data: bytes = msgpack.packb([1, int(Kind.RELAY_ACK), [origin, 1, 1]])
     return data
+
+
+def test_an_upper_tier_that_appears_after_the_sensors_left_still_proves_them_complete(
+        tiers: tuple[Site, Site]) -> None:
+    """Every sensor heartbeat is older than the national tier's first ack: the relay
+    must send each sensor's last heartbeat again once the upper tier acked more."""
+    site, national = tiers
+    site.start_collector()
+    sensors = [site.sensor(conf, 300, flush=30) for conf in site.sensor_confs]
+    for proc in sensors:
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, out[-2000:]
+    keys = [site.sensor_key(f"s{i}") for i in range(2)]
+    wait_for(lambda: all(r.get("complete_ts") for r in _status(site)), 30,
+             "the site to mark its sensors complete")
+    national.start_collector()
+
+    def complete() -> bool:
+        rows = {str(r["sensor"]): r for r in _status(national)}
+        return all(k in rows and rows[k].get("complete_ts") and rows[k]["outstanding"] == 0
+                   for k in keys)
+
+    wait_for(complete, 60, "the national tier to mark both sensors complete")
+    assert _stored(national) == _stored(site)
