@@ -262,6 +262,7 @@ def _storage_problem(settings: CollectorSettings, err: Exception) -> str:
 
 
 def cmd_collect_status(args: argparse.Namespace) -> int:
+    from sensor.collector.federation import relay_routes
     from sensor.collector.jetstream import status_report as jetstream_status
     from sensor.collector.server import CollectorSettings
     from sensor.collector.storage import open_storage
@@ -284,6 +285,7 @@ def cmd_collect_status(args: argparse.Namespace) -> int:
     try:
         rows = [] if args.jetstream else storage.status()
         instances = {r.sensor: _instances(storage, r.sensor) for r in rows if r.sensor}
+        routes = {} if args.jetstream else relay_routes(storage)
         stream = None if s.jetstream is None else jetstream_status(s.jetstream, storage)
     finally:
         storage.close()
@@ -292,10 +294,14 @@ def cmd_collect_status(args: argparse.Namespace) -> int:
         print(json.dumps(stream) if args.json else _jetstream_line(stream))
         return 0
     if args.json:
-        print(json.dumps([{**r.to_dict(now), "instances": instances.get(r.sensor, [])}
-                          for r in rows], indent=1))
+        docs = [{**r.to_dict(now), "instances": instances.get(r.sensor, [])} for r in rows]
+        for doc in docs:  # federation: which relay brought this sensor's messages
+            if (route := routes.get(doc["sensor"])) is not None:
+                doc.update({"name": route.name, "via": route.via_name,
+                            "via_key": route.via, "path": list(route.path)})
+        print(json.dumps(docs, indent=1))
         return 0
-    print(f"{'sensor':<16} {'key':<12} {'site':<20} {'epoch':>5} {'last seq':>9} {'lag':>9} "
+    print(f"{'sensor':<24} {'key':<12} {'site':<20} {'epoch':>5} {'last seq':>9} {'lag':>9} "
           f"{'heartbeat':>10} {'skew':>7} {'behind':>6} {'lost':>5} {'complete':>9}  "
           "rules; owed, rejected")
     for r in rows:
@@ -308,7 +314,9 @@ def cmd_collect_status(args: argparse.Namespace) -> int:
         site = "/".join(r.reported.get(k, "") for k in ("sector", "site")).strip("/") or "-"
         name = r.name if r.reported.get("name") in (None, r.name) else \
             f"{r.name} ({r.reported['name']})"
-        print(f"{name[:16]:<16} {r.sensor[:10] + '..' if r.sensor else '-':<12} "
+        if (route := routes.get(r.sensor)) is not None:
+            name = f"{route.name} via {route.via_name}"
+        print(f"{name[:24]:<24} {r.sensor[:10] + '..' if r.sensor else '-':<12} "
               f"{site[:20]:<20} {r.epoch:>5} {r.last_seq:>9} {lag:>9} {beat:>10} {skew:>7} "
               f"{r.outstanding:>6} {r.lost:>5} {done:>9}  {_rules_cell(r.rules)}; "
               f"{'; '.join(x for x in (owed, rejected) if x) or '-'}")

@@ -173,7 +173,39 @@ cfg.register([
     cfg.Option("collect", "retention", 0.0, cfg.v_seconds,
                "forget messages received longer ago (e.g. '90d'; PostgreSQL drops whole "
                "days); 0 = keep everything"),
+    cfg.Option("collect", "io_threads", 2, cfg.v_int_range(1, 64),
+               "ZeroMQ I/O threads (CURVE and TCP of all sensor links; about one per "
+               "5,000 sensors, at most one per core)"),
+    cfg.Option("collect", "relay_keys_dir", "", cfg.v_str,
+               "federation: one NAME.pub per lower-tier collector trusted to relay "
+               "(relative to the state dir); empty = relayed messages refused"),
+    cfg.Option("collect", "upstream", "", cfg.v_str,
+               "federation: relay everything accepted to this upper-tier collector "
+               "(tcp://host:port); empty = off"),
+    cfg.Option("collect", "upstream_key", "", cfg.v_str,
+               "the upper-tier collector's public key: Z85 or a .pub path"),
+    cfg.Option("collect", "upstream_cursor", Path("collector/federation.db"), cfg.v_path,
+               "what the upper tier acknowledged, per stream (relative to the state dir)"),
+    cfg.Option("collect", "upstream_window", 5000, cfg.v_int_range(1, 1_000_000),
+               "relayed messages in flight before waiting for the upper tier's acks"),
+    cfg.Option("collect", "upstream_heartbeat", 10.0, cfg.v_seconds,
+               "seconds between relaying each sensor's latest heartbeat upward"),
+    cfg.Option("collect", "upstream_ack_timeout", 5.0, cfg.v_seconds,
+               "resend from the upper tier's last ack after this long without acks"),
 ])
+
+
+def check_upstream(config: cfg.Config) -> list[cfg.Problem]:
+    """An upstream needs the upper tier's key."""
+    if config.get("collect", "upstream") and not config.get("collect", "upstream_key"):
+        return [cfg.Problem("collect", "upstream_key",
+                            "needed when [collect] upstream is set (the upper tier's key)")]
+    if (up := config.get("collect", "upstream")) and not up.startswith(("tcp://", "ipc://")):
+        return [cfg.Problem("collect", "upstream", f"{up!r} is not a tcp:// or ipc:// endpoint")]
+    return []
+
+
+cfg.register_check(check_upstream, [("collect", "upstream"), ("collect", "upstream_key")])
 
 
 def _key_file(path: Path, *, secret: bool = False) -> str | None:

@@ -38,7 +38,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum, IntEnum
 from typing import Any, NamedTuple
@@ -68,15 +68,21 @@ class Kind(IntEnum):
     HEALTH = 4
     LOST = 5  # not journaled: body [first, last] of a range the journal evicted unacked
     RULES_FETCH = 6  # not journaled: body [sha256, offset], a chunk of an offered bundle
+    RELAY = 7  # a collector forwarding another sensor's message upward (federation)
     ACK = 16
     REPLAY = 17
     RULES_OFFER = 18  # body [version, size, sha256]: a signed rule bundle to fetch
     RULES_CHUNK = 19  # body [sha256, offset, data]: the answer to a fetch
+    RELAY_ACK = 20  # ack of a relayed stream: [origin, epoch, seq]
+    RELAY_REPLAY = 21  # replay of a relayed stream: [origin, epoch, first, last]
 
 
 JOURNALED_KINDS = frozenset({Kind.ALERT, Kind.ASSET, Kind.HEALTH})
 SENSOR_KINDS = frozenset({Kind.ALERT, Kind.HEARTBEAT, Kind.ASSET, Kind.HEALTH, Kind.LOST,
                           Kind.RULES_FETCH})
+RELAYED_KINDS = SENSOR_KINDS - {Kind.RULES_FETCH}  # what a relay forwards: the streams
+UPSTREAM_KINDS = SENSOR_KINDS | {Kind.RELAY}
+MAX_RELAY_PATH = 16  # collectors a relayed message may have passed through
 RULES_CHUNK_BYTES = 16 * 1024  # data per rules chunk: a bundle of the shipped packs is two
 MAX_CONTROL_BYTES = RULES_CHUNK_BYTES + 256  # a collector -> sensor frame, whole
 
@@ -118,20 +124,42 @@ class Envelope(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
+class Relayed:
+    """The body of a kind 7 message: another sensor's message, as a relay forwards it.
+
+    ``origin`` is the original sensor's key (Z85), ``name`` its name at the first
+    collector, ``path`` the public keys of the collectors it passed through (the first
+    one first; the last is the relay that sent it). ``inner`` carries the original
+    epoch, seq, timestamp, kind and validated body.
+    """
+
+    origin: str
+    name: str
+    path: tuple[str, ...]
+    inner: Envelope
+
+
+@dataclass(frozen=True, slots=True)
 class Ack:
-    """Everything up to and including ``seq`` of ``epoch`` is stored by the collector."""
+    """Everything up to and including ``seq`` of ``epoch`` is stored by the collector.
+
+    ``origin`` is set for a relayed stream (kind 20): the original sensor's key."""
 
     epoch: int
     seq: int
+    origin: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class ReplayRequest:
-    """The collector misses ``first..last`` (inclusive) of ``epoch``; resend from the journal."""
+    """The collector misses ``first..last`` (inclusive) of ``epoch``; resend from the journal.
+
+    ``origin`` is set for a relayed stream (kind 21)."""
 
     epoch: int
     first: int
     last: int
+    origin: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,10 +283,15 @@ def encode(epoch: int, seq: int, ts: float, kind: Kind, body: Any) -> bytes:
 
 
 def encode_ack(ack: Ack) -> bytes:
+    if ack.origin:
+        return pack([WIRE_VERSION, int(Kind.RELAY_ACK), [ack.origin, ack.epoch, ack.seq]])
     return pack([WIRE_VERSION, int(Kind.ACK), [ack.epoch, ack.seq]])
 
 
 def encode_replay(req: ReplayRequest) -> bytes:
+    if req.origin:
+        return pack([WIRE_VERSION, int(Kind.RELAY_REPLAY),
+                     [req.origin, req.epoch, req.first, req.last]])
     return pack([WIRE_VERSION, int(Kind.REPLAY), [req.epoch, req.first, req.last]])
 
 
@@ -268,6 +301,13 @@ def encode_offer(offer: RulesOffer) -> bytes:
 
 def encode_chunk(chunk: RulesChunk) -> bytes:
     return pack([WIRE_VERSION, int(Kind.RULES_CHUNK), [chunk.sha256, chunk.offset, chunk.data]])
+
+
+def encode_relayed(origin: str, name: str, path: Sequence[str], epoch: int, seq: int,
+                   ts: float, kind: Kind, body: Any) -> bytes:
+    """One relay -> upper collector frame: the original (epoch, seq, ts) in the envelope."""
+    return pack([WIRE_VERSION, epoch, seq, float(ts), int(Kind.RELAY),
+                 [origin, name, list(path), int(kind), body]])
 
 
 # -- decoding ------------------------------------------------------------------------------
@@ -464,12 +504,10 @@ def decode_alert(body: Any) -> Alert:
         link_dst=doc["link_dst"], evidence=evidence)
 
 
-_KINDS = {int(k): k for k in SENSOR_KINDS}
-
-
 def decode(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES, documents: bool = False) -> Envelope:
     """Validate one sensor -> collector frame. The body of an alert becomes an ``Alert``,
-    or with ``documents`` its JSON document (``decode_alert_doc``)."""
+    or with ``documents`` its JSON document (``decode_alert_doc``); that of a relayed
+    message (kind 7) a ``Relayed`` holding the validated original."""
     obj = _unpack(data, max_bytes)
     if not isinstance(obj, list) or len(obj) != 6:
         raise WireError("bad_envelope", "not an array of 6")
@@ -481,9 +519,16 @@ def decode(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES, documents: bool = Fa
     epoch = _uint(epoch, "epoch", 2**32 - 1)
     seq = _uint(seq, "seq")
     stamp = _float(ts, "ts")
-    k = _KINDS.get(kind) if type(kind) is int else None
-    if k is None:
+    if isinstance(kind, bool) or not isinstance(kind, int) or kind not in UPSTREAM_KINDS:
         raise WireError("unknown_kind", repr(kind)[:32])
+    if kind == Kind.RELAY:
+        return Envelope(epoch, seq, stamp, Kind.RELAY,
+                        _relayed(epoch, seq, stamp, body, documents))
+    return _envelope(epoch, seq, stamp, Kind(kind), body, documents)
+
+
+def _envelope(epoch: int, seq: int, stamp: float, k: Kind, body: Any,
+              documents: bool = False) -> Envelope:
     if k in JOURNALED_KINDS and seq == 0:
         raise WireError("bad_type", "journaled messages have seq >= 1")
     checked: Any
@@ -510,21 +555,52 @@ def _sha256(value: Any) -> bytes:
     return value
 
 
-def decode_control(data: bytes) -> Ack | ReplayRequest | RulesOffer | RulesChunk:
-    """A collector -> sensor frame. The sensor is as strict with the collector."""
+def _key(value: Any, what: str) -> str:
+    if not isinstance(value, str) or len(value) != 40:
+        raise WireError("bad_body", f"{what} must be a 40-character Z85 key")
+    return value
+
+
+def _relayed(epoch: int, seq: int, stamp: float, body: Any, documents: bool) -> Relayed:
+    """[origin, name, path, kind, body]; the inner kind is a stream's (alert, heartbeat,
+    asset, health, lost), never a relay or a rules fetch."""
+    if not isinstance(body, list) or len(body) != 5:
+        raise WireError("bad_body", "relayed body must be [origin, name, path, kind, body]")
+    origin, name, path, kind, inner = body
+    if not isinstance(path, list) or not 1 <= len(path) <= MAX_RELAY_PATH:
+        raise WireError("bad_body", f"relay path must hold 1..{MAX_RELAY_PATH} keys")
+    if isinstance(kind, bool) or not isinstance(kind, int) or kind not in RELAYED_KINDS:
+        raise WireError("unknown_kind", f"relayed {repr(kind)[:24]}")
+    return Relayed(_key(origin, "origin"), _str(name, "name", 64),
+                   tuple(_key(p, "relay path entry") for p in path),
+                   _envelope(epoch, seq, stamp, Kind(kind), inner, documents))
+
+
+def decode_control(data: bytes, relayed: bool = False
+                   ) -> Ack | ReplayRequest | RulesOffer | RulesChunk:
+    """A collector -> sensor frame. The sensor is as strict with the collector.
+
+    ``relayed``: the reader is a relay, which takes only kinds 20 and 21 (acks and
+    replay requests naming the original sensor); a sensor takes 16 to 19."""
     obj = _unpack(data, MAX_CONTROL_BYTES, RULES_CHUNK_BYTES)
     if not isinstance(obj, list) or len(obj) != 3 or not _known_version(obj[0]):
         raise WireError("bad_envelope", f"not [{WIRE_VERSION}, kind, body]")
     _, kind, body = obj
     if not isinstance(body, list):
         raise WireError("bad_body", "control body must be an array")
+    origin = ""
+    if relayed and kind in (Kind.RELAY_ACK, Kind.RELAY_REPLAY) and body:
+        origin, body = _key(body[0], "origin"), body[1:]
+        kind = Kind.ACK if kind == Kind.RELAY_ACK else Kind.REPLAY
+    elif relayed:
+        raise WireError("unknown_kind", repr(kind)[:32])
     if kind == Kind.ACK and len(body) == 2:
-        return Ack(_uint(body[0], "epoch"), _uint(body[1], "seq"))
+        return Ack(_uint(body[0], "epoch"), _uint(body[1], "seq"), origin)
     if kind == Kind.REPLAY and len(body) == 3:
         first, last = _uint(body[1], "first"), _uint(body[2], "last")
         if not 1 <= first <= last:
             raise WireError("bad_body", "empty replay range")
-        return ReplayRequest(_uint(body[0], "epoch"), first, last)
+        return ReplayRequest(_uint(body[0], "epoch"), first, last, origin)
     if kind == Kind.RULES_OFFER and len(body) == 3:
         return RulesOffer(_uint(body[0], "version"), _uint(body[1], "size"), _sha256(body[2]))
     if kind == Kind.RULES_CHUNK and len(body) == 3:

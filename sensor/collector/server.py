@@ -33,7 +33,7 @@ import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,9 @@ from zmq.utils import z85
 from zmq.utils.monitor import parse_monitor_message
 
 from sensor import config as cfg
+from sensor.collector.federation import Relay, RelayInbound, RelaySettings, ensure_routes
 from sensor.collector.jetstream import JetStreamPublisher, JetStreamSettings
+from sensor.collector.limits import ROUTER_OPTIONS, ensure_fd_limit
 from sensor.collector.rule_offers import RuleOffers
 from sensor.collector.storage import SqlStorage, StoredMessage, dumps, open_storage
 from sensor.keys import KeyFileError, load_allow_list, load_pair
@@ -81,6 +83,9 @@ class CollectorSettings:
     jetstream: JetStreamSettings | None = None  # [collect] nats_*: None = off
     siem: CollectorSiemSettings | None = None  # EVE records, syslog (sensor.siem)
     retention: float = 0.0  # seconds; 0 = keep everything
+    relay_keys_dir: Path | None = None  # federation: lower tiers trusted to relay to us
+    upstream: RelaySettings | None = None  # federation: relay what we accept upward
+    io_threads: int = 2  # ZeroMQ I/O threads: CURVE and TCP for every sensor connection
 
     @classmethod
     def from_config(cls, config: cfg.Config,
@@ -91,7 +96,9 @@ class CollectorSettings:
                    base / s["db"], s["dsn"], s["publish"], s["jsonl"],
                    s["max_message_bytes"], s["replay_interval"], s["max_clock_skew"],
                    JetStreamSettings.from_section(s, base),
-                   CollectorSiemSettings.from_section(s), s["retention"])
+                   CollectorSiemSettings.from_section(s), s["retention"],
+                   base / s["relay_keys_dir"] if s["relay_keys_dir"] else None,
+                   RelaySettings.from_section(s, base), s["io_threads"])
 
 
 log = logging.getLogger("mamori.collector")
@@ -123,6 +130,7 @@ class CollectorServer:
         self._rejects: Counter[tuple[str, str]] = Counter()  # not yet in storage
         self.allow: dict[bytes, str] = {}
         self._allow_stamp = -1
+        self._relays_seen: dict[bytes, str] = {}
         self._next_allow_check = 0.0
         self._contig: dict[tuple[str, int], int] = {}
         self._last_replay: dict[tuple[str, int], float] = {}
@@ -138,14 +146,22 @@ class CollectorServer:
         self.rule_offers = RuleOffers(self.storage)  # `collect push-rules` (issue 17)
         self._next_housekeeping = 0.0  # monotonic
         self._origins: dict[str, tuple[str, str]] = {}  # sensor -> (name, its JSON fields)
+        self.relay: Relay | None = None  # federation, sending upward
+        self.inbound = RelayInbound("", self.settings.relay_keys_dir)  # and receiving
+        self._reply_to: dict[str, set[str]] = {}  # this batch: sensor -> "" direct, or relays
 
     # -- sockets ------------------------------------------------------------------------
 
     def bind(self) -> None:
         s = self.settings
-        self._reload_allow_list(force=True)
         pair = load_pair(s.secret_key)
-        self._ctx = zmq.Context()
+        self.inbound.own_key = pair.public.decode()
+        self._reload_allow_list(force=True)
+        if s.relay_keys_dir is not None:
+            ensure_routes(self.storage)
+        if (warning := ensure_fd_limit(len(self.allow))) is not None:
+            log.warning("mamori collect: %s", warning)
+        self._ctx = zmq.Context(io_threads=s.io_threads)
         self._zap = self._ctx.socket(zmq.REP)
         self._zap.linger = 0
         self._zap.bind(ZAP_ENDPOINT)  # before any CURVE socket accepts
@@ -156,8 +172,7 @@ class CollectorServer:
         self.router.zap_domain = b"mamori"
         for option, value in ((zmq.LINGER, 0), (zmq.RCVHWM, 100_000), (zmq.SNDHWM, 100_000),
                               (zmq.MAXMSGSIZE, 16 * s.max_message_bytes),
-                              (zmq.ROUTER_MANDATORY, 1), (zmq.HEARTBEAT_IVL, 2000),
-                              (zmq.HEARTBEAT_TIMEOUT, 6000)):
+                              (zmq.ROUTER_MANDATORY, 1), *ROUTER_OPTIONS):
             self.router.setsockopt(option, value)
         self._monitor = self.router.get_monitor_socket(
             zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
@@ -174,12 +189,19 @@ class CollectorServer:
             self._pub.bind(s.publish)
         if s.jetstream is not None:  # its own thread: reads storage, never blocks us
             self.jetstream = JetStreamPublisher(s.jetstream, s.db, s.dsn).start()
+        if s.upstream is not None:  # its own thread, also reading storage
+            ensure_routes(self.storage)  # what it reads, even before anything is relayed
+            self.relay = Relay(s.upstream, pair, s.db, s.dsn).start()
         if s.jsonl:
             self._jsonl = SiemFile(s.jsonl, who="mamori collect")
         if s.siem is not None and (s.siem.eve or s.siem.syslog):
             self._siem = CollectorSiem(s.siem)
 
     def close(self) -> None:
+        if self.relay is not None:
+            self.relay.stop()
+            self.counters.update({f"relay_{k}": v for k, v in self.relay.counters.items()})
+            self.relay = None
         if self.jetstream is not None:
             self.jetstream.stop()
             self.jetstream = None
@@ -224,15 +246,19 @@ class CollectorServer:
             stamp = self.settings.keys_dir.stat().st_mtime_ns
         except OSError:
             stamp = -2
-        if stamp != self._allow_stamp or force:
+        relays = self.inbound.relays
+        if self.settings.relay_keys_dir is not None:
+            relays = self.inbound.reload()
+        if stamp != self._allow_stamp or force or relays is not self._relays_seen:
             try:
-                self.allow = load_allow_list(self.settings.keys_dir)
+                self.allow = {**load_allow_list(self.settings.keys_dir), **relays}
             except KeyFileError as err:
                 if self._allow_stamp == -1:
                     raise  # at start: ``mamori collect`` says why and exits
                 log.error("mamori collect: allow-list not reloaded, keeping its %d keys: "
                           "%s", len(self.allow), err)
             self._allow_stamp = stamp
+            self._relays_seen = relays
 
     # -- the loop -----------------------------------------------------------------------
 
@@ -379,12 +405,19 @@ class CollectorServer:
             log.warning("mamori collect: storage writing again (disk space is back)")
             self._health.append({"event_type": "health", "event": "storage_ok", "ts": now,
                                  "unstored": self.counters["unstored_disk_full"]})
+        targets, self._reply_to = self._reply_to, {}
         for sensor, epoch in acks:
-            self._send(sensor, encode_ack(Ack(epoch, self._contig[(sensor, epoch)])))
+            for via in targets.get(sensor, ("",)):
+                self._send(via or sensor, encode_ack(
+                    Ack(epoch, self._contig[(sensor, epoch)], sensor if via else "")))
         for sensor, req in replays:
-            self._send(sensor, encode_replay(req))
+            for via in targets.get(sensor, ("",)):
+                self._send(via or sensor, encode_replay(replace(req, origin=sensor) if via
+                                                        else req))
         if self.jetstream is not None:  # committed: the publisher may read them now
             self.jetstream.notify({k: self._contig.get(k, 0) for k in touched}, self._health)
+        if self.relay is not None and (touched or heartbeats):
+            self.relay.notify()
         self._publish(stored)
         return count
 
@@ -426,6 +459,13 @@ class CollectorServer:
             if err.reason == "bad_version":
                 self._unknown_version(sensor, err)
             return
+        via = ""
+        if env.kind is Kind.RELAY:  # federation: the original sensor's message
+            unwrapped = self.inbound.unwrap(sensor, env, self._count)
+            if unwrapped is None:
+                return
+            via, (sensor, env) = sensor, unwrapped
+        self._reply_to.setdefault(sensor, set()).add(via)
         stream = (sensor, env.epoch)
         contig = self._position(stream)
         if env.kind is Kind.HEARTBEAT:
@@ -436,6 +476,8 @@ class CollectorServer:
                 position = self._position((sensor, epoch))
                 if position < last:
                     self._want((sensor, epoch), position + 1, last, replays)
+            if via:  # relayed: late by design (its relay checks clocks), and not ours to
+                return  # offer rules to
             self._check_clock(sensor, env, now)
             offer = self.rule_offers.offer_for(sensor, env.body)
             if offer is not None:
@@ -491,9 +533,13 @@ class CollectorServer:
             self._skewed.discard(sensor)
         self._health.append({
             "event_type": "health", "precursor": "S5", "event": "clock_skew" if over
-            else "clock_ok", "sensor": self.allow.get(sensor.encode(), "?"),
+            else "clock_ok", "sensor": self._name(sensor),
             "sensor_key": sensor, "skew": round(skew, 3),
             "max_skew": self.settings.max_clock_skew, "ts": now})
+
+    def _name(self, sensor: str) -> str:
+        """The allow-list name; for a relayed sensor the name its first collector gave."""
+        return self.allow.get(sensor.encode()) or self.inbound.names.get(sensor, "?")
 
     def _position(self, stream: tuple[str, int]) -> int:
         if stream not in self._contig:
@@ -517,8 +563,9 @@ class CollectorServer:
         """One transaction for the round (the group commit); what it stored, as rows."""
         st = self.storage
         rejecting = {s for s, _ in self._rejects if s != UNAUTHENTICATED}
-        st.touch_sensors([(sensor, self.allow.get(sensor.encode(), "?"), now) for sensor
+        st.touch_sensors([(sensor, self._name(sensor), now) for sensor
                           in {s for s, _ in accepted} | set(heartbeats) | rejecting])
+        self.inbound.store(st, now)
         stored = [_stored(sensor, env, now) for sensor, env in accepted]
         st.store_batch(stored)
         st.advance_many([(sensor, epoch, self._contig[(sensor, epoch)], ts, now)
@@ -549,7 +596,7 @@ class CollectorServer:
 
     def _origin_json(self, sensor: str) -> str:
         """``"sensor":NAME,"sensor_key":KEY`` of a published alert, made once per name."""
-        name = self.allow.get(sensor.encode(), "?")
+        name = self._name(sensor)
         cached = self._origins.get(sensor)
         if cached is None or cached[0] != name:
             cached = self._origins[sensor] = (

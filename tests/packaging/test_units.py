@@ -250,3 +250,12 @@ def test_unit_command_lines_parse() -> None:
             parser.parse_args(argv)
         except SystemExit:
             pytest.fail(f"mamori {' '.join(argv)}: not accepted by this tree's CLI")
+
+
+def test_collector_unit_has_descriptors_for_ten_thousand_sensors() -> None:
+    """One descriptor per sensor connection; the unit's filter forbids setrlimit, so
+    LimitNOFILE is the limit the collector runs with (docs/scale.md)."""
+    from sensor.collector.limits import fds_needed
+
+    unit = _directives("mamori-collector.service")
+    assert unit["LimitNOFILE"] and int(unit["LimitNOFILE"][0]) >= fds_needed(10_000)
