@@ -26,6 +26,7 @@ from sensor.keys import generate, load_pair, read_key
 from sensor.wire import Kind, WireError, decode_control, encode, encode_relayed
 from tests.sensor.test_collector import PROJECT, Site, wait_for
 
+RELAY = int(Kind.RELAY)
 WINDOW = 50  # the relay's send window in these tests
 ALERTS = 1200  # per sensor: 2 sensors x 1200 = 48 windows of backlog
 
@@ -178,9 +179,14 @@ def test_relayed_messages_from_untrusted_keys_or_loops_are_refused_and_counted(
         relay.send(encode_relayed(origin, "x", [sensor_key], 1, 1, time.time(), Kind.HEALTH,
                                   start))
         # A relayed frame whose inner kind is itself a relay, and garbage in the path.
-        relay.send(msgpack.packb([1, 1, 1, time.time(), 6, [origin, "x", [relay_key], 6, {}]]))
-        relay.send(msgpack.packb([1, 1, 1, time.time(), 6, [origin, "x", [7], 4, start]]))
-        # And a good one: stored under the original sensor, acked naming it (kind 18).
+        relay.send(msgpack.packb([1, 1, 1, time.time(), RELAY,
+                                  [origin, "x", [relay_key], RELAY, {}]]))
+        relay.send(msgpack.packb([1, 1, 1, time.time(), RELAY, [origin, "x", [7], 4, start]]))
+        # A relay does not fetch rules for the sensors behind it.
+        relay.send(msgpack.packb([1, 1, 1, time.time(), RELAY,
+                                  [origin, "x", [relay_key], int(Kind.RULES_FETCH),
+                                   [bytes(32), 0]]]))
+        # And a good one: stored under the original sensor, acked naming it (kind 20).
         relay.send(encode_relayed(origin, "plc-site-7", [relay_key], 1, 1, time.time(),
                                   Kind.HEALTH, start))
         # A plain sensor message still works beside all that.
@@ -189,13 +195,13 @@ def test_relayed_messages_from_untrusted_keys_or_loops_are_refused_and_counted(
         ack = decode_control(relay.recv(), relayed=True)
         assert (ack.origin, ack.epoch, getattr(ack, "seq", None)) == (origin, 1, 1)
         assert sensor.poll(10_000)
-        with pytest.raises(WireError, match="unknown_kind"):  # a sensor never takes 18
+        with pytest.raises(WireError, match="unknown_kind"):  # a sensor never takes 20
             decode_control(_relay_ack(origin))
 
         def counted() -> bool:
             st = national.storage()
             try:
-                return sum(st.rejects().values()) >= 6
+                return sum(st.rejects().values()) >= 7
             finally:
                 st.close()
 
@@ -208,7 +214,7 @@ def test_relayed_messages_from_untrusted_keys_or_loops_are_refused_and_counted(
         finally:
             st.close()
         assert rejects == {(sensor_key, "untrusted_relay"): 1, (relay_key, "relay_loop"): 2,
-                           (relay_key, "bad_relay_path"): 1, (relay_key, "unknown_kind"): 1,
+                           (relay_key, "bad_relay_path"): 1, (relay_key, "unknown_kind"): 2,
                            (relay_key, "bad_body"): 1}
         rows = {str(r["sensor"]): r for r in _status(national)}
         assert rows[origin]["via"] == "relay" and rows[origin]["name"] == "plc-site-7"
