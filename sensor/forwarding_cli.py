@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import json
 import signal
 import sqlite3
@@ -447,22 +446,6 @@ def _ago(seconds: float) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
-def _when(text: str, now: float) -> float:
-    """A point in time: a duration ago (``1h``) or an ISO time (UTC unless it says)."""
-    try:
-        return now - cfg.parse_duration(text)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is neither a duration (1h, 7d) nor an ISO time "
-                         "(2026-01-31T12:00)") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.UTC)
-    return moment.timestamp()
-
-
 def _audit_db(prog: str, args: argparse.Namespace) -> tuple[sqlite3.Connection | None, int]:
     """The journal, opened read-only (the running sensor owns it), or why not."""
     config = _config(args, prog)
@@ -573,12 +556,14 @@ def _print_rows(rows: list[dict[str, Any]], as_json: bool, header: str,
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from sensor.journal import AlertJournal
+    from sensor.timefmt import parse_time
 
     now = time.time()
     times = []
     for flag, text in (("--since", args.since), ("--until", args.until)):
         try:
-            times.append(now if text is None else _when(text, now))
+            when = None if text is None else parse_time(text, now)
+            times.append(now if when is None else when)
         except ValueError as err:
             print(f"mamori audit: {flag}: {err}", file=sys.stderr)
             return 2

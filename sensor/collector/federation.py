@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import sqlite3
 import threading
 import time
 from collections import Counter
@@ -48,6 +47,7 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from sensor.alerts import Alert
+from sensor.collector.cursordb import open_cursor_db
 from sensor.collector.storage import SqlStorage, open_storage
 from sensor.keys import KeyPair, load_allow_list, resolve_key
 from sensor.wire import (
@@ -193,19 +193,9 @@ class RelayCursor:
     """Per (sensor, epoch), the highest seq the upper tier acknowledged."""
 
     def __init__(self, path: Path, readonly: bool = False) -> None:
-        if readonly:
-            self._conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(str(path), timeout=5)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        # Losing the newest update to a power cut means resending; the upper tier
-        # drops the copies (in-order acceptance). No fsync per update.
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.execute("CREATE TABLE IF NOT EXISTS acked (sensor TEXT NOT NULL, "
-                           "epoch INTEGER NOT NULL, seq INTEGER NOT NULL, "
-                           "PRIMARY KEY (sensor, epoch))")
-        self._conn.commit()
+        self._conn = open_cursor_db(path, ["acked (sensor TEXT NOT NULL, epoch INTEGER NOT "
+                                           "NULL, seq INTEGER NOT NULL, PRIMARY KEY (sensor, "
+                                           "epoch))"], readonly)
 
     def load(self) -> dict[tuple[str, int], int]:
         return {(r[0], int(r[1])): int(r[2]) for r in self._conn.execute(

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from sensor import config as cfg
+from sensor.collector.cursordb import open_cursor_db
 from sensor.collector.storage import SqlStorage, open_storage
 from sensor.wire import Kind
 
@@ -122,21 +123,10 @@ class CursorStore:
     """Per stream, the highest seq JetStream acknowledged; and the publisher's status."""
 
     def __init__(self, path: Path, readonly: bool = False) -> None:
-        if readonly:
-            self._conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(str(path), timeout=5)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        # A cursor update lost to a power cut only means publishing again, and JetStream
-        # drops those copies (Nats-Msg-Id): no fsync per update.
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.execute("CREATE TABLE IF NOT EXISTS cursor (sensor TEXT NOT NULL, "
-                           "epoch INTEGER NOT NULL, seq INTEGER NOT NULL, "
-                           "PRIMARY KEY (sensor, epoch))")
-        self._conn.execute("CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, "
-                           "value TEXT NOT NULL)")
-        self._conn.commit()
+        self._conn = open_cursor_db(path, [
+            "cursor (sensor TEXT NOT NULL, epoch INTEGER NOT NULL, seq INTEGER NOT NULL, "
+            "PRIMARY KEY (sensor, epoch))",
+            "state (key TEXT PRIMARY KEY, value TEXT NOT NULL)"], readonly)
 
     def load(self) -> dict[tuple[str, int], int]:
         return {(r[0], int(r[1])): int(r[2]) for r in self._conn.execute(

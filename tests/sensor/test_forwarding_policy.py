@@ -495,8 +495,8 @@ def test_audit_time_flags_and_missing_chain_are_one_line_errors(tmp_path: Path) 
     conf.write_text(f'[sensor]\nstate_dir = "{tmp_path}"\n')
     out = mamori("audit", "--config", str(conf), "--destination", "x", "--until", "soon")
     assert out.returncode == 2
-    assert out.stderr.strip() == ("mamori audit: --until: 'soon' is neither a duration (1h, 7d) "
-                                  "nor an ISO time (2026-01-31T12:00)")
+    assert out.stderr.strip() == ("mamori audit: --until: 'soon' is neither a duration (24h, 7d) "
+                                  "nor a date (2025-01-31, 2025-01-31T12:00)")
     out = mamori("audit", "verify", "--config", str(conf))
     assert out.returncode == 1 and "nothing forwarded yet" in out.stderr
     (tmp_path / "forward").mkdir()
