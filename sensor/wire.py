@@ -82,6 +82,8 @@ SENSOR_KINDS = frozenset({Kind.ALERT, Kind.HEARTBEAT, Kind.ASSET, Kind.HEALTH, K
                           Kind.RULES_FETCH})
 RELAYED_KINDS = SENSOR_KINDS - {Kind.RULES_FETCH}  # what a relay forwards: the streams
 UPSTREAM_KINDS = SENSOR_KINDS | {Kind.RELAY}
+_UPSTREAM = {int(k): k for k in UPSTREAM_KINDS}  # decode's kind lookup
+_RELAYED = {int(k): k for k in RELAYED_KINDS}
 MAX_RELAY_PATH = 16  # collectors a relayed message may have passed through
 RULES_CHUNK_BYTES = 16 * 1024  # data per rules chunk: a bundle of the shipped packs is two
 MAX_CONTROL_BYTES = RULES_CHUNK_BYTES + 256  # a collector -> sensor frame, whole
@@ -519,12 +521,13 @@ def decode(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES, documents: bool = Fa
     epoch = _uint(epoch, "epoch", 2**32 - 1)
     seq = _uint(seq, "seq")
     stamp = _float(ts, "ts")
-    if isinstance(kind, bool) or not isinstance(kind, int) or kind not in UPSTREAM_KINDS:
+    k = _UPSTREAM.get(kind) if type(kind) is int else None  # one lookup; bools excluded
+    if k is None:
         raise WireError("unknown_kind", repr(kind)[:32])
-    if kind == Kind.RELAY:
+    if k is Kind.RELAY:
         return Envelope(epoch, seq, stamp, Kind.RELAY,
                         _relayed(epoch, seq, stamp, body, documents))
-    return _envelope(epoch, seq, stamp, Kind(kind), body, documents)
+    return _envelope(epoch, seq, stamp, k, body, documents)
 
 
 def _envelope(epoch: int, seq: int, stamp: float, k: Kind, body: Any,
@@ -569,11 +572,12 @@ def _relayed(epoch: int, seq: int, stamp: float, body: Any, documents: bool) -> 
     origin, name, path, kind, inner = body
     if not isinstance(path, list) or not 1 <= len(path) <= MAX_RELAY_PATH:
         raise WireError("bad_body", f"relay path must hold 1..{MAX_RELAY_PATH} keys")
-    if isinstance(kind, bool) or not isinstance(kind, int) or kind not in RELAYED_KINDS:
+    inner_kind = _RELAYED.get(kind) if type(kind) is int else None
+    if inner_kind is None:
         raise WireError("unknown_kind", f"relayed {repr(kind)[:24]}")
     return Relayed(_key(origin, "origin"), _str(name, "name", 64),
                    tuple(_key(p, "relay path entry") for p in path),
-                   _envelope(epoch, seq, stamp, Kind(kind), inner, documents))
+                   _envelope(epoch, seq, stamp, inner_kind, inner, documents))
 
 
 def decode_control(data: bytes, relayed: bool = False
