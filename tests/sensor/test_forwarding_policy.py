@@ -35,7 +35,7 @@ from sensor.policy import DestinationPolicy, PolicySpec
 from sensor.pseudonym import Pseudonymiser, PseudonymKeyError, load_key
 from sensor.wire import JOURNALED_KINDS, Ack, Kind, decode, encode, encode_ack
 from tests.pcaprewrite import rewrite
-from tests.sensor.test_collector import PROJECT, Site, free_port, wait_for
+from tests.sensor.test_collector import PROJECT, Site, alert_seqs, free_port, wait_for
 
 CLIENT, SERVERS = "10.77.1.5", ("10.77.2.9", "10.77.3.3")
 MAC = "02:42:ac:11:00:05"
@@ -565,3 +565,33 @@ def test_rows_no_configured_collector_takes_do_not_stay_unacked(tmp_path: Path) 
         assert [(r.epoch, r.seq) for r in j.pending("a", 0, 10)] == [(1, 1), (2, 1)]
     finally:
         j.close()
+
+
+def test_a_named_policy_stream_backlog_of_an_earlier_epoch_arrives_whole(
+        tmp_path: Path) -> None:
+    """Issue 12's stall, on a destination with its own policy and so its own stream:
+    a backlog of 50 send windows journaled while the collector was away, by a run
+    that ended, is delivered whole by the next run, once, in order."""
+    site = Site(tmp_path)
+    conf = site.sensor_confs[0]
+    conf.write_text(conf.read_text().split("collectors =")[0] + f"""window = 20
+[[forward.collectors]]
+endpoint = "{site.endpoint}"
+server_key = "{site.coll_dir / 'keys' / 'collector.pub'}"
+policy = "serious"
+
+[forward.policies.serious]
+severities = ["high", "critical"]
+""")
+    backlog = 1000  # alerts: 50 windows of 20
+    site.sensor(conf, backlog, 0.0, 0.5).communicate(timeout=60)  # nobody listening
+    site.start_collector()
+    try:
+        site.sensor(conf, 1, 0.0, 60.0).communicate(timeout=90)
+        seqs = alert_seqs(site, "s0")
+    finally:
+        site.stop_collector()
+    first = [s for e, s in seqs if e == 1]
+    assert len(first) == backlog and first == sorted(set(first))
+    assert first == list(range(first[0], first[0] + backlog))  # no gap
+    assert [e for e, _ in seqs].count(2) == 1
