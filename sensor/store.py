@@ -462,10 +462,16 @@ def _union(old: Any, new: Any) -> list[Any]:
 
 
 def _span(old: Mapping[str, Any], new: Mapping[str, Any], merged: dict[str, Any]) -> None:
-    """first_seen is the earliest, last_seen the latest; learned once is learned."""
-    for key, pick in (("first_seen", min), ("last_seen", max)):
-        if isinstance(old.get(key), int | float):
-            merged[key] = pick(old[key], new[key])
+    """first_seen is the earliest, last_seen the latest; learned once is learned.
+
+    Both come from all four times: a row an older sensor saved with its last_seen
+    before its first_seen (packet times out of order, fixed in the inventory) still
+    says the host was seen at both, so the merge heals it to the span covering both.
+    """
+    times = [t for doc in (old, new) for t in (doc.get("first_seen"), doc.get("last_seen"))
+             if isinstance(t, int | float)]
+    if times:
+        merged["first_seen"], merged["last_seen"] = min(times), max(times)
     merged["learned"] = bool(new.get("learned")) or bool(old.get("learned"))
 
 
