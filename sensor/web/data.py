@@ -16,7 +16,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ class AlertFilter:
     until: float | None = None
     asset: str | None = None
     state: str | None = None  # "open" | "acked" | None (all)
+    hide_health: bool = False  # fold low-severity sensor-health alerts (HEALTH_SQL)
 
     def where(self, acks: bool) -> tuple[list[str], list[Any]]:
         clauses: list[str] = []
@@ -59,7 +60,16 @@ class AlertFilter:
             clauses.append(OPEN_SQL if acks else "1")
         elif self.state == "acked":
             clauses.append(f"NOT {OPEN_SQL}" if acks else "0")
+        if self.hide_health:
+            clauses.append(f"NOT {HEALTH_SQL}")
         return clauses, params
+
+
+# The sensor's own low-severity health alerts (S2 capture gaps, S7 a full table): the
+# precursors of blind spots, not of an attack; the alert list folds them by default.
+# A medium or higher health alert (S3 silence, S4 lost alerts) is never folded.
+HEALTH_FOLD_MAX = Severity.LOW
+HEALTH_SQL = f"(substr(precursor, 1, 1) = 'S' AND severity <= {int(HEALTH_FOLD_MAX)})"
 
 
 # An alert is open until acknowledged at (or beyond) its current count: an aggregate
@@ -184,6 +194,37 @@ class StoreReader:
                 " AND a.alert_count >= alerts.count").fetchone()[0])
         return {"alerts": total, "open": total - acked}
 
+    def health_hidden(self, filt: AlertFilter) -> int:
+        """How many alerts ``filt`` would show but folds as low-severity health alerts."""
+        if not filt.hide_health:
+            return 0
+        with self._db() as db:
+            clauses, params = replace(filt, hide_health=False).where(self._has_acks(db))
+            clauses.append(HEALTH_SQL)
+            return int(db.execute(f"SELECT count(*) FROM alerts WHERE {' AND '.join(clauses)}",
+                                  params).fetchone()[0])
+
+    def newest_first_ts(self, filt: AlertFilter) -> float | None:
+        """The latest first-seen time of the alerts ``filt`` matches (None: none)."""
+        with self._db() as db:
+            clauses, params = filt.where(self._has_acks(db))
+            where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+            row = db.execute(f"SELECT MAX(first_ts) FROM alerts {where}", params).fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def hourly(self, filt: AlertFilter, start: float, end: float
+               ) -> list[tuple[int, int, int]]:
+        """(hour = first_ts // 3600, severity, alerts) of ``filt``'s alerts first seen
+        in [start, end): the timeline's bars."""
+        with self._db() as db:
+            clauses, params = filt.where(self._has_acks(db))
+            clauses += ["first_ts >= ?", "first_ts < ?"]
+            rows = db.execute(
+                "SELECT CAST(first_ts / 3600 AS INTEGER) AS h, severity, count(*)"
+                f" FROM alerts WHERE {' AND '.join(clauses)} GROUP BY h, severity",
+                [*params, start, end]).fetchall()
+        return [(int(h), int(sev), int(n)) for h, sev, n in rows]
+
     def open_peers(self) -> list[tuple[str | None, str | None, str, int]]:
         """(src, dst, proto, highest severity) of open alerts: what the map highlights."""
         with self._db() as db:
@@ -213,6 +254,35 @@ class StoreReader:
     def pairs(self) -> list[dict[str, Any]]:
         with self._db() as db:
             return [json.loads(r[0]) for r in db.execute("SELECT doc FROM pairs ORDER BY key")]
+
+    def asset(self, ip: str) -> dict[str, Any] | None:
+        """One asset's stored document (the primary key: one indexed lookup)."""
+        with self._db() as db:
+            row = db.execute("SELECT doc FROM assets WHERE ip = ?", (ip,)).fetchone()
+        if row is None:
+            return None
+        doc = json.loads(row[0])
+        return doc if isinstance(doc, dict) else None
+
+    def asset_pairs(self, ip: str) -> list[dict[str, Any]]:
+        """The pairs ``ip`` is the master or the outstation of."""
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT doc FROM pairs WHERE json_extract(doc, '$.client') = ?"
+                " OR json_extract(doc, '$.server') = ? ORDER BY key", (ip, ip)).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def baseline(self) -> dict[str, Any] | None:
+        """The learned baseline document the sensor saved (None: none yet)."""
+        with self._db() as db:
+            row = db.execute("SELECT doc FROM baseline WHERE id = 1").fetchone()
+        if row is None:
+            return None
+        try:
+            doc = json.loads(row[0])
+        except ValueError:
+            return None
+        return doc if isinstance(doc, dict) else None
 
     def summary(self) -> dict[str, Any]:
         """What the store alone says about the sensor (health when not under mamori run)."""
