@@ -40,10 +40,18 @@ MEI_NAMES: Final[dict[int, str]] = {
 
 # IEEE 1815 group 0 device attributes (the variation is the attribute number).
 DNP3_ATTRIBUTE_NAMES: Final[dict[int, str]] = {
+    209: "Secure authentication version",
+    210: "Security statistics per association",
+    211: "User-specific attributes supported",
+    212: "Master-defined data set prototypes",
+    213: "Outstation-defined data set prototypes",
+    214: "Master-defined data sets",
+    215: "Outstation-defined data sets",
     240: "Maximum transmit fragment size",
     241: "Maximum receive fragment size",
     242: "Software version",
     243: "Hardware version",
+    244: "Owner name",
     245: "Location",
     246: "User-assigned ID",
     247: "Device name",
