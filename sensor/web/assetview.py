@@ -68,6 +68,8 @@ class AssetView:
     learned_master: bool = False
     learned_outstation: bool = False
     baseline_state: str | None = None
+    first_seen: float | None = None  # the asset's span widened by its pairs' (see below)
+    last_seen: float | None = None
 
 
 def _num(value: Any) -> float | None:
@@ -171,6 +173,12 @@ def asset_view(doc: Mapping[str, Any], pairs: Sequence[Mapping[str, Any]],
             tuple(learned_cycles.get(_pair_key(p), ())), _num(p.get("first_seen")),
             _num(p.get("last_seen"))))
     view.protocols = sorted(protocols)
+    # The inventory moves an asset's last_seen when it opens a flow or a pair (not on
+    # every request: that is the hot path); its pairs' times say when it last talked.
+    times = [t for d in (doc, *(p for p in pairs if ip in (p.get("client"), p.get("server"))))
+             for t in (_num(d.get("first_seen")), _num(d.get("last_seen"))) if t is not None]
+    if times:
+        view.first_seen, view.last_seen = min(times), max(times)
     for (proto, label), (sent, received) in sorted(
             functions.items(), key=lambda kv: (kv[0][0], _label_key(kv[0][1]))):
         view.functions.append(FunctionRow(proto, label, label_name(proto, label),

@@ -19,7 +19,7 @@ from sensor.detection.settings import build_detector
 from sensor.pipeline import PipelineConfig
 from sensor.replay import replay_files
 from sensor.store import Store
-from sensor.web.app import create_app
+from sensor.web.app import _ts, create_app
 from sensor.web.evidence import evidence_rows, object_header
 from sensor.web.server import build_context
 from sensor.web.timeline import HOUR
@@ -122,6 +122,11 @@ def test_modbus_asset_page_shows_what_the_store_knows(corpus_store: Path, token_
     for p in pairs:
         other = p["client"] if p["server"] == ip else p["server"]
         assert f'href="/assets/{other}"' in peers
+    # first/last seen: the asset's span, widened by its pairs' (a flow's last request)
+    first = min(doc["first_seen"], *(p["first_seen"] for p in pairs))
+    last = max(doc["last_seen"], *(p["last_seen"] for p in pairs))
+    assert f"First seen {_ts(first)}" in fields and f"Last seen {_ts(last)}" in fields
+    assert last > doc["last_seen"]  # the pairs do say more here
     # its alerts, each linked
     mine = [a for a in _alerts(corpus_store) if ip in (a.src, a.dst)]
     assert mine
