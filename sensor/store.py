@@ -147,6 +147,10 @@ class Store:
         if "rev" not in columns:
             self._db.execute("ALTER TABLE alerts ADD COLUMN rev INTEGER NOT NULL DEFAULT 0")
         self._db.execute("CREATE INDEX IF NOT EXISTS alerts_rev ON alerts (rev)")
+        # the web page's timeline (alerts per hour first seen, by severity, without the
+        # folded health alerts): covering index ranges per hour, not table scans
+        self._db.execute("CREATE INDEX IF NOT EXISTS alerts_first_ts"
+                         " ON alerts (first_ts, severity, precursor)")
         self._db.execute("INSERT OR IGNORE INTO meta VALUES ('rev', '0')")
         self._db.execute("INSERT OR IGNORE INTO meta VALUES ('id', ?)", (uuid.uuid4().hex,))
 

@@ -315,7 +315,7 @@ def create_app(ctx: WebContext) -> Starlette:
     def timeline_svg(filt: AlertFilter) -> tuple[Timeline, str]:
         win = timeline_window(ctx.reader.newest_first_ts(filt), filt.since, filt.until,
                               time.time())
-        tl = Timeline.from_rows(win, ctx.reader.hourly(filt, win.start, win.end))
+        tl = Timeline.from_rows(win, ctx.reader.hourly(filt, win.start, win.hours))
         return tl, timeline_render(tl)  # every text in it escaped there
 
     async def alerts(request: Request, auth: Auth) -> Response:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import html
 import re
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -388,3 +389,32 @@ def test_evidence_pcap_is_text_without_a_route_and_none_is_omitted(
     assert rows[0].href == "/p/7" and rows[0].lines == ("alerts/7.pcap",)
     assert object_header({"group": 1, "variation": 2, "qualifier": 0, "start": 3, "stop": 9,
                           "count": None}) == "g1v2 q0x00 3\u20139 (binary input)"
+
+
+def test_remembered_counts_follow_new_and_pruned_alerts(tmp_path: Path, token_file: Path,
+                                                       token: str) -> None:
+    """The timeline and the fold's count are remembered between requests; a new alert
+    or a retention pass shows on the next one all the same."""
+    store = tmp_path / "mamori.db"
+    replay_into_store(store, [corpus_path(DNP3_IDENTITY)])  # two S2 alerts
+    client = _client(store, token_file, token)
+
+    def state() -> tuple[int, str]:
+        page = client.get("/alerts").text
+        total = re.search(r'id="timeline" data-start="\d+" data-hours="\d+" '
+                          r'data-total="(\d+)"', page)
+        hidden = re.search(r'id="health-hidden">(\d+)<', page)
+        assert total
+        return int(total.group(1)), hidden.group(1) if hidden else "-"
+
+    assert state() == (0, "2")
+    assert state() == (0, "2")  # remembered
+    [s2] = _alerts(store)[:1]
+    with Store(store) as db:
+        db.save_alerts([replace(s2, id=0, first_ts=s2.first_ts + 60),
+                        replace(s2, id=0, precursor="D1", severity=Severity.HIGH,
+                                first_ts=s2.first_ts + 61)])
+    assert state() == (1, "3")
+    with Store(store) as db:
+        assert db.prune(now=4e9) == 4  # every alert older than the retention: gone
+    assert state() == (0, "-")
