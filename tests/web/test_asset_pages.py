@@ -418,3 +418,23 @@ def test_remembered_counts_follow_new_and_pruned_alerts(tmp_path: Path, token_fi
     with Store(store) as db:
         assert db.prune(now=4e9) == 4  # every alert older than the retention: gone
     assert state() == (0, "-")
+
+
+def test_ipv6_and_pseudonym_assets_have_pages(tmp_path: Path, token_file: Path,
+                                              token: str) -> None:
+    """Colons in the address are percent-encoded in the link and decoded by the route."""
+    store = tmp_path / "mamori.db"
+    base = {"mac": None, "roles": ["outstation"], "units": [1], "links": [],
+            "identity": {"unit1.VendorName": "<b>Acme</b>"}, "first_seen": 1e9,
+            "last_seen": 1e9 + 5, "learned": True}
+    with Store(store) as db:
+        db.save_inventory([base | {"ip": "fd00::17"}, base | {"ip": "pn:" + "ab" * 12}], [],
+                          None)
+    client = _client(store, token_file, token)
+    listing = client.get("/assets").text
+    for ip, href in (("fd00::17", "/assets/fd00%3A%3A17"),
+                     ("pn:" + "ab" * 12, "/assets/pn%3A" + "ab" * 12)):
+        assert f'<a href="{href}" class="asset-link">{ip}</a>' in listing
+        page = client.get(href)
+        assert page.status_code == 200 and f"Asset {ip}" in _text(page.text)
+        assert "&lt;b&gt;Acme&lt;/b&gt;" in page.text  # wire strings are escaped
