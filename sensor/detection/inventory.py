@@ -380,6 +380,23 @@ class Inventory:
         if cycle.n >= self.min_cycles and span >= self.min_span:
             self._promote(asset)
 
+    def asset_docs(self) -> list[dict[str, Any]]:
+        """Every asset's document, its first/last seen widened to its pairs' first.
+
+        The hot path moves an asset's times only when it opens a flow or a pair (or
+        answers with its identity), a pair's on every request; so here, once per
+        snapshot (O(pairs)), each asset takes the span of its pairs: a master polling
+        one server all day is last seen at its last poll, not at its first.
+        """
+        assets = self.assets
+        for pair in self.pairs.values():
+            for ip in (pair.key[1], pair.key[2]):
+                asset = assets.get(ip)
+                if asset is not None:
+                    _widen(asset, pair.first_seen)
+                    _widen(asset, pair.last_seen)
+        return [a.to_dict() for a in assets.values()]
+
     def masters(self) -> list[dict[str, Any]]:
         """Every client's standing: learned, candidate (and its progress) or refused."""
         return [a.master_dict() for a in self.assets.values() if a.master is not None]

@@ -203,3 +203,30 @@ def test_merge_heals_a_stored_row_last_seen_before_first_seen(tmp_path: Path) ->
         store.save_inventory([broken | {"first_seen": 150.0, "last_seen": 160.0}], [], None)
         [merged] = store.assets()
     assert (merged["first_seen"], merged["last_seen"]) == (100.0, 200.0)
+
+
+POLLED = "ICS-Security-Tools/pcaps/ModbusTCP/ModbusTCP.pcap"  # a plant master, 85 s of polls
+
+
+def test_an_asset_is_last_seen_at_its_last_request_not_its_first(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The hot path moves a pair's last_seen on every request, an asset's only when it
+    opens a flow or a pair: the saved asset takes the span of its pairs."""
+    store = tmp_path / "mamori.db"
+    config = tmp_path / "sensor.toml"
+    config.write_text("", encoding="utf-8")
+    _replay(corpus_path(POLLED), store, config, capsys)
+    assets = {a["ip"]: a for a in _assets(store, capsys)}
+    with Store(store, readonly=True) as db:
+        pairs = db.pairs()
+    spans: dict[str, list[float]] = {}
+    for p in pairs:
+        for ip in (p["client"], p["server"]):
+            have = spans.setdefault(ip, [p["first_seen"], p["last_seen"]])
+            have[0], have[1] = min(have[0], p["first_seen"]), max(have[1], p["last_seen"])
+    assert set(spans) <= set(assets)
+    for ip, (first, last) in spans.items():
+        assert assets[ip]["first_seen"] <= first and assets[ip]["last_seen"] == last, ip
+    # the master polled for over a minute after it first opened each flow
+    master = assets["141.81.0.10"]
+    assert master["last_seen"] - master["first_seen"] > 60
