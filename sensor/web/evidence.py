@@ -44,6 +44,7 @@ _SECONDS = frozenset({"window"})
 
 # Modicon reference numbers: the data table an FC addresses, as 0xxxx ... 4xxxx.
 _TABLE_OF_FC = {1: 0, 5: 0, 15: 0, 2: 1, 4: 3, 3: 4, 6: 4, 16: 4, 22: 4, 23: 4, 24: 4}
+_TABLE_NAMES = {0: "coils", 1: "discrete inputs", 3: "input registers", 4: "holding registers"}
 
 
 def evidence_rows(proto: str, evidence: Mapping[str, Any],
@@ -99,8 +100,9 @@ def _lines(proto: str, fc: int | None, key: str, value: Any,
 
 
 def address_range(fc: int | None, start: int, quantity: int | None) -> str:
-    """``start 0, count 10 (40001-40010)``: the PDU's zero-based start and count, and
-    the Modicon reference numbers where the function code says which table it is."""
+    """``start 0, count 10 (holding registers 40001-40010)``: the PDU's zero-based
+    start and count, and the Modicon reference numbers (with the table's name) where
+    the function code says which table it is."""
     count = max(quantity or 1, 1)
     out = f"start {start}, count {count}" if quantity is not None else f"address {start}"
     table = _TABLE_OF_FC.get(fc if fc is not None else -1)
@@ -108,7 +110,9 @@ def address_range(fc: int | None, start: int, quantity: int | None) -> str:
     if table is not None and start >= 0 and last <= 65535:
         width = 4 if last < 9999 else 5
         ref = f"{table}{start + 1:0{width}d}"
-        out += f" ({ref}{DASH}{table}{last + 1:0{width}d})" if count > 1 else f" ({ref})"
+        what = _TABLE_NAMES[table] if count > 1 else _TABLE_NAMES[table][:-1]
+        out += f" ({what} {ref}{DASH}{table}{last + 1:0{width}d})" if count > 1 \
+            else f" ({what} {ref})"
     return out
 
 

@@ -352,6 +352,11 @@ def test_evidence_is_readable_for_every_corpus_alert(corpus_store: Path, token_f
     m7 = by["M7"].evidence
     assert f"{m7['fc']} Write Single" in texts["M7"]
     assert f"start {m7['address']}, count {m7['quantity']}" in texts["M7"]
+    coil = next(a for a in alerts if a.precursor == "M7" and a.evidence["fc"] == 5)
+    assert "5 Write Single Coil" in (coil_text := _text(_section(
+        client.get(f"/alerts/{coil.id}").text, "evidence")))
+    assert f"start {coil.evidence['address']}, count 1 " \
+           f"(coil 0{coil.evidence['address'] + 1:04d})" in coil_text
     assert "Illegal" in texts["M5"]
     assert {13: "13 Cold Restart", 14: "14 Warm Restart"}[by["D1"].evidence["fc"]] \
         in texts["D1"]
@@ -381,7 +386,7 @@ def test_evidence_pcap_is_text_without_a_route_and_none_is_omitted(
     evidence = _section(page, "evidence")
     text = _text(evidence)
     assert "16 Write Multiple Registers" in text
-    assert "start 99, count 10 (40100\u201340109)" in text
+    assert "start 99, count 10 (holding registers 40100\u201340109)" in text
     assert "alerts/7.pcap" in text and "download" not in evidence  # no pcap route here
     assert "None" not in text and "start" not in re.findall(r'data-key="(\w+)"', evidence)
     assert "B: 2" in text and "yes" in text
