@@ -340,8 +340,8 @@ def create_app(ctx: WebContext) -> Starlette:
                       raw=raw, problems=problems, query=query, list_query=urlencode(shown),
                       before=before, after=max([newest, *(r.alert.id for r in rows)]),
                       precursors=ctx.reader.precursors(), counts=ctx.reader.counts(),
-                      health_hidden=hidden, show_health=show_health,
-                      folded=filt.hide_health, timeline=tl, timeline_svg=svg)
+                      health_hidden=hidden, show_health=show_health, timeline=tl,
+                      timeline_svg=svg)
 
     async def alert_detail(request: Request, auth: Auth) -> Response:
         alert_id = _path_id(request)
