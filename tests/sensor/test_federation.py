@@ -3,11 +3,14 @@
 The national tier must hold exactly what the site accepted, per original sensor (same
 key, epoch, seq), once, and prove each sensor complete, while it is SIGKILLed again and
 again with a backlog many times the relay's send window. Relayed messages from keys it
-does not trust, or that went round a loop, are refused and counted.
+does not trust, or that went round a loop, are refused and counted. The tiers run on
+SQLite and, as a national CERT would run them, on PostgreSQL (a database each, in a
+cluster the test starts): the relay then reads what the site committed there.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import signal
@@ -19,12 +22,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import msgpack
+import psycopg
 import pytest
 import zmq
 
 from sensor.keys import generate, load_pair, read_key
 from sensor.wire import Kind, WireError, decode_control, encode, encode_relayed
 from tests.sensor.test_collector import PROJECT, Site, wait_for
+from tests.sensor.test_collector_postgres import dsn  # noqa: F401 (a fixture)
 
 RELAY = int(Kind.RELAY)
 WINDOW = 50  # the relay's send window in these tests
@@ -40,14 +45,29 @@ def _stop(site: Site, sig: signal.Signals = signal.SIGKILL) -> bytes:
     return err
 
 
-@pytest.fixture
-def tiers(tmp_path: Path) -> Iterator[tuple[Site, Site]]:
+def _databases(request: pytest.FixtureRequest, names: tuple[str, ...]) -> tuple[str, ...]:
+    """A fresh database per name in the module's PostgreSQL cluster; their DSNs."""
+    server: str = request.getfixturevalue("dsn")
+    suffix = hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:10]
+    with psycopg.connect(server, autocommit=True) as conn:
+        for name in names:
+            conn.execute(f"DROP DATABASE IF EXISTS {name}_{suffix}")
+            conn.execute(f"CREATE DATABASE {name}_{suffix}")
+    return tuple(server.replace("dbname=postgres", f"dbname={name}_{suffix}")
+                 for name in names)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def tiers(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Site, Site]]:
     """(site, national): the site relays to the national tier, and, to make a loop,
     the national tier relays back to the site, each trusting the other."""
-    national = Site(tmp_path / "national", sensors=0, extra='relay_keys_dir = "keys/relays"\n')
+    site_dsn, national_dsn = (_databases(request, ("site", "national"))
+                              if request.param == "postgres" else ("", ""))
+    national = Site(tmp_path / "national", sensors=0, extra='relay_keys_dir = "keys/relays"\n',
+                    dsn=national_dsn)
     (national.coll_dir / "keys" / "sensors").mkdir()  # it serves relays only
     site_dir = tmp_path / "site"
-    site = Site(site_dir, sensors=2, extra=(
+    site = Site(site_dir, sensors=2, dsn=site_dsn, extra=(
         f'relay_keys_dir = "keys/relays"\nupstream = "{national.endpoint}"\n'
         f'upstream_key = "{national.coll_dir / "keys" / "collector.pub"}"\n'
         f'upstream_window = {WINDOW}\nupstream_heartbeat = 0.5\nupstream_ack_timeout = 1.0\n'))
