@@ -47,6 +47,8 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 DEFAULT_ACTIONS = ("M1", "M2", "M3", "M7", "M9", "M10", "M11", "M12",
                    "D1", "D2", "D3", "D4", "D5", "D6", "D7", "D8", "D13")
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_DAY_NAMES = {**{d: d for d in _DAYS}, **{n: n[:3] for n in (
+    "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")}}
 _WEEKLY = re.compile(r"^\s*(?P<days>[A-Za-z,\- ]+?)\s+(?P<start>\d{1,2}:\d{2})\s*-\s*"
                      r"(?P<end>\d{1,2}:\d{2})\s*$")
 _DATES = re.compile(r"^\s*(?P<d1>\d{4}-\d{2}-\d{2})[ T](?P<t1>\d{1,2}:\d{2})\s*-\s*"
@@ -226,8 +228,8 @@ def _days(text: str, at: tuple[str | int, ...]) -> frozenset[int]:
         return frozenset(range(7))
     out: set[int] = set()
     for part in (w.strip() for w in words.split(",")):
-        ends = [e.strip()[:3] for e in part.split("-")]
-        if len(ends) > 2 or not all(e in _DAYS for e in ends):
+        ends = [_DAY_NAMES.get(e.strip(), "") for e in part.split("-")]
+        if len(ends) > 2 or not all(ends):
             raise WindowError(at, f"{part!r} is not a day or range of days (Mon..Sun, "
                                   "e.g. 'Tue', 'Mon-Fri', 'Sat,Sun', or 'daily')")
         lo, hi = _DAYS.index(ends[0]), _DAYS.index(ends[-1])
