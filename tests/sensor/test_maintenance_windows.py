@@ -262,3 +262,25 @@ def test_downgraded_alert_is_stored_with_window_and_original_severity(tmp_path: 
         (alert,) = [a for a in store.alerts() if a.rule == WRITE]
     assert alert.severity is Severity.INFO
     assert alert.evidence["maintenance"] == {"window": "plc-work", "severity": "high"}
+
+
+def test_forwarded_downgraded_alert_carries_the_window_into_the_audited_fields(
+        tmp_path: Path) -> None:
+    from sensor.forwarder import Forwarder
+    from sensor.wire import Kind, decode
+
+    d = detector()
+    d.process([write(INSIDE, STATION)])
+    (alert,) = [a for a in d.drain() if a.rule == WRITE]
+    conf = cfg.load(None, {("sensor", "state_dir"): str(tmp_path)})
+    fw = Forwarder(conf)
+    try:
+        fw.submit_alert(alert)
+        (row,) = [r for r in fw.journal.pending("x", 0, 10) if r.kind == Kind.ALERT]
+    finally:
+        fw.close(0)
+    body = decode(row.frame).body
+    assert body.severity == Severity.INFO and body.rule == WRITE
+    assert body.evidence["maintenance"] == {"window": "plc-work", "severity": "high"}
+    # the fields of the row are what its audit-chain row records when it is sent
+    assert "evidence.maintenance" in row.fields.split(",")
