@@ -178,7 +178,7 @@ class ChainTracker:
         clients = {s.client for s in done}
         steps = [{"step": s.step, "rule": s.rule, "alert": s.alert, "ts": s.ts,
                   "time": _when(s.ts)} for s in done]
-        names = " -> ".join(f"{s.step} ({s.rule} at {_when(s.ts)})" for s in done)
+        names = " -> ".join(f"{s['step']} ({s['rule']} at {s['time']})" for s in steps)
         evidence = {
             "chain": chain.id, "window": chain.window, "same_source": chain.same_source,
             "steps": steps, "clients": len(clients),

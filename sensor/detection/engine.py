@@ -691,6 +691,11 @@ class Detector:
         for key, alert in self._chains.observe(agg.alert.rule, agg.alert.id, ts, p):
             self.stats.chains += 1
             open_ = self._open.get(key)
+            fresh = open_ is None or ts - open_.last_ts > self.dedup_window
+            if fresh and self._storming(alert.rule, ts):  # many targets: one alert for all
+                key = ("chain", alert.rule, "storm")
+                open_ = self._open.get(key)
+                alert = _chain_storm(alert, self.storm_max_alerts, self.storm_window)
             if open_ is not None and ts - open_.last_ts <= self.dedup_window:
                 open_.count += 1
                 open_.last_ts = max(open_.last_ts, ts)
@@ -860,6 +865,18 @@ def _group_value(key: GroupKey, p: Peers, ev: Any) -> Any:
     if key is GroupKey.LINK_DST:
         return p.link_dst
     return getattr(ev, key.value, None)
+
+
+def _chain_storm(alert: Alert, cap: int, window: float) -> Alert:
+    """A chain completed past the storm cap: the rule-wide aggregate that counts the
+    rest (its steps are those of the first completion folded into it)."""
+    evidence = dict(alert.evidence)
+    evidence.update({"storm": True, "cap": cap, "window": window,
+                     "detail": f"storm cap reached: more than {cap} alerts of this chain "
+                               f"within {window:g}s; further completions against any "
+                               f"target are counted here (first: {evidence.get('detail')})"})
+    return replace(alert, title=f"{alert.title} (storm, many targets)", src=None, dst=None,
+                   dport=None, evidence=evidence)
 
 
 def _when(ts: float) -> str:

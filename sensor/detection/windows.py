@@ -162,6 +162,7 @@ class Windows:
         self._members: LruTable[tuple[int, str, str], bool] = LruTable(
             max_state, "maintenance window addresses")
         self._open: dict[int, tuple[int, bool]] = {}  # window index -> (minute, open)
+        self._actions: dict[tuple[int, str], bool] = {}  # (window, rule id) -> covered
         self.downgraded = 0  # occurrences recorded at info because a window covered them
 
     def __bool__(self) -> bool:
@@ -174,8 +175,12 @@ class Windows:
         if client is None or target is None:
             return None
         minute = int(ts // 60)
+        actions = self._actions
         for i, window in enumerate(self.windows):
-            if not window.covers_action(rule):
+            covered = actions.get((i, rule.id))
+            if covered is None:  # rules are few: this table stays small
+                covered = actions[(i, rule.id)] = window.covers_action(rule)
+            if not covered:
                 continue
             if not (self._member(i, "workstations", client)
                     and self._member(i, "assets", target)):

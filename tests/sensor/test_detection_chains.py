@@ -260,3 +260,16 @@ def test_stored_and_published_chain_names_the_store_ids_of_its_steps(tmp_path: P
     (sent,) = chains(published)
     assert sent.evidence["steps"] == chain.evidence["steps"] and sent.id == chain.id
     store.close()
+
+
+def test_chains_on_many_targets_fold_past_the_storm_cap() -> None:
+    d = detector(storm_max_alerts=5)
+    for i in range(50):
+        d.process([recon(float(i), server=f"10.2.0.{i}"),
+                   write(i + 0.5, server=f"10.2.0.{i}")])
+    alerts = chains(d.alerts())
+    assert d.stats.chains == 50
+    assert len(alerts) == 6 and sum(a.count for a in alerts) == 50
+    (storm,) = [a for a in alerts if a.evidence.get("storm")]
+    assert storm.dst is None and storm.count == 45 and "many targets" in storm.title
+    assert storm.severity is Severity.CRITICAL and storm.evidence["steps"]
