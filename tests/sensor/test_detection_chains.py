@@ -273,3 +273,42 @@ def test_chains_on_many_targets_fold_past_the_storm_cap() -> None:
     (storm,) = [a for a in alerts if a.evidence.get("storm")]
     assert storm.dst is None and storm.count == 45 and "many targets" in storm.title
     assert storm.severity is Severity.CRITICAL and storm.evidence["steps"]
+
+
+def _dnp3(ts: float, fc: int, client: str = "10.9.9.7", objects: tuple[object, ...] = ()
+          ) -> object:
+    from parsers.dnp3.events import DNP3Request
+    from parsers.stream import Direction
+    dflow = FlowId(Transport.TCP, client, 41000, "10.0.0.30", 20000)
+    return DNP3Request(ts, dflow, Direction.TO_SERVER, 10, 1, 0xC0, 0, fc, None,
+                       objects)  # type: ignore[arg-type]
+
+
+def test_dnp3_disable_control_restart_chain() -> None:
+    from parsers.dnp3.events import ObjectHeader
+    crob = (ObjectHeader(12, 1, 0x28, None, None, 1, 2),)
+    d = detector()
+    d.process([_dnp3(0.0, 21), _dnp3(30.0, 5, objects=crob), _dnp3(60.0, 13)])
+    (chain,) = chains(d.alerts(), "mamori.chain.dnp3_disable_control_restart")
+    assert chain.dst == "10.0.0.30" and chain.proto == "dnp3"
+    assert [s["step"] for s in chain.evidence["steps"]] == ["disable", "control", "restart"]
+    assert chain.evidence["steps"][1]["rule"] == "mamori.dnp3.control_unauthorised"
+    d = detector()  # the same three, the restart past the 15 min window
+    d.process([_dnp3(0.0, 21), _dnp3(30.0, 5, objects=crob), _dnp3(901.0, 13)])
+    assert chains(d.alerts(), "mamori.chain.dnp3_disable_control_restart") == []
+
+
+def test_recon_seen_in_responses_targets_the_outstation() -> None:
+    from parsers.modbus.events import ModbusResponse
+    from parsers.modbus.pdu import ExceptionPdu
+    scan = flow("10.9.9.9", "10.0.0.5")
+    answers = [ModbusResponse(float(i), scan, i, 1, 90 + i, None, None, None, ExceptionPdu(1),
+                              1, 0.001, False) for i in range(3)]  # FC scan: 3 x exception 01
+    d = detector()
+    d.process(answers)
+    d.process([write(10.0)])
+    (scan_alert,) = [a for a in d.alerts() if a.rule == "mamori.modbus.function_code_scan"]
+    assert scan_alert.src == "10.0.0.5"  # the response's direction: from the outstation
+    (chain,) = chains(d.alerts())
+    assert chain.dst == "10.0.0.5"
+    assert chain.evidence["steps"][0]["rule"] == "mamori.modbus.function_code_scan"
