@@ -239,7 +239,8 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
             print(f"mamori rules: {len(err.problems)} problems", file=sys.stderr)
         return 1
     precursors = sorted({r.precursor for r in rules}, key=lambda p: (p[0], int(p[1:])))
-    print(f"ok: {len(rules)} rules in {len(pack_files(dirs))} pack(s); "
+    chains = f", {len(rules.chains)} chains" if rules.chains else ""
+    print(f"ok: {len(rules)} rules{chains} in {len(pack_files(dirs))} pack(s); "
           f"precursors {' '.join(precursors)}")
     return 0
 

@@ -33,6 +33,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -217,6 +218,7 @@ class Store:
                 for alert in batch:
                     if forward:
                         rev += 1
+                    alert = self.resolve_steps(alert)  # a chain's steps: after them in batch
                     row = self._ids.get(alert.id) if alert.id else None
                     if row is not None:
                         self._db.execute(
@@ -247,6 +249,32 @@ class Store:
                 self._ids.pop(ident, None)
             raise
         return out
+
+    def resolve_steps(self, alert: Alert) -> Alert:
+        """A chain alert (``sensor.detection.chains``) with its steps' store ids.
+
+        The detector names each step by its number for the step's aggregate; the
+        operator and the collectors know that alert by its row id here, so the
+        evidence gets the row ids. A step is always written before its chain (the
+        detector raised it first), so its row is known; one that was never stored
+        (disk full) says so: ``alert`` null, ``detector_alert`` its number.
+        ``ids: "store"`` marks evidence already resolved.
+        """
+        evidence = alert.evidence
+        steps = evidence.get("steps") if "chain" in evidence else None
+        if not isinstance(steps, list) or evidence.get("ids") == "store":
+            return alert
+        out = []
+        for step in steps:
+            step = dict(step)
+            ident = step.get("alert")
+            row = self._ids.get(ident) if isinstance(ident, int) and ident > 0 else None
+            if row is None:
+                step["alert"], step["detector_alert"] = None, ident
+            else:
+                step["alert"] = row
+            out.append(step)
+        return replace(alert, evidence={**evidence, "steps": out, "ids": "store"})
 
     def _disk_full(self, what: str) -> None:
         if not self.full:

@@ -54,7 +54,8 @@ def rule_guidance(conf: cfg.Config) -> dict[str, str]:
     from sensor.detection.settings import rule_dirs, set_names
 
     try:
-        return {r.id: r.guidance for r in load_rules(rule_dirs(conf), set_names())}
+        rules = load_rules(rule_dirs(conf), set_names())
+        return {r.id: r.guidance for r in rules} | {c.id: c.guidance for c in rules.chains}
     except (RuleError, OSError) as err:
         log.warning("web: no operator guidance, rules did not load: %s", err)
         return {}
