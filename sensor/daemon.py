@@ -550,17 +550,23 @@ def build_sensor(conf: cfg.Config, config_path: str | None,
                                disk_full=isinstance(err, JournalFull)) from None
         outputs.forwarder = forwarder
     consumers: list[Consumer] = []
+    evidence = None
     if conf.get("detection", "enabled"):
         from sensor.live_detection import LiveDetection
+        from sensor.packet_evidence import PacketEvidence
 
+        evidence = PacketEvidence.from_config(conf, store)  # None: [packets] enabled = false
         try:
-            consumers.append(LiveDetection(conf, store, outputs))
+            consumers.append(LiveDetection(conf, store, outputs, evidence=evidence))
         except RuleError as err:
             store.close()
             raise StartupError(str(err)) from None
     if events is not None:
         consumers.append(EventFile(events))
     sensor = Sensor(conf, config_path, consumers, alert_sink=outputs.raise_external)
+    if evidence is not None:
+        sensor.pipeline.ring = evidence.ring
+        evidence.retain()
     sensor.store = store
     sensor.forwarder = forwarder
     sensor.outputs = outputs

@@ -36,6 +36,7 @@ from sensor.detection.settings import (
     store_path,
 )
 from sensor.journald import journald_sink
+from sensor.packet_evidence import PacketEvidence
 from sensor.paths import (
     OutputError,
     check_creatable,
@@ -498,6 +499,7 @@ class ReplayDetection:
         self.store = store
         self.config = config
         self.errors: list[str] = []  # what failed after the replay (forwarding); exit 1
+        self.evidence: PacketEvidence | None = None  # pcaps behind alerts (with --store)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ReplayDetection | None:
@@ -539,9 +541,13 @@ class ReplayDetection:
                 inventory.import_baseline(read_baseline(args.baseline))
             except (OSError, ValueError) as err:
                 raise UsageError(_file_problem(args.baseline, err)) from None
-        detector = build_detector(config, rules, inventory=inventory,
-                                  on_alert=journald_sink())
-        return cls(detector, args.alerts, store, config)
+        evidence = PacketEvidence.from_config(config, store) if store is not None else None
+        detector = build_detector(
+            config, rules, inventory=inventory,
+            on_alert=evidence.chain(journald_sink()) if evidence else journald_sink())
+        made = cls(detector, args.alerts, store, config)
+        made.evidence = evidence
+        return made
 
     def finish(self, report: IO[str]) -> bool:
         """Write, store, forward and summarise; False when alerts could not be stored
@@ -574,6 +580,11 @@ class ReplayDetection:
             self.store.prune()
             self.store.close()
         print(render_summary(alerts, self.detector), file=report)
+        if self.evidence is not None:
+            ev = self.evidence.stats
+            print(f"pcaps      {ev.written} written to {self.evidence.directory}"
+                  + (f", {ev.refused} refused (see the log)" if ev.refused else ""),
+                  file=report)
         if state and (state["unstored"] or state["journal_behind"]):
             print(f"disk full  {self.store.path if self.store else '-'}: {state['unstored']} "
                   f"alert writes refused, {state['stored_late']} stored late, "

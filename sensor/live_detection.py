@@ -34,6 +34,7 @@ from sensor.detection.settings import (
     load_configured_rules,
 )
 from sensor.journald import journald_sink
+from sensor.packet_evidence import PacketEvidence
 from sensor.store import Store
 from sensor.wire import Kind
 
@@ -44,8 +45,9 @@ class LiveDetection:
     """A daemon consumer (``consume``/``tick``/``reload``/``close``)."""
 
     def __init__(self, conf: cfg.Config, store: Store, outputs: AlertOutputs,
-                 persist_every: float = 30.0) -> None:
+                 persist_every: float = 30.0, evidence: PacketEvidence | None = None) -> None:
         self.store = store
+        self.evidence = evidence  # issue 20: pcaps of the frames behind alerts
         self.outputs = outputs
         self.persist_every = persist_every
         self.rules_version = 0  # the signed bundle detection runs (0: none)
@@ -59,7 +61,9 @@ class LiveDetection:
         rules = load_configured_rules(conf)  # rolls a bundle back when it must
         active = None if conf.get("detection", "rules") else bundle_store(conf).active()
         self.rules_version = active.version if active is not None else 0
-        return build_detector(conf, rules, inventory=inventory, on_alert=journald_sink())
+        sink = journald_sink()
+        return build_detector(conf, rules, inventory=inventory,
+                              on_alert=self.evidence.chain(sink) if self.evidence else sink)
 
     def _adopt_stored_baseline(self) -> None:
         stored = self.store.load_baseline()
@@ -93,6 +97,8 @@ class LiveDetection:
             for body in self.identities.changed(assets):
                 submit(Kind.ASSET, body)
         self.store.prune()
+        if self.evidence is not None:
+            self.evidence.retain()  # ages pcaps out even when nothing alerts
 
     def reload(self, conf: cfg.Config) -> None:
         """New rules and sets; the inventory, baseline and open aggregates carry over."""
