@@ -35,6 +35,7 @@ FRAME_OVERHEAD = 160  # bytes Python holds per kept frame beyond its data (measu
 FLOW_OVERHEAD = 1024  # and per flow: its key, table slot, deque block (measured)
 
 Frame = tuple[float, int, bytes]  # ts, linktype, raw frame
+_LRU_RESOLUTION = 1.0  # seconds of packet time
 
 
 class _Flow:
@@ -47,7 +48,6 @@ class _Flow:
 
 @dataclass
 class RingStats:
-    frames: int = 0  # frames offered
     too_big: int = 0  # frames larger than a whole flow's allowance: not kept
     shed_frames: int = 0  # dropped for the total cap (oldest flows first)
     shed_flows: int = 0  # flows left with no frame by the total cap or by age
@@ -77,8 +77,13 @@ class PacketRing:
         return len(self._flows)
 
     def add(self, key: Hashable, ts: float, linktype: int, frame: bytes) -> None:
-        """Keep ``frame`` as the newest of flow ``key``; drop what the bounds say."""
-        self.stats.frames += 1
+        """Keep ``frame`` as the newest of flow ``key``; drop what the bounds say.
+
+        The hot path: one call per frame on a protocol port. A flow is moved to the
+        recent end of the table only when its previous frame is more than
+        ``_LRU_RESOLUTION`` older, as the pipeline's flow table does: the order the
+        total cap and the sweep go by is kept to the second.
+        """
         cost = len(frame) + FRAME_OVERHEAD
         if ts > self.last_ts:
             self.last_ts = ts
@@ -90,19 +95,23 @@ class PacketRing:
         if flow is None:
             flow = flows[key] = _Flow()
             self.bytes += FLOW_OVERHEAD
+            frames = flow.frames
         else:
-            flows.move_to_end(key)
-        frames = flow.frames
+            frames = flow.frames
+            if ts - frames[-1][0] > _LRU_RESOLUTION:
+                flows.move_to_end(key)
         frames.append((ts, linktype, frame))
-        flow.bytes += cost
-        self.bytes += cost
+        held = flow.bytes + cost
+        total = self.bytes + cost
         horizon = ts - self.max_age
         limit = self.flow_bytes
-        while flow.bytes > limit or frames[0][0] < horizon:
-            old = frames.popleft()[2]
-            flow.bytes -= len(old) + FRAME_OVERHEAD
-            self.bytes -= len(old) + FRAME_OVERHEAD
-        if self.bytes > self.total_bytes:
+        while held > limit or frames[0][0] < horizon:
+            gone = len(frames.popleft()[2]) + FRAME_OVERHEAD
+            held -= gone
+            total -= gone
+        flow.bytes = held
+        self.bytes = total
+        if total > self.total_bytes:
             self._shed()
         self._until_sweep -= 1
         if self._until_sweep <= 0:
