@@ -25,6 +25,7 @@ drops raise S1, silence on an interface for ``silence_alert`` raises S3.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import grp
 import logging
 import os
@@ -139,6 +140,7 @@ class Sensor:
         self.web: Any = None  # the operator page (build_sensor(web=...)), stopped first
         self.outputs: Any = None  # sensor.alerting.AlertOutputs: disk-full counters
         self.rules: Any = None  # sensor.rulepush.RuleReceiver: pushed rule bundles
+        self.evidence: Any = None  # sensor.packet_evidence.PacketEvidence (issue 20)
         self._rules_due = threading.Event()
         self.last_heartbeat: float | None = None  # wall time health was last sampled
         self._rate = (time.monotonic(), 0)
@@ -383,6 +385,10 @@ class Sensor:
         }
         if self.outputs is not None:
             snap["disk"] = self.outputs.status()
+        if self.evidence is not None:  # packets behind alerts: memory held, pcaps, refusals
+            ring = self.evidence.ring
+            snap["pcaps"] = {**dataclasses.asdict(self.evidence.stats),
+                             "ring_bytes": ring.bytes, "ring_flows": len(ring)}
         return snap
 
     def health_for_heartbeat(self) -> dict[str, float]:
@@ -566,6 +572,7 @@ def build_sensor(conf: cfg.Config, config_path: str | None,
     sensor = Sensor(conf, config_path, consumers, alert_sink=outputs.raise_external)
     if evidence is not None:
         sensor.pipeline.ring = evidence.ring
+        sensor.evidence = evidence
         evidence.retain()
     sensor.store = store
     sensor.forwarder = forwarder

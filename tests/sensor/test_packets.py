@@ -400,3 +400,29 @@ def test_the_daemon_writes_the_pcap_of_a_live_alert(tmp_path: Path) -> None:
     rows = tshark_frames(Path(pcap), extra=("-d", f"tcp.port=={port},mbtcp"))
     assert any(code == "8" and abs(when - alert.first_ts) < 2e-6 for _, when, code in rows), \
         (rows, alert.first_ts)
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_daemon_feeds_the_ring_only_when_packets_are_on(tmp_path: Path,
+                                                             enabled: bool) -> None:
+    from sensor.daemon import build_sensor
+
+    conf_file = tmp_path / "sensor.toml"
+    conf_file.write_text(f'[sensor]\nstate_dir = "{tmp_path / "state"}"\n\n'
+                         f'[packets]\nenabled = {"true" if enabled else "false"}\n')
+    sensor = build_sensor(cfg.load(conf_file), str(conf_file))
+    try:
+        frame = bytes.fromhex(  # Ethernet, IPv4, TCP 10.0.0.2:40000 -> 10.0.0.1:502, payload
+            "0200000000010200000000020800" "45000030000100004006" "0000" "0a000002" "0a000001"
+            "9c4001f6" "00000001" "00000001" "5018ffff" "0000" "0000"
+            "000100000002" "0103")
+        sensor.pipeline.packet(1.0, 1, frame)
+        snap = sensor.snapshot()
+        if enabled:
+            assert sensor.pipeline.ring is sensor.evidence.ring
+            assert snap["pcaps"]["ring_flows"] == 1 and snap["pcaps"]["refused"] == 0
+            assert snap["pcaps"]["ring_bytes"] >= len(frame)
+        else:
+            assert sensor.pipeline.ring is None and "pcaps" not in snap
+    finally:
+        sensor.shutdown()
