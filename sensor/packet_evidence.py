@@ -28,6 +28,7 @@ import re
 import secrets
 import struct
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,8 @@ _RECORD = struct.Struct("<IIII")  # ts_sec, ts_usec, incl_len, orig_len
 PCAP_NAME = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{12}\.pcap$")  # what this module writes
 
 DEFAULT_DIRECTORY = Path("pcaps")
+RESCAN_EVERY = 3600.0  # seconds between listings of the pcap directory
+_PARTIAL_AGE = 60.0  # a partial file this old is a write that was killed
 
 
 def _v_severity(value: Any) -> str:
@@ -152,6 +155,9 @@ class PacketEvidence:
         self.clock = clock
         self.stats = EvidenceStats()
         self._failing = False
+        self._index: deque[tuple[float, int, str]] = deque()  # (mtime, size, path), oldest first
+        self._held = 0  # bytes of the pcaps in the index
+        self._scanned: float | None = None  # when the directory was last listed
 
     @classmethod
     def from_config(cls, conf: cfg.Config, store: Any) -> PacketEvidence | None:
@@ -188,21 +194,41 @@ class PacketEvidence:
             return
         self.stats.written += 1
         self.stats.bytes_written += len(data)
+        if self._scanned is not None:  # else the first retain() lists it
+            self._index.append((self.clock(), len(data), str(path)))
+            self._held += len(data)
         self.store.attach_pcap(alert.id, str(path))
         self.retain()
 
-    def retain(self) -> None:
+    def retain(self, rescan: bool = False) -> None:
         """Delete pcaps older than ``retention_age``, then the oldest past ``retention_bytes``.
 
-        Only files named as this module names them are touched (and the partial files
-        of a write that was killed), whatever else someone puts in the directory.
+        The directory is listed once (the first call, ``rescan``, and every
+        ``RESCAN_EVERY`` seconds, for what other instances sharing it wrote); between
+        listings the pcaps this process writes are tracked in memory, so an alert
+        costs no listing of a directory of a hundred thousand small files. Only files
+        named as this module names them are touched (and the partial files of a write
+        killed more than ``_PARTIAL_AGE`` ago), whatever else is in the directory.
         """
+        now = self.clock()
+        if rescan or self._scanned is None or now - self._scanned > RESCAN_EVERY:
+            self._scan(now)
+        index = self._index
+        horizon = now - self.retention_age
+        while index and (index[0][0] < horizon or self._held > self.retention_bytes):
+            _, size, path = index.popleft()
+            self._held -= size
+            self._delete(path, False)
+
+    # -- internals -------------------------------------------------------------------
+
+    def _scan(self, now: float) -> None:
+        self._scanned = now
         try:
             entries = list(os.scandir(self.directory))
         except OSError:
             return  # no directory yet, or unreadable: nothing of ours to delete
-        horizon = self.clock() - self.retention_age
-        kept: list[tuple[float, int, str]] = []
+        found: list[tuple[float, int, str]] = []
         for entry in entries:
             name = entry.name
             partial = name.endswith(".part") and PCAP_NAME.match(name[:-5]) is not None
@@ -212,18 +238,14 @@ class PacketEvidence:
                 st = entry.stat(follow_symlinks=False)
             except OSError:
                 continue
-            if partial or st.st_mtime < horizon:
-                self._delete(entry.path, partial)
+            if partial:
+                if st.st_mtime < now - _PARTIAL_AGE:
+                    self._delete(entry.path, True)
             else:
-                kept.append((st.st_mtime, st.st_size, entry.path))
-        total = sum(size for _, size, _ in kept)
-        for _, size, path in sorted(kept):
-            if total <= self.retention_bytes:
-                break
-            if self._delete(path, False):
-                total -= size
-
-    # -- internals -------------------------------------------------------------------
+                found.append((st.st_mtime, st.st_size, entry.path))
+        found.sort()
+        self._index = deque(found)
+        self._held = sum(size for _, size, _ in found)
 
     def _write(self, path: Path, data: bytes) -> bool:
         part = path.with_name(path.name + ".part")

@@ -268,21 +268,28 @@ def _raise(ev: PacketEvidence, n: int, size: int = 1000) -> str | None:
 
 
 def test_retention_by_size_deletes_the_oldest(tmp_path: Path) -> None:
+    one = 24 + 16 + 1000  # a pcap of one 1,000-byte frame
     rows = _Rows()
-    ev = _evidence(tmp_path / "pcaps", rows, retention_bytes=5 * (24 + 16 + 1000))
+    directory = tmp_path / "pcaps"
+    ev = _evidence(directory, rows, retention_bytes=5 * one)
     written = []
-    now = time.time()
     for n in range(1, 9):
         path = _raise(ev, n)
         assert path is not None
-        os.utime(path, (now - 100 + n, now - 100 + n))  # a clear write order, within the age
         written.append(path)
-    foreign = tmp_path / "pcaps" / "notes.txt"
+        assert sorted(str(p) for p in directory.glob("*.pcap")) == sorted(written[-5:])
+    assert ev.stats.deleted == 3
+    # What another instance sharing the directory wrote is seen at the next listing.
+    foreign = directory / "notes.txt"
     foreign.write_text("the operator's own file")
+    theirs = directory / "20991231T000000Z-0123456789ab.pcap"
+    theirs.write_bytes(b"\0" * one)
     ev.retain()
-    left = sorted(str(p) for p in (tmp_path / "pcaps").glob("*.pcap"))
-    assert left == sorted(written[-5:])  # the five newest: exactly the bound
-    assert foreign.exists() and ev.stats.deleted == 3
+    assert theirs.exists()  # not listed yet
+    ev.retain(rescan=True)
+    left = sorted(str(p) for p in directory.glob("*.pcap"))
+    assert left == sorted([*written[-4:], str(theirs)])  # the oldest of ours went
+    assert foreign.exists() and ev.stats.deleted == 4
 
 
 def test_retention_by_age_and_stale_partial_files(tmp_path: Path) -> None:
@@ -291,12 +298,24 @@ def test_retention_by_age_and_stale_partial_files(tmp_path: Path) -> None:
     ev = _evidence(tmp_path / "pcaps", rows, retention_age=3600.0, clock=lambda: now[0])
     old, young = _raise(ev, 1), _raise(ev, 2)
     assert old and young
-    os.utime(old, (now[0] - 3601, now[0] - 3601))
-    os.utime(young, (now[0] - 3599, now[0] - 3599))
-    stale = Path(young).with_name("20000101T000000Z-0123456789ab.pcap.part")
-    stale.write_bytes(b"killed mid-write")
+    now[0] += 3599.5  # the tracked pcaps age without a listing
     ev.retain()
-    assert not Path(old).exists() and Path(young).exists() and not stale.exists()
+    assert Path(old).exists() and Path(young).exists()
+    now[0] += 1.0
+    ev.retain()
+    assert not Path(old).exists() and not Path(young).exists()
+    # A listing finds files by their mtime, and partial files of killed writes.
+    again = _raise(ev, 3)
+    assert again
+    os.utime(again, (now[0] - 3601, now[0] - 3601))
+    stale = Path(again).with_name("20000101T000000Z-0123456789ab.pcap.part")
+    stale.write_bytes(b"killed mid-write")
+    os.utime(stale, (now[0] - 61, now[0] - 61))
+    fresh = Path(again).with_name("20000101T000000Z-ba9876543210.pcap.part")
+    fresh.write_bytes(b"another instance, writing now")
+    os.utime(fresh, (now[0], now[0]))
+    ev.retain(rescan=True)
+    assert not Path(again).exists() and not stale.exists() and fresh.exists()
 
 
 def test_no_frames_or_low_severity_writes_nothing(tmp_path: Path) -> None:
