@@ -583,6 +583,8 @@ class ReplayDetection:
         """Write, store, forward and summarise; False when alerts could not be stored
         (a full disk: the summary says how many)."""
         alerts = self.detector.alerts()
+        if self.evidence is not None:
+            self.evidence.flush()  # pcaps still in their post-window, before the store
         if self.alerts_out is not None:
             if str(self.alerts_out) == "-":
                 write_alerts_jsonl(alerts, sys.stdout)

@@ -80,6 +80,8 @@ class LiveDetection:
 
     def tick(self, now: float) -> None:
         self.detector.tick(now)
+        if self.evidence is not None:
+            self.evidence.due(now)  # post-windows end by the clock too (quiet flows)
         self.outputs.publish(self.detector.drain())
         if time.monotonic() >= self._next_persist:
             self._next_persist = time.monotonic() + self.persist_every
@@ -111,6 +113,8 @@ class LiveDetection:
 
     def close(self) -> None:
         self.detector.settle()  # start-up writes still held are alerts, not lost
+        if self.evidence is not None:
+            self.evidence.flush()
         self.outputs.publish(self.detector.drain())
         self.persist()
         self.outputs.close()  # held alerts a full disk still refuses are said, not hidden

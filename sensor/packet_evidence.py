@@ -2,10 +2,11 @@
 
 The pipeline keeps the recent frames of every flow in a ``PacketRing``. When the
 detector raises a new alert at ``[packets] min_severity`` or above (medium by
-default) for a flow, ``PacketEvidence.on_alert`` writes that flow's frames, up to
-and including the one that completed the triggering message, to
-``<directory>/<time>-<random>.pcap`` (classic pcap, the frames' own link type) and
-records the path in the alert's row of the local store. The frames never leave the
+default) for a flow, ``PacketEvidence.on_alert`` takes that flow's frames, up to
+and including the one that completed the triggering message, waits ``after``
+seconds of packet time for the frames that follow (the answer to a write), then
+writes them to ``<directory>/<time>-<random>.pcap`` (classic pcap, the frames' own
+link type) and records the path in the alert's row of the local store. The frames never leave the
 box: the path is in the store's ``pcap`` column, not in the alert, so neither the
 frames nor the path are forwarded. ``mamori alerts --show ID`` prints the path and
 the web page's alert detail links to ``/alerts/ID/pcap``.
@@ -29,7 +30,7 @@ import secrets
 import struct
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -47,6 +48,7 @@ _RECORD = struct.Struct("<IIII")  # ts_sec, ts_usec, incl_len, orig_len
 PCAP_NAME = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{12}\.pcap$")  # what this module writes
 
 DEFAULT_DIRECTORY = Path("pcaps")
+MAX_PENDING = 64  # alerts waiting for their post-window; past it a pcap is written at once
 RESCAN_EVERY = 3600.0  # seconds between listings of the pcap directory
 _PARTIAL_AGE = 60.0  # a partial file this old is a write that was killed
 
@@ -67,6 +69,9 @@ cfg.register([
                "flows give up their oldest frames"),
     cfg.Option("packets", "max_age", 60.0, cfg.v_positive_seconds,
                "frames older than this (packet time) are not kept"),
+    cfg.Option("packets", "after", 2.0, cfg.v_seconds,
+               "frames of the flow this long after the alert go into its pcap too (the "
+               "answer to a write, the next requests); 0: only up to the trigger"),
     cfg.Option("packets", "min_severity", "medium", _v_severity,
                "alerts at this severity or above get a pcap (info, low, medium, high, "
                "critical)"),
@@ -88,6 +93,10 @@ def check_packets(config: cfg.Config) -> list[cfg.Problem]:
         problems.append(cfg.Problem("packets", "total_bytes",
                                     f"must be at least flow_bytes + {FLOW_OVERHEAD} "
                                     f"({flow + FLOW_OVERHEAD})"))
+    if config.get("packets", "after") > config.get("packets", "max_age"):
+        problems.append(cfg.Problem("packets", "after",
+                                    "must not be longer than max_age (the ring would have "
+                                    "forgotten the frames by then)"))
     if config.get("packets", "retention_bytes") < flow + _HEADER.size:
         problems.append(cfg.Problem("packets", "retention_bytes",
                                     f"must be at least flow_bytes + {_HEADER.size} "
@@ -96,7 +105,8 @@ def check_packets(config: cfg.Config) -> list[cfg.Problem]:
 
 
 cfg.register_check(check_packets, [("packets", "flow_bytes"), ("packets", "total_bytes"),
-                                   ("packets", "retention_bytes")])
+                                   ("packets", "retention_bytes"), ("packets", "after"),
+                                   ("packets", "max_age")])
 
 
 def pcap_bytes(frames: Sequence[Frame]) -> bytes:
@@ -117,6 +127,17 @@ def pcap_bytes(frames: Sequence[Frame]) -> bytes:
         parts.append(record(micros // 1_000_000, micros % 1_000_000, len(data), len(data)))
         parts.append(data)
     return b"".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """An alert's frames so far, waiting for the end of its post-window."""
+
+    alert_id: int
+    first_ts: float
+    key: Hashable
+    frames: list[Frame]
+    deadline: float  # packet time
 
 
 class PcapStore(Protocol):
@@ -145,7 +166,7 @@ class PacketEvidence:
                  min_severity: Severity = Severity.MEDIUM,
                  retention_bytes: int = 256 * 1024 * 1024,
                  retention_age: float = 30 * 86400.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, after: float = 0.0) -> None:
         self.ring = ring
         self.directory = Path(directory)
         self.store = store
@@ -155,6 +176,10 @@ class PacketEvidence:
         self.clock = clock
         self.stats = EvidenceStats()
         self._failing = False
+        self.after = after
+        self._pending: deque[_Pending] = deque()  # waiting for their post-window, by deadline
+        if after > 0:
+            ring.on_due = self.due
         self._index: deque[tuple[float, int, str]] = deque()  # (mtime, size, path), oldest first
         self._held = 0  # bytes of the pcaps in the index
         self._scanned: float | None = None  # when the directory was last listed
@@ -169,7 +194,7 @@ class PacketEvidence:
         return cls(ring, pcap_directory(conf, store.path), store,
                    Severity.parse(conf.get("packets", "min_severity")),
                    conf.get("packets", "retention_bytes"),
-                   conf.get("packets", "retention_age"))
+                   conf.get("packets", "retention_age"), after=conf.get("packets", "after"))
 
     def chain(self, other: Callable[[Alert], None] | None) -> Callable[[Alert], None]:
         """An ``on_alert`` for the detector: this hook, then ``other`` (journald)."""
@@ -180,25 +205,40 @@ class PacketEvidence:
         return both
 
     def on_alert(self, alert: Alert) -> None:
-        """A new alert: its flow's frames to a pcap, the path to the store."""
+        """A new alert: its flow's frames (now, and for ``after`` seconds) to a pcap."""
         if alert.severity < self.min_severity or alert.id <= 0:
             return
-        frames = self.ring.frames_between(alert.src, alert.sport, alert.dst, alert.dport)
+        ring = self.ring
+        key = ring.find(alert.src, alert.sport, alert.dst, alert.dport)
+        frames = ring.frames(key) if key is not None else []
         if not frames:
             self.stats.no_frames += 1
             return
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(alert.first_ts))
-        path = self.directory / f"{stamp}-{secrets.token_hex(6)}.pcap"
-        data = pcap_bytes(frames)
-        if not self._write(path, data):
+        if self.after <= 0 or len(self._pending) >= MAX_PENDING:
+            self._save(alert.id, alert.first_ts, frames)
             return
-        self.stats.written += 1
-        self.stats.bytes_written += len(data)
-        if self._scanned is not None:  # else the first retain() lists it
-            self._index.append((self.clock(), len(data), str(path)))
-            self._held += len(data)
-        self.store.attach_pcap(alert.id, str(path))
-        self.retain()
+        # The frames so far are kept now: the ring may drop them before the window ends.
+        deadline = ring.last_ts + self.after
+        self._pending.append(_Pending(alert.id, alert.first_ts, key, frames, deadline))
+        if deadline < ring.due_at:
+            ring.due_at = deadline
+
+    def due(self, ts: float) -> None:
+        """Packet time ``ts`` has come: write the pcaps whose post-window has ended.
+
+        The ring calls this with the first frame past the earliest deadline, and the
+        daemon once a second with the clock (a flow, or the network, may go quiet).
+        """
+        pending = self._pending
+        while pending and pending[0].deadline <= ts:
+            self._complete(pending.popleft())
+        self.ring.due_at = pending[0].deadline if pending else float("inf")
+
+    def flush(self) -> None:
+        """End of the run: write every pcap still waiting, with what arrived so far."""
+        while self._pending:
+            self._complete(self._pending.popleft())
+        self.ring.due_at = float("inf")
 
     def retain(self, rescan: bool = False) -> None:
         """Delete pcaps older than ``retention_age``, then the oldest past ``retention_bytes``.
@@ -221,6 +261,26 @@ class PacketEvidence:
             self._delete(path, False)
 
     # -- internals -------------------------------------------------------------------
+
+    def _complete(self, wait: _Pending) -> None:
+        seen = {id(f) for f in wait.frames}  # alive (held here), so ids are unique
+        after = [f for f in self.ring.frames(wait.key)
+                 if id(f) not in seen and f[0] <= wait.deadline]
+        self._save(wait.alert_id, wait.first_ts, wait.frames + after)
+
+    def _save(self, alert_id: int, first_ts: float, frames: list[Frame]) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(first_ts))
+        path = self.directory / f"{stamp}-{secrets.token_hex(6)}.pcap"
+        data = pcap_bytes(frames)
+        if not self._write(path, data):
+            return
+        self.stats.written += 1
+        self.stats.bytes_written += len(data)
+        if self._scanned is not None:  # else the first retain() lists it
+            self._index.append((self.clock(), len(data), str(path)))
+            self._held += len(data)
+        self.store.attach_pcap(alert_id, str(path))
+        self.retain()
 
     def _scan(self, now: float) -> None:
         self._scanned = now

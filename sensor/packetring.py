@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import OrderedDict, deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 FRAME_OVERHEAD = 160  # bytes Python holds per kept frame beyond its data (measured)
@@ -72,6 +72,10 @@ class PacketRing:
         self.stats = RingStats()
         self._flows: OrderedDict[Hashable, _Flow] = OrderedDict()  # least recent first
         self._until_sweep = self._SWEEP_EVERY
+        # Packet time at which ``on_due`` wants to hear of the next frame (the end of an
+        # alert's post-window); infinite when nothing waits, so it costs one compare.
+        self.due_at = float("inf")
+        self.on_due: Callable[[float], None] = _nothing
 
     def __len__(self) -> int:
         return len(self._flows)
@@ -116,6 +120,8 @@ class PacketRing:
         self._until_sweep -= 1
         if self._until_sweep <= 0:
             self._sweep()
+        if ts >= self.due_at:
+            self.on_due(ts)
 
     def frames(self, key: Hashable) -> list[Frame]:
         """The flow's frames still within ``max_age`` of the newest frame seen, oldest first."""
@@ -125,18 +131,23 @@ class PacketRing:
         horizon = self.last_ts - self.max_age
         return [f for f in flow.frames if f[0] >= horizon]
 
-    def frames_between(self, src: str | None, sport: int | None, dst: str | None,
-                       dport: int | None) -> list[Frame]:
-        """The frames of the flow between these peers, whichever side is the server.
+    def find(self, src: str | None, sport: int | None, dst: str | None,
+             dport: int | None) -> Hashable | None:
+        """The key of the flow between these peers, whichever side is the server.
 
         Alerts name peers as strings and in the direction of the event (a response
         goes from the server), while the ring keys flows as the pipeline does.
         """
         for key in flow_keys(src, sport, dst, dport):
-            found = self.frames(key)
-            if found:
-                return found
-        return []
+            if key in self._flows:
+                return key
+        return None
+
+    def frames_between(self, src: str | None, sport: int | None, dst: str | None,
+                       dport: int | None) -> list[Frame]:
+        """The frames of the flow between these peers (``find``), oldest first."""
+        key = self.find(src, sport, dst, dport)
+        return [] if key is None else self.frames(key)
 
     def clear(self) -> None:
         self._flows.clear()
@@ -186,3 +197,7 @@ def flow_keys(src: str | None, sport: int | None, dst: str | None,
     return [(proto, server, sp, client, cp)
             for server, sp, client, cp in ((b, dport, a, sport), (a, sport, b, dport))
             for proto in (6, 17)]
+
+
+def _nothing(ts: float) -> None:
+    """The default ``on_due``: nothing waits."""

@@ -406,9 +406,12 @@ def test_the_daemon_writes_the_pcap_of_a_live_alert(tmp_path: Path) -> None:
             peer, _ = server.accept()
             with peer:
                 # Diagnostics 0x08 sub 0x0004: force listen-only mode (a high alert)
-                client.sendall(bytes.fromhex("00070000000601080004" "0000"))
+                request = bytes.fromhex("00070000000601080004" "0000")
+                client.sendall(request)
                 peer.recv(100)
-                time.sleep(1.5)  # a tick of the daemon: the alert is published
+                peer.sendall(request)  # the echo is the answer to a diagnostics request
+                client.recv(100)
+                time.sleep(3.0)  # past the 2 s post-window, by the daemon's clock
         daemon.stop()
     with Store(state / "mamori.db", readonly=True) as db:
         found = [(a, db.pcap(a.id)) for a in db.alerts()
@@ -419,6 +422,8 @@ def test_the_daemon_writes_the_pcap_of_a_live_alert(tmp_path: Path) -> None:
     rows = tshark_frames(Path(pcap), extra=("-d", f"tcp.port=={port},mbtcp"))
     assert any(code == "8" and abs(when - alert.first_ts) < 2e-6 for _, when, code in rows), \
         (rows, alert.first_ts)
+    # and the answer, from the post-window
+    assert [code for _, when, code in rows if when > alert.first_ts + 2e-6].count("8") == 1
 
 
 @pytest.mark.parametrize("enabled", [True, False])
@@ -445,3 +450,85 @@ def test_the_daemon_feeds_the_ring_only_when_packets_are_on(tmp_path: Path,
             assert sensor.pipeline.ring is None and "pcaps" not in snap
     finally:
         sensor.shutdown()
+
+
+# -- the post-window -----------------------------------------------------------------------
+
+def _times(path: str) -> list[float]:
+    return [round(when, 6) for _, when, _ in tshark_frames(Path(path))]
+
+
+@pytest.mark.usefixtures("tshark")
+def test_the_pcap_holds_the_frames_of_the_post_window_and_no_later(tmp_path: Path) -> None:
+    rows = _Rows()
+    ring = PacketRing(flow_bytes=16 * 1024, total_bytes=8 * 1024 * 1024, max_age=60.0)
+    ev = PacketEvidence(ring, tmp_path / "pcaps", rows, after=2.0)  # type: ignore[arg-type]
+    key = (6, bytes([10, 0, 0, 1]), 502, bytes([11, 0, 0, 2]), 1025)
+    other = (6, bytes([10, 0, 0, 1]), 502, bytes([11, 0, 0, 9]), 1032)  # _alert(8)
+    frame = bytes(14) + b"x" * 986  # Ethernet header of zeros, a 1,000-byte frame
+    for t in (0.0, 0.5, 1.0):
+        ring.add(key, 100.0 + t, 1, frame)
+    ev.on_alert(_alert(1, 101.0))
+    assert not rows.paths  # waiting for the window
+    for t in (1.5, 2.0, 2.9):  # within the window (to 103.0)
+        ring.add(key, 100.0 + t, 1, frame)
+    ring.add(other, 102.95, 1, frame)  # another flow's frames stay out
+    assert not rows.paths
+    ring.add(key, 103.5, 1, frame)  # past the deadline: written, without this one
+    assert _times(rows.paths[1]) == [100.0, 100.5, 101.0, 101.5, 102.0, 102.9]
+    assert ring.due_at == float("inf")
+    # A frame at the deadline itself is in the window.
+    ev.on_alert(_alert(8, 103.5))
+    ring.add(other, 105.5, 1, frame)
+    assert _times(rows.paths[8]) == [102.95, 105.5]
+
+
+@pytest.mark.usefixtures("tshark")
+def test_a_busy_post_window_keeps_the_trigger_and_the_newest_after_it(tmp_path: Path) -> None:
+    rows = _Rows()
+    ring = PacketRing(flow_bytes=16 * 1024, total_bytes=8 * 1024 * 1024, max_age=60.0)
+    ev = PacketEvidence(ring, tmp_path / "pcaps", rows, after=2.0)  # type: ignore[arg-type]
+    key = (6, bytes([10, 0, 0, 1]), 502, bytes([11, 0, 0, 2]), 1025)
+    frame = bytes(14) + b"y" * 986
+    ring.add(key, 10.0, 1, frame)  # the trigger
+    ev.on_alert(_alert(1, 10.0))
+    for i in range(1, 101):  # 100 frames in the window: far over the flow's 16 KiB
+        ring.add(key, 10.0 + i * 0.01, 1, frame)
+    ring.add(key, 13.0, 1, frame)
+    times = _times(rows.paths[1])
+    fits = 16 * 1024 // (1000 + FRAME_OVERHEAD)
+    assert times[0] == 10.0  # kept from the moment of the alert
+    # After it, what the ring still held when the window ended: its newest ``fits``
+    # frames, less the one past the deadline (13.0) that ended the window.
+    assert times[1:] == [round(10.0 + i * 0.01, 6) for i in range(102 - fits, 101)]
+
+
+def test_a_quiet_flow_is_written_by_the_clock_and_at_the_end(tmp_path: Path) -> None:
+    rows = _Rows()
+    ring = PacketRing(flow_bytes=64 * 1024, total_bytes=8 * 1024 * 1024, max_age=60.0)
+    ev = PacketEvidence(ring, tmp_path / "pcaps", rows, after=2.0)  # type: ignore[arg-type]
+    for n in (1, 2):
+        ring.add((6, bytes([10, 0, 0, 1]), 502, bytes([11, 0, 0, n + 1]), 1024 + n),
+                 50.0 + n, 1, b"z" * 60)
+        ev.on_alert(_alert(n, 50.0 + n))
+    ev.due(53.5)  # the daemon's tick: the first window (to 53.0) is over, not the second
+    assert set(rows.paths) == {1}
+    ev.flush()  # the end of a run
+    assert set(rows.paths) == {1, 2} and ring.due_at == float("inf")
+
+
+def test_many_alerts_at_once_do_not_wait_beyond_the_pending_bound(tmp_path: Path) -> None:
+    from sensor.packet_evidence import MAX_PENDING
+
+    rows = _Rows()
+    ring = PacketRing(flow_bytes=64 * 1024, total_bytes=64 * 1024 * 1024, max_age=60.0)
+    ev = PacketEvidence(ring, tmp_path / "pcaps", rows, after=2.0)  # type: ignore[arg-type]
+    for n in range(1, MAX_PENDING + 11):
+        ring.add((6, bytes([10, 0, 0, 1]), 502, bytes([11, 0, n // 250, n % 250 + 1]),
+                  1024 + n), 50.0, 1, b"z" * 60)
+        alert = _alert(n, 50.0)
+        ev.on_alert(Alert(**{**{f: getattr(alert, f) for f in alert.__slots__},  # type: ignore[arg-type]
+                             "src": f"11.0.{n // 250}.{n % 250 + 1}"}))
+    assert len(rows.paths) == 10  # past the bound: written at once, not held
+    ev.flush()
+    assert len(rows.paths) == MAX_PENDING + 10
