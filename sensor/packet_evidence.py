@@ -48,7 +48,8 @@ _RECORD = struct.Struct("<IIII")  # ts_sec, ts_usec, incl_len, orig_len
 PCAP_NAME = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{12}\.pcap$")  # what this module writes
 
 DEFAULT_DIRECTORY = Path("pcaps")
-MAX_PENDING = 64  # alerts waiting for their post-window; past it a pcap is written at once
+MAX_PENDING = 64  # alerts waiting for their post-window; past it (or past the ring's
+# total_bytes of frames waiting) a pcap is written when its alert fires
 RESCAN_EVERY = 3600.0  # seconds between listings of the pcap directory
 _PARTIAL_AGE = 60.0  # a partial file this old is a write that was killed
 
@@ -138,6 +139,7 @@ class _Pending:
     key: Hashable
     frames: list[Frame]
     deadline: float  # packet time
+    size: int  # bytes of frames held
 
 
 class PcapStore(Protocol):
@@ -178,6 +180,7 @@ class PacketEvidence:
         self._failing = False
         self.after = after
         self._pending: deque[_Pending] = deque()  # waiting for their post-window, by deadline
+        self._pending_bytes = 0
         if after > 0:
             ring.on_due = self.due
         self._index: deque[tuple[float, int, str]] = deque()  # (mtime, size, path), oldest first
@@ -214,12 +217,16 @@ class PacketEvidence:
         if not frames:
             self.stats.no_frames += 1
             return
-        if self.after <= 0 or len(self._pending) >= MAX_PENDING:
+        size = sum(len(f[2]) for f in frames)
+        if self.after <= 0 or len(self._pending) >= MAX_PENDING \
+                or self._pending_bytes + size > ring.total_bytes:
             self._save(alert.id, alert.first_ts, frames)
             return
         # The frames so far are kept now: the ring may drop them before the window ends.
+        # What waits is bounded by the ring's own total, so memory stays within twice it.
         deadline = ring.last_ts + self.after
-        self._pending.append(_Pending(alert.id, alert.first_ts, key, frames, deadline))
+        self._pending.append(_Pending(alert.id, alert.first_ts, key, frames, deadline, size))
+        self._pending_bytes += size
         if deadline < ring.due_at:
             ring.due_at = deadline
 
@@ -263,6 +270,7 @@ class PacketEvidence:
     # -- internals -------------------------------------------------------------------
 
     def _complete(self, wait: _Pending) -> None:
+        self._pending_bytes -= wait.size
         seen = {id(f) for f in wait.frames}  # alive (held here), so ids are unique
         after = [f for f in self.ring.frames(wait.key)
                  if id(f) not in seen and f[0] <= wait.deadline]

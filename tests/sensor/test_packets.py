@@ -532,3 +532,18 @@ def test_many_alerts_at_once_do_not_wait_beyond_the_pending_bound(tmp_path: Path
     assert len(rows.paths) == 10  # past the bound: written at once, not held
     ev.flush()
     assert len(rows.paths) == MAX_PENDING + 10
+
+
+def test_what_waits_for_its_window_is_bounded_by_the_ring_total(tmp_path: Path) -> None:
+    rows = _Rows()
+    total = 64 * 1024 + FLOW_OVERHEAD
+    ring = PacketRing(flow_bytes=64 * 1024, total_bytes=total, max_age=60.0)
+    ev = PacketEvidence(ring, tmp_path / "pcaps", rows, after=2.0)  # type: ignore[arg-type]
+    big = b"b" * 40_000  # two of these do not fit in the total
+    for n in (1, 2):
+        ring.add((6, bytes([10, 0, 0, 1]), 502, bytes([11, 0, 0, n + 1]), 1024 + n),
+                 50.0, 1, big)
+        ev.on_alert(_alert(n, 50.0))
+    assert set(rows.paths) == {2}  # the second would have held more than the total
+    ev.flush()
+    assert set(rows.paths) == {1, 2}
