@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sensor import config as cfg
+from sensor import packet_evidence as _packets  # noqa: F401  registers [packets]
 from sensor.detection.bounded import DEFAULT_MAX_STATE
 from sensor.detection.engine import Detector
 from sensor.detection.inventory import (

@@ -43,6 +43,7 @@ from sensor.web.downloads import alerts_csv, assets_csv
 from sensor.web.fcclass import classify
 from sensor.web.health import HealthSource
 from sensor.web.limits import BadParameter, RequestLimits, parse_id, query_id
+from sensor.web.pcaps import pcap_response, read_pcap
 from sensor.web.vulnerable import VulnerableView
 
 HERE = Path(__file__).parent
@@ -99,6 +100,7 @@ class WebContext:
     guidance: dict[str, str] = field(default_factory=dict)  # rule id -> operator guidance
     ack_problem: str | None = None
     vulnerable: VulnerableView | None = None  # CSAF matches of the assets (issue 18)
+    pcap_dir: Path | None = None  # where alert pcaps are (issue 20); None: not served
 
 
 def _ts(value: float | None) -> str:
@@ -312,7 +314,17 @@ def create_app(ctx: WebContext) -> Starlette:
         return render(request, auth, "alert.html", row=row, a=row.alert,
                       guidance=ctx.guidance.get(row.alert.rule, ""),
                       acks=ctx.reader.acks(row.alert.id), ack_problem=ctx.ack_problem,
-                      evidence=sorted(row.alert.evidence.items()))
+                      evidence=sorted(row.alert.evidence.items()),
+                      pcap=ctx.pcap_dir is not None and ctx.reader.pcap(row.alert.id) is not None)
+
+    async def alert_pcap(request: Request, auth: Auth) -> Response:
+        alert_id = _path_id(request)
+        found = (f"alert {str(request.path_params['alert_id'])[:40]}" if alert_id is None
+                 else await run_in_threadpool(read_pcap, ctx.reader, ctx.pcap_dir, alert_id))
+        if isinstance(found, str):
+            return render(request, auth, "missing.html", status=404, what=found)
+        assert alert_id is not None
+        return pcap_response(found, alert_id)
 
     async def acknowledge(request: Request, auth: Auth) -> Response:
         form = await _form(request)
@@ -402,6 +414,7 @@ def create_app(ctx: WebContext) -> Starlette:
         # Not {alert_id:int}: its int() of 5000 digits raises (a 500); see _path_id.
         Route("/alerts/{alert_id}", protected(alert_detail)),
         Route("/alerts/{alert_id}/ack", protected(acknowledge), methods=["POST"]),
+        Route("/alerts/{alert_id}/pcap", protected(alert_pcap)),
         Route("/assets", protected(assets)),
         Route("/alerts.csv", protected(alerts_download)),
         Route("/assets.csv", protected(assets_download)),

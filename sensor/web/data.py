@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sensor.alerts import Alert, Severity
-from sensor.store import _COLUMNS, _alert
+from sensor.store import _COLUMNS, _alert, pcap_of
 from sensor.web.audit import AUDIT_TABLE
 from sensor.web.limits import MAX_ID
 
@@ -153,6 +153,13 @@ class StoreReader:
                 f"SELECT {', '.join(_COLUMNS)}, {self._open_expr(acks)} FROM alerts"
                 " WHERE id = ?", (alert_id,)).fetchone()
         return None if row is None else AlertRow(_alert(row[:-1]), bool(row[-1]))
+
+    def pcap(self, alert_id: int) -> str | None:
+        """Where the alert's pcap was written (issue 20), or None."""
+        if alert_id != _sql_int(alert_id):
+            return None
+        with self._db() as db:
+            return pcap_of(db, alert_id)
 
     def max_id(self) -> int:
         with self._db() as db:
