@@ -19,6 +19,7 @@ attributes, not CSS, so the SVG works on its own and needs no ``style=``.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +49,19 @@ from sensor.web.maplayout import (
 NORMAL, EDGE, PANEL = "#37474f", "#90a4ae", "#cfd8dc"
 # The alert list's severity colours (app.css .sev-*), worst last.
 SEVERITY_COLOURS = ("#78909c", "#1e88e5", "#fb8c00", "#e53935", "#b71c1c")
+# What XML 1.0 cannot hold at all (C0 controls but tab and newline, DEL..C1, surrogates,
+# U+FFFE/U+FFFF): an identity string off the wire may carry any of it.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+
+
+def _esc(text: str) -> str:
+    return escape(_NOT_XML.sub("\ufffd", text))
+
+
+def _attr(text: str) -> str:
+    return quoteattr(_NOT_XML.sub("\ufffd", text))
+
+
 ROLES = ("master", "both", "outstation")
 ROLE_TITLES = {"master": "masters", "both": "masters and outstations",
                "outstation": "outstations"}
@@ -417,14 +431,14 @@ def _heading(key: str, members: Sequence[Node], grouping: str) -> str:
 def _panel(panel: Panel, grouping: str, link_query: Mapping[str, str] | None) -> str:
     rect = panel.rect
     lines = "".join(f'<tspan x="{rect.x + PAD:.0f}" y="{rect.y + PANEL_HEAD_TOP + i * LINE:.0f}">'
-                    f'{escape(line)}</tspan>' for i, line in enumerate(panel.heading))
+                    f'{_esc(line)}</tspan>' for i, line in enumerate(panel.heading))
     text = (f'<text class="group-title" font-family="monospace" font-size="{FONT}" '
             f'font-weight="bold" fill="{NORMAL}">{lines}</text>')
     if link_query is not None and grouping != "none":
         href = "/map?" + urlencode({**link_query, "group": grouping, "in": panel.key})
-        text = f'<a href={quoteattr(href)}>{text}</a>'
-    return (f'<g class="group" data-group={quoteattr(panel.key)}>'
-            f'<title>{escape(" ".join(panel.heading))}</title>'
+        text = f'<a href={_attr(href)}>{text}</a>'
+    return (f'<g class="group" data-group={_attr(panel.key)}>'
+            f'<title>{_esc(" ".join(panel.heading))}</title>'
             f'<rect x="{rect.x:.0f}" y="{rect.y:.0f}" width="{rect.w:.0f}" '
             f'height="{rect.h:.0f}" rx="8" fill="#f7f9fa" stroke="{PANEL}"/>{text}</g>')
 
@@ -456,11 +470,11 @@ def _edge(edge: Edge, source: Rect, x: float, y: float, lines: Sequence[str]
         shape = f'<line x1="{x1:.0f}" y1="{y1:.0f}" x2="{tx:.0f}" y2="{ty:.0f}" '
     dash = ' stroke-dasharray="6 4"' if edge.new else ""
     flags = (["alert"] if edge.alert is not None else []) + (["new"] if edge.new else [])
-    data = (f'data-master={quoteattr(edge.master)} data-outstation={quoteattr(edge.outstation)} '
-            f'data-proto={quoteattr(edge.proto)}')
+    data = (f'data-master={_attr(edge.master)} data-outstation={_attr(edge.outstation)} '
+            f'data-proto={_attr(edge.proto)}')
     alerting = edge.alert is not None
     opacity = "" if alerting else ' stroke-opacity="0.6"'
-    line = (f'{shape[:-1]} class={quoteattr(" ".join(["edge-line", *flags]))} {data} '
+    line = (f'{shape[:-1]} class={_attr(" ".join(["edge-line", *flags]))} {data} '
             f'stroke="{colour}" stroke-width="{2.5 if alerting else 1.2}"'
             f'{opacity}{dash} '
             f'marker-end="url(#{marker})"/>')
@@ -468,13 +482,13 @@ def _edge(edge: Edge, source: Rect, x: float, y: float, lines: Sequence[str]
         " ".join(sorted(edge.addresses)) + " fc " + " ".join(sorted(edge.functions))
     text = "".join(
         f'<tspan x="{x + LABEL_INDENT:.0f}" y="{y + (i + 1) * LINE - 4:.0f}">'
-        f'{escape(line)}</tspan>' for i, line in enumerate(lines))
+        f'{_esc(line)}</tspan>' for i, line in enumerate(lines))
     chip_w = text_width(max(len(line) for line in lines)) + 6
     severity = (f' data-severity="{_severity_name(edge.alert)}"' if edge.alert is not None
                 else "")
-    label = (f'<g class={quoteattr(" ".join(["edge", *flags]))} {data} '
-             f'data-classes={quoteattr(" ".join(edge.classes))}{severity}>'
-             f'<title>{escape(title)}</title>'
+    label = (f'<g class={_attr(" ".join(["edge", *flags]))} {data} '
+             f'data-classes={_attr(" ".join(edge.classes))}{severity}>'
+             f'<title>{_esc(title)}</title>'
              f'<rect class="chip" x="{x + LABEL_INDENT - 3:.0f}" y="{y:.0f}" '
              f'width="{chip_w:.0f}" height="{LINE * len(lines):.0f}" rx="3" fill="#ffffff" '
              f'fill-opacity="0.92"/>'
@@ -491,17 +505,17 @@ def _node(node: Node, box: Rect, lines: Sequence[str]) -> str:
     severity = f' data-severity="{_severity_name(node.alert)}"' if node.alert is not None else ""
     body = "".join(
         f'<text x="{box.x + PAD:.0f}" y="{box.y + PAD + (i + 2) * LINE - 4:.0f}" '
-        f'font-family="monospace" font-size="{FONT}" fill="{NORMAL}">{escape(line)}</text>'
+        f'font-family="monospace" font-size="{FONT}" fill="{NORMAL}">{_esc(line)}</text>'
         for i, line in enumerate(lines))
     tooltip = " ".join(filter(None, (node.ip, node.detail)))
-    return (f'<g class={quoteattr(cls)} data-ip={quoteattr(node.ip)} '
-            f'data-role="{node.role}"{severity}><title>{escape(tooltip)}</title>'
+    return (f'<g class={_attr(cls)} data-ip={_attr(node.ip)} '
+            f'data-role="{node.role}"{severity}><title>{_esc(tooltip)}</title>'
             f'<rect x="{box.x:.0f}" y="{box.y:.0f}" width="{box.w:.0f}" height="{box.h:.0f}" '
             f'rx="6" fill="#ffffff" stroke="{colour}" '
             f'stroke-width="{3 if node.alert is not None else 1.2}"{dash}/>'
             f'<text x="{box.x + PAD:.0f}" y="{box.y + PAD + LINE - 3:.0f}" '
             f'font-family="monospace" font-size="{TITLE_FONT}" font-weight="bold" '
-            f'fill="{colour}">{escape(node.ip)}</text>{body}</g>')
+            f'fill="{colour}">{_esc(node.ip)}</text>{body}</g>')
 
 
 def map_for(assets: Sequence[Mapping[str, Any]], pairs: Sequence[Mapping[str, Any]],

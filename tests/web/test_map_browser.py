@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import PROJECT
 from tests.web.conftest import WebProcess
-from tests.web.mapsite import Site, make_site, write_site
+from tests.web.mapsite import Site, assert_readable, inside, make_site, write_site
 from tests.web.test_browser import _login, browser_page  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.browser
@@ -50,59 +50,6 @@ GEOMETRY_JS = """() => {
   return {width: Number(svg.dataset.width), height: Number(svg.dataset.height),
           nodes, edges, groups};
 }"""
-
-
-def _overlap(a: list[float], b: list[float], eps: float = 0.5) -> bool:
-    return (a[0] + eps < b[0] + b[2] and b[0] + eps < a[0] + a[2]
-            and a[1] + eps < b[1] + b[3] and b[1] + eps < a[1] + a[3])
-
-
-def _inside(inner: list[float], outer: list[float], eps: float = 0.5) -> bool:
-    return (inner[0] >= outer[0] - eps and inner[1] >= outer[1] - eps
-            and inner[0] + inner[2] <= outer[0] + outer[2] + eps
-            and inner[1] + inner[3] <= outer[1] + outer[3] + eps)
-
-
-def _overlapping(boxes: list[tuple[str, list[float]]]) -> list[tuple[str, str]]:
-    """Pairs of named boxes that overlap (sweep on x: fine for thousands)."""
-    ordered = sorted(boxes, key=lambda b: b[1][0])
-    found = []
-    for i, (name, a) in enumerate(ordered):
-        for other, b in ordered[i + 1:]:
-            if b[0] >= a[0] + a[2]:
-                break
-            if _overlap(a, b):
-                found.append((name, other))
-    return found
-
-
-def assert_readable(geo: dict[str, Any]) -> None:
-    """No node, label or group title overlaps another; each text inside its box."""
-    width, height = geo["width"], geo["height"]
-    canvas = [0.0, 0.0, width, height]
-    rects = {n["ip"]: n["rect"] for n in geo["nodes"]}
-    for n in geo["nodes"]:
-        assert n["visible"], n["ip"]
-        assert n["rect"][2] > 0 and n["rect"][3] > 0 and _inside(n["rect"], canvas), n
-        for t in n["texts"]:
-            assert t[2] > 0 and _inside(t, n["rect"]), (n["ip"], t, n["rect"])
-    assert _overlapping([(n["ip"], n["rect"]) for n in geo["nodes"]]) == []
-    texts = [(f"{n['ip']} text {i}", t) for n in geo["nodes"]
-             for i, t in enumerate(n["texts"])]
-    texts += [(f"edge {e['master']}>{e['outstation']} {e['proto']}", e["chip"])
-              for e in geo["edges"]]
-    texts += [(f"group {g['key']}", g["title"]) for g in geo["groups"]]
-    assert _overlapping(texts) == []
-    for e in geo["edges"]:
-        label, chip, target = e["label"], e["chip"], rects[e["outstation"]]
-        assert _inside(label, chip) and _inside(chip, canvas), e
-        assert target[0] <= chip[0] and chip[0] + chip[2] <= target[0] + target[2] + 0.5, e
-        assert chip[1] >= target[1] + target[3] - 0.5, e  # under its outstation's box
-        hits = [ip for ip, r in rects.items() if _overlap(chip, r)]
-        assert hits == [], (e, hits)
-    assert _overlapping([(g["key"], g["rect"]) for g in geo["groups"]]) == []
-    for g in geo["groups"]:
-        assert _inside(g["rect"], canvas) and _inside(g["title"], g["rect"]), g
 
 
 @pytest.fixture
@@ -217,7 +164,7 @@ def test_map_of_300_assets_readable_filtered_grouped_zoomable(
     assert [g["key"] for g in geo["groups"]] == ["master", "both", "outstation"]
     panels = {g["key"]: g["rect"] for g in geo["groups"]}
     for n in geo["nodes"]:
-        assert _inside(n["rect"], panels[n["role"]]), n
+        assert inside(n["rect"], panels[n["role"]]), n
     assert {n["role"] for n in geo["nodes"] if n["ip"].startswith("10.0.0.")} == {"master"}
     assert_readable(geo)
     geo = _geometry(page, "?group=none")
@@ -230,10 +177,10 @@ def test_map_of_300_assets_readable_filtered_grouped_zoomable(
     page.click('#map g.group[data-group="10.1.3.0/24"] a')
     page.wait_for_url("**in=10.1.3.0%2F24**")
     geo = page.evaluate(GEOMETRY_JS)
-    inside = {ip for ip in site.ips() if ip.startswith("10.1.3.")}
+    members = {ip for ip in site.ips() if ip.startswith("10.1.3.")}
     peers = {str(p[k]) for p in site.pairs for k in ("client", "server")
-             if p["client"] in inside or p["server"] in inside}
-    assert {n["ip"] for n in geo["nodes"]} == inside | peers
+             if p["client"] in members or p["server"] in members}
+    assert {n["ip"] for n in geo["nodes"]} == members | peers
     assert_readable(geo)
 
     # Severity and time choose the alerts that count; show=alerts keeps only those.
