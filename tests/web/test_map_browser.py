@@ -130,12 +130,8 @@ def test_map_of_300_assets_readable_filtered_grouped_zoomable(
       .map(([ip]) => ip)""", view)
     assert outside == []
     page.screenshot(path=str(tmp_path / "map-300-whole.png"))
-    page.click("#map-tools button[data-zoom=actual]")
     master = sorted(ip for ip in site.ips() if ip.startswith("10.0.0."))[0]
-    node = page.locator(f'#map g.node[data-ip="{master}"]')
-    node.scroll_into_view_if_needed()
-    page.evaluate(f"""document.querySelector('#map g.node[data-ip="{master}"]')
-                      .dispatchEvent(new MouseEvent('click', {{bubbles: true}}))""")
+    page.locator(f'#map g.node[data-ip="{master}"] rect').click()  # a real click, at fit
     assert "focus" in (svg.get_attribute("class") or "")
     on = page.evaluate("[...document.querySelectorAll('#map g.edge.on, #map .edge-line.on')]"
                        ".map((e) => [e.tagName, e.dataset.master, e.dataset.outstation])")
@@ -143,10 +139,16 @@ def test_map_of_300_assets_readable_filtered_grouped_zoomable(
                 (p["client"], p["server"])}
     assert expected and {(m, o) for tag, m, o in on if tag == "g"} == expected
     assert {(m, o) for tag, m, o in on if tag == "line"} == expected
-    page.keyboard.press("Escape")  # the map has focus from the click only if focused
-    page.focus("#map")
-    page.keyboard.press("Escape")
+    page.keyboard.press("Escape")  # the click focused the map (tabindex)
     assert "focus" not in (svg.get_attribute("class") or "")
+    page.click("#map-tools button[data-zoom=actual]")
+    assert float(svg.get_attribute("data-scale") or "0") == 1.0
+    page.focus("#map")
+    page.keyboard.press("-")
+    assert float(svg.get_attribute("data-scale") or "0") == pytest.approx(0.8, rel=1e-3)
+    x0 = float((svg.get_attribute("viewBox") or "").split()[0])
+    page.keyboard.press("ArrowRight")
+    assert float((svg.get_attribute("viewBox") or "").split()[0]) > x0
     page.goto(f"{server.url}/map")
     page.screenshot(path=str(tmp_path / "map-300-page.png"))
 
