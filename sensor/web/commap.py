@@ -103,7 +103,7 @@ class Edge:
     def label(self) -> str:
         source = "itself" if self.master == self.outstation else self.master
         text = f"← {source} {self.proto}: {', '.join(self.classes) or 'no requests'}"
-        return text + " · new" if self.new else text
+        return text + " (new)" if self.new else text
 
 
 @dataclass
@@ -385,8 +385,11 @@ def render_svg(nodes: Sequence[Node], edges: Sequence[Edge], grouping: str = "su
                    f'font-size="{TITLE_FONT}" fill="{NORMAL}">Nothing to show: no '
                    'communication seen yet, or none that the filters let through.</text>')
     cells = {c.key: c for p in plan.panels for c in p.cells}
+    headings = []
     for panel in plan.panels:
-        out.append(_panel(panel, grouping, link_query))
+        background, heading = _panel(panel, grouping, link_query)
+        out.append(background)
+        headings.append(heading)
     lines_layer, labels_layer = [], []  # every label above every line: none is crossed
     for ip, arriving in incoming.items():
         cell = cells[ip]
@@ -397,7 +400,7 @@ def render_svg(nodes: Sequence[Node], edges: Sequence[Edge], grouping: str = "su
             lines_layer.append(line)
             labels_layer.append(label)
             y += LINE * len(lines)
-    out += lines_layer + labels_layer
+    out += lines_layer + labels_layer + headings
     for ip, cell in cells.items():
         out.append(_node(by_ip[ip], cell.box, texts[ip]))
     out.append("</svg>")
@@ -428,7 +431,10 @@ def _heading(key: str, members: Sequence[Node], grouping: str) -> str:
     return f"{title} · {', '.join(summary)}"
 
 
-def _panel(panel: Panel, grouping: str, link_query: Mapping[str, str] | None) -> str:
+def _panel(panel: Panel, grouping: str, link_query: Mapping[str, str] | None
+           ) -> tuple[str, str]:
+    """The panel's background (under everything) and its heading (on a chip, above
+    the lines that cross the panel; a link to the group alone)."""
     rect = panel.rect
     lines = "".join(f'<tspan x="{rect.x + PAD:.0f}" y="{rect.y + PANEL_HEAD_TOP + i * LINE:.0f}">'
                     f'{_esc(line)}</tspan>' for i, line in enumerate(panel.heading))
@@ -437,10 +443,16 @@ def _panel(panel: Panel, grouping: str, link_query: Mapping[str, str] | None) ->
     if link_query is not None and grouping != "none":
         href = "/map?" + urlencode({**link_query, "group": grouping, "in": panel.key})
         text = f'<a href={_attr(href)}>{text}</a>'
-    return (f'<g class="group" data-group={_attr(panel.key)}>'
-            f'<title>{_esc(" ".join(panel.heading))}</title>'
+    width = text_width(max(len(line) for line in panel.heading)) + 6
+    chip = (f'<rect class="chip" x="{rect.x + PAD - 3:.0f}" '
+            f'y="{rect.y + PANEL_HEAD_TOP - 13:.0f}" width="{width:.0f}" '
+            f'height="{LINE * (len(panel.heading) - 1) + 17:.0f}" rx="3" fill="#f7f9fa" '
+            'fill-opacity="0.92"/>')
+    title = f'<title>{_esc(" ".join(panel.heading))}</title>'
+    return (f'<g class="group" data-group={_attr(panel.key)}>{title}'
             f'<rect x="{rect.x:.0f}" y="{rect.y:.0f}" width="{rect.w:.0f}" '
-            f'height="{rect.h:.0f}" rx="8" fill="#f7f9fa" stroke="{PANEL}"/>{text}</g>')
+            f'height="{rect.h:.0f}" rx="8" fill="#f7f9fa" stroke="{PANEL}"/></g>',
+            f'<g class="group-head" data-group={_attr(panel.key)}>{title}{chip}{text}</g>')
 
 
 def _clip(box: Rect, tx: float, ty: float) -> tuple[float, float]:

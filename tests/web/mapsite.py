@@ -147,7 +147,7 @@ def assert_readable(geo: dict[str, Any]) -> None:
              for i, t in enumerate(n["texts"])]
     texts += [(f"edge {e['master']}>{e['outstation']} {e['proto']}", e["chip"])
               for e in geo["edges"]]
-    texts += [(f"group {g['key']}", g["title"]) for g in geo["groups"]]
+    texts += [(f"group {g['key']}", g["chip"]) for g in geo["groups"]]
     assert overlapping(texts) == []
     for e in geo["edges"]:
         label, chip, target = e["label"], e["chip"], rects[e["outstation"]]
@@ -158,7 +158,8 @@ def assert_readable(geo: dict[str, Any]) -> None:
         assert hits == [], (e, hits)
     assert overlapping([(g["key"], g["rect"]) for g in geo["groups"]]) == []
     for g in geo["groups"]:
-        assert inside(g["rect"], canvas) and inside(g["title"], g["rect"]), g
+        assert inside(g["rect"], canvas) and inside(g["chip"], g["rect"]), g
+        assert inside(g["title"], g["chip"]), g
 
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -185,6 +186,7 @@ def svg_geometry(svg: str) -> dict[str, Any]:
     """What GEOMETRY_JS reads in the browser, read from the SVG text instead."""
     root = ElementTree.fromstring(svg)
     nodes, edges, groups = [], [], []
+    heads: dict[str, dict[str, list[float]]] = {}
     for g in root.iter(f"{SVG}g"):
         cls = g.get("class", "")
         if cls.split()[:1] == ["node"]:
@@ -201,10 +203,14 @@ def svg_geometry(svg: str) -> dict[str, Any]:
                           "chip": _rect(g.find(f"{SVG}rect")),
                           "text": " ".join(t.text or "" for t in label)})
         elif cls == "group":
+            groups.append({"key": g.get("data-group"), "rect": _rect(g.find(f"{SVG}rect"))})
+        elif cls == "group-head":
             title = g.find(f".//{SVG}text")
             assert title is not None
-            groups.append({"key": g.get("data-group"), "rect": _rect(g.find(f"{SVG}rect")),
-                           "title": _text_box(title)})
+            heads[str(g.get("data-group"))] = {"title": _text_box(title),
+                                               "chip": _rect(g.find(f"{SVG}rect"))}
+    for group in groups:
+        group.update(heads[str(group["key"])])
     size = re.search(r'data-width="(\d+)" data-height="(\d+)"', svg)
     assert size
     return {"width": float(size.group(1)), "height": float(size.group(2)), "nodes": nodes,

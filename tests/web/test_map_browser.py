@@ -44,9 +44,12 @@ GEOMETRY_JS = """() => {
     cls: g.getAttribute('class'), severity: g.dataset.severity || null,
     label: box(g.querySelector('text.edge-label')), chip: box(g.querySelector('rect.chip')),
     text: g.querySelector('text.edge-label').textContent}));
+  const heads = new Map([...svg.querySelectorAll('g.group-head')].map((g) =>
+    [g.dataset.group, g]));
   const groups = [...svg.querySelectorAll('g.group')].map((g) => ({
     key: g.dataset.group, rect: box(g.querySelector('rect')),
-    title: box(g.querySelector('text.group-title'))}));
+    title: box(heads.get(g.dataset.group).querySelector('text.group-title')),
+    chip: box(heads.get(g.dataset.group).querySelector('rect.chip'))}));
   return {width: Number(svg.dataset.width), height: Number(svg.dataset.height),
           nodes, edges, groups};
 }"""
@@ -99,7 +102,7 @@ def test_map_of_300_assets_readable_filtered_grouped_zoomable(
     assert all(n["severity"] is None for n in geo["nodes"] if n not in alerting)
     new = {n["ip"] for n in geo["nodes"] if "new" in n["cls"].split()}
     assert new == {str(a["ip"]) for a in site.assets if a["first_seen"] > site.frozen_at}
-    assert new and any("· new" in e["text"] for e in geo["edges"])
+    assert new and any(e["text"].endswith("(new)") for e in geo["edges"])
     page.wait_for_timeout(500)
     violations += page.evaluate("window.__csp || []")
 
@@ -176,7 +179,7 @@ def test_map_of_300_assets_readable_filtered_grouped_zoomable(
     # One group alone (its title links there): its assets and their peers.
     page.goto(f"{server.url}/map")
     page.click("#map-fit")
-    page.click('#map g.group[data-group="10.1.3.0/24"] a')
+    page.click('#map g.group-head[data-group="10.1.3.0/24"] a')
     page.wait_for_url("**in=10.1.3.0%2F24**")
     geo = page.evaluate(GEOMETRY_JS)
     members = {ip for ip in site.ips() if ip.startswith("10.1.3.")}
