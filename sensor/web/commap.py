@@ -412,7 +412,8 @@ def _markers() -> str:
     for name, colour in (("arrow", EDGE), *((f"arrow-{i}", c)
                                             for i, c in enumerate(SEVERITY_COLOURS))):
         out.append(f'<marker id="{name}" viewBox="0 0 10 10" refX="10" refY="5" '
-                   'markerWidth="7" markerHeight="7" orient="auto-start-reverse">'
+                   'markerUnits="userSpaceOnUse" markerWidth="9" markerHeight="9" '
+                   'orient="auto-start-reverse">'
                    f'<path d="M 0 0 L 10 5 L 0 10 z" fill="{colour}"/></marker>')
     out.append("</defs>")
     return "".join(out)

@@ -153,6 +153,9 @@
     // First view: the whole width, never larger than life, and never so small that
     // the labels cannot be read (a wide map starts at its top left; "whole map" shows all).
     view.s = Math.min(1, Math.max(READABLE, screen().w / W));
+    // A small map gets a box its size, not an empty screenful (CSSOM: CSP allows it).
+    const tall = Math.ceil(H * view.s) + 8;
+    if (tall < box.clientHeight) { box.style.height = Math.max(tall, 240) + "px"; }
     apply();
   }
 
