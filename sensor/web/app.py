@@ -371,25 +371,27 @@ def create_app(ctx: WebContext) -> Starlette:
                       vulnerable=devices, vulnerable_ips={d.ip for d in devices},
                       advisory_problem=view.problem if view is not None else None)
 
-    def map_svg(filt: MapFilter, page: bool) -> tuple[str, int, int]:
+    def map_svg(filt: MapFilter, frozen_at: float | None, page: bool
+                ) -> tuple[str, int, int]:
         counted = AlertFilter(min_severity=filt.min_severity, since=filt.since(time.time()))
         return map_for(ctx.reader.assets(), ctx.reader.pairs(),
-                       ctx.reader.open_peers(counted), ctx.reader.baseline_frozen_at(),
-                       filt, page)
+                       ctx.reader.open_peers(counted), frozen_at, filt, page)
 
     async def map_page(request: Request, auth: Auth) -> Response:
         filt, problems = parse_map_filter(request.query_params)
-        svg, matched, drawn = await run_in_threadpool(map_svg, filt, True)
+        frozen_at = ctx.reader.baseline_frozen_at()
+        svg, matched, drawn = await run_in_threadpool(map_svg, filt, frozen_at, True)
         return render(request, auth, "map.html", status=400 if problems else 200, svg=svg,
                       filt=filt, problems=problems, matched=matched, drawn=drawn,
                       query=urlencode(filt.query()), choices=MAP_CHOICES,
-                      frozen=ctx.reader.baseline_frozen_at() is not None)
+                      frozen=frozen_at is not None)
 
     async def map_image(request: Request, auth: Auth) -> Response:
         filt, problems = parse_map_filter(request.query_params)
         if problems:
             return JSONResponse({"error": "; ".join(problems)}, status_code=400)
-        svg, _, _ = await run_in_threadpool(map_svg, filt, False)
+        svg, _, _ = await run_in_threadpool(map_svg, filt, ctx.reader.baseline_frozen_at(),
+                                            False)
         return Response(svg, media_type="image/svg+xml")
 
     # -- health -------------------------------------------------------------------------

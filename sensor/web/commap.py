@@ -198,7 +198,7 @@ def _detail(asset: Mapping[str, Any]) -> str:
             if key.rsplit(".", 1)[-1] == want and str(value) not in parts:
                 parts.append(str(value))
                 break
-    return " ".join(" ".join(parts).split())  # one line: no control characters in SVG
+    return " ".join(" ".join(parts).split())  # newlines and tabs: one line of spaces
 
 
 # -- filters --------------------------------------------------------------------------
@@ -232,7 +232,6 @@ class MapFilter:
         default = MapFilter()
         return {k: self.value(k) for k in ("group", "proto", "severity", "since", "show", "in")
                 if self.value(k) != default.value(k)}
-
 
     def all_groups(self) -> str:
         """The query string of this map with every group (for the page's link)."""
@@ -353,9 +352,12 @@ def render_svg(nodes: Sequence[Node], edges: Sequence[Edge], grouping: str = "su
                link_query: Mapping[str, str] | None = None) -> str:
     """The map as a standalone SVG document (also valid inline in HTML).
 
+    An edge is drawn when both its ends are among ``nodes`` (filters drop nodes).
     ``link_query``: when given, each group's title links to the map of that group
     alone (with these other parameters).
     """
+    by_ip = {n.ip: n for n in nodes}
+    edges = [e for e in edges if e.master in by_ip and e.outstation in by_ip]
     chars = box_chars(max((len(n.ip) for n in nodes), default=0))
     texts = {n.ip: _box_lines(n, chars) for n in nodes}
     incoming: dict[str, list[tuple[Edge, list[str]]]] = {}
@@ -373,7 +375,6 @@ def render_svg(nodes: Sequence[Node], edges: Sequence[Edge], grouping: str = "su
                                                                     _ip_key(n.ip)))])
              for key in order]
     plan = layout(specs, chars)
-    by_ip = {n.ip: n for n in nodes}
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="commap" '
            f'width="{plan.width:.0f}" height="{plan.height:.0f}" '
            f'viewBox="0 0 {plan.width:.0f} {plan.height:.0f}" role="img" '

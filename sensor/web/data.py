@@ -200,10 +200,13 @@ class StoreReader:
         return [(r[0], r[1], str(r[2]), int(r[3])) for r in rows]
 
     def baseline_frozen_at(self) -> float | None:
-        """When the stored baseline was frozen (packet time), or None if it is not.
+        """When the stored baseline was frozen, or None if it is not.
 
-        The map marks what was first seen after it. A baseline still learning, or a
-        document this cannot read, compares with nothing.
+        The map marks what was first seen after it. Both are the sensor's clock: packet
+        time when the learning period ran out, the wall clock of ``mamori baseline
+        freeze`` (the same thing for a live sensor; not for a replay of an old
+        capture). A baseline still learning, or a document this cannot read,
+        compares with nothing.
         """
         with self._db() as db:
             row = db.execute("SELECT doc FROM baseline WHERE id = 1").fetchone()

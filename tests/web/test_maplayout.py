@@ -165,6 +165,11 @@ def test_filters_protocol_alerts_changes_and_one_group() -> None:
     assert kept == []
     svg = render_svg(kept, [])
     assert "Nothing to show" in svg
+    # render_svg draws an edge only between the nodes it is given
+    some = [n for n in nodes if n.ip.startswith("10.0.0.") or n.ip.startswith("10.1.0.")]
+    geo = svg_geometry(render_svg(some, edges))
+    ips = {n.ip for n in some}
+    assert geo["edges"] and all({e["master"], e["outstation"]} <= ips for e in geo["edges"])
     # not frozen: nothing is new
     nodes, edges = build_graph(site.assets, site.pairs, [], None)
     assert not any(n.new for n in nodes) and not any(e.new for e in edges)
