@@ -228,6 +228,16 @@ def test_map_of_300_assets_readable_filtered_grouped_zoomable(
     assert errors == ["Failed to load resource: the server responded with a status of 400 "
                       "(Bad Request)"]  # the page's own status, nothing else
 
+    # Without map.js (blocked, or scripts off) the map is the plain picture, scrollable.
+    page.route("**/static/map.js", lambda route: route.abort())
+    page.goto(f"{server.url}/map")
+    assert page.locator("#map-tools").is_hidden()
+    plain = page.locator("#map svg.commap")
+    assert plain.get_attribute("width") == plain.get_attribute("data-width")
+    assert page.evaluate("getComputedStyle(document.getElementById('map')).overflow") == "auto"
+    assert page.evaluate("document.getElementById('map').scrollHeight") > 900
+    page.unroute("**/static/map.js")
+
     # The whole map at 1:1, as /map.svg (the same drawing): the artefact.
     # (Inlined in a blank page: Chromium's full-page shot of a bare SVG document hangs.)
     page.set_viewport_size({"width": 1800, "height": 1000})
