@@ -4,8 +4,8 @@ Why Starlette + Jinja2 (+ uvicorn to serve): Starlette is a small ASGI toolkit
 (routing, forms, static files, a test client) with one runtime dependency (anyio);
 Jinja2 autoescapes every template value, which matters when rule titles, identity
 strings and peer addresses come off the wire. The map is SVG rendered here, and the
-only JavaScript is one static file for live updates: nothing is fetched from a CDN,
-and the CSP allows nothing but this origin.
+only JavaScript is static files of our own (live updates, map zoom): nothing is
+fetched from a CDN, and the CSP allows nothing but this origin.
 
 Every page needs a login session (cookie) or, for GET, ``Authorization: Bearer``.
 The only state-changing request is acknowledging an alert: POST, session only, with
@@ -37,7 +37,7 @@ from sensor.timefmt import parse_time
 from sensor.web.attack import attack_name
 from sensor.web.audit import AuditError, OperatorAudit
 from sensor.web.auth import SESSION_COOKIE, Authenticator, Session, valid_operator
-from sensor.web.commap import build_graph, render_svg
+from sensor.web.commap import MAP_CHOICES, MapFilter, map_for, parse_map_filter
 from sensor.web.data import AlertFilter, AlertRow, StoreReader
 from sensor.web.downloads import alerts_csv, assets_csv
 from sensor.web.fcclass import classify
@@ -383,16 +383,28 @@ def create_app(ctx: WebContext) -> Starlette:
                       vulnerable=devices, vulnerable_ips={d.ip for d in devices},
                       advisory_problem=view.problem if view is not None else None)
 
-    def map_svg() -> str:
-        nodes, edges = build_graph(ctx.reader.assets(), ctx.reader.pairs(),
-                                   ctx.reader.open_peers())
-        return render_svg(nodes, edges)
+    def map_svg(filt: MapFilter, frozen_at: float | None, page: bool
+                ) -> tuple[str, int, int]:
+        counted = AlertFilter(min_severity=filt.min_severity, since=filt.since(time.time()))
+        return map_for(ctx.reader.assets(), ctx.reader.pairs(),
+                       ctx.reader.open_peers(counted), frozen_at, filt, page)
 
     async def map_page(request: Request, auth: Auth) -> Response:
-        return render(request, auth, "map.html", svg=map_svg())
+        filt, problems = parse_map_filter(request.query_params)
+        frozen_at = ctx.reader.baseline_frozen_at()
+        svg, matched, drawn = await run_in_threadpool(map_svg, filt, frozen_at, True)
+        return render(request, auth, "map.html", status=400 if problems else 200, svg=svg,
+                      filt=filt, problems=problems, matched=matched, drawn=drawn,
+                      query=urlencode(filt.query()), choices=MAP_CHOICES,
+                      frozen=frozen_at is not None)
 
     async def map_image(request: Request, auth: Auth) -> Response:
-        return Response(map_svg(), media_type="image/svg+xml")
+        filt, problems = parse_map_filter(request.query_params)
+        if problems:
+            return JSONResponse({"error": "; ".join(problems)}, status_code=400)
+        svg, _, _ = await run_in_threadpool(map_svg, filt, ctx.reader.baseline_frozen_at(),
+                                            False)
+        return Response(svg, media_type="image/svg+xml")
 
     # -- health -------------------------------------------------------------------------
 

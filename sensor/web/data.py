@@ -191,14 +191,40 @@ class StoreReader:
                 " AND a.alert_count >= alerts.count").fetchone()[0])
         return {"alerts": total, "open": total - acked}
 
-    def open_peers(self) -> list[tuple[str | None, str | None, str, int]]:
-        """(src, dst, proto, highest severity) of open alerts: what the map highlights."""
+    def open_peers(self, filt: AlertFilter | None = None
+                   ) -> list[tuple[str | None, str | None, str, int]]:
+        """(src, dst, proto, highest severity) of open alerts: what the map highlights.
+
+        ``filt`` narrows the alerts that count (the map's severity and time window).
+        """
         with self._db() as db:
             acks = self._has_acks(db)
+            clauses, params = (filt or AlertFilter()).where(acks)
+            clauses.append(self._open_expr(acks))
             rows = db.execute(
                 f"SELECT src, dst, proto, MAX(severity) FROM alerts"
-                f" WHERE {self._open_expr(acks)} GROUP BY src, dst, proto").fetchall()
+                f" WHERE {' AND '.join(clauses)} GROUP BY src, dst, proto", params).fetchall()
         return [(r[0], r[1], str(r[2]), int(r[3])) for r in rows]
+
+    def baseline_frozen_at(self) -> float | None:
+        """When the stored baseline was frozen, or None if it is not.
+
+        The map marks what was first seen after it. Both are the sensor's clock: packet
+        time when the learning period ran out, the wall clock of ``mamori baseline
+        freeze`` (the same thing for a live sensor; not for a replay of an old
+        capture). A baseline still learning, or a document this cannot read,
+        compares with nothing.
+        """
+        with self._db() as db:
+            row = db.execute("SELECT doc FROM baseline WHERE id = 1").fetchone()
+        try:
+            doc = json.loads(row[0]) if row is not None else None
+        except ValueError:
+            return None
+        if not isinstance(doc, dict) or doc.get("state") != "enforcing":
+            return None
+        frozen = doc.get("frozen_at")
+        return float(frozen) if isinstance(frozen, int | float) else None
 
     def acks(self, alert_id: int) -> list[dict[str, Any]]:
         if alert_id != _sql_int(alert_id):
