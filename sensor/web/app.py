@@ -4,8 +4,8 @@ Why Starlette + Jinja2 (+ uvicorn to serve): Starlette is a small ASGI toolkit
 (routing, forms, static files, a test client) with one runtime dependency (anyio);
 Jinja2 autoescapes every template value, which matters when rule titles, identity
 strings and peer addresses come off the wire. The map is SVG rendered here, and the
-only JavaScript is one static file for live updates: nothing is fetched from a CDN,
-and the CSP allows nothing but this origin.
+only JavaScript is static files of our own (live updates, map zoom): nothing is
+fetched from a CDN, and the CSP allows nothing but this origin.
 
 Every page needs a login session (cookie) or, for GET, ``Authorization: Bearer``.
 The only state-changing request is acknowledging an alert: POST, session only, with
@@ -38,13 +38,14 @@ from sensor.web.assetview import MAX_ASSET_KEY, asset_view
 from sensor.web.attack import attack_name
 from sensor.web.audit import AuditError, OperatorAudit
 from sensor.web.auth import SESSION_COOKIE, Authenticator, Session, valid_operator
-from sensor.web.commap import build_graph, render_svg
+from sensor.web.commap import MAP_CHOICES, MapFilter, map_for, parse_map_filter
 from sensor.web.data import AlertFilter, AlertRow, StoreReader
 from sensor.web.downloads import alerts_csv, assets_csv
 from sensor.web.evidence import evidence_rows
 from sensor.web.fcclass import classify
 from sensor.web.health import HealthSource
 from sensor.web.limits import BadParameter, RequestLimits, parse_id, query_id
+from sensor.web.pcaps import pcap_response, read_pcap
 from sensor.web.timeline import Timeline
 from sensor.web.timeline import render_svg as timeline_render
 from sensor.web.timeline import window as timeline_window
@@ -104,6 +105,7 @@ class WebContext:
     guidance: dict[str, str] = field(default_factory=dict)  # rule id -> operator guidance
     ack_problem: str | None = None
     vulnerable: VulnerableView | None = None  # CSAF matches of the assets (issue 18)
+    pcap_dir: Path | None = None  # where alert pcaps are (issue 20); None: not served
 
 
 def _ts(value: float | None) -> str:
@@ -352,15 +354,17 @@ def create_app(ctx: WebContext) -> Starlette:
         return render(request, auth, "alert.html", row=row, a=row.alert,
                       guidance=ctx.guidance.get(row.alert.rule, ""),
                       acks=ctx.reader.acks(row.alert.id), ack_problem=ctx.ack_problem,
-                      evidence=evidence_rows(row.alert.proto, row.alert.evidence,
-                                             pcap_href(row.alert.id)))
+                      evidence=evidence_rows(row.alert.proto, row.alert.evidence),
+                      pcap=ctx.pcap_dir is not None and ctx.reader.pcap(row.alert.id) is not None)
 
-    def pcap_href(alert_id: int) -> Callable[[str], str | None] | None:
-        """Evidence ``pcap`` links to the app's per-alert capture route, if it has one."""
-        if pcap_route is None:
-            return None
-        url = pcap_route.replace("{alert_id}", str(alert_id))
-        return lambda _name: url
+    async def alert_pcap(request: Request, auth: Auth) -> Response:
+        alert_id = _path_id(request)
+        found = (f"alert {str(request.path_params['alert_id'])[:40]}" if alert_id is None
+                 else await run_in_threadpool(read_pcap, ctx.reader, ctx.pcap_dir, alert_id))
+        if isinstance(found, str):
+            return render(request, auth, "missing.html", status=404, what=found)
+        assert alert_id is not None
+        return pcap_response(found, alert_id)
 
     async def acknowledge(request: Request, auth: Auth) -> Response:
         form = await _form(request)
@@ -436,16 +440,28 @@ def create_app(ctx: WebContext) -> Starlette:
                       alerts_query=urlencode({"asset": ip}), timeline=tl, timeline_svg=svg,
                       vulnerable=devices)
 
-    def map_svg() -> str:
-        nodes, edges = build_graph(ctx.reader.assets(), ctx.reader.pairs(),
-                                   ctx.reader.open_peers())
-        return render_svg(nodes, edges)
+    def map_svg(filt: MapFilter, frozen_at: float | None, page: bool
+                ) -> tuple[str, int, int]:
+        counted = AlertFilter(min_severity=filt.min_severity, since=filt.since(time.time()))
+        return map_for(ctx.reader.assets(), ctx.reader.pairs(),
+                       ctx.reader.open_peers(counted), frozen_at, filt, page)
 
     async def map_page(request: Request, auth: Auth) -> Response:
-        return render(request, auth, "map.html", svg=map_svg())
+        filt, problems = parse_map_filter(request.query_params)
+        frozen_at = ctx.reader.baseline_frozen_at()
+        svg, matched, drawn = await run_in_threadpool(map_svg, filt, frozen_at, True)
+        return render(request, auth, "map.html", status=400 if problems else 200, svg=svg,
+                      filt=filt, problems=problems, matched=matched, drawn=drawn,
+                      query=urlencode(filt.query()), choices=MAP_CHOICES,
+                      frozen=frozen_at is not None)
 
     async def map_image(request: Request, auth: Auth) -> Response:
-        return Response(map_svg(), media_type="image/svg+xml")
+        filt, problems = parse_map_filter(request.query_params)
+        if problems:
+            return JSONResponse({"error": "; ".join(problems)}, status_code=400)
+        svg, _, _ = await run_in_threadpool(map_svg, filt, ctx.reader.baseline_frozen_at(),
+                                            False)
+        return Response(svg, media_type="image/svg+xml")
 
     # -- health -------------------------------------------------------------------------
 
@@ -467,6 +483,7 @@ def create_app(ctx: WebContext) -> Starlette:
         # Not {alert_id:int}: its int() of 5000 digits raises (a 500); see _path_id.
         Route("/alerts/{alert_id}", protected(alert_detail)),
         Route("/alerts/{alert_id}/ack", protected(acknowledge), methods=["POST"]),
+        Route("/alerts/{alert_id}/pcap", protected(alert_pcap)),
         Route("/assets", protected(assets)),
         Route("/assets/{ip}", protected(asset_page)),
         Route("/alerts.csv", protected(alerts_download)),
@@ -478,9 +495,6 @@ def create_app(ctx: WebContext) -> Starlette:
         Route("/api/health", protected(api_health, api=True)),
         Route("/static/{name}", static_file),
     ]
-    # A per-alert capture download, when a route serves one (evidence key ``pcap``).
-    pcap_route = next((r.path for r in routes if isinstance(r, Route)
-                       and "{alert_id}" in r.path and r.path.endswith("pcap")), None)
     app = Starlette(routes=routes)
     # add_middleware puts the newest outermost: the limits' refusals get the headers too.
     app.add_middleware(RequestLimits)

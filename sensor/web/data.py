@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sensor.alerts import Alert, Severity
-from sensor.store import _COLUMNS, _alert
+from sensor.store import _COLUMNS, _alert, pcap_of
 from sensor.web.audit import AUDIT_TABLE
 from sensor.web.limits import MAX_ID
 
@@ -168,6 +168,13 @@ class StoreReader:
                 " WHERE id = ?", (alert_id,)).fetchone()
         return None if row is None else AlertRow(_alert(row[:-1]), bool(row[-1]))
 
+    def pcap(self, alert_id: int) -> str | None:
+        """Where the alert's pcap was written (issue 20), or None."""
+        if alert_id != _sql_int(alert_id):
+            return None
+        with self._db() as db:
+            return pcap_of(db, alert_id)
+
     def max_id(self) -> int:
         with self._db() as db:
             return int(db.execute("SELECT COALESCE(MAX(id), 0) FROM alerts").fetchone()[0])
@@ -281,14 +288,40 @@ class StoreReader:
             self._remember(key, tuple(out))
         return out
 
-    def open_peers(self) -> list[tuple[str | None, str | None, str, int]]:
-        """(src, dst, proto, highest severity) of open alerts: what the map highlights."""
+    def open_peers(self, filt: AlertFilter | None = None
+                   ) -> list[tuple[str | None, str | None, str, int]]:
+        """(src, dst, proto, highest severity) of open alerts: what the map highlights.
+
+        ``filt`` narrows the alerts that count (the map's severity and time window).
+        """
         with self._db() as db:
             acks = self._has_acks(db)
+            clauses, params = (filt or AlertFilter()).where(acks)
+            clauses.append(self._open_expr(acks))
             rows = db.execute(
                 f"SELECT src, dst, proto, MAX(severity) FROM alerts"
-                f" WHERE {self._open_expr(acks)} GROUP BY src, dst, proto").fetchall()
+                f" WHERE {' AND '.join(clauses)} GROUP BY src, dst, proto", params).fetchall()
         return [(r[0], r[1], str(r[2]), int(r[3])) for r in rows]
+
+    def baseline_frozen_at(self) -> float | None:
+        """When the stored baseline was frozen, or None if it is not.
+
+        The map marks what was first seen after it. Both are the sensor's clock: packet
+        time when the learning period ran out, the wall clock of ``mamori baseline
+        freeze`` (the same thing for a live sensor; not for a replay of an old
+        capture). A baseline still learning, or a document this cannot read,
+        compares with nothing.
+        """
+        with self._db() as db:
+            row = db.execute("SELECT doc FROM baseline WHERE id = 1").fetchone()
+        try:
+            doc = json.loads(row[0]) if row is not None else None
+        except ValueError:
+            return None
+        if not isinstance(doc, dict) or doc.get("state") != "enforcing":
+            return None
+        frozen = doc.get("frozen_at")
+        return float(frozen) if isinstance(frozen, int | float) else None
 
     def acks(self, alert_id: int) -> list[dict[str, Any]]:
         if alert_id != _sql_int(alert_id):

@@ -7,14 +7,11 @@ add keys of their own. Known keys get names and units (``6 Write Single Register
 ``g12v1 q0x28 count 1``, ``start 0, count 10 (40001-40010)``, an en dash in the
 range); any other key is shown generically. ``None`` is never shown: it means "not
 known" and says nothing.
-
-A key named ``pcap`` (a per-alert capture file) is a download link when the app has
-a route for it (``pcap_href``), otherwise its text.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +23,6 @@ class EvidenceRow:
     key: str  # the stored key (``data-key`` on the page)
     label: str
     lines: tuple[str, ...]
-    href: str | None = None
 
 
 DASH = "\u2013"  # an en dash between the ends of a range
@@ -37,7 +33,7 @@ LABELS = {
     "anomaly": "Anomaly", "detail": "Detail", "transport": "Transport", "value": "Value",
     "unsolicited": "Unsolicited", "storm": "Storm", "sources": "Sources",
     "sources_exact": "Sources counted exactly", "cap": "Storm cap",
-    "window": "Window", "pcap": "Capture",
+    "window": "Window",
 }
 _ORDER = ("fc", "sub", "exception", "address", "objects", "iin", "anomaly", "detail")
 _SECONDS = frozenset({"window"})
@@ -47,8 +43,7 @@ _TABLE_OF_FC = {1: 0, 5: 0, 15: 0, 2: 1, 4: 3, 3: 4, 6: 4, 16: 4, 22: 4, 23: 4, 
 _TABLE_NAMES = {0: "coils", 1: "discrete inputs", 3: "input registers", 4: "holding registers"}
 
 
-def evidence_rows(proto: str, evidence: Mapping[str, Any],
-                  pcap_href: Callable[[str], str | None] | None = None) -> list[EvidenceRow]:
+def evidence_rows(proto: str, evidence: Mapping[str, Any]) -> list[EvidenceRow]:
     """The rows for one alert's evidence, known keys first, then the rest by name."""
     ev = {k: v for k, v in evidence.items() if v is not None}
     fc = ev.get("fc") if isinstance(ev.get("fc"), int) else None
@@ -60,10 +55,7 @@ def evidence_rows(proto: str, evidence: Mapping[str, Any],
         lines = _lines(proto, fc, key, value, ev)
         if not lines:
             continue
-        href = None
-        if key == "pcap" and isinstance(value, str) and pcap_href is not None:
-            href = pcap_href(value)
-        rows.append(EvidenceRow(key, LABELS.get(key, _label(key)), lines, href))
+        rows.append(EvidenceRow(key, LABELS.get(key, _label(key)), lines))
     return rows
 
 

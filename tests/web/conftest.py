@@ -58,7 +58,8 @@ def token(token_file: Path) -> str:
 
 @pytest.fixture
 def modbus_store(tmp_path: Path) -> Path:
-    """The Modbus sample: M1, M2, M3, M5, M14 between 127.0.0.1 peers."""
+    """The Modbus sample: M1, M2, M3, M5, M14 (and the chains C1, C2) between 127.0.0.1
+    peers."""
     path = tmp_path / "mamori.db"
     replay_into_store(path, [MODBUS_DEMO])
     return path

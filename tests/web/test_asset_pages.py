@@ -372,7 +372,7 @@ def test_evidence_is_readable_for_every_corpus_alert(corpus_store: Path, token_f
     assert "Midstream pickup (MIDSTREAM_PICKUP)" in texts["S2"]
 
 
-def test_evidence_pcap_is_text_without_a_route_and_none_is_omitted(
+def test_evidence_is_named_rows_and_none_is_omitted(
         tmp_path: Path, token_file: Path, token: str) -> None:
     store = tmp_path / "mamori.db"
     with Store(store) as db:
@@ -380,18 +380,17 @@ def test_evidence_pcap_is_text_without_a_route_and_none_is_omitted(
             rule="mamori.modbus.write", precursor="M7", severity=Severity.HIGH, attack=(),
             title="write", proto="modbus", first_ts=1e9, last_ts=1e9, src="10.0.0.1",
             dst="10.0.0.2", evidence={"fc": 16, "address": 99, "quantity": 10, "start": None,
-                                      "pcap": "alerts/7.pcap", "nested": {"a": None, "b": 2},
+                                      "nested": {"a": None, "b": 2},
                                       "flag": True})])
     page = _client(store, token_file, token).get(f"/alerts/{row}").text
     evidence = _section(page, "evidence")
     text = _text(evidence)
     assert "16 Write Multiple Registers" in text
     assert "start 99, count 10 (holding registers 40100\u201340109)" in text
-    assert "alerts/7.pcap" in text and "download" not in evidence  # no pcap route here
     assert "None" not in text and "start" not in re.findall(r'data-key="(\w+)"', evidence)
     assert "B: 2" in text and "yes" in text
-    rows = evidence_rows("modbus", {"pcap": "alerts/7.pcap"}, lambda name: "/p/7")
-    assert rows[0].href == "/p/7" and rows[0].lines == ("alerts/7.pcap",)
+    rows = evidence_rows("modbus", {"fc": 6, "detail": None})
+    assert [(r.key, r.lines) for r in rows] == [("fc", ("6 Write Single Register",))]
     assert object_header({"group": 1, "variation": 2, "qualifier": 0, "start": 3, "stop": 9,
                           "count": None}) == "g1v2 q0x00 3\u20139 (binary input)"
 
