@@ -608,7 +608,7 @@ class ReplayDetection:
         state = outputs.status() if outputs is not None else {}
         if self.store is not None:
             inv = self.detector.inventory
-            self.store.save_inventory([a.to_dict() for a in inv.assets.values()],
+            self.store.save_inventory(inv.asset_docs(),
                                       [p.to_dict() for p in inv.pairs.values()], inv.export())
             self.store.prune()
             self.store.close()

@@ -90,7 +90,7 @@ class LiveDetection:
     def persist(self) -> None:
         self._adopt_stored_baseline()
         inv = self.detector.inventory
-        assets = [a.to_dict() for a in inv.assets.values()]
+        assets = inv.asset_docs()
         self.store.save_inventory(assets, [p.to_dict() for p in inv.pairs.values()],
                                   inv.export())
         self.outputs.publish(self.advisories.check(assets))

@@ -150,6 +150,10 @@ class Store:
         if "rev" not in columns:
             self._db.execute("ALTER TABLE alerts ADD COLUMN rev INTEGER NOT NULL DEFAULT 0")
         self._db.execute("CREATE INDEX IF NOT EXISTS alerts_rev ON alerts (rev)")
+        # the web page's timeline (alerts per hour first seen, by severity, without the
+        # folded health alerts): covering index ranges per hour, not table scans
+        self._db.execute("CREATE INDEX IF NOT EXISTS alerts_first_ts"
+                         " ON alerts (first_ts, severity, precursor)")
         if "pcap" not in columns:  # issue 20: the local file of the packets behind it
             self._db.execute("ALTER TABLE alerts ADD COLUMN pcap TEXT")
         self._db.execute("INSERT OR IGNORE INTO meta VALUES ('rev', '0')")
@@ -526,10 +530,16 @@ def _union(old: Any, new: Any) -> list[Any]:
 
 
 def _span(old: Mapping[str, Any], new: Mapping[str, Any], merged: dict[str, Any]) -> None:
-    """first_seen is the earliest, last_seen the latest; learned once is learned."""
-    for key, pick in (("first_seen", min), ("last_seen", max)):
-        if isinstance(old.get(key), int | float):
-            merged[key] = pick(old[key], new[key])
+    """first_seen is the earliest, last_seen the latest; learned once is learned.
+
+    Both come from all four times: a row an older sensor saved with its last_seen
+    before its first_seen (packet times out of order, fixed in the inventory) still
+    says the host was seen at both, so the merge heals it to the span covering both.
+    """
+    times = [t for doc in (old, new) for t in (doc.get("first_seen"), doc.get("last_seen"))
+             if isinstance(t, int | float)]
+    if times:
+        merged["first_seen"], merged["last_seen"] = min(times), max(times)
     merged["learned"] = bool(new.get("learned")) or bool(old.get("learned"))
 
 

@@ -39,7 +39,7 @@ def replay_into_store(store: Path, captures: Sequence[Path]) -> None:
         inv = detector.inventory
         old_assets = {a["ip"]: a for a in db.assets()}
         old_pairs = db.pairs()
-        assets = {**old_assets, **{a.ip: a.to_dict() for a in inv.assets.values()}}
+        assets = {**old_assets, **{a["ip"]: a for a in inv.asset_docs()}}
         db.save_inventory(list(assets.values()),
                           old_pairs + [p.to_dict() for p in inv.pairs.values()], None)
 
