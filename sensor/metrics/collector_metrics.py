@@ -18,7 +18,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from sensor.metrics.sensor_metrics import Part, PartErrors, counter, file_bytes, gauge
-from sensor.wire import Kind
+from sensor.wire import JOURNALED_KINDS, Kind
 
 # counters key -> (metric name, help); every one is a monotonic count of the server's
 COUNTERS = {
@@ -60,7 +60,9 @@ class CollectorMetrics:
         kinds = CounterMetricFamily("mamori_collector_messages",
                                     "Messages accepted and stored, by kind",
                                     labels=["kind"])
-        for kind, n in sorted(dict(s.kinds).items()):
+        seen = {int(k): 0 for k in JOURNALED_KINDS}  # 0 before the first: rate() works
+        seen.update(dict(s.kinds))
+        for kind, n in sorted(seen.items()):
             try:
                 label = Kind(kind).name.lower()
             except ValueError:

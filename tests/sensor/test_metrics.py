@@ -16,6 +16,7 @@ which needs no token while the rest of the page still does.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -291,7 +292,7 @@ def test_web_page_metrics_need_no_token_but_the_page_does(tmp_path: Path) -> Non
 
 SCRAPE = ("import sys, urllib.request\n"
           "sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())")
-PORTS_FILTER = "tcp.port in {502 20000} or udp.port in {502 20000}"
+PORTS_FILTER = "tcp.port in {502, 20000} or udp.port in {502, 20000}"
 
 
 @pytest.fixture
@@ -409,7 +410,7 @@ def test_sensor_and_collector_metrics_equal_the_oracles(lab: SpanLab, tmp_path: 
             interface="cap0") == len(frames), 10)
         events = by_label(samples, "mamori_events_total")
         assert events[frozenset({("kind", "ModbusRequest")})] > 0
-        assert events[frozenset({("kind", "DNP3Application")})] > 0
+        assert any("DNP3" in dict(k)["kind"] for k in events), events
         assert (value(samples, "mamori_flows_created_total") or 0) >= 2  # Modbus, DNP3
         assert value(samples, "mamori_detection_events_total") == sum(events.values())
 
@@ -471,3 +472,48 @@ def test_sensor_and_collector_metrics_equal_the_oracles(lab: SpanLab, tmp_path: 
                     proc.wait(10)
                 except subprocess.TimeoutExpired:
                     proc.kill()
+
+
+DEBIAN_SCRAPE = """
+import json, sys, urllib.request
+from pathlib import Path
+from prometheus_client.parser import text_string_to_metric_families
+from sensor import cli, daemon  # cli registers every feature's config keys
+from sensor import config as cfg
+from sensor.web.server import daemon_starter
+tmp = Path(sys.argv[1])
+conf = cfg.load(None, {("sensor", "state_dir"): str(tmp), ("web", "port"): 0,
+                       ("metrics", "listen"): "127.0.0.1:0"})
+sensor = daemon.build_sensor(conf, None, web=daemon_starter(conf))
+try:
+    out = {}
+    for url in (sensor.metrics.url, sensor.web.url + "metrics"):
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
+        out[url] = sorted({s.name for f in text_string_to_metric_families(text)
+                           for s in f.samples})
+finally:
+    sensor.shutdown()
+import prometheus_client
+print(json.dumps({"version": prometheus_client.__file__, "names": list(out.values())}))
+"""
+
+
+@pytest.mark.parametrize("which", ["current", "debian"])
+def test_the_endpoint_runs_on_debians_prometheus_client(which: str, tmp_path: Path) -> None:
+    """bookworm's python3-prometheus-client 0.16.0 (what the package depends on) serves
+    both endpoints, with the same metric names as the pip-installed library."""
+    from sensor.web.auth import create_token_file
+    from tests.web.conftest import current_python, debian_python
+
+    python = debian_python() if which == "debian" else current_python()
+    create_token_file(tmp_path / "web" / "token")
+    done = subprocess.run([python.python, "-c", DEBIAN_SCRAPE, str(tmp_path)], env=python.env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    listen, page = result["names"]
+    assert set(listen) - set(page) == {"mamori_metrics_refused_connections_total"}
+    assert {"mamori_packets_total", "mamori_store_bytes", "mamori_flows",
+            "mamori_metrics_errors_total", "process_open_fds"} <= set(listen)
+    if which == "debian":
+        assert result["version"].startswith("/usr/lib/python3/dist-packages/")
