@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import socket
 import socketserver
+import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -92,6 +93,8 @@ class _Server(socketserver.ThreadingMixIn, WSGIServer):
         self.setup_environ()
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self.refused = 0
+        self.failed = 0  # connections that timed out or broke before an answer
+        self._said: set[str] = set()
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
@@ -103,6 +106,18 @@ class _Server(socketserver.ThreadingMixIn, WSGIServer):
         except Exception:  # no thread for it: give the slot back
             self._slots.release()
             raise
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that timed out or went away is counted, not a traceback on stderr
+        (socketserver's default); anything else is logged once per kind."""
+        self.failed += 1
+        err = sys.exc_info()[1]
+        if isinstance(err, OSError):  # TimeoutError, ConnectionResetError, BrokenPipe
+            return
+        kind = type(err).__name__
+        if kind not in self._said and len(self._said) < 16:
+            self._said.add(kind)
+            log.warning("metrics: a request failed: %r", err)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
@@ -138,6 +153,12 @@ class EndpointStats:
             f"{MAX_CONNECTIONS} were being served")
         refused.add_metric([], self.server.refused if self.server is not None else 0)
         yield refused
+        failed = CounterMetricFamily(
+            "mamori_metrics_failed_connections",
+            f"Connections that sent no whole request within {TIMEOUT_SECONDS:.0f} s or "
+            "broke before the answer")
+        failed.add_metric([], self.server.failed if self.server is not None else 0)
+        yield failed
 
 
 def new_registry(collectors: Sequence[Any]) -> CollectorRegistry:

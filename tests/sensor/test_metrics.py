@@ -244,6 +244,34 @@ def test_endpoint_refuses_connections_past_its_limit(endpoint: MetricsServer) ->
     assert value(samples, "mamori_metrics_refused_connections_total") == 3
 
 
+def test_an_idle_connection_is_closed_after_the_timeout(
+        monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
+    """A connection that never sends its request gives its slot back after the
+    timeout (shortened here from TIMEOUT_SECONDS), so idle clients cannot keep the
+    endpoint full for good."""
+    from sensor.metrics import server as metrics_server
+
+    monkeypatch.setattr(metrics_server._Quiet, "timeout", 0.5)
+    stats = EndpointStats()
+    endpoint = MetricsServer(new_registry([Fixed(), stats]), ListenAddress("127.0.0.1", 0),
+                             stats)
+    try:
+        idle = [socket.create_connection((endpoint.address.host, endpoint.address.port),
+                                         timeout=10) for _ in range(MAX_CONNECTIONS)]
+        for sock in idle:
+            sock.sendall(b"GET /metr")  # half a request line, never finished
+        for sock in idle:
+            assert sock.recv(100) == b""  # closed by the server, not by us
+            sock.close()
+        samples = scrape(endpoint.url)
+        assert value(samples, "mamori_test_value") == 42
+        assert value(samples, "mamori_metrics_failed_connections_total") == MAX_CONNECTIONS
+        assert value(samples, "mamori_metrics_refused_connections_total") == 0
+    finally:
+        endpoint.close()
+    assert "Traceback" not in capfd.readouterr().err  # counted, not printed
+
+
 def test_a_failing_part_is_counted_and_the_rest_answers(tmp_path: Path) -> None:
     """No store file (stand-alone, before the sensor ever ran): the store part is left
     out and counted, the scrape itself succeeds."""
@@ -512,7 +540,8 @@ def test_the_endpoint_runs_on_debians_prometheus_client(which: str, tmp_path: Pa
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     listen, page = result["names"]
-    assert set(listen) - set(page) == {"mamori_metrics_refused_connections_total"}
+    assert set(listen) - set(page) == {"mamori_metrics_refused_connections_total",
+                                       "mamori_metrics_failed_connections_total"}
     assert {"mamori_packets_total", "mamori_store_bytes", "mamori_flows",
             "mamori_metrics_errors_total", "process_open_fds"} <= set(listen)
     if which == "debian":
