@@ -19,10 +19,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -546,3 +548,103 @@ def test_the_endpoint_runs_on_debians_prometheus_client(which: str, tmp_path: Pa
             "mamori_metrics_errors_total", "process_open_fds"} <= set(listen)
     if which == "debian":
         assert result["version"].startswith("/usr/lib/python3/dist-packages/")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="drops privileges: needs root")
+def test_scrapes_answer_after_the_drop_from_a_tree_only_root_can_read(
+        tmp_path: Path) -> None:
+    """The daemon as root from a 0700 tree, dropping to nobody (tests/sensor/
+    test_privdrop.py): both endpoints still answer, with every part read, after the
+    drop, when the installation can no longer be read."""
+    from tests.sensor import test_privdrop as priv
+
+    made = priv._sh("ip", "link", "add", priv.IFACE, "type", "veth", "peer", "name",
+                    f"{priv.IFACE}p")
+    if made.returncode != 0:
+        unavailable(f"cannot create a veth pair: {made.stderr.strip()}")
+    public = Path(tempfile.mkdtemp(prefix="mamori-metrics-", dir="/tmp"))
+    os.chmod(public, 0o755)
+    private = tmp_path / "home"
+    private.mkdir(mode=0o700)
+    proc = None
+    try:
+        priv._sh("ip", "link", "set", priv.IFACE, "up")
+        config, web_port, _token = priv._site(public)
+        metrics_port = free_port()
+        with config.open("a", encoding="utf-8") as f:
+            f.write(f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n')
+        proc = priv._start(config, private)
+        priv._wait_listening(web_port, proc)
+
+        def dropped() -> bool:
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+            return "\nUid:\t65534\t" in status
+        wait_for("the switch to nobody", dropped, 15)
+        for url in (f"http://127.0.0.1:{metrics_port}/metrics",
+                    f"http://127.0.0.1:{web_port}/metrics"):
+            samples = scrape(url)
+            errors = by_label(samples, "mamori_metrics_errors_total")
+            assert errors and not any(errors.values()), (url, errors)
+            assert sum(by_label(samples, "mamori_store_alerts").values()) > 0, url
+            assert value(samples, "mamori_capture_frames_total", interface=priv.IFACE) == 0
+            assert (value(samples, "process_open_fds") or 0) > 0
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0, err
+        assert "Traceback" not in err and "WARNING mamori.metrics" not in err, err
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        priv._sh("ip", "link", "del", priv.IFACE)
+        shutil.rmtree(public, ignore_errors=True)
+
+
+def test_collect_refuses_a_bad_metrics_address_and_a_port_in_use(tmp_path: Path) -> None:
+    """``mamori collect`` says which key is wrong and exits 2, before or right after it
+    binds; with a free port it serves, and stops with it."""
+    subprocess.run([MAMORI, "keys", "generate", "collector", "--dir", str(tmp_path / "keys")],
+                   check=True, capture_output=True, timeout=60)
+    (tmp_path / "keys" / "sensors").mkdir()
+    conf = tmp_path / "collector.toml"
+
+    def collect(listen: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        conf.write_text(f'[sensor]\nstate_dir = "{tmp_path}"\n[collect]\n'
+                        f'listen = ["tcp://127.0.0.1:{free_port()}"]\npublish = ""\n'
+                        f'[metrics]\nlisten = "{listen}"\n')
+        return subprocess.run([MAMORI, "collect", "--config", str(conf), *extra],
+                              capture_output=True, text=True, timeout=60)
+
+    out = collect("0.0.0.0:0", "--duration", "1")
+    assert out.returncode == 2 and "mamori collect: [metrics] listen 0.0.0.0 is not " \
+        "loopback: set [metrics] management_interface" in out.stderr, out.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        out = collect(f"127.0.0.1:{port}", "--duration", "1")
+    assert out.returncode == 2, out
+    assert f"mamori collect: [metrics] listen: cannot listen on 127.0.0.1:{port}: " \
+        "Address already in use" in out.stderr, out.stderr
+    port = free_port()
+    conf.write_text(conf.read_text().replace("[metrics]\n", "[metrics]\n#"))  # off
+    proc = subprocess.Popen([MAMORI, "collect", "--config", str(conf), "--duration", "30",
+                             "--metrics-listen", f"127.0.0.1:{port}"],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for("the collector's endpoint", lambda: _answers(port), 30)
+        samples = scrape(f"http://127.0.0.1:{port}/metrics")
+        assert value(samples, "mamori_collector_accepted_total") == 0
+        assert value(samples, "mamori_collector_messages_total", kind="alert") == 0
+        assert value(samples, "mamori_collector_sensor_keys") == 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
+
+
+def _answers(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
