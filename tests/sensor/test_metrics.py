@@ -648,3 +648,37 @@ def test_collect_refuses_a_bad_metrics_address_and_a_port_in_use(tmp_path: Path)
 def _answers(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_backlog_counts_what_pending_returns_for_shared_and_own_streams(
+        tmp_path: Path) -> None:
+    """Two shared-policy collectors and one with its own policy (own rows only), over
+    two epochs, partly acknowledged: the backlog of each is what ``pending`` lists,
+    on the journal's connection and on a read-only one of the metrics endpoint."""
+    from sensor.journal import AlertJournal, Outgoing, count_backlog
+    from sensor.metrics.sensor_metrics import read_only
+
+    a, b, own = "tcp://a:1", "tcp://b:1", "tcp://own:1"
+    journal = AlertJournal(tmp_path / "journal.db", [a, b, own], shared=[a, b])
+    try:
+        for epoch_round in range(2):
+            journal.start_epoch()
+            journal.append_many([Outgoing(Kind.ALERT, {"n": i}) for i in range(7)])
+            journal.append_many([Outgoing(Kind.ALERT, {"n": i}, collector=own)
+                                 for i in range(5)])
+            if epoch_round == 0:
+                journal.ack(a, journal.epoch, 7)  # a has all of the first epoch
+                journal.ack(b, journal.epoch, 3)
+                journal.ack(own, journal.epoch, 4)
+        journal.ack(a, journal.epoch, 2)
+        expected = {a: 5, b: 4 + 7, own: 1 + 5}
+        db = read_only(journal.path)
+        try:
+            for collector, n in expected.items():
+                assert len(journal.pending(collector, 0, 1000)) == n
+                assert journal.backlog(collector) == n
+                assert count_backlog(db, collector, journal.takes_shared(collector)) == n
+        finally:
+            db.close()
+    finally:
+        journal.close()
