@@ -11,6 +11,8 @@ APT_PACKAGES := python3-venv tshark tcpdump tcpreplay nmap postgresql libsystemd
 # CLI on them (/usr/bin/python3), as the installed package does.
 APT_PACKAGES += python3-h11 python3-jinja2 python3-jsonschema python3-msgpack python3-nacl \
 	python3-starlette python3-uvicorn python3-yaml python3-zmq python3-prometheus-client
+# Maintenance windows read IANA time zones (zoneinfo) from the system tz database.
+APT_PACKAGES += tzdata
 
 .PHONY: all setup apt venv demo test lint typecheck unit bench clean sample
 

@@ -25,6 +25,7 @@ drops raise S1, silence on an interface for ``silence_alert`` raises S3.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import grp
 import logging
 import os
@@ -143,6 +144,7 @@ class Sensor:
         self.rules: Any = None  # sensor.rulepush.RuleReceiver: pushed rule bundles
         self.metrics: Any = None  # the [metrics] listen endpoint (sensor.metrics.server)
         self.event_kinds: Any = None  # events by class, counted only when metrics are served
+        self.evidence: Any = None  # sensor.packet_evidence.PacketEvidence (issue 20)
         self._rules_due = threading.Event()
         self.last_heartbeat: float | None = None  # wall time health was last sampled
         self._rate = (time.monotonic(), 0)
@@ -389,6 +391,10 @@ class Sensor:
         }
         if self.outputs is not None:
             snap["disk"] = self.outputs.status()
+        if self.evidence is not None:  # packets behind alerts: memory held, pcaps, refusals
+            ring = self.evidence.ring
+            snap["pcaps"] = {**dataclasses.asdict(self.evidence.stats),
+                             "ring_bytes": ring.bytes, "ring_flows": len(ring)}
         return snap
 
     def health_for_heartbeat(self) -> dict[str, float]:
@@ -558,11 +564,14 @@ def build_sensor(conf: cfg.Config, config_path: str | None,
                                disk_full=isinstance(err, JournalFull)) from None
         outputs.forwarder = forwarder
     consumers: list[Consumer] = []
+    evidence = None
     if conf.get("detection", "enabled"):
         from sensor.live_detection import LiveDetection
+        from sensor.packet_evidence import PacketEvidence
 
+        evidence = PacketEvidence.from_config(conf, store)  # None: [packets] enabled = false
         try:
-            consumers.append(LiveDetection(conf, store, outputs))
+            consumers.append(LiveDetection(conf, store, outputs, evidence=evidence))
         except RuleError as err:
             store.close()
             raise StartupError(str(err)) from None
@@ -576,6 +585,10 @@ def build_sensor(conf: cfg.Config, config_path: str | None,
         consumers.append(event_kinds)
     sensor = Sensor(conf, config_path, consumers, alert_sink=outputs.raise_external)
     sensor.event_kinds = event_kinds
+    if evidence is not None:
+        sensor.pipeline.ring = evidence.ring
+        sensor.evidence = evidence
+        evidence.retain()
     sensor.store = store
     sensor.forwarder = forwarder
     sensor.outputs = outputs
