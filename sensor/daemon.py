@@ -46,6 +46,7 @@ from sensor.alerts import Alert, Severity
 from sensor.capture import bpf
 from sensor.capture.live import CaptureError, CaptureStats, LiveCapture
 from sensor.eventlog import JsonLinesWriter
+from sensor.metrics import settings as _metrics_settings  # noqa: F401  registers [metrics]
 from sensor.notify import Notifier
 from sensor.paths import describe
 from sensor.pipeline import Pipeline, PipelineConfig
@@ -102,6 +103,7 @@ class InterfaceHealth:
     name: str
     last_frame: float = field(default_factory=time.time)
     frames: int = 0
+    bytes: int = 0  # of the frames read (the pipeline's byte count, per interface)
     dropped: int = 0
     silent: bool = False
     stats: CaptureStats | None = None
@@ -140,6 +142,8 @@ class Sensor:
         self.web: Any = None  # the operator page (build_sensor(web=...)), stopped first
         self.outputs: Any = None  # sensor.alerting.AlertOutputs: disk-full counters
         self.rules: Any = None  # sensor.rulepush.RuleReceiver: pushed rule bundles
+        self.metrics: Any = None  # the [metrics] listen endpoint (sensor.metrics.server)
+        self.event_kinds: Any = None  # events by class, counted only when metrics are served
         self.evidence: Any = None  # sensor.packet_evidence.PacketEvidence (issue 20)
         self._rules_due = threading.Event()
         self.last_heartbeat: float | None = None  # wall time health was last sampled
@@ -237,11 +241,13 @@ class Sensor:
         health.last_frame = frames[-1][0]
         health.silent = False
         packet = self.pipeline.packet
+        before = self.pipeline.stats.bytes
         batch: list[Any] = []
         for ts, linktype, data, number in frames:
             events = packet(ts, linktype, data, number)
             if events:
                 batch.extend(events)
+        health.bytes += self.pipeline.stats.bytes - before
         if batch:
             for consumer in self.consumers:
                 consumer.consume(batch)
@@ -411,6 +417,8 @@ class Sensor:
         self.notifier.stopping()
         if self.web is not None:
             self.web.close()
+        if self.metrics is not None:
+            self.metrics.close()
         events = self.pipeline.finish()
         if events:
             for consumer in self.consumers:
@@ -569,7 +577,14 @@ def build_sensor(conf: cfg.Config, config_path: str | None,
             raise StartupError(str(err)) from None
     if events is not None:
         consumers.append(EventFile(events))
+    event_kinds = None
+    if web is not None or conf.get("metrics", "listen"):  # sensor.metrics serves them
+        from sensor.metrics.sensor_metrics import EventKinds
+
+        event_kinds = EventKinds()
+        consumers.append(event_kinds)
     sensor = Sensor(conf, config_path, consumers, alert_sink=outputs.raise_external)
+    sensor.event_kinds = event_kinds
     if evidence is not None:
         sensor.pipeline.ring = evidence.ring
         sensor.evidence = evidence
@@ -588,6 +603,25 @@ def build_sensor(conf: cfg.Config, config_path: str | None,
                 forwarder.close(flush_timeout=0)
             store.close()
             raise StartupError(f"web: {err}") from None
+    if conf.get("metrics", "listen"):
+        try:
+            sensor.metrics = _serve_metrics(conf, sensor)
+        except (OSError, ValueError) as err:
+            if sensor.web is not None:
+                sensor.web.close()
+            if forwarder is not None:
+                forwarder.close(flush_timeout=0)
+            store.close()
+            raise StartupError(f"metrics: {err}") from None
     if forwarder is not None:
         forwarder.start()
     return sensor
+
+
+def _serve_metrics(conf: cfg.Config, sensor: Sensor) -> Any:
+    """The ``[metrics] listen`` endpoint over the running sensor (docs/metrics.md)."""
+    from sensor.detection.settings import store_path
+    from sensor.metrics.sensor_metrics import sensor_collectors
+    from sensor.metrics.server import serve
+
+    return serve(conf, sensor_collectors(sensor, store_path(conf)))

@@ -105,6 +105,8 @@ class WebContext:
     guidance: dict[str, str] = field(default_factory=dict)  # rule id -> operator guidance
     ack_problem: str | None = None
     vulnerable: VulnerableView | None = None  # CSAF matches of the assets (issue 18)
+    # /metrics: the Prometheus text and its content type (sensor.metrics); no login
+    metrics: Callable[[], tuple[bytes, str]] | None = None
     pcap_dir: Path | None = None  # where alert pcaps are (issue 20); None: not served
 
 
@@ -495,6 +497,13 @@ def create_app(ctx: WebContext) -> Starlette:
         Route("/api/health", protected(api_health, api=True)),
         Route("/static/{name}", static_file),
     ]
+    if ctx.metrics is not None:  # counters only, for a scraper: no session, no token
+        metrics = ctx.metrics
+
+        async def metrics_text(request: Request) -> Response:
+            body, media_type = await run_in_threadpool(metrics)
+            return Response(body, media_type=media_type)
+        routes.append(Route("/metrics", metrics_text, methods=["GET"]))
     app = Starlette(routes=routes)
     # add_middleware puts the newest outermost: the limits' refusals get the headers too.
     app.add_middleware(RequestLimits)

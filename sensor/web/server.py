@@ -31,6 +31,8 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from sensor import config as cfg
 from sensor.advisories.live import index_beside
+from sensor.metrics.sensor_metrics import SensorMetrics, sensor_collectors
+from sensor.metrics.server import text_source
 from sensor.packet_evidence import pcap_directory
 from sensor.web.app import WebContext, create_app
 from sensor.web.audit import AuditError, OperatorAudit
@@ -84,6 +86,7 @@ def build_context(conf: cfg.Config, store: Path,
                       sensor_name=conf.get("sensor", "name"),
                       page_size=conf.get("web", "page_size"), guidance=rule_guidance(conf),
                       ack_problem=problem, vulnerable=VulnerableView(index_beside(store)),
+                      metrics=text_source([SensorMetrics(None, store)]),
                       pcap_dir=pcap_directory(conf, store))
 
 
@@ -229,5 +232,6 @@ def daemon_starter(conf: cfg.Config) -> Callable[[Any], WebThread]:
     def start(sensor: Any) -> WebThread:
         ctx = build_context(conf, store_path(conf),
                             health=lambda reader: LiveHealth(sensor, reader))
+        ctx.metrics = text_source(sensor_collectors(sensor, store_path(conf)))
         return WebThread(ctx, listen(conf))
     return start

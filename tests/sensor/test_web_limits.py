@@ -131,7 +131,8 @@ def test_the_package_depends_on_the_debian_versions_tested_here() -> None:
     tested = debian_python().versions
     text = CONTROL.read_text().split("\nRecommends:")[0]
     for module, package in (("starlette", "python3-starlette"), ("uvicorn", "python3-uvicorn"),
-                            ("jinja2", "python3-jinja2"), ("h11", "python3-h11")):
+                            ("jinja2", "python3-jinja2"), ("h11", "python3-h11"),
+                            ("prometheus_client", "python3-prometheus-client")):
         floor = re.search(rf"\b{package} \(>= ([^)]+)\)", text)
         assert floor, f"{CONTROL}: Depends has no {package} (>= VERSION)"
         assert floor.group(1) == tested[module], (package, floor.group(1), tested)

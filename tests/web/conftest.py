@@ -76,7 +76,8 @@ def dnp3_capture() -> Path:
 # /usr/share/mamori first on sys.path.
 DEBIAN_PYTHON = "/usr/bin/python3"
 DEBIAN_DIST = "/usr/lib/python3/dist-packages"
-DEBIAN_WEB = ("starlette", "uvicorn", "jinja2", "h11", "anyio")  # must come from there
+# must come from there
+DEBIAN_WEB = ("starlette", "uvicorn", "jinja2", "h11", "anyio", "prometheus_client")
 CONTROL = PROJECT / "packaging" / "debian" / "control"
 
 
