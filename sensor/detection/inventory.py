@@ -68,7 +68,7 @@ _UNSOLICITED_FACTOR = 4.0  # times the most a learned outstation sent in one win
 DEFAULT_REQUEST_WINDOW = 10.0  # seconds per count of one pair's requests (B6)
 DEFAULT_REQUEST_CEILING = 1000  # per window: the flood limit of a pair with no learned rate
 DEFAULT_REQUEST_FACTOR = 4.0  # times the most a learned pair sent in one window
-_REQUEST_FLOOR = 50  # per window: a learned pair's limit is never below this (operator bursts)
+_REQUEST_FLOOR = 0.1  # of the ceiling: a learned pair's limit is never below (operator bursts)
 
 
 class MasterState(Enum):
@@ -818,7 +818,8 @@ class Inventory:
         While learning every full window teaches the pair's peak, and the limit is
         the absolute ``request_ceiling`` (a flood then refuses the client as a
         master, so its pair is not learned). Enforcing, a learned pair may send
-        ``request_factor`` times its peak (never less than ``_REQUEST_FLOOR``); a
+        ``request_factor`` times its peak (never less than a tenth of the ceiling,
+        so a quiet pair's operator may send a few commands at once); a
         pair with no learned rate (new, or imported without one) the ceiling. One
         finding per window. The state is one small object per pair, so it is
         bounded with the pair table (``max_assets``).
@@ -831,8 +832,9 @@ class Inventory:
         if rate.flagged:
             return
         learned = self.enforcing and pair.learned and rate.windows > 0
-        limit = max(self.request_factor * rate.peak, _REQUEST_FLOOR) if learned \
-            else self.request_ceiling
+        ceiling = self.request_ceiling
+        limit = max(self.request_factor * rate.peak, _REQUEST_FLOOR * ceiling) if learned \
+            else ceiling
         if rate.count <= limit:
             return
         rate.flagged = True
