@@ -337,7 +337,7 @@ class Detector:
         self.hold = hold
         self._held: LruTable[str, _Held] = LruTable(max_state, "held start-up occurrences")
         self._watch = AddressWatch(self.inventory, max_state)
-        self._floods = FloodWatch(max_state)  # D16-D18 replays and sequences, M16 bursts
+        self._floods = FloodWatch(max_state)  # D16-D18: DNP3 replays, sequences, confirms
         self._last_ts: float | None = None
         self._next_tick = float("-inf")
         self._next_age = float("-inf")

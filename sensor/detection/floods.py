@@ -1,7 +1,7 @@
-"""Replays, sequence abuse and identical-write bursts: the message-to-message state they need.
+"""DNP3 replays and sequence abuse: the message-to-message state they need.
 
 The parsers see one message at a time; these precursors only show against the
-messages before it (PRECURSORS.md D16-D18, M16):
+messages before it (PRECURSORS.md D16-D18):
 
 * **D16 replay.** Every DNP3 request is reduced to a *fingerprint*: a hash of
   its application control byte (which holds the sequence number), function code
@@ -27,17 +27,17 @@ messages before it (PRECURSORS.md D16-D18, M16):
   connection where a response asking for confirmation was seen, answers nothing
   (``CONFIRM_UNMATCHED``). Before such a response the sensor may have picked the
   connection up mid-stream, so nothing is said.
-* **M16 identical writes.** A Modbus write that repeats the previous request of
-  the same client to the same server and unit exactly (function, address,
-  values) is an ``IDENTICAL_WRITE``; a read in between breaks the run, so a
-  poll cycle that rewrites a setpoint never makes one. The rule counts them.
 
-Bounded state: connections (and link pairs per connection), associations,
-fingerprints per association and Modbus client-server-unit runs are all
-capped; the least recently used go first and are counted in ``evicted``. The
-first time a table overflows, and then at most once per ``_NOTICE_EVERY``
-seconds of packet time while it keeps overflowing, a ``DETECTION_STATE_FULL``
-finding names it (S7): a replay among forgotten fingerprints is not seen.
+M16 (a Modbus write identical to the pair's previous request) is found by the
+inventory, on the pair it already looks up (``Inventory._write``), and B6
+request rates are counted there too.
+
+Bounded state: connections (and link pairs per connection), associations and
+fingerprints per association are all capped; the least recently used go first
+and are counted in ``evicted``. The first time a table overflows, and then at
+most once per ``_NOTICE_EVERY`` seconds of packet time while it keeps
+overflowing, a ``DETECTION_STATE_FULL`` finding names it (S7): a replay among
+forgotten fingerprints is not seen.
 """
 
 from __future__ import annotations
@@ -52,7 +52,6 @@ from parsers.dnp3.events import (
     DNP3Response,
     DNP3Unsolicited,
 )
-from parsers.modbus.events import ModbusRequest
 from parsers.stream import FlowId
 from sensor.detection.bounded import DEFAULT_MAX_STATE, LruTable
 from sensor.detection.derived import DerivedEvent, DerivedKind
@@ -60,13 +59,11 @@ from sensor.detection.derived import DerivedEvent, DerivedKind
 DEFAULT_FINGERPRINTS = 256  # per association: 16 sequence numbers of 16 distinct requests
 _LINKS_PER_FLOW = 16  # link pairs followed per connection; more are ignored (and counted)
 _NOTICE_EVERY = 3600.0  # seconds of packet time between two S7 findings for one table
-_WRITE_FCS = frozenset({5, 6, 15, 16, 22, 23})
 # Secure Authentication: the master's reply to a challenge reuses the sequence
 # number of the request challenged (IEEE 1815-2012 7.5), so it is no new request.
 _AUTHENTICATION_FCS = frozenset({32, 33})
 
-WATCHED = frozenset({DNP3Request, DNP3Response, DNP3Unsolicited, DNP3AnomalyEvent,
-                     ModbusRequest})
+WATCHED = frozenset({DNP3Request, DNP3Response, DNP3Unsolicited, DNP3AnomalyEvent})
 
 # per link pair of a connection: [last request seq or None, its fingerprint,
 # a response asking for confirmation was seen]
@@ -75,7 +72,7 @@ _Prints = OrderedDict[int, tuple[str, FlowId]]  # fingerprint -> (first host, it
 
 
 class FloodWatch:
-    """Feed it DNP3 and Modbus events (``WATCHED``); it returns findings or ``None``."""
+    """Feed it DNP3 events (``WATCHED``); it returns findings or ``None``."""
 
     def __init__(self, max_state: int = DEFAULT_MAX_STATE,
                  fingerprints: int = DEFAULT_FINGERPRINTS) -> None:
@@ -86,15 +83,18 @@ class FloodWatch:
             max_state, "DNP3 request sequences")
         self._prints: LruTable[tuple[str, int, int, int], _Prints] = LruTable(
             max_state, "DNP3 request fingerprints")
-        self._writes: LruTable[tuple[str, str, int], int | None] = LruTable(
-            max_state, "Modbus last writes")
         self.fingerprints_evicted = 0  # forgotten from full associations
         self.links_ignored = 0  # link pairs past _LINKS_PER_FLOW on one connection
         self._noticed: dict[str, tuple[int, float]] = {}  # table -> (evicted, when said)
         self._forgotten = 0  # everything evicted when the tables were last looked at
+        self._grew = False  # an entry was added since then (only that can evict)
+        # the last connection looked up: consecutive messages of one connection skip
+        # hashing its FlowId (no other connection came between, so nothing evicted it)
+        self._last_flow: FlowId | None = None
+        self._last_links: dict[tuple[int, int], _Session] = {}
 
     def tables(self) -> tuple[LruTable[Any, Any], ...]:
-        return (self._sessions, self._prints, self._writes)
+        return (self._sessions, self._prints)
 
     @property
     def evicted(self) -> dict[str, int]:
@@ -103,13 +103,12 @@ class FloodWatch:
 
     def observe(self, ev: Any) -> list[DerivedEvent] | None:
         cls = ev.__class__
-        if cls is ModbusRequest:
-            found = self._modbus(ev)
-        elif cls is DNP3Request:
+        if cls is DNP3Request:
             found = self._request(ev)
         elif cls is DNP3AnomalyEvent:
             if ev.kind is DNP3Anomaly.GAP:  # what was lost may hold any sequence number
                 self._sessions.pop(ev.flow, None)
+                self._last_flow = None
             return None
         else:
             if ev.con:
@@ -117,6 +116,9 @@ class FloodWatch:
                 if session is not None:
                     session[2] = True
             return None
+        if not self._grew:
+            return None if found is None else [found]
+        self._grew = False
         full = self._full(ev.ts)
         if full is None:
             return None if found is None else [found]
@@ -125,16 +127,23 @@ class FloodWatch:
     # -- DNP3 -------------------------------------------------------------------------
 
     def _session(self, flow: FlowId, link: tuple[int, int], ts: float) -> _Session | None:
-        links = self._sessions.get(flow)
-        if links is None:
-            links = {}
-            self._sessions.put(flow, links)
+        if flow is self._last_flow:
+            links = self._last_links
         else:
-            self._sessions.touch(flow)
+            held = self._sessions.get(flow)
+            if held is None:
+                links = {}
+                self._sessions.put(flow, links)
+                self._grew = True
+            else:
+                links = held
+                self._sessions.touch(flow)
+            self._last_flow, self._last_links = flow, links
         session = links.get(link)
         if session is None:
             if len(links) >= _LINKS_PER_FLOW:
                 self.links_ignored += 1
+                self._grew = True
                 return None
             session = links[link] = [None, None, False]
         return session
@@ -178,6 +187,7 @@ class FloodWatch:
         if prints is None:
             prints = OrderedDict()
             self._prints.put(key, prints)
+            self._grew = True
         else:
             self._prints.touch(key)
         seen = prints.get(fp)
@@ -186,6 +196,7 @@ class FloodWatch:
             if len(prints) > self.fingerprints:
                 prints.popitem(last=False)
                 self.fingerprints_evicted += 1
+                self._grew = True
             return None
         first, last_flow = seen
         if first != flow.client:  # kept as the first host's, so its own polls stay quiet
@@ -199,32 +210,11 @@ class FloodWatch:
                          "connection, the sequence number gone back to it")
         return None
 
-    # -- Modbus -----------------------------------------------------------------------
-
-    def _modbus(self, ev: ModbusRequest) -> DerivedEvent | None:
-        flow = ev.flow
-        key = (flow.client, flow.server, ev.unit)
-        writes = self._writes
-        if ev.fc not in _WRITE_FCS:
-            if writes.get(key) is not None:
-                writes.put(key, None)  # a read between two writes: no run
-            return None
-        fp = hash((ev.fc, ev.address, ev.quantity, ev.pdu))
-        last = writes.get(key)
-        writes.put(key, fp)
-        if last != fp:
-            return None
-        return DerivedEvent(ev.ts, DerivedKind.IDENTICAL_WRITE, flow.client, flow.client_port,
-                            flow.server, flow.server_port, unit=ev.unit, fc=ev.fc,
-                            address=ev.address, quantity=ev.quantity,
-                            detail="write identical to the client's previous request")
-
     # -- bounds -----------------------------------------------------------------------
 
     def _full(self, ts: float) -> list[DerivedEvent] | None:
         """S7 for a table that forgot entries since it was last reported (rate-limited)."""
-        sessions, prints, writes = self._sessions, self._prints, self._writes
-        forgotten = sessions.evicted + prints.evicted + writes.evicted \
+        forgotten = self._sessions.evicted + self._prints.evicted \
             + self.fingerprints_evicted + self.links_ignored
         if forgotten == self._forgotten:
             return None  # the common case: nothing forgotten since the last look

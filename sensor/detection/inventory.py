@@ -62,6 +62,7 @@ DEFAULT_MIN_CYCLES = 20  # poll intervals before a client is a learned master
 DEFAULT_MIN_SPAN = 600.0  # seconds those intervals must cover
 _POLLER_CYCLES = 3  # regular read intervals that make a client a poller (not yet learned)
 _READS = {"modbus": frozenset({1, 2, 3, 4}), "dnp3": frozenset({1})}
+_WRITES = frozenset({5, 6, 15, 16, 22, 23})  # Modbus writes that M16 compares
 DEFAULT_UNSOLICITED_WINDOW = 10.0  # seconds per count of unsolicited responses
 _UNSOLICITED_CEILING = 20  # per window: the storm limit of an outstation never seen reporting
 _UNSOLICITED_FACTOR = 4.0  # times the most a learned outstation sent in one window
@@ -203,7 +204,7 @@ class Pair:
     """client → server (and unit id or link addresses), with what the client asks for."""
 
     __slots__ = ("count", "cycles", "fcs", "first_seen", "key", "last_seen", "learned",
-                 "ranges", "requests")
+                 "ranges", "requests", "write", "write_at")
 
     def __init__(self, key: PairKey, ts: float, learned: bool) -> None:
         self.key = key
@@ -215,6 +216,8 @@ class Pair:
         self.count = 0
         self.learned = learned
         self.requests: Reporting | None = None  # the request rate (B6), from the first
+        self.write: int | None = None  # Modbus: fingerprint of the last write (M16) ...
+        self.write_at = 0  # ... and the pair's request count when it came
 
     def to_dict(self) -> dict[str, Any]:
         proto, client, server, port, unit, master, outstation = self.key
@@ -669,6 +672,8 @@ class Inventory:
         pair.count += 1
         self._requests(pair, ev, None)
         fc = ev.fc
+        if fc in _WRITES:
+            self._write(pair, ev)
         if fc not in pair.fcs:
             self._function(pair, fc, ev, None, f"function code {fc}")
         if ev.sub is not None and fc == 8:
@@ -812,6 +817,22 @@ class Inventory:
                 detail=f"{rep.count} unsolicited responses within {window:g}s, "
                        f"limit {limit:g} ({norm})"))
 
+    def _write(self, pair: Pair, ev: ModbusRequest) -> None:
+        """M16: a write identical to the pair's previous request (no read between).
+
+        Kept on the pair (two slots) rather than in a table of its own: the pair is
+        already at hand and bounded, and reads cost nothing.
+        """
+        fp = hash((ev.fc, ev.address, ev.quantity, ev.pdu))
+        repeat = pair.write == fp and pair.write_at == pair.count - 1
+        pair.write, pair.write_at = fp, pair.count
+        if repeat:
+            flow = ev.flow
+            self._out.append(DerivedEvent(
+                ev.ts, DerivedKind.IDENTICAL_WRITE, flow.client, flow.client_port, flow.server,
+                flow.server_port, unit=ev.unit, fc=ev.fc, address=ev.address,
+                quantity=ev.quantity, detail="write identical to the client's previous request"))
+
     def _requests(self, pair: Pair, ev: Any, link: tuple[int, int] | None) -> None:
         """B6: more requests from the client of ``pair`` in one window than its norm.
 
@@ -828,11 +849,14 @@ class Inventory:
         ts = ev.ts
         if rate is None:
             rate = pair.requests = Reporting(ts)
-        rate.add(ts, self.request_window, not self.enforcing, learn_flagged=True)
-        if rate.flagged:
-            return
-        learned = self.enforcing and pair.learned and rate.windows > 0
+        if ts - rate.start >= self.request_window or ts < rate.start:
+            rate.add(ts, self.request_window, not self.enforcing, learn_flagged=True)
+        else:
+            rate.count += 1  # the common case, inline: this runs on every request
         ceiling = self.request_ceiling
+        if rate.count <= _REQUEST_FLOOR * ceiling or rate.flagged:
+            return  # below every limit
+        learned = self.enforcing and pair.learned and rate.windows > 0
         limit = max(self.request_factor * rate.peak, _REQUEST_FLOOR * ceiling) if learned \
             else ceiling
         if rate.count <= limit:

@@ -110,14 +110,19 @@ def _write(ts: float, client: str, value: int, fc: int = 6) -> ModbusRequest:
 
 
 def test_identical_writes_need_no_read_between() -> None:
-    watch = FloodWatch()
-    assert watch.observe(_write(0.0, "10.0.0.9", 7)) is None
-    assert _kinds(watch.observe(_write(0.1, "10.0.0.9", 7))) == [DerivedKind.IDENTICAL_WRITE]
-    assert watch.observe(_write(0.2, "10.0.0.9", 8)) is None  # another value
+    inventory = Inventory()
+
+    def found(ev: ModbusRequest) -> list[DerivedKind]:
+        return [k for k in _kinds(inventory.observe(ev)) if k is not DerivedKind.NEW_UNIT]
+
+    assert found(_write(0.0, "10.0.0.9", 7)) == []
+    assert found(_write(0.1, "10.0.0.9", 7)) == [DerivedKind.IDENTICAL_WRITE]
+    assert found(_write(0.2, "10.0.0.9", 8)) == []  # another value
     read = ModbusRequest(0.3, FlowId(Transport.TCP, "10.0.0.9", 40000, SERVER, 502), 2, 1,
                          3, None, 0, 10, WriteSingleRegister(0, 0))
-    watch.observe(read)
-    assert watch.observe(_write(0.4, "10.0.0.9", 8)) is None  # a read between: a poll cycle
+    assert found(read) == []
+    assert found(_write(0.4, "10.0.0.9", 8)) == []  # a read between: a poll cycle
+    assert found(_write(0.5, "10.0.0.9", 8)) == [DerivedKind.IDENTICAL_WRITE]
 
 
 # ---------------------------------------------------------------- caps
@@ -168,11 +173,31 @@ def test_link_pairs_per_connection_are_capped() -> None:
     assert watch.evicted["DNP3 link pairs per connection"] == 24
 
 
-def test_modbus_write_runs_and_request_rates_are_bounded() -> None:
+def test_write_runs_and_request_rates_are_bounded_with_the_pairs() -> None:
     detector = Detector(RULES, max_state=16, inventory=Inventory(max_assets=16))
-    for i in range(2000):
-        detector.process([_write(i / 1000, f"10.1.{i // 250}.{i % 250}", 1)])
+    for i in range(2000):  # two thousand hosts, each two identical writes
+        client = f"10.1.{i // 250}.{i % 250}"
+        detector.process([_write(i / 1000, client, 1), _write(i / 1000, client, 1)])
     sizes = detector.state_sizes()
-    assert sizes["flood_state"] <= 16 and sizes["pairs"] <= 16
-    assert detector.evictions()["Modbus last writes"] >= 2000 - 16
-    assert len(_fulls(detector)) == 1
+    assert sizes["pairs"] <= 16 and sizes["flood_state"] == 0
+    assert detector.evictions()["inventory pairs"] >= 2000 - 16
+
+
+def test_a_learned_request_rate_survives_export_and_import() -> None:
+    learning = Inventory(request_window=1.0, request_ceiling=100)
+    flow = FlowId(Transport.TCP, "10.0.0.9", 40000, SERVER, 502)
+    for i in range(50):  # 10 a second for 5 s: peak 10
+        learning.observe(ModbusRequest(i / 10, flow, i, 1, 3, None, 0, 10,
+                                       WriteSingleRegister(0, 0)))
+    learning.freeze(5.0)
+    doc = learning.export()
+    (pair,) = doc["pairs"]
+    assert pair["rate"] == {"peak": 10, "windows": 4}
+    enforcing = Inventory(request_window=1.0, request_ceiling=100)
+    enforcing.import_baseline(doc)
+    found = []
+    for i in range(60):  # 60 in one second: past 4 x 10, under the ceiling
+        found += enforcing.observe(ModbusRequest(100 + i / 100, flow, i, 1, 3, None, 0, 10,
+                                                 WriteSingleRegister(0, 0))) or []
+    floods = [d for d in found if d.kind is DerivedKind.REQUEST_FLOOD]
+    assert len(floods) == 1 and "learned peak 10" in floods[0].detail
