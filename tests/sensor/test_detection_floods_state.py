@@ -7,7 +7,10 @@ tests (test_detection_floods.py) cover the same rules on real stacks.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from parsers.dnp3.events import (
     DNP3Anomaly,
@@ -19,10 +22,11 @@ from parsers.dnp3.events import (
 from parsers.modbus.events import ModbusRequest
 from parsers.modbus.pdu import WriteSingleRegister
 from parsers.stream import Direction, FlowId, Transport
+from sensor import config as cfg
 from sensor.detection import DerivedKind, Detector, Inventory, load_rules
 from sensor.detection.floods import FloodWatch
 from sensor.detection.loader import SHIPPED_RULES
-from sensor.detection.settings import set_names
+from sensor.detection.settings import build_inventory, set_names
 
 RULES = load_rules([SHIPPED_RULES], set_names())
 FULL = "mamori.health.detection_state_full"
@@ -201,3 +205,29 @@ def test_a_learned_request_rate_survives_export_and_import() -> None:
                                                  WriteSingleRegister(0, 0))) or []
     floods = [d for d in found if d.kind is DerivedKind.REQUEST_FLOOD]
     assert len(floods) == 1 and "learned peak 10" in floods[0].detail
+
+
+def test_the_request_keys_come_from_the_config(tmp_path: Path) -> None:
+    path = tmp_path / "mamori.toml"
+    path.write_text("[detection]\nrequest_window = \"2s\"\nrequest_ceiling = 30\n"
+                    "request_factor = 2.5\n", encoding="utf-8")
+    inventory = build_inventory(cfg.load(path))
+    assert (inventory.request_window, inventory.request_ceiling,
+            inventory.request_factor) == (2.0, 30, 2.5)
+
+
+@pytest.mark.parametrize(("line", "words"), [
+    ("request_ceiling = 0", "out of range"),
+    ("request_factor = 0.5", "not a number from 1"),
+    ("request_factor = true", "not a number from 1"),
+    ("request_window = 0", "longer than 0 s"),
+])
+def test_bad_request_keys_name_file_line_and_key(tmp_path: Path, line: str, words: str
+                                                 ) -> None:
+    path = tmp_path / "mamori.toml"
+    path.write_text(f"[detection]\n{line}\n", encoding="utf-8")
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.load(path)
+    key = line.split(" =")[0]
+    assert (err.value.line, err.value.key) == (2, f"[detection] {key}")
+    assert words in str(err.value) and str(err.value).startswith(f"{path}:")
