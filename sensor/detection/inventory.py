@@ -230,8 +230,6 @@ class Pair:
             "period": periods[len(periods) // 2] if periods else None,
             "count": self.count, "first_seen": self.first_seen, "last_seen": self.last_seen,
             "learned": self.learned,
-            "rate": None if self.requests is None or not self.requests.windows else {
-                "peak": self.requests.peak, "windows": self.requests.windows},
         }
 
 
@@ -932,6 +930,9 @@ class Inventory:
                                                            else None)],
                             "mean": c.mean, "dev": c.dev, "n": c.n}
                            for k, c in pair.cycles.items() if c.n]
+            rate = pair.requests
+            if rate is not None and rate.windows:  # B6: the learned request rate
+                d["rate"] = {"peak": rate.peak, "windows": rate.windows}
             pairs.append(d)
         return {
             "format": BASELINE_FORMAT, "version": BASELINE_VERSION,
