@@ -148,9 +148,13 @@ def _timed(action: Callable[[], None]) -> Window:
 @pytest.fixture(scope="module")
 def modbus(tmp_path_factory: pytest.TempPathFactory) -> ModbusTraffic:
     require_tool("tcpdump")
+    return _make_modbus(tmp_path_factory.mktemp("floods"))
+
+
+def _make_modbus(tmp: Path) -> ModbusTraffic:
     import pymodbus.client as pymodbus_client
     port = modbus_peer.free_port()
-    pcap = tmp_path_factory.mktemp("floods") / "modbus.pcap"
+    pcap = tmp / "modbus.pcap"
     with capture(pcap, port), modbus_peer.server(port):
         fast = _Poller(port, 1, 0.05, write=True)
         slow = _Poller(port, 2, 0.25, write=False)
