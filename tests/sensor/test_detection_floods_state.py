@@ -231,3 +231,18 @@ def test_bad_request_keys_name_file_line_and_key(tmp_path: Path, line: str, word
     key = line.split(" =")[0]
     assert (err.value.line, err.value.key) == (2, f"[detection] {key}")
     assert words in str(err.value) and str(err.value).startswith(f"{path}:")
+
+
+def test_a_backup_master_in_allowed_masters_is_no_replay() -> None:
+    """Two masters sharing a link address (a hot standby that polls too) send the same
+    requests; the standby, declared, is quiet, an undeclared host is not."""
+    def run(sets: dict[str, list[str]]) -> list[str]:
+        detector = Detector(RULES, sets=sets)
+        for i in range(16):
+            detector.process([_req(float(i), i)])
+        for i in range(16):
+            detector.process([_req(100.0 + i, i, flow=_flow("10.0.0.10"))])
+        return [a.rule for a in detector.alerts() if a.rule.startswith("mamori.dnp3.")
+                and "replay" in a.rule]
+    assert run({}) == ["mamori.dnp3.request_replay"]
+    assert run({"allowed_masters": ["10.0.0.10/32"]}) == []
