@@ -10,7 +10,9 @@ APT_PACKAGES := python3-venv tshark tcpdump tcpreplay nmap postgresql libsystemd
 # Debian's own python3 libraries the package depends on: tests run the web page and the
 # CLI on them (/usr/bin/python3), as the installed package does.
 APT_PACKAGES += python3-h11 python3-jinja2 python3-jsonschema python3-msgpack python3-nacl \
-	python3-starlette python3-uvicorn python3-yaml python3-zmq
+	python3-starlette python3-uvicorn python3-yaml python3-zmq python3-prometheus-client
+# Maintenance windows read IANA time zones (zoneinfo) from the system tz database.
+APT_PACKAGES += tzdata
 
 .PHONY: all setup apt venv demo test lint typecheck unit bench clean sample
 
@@ -72,7 +74,7 @@ clean:
 PACKAGING_APT_PACKAGES := debhelper dh-python pybuild-plugin-pyproject python3-all \
 	python3-setuptools python3-zmq python3-msgpack python3-psycopg dpkg-dev lintian debootstrap systemd \
 	python3-h11 python3-jinja2 python3-jsonschema python3-nacl python3-starlette python3-uvicorn \
-	python3-yaml
+	python3-yaml python3-prometheus-client
 IMAGE_APT_PACKAGES := $(PACKAGING_APT_PACKAGES) e2fsprogs dosfstools mtools fdisk \
 	qemu-system-x86 ovmf
 

@@ -158,7 +158,7 @@ class AlertOutputs:
             if not group:
                 continue
             kept = self.store.commit_alerts([a for _, a in group], forward=flag)
-            stored = [(k, dataclasses.replace(a, id=row))
+            stored = [(k, self.store.resolve_steps(dataclasses.replace(a, id=row)))
                       for (k, a), (row, _) in zip(group, kept, strict=False)]
             for (_, alert), (_, rev) in zip(stored, kept, strict=True):
                 if rev:

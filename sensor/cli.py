@@ -144,7 +144,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         else:
             summary = replay_files(
                 args.files, config, events_out=events_out, extra_sinks=sinks,
-                progress=None if args.no_progress else progress_stream())
+                progress=None if args.no_progress else progress_stream(),
+                ring=detection.evidence.ring if detection and detection.evidence else None)
     to_stdout = events_out is sys.stdout or (detection is not None
                                              and str(detection.alerts_out) == "-")
     report = sys.stderr if to_stdout else sys.stdout

@@ -25,6 +25,7 @@ drops raise S1, silence on an interface for ``silence_alert`` raises S3.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import grp
 import logging
 import os
@@ -45,6 +46,7 @@ from sensor.alerts import Alert, Severity
 from sensor.capture import bpf
 from sensor.capture.live import CaptureError, CaptureStats, LiveCapture
 from sensor.eventlog import JsonLinesWriter
+from sensor.metrics import settings as _metrics_settings  # noqa: F401  registers [metrics]
 from sensor.notify import Notifier
 from sensor.paths import describe
 from sensor.pipeline import Pipeline, PipelineConfig
@@ -101,6 +103,7 @@ class InterfaceHealth:
     name: str
     last_frame: float = field(default_factory=time.time)
     frames: int = 0
+    bytes: int = 0  # of the frames read (the pipeline's byte count, per interface)
     dropped: int = 0
     silent: bool = False
     stats: CaptureStats | None = None
@@ -139,6 +142,9 @@ class Sensor:
         self.web: Any = None  # the operator page (build_sensor(web=...)), stopped first
         self.outputs: Any = None  # sensor.alerting.AlertOutputs: disk-full counters
         self.rules: Any = None  # sensor.rulepush.RuleReceiver: pushed rule bundles
+        self.metrics: Any = None  # the [metrics] listen endpoint (sensor.metrics.server)
+        self.event_kinds: Any = None  # events by class, counted only when metrics are served
+        self.evidence: Any = None  # sensor.packet_evidence.PacketEvidence (issue 20)
         self._rules_due = threading.Event()
         self.last_heartbeat: float | None = None  # wall time health was last sampled
         self._rate = (time.monotonic(), 0)
@@ -235,11 +241,13 @@ class Sensor:
         health.last_frame = frames[-1][0]
         health.silent = False
         packet = self.pipeline.packet
+        before = self.pipeline.stats.bytes
         batch: list[Any] = []
         for ts, linktype, data, number in frames:
             events = packet(ts, linktype, data, number)
             if events:
                 batch.extend(events)
+        health.bytes += self.pipeline.stats.bytes - before
         if batch:
             for consumer in self.consumers:
                 consumer.consume(batch)
@@ -383,6 +391,10 @@ class Sensor:
         }
         if self.outputs is not None:
             snap["disk"] = self.outputs.status()
+        if self.evidence is not None:  # packets behind alerts: memory held, pcaps, refusals
+            ring = self.evidence.ring
+            snap["pcaps"] = {**dataclasses.asdict(self.evidence.stats),
+                             "ring_bytes": ring.bytes, "ring_flows": len(ring)}
         return snap
 
     def health_for_heartbeat(self) -> dict[str, float]:
@@ -405,6 +417,8 @@ class Sensor:
         self.notifier.stopping()
         if self.web is not None:
             self.web.close()
+        if self.metrics is not None:
+            self.metrics.close()
         events = self.pipeline.finish()
         if events:
             for consumer in self.consumers:
@@ -550,17 +564,31 @@ def build_sensor(conf: cfg.Config, config_path: str | None,
                                disk_full=isinstance(err, JournalFull)) from None
         outputs.forwarder = forwarder
     consumers: list[Consumer] = []
+    evidence = None
     if conf.get("detection", "enabled"):
         from sensor.live_detection import LiveDetection
+        from sensor.packet_evidence import PacketEvidence
 
+        evidence = PacketEvidence.from_config(conf, store)  # None: [packets] enabled = false
         try:
-            consumers.append(LiveDetection(conf, store, outputs))
+            consumers.append(LiveDetection(conf, store, outputs, evidence=evidence))
         except RuleError as err:
             store.close()
             raise StartupError(str(err)) from None
     if events is not None:
         consumers.append(EventFile(events))
+    event_kinds = None
+    if web is not None or conf.get("metrics", "listen"):  # sensor.metrics serves them
+        from sensor.metrics.sensor_metrics import EventKinds
+
+        event_kinds = EventKinds()
+        consumers.append(event_kinds)
     sensor = Sensor(conf, config_path, consumers, alert_sink=outputs.raise_external)
+    sensor.event_kinds = event_kinds
+    if evidence is not None:
+        sensor.pipeline.ring = evidence.ring
+        sensor.evidence = evidence
+        evidence.retain()
     sensor.store = store
     sensor.forwarder = forwarder
     sensor.outputs = outputs
@@ -575,6 +603,25 @@ def build_sensor(conf: cfg.Config, config_path: str | None,
                 forwarder.close(flush_timeout=0)
             store.close()
             raise StartupError(f"web: {err}") from None
+    if conf.get("metrics", "listen"):
+        try:
+            sensor.metrics = _serve_metrics(conf, sensor)
+        except (OSError, ValueError) as err:
+            if sensor.web is not None:
+                sensor.web.close()
+            if forwarder is not None:
+                forwarder.close(flush_timeout=0)
+            store.close()
+            raise StartupError(f"metrics: {err}") from None
     if forwarder is not None:
         forwarder.start()
     return sensor
+
+
+def _serve_metrics(conf: cfg.Config, sensor: Sensor) -> Any:
+    """The ``[metrics] listen`` endpoint over the running sensor (docs/metrics.md)."""
+    from sensor.detection.settings import store_path
+    from sensor.metrics.sensor_metrics import sensor_collectors
+    from sensor.metrics.server import serve
+
+    return serve(conf, sensor_collectors(sensor, store_path(conf)))

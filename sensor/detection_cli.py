@@ -36,6 +36,7 @@ from sensor.detection.settings import (
     store_path,
 )
 from sensor.journald import journald_sink
+from sensor.packet_evidence import PacketEvidence
 from sensor.paths import (
     OutputError,
     check_creatable,
@@ -71,6 +72,8 @@ def register_commands(commands: Any) -> None:
     alerts.add_argument("--severity", metavar="LEVEL", help="at least this severity")
     alerts.add_argument("--follow", action="store_true", help="keep printing new alerts")
     alerts.add_argument("--json", action="store_true", help="one JSON object per line")
+    alerts.add_argument("--show", type=int, metavar="ID",
+                        help="one alert in full: evidence and the pcap of its packets")
     export_cli.add_csv_flag(alerts, "the alerts")
     alerts.add_argument("--interval", type=cfg.seconds_flag, default=1.0, help=argparse.SUPPRESS)
     alerts.add_argument("--max-polls", type=int, default=None, help=argparse.SUPPRESS)
@@ -239,7 +242,8 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
             print(f"mamori rules: {len(err.problems)} problems", file=sys.stderr)
         return 1
     precursors = sorted({r.precursor for r in rules}, key=lambda p: (p[0], int(p[1:])))
-    print(f"ok: {len(rules)} rules in {len(pack_files(dirs))} pack(s); "
+    chains = f", {len(rules.chains)} chains" if rules.chains else ""
+    print(f"ok: {len(rules)} rules{chains} in {len(pack_files(dirs))} pack(s); "
           f"precursors {' '.join(precursors)}")
     return 0
 
@@ -264,6 +268,28 @@ def render_alert(alert: Alert) -> str:
             f"{alert.precursor:<4} x{alert.count:<7} {where}  {alert.title} [{alert.rule}]")
 
 
+def _show_alert(store: Store, alert_id: int, as_json: bool) -> int:
+    """``mamori alerts --show ID``: the alert, its evidence and its pcap (issue 20)."""
+    found = store.alerts(after_id=alert_id - 1, limit=1) if 0 < alert_id < 2**63 else []
+    if not found or found[0].id != alert_id:
+        return _fail("alerts", f"{store.path}: no alert {alert_id}")
+    alert = found[0]
+    pcap = store.pcap(alert_id)
+    if as_json:
+        print(json.dumps({**alert.to_dict(), "pcap": pcap}, default=str))
+        return 0
+    print(render_alert(alert))
+    for key, value in sorted(alert.evidence.items()):
+        print(f"  {key:<10} {json.dumps(value, default=str)}")
+    if pcap is None:
+        print("  pcap       none (no frames held for this flow, below [packets] "
+              "min_severity, or packets off)")
+    else:
+        gone = "" if Path(pcap).is_file() else "  (deleted by retention)"
+        print(f"  pcap       {pcap}{gone}")
+    return 0
+
+
 def cmd_alerts(args: argparse.Namespace) -> int:
     if (conflict := export_cli.csv_conflict(args)) is not None:
         return _fail("alerts", conflict, 2)
@@ -276,12 +302,18 @@ def cmd_alerts(args: argparse.Namespace) -> int:
                              "followed with mamori subscribe")
     except (ValueError, UsageError) as err:
         return _fail("alerts", err, 2)
+    if args.show is not None and (collector or args.follow or args.csv):
+        return _fail("alerts", "--show reads one alert of a sensor's store; it does not go "
+                     "with --follow, --csv or --collector", 2)
     if collector:
         return _collector_alerts(args, since, severity)
     try:
         store = _open_store(args, readonly=True)
     except (cfg.ConfigError, StoreError) as err:
         return _fail("alerts", err)
+    if args.show is not None:
+        with store:
+            return _show_alert(store, args.show, args.json)
     if args.csv:
         return export_cli.print_alerts_csv(store, since, severity)
     out = sys.stdout
@@ -498,6 +530,7 @@ class ReplayDetection:
         self.store = store
         self.config = config
         self.errors: list[str] = []  # what failed after the replay (forwarding); exit 1
+        self.evidence: PacketEvidence | None = None  # pcaps behind alerts (with --store)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ReplayDetection | None:
@@ -539,14 +572,20 @@ class ReplayDetection:
                 inventory.import_baseline(read_baseline(args.baseline))
             except (OSError, ValueError) as err:
                 raise UsageError(_file_problem(args.baseline, err)) from None
-        detector = build_detector(config, rules, inventory=inventory,
-                                  on_alert=journald_sink())
-        return cls(detector, args.alerts, store, config)
+        evidence = PacketEvidence.from_config(config, store) if store is not None else None
+        detector = build_detector(
+            config, rules, inventory=inventory,
+            on_alert=evidence.chain(journald_sink()) if evidence else journald_sink())
+        made = cls(detector, args.alerts, store, config)
+        made.evidence = evidence
+        return made
 
     def finish(self, report: IO[str]) -> bool:
         """Write, store, forward and summarise; False when alerts could not be stored
         (a full disk: the summary says how many)."""
         alerts = self.detector.alerts()
+        if self.evidence is not None:
+            self.evidence.flush()  # pcaps still in their post-window, before the store
         if self.alerts_out is not None:
             if str(self.alerts_out) == "-":
                 write_alerts_jsonl(alerts, sys.stdout)
@@ -569,11 +608,16 @@ class ReplayDetection:
         state = outputs.status() if outputs is not None else {}
         if self.store is not None:
             inv = self.detector.inventory
-            self.store.save_inventory([a.to_dict() for a in inv.assets.values()],
+            self.store.save_inventory(inv.asset_docs(),
                                       [p.to_dict() for p in inv.pairs.values()], inv.export())
             self.store.prune()
             self.store.close()
         print(render_summary(alerts, self.detector), file=report)
+        if self.evidence is not None:
+            ev = self.evidence.stats
+            print(f"pcaps      {ev.written} written to {self.evidence.directory}"
+                  + (f", {ev.refused} refused (see the log)" if ev.refused else ""),
+                  file=report)
         if state and (state["unstored"] or state["journal_behind"]):
             print(f"disk full  {self.store.path if self.store else '-'}: {state['unstored']} "
                   f"alert writes refused, {state['stored_late']} stored late, "

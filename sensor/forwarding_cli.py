@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from sensor import config as cfg
 from sensor import forwarding_options  # noqa: F401  (registers [forward] and [collect])
 from sensor.advisories import cli as advisories_cli
+from sensor.metrics import settings as _metrics_settings  # noqa: F401  registers [metrics]
 from sensor.paths import check_output, describe, describe_mkdir, foreign_sqlite
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ def register_commands(subparsers: argparse._SubParsersAction) -> None:  # type: 
         "collect", help="run the collector (or 'collect status')",
         description="Accept alerts from sensors whose public keys are in the allow-list "
                     "directory, store them, acknowledge them and re-publish them.")
-    _config_flags(collect, ["sensor", "collect"])
+    _config_flags(collect, ["sensor", "collect", "metrics"])
     collect.add_argument("--duration", type=cfg.seconds_flag, default=None,
                          help="stop after this many seconds (tests, demos)")
     collect.set_defaults(func=cmd_collect)
@@ -149,6 +150,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
         problem = check_output(Path(settings.jsonl))
     if problem is None and not settings.dsn:
         problem = foreign_sqlite(settings.db, "streams", "a collector store")
+    if problem is None:
+        problem = _metrics_problem(config)
     if problem is not None:
         print(f"mamori collect: {problem}", file=sys.stderr)
         return 2
@@ -167,6 +170,12 @@ def cmd_collect(args: argparse.Namespace) -> int:
         print(f"mamori collect: {message}", file=sys.stderr)
         with contextlib.suppress(Exception):  # half-bound: close what there is
             server.close()
+        return 2
+    try:
+        metrics = _serve_metrics(config, server)
+    except ValueError as err:  # MetricsSetupError: the port is taken
+        print(f"mamori collect: {err}", file=sys.stderr)
+        server.close()
         return 2
     stop = False
     hup = False
@@ -194,9 +203,34 @@ def cmd_collect(args: argparse.Namespace) -> int:
     try:
         server.run(should_stop)
     finally:
+        if metrics is not None:
+            metrics.close()
         server.close()
     print(f"mamori collect: stopped; {dict(server.counters)}", file=sys.stderr)
     return 0
+
+
+def _metrics_problem(config: cfg.Config) -> str | None:
+    """``[metrics] listen`` refused by the binding rules (checked before any socket)."""
+    if not config.get("metrics", "listen"):
+        return None
+    from sensor.metrics.server import MetricsSetupError, checked_address
+
+    try:
+        checked_address(config)
+    except MetricsSetupError as err:
+        return str(err)
+    return None
+
+
+def _serve_metrics(config: cfg.Config, server: Any) -> Any:
+    """The collector's ``/metrics`` endpoint, in its own thread (None when off)."""
+    if not config.get("metrics", "listen"):
+        return None
+    from sensor.metrics.collector_metrics import CollectorMetrics
+    from sensor.metrics.server import serve
+
+    return serve(config, [CollectorMetrics(server)])
 
 
 def _zmq_reason(err: Exception) -> str:

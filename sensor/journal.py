@@ -447,11 +447,18 @@ class AlertJournal:
 
     # -- reading ----------------------------------------------------------------------
 
+    def takes_shared(self, collector: str) -> bool:
+        """Whether ``collector``'s stream includes the shared rows."""
+        return collector in self.shared or not self.collectors
+
     def _mine(self, collector: str) -> tuple[str, tuple[Any, ...]]:
         """SQL: the rows of ``collector``'s stream (its own, and shared ones if it takes them)."""
-        if collector in self.shared or not self.collectors:
-            return "m.collector IN (?, '')", (collector,)
-        return "m.collector = ?", (collector,)
+        return _mine_sql(self.takes_shared(collector)), (collector,)
+
+    def backlog(self, collector: str) -> int:
+        """How many messages ``collector`` has not acknowledged (``pending``, counted)."""
+        with self._lock:
+            return count_backlog(self._db, collector, self.takes_shared(collector))
 
     def pending(self, collector: str, after_id: int, limit: int) -> list[JournalRow]:
         """Messages after ``after_id`` that ``collector`` has not acknowledged, in order."""
@@ -558,3 +565,18 @@ def _ranges(rows: Iterable[tuple[str, int, int]]) -> list[Eviction]:
         else:
             out.append(Eviction(epoch, seq, seq, collector))
     return out
+
+
+def _mine_sql(takes_shared: bool) -> str:
+    return "m.collector IN (?, '')" if takes_shared else "m.collector = ?"
+
+
+def count_backlog(db: sqlite3.Connection, collector: str, takes_shared: bool) -> int:
+    """Messages of ``collector``'s stream it has not acknowledged, on any connection to
+    the journal: the metrics endpoint reads it over its own read-only one, so a scrape
+    never waits for the journal's lock (see :meth:`AlertJournal.backlog`)."""
+    row = db.execute(
+        "SELECT COUNT(*) FROM messages m LEFT JOIN acks a ON a.collector = ? AND "
+        f"a.epoch = m.epoch WHERE {_mine_sql(takes_shared)} AND m.seq > COALESCE(a.seq, 0)",
+        (collector, collector)).fetchone()
+    return int(row[0])

@@ -34,6 +34,7 @@ from sensor.detection.settings import (
     load_configured_rules,
 )
 from sensor.journald import journald_sink
+from sensor.packet_evidence import PacketEvidence
 from sensor.store import Store
 from sensor.wire import Kind
 
@@ -44,8 +45,9 @@ class LiveDetection:
     """A daemon consumer (``consume``/``tick``/``reload``/``close``)."""
 
     def __init__(self, conf: cfg.Config, store: Store, outputs: AlertOutputs,
-                 persist_every: float = 30.0) -> None:
+                 persist_every: float = 30.0, evidence: PacketEvidence | None = None) -> None:
         self.store = store
+        self.evidence = evidence  # issue 20: pcaps of the frames behind alerts
         self.outputs = outputs
         self.persist_every = persist_every
         self.rules_version = 0  # the signed bundle detection runs (0: none)
@@ -59,7 +61,9 @@ class LiveDetection:
         rules = load_configured_rules(conf)  # rolls a bundle back when it must
         active = None if conf.get("detection", "rules") else bundle_store(conf).active()
         self.rules_version = active.version if active is not None else 0
-        return build_detector(conf, rules, inventory=inventory, on_alert=journald_sink())
+        sink = journald_sink()
+        return build_detector(conf, rules, inventory=inventory,
+                              on_alert=self.evidence.chain(sink) if self.evidence else sink)
 
     def _adopt_stored_baseline(self) -> None:
         stored = self.store.load_baseline()
@@ -76,6 +80,8 @@ class LiveDetection:
 
     def tick(self, now: float) -> None:
         self.detector.tick(now)
+        if self.evidence is not None:
+            self.evidence.due(now)  # post-windows end by the clock too (quiet flows)
         self.outputs.publish(self.detector.drain())
         if time.monotonic() >= self._next_persist:
             self._next_persist = time.monotonic() + self.persist_every
@@ -84,7 +90,7 @@ class LiveDetection:
     def persist(self) -> None:
         self._adopt_stored_baseline()
         inv = self.detector.inventory
-        assets = [a.to_dict() for a in inv.assets.values()]
+        assets = inv.asset_docs()
         self.store.save_inventory(assets, [p.to_dict() for p in inv.pairs.values()],
                                   inv.export())
         self.outputs.publish(self.advisories.check(assets))
@@ -93,6 +99,8 @@ class LiveDetection:
             for body in self.identities.changed(assets):
                 submit(Kind.ASSET, body)
         self.store.prune()
+        if self.evidence is not None:
+            self.evidence.retain()  # ages pcaps out even when nothing alerts
 
     def reload(self, conf: cfg.Config) -> None:
         """New rules and sets; the inventory, baseline and open aggregates carry over."""
@@ -105,6 +113,8 @@ class LiveDetection:
 
     def close(self) -> None:
         self.detector.settle()  # start-up writes still held are alerts, not lost
+        if self.evidence is not None:
+            self.evidence.flush()
         self.outputs.publish(self.detector.drain())
         self.persist()
         self.outputs.close()  # held alerts a full disk still refuses are said, not hidden

@@ -47,6 +47,7 @@ from parsers.modbus.events import ModbusResponse
 from parsers.packet import Decoded, DecodeProblem, PacketAnomaly, decode, ip_to_str, mac_to_str
 from parsers.stream import Direction, FlowId, StreamParser, Transport
 from parsers.tcp import TcpReassembler
+from sensor.packetring import PacketRing
 
 MODBUS = "modbus"
 DNP3 = "dnp3"
@@ -178,6 +179,8 @@ class Pipeline:
             MODBUS: ModbusParser,
             DNP3: DNP3Parser,
         }
+        # Recent frames per flow (sensor.packetring), fed when set; None: not kept.
+        self.ring: PacketRing | None = None
 
     @property
     def active_flows(self) -> int:
@@ -221,6 +224,8 @@ class Pipeline:
                     return [*swept, probe]
             return swept
 
+        if self.ring is not None:  # issue 20: the packets behind an alert
+            self.ring.add(key, ts, linktype, frame)
         flows = self._flows
         flow = flows.get(key)
         if flow is None:

@@ -19,6 +19,7 @@ from typing import IO, Any
 from parsers.capfile import CaptureFileError
 from sensor.capture.pcapfile import read_capture_batches
 from sensor.eventlog import JsonLinesWriter, event_to_dict
+from sensor.packetring import PacketRing
 from sensor.paths import OutputError
 from sensor.pipeline import Pipeline, PipelineConfig
 
@@ -135,10 +136,15 @@ def replay_files(
     events_out: IO[str] | None = None,
     extra_sinks: Iterable[Callable[[list[Any]], None]] = (),
     progress: IO[str] | None = None,
+    ring: PacketRing | None = None,
 ) -> ReplaySummary:
-    """Replay each file through one pipeline (flows may span files, as with rotation)."""
+    """Replay each file through one pipeline (flows may span files, as with rotation).
+
+    ``ring`` keeps each flow's recent frames for the pcaps behind alerts (issue 20).
+    """
     summary = ReplaySummary()
     pipeline = Pipeline(config)
+    pipeline.ring = ring
     sinks = list(extra_sinks)
     if events_out is not None:
         writer = JsonLinesWriter(events_out)

@@ -33,6 +33,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from sensor.alerts import Alert, Severity
 
 SCHEMA_VERSION = 1
 _CHUNK = 50  # alerts per transaction once a whole batch did not fit on the disk
+_MAX_PCAPS_HELD = 10_000  # pcap paths waiting for their alert's first write
 
 log = logging.getLogger("mamori.store")
 
@@ -136,6 +138,7 @@ class Store:
             raise StoreError(f"{self.path}: store schema {version} is not {SCHEMA_VERSION}")
         self.id = str(ident[0]) if ident else ""  # names this store in the journal's marks
         self._ids: dict[int, int] = {}  # detector alert id -> row id
+        self._pcaps: dict[int, str] = {}  # detector alert id -> pcap, until its row exists
         self.full = False  # the last write failed for lack of space
         self.unstored = 0  # alert writes that did not fit, cumulative
         self.skipped_snapshots = 0  # inventory/baseline/retention passes skipped (full)
@@ -147,6 +150,12 @@ class Store:
         if "rev" not in columns:
             self._db.execute("ALTER TABLE alerts ADD COLUMN rev INTEGER NOT NULL DEFAULT 0")
         self._db.execute("CREATE INDEX IF NOT EXISTS alerts_rev ON alerts (rev)")
+        # the web page's timeline (alerts per hour first seen, by severity, without the
+        # folded health alerts): covering index ranges per hour, not table scans
+        self._db.execute("CREATE INDEX IF NOT EXISTS alerts_first_ts"
+                         " ON alerts (first_ts, severity, precursor)")
+        if "pcap" not in columns:  # issue 20: the local file of the packets behind it
+            self._db.execute("ALTER TABLE alerts ADD COLUMN pcap TEXT")
         self._db.execute("INSERT OR IGNORE INTO meta VALUES ('rev', '0')")
         self._db.execute("INSERT OR IGNORE INTO meta VALUES ('id', ?)", (uuid.uuid4().hex,))
 
@@ -202,6 +211,32 @@ class Store:
         self._space_back()
         return out
 
+    def attach_pcap(self, alert_id: int, path: str) -> None:
+        """Record the pcap of the packets behind detector alert ``alert_id`` (issue 20).
+
+        The path lives in the store's row only, never in the alert: what is forwarded
+        carries neither the frames nor where they are. An alert raised but not yet
+        stored gets it with its first write; at most ``_MAX_PCAPS_HELD`` wait.
+        """
+        row = self._ids.get(alert_id)
+        if row is None:
+            if len(self._pcaps) >= _MAX_PCAPS_HELD:
+                del self._pcaps[next(iter(self._pcaps))]
+            self._pcaps[alert_id] = path
+            return
+        try:
+            with self._db:
+                self._db.execute("UPDATE alerts SET pcap = ? WHERE id = ?", (path, row))
+        except sqlite3.Error as err:
+            if not is_disk_full(err):
+                raise
+            self._disk_full("the path of an alert's pcap not recorded")
+
+    def pcap(self, row_id: int) -> str | None:
+        """The pcap recorded for the alert of row ``row_id`` (None: none, or a store
+        older than issue 20 opened read-only)."""
+        return pcap_of(self._db, row_id)
+
     def _commit(self, batch: Sequence[Alert], forward: bool) -> list[tuple[int, int]]:
         now = time.time()
         out: list[tuple[int, int]] = []
@@ -217,6 +252,7 @@ class Store:
                 for alert in batch:
                     if forward:
                         rev += 1
+                    alert = self.resolve_steps(alert)  # a chain's steps: after them in batch
                     row = self._ids.get(alert.id) if alert.id else None
                     if row is not None:
                         self._db.execute(
@@ -241,12 +277,44 @@ class Store:
                         if alert.id:
                             self._ids[alert.id] = row
                             added.append(alert.id)
+                            pcap = self._pcaps.get(alert.id)
+                            if pcap is not None:
+                                self._db.execute("UPDATE alerts SET pcap = ? WHERE id = ?",
+                                                 (pcap, row))
                     out.append((row, rev))
         except BaseException:
             for ident in added:
                 self._ids.pop(ident, None)
             raise
+        for ident in added:
+            self._pcaps.pop(ident, None)
         return out
+
+    def resolve_steps(self, alert: Alert) -> Alert:
+        """A chain alert (``sensor.detection.chains``) with its steps' store ids.
+
+        The detector names each step by its number for the step's aggregate; the
+        operator and the collectors know that alert by its row id here, so the
+        evidence gets the row ids. A step is always written before its chain (the
+        detector raised it first), so its row is known; one that was never stored
+        (disk full) says so: ``alert`` null, ``detector_alert`` its number.
+        ``ids: "store"`` marks evidence already resolved.
+        """
+        evidence = alert.evidence
+        steps = evidence.get("steps") if "chain" in evidence else None
+        if not isinstance(steps, list) or evidence.get("ids") == "store":
+            return alert
+        out = []
+        for step in steps:
+            step = dict(step)
+            ident = step.get("alert")
+            row = self._ids.get(ident) if isinstance(ident, int) and ident > 0 else None
+            if row is None:
+                step["alert"], step["detector_alert"] = None, ident
+            else:
+                step["alert"] = row
+            out.append(step)
+        return replace(alert, evidence={**evidence, "steps": out, "ids": "store"})
 
     def _disk_full(self, what: str) -> None:
         if not self.full:
@@ -462,10 +530,16 @@ def _union(old: Any, new: Any) -> list[Any]:
 
 
 def _span(old: Mapping[str, Any], new: Mapping[str, Any], merged: dict[str, Any]) -> None:
-    """first_seen is the earliest, last_seen the latest; learned once is learned."""
-    for key, pick in (("first_seen", min), ("last_seen", max)):
-        if isinstance(old.get(key), int | float):
-            merged[key] = pick(old[key], new[key])
+    """first_seen is the earliest, last_seen the latest; learned once is learned.
+
+    Both come from all four times: a row an older sensor saved with its last_seen
+    before its first_seen (packet times out of order, fixed in the inventory) still
+    says the host was seen at both, so the merge heals it to the span covering both.
+    """
+    times = [t for doc in (old, new) for t in (doc.get("first_seen"), doc.get("last_seen"))
+             if isinstance(t, int | float)]
+    if times:
+        merged["first_seen"], merged["last_seen"] = min(times), max(times)
     merged["learned"] = bool(new.get("learned")) or bool(old.get("learned"))
 
 
@@ -553,3 +627,12 @@ def _alert(row: Sequence[Any]) -> Alert:
         sport=d["sport"], dst=d["dst"], dport=d["dport"], unit=d["unit"],
         link_src=d["link_src"], link_dst=d["link_dst"], evidence=json.loads(d["evidence"]),
         id=d["id"])
+
+
+def pcap_of(db: sqlite3.Connection, row_id: int) -> str | None:
+    """``alerts.pcap`` of one row; None when unset or the column is not there yet."""
+    try:
+        found = db.execute("SELECT pcap FROM alerts WHERE id = ?", (row_id,)).fetchone()
+    except sqlite3.OperationalError:  # no such column: a store no newer sensor opened
+        return None
+    return None if found is None or found[0] is None else str(found[0])

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import re
 import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -318,6 +319,28 @@ def encode_relayed(origin: str, name: str, path: Sequence[str], epoch: int, seq:
 def pseudonym_ext(digest: bytes) -> msgpack.ExtType:
     """The wire form of a pseudonym (what ``sensor.policy`` puts in a body)."""
     return msgpack.ExtType(PSEUDONYM_EXT, digest[:PSEUDONYM_BYTES])
+
+
+_PSEUDONYM_TEXT = re.compile(rf"{re.escape(Pseudonym.PREFIX)}[0-9a-f]{{{2 * PSEUDONYM_BYTES}}}")
+
+
+def restore_pseudonyms(value: Any) -> Any:
+    """A stored body with its pseudonyms typed again, for a relay to send upward.
+
+    A collector stores what it decoded as JSON, where a pseudonym is its ``pn:`` text;
+    sent on as that text, an upper tier would take it for a plain string, and refuse it
+    outright where only a number or a pseudonym may stand (unit, link addresses). Every
+    string of exactly the pseudonym's form becomes the ext type again: a string of that
+    form reads as a pseudonym in every output already, so nothing changes its meaning."""
+    if isinstance(value, str):
+        if value.startswith(Pseudonym.PREFIX) and _PSEUDONYM_TEXT.fullmatch(value):
+            return pseudonym_ext(bytes.fromhex(value[len(Pseudonym.PREFIX):]))
+        return value
+    if isinstance(value, list):
+        return [restore_pseudonyms(v) for v in value]
+    if isinstance(value, dict):
+        return {k: restore_pseudonyms(v) for k, v in value.items()}
+    return value
 
 
 def _ext(code: int, data: bytes) -> Pseudonym:

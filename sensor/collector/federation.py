@@ -61,6 +61,7 @@ from sensor.wire import (
     alert_body,
     decode_control,
     encode_relayed,
+    restore_pseudonyms,
 )
 
 log = logging.getLogger("mamori.federation")
@@ -213,11 +214,12 @@ class RelayCursor:
 
 
 def _wire_body(kind: int, text: str) -> Any:
-    """A stored JSON body back into its wire form (alerts are positional arrays)."""
+    """A stored JSON body back into its wire form (alerts are positional arrays, and
+    pseudonyms their typed ext again: ``restore_pseudonyms``)."""
     doc = json.loads(text)
     if kind == Kind.ALERT:
-        return alert_body(Alert.from_dict(doc))
-    return doc
+        return restore_pseudonyms(alert_body(Alert.from_dict(doc)))
+    return restore_pseudonyms(doc)
 
 
 class Relay:
@@ -482,7 +484,8 @@ class _RelayLoop:
             except ValueError:
                 continue
             frame = encode_relayed(sensor, name, path, int(epoch), int(seq), float(ts),
-                                   Kind.HEARTBEAT, doc if isinstance(doc, dict) else {})
+                                   Kind.HEARTBEAT,
+                                   restore_pseudonyms(doc) if isinstance(doc, dict) else {})
             try:
                 self.sock.send(frame, zmq.NOBLOCK)
             except zmq.Again:

@@ -29,6 +29,7 @@ import contextlib
 import errno
 import json
 import logging
+import operator
 import sqlite3
 import time
 from collections import Counter
@@ -64,6 +65,7 @@ from sensor.wire import (
 from sensor.wire import decode as decode_message
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+_KIND_OF = operator.itemgetter(3)  # StoredMessage.kind
 UNAUTHENTICATED = ""  # the rejects row for connections that never proved a key
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +129,9 @@ class CollectorServer:
                          else CollectorSettings.from_config(config, state_dir))
         self.storage = storage or open_storage(self.settings.db, self.settings.dsn)
         self.counters: Counter[str] = Counter()
+        self.kinds: Counter[int] = Counter()  # accepted messages by wire kind (metrics)
+        self.rejected: Counter[str] = Counter()  # refused messages by reason (metrics)
+        self.started = time.time()
         self._rejects: Counter[tuple[str, str]] = Counter()  # not yet in storage
         self.allow: dict[bytes, str] = {}
         self._allow_stamp = -1
@@ -359,6 +364,7 @@ class CollectorServer:
 
     def _count(self, sensor: str, reason: str) -> None:
         self.counters[reason] += 1
+        self.rejected[reason] += 1
         self._rejects[(sensor, reason)] += 1
 
     def _drain(self, limit: int = 5000) -> int:
@@ -582,6 +588,7 @@ class CollectorServer:
             st.reject(sensor, reason, n, now)
         st.commit()
         self.counters["accepted"] += len(accepted)
+        self.kinds.update(map(_KIND_OF, stored))  # one C call: no per-message Python code
         self._rejects = Counter()
         return stored
 

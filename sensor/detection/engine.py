@@ -28,6 +28,7 @@ counted in ``stats.evicted`` and logged when it first happens.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -40,14 +41,17 @@ from parsers.stream import Transport
 from sensor.alerts import Alert, Severity
 from sensor.detection.aitm import WATCHED, AddressWatch
 from sensor.detection.bounded import DEFAULT_MAX_STATE, LruTable
+from sensor.detection.chains import ChainTracker
 from sensor.detection.derived import DerivedEvent, DerivedKind
 from sensor.detection.floods import WATCHED as FLOOD_WATCHED
 from sensor.detection.floods import FloodWatch
 from sensor.detection.inventory import Inventory
 from sensor.detection.matcher import INDEX_ATTR, Peers, compile_match, indexed, peers
-from sensor.detection.model import LEARNED_SETS, GroupKey, Rule
+from sensor.detection.model import LEARNED_SETS, Category, Chain, GroupKey, Rule
+from sensor.detection.windows import MaintenanceWindow, Windows
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+_audit = logging.getLogger("mamori.maintenance")  # every alert a maintenance window downgraded
 
 _TICK_EVERY = 1.0  # seconds of event time between clock checks
 _STORM_TARGETS = 16  # storm aggregates per rule per window before one rule-wide aggregate
@@ -166,6 +170,8 @@ class DetectorStats:
     held: int = 0  # occurrences held while their client was learning
     excused: int = 0  # of those, excused because the client turned out to poll
     refused: int = 0  # clients refused as masters because they raised an alert
+    chains: int = 0  # campaign chains completed (sensor.detection.chains)
+    maintenance: int = 0  # occurrences recorded at info inside a maintenance window
 
 
 class _ProtocolState:
@@ -307,6 +313,9 @@ class Detector:
         storm_window: float = 60.0,
         max_state: int = DEFAULT_MAX_STATE,
         hold: float = 30.0,
+        chains: Sequence[Chain] | None = None,
+        categories: Sequence[Category] | None = None,
+        windows: Sequence[MaintenanceWindow] = (),
     ) -> None:
         if storm_max_alerts < 1 or max_state < 1:
             raise ValueError("storm_max_alerts and max_state must be at least 1")
@@ -342,6 +351,12 @@ class Detector:
         self._next_tick = float("-inf")
         self._next_age = float("-inf")
         self._silent = False
+        # Campaign chains (default: those loaded with the rules) and maintenance windows.
+        self._chains = ChainTracker(
+            rules, getattr(rules, "chains", ()) if chains is None else chains,
+            getattr(rules, "categories", ()) if categories is None else categories,
+            max_targets=max_state)
+        self._windows = Windows(windows, max_state)
 
     # -- public -----------------------------------------------------------------------
 
@@ -404,6 +419,7 @@ class Detector:
         self._held = old._held
         self._watch = old._watch
         self._floods = old._floods
+        self._chains.adopt(old._chains)
         self._last_ts = old._last_ts
         self._silent = old._silent
         self.stats = old.stats
@@ -438,6 +454,7 @@ class Detector:
             "flood_state": max(len(t) for t in self._floods.tables()),
             "set_cache": len(self._set_cache),
             "held": len(self._held),
+            "chain_partials": self._chains.partials(),
             **inv.state_sizes(),
         }
 
@@ -449,6 +466,7 @@ class Detector:
         out = {t.name: t.evicted for t in tables if t.evicted}
         out.update({k: v for k, v in self._floods.evicted.items() if v})
         out.update({k: v for k, v in self.inventory.evicted.items() if v})
+        out.update(self._chains.evictions())
         self.stats.evicted = out
         return out
 
@@ -637,14 +655,20 @@ class Detector:
         else:
             key = _alert_key(rule, p)
         self.stats.hits += 1
+        window = self._windows.covering(rule, p, ts) if self._windows else None
+        if window is not None:  # its own aggregate: never folded into a full-severity one
+            key = (*key, "maintenance", window.name)
+            self.stats.maintenance += 1
         agg = self._open.get(key)
         if agg is not None and ts - agg.last_ts <= self.dedup_window:
             agg.count += 1
             if ts > agg.last_ts:
                 agg.last_ts = ts
             agg.dirty = True
+            if window is None:
+                self._chain_step(agg, p, ts)
             return
-        if self._storming(rule.id, ts):
+        if window is None and self._storming(rule.id, ts):
             self._fold(rule, p, ev, ts, key)
             return
         alert = Alert(
@@ -653,13 +677,48 @@ class Detector:
             count=1, src=p.src, sport=p.sport, dst=p.dst, dport=p.dport, unit=p.unit,
             link_src=p.link_src, link_dst=p.link_dst,
             evidence=self._evidence(rule, ev), id=len(self._all) + 1)
+        if window is not None:
+            alert = self._windows.downgrade(alert, window)
         agg = _Aggregate(alert)
         self._open[key] = agg
         self._all.append(agg)
         self.stats.alerts += 1
         if self.on_alert is not None:
             self.on_alert(alert)
+        if window is not None:
+            _audit.info("%s: %s (%s, %s) from %s to %s recorded at info inside maintenance "
+                        "window %s (alert %d)", _when(ts), rule.id, rule.precursor,
+                        rule.severity.label, p.src, p.dst, window.name, alert.id)
+            return  # sanctioned work: no chain step, and no refusal as a master
+        self._chain_step(agg, p, ts)
         self._refuse(rule, p, ev)
+
+    def _chain_step(self, agg: _Aggregate, p: Peers, ts: float) -> None:
+        """One more occurrence of ``agg``: a step of a campaign chain? Raises the chain
+        alert when one completes (aggregated like any alert: the same chain on the same
+        target within the dedup window counts up)."""
+        if not self._chains:
+            return
+        for key, alert in self._chains.observe(agg.alert.rule, agg.alert.id, ts, p):
+            self.stats.chains += 1
+            open_ = self._open.get(key)
+            fresh = open_ is None or ts - open_.last_ts > self.dedup_window
+            if fresh and self._storming(alert.rule, ts):  # many targets: one alert for all
+                key = ("chain", alert.rule, "storm")
+                open_ = self._open.get(key)
+                alert = _chain_storm(alert, self.storm_max_alerts, self.storm_window)
+            if open_ is not None and ts - open_.last_ts <= self.dedup_window:
+                open_.count += 1
+                open_.last_ts = max(open_.last_ts, ts)
+                open_.dirty = True
+                continue
+            alert = replace(alert, id=len(self._all) + 1)
+            chained = _Aggregate(alert)
+            self._open[key] = chained
+            self._all.append(chained)
+            self.stats.alerts += 1
+            if self.on_alert is not None:
+                self.on_alert(alert)
 
     def _storming(self, rule_id: str, ts: float) -> bool:
         """Count one new alert key for the rule; True when it must fold into a storm.
@@ -704,6 +763,7 @@ class Detector:
                 agg.last_ts = ts
             agg.add_source(source)
             agg.dirty = True
+            self._chain_step(agg, p, ts)
             return
         wide = skey[2] is None and skey[3] is None
         if not wide:
@@ -730,6 +790,7 @@ class Detector:
         stats.alerts += 1
         if self.on_alert is not None:
             self.on_alert(folded.materialise())
+        self._chain_step(folded, p, ts)
         self._refuse(rule, p, ev)
 
     def _threshold(self, compiled: _Compiled, group: tuple[Any, ...], ev: Any,
@@ -815,6 +876,18 @@ def _group_value(key: GroupKey, p: Peers, ev: Any) -> Any:
     if key is GroupKey.LINK_DST:
         return p.link_dst
     return getattr(ev, key.value, None)
+
+
+def _chain_storm(alert: Alert, cap: int, window: float) -> Alert:
+    """A chain completed past the storm cap: the rule-wide aggregate that counts the
+    rest (its steps are those of the first completion folded into it)."""
+    evidence = dict(alert.evidence)
+    evidence.update({"storm": True, "cap": cap, "window": window,
+                     "detail": f"storm cap reached: more than {cap} alerts of this chain "
+                               f"within {window:g}s; further completions against any "
+                               f"target are counted here (first: {evidence.get('detail')})"})
+    return replace(alert, title=f"{alert.title} (storm, many targets)", src=None, dst=None,
+                   dport=None, evidence=evidence)
 
 
 def _when(ts: float) -> str:

@@ -233,6 +233,20 @@ class Pair:
         }
 
 
+def _widen(item: Asset | Pair, ts: float) -> None:
+    """Stretch the first/last-seen span of ``item`` to cover ``ts``.
+
+    Packet time does not only grow: captures replayed in any order (``mamori replay
+    new.pcap old.pcap``), several capture interfaces and Zeek's separate log files
+    all hand the inventory an older time after a newer one. Setting ``last_seen``
+    to the latest packet's time made it earlier than ``first_seen``.
+    """
+    if ts > item.last_seen:
+        item.last_seen = ts
+    elif ts < item.first_seen:
+        item.first_seen = ts
+
+
 def _fc_label(key: object) -> str:
     if isinstance(key, tuple):
         return f"{key[0]}/{key[1]}" if key[0] != "g" else f"g{key[1]}"
@@ -399,6 +413,23 @@ class Inventory:
         if cycle.n >= self.min_cycles and span >= self.min_span:
             self._promote(asset)
 
+    def asset_docs(self) -> list[dict[str, Any]]:
+        """Every asset's document, its first/last seen widened to its pairs' first.
+
+        The hot path moves an asset's times only when it opens a flow or a pair (or
+        answers with its identity), a pair's on every request; so here, once per
+        snapshot (O(pairs)), each asset takes the span of its pairs: a master polling
+        one server all day is last seen at its last poll, not at its first.
+        """
+        assets = self.assets
+        for pair in self.pairs.values():
+            for ip in (pair.key[1], pair.key[2]):
+                asset = assets.get(ip)
+                if asset is not None:
+                    _widen(asset, pair.first_seen)
+                    _widen(asset, pair.last_seen)
+        return [a.to_dict() for a in assets.values()]
+
     def masters(self) -> list[dict[str, Any]]:
         """Every client's standing: learned, candidate (and its progress) or refused."""
         return [a.master_dict() for a in self.assets.values() if a.master is not None]
@@ -514,7 +545,7 @@ class Inventory:
             if len(assets) >= self.max_assets:
                 self._evict_assets()
         assets[ip] = asset
-        asset.last_seen = ts
+        _widen(asset, ts)
         asset.roles.add(role)
         if mac and asset.mac is None:
             asset.mac = mac
@@ -666,7 +697,10 @@ class Inventory:
                     ts, DerivedKind.NEW_UNIT, flow.client,
                     flow.client_port, flow.server, flow.server_port, unit=unit, fc=ev.fc,
                     detail=f"first request to unit {unit}"))
-        pair.last_seen = ts
+        if ts > pair.last_seen:  # _widen, inline: this runs on every request
+            pair.last_seen = ts
+        elif ts < pair.first_seen:
+            pair.first_seen = ts
         pair.count += 1
         self._requests(pair, ev, None)
         fc = ev.fc
@@ -686,16 +720,17 @@ class Inventory:
     def _identity(self, ip: str, ts: float, values: Mapping[str, str], ev: Any,
                   link: tuple[int, int] | None) -> None:
         asset = self.assets.get(ip) or self._asset(ip, ts, "outstation", None)
-        if ts > asset.last_seen:
-            asset.last_seen = ts  # it answered: its sightings stay inside its span
+        _widen(asset, ts)  # it answered: its sightings stay inside its span
         frame = getattr(ev, "frame", 0)
         seen = asset.identity_seen
         for key, value in values.items():
             where = seen.get(key)
             if where is None or asset.identity.get(key) != value:
                 seen[key] = [frame, ts, frame, ts]  # first sight of this value
-            else:
+            elif ts >= where[3]:
                 where[2], where[3] = frame, ts
+            elif ts < where[1]:  # an older capture replayed after a newer one
+                where[0], where[1] = frame, ts
             asset.identity[key] = value
             learned = asset.learned_identity.get(key)
             if not self.enforcing:
@@ -735,7 +770,10 @@ class Inventory:
             self._asset(flow.server, ts, "outstation", flow.server_mac).links.add(outstation)
             self._binding("master", master, flow.client, ev, sub)
             self._binding("outstation", outstation, flow.server, ev, sub)
-        pair.last_seen = ts
+        if ts > pair.last_seen:  # _widen, inline: this runs on every request
+            pair.last_seen = ts
+        elif ts < pair.first_seen:
+            pair.first_seen = ts
         pair.count += 1
         fc = ev.fc
         if fc != 0:  # a CONFIRM answers the outstation: not a request to count

@@ -21,7 +21,7 @@ import sysconfig
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import yaml
 from jsonschema import Draft7Validator
@@ -37,6 +37,9 @@ from sensor.alerts import Severity
 from sensor.config import parse_duration
 from sensor.detection.derived import DerivedKind
 from sensor.detection.model import (
+    Category,
+    Chain,
+    ChainStep,
     Conditions,
     GroupKey,
     IinBit,
@@ -45,6 +48,7 @@ from sensor.detection.model import (
     ObjectPattern,
     Proto,
     Rule,
+    RulePacks,
     Threshold,
 )
 from sensor.pipeline import PipelineAnomaly
@@ -94,10 +98,11 @@ class RuleProblem:
     rule: str | None
     key: str | None
     message: str
+    what: str = "rule"  # or "chain", "category": what ``rule`` names
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
-        rule = f" rule {self.rule}:" if self.rule else ""
+        rule = f" {self.what} {self.rule}:" if self.rule else ""
         key = f" {self.key}:" if self.key else ""
         return f"{where}:{rule}{key} {self.message}"
 
@@ -123,15 +128,19 @@ def pack_files(paths: Iterable[str | Path]) -> list[Path]:
     return out
 
 
-def load_rules(paths: Iterable[str | Path], set_names: Collection[str] = ()) -> list[Rule]:
+def load_rules(paths: Iterable[str | Path], set_names: Collection[str] = ()) -> RulePacks:
     """Load and check every pack; raise :class:`RuleError` listing every problem found.
 
     ``set_names`` are the named sets a rule may refer to (site config sets and
     the learned ones); an unknown name is an error, not a rule that never fires.
+    The result is the list of rules; its ``chains`` and ``categories`` are the
+    packs' campaign chains, checked against the rules of every pack loaded.
     """
     schema = _load_schema()
     problems: list[RuleProblem] = []
     rules: list[Rule] = []
+    chains: list[_Located[Chain]] = []
+    categories: list[_Located[Category]] = []
     seen: dict[str, str] = {}
     files = pack_files(paths)
     if not files:
@@ -147,16 +156,18 @@ def load_rules(paths: Iterable[str | Path], set_names: Collection[str] = ()) -> 
         except UnicodeDecodeError:
             problems.append(RuleProblem(name, None, None, None, "not UTF-8 text"))
             continue
-        for rule in _load_pack(name, text, schema, set(set_names), problems):
+        for rule in _load_pack(name, text, schema, set(set_names), problems, chains,
+                               categories):
             if rule.id in seen:
                 problems.append(RuleProblem(name, _line(rule.source), rule.id, "id",
                                             f"duplicate rule id (first in {seen[rule.id]})"))
                 continue
             seen[rule.id] = rule.source
             rules.append(rule)
+    checked = _check_chains(rules, chains, categories, seen, problems)
     if problems:
         raise RuleError(problems)
-    return rules
+    return RulePacks(rules, checked, tuple(c.item for c in categories))
 
 
 def _line(source: str) -> int | None:
@@ -243,6 +254,7 @@ class _SchemaCheck:
             "minimum": lambda: f"{value} is below {rule}",
             "maximum": lambda: f"{value} is above {rule}",
             "minItems": lambda: f"needs at least {rule} item(s)",
+            "maxItems": lambda: f"has more than {rule} items",
         }
         explain = messages.get(str(keyword))
         return [(node, _dotted(path), explain() if explain else error.message)]
@@ -318,7 +330,8 @@ def _mapping(node: MappingNode) -> dict[str, Node]:
 
 
 def _load_pack(name: str, text: str, schema: _SchemaCheck, set_names: set[str],
-               problems: list[RuleProblem]) -> Iterator[Rule]:
+               problems: list[RuleProblem], chains: list[_Located[Chain]] | None = None,
+               categories: list[_Located[Category]] | None = None) -> Iterator[Rule]:
     try:
         root = yaml.compose(text, Loader=_LOADER)
     except yaml.MarkedYAMLError as err:
@@ -341,19 +354,34 @@ def _load_pack(name: str, text: str, schema: _SchemaCheck, set_names: set[str],
         return
     errors = schema.check(root, document)
     bad_rules: set[int] = set()
+    bad_chains: set[int] = set()
     rule_nodes: list[MappingNode] = []
-    if isinstance(root, MappingNode):
-        rules_node = _mapping(root).get("rules")
-        if isinstance(rules_node, SequenceNode):
-            rule_nodes = [n for n in rules_node.value if isinstance(n, MappingNode)]
+    chain_nodes: list[MappingNode] = []
+    top = _mapping(root) if isinstance(root, MappingNode) else {}
+    rules_node = top.get("rules")
+    if isinstance(rules_node, SequenceNode):
+        rule_nodes = [n for n in rules_node.value if isinstance(n, MappingNode)]
+    chains_node = top.get("chains")
+    if isinstance(chains_node, SequenceNode):
+        chain_nodes = [n for n in chains_node.value if isinstance(n, MappingNode)]
     for node, path, message in errors:
         index, key = _split_rule_path(path)
-        rule_id = _rule_id(rule_nodes[index]) if index is not None and index < len(
-            rule_nodes) else None
+        what, nodes, bad = "rule", rule_nodes, bad_rules
+        if index is None:
+            index, key = _split_chain_path(path)
+            what, nodes, bad = "chain", chain_nodes, bad_chains
+        rule_id = _rule_id(nodes[index]) if index is not None and index < len(
+            nodes) else None
         if index is not None:
-            bad_rules.add(index)
+            bad.add(index)
         problems.append(RuleProblem(name, node.start_mark.line + 1, rule_id, key or None,
-                                    message))
+                                    message, what))
+    if isinstance(root, MappingNode) and not errors and not (
+            rule_nodes or chain_nodes or top.get("categories")):
+        problems.append(RuleProblem(name, root.start_mark.line + 1, None, None,
+                                    "a pack needs rules, chains or categories"))
+    if chains is not None and categories is not None and not errors:
+        _compile_chain_section(name, top, chain_nodes, chains, categories, problems)
     for index, node in enumerate(rule_nodes):
         if index in bad_rules:
             continue
@@ -366,6 +394,13 @@ def _load_pack(name: str, text: str, schema: _SchemaCheck, set_names: set[str],
 
 def _split_rule_path(path: str) -> tuple[int | None, str]:
     m = re.match(r"^rules\[(\d+)\]\.?(.*)$", path)
+    if not m:
+        return None, path
+    return int(m.group(1)), m.group(2)
+
+
+def _split_chain_path(path: str) -> tuple[int | None, str]:
+    m = re.match(r"^chains\[(\d+)\]\.?(.*)$", path)
     if not m:
         return None, path
     return int(m.group(1)), m.group(2)
@@ -507,3 +542,172 @@ def _compile_threshold(node: MappingNode) -> Threshold:
     distinct = GroupKey(str(scalar(t["distinct"]))) if "distinct" in t else None
     return Threshold(count=int(scalar(t["count"])), window=window,
                      group_by=group_by, distinct=distinct)
+
+
+# -- chains and categories ----------------------------------------------------------------
+
+T = TypeVar("T")
+_CATEGORY_NAME = re.compile(r"^[a-z0-9_-]+$")
+
+
+@dataclass(frozen=True, slots=True)
+class _Ref:
+    """A name a chain or category uses (a rule id, precursor or category), and where."""
+
+    kind: str  # "rule" | "precursor" | "category"
+    name: str
+    line: int
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Located(Generic[T]):
+    """A compiled chain or category, with its place and the names it refers to, for the
+    checks across packs (a chain in one pack may name rules of another)."""
+
+    item: T
+    file: str
+    line: int
+    refs: tuple[_Ref, ...]
+
+
+def _refs(node: Node | None, kind: str, key: str) -> list[_Ref]:
+    if node is None:
+        return []
+    return [_Ref(kind, name, item.start_mark.line + 1, key) for item, name in _names(node)]
+
+
+def _duration(node: Node, key: str) -> float:
+    raw = scalar(node) if isinstance(node, ScalarNode) else None
+    try:
+        return float(raw) if isinstance(raw, int | float) else parse_duration(str(raw))
+    except ValueError as err:
+        raise _Bad(node, key, str(err)) from None
+
+
+def _compile_chain_section(file: str, top: dict[str, Node], chain_nodes: list[MappingNode],
+                           chains: list[_Located[Chain]],
+                           categories: list[_Located[Category]],
+                           problems: list[RuleProblem]) -> None:
+    """The ``categories:`` and ``chains:`` of one pack (already valid by the schema)."""
+    section = top.get("categories")
+    if isinstance(section, MappingNode):
+        for knode, vnode in section.value:
+            name = str(scalar(knode)) if isinstance(knode, ScalarNode) else "?"
+            line = knode.start_mark.line + 1
+            if not _CATEGORY_NAME.match(name):
+                problems.append(RuleProblem(file, line, name, None, "a category name is "
+                                            "lower-case letters, digits, _ and -", "category"))
+                continue
+            fields = _mapping(vnode) if isinstance(vnode, MappingNode) else {}
+            refs = (_refs(fields.get("rules"), "rule", "rules")
+                    + _refs(fields.get("precursors"), "precursor", "precursors"))
+            if not refs:
+                problems.append(RuleProblem(file, line, name, None,
+                                            "a category needs rules or precursors", "category"))
+                continue
+            category = Category(name, frozenset(r.name for r in refs if r.kind == "rule"),
+                                frozenset(r.name for r in refs if r.kind == "precursor"),
+                                f"{file}:{line}")
+            categories.append(_Located(category, file, line, tuple(refs)))
+    for node in chain_nodes:
+        try:
+            chains.append(_compile_chain(file, node))
+        except _Bad as bad:
+            problems.append(RuleProblem(file, bad.node.start_mark.line + 1, _rule_id(node),
+                                        bad.key, bad.message, "chain"))
+
+
+def _compile_chain(file: str, node: MappingNode) -> _Located[Chain]:
+    fields = _mapping(node)
+    value = {k: scalar(v) for k, v in fields.items() if isinstance(v, ScalarNode)}
+    window = _duration(fields["window"], "window")
+    if not window > 0:
+        raise _Bad(fields["window"], "window", "a chain's window must be longer than 0 s")
+    steps_node = fields["steps"]
+    assert isinstance(steps_node, SequenceNode)
+    steps: list[ChainStep] = []
+    refs: list[_Ref] = []
+    for i, step_node in enumerate(steps_node.value):
+        assert isinstance(step_node, MappingNode)
+        step = _mapping(step_node)
+        name = str(scalar(step["name"]))
+        if any(s.name == name for s in steps):
+            raise _Bad(step["name"], f"steps[{i}].name", f"step {name!r} is named twice")
+        found = (_refs(step.get("rule"), "rule", f"steps[{i}].rule")
+                 + _refs(step.get("precursor"), "precursor", f"steps[{i}].precursor")
+                 + _refs(step.get("category"), "category", f"steps[{i}].category"))
+        if not found:
+            raise _Bad(step_node, f"steps[{i}]", "a step needs rule, precursor or category")
+        refs += found
+        steps.append(ChainStep(
+            name, frozenset(r.name for r in found if r.kind == "rule"),
+            frozenset(r.name for r in found if r.kind == "precursor"),
+            frozenset(r.name for r in found if r.kind == "category")))
+    attack_node = fields["attack"]
+    assert isinstance(attack_node, SequenceNode)
+    line = node.start_mark.line + 1
+    chain = Chain(
+        id=str(value["id"]), precursor=str(value["precursor"]), title=str(value["title"]),
+        severity=Severity.parse(str(value.get("severity", "critical"))),
+        attack=tuple(str(scalar(a)) for a in attack_node.value), window=window,
+        steps=tuple(steps), same_source=bool(value.get("same_source", False)),
+        description=str(value.get("description", "")).strip(),
+        guidance=str(value.get("guidance", "")).strip(), source=f"{file}:{line}")
+    return _Located(chain, file, line, tuple(refs))
+
+
+def _check_chains(rules: list[Rule], chains: list[_Located[Chain]],
+                  categories: list[_Located[Category]], rule_ids: dict[str, str],
+                  problems: list[RuleProblem]) -> tuple[Chain, ...]:
+    """What one pack cannot check alone: every name a chain or category uses exists in
+    some pack loaded, and no chain id is taken twice (by a chain or a rule)."""
+    precursors = {r.precursor for r in rules}
+    defined: dict[str, str] = {}
+    for located in categories:
+        category = located.item
+        if category.name in defined:
+            problems.append(RuleProblem(located.file, located.line, category.name, None,
+                                        f"category defined twice (first in "
+                                        f"{defined[category.name]})", "category"))
+            continue
+        defined[category.name] = category.source
+        for ref in located.refs:
+            if not _known(ref, rule_ids, precursors, defined):
+                problems.append(RuleProblem(located.file, ref.line, category.name, ref.key,
+                                            _unknown(ref), "category"))
+    out: list[Chain] = []
+    taken: dict[str, str] = dict(rule_ids)
+    for at in chains:
+        chain = at.item
+        bad = False
+        if chain.id in taken:
+            problems.append(RuleProblem(at.file, at.line, chain.id, "id",
+                                        f"duplicate id (first in {taken[chain.id]})", "chain"))
+            bad = True
+        for ref in at.refs:
+            if not _known(ref, rule_ids, precursors, defined):
+                problems.append(RuleProblem(at.file, ref.line, chain.id, ref.key,
+                                            _unknown(ref), "chain"))
+                bad = True
+        if not bad:
+            taken[chain.id] = chain.source
+            out.append(chain)
+    return tuple(out)
+
+
+def _known(ref: _Ref, rule_ids: Collection[str], precursors: Collection[str],
+           categories: Collection[str]) -> bool:
+    if ref.kind == "rule":
+        return ref.name in rule_ids
+    if ref.kind == "precursor":
+        return ref.name in precursors
+    return ref.name in categories
+
+
+def _unknown(ref: _Ref) -> str:
+    if ref.kind == "rule":
+        return f"{ref.name!r} is not the id of any rule loaded"
+    if ref.kind == "precursor":
+        return f"{ref.name!r} is not the precursor of any rule loaded"
+    return f"{ref.name!r} is not a category defined in any pack loaded"

@@ -182,3 +182,15 @@ def compile_match(match: Match) -> Predicate:
     if len(checks) == 1:
         return checks[0]
     return lambda e: all(check(e) for check in checks)
+
+
+def roles(p: Peers) -> tuple[str | None, str | None]:
+    """(client, outstation) of an alert's peers, whichever way its message went.
+
+    The outstation is the flow's server: a response (or an exception count grouped
+    on it) has it as ``src``. Chains and maintenance windows are about targets, so
+    they key on this rather than on the message's direction.
+    """
+    if p.sport is not None and p.sport == p.server_port and p.dport != p.server_port:
+        return p.dst, p.src
+    return p.src, p.dst

@@ -160,3 +160,61 @@ class Rule:
 # does at start-up (writes, control, time sync) exempt them; recon rules do not.
 LEARNED_SETS = frozenset({"learned_masters", "learned_outstations", "known_masters",
                           "learning_masters"})
+
+
+@dataclass(frozen=True, slots=True)
+class Category:
+    """A named family of rules (``categories:`` in a pack): by rule id or by precursor.
+
+    Chains name categories instead of listing every rule, so a site pack that adds a
+    write rule with precursor M7 joins every chain step on writes without editing it.
+    """
+
+    name: str
+    rules: frozenset[str] = frozenset()
+    precursors: frozenset[str] = frozenset()
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ChainStep:
+    """One step of a chain: an alert of any listed rule, precursor or category."""
+
+    name: str
+    rules: frozenset[str] = frozenset()
+    precursors: frozenset[str] = frozenset()
+    categories: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Chain:
+    """A campaign: alerts matching ``steps`` in order, on one target, within ``window``.
+
+    "One target" is the outstation (the server of the flow); ``same_source`` also
+    requires one client for every step. ``source`` is ``file:line`` like a rule's.
+    """
+
+    id: str
+    precursor: str
+    title: str
+    severity: Severity
+    attack: tuple[str, ...]
+    window: float
+    steps: tuple[ChainStep, ...]
+    same_source: bool = False
+    description: str = ""
+    guidance: str = ""
+    source: str = ""
+
+
+class RulePacks(list[Rule]):
+    """What ``load_rules`` returns: the rules (it is their list), plus the packs'
+    chains and categories, so every path that loads rules and builds a detector
+    gets the chains with them."""
+
+    def __init__(self, rules: list[Rule] | tuple[Rule, ...] = (),
+                 chains: tuple[Chain, ...] = (),
+                 categories: tuple[Category, ...] = ()) -> None:
+        super().__init__(rules)
+        self.chains = chains
+        self.categories = categories

@@ -4,7 +4,8 @@ Keys are registered into the one config schema (``sensor.config``) at import:
 ``[detection]`` for the engine, ``[store]`` for the local SQLite store and
 ``[sets]`` for the named address sets that rules refer to (allowed masters,
 engineering workstations, outstations). A mistyped set name in the config is
-rejected by the schema; in a rule, by the rule loader.
+rejected by the schema; in a rule, by the rule loader. ``[[maintenance.windows]]``
+declares planned engineering work (``sensor.detection.windows``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sensor import config as cfg
+from sensor import packet_evidence as _packets  # noqa: F401  registers [packets]
 from sensor.detection.bounded import DEFAULT_MAX_STATE
 from sensor.detection.engine import Detector
 from sensor.detection.inventory import (
@@ -28,6 +30,7 @@ from sensor.detection.inventory import (
 )
 from sensor.detection.loader import SHIPPED_RULES, RuleError, load_rules
 from sensor.detection.model import LEARNED_SETS, Rule
+from sensor.detection.windows import v_windows
 from sensor.rulebundle import BundleRefused, BundleStore, Refusal
 
 log = logging.getLogger("mamori.rules")
@@ -102,6 +105,11 @@ cfg.register([
                "and every pair while learning)"),
     cfg.Option("detection", "request_factor", DEFAULT_REQUEST_FACTOR, _v_factor,
                "B6: a learned pair may send this many times its learned peak per window"),
+    cfg.Option("maintenance", "windows", (), v_windows,
+               "[[maintenance.windows]]: name, timezone, weekly ('Tue 22:00-02:00') and/or"
+               " dates ('2026-12-24 08:00 - 2026-12-24 18:00'), workstations, assets and"
+               " optionally actions (precursors or rule ids); inside one, those actions"
+               " from those workstations against those assets are recorded at info"),
 ])
 
 
@@ -194,4 +202,5 @@ def build_detector(config: cfg.Config | None, rules: Sequence[Rule] | None = Non
                     storm_max_alerts=config.get("detection", "storm_max_alerts"),
                     storm_window=config.get("detection", "storm_window"),
                     hold=config.get("detection", "learning_hold"),
+                    windows=config.get("maintenance", "windows"),
                     max_state=max_state, **kwargs)

@@ -4,8 +4,8 @@ Why Starlette + Jinja2 (+ uvicorn to serve): Starlette is a small ASGI toolkit
 (routing, forms, static files, a test client) with one runtime dependency (anyio);
 Jinja2 autoescapes every template value, which matters when rule titles, identity
 strings and peer addresses come off the wire. The map is SVG rendered here, and the
-only JavaScript is one static file for live updates: nothing is fetched from a CDN,
-and the CSP allows nothing but this origin.
+only JavaScript is static files of our own (live updates, map zoom): nothing is
+fetched from a CDN, and the CSP allows nothing but this origin.
 
 Every page needs a login session (cookie) or, for GET, ``Authorization: Bearer``.
 The only state-changing request is acknowledging an alert: POST, session only, with
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import parse_qs, quote, urlencode
 
 import jinja2
 from starlette.applications import Starlette
@@ -34,15 +34,21 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sensor.alerts import Severity
 from sensor.timefmt import parse_time
+from sensor.web.assetview import MAX_ASSET_KEY, asset_view
 from sensor.web.attack import attack_name
 from sensor.web.audit import AuditError, OperatorAudit
 from sensor.web.auth import SESSION_COOKIE, Authenticator, Session, valid_operator
-from sensor.web.commap import build_graph, render_svg
+from sensor.web.commap import MAP_CHOICES, MapFilter, map_for, parse_map_filter
 from sensor.web.data import AlertFilter, AlertRow, StoreReader
 from sensor.web.downloads import alerts_csv, assets_csv
+from sensor.web.evidence import evidence_rows
 from sensor.web.fcclass import classify
 from sensor.web.health import HealthSource
 from sensor.web.limits import BadParameter, RequestLimits, parse_id, query_id
+from sensor.web.pcaps import pcap_response, read_pcap
+from sensor.web.timeline import Timeline
+from sensor.web.timeline import render_svg as timeline_render
+from sensor.web.timeline import window as timeline_window
 from sensor.web.vulnerable import VulnerableView
 
 HERE = Path(__file__).parent
@@ -99,12 +105,20 @@ class WebContext:
     guidance: dict[str, str] = field(default_factory=dict)  # rule id -> operator guidance
     ack_problem: str | None = None
     vulnerable: VulnerableView | None = None  # CSAF matches of the assets (issue 18)
+    # /metrics: the Prometheus text and its content type (sensor.metrics); no login
+    metrics: Callable[[], tuple[bytes, str]] | None = None
+    pcap_dir: Path | None = None  # where alert pcaps are (issue 20); None: not served
 
 
 def _ts(value: float | None) -> str:
     if value is None:
         return "-"
     return datetime.fromtimestamp(float(value), UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def asset_url(ip: str) -> str:
+    """The asset page of ``ip`` (IPv6 colons and a pseudonym's too, percent-encoded)."""
+    return f"/assets/{quote(str(ip), safe='')}"
 
 
 def _environment() -> jinja2.Environment:
@@ -115,6 +129,7 @@ def _environment() -> jinja2.Environment:
                              autoescape=True, undefined=jinja2.StrictUndefined,
                              auto_reload=False)
     env.filters["ts"] = _ts
+    env.globals["asset_url"] = asset_url
     env.globals["attack_name"] = attack_name
     env.globals["severities"] = [s.label for s in Severity]
     return env
@@ -142,12 +157,18 @@ def static_assets() -> dict[str, StaticAsset]:
     return out
 
 
-def parse_filter(params: Any, now: float | None = None) -> tuple[AlertFilter, dict[str, str],
-                                                                 list[str]]:
-    """The filter from query parameters, the raw values to echo, and problems to show."""
+def parse_filter(params: Any, now: float | None = None, *, fold_health: bool = False
+                 ) -> tuple[AlertFilter, dict[str, str], list[str]]:
+    """The filter from query parameters, the raw values to echo, and problems to show.
+
+    ``health=hide`` folds the low-severity sensor-health alerts, ``health=show`` shows
+    them; without it ``fold_health`` decides (the alert list folds them, the API and
+    the CSV keep every alert, as scripts expect). A precursor filter that names a
+    health precursor (``S2``) always shows them: that is what was asked for.
+    """
     now = time.time() if now is None else now
     raw = {k: str(params.get(k, "")).strip()[:100]
-           for k in ("severity", "precursor", "since", "until", "asset", "state")}
+           for k in ("severity", "precursor", "since", "until", "asset", "state", "health")}
     problems: list[str] = []
     severity = None
     if raw["severity"]:
@@ -163,9 +184,15 @@ def parse_filter(params: Any, now: float | None = None) -> tuple[AlertFilter, di
             problems.append(f"{key}: {err}")
             times[key] = None
     state = raw["state"] if raw["state"] in ("open", "acked") else None
+    if raw["health"] not in ("", "hide", "show"):
+        problems.append(f"health: {raw['health']!r} is not hide or show")
+        raw["health"] = ""
+    hide = raw["health"] == "hide" or (fold_health and raw["health"] != "show")
+    if raw["precursor"].startswith("S"):
+        hide = False
     filt = AlertFilter(min_severity=severity, precursor=raw["precursor"] or None,
                        since=times["since"], until=times["until"],
-                       asset=raw["asset"] or None, state=state)
+                       asset=raw["asset"] or None, state=state, hide_health=hide)
     return filt, raw, problems
 
 
@@ -174,7 +201,9 @@ def _alert_json(row: AlertRow) -> dict[str, Any]:
     return {"id": a.id, "severity": a.severity.label, "precursor": a.precursor,
             "title": a.title, "proto": a.proto, "src": _peer(a.src, a.sport),
             "dst": _peer(a.dst, a.dport), "count": a.count, "last_seen": _ts(a.last_ts),
-            "open": row.open, "url": f"/alerts/{a.id}"}
+            "open": row.open, "url": f"/alerts/{a.id}",
+            "src_url": asset_url(a.src) if a.src else None,
+            "dst_url": asset_url(a.dst) if a.dst else None}
 
 
 def _peer(ip: str | None, port: int | None) -> str:
@@ -287,8 +316,14 @@ def create_app(ctx: WebContext) -> Starlette:
 
     # -- alerts -------------------------------------------------------------------------
 
+    def timeline_svg(filt: AlertFilter) -> tuple[Timeline, str]:
+        win = timeline_window(ctx.reader.newest_first_ts(filt), filt.since, filt.until,
+                              time.time())
+        tl = Timeline.from_rows(win, ctx.reader.hourly(filt, win.start, win.hours))
+        return tl, timeline_render(tl)  # every text in it escaped there
+
     async def alerts(request: Request, auth: Auth) -> Response:
-        filt, raw, problems = parse_filter(request.query_params)
+        filt, raw, problems = parse_filter(request.query_params, fold_health=True)
         status = 200
         try:
             before = query_id(request.query_params, "before")
@@ -297,11 +332,20 @@ def create_app(ctx: WebContext) -> Starlette:
             problems.append(str(err))
         rows, more = ctx.reader.alert_page(filt, before, ctx.page_size)
         query = urlencode({k: v for k, v in raw.items() if v})
+        # what the live poll asks for: the list as shown, fold included (the CSV link
+        # carries the explicit filters only: a download keeps every alert unless asked)
+        shown = {**{k: v for k, v in raw.items() if v},
+                 **({"health": "hide"} if filt.hide_health else {})}
         newest = ctx.reader.max_id()
+        hidden = ctx.reader.health_hidden(filt)
+        show_health = urlencode({**{k: v for k, v in raw.items() if v}, "health": "show"})
+        tl, svg = timeline_svg(filt)
         return render(request, auth, "alerts.html", status=status, rows=rows, more=more,
-                      raw=raw, problems=problems, query=query, before=before,
-                      after=max([newest, *(r.alert.id for r in rows)]),
-                      precursors=ctx.reader.precursors(), counts=ctx.reader.counts())
+                      raw=raw, problems=problems, query=query, list_query=urlencode(shown),
+                      before=before, after=max([newest, *(r.alert.id for r in rows)]),
+                      precursors=ctx.reader.precursors(), counts=ctx.reader.counts(),
+                      health_hidden=hidden, show_health=show_health, timeline=tl,
+                      timeline_svg=svg)
 
     async def alert_detail(request: Request, auth: Auth) -> Response:
         alert_id = _path_id(request)
@@ -312,7 +356,17 @@ def create_app(ctx: WebContext) -> Starlette:
         return render(request, auth, "alert.html", row=row, a=row.alert,
                       guidance=ctx.guidance.get(row.alert.rule, ""),
                       acks=ctx.reader.acks(row.alert.id), ack_problem=ctx.ack_problem,
-                      evidence=sorted(row.alert.evidence.items()))
+                      evidence=evidence_rows(row.alert.proto, row.alert.evidence),
+                      pcap=ctx.pcap_dir is not None and ctx.reader.pcap(row.alert.id) is not None)
+
+    async def alert_pcap(request: Request, auth: Auth) -> Response:
+        alert_id = _path_id(request)
+        found = (f"alert {str(request.path_params['alert_id'])[:40]}" if alert_id is None
+                 else await run_in_threadpool(read_pcap, ctx.reader, ctx.pcap_dir, alert_id))
+        if isinstance(found, str):
+            return render(request, auth, "missing.html", status=404, what=found)
+        assert alert_id is not None
+        return pcap_response(found, alert_id)
 
     async def acknowledge(request: Request, auth: Auth) -> Response:
         form = await _form(request)
@@ -371,16 +425,45 @@ def create_app(ctx: WebContext) -> Starlette:
                       vulnerable=devices, vulnerable_ips={d.ip for d in devices},
                       advisory_problem=view.problem if view is not None else None)
 
-    def map_svg() -> str:
-        nodes, edges = build_graph(ctx.reader.assets(), ctx.reader.pairs(),
-                                   ctx.reader.open_peers())
-        return render_svg(nodes, edges)
+    async def asset_page(request: Request, auth: Auth) -> Response:
+        ip = str(request.path_params["ip"])
+        doc = ctx.reader.asset(ip) if len(ip) <= MAX_ASSET_KEY else None
+        if doc is None:
+            return render(request, auth, "missing.html", status=404,
+                          what=f"asset {ip[:MAX_ASSET_KEY]}")
+        view = asset_view(doc, ctx.reader.asset_pairs(ip), ctx.reader.baseline())
+        filt = AlertFilter(asset=ip)
+        rows, more = ctx.reader.alert_page(filt, None, ctx.page_size)
+        tl, svg = timeline_svg(filt)
+        vulnerable = ctx.vulnerable
+        devices = (await run_in_threadpool(vulnerable.devices, [doc])
+                   if vulnerable is not None else [])
+        return render(request, auth, "asset.html", x=doc, v=view, rows=rows, more=more,
+                      alerts_query=urlencode({"asset": ip}), timeline=tl, timeline_svg=svg,
+                      vulnerable=devices)
+
+    def map_svg(filt: MapFilter, frozen_at: float | None, page: bool
+                ) -> tuple[str, int, int]:
+        counted = AlertFilter(min_severity=filt.min_severity, since=filt.since(time.time()))
+        return map_for(ctx.reader.assets(), ctx.reader.pairs(),
+                       ctx.reader.open_peers(counted), frozen_at, filt, page)
 
     async def map_page(request: Request, auth: Auth) -> Response:
-        return render(request, auth, "map.html", svg=map_svg())
+        filt, problems = parse_map_filter(request.query_params)
+        frozen_at = ctx.reader.baseline_frozen_at()
+        svg, matched, drawn = await run_in_threadpool(map_svg, filt, frozen_at, True)
+        return render(request, auth, "map.html", status=400 if problems else 200, svg=svg,
+                      filt=filt, problems=problems, matched=matched, drawn=drawn,
+                      query=urlencode(filt.query()), choices=MAP_CHOICES,
+                      frozen=frozen_at is not None)
 
     async def map_image(request: Request, auth: Auth) -> Response:
-        return Response(map_svg(), media_type="image/svg+xml")
+        filt, problems = parse_map_filter(request.query_params)
+        if problems:
+            return JSONResponse({"error": "; ".join(problems)}, status_code=400)
+        svg, _, _ = await run_in_threadpool(map_svg, filt, ctx.reader.baseline_frozen_at(),
+                                            False)
+        return Response(svg, media_type="image/svg+xml")
 
     # -- health -------------------------------------------------------------------------
 
@@ -402,7 +485,9 @@ def create_app(ctx: WebContext) -> Starlette:
         # Not {alert_id:int}: its int() of 5000 digits raises (a 500); see _path_id.
         Route("/alerts/{alert_id}", protected(alert_detail)),
         Route("/alerts/{alert_id}/ack", protected(acknowledge), methods=["POST"]),
+        Route("/alerts/{alert_id}/pcap", protected(alert_pcap)),
         Route("/assets", protected(assets)),
+        Route("/assets/{ip}", protected(asset_page)),
         Route("/alerts.csv", protected(alerts_download)),
         Route("/assets.csv", protected(assets_download)),
         Route("/map", protected(map_page)),
@@ -412,6 +497,13 @@ def create_app(ctx: WebContext) -> Starlette:
         Route("/api/health", protected(api_health, api=True)),
         Route("/static/{name}", static_file),
     ]
+    if ctx.metrics is not None:  # counters only, for a scraper: no session, no token
+        metrics = ctx.metrics
+
+        async def metrics_text(request: Request) -> Response:
+            body, media_type = await run_in_threadpool(metrics)
+            return Response(body, media_type=media_type)
+        routes.append(Route("/metrics", metrics_text, methods=["GET"]))
     app = Starlette(routes=routes)
     # add_middleware puts the newest outermost: the limits' refusals get the headers too.
     app.add_middleware(RequestLimits)

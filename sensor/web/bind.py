@@ -26,25 +26,29 @@ def interface_ips(name: str, lookup: AddressLookup = _addresses) -> set[str]:
 
 
 def check_bind(bind: str, capture: Sequence[str], management: str,
-               lookup: AddressLookup = _addresses) -> str:
-    """The address to bind, or BindRefused naming the rule it breaks."""
+               lookup: AddressLookup = _addresses, *, key: str = "[web] bind",
+               management_key: str = "[web] management_interface") -> str:
+    """The address to bind, or BindRefused naming the rule it breaks.
+
+    ``key`` and ``management_key`` name the keys in the messages: the metrics endpoint
+    (``[metrics] listen``) is bound by the same rules as the page."""
     try:
         addr = ipaddress.ip_address(bind.strip("[]"))
     except ValueError:
-        raise BindRefused(f"[web] bind {bind!r} is not an IP address") from None
+        raise BindRefused(f"{key} {bind!r} is not an IP address") from None
     if management and management in capture:
-        raise BindRefused(f"[web] management_interface {management} is a capture interface")
+        raise BindRefused(f"{management_key} {management} is a capture interface")
     for name in capture:
         if str(addr) in interface_ips(name, lookup):
-            raise BindRefused(f"[web] bind {addr} is an address of capture interface {name}")
+            raise BindRefused(f"{key} {addr} is an address of capture interface {name}")
     if addr.is_loopback:
         return str(addr)
     if not management:
-        raise BindRefused(f"[web] bind {addr} is not loopback: set [web] "
-                          "management_interface to serve the page on the network")
+        raise BindRefused(f"{key} {addr} is not loopback: set {management_key} "
+                          "to serve on the network")
     if addr.is_unspecified:
         return str(addr)
     if str(addr) not in interface_ips(management, lookup):
-        raise BindRefused(f"[web] bind {addr} is not an address of management interface "
+        raise BindRefused(f"{key} {addr} is not an address of management interface "
                           f"{management}")
     return str(addr)

@@ -31,6 +31,9 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from sensor import config as cfg
 from sensor.advisories.live import index_beside
+from sensor.metrics.sensor_metrics import SensorMetrics, sensor_collectors
+from sensor.metrics.server import text_source
+from sensor.packet_evidence import pcap_directory
 from sensor.web.app import WebContext, create_app
 from sensor.web.audit import AuditError, OperatorAudit
 from sensor.web.auth import Authenticator, TokenFileError, read_token_file
@@ -54,7 +57,8 @@ def rule_guidance(conf: cfg.Config) -> dict[str, str]:
     from sensor.detection.settings import rule_dirs, set_names
 
     try:
-        return {r.id: r.guidance for r in load_rules(rule_dirs(conf), set_names())}
+        rules = load_rules(rule_dirs(conf), set_names())
+        return {r.id: r.guidance for r in rules} | {c.id: c.guidance for c in rules.chains}
     except (RuleError, OSError) as err:
         log.warning("web: no operator guidance, rules did not load: %s", err)
         return {}
@@ -81,7 +85,9 @@ def build_context(conf: cfg.Config, store: Path,
                       audit=audit, health=(health or StoreHealth)(reader),
                       sensor_name=conf.get("sensor", "name"),
                       page_size=conf.get("web", "page_size"), guidance=rule_guidance(conf),
-                      ack_problem=problem, vulnerable=VulnerableView(index_beside(store)))
+                      ack_problem=problem, vulnerable=VulnerableView(index_beside(store)),
+                      metrics=text_source([SensorMetrics(None, store)]),
+                      pcap_dir=pcap_directory(conf, store))
 
 
 def listen(conf: cfg.Config) -> socket.socket:
@@ -226,5 +232,6 @@ def daemon_starter(conf: cfg.Config) -> Callable[[Any], WebThread]:
     def start(sensor: Any) -> WebThread:
         ctx = build_context(conf, store_path(conf),
                             health=lambda reader: LiveHealth(sensor, reader))
+        ctx.metrics = text_source(sensor_collectors(sensor, store_path(conf)))
         return WebThread(ctx, listen(conf))
     return start

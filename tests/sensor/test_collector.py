@@ -17,7 +17,7 @@ import msgpack
 import pytest
 import zmq
 
-from sensor.collector.storage import SqliteStorage
+from sensor.collector.storage import PostgresStorage, SqliteStorage, SqlStorage
 from sensor.keys import generate, load_pair, read_key
 from sensor.wire import Kind
 
@@ -62,10 +62,12 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 class Site:
-    """A collector state dir with keys, and sensor state dirs, in ``tmp``."""
+    """A collector state dir with keys, and sensor state dirs, in ``tmp``; its store is
+    SQLite, or the PostgreSQL database ``dsn`` names."""
 
-    def __init__(self, tmp: Path, sensors: int = 1, extra: str = "") -> None:
+    def __init__(self, tmp: Path, sensors: int = 1, extra: str = "", dsn: str = "") -> None:
         self.tmp = tmp
+        self.dsn = dsn
         self.port = free_port()
         self.endpoint = f"tcp://127.0.0.1:{self.port}"
         self.coll_dir = tmp / "collector"
@@ -75,7 +77,7 @@ class Site:
         self.collector_conf.write_text(
             f'[sensor]\nstate_dir = "{self.coll_dir}"\n[collect]\n'
             f'listen = ["{self.endpoint}"]\npublish = ""\njsonl = "{self.jsonl}"\n'
-            f'replay_interval = 0.2\n{extra}')
+            f'replay_interval = 0.2\n{extra}' + (f'dsn = "{dsn}"\n' if dsn else ""))
         self.sensor_confs = [self.add_sensor(f"s{i}") for i in range(sensors)]
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -111,7 +113,9 @@ class Site:
             self.proc.wait(timeout=15)
             self.proc = None
 
-    def storage(self) -> SqliteStorage:
+    def storage(self) -> SqlStorage:
+        if self.dsn:
+            return PostgresStorage(self.dsn)
         return SqliteStorage(self.coll_dir / "collector" / "collector.db")
 
     def sensor(self, conf: Path, n: int, interval: float = 0.0,

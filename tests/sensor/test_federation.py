@@ -3,11 +3,14 @@
 The national tier must hold exactly what the site accepted, per original sensor (same
 key, epoch, seq), once, and prove each sensor complete, while it is SIGKILLed again and
 again with a backlog many times the relay's send window. Relayed messages from keys it
-does not trust, or that went round a loop, are refused and counted.
+does not trust, or that went round a loop, are refused and counted. The tiers run on
+SQLite and, as a national CERT would run them, on PostgreSQL (a database each, in a
+cluster the test starts): the relay then reads what the site committed there.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import signal
@@ -19,12 +22,29 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import msgpack
+import psycopg
 import pytest
 import zmq
 
+from sensor.alerts import Alert, Pseudonym, Severity
+from sensor.collector.federation import _wire_body
+from sensor.collector.server import _stored as _stored_message
+from sensor.collector.storage import message_rows
 from sensor.keys import generate, load_pair, read_key
-from sensor.wire import Kind, WireError, decode_control, encode, encode_relayed
+from sensor.policy import CATEGORIES, DestinationPolicy, PolicySpec
+from sensor.pseudonym import Pseudonymiser, load_key
+from sensor.wire import (
+    Kind,
+    WireError,
+    alert_body,
+    decode,
+    decode_control,
+    encode,
+    encode_relayed,
+    restore_pseudonyms,
+)
 from tests.sensor.test_collector import PROJECT, Site, wait_for
+from tests.sensor.test_collector_postgres import dsn  # noqa: F401 (a fixture)
 
 RELAY = int(Kind.RELAY)
 WINDOW = 50  # the relay's send window in these tests
@@ -40,14 +60,29 @@ def _stop(site: Site, sig: signal.Signals = signal.SIGKILL) -> bytes:
     return err
 
 
-@pytest.fixture
-def tiers(tmp_path: Path) -> Iterator[tuple[Site, Site]]:
+def _databases(request: pytest.FixtureRequest, names: tuple[str, ...]) -> tuple[str, ...]:
+    """A fresh database per name in the module's PostgreSQL cluster; their DSNs."""
+    server: str = request.getfixturevalue("dsn")
+    suffix = hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:10]
+    with psycopg.connect(server, autocommit=True) as conn:
+        for name in names:
+            conn.execute(f"DROP DATABASE IF EXISTS {name}_{suffix}")
+            conn.execute(f"CREATE DATABASE {name}_{suffix}")
+    return tuple(server.replace("dbname=postgres", f"dbname={name}_{suffix}")
+                 for name in names)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def tiers(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Site, Site]]:
     """(site, national): the site relays to the national tier, and, to make a loop,
     the national tier relays back to the site, each trusting the other."""
-    national = Site(tmp_path / "national", sensors=0, extra='relay_keys_dir = "keys/relays"\n')
+    site_dsn, national_dsn = (_databases(request, ("site", "national"))
+                              if request.param == "postgres" else ("", ""))
+    national = Site(tmp_path / "national", sensors=0, extra='relay_keys_dir = "keys/relays"\n',
+                    dsn=national_dsn)
     (national.coll_dir / "keys" / "sensors").mkdir()  # it serves relays only
     site_dir = tmp_path / "site"
-    site = Site(site_dir, sensors=2, extra=(
+    site = Site(site_dir, sensors=2, dsn=site_dsn, extra=(
         f'relay_keys_dir = "keys/relays"\nupstream = "{national.endpoint}"\n'
         f'upstream_key = "{national.coll_dir / "keys" / "collector.pub"}"\n'
         f'upstream_window = {WINDOW}\nupstream_heartbeat = 0.5\nupstream_ack_timeout = 1.0\n'))
@@ -250,3 +285,54 @@ def test_an_upper_tier_that_appears_after_the_sensors_left_still_proves_them_com
 
     wait_for(complete, 60, "the national tier to mark both sensors complete")
     assert _stored(national) == _stored(site)
+
+
+def test_pseudonyms_reach_the_upper_tier_typed_as_the_sensor_sent_them(tmp_path: Path) -> None:
+    """Site stores a pseudonymised alert and asset as JSON; its relay must send the
+    pseudonyms upward as the ext type again. As plain ``pn:`` text the upper tier took
+    them for strings, and refused an alert whose unit or link address was one."""
+    policy = DestinationPolicy(PolicySpec("all", pseudonymise=frozenset(CATEGORIES)),
+                               Pseudonymiser(load_key(tmp_path / "k.key", create=True)))
+    t = time.time()
+    alert = Alert("mamori.modbus.write", "M3", Severity.HIGH, ("T0836",), "write", "modbus",
+                  t, t, src="10.0.0.1", sport=40000, dst="10.0.0.2", dport=502, unit=7,
+                  link_src=3, link_dst=4, evidence={"mac": "00:11:22:33:44:55", "fc": 6},
+                  id=9)
+    shaped = policy.shape_alert(alert)
+    asset = policy.shape(Kind.ASSET, {"ip": "10.0.0.2", "mac": "00:11:22:33:44:55",
+                                      "identity": {"vendor": "Acme"}})
+    assert shaped is not None and asset is not None
+    origin = "a" * 40
+    for seq, kind, body in ((1, Kind.ALERT, shaped.body), (2, Kind.ASSET, asset.body)):
+        site = decode(encode(1, seq, t, kind, body), documents=True)  # at the site
+        (row,), _ = message_rows([_stored_message(origin, site, t)])
+        text = row[6]  # the JSON the site commits
+        assert "pn:" in text
+        plain = json.loads(text)
+        if kind is Kind.ALERT:
+            # The old relay's frame: the stored text as it is. The upper tier refuses it.
+            with pytest.raises(WireError, match="bad_type"):
+                decode(encode_relayed(origin, "s", ["b" * 40], 1, seq, t, kind,
+                                      alert_body(Alert.from_dict(plain))), documents=True)
+        sent = _wire_body(int(kind), text)  # what the relay sends now
+        upper = decode(encode_relayed(origin, "s", ["b" * 40], 1, seq, t, kind, sent),
+                       documents=True)
+        inner = upper.body.inner.body
+        assert inner == site.body  # field for field what the site decoded
+        typed = [v for v in _leaves(site.body) if isinstance(v, Pseudonym)]
+        assert typed and all(isinstance(v, Pseudonym) for v in _leaves(inner)
+                             if isinstance(v, str) and v.startswith("pn:"))
+        assert len([v for v in _leaves(inner) if isinstance(v, Pseudonym)]) == len(typed)
+    # A string that only starts like one stays a string.
+    assert restore_pseudonyms(["pn:xyz", "pn:" + "0" * 23]) == ["pn:xyz", "pn:" + "0" * 23]
+
+
+def _leaves(value: object) -> Iterator[object]:
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from _leaves(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _leaves(v)
+    else:
+        yield value

@@ -155,3 +155,78 @@ def test_merge_keeps_the_first_and_last_frames_of_each_identity_value(tmp_path: 
         # and so the sightings of "2" no longer describe the value held
     }
     assert merged["identity"]["unit1.MajorMinorRevision"] == "1"
+
+
+NEWER = "ICS-Security-Tools/pcaps/dnp3/direct_operate_analog_output.pcap"  # 2015-04-20
+OLDER = "ICS-Security-Tools/pcaps/dnp3/direct_operate_crob_malform_but_good_crc.pcap"  # -04-17
+
+
+def test_captures_replayed_newest_first_keep_first_seen_before_last_seen(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Regression: the inventory set last_seen to the latest packet's time, so a
+    capture replayed after a newer one (same hosts, 192.168.10.3 -> .4) left every
+    asset and pair last seen before it was first seen."""
+    newer, older = corpus_path(NEWER), corpus_path(OLDER)
+    store = tmp_path / "mamori.db"
+    config = tmp_path / "sensor.toml"
+    config.write_text("", encoding="utf-8")
+    spans = {}
+    for capture in (newer, older):  # each alone: where its packets lie in time
+        alone = tmp_path / f"{capture.stem}.db"
+        _replay(capture, alone, config, capsys)
+        spans[capture] = {a["ip"]: (a["first_seen"], a["last_seen"])
+                          for a in _assets(alone, capsys)}
+    assert main(["replay", "--no-progress", "--config", str(config), "--store", str(store),
+                 str(newer), str(older)]) == 0
+    capsys.readouterr()
+    assets = {a["ip"]: a for a in _assets(store, capsys)}
+    assert set(assets) == {"192.168.10.3", "192.168.10.4"}
+    for ip, asset in assets.items():
+        assert spans[older][ip][1] < spans[newer][ip][0]  # the captures do not overlap
+        assert (asset["first_seen"], asset["last_seen"]) == (spans[older][ip][0],
+                                                             spans[newer][ip][1])
+    with Store(store, readonly=True) as db:
+        pairs = db.pairs()
+        rows = db._db.execute("SELECT doc, last_seen FROM assets").fetchall()
+    assert pairs and all(p["first_seen"] <= p["last_seen"] for p in pairs)
+    assert all(json.loads(doc)["last_seen"] == seen for doc, seen in rows)
+
+
+def test_merge_heals_a_stored_row_last_seen_before_first_seen(tmp_path: Path) -> None:
+    """A row saved by a sensor with that bug still says the host was seen at both
+    times: the next merge widens it to the span covering all four."""
+    broken = {"ip": "10.9.0.1", "mac": None, "roles": ["outstation"], "units": [1],
+              "links": [], "identity": {}, "first_seen": 200.0, "last_seen": 100.0,
+              "learned": True}
+    with Store(tmp_path / "s.db") as store:
+        store.save_inventory([broken], [], None)
+        store.save_inventory([broken | {"first_seen": 150.0, "last_seen": 160.0}], [], None)
+        [merged] = store.assets()
+    assert (merged["first_seen"], merged["last_seen"]) == (100.0, 200.0)
+
+
+POLLED = "ICS-Security-Tools/pcaps/ModbusTCP/ModbusTCP.pcap"  # a plant master, 85 s of polls
+
+
+def test_an_asset_is_last_seen_at_its_last_request_not_its_first(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The hot path moves a pair's last_seen on every request, an asset's only when it
+    opens a flow or a pair: the saved asset takes the span of its pairs."""
+    store = tmp_path / "mamori.db"
+    config = tmp_path / "sensor.toml"
+    config.write_text("", encoding="utf-8")
+    _replay(corpus_path(POLLED), store, config, capsys)
+    assets = {a["ip"]: a for a in _assets(store, capsys)}
+    with Store(store, readonly=True) as db:
+        pairs = db.pairs()
+    spans: dict[str, list[float]] = {}
+    for p in pairs:
+        for ip in (p["client"], p["server"]):
+            have = spans.setdefault(ip, [p["first_seen"], p["last_seen"]])
+            have[0], have[1] = min(have[0], p["first_seen"]), max(have[1], p["last_seen"])
+    assert set(spans) <= set(assets)
+    for ip, (first, last) in spans.items():
+        assert assets[ip]["first_seen"] <= first and assets[ip]["last_seen"] == last, ip
+    # the master polled for over a minute after it first opened each flow
+    master = assets["141.81.0.10"]
+    assert master["last_seen"] - master["first_seen"] > 60

@@ -131,7 +131,8 @@ def test_the_package_depends_on_the_debian_versions_tested_here() -> None:
     tested = debian_python().versions
     text = CONTROL.read_text().split("\nRecommends:")[0]
     for module, package in (("starlette", "python3-starlette"), ("uvicorn", "python3-uvicorn"),
-                            ("jinja2", "python3-jinja2"), ("h11", "python3-h11")):
+                            ("jinja2", "python3-jinja2"), ("h11", "python3-h11"),
+                            ("prometheus_client", "python3-prometheus-client")):
         floor = re.search(rf"\b{package} \(>= ([^)]+)\)", text)
         assert floor, f"{CONTROL}: Depends has no {package} (>= VERSION)"
         assert floor.group(1) == tested[module], (package, floor.group(1), tested)
@@ -187,6 +188,9 @@ def test_every_page_serves(page: Page) -> None:
             ("/alerts?severity=medium&since=1d", 200, "text/html"),
             ("/alerts/1", 200, "text/html"), ("/assets", 200, "text/html"),
             ("/map", 200, "text/html"), ("/map.svg", 200, "image/svg+xml"),
+            ("/map?group=role&proto=dnp3&severity=high&since=day&show=alerts", 200,
+             "text/html"), ("/map.svg?group=none&show=changed", 200, "image/svg+xml"),
+            ("/map?group=vendor", 400, "text/html"), ("/static/map.js", 200, "javascript"),
             ("/health", 200, "text/html"), ("/api/alerts", 200, "application/json"),
             ("/api/health", 200, "application/json"), ("/static/app.css", 200, "text/css"),
             ("/static/live.js", 200, "javascript"), ("/static/nothing.css", 404, ""),

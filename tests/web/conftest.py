@@ -39,7 +39,7 @@ def replay_into_store(store: Path, captures: Sequence[Path]) -> None:
         inv = detector.inventory
         old_assets = {a["ip"]: a for a in db.assets()}
         old_pairs = db.pairs()
-        assets = {**old_assets, **{a.ip: a.to_dict() for a in inv.assets.values()}}
+        assets = {**old_assets, **{a["ip"]: a for a in inv.asset_docs()}}
         db.save_inventory(list(assets.values()),
                           old_pairs + [p.to_dict() for p in inv.pairs.values()], None)
 
@@ -58,7 +58,8 @@ def token(token_file: Path) -> str:
 
 @pytest.fixture
 def modbus_store(tmp_path: Path) -> Path:
-    """The Modbus sample: M1, M2, M3, M5, M14 between 127.0.0.1 peers."""
+    """The Modbus sample: M1, M2, M3, M5, M14 (and the chains C1, C2) between 127.0.0.1
+    peers."""
     path = tmp_path / "mamori.db"
     replay_into_store(path, [MODBUS_DEMO])
     return path
@@ -75,7 +76,8 @@ def dnp3_capture() -> Path:
 # /usr/share/mamori first on sys.path.
 DEBIAN_PYTHON = "/usr/bin/python3"
 DEBIAN_DIST = "/usr/lib/python3/dist-packages"
-DEBIAN_WEB = ("starlette", "uvicorn", "jinja2", "h11", "anyio")  # must come from there
+# must come from there
+DEBIAN_WEB = ("starlette", "uvicorn", "jinja2", "h11", "anyio", "prometheus_client")
 CONTROL = PROJECT / "packaging" / "debian" / "control"
 
 

@@ -71,8 +71,10 @@ def test_session_cookie_and_security_headers(client: TestClient, token: str) -> 
 def test_bearer_token_reads_the_api(client: TestClient, token: str) -> None:
     r = client.get("/api/alerts?after=0", headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 200
+    # The sample's attack also completes two campaign chains (rules/chains.yaml):
+    # reconnaissance then action (C1), and blinding (M3, counters cleared) then action (C2).
     assert {a["precursor"] for a in r.json()["alerts"]} == {"M1", "M2", "M3", "M4", "M5", "M7",
-                                                            "M14"}
+                                                            "M14", "C1", "C2"}
 
 
 def test_filters(client: TestClient, token: str) -> None:
@@ -80,7 +82,7 @@ def test_filters(client: TestClient, token: str) -> None:
     text = client.get("/alerts?precursor=M1").text
     assert 'data-precursor="M1"' in text and 'data-precursor="M2"' not in text
     high = client.get("/alerts?severity=high").text
-    assert set(re.findall(r'data-precursor="(\w+)"', high)) == {"M1", "M2", "M7"}
+    assert set(re.findall(r'data-precursor="(\w+)"', high)) == {"M1", "M2", "M7", "C1", "C2"}
     assert "No alerts match" in client.get("/alerts?asset=10.9.9.9").text
     assert 'data-precursor="M1"' in client.get("/alerts?asset=127.0.0.1").text
     assert "No alerts match" in client.get("/alerts?until=2001-01-01").text

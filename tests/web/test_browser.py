@@ -86,7 +86,7 @@ def test_browser_alerts_filters_map_and_live_update(
     page.click("#f-apply")
     page.wait_for_url("**severity=high**")
     assert {rows.nth(i).get_attribute("data-precursor")
-            for i in range(rows.count())} == {"M1", "M2", "M7"}
+            for i in range(rows.count())} == {"M1", "M2", "M7", "C1", "C2"}
 
     # Detail: ATT&CK names and guidance; acknowledge records the operator.
     page.goto(f"{url}/alerts?precursor=M1")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import stat
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 
@@ -102,11 +103,17 @@ def test_map_layout_and_highlight() -> None:
              {"proto": "modbus", "client": "10.0.0.1", "server": "10.0.0.10", "unit": 1,
               "functions": ["3"]}]
     nodes, edges = build_graph(assets, pairs, [("10.0.0.1", "10.0.0.9", "modbus", 3)])
-    assert [(n.ip, n.column) for n in nodes] == [("10.0.0.1", 0), ("10.0.0.9", 1),
-                                                 ("10.0.0.10", 1)]
+    assert [(n.ip, n.role) for n in nodes] == [("10.0.0.1", "master"),
+                                               ("10.0.0.9", "outstation"),
+                                               ("10.0.0.10", "outstation")]
     svg = render_svg(nodes, edges)
     assert svg == render_svg(*build_graph(assets, pairs, [("10.0.0.1", "10.0.0.9",
                                                            "modbus", 3)]))  # deterministic
     assert 'class="edge alert" data-master="10.0.0.1" data-outstation="10.0.0.9"' in svg
     assert 'class="edge" data-master="10.0.0.1" data-outstation="10.0.0.10"' in svg
-    assert "modbus: read, write" in svg and "&lt;PLC&gt;" in svg and "<PLC>" not in svg
+    assert "&lt;PLC&gt;" in svg and "<PLC>" not in svg
+    ns = {"s": "http://www.w3.org/2000/svg"}
+    label = ElementTree.fromstring(svg).find(
+        ".//s:g[@class='edge alert'][@data-outstation='10.0.0.9']/s:text", ns)
+    assert label is not None  # the label's wrapped lines, read in order
+    assert " ".join(t.text or "" for t in label) == "← 10.0.0.1 modbus: read, write"

@@ -33,8 +33,10 @@
     cell(tr, "").appendChild(sev);
     cell(tr, a.precursor);
     link(cell(tr, a.title), a.url);
-    cell(tr, a.src);
-    cell(tr, a.dst);
+    const src = cell(tr, a.src);
+    if (a.src_url) { link(src, a.src_url); }
+    const dst = cell(tr, a.dst);
+    if (a.dst_url) { link(dst, a.dst_url); }
     cell(tr, String(a.count), "num");
     cell(tr, a.last_seen);
     cell(tr, a.open ? "open" : "acknowledged");
