@@ -36,6 +36,14 @@ class DerivedKind(Enum):
     UNSOLICITED_AFTER_DISABLE = ("dnp3", "anomaly", "D9")
     UNSOLICITED_STORM = ("dnp3", "anomaly", "D9-storm")  # against the learned rate
     SILENCE = ("sensor", "health", "S3")
+    # floods and replays: sensor/detection/floods.py and the inventory's request rates
+    REQUEST_FLOOD = ("baseline", "deviation", "B6")  # a pair's request rate past its norm
+    FRAGMENT_REPLAY = ("dnp3", "anomaly", "D16")  # a request recorded from another host
+    SESSION_REPLAY = ("dnp3", "anomaly", "D16-session")  # an old request, seq gone back
+    SEQUENCE_ANOMALY = ("dnp3", "anomaly", "D17")  # seq reused or gone back, not a retry
+    CONFIRM_UNMATCHED = ("dnp3", "anomaly", "D18")  # a CONFIRM of nothing outstanding
+    IDENTICAL_WRITE = ("modbus", "anomaly", "M16")  # a write repeating the one before
+    DETECTION_STATE_FULL = ("sensor", "health", "S7")  # a flood/replay table hit its cap
     # link layer (adversary-in-the-middle, ARP host discovery): sensor/detection/aitm.py
     ARP_REQUEST = ("network", "anomaly", "N3")  # one per request; rules count targets
     MAC_CHANGED = ("network", "anomaly", "N4")  # an ICS asset's IP claimed by another MAC

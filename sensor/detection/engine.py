@@ -43,6 +43,8 @@ from sensor.detection.aitm import WATCHED, AddressWatch
 from sensor.detection.bounded import DEFAULT_MAX_STATE, LruTable
 from sensor.detection.chains import ChainTracker
 from sensor.detection.derived import DerivedEvent, DerivedKind
+from sensor.detection.floods import WATCHED as FLOOD_WATCHED
+from sensor.detection.floods import FloodWatch
 from sensor.detection.inventory import Inventory
 from sensor.detection.matcher import INDEX_ATTR, Peers, compile_match, indexed, peers
 from sensor.detection.model import LEARNED_SETS, Category, Chain, GroupKey, Rule
@@ -344,6 +346,7 @@ class Detector:
         self.hold = hold
         self._held: LruTable[str, _Held] = LruTable(max_state, "held start-up occurrences")
         self._watch = AddressWatch(self.inventory, max_state)
+        self._floods = FloodWatch(max_state)  # D16-D18: DNP3 replays, sequences, confirms
         self._last_ts: float | None = None
         self._next_tick = float("-inf")
         self._next_age = float("-inf")
@@ -378,6 +381,11 @@ class Detector:
                     for d in self._watch.observe(ev):
                         self._run_derived(d)
                 continue
+            if cls in FLOOD_WATCHED:
+                flooded = self._floods.observe(ev)
+                if flooded is not None:
+                    for d in flooded:
+                        self._run_derived(d)
             derived = observe(ev)
             if self.inventory.new_pollers:
                 self._excuse()
@@ -410,6 +418,7 @@ class Detector:
         self._sequence = old._sequence
         self._held = old._held
         self._watch = old._watch
+        self._floods = old._floods
         self._chains.adopt(old._chains)
         self._last_ts = old._last_ts
         self._silent = old._silent
@@ -442,6 +451,7 @@ class Detector:
             "threshold_groups": max((len(c.state) for c in self.rules), default=0),
             "protocol_state": max(len(t) for t in self._sequence.tables()),
             "address_bindings": max(len(t) for t in self._watch.tables()),
+            "flood_state": max(len(t) for t in self._floods.tables()),
             "set_cache": len(self._set_cache),
             "held": len(self._held),
             "chain_partials": self._chains.partials(),
@@ -452,8 +462,9 @@ class Detector:
         """Entries each bounded table has forgotten (also kept in ``stats.evicted``)."""
         tables: list[LruTable[Any, Any]] = [c.state for c in self.rules]
         tables += [*self._sequence.tables(), *self._watch.tables(), self._set_cache,
-                   self._held]
+                   self._held, *self._floods.tables()]
         out = {t.name: t.evicted for t in tables if t.evicted}
+        out.update({k: v for k, v in self._floods.evicted.items() if v})
         out.update({k: v for k, v in self.inventory.evicted.items() if v})
         out.update(self._chains.evictions())
         self.stats.evicted = out

@@ -6,7 +6,9 @@ polling cycles). While the baseline is ``learning`` each new item is marked
 learned; once it is ``enforcing`` (after the learning period, or ``mamori
 baseline freeze``) new items are still recorded for the operator but marked
 unlearned, and the first sight of each becomes a :class:`DerivedEvent`
-(B1-B5, M8, M9, D15) that the rule packs turn into alerts.
+(B1-B5, M8, M9, D15) that the rule packs turn into alerts. Request rates (B6)
+and unsolicited rates (D9) are checked while learning too, against an absolute
+ceiling, since a flood needs no baseline to be one.
 
 A client is not a master because it talks: it is a *candidate* until one of its
 reads repeats regularly (a poller), and a learned master only after
@@ -60,9 +62,14 @@ DEFAULT_MIN_CYCLES = 20  # poll intervals before a client is a learned master
 DEFAULT_MIN_SPAN = 600.0  # seconds those intervals must cover
 _POLLER_CYCLES = 3  # regular read intervals that make a client a poller (not yet learned)
 _READS = {"modbus": frozenset({1, 2, 3, 4}), "dnp3": frozenset({1})}
+_WRITES = frozenset({5, 6, 15, 16, 22, 23})  # Modbus writes that M16 compares
 DEFAULT_UNSOLICITED_WINDOW = 10.0  # seconds per count of unsolicited responses
 _UNSOLICITED_CEILING = 20  # per window: the storm limit of an outstation never seen reporting
 _UNSOLICITED_FACTOR = 4.0  # times the most a learned outstation sent in one window
+DEFAULT_REQUEST_WINDOW = 10.0  # seconds per count of one pair's requests (B6)
+DEFAULT_REQUEST_CEILING = 1000  # per window: the flood limit of a pair with no learned rate
+DEFAULT_REQUEST_FACTOR = 4.0  # times the most a learned pair sent in one window
+_REQUEST_FLOOR = 0.1  # of the ceiling: a learned pair's limit is never below (operator bursts)
 
 
 class MasterState(Enum):
@@ -74,7 +81,10 @@ class MasterState(Enum):
 
 
 class Reporting:
-    """One outstation's unsolicited responses: this window's count, the learned peak."""
+    """A message rate in fixed windows: this window's count and the learned peak.
+
+    One outstation's unsolicited responses (D9), or one pair's requests (B6).
+    """
 
     __slots__ = ("count", "flagged", "peak", "start", "windows")
 
@@ -84,6 +94,17 @@ class Reporting:
         self.flagged = False  # a storm was reported in this window
         self.peak = 0  # the most in one window while learning (stormy windows excluded)
         self.windows = 0  # windows learned
+
+    def add(self, ts: float, window: float, learn: bool, learn_flagged: bool = False) -> None:
+        """Count one message at ``ts``; a window that ran out first becomes learned
+        (if ``learn``; a stormy one only if ``learn_flagged``) and a new one starts.
+        Time going back (a capture replayed again) starts a new window too."""
+        if ts - self.start >= window or ts < self.start:
+            if learn and (learn_flagged or not self.flagged):
+                self.peak = max(self.peak, self.count)
+                self.windows += 1
+            self.start, self.count, self.flagged = ts, 0, False
+        self.count += 1
 
 
 class BaselineState(Enum):
@@ -183,7 +204,7 @@ class Pair:
     """client → server (and unit id or link addresses), with what the client asks for."""
 
     __slots__ = ("count", "cycles", "fcs", "first_seen", "key", "last_seen", "learned",
-                 "ranges")
+                 "ranges", "requests", "write", "write_at")
 
     def __init__(self, key: PairKey, ts: float, learned: bool) -> None:
         self.key = key
@@ -194,6 +215,9 @@ class Pair:
         self.last_seen = ts
         self.count = 0
         self.learned = learned
+        self.requests: Reporting | None = None  # the request rate (B6), from the first
+        self.write: int | None = None  # Modbus: fingerprint of the last write (M16) ...
+        self.write_at = 0  # ... and the pair's request count when it came
 
     def to_dict(self) -> dict[str, Any]:
         proto, client, server, port, unit, master, outstation = self.key
@@ -244,7 +268,10 @@ class Inventory:
     def __init__(self, learning_period: float = 0.0, *, max_assets: int = DEFAULT_MAX_ASSETS,
                  max_state: int = DEFAULT_MAX_STATE, min_cycles: int = DEFAULT_MIN_CYCLES,
                  min_span: float = DEFAULT_MIN_SPAN, vouch: bool = False,
-                 unsolicited_window: float = DEFAULT_UNSOLICITED_WINDOW) -> None:
+                 unsolicited_window: float = DEFAULT_UNSOLICITED_WINDOW,
+                 request_window: float = DEFAULT_REQUEST_WINDOW,
+                 request_ceiling: int = DEFAULT_REQUEST_CEILING,
+                 request_factor: float = DEFAULT_REQUEST_FACTOR) -> None:
         if max_assets < 1:
             raise ValueError("max_assets must be at least 1")
         if min_cycles < _POLLER_CYCLES or not min_span >= 0:
@@ -256,6 +283,12 @@ class Inventory:
         if not unsolicited_window > 0:
             raise ValueError("unsolicited_window must be longer than 0 s")
         self.unsolicited_window = unsolicited_window
+        if not request_window > 0 or request_ceiling < 1 or not request_factor >= 1:
+            raise ValueError("request_window must be longer than 0 s, request_ceiling at "
+                             "least 1 and request_factor at least 1")
+        self.request_window = request_window
+        self.request_ceiling = request_ceiling
+        self.request_factor = request_factor
         self._reporting: LruTable[tuple[str, int], Reporting] = LruTable(
             max_state, "DNP3 unsolicited rates")
         self.max_assets = max_assets
@@ -669,7 +702,10 @@ class Inventory:
         elif ts < pair.first_seen:
             pair.first_seen = ts
         pair.count += 1
+        self._requests(pair, ev, None)
         fc = ev.fc
+        if fc in _WRITES:
+            self._write(pair, ev)
         if fc not in pair.fcs:
             self._function(pair, fc, ev, None, f"function code {fc}")
         if ev.sub is not None and fc == 8:
@@ -740,6 +776,8 @@ class Inventory:
             pair.first_seen = ts
         pair.count += 1
         fc = ev.fc
+        if fc != 0:  # a CONFIRM answers the outstation: not a request to count
+            self._requests(pair, ev, sub)
         if fc not in pair.fcs:
             self._function(pair, fc, ev, sub, f"function code {fc}")
         first: object = None
@@ -801,12 +839,7 @@ class Inventory:
             self._reporting.put(key, rep)
         else:
             self._reporting.touch(key)
-            if ts - rep.start >= window:
-                if not rep.flagged and not self.enforcing:
-                    rep.peak = max(rep.peak, rep.count)
-                    rep.windows += 1
-                rep.start, rep.count, rep.flagged = ts, 0, False
-        rep.count += 1
+        rep.add(ts, window, not self.enforcing)
         ceiling = _UNSOLICITED_CEILING
         limit = max(ceiling, _UNSOLICITED_FACTOR * rep.peak) if rep.windows else ceiling
         if rep.count > limit and not rep.flagged:
@@ -819,6 +852,58 @@ class Inventory:
                 flow.client_port, link_src=ev.link_src, link_dst=ev.link_dst, fc=ev.fc,
                 detail=f"{rep.count} unsolicited responses within {window:g}s, "
                        f"limit {limit:g} ({norm})"))
+
+    def _write(self, pair: Pair, ev: ModbusRequest) -> None:
+        """M16: a write identical to the pair's previous request (no read between).
+
+        Kept on the pair (two slots) rather than in a table of its own: the pair is
+        already at hand and bounded, and reads cost nothing.
+        """
+        fp = hash((ev.fc, ev.address, ev.quantity, ev.pdu))
+        repeat = pair.write == fp and pair.write_at == pair.count - 1
+        pair.write, pair.write_at = fp, pair.count
+        if repeat:
+            flow = ev.flow
+            self._out.append(DerivedEvent(
+                ev.ts, DerivedKind.IDENTICAL_WRITE, flow.client, flow.client_port, flow.server,
+                flow.server_port, unit=ev.unit, fc=ev.fc, address=ev.address,
+                quantity=ev.quantity, detail="write identical to the client's previous request"))
+
+    def _requests(self, pair: Pair, ev: Any, link: tuple[int, int] | None) -> None:
+        """B6: more requests from the client of ``pair`` in one window than its norm.
+
+        While learning every full window teaches the pair's peak, and the limit is
+        the absolute ``request_ceiling`` (a flood then refuses the client as a
+        master, so its pair is not learned). Enforcing, a learned pair may send
+        ``request_factor`` times its peak (never less than a tenth of the ceiling,
+        so a quiet pair's operator may send a few commands at once); a
+        pair with no learned rate (new, or imported without one) the ceiling. One
+        finding per window. The state is one small object per pair, so it is
+        bounded with the pair table (``max_assets``).
+        """
+        rate = pair.requests
+        ts = ev.ts
+        if rate is None:
+            rate = pair.requests = Reporting(ts)
+        if ts - rate.start >= self.request_window or ts < rate.start:
+            rate.add(ts, self.request_window, not self.enforcing, learn_flagged=True)
+        else:
+            rate.count += 1  # the common case, inline: this runs on every request
+        ceiling = self.request_ceiling
+        if rate.count <= _REQUEST_FLOOR * ceiling or rate.flagged:
+            return  # below every limit
+        learned = self.enforcing and pair.learned and rate.windows > 0
+        limit = max(self.request_factor * rate.peak, _REQUEST_FLOOR * ceiling) if learned \
+            else ceiling
+        if rate.count <= limit:
+            return
+        rate.flagged = True
+        norm = f"learned peak {rate.peak} per window" if learned else (
+            "learning: absolute ceiling" if not self.enforcing else "no learned rate")
+        self._out.append(self._derived(
+            ev, DerivedKind.REQUEST_FLOOD, link,
+            f"{rate.count} requests within {self.request_window:g}s, limit {limit:g} "
+            f"({norm})"))
 
     def _dnp3_response(self, ev: DNP3Response | DNP3Unsolicited) -> None:
         if ev.__class__ is DNP3Unsolicited:
@@ -883,6 +968,9 @@ class Inventory:
                                                            else None)],
                             "mean": c.mean, "dev": c.dev, "n": c.n}
                            for k, c in pair.cycles.items() if c.n]
+            rate = pair.requests
+            if rate is not None and rate.windows:  # B6: the learned request rate
+                d["rate"] = {"peak": rate.peak, "windows": rate.windows}
             pairs.append(d)
         return {
             "format": BASELINE_FORMAT, "version": BASELINE_VERSION,
@@ -910,7 +998,10 @@ class Inventory:
             self.__init__(self.learning_period, max_assets=self.max_assets,  # type: ignore[misc]
                           max_state=self.max_state, min_cycles=self.min_cycles,
                           min_span=self.min_span, vouch=self.vouch,
-                          unsolicited_window=self.unsolicited_window)
+                          unsolicited_window=self.unsolicited_window,
+                          request_window=self.request_window,
+                          request_ceiling=self.request_ceiling,
+                          request_factor=self.request_factor)
             self.learned_masters = set(map(str, doc["masters"]))
             self.learned_outstations = set(map(str, doc["outstations"]))
             self.known_masters = set(self.learned_masters)
@@ -934,6 +1025,11 @@ class Inventory:
                 pair.fcs = {_fc_key(str(f)): True for f in p["functions"]}
                 pair.ranges = {_fc_key(k): [int(v[0]), int(v[1])]
                                for k, v in p["ranges"].items()}
+                rate = p.get("rate")
+                if rate is not None:
+                    pair.requests = Reporting(0.0)
+                    pair.requests.peak, pair.requests.windows = int(rate["peak"]), \
+                        int(rate["windows"])
                 for c in p.get("cycles", []):
                     fc_label, where = c["key"]
                     ckey = (_fc_key(fc_label), tuple(where) if isinstance(where, list)

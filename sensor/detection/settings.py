@@ -23,6 +23,9 @@ from sensor.detection.inventory import (
     DEFAULT_MAX_ASSETS,
     DEFAULT_MIN_CYCLES,
     DEFAULT_MIN_SPAN,
+    DEFAULT_REQUEST_CEILING,
+    DEFAULT_REQUEST_FACTOR,
+    DEFAULT_REQUEST_WINDOW,
     Inventory,
 )
 from sensor.detection.loader import SHIPPED_RULES, RuleError, load_rules
@@ -33,6 +36,13 @@ from sensor.rulebundle import BundleRefused, BundleStore, Refusal
 log = logging.getLogger("mamori.rules")
 
 SET_NAMES = ("allowed_masters", "engineering_workstations", "outstations")
+
+
+def _v_factor(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or not 1 <= value <= 1_000_000:
+        raise ValueError(f"{value!r} is not a number from 1 to 1000000")
+    return float(value)
 
 
 def _v_window(value: Any) -> float:
@@ -87,6 +97,14 @@ cfg.register([
     *(cfg.Option("sets", name, (), cfg.v_networks,
                  f"named set '{name}' for rules: IP addresses or networks")
       for name in SET_NAMES),
+    cfg.Option("detection", "request_window", DEFAULT_REQUEST_WINDOW, cfg.v_positive_seconds,
+               "B6: requests per communication pair are counted in windows this long"),
+    cfg.Option("detection", "request_ceiling", DEFAULT_REQUEST_CEILING,
+               cfg.v_int_range(1, 100_000_000),
+               "B6: requests per window a pair with no learned rate may send (new pairs, "
+               "and every pair while learning)"),
+    cfg.Option("detection", "request_factor", DEFAULT_REQUEST_FACTOR, _v_factor,
+               "B6: a learned pair may send this many times its learned peak per window"),
     cfg.Option("maintenance", "windows", (), v_windows,
                "[[maintenance.windows]]: name, timezone, weekly ('Tue 22:00-02:00') and/or"
                " dates ('2026-12-24 08:00 - 2026-12-24 18:00'), workstations, assets and"
@@ -159,7 +177,10 @@ def build_inventory(config: cfg.Config, learn_for: float | None = None) -> Inven
     period = config.get("detection", "learning_period") if learn_for is None else learn_for
     return Inventory(period, min_cycles=config.get("detection", "learning_min_cycles"),
                      min_span=config.get("detection", "learning_min_span"),
-                     vouch=learn_for is not None)
+                     vouch=learn_for is not None,
+                     request_window=config.get("detection", "request_window"),
+                     request_ceiling=config.get("detection", "request_ceiling"),
+                     request_factor=config.get("detection", "request_factor"))
 
 
 def build_detector(config: cfg.Config | None, rules: Sequence[Rule] | None = None,

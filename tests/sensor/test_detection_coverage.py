@@ -17,6 +17,8 @@ from sensor.detection.settings import set_names
 from tests.sensor import test_detection_corpus as corpus
 from tests.sensor import test_detection_dnp3_rates as dnp3_rates
 from tests.sensor import test_detection_dnp3_traffic as dnp3_traffic
+from tests.sensor import test_detection_floods as floods
+from tests.sensor import test_detection_floods_state as floods_state
 from tests.sensor import test_detection_traffic as modbus_traffic
 from tests.sensor import test_network_traffic as network_traffic
 from tests.sensor import test_scan_bounds as scan_bounds
@@ -50,6 +52,18 @@ def registry() -> tuple[dict[str, list[str]], dict[str, list[str]]]:
         assert all(callable(getattr(dnp3_rates, name, None)) for name in (fires, *quiet))
         positive[rule].append(f"{rates_file}::{fires}")
         negative[rule].extend(f"{rates_file}::{name}" for name in quiet)
+    floods_file = "tests/sensor/test_detection_floods.py"
+    for rule, (fires, quiet) in floods.TESTS.items():
+        assert all(callable(getattr(floods, name, None)) for name in (fires, *quiet))
+        positive[rule].append(f"{floods_file}::{fires}")
+        negative[rule].extend(f"{floods_file}::{name}" for name in quiet)
+    for rule in floods.REAL:
+        positive[rule].append(f"{floods_file}::test_new_dnp3_rules_fire_on_real_captures[{rule}]")
+    assert callable(floods_state.test_connections_past_the_cap_are_forgotten_and_said_once_an_hour)
+    positive[floods_state.FULL].append(
+        "tests/sensor/test_detection_floods_state.py::"
+        "test_connections_past_the_cap_are_forgotten_and_said_once_an_hour")
+    negative[floods_state.FULL].append(f"{floods_file}::test_new_rules_quiet_on_the_learning_parts")
     learning_file = "tests/sensor/test_detection_learning.py"
     negative["mamori.modbus.new_master"].append(
         f"{learning_file}::test_new_master_is_modbus_only")
@@ -85,5 +99,5 @@ def test_registry_names_only_shipped_rules() -> None:
 
 def test_traffic_tests_use_the_shipped_packs() -> None:
     for module in (corpus, modbus_traffic, dnp3_traffic, dnp3_rates, network_traffic,
-                   scan_bounds):
+                   scan_bounds, floods, floods_state):
         assert sorted(r.id for r in module.RULES) == SHIPPED, module.__name__

@@ -14,8 +14,8 @@ from sensor.detection.loader import SHIPPED_RULES, RuleError, load_rules
 from sensor.detection.settings import set_names
 from sensor.detection_cli import cmd_rules_check
 
-CATALOGUE = ([f"M{i}" for i in range(1, 16)] + [f"D{i}" for i in range(1, 16)]
-             + [f"B{i}" for i in range(1, 6)] + [f"N{i}" for i in range(1, 8)] + ["S2", "S3", "S7"])
+CATALOGUE = ([f"M{i}" for i in range(1, 17)] + [f"D{i}" for i in range(1, 19)]
+             + [f"B{i}" for i in range(1, 7)] + [f"N{i}" for i in range(1, 8)] + ["S2", "S3", "S7"])
 
 GOOD_RULE = """\
 pack: site.test
