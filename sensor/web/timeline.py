@@ -27,6 +27,10 @@ HOUR = 3600
 _HEIGHT = 80  # px of the tallest bar
 _AXIS = 18  # px below the bars for the hour labels
 _LEFT = 34  # px left of the bars for the scale
+# The hours a label can name: a filter's ``until`` may lie past 9999-12-31 (an offset
+# pushes it there) or before year 1, where ``datetime`` ends; the window stays inside.
+_LAST_END = int(datetime(9999, 12, 31, 23, tzinfo=UTC).timestamp())
+_FIRST_END = int(datetime(1, 1, 1, tzinfo=UTC).timestamp()) + (MAX_HOURS + 1) * HOUR
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +50,7 @@ def window(newest: float | None, since: float | None, until: float | None,
            now: float) -> Window:
     """The hours to draw (see module docstring)."""
     end_ts = until if until is not None else newest if newest is not None else now
-    end = (math.floor(end_ts / HOUR) + 1) * HOUR
+    end = min(max((math.floor(end_ts / HOUR) + 1) * HOUR, _FIRST_END), _LAST_END)
     if since is None:
         return Window(end - DEFAULT_HOURS * HOUR, DEFAULT_HOURS)
     hours = max(1, (end - math.floor(since / HOUR) * HOUR) // HOUR)

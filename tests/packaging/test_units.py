@@ -139,7 +139,8 @@ def test_default_config_validates() -> None:
 
 @pytest.mark.parametrize("shipped", [DEFAULT_CONFIG, COLLECTOR_CONFIG], ids=lambda p: p.name)
 def test_commented_examples_validate(tmp_path: Path, shipped: Path) -> None:
-    """Uncomment every ``# key = value`` under its ``[section]``: still a valid config."""
+    """Uncomment every ``# key = value`` under its ``[section]`` (or ``[[section.key]]``):
+    still a valid config."""
     from sensor import config as cfg
 
     _full_schema()
@@ -148,8 +149,9 @@ def test_commented_examples_validate(tmp_path: Path, shipped: Path) -> None:
     section = None
     for raw in shipped.read_text(encoding="utf-8").splitlines():
         text = raw.lstrip("# ").rstrip() if raw.startswith("#") else raw
-        if m := re.match(r"^\[(\w+)\]$", text):
-            section = m.group(1)
+        # [section], or [[section.key]] (an array of tables: [[maintenance.windows]])
+        if m := re.match(r"^\[(\w+)\]$|^\[\[(\w+)\.\w+\]\]$", text):
+            section = m.group(1) or m.group(2)
             if section in known:
                 lines.append(text)
         elif re.match(r"^\w+ = ", text) and section in known:

@@ -79,7 +79,10 @@ def by_label(samples: Samples, name: str) -> dict[frozenset[tuple[str, str]], fl
 def scrape(url: str) -> Samples:
     with urllib.request.urlopen(url, timeout=10) as resp:
         assert resp.status == 200
-        assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        # the Prometheus text format: 0.0.4 from Debian's prometheus_client 0.16, 1.0.0
+        # (the same format, renamed) from the newer releases a venv installs
+        assert resp.headers["Content-Type"].startswith(
+            ("text/plain; version=0.0.4", "text/plain; version=1.0.0"))
         return parse(resp.read().decode())
 
 

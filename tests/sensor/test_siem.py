@@ -78,8 +78,17 @@ def test_replay_writes_eve_records_whose_community_id_is_tsharks(tmp_path: Path,
     with Store(tmp_path / "store.db", readonly=True) as store:
         alerts = {a.id: a for a in store.alerts()}
     # the demo's alerts, the intruder's identification reads and write among them (M4, M7:
-    # it shares the SCADA's address, which is still being learned)
-    assert len(records) == len(alerts) == 8
+    # it shares the SCADA's address, which is still being learned), and the two campaign
+    # chains they complete on the server (C1, C2: a target, not one connection)
+    assert len(records) == len(alerts) == 10
+    chains = [r for r in records if r["alert"]["category"] in ("C1", "C2")]
+    assert len(chains) == 2
+    for r in chains:  # no connection of its own: no ports, no flow, no Community ID
+        assert "src_port" not in r and "flow_id" not in r and "community_id" not in r
+        assert (r["dest_ip"], r["dest_port"]) == ("127.0.0.1", 502)
+        assert r["alert"]["severity"] == 1 and r["alert"]["metadata"]["mamori_severity"] == [
+            "critical"]
+    records = [r for r in records if r not in chains]
     # Wireshark's own Community ID of every TCP conversation in the capture.
     out = subprocess.run(
         ["tshark", "-r", str(DEMO), "--enable-protocol", "communityid",

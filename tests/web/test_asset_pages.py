@@ -23,7 +23,7 @@ from sensor.store import Store
 from sensor.web.app import _ts, create_app
 from sensor.web.evidence import evidence_rows, object_header
 from sensor.web.server import build_context
-from sensor.web.timeline import HOUR
+from sensor.web.timeline import HOUR, Timeline, render_svg, window
 from tests.conftest import corpus_path
 from tests.web.conftest import replay_into_store
 
@@ -451,3 +451,13 @@ def test_ipv6_and_pseudonym_assets_have_pages(tmp_path: Path, token_file: Path,
     assert f"Last seen {_ts(1e9 + 3600)}" in last  # widened by its pair
     assert f"Last seen {_ts(1e9 + 5)}" in _text(_section(
         client.get("/assets/pn%3A" + "ab" * 12).text, "asset-fields"))
+
+
+@pytest.mark.parametrize("until", [253402387139.0, 1e15, -62135596800.0, -1e15])
+def test_timeline_window_stays_inside_the_calendar(until: float) -> None:
+    """An ``until`` past 9999-12-31 (``9999-12-31T23:59:59-23:59`` parses to one) or
+    before year 1 drew labels ``datetime`` cannot name: a 500. The window stays inside."""
+    for since in (None, until - 10 * HOUR, until - 1e9):
+        win = window(None, since, until, 1e9)
+        svg = render_svg(Timeline.from_rows(win, []))
+        assert svg.startswith("<svg") and win.hours >= 1
