@@ -20,8 +20,9 @@ Figures, per engine:
 
 ``--rate N`` switches to the latency run: the sensors send N alerts/s in aggregate,
 each stamped with its send time, and a subscriber on the collector's PUB socket takes
-its receive time: p50 and p99 of sensor alert to subscriber, and, as reference, the
-same for the bare link (the collector's receive time minus the send time, stored).
+its receive time: p50 and p99 of sensor alert to subscriber, and, as references, the
+same for the bare link (the collector's receive time minus the send time, stored) and
+for one bare durable commit of a round's rows on the same engine and disk.
 
     .venv/bin/python bench/bench_ingest.py [--engine sqlite|postgres|both]
         [--sensors 20] [--alerts 10000] [--procs 1] [--rate 0]
@@ -171,6 +172,49 @@ def reference_postgres(dsn: str, alerts: int) -> tuple[float, float]:
     return alerts / elapsed, alerts / cpu
 
 
+def commit_latencies(engine: str, tmp: Path, dsn: str, rate: float,
+                     rounds: int = 400) -> list[float]:
+    """Seconds each bare durable commit of one round's rows takes (the rows the collector
+    reads in ``ROUND_SECONDS`` at ``rate``), measured in this run: the floor under the
+    collector's share of the latency, set by the disk's fsync and, for PostgreSQL, the
+    server on the same cores. Its p99 is what a p99 target has to be read against."""
+    from sensor.collector.server import ROUND_SECONDS
+
+    per_round = max(1, int(rate * ROUND_SECONDS))
+    rows = batches(per_round)[0][0]
+    out: list[float] = []
+    if engine == "sqlite":
+        conn = sqlite3.connect(str(tmp / "commit-latency.db"))
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("CREATE TABLE m (sensor TEXT, epoch INTEGER, seq INTEGER, kind INTEGER,"
+                     " ts REAL, received REAL, body TEXT)")
+        for _ in range(rounds):
+            start = time.perf_counter()
+            conn.executemany("INSERT INTO m VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            conn.commit()
+            out.append(time.perf_counter() - start)
+        conn.close()
+        return out
+    import psycopg
+
+    conn_pg = psycopg.connect(dsn)
+    conn_pg.execute("CREATE TABLE IF NOT EXISTS lat_messages (sensor TEXT, epoch BIGINT, "
+                    "seq BIGINT, kind BIGINT, ts DOUBLE PRECISION, received DOUBLE PRECISION,"
+                    " body TEXT)")
+    conn_pg.commit()
+    cur = conn_pg.cursor()
+    for _ in range(rounds):
+        start = time.perf_counter()
+        with cur.copy("COPY lat_messages FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        conn_pg.commit()
+        out.append(time.perf_counter() - start)
+    conn_pg.close()
+    return out
+
+
 class Subscriber(threading.Thread):
     """Receive times of every alert on the collector's PUB socket (parsed afterwards)."""
 
@@ -254,6 +298,9 @@ def measure(engine: str, args: argparse.Namespace, dsn: str, tmp: Path) -> bool:
               f"p99 {i99:.1f} ms")
         print(f"  reference, sensor alert -> collector receive: p50 {l50:.1f} ms, "
               f"p99 {l99:.1f} ms; ratio p99 {p99 / l99:.2f}")
+        c50, c99 = quantiles(commit_latencies(engine, tmp, dsn, args.rate))
+        print(f"  reference, one bare durable commit of a round's rows: p50 {c50:.1f} ms, "
+              f"p99 {c99:.1f} ms; collector's share p99 / commit p99 {i99 / c99:.2f}")
         return ok and len(sub.seen) == total
     ref_wall, ref_core = (reference_sqlite(tmp, min(total, 100_000)) if engine == "sqlite"
                           else reference_postgres(dsn, min(total, 100_000)))
