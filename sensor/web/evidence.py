@@ -23,6 +23,7 @@ class EvidenceRow:
     key: str  # the stored key (``data-key`` on the page)
     label: str
     lines: tuple[str, ...]
+    links: tuple[int | None, ...] = ()  # per line: the alert id it names (chain steps)
 
 
 DASH = "\u2013"  # an en dash between the ends of a range
@@ -33,9 +34,12 @@ LABELS = {
     "anomaly": "Anomaly", "detail": "Detail", "transport": "Transport", "value": "Value",
     "unsolicited": "Unsolicited", "storm": "Storm", "sources": "Sources",
     "sources_exact": "Sources counted exactly", "cap": "Storm cap",
-    "window": "Window",
+    "window": "Window", "chain": "Chain", "steps": "Steps", "same_source": "Same source",
+    "maintenance": "Maintenance window",
 }
-_ORDER = ("fc", "sub", "exception", "address", "objects", "iin", "anomaly", "detail")
+_ORDER = ("fc", "sub", "exception", "address", "objects", "iin", "anomaly", "detail",
+          "chain", "steps", "maintenance")
+_HIDDEN = frozenset({"ids"})  # bookkeeping: a chain's step ids are the store's already
 _SECONDS = frozenset({"window"})
 
 # Modicon reference numbers: the data table an FC addresses, as 0xxxx ... 4xxxx.
@@ -52,11 +56,36 @@ def evidence_rows(proto: str, evidence: Mapping[str, Any]) -> list[EvidenceRow]:
         value = ev[key]
         if key == "quantity" and "address" in ev:
             continue  # shown with the address
+        if key in _HIDDEN:
+            continue
+        if key == "steps" and isinstance(value, list):
+            rows.append(_steps(value))
+            continue
         lines = _lines(proto, fc, key, value, ev)
         if not lines:
             continue
         rows.append(EvidenceRow(key, LABELS.get(key, _label(key)), lines))
     return rows
+
+
+def _steps(steps: list[Any]) -> EvidenceRow:
+    """A campaign chain's steps, one line each, linked to the step's alert:
+    ``reconnaissance: alert 12, mamori.modbus.device_id_read, 2026-11-25T20:49:19Z``."""
+    lines: list[str] = []
+    links: list[int | None] = []
+    for step in steps:
+        if not isinstance(step, Mapping):
+            lines.append(_text(step))
+            links.append(None)
+            continue
+        ident = step.get("alert")
+        alert = ident if isinstance(ident, int) and not isinstance(ident, bool) else None
+        said = (f"alert {alert}" if alert is not None
+                else f"not stored (detector alert {step.get('detector_alert')})")
+        lines.append(f"{_text(step.get('step'))}: {said}, {_text(step.get('rule'))}, "
+                     f"{_text(step.get('time'))}")
+        links.append(alert)
+    return EvidenceRow("steps", LABELS["steps"], tuple(lines), tuple(links))
 
 
 def _label(key: str) -> str:

@@ -183,3 +183,25 @@ def test_read_only_store_disables_ack(modbus_store: Path, token_file: Path, toke
     csrf = _login(client, token)
     assert client.post("/alerts/1/ack", data={"csrf": csrf}).status_code == 409
     assert "Acknowledging is unavailable" in client.get("/alerts/1").text
+
+
+def test_a_chain_alert_lists_its_steps_linked_to_their_alerts(
+        client: TestClient, token: str, modbus_store: Path) -> None:
+    """The sample completes C1 (recon, then the intruder's write): its page names each
+    step with its alert, rule and time, each linked to that alert's own page."""
+    from sensor.store import Store
+
+    _login(client, token)
+    with Store(modbus_store, readonly=True) as db:
+        alerts = {a.id: a for a in db.alerts()}
+    chain = next(a for a in alerts.values() if a.precursor == "C1")
+    steps = chain.evidence["steps"]
+    page = client.get(f"/alerts/{chain.id}").text
+    evidence = page[page.index('id="evidence"'):]
+    evidence = evidence[:evidence.index("</table>")]
+    assert 'data-key="ids"' not in evidence  # bookkeeping, not evidence
+    for step in steps:
+        stepped = alerts[step["alert"]]
+        assert stepped.rule == step["rule"]
+        assert (f'<a href="/alerts/{stepped.id}">{step["step"]}: alert {stepped.id}, '
+                f'{stepped.rule}, {step["time"]}</a>') in evidence

@@ -157,4 +157,10 @@ def test_browser_asset_pages_timeline_and_evidence(
 
     page.goto(f"{url}/assets")
     assert page.locator("#assets tbody tr").count() == ASSETS
+    _shot(page, tmp_path, "26-assets-300")
+    page.goto(f"{url}/map")  # every page at this size, for the record
+    assert page.locator("svg.commap g.node").count() == ASSETS
+    _shot(page, tmp_path, "27-map-300")
+    page.goto(f"{url}/health")
+    _shot(page, tmp_path, "28-health")
     assert errors == []  # the CSP blocked nothing the pages need
