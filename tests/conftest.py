@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -72,3 +74,20 @@ def require_tool(name: str) -> str:
         unavailable(f"{name} is not installed (make test installs it as root)")
     assert found is not None
     return found
+
+
+T = TypeVar("T")
+
+
+def captured_on_lo(make: Callable[[Path], T | None], tmp: pytest.TempPathFactory,
+                   name: str, attempts: int = 3) -> T:
+    """Traffic made and captured on lo by ``make`` (None: tcpdump missed a frame of it,
+    which a loaded host makes it do now and then): made again, up to ``attempts`` times,
+    each in a new directory; then skipped (failed in CI)."""
+    require_tool("tcpdump")
+    for _attempt in range(attempts):
+        made = make(tmp.mktemp(name))
+        if made is not None:
+            return made
+    unavailable("tcpdump kept missing frames on lo")
+    raise AssertionError("unreachable")

@@ -17,7 +17,14 @@ from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from sensor.metrics.sensor_metrics import Part, PartErrors, counter, file_bytes, gauge
+from sensor.metrics.sensor_metrics import (
+    Part,
+    PartErrors,
+    by_label,
+    counter,
+    file_bytes,
+    gauge,
+)
 from sensor.wire import JOURNALED_KINDS, Kind
 
 # counters key -> (metric name, help); every one is a monotonic count of the server's
@@ -69,12 +76,9 @@ class CollectorMetrics:
                 label = str(kind)
             kinds.add_metric([label], n)
         yield kinds
-        rejected = CounterMetricFamily("mamori_collector_rejected",
-                                       "Messages and connections refused, by reason",
-                                       labels=["reason"])
-        for reason, n in sorted(dict(s.rejected).items()):
-            rejected.add_metric([reason], n)
-        yield rejected
+        yield by_label("mamori_collector_rejected",
+                       "Messages and connections refused, by reason", "reason",
+                       dict(s.rejected))
         yield gauge("mamori_collector_sensor_keys",
                     "Keys in the allow-list (sensors and relays)", len(s.allow))
         yield gauge("mamori_collector_sensors_seen",

@@ -21,7 +21,7 @@ import logging
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,14 @@ def counter(name: str, doc: str, value: float) -> Metric:
 
 def gauge(name: str, doc: str, value: float) -> Metric:
     return GaugeMetricFamily(name, doc, value=value)
+
+
+def by_label(name: str, doc: str, label: str, counts: Mapping[Any, float]) -> Metric:
+    """A counter family with one sample per key of ``counts`` (sorted, as text)."""
+    family = CounterMetricFamily(name, doc, labels=[label])
+    for key, n in sorted(counts.items(), key=lambda item: str(item[0])):
+        family.add_metric([str(key)], n)
+    return family
 
 
 Part = Callable[[], Iterable[Metric]]
@@ -198,12 +206,9 @@ class SensorMetrics:
                       st.ignored)
         yield counter("mamori_packets_not_ip", "Frames that are not IP (ARP, LLDP, ...)",
                       st.not_ip)
-        problems = CounterMetricFamily("mamori_decode_problems",
-                                       "Frames whose L2-L4 headers did not decode, by "
-                                       "problem", labels=["problem"])
-        for name, n in sorted(dict(st.problems).items()):
-            problems.add_metric([str(name)], n)
-        yield problems
+        yield by_label("mamori_decode_problems",
+                       "Frames whose L2-L4 headers did not decode, by problem", "problem",
+                       dict(st.problems))
         yield gauge("mamori_flows", "Flows in the flow table now", p.active_flows)
         yield counter("mamori_flows_created", "Flows created", st.flows_created)
         yield counter("mamori_flows_expired", "Flows expired (idle or ended)",
@@ -211,11 +216,8 @@ class SensorMetrics:
         yield counter("mamori_flows_evicted", "Flows evicted from a full flow table",
                       st.flows_evicted)
         if self.events is not None:
-            events = CounterMetricFamily("mamori_events", "Protocol events by kind (class)",
-                                         labels=["kind"])
-            for kind, n in sorted(self.events.snapshot().items()):
-                events.add_metric([kind], n)
-            yield events
+            yield by_label("mamori_events", "Protocol events by kind (class)", "kind",
+                           self.events.snapshot())
 
     def _detection(self) -> Iterator[Metric]:
         detectors = [c.detector for c in self.sensor.consumers if hasattr(c, "detector")]
@@ -228,12 +230,9 @@ class SensorMetrics:
                       st.alerts)
         yield counter("mamori_detection_storm_folded",
                       "Occurrences folded into storm aggregates", st.storm_folded)
-        derived = CounterMetricFamily("mamori_detection_derived",
-                                      "Derived findings by kind (sequences, link layer)",
-                                      labels=["kind"])
-        for name, n in sorted(dict(st.derived).items()):
-            derived.add_metric([str(name)], n)
-        yield derived
+        yield by_label("mamori_detection_derived",
+                       "Derived findings by kind (sequences, link layer)", "kind",
+                       dict(st.derived))
 
     def _outputs(self) -> Iterator[Metric]:
         outputs = self.sensor.outputs
@@ -282,12 +281,9 @@ class SensorMetrics:
         yield from (connected, inflight, rewinds)
         yield gauge("mamori_forward_journal_bytes", "Size of the forwarding journal on disk "
                     "(file and WAL)", file_bytes(journal.path))
-        unjournaled = CounterMetricFamily("mamori_forward_unjournaled",
-                                          "Writes the journal could not make (disk full), "
-                                          "by what", labels=["what"])
-        for what, n in sorted(dict(fw.unjournaled).items()):
-            unjournaled.add_metric([str(what)], n)
-        yield unjournaled
+        yield by_label("mamori_forward_unjournaled",
+                       "Writes the journal could not make (disk full), by what", "what",
+                       dict(fw.unjournaled))
 
 
 def sensor_collectors(sensor: Any, store: Path) -> list[Any]:

@@ -34,7 +34,7 @@ from sensor.detection.loader import SHIPPED_RULES
 from sensor.detection.settings import set_names
 from sensor.pipeline import PipelineConfig
 from sensor.replay import replay_files
-from tests.conftest import require_tool, unavailable
+from tests.conftest import captured_on_lo, unavailable
 from tests.peers import dnp3_peer
 
 RULES = load_rules([SHIPPED_RULES], set_names())
@@ -132,13 +132,7 @@ def _make(tmp: Path) -> Traffic | None:
 
 @pytest.fixture(scope="module")
 def traffic(tmp_path_factory: pytest.TempPathFactory) -> Traffic:
-    require_tool("tcpdump")
-    for _attempt in range(3):  # a re-run only if tcpdump itself missed a frame
-        made = _make(tmp_path_factory.mktemp("dnp3traffic"))
-        if made is not None:
-            return made
-    unavailable("tcpdump kept missing frames on lo")
-    raise AssertionError("unreachable")
+    return captured_on_lo(_make, tmp_path_factory, "dnp3traffic")
 
 
 def _config(port: int) -> PipelineConfig:

@@ -42,7 +42,7 @@ from sensor.detection.loader import SHIPPED_RULES
 from sensor.detection.settings import set_names
 from sensor.pipeline import PipelineConfig
 from sensor.replay import replay_files
-from tests.conftest import corpus_path, require_tool, unavailable
+from tests.conftest import captured_on_lo, corpus_path, unavailable
 from tests.peers import dnp3_peer, modbus_peer
 from tests.peers.capture import capture, capture_complete
 
@@ -147,13 +147,7 @@ def _timed(action: Callable[[], None]) -> Window:
 
 @pytest.fixture(scope="module")
 def modbus(tmp_path_factory: pytest.TempPathFactory) -> ModbusTraffic:
-    require_tool("tcpdump")
-    for _attempt in range(3):  # a re-run only if tcpdump itself missed a frame
-        made = _make_modbus(tmp_path_factory.mktemp("floods"))
-        if made is not None:
-            return made
-    unavailable("tcpdump kept missing frames on lo")
-    raise AssertionError("unreachable")
+    return captured_on_lo(_make_modbus, tmp_path_factory, "floods")
 
 
 def _make_modbus(tmp: Path) -> ModbusTraffic | None:
@@ -425,13 +419,7 @@ def _make_dnp3(tmp: Path) -> Dnp3Traffic | None:
 
 @pytest.fixture(scope="module")
 def dnp3(tmp_path_factory: pytest.TempPathFactory) -> Dnp3Traffic:
-    require_tool("tcpdump")
-    for _attempt in range(3):  # a re-run only if tcpdump itself missed a frame
-        made = _make_dnp3(tmp_path_factory.mktemp("floods_dnp3"))
-        if made is not None:
-            return made
-    unavailable("tcpdump kept missing frames on lo")
-    raise AssertionError("unreachable")
+    return captured_on_lo(_make_dnp3, tmp_path_factory, "floods_dnp3")
 
 
 def _dnp3_ports(port: int) -> PipelineConfig:

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PROJECT, corpus_path, unavailable
-from tests.netns import CLIENT_IP, SERVER_IP, SpanLab, available
+from tests.conftest import PROJECT, corpus_path
+from tests.netns import CLIENT_IP, SERVER_IP, SpanLab, lab_or_skip
 
 MAMORI = str(Path(sys.executable).parent / "mamori")
 SAMPLE_PEER = str(PROJECT / "samples" / "make_modbus_sample.py")
@@ -38,14 +38,8 @@ COLLECTOR_PORT = 7790
 
 @pytest.fixture
 def lab() -> Iterator[SpanLab]:
-    why = available()
-    if why is not None:
-        unavailable(why)
-    span = SpanLab(prefix="mme2e").setup()
-    try:
+    with lab_or_skip("mme2e") as span:
         yield span
-    finally:
-        span.close()
 
 
 def _keys(base: Path) -> None:

@@ -17,22 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import corpus_path, unavailable
-from tests.netns import SpanLab, available
+from tests.conftest import corpus_path
+from tests.netns import SpanLab, lab_or_skip
 
 MAMORI = str(Path(sys.executable).parent / "mamori")
 
 
 @pytest.fixture
 def lab() -> Iterator[SpanLab]:
-    why = available()
-    if why is not None:
-        unavailable(why)
-    span = SpanLab(prefix="mmhl").setup()
-    try:
+    with lab_or_skip("mmhl") as span:
         yield span
-    finally:
-        span.close()
 
 
 def _config(base: Path, ring_mb: int, silence: str) -> Path:

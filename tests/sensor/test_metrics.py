@@ -53,7 +53,7 @@ from sensor.metrics.server import (
 from sensor.metrics.settings import ListenAddress, parse_listen
 from sensor.wire import Kind
 from tests.conftest import corpus_path, require_tool, unavailable
-from tests.netns import SpanLab, available
+from tests.netns import SpanLab, lab_or_skip
 
 MAMORI = str(Path(sys.executable).parent / "mamori")
 
@@ -330,14 +330,8 @@ PORTS_FILTER = "tcp.port in {502, 20000} or udp.port in {502, 20000}"
 
 @pytest.fixture
 def lab() -> Iterator[SpanLab]:
-    why = available()
-    if why is not None:
-        unavailable(why)
-    span = SpanLab(prefix="mmmet").setup()
-    try:
+    with lab_or_skip("mmmet") as span:
         yield span
-    finally:
-        span.close()
 
 
 def _tshark_frames(capture: Path) -> list[int]:
