@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-from collections.abc import Callable
+import subprocess
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -91,3 +92,14 @@ def captured_on_lo(make: Callable[[Path], T | None], tmp: pytest.TempPathFactory
             return made
     unavailable("tcpdump kept missing frames on lo")
     raise AssertionError("unreachable")
+
+
+def stop_all(procs: Sequence[subprocess.Popen[Any]]) -> None:
+    """Stop what a test started, the last first: SIGTERM, then SIGKILL after 10 s."""
+    for proc in reversed(procs):
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PROJECT, corpus_path
+from tests.conftest import PROJECT, corpus_path, stop_all
 from tests.netns import CLIENT_IP, SERVER_IP, SpanLab, lab_or_skip
 
 MAMORI = str(Path(sys.executable).parent / "mamori")
@@ -145,11 +145,5 @@ def test_span_port_end_to_end(lab: SpanLab, tmp_path: Path) -> None:
         sources = {a.get("src") for a in alerts}
         assert sources <= {CLIENT_IP, SERVER_IP, None, "cap0"}, sources
     finally:
-        for proc in reversed(procs):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+        stop_all(procs)
         notify.close()

@@ -52,7 +52,7 @@ from sensor.metrics.server import (
 )
 from sensor.metrics.settings import ListenAddress, parse_listen
 from sensor.wire import Kind
-from tests.conftest import corpus_path, require_tool, unavailable
+from tests.conftest import corpus_path, require_tool, stop_all, unavailable
 from tests.netns import SpanLab, lab_or_skip
 
 MAMORI = str(Path(sys.executable).parent / "mamori")
@@ -492,13 +492,7 @@ def test_sensor_and_collector_metrics_equal_the_oracles(lab: SpanLab, tmp_path: 
         out, _ = sensor.communicate(timeout=30)
         assert sensor.returncode == 0, out
     finally:
-        for proc in reversed(procs):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+        stop_all(procs)
 
 
 DEBIAN_SCRAPE = """
