@@ -23,10 +23,10 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
-from sensor.advisories.csaf import CsafError, document_files, read_document  # noqa: E402
-from sensor.advisories.index import AdvisoryIndex  # noqa: E402
-from sensor.advisories.matcher import Matcher  # noqa: E402
-from sensor.advisories.normalise import default_tables  # noqa: E402
+from mamori.sensor.advisories.csaf import CsafError, document_files, read_document  # noqa: E402
+from mamori.sensor.advisories.index import AdvisoryIndex  # noqa: E402
+from mamori.sensor.advisories.matcher import Matcher  # noqa: E402
+from mamori.sensor.advisories.normalise import default_tables  # noqa: E402
 
 LABELS = PROJECT / "tests" / "sensor" / "advisory_labels.toml"
 

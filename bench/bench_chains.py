@@ -28,13 +28,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from parsers.modbus.events import ModbusRequest
-from parsers.modbus.pdu import EmptyPdu, WriteSingleRegister
-from parsers.stream import FlowId, Transport
-from sensor.detection import Detector, load_rules
-from sensor.detection.loader import SHIPPED_RULES
-from sensor.detection.settings import set_names
-from sensor.detection.windows import v_windows
+from mamori.parsers.modbus.events import ModbusRequest
+from mamori.parsers.modbus.pdu import EmptyPdu, WriteSingleRegister
+from mamori.parsers.stream import FlowId, Transport
+from mamori.sensor.detection import Detector, load_rules
+from mamori.sensor.detection.loader import SHIPPED_RULES
+from mamori.sensor.detection.settings import set_names
+from mamori.sensor.detection.windows import v_windows
 
 RULES = load_rules([SHIPPED_RULES], set_names())
 START = 1_700_000_000.0

@@ -19,11 +19,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sensor.detection import Detector, load_rules
-from sensor.detection.loader import SHIPPED_RULES
-from sensor.detection.settings import set_names
-from sensor.pipeline import PipelineConfig
-from sensor.replay import replay_files
+from mamori.parsers.pipeline import PipelineConfig
+from mamori.sensor.capture.replay import replay_files
+from mamori.sensor.detection import Detector, load_rules
+from mamori.sensor.detection.loader import SHIPPED_RULES
+from mamori.sensor.detection.settings import set_names
 
 PORTS = PipelineConfig(modbus_ports=frozenset({502, 15020}),
                        dnp3_ports=frozenset({20000, *range(20030, 20035)}))

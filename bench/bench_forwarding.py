@@ -21,14 +21,14 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
-from sensor.collector.storage import SqliteStorage  # noqa: E402
-from sensor.keys import generate  # noqa: E402
+from mamori.sensor.collector.storage import SqliteStorage  # noqa: E402
+from mamori.sensor.forwarding.keys import generate  # noqa: E402
 
 SENSOR = """
 import sys, time
-from sensor import config as cfg
-from sensor.alerts import Alert, Severity
-from sensor.forwarder import Forwarder
+from mamori.sensor import config as cfg
+from mamori.parsers.alerts import Alert, Severity
+from mamori.sensor.forwarding.forwarder import Forwarder
 fw = Forwarder(cfg.load(sys.argv[1])).start()
 for i in range(1, int(sys.argv[2]) + 1):
     t = time.time()
@@ -63,7 +63,7 @@ def main() -> int:
                      f'collectors = [{{endpoint = "{endpoint}", '
                      f'server_key = "{coll / "keys" / "collector.pub"}"}}]\n')
         sensor_confs.append(c)
-    collector = subprocess.Popen([sys.executable, "-m", "sensor.forwarding_cli", "collect",
+    collector = subprocess.Popen([sys.executable, "-m", "mamori.sensor.forwarding.cli", "collect",
                                   "--config", str(conf), "--duration", "300"], cwd=PROJECT,
                                  stderr=subprocess.PIPE)
     assert collector.stderr is not None

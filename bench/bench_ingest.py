@@ -53,10 +53,10 @@ sys.path.insert(0, str(PROJECT))
 import zmq  # noqa: E402
 
 from bench.ingest_sim import frame  # noqa: E402
-from sensor.collector.server import _stored  # noqa: E402
-from sensor.collector.storage import message_rows, open_storage  # noqa: E402
-from sensor.keys import generate  # noqa: E402
-from sensor.wire import decode  # noqa: E402
+from mamori.parsers.wire import decode  # noqa: E402
+from mamori.sensor.collector.server import _stored  # noqa: E402
+from mamori.sensor.collector.storage import message_rows, open_storage  # noqa: E402
+from mamori.sensor.forwarding.keys import generate  # noqa: E402
 from tests.peers.postgres import pg_bin, postgres_cluster  # noqa: E402
 
 BATCH = 1000  # about what the collector commits per round at full load (25 ms of reading)
@@ -96,7 +96,8 @@ class Site:
 
     @contextmanager
     def collector(self) -> Iterator[subprocess.Popen[bytes]]:
-        proc = subprocess.Popen([sys.executable, *self.profile, "-m", "sensor.forwarding_cli",
+        proc = subprocess.Popen([sys.executable, *self.profile,
+                                 "-m", "mamori.sensor.forwarding.cli",
                                  "collect",
                                  "--config", str(self.conf)], cwd=PROJECT,
                                 stderr=subprocess.PIPE)
@@ -178,7 +179,7 @@ def commit_latencies(engine: str, tmp: Path, dsn: str, rate: float,
     reads in ``ROUND_SECONDS`` at ``rate``), measured in this run: the floor under the
     collector's share of the latency, set by the disk's fsync and, for PostgreSQL, the
     server on the same cores. Its p99 is what a p99 target has to be read against."""
-    from sensor.collector.server import ROUND_SECONDS
+    from mamori.sensor.collector.server import ROUND_SECONDS
 
     per_round = max(1, int(rate * ROUND_SECONDS))
     rows = batches(per_round)[0][0]

@@ -43,9 +43,9 @@ from tests.sensor.test_collector import Site  # noqa: E402
 
 SENSOR = """
 import sys, time
-from sensor import config as cfg
-from sensor.alerts import Alert, Severity
-from sensor.forwarder import Forwarder
+from mamori.sensor import config as cfg
+from mamori.parsers.alerts import Alert, Severity
+from mamori.sensor.forwarding.forwarder import Forwarder
 fw = Forwarder(cfg.load(sys.argv[1])).start()
 n, interval = int(sys.argv[2]), float(sys.argv[3])
 start = time.monotonic()
@@ -137,10 +137,10 @@ async def js_reader(urls: list[str], path: Path_, total: int, stop: threading.Ev
 
 
 def catch_up(args: argparse.Namespace) -> int:
-    from sensor import config as cfg
-    from sensor import forwarding_options  # noqa: F401  (registers [collect])
-    from sensor.collector.jetstream import JetStreamSettings, status_report
-    from sensor.wire import Kind
+    from mamori.parsers.wire import Kind
+    from mamori.sensor import config as cfg
+    from mamori.sensor.collector.jetstream import JetStreamSettings, status_report
+    from mamori.sensor.forwarding import options as forwarding_options  # noqa: F401  (registers [collect])
 
     tmp = Path(tempfile.mkdtemp(prefix="mamori-bench-js-"))
     cluster = NatsCluster(tmp / "nats", args.nodes)

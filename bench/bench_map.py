@@ -19,7 +19,7 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
-from sensor.web.commap import MapFilter, map_for  # noqa: E402
+from mamori.sensor.web.commap import MapFilter, map_for  # noqa: E402
 from tests.web.mapsite import make_site  # noqa: E402
 
 

@@ -22,11 +22,11 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
-from sensor.alerts import Alert, Severity  # noqa: E402
-from sensor.capture.pcapfile import read_capture_tuples  # noqa: E402
-from sensor.metrics.sensor_metrics import EventKinds, store_metrics  # noqa: E402
-from sensor.pipeline import Pipeline  # noqa: E402
-from sensor.store import Store  # noqa: E402
+from mamori.parsers.alerts import Alert, Severity  # noqa: E402
+from mamori.parsers.pipeline import Pipeline  # noqa: E402
+from mamori.sensor.alerting.store import Store  # noqa: E402
+from mamori.sensor.capture.pcapfile import read_capture_tuples  # noqa: E402
+from mamori.sensor.metrics.sensor_metrics import EventKinds, store_metrics  # noqa: E402
 
 CAPTURE = PROJECT.parent / "shared" / "corpus" / "suricata-verify" / "tests" / "modbus" / \
     "modbus.pcap"

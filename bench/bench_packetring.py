@@ -26,9 +26,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sensor.capture.pcapfile import read_capture_batches  # noqa: E402
-from sensor.packetring import PacketRing  # noqa: E402
-from sensor.pipeline import Pipeline, PipelineConfig  # noqa: E402
+from mamori.parsers.packetring import PacketRing  # noqa: E402
+from mamori.parsers.pipeline import Pipeline, PipelineConfig  # noqa: E402
+from mamori.sensor.capture.pcapfile import read_capture_batches  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "corpus"
 MAMORI = str(ROOT / ".venv" / "bin" / "mamori")

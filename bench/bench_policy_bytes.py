@@ -24,15 +24,15 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
-from sensor import config as cfg  # noqa: E402
-from sensor.advisories.national import IdentityFeed  # noqa: E402
-from sensor.alerts import Alert, Severity  # noqa: E402
-from sensor.detection.settings import build_detector  # noqa: E402
-from sensor.forwarder import Forwarder  # noqa: E402
-from sensor.keys import generate  # noqa: E402
-from sensor.pipeline import PipelineConfig  # noqa: E402
-from sensor.replay import replay_files  # noqa: E402
-from sensor.wire import Kind  # noqa: E402
+from mamori.parsers.alerts import Alert, Severity  # noqa: E402
+from mamori.parsers.pipeline import PipelineConfig  # noqa: E402
+from mamori.parsers.wire import Kind  # noqa: E402
+from mamori.sensor import config as cfg  # noqa: E402
+from mamori.sensor.advisories.national import IdentityFeed  # noqa: E402
+from mamori.sensor.capture.replay import replay_files  # noqa: E402
+from mamori.sensor.detection.settings import build_detector  # noqa: E402
+from mamori.sensor.forwarding.forwarder import Forwarder  # noqa: E402
+from mamori.sensor.forwarding.keys import generate  # noqa: E402
 from tests.pcaprewrite import rewrite  # noqa: E402
 
 ALL = '["ip", "mac", "unit", "link", "identity"]'

@@ -40,8 +40,8 @@ sys.path.insert(0, str(PROJECT / "bench"))
 
 import sim_sensors  # noqa: E402
 
-from sensor.collector.storage import SqliteStorage  # noqa: E402
-from sensor.keys import generate  # noqa: E402
+from mamori.sensor.collector.storage import SqliteStorage  # noqa: E402
+from mamori.sensor.forwarding.keys import generate  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -98,7 +98,7 @@ def one_run(n: int, args: argparse.Namespace) -> dict[str, Any]:
     conf = tmp / "collector.toml"
     conf.write_text(f'[sensor]\nstate_dir = "{coll}"\n[collect]\nlisten = ["{endpoint}"]\n'
                     'publish = ""\nreplay_interval = 1.0\n')
-    proc = subprocess.Popen([sys.executable, "-m", "sensor.forwarding_cli", "collect",
+    proc = subprocess.Popen([sys.executable, "-m", "mamori.sensor.forwarding.cli", "collect",
                              "--config", str(conf)], cwd=PROJECT, stderr=subprocess.PIPE)
     assert proc.stderr is not None
     line = proc.stderr.readline()

@@ -26,9 +26,9 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
-from sensor.alerts import Alert, Severity  # noqa: E402
-from sensor.store import Store  # noqa: E402
-from sensor.web.auth import create_token_file  # noqa: E402
+from mamori.parsers.alerts import Alert, Severity  # noqa: E402
+from mamori.sensor.alerting.store import Store  # noqa: E402
+from mamori.sensor.web.auth import create_token_file  # noqa: E402
 from tests.web.conftest import WebProcess  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"

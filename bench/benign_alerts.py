@@ -19,12 +19,12 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from sensor.alerts import Severity
-from sensor.detection import Detector, load_rules
-from sensor.detection.loader import SHIPPED_RULES
-from sensor.detection.settings import set_names
-from sensor.pipeline import PipelineConfig
-from sensor.replay import replay_files
+from mamori.parsers.alerts import Severity
+from mamori.parsers.pipeline import PipelineConfig
+from mamori.sensor.capture.replay import replay_files
+from mamori.sensor.detection import Detector, load_rules
+from mamori.sensor.detection.loader import SHIPPED_RULES
+from mamori.sensor.detection.settings import set_names
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 BENIGN = ("ct-samples/Protocols/Modbus/ModbusTCP/Plant1_ModbusTCP.pcap",

@@ -29,7 +29,7 @@ LOUD = {"medium", "high", "critical"}
 
 
 def _mamori(*args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "sensor.cli", *args], capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "mamori.sensor.cli", *args], capture_output=True,
                           text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"mamori {' '.join(args)}: exit {done.returncode}: "
@@ -43,7 +43,7 @@ def _loud(alerts: Path) -> Counter[str]:
 
 
 def _span(capture: Path) -> float:
-    from parsers.capfile import CaptureFileParser  # this checkout's reader
+    from mamori.parsers.capfile import CaptureFileParser  # this checkout's reader
 
     parser = CaptureFileParser()
     parser.receive(capture.read_bytes())

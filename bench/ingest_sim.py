@@ -27,8 +27,8 @@ sys.path.insert(0, str(PROJECT))
 
 import zmq  # noqa: E402
 
-from sensor.alerts import Alert, Severity  # noqa: E402
-from sensor.wire import Ack, Kind, alert_body, decode_control, encode  # noqa: E402
+from mamori.parsers.alerts import Alert, Severity  # noqa: E402
+from mamori.parsers.wire import Ack, Kind, alert_body, decode_control, encode  # noqa: E402
 
 
 def frame(seq: int, ts: float) -> bytes:

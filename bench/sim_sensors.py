@@ -48,8 +48,8 @@ PROJECT = Path(__file__).resolve().parents[1]
 if str(PROJECT) not in sys.path:
     sys.path.insert(0, str(PROJECT))
 
-from sensor.alerts import Alert, Severity  # noqa: E402
-from sensor.wire import Ack, Kind, WireError, alert_body, decode_control, encode  # noqa: E402
+from mamori.parsers.alerts import Alert, Severity  # noqa: E402
+from mamori.parsers.wire import Ack, Kind, WireError, alert_body, decode_control, encode  # noqa: E402
 
 HEARTBEAT, ALERT = 0, 1  # timer kinds
 

@@ -31,8 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
-from parsers.packet import ip_to_str
-from parsers.stream import FlowId, Transport
+from mamori.parsers.packet import ip_to_str
+from mamori.parsers.stream import FlowId, Transport
 
 __all__ = ["HandshakeTable", "Pending", "TransportEvent", "TransportKind"]
 

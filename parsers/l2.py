@@ -25,8 +25,8 @@ import struct
 from dataclasses import dataclass
 from enum import Enum
 
-from parsers.packet import MAX_VLAN_DEPTH
-from parsers.stream import FlowId
+from mamori.parsers.packet import MAX_VLAN_DEPTH
+from mamori.parsers.stream import FlowId
 
 __all__ = ["ARP_ETHERTYPE", "ArpEvent", "ArpOp", "ArpProblem", "MacPairEvent", "MacPairKind",
            "decode_arp"]

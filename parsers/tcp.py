@@ -80,7 +80,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from parsers.stream import Direction, FlowId, StreamParser
+from mamori.parsers.stream import Direction, FlowId, StreamParser
 
 TCP_FIN = 0x01
 TCP_SYN = 0x02

@@ -16,19 +16,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from sensor import (
-    daemon_cli,
-    detection_cli,
-    export_cli,
-    forwarding_cli,
-    subscribe_cli,
-    web_cli,
-    zeek_cli,
-)
-from sensor.advisories import cli as advisories_cli
-from sensor.paths import OutputError, check_input, check_output, describe, open_output
-from sensor.pipeline import PipelineConfig
-from sensor.replay import progress_stream, replay_files
+from mamori.parsers.pipeline import PipelineConfig
+from mamori.sensor.advisories import cli as advisories_cli
+from mamori.sensor.alerting import export_cli
+from mamori.sensor.capture.replay import progress_stream, replay_files
+from mamori.sensor.collector import subscribe_cli
+from mamori.sensor.daemon import cli as daemon_cli
+from mamori.sensor.detection import cli as detection_cli
+from mamori.sensor.forwarding import cli as forwarding_cli
+from mamori.sensor.paths import OutputError, check_input, check_output, describe, open_output
+from mamori.sensor.verify import cli as zeek_cli
+from mamori.sensor.web import cli as web_cli
 
 
 def _version() -> str:
@@ -138,7 +136,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             else:
                 events_out = stack.enter_context(open_output(args.events))
         if zeek is not None:
-            from sensor.zeek import replay_zeek_logs
+            from mamori.sensor.capture.zeek import replay_zeek_logs
 
             summary = replay_zeek_logs(zeek, events_out=events_out, extra_sinks=sinks)
         else:

@@ -2,7 +2,7 @@
 
 It follows the kernel's semantics (net/core/filter.c, ``bpf_check_classic``): a load
 past the end of the frame ends the program with 0 (drop), A and X are 32-bit, the
-scratch memory has 16 words. Only what libpcap and ``sensor.capture.bpf`` emit is
+scratch memory has 16 words. Only what libpcap and ``mamori.sensor.capture.bpf`` emit is
 implemented; anything else raises, so a new opcode cannot pass unnoticed. The
 kernel itself is the oracle for this interpreter (tests/sensor/test_bpf.py).
 """

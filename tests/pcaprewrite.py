@@ -14,7 +14,7 @@ import socket
 import struct
 from pathlib import Path
 
-from parsers.capfile import CaptureFileParser
+from mamori.parsers.capfile import CaptureFileParser
 
 ICS_PORTS = frozenset({502, 20000})
 

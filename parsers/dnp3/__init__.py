@@ -1,6 +1,6 @@
 """DNP3 (IEEE 1815) over TCP and UDP: a sans-IO parser and its events."""
 
-from parsers.dnp3.events import (
+from mamori.parsers.dnp3.events import (
     FUNCTION_NAMES,
     AnalogOutput,
     ClassData,
@@ -21,7 +21,7 @@ from parsers.dnp3.events import (
     event_fields,
     function_name,
 )
-from parsers.dnp3.parser import DNP3Parser
+from mamori.parsers.dnp3.parser import DNP3Parser
 
 __all__ = [
     "FUNCTION_NAMES",

@@ -22,7 +22,7 @@ from __future__ import annotations
 from struct import Struct
 from typing import NamedTuple
 
-from parsers.dnp3.events import (
+from mamori.parsers.dnp3.events import (
     FUNCTION_NAMES,
     AnalogOutput,
     ClassData,
@@ -35,7 +35,7 @@ from parsers.dnp3.events import (
     ObjectHeader,
     TimeValue,
 )
-from parsers.dnp3.objects import (
+from mamori.parsers.dnp3.objects import (
     ATTRIBUTE,
     BIT1,
     BIT2,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from parsers.stream import Direction, FlowId, Transport
+from mamori.parsers.stream import Direction, FlowId, Transport
 
 
 class DNP3Anomaly(enum.Enum):

@@ -20,8 +20,8 @@ from __future__ import annotations
 from struct import Struct
 from typing import NamedTuple
 
-from parsers.dnp3.crc import dnp3_crc
-from parsers.dnp3.events import DNP3Anomaly
+from mamori.parsers.dnp3.crc import dnp3_crc
+from mamori.parsers.dnp3.events import DNP3Anomaly
 
 HEADER_SIZE = 10
 MAX_FRAME_SIZE = 292

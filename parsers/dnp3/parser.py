@@ -1,7 +1,7 @@
 """``DNP3Parser``: link framing, transport reassembly, application decode, pairing.
 
 One parser per TCP connection or UDP conversation, driven through the
-``parsers.stream.StreamParser`` contract. Over UDP every ``receive`` is one
+``mamori.parsers.stream.StreamParser`` contract. Over UDP every ``receive`` is one
 datagram, and a frame cut at the end of a datagram is reported, not carried
 over.
 
@@ -20,8 +20,8 @@ its response; a response or unsolicited response with CON set waits in
 
 from __future__ import annotations
 
-from parsers.dnp3.app import NO_RESPONSE_FCS, parse_fragment
-from parsers.dnp3.events import (
+from mamori.parsers.dnp3.app import NO_RESPONSE_FCS, parse_fragment
+from mamori.parsers.dnp3.events import (
     DNP3Anomaly,
     DNP3AnomalyEvent,
     DNP3Application,
@@ -33,9 +33,9 @@ from parsers.dnp3.events import (
     is_known_link_function,
     link_function_name,
 )
-from parsers.dnp3.link import LinkError, LinkFrame, LinkReader
-from parsers.dnp3.transport import Problem, TransportReassembler, reassembly_key
-from parsers.stream import Direction, FlowId, Transport
+from mamori.parsers.dnp3.link import LinkError, LinkFrame, LinkReader
+from mamori.parsers.dnp3.transport import Problem, TransportReassembler, reassembly_key
+from mamori.parsers.stream import Direction, FlowId, Transport
 
 _USER_DATA_FUNCTIONS = (3, 4)  # confirmed / unconfirmed user data
 

@@ -19,7 +19,7 @@ bounds memory.
 
 from __future__ import annotations
 
-from parsers.dnp3.events import DNP3Anomaly
+from mamori.parsers.dnp3.events import DNP3Anomaly
 
 FIN = 0x80
 FIR = 0x40

@@ -1,20 +1,20 @@
 """Modbus/TCP: a sans-IO parser that turns reassembled bytes into typed events.
 
-``ModbusParser`` implements :class:`parsers.stream.StreamParser`; it returns
+``ModbusParser`` implements :class:`mamori.parsers.stream.StreamParser`; it returns
 :class:`ModbusRequest`, :class:`ModbusResponse` and :class:`ModbusAnomalyEvent`
 values. ``event_fields`` renders any of them as JSON-ready fields.
 """
 
-from parsers.modbus.events import (
+from mamori.parsers.modbus.events import (
     ModbusAnomaly,
     ModbusAnomalyEvent,
     ModbusEvent,
     ModbusRequest,
     ModbusResponse,
 )
-from parsers.modbus.fields import event_fields, pdu_fields
-from parsers.modbus.parser import ModbusParser
-from parsers.modbus.pdu import (
+from mamori.parsers.modbus.fields import event_fields, pdu_fields
+from mamori.parsers.modbus.parser import ModbusParser
+from mamori.parsers.modbus.pdu import (
     CommEventCounterResponse,
     CommEventLogResponse,
     DeviceIdObject,
@@ -47,7 +47,7 @@ from parsers.modbus.pdu import (
     WriteSingleCoil,
     WriteSingleRegister,
 )
-from parsers.modbus.tables import (
+from mamori.parsers.modbus.tables import (
     DEVICE_ID_OBJECT_NAMES,
     DIAGNOSTIC_SUB_FUNCTIONS,
     EXCEPTION_NAMES,

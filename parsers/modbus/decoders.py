@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from itertools import chain
 from typing import Final
 
-from parsers.modbus.events import ModbusAnomaly
-from parsers.modbus.pdu import (
+from mamori.parsers.modbus.events import ModbusAnomaly
+from mamori.parsers.modbus.pdu import (
     CommEventCounterResponse,
     CommEventLogResponse,
     DeviceIdObject,
@@ -51,7 +51,7 @@ from parsers.modbus.pdu import (
     WriteSingleCoil,
     WriteSingleRegister,
 )
-from parsers.modbus.tables import (
+from mamori.parsers.modbus.tables import (
     COIL_OFF,
     COIL_ON,
     DIAGNOSTIC_FREE_DATA,

@@ -2,7 +2,7 @@
 
 Events are frozen, slotted dataclasses and deliberately small: they are built
 once per message on the hot path. The function-code specific content is the
-``pdu`` object (see :mod:`parsers.modbus.pdu`), decoded eagerly so that
+``pdu`` object (see :mod:`mamori.parsers.modbus.pdu`), decoded eagerly so that
 malformed content is reported at once; ``sub``, ``address`` and ``quantity``
 are lifted onto the event because rules match on them for every code.
 """
@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING
 
-from parsers.fastinit import fast_init
-from parsers.stream import Direction, FlowId
+from mamori.parsers.fastinit import fast_init
+from mamori.parsers.stream import Direction, FlowId
 
 if TYPE_CHECKING:
-    from parsers.modbus.pdu import Pdu
+    from mamori.parsers.modbus.pdu import Pdu
 
 
 class ModbusAnomaly(Enum):
@@ -59,7 +59,7 @@ class ModbusRequest:
     FC 43 MEI type, else ``None``. ``address``/``quantity`` are the data range
     the request touches where the function code has one (FC 23: the read
     range; the write range is on ``pdu``). ``pdu`` is the decoded PDU, or a
-    :class:`~parsers.modbus.pdu.RawPdu` for vendor codes and PDUs too short to
+    :class:`~mamori.parsers.modbus.pdu.RawPdu` for vendor codes and PDUs too short to
     decode (an anomaly event then follows).
     """
 

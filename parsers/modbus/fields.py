@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from parsers.modbus.events import ModbusAnomalyEvent, ModbusEvent, ModbusResponse
-from parsers.modbus.pdu import ExceptionPdu, Pdu, RawPdu, ReadDeviceIdResponse
-from parsers.modbus.tables import DIAGNOSTIC_SUB_FUNCTIONS, function_name
-from parsers.stream import Direction
+from mamori.parsers.modbus.events import ModbusAnomalyEvent, ModbusEvent, ModbusResponse
+from mamori.parsers.modbus.pdu import ExceptionPdu, Pdu, RawPdu, ReadDeviceIdResponse
+from mamori.parsers.modbus.tables import DIAGNOSTIC_SUB_FUNCTIONS, function_name
+from mamori.parsers.stream import Direction
 
 
 def _jsonable(value: object) -> object:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import struct
 from typing import Final
 
-from parsers.modbus.decoders import FUNCTION_DECODERS
+from mamori.parsers.modbus.decoders import FUNCTION_DECODERS
 
 #: tid, pid, length, unit, function code.
 MBAP_HEADER: Final = struct.Struct(">HHHBB")

@@ -1,6 +1,6 @@
 """``ModbusParser``: the sans-IO Modbus/TCP parser for one connection.
 
-It implements :class:`parsers.stream.StreamParser`. Per direction it keeps
+It implements :class:`mamori.parsers.stream.StreamParser`. Per direction it keeps
 only the bytes of an incomplete ADU (at most ``max_buffer``); a ``receive``
 call that holds whole ADUs is parsed in place, without copying into a
 buffer. Requests (``TO_SERVER``) are paired with responses by (tid, unit);
@@ -10,12 +10,12 @@ expiry (``request_timeout`` seconds without a response) drain the table to
 half the cap.
 
 Decoding is eager: each PDU is decoded by its function code's decoder
-(:mod:`parsers.modbus.decoders`) as it completes, so malformed content is
+(:mod:`mamori.parsers.modbus.decoders`) as it completes, so malformed content is
 reported at once and the events carry finished objects.
 
 Synchronisation: a header with pid != 0 or a length outside 2..254, or a
 call to :meth:`gap`, puts the direction into resync mode. The parser then
-discards bytes until a plausible header (:func:`parsers.modbus.mbap.find_header`)
+discards bytes until a plausible header (:func:`mamori.parsers.modbus.mbap.find_header`)
 and reports one ``RESYNC`` anomaly with the number of bytes skipped (0 when
 the stream resumed on an ADU boundary). Garbage is never buffered: when
 ``max_buffer`` bytes were skipped without a header, one ``NON_MODBUS_DATA``
@@ -32,15 +32,15 @@ from __future__ import annotations
 from collections import deque
 from typing import Final
 
-from parsers.modbus.decoders import REQUEST_DECODERS, RESPONSE_DECODERS, Problems
-from parsers.modbus.events import (
+from mamori.parsers.modbus.decoders import REQUEST_DECODERS, RESPONSE_DECODERS, Problems
+from mamori.parsers.modbus.events import (
     ModbusAnomaly,
     ModbusAnomalyEvent,
     ModbusEvent,
     ModbusRequest,
     ModbusResponse,
 )
-from parsers.modbus.mbap import (
+from mamori.parsers.modbus.mbap import (
     HEADER_SIZE,
     MAX_ADU,
     MAX_LENGTH,
@@ -48,9 +48,9 @@ from parsers.modbus.mbap import (
     MIN_LENGTH,
     find_header,
 )
-from parsers.modbus.pdu import ExceptionPdu, Pdu, RawPdu
-from parsers.modbus.tables import EXCEPTION_NAMES
-from parsers.stream import Direction, FlowId
+from mamori.parsers.modbus.pdu import ExceptionPdu, Pdu, RawPdu
+from mamori.parsers.modbus.tables import EXCEPTION_NAMES
+from mamori.parsers.stream import Direction, FlowId
 
 _UNPACK_HEADER: Final = MBAP_HEADER.unpack_from
 _OK: Final[Problems] = ()

@@ -1,6 +1,6 @@
 """Decoded Modbus PDUs: one small frozen class per function-code layout.
 
-The parser decodes every PDU eagerly (see :mod:`parsers.modbus.decoders`) and
+The parser decodes every PDU eagerly (see :mod:`mamori.parsers.modbus.decoders`) and
 puts the object on the event's ``pdu`` field. Classes that the request and
 the response share on the wire (FC 5, 6, 8, 21, 22) are one class.
 
@@ -39,8 +39,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from parsers.fastinit import fast_init
-from parsers.modbus.tables import (
+from mamori.parsers.fastinit import fast_init
+from mamori.parsers.modbus.tables import (
     COIL_OFF,
     COIL_ON,
     DIAGNOSTIC_SUB_FUNCTIONS,

@@ -18,13 +18,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from sensor import config as cfg
-from sensor.advisories.csaf import CsafError, NotAnAdvisory, document_files, read_document
-from sensor.advisories.index import AdvisoryIndex, AdvisoryIndexError
-from sensor.advisories.live import RULE, alerts_for, claim_alerts, index_beside
-from sensor.advisories.matcher import Confidence, Match, Matcher, frame_of
-from sensor.advisories.normalise import TablesError, default_tables
-from sensor.timefmt import iso_time
+from mamori.sensor import config as cfg
+from mamori.sensor.advisories.csaf import CsafError, NotAnAdvisory, document_files, read_document
+from mamori.sensor.advisories.index import AdvisoryIndex, AdvisoryIndexError
+from mamori.sensor.advisories.live import RULE, alerts_for, claim_alerts, index_beside
+from mamori.sensor.advisories.matcher import Confidence, Match, Matcher, frame_of
+from mamori.sensor.advisories.normalise import TablesError, default_tables
+from mamori.sensor.timefmt import iso_time
 
 __all__ = ["RULE", "add_collect_command", "alerts_for", "cmd_assets_vulnerable",
            "register_commands"]
@@ -75,12 +75,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def _config(args: argparse.Namespace) -> cfg.Config:
     if args.config is not None:
         return cfg.load(args.config)
-    from sensor.daemon import config_path_default
+    from mamori.sensor.daemon.run import config_path_default
     return cfg.load(config_path_default())
 
 
 def _paths(args: argparse.Namespace) -> tuple[Path, Path]:
-    from sensor.detection.settings import store_path
+    from mamori.sensor.detection.settings import store_path
 
     config = _config(args)
     store = args.store if args.store is not None else store_path(config)
@@ -173,7 +173,7 @@ def load_matches(index_path: Path, assets: Iterable[dict[str, Any]]) -> list[Mat
 
 
 def _assets(store_path: Path) -> list[dict[str, Any]]:
-    from sensor.store import Store
+    from mamori.sensor.alerting.store import Store
 
     with Store(store_path, readonly=True) as store:
         return store.assets()
@@ -181,7 +181,7 @@ def _assets(store_path: Path) -> list[dict[str, Any]]:
 
 def _evaluate(index_path: Path, store_path: Path, args: argparse.Namespace, *, alert: bool,
               quiet: bool) -> int:
-    from sensor.store import StoreError
+    from mamori.sensor.alerting.store import StoreError
 
     try:
         matches = load_matches(index_path, _assets(store_path))
@@ -204,8 +204,8 @@ def _evaluate(index_path: Path, store_path: Path, args: argparse.Namespace, *, a
 def raise_alerts(index_path: Path, store_path: Path, matches: Sequence[Match],
                  args: argparse.Namespace) -> int:
     """Store the alerts (and forward them when collectors are configured)."""
-    from sensor.alerting import AlertOutputs
-    from sensor.store import Store
+    from mamori.sensor.alerting.dispatch import AlertOutputs
+    from mamori.sensor.alerting.store import Store
 
     now = time.time()
     with AdvisoryIndex(index_path) as index:
@@ -217,8 +217,8 @@ def raise_alerts(index_path: Path, store_path: Path, matches: Sequence[Match],
                max_bytes=config.get("store", "max_bytes")) as store:
         forwarder = None
         if config.get("forward", "collectors"):
-            from sensor.forwarder import Forwarder
-            from sensor.keys import KeyFileError
+            from mamori.sensor.forwarding.forwarder import Forwarder
+            from mamori.sensor.forwarding.keys import KeyFileError
             try:
                 forwarder = Forwarder(config)
             except (KeyFileError, OSError) as err:
@@ -269,7 +269,7 @@ def describe_sighting(seen: Mapping[str, Any], key: str) -> str:
 
 def cmd_assets_vulnerable(args: argparse.Namespace) -> int:
     """``mamori assets --vulnerable``: affected and possibly affected devices only."""
-    from sensor.store import StoreError
+    from mamori.sensor.alerting.store import StoreError
 
     try:
         index_path, store_path = _paths(args)
@@ -309,9 +309,9 @@ def add_collect_command(collect_cmds: Any, config_flags: Callable[[Any, list[str
 
 
 def cmd_collect_advisories(args: argparse.Namespace) -> int:
-    from sensor.advisories.national import national_view, reported_assets
-    from sensor.collector.server import CollectorSettings
-    from sensor.collector.storage import open_storage
+    from mamori.sensor.advisories.national import national_view, reported_assets
+    from mamori.sensor.collector.server import CollectorSettings
+    from mamori.sensor.collector.storage import open_storage
 
     try:
         config = cfg.load(args.config, cfg.flag_overrides(args))

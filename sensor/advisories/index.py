@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from sensor.advisories.csaf import Advisory
+from mamori.sensor.advisories.csaf import Advisory
 
 SCHEMA_VERSION = 1
 

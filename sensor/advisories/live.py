@@ -25,10 +25,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sensor.advisories.index import AdvisoryIndex, AdvisoryIndexError
-from sensor.advisories.matcher import Confidence, Match, Matcher
-from sensor.advisories.normalise import Tables, TablesError, default_tables
-from sensor.alerts import Alert, Severity
+from mamori.parsers.alerts import Alert, Severity
+from mamori.sensor.advisories.index import AdvisoryIndex, AdvisoryIndexError
+from mamori.sensor.advisories.matcher import Confidence, Match, Matcher
+from mamori.sensor.advisories.normalise import Tables, TablesError, default_tables
 
 RULE = "mamori.advisory.affected_device"
 PRECURSOR = "A1"  # a new catalogue family: advisories (the device, not the traffic)

@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from sensor.advisories.index import IndexedProduct
-from sensor.advisories.normalise import Tables, compact_key, fold
-from sensor.advisories.versions import (
+from mamori.sensor.advisories.index import IndexedProduct
+from mamori.sensor.advisories.normalise import Tables, compact_key, fold
+from mamori.sensor.advisories.versions import (
     Key,
     Range,
     best_key,

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sensor.advisories.index import AdvisoryIndex
-from sensor.advisories.matcher import Confidence, Matcher
-from sensor.advisories.normalise import Tables, default_tables
-from sensor.wire import MAX_MAP, MAX_MESSAGE_BYTES, MAX_STR
+from mamori.parsers.wire import MAX_MAP, MAX_MESSAGE_BYTES, MAX_STR
+from mamori.sensor.advisories.index import AdvisoryIndex
+from mamori.sensor.advisories.matcher import Confidence, Matcher
+from mamori.sensor.advisories.normalise import Tables, default_tables
 
 IDENTITY_ENTRIES = MAX_MAP  # the wire's map limit; an asset's identity rarely has 20
 IDENTITY_BYTES = MAX_MESSAGE_BYTES - 1024  # the envelope, ip and timestamps fit in 1 kB

@@ -16,7 +16,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from sensor.advisories.versions import Scheme
+from mamori.sensor.advisories.versions import Scheme
 
 TABLES = Path(__file__).with_name("tables.toml")
 

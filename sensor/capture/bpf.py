@@ -5,7 +5,7 @@ drops everything that is not ours before it is copied to user space: on a busy
 SPAN port most frames are not Modbus or DNP3, and every frame we never see is
 CPU we keep for the ones we do.
 
-The program lets through exactly what the replay decoder (``parsers.packet``)
+The program lets through exactly what the replay decoder (``mamori.parsers.packet``)
 would turn into an event or an anomaly of ours, so live capture and replay of
 the same traffic agree:
 
@@ -21,7 +21,7 @@ the same traffic agree:
   again);
 * ARP (ethertype 0x0806) behind any of those tags: adversary-in-the-middle
   starts with forged ARP, and the pipeline decodes every ARP frame
-  (``parsers.l2``), malformed ones included (it counts those).
+  (``mamori.parsers.l2``), malformed ones included (it counts those).
 
 The port test is a list of ranges (runs of adjacent ports are merged), so the
 number of ports is bounded only by the kernel's 4096-instruction limit.
@@ -49,8 +49,8 @@ import struct
 from collections.abc import Iterable
 from functools import cache
 
-from parsers.l2 import ARP_ETHERTYPE
-from parsers.packet import MAX_IPV6_EXTENSIONS, MAX_VLAN_DEPTH
+from mamori.parsers.l2 import ARP_ETHERTYPE
+from mamori.parsers.packet import MAX_IPV6_EXTENSIONS, MAX_VLAN_DEPTH
 
 SO_ATTACH_FILTER = 26
 SNAPLEN = 262144
@@ -67,7 +67,7 @@ TAX, TXA = 0x07, 0x87
 JA, JEQ_K, JGT_K, JGE_K, JSET_K = 0x05, 0x15, 0x25, 0x35, 0x45
 RET_K = 0x06
 
-VLAN_TYPES = (0x8100, 0x88A8, 0x9100)  # as parsers.packet walks them
+VLAN_TYPES = (0x8100, 0x88A8, 0x9100)  # as mamori.parsers.packet walks them
 IPV6_EXT_8 = (0, 43, 60, 135, 139, 140, 253, 254)  # length in 8-octet units
 IPV6_AH, IPV6_FRAGMENT = 51, 44
 
@@ -187,7 +187,7 @@ def _ipv4(p: _Program) -> None:
 
 
 def _ipv6(p: _Program) -> None:
-    """Walk the extension header chain as ``parsers.packet._ipv6`` does (unrolled)."""
+    """Walk the extension header chain as ``mamori.parsers.packet._ipv6`` does (unrolled)."""
     p.label("ipv6")
     p.op(LDB_IND, 6)  # next header
     p.op(ST, 1)

@@ -34,7 +34,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from sensor.capture import bpf
+from mamori.sensor.capture import bpf
 
 SOL_PACKET = 263
 PACKET_ADD_MEMBERSHIP = 1

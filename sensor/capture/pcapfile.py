@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
-from parsers.capfile import CaptureFileError, CaptureFileParser, CaptureRecord, RecordTuple
+from mamori.parsers.capfile import CaptureFileError, CaptureFileParser, CaptureRecord, RecordTuple
 
 __all__ = ["CHUNK_SIZE", "read_capture", "read_capture_batches", "read_capture_tuples"]
 

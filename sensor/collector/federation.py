@@ -46,11 +46,8 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from sensor.alerts import Alert
-from sensor.collector.cursordb import open_cursor_db
-from sensor.collector.storage import SqlStorage, open_storage
-from sensor.keys import KeyPair, load_allow_list, resolve_key
-from sensor.wire import (
+from mamori.parsers.alerts import Alert
+from mamori.parsers.wire import (
     MAX_RELAY_PATH,
     Ack,
     Envelope,
@@ -63,6 +60,9 @@ from sensor.wire import (
     encode_relayed,
     restore_pseudonyms,
 )
+from mamori.sensor.collector.cursordb import open_cursor_db
+from mamori.sensor.collector.storage import SqlStorage, open_storage
+from mamori.sensor.forwarding.keys import KeyPair, load_allow_list, resolve_key
 
 log = logging.getLogger("mamori.federation")
 

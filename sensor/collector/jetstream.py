@@ -40,10 +40,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sensor import config as cfg
-from sensor.collector.cursordb import open_cursor_db
-from sensor.collector.storage import SqlStorage, open_storage
-from sensor.wire import Kind
+from mamori.parsers.wire import Kind
+from mamori.sensor import config as cfg
+from mamori.sensor.collector.cursordb import open_cursor_db
+from mamori.sensor.collector.storage import SqlStorage, open_storage
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_\-]")
 BATCH = 500  # messages read from storage and published per stream per round

@@ -17,8 +17,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sensor.collector.storage import SqlStorage
-from sensor.wire import (
+from mamori.parsers.wire import (
     RULES_CHUNK_BYTES,
     RulesChunk,
     RulesFetch,
@@ -26,6 +25,7 @@ from sensor.wire import (
     encode_chunk,
     encode_offer,
 )
+from mamori.sensor.collector.storage import SqlStorage
 
 REFRESH = 1.0  # seconds between reads of the offers table
 REOFFER = 2.0  # at most one offer per sensor in this many seconds

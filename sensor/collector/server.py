@@ -42,16 +42,7 @@ import zmq
 from zmq.utils import z85
 from zmq.utils.monitor import parse_monitor_message
 
-from sensor import config as cfg
-from sensor.collector.federation import Relay, RelayInbound, RelaySettings, ensure_routes
-from sensor.collector.jetstream import JetStreamPublisher, JetStreamSettings
-from sensor.collector.limits import ROUTER_OPTIONS, ensure_fd_limit
-from sensor.collector.rule_offers import RuleOffers
-from sensor.collector.storage import SqlStorage, StoredMessage, dumps, open_storage
-from sensor.keys import KeyFileError, load_allow_list, load_pair
-from sensor.linefile import LineFile as SiemFile
-from sensor.siem import CollectorSiem, CollectorSiemSettings
-from sensor.wire import (
+from mamori.parsers.wire import (
     KNOWN_VERSIONS,
     Ack,
     Envelope,
@@ -62,7 +53,16 @@ from sensor.wire import (
     encode_ack,
     encode_replay,
 )
-from sensor.wire import decode as decode_message
+from mamori.parsers.wire import decode as decode_message
+from mamori.sensor import config as cfg
+from mamori.sensor.alerting.linefile import LineFile as SiemFile
+from mamori.sensor.alerting.siem import CollectorSiem, CollectorSiemSettings
+from mamori.sensor.collector.federation import Relay, RelayInbound, RelaySettings, ensure_routes
+from mamori.sensor.collector.jetstream import JetStreamPublisher, JetStreamSettings
+from mamori.sensor.collector.limits import ROUTER_OPTIONS, ensure_fd_limit
+from mamori.sensor.collector.rule_offers import RuleOffers
+from mamori.sensor.collector.storage import SqlStorage, StoredMessage, dumps, open_storage
+from mamori.sensor.forwarding.keys import KeyFileError, load_allow_list, load_pair
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 _KIND_OF = operator.itemgetter(3)  # StoredMessage.kind
@@ -83,7 +83,7 @@ class CollectorSettings:
     replay_interval: float
     max_clock_skew: float = 30.0
     jetstream: JetStreamSettings | None = None  # [collect] nats_*: None = off
-    siem: CollectorSiemSettings | None = None  # EVE records, syslog (sensor.siem)
+    siem: CollectorSiemSettings | None = None  # EVE records, syslog (mamori.sensor.alerting.siem)
     retention: float = 0.0  # seconds; 0 = keep everything
     relay_keys_dir: Path | None = None  # federation: lower tiers trusted to relay to us
     upstream: RelaySettings | None = None  # federation: relay what we accept upward

@@ -17,7 +17,7 @@ and any counters, then commits once, and only then acknowledges: an ack always m
 
 Both engines take the same statements; only the placeholder, a few column types and
 the key of ``messages`` differ, so the two cannot drift apart. In PostgreSQL
-``messages`` is partitioned by day of ``received`` (``sensor.collector.partitions``), so
+``messages`` is partitioned by day of ``received`` (``mamori.sensor.collector.partitions``), so
 retention drops whole days; SQLite deletes rows.
 
 Writes are group commits: ``store_batch`` takes every message of a collector round in
@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from sensor.collector import partitions
+from mamori.sensor.collector import partitions
 
 _orjson: Any
 try:
@@ -473,7 +473,7 @@ class SqlStorage:
         return out
 
 
-    # -- reads for the JetStream publisher (sensor.collector.jetstream) -----------------
+    # -- reads for the JetStream publisher (mamori.sensor.collector.jetstream) -----------------
 
     def contigs(self) -> dict[tuple[str, int], int]:
         """Every stream and how far it is stored gap-free."""
@@ -513,7 +513,7 @@ class SqliteStorage(SqlStorage):
 
 class PostgresStorage(SqlStorage):
     """PostgreSQL through psycopg 3, for collectors serving many sensors; ``messages``
-    partitioned by day (``sensor.collector.partitions``)."""
+    partitioned by day (``mamori.sensor.collector.partitions``)."""
 
     placeholder = "%s"
     types = {"int": "BIGINT", "real": "DOUBLE PRECISION", "blob": "BYTEA",

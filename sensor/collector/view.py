@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sensor.alerts import Alert, Severity
-from sensor.collector.storage import SqlStorage
-from sensor.paths import sqlite_tables
+from mamori.parsers.alerts import Alert, Severity
+from mamori.sensor.collector.storage import SqlStorage
+from mamori.sensor.paths import sqlite_tables
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,11 +5,11 @@ Public API: :class:`Detector` (engine), :func:`load_rules` / :class:`RuleError`
 :class:`DerivedEvent` (deviations and health findings the rules match).
 """
 
-from sensor.detection.derived import DerivedEvent, DerivedKind
-from sensor.detection.engine import Detector
-from sensor.detection.inventory import BaselineError, BaselineState, Inventory
-from sensor.detection.loader import SHIPPED_RULES, RuleError, RuleProblem, load_rules
-from sensor.detection.model import Rule
+from mamori.sensor.detection.derived import DerivedEvent, DerivedKind
+from mamori.sensor.detection.engine import Detector
+from mamori.sensor.detection.inventory import BaselineError, BaselineState, Inventory
+from mamori.sensor.detection.loader import SHIPPED_RULES, RuleError, RuleProblem, load_rules
+from mamori.sensor.detection.model import Rule
 
 __all__ = [
     "SHIPPED_RULES",

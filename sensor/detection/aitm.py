@@ -38,10 +38,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from parsers.l2 import ArpEvent, ArpOp, MacPairEvent, MacPairKind
-from sensor.detection.bounded import DEFAULT_MAX_STATE, LruTable
-from sensor.detection.derived import DerivedEvent, DerivedKind
-from sensor.detection.inventory import Inventory
+from mamori.parsers.l2 import ArpEvent, ArpOp, MacPairEvent, MacPairKind
+from mamori.sensor.detection.bounded import DEFAULT_MAX_STATE, LruTable
+from mamori.sensor.detection.derived import DerivedEvent, DerivedKind
+from mamori.sensor.detection.inventory import Inventory
 
 WATCHED = frozenset({ArpEvent, MacPairEvent})
 _ANY = "0.0.0.0"

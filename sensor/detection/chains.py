@@ -7,7 +7,7 @@ alert or one more count of an open one) with the alert's id; when an occurrence
 completes a chain, the tracker gives back one alert naming every step: the step,
 the rule, the alert id and the time. A step's alert id is the detector's number for
 the aggregate; the store maps it to its row id when it writes the chain alert
-(:meth:`sensor.store.Store.resolve_steps`), so the ids in a stored or forwarded
+(:meth:`mamori.sensor.alerting.store.Store.resolve_steps`), so the ids in a stored or forwarded
 chain alert are those the operator and the collector know the step alerts by.
 
 Progress is greedy and ordered: an occurrence that fits the next step advances the
@@ -30,10 +30,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sensor.alerts import Alert
-from sensor.detection.bounded import DEFAULT_MAX_STATE, LruTable, log
-from sensor.detection.matcher import Peers, roles
-from sensor.detection.model import Category, Chain, ChainStep, Rule
+from mamori.parsers.alerts import Alert
+from mamori.sensor.detection.bounded import DEFAULT_MAX_STATE, LruTable, log
+from mamori.sensor.detection.matcher import Peers, roles
+from mamori.sensor.detection.model import Category, Chain, ChainStep, Rule
 
 DEFAULT_PER_TARGET = 32  # partial chains per outstation (chains x sources)
 PER_TARGET_TABLE = "chain partials per target"

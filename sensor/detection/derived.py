@@ -7,7 +7,7 @@ cycle that stopped). The inventory and the engine turn those findings into
 events, so B1-B5, M8, M9, D15 and S3 stay data in ``rules/`` like everything
 else. A rule matches them with ``proto: baseline|dnp3|sensor``, ``type:
 deviation|anomaly|health`` and ``anomaly: KIND``; the link-layer findings of
-:mod:`sensor.detection.aitm` carry ``proto: network``.
+:mod:`mamori.sensor.detection.aitm` carry ``proto: network``.
 """
 
 from __future__ import annotations

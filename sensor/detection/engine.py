@@ -34,21 +34,21 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from parsers.dnp3.events import DNP3Request, DNP3Unsolicited
-from parsers.modbus.events import ModbusRequest
-from parsers.modbus.pdu import WriteSingleCoil, WriteSingleRegister
-from parsers.stream import Transport
-from sensor.alerts import Alert, Severity
-from sensor.detection.aitm import WATCHED, AddressWatch
-from sensor.detection.bounded import DEFAULT_MAX_STATE, LruTable
-from sensor.detection.chains import ChainTracker
-from sensor.detection.derived import DerivedEvent, DerivedKind
-from sensor.detection.floods import WATCHED as FLOOD_WATCHED
-from sensor.detection.floods import FloodWatch
-from sensor.detection.inventory import Inventory
-from sensor.detection.matcher import INDEX_ATTR, Peers, compile_match, indexed, peers
-from sensor.detection.model import LEARNED_SETS, Category, Chain, GroupKey, Rule
-from sensor.detection.windows import MaintenanceWindow, Windows
+from mamori.parsers.alerts import Alert, Severity
+from mamori.parsers.dnp3.events import DNP3Request, DNP3Unsolicited
+from mamori.parsers.modbus.events import ModbusRequest
+from mamori.parsers.modbus.pdu import WriteSingleCoil, WriteSingleRegister
+from mamori.parsers.stream import Transport
+from mamori.sensor.detection.aitm import WATCHED, AddressWatch
+from mamori.sensor.detection.bounded import DEFAULT_MAX_STATE, LruTable
+from mamori.sensor.detection.chains import ChainTracker
+from mamori.sensor.detection.derived import DerivedEvent, DerivedKind
+from mamori.sensor.detection.floods import WATCHED as FLOOD_WATCHED
+from mamori.sensor.detection.floods import FloodWatch
+from mamori.sensor.detection.inventory import Inventory
+from mamori.sensor.detection.matcher import INDEX_ATTR, Peers, compile_match, indexed, peers
+from mamori.sensor.detection.model import LEARNED_SETS, Category, Chain, GroupKey, Rule
+from mamori.sensor.detection.windows import MaintenanceWindow, Windows
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _audit = logging.getLogger("mamori.maintenance")  # every alert a maintenance window downgraded
@@ -170,7 +170,7 @@ class DetectorStats:
     held: int = 0  # occurrences held while their client was learning
     excused: int = 0  # of those, excused because the client turned out to poll
     refused: int = 0  # clients refused as masters because they raised an alert
-    chains: int = 0  # campaign chains completed (sensor.detection.chains)
+    chains: int = 0  # campaign chains completed (mamori.sensor.detection.chains)
     maintenance: int = 0  # occurrences recorded at info inside a maintenance window
 
 

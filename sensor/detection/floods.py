@@ -45,16 +45,16 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
-from parsers.dnp3.events import (
+from mamori.parsers.dnp3.events import (
     DNP3Anomaly,
     DNP3AnomalyEvent,
     DNP3Request,
     DNP3Response,
     DNP3Unsolicited,
 )
-from parsers.stream import FlowId
-from sensor.detection.bounded import DEFAULT_MAX_STATE, LruTable
-from sensor.detection.derived import DerivedEvent, DerivedKind
+from mamori.parsers.stream import FlowId
+from mamori.sensor.detection.bounded import DEFAULT_MAX_STATE, LruTable
+from mamori.sensor.detection.derived import DerivedEvent, DerivedKind
 
 DEFAULT_FINGERPRINTS = 256  # per association: 16 sequence numbers of 16 distinct requests
 _LINKS_PER_FLOW = 16  # link pairs followed per connection; more are ignored (and counted)

@@ -35,17 +35,17 @@ from collections.abc import Callable, Mapping
 from enum import Enum
 from typing import Any
 
-from parsers.dnp3.events import (
+from mamori.parsers.dnp3.events import (
     DeviceAttribute,
     DNP3Request,
     DNP3Response,
     DNP3Unsolicited,
 )
-from parsers.modbus.events import ModbusRequest, ModbusResponse
-from parsers.modbus.pdu import ReadDeviceIdResponse, ReportServerIdResponse
-from parsers.stream import FlowId
-from sensor.detection.bounded import DEFAULT_MAX_STATE, LruTable, log
-from sensor.detection.derived import DerivedEvent, DerivedKind
+from mamori.parsers.modbus.events import ModbusRequest, ModbusResponse
+from mamori.parsers.modbus.pdu import ReadDeviceIdResponse, ReportServerIdResponse
+from mamori.parsers.stream import FlowId
+from mamori.sensor.detection.bounded import DEFAULT_MAX_STATE, LruTable, log
+from mamori.sensor.detection.derived import DerivedEvent, DerivedKind
 
 BASELINE_FORMAT = "mamori-baseline"
 BASELINE_VERSION = 1

@@ -15,9 +15,8 @@ shows them all.
 
 from __future__ import annotations
 
-import os
+import importlib.resources
 import re
-import sysconfig
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,14 +28,15 @@ from jsonschema.exceptions import ValidationError
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from parsers.dnp3.events import DNP3Anomaly
-from parsers.handshake import TransportKind
-from parsers.modbus.events import ModbusAnomaly
-from parsers.tcp import TcpAnomaly
-from sensor.alerts import Severity
-from sensor.config import parse_duration
-from sensor.detection.derived import DerivedKind
-from sensor.detection.model import (
+from mamori.parsers.alerts import Severity
+from mamori.parsers.dnp3.events import DNP3Anomaly
+from mamori.parsers.handshake import TransportKind
+from mamori.parsers.modbus.events import ModbusAnomaly
+from mamori.parsers.pipeline import PipelineAnomaly
+from mamori.parsers.tcp import TcpAnomaly
+from mamori.sensor.config import parse_duration
+from mamori.sensor.detection.derived import DerivedKind
+from mamori.sensor.detection.model import (
     Category,
     Chain,
     ChainStep,
@@ -51,27 +51,18 @@ from sensor.detection.model import (
     RulePacks,
     Threshold,
 )
-from sensor.pipeline import PipelineAnomaly
 
 # libyaml's loader when the wheel has it (about 10x faster; the same marks and errors).
 _LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def _shipped_rules() -> Path:
-    """Where the shipped rule packs are.
+    """Where the shipped rule packs are: the ``mamori.rules`` package's folder.
 
-    Beside the source tree in a checkout, an editable install and the Debian package
-    (/usr/share/mamori/rules); a wheel puts them under its install's data prefix
-    (``share/mamori/rules``, pyproject's data-files), system-wide or per user.
+    The same in a checkout (``rules/``, through ``mamori/rules``), an editable install,
+    a wheel and the Debian package, since the packs install as package data.
     """
-    beside = Path(__file__).resolve().parents[2] / "rules"
-    if beside.is_dir():
-        return beside
-    for scheme in (sysconfig.get_default_scheme(), f"{os.name}_user"):
-        candidate = Path(sysconfig.get_path("data", scheme)) / "share" / "mamori" / "rules"
-        if candidate.is_dir():
-            return candidate
-    return beside  # absent everywhere: errors name the place a checkout has them
+    return Path(str(importlib.resources.files("mamori.rules")))
 
 
 SHIPPED_RULES = _shipped_rules()

@@ -15,20 +15,20 @@ from collections.abc import Callable
 from enum import Enum
 from typing import Any, NamedTuple
 
-from parsers.dnp3.events import (
+from mamori.parsers.dnp3.events import (
     DNP3AnomalyEvent,
     DNP3LinkEvent,
     DNP3Request,
     DNP3Response,
     DNP3Unsolicited,
 )
-from parsers.handshake import TransportEvent
-from parsers.modbus.events import ModbusAnomalyEvent, ModbusRequest, ModbusResponse
-from parsers.stream import Direction
-from parsers.tcp import TcpAnomalyEvent
-from sensor.detection.derived import DerivedEvent
-from sensor.detection.model import Match, MsgType, ObjectPattern, Proto, Rule
-from sensor.pipeline import PipelineAnomalyEvent
+from mamori.parsers.handshake import TransportEvent
+from mamori.parsers.modbus.events import ModbusAnomalyEvent, ModbusRequest, ModbusResponse
+from mamori.parsers.pipeline import PipelineAnomalyEvent
+from mamori.parsers.stream import Direction
+from mamori.parsers.tcp import TcpAnomalyEvent
+from mamori.sensor.detection.derived import DerivedEvent
+from mamori.sensor.detection.model import Match, MsgType, ObjectPattern, Proto, Rule
 
 Predicate = Callable[[Any], bool]
 

@@ -2,7 +2,7 @@
 
 Rules are data (``rules/*.yaml``); these frozen classes are the parsed,
 validated form the engine interprets. Nothing here reads files or events:
-:mod:`sensor.detection.loader` builds the objects, :mod:`sensor.detection.matcher`
+:mod:`mamori.sensor.detection.loader` builds the objects, :mod:`mamori.sensor.detection.matcher`
 turns a :class:`Match` into a predicate once, and the engine evaluates it many
 times (parse once, match many).
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
-from sensor.alerts import Severity
+from mamori.parsers.alerts import Severity
 
 
 class Proto(Enum):

@@ -1,11 +1,11 @@
 """Detection's configuration keys, and building a Detector from a loaded config.
 
-Keys are registered into the one config schema (``sensor.config``) at import:
+Keys are registered into the one config schema (``mamori.sensor.config``) at import:
 ``[detection]`` for the engine, ``[store]`` for the local SQLite store and
 ``[sets]`` for the named address sets that rules refer to (allowed masters,
 engineering workstations, outstations). A mistyped set name in the config is
 rejected by the schema; in a rule, by the rule loader. ``[[maintenance.windows]]``
-declares planned engineering work (``sensor.detection.windows``).
+declares planned engineering work (``mamori.sensor.detection.windows``).
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sensor import config as cfg
-from sensor import packet_evidence as _packets  # noqa: F401  registers [packets]
-from sensor.detection.bounded import DEFAULT_MAX_STATE
-from sensor.detection.engine import Detector
-from sensor.detection.inventory import (
+from mamori.sensor import config as cfg
+from mamori.sensor.capture import packet_evidence as _packets  # noqa: F401  registers [packets]
+from mamori.sensor.detection.bounded import DEFAULT_MAX_STATE
+from mamori.sensor.detection.bundle import BundleRefused, BundleStore, Refusal
+from mamori.sensor.detection.engine import Detector
+from mamori.sensor.detection.inventory import (
     DEFAULT_MAX_ASSETS,
     DEFAULT_MIN_CYCLES,
     DEFAULT_MIN_SPAN,
@@ -28,10 +29,9 @@ from sensor.detection.inventory import (
     DEFAULT_REQUEST_WINDOW,
     Inventory,
 )
-from sensor.detection.loader import SHIPPED_RULES, RuleError, load_rules
-from sensor.detection.model import LEARNED_SETS, Rule
-from sensor.detection.windows import v_windows
-from sensor.rulebundle import BundleRefused, BundleStore, Refusal
+from mamori.sensor.detection.loader import SHIPPED_RULES, RuleError, load_rules
+from mamori.sensor.detection.model import LEARNED_SETS, Rule
+from mamori.sensor.detection.windows import v_windows
 
 log = logging.getLogger("mamori.rules")
 

@@ -33,10 +33,10 @@ from datetime import time as dtime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sensor.alerts import Alert, Severity
-from sensor.detection.bounded import LruTable
-from sensor.detection.matcher import Peers, roles
-from sensor.detection.model import Rule
+from mamori.parsers.alerts import Alert, Severity
+from mamori.sensor.detection.bounded import LruTable
+from mamori.sensor.detection.matcher import Peers, roles
+from mamori.sensor.detection.model import Rule
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 

@@ -17,7 +17,8 @@ from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from sensor.metrics.sensor_metrics import (
+from mamori.parsers.wire import JOURNALED_KINDS, Kind
+from mamori.sensor.metrics.sensor_metrics import (
     Part,
     PartErrors,
     by_label,
@@ -25,7 +26,6 @@ from sensor.metrics.sensor_metrics import (
     file_bytes,
     gauge,
 )
-from sensor.wire import JOURNALED_KINDS, Kind
 
 # counters key -> (metric name, help); every one is a monotonic count of the server's
 COUNTERS = {

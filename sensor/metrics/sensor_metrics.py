@@ -27,8 +27,8 @@ from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from sensor.alerts import Severity
-from sensor.journal import count_backlog
+from mamori.parsers.alerts import Severity
+from mamori.sensor.forwarding.journal import count_backlog
 
 log = logging.getLogger("mamori.metrics")
 

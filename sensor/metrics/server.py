@@ -2,7 +2,7 @@
 
 The endpoint needs no session token (a Prometheus server scrapes it) and shows only
 counters, never an alert's content; it is bound by the web page's rules instead
-(:func:`sensor.web.bind.check_bind`): loopback unless ``[metrics]
+(:func:`mamori.sensor.web.bind.check_bind`): loopback unless ``[metrics]
 management_interface`` names the box's management interface, never an address of a
 capture interface.
 
@@ -36,9 +36,9 @@ from prometheus_client import make_wsgi_app
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 
-from sensor import config as cfg
-from sensor.metrics.settings import ListenAddress, listen_address
-from sensor.web.bind import BindRefused, check_bind
+from mamori.sensor import config as cfg
+from mamori.sensor.metrics.settings import ListenAddress, listen_address
+from mamori.sensor.web.bind import BindRefused, check_bind
 
 log = logging.getLogger("mamori.metrics")
 

@@ -7,7 +7,7 @@ default port would make the second instance fail to start; each instance is give
 own port where metrics are wanted. The address is validated at load (file, line and
 key on a mistake); whether it is a safe place to listen (loopback, the management
 interface, never a capture interface) is checked at start, as for the web page
-(:mod:`sensor.web.bind`), because it needs the interfaces' addresses.
+(:mod:`mamori.sensor.web.bind`), because it needs the interfaces' addresses.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from sensor import config as cfg
+from mamori.sensor import config as cfg
 
 
 @dataclass(frozen=True, slots=True)

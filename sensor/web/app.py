@@ -32,24 +32,24 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sensor.alerts import Severity
-from sensor.timefmt import parse_time
-from sensor.web.assetview import MAX_ASSET_KEY, asset_view
-from sensor.web.attack import attack_name
-from sensor.web.audit import AuditError, OperatorAudit
-from sensor.web.auth import SESSION_COOKIE, Authenticator, Session, valid_operator
-from sensor.web.commap import MAP_CHOICES, MapFilter, map_for, parse_map_filter
-from sensor.web.data import AlertFilter, AlertRow, StoreReader
-from sensor.web.downloads import alerts_csv, assets_csv
-from sensor.web.evidence import evidence_rows
-from sensor.web.fcclass import classify
-from sensor.web.health import HealthSource
-from sensor.web.limits import BadParameter, RequestLimits, parse_id, query_id
-from sensor.web.pcaps import pcap_response, read_pcap
-from sensor.web.timeline import Timeline
-from sensor.web.timeline import render_svg as timeline_render
-from sensor.web.timeline import window as timeline_window
-from sensor.web.vulnerable import VulnerableView
+from mamori.parsers.alerts import Severity
+from mamori.sensor.timefmt import parse_time
+from mamori.sensor.web.assetview import MAX_ASSET_KEY, asset_view
+from mamori.sensor.web.attack import attack_name
+from mamori.sensor.web.audit import AuditError, OperatorAudit
+from mamori.sensor.web.auth import SESSION_COOKIE, Authenticator, Session, valid_operator
+from mamori.sensor.web.commap import MAP_CHOICES, MapFilter, map_for, parse_map_filter
+from mamori.sensor.web.data import AlertFilter, AlertRow, StoreReader
+from mamori.sensor.web.downloads import alerts_csv, assets_csv
+from mamori.sensor.web.evidence import evidence_rows
+from mamori.sensor.web.fcclass import classify
+from mamori.sensor.web.health import HealthSource
+from mamori.sensor.web.limits import BadParameter, RequestLimits, parse_id, query_id
+from mamori.sensor.web.pcaps import pcap_response, read_pcap
+from mamori.sensor.web.timeline import Timeline
+from mamori.sensor.web.timeline import render_svg as timeline_render
+from mamori.sensor.web.timeline import window as timeline_window
+from mamori.sensor.web.vulnerable import VulnerableView
 
 HERE = Path(__file__).parent
 
@@ -105,7 +105,7 @@ class WebContext:
     guidance: dict[str, str] = field(default_factory=dict)  # rule id -> operator guidance
     ack_problem: str | None = None
     vulnerable: VulnerableView | None = None  # CSAF matches of the assets (issue 18)
-    # /metrics: the Prometheus text and its content type (sensor.metrics); no login
+    # /metrics: the Prometheus text and its content type (mamori.sensor.metrics); no login
     metrics: Callable[[], tuple[bytes, str]] | None = None
     pcap_dir: Path | None = None  # where alert pcaps are (issue 20); None: not served
 

@@ -2,7 +2,7 @@
 the learned polling periods, from the stored asset, its pairs and the baseline.
 
 The store keeps each of these apart (``assets``, ``pairs``, ``baseline`` documents,
-see ``sensor.store``); this module joins them for one IP, so the template only
+see ``mamori.sensor.alerting.store``); this module joins them for one IP, so the template only
 lays out what is here. Everything is read from JSON the sensor wrote, so every
 field is read defensively: a missing or odd value is left out, never a crash.
 """
@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sensor.web.fcclass import classify, fc_of
-from sensor.web.fcnames import identity_label, label_name
+from mamori.sensor.web.fcclass import classify, fc_of
+from mamori.sensor.web.fcnames import identity_label, label_name
 
 MAX_ASSET_KEY = 100  # longer path parameters are no stored IP (IPv6 is at most 45)
 

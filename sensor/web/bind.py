@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Sequence
 
-from sensor.daemon_cli import _addresses  # `ip -j addr`, shared with check-iface
+from mamori.sensor.daemon.cli import _addresses  # `ip -j addr`, shared with check-iface
 
 AddressLookup = Callable[[str], list[str]]
 

@@ -3,7 +3,7 @@
 Why server-side SVG and no drawing library: the page's CSP allows scripts from this
 origin only and the Debian package ships what it runs; the one graph library Debian
 packages (libjs-d3) is a 2016 release. A deterministic layout computed here
-(:mod:`sensor.web.maplayout`) needs none of that, makes ``/map.svg`` the same picture as
+(:mod:`mamori.sensor.web.maplayout`) needs none of that, makes ``/map.svg`` the same picture as
 the page, and lets a test find every node and edge by its ``data-*`` attributes. The
 page's only script for the map (``static/map.js``) zooms and pans by the viewBox.
 
@@ -26,9 +26,9 @@ from typing import Any
 from urllib.parse import urlencode
 from xml.sax.saxutils import escape, quoteattr
 
-from sensor.alerts import Severity
-from sensor.web.fcclass import classify
-from sensor.web.maplayout import (
+from mamori.parsers.alerts import Severity
+from mamori.sensor.web.fcclass import classify
+from mamori.sensor.web.maplayout import (
     FONT,
     LABEL_INDENT,
     LINE,

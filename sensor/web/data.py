@@ -20,10 +20,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from sensor.alerts import Alert, Severity
-from sensor.store import _COLUMNS, _alert, pcap_of
-from sensor.web.audit import AUDIT_TABLE
-from sensor.web.limits import MAX_ID
+from mamori.parsers.alerts import Alert, Severity
+from mamori.sensor.alerting.store import _COLUMNS, _alert, pcap_of
+from mamori.sensor.web.audit import AUDIT_TABLE
+from mamori.sensor.web.limits import MAX_ID
 
 
 @dataclass(frozen=True, slots=True)

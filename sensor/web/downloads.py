@@ -3,8 +3,8 @@
 Served by the same app, so the session (or bearer token), the request limits and
 the security headers of every other route apply. The alert CSV streams the list
 newest first, a keyset page at a time over the page's own read-only queries
-(sensor.web.data), so a large store downloads in bounded memory; the rows are
-those of ``mamori alerts --csv`` (sensor.export).
+(mamori.sensor.web.data), so a large store downloads in bounded memory; the rows are
+those of ``mamori alerts --csv`` (mamori.sensor.alerting.export).
 """
 
 from __future__ import annotations
@@ -13,8 +13,14 @@ from collections.abc import Iterator
 
 from starlette.responses import StreamingResponse
 
-from sensor.export import ALERT_COLUMNS, ASSET_COLUMNS, alert_row, asset_row, csv_lines
-from sensor.web.data import AlertFilter, StoreReader
+from mamori.sensor.alerting.export import (
+    ALERT_COLUMNS,
+    ASSET_COLUMNS,
+    alert_row,
+    asset_row,
+    csv_lines,
+)
+from mamori.sensor.web.data import AlertFilter, StoreReader
 
 PAGE = 1000
 

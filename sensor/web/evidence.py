@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sensor.web.fcnames import exception_name, fc_name, group_name, iin_names, sub_name
+from mamori.sensor.web.fcnames import exception_name, fc_name, group_name, iin_names, sub_name
 
 
 @dataclass(frozen=True, slots=True)

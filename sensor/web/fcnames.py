@@ -4,7 +4,7 @@ DNP3 object groups, internal indications and identity keys.
 The codes' names are defined once, in ``parsers/`` (snake_case for Modbus, IEEE 1815
 upper case for DNP3, because they travel into JSON and rule packs); this module only
 turns them into the words an operator reads ("Write Single Register", "Cold Restart").
-Labels are those of the stored pair documents, as in :mod:`sensor.web.fcclass`:
+Labels are those of the stored pair documents, as in :mod:`mamori.sensor.web.fcclass`:
 ``"6"``, ``"8/4"`` (FC 8 sub-function 4), ``"43/14"`` (MEI type 14), ``"g12"``.
 """
 
@@ -13,16 +13,16 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from parsers.dnp3.events import FUNCTION_NAMES as DNP3_FUNCTION_NAMES
-from parsers.dnp3.objects import OBJECT_TABLE
-from parsers.modbus.tables import (
+from mamori.parsers.dnp3.events import FUNCTION_NAMES as DNP3_FUNCTION_NAMES
+from mamori.parsers.dnp3.objects import OBJECT_TABLE
+from mamori.parsers.modbus.tables import (
     DEVICE_ID_OBJECT_NAMES,
     DIAGNOSTIC_SUB_FUNCTIONS,
     EXCEPTION_NAMES,
     MEI_CANOPEN_GENERAL_REFERENCE,
     MEI_READ_DEVICE_ID,
 )
-from parsers.modbus.tables import FUNCTION_NAMES as MODBUS_FUNCTION_NAMES
+from mamori.parsers.modbus.tables import FUNCTION_NAMES as MODBUS_FUNCTION_NAMES
 
 # Words the tables abbreviate or that title case gets wrong.
 _WORDS: Final[dict[str, str]] = {
@@ -61,7 +61,7 @@ DNP3_ATTRIBUTE_NAMES: Final[dict[int, str]] = {
     252: "Manufacturer",
 }
 
-# ``iin`` is IIN1 << 8 | IIN2 (parsers.dnp3.events.DNP3Application).
+# ``iin`` is IIN1 << 8 | IIN2 (mamori.parsers.dnp3.events.DNP3Application).
 IIN_BITS: Final[dict[int, str]] = {
     8: "IIN1.0 all stations", 9: "IIN1.1 class 1 events", 10: "IIN1.2 class 2 events",
     11: "IIN1.3 class 3 events", 12: "IIN1.4 need time", 13: "IIN1.5 local control",

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sensor.web.data import StoreReader
+from mamori.sensor.web.data import StoreReader
 
 HealthSource = Callable[[], dict[str, Any]]
 

@@ -7,7 +7,7 @@ that: its longest URL is an alert list with filters (well under 1 KiB). So an ov
 request line is 414 and too many or too large header lines are 431, checked twice:
 
 * :func:`head_problem` on the raw bytes, before h11 parses them (the server's
-  protocol, :mod:`sensor.web.server`), which also reads and discards what the client
+  protocol, :mod:`mamori.sensor.web.server`), which also reads and discards what the client
   still sends after the refusal so that it reads the answer instead of a reset;
 * :class:`RequestLimits` on the ASGI scope, so any server (and the test client) gets
   the same answers.

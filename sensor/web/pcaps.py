@@ -1,6 +1,6 @@
 """``/alerts/ID/pcap``: the packets behind an alert, downloaded from the box (issue 20).
 
-The store records where ``sensor.packet_evidence`` wrote an alert's pcap. The page
+The store records where ``mamori.sensor.capture.packet_evidence`` wrote an alert's pcap. The page
 serves that file only if it is one of its own names, directly inside the configured
 pcap directory (symbolic links refused), so a tampered path in the store cannot
 make the page read anything else. The file is read whole, bounded, in a worker
@@ -14,8 +14,8 @@ from pathlib import Path
 
 from starlette.responses import Response
 
-from sensor.packet_evidence import PCAP_NAME
-from sensor.web.data import StoreReader
+from mamori.sensor.capture.packet_evidence import PCAP_NAME
+from mamori.sensor.web.data import StoreReader
 
 MEDIA_TYPE = "application/vnd.tcpdump.pcap"
 MAX_PCAP_BYTES = 256 * 1024 * 1024  # beyond [packets] flow_bytes' own maximum

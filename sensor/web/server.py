@@ -29,20 +29,20 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from sensor import config as cfg
-from sensor.advisories.live import index_beside
-from sensor.metrics.sensor_metrics import SensorMetrics, sensor_collectors
-from sensor.metrics.server import text_source
-from sensor.packet_evidence import pcap_directory
-from sensor.web.app import WebContext, create_app
-from sensor.web.audit import AuditError, OperatorAudit
-from sensor.web.auth import Authenticator, TokenFileError, read_token_file
-from sensor.web.bind import BindRefused, check_bind
-from sensor.web.data import StoreReader
-from sensor.web.health import HealthSource, LiveHealth, StoreHealth
-from sensor.web.limits import MAX_HEAD_BYTES, head_problem, refusal
-from sensor.web.settings import token_path
-from sensor.web.vulnerable import VulnerableView
+from mamori.sensor import config as cfg
+from mamori.sensor.advisories.live import index_beside
+from mamori.sensor.capture.packet_evidence import pcap_directory
+from mamori.sensor.metrics.sensor_metrics import SensorMetrics, sensor_collectors
+from mamori.sensor.metrics.server import text_source
+from mamori.sensor.web.app import WebContext, create_app
+from mamori.sensor.web.audit import AuditError, OperatorAudit
+from mamori.sensor.web.auth import Authenticator, TokenFileError, read_token_file
+from mamori.sensor.web.bind import BindRefused, check_bind
+from mamori.sensor.web.data import StoreReader
+from mamori.sensor.web.health import HealthSource, LiveHealth, StoreHealth
+from mamori.sensor.web.limits import MAX_HEAD_BYTES, head_problem, refusal
+from mamori.sensor.web.settings import token_path
+from mamori.sensor.web.vulnerable import VulnerableView
 
 log = logging.getLogger("mamori.web")
 
@@ -53,8 +53,8 @@ class WebSetupError(ValueError):
 
 def rule_guidance(conf: cfg.Config) -> dict[str, str]:
     """Operator guidance per rule id, from the configured rule packs ("" on failure)."""
-    from sensor.detection.loader import RuleError, load_rules
-    from sensor.detection.settings import rule_dirs, set_names
+    from mamori.sensor.detection.loader import RuleError, load_rules
+    from mamori.sensor.detection.settings import rule_dirs, set_names
 
     try:
         rules = load_rules(rule_dirs(conf), set_names())
@@ -91,7 +91,7 @@ def build_context(conf: cfg.Config, store: Path,
 
 
 def listen(conf: cfg.Config) -> socket.socket:
-    """A listening socket on the checked address (see :mod:`sensor.web.bind`)."""
+    """A listening socket on the checked address (see :mod:`mamori.sensor.web.bind`)."""
     try:
         host = check_bind(conf.get("web", "bind"), conf.get("capture", "interfaces"),
                           conf.get("web", "management_interface"))
@@ -126,7 +126,7 @@ class LimitedH11Protocol(H11Protocol):
 
     h11 alone gives up at 16 KiB with a 400 and closes while the client still sends,
     which the client sees as a reset. This checks the head before h11 sees it
-    (:func:`sensor.web.limits.head_problem`), answers, half-closes, and drops what
+    (:func:`mamori.sensor.web.limits.head_problem`), answers, half-closes, and drops what
     still arrives (up to DRAIN_BYTES or DRAIN_SECONDS) so that the answer is read.
     Only ``conn`` (replaced at construction), ``data_received`` and ``transport`` are
     touched: the same in uvicorn 0.17.6 and today's.
@@ -227,7 +227,7 @@ class WebThread:
 
 def daemon_starter(conf: cfg.Config) -> Callable[[Any], WebThread]:
     """For ``build_sensor(web=...)``: given the Sensor, start the page with live health."""
-    from sensor.detection.settings import store_path
+    from mamori.sensor.detection.settings import store_path
 
     def start(sensor: Any) -> WebThread:
         ctx = build_context(conf, store_path(conf),

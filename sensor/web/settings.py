@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sensor import config as cfg
+from mamori.sensor import config as cfg
 
 DEFAULT_PORT = 8470
 

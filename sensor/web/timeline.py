@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from html import escape
 
-from sensor.alerts import Severity
+from mamori.parsers.alerts import Severity
 
 DEFAULT_HOURS = 48
 MAX_HOURS = 14 * 24

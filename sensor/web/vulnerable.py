@@ -1,6 +1,6 @@
 """The asset view's "vulnerable devices": inventory identities against the CSAF index.
 
-The same matching as ``mamori assets --vulnerable`` (sensor.advisories): the index
+The same matching as ``mamori assets --vulnerable`` (mamori.sensor.advisories): the index
 beside the store (``advisories.db``, written by ``mamori advisories import``), the
 device identity the inventory learned from the wire, and only matches that name the
 product (exact: version in an affected range; product: version unknown or
@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sensor.advisories.index import AdvisoryIndex, AdvisoryIndexError
-from sensor.advisories.matcher import Confidence, Match, Matcher, frame_of
-from sensor.advisories.normalise import TablesError, default_tables
+from mamori.sensor.advisories.index import AdvisoryIndex, AdvisoryIndexError
+from mamori.sensor.advisories.matcher import Confidence, Match, Matcher, frame_of
+from mamori.sensor.advisories.normalise import TablesError, default_tables
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,7 @@ tshark's JSON (``--no-duplicate-keys``) turns repeated layers of one frame into 
 so a frame carrying two Modbus ADUs has ``mbtcp: [..., ...]``. We pair the i-th ``mbtcp``
 with the i-th ``modbus`` layer; when their counts differ (a PDU tshark could not
 dissect) the frame is reported as unaligned rather than guessed at. A DNP3 layer is read
-by sensor/verify.py's ``dnp3_layer``, the reading ``mamori verify`` makes of the same
+by sensor/verify/tshark.py's ``dnp3_layer``, the reading ``mamori verify`` makes of the same
 JSON through pyshark.
 """
 
@@ -17,7 +17,7 @@ from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 from typing import Any
 
-from sensor.verify import FrameAddress, TsharkFragment, TsharkSegment, dnp3_layer
+from mamori.sensor.verify.tshark import FrameAddress, TsharkFragment, TsharkSegment, dnp3_layer
 
 
 @dataclass(frozen=True)

@@ -124,13 +124,13 @@ def _full_schema() -> None:
     """Import every module that adds config sections, as ``mamori run`` does."""
     import importlib
 
-    for module in ("sensor.daemon", "sensor.forwarder"):
+    for module in ("mamori.sensor.daemon.run", "mamori.sensor.forwarding.forwarder"):
         with contextlib.suppress(ImportError):
             importlib.import_module(module)
 
 
 def test_default_config_validates() -> None:
-    from sensor import config as cfg
+    from mamori.sensor import config as cfg
 
     _full_schema()
     conf = cfg.load(DEFAULT_CONFIG)
@@ -141,7 +141,7 @@ def test_default_config_validates() -> None:
 def test_commented_examples_validate(tmp_path: Path, shipped: Path) -> None:
     """Uncomment every ``# key = value`` under its ``[section]`` (or ``[[section.key]]``):
     still a valid config."""
-    from sensor import config as cfg
+    from mamori.sensor import config as cfg
 
     _full_schema()
     known = {o.section for o in cfg.SCHEMA}
@@ -164,7 +164,7 @@ def test_commented_examples_validate(tmp_path: Path, shipped: Path) -> None:
 
 def test_shipped_collector_config_passes_check_config() -> None:
     """What debian/rules and deb-test run on it: every error at once, none expected."""
-    proc = subprocess.run([sys.executable, "-m", "sensor.cli", "check-config", "--config",
+    proc = subprocess.run([sys.executable, "-m", "mamori.sensor.cli", "check-config", "--config",
                            str(COLLECTOR_CONFIG), "--dump"], capture_output=True, text=True,
                           cwd=ROOT, timeout=60)
     assert proc.returncode == 0, proc.stderr
@@ -237,7 +237,7 @@ def test_collector_unit_starts_with_the_shipped_config(tmp_path: Path) -> None:
 
 def test_unit_command_lines_parse() -> None:
     """The subcommands and flags the units use exist in this tree's CLI."""
-    from sensor.cli import build_parser
+    from mamori.sensor.cli import build_parser
 
     parser = build_parser()
     commands = [
@@ -257,7 +257,7 @@ def test_unit_command_lines_parse() -> None:
 def test_collector_unit_has_descriptors_for_ten_thousand_sensors() -> None:
     """One descriptor per sensor connection; the unit's filter forbids setrlimit, so
     LimitNOFILE is the limit the collector runs with (docs/scale.md)."""
-    from sensor.collector.limits import fds_needed
+    from mamori.sensor.collector.limits import fds_needed
 
     unit = _directives("mamori-collector.service")
     assert unit["LimitNOFILE"] and int(unit["LimitNOFILE"][0]) >= fds_needed(10_000)

@@ -43,18 +43,22 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_the_wheel_carries_the_rules_and_installs_no_checkout_paths(installed: Path) -> None:
     probe = run(installed / "bin" / "python", "-c",
-                "import json, sensor, sensor.detection.loader as l; print(json.dumps("
-                "[sensor.__file__, str(l.SHIPPED_RULES), str(l.SCHEMA_FILE)]))",
+                "import json, importlib.util as u, mamori, mamori.sensor.detection.loader as l; "
+                "print(json.dumps([mamori.__file__, str(l.SHIPPED_RULES), str(l.SCHEMA_FILE), "
+                "[n for n in ('sensor', 'parsers', 'rules') if u.find_spec(n)]]))",
                 cwd=installed.parent)
     assert probe.returncode == 0, probe.stderr
-    module, rules, schema = json.loads(probe.stdout)
+    module, rules, schema, generic = json.loads(probe.stdout)
     assert Path(module).is_relative_to(installed), module
+    # One ``mamori`` namespace: no generic top-level names land in site-packages.
+    assert generic == [], generic
     assert Path(rules).is_relative_to(installed) and Path(schema).is_file(), rules
     assert {p.name for p in Path(rules).glob("*.yaml")} == {
         p.name for p in (PROJECT / "rules").glob("*.yaml")}
     web = run(installed / "bin" / "python", "-c",
               "import importlib.resources as r; print(sorted(p.name for p in "
-              "r.files('sensor.web').joinpath('templates').iterdir()))", cwd=installed.parent)
+              "r.files('mamori.sensor.web').joinpath('templates').iterdir()))",
+              cwd=installed.parent)
     assert web.returncode == 0, web.stderr
     assert web.stdout.strip() == str(sorted(
         p.name for p in (PROJECT / "sensor" / "web" / "templates").iterdir())), web.stdout

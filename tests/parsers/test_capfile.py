@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from parsers.capfile import CaptureFileError, CaptureFileParser, CaptureRecord
+from mamori.parsers.capfile import CaptureFileError, CaptureFileParser, CaptureRecord
 from tests.conftest import corpus_path, require_tool
 
 PCAPNG = "nDPI/tests/cfgs/default/pcap/dnp3.pcap"  # the corpus's one pcapng

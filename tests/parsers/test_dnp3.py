@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from parsers.dnp3 import (
+from mamori.parsers.dnp3 import (
     AnalogOutput,
     ClassData,
     ControlRelayOutput,
@@ -22,9 +22,9 @@ from parsers.dnp3 import (
     TimeValue,
     event_fields,
 )
-from parsers.dnp3.crc import crc_bytes, dnp3_crc
-from parsers.dnp3.objects import BIT1, BIT2, FREE, OBJECT_SPECS, lookup
-from parsers.stream import Direction, FlowId, Transport
+from mamori.parsers.dnp3.crc import crc_bytes, dnp3_crc
+from mamori.parsers.dnp3.objects import BIT1, BIT2, FREE, OBJECT_SPECS, lookup
+from mamori.parsers.stream import Direction, FlowId, Transport
 
 TCP = FlowId(Transport.TCP, "10.0.0.1", 40000, "10.0.0.2", 20000)
 UDP = FlowId(Transport.UDP, "10.0.0.1", 40000, "10.0.0.2", 20000)
@@ -123,7 +123,7 @@ def test_crc_known_vectors() -> None:
 
 
 def test_crc_odd_lengths_match_bytewise() -> None:
-    from parsers.dnp3.crc import CRC_TABLE
+    from mamori.parsers.dnp3.crc import CRC_TABLE
 
     data = bytes(range(37))
     for end in range(len(data) + 1):

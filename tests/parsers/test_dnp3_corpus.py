@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from parsers.dnp3 import DNP3AnomalyEvent, DNP3Application, DNP3Parser
-from parsers.stream import Direction, FlowId, Transport
+from mamori.parsers.dnp3 import DNP3AnomalyEvent, DNP3Application, DNP3Parser
+from mamori.parsers.stream import Direction, FlowId, Transport
 from tests.conftest import corpus_path
 
 PORTS = {20000, 20001, 20030, 20031, 20032, 20033, 20034}

@@ -5,9 +5,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from parsers.dnp3 import DNP3Parser
-from parsers.dnp3.crc import crc_bytes
-from parsers.stream import Direction, FlowId, Transport
+from mamori.parsers.dnp3 import DNP3Parser
+from mamori.parsers.dnp3.crc import crc_bytes
+from mamori.parsers.stream import Direction, FlowId, Transport
 
 FLOWS = [
     FlowId(Transport.TCP, "10.0.0.1", 40000, "10.0.0.2", 20000),

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from parsers.fastinit import fast_init
+from mamori.parsers.fastinit import fast_init
 
 
 @fast_init

@@ -4,7 +4,7 @@ Two namespaces joined by a veth pair: one datagram (an ARP request and reply) an
 arpspoof's forged replies, captured once on the Ethernet interface and once on
 ``any`` (Linux cooked capture, SLL2: the sender's MAC only); the Ethernet frames
 are also written again behind two 802.1Q tags (QinQ; this kernel has no
-VLAN devices). Every ARP frame is decoded by ``parsers.l2.decode_arp`` and
+VLAN devices). Every ARP frame is decoded by ``mamori.parsers.l2.decode_arp`` and
 compared field by field with tshark's dissection of the same file; damaged ARP
 is an ``ArpProblem``, never an exception.
 """
@@ -22,8 +22,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from parsers.l2 import ArpEvent, ArpOp, ArpProblem, decode_arp
-from sensor.capture.pcapfile import read_capture
+from mamori.parsers.l2 import ArpEvent, ArpOp, ArpProblem, decode_arp
+from mamori.sensor.capture.pcapfile import read_capture
 from tests import netns
 from tests.conftest import require_tool, unavailable
 from tests.peers.modbus_peer import terminate

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from parsers.modbus import (
+from mamori.parsers.modbus import (
     CommEventCounterResponse,
     CommEventLogResponse,
     DeviceIdObject,
@@ -47,7 +47,7 @@ from parsers.modbus import (
     WriteSingleRegister,
     event_fields,
 )
-from parsers.stream import Direction, FlowId, Transport
+from mamori.parsers.stream import Direction, FlowId, Transport
 
 FLOW = FlowId(Transport.TCP, "192.0.2.10", 49152, "192.0.2.20", 502)
 C2S = Direction.TO_SERVER

@@ -13,14 +13,14 @@ from typing import Any
 
 import pytest
 
-from parsers.modbus import (
+from mamori.parsers.modbus import (
     ModbusAnomaly,
     ModbusAnomalyEvent,
     ModbusParser,
     ModbusRequest,
     ModbusResponse,
 )
-from parsers.stream import Direction, FlowId, Transport
+from mamori.parsers.stream import Direction, FlowId, Transport
 from tests.conftest import corpus_path, require_tool
 
 #: Capture → the anomalies it really contains (kind names, in order).

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from parsers.modbus import ModbusAnomalyEvent, ModbusParser, ModbusRequest, ModbusResponse
-from parsers.stream import Direction, FlowId, Transport
+from mamori.parsers.modbus import ModbusAnomalyEvent, ModbusParser, ModbusRequest, ModbusResponse
+from mamori.parsers.stream import Direction, FlowId, Transport
 
 FLOW = FlowId(Transport.TCP, "203.0.113.1", 1024, "203.0.113.2", 502)
 EVENT_TYPES = (ModbusRequest, ModbusResponse, ModbusAnomalyEvent)

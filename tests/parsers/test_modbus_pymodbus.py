@@ -14,8 +14,8 @@ from pymodbus.pdu import mei_message as mei
 from pymodbus.pdu import other_message as other
 from pymodbus.pdu import register_message as regs
 
-from parsers.modbus import ModbusAnomalyEvent, ModbusParser, ModbusRequest, ModbusResponse
-from parsers.stream import Direction, FlowId, Transport
+from mamori.parsers.modbus import ModbusAnomalyEvent, ModbusParser, ModbusRequest, ModbusResponse
+from mamori.parsers.stream import Direction, FlowId, Transport
 
 FLOW = FlowId(Transport.TCP, "198.51.100.1", 50000, "198.51.100.2", 502)
 FRAMER = FramerSocket(DecodePDU(False))

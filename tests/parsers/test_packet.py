@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from parsers.capfile import CaptureFileParser
-from parsers.packet import (
+from mamori.parsers.capfile import CaptureFileParser
+from mamori.parsers.packet import (
     Decoded,
     DecodeProblem,
     PacketAnomaly,

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from parsers.stream import Direction, FlowId, Transport
-from parsers.tcp import (
+from mamori.parsers.stream import Direction, FlowId, Transport
+from mamori.parsers.tcp import (
     TCP_ACK,
     TCP_FIN,
     TCP_PSH,

@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from parsers.dnp3 import DNP3AnomalyEvent, DNP3Parser
-from parsers.modbus import ModbusAnomalyEvent, ModbusParser
-from parsers.stream import Direction, FlowId, Transport
+from mamori.parsers.dnp3 import DNP3AnomalyEvent, DNP3Parser
+from mamori.parsers.modbus import ModbusAnomalyEvent, ModbusParser
+from mamori.parsers.stream import Direction, FlowId, Transport
 from tests.conftest import corpus_path
 
 FLOW = FlowId(Transport.TCP, "192.0.2.1", 40000, "192.0.2.2", 502)

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from parsers.capfile import CaptureFileParser
+from mamori.parsers.capfile import CaptureFileParser
 
 TIMEOUT = 10.0  # seconds for any single wait
 

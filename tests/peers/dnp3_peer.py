@@ -21,7 +21,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
-from parsers.dnp3.crc import crc_bytes  # the sensor's CRC, tested against the spec vectors
+from mamori.parsers.dnp3.crc import crc_bytes  # the sensor's CRC, tested against the spec vectors
 from tests.peers.capture import CaptureStats, capture, capture_complete
 from tests.peers.modbus_peer import HOST, free_port
 

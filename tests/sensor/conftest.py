@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from sensor.advisories.csaf import document_files, read_document
-from sensor.advisories.index import AdvisoryIndex
-from sensor.advisories.matcher import Matcher
-from sensor.advisories.normalise import default_tables
+from mamori.sensor.advisories.csaf import document_files, read_document
+from mamori.sensor.advisories.index import AdvisoryIndex
+from mamori.sensor.advisories.matcher import Matcher
+from mamori.sensor.advisories.normalise import default_tables
 from tests.conftest import csaf_path
 
 

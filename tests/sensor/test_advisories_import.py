@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from sensor.advisories import csaf
-from sensor.advisories.csaf import CsafError, document_files, read_document
-from sensor.advisories.index import AdvisoryIndex
+from mamori.sensor.advisories import csaf
+from mamori.sensor.advisories.csaf import CsafError, document_files, read_document
+from mamori.sensor.advisories.index import AdvisoryIndex
 from tests.conftest import csaf_path
 
 M340 = "ot/2023/icsa-23-201-01.json"  # Schneider Electric, Modicon M340 < SV3.51
@@ -185,8 +185,8 @@ def test_newer_revision_replaces_older_is_kept(tmp_path: Path) -> None:
 def test_feed_is_skipped_not_rejected(tmp_path: Path, capsys: pytest.CaptureFixture[str]
                                       ) -> None:
     """The real ROLIE feed, renamed so the name rule does not skip it: skipped by content."""
-    from sensor.advisories.csaf import NotAnAdvisory
-    from sensor.cli import main
+    from mamori.sensor.advisories.csaf import NotAnAdvisory
+    from mamori.sensor.cli import main
 
     feed = tmp_path / "usb" / "index.json"
     feed.parent.mkdir()
@@ -206,7 +206,7 @@ def test_feed_is_skipped_not_rejected(tmp_path: Path, capsys: pytest.CaptureFixt
 
 def test_cli_reports_a_rejected_document_with_its_location(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from sensor.cli import main
+    from mamori.sensor.cli import main
 
     doc = _doc()
     doc["vulnerabilities"][0]["cve"] = "CVE-23-1"

@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 
-from sensor.advisories.live import alerts_for
-from sensor.advisories.matcher import Confidence, Match, Matcher
-from sensor.advisories.normalise import default_tables, load_tables
-from sensor.advisories.versions import parse_range, parse_versions, version_key
-from sensor.detection.inventory import Inventory
-from sensor.pipeline import PipelineConfig
-from sensor.replay import replay_files
+from mamori.parsers.pipeline import PipelineConfig
+from mamori.sensor.advisories.live import alerts_for
+from mamori.sensor.advisories.matcher import Confidence, Match, Matcher
+from mamori.sensor.advisories.normalise import default_tables, load_tables
+from mamori.sensor.advisories.versions import parse_range, parse_versions, version_key
+from mamori.sensor.capture.replay import replay_files
+from mamori.sensor.detection.inventory import Inventory
 from tests.conftest import corpus_captures, corpus_path
 
 SCHEME = default_tables().scheme
@@ -200,7 +200,7 @@ def test_corpus_zeek_logs_identities(matcher: Matcher, capsys: pytest.CaptureFix
     ICSNPP dnp3_objects (group 0); the corpus's baselines hold neither for a device
     of the CISA set, so nothing may be reported as affected or possibly affected.
     """
-    from sensor.zeek.source import replay_zeek_logs
+    from mamori.sensor.capture.zeek.source import replay_zeek_logs
 
     dirs = sorted({p.parent for p in corpus_path("").rglob("*.log")})
     assert dirs
@@ -355,8 +355,8 @@ def test_catalogue_number_is_no_span() -> None:
 def test_part_number_placeholders(name: str, prefix: str | None) -> None:
     """Trailing x placeholders in a part number act like "BMXP34*"; a version or a short
     number does not."""
-    from sensor.advisories.matcher import _PLACEHOLDER
-    from sensor.advisories.normalise import compact_key
+    from mamori.sensor.advisories.matcher import _PLACEHOLDER
+    from mamori.sensor.advisories.normalise import compact_key
 
     found = [compact_key(m).upper() for m in _PLACEHOLDER.findall(name)]
     assert [f for f in found if len(f) >= 5] == ([prefix] if prefix else [])

@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from sensor.advisories.national import IdentityFeed, asset_body
-from sensor.cli import main
-from sensor.wire import MAX_MAP, MAX_MESSAGE_BYTES, MAX_STR, Kind, decode, encode
+from mamori.parsers.wire import MAX_MAP, MAX_MESSAGE_BYTES, MAX_STR, Kind, decode, encode
+from mamori.sensor.advisories.national import IdentityFeed, asset_body
+from mamori.sensor.cli import main
 from tests.conftest import csaf_path, unavailable
 from tests.peers.modbus_peer import free_port
 from tests.sensor.test_advisories_traffic import (

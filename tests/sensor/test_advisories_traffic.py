@@ -34,17 +34,17 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from sensor import config as cfg
-from sensor.advisories.csaf import read_document
-from sensor.advisories.index import AdvisoryIndex
-from sensor.advisories.live import AdvisoryWatch
-from sensor.advisories.matcher import Confidence, Match, Matcher
-from sensor.cli import main
-from sensor.pipeline import PipelineConfig
-from sensor.store import Store
-from sensor.web.app import create_app
-from sensor.web.auth import create_token_file
-from sensor.web.server import build_context
+from mamori.parsers.pipeline import PipelineConfig
+from mamori.sensor import config as cfg
+from mamori.sensor.advisories.csaf import read_document
+from mamori.sensor.advisories.index import AdvisoryIndex
+from mamori.sensor.advisories.live import AdvisoryWatch
+from mamori.sensor.advisories.matcher import Confidence, Match, Matcher
+from mamori.sensor.alerting.store import Store
+from mamori.sensor.cli import main
+from mamori.sensor.web.app import create_app
+from mamori.sensor.web.auth import create_token_file
+from mamori.sensor.web.server import build_context
 from tests.conftest import csaf_path, require_tool, unavailable
 from tests.peers.capture import capture
 from tests.peers.modbus_peer import free_port, terminate

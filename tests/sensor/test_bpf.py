@@ -1,6 +1,6 @@
 """The kernel capture filter, frame by frame, against three oracles.
 
-1. The replay decoder (``parsers.packet.decode``): live capture must let through
+1. The replay decoder (``mamori.parsers.packet.decode``): live capture must let through
    exactly the frames replay would turn into one of our events or anomalies.
 2. ``tcpdump -dd``: libpcap's compiler on the same ports, over the frames where its
    ``port`` primitive means what ours does (no IPv4 fragments, no IPv6 extension
@@ -21,9 +21,15 @@ from pathlib import Path
 
 import pytest
 
-from parsers.l2 import decode_arp
-from parsers.packet import MAX_IPV6_EXTENSIONS, MAX_VLAN_DEPTH, Decoded, PacketAnomaly, decode
-from sensor.capture import bpf
+from mamori.parsers.l2 import decode_arp
+from mamori.parsers.packet import (
+    MAX_IPV6_EXTENSIONS,
+    MAX_VLAN_DEPTH,
+    Decoded,
+    PacketAnomaly,
+    decode,
+)
+from mamori.sensor.capture import bpf
 from tests import bpfvm
 from tests.conftest import PROJECT, require_tool
 
@@ -254,7 +260,7 @@ def test_a_user_expression_is_compiled_by_libpcap_and_applied_after_ours() -> No
 
 KERNEL_PEER = r"""
 import json, socket, struct, sys, select
-from sensor.capture import bpf
+from mamori.sensor.capture import bpf
 frames = [bytes.fromhex(h) for h in json.loads(sys.stdin.read())]
 rx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
 rx.setsockopt(socket.SOL_SOCKET, 33, 64 << 20)  # SO_RCVBUFFORCE: hold every frame sent
@@ -314,8 +320,8 @@ def test_the_kernel_runs_the_program_as_the_interpreter_does() -> None:
 
 
 def test_the_capture_filter_option_is_checked_at_load_with_its_line(tmp_path: Path) -> None:
-    from sensor import config as cfg
-    from sensor import daemon  # noqa: F401  registers [capture]
+    from mamori.sensor import config as cfg
+    from mamori.sensor.daemon import run as daemon  # noqa: F401  registers [capture]
 
     good = tmp_path / "good.toml"
     good.write_text('[capture]\nfilter = "net 10.1.0.0/16 and not host 10.1.0.9"\n')

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from sensor.web.auth import create_token_file
+from mamori.sensor.web.auth import create_token_file
 from tests.conftest import PROJECT, corpus_path
 
 MAMORI = str(Path(sys.executable).parent / "mamori")
@@ -467,10 +467,10 @@ def test_a_journal_that_cannot_be_opened_at_start_up_is_named(tmp_path: Path) ->
     """The fallback when load's checks were skipped or the journal changed since."""
     import sqlite3
 
-    from sensor import config as cfg
-    from sensor.detection_cli import forwarding_problem
-    from sensor.forwarder import Forwarder
-    from sensor.keys import generate
+    from mamori.sensor import config as cfg
+    from mamori.sensor.detection.cli import forwarding_problem
+    from mamori.sensor.forwarding.forwarder import Forwarder
+    from mamori.sensor.forwarding.keys import generate
 
     generate("sensor", tmp_path / "keys")
     generate("collector", tmp_path / "keys")

@@ -23,7 +23,7 @@ COLLECTOR_FLAGS = ("--listen", "--keys-dir", "--db", "--dsn", "--publish", "--js
 
 
 def mamori(*argv: str, python: str | None = None) -> subprocess.CompletedProcess[str]:
-    command = [python, "-m", "sensor.cli"] if python else [MAMORI]
+    command = [python, "-m", "mamori.sensor.cli"] if python else [MAMORI]
     return subprocess.run([*command, *argv], capture_output=True, text=True, timeout=120,
                           cwd=PROJECT, env={**os.environ, "PYTHONPATH": str(PROJECT)})
 

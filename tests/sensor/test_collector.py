@@ -17,9 +17,9 @@ import msgpack
 import pytest
 import zmq
 
-from sensor.collector.storage import PostgresStorage, SqliteStorage, SqlStorage
-from sensor.keys import generate, load_pair, read_key
-from sensor.wire import Kind
+from mamori.parsers.wire import Kind
+from mamori.sensor.collector.storage import PostgresStorage, SqliteStorage, SqlStorage
+from mamori.sensor.forwarding.keys import generate, load_pair, read_key
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -28,9 +28,9 @@ PROJECT = Path(__file__).resolve().parents[2]
 SENSOR = """
 import sys, time
 from pathlib import Path
-from sensor import config as cfg
-from sensor.alerts import Alert, Severity
-from sensor.forwarder import Forwarder
+from mamori.sensor import config as cfg
+from mamori.parsers.alerts import Alert, Severity
+from mamori.sensor.forwarding.forwarder import Forwarder
 conf, n, interval, flush = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
 fw = Forwarder(cfg.load(conf), health=lambda: {"pps": 1.0, "drops": 0, "flows": 1}).start()
 print("epoch", fw.epoch, flush=True)
@@ -100,7 +100,7 @@ class Site:
 
     def start_collector(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sensor.forwarding_cli", "collect", "--config",
+            [sys.executable, "-m", "mamori.sensor.forwarding.cli", "collect", "--config",
              str(self.collector_conf), "--duration", "60"], cwd=PROJECT,
             stderr=subprocess.PIPE)
         assert self.proc.stderr is not None
@@ -227,7 +227,7 @@ def test_hostile_clients_are_rejected_and_counted_while_good_sensors_are_served(
         good.communicate(timeout=30)
         wait_for(lambda: len(alert_seqs(site, "s0")) == 20, 10, "the good sensor's alerts")
         status = subprocess.run(
-            [sys.executable, "-m", "sensor.forwarding_cli", "collect", "status", "--config",
+            [sys.executable, "-m", "mamori.sensor.forwarding.cli", "collect", "status", "--config",
              str(site.collector_conf), "--json"], cwd=PROJECT, capture_output=True,
             timeout=30, check=True)
         rows = {r["name"]: r for r in json.loads(status.stdout)}
@@ -248,9 +248,9 @@ def test_hostile_clients_are_rejected_and_counted_while_good_sensors_are_served(
 
 SWARM = """
 import sys, time
-from sensor import config as cfg
-from sensor.alerts import Alert, Severity
-from sensor.forwarder import Forwarder
+from mamori.sensor import config as cfg
+from mamori.parsers.alerts import Alert, Severity
+from mamori.sensor.forwarding.forwarder import Forwarder
 n = int(sys.argv[1])
 fws = [Forwarder(cfg.load(c)).start() for c in sys.argv[2:]]
 for i in range(1, n + 1):

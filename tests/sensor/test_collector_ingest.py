@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from sensor.collector import storage
-from sensor.collector.server import _stored, published_line
-from sensor.collector.storage import SqliteStorage, StoredMessage, dumps, message_rows
-from sensor.wire import FieldPolicy, Kind, WireError, alert_json, decode, encode
+from mamori.parsers.wire import FieldPolicy, Kind, WireError, alert_json, decode, encode
+from mamori.sensor.collector import storage
+from mamori.sensor.collector.server import _stored, published_line
+from mamori.sensor.collector.storage import SqliteStorage, StoredMessage, dumps, message_rows
 from tests.sensor.test_wire import T0, sample_alerts
 
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from sensor.collector.storage import SqliteStorage
-from sensor.keys import read_key
-from sensor.wire import Kind
+from mamori.parsers.wire import Kind
+from mamori.sensor.collector.storage import SqliteStorage
+from mamori.sensor.forwarding.keys import read_key
 from tests.conftest import PROJECT, unavailable
 from tests.sensor.test_collector import Site, wait_for
 

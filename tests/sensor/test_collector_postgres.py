@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from sensor import config as cfg
-from sensor.alerts import Alert, Severity
-from sensor.collector.server import CollectorServer
-from sensor.collector.storage import PostgresStorage, StoredMessage
-from sensor.forwarder import Forwarder
-from sensor.keys import generate
-from sensor.wire import Kind
+from mamori.parsers.alerts import Alert, Severity
+from mamori.parsers.wire import Kind
+from mamori.sensor import config as cfg
+from mamori.sensor.collector.server import CollectorServer
+from mamori.sensor.collector.storage import PostgresStorage, StoredMessage
+from mamori.sensor.forwarding.forwarder import Forwarder
+from mamori.sensor.forwarding.keys import generate
 from tests.conftest import unavailable
 from tests.peers.postgres import pg_bin, postgres_cluster
 from tests.sensor.test_collector import free_port, wait_for

@@ -10,11 +10,16 @@ from pathlib import Path
 
 import psycopg
 
-from sensor.collector import partitions
-from sensor.collector.server import CollectorServer, CollectorSettings
-from sensor.collector.storage import PostgresStorage, SqliteStorage, SqlStorage, StoredMessage
-from sensor.keys import generate
-from sensor.wire import Kind
+from mamori.parsers.wire import Kind
+from mamori.sensor.collector import partitions
+from mamori.sensor.collector.server import CollectorServer, CollectorSettings
+from mamori.sensor.collector.storage import (
+    PostgresStorage,
+    SqliteStorage,
+    SqlStorage,
+    StoredMessage,
+)
+from mamori.sensor.forwarding.keys import generate
 from tests.sensor.test_collector import free_port
 from tests.sensor.test_collector_postgres import dsn  # noqa: F401 (a fixture)
 

@@ -19,10 +19,10 @@ from tests.sensor.test_collector import PROJECT, Site
 
 SENSOR = """
 import sys, time
-from sensor import config as cfg
-from sensor.alerts import Alert, Severity
-from sensor.forwarder import Forwarder
-from sensor.wire import Kind
+from mamori.sensor import config as cfg
+from mamori.parsers.alerts import Alert, Severity
+from mamori.sensor.forwarding.forwarder import Forwarder
+from mamori.parsers.wire import Kind
 conf, n, severity = sys.argv[1], int(sys.argv[2]), Severity.parse(sys.argv[3])
 fw = Forwarder(cfg.load(conf)).start()
 for i in range(1, n + 1):
@@ -61,7 +61,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 
 
 def mamori(site: Site, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "sensor.cli", *args], cwd=PROJECT,
+    return subprocess.run([sys.executable, "-m", "mamori.sensor.cli", *args], cwd=PROJECT,
                           capture_output=True, text=True, timeout=60)
 
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-import sensor.detection.settings  # registers [detection], [store], [sets]
-import sensor.forwarding_options  # noqa: F401  registers [forward], [collect]
-from sensor import config as cfg
-from sensor.keys import generate
+import mamori.sensor.detection.settings  # registers [detection], [store], [sets]
+import mamori.sensor.forwarding.options  # noqa: F401  registers [forward], [collect]
+from mamori.sensor import config as cfg
+from mamori.sensor.forwarding.keys import generate
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -366,7 +366,7 @@ def test_a_check_is_skipped_when_a_value_it_reads_is_invalid(tmp_path: Path) -> 
 
 def test_the_handshake_limits_reach_the_pipeline_and_a_zero_timeout_is_refused(
         tmp_path: Path) -> None:
-    from sensor.daemon import pipeline_config
+    from mamori.sensor.daemon.run import pipeline_config
 
     path = tmp_path / "sensor.toml"
     path.write_text("[limits]\nmax_handshakes = 64\nhandshake_timeout = \"2s\"\n")

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from sensor.capture.bpf import port_filter, render
-from sensor.capture.live import LiveCapture
+from mamori.sensor.capture.bpf import port_filter, render
+from mamori.sensor.capture.live import LiveCapture
 
 MAMORI = str(Path(sys.executable).parent / "mamori")
 
@@ -243,9 +243,9 @@ def test_missing_interface_is_a_clear_error(tmp_path: Path) -> None:
 def test_an_events_file_that_fills_up_is_reported_once_and_abandoned(
         caplog: pytest.LogCaptureFixture) -> None:
     """/dev/full refuses every write: one error naming it, then the daemon goes on."""
-    from sensor.daemon import EventFile
-    from sensor.pipeline import PipelineConfig
-    from sensor.replay import replay_files
+    from mamori.parsers.pipeline import PipelineConfig
+    from mamori.sensor.capture.replay import replay_files
+    from mamori.sensor.daemon.run import EventFile
     from tests.conftest import PROJECT
 
     events: list[object] = []

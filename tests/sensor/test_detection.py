@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import time
 
-from parsers.modbus.events import ModbusRequest
-from parsers.modbus.pdu import ReadRequest, WriteSingleRegister
-from parsers.stream import FlowId, Transport
-from sensor.alerts import Severity
-from sensor.detection import Detector, Inventory, load_rules
-from sensor.detection.loader import SHIPPED_RULES
-from sensor.detection.settings import set_names
-from sensor.journald import PRIORITY, JournaldAlertSink, fields, message_id
+from mamori.parsers.alerts import Severity
+from mamori.parsers.modbus.events import ModbusRequest
+from mamori.parsers.modbus.pdu import ReadRequest, WriteSingleRegister
+from mamori.parsers.stream import FlowId, Transport
+from mamori.sensor.alerting.journald import PRIORITY, JournaldAlertSink, fields, message_id
+from mamori.sensor.detection import Detector, Inventory, load_rules
+from mamori.sensor.detection.loader import SHIPPED_RULES
+from mamori.sensor.detection.settings import set_names
 
 RULES = load_rules([SHIPPED_RULES], set_names())
 FLOW = FlowId(Transport.TCP, "10.9.9.9", 40000, "10.0.0.5", 502)
@@ -119,7 +119,7 @@ def test_baseline_export_import_round_trip() -> None:
 def test_bad_baseline_file_is_refused() -> None:
     import pytest
 
-    from sensor.detection import BaselineError
+    from mamori.sensor.detection import BaselineError
     with pytest.raises(BaselineError, match="format"):
         Inventory().import_baseline({"format": "other"})
     doc = Inventory().export()
@@ -166,7 +166,7 @@ def test_held_start_up_writes_past_every_bound_become_alerts_not_losses() -> Non
     """While learning, writes from clients that do not poll are held: more holding
     clients than ``max_state`` release the oldest early, one client holding more
     than _HELD_PER_HOST alert keys releases them at once; nothing is dropped."""
-    from sensor.detection.engine import _HELD_PER_HOST
+    from mamori.sensor.detection.engine import _HELD_PER_HOST
 
     detector = Detector(RULES, max_state=16, storm_max_alerts=10_000)  # no storm folding
     hosts = [f"10.7.0.{i}" for i in range(1, 41)]  # 40 holding clients, table of 16

@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from parsers.modbus.events import ModbusRequest
-from parsers.modbus.pdu import Diagnostics, EmptyPdu, RawPdu, WriteSingleRegister
-from parsers.stream import FlowId, Transport
-from sensor.alerting import AlertOutputs
-from sensor.alerts import Alert, Severity
-from sensor.detection import Detector, RuleError, load_rules
-from sensor.detection.chains import PER_TARGET_TABLE, TARGETS_TABLE, ChainTracker
-from sensor.detection.loader import SHIPPED_RULES
-from sensor.detection.settings import set_names
-from sensor.store import Store
+from mamori.parsers.alerts import Alert, Severity
+from mamori.parsers.modbus.events import ModbusRequest
+from mamori.parsers.modbus.pdu import Diagnostics, EmptyPdu, RawPdu, WriteSingleRegister
+from mamori.parsers.stream import FlowId, Transport
+from mamori.sensor.alerting.dispatch import AlertOutputs
+from mamori.sensor.alerting.store import Store
+from mamori.sensor.detection import Detector, RuleError, load_rules
+from mamori.sensor.detection.chains import PER_TARGET_TABLE, TARGETS_TABLE, ChainTracker
+from mamori.sensor.detection.loader import SHIPPED_RULES
+from mamori.sensor.detection.settings import set_names
 
 RULES = load_rules([SHIPPED_RULES], set_names())
 RECON_THEN_ACTION = "mamori.chain.recon_then_action"
@@ -277,15 +277,15 @@ def test_chains_on_many_targets_fold_past_the_storm_cap() -> None:
 
 def _dnp3(ts: float, fc: int, client: str = "10.9.9.7", objects: tuple[object, ...] = ()
           ) -> object:
-    from parsers.dnp3.events import DNP3Request
-    from parsers.stream import Direction
+    from mamori.parsers.dnp3.events import DNP3Request
+    from mamori.parsers.stream import Direction
     dflow = FlowId(Transport.TCP, client, 41000, "10.0.0.30", 20000)
     return DNP3Request(ts, dflow, Direction.TO_SERVER, 10, 1, 0xC0, 0, fc, None,
                        objects)  # type: ignore[arg-type]
 
 
 def test_dnp3_disable_control_restart_chain() -> None:
-    from parsers.dnp3.events import ObjectHeader
+    from mamori.parsers.dnp3.events import ObjectHeader
     crob = (ObjectHeader(12, 1, 0x28, None, None, 1, 2),)
     d = detector()
     d.process([_dnp3(0.0, 21), _dnp3(30.0, 5, objects=crob), _dnp3(60.0, 13)])
@@ -299,8 +299,8 @@ def test_dnp3_disable_control_restart_chain() -> None:
 
 
 def test_recon_seen_in_responses_targets_the_outstation() -> None:
-    from parsers.modbus.events import ModbusResponse
-    from parsers.modbus.pdu import ExceptionPdu
+    from mamori.parsers.modbus.events import ModbusResponse
+    from mamori.parsers.modbus.pdu import ExceptionPdu
     scan = flow("10.9.9.9", "10.0.0.5")
     answers = [ModbusResponse(float(i), scan, i, 1, 90 + i, None, None, None, ExceptionPdu(1),
                               1, 0.001, False) for i in range(3)]  # FC scan: 3 x exception 01

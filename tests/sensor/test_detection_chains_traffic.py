@@ -23,15 +23,15 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from sensor.alerting import AlertOutputs
-from sensor.alerts import Alert, Severity
-from sensor.detection import Detector, load_rules
-from sensor.detection.loader import SHIPPED_RULES
-from sensor.detection.settings import set_names
-from sensor.detection.windows import MaintenanceWindow, v_windows
-from sensor.pipeline import PipelineConfig
-from sensor.replay import replay_files
-from sensor.store import Store
+from mamori.parsers.alerts import Alert, Severity
+from mamori.parsers.pipeline import PipelineConfig
+from mamori.sensor.alerting.dispatch import AlertOutputs
+from mamori.sensor.alerting.store import Store
+from mamori.sensor.capture.replay import replay_files
+from mamori.sensor.detection import Detector, load_rules
+from mamori.sensor.detection.loader import SHIPPED_RULES
+from mamori.sensor.detection.settings import set_names
+from mamori.sensor.detection.windows import MaintenanceWindow, v_windows
 from tests.conftest import require_tool, unavailable
 from tests.peers import modbus_peer
 from tests.peers.capture import capture

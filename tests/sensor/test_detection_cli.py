@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sensor.cli import main
+from mamori.sensor.cli import main
 from tests.conftest import corpus_path
 
 ARKIME = "arkime/tests/pcap/modbus.pcap"
@@ -64,7 +64,7 @@ def test_bad_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_a_baseline_larger_than_the_limit_is_refused(tmp_path: Path) -> None:
     """Read bounded: an endless or huge file is not read into memory whole."""
-    from sensor import detection_cli
+    from mamori.sensor.detection import cli as detection_cli
 
     path = tmp_path / "big.json"
     with path.open("wb") as out:

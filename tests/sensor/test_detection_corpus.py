@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from sensor.alerts import Alert, Severity
-from sensor.detection import Detector, Inventory, load_rules
-from sensor.detection.loader import SHIPPED_RULES
-from sensor.detection.settings import set_names
-from sensor.pipeline import PipelineConfig
-from sensor.replay import replay_files
+from mamori.parsers.alerts import Alert, Severity
+from mamori.parsers.pipeline import PipelineConfig
+from mamori.sensor.capture.replay import replay_files
+from mamori.sensor.detection import Detector, Inventory, load_rules
+from mamori.sensor.detection.loader import SHIPPED_RULES
+from mamori.sensor.detection.settings import set_names
 from tests.conftest import corpus_path
 
 pytestmark = pytest.mark.corpus

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from sensor.detection import load_rules
-from sensor.detection.loader import SHIPPED_RULES
-from sensor.detection.settings import set_names
+from mamori.sensor.detection import load_rules
+from mamori.sensor.detection.loader import SHIPPED_RULES
+from mamori.sensor.detection.settings import set_names
 from tests.sensor import test_detection_corpus as corpus
 from tests.sensor import test_detection_dnp3_rates as dnp3_rates
 from tests.sensor import test_detection_dnp3_traffic as dnp3_traffic

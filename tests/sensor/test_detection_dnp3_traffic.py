@@ -27,13 +27,13 @@ from typing import Any
 
 import pytest
 
-from parsers.capfile import CaptureFileParser
-from sensor.alerts import Alert
-from sensor.detection import Detector, load_rules
-from sensor.detection.loader import SHIPPED_RULES
-from sensor.detection.settings import set_names
-from sensor.pipeline import PipelineConfig
-from sensor.replay import replay_files
+from mamori.parsers.alerts import Alert
+from mamori.parsers.capfile import CaptureFileParser
+from mamori.parsers.pipeline import PipelineConfig
+from mamori.sensor.capture.replay import replay_files
+from mamori.sensor.detection import Detector, load_rules
+from mamori.sensor.detection.loader import SHIPPED_RULES
+from mamori.sensor.detection.settings import set_names
 from tests.conftest import captured_on_lo, unavailable
 from tests.peers import dnp3_peer
 

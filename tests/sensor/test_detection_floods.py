@@ -35,13 +35,13 @@ from typing import Any
 
 import pytest
 
-from parsers.capfile import CaptureFileParser
-from sensor.alerts import Alert, Severity
-from sensor.detection import Detector, Inventory, load_rules
-from sensor.detection.loader import SHIPPED_RULES
-from sensor.detection.settings import set_names
-from sensor.pipeline import PipelineConfig
-from sensor.replay import replay_files
+from mamori.parsers.alerts import Alert, Severity
+from mamori.parsers.capfile import CaptureFileParser
+from mamori.parsers.pipeline import PipelineConfig
+from mamori.sensor.capture.replay import replay_files
+from mamori.sensor.detection import Detector, Inventory, load_rules
+from mamori.sensor.detection.loader import SHIPPED_RULES
+from mamori.sensor.detection.settings import set_names
 from tests.conftest import captured_on_lo, corpus_path, unavailable
 from tests.peers import dnp3_peer, modbus_peer
 from tests.peers.capture import capture, capture_complete
@@ -284,7 +284,7 @@ def test_fast_poller_at_its_learned_rate_is_quiet(modbus: ModbusTraffic) -> None
 
 def _rate(pcap: Path, port: int, window: Window, unit: int) -> float:
     """Requests a second to ``unit`` within ``window``, counted by the parser alone."""
-    from parsers.modbus.events import ModbusRequest
+    from mamori.parsers.modbus.events import ModbusRequest
 
     count = [0]
 

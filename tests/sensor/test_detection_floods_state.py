@@ -12,21 +12,21 @@ from typing import Any
 
 import pytest
 
-from parsers.dnp3.events import (
+from mamori.parsers.dnp3.events import (
     DNP3Anomaly,
     DNP3AnomalyEvent,
     DNP3Request,
     DNP3Unsolicited,
     ObjectHeader,
 )
-from parsers.modbus.events import ModbusRequest
-from parsers.modbus.pdu import WriteSingleRegister
-from parsers.stream import Direction, FlowId, Transport
-from sensor import config as cfg
-from sensor.detection import DerivedKind, Detector, Inventory, load_rules
-from sensor.detection.floods import FloodWatch
-from sensor.detection.loader import SHIPPED_RULES
-from sensor.detection.settings import build_inventory, set_names
+from mamori.parsers.modbus.events import ModbusRequest
+from mamori.parsers.modbus.pdu import WriteSingleRegister
+from mamori.parsers.stream import Direction, FlowId, Transport
+from mamori.sensor import config as cfg
+from mamori.sensor.detection import DerivedKind, Detector, Inventory, load_rules
+from mamori.sensor.detection.floods import FloodWatch
+from mamori.sensor.detection.loader import SHIPPED_RULES
+from mamori.sensor.detection.settings import build_inventory, set_names
 
 RULES = load_rules([SHIPPED_RULES], set_names())
 FULL = "mamori.health.detection_state_full"

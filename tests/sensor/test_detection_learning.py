@@ -28,15 +28,15 @@ from typing import Any
 
 import pytest
 
-from sensor import config as cfg
-from sensor.alerts import Alert, Severity
-from sensor.cli import main
-from sensor.detection import Detector, load_rules
-from sensor.detection.inventory import MasterState
-from sensor.detection.loader import SHIPPED_RULES
-from sensor.detection.settings import build_detector, set_names
-from sensor.pipeline import PipelineConfig
-from sensor.replay import replay_files
+from mamori.parsers.alerts import Alert, Severity
+from mamori.parsers.pipeline import PipelineConfig
+from mamori.sensor import config as cfg
+from mamori.sensor.capture.replay import replay_files
+from mamori.sensor.cli import main
+from mamori.sensor.detection import Detector, load_rules
+from mamori.sensor.detection.inventory import MasterState
+from mamori.sensor.detection.loader import SHIPPED_RULES
+from mamori.sensor.detection.settings import build_detector, set_names
 from tests.conftest import require_tool, unavailable
 from tests.peers import dnp3_peer, modbus_peer
 from tests.peers.capture import capture

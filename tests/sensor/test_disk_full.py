@@ -29,9 +29,9 @@ from pathlib import Path
 
 import pytest
 
-from sensor.alerting import DISK_BACK_RULE, DISK_FULL_RULE
-from sensor.keys import generate, read_key
-from sensor.wire import Kind
+from mamori.parsers.wire import Kind
+from mamori.sensor.alerting.dispatch import DISK_BACK_RULE, DISK_FULL_RULE
+from mamori.sensor.forwarding.keys import generate, read_key
 from tests.conftest import require_tool
 from tests.pcaprewrite import ip_checksum
 from tests.sensor.test_collector import SENSOR, free_port, wait_for
@@ -353,7 +353,7 @@ def test_collector_disk_full_acks_nothing_unstored_and_recovers(
     conf, key = sensor_state(sensor_root, collector)
     n = 4000
     collector.proc = subprocess.Popen(
-        [sys.executable, "-m", "sensor.forwarding_cli", "collect", "--config",
+        [sys.executable, "-m", "mamori.sensor.forwarding.cli", "collect", "--config",
          str(collector.conf), "--duration", "900"], cwd=PROJECT,
         stderr=errors.open("w"))
     wait_for(lambda: b"listening" in errors.read_bytes(), 20, "the collector to listen")
@@ -418,12 +418,12 @@ def test_held_alerts_are_bounded_and_the_journal_stays_as_it_was(
         tmp_path: Path, tmpfs: Callable[[str, str], Path]) -> None:
     """Past ``max_pending`` the store's refusals are dropped and counted (health alerts
     are still held); a refused journal write leaves the journal exactly as it was."""
-    from sensor import config as cfg
-    from sensor.alerting import AlertOutputs
-    from sensor.alerts import Alert, Severity
-    from sensor.forwarder import Forwarder
-    from sensor.journal import JournalFull
-    from sensor.store import Store
+    from mamori.parsers.alerts import Alert, Severity
+    from mamori.sensor import config as cfg
+    from mamori.sensor.alerting.dispatch import AlertOutputs
+    from mamori.sensor.alerting.store import Store
+    from mamori.sensor.forwarding.forwarder import Forwarder
+    from mamori.sensor.forwarding.journal import JournalFull
 
     disk = tmpfs("small", "1m")
     conf = disk / "sensor.toml"

@@ -6,7 +6,7 @@ fragments per stream (IP endpoints and link source/destination), in order, with 
 code, IIN and the object headers (group, variation, qualifier, range); the two sequences
 are aligned with difflib so one extra or missing fragment does not shift the rest.
 
-tshark 4.0 is not always right. What is known of that lives in sensor/tshark_known.py,
+tshark 4.0 is not always right. What is known of that lives in sensor/verify/known.py,
 shared with ``mamori verify``: where it is wrong for one frame, ``TSHARK_ERRORS`` says
 why, with the bytes; where it is wrong systematically, a rule there (``tshark_view``,
 ``rule_link_function``, ``wrap_flags``, ``normal_object``, with the evidence in ``REASONS``)
@@ -23,10 +23,10 @@ from typing import Any
 
 import pytest
 
-from sensor.eventlog import event_to_dict
-from sensor.pipeline import PipelineConfig
-from sensor.replay import replay_files
-from sensor.tshark_known import (
+from mamori.parsers.pipeline import PipelineConfig
+from mamori.sensor.alerting.eventlog import event_to_dict
+from mamori.sensor.capture.replay import replay_files
+from mamori.sensor.verify.known import (
     TSHARK_ERRORS,
     View,
     apply_view,

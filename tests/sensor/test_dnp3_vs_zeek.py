@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from sensor.eventlog import event_to_dict
-from sensor.pipeline import PipelineConfig
-from sensor.replay import replay_files
+from mamori.parsers.pipeline import PipelineConfig
+from mamori.sensor.alerting.eventlog import event_to_dict
+from mamori.sensor.capture.replay import replay_files
 from tests.conftest import CORPUS
 
 ZeekRow = tuple[str, str, str]  # fc_request, fc_reply, iin ("-" when unset)

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from parsers.dnp3.events import (
+from mamori.parsers.dnp3.events import (
     ClassData,
     ControlRelayOutput,
     DNP3Application,
@@ -29,9 +29,9 @@ from parsers.dnp3.events import (
     DNP3Unsolicited,
     IinWrite,
 )
-from parsers.stream import Direction
-from sensor.pipeline import PipelineConfig
-from sensor.replay import replay_files
+from mamori.parsers.pipeline import PipelineConfig
+from mamori.parsers.stream import Direction
+from mamori.sensor.capture.replay import replay_files
 from tests.conftest import require_tool, unavailable
 from tests.peers import dnp3_peer
 
@@ -199,7 +199,7 @@ def test_cli_replay_events(run: Run, tmp_path: Path) -> None:
     """The same capture through ``mamori replay --events``: the JSON carries the same."""
     out = tmp_path / "events.jsonl"
     proc = subprocess.run(
-        [sys.executable, "-m", "sensor.cli", "replay", "--no-progress",
+        [sys.executable, "-m", "mamori.sensor.cli", "replay", "--no-progress",
          "--dnp3-ports", str(run.port), "--events", str(out), str(run.pcap)],
         capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr

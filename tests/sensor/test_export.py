@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from sensor.alerts import Alert, Severity
-from sensor.cli import main
-from sensor.export import ALERT_COLUMNS, ASSET_COLUMNS, cell
-from sensor.store import Store
+from mamori.parsers.alerts import Alert, Severity
+from mamori.sensor.alerting.export import ALERT_COLUMNS, ASSET_COLUMNS, cell
+from mamori.sensor.alerting.store import Store
+from mamori.sensor.cli import main
 from tests.conftest import PROJECT
 
 DEMO = PROJECT / "samples" / "modbus_demo.pcap"

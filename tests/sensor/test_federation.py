@@ -26,14 +26,8 @@ import psycopg
 import pytest
 import zmq
 
-from sensor.alerts import Alert, Pseudonym, Severity
-from sensor.collector.federation import _wire_body
-from sensor.collector.server import _stored as _stored_message
-from sensor.collector.storage import message_rows
-from sensor.keys import generate, load_pair, read_key
-from sensor.policy import CATEGORIES, DestinationPolicy, PolicySpec
-from sensor.pseudonym import Pseudonymiser, load_key
-from sensor.wire import (
+from mamori.parsers.alerts import Alert, Pseudonym, Severity
+from mamori.parsers.wire import (
     Kind,
     WireError,
     alert_body,
@@ -43,6 +37,12 @@ from sensor.wire import (
     encode_relayed,
     restore_pseudonyms,
 )
+from mamori.sensor.collector.federation import _wire_body
+from mamori.sensor.collector.server import _stored as _stored_message
+from mamori.sensor.collector.storage import message_rows
+from mamori.sensor.forwarding.keys import generate, load_pair, read_key
+from mamori.sensor.forwarding.policy import CATEGORIES, DestinationPolicy, PolicySpec
+from mamori.sensor.forwarding.pseudonym import Pseudonymiser, load_key
 from tests.sensor.test_collector import PROJECT, Site, wait_for
 from tests.sensor.test_collector_postgres import dsn  # noqa: F401 (a fixture)
 
@@ -111,7 +111,7 @@ def _stored(site: Site) -> dict[str, list[tuple[int, int]]]:
 
 
 def _status(site: Site) -> list[dict[str, object]]:
-    out = subprocess.run([sys.executable, "-m", "sensor.forwarding_cli", "collect", "status",
+    out = subprocess.run([sys.executable, "-m", "mamori.sensor.forwarding.cli", "collect", "status",
                           "--config", str(site.collector_conf), "--json"], cwd=PROJECT,
                          capture_output=True, text=True, timeout=30, check=True)
     docs: list[dict[str, object]] = json.loads(out.stdout)

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from sensor import config as cfg
-from sensor.alerts import Alert, Severity
-from sensor.forwarder import EVICTION_RULE, Forwarder
-from sensor.forwarding_cli import main
-from sensor.journal import AuditEntry
-from sensor.wire import Kind, decode
+from mamori.parsers.alerts import Alert, Severity
+from mamori.parsers.wire import Kind, decode
+from mamori.sensor import config as cfg
+from mamori.sensor.forwarding.cli import main
+from mamori.sensor.forwarding.forwarder import EVICTION_RULE, Forwarder
+from mamori.sensor.forwarding.journal import AuditEntry
 
 
 def alert(i: int) -> Alert:

@@ -35,9 +35,9 @@ from pathlib import Path
 
 import pytest
 
-from sensor.collector.storage import PostgresStorage, SqliteStorage, SqlStorage
-from sensor.keys import generate, read_key
-from sensor.wire import Kind
+from mamori.parsers.wire import Kind
+from mamori.sensor.collector.storage import PostgresStorage, SqliteStorage, SqlStorage
+from mamori.sensor.forwarding.keys import generate, read_key
 from tests.sensor.test_collector import SENSOR, free_port, wait_for
 from tests.sensor.test_collector_postgres import dsn  # noqa: F401 (a fixture)
 
@@ -149,7 +149,7 @@ class Collector:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sensor.forwarding_cli", "collect", "--config",
+            [sys.executable, "-m", "mamori.sensor.forwarding.cli", "collect", "--config",
              str(self.conf), "--duration", "900"], cwd=PROJECT, stderr=subprocess.PIPE)
         assert self.proc.stderr is not None
         line = self.proc.stderr.readline()

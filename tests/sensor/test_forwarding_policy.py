@@ -24,16 +24,16 @@ import msgpack
 import pytest
 import zmq
 
-from sensor import config as cfg
-from sensor import forwarding_options  # noqa: F401  (registers [forward])
-from sensor.alerts import Alert, Pseudonym, Severity
-from sensor.audit import Sent, shape_json
-from sensor.forwarder import EVICTION_RULE, Forwarder
-from sensor.journal import AlertJournal, Outgoing
-from sensor.keys import generate, load_pair
-from sensor.policy import DestinationPolicy, PolicySpec
-from sensor.pseudonym import Pseudonymiser, PseudonymKeyError, load_key
-from sensor.wire import JOURNALED_KINDS, Ack, Kind, decode, encode, encode_ack
+from mamori.parsers.alerts import Alert, Pseudonym, Severity
+from mamori.parsers.wire import JOURNALED_KINDS, Ack, Kind, decode, encode, encode_ack
+from mamori.sensor import config as cfg
+from mamori.sensor.forwarding import options  # noqa: F401  (registers [forward])
+from mamori.sensor.forwarding.audit import Sent, shape_json
+from mamori.sensor.forwarding.forwarder import EVICTION_RULE, Forwarder
+from mamori.sensor.forwarding.journal import AlertJournal, Outgoing
+from mamori.sensor.forwarding.keys import generate, load_pair
+from mamori.sensor.forwarding.policy import DestinationPolicy, PolicySpec
+from mamori.sensor.forwarding.pseudonym import Pseudonymiser, PseudonymKeyError, load_key
 from tests.pcaprewrite import rewrite
 from tests.sensor.test_collector import PROJECT, Site, alert_seqs, free_port, wait_for
 
@@ -45,15 +45,15 @@ IDENTITY = ("Mamori Test Works", "MTW-PLC-1")
 # identities found and one layer-2 alert (a MAC, and addresses inside its text).
 SENSOR = """
 import json, sys, time
-from sensor import config as cfg
-from sensor import forwarding_options  # noqa: F401  (registers [forward])
-from sensor.advisories.national import IdentityFeed
-from sensor.alerts import Alert, Severity
-from sensor.detection.settings import build_detector
-from sensor.forwarder import Forwarder
-from sensor.pipeline import PipelineConfig
-from sensor.replay import replay_files
-from sensor.wire import Kind
+from mamori.sensor import config as cfg
+from mamori.sensor.forwarding import options  # noqa: F401  (registers [forward])
+from mamori.sensor.advisories.national import IdentityFeed
+from mamori.parsers.alerts import Alert, Severity
+from mamori.sensor.detection.settings import build_detector
+from mamori.sensor.forwarding.forwarder import Forwarder
+from mamori.parsers.pipeline import PipelineConfig
+from mamori.sensor.capture.replay import replay_files
+from mamori.parsers.wire import Kind
 conf = cfg.load(sys.argv[1], check_files=True)
 det = build_detector(conf)
 replay_files(sys.argv[2:], PipelineConfig(), extra_sinks=[det.process])
@@ -160,7 +160,7 @@ def run_sensor(conf: Path, *captures: Path) -> dict[str, int]:
 
 
 def mamori(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "sensor.cli", *args], cwd=PROJECT,
+    return subprocess.run([sys.executable, "-m", "mamori.sensor.cli", *args], cwd=PROJECT,
                           capture_output=True, text=True, timeout=60)
 
 

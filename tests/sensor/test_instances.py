@@ -13,18 +13,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sensor.collector.storage import SqliteStorage
-from sensor.wire import Kind
+from mamori.parsers.wire import Kind
+from mamori.sensor.collector.storage import SqliteStorage
 from tests.sensor.test_collector import PROJECT, Site
 
 # A daemon's forwarder as `mamori run` builds it: the capture section registered, so
 # the configured interface is part of its identity.
 INSTANCE = """
 import sys, time
-from sensor import config as cfg
-from sensor import daemon  # noqa: F401  registers [capture]
-from sensor.alerts import Alert, Severity
-from sensor.forwarder import Forwarder
+from mamori.sensor import config as cfg
+from mamori.sensor.daemon import run as daemon  # noqa: F401  registers [capture]
+from mamori.parsers.alerts import Alert, Severity
+from mamori.sensor.forwarding.forwarder import Forwarder
 conf, n = sys.argv[1], int(sys.argv[2])
 fw = Forwarder(cfg.load(conf), health=lambda: {"pps": 1.0, "drops": 0, "flows": 1}).start()
 print(fw.epoch, flush=True)
@@ -67,11 +67,11 @@ def test_two_instances_sharing_one_key_have_their_own_epochs_and_say_which_they_
         first1, only2 = _run([(eth1, 5), (eth2, 3)])  # at the same time
         (second1,) = _run([(eth1, 2)])
         status = subprocess.run(
-            [sys.executable, "-m", "sensor.cli", "collect", "status", "--config",
+            [sys.executable, "-m", "mamori.sensor.cli", "collect", "status", "--config",
              str(site.collector_conf), "--json"], cwd=PROJECT, capture_output=True,
             text=True, timeout=30, check=True)
         table = subprocess.run(
-            [sys.executable, "-m", "sensor.cli", "collect", "status", "--config",
+            [sys.executable, "-m", "mamori.sensor.cli", "collect", "status", "--config",
              str(site.collector_conf)], cwd=PROJECT, capture_output=True, text=True,
             timeout=30, check=True).stdout
     finally:
@@ -110,7 +110,7 @@ def test_a_daemon_without_an_instance_keeps_the_one_journal_and_plain_status(
     try:
         assert site.sensor(site.sensor_confs[0], 2).wait(timeout=40) == 0
         status = subprocess.run(
-            [sys.executable, "-m", "sensor.cli", "collect", "status", "--config",
+            [sys.executable, "-m", "mamori.sensor.cli", "collect", "status", "--config",
              str(site.collector_conf), "--json"], cwd=PROJECT, capture_output=True,
             text=True, timeout=30, check=True)
     finally:

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from sensor.cli import main
-from sensor.store import Store
+from mamori.sensor.alerting.store import Store
+from mamori.sensor.cli import main
 from tests.conftest import corpus_path
 from tests.pcaprewrite import rewrite
 

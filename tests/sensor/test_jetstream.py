@@ -20,16 +20,16 @@ from pathlib import Path
 
 import pytest
 
-from sensor import config as cfg
-from sensor import forwarding_options  # noqa: F401  (registers [collect])
-from sensor.collector.jetstream import (
+from mamori.parsers.wire import Kind
+from mamori.sensor import config as cfg
+from mamori.sensor.collector.jetstream import (
     CursorStore,
     JetStreamSettings,
     status_report,
     subject,
     token,
 )
-from sensor.wire import Kind
+from mamori.sensor.forwarding import options as forwarding_options  # noqa: F401  (registers [collect])
 from tests.peers.nats_cluster import USERS, NatsCluster, nats_server
 from tests.sensor.test_collector import PROJECT, Site, wait_for
 
@@ -79,7 +79,7 @@ def subscribe(urls: list[str], *args: str, user: str = "national",
               password: str | None = None) -> subprocess.Popen[str]:
     servers = [a for u in urls for a in ("--server", u)]
     return subprocess.Popen(
-        [sys.executable, "-m", "sensor.cli", "subscribe", *args, *servers, "--user", user,
+        [sys.executable, "-m", "mamori.sensor.cli", "subscribe", *args, *servers, "--user", user,
          "--password", USERS[user] if password is None else password],
         cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -157,7 +157,7 @@ def test_node_killed_while_alerts_flow_every_alert_arrives_once(
         sectors = {str(d["sensor"]): str(d["subject"]).split(".")[2] for d in docs}
         assert sectors == {"s0": "energy", "s1": "water"}
         status = subprocess.run(
-            [sys.executable, "-m", "sensor.cli", "collect", "status", "--config",
+            [sys.executable, "-m", "mamori.sensor.cli", "collect", "status", "--config",
              str(site.collector_conf)], cwd=PROJECT, capture_output=True, text=True,
             timeout=30)
         assert "jetstream: connected to nats://" in status.stdout, status.stdout
@@ -183,7 +183,7 @@ def test_full_outage_never_stops_ingest_and_the_stream_catches_up(
         assert not state["connected"]
         assert int(str(state["behind"])) >= 2 * ALERTS
         status = subprocess.run(
-            [sys.executable, "-m", "sensor.cli", "collect", "status", "--jetstream",
+            [sys.executable, "-m", "mamori.sensor.cli", "collect", "status", "--jetstream",
              "--config", str(site.collector_conf)], cwd=PROJECT, capture_output=True,
             text=True, timeout=30)
         assert "jetstream: NOT connected" in status.stdout, status.stdout
@@ -295,7 +295,7 @@ def test_collector_killed_mid_publish_republishes_and_jetstream_drops_the_copies
 
 def test_subscribe_refuses_bad_arguments_in_one_line(
         capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    from sensor.cli import main
+    from mamori.sensor.cli import main
 
     for argv, what in ((["mamori..alert"], "token 2"), (["mamori.>.x"], "token 2"),
                        (["--durable", "a.b"], "--durable"), (["--since", "yesterday"],

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sensor.journal import AlertJournal, Eviction
-from sensor.wire import Kind, decode
+from mamori.parsers.wire import Kind, decode
+from mamori.sensor.forwarding.journal import AlertJournal, Eviction
 
 
 def test_epochs_seqs_and_acks(tmp_path: Path) -> None:

@@ -8,8 +8,14 @@ from pathlib import Path
 import pytest
 import zmq
 
-from sensor.forwarding_cli import main
-from sensor.keys import KeyFileError, generate, load_allow_list, load_pair, read_key
+from mamori.sensor.forwarding.cli import main
+from mamori.sensor.forwarding.keys import (
+    KeyFileError,
+    generate,
+    load_allow_list,
+    load_pair,
+    read_key,
+)
 
 
 def test_generate_writes_a_private_secret_and_a_matching_public_key(tmp_path: Path) -> None:

@@ -11,17 +11,17 @@ from typing import Any
 
 import pytest
 
-from parsers.modbus.events import ModbusRequest
-from parsers.modbus.pdu import EmptyPdu, WriteSingleRegister
-from parsers.stream import FlowId, Transport
-from sensor import config as cfg
-from sensor.alerting import AlertOutputs
-from sensor.alerts import Severity
-from sensor.detection import Detector, load_rules
-from sensor.detection.loader import SHIPPED_RULES
-from sensor.detection.settings import build_detector, set_names
-from sensor.detection.windows import MaintenanceWindow, v_windows
-from sensor.store import Store
+from mamori.parsers.alerts import Severity
+from mamori.parsers.modbus.events import ModbusRequest
+from mamori.parsers.modbus.pdu import EmptyPdu, WriteSingleRegister
+from mamori.parsers.stream import FlowId, Transport
+from mamori.sensor import config as cfg
+from mamori.sensor.alerting.dispatch import AlertOutputs
+from mamori.sensor.alerting.store import Store
+from mamori.sensor.detection import Detector, load_rules
+from mamori.sensor.detection.loader import SHIPPED_RULES
+from mamori.sensor.detection.settings import build_detector, set_names
+from mamori.sensor.detection.windows import MaintenanceWindow, v_windows
 
 RULES = load_rules([SHIPPED_RULES], set_names())
 WRITE = "mamori.modbus.unauthorised_write"
@@ -266,8 +266,8 @@ def test_downgraded_alert_is_stored_with_window_and_original_severity(tmp_path: 
 
 def test_forwarded_downgraded_alert_carries_the_window_into_the_audited_fields(
         tmp_path: Path) -> None:
-    from sensor.forwarder import Forwarder
-    from sensor.wire import Kind, decode
+    from mamori.parsers.wire import Kind, decode
+    from mamori.sensor.forwarding.forwarder import Forwarder
 
     d = detector()
     d.process([write(INSIDE, STATION)])

@@ -35,14 +35,13 @@ import pytest
 from prometheus_client.core import CollectorRegistry, GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from sensor import (
-    cli,  # noqa: F401  registers every feature's config keys, as mamori does
-    daemon,
-)
-from sensor import config as cfg
-from sensor.alerts import Severity
-from sensor.metrics.sensor_metrics import SensorMetrics
-from sensor.metrics.server import (
+from mamori.parsers.alerts import Severity
+from mamori.parsers.wire import Kind
+from mamori.sensor import cli  # noqa: F401  registers every feature's config keys, as mamori does
+from mamori.sensor import config as cfg
+from mamori.sensor.daemon import run as daemon
+from mamori.sensor.metrics.sensor_metrics import SensorMetrics
+from mamori.sensor.metrics.server import (
     MAX_CONNECTIONS,
     EndpointStats,
     MetricsServer,
@@ -50,8 +49,7 @@ from sensor.metrics.server import (
     checked_address,
     new_registry,
 )
-from sensor.metrics.settings import ListenAddress, parse_listen
-from sensor.wire import Kind
+from mamori.sensor.metrics.settings import ListenAddress, parse_listen
 from tests.conftest import corpus_path, require_tool, stop_all, unavailable
 from tests.netns import SpanLab, lab_or_skip
 
@@ -254,7 +252,7 @@ def test_an_idle_connection_is_closed_after_the_timeout(
     """A connection that never sends its request gives its slot back after the
     timeout (shortened here from TIMEOUT_SECONDS), so idle clients cannot keep the
     endpoint full for good."""
-    from sensor.metrics import server as metrics_server
+    from mamori.sensor.metrics import server as metrics_server
 
     monkeypatch.setattr(metrics_server._Quiet, "timeout", 0.5)
     stats = EndpointStats()
@@ -294,8 +292,8 @@ def test_a_failing_part_is_counted_and_the_rest_answers(tmp_path: Path) -> None:
 
 
 def test_web_page_metrics_need_no_token_but_the_page_does(tmp_path: Path) -> None:
-    from sensor.web.auth import create_token_file
-    from sensor.web.server import daemon_starter
+    from mamori.sensor.web.auth import create_token_file
+    from mamori.sensor.web.server import daemon_starter
 
     create_token_file(tmp_path / "web" / "token")
     conf = cfg.load(None, {("sensor", "state_dir"): str(tmp_path), ("web", "port"): 0})
@@ -499,16 +497,17 @@ DEBIAN_SCRAPE = """
 import json, sys, urllib.request
 from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
-from sensor import cli, daemon  # cli registers every feature's config keys
-from sensor import config as cfg
-from sensor.web.server import daemon_starter
+from mamori.sensor import cli
+from mamori.sensor.daemon import run as daemon  # cli registers every feature's config keys
+from mamori.sensor import config as cfg
+from mamori.sensor.web.server import daemon_starter
 tmp = Path(sys.argv[1])
 conf = cfg.load(None, {("sensor", "state_dir"): str(tmp), ("web", "port"): 0,
                        ("metrics", "listen"): "127.0.0.1:0"})
 sensor = daemon.build_sensor(conf, None, web=daemon_starter(conf))
 try:
     out = {}
-    for url in (sensor.metrics.url, sensor.web.url + "metrics"):
+    for url in (mamori.sensor.metrics.url, mamori.sensor.web.url + "metrics"):
         text = urllib.request.urlopen(url, timeout=10).read().decode()
         out[url] = sorted({s.name for f in text_string_to_metric_families(text)
                            for s in f.samples})
@@ -523,7 +522,7 @@ print(json.dumps({"version": prometheus_client.__file__, "names": list(out.value
 def test_the_endpoint_runs_on_debians_prometheus_client(which: str, tmp_path: Path) -> None:
     """bookworm's python3-prometheus-client 0.16.0 (what the package depends on) serves
     both endpoints, with the same metric names as the pip-installed library."""
-    from sensor.web.auth import create_token_file
+    from mamori.sensor.web.auth import create_token_file
     from tests.web.conftest import current_python, debian_python
 
     python = debian_python() if which == "debian" else current_python()
@@ -646,8 +645,8 @@ def test_backlog_counts_what_pending_returns_for_shared_and_own_streams(
     """Two shared-policy collectors and one with its own policy (own rows only), over
     two epochs, partly acknowledged: the backlog of each is what ``pending`` lists,
     on the journal's connection and on a read-only one of the metrics endpoint."""
-    from sensor.journal import AlertJournal, Outgoing, count_backlog
-    from sensor.metrics.sensor_metrics import read_only
+    from mamori.sensor.forwarding.journal import AlertJournal, Outgoing, count_backlog
+    from mamori.sensor.metrics.sensor_metrics import read_only
 
     a, b, own = "tcp://a:1", "tcp://b:1", "tcp://own:1"
     journal = AlertJournal(tmp_path / "journal.db", [a, b, own], shared=[a, b])

@@ -9,7 +9,7 @@ with difflib on everything but the range, so one extra or missing PDU does not s
 the rest, and the range is then compared PDU by PDU.
 
 tshark 4.0 is not always right, and Mamori differs from it by design in a few places.
-Each such frame is listed in sensor/tshark_known.py (shared with ``mamori verify``, keyed
+Each such frame is listed in sensor/verify/known.py (shared with ``mamori verify``, keyed
 by the capture's SHA-256) with the bytes that prove it, and where it makes sense Mamori
 must show its own evidence there (an anomaly event of the same stream and time).
 Nothing else may differ:
@@ -36,12 +36,12 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from parsers.modbus import ModbusRequest, ModbusResponse
-from parsers.stream import Direction
-from sensor.eventlog import event_to_dict
-from sensor.pipeline import PipelineConfig
-from sensor.replay import replay_files
-from sensor.tshark_known import (
+from mamori.parsers.modbus import ModbusRequest, ModbusResponse
+from mamori.parsers.pipeline import PipelineConfig
+from mamori.parsers.stream import Direction
+from mamori.sensor.alerting.eventlog import event_to_dict
+from mamori.sensor.capture.replay import replay_files
+from mamori.sensor.verify.known import (
     DROPPED,
     MAMORI_EXTRA,
     MODBUS_RANGE_FCS,

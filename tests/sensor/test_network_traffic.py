@@ -31,13 +31,13 @@ from typing import Any
 
 import pytest
 
-from sensor.alerts import Alert
-from sensor.capture.pcapfile import read_capture
-from sensor.detection import Detector, load_rules
-from sensor.detection.loader import SHIPPED_RULES
-from sensor.detection.settings import set_names
-from sensor.pipeline import PipelineConfig
-from sensor.replay import replay_files
+from mamori.parsers.alerts import Alert
+from mamori.parsers.pipeline import PipelineConfig
+from mamori.sensor.capture.pcapfile import read_capture
+from mamori.sensor.capture.replay import replay_files
+from mamori.sensor.detection import Detector, load_rules
+from mamori.sensor.detection.loader import SHIPPED_RULES
+from mamori.sensor.detection.settings import set_names
 from tests import netns
 from tests.conftest import PROJECT, require_tool, unavailable
 from tests.peers.modbus_peer import terminate
@@ -274,7 +274,7 @@ def test_each_window_is_attributed_to_its_attacker(
 
 def test_the_poisoned_flow_is_still_parsed_through_the_attacker(
         traffic: tuple[Path, dict[str, tuple[float, float]]]) -> None:
-    from parsers.modbus import ModbusResponse
+    from mamori.parsers.modbus import ModbusResponse
 
     pcap, windows = traffic
     start, end = windows["aitm"]

@@ -20,13 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from sensor import config as cfg
-from sensor.alerts import Alert, Severity
-from sensor.cli import main
-from sensor.packet_evidence import PCAP_NAME, PacketEvidence, pcap_bytes
-from sensor.packetring import FLOW_OVERHEAD, FRAME_OVERHEAD, PacketRing
-from sensor.store import Store
-from sensor.wire import alert_body, encode
+from mamori.parsers.alerts import Alert, Severity
+from mamori.parsers.packetring import FLOW_OVERHEAD, FRAME_OVERHEAD, PacketRing
+from mamori.parsers.wire import alert_body, encode
+from mamori.sensor import config as cfg
+from mamori.sensor.alerting.store import Store
+from mamori.sensor.capture.packet_evidence import PCAP_NAME, PacketEvidence, pcap_bytes
+from mamori.sensor.cli import main
 from tests.conftest import corpus_path
 from tests.sensor.test_daemon import Daemon, free_port
 from tests.sensor.test_disk_full import fill, needs_root
@@ -106,7 +106,7 @@ def test_every_flow_alert_gets_a_pcap_tshark_opens_holding_its_packet(
 
 
 def _alert_kind() -> object:
-    from sensor.wire import Kind
+    from mamori.parsers.wire import Kind
 
     return Kind.ALERT
 
@@ -429,7 +429,7 @@ def test_the_daemon_writes_the_pcap_of_a_live_alert(tmp_path: Path) -> None:
 @pytest.mark.parametrize("enabled", [True, False])
 def test_the_daemon_feeds_the_ring_only_when_packets_are_on(tmp_path: Path,
                                                              enabled: bool) -> None:
-    from sensor.daemon import build_sensor
+    from mamori.sensor.daemon.run import build_sensor
 
     conf_file = tmp_path / "sensor.toml"
     conf_file.write_text(f'[sensor]\nstate_dir = "{tmp_path / "state"}"\n\n'
@@ -518,7 +518,7 @@ def test_a_quiet_flow_is_written_by_the_clock_and_at_the_end(tmp_path: Path) -> 
 
 
 def test_many_alerts_at_once_do_not_wait_beyond_the_pending_bound(tmp_path: Path) -> None:
-    from sensor.packet_evidence import MAX_PENDING
+    from mamori.sensor.capture.packet_evidence import MAX_PENDING
 
     rows = _Rows()
     ring = PacketRing(flow_bytes=64 * 1024, total_bytes=64 * 1024 * 1024, max_age=60.0)

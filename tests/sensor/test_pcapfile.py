@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from parsers.capfile import CaptureFileError, CaptureFileParser
-from sensor.capture.pcapfile import CHUNK_SIZE, read_capture, read_capture_tuples
+from mamori.parsers.capfile import CaptureFileError, CaptureFileParser
+from mamori.sensor.capture.pcapfile import CHUNK_SIZE, read_capture, read_capture_tuples
 from tests.conftest import corpus_path
 
 corpus_file = corpus_path

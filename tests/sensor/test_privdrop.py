@@ -39,7 +39,7 @@ AS_ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not AS_ROOT, reason="drops privileges: needs root")
 IFACE = "mmpriv0"
 LAUNCHER = ("import sys; sys.path[:0] = sys.argv[1:3]; del sys.argv[1:3]; "
-            "from sensor.cli import main; sys.exit(main())")
+            "from mamori.sensor.cli import main; sys.exit(main())")
 SAMPLE = PROJECT / "samples" / "modbus_demo.pcap"
 
 
@@ -78,10 +78,10 @@ def _site(public: Path) -> tuple[Path, int, str]:
     """A store with the sample's alerts, a token, the config: all owned by nobody."""
     state = public / "state"
     state.mkdir()
-    subprocess.run([sys.executable, "-m", "sensor.cli", "replay", "--no-progress", "--store",
+    subprocess.run([sys.executable, "-m", "mamori.sensor.cli", "replay", "--no-progress", "--store",
                     str(state / "mamori.db"), str(SAMPLE)], check=True, cwd=PROJECT,
                    stdout=subprocess.DEVNULL)
-    subprocess.run([sys.executable, "-m", "sensor.cli", "web", "token", "--token-file",
+    subprocess.run([sys.executable, "-m", "mamori.sensor.cli", "web", "token", "--token-file",
                     str(state / "web" / "token")], check=True, cwd=PROJECT,
                    stdout=subprocess.DEVNULL)
     token = (state / "web" / "token").read_text().strip()

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from parsers.l2 import MacPairEvent, MacPairKind
-from parsers.modbus import ModbusRequest, ModbusResponse
-from sensor.cli import main
-from sensor.pipeline import PipelineConfig
-from sensor.replay import replay_files
+from mamori.parsers.l2 import MacPairEvent, MacPairKind
+from mamori.parsers.modbus import ModbusRequest, ModbusResponse
+from mamori.parsers.pipeline import PipelineConfig
+from mamori.sensor.capture.replay import replay_files
+from mamori.sensor.cli import main
 from tests.conftest import PROJECT, corpus_captures, corpus_path
 
 SAMPLE = PROJECT / "samples" / "modbus_demo.pcap"

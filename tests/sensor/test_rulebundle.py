@@ -17,7 +17,7 @@ import msgpack
 import pytest
 from nacl.signing import SigningKey
 
-from sensor.rulebundle import build
+from mamori.sensor.detection.bundle import build
 from tests.conftest import PROJECT
 
 MAMORI = str(Path(sys.executable).parent / "mamori")
@@ -210,7 +210,13 @@ def test_rollback_by_hand(site: Site) -> None:
 
 
 def test_the_size_and_file_caps_are_enforced_past_their_limits(tmp_path: Path) -> None:
-    from sensor.rulebundle import MAX_BUNDLE_BYTES, MAX_FILES, BundleRefused, Refusal, verify
+    from mamori.sensor.detection.bundle import (
+        MAX_BUNDLE_BYTES,
+        MAX_FILES,
+        BundleRefused,
+        Refusal,
+        verify,
+    )
 
     key = SigningKey.generate()
     packs = []

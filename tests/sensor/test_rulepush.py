@@ -36,10 +36,10 @@ import msgpack
 import pytest
 from nacl.signing import SigningKey
 
-from sensor.collector.storage import SqliteStorage
-from sensor.keys import read_key
-from sensor.rulebundle import build
-from sensor.wire import RULES_CHUNK_BYTES
+from mamori.parsers.wire import RULES_CHUNK_BYTES
+from mamori.sensor.collector.storage import SqliteStorage
+from mamori.sensor.detection.bundle import build
+from mamori.sensor.forwarding.keys import read_key
 from tests.conftest import PROJECT
 from tests.netns import SERVER_IP, SpanLab, lab_or_skip
 from tests.pcaprewrite import rewrite

@@ -24,9 +24,7 @@ import pytest
 import zmq
 from nacl.signing import SigningKey
 
-from sensor.keys import generate, load_pair
-from sensor.rulebundle import MAX_BUNDLE_BYTES, build
-from sensor.wire import (
+from mamori.parsers.wire import (
     MAX_CONTROL_BYTES,
     RULES_CHUNK_BYTES,
     WIRE_VERSION,
@@ -40,14 +38,16 @@ from sensor.wire import (
     encode_offer,
     pack,
 )
+from mamori.sensor.detection.bundle import MAX_BUNDLE_BYTES, build
+from mamori.sensor.forwarding.keys import generate, load_pair
 from tests.sensor.test_collector import PROJECT, Site, free_port
 
 SENSOR = """
 import sys
-from sensor import config as cfg
-from sensor.detection.settings import bundle_store
-from sensor.forwarder import Forwarder
-from sensor.rulepush import RuleReceiver
+from mamori.sensor import config as cfg
+from mamori.sensor.detection.settings import bundle_store
+from mamori.sensor.forwarding.forwarder import Forwarder
+from mamori.sensor.detection.rulepush import RuleReceiver
 conf = cfg.load(sys.argv[1])
 receiver = RuleReceiver(bundle_store(conf), conf.get("detection", "trusted_rule_keys"))
 fw = Forwarder(conf, rules=receiver).start()
@@ -300,7 +300,7 @@ def test_push_rules_names_what_it_cannot_offer(tmp_path: Path) -> None:
 def test_a_sensor_that_asks_and_never_reads_is_limited(tmp_path: Path) -> None:
     """The real collector serves a sensor at most twice its bundle per minute, and
     nothing that is not offered to it; the rest is counted against its key."""
-    from sensor.wire import decode_control, encode
+    from mamori.parsers.wire import decode_control, encode
 
     site = Site(tmp_path)
     site.start_collector()

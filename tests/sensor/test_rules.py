@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from sensor import config as cfg
-from sensor.cli import main
-from sensor.detection.loader import SHIPPED_RULES, RuleError, load_rules
-from sensor.detection.settings import set_names
-from sensor.detection_cli import cmd_rules_check
+from mamori.sensor import config as cfg
+from mamori.sensor.cli import main
+from mamori.sensor.detection.cli import cmd_rules_check
+from mamori.sensor.detection.loader import SHIPPED_RULES, RuleError, load_rules
+from mamori.sensor.detection.settings import set_names
 
 CATALOGUE = ([f"M{i}" for i in range(1, 17)] + [f"D{i}" for i in range(1, 19)]
              + [f"B{i}" for i in range(1, 7)] + [f"N{i}" for i in range(1, 8)] + ["S2", "S3", "S7"])

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from sensor.collector.storage import SqliteStorage
+from mamori.sensor.collector.storage import SqliteStorage
 from tests.sensor.test_collector import PROJECT, Site
 
 SENSORS = 300

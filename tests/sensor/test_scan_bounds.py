@@ -25,14 +25,14 @@ from typing import Any
 
 import pytest
 
-from parsers.handshake import TransportEvent, TransportKind
-from parsers.modbus import ModbusRequest, ModbusResponse
-from sensor.alerts import Alert
-from sensor.capture.pcapfile import read_capture
-from sensor.detection import Detector, load_rules
-from sensor.detection.loader import SHIPPED_RULES
-from sensor.detection.settings import set_names
-from sensor.pipeline import Pipeline, PipelineConfig
+from mamori.parsers.alerts import Alert
+from mamori.parsers.handshake import TransportEvent, TransportKind
+from mamori.parsers.modbus import ModbusRequest, ModbusResponse
+from mamori.parsers.pipeline import Pipeline, PipelineConfig
+from mamori.sensor.capture.pcapfile import read_capture
+from mamori.sensor.detection import Detector, load_rules
+from mamori.sensor.detection.loader import SHIPPED_RULES
+from mamori.sensor.detection.settings import set_names
 from tests.stormcap import ACK, PORT, START, SYN, Frame, modbus, session, tcp_frame, write_pcap
 
 RULES = load_rules([SHIPPED_RULES], set_names())

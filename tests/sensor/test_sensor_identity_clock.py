@@ -16,18 +16,23 @@ import msgpack
 import pytest
 import zmq
 
-from sensor import config as cfg
-from sensor.alerts import Alert
-from sensor.collector.storage import SqliteStorage
-from sensor.forwarder import CLOCK_RULE, UNREACHABLE_RULE, Forwarder, timesync_state
-from sensor.keys import load_pair, read_key
-from sensor.wire import Kind
+from mamori.parsers.alerts import Alert
+from mamori.parsers.wire import Kind
+from mamori.sensor import config as cfg
+from mamori.sensor.collector.storage import SqliteStorage
+from mamori.sensor.forwarding.forwarder import (
+    CLOCK_RULE,
+    UNREACHABLE_RULE,
+    Forwarder,
+    timesync_state,
+)
+from mamori.sensor.forwarding.keys import load_pair, read_key
 from tests.sensor.test_collector import PROJECT, Site, wait_for
 
 
 def _status(site: Site) -> dict[str, dict[str, object]]:
     out = subprocess.run(
-        [sys.executable, "-m", "sensor.forwarding_cli", "collect", "status", "--config",
+        [sys.executable, "-m", "mamori.sensor.forwarding.cli", "collect", "status", "--config",
          str(site.collector_conf), "--json"], cwd=PROJECT, capture_output=True, timeout=30,
         check=True)
     return {r["name"]: r for r in json.loads(out.stdout)}
@@ -75,7 +80,7 @@ def test_identity_travels_and_a_skewed_clock_is_reported(tmp_path: Path) -> None
         finally:
             st.close()
         table = subprocess.run(
-            [sys.executable, "-m", "sensor.forwarding_cli", "collect", "status", "--config",
+            [sys.executable, "-m", "mamori.sensor.forwarding.cli", "collect", "status", "--config",
              str(site.collector_conf)], cwd=PROJECT, capture_output=True, text=True,
             timeout=30, check=True).stdout
         assert "port/harbour-east" in table and "+1080" in table  # +10800 s, give or take

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from sensor.alerts import Alert, Severity
-from sensor.communityid import community_id
-from sensor.eve import eve_alert, signature_id
-from sensor.syslog5424 import (
+from mamori.parsers.alerts import Alert, Severity
+from mamori.parsers.communityid import community_id
+from mamori.sensor.alerting.eve import eve_alert, signature_id
+from mamori.sensor.alerting.syslog5424 import (
     BOM,
     MAX_DATAGRAM,
     SyslogSender,
@@ -58,7 +58,7 @@ def test_community_id_refuses_what_is_not_a_flow() -> None:
 
 
 def _replay_eve(tmp: Path, extra: str = "") -> tuple[list[dict[str, Any]], Path]:
-    from sensor.cli import main
+    from mamori.sensor.cli import main
 
     conf = tmp / "sensor.toml"
     conf.write_text(f'[sensor]\nstate_dir = "{tmp}"\nname = "plant-a"\nsite = "Osaka"\n'
@@ -74,7 +74,7 @@ def test_replay_writes_eve_records_whose_community_id_is_tsharks(tmp_path: Path,
     require_tool("tshark")
     records, _ = _replay_eve(tmp_path)
     capsys.readouterr()
-    from sensor.store import Store
+    from mamori.sensor.alerting.store import Store
     with Store(tmp_path / "store.db", readonly=True) as store:
         alerts = {a.id: a for a in store.alerts()}
     # the demo's alerts, the intruder's identification reads and write among them (M4, M7:
@@ -121,8 +121,8 @@ def test_replay_writes_eve_records_whose_community_id_is_tsharks(tmp_path: Path,
 
 
 def test_signature_ids_of_the_shipped_rules_are_distinct() -> None:
-    from sensor.config import load
-    from sensor.detection.settings import load_configured_rules
+    from mamori.sensor.config import load
+    from mamori.sensor.detection.settings import load_configured_rules
     rules = load_configured_rules(load(None))
     assert len({signature_id(r.id) for r in rules}) == len({r.id for r in rules}) > 30
 
@@ -256,7 +256,7 @@ def test_replay_sends_syslog_from_the_output_config(tmp_path: Path,
 
 def test_bad_output_config_is_a_located_error(tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
-    from sensor.cli import main
+    from mamori.sensor.cli import main
     conf = tmp_path / "sensor.toml"
     conf.write_text('[output]\nsyslog = "tcp://siem:514"\nsyslog_facility = "local9"\n',
                     encoding="utf-8")
@@ -320,7 +320,7 @@ def test_collector_writes_eve_records_and_syslog_for_accepted_alerts(
 def test_dnp3_over_udp_records_udp_and_tsharks_community_id(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Zeek's DNP3/UDP trace: the alert's evidence says UDP, so the hash is of a UDP flow."""
-    from sensor.cli import main
+    from mamori.sensor.cli import main
     from tests.conftest import corpus_path
 
     require_tool("tshark")
@@ -347,8 +347,8 @@ def test_dnp3_over_udp_records_udp_and_tsharks_community_id(
 def test_eve_and_syslog_files_are_reopened_after_logrotate(tmp_path: Path) -> None:
     """logrotate renames the files, then sends SIGHUP; ``reopen`` must write on at the
     same paths, and no line goes to the rotated files afterwards."""
-    from sensor.siem import SensorSiem
-    from sensor.syslog5424 import SyslogSender
+    from mamori.sensor.alerting.siem import SensorSiem
+    from mamori.sensor.alerting.syslog5424 import SyslogSender
 
     eve, log = tmp_path / "eve.json", tmp_path / "syslog.log"
     siem = SensorSiem({"name": "plant-a", "site": "", "sector": ""}, eve,

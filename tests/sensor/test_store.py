@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from sensor.alerts import Alert, Severity
-from sensor.store import Store, StoreError
+from mamori.parsers.alerts import Alert, Severity
+from mamori.sensor.alerting.store import Store, StoreError
 
 
 def alert(i: int, ts: float = 1000.0, severity: Severity = Severity.HIGH) -> Alert:
@@ -88,8 +88,8 @@ def test_not_a_store(tmp_path: Path) -> None:
 
 WRITER = textwrap.dedent("""
     import sys
-    from sensor.alerts import Alert, Severity
-    from sensor.store import Store
+    from mamori.parsers.alerts import Alert, Severity
+    from mamori.sensor.alerting.store import Store
     store = Store(sys.argv[1])
     i = 0
     while True:

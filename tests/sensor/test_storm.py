@@ -22,15 +22,15 @@ from typing import Any
 
 import pytest
 
-from sensor import config as cfg
-from sensor.alerts import Alert
-from sensor.capture.pcapfile import read_capture_batches
-from sensor.cli import main
-from sensor.detection.engine import _STORM_TARGETS, Detector
-from sensor.detection.settings import build_detector
-from sensor.pipeline import Pipeline, PipelineConfig
-from sensor.replay import ReplaySummary, replay_files
-from sensor.store import Store
+from mamori.parsers.alerts import Alert
+from mamori.parsers.pipeline import Pipeline, PipelineConfig
+from mamori.sensor import config as cfg
+from mamori.sensor.alerting.store import Store
+from mamori.sensor.capture.pcapfile import read_capture_batches
+from mamori.sensor.capture.replay import ReplaySummary, replay_files
+from mamori.sensor.cli import main
+from mamori.sensor.detection.engine import _STORM_TARGETS, Detector
+from mamori.sensor.detection.settings import build_detector
 from tests import stormcap
 
 SOURCES = 1500  # rogue masters against the learned server

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from sensor.cli import main
-from sensor.pipeline import PipelineConfig
-from sensor.tshark_known import REASONS
-from sensor.verify import (
+from mamori.parsers.pipeline import PipelineConfig
+from mamori.sensor.cli import main
+from mamori.sensor.verify.known import REASONS
+from mamori.sensor.verify.tshark import (
     MamoriSide,
     TsharkFragment,
     VerifyReport,
@@ -68,7 +68,7 @@ def test_report_counts_and_lists_disagreements_with_frames() -> None:
 
 
 def test_known_tshark_error_needs_mamoris_evidence() -> None:
-    """A rule of sensor/tshark_known.py that drops tshark's fragment is a "known tshark
+    """A rule of sensor/verify/known.py that drops tshark's fragment is a "known tshark
     error" line only where Mamori reports why; else it is a disagreement."""
     dropped = _fragment(9, 0, link_control=0xC2)  # TEST_LINK_STATES with user data
     evidence = {"proto": "dnp3", "ts": 1.5, "src": "10.0.0.1", "sport": 20000,
@@ -115,7 +115,7 @@ def _corpus_modbus_dnp3() -> list[str]:
 def test_every_corpus_capture_agrees(relative: str) -> None:
     """The acceptance sweep (minutes: pyshark is slow). Ports as in the differential tests.
     Full agreement everywhere, except for the known tshark errors of
-    sensor/tshark_known.py, each used only with Mamori's own evidence."""
+    sensor/verify/known.py, each used only with Mamori's own evidence."""
     require_tool("tshark")
     from tests.sensor.test_dnp3_vs_tshark import PORTS as DNP3_PORTS
     from tests.sensor.test_modbus_vs_tshark import PORTS as MODBUS_PORTS

@@ -26,11 +26,11 @@ from urllib.parse import urlsplit
 import pytest
 from starlette.testclient import TestClient
 
-from sensor import config as cfg
-from sensor.web.app import create_app
-from sensor.web.auth import create_token_file
-from sensor.web.limits import MAX_HEAD_BYTES, MAX_HEADERS, MAX_ID, MAX_REQUEST_LINE
-from sensor.web.server import build_context
+from mamori.sensor import config as cfg
+from mamori.sensor.web.app import create_app
+from mamori.sensor.web.auth import create_token_file
+from mamori.sensor.web.limits import MAX_HEAD_BYTES, MAX_HEADERS, MAX_ID, MAX_REQUEST_LINE
+from mamori.sensor.web.server import build_context
 from tests.conftest import PROJECT
 from tests.web.conftest import (
     CONTROL,
@@ -141,14 +141,15 @@ def test_the_package_depends_on_the_debian_versions_tested_here() -> None:
 DAEMON_WEB = """
 import http.client, json, socket, sys
 from pathlib import Path
-from sensor import cli, daemon  # cli registers every feature's config keys
-from sensor import config as cfg
-from sensor.web.server import daemon_starter
+from mamori.sensor import cli
+from mamori.sensor.daemon import run as daemon  # cli registers every feature's config keys
+from mamori.sensor import config as cfg
+from mamori.sensor.web.server import daemon_starter
 tmp = Path(sys.argv[1])
 token = (tmp / "web" / "token").read_text().strip()
 conf = cfg.load(None, {("sensor", "state_dir"): str(tmp), ("web", "port"): 0})
 sensor = daemon.build_sensor(conf, None, web=daemon_starter(conf))
-host, port = sensor.web.sock.getsockname()[:2]
+host, port = mamori.sensor.web.sock.getsockname()[:2]
 conn = http.client.HTTPConnection(host, port, timeout=10)
 conn.request("GET", "/api/health", headers={"Authorization": "Bearer " + token})
 health = json.loads(conn.getresponse().read())
@@ -160,7 +161,7 @@ try:
     refused = False
 except ConnectionRefusedError:
     refused = True
-print(json.dumps({"live": health["live"], "stopped": not sensor.web._thread.is_alive(),
+print(json.dumps({"live": health["live"], "stopped": not mamori.sensor.web._thread.is_alive(),
                   "refused": refused}))
 """
 

@@ -10,8 +10,8 @@ import statistics
 import msgpack
 import pytest
 
-from sensor.alerts import Alert, Severity
-from sensor.wire import (
+from mamori.parsers.alerts import Alert, Severity
+from mamori.parsers.wire import (
     ALERT_FIELDS,
     Ack,
     FieldPolicy,

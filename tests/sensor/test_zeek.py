@@ -13,14 +13,14 @@ from typing import Any
 
 import pytest
 
-from parsers.dnp3.events import DNP3Request, DNP3Response, DNP3Unsolicited
-from parsers.modbus.events import ModbusRequest, ModbusResponse
-from parsers.modbus.pdu import Diagnostics, ReadDeviceIdResponse
-from parsers.stream import FlowId, Transport
-from sensor.eventlog import event_to_dict
-from sensor.pipeline import PipelineConfig
-from sensor.replay import replay_files
-from sensor.zeek import (
+from mamori.parsers.dnp3.events import DNP3Request, DNP3Response, DNP3Unsolicited
+from mamori.parsers.modbus.events import ModbusRequest, ModbusResponse
+from mamori.parsers.modbus.pdu import Diagnostics, ReadDeviceIdResponse
+from mamori.parsers.pipeline import PipelineConfig
+from mamori.parsers.stream import FlowId, Transport
+from mamori.sensor.alerting.eventlog import event_to_dict
+from mamori.sensor.capture.replay import replay_files
+from mamori.sensor.capture.zeek import (
     UNKNOWN,
     LoggedPdu,
     ZeekLineDecoder,

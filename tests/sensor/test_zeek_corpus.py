@@ -41,10 +41,10 @@ from typing import Any
 
 import pytest
 
-from sensor.eventlog import event_to_dict
-from sensor.pipeline import PipelineConfig
-from sensor.replay import replay_files
-from sensor.zeek import read_zeek_log
+from mamori.parsers.pipeline import PipelineConfig
+from mamori.sensor.alerting.eventlog import event_to_dict
+from mamori.sensor.capture.replay import replay_files
+from mamori.sensor.capture.zeek import read_zeek_log
 from tests.conftest import CORPUS, unavailable
 
 Key = tuple[Any, ...]

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from sensor.detection.settings import build_detector
-from sensor.pipeline import PipelineConfig
-from sensor.replay import replay_files
-from sensor.store import Store
-from sensor.web.auth import create_token_file
+from mamori.parsers.pipeline import PipelineConfig
+from mamori.sensor.alerting.store import Store
+from mamori.sensor.capture.replay import replay_files
+from mamori.sensor.detection.settings import build_detector
+from mamori.sensor.web.auth import create_token_file
 from tests.conftest import PROJECT, corpus_path, unavailable
 
 MODBUS_DEMO = PROJECT / "samples" / "modbus_demo.pcap"
@@ -72,8 +72,8 @@ def dnp3_capture() -> Path:
 
 # The Debian package runs the page on Debian's own interpreter and python3-starlette,
 # python3-uvicorn and python3-jinja2 (bookworm: 0.26.1, 0.17.6, 3.1.2); the page is
-# tested there too, with this tree on PYTHONPATH as the package's launcher puts
-# /usr/share/mamori first on sys.path.
+# tested there too, with this tree on PYTHONPATH (mamori/ links its folders), as the
+# package installs one mamori package beside those libraries.
 DEBIAN_PYTHON = "/usr/bin/python3"
 DEBIAN_DIST = "/usr/lib/python3/dist-packages"
 # must come from there
@@ -147,7 +147,7 @@ class WebProcess:
                  interpreter: Interpreter | None = None) -> None:
         python = interpreter or current_python()
         self.proc = subprocess.Popen(
-            [python.python, "-m", "sensor.cli", "web", "--store", str(store),
+            [python.python, "-m", "mamori.sensor.cli", "web", "--store", str(store),
              "--token-file", str(token_file), "--port", "0", *extra],
             cwd=PROJECT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
             env=python.env)

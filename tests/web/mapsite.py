@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
-from sensor.alerts import Alert, Severity
-from sensor.store import Store
-from sensor.web.maplayout import CHAR_EM
+from mamori.parsers.alerts import Alert, Severity
+from mamori.sensor.alerting.store import Store
+from mamori.sensor.web.maplayout import CHAR_EM
 
 PER_SUBNET = 20
 

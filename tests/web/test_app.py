@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from sensor import config as cfg
-from sensor.alerts import Alert, Severity
-from sensor.store import Store
-from sensor.web.app import create_app, parse_filter
-from sensor.web.server import build_context
+from mamori.parsers.alerts import Alert, Severity
+from mamori.sensor import config as cfg
+from mamori.sensor.alerting.store import Store
+from mamori.sensor.web.app import create_app, parse_filter
+from mamori.sensor.web.server import build_context
 
 
 def _client(store: Path, token_file: Path) -> TestClient:
@@ -174,7 +174,7 @@ def test_health_standalone_says_it_is_not_live(client: TestClient, token: str) -
 
 def test_read_only_store_disables_ack(modbus_store: Path, token_file: Path, token: str,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from sensor.web import audit
+    from mamori.sensor.web import audit
 
     def refuse(self: audit.OperatorAudit) -> None:
         raise audit.AuditError("read-only")
@@ -189,7 +189,7 @@ def test_a_chain_alert_lists_its_steps_linked_to_their_alerts(
         client: TestClient, token: str, modbus_store: Path) -> None:
     """The sample completes C1 (recon, then the intruder's write): its page names each
     step with its alert, rule and time, each linked to that alert's own page."""
-    from sensor.store import Store
+    from mamori.sensor.alerting.store import Store
 
     _login(client, token)
     with Store(modbus_store, readonly=True) as db:

@@ -14,16 +14,16 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from sensor import config as cfg
-from sensor.alerts import Alert, Severity
-from sensor.detection.settings import build_detector
-from sensor.pipeline import PipelineConfig
-from sensor.replay import replay_files
-from sensor.store import Store
-from sensor.web.app import _ts, create_app
-from sensor.web.evidence import evidence_rows, object_header
-from sensor.web.server import build_context
-from sensor.web.timeline import HOUR, Timeline, render_svg, window
+from mamori.parsers.alerts import Alert, Severity
+from mamori.parsers.pipeline import PipelineConfig
+from mamori.sensor import config as cfg
+from mamori.sensor.alerting.store import Store
+from mamori.sensor.capture.replay import replay_files
+from mamori.sensor.detection.settings import build_detector
+from mamori.sensor.web.app import _ts, create_app
+from mamori.sensor.web.evidence import evidence_rows, object_header
+from mamori.sensor.web.server import build_context
+from mamori.sensor.web.timeline import HOUR, Timeline, render_svg, window
 from tests.conftest import corpus_path
 from tests.web.conftest import replay_into_store
 

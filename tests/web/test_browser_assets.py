@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from sensor.alerts import Alert, Severity
-from sensor.store import Store
-from sensor.web.timeline import HOUR
+from mamori.parsers.alerts import Alert, Severity
+from mamori.sensor.alerting.store import Store
+from mamori.sensor.web.timeline import HOUR
 from tests.conftest import corpus_path
 from tests.web.conftest import WebProcess, replay_into_store
 from tests.web.test_asset_pages import DNP3, MODBUS, POLLED, _replay_with_baseline

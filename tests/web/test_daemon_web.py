@@ -9,13 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from sensor import (
-    cli,  # noqa: F401  registers every feature's config keys, as mamori does
-    daemon,
-)
-from sensor import config as cfg
-from sensor.web.auth import create_token_file
-from sensor.web.server import daemon_starter
+from mamori.sensor import cli  # noqa: F401  registers every feature's config keys, as mamori does
+from mamori.sensor import config as cfg
+from mamori.sensor.daemon import run as daemon
+from mamori.sensor.web.auth import create_token_file
+from mamori.sensor.web.server import daemon_starter
 
 
 def _conf(tmp_path: Path, **web: object) -> cfg.Config:

@@ -6,10 +6,10 @@ import csv
 import io
 from pathlib import Path
 
-from sensor.alerts import Alert, Severity
-from sensor.export import ALERT_COLUMNS, ASSET_COLUMNS
-from sensor.store import Store
-from sensor.web import downloads
+from mamori.parsers.alerts import Alert, Severity
+from mamori.sensor.alerting.export import ALERT_COLUMNS, ASSET_COLUMNS
+from mamori.sensor.alerting.store import Store
+from mamori.sensor.web import downloads
 from tests.web.test_app import _client, _login
 
 

@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sensor.alerts import Alert, Severity
-from sensor.store import Store
-from sensor.web.commap import (
+from mamori.parsers.alerts import Alert, Severity
+from mamori.sensor.alerting.store import Store
+from mamori.sensor.web.commap import (
     MAX_DETAIL_LINES,
     MAX_NODES,
     MapFilter,
@@ -28,8 +28,8 @@ from sensor.web.commap import (
     parse_map_filter,
     render_svg,
 )
-from sensor.web.data import AlertFilter, StoreReader
-from sensor.web.maplayout import (
+from mamori.sensor.web.data import AlertFilter, StoreReader
+from mamori.sensor.web.maplayout import (
     MAX_WIDTH,
     CellSpec,
     GroupSpec,

@@ -10,11 +10,11 @@ from xml.etree import ElementTree
 
 import pytest
 
-from sensor.web.attack import ATTACK_ICS, attack_name
-from sensor.web.auth import Authenticator, TokenFileError, create_token_file, read_token_file
-from sensor.web.bind import BindRefused, check_bind
-from sensor.web.commap import build_graph, render_svg
-from sensor.web.fcclass import classify
+from mamori.sensor.web.attack import ATTACK_ICS, attack_name
+from mamori.sensor.web.auth import Authenticator, TokenFileError, create_token_file, read_token_file
+from mamori.sensor.web.bind import BindRefused, check_bind
+from mamori.sensor.web.commap import build_graph, render_svg
+from mamori.sensor.web.fcclass import classify
 from tests.conftest import PROJECT
 
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from sensor import config as cfg
-from sensor.alerts import Severity
-from sensor.cli import main
-from sensor.store import Store
-from sensor.web.app import create_app
-from sensor.web.server import build_context
+from mamori.parsers.alerts import Severity
+from mamori.sensor import config as cfg
+from mamori.sensor.alerting.store import Store
+from mamori.sensor.cli import main
+from mamori.sensor.web.app import create_app
+from mamori.sensor.web.server import build_context
 from tests.conftest import corpus_path
 
 pytestmark = pytest.mark.corpus

@@ -1,0 +1,1 @@
+"""The shipped rule packs (YAML) and their schema: data, read through importlib.resources."""

@@ -1,0 +1,1 @@
+"""The long-running sensor process and its systemd glue."""

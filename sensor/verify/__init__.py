@@ -1,0 +1,1 @@
+"""``mamori verify``: Mamori's parsing checked against tshark's, field by field."""

@@ -1,0 +1,78 @@
+"""``mamori verify``: Mamori's parsing against tshark's, field by field.
+
+``mamori verify FILE...`` exits 0 on full agreement, 1 on any disagreement, 2 for
+usage errors and when its tools are missing. It needs tshark and pyshark; Debian
+ships tshark but not pyshark, so the Debian package only Suggests tshark, and
+``verify`` says in one line what is missing and how to get it. (Zeek logs are
+replayed by ``mamori replay --zeek-logs DIR``, which also runs the rules.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from mamori.parsers.pipeline import PipelineConfig
+from mamori.sensor.paths import check_input
+
+
+def register_commands(commands: Any) -> None:
+    from mamori.sensor.cli import port_list  # cli imports this module lazily; no cycle at load
+
+    verify = commands.add_parser(
+        "verify", help="compare Mamori's parsing of a capture with tshark's, field by field",
+        description="Dissect each capture with tshark (through pyshark) and with Mamori, "
+                    "and print per field how often they agree, every disagreement with its "
+                    "frame number, and a verdict. Known tshark errors are not counted.")
+    verify.add_argument("files", nargs="+", metavar="FILE.pcap", type=Path)
+    verify.add_argument("--modbus-ports", type=port_list, default=frozenset({502}),
+                        metavar="PORTS", help="Modbus/TCP server ports (default 502)")
+    verify.add_argument("--dnp3-ports", type=port_list, default=frozenset({20000}),
+                        metavar="PORTS", help="DNP3 ports, TCP and UDP (default 20000)")
+    verify.add_argument("--limit", type=int, default=20, metavar="N",
+                        help="disagreements listed per field (default 20)")
+    verify.set_defaults(func=_cmd_verify)
+
+
+def missing_tools() -> str | None:
+    """What ``verify`` lacks, and how to get it, in one line; None when all is there."""
+    lacking = [name for name, present in (
+        ("tshark", shutil.which("tshark") is not None),
+        ("pyshark", importlib.util.find_spec("pyshark") is not None)) if not present]
+    if not lacking:
+        return None
+    how = []
+    if "tshark" in lacking:
+        how.append("apt install tshark")
+    if "pyshark" in lacking:
+        how.append("pip install pyshark (Debian does not package it; in a venv, or "
+                   "pip install --user)")
+    return f"needs {' and '.join(lacking)}, not installed: {'; '.join(how)}"
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from mamori.sensor.verify.tshark import verify_capture
+
+    for path in args.files:
+        if (problem := check_input(path)) is not None:
+            print(f"mamori verify: {problem}", file=sys.stderr)
+            return 2
+    if (missing := missing_tools()) is not None:
+        print(f"mamori verify: {missing}", file=sys.stderr)
+        return 2
+    try:
+        config = PipelineConfig(modbus_ports=args.modbus_ports, dnp3_ports=args.dnp3_ports)
+    except ValueError as err:
+        print(f"mamori verify: {err}", file=sys.stderr)
+        return 2
+    status = 0
+    for path in args.files:
+        report = verify_capture(path, config)
+        print(report.render(limit=args.limit))
+        if not report.agreed:
+            status = 1
+    return status
