@@ -1,7 +1,8 @@
 """Forwarding subcommands: ``mamori keys``, ``mamori collect`` and ``mamori audit``.
 
 ``mamori.sensor.cli`` discovers ``register_commands``;
-``python -m mamori.sensor.forwarding.cli`` runs the same commands on their own (tests and a collector-only install use that).
+``python -m mamori.sensor.forwarding.cli`` runs the same commands on their own (tests
+and a collector-only install use that).
 """
 
 from __future__ import annotations
