@@ -507,7 +507,7 @@ conf = cfg.load(None, {("sensor", "state_dir"): str(tmp), ("web", "port"): 0,
 sensor = daemon.build_sensor(conf, None, web=daemon_starter(conf))
 try:
     out = {}
-    for url in (mamori.sensor.metrics.url, mamori.sensor.web.url + "metrics"):
+    for url in (sensor.metrics.url, sensor.web.url + "metrics"):
         text = urllib.request.urlopen(url, timeout=10).read().decode()
         out[url] = sorted({s.name for f in text_string_to_metric_families(text)
                            for s in f.samples})

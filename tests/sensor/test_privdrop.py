@@ -6,8 +6,8 @@ then on cannot read a single file of its own installation. Everything it would i
 or read lazily (the web app, its templates and static files, uvicorn's and anyio's
 run-time modules, the journald binding) must be loaded before that drop.
 
-The tree is real: this checkout's ``sensor``, ``parsers`` and ``rules`` and the venv's
-site-packages, bind-mounted (in a private mount namespace, ``unshare -m``) under a
+The tree is real: this checkout's ``mamori`` package (``sensor``, ``parsers`` and ``rules``)
+and the venv's site-packages, bind-mounted (in a private mount namespace, ``unshare -m``) under a
 0700 directory, and the daemon's ``sys.path`` points only there (``python3 -S``: no
 system site-packages). The daemon captures on a veth interface of its own; the page
 is then asked for every route, logged in, with a static file and an acknowledgement.
@@ -203,5 +203,5 @@ def test_the_page_answers_after_the_drop_from_a_tree_only_root_can_read(
     assert proc.returncode == 0, err
     assert "Traceback" not in err and "ERROR:" not in err, err  # uvicorn's "ERROR:"
     denied = [line for line in err.splitlines() if "Permission denied" in line]
-    assert len(denied) == 1 and f"{private}/app/rules: Permission denied; keeping" \
+    assert len(denied) == 1 and f"{private}/app/mamori/rules: Permission denied; keeping" \
         in denied[0], denied

@@ -149,7 +149,7 @@ tmp = Path(sys.argv[1])
 token = (tmp / "web" / "token").read_text().strip()
 conf = cfg.load(None, {("sensor", "state_dir"): str(tmp), ("web", "port"): 0})
 sensor = daemon.build_sensor(conf, None, web=daemon_starter(conf))
-host, port = mamori.sensor.web.sock.getsockname()[:2]
+host, port = sensor.web.sock.getsockname()[:2]
 conn = http.client.HTTPConnection(host, port, timeout=10)
 conn.request("GET", "/api/health", headers={"Authorization": "Bearer " + token})
 health = json.loads(conn.getresponse().read())
@@ -161,7 +161,7 @@ try:
     refused = False
 except ConnectionRefusedError:
     refused = True
-print(json.dumps({"live": health["live"], "stopped": not mamori.sensor.web._thread.is_alive(),
+print(json.dumps({"live": health["live"], "stopped": not sensor.web._thread.is_alive(),
                   "refused": refused}))
 """
 
