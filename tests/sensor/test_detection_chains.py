@@ -69,7 +69,7 @@ def test_shipped_chains_load_and_every_step_matches_a_rule() -> None:
     tracker = ChainTracker(RULES, RULES.chains, RULES.categories)
     for ci, chain in enumerate(RULES.chains):
         assert chain.severity is Severity.CRITICAL and chain.attack
-        covered = set()
+        covered: set[int] = set()
         for entries in tracker._index.values():
             for index, steps in entries:
                 if index == ci:

@@ -233,7 +233,7 @@ def test_endpoint_refuses_connections_past_its_limit(endpoint: MetricsServer) ->
             for _ in range(MAX_CONNECTIONS)]
     try:
         wait_for("the idle connections to be accepted", lambda: endpoint._server._slots
-                 ._value == 0, timeout=10)  # type: ignore[attr-defined]
+                 ._value == 0, timeout=10)
         for _ in range(3):
             with socket.create_connection((host, port), timeout=10) as extra:
                 extra.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
@@ -241,7 +241,7 @@ def test_endpoint_refuses_connections_past_its_limit(endpoint: MetricsServer) ->
     finally:
         for sock in idle:
             sock.close()
-    wait_for("a free slot", lambda: endpoint._server._slots._value > 0,  # type: ignore
+    wait_for("a free slot", lambda: endpoint._server._slots._value > 0,
              timeout=10)
     samples = scrape(endpoint.url)
     assert value(samples, "mamori_metrics_refused_connections_total") == 3
