@@ -126,7 +126,13 @@ def _no_addresses(name: str) -> list[str]:
 
 def _conf(tmp_path: Path, **values: object) -> cfg.Config:
     return cfg.load(None, {("sensor", "state_dir"): str(tmp_path), **{
-        tuple(k.split("__")): v for k, v in values.items()}})  # type: ignore[misc]
+        _option(k): v for k, v in values.items()}})
+
+
+def _option(keyword: str) -> tuple[str, str]:
+    """``section__name`` (a keyword argument) as the (section, name) of an option."""
+    section, name = keyword.split("__")
+    return section, name
 
 
 def test_binding_follows_the_web_page_rules(tmp_path: Path) -> None:
