@@ -40,7 +40,7 @@ def test_replay_alerts_store_and_views(tmp_path: Path, capsys: pytest.CaptureFix
             raise KeyboardInterrupt  # what the operator's Ctrl-C raises there
 
     with monkeypatch.context() as patch:
-        patch.setattr(detection_cli.time, "sleep", ctrl_c_in_the_second_nap)
+        patch.setattr("mamori.sensor.detection.cli.time.sleep", ctrl_c_in_the_second_nap)
         assert main(["alerts", "--store", str(store), "--follow"]) == 0
     assert naps == [detection_cli.FOLLOW_INTERVAL] * 2  # two reads of the store, then Ctrl-C
     assert "[mamori.modbus.unauthorised_write]" in capsys.readouterr().out

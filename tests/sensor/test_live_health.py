@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,7 +41,7 @@ def _config(base: Path, ring_mb: int, silence: str) -> Path:
     return path
 
 
-def _alerts(base: Path) -> list[dict[str, object]]:
+def _alerts(base: Path) -> list[dict[str, Any]]:
     out = subprocess.run([MAMORI, "alerts", "--json", "--store", str(base / "state" /
                                                                      "mamori.db")],
                          capture_output=True, text=True, timeout=30)
@@ -92,7 +93,7 @@ def test_silence_on_the_capture_interface_raises_s3(lab: SpanLab, tmp_path: Path
     s3 = [a for a in _alerts(tmp_path) if a["precursor"] == "S3"]
     assert len(s3) == 1, out
     assert s3[0]["src"] == "cap0"
-    assert s3[0]["evidence"]["interface"] == "cap0"  # type: ignore[index]
+    assert s3[0]["evidence"]["interface"] == "cap0"
 
 
 def test_kernel_drops_raise_s1(lab: SpanLab, tmp_path: Path) -> None:
@@ -104,6 +105,6 @@ def test_kernel_drops_raise_s1(lab: SpanLab, tmp_path: Path) -> None:
     assert status == 0, out
     s1 = [a for a in _alerts(tmp_path) if a["precursor"] == "S1"]
     assert s1, out
-    dropped = sum(int(a["evidence"]["dropped"]) for a in s1)  # type: ignore[index]
+    dropped = sum(int(a["evidence"]["dropped"]) for a in s1)
     assert dropped > 0
     assert s1[0]["src"] == "cap0"

@@ -106,8 +106,8 @@ def _wait_line(proc: subprocess.Popen[str], word: str, stream: str = "stdout",
         if word in line:
             return
         if not line and proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited before saying {word!r}")
-    raise TimeoutError(f"{proc.args} did not say {word!r}")
+            raise RuntimeError(f"{proc.args!r} exited before saying {word!r}")
+    raise TimeoutError(f"{proc.args!r} did not say {word!r}")
 
 
 def _wait_listening(lab: ReconLab, port: int, timeout: float = 15.0) -> None:
