@@ -80,7 +80,7 @@ def _config(args: argparse.Namespace) -> cfg.Config:
 
 
 def _paths(args: argparse.Namespace) -> tuple[Path, Path]:
-    from mamori.sensor.detection.settings import store_path
+    from mamori.sensor.alerting.settings import store_path
 
     config = _config(args)
     store = args.store if args.store is not None else store_path(config)

@@ -17,7 +17,6 @@ from mamori.sensor import config as cfg
 from mamori.sensor.capture.live import CaptureError, interface_exists
 from mamori.sensor.daemon import run as daemon
 from mamori.sensor.paths import check_output
-from mamori.sensor.web import settings as _web_settings  # noqa: F401  registers [web]
 
 log = logging.getLogger("mamori")
 

@@ -130,9 +130,9 @@ def _health_alert(config: cfg.Config, refused: BundleRefused, source: str,
                   count: int) -> None:
     """S7: the refusal where operators and the collector see alerts (best effort)."""
     from mamori.sensor.alerting.journald import journald_sink
+    from mamori.sensor.alerting.settings import store_path
     from mamori.sensor.alerting.store import Store, StoreError
     from mamori.sensor.detection.bundle import refusal_alert
-    from mamori.sensor.detection.settings import store_path
 
     alert = refusal_alert(refused, source, count)
     sink = journald_sink()

@@ -25,6 +25,7 @@ from mamori.sensor.advisories import cli as advisories_cli
 from mamori.sensor.alerting import export_cli
 from mamori.sensor.alerting.dispatch import AlertOutputs
 from mamori.sensor.alerting.journald import journald_sink
+from mamori.sensor.alerting.settings import store_path
 from mamori.sensor.alerting.siem import SensorSiem
 from mamori.sensor.alerting.store import Store, StoreError
 from mamori.sensor.capture.packet_evidence import PacketEvidence
@@ -38,7 +39,6 @@ from mamori.sensor.detection.settings import (
     load_configured_rules,
     rule_dirs,
     set_names,
-    store_path,
 )
 from mamori.sensor.paths import (
     OutputError,
@@ -139,7 +139,6 @@ def _open_collector(args: argparse.Namespace) -> Any:
     """The collector store: ``--store`` (SQLite), else the config's [collect] db or dsn."""
     from mamori.sensor.collector.server import CollectorSettings
     from mamori.sensor.collector.storage import SqliteStorage, open_storage
-    from mamori.sensor.forwarding import options as forwarding_options  # noqa: F401  (registers [collect])
     from mamori.sensor.forwarding.cli import _storage_errors, _storage_problem
 
     if args.store is not None and not args.collector:

@@ -22,8 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 from mamori.sensor import config as cfg
 from mamori.sensor.advisories import cli as advisories_cli
-from mamori.sensor.forwarding import options as forwarding_options  # noqa: F401  (registers [forward] and [collect])
-from mamori.sensor.metrics import settings as _metrics_settings  # noqa: F401  registers [metrics]
 from mamori.sensor.paths import check_output, describe, describe_mkdir, foreign_sqlite
 
 if TYPE_CHECKING:
