@@ -79,8 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     detection_cli.add_replay_arguments(replay)
     replay.set_defaults(func=_cmd_replay)
 
-    for feature in (forwarding_cli, detection_cli, daemon_cli, zeek_cli, web_cli,
-                    advisories_cli, subscribe_cli, export_cli):
+    # What one capability adds to another's commands is handed over here, so that no
+    # command-line module imports another: `collect advisories`, `assets --vulnerable`.
+    forwarding_cli.register_commands(commands, [advisories_cli.add_collect_command])
+    detection_cli.register_commands(commands, [advisories_cli.add_assets_arguments])
+    for feature in (daemon_cli, zeek_cli, web_cli, advisories_cli, subscribe_cli, export_cli):
         feature.register_commands(commands)
     return parser
 

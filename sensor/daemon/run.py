@@ -507,10 +507,10 @@ def build_sensor(conf: cfg.Config, config_path: str | None,
     from mamori.sensor.alerting.dispatch import AlertOutputs
     from mamori.sensor.alerting.journald import journald_sink
     from mamori.sensor.alerting.settings import store_path
-    from mamori.sensor.alerting.store import StoreError, StoreFull
-    from mamori.sensor.detection.cli import forwarding_problem, open_store
+    from mamori.sensor.alerting.store import StoreError, StoreFull, open_store
     from mamori.sensor.detection.loader import RuleError
     from mamori.sensor.forwarding.journal import JournalFull
+    from mamori.sensor.forwarding.options import forwarding_problem
 
     state_dir = Path(conf.get("sensor", "state_dir"))
     try:

@@ -60,7 +60,7 @@ def _fail(err: object) -> int:
 
 def _site(args: argparse.Namespace) -> tuple[cfg.Config, BundleStore]:
     """The sensor's configuration and its installed bundles; raises ``ConfigError``."""
-    from mamori.sensor.detection.cli import _config as load
+    from mamori.sensor.cliargs import config_file as load
     from mamori.sensor.detection.settings import bundle_store
 
     config = load(args.config)

@@ -9,6 +9,7 @@ and ``CHECKS`` are the whole of it, in schema order.
 from __future__ import annotations
 
 import re
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from mamori.parsers.wire import ALERT_FIELDS, DEFAULT_DENY_FIELDS, MAX_MESSAGE_B
 from mamori.sensor import configkit as cfg
 from mamori.sensor.forwarding.policy import DEFAULT_POLICY, PolicySpec, parse_policies
 from mamori.sensor.forwarding.pseudonym import key_problem
-from mamori.sensor.paths import check_creatable, foreign_sqlite
+from mamori.sensor.paths import check_creatable, describe_mkdir, foreign_sqlite
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +91,15 @@ def v_instance(value: Any) -> str:
         raise ValueError(f"{text!r} is not an instance name (an interface name: letters, "
                          "digits, _ . : @ -; max 64)")
     return text
+
+
+def forwarding_problem(config: cfg.Config, err: Exception) -> str:
+    """What starting the forwarder raised, naming the file (SQLite names none)."""
+    if isinstance(err, sqlite3.Error):
+        return f"{config.state_path('forward', 'journal')}: {err}"
+    if isinstance(err, OSError):
+        return describe_mkdir(err)
+    return str(err)
 
 
 def journal_path(config: cfg.Config) -> Path:
