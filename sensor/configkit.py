@@ -222,7 +222,7 @@ def v_choice(*choices: str) -> Validator:
     return check
 
 
-# -- the schema -------------------------------------------------------------------------
+# -- the keys of no one capability ------------------------------------------------------
 
 CORE_OPTIONS: tuple[Option, ...] = (  # what every process reads: who, which ports, bounds
     Option("sensor", "name", "mamori", v_nonempty_str,

@@ -202,10 +202,21 @@ def _module_level_calls(module: ast.Module) -> Iterator[ast.Call]:
         pending.extend(ast.iter_child_nodes(node))
 
 
+def _registrations(module: ast.Module) -> list[int]:
+    """Lines of ``cfg.register(...)``/``config.register_check(...)`` calls run at import."""
+    return sorted(call.lineno for call in _module_level_calls(module)
+                  if isinstance(call.func, ast.Attribute)
+                  and call.func.attr in {"register", "register_check"}
+                  and ast.unparse(call.func.value) in {"cfg", "config"})
+
+
+def test_the_registration_check_sees_module_level_calls_only() -> None:
+    source = ("cfg.register([cfg.Option('a', 'b', 1, int, '')])\n"
+              "X = [config.register_check(f, [])]\n"
+              "def later() -> None:\n    cfg.register([])\n")
+    assert _registrations(ast.parse(source)) == [1, 2]
+
+
 def test_nothing_registers_config_options_at_import() -> None:
-    bad = sorted(f"{name}:{call.lineno}" for name in modules()
-                 for call in _module_level_calls(tree(name))
-                 if isinstance(call.func, ast.Attribute)
-                 and call.func.attr in {"register", "register_check"}
-                 and ast.unparse(call.func.value) in {"cfg", "config"})
+    bad = sorted(f"{name}:{line}" for name in modules() for line in _registrations(tree(name)))
     assert bad == []
