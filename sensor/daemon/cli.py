@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -14,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from mamori.sensor import config as cfg
+from mamori.sensor.capture.addresses import interface_addresses
 from mamori.sensor.capture.live import CaptureError, interface_exists
 from mamori.sensor.daemon import run as daemon
 from mamori.sensor.paths import check_output
-from mamori.sensor.web import settings as _web_settings  # noqa: F401  registers [web]
 
 log = logging.getLogger("mamori")
 
@@ -179,7 +178,7 @@ def inspect_interface(name: str) -> list[IfaceFinding]:
     findings.append(IfaceFinding(bool(flags & IFF_NOARP), "arp",
                                  "ARP disabled" if flags & IFF_NOARP else
                                  f"ARP enabled: `ip link set {name} arp off`"))
-    addresses = _addresses(name)
+    addresses = interface_addresses(name)
     findings.append(IfaceFinding(not addresses, "addresses",
                                  "no IP address" if not addresses else
                                  f"has address(es) {', '.join(addresses)}: "
@@ -193,19 +192,6 @@ def inspect_interface(name: str) -> list[IfaceFinding]:
                                      f"solicitations): `sysctl -w net.ipv6.conf.{name}."
                                      f"disable_ipv6=1`"))
     return findings
-
-
-def _addresses(name: str) -> list[str]:
-    try:
-        out = subprocess.run(["ip", "-j", "addr", "show", "dev", name], capture_output=True,
-                             text=True, check=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    found: list[str] = []
-    for link in json.loads(out or "[]"):
-        for info in link.get("addr_info", []):
-            found.append(f"{info.get('local')}/{info.get('prefixlen')}")
-    return found
 
 
 def cmd_check_iface(args: argparse.Namespace) -> int:

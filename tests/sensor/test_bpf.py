@@ -326,7 +326,6 @@ def test_the_kernel_runs_the_program_as_the_interpreter_does() -> None:
 
 def test_the_capture_filter_option_is_checked_at_load_with_its_line(tmp_path: Path) -> None:
     from mamori.sensor import config as cfg
-    from mamori.sensor.daemon import run as daemon  # noqa: F401  registers [capture]
 
     good = tmp_path / "good.toml"
     good.write_text('[capture]\nfilter = "net 10.1.0.0/16 and not host 10.1.0.9"\n')

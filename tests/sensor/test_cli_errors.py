@@ -483,9 +483,9 @@ def test_a_journal_that_cannot_be_opened_at_start_up_is_named(tmp_path: Path) ->
     import sqlite3
 
     from mamori.sensor import config as cfg
-    from mamori.sensor.detection.cli import forwarding_problem
     from mamori.sensor.forwarding.forwarder import Forwarder
     from mamori.sensor.forwarding.keys import generate
+    from mamori.sensor.forwarding.options import forwarding_problem
 
     generate("sensor", tmp_path / "keys")
     generate("collector", tmp_path / "keys")

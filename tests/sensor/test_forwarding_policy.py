@@ -27,7 +27,6 @@ import zmq
 from mamori.parsers.alerts import Alert, Pseudonym, Severity
 from mamori.parsers.wire import JOURNALED_KINDS, Ack, Envelope, Kind, decode, encode, encode_ack
 from mamori.sensor import config as cfg
-from mamori.sensor.forwarding import options  # noqa: F401  (registers [forward])
 from mamori.sensor.forwarding.audit import Sent, shape_json
 from mamori.sensor.forwarding.forwarder import EVICTION_RULE, Forwarder
 from mamori.sensor.forwarding.journal import AlertJournal, Outgoing
@@ -46,7 +45,6 @@ IDENTITY = ("Mamori Test Works", "MTW-PLC-1")
 SENSOR = """
 import json, sys, time
 from mamori.sensor import config as cfg
-from mamori.sensor.forwarding import options  # noqa: F401  (registers [forward])
 from mamori.sensor.advisories.national import IdentityFeed
 from mamori.parsers.alerts import Alert, Severity
 from mamori.sensor.detection.settings import build_detector

@@ -29,7 +29,6 @@ from mamori.sensor.collector.jetstream import (
     subject,
     token,
 )
-from mamori.sensor.forwarding import options as forwarding_options  # noqa: F401  (registers [collect])
 from tests.peers.nats_cluster import USERS, NatsCluster, nats_server
 from tests.sensor.test_collector import PROJECT, Site, wait_for
 

@@ -37,7 +37,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mamori.parsers.alerts import Severity
 from mamori.parsers.wire import Kind
-from mamori.sensor import cli  # noqa: F401  registers every feature's config keys, as mamori does
 from mamori.sensor import config as cfg
 from mamori.sensor.daemon import run as daemon
 from mamori.sensor.metrics.sensor_metrics import SensorMetrics
@@ -503,8 +502,7 @@ DEBIAN_SCRAPE = """
 import json, sys, urllib.request
 from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
-from mamori.sensor import cli
-from mamori.sensor.daemon import run as daemon  # cli registers every feature's config keys
+from mamori.sensor.daemon import run as daemon
 from mamori.sensor import config as cfg
 from mamori.sensor.web.server import daemon_starter
 tmp = Path(sys.argv[1])
