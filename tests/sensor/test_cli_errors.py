@@ -468,7 +468,7 @@ def test_a_journal_that_cannot_be_opened_at_start_up_is_named(tmp_path: Path) ->
     import sqlite3
 
     from mamori.sensor import config as cfg
-    from mamori.sensor.detection.cli import forwarding_problem
+    from mamori.sensor.detection.session import forwarding_problem
     from mamori.sensor.forwarding.forwarder import Forwarder
     from mamori.sensor.forwarding.keys import generate
 
