@@ -90,7 +90,7 @@ class Path_:
 
 
 def pub_reader(endpoint: str, path: Path_, total: int, stop: threading.Event) -> None:
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     sock = ctx.socket(zmq.SUB)
     sock.setsockopt(zmq.RCVHWM, 1_000_000)
     sock.setsockopt(zmq.SUBSCRIBE, b"alert")

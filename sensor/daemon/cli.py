@@ -32,7 +32,6 @@ def register_commands(commands: Any) -> None:
                      help="site configuration (default /etc/mamori/sensor.toml if present)")
     run.add_argument("--events", type=Path, default=None, metavar="OUT.jsonl",
                      help="also write every event as JSON lines (for analysts)")
-    run.add_argument("--max-seconds", type=cfg.seconds_flag, default=None, help=argparse.SUPPRESS)
     run.add_argument("--web", action="store_true",
                      help="also serve the operator web page ([web] enabled; docs/web.md)")
     # The sensor's flags only: the collector's ([collect]) belong to `mamori collect`.
@@ -115,7 +114,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     sensor.drop_privileges()
     sensor.install_signals()
-    return sensor.run(args.max_seconds)
+    return sensor.run()
 
 
 DISK_RETRY = 5.0  # seconds between start attempts while the state directory is full

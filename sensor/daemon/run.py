@@ -189,7 +189,7 @@ class Sensor:
 
     # -- the loop -----------------------------------------------------------------------
 
-    def run(self, max_seconds: float | None = None) -> int:
+    def run(self) -> int:
         self._running = True
         poller = select.poll()
         by_fd = {cap.fileno(): cap for cap in self.captures}
@@ -199,7 +199,6 @@ class Sensor:
         names = ", ".join(c.interface for c in self.captures)
         self.notifier.ready(f"capturing on {names}")
         log.info("capturing on %s", names)
-        deadline = time.monotonic() + max_seconds if max_seconds else None
         stats_every = self.conf.get("health", "stats_interval")
         next_stats = time.monotonic() + stats_every
         next_tick = 0.0
@@ -222,8 +221,6 @@ class Sensor:
             if now_mono >= next_stats:
                 next_stats = now_mono + stats_every
                 self._read_stats(time.time())
-            if deadline is not None and now_mono >= deadline:
-                break
         self.shutdown()
         return 0
 

@@ -83,8 +83,6 @@ def register_commands(commands: Any) -> None:
     alerts.add_argument("--show", type=int, metavar="ID",
                         help="one alert in full: evidence and the pcap of its packets")
     export_cli.add_csv_flag(alerts, "the alerts")
-    alerts.add_argument("--interval", type=cfg.seconds_flag, default=1.0, help=argparse.SUPPRESS)
-    alerts.add_argument("--max-polls", type=int, default=None, help=argparse.SUPPRESS)
     _store_args(alerts)
     _collector_args(alerts)
     alerts.set_defaults(func=cmd_alerts)
@@ -207,6 +205,7 @@ def _file_problem(path: Path, err: Exception) -> str:
     return f"{path}: {err}"
 
 
+FOLLOW_INTERVAL = 1.0  # seconds between two reads of the store by alerts --follow
 MAX_BASELINE_BYTES = 64 << 20  # a reviewed baseline of a large site is a few MiB
 
 
@@ -317,7 +316,6 @@ def cmd_alerts(args: argparse.Namespace) -> int:
         return export_cli.print_alerts_csv(store, since, severity)
     out = sys.stdout
     last_id = 0
-    polls = 0
     with store:
         while True:
             for alert in store.alerts(since=since, min_severity=severity, after_id=last_id):
@@ -325,12 +323,11 @@ def cmd_alerts(args: argparse.Namespace) -> int:
                 print(json.dumps(alert.to_dict()) if args.json else render_alert(alert),
                       file=out)
             out.flush()
-            polls += 1
-            if not args.follow or (args.max_polls is not None and polls >= args.max_polls):
+            if not args.follow:
                 return 0
             try:
-                time.sleep(args.interval)
-            except KeyboardInterrupt:
+                time.sleep(FOLLOW_INTERVAL)
+            except KeyboardInterrupt:  # Ctrl-C ends --follow
                 return 0
 
 

@@ -285,7 +285,8 @@ def _storage_errors(settings: CollectorSettings) -> tuple[type[Exception], ...]:
 def _storage_problem(settings: CollectorSettings, err: Exception) -> str:
     """An error opening the collector store, naming the store (never the DSN: a password)."""
     if isinstance(err, ImportError):
-        return "[collect] dsn is set, but psycopg (PostgreSQL) is not installed"
+        return ("[collect] dsn is set, but psycopg (PostgreSQL) is not installed: "
+                "pip install 'mamori[postgres]' (Debian: apt install python3-psycopg)")
     if settings.dsn:
         return f"PostgreSQL ([collect] dsn): {err}".strip()
     if isinstance(err, OSError):

@@ -1,9 +1,10 @@
 """``mamori verify``: Mamori's parsing against tshark's, field by field.
 
 ``mamori verify FILE...`` exits 0 on full agreement, 1 on any disagreement, 2 for
-usage errors and when its tools are missing. It needs tshark and pyshark; Debian
-ships tshark but not pyshark, so the Debian package only Suggests tshark, and
-``verify`` says in one line what is missing and how to get it. (Zeek logs are
+usage errors and when its tools are missing. It needs tshark and pyshark (the
+``verify`` extra: ``pip install 'mamori[verify]'``); Debian ships tshark but not
+pyshark, so the Debian package only Suggests tshark, and ``verify`` says in one line
+what is missing and how to get it. (Zeek logs are
 replayed by ``mamori replay --zeek-logs DIR``, which also runs the rules.)
 """
 
@@ -49,8 +50,8 @@ def missing_tools() -> str | None:
     if "tshark" in lacking:
         how.append("apt install tshark")
     if "pyshark" in lacking:
-        how.append("pip install pyshark (Debian does not package it; in a venv, or "
-                   "pip install --user)")
+        how.append("pip install 'mamori[verify]' (on the Debian package, which cannot "
+                   "have it: pip install pyshark, in a venv or with --user)")
     return f"needs {' and '.join(lacking)}, not installed: {'; '.join(how)}"
 
 

@@ -180,8 +180,13 @@ def _tcpdump(expression: str) -> list[bpf.Instruction]:
     require_tool("tcpdump")
     out = subprocess.run(["tcpdump", "-dd", "-y", "EN10MB", expression], capture_output=True,
                          text=True, check=True).stdout
-    return [tuple(int(v, 0) for v in line.strip(" {},").split(","))  # type: ignore[misc]
-            for line in out.splitlines() if line.strip()]
+    return [_instruction(line) for line in out.splitlines() if line.strip()]
+
+
+def _instruction(line: str) -> bpf.Instruction:
+    """One ``{ code, jt, jf, k },`` line of ``tcpdump -dd``."""
+    code, jt, jf, k = (int(v, 0) for v in line.strip(" {},").split(","))
+    return code, jt, jf, k
 
 
 def _port_expression(ports: frozenset[int]) -> str:
