@@ -20,10 +20,16 @@ from mamori.parsers.pipeline import PipelineConfig
 from mamori.sensor import config as cfg
 from mamori.sensor.advisories import cli as advisories_cli
 from mamori.sensor.alerting import export_cli
-from mamori.sensor.capture.replay import progress_stream, replay_files
+from mamori.sensor.capture.replay import (
+    EventsOut,
+    ReplaySummary,
+    progress_stream,
+    replay_files,
+)
 from mamori.sensor.collector import subscribe_cli
 from mamori.sensor.daemon import cli as daemon_cli
 from mamori.sensor.detection import cli as detection_cli
+from mamori.sensor.detection.session import Session
 from mamori.sensor.forwarding import cli as forwarding_cli
 from mamori.sensor.paths import OutputError, check_input, check_output, describe, open_output
 from mamori.sensor.verify import cli as zeek_cli
@@ -112,7 +118,6 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     except (ValueError, detection_cli.UsageError) as err:
         print(f"mamori replay: {err}", file=sys.stderr)
         return 2
-    sinks = [detection.detector.process] if detection is not None else []
     with contextlib.ExitStack() as stack:
         events_out: IO[str] | None = None
         if args.events is not None:
@@ -120,20 +125,22 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                 events_out = sys.stdout
             else:
                 events_out = stack.enter_context(open_output(args.events))
-        if zeek is not None:
-            from mamori.sensor.capture.zeek import replay_zeek_logs
-
-            summary = replay_zeek_logs(zeek, events_out=events_out, extra_sinks=sinks)
-        else:
-            summary = replay_files(
-                args.files, config, events_out=events_out, extra_sinks=sinks,
-                progress=None if args.no_progress else progress_stream(),
-                ring=detection.evidence.ring if detection and detection.evidence else None)
+        consumers = [EventsOut(events_out)] if events_out is not None else []
+        session = detection.session(consumers) if detection is not None else \
+            Session(consumers=consumers, packet_clock=True)
+        try:
+            summary = _replay_source(args, config, session, detection)
+        except BaseException:
+            if detection is not None:
+                detection.release()  # what was flushed so far stays stored and journaled
+            raise
     to_stdout = events_out is sys.stdout or (detection is not None
                                              and str(detection.alerts_out) == "-")
     report = sys.stderr if to_stdout else sys.stdout
     print(summary.render(), file=report)
-    stored = detection.finish(report) if detection is not None else True
+    stored = detection.finish(session, report) if detection is not None else True
+    if detection is None:
+        session.close()
     for failure in detection.errors if detection is not None else ():
         print(f"mamori replay: {failure}", file=sys.stderr)
     if zeek is not None and summary.files == 0:
@@ -146,6 +153,19 @@ def _cmd_replay(args: argparse.Namespace) -> int:
               file=sys.stderr)
     failed = detection is not None and bool(detection.errors)
     return 1 if summary.errors or not stored or failed else 0
+
+
+def _replay_source(args: argparse.Namespace, config: PipelineConfig, session: Session,
+                   detection: detection_cli.ReplayDetection | None) -> ReplaySummary:
+    """Capture files or a Zeek log directory, fed to ``session``."""
+    if args.zeek_logs is not None:
+        from mamori.sensor.capture.zeek import replay_zeek_logs
+
+        return replay_zeek_logs(args.zeek_logs, extra_sinks=[session.feed])
+    evidence = detection.evidence if detection is not None else None
+    return replay_files(args.files, config, extra_sinks=[session.feed],
+                        progress=None if args.no_progress else progress_stream(),
+                        ring=evidence.ring if evidence is not None else None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -78,3 +78,28 @@ def rewrite(capture: Path, out: Path, client_ip: str, server_ip: str) -> Path:
             f.write(struct.pack("<IIII", sec, usec, len(data), max(rec.orig_len, len(data))))
             f.write(data)
     return out
+
+
+def copies(capture: Path, out: Path, n: int, every: float, server_ip: str = "10.8.0.1",
+           ) -> Path:
+    """``n`` copies of ``capture`` one after the other, ``every`` seconds of packet
+    time apart, copy ``k`` from client 10.9.k//250.k%250+1 (new peers, new alerts):
+    a long capture made of a short one."""
+    parser = CaptureFileParser()
+    parser.receive(capture.read_bytes())
+    records = [r for r in parser.records() if r.linktype == 1]
+    parser.close()
+    server = socket.inet_aton(server_ip)
+    start = records[0].ts
+    with out.open("wb") as f:
+        f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1))
+        for k in range(n):
+            client = socket.inet_aton(f"10.9.{k // 250}.{k % 250 + 1}")
+            for rec in records:
+                data = _rewrite(rec.data, client, server)
+                ts = rec.ts - start + k * every + 1_700_000_000
+                sec = int(ts)
+                usec = min(round((ts - sec) * 1e6), 999_999)
+                f.write(struct.pack("<IIII", sec, usec, len(data), max(rec.orig_len, len(data))))
+                f.write(data)
+    return out

@@ -32,6 +32,50 @@ def output_error(stream: IO[str], err: OSError) -> OutputError:
     return OutputError(f"{where}: cannot write: {err.strerror or err}")
 
 
+Sink = Callable[[list[Any]], None]
+
+
+def fan_out(sinks: Sequence[Sink]) -> Sink | None:
+    """One sink that hands each batch to every one of ``sinks``, in order (None: none).
+
+    The one fan-out of events to their consumers: replay's extra sinks, the Zeek log
+    replay's, and the session's consumers (mamori.sensor.detection.session)."""
+    chain = tuple(sinks)
+    if not chain:
+        return None
+    if len(chain) == 1:
+        return chain[0]
+
+    def each(events: list[Any]) -> None:
+        for sink in chain:
+            sink(events)
+
+    return each
+
+
+class EventsOut:
+    """``mamori replay --events``: every event as a JSON line; a failed write ends the
+    replay (OutputError naming the file; the daemon's ``--events`` counts it instead)."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+        self._writer = JsonLinesWriter(stream)
+
+    def consume(self, events: list[Any]) -> None:
+        try:
+            self._writer.write(events)
+        except BrokenPipeError:
+            raise  # `--events - | head`: the reader left; main() ends quietly
+        except OSError as err:
+            raise output_error(self.stream, err) from None
+
+    def tick(self, now: float) -> None:
+        del now
+
+    def close(self) -> None:
+        """The stream is its opener's to close."""
+
+
 @dataclass
 class ReplaySummary:
     files: int = 0
@@ -147,23 +191,8 @@ def replay_files(
     pipeline.ring = ring
     sinks = list(extra_sinks)
     if events_out is not None:
-        writer = JsonLinesWriter(events_out)
-
-        def write_events(events: list[Any]) -> None:
-            try:
-                writer.write(events)
-            except BrokenPipeError:
-                raise  # `--events - | head`: the reader left; main() ends quietly
-            except OSError as err:
-                raise output_error(events_out, err) from None
-
-        sinks.insert(0, write_events)
-
-    def fan_out(events: list[Any]) -> None:
-        for sink in sinks:
-            sink(events)
-
-    tally = EventTally(summary, fan_out if sinks else None)
+        sinks.insert(0, EventsOut(events_out).consume)
+    tally = EventTally(summary, fan_out(sinks))
     packet = pipeline.packet
     started = time.perf_counter()
     for path in paths:

@@ -33,13 +33,12 @@ import pwd
 import select
 import signal
 import socket
-import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from mamori.parsers.alerts import Alert, Severity
 from mamori.parsers.pipeline import Pipeline, PipelineConfig
@@ -49,19 +48,10 @@ from mamori.sensor.alerting.siem import SensorSiem
 from mamori.sensor.capture import bpf
 from mamori.sensor.capture.live import CaptureError, CaptureStats, LiveCapture
 from mamori.sensor.daemon.notify import Notifier
+from mamori.sensor.detection.session import Session
 from mamori.sensor.paths import describe
 
 log = logging.getLogger("mamori.daemon")
-
-
-class Consumer(Protocol):
-    """Something that takes events from the pipeline: detection, the event log, ..."""
-
-    def consume(self, events: list[Any]) -> None: ...
-
-    def tick(self, now: float) -> None: ...
-
-    def close(self) -> None: ...
 
 
 def pipeline_config(conf: cfg.Config) -> PipelineConfig:
@@ -98,15 +88,19 @@ def health_alert(rule: str, precursor: str, title: str, now: float, interface: s
 
 
 class Sensor:
-    """The daemon's state and loop. Built by ``run``; tests drive it directly."""
+    """The daemon's state and loop. Built by ``build_sensor``; tests drive it directly.
+
+    The capture interfaces are the session's source: frames go through the
+    pipeline, events to ``session.feed``, and the loop's second is ``session.tick``.
+    """
 
     def __init__(self, conf: cfg.Config, config_path: str | None,
-                 consumers: Sequence[Consumer] = (),
+                 session: Session | None = None,
                  alert_sink: Callable[[Alert], object] | None = None,
                  notifier: Notifier | None = None) -> None:
         self.conf = conf
         self.config_path = config_path
-        self.consumers = list(consumers)
+        self.session = session if session is not None else Session()
         self.alert_sink = alert_sink
         self.notifier = notifier or Notifier()
         self.captures: list[LiveCapture] = []
@@ -227,9 +221,7 @@ class Sensor:
             if events:
                 batch.extend(events)
         health.bytes += self.pipeline.stats.bytes - before
-        if batch:
-            for consumer in self.consumers:
-                consumer.consume(batch)
+        self.session.feed(batch)
 
     def _drain_wakeups(self) -> None:
         try:
@@ -269,18 +261,12 @@ class Sensor:
 
         self.conf = fresh
         refused = []
-        for consumer in self.consumers:
-            reload = getattr(consumer, "reload", None)
-            if reload is None:
-                continue
-            try:
-                reload(fresh)
-            except (RuleError, OSError) as err:
-                # e.g. rule packs in an installation the dropped user cannot read: the
-                # running rules stay, and the daemon with them
-                problem = describe(err) if isinstance(err, OSError) else str(err)
-                log.error("reload: %s; keeping what was running", problem)
-                refused.append(problem)
+        # e.g. rule packs in an installation the dropped user cannot read: the
+        # running rules stay, and the daemon with them
+        for failure in self.session.reload(fresh, (RuleError, OSError)):
+            problem = describe(failure) if isinstance(failure, OSError) else str(failure)
+            log.error("reload: %s; keeping what was running", problem)
+            refused.append(problem)
         self.rules_loaded()
         if self.outputs is not None:
             self.outputs.reopen_sinks()
@@ -290,14 +276,9 @@ class Sensor:
 
     def reload_rules(self) -> None:
         """Load the active rule bundle into detection; the configuration stays."""
-        for consumer in self.consumers:
-            reload = getattr(consumer, "reload", None)
-            if reload is None:
-                continue
-            try:
-                reload(self.conf)
-            except Exception as err:  # the running rules stay; the bundle is rolled back
-                log.error("rules not reloaded, the running ones stay: %s", err)
+        # the running rules stay; the bundle is rolled back
+        for failure in self.session.reload(self.conf, (Exception,)):
+            log.error("rules not reloaded, the running ones stay: %s", failure)
         self.rules_loaded()
 
     def rules_loaded(self) -> None:
@@ -305,10 +286,8 @@ class Sensor:
         bundle detection runs now."""
         if self.rules is None:
             return
-        versions = [v for c in self.consumers
-                    if isinstance(v := getattr(c, "rules_version", None), int)]
-        if versions:
-            self.rules.loaded(versions[0])
+        if self.session.detector is not None:
+            self.rules.loaded(self.session.rules_version)
         if self.forwarder is not None:
             self.forwarder.heartbeat_soon()
 
@@ -323,8 +302,7 @@ class Sensor:
                     f"No traffic on {health.name} for {int(now - health.last_frame)} s",
                     now, health.name, Severity.MEDIUM,
                     {"interface": health.name, "silent_for": round(now - health.last_frame)}))
-        for consumer in self.consumers:
-            consumer.tick(now)
+        self.session.tick(now)
         if self.forwarder is not None:
             self.forwarder.deliver_meta()  # S5/S6 raised on the forwarder's thread
 
@@ -398,14 +376,8 @@ class Sensor:
             self.web.close()
         if self.metrics is not None:
             self.metrics.close()
-        events = self.pipeline.finish()
-        if events:
-            for consumer in self.consumers:
-                consumer.consume(list(events))
-        for consumer in self.consumers:
-            consumer.close()
-        if self.outputs is not None:
-            self.outputs.close_sinks()
+        self.session.feed(list(self.pipeline.finish()))
+        self.session.close()
         if self.forwarder is not None:
             self.forwarder.close()
         if self.store is not None:
@@ -506,8 +478,7 @@ def build_sensor(conf: cfg.Config, config_path: str | None,
     from mamori.sensor.alerting.settings import store_path
     from mamori.sensor.alerting.store import StoreError, StoreFull, open_store
     from mamori.sensor.detection.loader import RuleError
-    from mamori.sensor.forwarding.journal import JournalFull
-    from mamori.sensor.forwarding.options import forwarding_problem
+    from mamori.sensor.detection.session import ForwardingError, open_forwarder
 
     state_dir = Path(conf.get("sensor", "state_dir"))
     try:
@@ -526,8 +497,6 @@ def build_sensor(conf: cfg.Config, config_path: str | None,
     if conf.get("forward", "collectors"):
         from mamori.sensor.detection.rulepush import RuleReceiver
         from mamori.sensor.detection.settings import bundle_store
-        from mamori.sensor.forwarding.forwarder import Forwarder
-        from mamori.sensor.forwarding.keys import KeyFileError
 
         def health() -> dict[str, float]:
             return holder[0].health_for_heartbeat() if holder else {}
@@ -535,25 +504,12 @@ def build_sensor(conf: cfg.Config, config_path: str | None,
         receiver = RuleReceiver(bundle_store(conf), conf.get("detection", "trusted_rule_keys"),
                                 on_applied=lambda _: holder[0].request_rules_reload())
         try:
-            forwarder = Forwarder(conf, state_dir, health=health,
-                                  on_meta_alert=outputs.raise_local, rules=receiver)
-        except (KeyFileError, OSError, sqlite3.Error) as err:
+            forwarder = open_forwarder(conf, outputs, state_dir=state_dir, health=health,
+                                       on_meta_alert=outputs.raise_local, rules=receiver)
+        except ForwardingError as err:
             store.close()
-            raise StartupError(f"forwarding: {forwarding_problem(conf, err)}",
-                               disk_full=isinstance(err, JournalFull)) from None
-        outputs.forwarder = forwarder
-    consumers: list[Consumer] = []
-    evidence = None
-    if conf.get("detection", "enabled"):
-        from mamori.sensor.capture.packet_evidence import PacketEvidence
-        from mamori.sensor.detection.live import LiveDetection
-
-        evidence = PacketEvidence.from_config(conf, store)  # None: [packets] enabled = false
-        try:
-            consumers.append(LiveDetection(conf, store, outputs, evidence=evidence))
-        except RuleError as err:
-            store.close()
-            raise StartupError(str(err)) from None
+            raise StartupError(str(err), disk_full=err.journal_full) from None
+    consumers: list[Any] = []  # after detection, in this order
     if events is not None:
         consumers.append(EventFile(events))
     event_kinds = None
@@ -562,7 +518,21 @@ def build_sensor(conf: cfg.Config, config_path: str | None,
 
         event_kinds = EventKinds()
         consumers.append(event_kinds)
-    sensor = Sensor(conf, config_path, consumers, alert_sink=outputs.raise_external)
+    evidence = None
+    session = Session(store=store, outputs=outputs, consumers=consumers)  # detection off
+    if conf.get("detection", "enabled"):
+        from mamori.sensor.capture.packet_evidence import PacketEvidence
+        from mamori.sensor.detection.live import live_session
+
+        evidence = PacketEvidence.from_config(conf, store)  # None: [packets] enabled = false
+        try:
+            session = live_session(conf, store, outputs, evidence, consumers)
+        except RuleError as err:
+            for consumer in consumers:
+                consumer.close()
+            store.close()
+            raise StartupError(str(err)) from None
+    sensor = Sensor(conf, config_path, session, alert_sink=outputs.raise_external)
     sensor.event_kinds = event_kinds
     if evidence is not None:
         sensor.pipeline.ring = evidence.ring

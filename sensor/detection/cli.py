@@ -35,6 +35,14 @@ from mamori.sensor.detection import bundle_cli as rulebundle_cli
 from mamori.sensor.detection.engine import Detector
 from mamori.sensor.detection.inventory import Inventory, vouch
 from mamori.sensor.detection.loader import RuleError, load_rules, pack_files
+from mamori.sensor.detection.session import (
+    Consumer,
+    ForwardingError,
+    Session,
+    adopt_stored_baseline,
+    open_forwarder,
+    stored_enforcing,
+)
 from mamori.sensor.detection.settings import (
     build_detector,
     build_inventory,
@@ -42,7 +50,6 @@ from mamori.sensor.detection.settings import (
     rule_dirs,
     set_names,
 )
-from mamori.sensor.forwarding.options import forwarding_problem
 from mamori.sensor.paths import (
     OutputError,
     check_output,
@@ -482,7 +489,12 @@ def _learn_for(text: str) -> float:
 
 
 class ReplayDetection:
-    """Detection wired into one ``mamori replay`` run."""
+    """Detection wired into one ``mamori replay`` run: a Session on packet time.
+
+    The store and the forwarder are opened before the first packet, so alerts are
+    stored and journaled as the replay goes (mamori.sensor.detection.session); the
+    forwarder delivers the journal at the end and waits for the collectors' acks.
+    """
 
     def __init__(self, detector: Detector, alerts_out: Path | None, store: Store | None,
                  config: cfg.Config | None = None) -> None:
@@ -490,8 +502,11 @@ class ReplayDetection:
         self.alerts_out = alerts_out
         self.store = store
         self.config = config
-        self.errors: list[str] = []  # what failed after the replay (forwarding); exit 1
+        self.errors: list[str] = []  # what failed besides the replay (forwarding); exit 1
         self.evidence: PacketEvidence | None = None  # pcaps behind alerts (with --store)
+        self.outputs: AlertOutputs | None = None  # store, then forwarder
+        self.forwarder: Any = None  # mamori.sensor.forwarding.forwarder.Forwarder
+        self._journaled_from = 0
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ReplayDetection | None:
@@ -521,13 +536,11 @@ class ReplayDetection:
                 store = open_store(args.store, config, readonly=False)
             except StoreError as err:
                 raise UsageError(str(err)) from None
-            stored = store.load_baseline()
-            if stored is not None and stored.get("state") == "enforcing":
-                if learn_for is not None:
-                    store.close()
-                    raise UsageError(f"{args.store}: already enforces a baseline; "
-                                     "--learn-for needs a store without one")
-                inventory.import_baseline(stored)
+            if learn_for is not None and stored_enforcing(store) is not None:
+                store.close()
+                raise UsageError(f"{args.store}: already enforces a baseline; "
+                                 "--learn-for needs a store without one")
+            adopt_stored_baseline(store, inventory)
         if args.baseline is not None:
             try:
                 inventory.import_baseline(read_baseline(args.baseline))
@@ -539,40 +552,54 @@ class ReplayDetection:
             on_alert=evidence.chain(journald_sink()) if evidence else journald_sink())
         made = cls(detector, args.alerts, store, config)
         made.evidence = evidence
+        made.open_outputs()
         return made
 
-    def finish(self, report: IO[str]) -> bool:
-        """Write, store, forward and summarise; False when alerts could not be stored
-        (a full disk: the summary says how many)."""
-        alerts = self.detector.alerts()
-        if self.evidence is not None:
-            self.evidence.flush()  # pcaps still in their post-window, before the store
-        if self.alerts_out is not None:
-            if str(self.alerts_out) == "-":
-                write_alerts_jsonl(alerts, sys.stdout)
+    def open_outputs(self) -> None:
+        """The store, then the configured collectors' forwarder; neither: no outputs.
+
+        A forwarder that cannot start (what changed since the config was checked, or
+        what only opening finds: a full disk) is said at the end, fails the exit
+        status, and the alerts are still stored."""
+        collectors = self.config is not None and self.config.get("forward", "collectors")
+        if not collectors and self.store is None:
+            return
+        outputs = AlertOutputs(self.store, window=0.0)
+        if collectors:
+            assert self.config is not None
+            try:
+                self.forwarder = open_forwarder(self.config, outputs)
+            except ForwardingError as err:
+                self.errors.append(str(err))
+                if self.store is None:
+                    return
+                if err.journal_full:  # the next run with room journals these
+                    self.store.owe_journal(self.store.rev())
             else:
-                try:
-                    with self.alerts_out.open("w", encoding="utf-8") as stream:
-                        write_alerts_jsonl(alerts, stream)
-                except OSError as err:  # checked before the replay; a full disk, ...
-                    raise OutputError(f"{self.alerts_out}: cannot write: "
-                                      f"{err.strerror or err}") from None
-        drained = self.detector.drain()
-        outputs = None
-        if self.config is not None and self.config.get("forward", "collectors"):
-            outputs = self._forward(drained, report)
-        elif self.store is not None:
-            outputs = AlertOutputs(self.store, window=0.0, sinks=self.sinks())
-            outputs.publish(drained)
-            outputs.close()
-            outputs.close_sinks()
-        state = outputs.status() if outputs is not None else {}
-        if self.store is not None:
-            inv = self.detector.inventory
-            self.store.save_inventory(inv.asset_docs(),
-                                      [p.to_dict() for p in inv.pairs.values()], inv.export())
-            self.store.prune()
-            self.store.close()
+                self._journaled_from = self.forwarder.journal.seq
+        outputs.sinks.extend(self.sinks())
+        self.outputs = outputs
+
+    def session(self, consumers: Sequence[Consumer] = ()) -> Session:
+        """The replay's session: detection, ``consumers`` (the event log), the outputs."""
+        return Session(self.detector, store=self.store, outputs=self.outputs,
+                       consumers=consumers, evidence=self.evidence, packet_clock=True,
+                       persist_every=None)
+
+    def finish(self, session: Session, report: IO[str]) -> bool:
+        """Close the session (last alerts stored and journaled), write ``--alerts``,
+        deliver and summarise; False when alerts could not be stored (a full disk:
+        the summary says how many)."""
+        try:
+            session.close()
+            alerts = self.detector.alerts()
+            if self.alerts_out is not None:
+                self._write_alerts(alerts)
+            if self.forwarder is not None:
+                self._deliver(len(alerts), report)
+        finally:
+            self.release()
+        state = self.outputs.status() if self.outputs is not None else {}
         print(render_summary(alerts, self.detector), file=report)
         if self.evidence is not None:
             ev = self.evidence.stats
@@ -587,6 +614,27 @@ class ReplayDetection:
         lost = int(state["dropped"]) if state else 0
         return lost == 0
 
+    def release(self) -> None:
+        """Close the forwarder (what is journaled stays for the next run) and the store;
+        also after a replay that failed half way (what was flushed is kept)."""
+        if self.forwarder is not None:
+            self.forwarder.close(flush_timeout=0)
+            self.forwarder = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    def _write_alerts(self, alerts: list[Alert]) -> None:
+        assert self.alerts_out is not None
+        if str(self.alerts_out) == "-":
+            write_alerts_jsonl(alerts, sys.stdout)
+            return
+        try:
+            with self.alerts_out.open("w", encoding="utf-8") as stream:
+                write_alerts_jsonl(alerts, stream)
+        except OSError as err:  # checked before the replay; a full disk, ...
+            raise OutputError(f"{self.alerts_out}: cannot write: "
+                              f"{err.strerror or err}") from None
 
     def sinks(self) -> list[SensorSiem]:
         """The configured EVE and syslog outputs ([output]); a file that cannot be opened
@@ -600,44 +648,21 @@ class ReplayDetection:
             return []
         return [siem] if siem is not None else []
 
-    def _forward(self, alerts: list[Alert], report: IO[str]) -> AlertOutputs | None:
-        """Store, then forward to the configured collectors, and wait for their acks."""
-        from mamori.sensor.forwarding.forwarder import Forwarder
-        from mamori.sensor.forwarding.journal import JournalFull
-        from mamori.sensor.forwarding.keys import KeyFileError
-
+    def _deliver(self, alerts: int, report: IO[str]) -> None:
+        """Send what the replay journaled to the collectors, and wait for their acks."""
         assert self.config is not None
-        try:
-            forwarder = Forwarder(self.config)
-        except (KeyFileError, OSError, sqlite3.Error) as err:
-            # load() checked the files; this is what changed since, or what only opening
-            # finds (a full disk): keep the alerts, and fail the exit status.
-            self.errors.append(f"forwarding: {forwarding_problem(self.config, err)}")
-            if self.store is None:
-                return None
-            if isinstance(err, JournalFull):  # the next run with room journals these
-                self.store.owe_journal(self.store.rev())
-            outputs = AlertOutputs(self.store, window=0.0, sinks=self.sinks())
-            outputs.publish(alerts)
-            outputs.close()
-            outputs.close_sinks()
-            return outputs
-        outputs = AlertOutputs(self.store, forwarder, window=0.0, sinks=self.sinks())
-        start = forwarder.journal.seq
-        outputs.publish(alerts)
-        outputs.close()
-        outputs.close_sinks()
-        journaled = forwarder.journal.seq - start
+        forwarder = self.forwarder
+        journaled = forwarder.journal.seq - self._journaled_from
         forwarder.start()
         deadline = time.monotonic() + self.config.get("forward", "ack_timeout") * 2
         while forwarder.unacked() and time.monotonic() < deadline:
             time.sleep(0.05)
         left = forwarder.unacked()
         forwarder.close()
-        print(f"forwarded  {journaled} messages ({len(alerts)} new alerts) to "
+        self.forwarder = None
+        print(f"forwarded  {journaled} messages ({alerts} new alerts) to "
               f"{len(self.config.get('forward', 'collectors'))} collector(s); {left} awaiting "
               f"acknowledgement (kept in the journal)", file=report)
-        return outputs
 
 
 def write_alerts_jsonl(alerts: list[Alert], stream: IO[str]) -> None:

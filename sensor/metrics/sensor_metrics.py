@@ -220,10 +220,10 @@ class SensorMetrics:
                            self.events.snapshot())
 
     def _detection(self) -> Iterator[Metric]:
-        detectors = [c.detector for c in self.sensor.consumers if hasattr(c, "detector")]
-        if not detectors:
+        detector = self.sensor.session.detector
+        if detector is None:
             return
-        st = detectors[0].stats
+        st = detector.stats
         yield counter("mamori_detection_events", "Events the detector processed", st.events)
         yield counter("mamori_detection_rule_hits", "Rule matches", st.hits)
         yield counter("mamori_detection_alerts", "Alert aggregates opened by the detector",

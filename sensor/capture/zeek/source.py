@@ -22,8 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from mamori.parsers.stream import Transport
-from mamori.sensor.alerting.eventlog import JsonLinesWriter
-from mamori.sensor.capture.replay import EventTally, ReplaySummary
+from mamori.sensor.capture.replay import EventsOut, EventTally, ReplaySummary, fan_out
 from mamori.sensor.capture.zeek.mapping import DNP3_LOGS, MODBUS_LOGS, ZeekEventMapper
 from mamori.sensor.capture.zeek.reader import ZeekLineDecoder, ZeekLogProblem, ZeekRecord
 
@@ -105,14 +104,8 @@ def replay_zeek_logs(
     folder = Path(directory)
     summary = ReplaySummary(unit="records")
     started = time.perf_counter()
-    writer = JsonLinesWriter(events_out) if events_out is not None else None
-    sinks = ([writer.write] if writer else []) + list(extra_sinks)
-
-    def fan_out(events: list[Any]) -> None:
-        for sink in sinks:
-            sink(events)
-
-    tally = EventTally(summary, fan_out if sinks else None)
+    sinks = ([EventsOut(events_out).consume] if events_out else []) + list(extra_sinks)
+    tally = EventTally(summary, fan_out(sinks))
     problems: list[ZeekLogProblem] = []
     mapper = ZeekEventMapper()
     files = zeek_log_files(folder)
