@@ -157,3 +157,33 @@ def test_store_below_its_cap_updates_every_row(tmp_path: Path) -> None:
         store.save_alerts([alert(i, count=3) for i in range(1, CAP + 1)])
         assert store.alert_count() == CAP and store.ids_forgotten == 0
         assert {a.count for a in store.alerts()} == {3}
+
+
+def test_zeek_udp_connection_ids_are_capped_newest_kept() -> None:
+    from mamori.sensor.capture.zeek.mapping import MAX_UDP_UIDS, ZeekEventMapper
+
+    mapper = ZeekEventMapper()
+    for i in range(3 * MAX_UDP_UIDS):
+        mapper.note_udp(f"C{i}")
+    assert len(mapper.transports) == MAX_UDP_UIDS
+    assert mapper.stats["conn: UDP connection ids forgotten (cap)"] == 2 * MAX_UDP_UIDS
+    assert f"C{3 * MAX_UDP_UIDS - 1}" in mapper.transports and "C0" not in mapper.transports
+    below = ZeekEventMapper()
+    for i in range(MAX_UDP_UIDS):
+        below.note_udp(f"C{i}")
+    assert len(below.transports) == MAX_UDP_UIDS and not below.stats
+
+
+def test_identity_feed_keeps_only_the_devices_the_inventory_holds() -> None:
+    from mamori.sensor.advisories.national import IdentityFeed
+
+    feed = IdentityFeed()
+
+    def assets(first: int, n: int) -> list[dict[str, object]]:
+        return [{"ip": f"10.5.{i >> 8}.{i & 0xFF}", "identity": {"vendor": "V"}}
+                for i in range(first, first + n)]
+
+    for start in range(0, 20 * CAP, CAP):  # the inventory (capped) moves on
+        assert len(feed.changed(assets(start, CAP))) == CAP
+        assert len(feed._sent) == CAP
+    assert feed.changed(assets(19 * CAP, CAP)) == []  # below the cap: nothing sent twice
