@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
+from mamori.parsers.fastinit import fast_init
 from mamori.parsers.packet import ip_to_str
 from mamori.parsers.stream import FlowId, Transport
 
@@ -51,6 +52,7 @@ class TransportKind(Enum):
     HANDSHAKE_TABLE_FULL = "handshake_table_full"  # attempts forgotten at the cap
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class TransportEvent:
     """One finding about a connection attempt; ``flow`` is None for table-wide ones.

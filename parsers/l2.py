@@ -25,6 +25,7 @@ import struct
 from dataclasses import dataclass
 from enum import Enum
 
+from mamori.parsers.fastinit import fast_init
 from mamori.parsers.packet import MAX_VLAN_DEPTH
 from mamori.parsers.stream import FlowId
 
@@ -44,6 +45,7 @@ class ArpOp(Enum):
     REPLY = 2
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ArpEvent:
     """One ARP request or reply for IPv4 over Ethernet.
@@ -70,6 +72,7 @@ class ArpEvent:
         return self.sender_ip == self.target_ip and self.sender_ip != "0.0.0.0"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ArpProblem:
     """A frame with the ARP ethertype that is not ARP for IPv4 over Ethernet."""
@@ -82,6 +85,7 @@ class MacPairKind(Enum):
     CHANGED = "changed"  # a pair this flow had not used before, mid-connection
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class MacPairEvent:
     """The (client, server) MAC pair of an ICS flow, as its frames carry it."""

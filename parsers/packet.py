@@ -57,6 +57,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import NamedTuple
 
+from mamori.parsers.fastinit import fast_init
+
 __all__ = [
     "MAX_IPV6_EXTENSIONS",
     "MAX_VLAN_DEPTH",
@@ -126,6 +128,7 @@ class Decoded(NamedTuple):
     vlan: int | None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class DecodeProblem:
     """A frame that is not a well-formed TCP segment or UDP datagram."""

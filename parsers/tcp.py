@@ -80,6 +80,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mamori.parsers.fastinit import fast_init
 from mamori.parsers.stream import Direction, FlowId, StreamParser
 
 TCP_FIN = 0x01
@@ -116,6 +117,7 @@ class TcpAnomaly(enum.Enum):
     SEQ_JUMP = "seq_jump"  # sequence number moved further than any window
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class TcpAnomalyEvent:
     """One anomaly in one direction of a connection.

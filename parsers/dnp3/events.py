@@ -1,10 +1,11 @@
 """What the DNP3 parser emits: link events, application fragments, anomalies.
 
-Every event is a frozen, slotted dataclass carrying the ``FlowId`` and the
-``Direction`` the pipeline gave the parser. Application fragments come as
-``DNP3Request`` (from the master), ``DNP3Response`` (FC 129 and 131) and
-``DNP3Unsolicited`` (FC 130); all three are ``DNP3Application`` and differ only
-in their class, so rules may test either the base or the kind.
+Every event is a frozen, slotted dataclass (built with ``fast_init``, as Modbus's
+are) carrying the ``FlowId`` and the ``Direction`` the pipeline gave the parser.
+Application fragments come as ``DNP3Request`` (from the master), ``DNP3Response``
+(FC 129 and 131) and ``DNP3Unsolicited`` (FC 130); all three are
+``DNP3Application`` and differ only in their class, so rules may test either the
+base or the kind.
 
 Point values never appear here except inside the decoded ``details`` of the
 few object groups that matter for detection (controls, time, file transfer,
@@ -16,6 +17,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from mamori.parsers.fastinit import fast_init
 from mamori.parsers.stream import Direction, FlowId, Transport
 
 
@@ -48,6 +50,7 @@ class DNP3Anomaly(enum.Enum):
 # ---------------------------------------------------------------- object details
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ControlRelayOutput:
     """g12v1/g12v2 control relay output block (CROB / pattern control block)."""
@@ -64,6 +67,7 @@ class ControlRelayOutput:
     status: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class AnalogOutput:
     """g41 analog output block: commanded value plus control status."""
@@ -73,6 +77,7 @@ class AnalogOutput:
     status: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class TimeValue:
     """g50v1 (absolute), g50v2 (with interval), g50v3 (last recorded), g50v4 (indexed)."""
@@ -82,6 +87,7 @@ class TimeValue:
     units: int | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ClassData:
     """g60v1..v4: class 0 (static) to class 3."""
@@ -89,6 +95,7 @@ class ClassData:
     event_class: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class FileObject:
     """g70 file-transfer object: what is done to which file."""
@@ -102,6 +109,7 @@ class FileObject:
     status: int | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class IinWrite:
     """g80v1: one internal-indication bit written (index 7 = IIN1.7 device restart)."""
@@ -110,6 +118,7 @@ class IinWrite:
     value: bool
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class DeviceAttribute:
     """g0: device attribute (variation = attribute id, e.g. 252 vendor, 250 product)."""
@@ -130,6 +139,7 @@ Detail = (
 )
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ObjectHeader:
     """One object header of a fragment.
@@ -153,6 +163,7 @@ class ObjectHeader:
 # ---------------------------------------------------------------- events
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class DNP3LinkEvent:
     """A link frame without application data: resets, tests, link status, ACK/NACK."""
@@ -169,6 +180,7 @@ class DNP3LinkEvent:
     dir: bool
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class DNP3Application:
     """One reassembled application fragment.
@@ -216,21 +228,25 @@ class DNP3Application:
         return bool(self.app_control & 0x10)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class DNP3Request(DNP3Application):
     """A fragment from the master (every FC below 129)."""
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class DNP3Response(DNP3Application):
     """FC 129 RESPONSE or 131 AUTHENTICATE_RESP from the outstation."""
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class DNP3Unsolicited(DNP3Application):
     """FC 130 UNSOLICITED_RESPONSE: normal DNP3, tracked for storms and confirms."""
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class DNP3AnomalyEvent:
     ts: float

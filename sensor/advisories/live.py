@@ -123,13 +123,18 @@ class AdvisoryWatch:
                 self._generation = generation
                 self._identities.clear()  # a new index: every asset is matched again
             matches: list[Match] = []
+            present: set[str] = set()
             for asset in assets:
                 ip = str(asset.get("ip", ""))
+                present.add(ip)
                 identity = json.dumps(asset.get("identity") or {}, sort_keys=True)
                 if self._identities.get(ip) == identity:
                     continue
                 self._identities[ip] = identity
                 matches.extend(self._matcher.match_asset(asset))
+            if len(self._identities) > len(present):  # only assets the inventory holds
+                self._identities = {ip: i for ip, i in self._identities.items()
+                                    if ip in present}
             if not matches:
                 return []
             alerts = claim_alerts(index, matches, now)

@@ -66,8 +66,10 @@ def _cut(text: str) -> str:
 class IdentityFeed:
     """On the sensor: the asset records to forward, one per device whose identity changed.
 
-    Remembers what it sent in this process; a restarted daemon sends every
-    identity once more, which the collector takes as the latest, unchanged.
+    Remembers what it sent in this process, for the assets the inventory still
+    holds (it is capped; a forgotten device seen again is sent again); a restarted
+    daemon sends every identity once more, which the collector takes as the
+    latest, unchanged.
     """
 
     def __init__(self) -> None:
@@ -75,7 +77,9 @@ class IdentityFeed:
 
     def changed(self, assets: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         out = []
+        present: set[str] = set()
         for asset in assets:
+            present.add(str(asset.get("ip", ""))[:64])  # as asset_body names it
             body = asset_body(asset)
             if body is None:
                 continue
@@ -83,6 +87,8 @@ class IdentityFeed:
             if self._sent.get(body["ip"]) != text:
                 self._sent[body["ip"]] = text
                 out.append(body)
+        if len(self._sent) > len(present):  # devices the inventory forgot: not kept here
+            self._sent = {ip: t for ip, t in self._sent.items() if ip in present}
         return out
 
 

@@ -32,6 +32,7 @@ import logging
 import sqlite3
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -44,6 +45,10 @@ from mamori.sensor.paths import check_creatable, describe
 SCHEMA_VERSION = 1
 _CHUNK = 50  # alerts per transaction once a whole batch did not fit on the disk
 _MAX_PCAPS_HELD = 10_000  # pcap paths waiting for their alert's first write
+# Detector aggregates whose row this Store remembers, least recently written first.
+# Twice the detector's open table (mamori.sensor.detection.engine.DEFAULT_MAX_OPEN): an
+# aggregate that can still count up was written more recently than all but that many.
+MAX_IDS = 32_768
 
 log = logging.getLogger("mamori.store")
 
@@ -106,7 +111,10 @@ class Store:
     """One connection to the store file. Not shared between threads."""
 
     def __init__(self, path: str | Path, *, max_age: float = 90 * 86400.0,
-                 max_bytes: int = 512 * 1024 * 1024, readonly: bool = False) -> None:
+                 max_bytes: int = 512 * 1024 * 1024, readonly: bool = False,
+                 max_ids: int = MAX_IDS) -> None:
+        if max_ids < 1:
+            raise ValueError("max_ids must be at least 1")
         self.path = Path(path)
         self.max_age = max_age
         self.max_bytes = max_bytes
@@ -139,7 +147,10 @@ class Store:
         if version is None or int(version[0]) != SCHEMA_VERSION:
             raise StoreError(f"{self.path}: store schema {version} is not {SCHEMA_VERSION}")
         self.id = str(ident[0]) if ident else ""  # names this store in the journal's marks
-        self._ids: dict[int, int] = {}  # detector alert id -> row id
+        # detector alert id -> row id, least recently written first, at most max_ids
+        self._ids: OrderedDict[int, int] = OrderedDict()
+        self.max_ids = max_ids
+        self.ids_forgotten = 0  # mappings dropped at max_ids, cumulative
         self._pcaps: dict[int, str] = {}  # detector alert id -> pcap, until its row exists
         self.full = False  # the last write failed for lack of space
         self.unstored = 0  # alert writes that did not fit, cumulative
@@ -257,6 +268,7 @@ class Store:
                     alert = self.resolve_steps(alert)  # a chain's steps: after them in batch
                     row = self._ids.get(alert.id) if alert.id else None
                     if row is not None:
+                        self._ids.move_to_end(alert.id)
                         self._db.execute(
                             # evidence too: an aggregate's (a storm's source count) grows
                             "UPDATE alerts SET count=?, last_ts=?, evidence=?, updated=?, rev=?"
@@ -290,7 +302,24 @@ class Store:
             raise
         for ident in added:
             self._pcaps.pop(ident, None)
+        self._forget_ids()
         return out
+
+    def _forget_ids(self) -> None:
+        """Keep ``_ids`` at ``max_ids``: the least recently written go (a daemon writes
+        millions of alerts over its years). Counted in ``ids_forgotten``. An alert whose
+        mapping went and that is written again becomes a second row; the detector's
+        open table (half this size, also least recently joined first) forgets an
+        aggregate before this does, so its later occurrences are a new alert anyway."""
+        ids = self._ids
+        if len(ids) <= self.max_ids:
+            return
+        if not self.ids_forgotten:
+            log.warning("%s: remembering the rows of the %d most recently written alerts "
+                        "only; older ones are not updated again", self.path, self.max_ids)
+        while len(ids) > self.max_ids:
+            ids.popitem(last=False)
+            self.ids_forgotten += 1
 
     def resolve_steps(self, alert: Alert) -> Alert:
         """A chain alert (``mamori.sensor.detection.chains``) with its steps' store ids.

@@ -22,7 +22,13 @@ up to a limit, then an upper bound, and it says so), so 30,000 rogue masters
 make a few hundred alerts, not 90,000. Memory: every table keyed by something
 the sender chooses (threshold groups, protocol state, the set cache, open
 aggregates by age) is an :class:`LruTable` or is aged out; what each forgot is
-counted in ``stats.evicted`` and logged when it first happens.
+counted in ``stats.evicted``, logged when it first happens, and raised as an S7
+health finding (``DETECTION_STATE_FULL``) at most once an hour of packet time per
+table. Alerts themselves: the open table (``max_open``) holds what an occurrence
+may still join, least recently joined first, so ageing reads only its stale front;
+``drain`` returns what changed since the last drain from a table of those alone;
+drained alerts stay for ``alerts()`` up to ``max_history``. A daemon that runs for
+years holds the same few thousand aggregates on its last day as on its first.
 """
 
 from __future__ import annotations
@@ -60,6 +66,12 @@ _SELECT_TIMEOUT = 10.0  # an Operate more than this after its Select is "without
 _SWEEP_RUN = 32  # reads in a row, each beyond the highest address read before: M5 sweep
 _SWEEP_FCS = frozenset({1, 2, 3, 4})
 _HELD_PER_HOST = 256  # held (rule, peers) per client; past that they are released
+DEFAULT_MAX_OPEN = 4 * DEFAULT_MAX_STATE  # aggregates an occurrence may still join
+DEFAULT_MAX_HISTORY = DEFAULT_MAX_STATE  # drained aggregates kept for ``alerts()``
+_NOTICE_EVERY = 3600.0  # seconds of packet time between two S7 findings for one table
+# Tables whose overflow blinds nothing, so they are counted but raise no S7: a cache
+# recomputes what it forgot, and drained alerts forgotten from memory are in the store.
+_QUIET_TABLES = frozenset({"set cache", "alert history"})
 
 
 class _Compiled:
@@ -80,13 +92,17 @@ class _Compiled:
 
 
 class _Aggregate:
-    __slots__ = ("alert", "count", "dirty", "last_ts")
+    """One alert as it counts up: ``key`` is its place in the open table, ``ident``
+    the detector's number for it (``Alert.id``)."""
 
-    def __init__(self, alert: Alert) -> None:
+    __slots__ = ("alert", "count", "ident", "key", "last_ts")
+
+    def __init__(self, alert: Alert, key: tuple[Any, ...]) -> None:
         self.alert = alert
         self.count = 1
         self.last_ts = alert.last_ts
-        self.dirty = True
+        self.ident = alert.id
+        self.key = key
 
     def materialise(self) -> Alert:
         return replace(self.alert, count=self.count, last_ts=self.last_ts)
@@ -103,8 +119,8 @@ class _StormAggregate(_Aggregate):
 
     __slots__ = ("base", "limit", "sources")
 
-    def __init__(self, alert: Alert, limit: int) -> None:
-        super().__init__(alert)
+    def __init__(self, alert: Alert, key: tuple[Any, ...], limit: int) -> None:
+        super().__init__(alert, key)
         self.sources: set[object] = set()
         self.base = 0
         self.limit = limit
@@ -316,9 +332,12 @@ class Detector:
         chains: Sequence[Chain] | None = None,
         categories: Sequence[Category] | None = None,
         windows: Sequence[MaintenanceWindow] = (),
+        max_open: int = DEFAULT_MAX_OPEN,
+        max_history: int = DEFAULT_MAX_HISTORY,
     ) -> None:
-        if storm_max_alerts < 1 or max_state < 1:
-            raise ValueError("storm_max_alerts and max_state must be at least 1")
+        if min(storm_max_alerts, max_state, max_open, max_history) < 1:
+            raise ValueError("storm_max_alerts, max_state, max_open and max_history must "
+                             "be at least 1")
         if not storm_window > 0:
             raise ValueError("storm_window must be longer than 0 s")
         if not hold >= 0:
@@ -339,8 +358,17 @@ class Detector:
             for name, nets in (sets or {}).items()}
         self._set_cache: LruTable[tuple[str, str], bool] = LruTable(max_state, "set cache")
         self._cache: dict[tuple[type, object], tuple[_Compiled, ...]] = {}
-        self._open: dict[tuple[Any, ...], _Aggregate] = {}
-        self._all: list[_Aggregate] = []
+        # Aggregates by key, least recently joined first: what an occurrence may still
+        # join. ``_changed`` holds those new or changed since the last drain (by id, so a
+        # drain costs what changed, not what exists); ``_history`` the drained ones for
+        # ``alerts()``, least recently changed first. Only ``_changed`` is not capped:
+        # what it holds is not stored yet, and ``drain`` empties it.
+        self._open: LruTable[tuple[Any, ...], _Aggregate] = LruTable(
+            max_open, "open alert aggregates")
+        self._changed: dict[int, _Aggregate] = {}
+        self._history: LruTable[int, _Aggregate] = LruTable(max_history, "alert history")
+        self._next_id = 1
+        self._noticed: dict[str, tuple[int, float]] = {}  # table -> (evicted, when said)
         self._storms: dict[str, _Storm] = {}  # rule id -> its storm window
         self._sequence = _ProtocolState(max_state)
         self.hold = hold
@@ -413,7 +441,10 @@ class Detector:
         counting the alerts it already raised instead of raising them again.
         """
         self._open = old._open
-        self._all = old._all
+        self._changed = old._changed
+        self._history = old._history
+        self._next_id = old._next_id
+        self._noticed = old._noticed
         self._storms = old._storms
         self._sequence = old._sequence
         self._held = old._held
@@ -432,10 +463,13 @@ class Detector:
         """Every alert so far, aggregated, oldest first.
 
         This is the end of a run: occurrences still held (a learning client that
-        has not shown it polls) are released first, never dropped.
+        has not shown it polls) are released first, never dropped. Alerts already
+        drained are kept for it up to ``max_history`` (the least recently changed
+        go first, counted as "alert history"); those never drained are all here.
         """
         self.settle()
-        return [agg.materialise() for agg in self._all]
+        kept = {**self._history, **self._changed}
+        return [kept[ident].materialise() for ident in sorted(kept)]
 
     def settle(self) -> None:
         """Release every held occurrence (end of a run, or learning has ended)."""
@@ -447,7 +481,8 @@ class Detector:
         inv = self.inventory
         return {
             "open_aggregates": len(self._open),
-            "alerts": len(self._all),
+            "alerts": len(self._history.keys() | self._changed.keys()),
+            "undrained": len(self._changed),
             "threshold_groups": max((len(c.state) for c in self.rules), default=0),
             "protocol_state": max(len(t) for t in self._sequence.tables()),
             "address_bindings": max(len(t) for t in self._watch.tables()),
@@ -462,7 +497,7 @@ class Detector:
         """Entries each bounded table has forgotten (also kept in ``stats.evicted``)."""
         tables: list[LruTable[Any, Any]] = [c.state for c in self.rules]
         tables += [*self._sequence.tables(), *self._watch.tables(), self._set_cache,
-                   self._held, *self._floods.tables()]
+                   self._held, *self._floods.tables(), self._open, self._history]
         out = {t.name: t.evicted for t in tables if t.evicted}
         out.update({k: v for k, v in self._floods.evicted.items() if v})
         out.update({k: v for k, v in self.inventory.evicted.items() if v})
@@ -471,12 +506,18 @@ class Detector:
         return out
 
     def drain(self) -> list[Alert]:
-        """Alerts new or changed since the last drain (what a store must write)."""
+        """Alerts new or changed since the last drain (what a store must write), oldest
+        first. Costs what changed: a daemon drains every second."""
+        changed = self._changed
+        if not changed:
+            return []
+        self._changed = {}
+        history = self._history
         out = []
-        for agg in self._all:
-            if agg.dirty:
-                agg.dirty = False
-                out.append(agg.materialise())
+        for ident in sorted(changed):
+            agg = changed[ident]
+            history.put(ident, agg)
+            out.append(agg.materialise())
         return out
 
     # -- internals --------------------------------------------------------------------
@@ -552,7 +593,8 @@ class Detector:
             if count > 1:
                 self._hit(compiled, last, released=True)
                 agg = self._open.get(key)
-                if agg is not None and count > 2:
+                if agg is not None and count > 2 \
+                        and last.ts - agg.last_ts <= self.dedup_window:
                     agg.count += count - 2
 
     def _expire(self, now: float) -> None:
@@ -579,15 +621,55 @@ class Detector:
     def _age(self, now: float) -> None:
         """Forget open aggregates no occurrence can join any more (quiet past the window).
 
-        They stay in ``_all`` (and the store); only the per-peers look-up goes, so
+        They stay in the history (and the store); only the per-peers look-up goes, so
         the look-up table holds what the last dedup window raised, not all history.
+        The table is in the order aggregates were last joined, so this reads only
+        the stale ones at its front (an aggregate opened by a released occurrence may
+        sit behind a younger one: it goes at a later pass, or to the cap).
         """
         self._next_age = now + max(self.dedup_window / 4, _TICK_EVERY)
         window = self.dedup_window
-        stale = [k for k, agg in self._open.items() if now - agg.last_ts > window]
-        for key in stale:
-            del self._open[key]
-        self.evictions()
+        open_ = self._open
+        while open_:
+            key, agg = next(iter(open_.items()))
+            if now - agg.last_ts <= window:
+                break
+            del open_[key]
+        for d in self._full(now, self.evictions()):
+            self._run_derived(d)
+
+    def _full(self, now: float, evicted: Mapping[str, int]) -> list[DerivedEvent]:
+        """S7 for each table that forgot entries since it was last reported, at most
+        once per ``_NOTICE_EVERY`` of packet time per table (the flood tables report
+        themselves; a cache and the drained history blind nothing)."""
+        out: list[DerivedEvent] = []
+        floods = self._floods
+        own = {t.name for t in floods.tables()} | set(floods.evicted)
+        for name, count in evicted.items():
+            if name in own or name in _QUIET_TABLES:
+                continue
+            said = self._noticed.get(name)
+            if said is not None and (said[0] == count or now - said[1] < _NOTICE_EVERY):
+                continue
+            self._noticed[name] = (count, now)
+            out.append(DerivedEvent(
+                now, DerivedKind.DETECTION_STATE_FULL,
+                detail=f"detection table '{name}' full: {count} entries forgotten so far, "
+                       "least recently used first; what they held is not seen"))
+        return out
+
+    def _new_id(self) -> int:
+        ident = self._next_id
+        self._next_id = ident + 1
+        return ident
+
+    def _opened(self, agg: _Aggregate) -> None:
+        self._open.put(agg.key, agg)
+        self._changed[agg.ident] = agg
+
+    def _joined(self, agg: _Aggregate) -> None:
+        self._open.move_to_end(agg.key)
+        self._changed[agg.ident] = agg
 
     def _run_derived(self, ev: DerivedEvent) -> None:
         name = ev.kind.name
@@ -664,7 +746,8 @@ class Detector:
             agg.count += 1
             if ts > agg.last_ts:
                 agg.last_ts = ts
-            agg.dirty = True
+            self._open.move_to_end(key)  # _joined, inline: the hot path of a looping write
+            self._changed[agg.ident] = agg
             if window is None:
                 self._chain_step(agg, p, ts)
             return
@@ -676,12 +759,11 @@ class Detector:
             attack=rule.attack, title=rule.title, proto=p.proto, first_ts=ts, last_ts=ts,
             count=1, src=p.src, sport=p.sport, dst=p.dst, dport=p.dport, unit=p.unit,
             link_src=p.link_src, link_dst=p.link_dst,
-            evidence=self._evidence(rule, ev), id=len(self._all) + 1)
+            evidence=self._evidence(rule, ev), id=self._new_id())
         if window is not None:
             alert = self._windows.downgrade(alert, window)
-        agg = _Aggregate(alert)
-        self._open[key] = agg
-        self._all.append(agg)
+        agg = _Aggregate(alert, key)
+        self._opened(agg)
         self.stats.alerts += 1
         if self.on_alert is not None:
             self.on_alert(alert)
@@ -710,12 +792,10 @@ class Detector:
             if open_ is not None and ts - open_.last_ts <= self.dedup_window:
                 open_.count += 1
                 open_.last_ts = max(open_.last_ts, ts)
-                open_.dirty = True
+                self._joined(open_)
                 continue
-            alert = replace(alert, id=len(self._all) + 1)
-            chained = _Aggregate(alert)
-            self._open[key] = chained
-            self._all.append(chained)
+            alert = replace(alert, id=self._new_id())
+            self._opened(_Aggregate(alert, key))
             self.stats.alerts += 1
             if self.on_alert is not None:
                 self.on_alert(alert)
@@ -762,7 +842,7 @@ class Detector:
             if ts > agg.last_ts:
                 agg.last_ts = ts
             agg.add_source(source)
-            agg.dirty = True
+            self._joined(agg)
             self._chain_step(agg, p, ts)
             return
         wide = skey[2] is None and skey[3] is None
@@ -781,11 +861,10 @@ class Detector:
             attack=rule.attack, title=f"{rule.title} (storm, many sources)", proto=p.proto,
             first_ts=ts, last_ts=ts, count=1,
             dst=None if wide else p.dst, dport=None if wide else p.server_port,
-            evidence=evidence, id=len(self._all) + 1)
-        folded = _StormAggregate(alert, min(self.max_state, _STORM_SOURCES))
+            evidence=evidence, id=self._new_id())
+        folded = _StormAggregate(alert, skey, min(self.max_state, _STORM_SOURCES))
         folded.add_source(source)
-        self._open[skey] = folded
-        self._all.append(folded)
+        self._opened(folded)
         stats.storms += 1
         stats.alerts += 1
         if self.on_alert is not None:

@@ -233,6 +233,9 @@ class SensorMetrics:
         yield by_label("mamori_detection_derived",
                        "Derived findings by kind (sequences, link layer)", "kind",
                        dict(st.derived))
+        yield by_label("mamori_detection_state_evicted",
+                       "Entries a full detection table forgot (its cap bit)", "table",
+                       dict(st.evicted))
 
     def _outputs(self) -> Iterator[Metric]:
         outputs = self.sensor.outputs
@@ -247,6 +250,10 @@ class SensorMetrics:
                       "full", int(state["dropped"]))
         yield gauge("mamori_alerts_held", "Alerts held in memory for the store",
                     int(state["held"]))
+        if outputs.store is not None:
+            yield counter("mamori_store_ids_forgotten", "Alert-to-row mappings the store "
+                          "forgot at its cap (least recently written)",
+                          outputs.store.ids_forgotten)
 
     def _forwarding(self) -> Iterator[Metric]:
         fw = self.sensor.forwarder

@@ -18,7 +18,7 @@ What each log gives (rows in, events out) is the table in docs/zeek.md.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict, deque
+from collections import Counter, OrderedDict, defaultdict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -59,6 +59,7 @@ UNKNOWN: Final = -1
 
 #: Bounds for the ICSNPP joins, so a log that never pairs cannot grow memory.
 MAX_PENDING: Final = 10_000
+MAX_UDP_UIDS: Final = 65_536  # UDP connection ids remembered from conn.log, newest kept
 
 #: The logs this module maps; others in a directory are ignored.
 MODBUS_LOGS: Final = ("modbus", "modbus_detailed", "modbus_read_device_identification")
@@ -109,13 +110,15 @@ def _text(value: Any) -> str | None:
 class ZeekEventMapper:
     """Maps records, in the order given, to events; keeps the ICSNPP join state.
 
-    ``transports`` maps a connection uid to UDP when conn.log said so; every other
-    flow is TCP (Modbus/TCP always is; Zeek's dnp3.log does not say which).
+    ``transports`` maps a connection uid to UDP when conn.log said so (``note_udp``;
+    the newest ``MAX_UDP_UIDS``: a followed conn.log names every UDP connection of
+    the site, DNS included, for years); every other flow is TCP (Modbus/TCP always
+    is; Zeek's dnp3.log does not say which).
     Counters in ``stats`` say what was skipped and why (``docs/zeek.md``).
     """
 
     def __init__(self) -> None:
-        self.transports: dict[str, Transport] = {}
+        self.transports: OrderedDict[str, Transport] = OrderedDict()
         self.stats: Counter[str] = Counter()
         self.modbus_detailed_seen = False
         self._last_ts: dict[str, float] = {}
@@ -134,6 +137,16 @@ class ZeekEventMapper:
         self._unmatched: set[tuple[str, int, int, int]] = set()
 
     # ------------------------------------------------------------------ entry
+
+    def note_udp(self, uid: str) -> None:
+        """conn.log says ``uid`` is UDP; past ``MAX_UDP_UIDS`` the oldest is forgotten
+        (counted: a DNP3 row of that connection would then be taken as TCP)."""
+        transports = self.transports
+        transports[uid] = Transport.UDP
+        transports.move_to_end(uid)
+        if len(transports) > MAX_UDP_UIDS:
+            transports.popitem(last=False)
+            self.stats["conn: UDP connection ids forgotten (cap)"] += 1
 
     def map(self, record: ZeekRecord) -> list[Any]:
         """Events for one record (enrichment-only logs return none)."""

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from mamori.parsers.stream import Transport
 from mamori.sensor.capture.replay import EventsOut, EventTally, ReplaySummary, fan_out
 from mamori.sensor.capture.zeek.mapping import DNP3_LOGS, MODBUS_LOGS, ZeekEventMapper
 from mamori.sensor.capture.zeek.reader import ZeekLineDecoder, ZeekLogProblem, ZeekRecord
@@ -58,7 +57,7 @@ def _lines(path: Path) -> Iterator[str]:
 def _note_transport(mapper: ZeekEventMapper, record: ZeekRecord) -> None:
     uid, proto = record.fields.get("uid"), record.fields.get("proto")
     if isinstance(uid, str) and proto == "udp":
-        mapper.transports[uid] = Transport.UDP
+        mapper.note_udp(uid)
 
 
 def read_zeek_log(path: Path, mapper: ZeekEventMapper | None = None,
