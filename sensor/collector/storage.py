@@ -148,7 +148,8 @@ def dumps(value: Any) -> str:
     (integers past 64 bits) goes through ``json``."""
     if _orjson is not None:
         try:
-            return str(_orjson.dumps(value, default=_hex).decode())
+            text: str = _orjson.dumps(value, default=_hex).decode()
+            return text
         except TypeError:  # orjson.JSONEncodeError
             pass
     return _ENCODE(value)
@@ -195,15 +196,16 @@ def message_rows(msgs: Sequence[StoredMessage]) -> tuple[list[MessageRow], list[
     into JSON once, for both tables."""
     rows: list[MessageRow] = []
     latest: dict[tuple[str, str], AlertRow] = {}
-    for m in msgs:
-        text = m.text or dumps(m.body)
-        rows.append((m.sensor, m.epoch, m.seq, m.kind, m.ts, m.received, text))
-        if m.alert_key is not None:
-            key = (m.sensor, m.alert_key)
+    append = rows.append
+    for sensor, epoch, seq, kind, ts, received, body, akey, count, last_ts, text in msgs:
+        if not text:
+            text = dumps(body)
+        append((sensor, epoch, seq, kind, ts, received, text))
+        if akey is not None:
+            key = (sensor, akey)
             seen = latest.get(key)
-            if seen is None or (seen[2], seen[3]) < (m.epoch, m.seq):
-                latest[key] = (m.sensor, m.alert_key, m.epoch, m.seq, m.alert_count,
-                               m.alert_last_ts, text)
+            if seen is None or (seen[2], seen[3]) < (epoch, seq):
+                latest[key] = (sensor, akey, epoch, seq, count, last_ts, text)
     return rows, list(latest.values())
 
 
