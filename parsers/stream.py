@@ -16,9 +16,13 @@ the SYN: a sensor that starts mid-stream never saw the SYN.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from mamori.parsers.events import Event
 
 
 class Direction(IntEnum):
@@ -70,14 +74,14 @@ class StreamParser(Protocol):
     anomaly event, never an exception; only our own bugs raise.
     """
 
-    def receive(self, direction: Direction, data: bytes, ts: float) -> list[Any]:
+    def receive(self, direction: Direction, data: bytes, ts: float) -> Sequence[Event]:
         """``data`` is the next in-order bytes of ``direction``."""
         ...
 
-    def gap(self, direction: Direction, size: int, ts: float) -> list[Any]:
+    def gap(self, direction: Direction, size: int, ts: float) -> Sequence[Event]:
         """``size`` bytes of ``direction`` were lost (capture drop or pickup)."""
         ...
 
-    def eof(self, direction: Direction, ts: float) -> list[Any]:
+    def eof(self, direction: Direction, ts: float) -> Sequence[Event]:
         """``direction`` ended (FIN, RST or flow expiry). Pending partial data is reported."""
         ...

@@ -14,9 +14,10 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from mamori.parsers.capfile import CaptureFileError
+from mamori.parsers.events import Event
 from mamori.parsers.packetring import PacketRing
 from mamori.parsers.pipeline import Pipeline, PipelineConfig
 from mamori.sensor.alerting.eventlog import JsonLinesWriter, event_to_dict
@@ -77,12 +78,12 @@ class EventTally:
     an event just to count it.
     """
 
-    def __init__(self, summary: ReplaySummary, sink: Callable[[list[Any]], None] | None) -> None:
+    def __init__(self, summary: ReplaySummary, sink: Callable[[list[Event]], None] | None) -> None:
         self._summary = summary
         self._sink = sink
         self._labels: dict[tuple[type, object, object], tuple[Counter[str], str]] = {}
 
-    def __call__(self, events: Sequence[Any]) -> None:
+    def __call__(self, events: Sequence[Event]) -> None:
         labels = self._labels
         for event in events:
             key = (event.__class__, getattr(event, "fc", None), getattr(event, "kind", None))
@@ -93,7 +94,7 @@ class EventTally:
         if self._sink is not None:
             self._sink(events if isinstance(events, list) else list(events))
 
-    def _label(self, event: Any) -> tuple[Counter[str], str]:
+    def _label(self, event: Event) -> tuple[Counter[str], str]:
         fields = event_to_dict(event)
         if fields["type"] == "anomaly":
             return self._summary.anomalies, f"{fields['proto']} {fields['anomaly']}"
@@ -134,7 +135,7 @@ def replay_files(
     config: PipelineConfig,
     *,
     events_out: IO[str] | None = None,
-    extra_sinks: Iterable[Callable[[list[Any]], None]] = (),
+    extra_sinks: Iterable[Callable[[list[Event]], None]] = (),
     progress: IO[str] | None = None,
     ring: PacketRing | None = None,
 ) -> ReplaySummary:
@@ -149,7 +150,7 @@ def replay_files(
     if events_out is not None:
         writer = JsonLinesWriter(events_out)
 
-        def write_events(events: list[Any]) -> None:
+        def write_events(events: list[Event]) -> None:
             try:
                 writer.write(events)
             except BrokenPipeError:
@@ -159,7 +160,7 @@ def replay_files(
 
         sinks.insert(0, write_events)
 
-    def fan_out(events: list[Any]) -> None:
+    def fan_out(events: list[Event]) -> None:
         for sink in sinks:
             sink(events)
 

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mamori.parsers.alerts import Alert, Severity
+from mamori.parsers.events import Event
 from mamori.parsers.pipeline import Pipeline, PipelineConfig
 from mamori.sensor import config as cfg
 from mamori.sensor.alerting.eventlog import JsonLinesWriter
@@ -76,7 +77,7 @@ cfg.register([
 class Consumer(Protocol):
     """Something that takes events from the pipeline: detection, the event log, ..."""
 
-    def consume(self, events: list[Any]) -> None: ...
+    def consume(self, events: list[Event]) -> None: ...
 
     def tick(self, now: float) -> None: ...
 
@@ -243,7 +244,7 @@ class Sensor:
         health.silent = False
         packet = self.pipeline.packet
         before = self.pipeline.stats.bytes
-        batch: list[Any] = []
+        batch: list[Event] = []
         for ts, linktype, data, number in frames:
             events = packet(ts, linktype, data, number)
             if events:
@@ -472,7 +473,7 @@ class EventFile:
         self.dropped = 0
         self._failing = False
 
-    def consume(self, events: list[Any]) -> None:
+    def consume(self, events: list[Event]) -> None:
         try:
             self._writer.write(events)
             self._stream.flush()

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
+from mamori.parsers.events import Event
 from mamori.parsers.wire import Kind
 from mamori.sensor import config as cfg
 from mamori.sensor.advisories.live import AdvisoryWatch
@@ -75,7 +75,7 @@ class LiveDetection:
 
     # -- consumer -----------------------------------------------------------------------
 
-    def consume(self, events: list[Any]) -> None:
+    def consume(self, events: list[Event]) -> None:
         self.detector.process(events)
 
     def tick(self, now: float) -> None:
