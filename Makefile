@@ -46,6 +46,8 @@ demo: setup
 lint: venv
 	$(BIN)/ruff check parsers sensor tests bench samples
 
+# mypy --strict over the sources (through mamori/), tests/, bench/ and samples/: the
+# files of pyproject.toml's [tool.mypy], so a bare `.venv/bin/mypy` checks the same.
 typecheck: venv
 	$(BIN)/mypy
 

@@ -268,7 +268,7 @@ def measure(engine: str, args: argparse.Namespace, dsn: str, tmp: Path) -> bool:
     publish = free_endpoint()  # on, as by default: building and sending is part of ingest
     site = Site(tmp, args.sensors, dsn, publish,
                 f"{args.profile}.{engine}" if args.profile else "")
-    total = args.sensors * args.alerts
+    total: int = args.sensors * args.alerts
     sub = None
     with site.collector() as proc:
         if args.rate:  # the latency run subscribes; the throughput run only publishes
@@ -278,7 +278,7 @@ def measure(engine: str, args: argparse.Namespace, dsn: str, tmp: Path) -> bool:
         cpu0 = cpu_seconds(proc.pid)
         results = site.simulate(args.procs, args.alerts, args.rate)
         cpu = cpu_seconds(proc.pid) - cpu0
-    acked = sum(r["acked"] for r in results)
+    acked: int = sum(r["acked"] for r in results)
     wall = max(r["last_ack"] for r in results) - min(r["first_send"] for r in results)
     ok = acked == total
     if sub is not None:

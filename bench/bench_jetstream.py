@@ -90,7 +90,7 @@ class Path_:
 
 
 def pub_reader(endpoint: str, path: Path_, total: int, stop: threading.Event) -> None:
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     sock = ctx.socket(zmq.SUB)
     sock.setsockopt(zmq.RCVHWM, 1_000_000)
     sock.setsockopt(zmq.SUBSCRIBE, b"alert")
@@ -140,7 +140,6 @@ def catch_up(args: argparse.Namespace) -> int:
     from mamori.parsers.wire import Kind
     from mamori.sensor import config as cfg
     from mamori.sensor.collector.jetstream import JetStreamSettings, status_report
-    from mamori.sensor.forwarding import options as forwarding_options  # noqa: F401  (registers [collect])
 
     tmp = Path(tempfile.mkdtemp(prefix="mamori-bench-js-"))
     cluster = NatsCluster(tmp / "nats", args.nodes)

@@ -45,10 +45,10 @@ def _run(frames: list[tuple[float, int, bytes]], loops: int, count: bool) -> flo
                 batch.extend(events)
             if len(batch) >= 64:  # the daemon hands over what one ring read gave
                 if count:
-                    kinds.consume(batch)  # type: ignore[arg-type]
+                    kinds.consume(batch)
                 batch = []
         if count and batch:
-            kinds.consume(batch)  # type: ignore[arg-type]
+            kinds.consume(batch)
     return time.perf_counter() - started
 
 

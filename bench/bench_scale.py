@@ -36,10 +36,8 @@ from typing import Any
 
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
-sys.path.insert(0, str(PROJECT / "bench"))
 
-import sim_sensors  # noqa: E402
-
+from bench import sim_sensors  # noqa: E402
 from mamori.sensor.collector.storage import SqliteStorage  # noqa: E402
 from mamori.sensor.forwarding.keys import generate  # noqa: E402
 

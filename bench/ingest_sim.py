@@ -28,7 +28,7 @@ sys.path.insert(0, str(PROJECT))
 import zmq  # noqa: E402
 
 from mamori.parsers.alerts import Alert, Severity  # noqa: E402
-from mamori.parsers.wire import Ack, Kind, alert_body, decode_control, encode  # noqa: E402
+from mamori.parsers.wire import Ack, Kind, ReplayRequest, alert_body, decode_control, encode  # noqa: E402
 
 
 def frame(seq: int, ts: float) -> bytes:
@@ -69,7 +69,7 @@ class Link:
             if isinstance(msg, Ack):
                 self.acked = max(self.acked, msg.seq)
                 self.next = max(self.next, self.acked + 1)
-            else:  # go-back-N from the first missing seq
+            elif isinstance(msg, ReplayRequest):  # go-back-N from the first missing seq
                 self.next = max(self.acked + 1, min(self.next, msg.first))
 
 
@@ -100,7 +100,7 @@ def run(conf: dict[str, Any]) -> dict[str, Any]:
                 link.next += 1
                 sent += 1
         for sock, _ in poller.poll(1 if rate else 5):
-            by_sock[sock].read()  # type: ignore[index]
+            by_sock[sock].read()
             last_ack = time.time()
     result = {"sent": sent, "acked": sum(link.acked for link in links), "first_send": start,
               "last_ack": last_ack}

@@ -49,7 +49,15 @@ if str(PROJECT) not in sys.path:
     sys.path.insert(0, str(PROJECT))
 
 from mamori.parsers.alerts import Alert, Severity  # noqa: E402
-from mamori.parsers.wire import Ack, Kind, WireError, alert_body, decode_control, encode  # noqa: E402
+from mamori.parsers.wire import (  # noqa: E402
+    Ack,
+    Kind,
+    ReplayRequest,
+    WireError,
+    alert_body,
+    decode_control,
+    encode,
+)
 
 HEARTBEAT, ALERT = 0, 1  # timer kinds
 
@@ -173,7 +181,8 @@ class SimSensor:
                     self.acked = msg.seq
                     self.last_progress = time.monotonic()
                 self.sent = max(self.sent, self.acked)
-            elif msg.epoch == 1 and msg.first <= self.sent:  # sent, lost on the way
+            elif (isinstance(msg, ReplayRequest) and msg.epoch == 1
+                  and msg.first <= self.sent):  # sent, lost on the way
                 counts["replays"] += 1
                 self.sent = max(self.acked, msg.first - 1)
                 self.last_progress = time.monotonic()

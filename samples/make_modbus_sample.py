@@ -132,7 +132,7 @@ def main() -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) in (3, 4) and sys.argv[1] == "--serve":
-        serve(int(sys.argv[2]), *sys.argv[3:])
+        serve(int(sys.argv[2]), sys.argv[3] if len(sys.argv) == 4 else HOST)
     elif len(sys.argv) in (3, 4) and sys.argv[1] == "--drive":
         drive(int(sys.argv[2]), *sys.argv[3:])
     else:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from mamori.parsers.pipeline import PipelineConfig
+from mamori.sensor import config as cfg
 from mamori.sensor.advisories import cli as advisories_cli
 from mamori.sensor.alerting import export_cli
 from mamori.sensor.capture.replay import progress_stream, replay_files
@@ -51,21 +52,6 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
-def port_list(text: str) -> frozenset[int]:
-    """``"502,15020"`` → {502, 15020}; argparse turns ValueError into a usage error."""
-    ports: set[int] = set()
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        if not part.isdigit() or not 0 < int(part) < 65536:
-            raise argparse.ArgumentTypeError(f"{part!r} is not a port number (1-65535)")
-        ports.add(int(part))
-    if not ports:
-        raise argparse.ArgumentTypeError("no port given")
-    return frozenset(ports)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mamori", description="Passive Modbus/TCP and DNP3 sensor for OT networks.")
@@ -83,12 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "-r (may be repeated; the same as giving FILE)")
     replay.add_argument("--zeek-logs", type=Path, metavar="DIR",
                         help="replay a directory of Zeek/ICSNPP logs instead of captures")
-    replay.add_argument("--modbus-ports", type=port_list, default=frozenset({502}),
-                        metavar="PORTS", help="comma-separated Modbus/TCP server ports "
-                        "(default 502)")
-    replay.add_argument("--dnp3-ports", type=port_list, default=frozenset({20000}),
-                        metavar="PORTS", help="comma-separated DNP3 ports, TCP and UDP "
-                        "(default 20000)")
+    cfg.add_value_flag(replay, "ports", "modbus")  # --modbus-ports, as in the schema
+    cfg.add_value_flag(replay, "ports", "dnp3")
     replay.add_argument("--events", type=Path, metavar="OUT.jsonl",
                         help="write every parsed message and anomaly as JSON lines "
                              "('-' for stdout)")
@@ -97,8 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     detection_cli.add_replay_arguments(replay)
     replay.set_defaults(func=_cmd_replay)
 
-    for feature in (forwarding_cli, detection_cli, daemon_cli, zeek_cli, web_cli,
-                    advisories_cli, subscribe_cli, export_cli):
+    # What one capability adds to another's commands is handed over here, so that no
+    # command-line module imports another: `collect advisories`, `assets --vulnerable`.
+    forwarding_cli.register_commands(commands, [advisories_cli.add_collect_command])
+    detection_cli.register_commands(commands, [advisories_cli.add_assets_arguments])
+    for feature in (daemon_cli, zeek_cli, web_cli, advisories_cli, subscribe_cli, export_cli):
         feature.register_commands(commands)
     return parser
 

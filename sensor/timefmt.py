@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 
-from mamori.sensor.config import parse_duration
+from mamori.sensor.configkit import parse_duration
 
 
 def iso_time(ts: float) -> str:

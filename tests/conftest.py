@@ -6,6 +6,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -92,6 +93,17 @@ def captured_on_lo(make: Callable[[Path], T | None], tmp: pytest.TempPathFactory
             return made
     unavailable("tcpdump kept missing frames on lo")
     raise AssertionError("unreachable")
+
+
+def mamori_without(modules: Sequence[str], *argv: str,
+                   **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """``mamori ARGV`` in a fresh interpreter where ``modules`` cannot be imported, as on
+    an install without the extra that brings them (their None in ``sys.modules`` makes
+    ``import`` raise ImportError and ``importlib.util.find_spec`` answer None)."""
+    code = ("import sys; sys.modules.update(dict.fromkeys(sys.argv[1].split(','))); "
+            "from mamori.sensor.cli import main; sys.exit(main(sys.argv[2:]))")
+    return subprocess.run([sys.executable, "-c", code, ",".join(modules), *argv],
+                          capture_output=True, text=True, timeout=120, **kwargs)
 
 
 def stop_all(procs: Sequence[subprocess.Popen[Any]]) -> None:

@@ -20,6 +20,7 @@ import os
 import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 SERVER_IP = "10.250.1.1"
 CLIENT_IP = "10.250.1.2"
@@ -87,9 +88,8 @@ class SpanLab:
            timeout: float = 30) -> subprocess.CompletedProcess[str]:
         return sh("ip", "netns", "exec", namespace, *args, check=check, timeout=timeout)
 
-    def popen(self, namespace: str, args: Sequence[str], **kwargs: object) -> subprocess.Popen[str]:
-        return subprocess.Popen(["ip", "netns", "exec", namespace, *args], text=True,
-                                **kwargs)  # type: ignore[call-overload]
+    def popen(self, namespace: str, args: Sequence[str], **kwargs: Any) -> subprocess.Popen[str]:
+        return subprocess.Popen(["ip", "netns", "exec", namespace, *args], text=True, **kwargs)
 
     def counter(self, name: str) -> int:
         """A statistics counter of the sensor's capture interface (e.g. tx_packets)."""

@@ -56,9 +56,11 @@ def register_commands(commands: Any) -> None:
 
 
 def add_assets_arguments(assets: argparse.ArgumentParser) -> None:
-    """The ``--vulnerable`` view of ``mamori assets`` (registered by detection_cli)."""
+    """The ``--vulnerable`` view of ``mamori assets``: the assembly (``mamori.sensor.cli``)
+    hands it to detection's command, which calls ``args.vulnerable_view`` when it is given."""
     assets.add_argument("--vulnerable", action="store_true",
                         help="only devices matching an imported advisory")
+    assets.set_defaults(vulnerable_view=cmd_assets_vulnerable)
     assets.add_argument("--index", type=Path, metavar="PATH",
                         help="advisory index (default advisories.db beside the store)")
 
@@ -80,7 +82,7 @@ def _config(args: argparse.Namespace) -> cfg.Config:
 
 
 def _paths(args: argparse.Namespace) -> tuple[Path, Path]:
-    from mamori.sensor.detection.settings import store_path
+    from mamori.sensor.alerting.settings import store_path
 
     config = _config(args)
     store = args.store if args.store is not None else store_path(config)
@@ -292,7 +294,7 @@ def cmd_assets_vulnerable(args: argparse.Namespace) -> int:
 
 def add_collect_command(collect_cmds: Any, config_flags: Callable[[Any, list[str]], None]
                         ) -> None:
-    """``mamori collect advisories`` (registered by forwarding_cli beside ``status``)."""
+    """``mamori collect advisories`` (the assembly hands it to forwarding's ``collect``)."""
     adv = collect_cmds.add_parser(
         "advisories", help="per advisory: the sites that run affected devices",
         description="Match the identities every sensor reported against the collector's "

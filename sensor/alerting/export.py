@@ -20,13 +20,17 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from mamori.parsers.alerts import Alert
+from mamori.parsers.alerts import Alert, Severity
 from mamori.sensor.timefmt import iso_time
 from mamori.sensor.web.attack import attack_name
+
+if TYPE_CHECKING:
+    from mamori.sensor.alerting.store import Store
 
 ALERT_COLUMNS = ("id", "first_seen", "last_seen", "severity", "precursor", "rule", "title",
                  "proto", "src", "sport", "dst", "dport", "unit", "link_src", "link_dst",
@@ -149,3 +153,33 @@ def attack_layer(alerts: Iterable[Alert], since: float | None, until: float | No
                      {"name": "alerts seen from", "value": _time(first) or "-"},
                      {"name": "alerts seen to", "value": _time(last) or "-"}],
     }
+
+
+PAGE = 5000  # alerts read from the store at once
+
+
+def iter_alerts(store: Store, since: float | None = None,
+                min_severity: Severity | None = None) -> Iterator[Alert]:
+    """Every matching alert, oldest first, ``PAGE`` rows at a time."""
+    after = 0
+    while True:
+        page = store.alerts(since=since, min_severity=min_severity, after_id=after,
+                            limit=PAGE)
+        yield from page
+        if len(page) < PAGE:
+            return
+        after = page[-1].id
+
+
+def print_alerts_csv(store: Store, since: float | None, severity: Severity | None) -> int:
+    """``mamori alerts --csv``: the store's alerts (filtered) as CSV on stdout."""
+    with store:
+        write_csv(sys.stdout, ALERT_COLUMNS,
+                  (alert_row(a) for a in iter_alerts(store, since, severity)))
+    return 0
+
+
+def print_assets_csv(assets: list[dict[str, Any]]) -> int:
+    """``mamori assets --csv``: the inventory as CSV on stdout."""
+    write_csv(sys.stdout, ASSET_COLUMNS, (asset_row(a) for a in assets))
+    return 0

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from mamori.parsers.alerts import Alert
 from mamori.parsers.wire import Kind
-from mamori.sensor import config as cfg
+from mamori.sensor import configkit as cfg
 from mamori.sensor.alerting.eve import eve_alert, eve_health
 from mamori.sensor.alerting.linefile import LineFile
 from mamori.sensor.alerting.syslog5424 import FACILITIES, SyslogSender, parse_target, v_target
@@ -46,7 +46,7 @@ def _syslog_options(section: str, which: str) -> list[cfg.Option]:
                        "the syslog facility of those messages")]
 
 
-cfg.register([
+OPTIONS: tuple[cfg.Option, ...] = (
     cfg.Option("output", "eve", "", cfg.v_str,
                "append every published alert as an EVE JSON line to this file (relative "
                "to state_dir); empty = off"),
@@ -54,7 +54,7 @@ cfg.register([
     cfg.Option("collect", "jsonl_format", "mamori", _v_format,
                "records of the [collect] jsonl file: 'mamori' (the alert JSON) or 'eve'"),
     *_syslog_options("collect", "accepted"),
-])
+)
 
 
 def check_outputs(config: cfg.Config) -> list[cfg.Problem]:
@@ -79,8 +79,10 @@ def check_outputs(config: cfg.Config) -> list[cfg.Problem]:
     return problems
 
 
-cfg.register_check(check_outputs, [("sensor", "state_dir"), ("output", "eve"),
-                                   ("output", "syslog"), ("collect", "syslog")])
+CHECKS: tuple[cfg.CrossCheck, ...] = (
+    cfg.CrossCheck.of(check_outputs, [("sensor", "state_dir"), ("output", "eve"),
+                                      ("output", "syslog"), ("collect", "syslog")]),
+)
 
 
 def _line(record: Mapping[str, Any]) -> str:

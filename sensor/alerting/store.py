@@ -38,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from mamori.parsers.alerts import Alert, Severity
+from mamori.sensor.configkit import Config
+from mamori.sensor.paths import check_creatable, describe
 
 SCHEMA_VERSION = 1
 _CHUNK = 50  # alerts per transaction once a whole batch did not fit on the disk
@@ -636,3 +638,21 @@ def pcap_of(db: sqlite3.Connection, row_id: int) -> str | None:
     except sqlite3.OperationalError:  # no such column: a store no newer sensor opened
         return None
     return None if found is None or found[0] is None else str(found[0])
+
+
+def open_store(path: Path, config: Config, readonly: bool) -> Store:
+    """The store at ``path``, bounded by ``[store]``; StoreError, naming the path, for
+    anything in the way.
+
+    A directory there or a file where a directory should be would otherwise come
+    out of SQLite as ``disk I/O error`` or out of ``mkdir`` as ``File exists``.
+    """
+    if path.is_dir():
+        raise StoreError(f"{path}: is a directory, not a store")
+    if not readonly and (problem := check_creatable(path)) is not None:
+        raise StoreError(problem)
+    try:
+        return Store(path, readonly=readonly, max_age=config.get("store", "max_age"),
+                     max_bytes=config.get("store", "max_bytes"))
+    except OSError as err:  # its directory cannot be made (permissions, read-only fs)
+        raise StoreError(f"{path}: cannot open the store: {describe(err)}") from None

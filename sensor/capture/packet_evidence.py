@@ -37,7 +37,7 @@ from typing import Any, Protocol
 
 from mamori.parsers.alerts import Alert, Severity
 from mamori.parsers.packetring import FLOW_OVERHEAD, Frame, PacketRing
-from mamori.sensor import config as cfg
+from mamori.sensor import configkit as cfg
 
 log = logging.getLogger("mamori.packets")
 
@@ -58,7 +58,7 @@ def _v_severity(value: Any) -> str:
     return Severity.parse(cfg.v_nonempty_str(value)).label
 
 
-cfg.register([
+OPTIONS: tuple[cfg.Option, ...] = (
     cfg.Option("packets", "enabled", True, cfg.v_bool,
                "keep the recent frames of each flow in memory and write them to a pcap "
                "when the flow alerts (false where a site may not keep packet content)"),
@@ -83,7 +83,7 @@ cfg.register([
                "the pcap directory is kept under this size (oldest pcaps deleted first)"),
     cfg.Option("packets", "retention_age", 30 * 86400.0, cfg.v_positive_seconds,
                "pcaps older than this are deleted"),
-])
+)
 
 
 def check_packets(config: cfg.Config) -> list[cfg.Problem]:
@@ -105,9 +105,11 @@ def check_packets(config: cfg.Config) -> list[cfg.Problem]:
     return problems
 
 
-cfg.register_check(check_packets, [("packets", "flow_bytes"), ("packets", "total_bytes"),
-                                   ("packets", "retention_bytes"), ("packets", "after"),
-                                   ("packets", "max_age")])
+CHECKS: tuple[cfg.CrossCheck, ...] = (
+    cfg.CrossCheck.of(check_packets, [("packets", "flow_bytes"), ("packets", "total_bytes"),
+                                      ("packets", "retention_bytes"), ("packets", "after"),
+                                      ("packets", "max_age")]),
+)
 
 
 def pcap_bytes(frames: Sequence[Frame]) -> bytes:

@@ -12,25 +12,11 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
-from mamori.parsers.capfile import CaptureFileError, CaptureFileParser, CaptureRecord, RecordTuple
+from mamori.parsers.capfile import CaptureFileError, CaptureFileParser, RecordTuple
 
-__all__ = ["CHUNK_SIZE", "read_capture", "read_capture_batches", "read_capture_tuples"]
+__all__ = ["CHUNK_SIZE", "read_capture_batches", "read_capture_tuples"]
 
 CHUNK_SIZE = 1 << 20
-
-
-def read_capture(path: str | os.PathLike[str]) -> Iterator[CaptureRecord]:
-    """Every record of the file at ``path`` as a ``CaptureRecord``."""
-    parser = CaptureFileParser()
-    with open(path, "rb") as f:
-        try:
-            while chunk := f.read(CHUNK_SIZE):
-                parser.receive(chunk)
-                yield from parser.records()
-            yield from parser.records()
-            parser.close()
-        except CaptureFileError as err:
-            raise _named(err, path) from None
 
 
 def read_capture_batches(

@@ -33,9 +33,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from mamori.sensor.collector import partitions
+from mamori.sensor.paths import describe_mkdir
+
+if TYPE_CHECKING:
+    from mamori.sensor.collector.server import CollectorSettings
 
 _orjson: Any
 try:
@@ -598,3 +602,29 @@ class PostgresStorage(SqlStorage):
 def open_storage(db: Path, dsn: str = "") -> SqlStorage:
     """PostgreSQL when a DSN is given, else SQLite at ``db``."""
     return PostgresStorage(dsn) if dsn else SqliteStorage(db)
+
+
+def storage_errors(settings: CollectorSettings) -> tuple[type[Exception], ...]:
+    """What opening the collector store raises when it cannot (not a programming error)."""
+    errors: tuple[type[Exception], ...] = (sqlite3.Error, OSError)
+    if settings.dsn:
+        try:
+            import psycopg
+        except ImportError:
+            return (*errors, ImportError)  # reported as "PostgreSQL needs psycopg"
+        errors = (*errors, psycopg.Error)
+    return errors
+
+
+def storage_problem(settings: CollectorSettings, err: Exception) -> str:
+    """An error opening the collector store, naming the store (never the DSN: a password)."""
+    if isinstance(err, ImportError):
+        return ("[collect] dsn is set, but psycopg (PostgreSQL) is not installed: "
+                "pip install 'mamori[postgres]' (Debian: apt install python3-psycopg)")
+    if settings.dsn:
+        return f"PostgreSQL ([collect] dsn): {err}".strip()
+    if isinstance(err, OSError):
+        return describe_mkdir(err) if err.filename is not None else \
+            f"{settings.db}: {err.strerror or err}"
+    text = str(err)
+    return text if settings.dsn or str(settings.db) in text else f"{settings.db}: {text}"

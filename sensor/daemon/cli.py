@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -14,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from mamori.sensor import config as cfg
+from mamori.sensor.capture.addresses import interface_addresses
 from mamori.sensor.capture.live import CaptureError, interface_exists
 from mamori.sensor.daemon import run as daemon
 from mamori.sensor.paths import check_output
-from mamori.sensor.web import settings as _web_settings  # noqa: F401  registers [web]
 
 log = logging.getLogger("mamori")
 
@@ -32,7 +31,6 @@ def register_commands(commands: Any) -> None:
                      help="site configuration (default /etc/mamori/sensor.toml if present)")
     run.add_argument("--events", type=Path, default=None, metavar="OUT.jsonl",
                      help="also write every event as JSON lines (for analysts)")
-    run.add_argument("--max-seconds", type=cfg.seconds_flag, default=None, help=argparse.SUPPRESS)
     run.add_argument("--web", action="store_true",
                      help="also serve the operator web page ([web] enabled; docs/web.md)")
     # The sensor's flags only: the collector's ([collect]) belong to `mamori collect`.
@@ -115,7 +113,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     sensor.drop_privileges()
     sensor.install_signals()
-    return sensor.run(args.max_seconds)
+    return sensor.run()
 
 
 DISK_RETRY = 5.0  # seconds between start attempts while the state directory is full
@@ -180,7 +178,7 @@ def inspect_interface(name: str) -> list[IfaceFinding]:
     findings.append(IfaceFinding(bool(flags & IFF_NOARP), "arp",
                                  "ARP disabled" if flags & IFF_NOARP else
                                  f"ARP enabled: `ip link set {name} arp off`"))
-    addresses = _addresses(name)
+    addresses = interface_addresses(name)
     findings.append(IfaceFinding(not addresses, "addresses",
                                  "no IP address" if not addresses else
                                  f"has address(es) {', '.join(addresses)}: "
@@ -194,19 +192,6 @@ def inspect_interface(name: str) -> list[IfaceFinding]:
                                      f"solicitations): `sysctl -w net.ipv6.conf.{name}."
                                      f"disable_ipv6=1`"))
     return findings
-
-
-def _addresses(name: str) -> list[str]:
-    try:
-        out = subprocess.run(["ip", "-j", "addr", "show", "dev", name], capture_output=True,
-                             text=True, check=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    found: list[str] = []
-    for link in json.loads(out or "[]"):
-        for info in link.get("addr_info", []):
-            found.append(f"{info.get('local')}/{info.get('prefixlen')}")
-    return found
 
 
 def cmd_check_iface(args: argparse.Namespace) -> int:

@@ -46,32 +46,13 @@ from mamori.parsers.events import Event
 from mamori.parsers.pipeline import Pipeline, PipelineConfig
 from mamori.sensor import config as cfg
 from mamori.sensor.alerting.eventlog import JsonLinesWriter
-from mamori.sensor.alerting.siem import SensorSiem  # registers [output]
+from mamori.sensor.alerting.siem import SensorSiem
 from mamori.sensor.capture import bpf
 from mamori.sensor.capture.live import CaptureError, CaptureStats, LiveCapture
 from mamori.sensor.daemon.notify import Notifier
-from mamori.sensor.metrics import settings as _metrics_settings  # noqa: F401  registers [metrics]
 from mamori.sensor.paths import describe
 
 log = logging.getLogger("mamori.daemon")
-
-cfg.register([
-    cfg.Option("capture", "interfaces", (), cfg.v_str_list,
-               "interfaces to capture on (SPAN/TAP ports, no IP address)", "--interface"),
-    cfg.Option("capture", "promiscuous", True, cfg.v_bool,
-               "put the capture interfaces in promiscuous mode"),
-    cfg.Option("capture", "filter", "", bpf.v_expression,
-               "a tcpdump expression narrowing what is captured on the Modbus/DNP3 ports"
-               " (e.g. 'net 10.1.0.0/16'); empty: everything on those ports"),
-    cfg.Option("capture", "ring_mb", 64, cfg.v_int_range(1, 4096),
-               "kernel receive ring per interface, in MiB"),
-    cfg.Option("sensor", "user", "mamori", cfg.v_nonempty_str,
-               "user to switch to after opening the capture sockets when started as root"),
-    cfg.Option("health", "silence_alert", 300.0, cfg.v_seconds,
-               "raise S3 when an interface has carried no traffic for this long"),
-    cfg.Option("health", "stats_interval", 10.0, cfg.v_seconds,
-               "how often kernel capture counters are read"),
-])
 
 
 class Consumer(Protocol):
@@ -196,7 +177,7 @@ class Sensor:
 
     # -- the loop -----------------------------------------------------------------------
 
-    def run(self, max_seconds: float | None = None) -> int:
+    def run(self) -> int:
         self._running = True
         poller = select.poll()
         by_fd = {cap.fileno(): cap for cap in self.captures}
@@ -206,7 +187,6 @@ class Sensor:
         names = ", ".join(c.interface for c in self.captures)
         self.notifier.ready(f"capturing on {names}")
         log.info("capturing on %s", names)
-        deadline = time.monotonic() + max_seconds if max_seconds else None
         stats_every = self.conf.get("health", "stats_interval")
         next_stats = time.monotonic() + stats_every
         next_tick = 0.0
@@ -229,8 +209,6 @@ class Sensor:
             if now_mono >= next_stats:
                 next_stats = now_mono + stats_every
                 self._read_stats(time.time())
-            if deadline is not None and now_mono >= deadline:
-                break
         self.shutdown()
         return 0
 
@@ -526,11 +504,11 @@ def build_sensor(conf: cfg.Config, config_path: str | None,
     """
     from mamori.sensor.alerting.dispatch import AlertOutputs
     from mamori.sensor.alerting.journald import journald_sink
-    from mamori.sensor.alerting.store import StoreError, StoreFull
-    from mamori.sensor.detection.cli import forwarding_problem, open_store
+    from mamori.sensor.alerting.settings import store_path
+    from mamori.sensor.alerting.store import StoreError, StoreFull, open_store
     from mamori.sensor.detection.loader import RuleError
-    from mamori.sensor.detection.settings import store_path
     from mamori.sensor.forwarding.journal import JournalFull
+    from mamori.sensor.forwarding.options import forwarding_problem
 
     state_dir = Path(conf.get("sensor", "state_dir"))
     try:
@@ -622,7 +600,7 @@ def build_sensor(conf: cfg.Config, config_path: str | None,
 
 def _serve_metrics(conf: cfg.Config, sensor: Sensor) -> Any:
     """The ``[metrics] listen`` endpoint over the running sensor (docs/metrics.md)."""
-    from mamori.sensor.detection.settings import store_path
+    from mamori.sensor.alerting.settings import store_path
     from mamori.sensor.metrics.sensor_metrics import sensor_collectors
     from mamori.sensor.metrics.server import serve
 

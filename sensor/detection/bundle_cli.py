@@ -60,7 +60,7 @@ def _fail(err: object) -> int:
 
 def _site(args: argparse.Namespace) -> tuple[cfg.Config, BundleStore]:
     """The sensor's configuration and its installed bundles; raises ``ConfigError``."""
-    from mamori.sensor.detection.cli import _config as load
+    from mamori.sensor.cliargs import config_file as load
     from mamori.sensor.detection.settings import bundle_store
 
     config = load(args.config)
@@ -130,9 +130,9 @@ def _health_alert(config: cfg.Config, refused: BundleRefused, source: str,
                   count: int) -> None:
     """S7: the refusal where operators and the collector see alerts (best effort)."""
     from mamori.sensor.alerting.journald import journald_sink
+    from mamori.sensor.alerting.settings import store_path
     from mamori.sensor.alerting.store import Store, StoreError
     from mamori.sensor.detection.bundle import refusal_alert
-    from mamori.sensor.detection.settings import store_path
 
     alert = refusal_alert(refused, source, count)
     sink = journald_sink()

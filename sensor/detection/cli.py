@@ -15,19 +15,22 @@ import sqlite3
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 from mamori.parsers.alerts import Alert, Severity
 from mamori.sensor import config as cfg
-from mamori.sensor.advisories import cli as advisories_cli
-from mamori.sensor.alerting import export_cli
 from mamori.sensor.alerting.dispatch import AlertOutputs
+from mamori.sensor.alerting.export import print_alerts_csv, print_assets_csv
 from mamori.sensor.alerting.journald import journald_sink
 from mamori.sensor.alerting.siem import SensorSiem
-from mamori.sensor.alerting.store import Store, StoreError
+from mamori.sensor.alerting.store import Store, StoreError, open_store
 from mamori.sensor.capture.packet_evidence import PacketEvidence
+from mamori.sensor.cliargs import add_csv_flag, csv_conflict
+from mamori.sensor.cliargs import config_file as _config
+from mamori.sensor.cliargs import open_store_of as _open_store
+from mamori.sensor.cliargs import store_args as _store_args
 from mamori.sensor.detection import bundle_cli as rulebundle_cli
 from mamori.sensor.detection.engine import Detector
 from mamori.sensor.detection.inventory import Inventory, vouch
@@ -38,15 +41,13 @@ from mamori.sensor.detection.settings import (
     load_configured_rules,
     rule_dirs,
     set_names,
-    store_path,
 )
+from mamori.sensor.forwarding.options import forwarding_problem
 from mamori.sensor.paths import (
     OutputError,
-    check_creatable,
     check_output,
     check_special,
     describe,
-    describe_mkdir,
     read_bounded,
 )
 
@@ -55,7 +56,11 @@ class UsageError(Exception):
     """A problem the operator must fix before the command can run (exit 2)."""
 
 
-def register_commands(commands: Any) -> None:
+def register_commands(commands: Any,
+                      assets_extras: Sequence[Callable[[argparse.ArgumentParser], None]] = ()
+                      ) -> None:
+    """``rules``, ``alerts``, ``assets``, ``baseline``; ``assets_extras`` add other
+    capabilities' flags to ``assets`` (the assembly passes advisories' ``--vulnerable``)."""
     rules = commands.add_parser("rules", help="check rule packs; signed rule bundles",
                                 description="Validate rule packs against the schema; build,"
                                 " sign, install and inspect signed rule bundles.")
@@ -75,9 +80,7 @@ def register_commands(commands: Any) -> None:
     alerts.add_argument("--json", action="store_true", help="one JSON object per line")
     alerts.add_argument("--show", type=int, metavar="ID",
                         help="one alert in full: evidence and the pcap of its packets")
-    export_cli.add_csv_flag(alerts, "the alerts")
-    alerts.add_argument("--interval", type=cfg.seconds_flag, default=1.0, help=argparse.SUPPRESS)
-    alerts.add_argument("--max-polls", type=int, default=None, help=argparse.SUPPRESS)
+    add_csv_flag(alerts, "the alerts")
     _store_args(alerts)
     _collector_args(alerts)
     alerts.set_defaults(func=cmd_alerts)
@@ -85,8 +88,9 @@ def register_commands(commands: Any) -> None:
     assets = commands.add_parser("assets", help="show the asset inventory")
     assets.add_argument("--json", action="store_true")
     assets.add_argument("--pairs", action="store_true", help="communication pairs instead")
-    export_cli.add_csv_flag(assets, "the assets")
-    advisories_cli.add_assets_arguments(assets)
+    add_csv_flag(assets, "the assets")
+    for extra in assets_extras:  # mamori assets --vulnerable (advisories)
+        extra(assets)
     _store_args(assets)
     _collector_args(assets)
     assets.set_defaults(func=cmd_assets)
@@ -103,13 +107,6 @@ def register_commands(commands: Any) -> None:
             sub.add_argument("file", type=Path, metavar="FILE")
         _store_args(sub)
         sub.set_defaults(func=cmd_baseline)
-
-
-def _store_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--store", type=Path, metavar="PATH",
-                        help="store file (default from the config)")
-    parser.add_argument("--config", type=Path, metavar="FILE",
-                        help="site configuration (default /etc/mamori/sensor.toml if present)")
 
 
 def _collector_args(parser: argparse.ArgumentParser) -> None:
@@ -138,9 +135,12 @@ def _collector_mode(args: argparse.Namespace) -> bool:
 def _open_collector(args: argparse.Namespace) -> Any:
     """The collector store: ``--store`` (SQLite), else the config's [collect] db or dsn."""
     from mamori.sensor.collector.server import CollectorSettings
-    from mamori.sensor.collector.storage import SqliteStorage, open_storage
-    from mamori.sensor.forwarding import options as forwarding_options  # noqa: F401  (registers [collect])
-    from mamori.sensor.forwarding.cli import _storage_errors, _storage_problem
+    from mamori.sensor.collector.storage import (
+        SqliteStorage,
+        open_storage,
+        storage_errors,
+        storage_problem,
+    )
 
     if args.store is not None and not args.collector:
         try:
@@ -152,39 +152,8 @@ def _open_collector(args: argparse.Namespace) -> Any:
         raise StoreError(f"{settings.db}: no collector store yet")
     try:
         return open_storage(settings.db, settings.dsn)
-    except _storage_errors(settings) as err:
-        raise StoreError(_storage_problem(settings, err)) from None
-
-
-def _config(path: Path | None) -> cfg.Config:
-    if path is None:
-        from mamori.sensor.daemon.run import config_path_default
-        default = config_path_default()
-        return cfg.load(default)
-    return cfg.load(path)
-
-
-def open_store(path: Path, config: cfg.Config, readonly: bool) -> Store:
-    """The store at ``path``; StoreError, naming the path, for anything in the way.
-
-    A directory there or a file where a directory should be would otherwise come
-    out of SQLite as ``disk I/O error`` or out of ``mkdir`` as ``File exists``.
-    """
-    if path.is_dir():
-        raise StoreError(f"{path}: is a directory, not a store")
-    if not readonly and (problem := check_creatable(path)) is not None:
-        raise StoreError(problem)
-    try:
-        return Store(path, readonly=readonly, max_age=config.get("store", "max_age"),
-                     max_bytes=config.get("store", "max_bytes"))
-    except OSError as err:  # its directory cannot be made (permissions, read-only fs)
-        raise StoreError(f"{path}: cannot open the store: {describe(err)}") from None
-
-
-def _open_store(args: argparse.Namespace, readonly: bool) -> Store:
-    config = _config(args.config)
-    path = args.store if args.store is not None else store_path(config)
-    return open_store(path, config, readonly)
+    except storage_errors(settings) as err:
+        raise StoreError(storage_problem(settings, err)) from None
 
 
 def _file_problem(path: Path, err: Exception) -> str:
@@ -200,15 +169,7 @@ def _file_problem(path: Path, err: Exception) -> str:
     return f"{path}: {err}"
 
 
-def forwarding_problem(config: cfg.Config, err: Exception) -> str:
-    """What starting the forwarder raised, naming the file (SQLite names none)."""
-    if isinstance(err, sqlite3.Error):
-        return f"{config.state_path('forward', 'journal')}: {err}"
-    if isinstance(err, OSError):
-        return describe_mkdir(err)
-    return str(err)
-
-
+FOLLOW_INTERVAL = 1.0  # seconds between two reads of the store by alerts --follow
 MAX_BASELINE_BYTES = 64 << 20  # a reviewed baseline of a large site is a few MiB
 
 
@@ -292,7 +253,7 @@ def _show_alert(store: Store, alert_id: int, as_json: bool) -> int:
 
 
 def cmd_alerts(args: argparse.Namespace) -> int:
-    if (conflict := export_cli.csv_conflict(args)) is not None:
+    if (conflict := csv_conflict(args)) is not None:
         return _fail("alerts", conflict, 2)
     try:
         since = None if args.since is None else time.time() - cfg.parse_duration(args.since)
@@ -316,10 +277,9 @@ def cmd_alerts(args: argparse.Namespace) -> int:
         with store:
             return _show_alert(store, args.show, args.json)
     if args.csv:
-        return export_cli.print_alerts_csv(store, since, severity)
+        return print_alerts_csv(store, since, severity)
     out = sys.stdout
     last_id = 0
-    polls = 0
     with store:
         while True:
             for alert in store.alerts(since=since, min_severity=severity, after_id=last_id):
@@ -327,12 +287,11 @@ def cmd_alerts(args: argparse.Namespace) -> int:
                 print(json.dumps(alert.to_dict()) if args.json else render_alert(alert),
                       file=out)
             out.flush()
-            polls += 1
-            if not args.follow or (args.max_polls is not None and polls >= args.max_polls):
+            if not args.follow:
                 return 0
             try:
-                time.sleep(args.interval)
-            except KeyboardInterrupt:
+                time.sleep(FOLLOW_INTERVAL)
+            except KeyboardInterrupt:  # Ctrl-C ends --follow
                 return 0
 
 
@@ -382,10 +341,11 @@ def _collector_assets(args: argparse.Namespace) -> int:
 
 
 def cmd_assets(args: argparse.Namespace) -> int:
-    if (conflict := export_cli.csv_conflict(args)) is not None:
+    if (conflict := csv_conflict(args)) is not None:
         return _fail("assets", conflict, 2)
-    if getattr(args, "vulnerable", False):
-        return advisories_cli.cmd_assets_vulnerable(args)
+    if getattr(args, "vulnerable", False):  # the view an assets extra added
+        handler: Callable[[argparse.Namespace], int] = args.vulnerable_view
+        return handler(args)
     try:
         collector = _collector_mode(args)
     except UsageError as err:
@@ -399,7 +359,7 @@ def cmd_assets(args: argparse.Namespace) -> int:
     with store:
         rows = store.pairs() if args.pairs else store.assets()
     if args.csv:
-        return export_cli.print_assets_csv(rows)
+        return print_assets_csv(rows)
     if args.json:
         for row in rows:
             print(json.dumps(row))

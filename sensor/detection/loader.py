@@ -34,7 +34,7 @@ from mamori.parsers.handshake import TransportKind
 from mamori.parsers.modbus.events import ModbusAnomaly
 from mamori.parsers.pipeline import PipelineAnomaly
 from mamori.parsers.tcp import TcpAnomaly
-from mamori.sensor.config import parse_duration
+from mamori.sensor.configkit import parse_duration
 from mamori.sensor.detection.derived import DerivedKind
 from mamori.sensor.detection.model import (
     Category,

@@ -1,11 +1,12 @@
 """Detection's configuration keys, and building a Detector from a loaded config.
 
-Keys are registered into the one config schema (``mamori.sensor.config``) at import:
-``[detection]`` for the engine, ``[store]`` for the local SQLite store and
-``[sets]`` for the named address sets that rules refer to (allowed masters,
-engineering workstations, outstations). A mistyped set name in the config is
-rejected by the schema; in a rule, by the rule loader. ``[[maintenance.windows]]``
-declares planned engineering work (``mamori.sensor.detection.windows``).
+``OPTIONS`` are detection's keys, put in the schema by ``mamori.sensor.schema``:
+``[detection]`` for the engine and ``[sets]`` for the named address sets that rules
+refer to (allowed masters, engineering workstations, outstations). A mistyped set
+name in the config is rejected by the schema; in a rule, by the rule loader.
+``[[maintenance.windows]]`` declares planned engineering work
+(``mamori.sensor.detection.windows``). The ``[store]`` keys are the store's owner's,
+``mamori.sensor.alerting.settings``.
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mamori.sensor import config as cfg
-from mamori.sensor.capture import packet_evidence as _packets  # noqa: F401  registers [packets]
+from mamori.sensor import configkit as cfg
 from mamori.sensor.detection.bounded import DEFAULT_MAX_STATE
 from mamori.sensor.detection.bundle import BundleRefused, BundleStore, Refusal
 from mamori.sensor.detection.engine import Detector
@@ -52,7 +52,7 @@ def _v_window(value: Any) -> float:
     return seconds
 
 
-cfg.register([
+OPTIONS: tuple[cfg.Option, ...] = (
     cfg.Option("detection", "enabled", True, cfg.v_bool,
                "run the detection engine on every event"),
     cfg.Option("detection", "rules", (), cfg.v_str_list,
@@ -87,13 +87,6 @@ cfg.register([
                "assets (and pairs) held in memory; the least recently seen unlearned go first"),
     cfg.Option("detection", "max_state", DEFAULT_MAX_STATE, cfg.v_int_range(16, 10_000_000),
                "entries per per-source detection table (threshold groups, protocol state)"),
-    cfg.Option("store", "path", Path("mamori.db"), cfg.v_path,
-               "SQLite store of alerts, assets and baseline (relative to state_dir)",
-               "--store"),
-    cfg.Option("store", "max_age", 90 * 86400.0, cfg.v_seconds,
-               "alerts older than this (by last seen) are deleted"),
-    cfg.Option("store", "max_bytes", 512 * 1024 * 1024, cfg.v_int_range(1 << 20, 1 << 40),
-               "the store is kept under this size by deleting the oldest alerts"),
     *(cfg.Option("sets", name, (), cfg.v_networks,
                  f"named set '{name}' for rules: IP addresses or networks")
       for name in SET_NAMES),
@@ -110,7 +103,7 @@ cfg.register([
                " dates ('2026-12-24 08:00 - 2026-12-24 18:00'), workstations, assets and"
                " optionally actions (precursors or rule ids); inside one, those actions"
                " from those workstations against those assets are recorded at info"),
-])
+)
 
 
 def set_names() -> frozenset[str]:
@@ -166,10 +159,6 @@ def load_configured_rules(config: cfg.Config | None,
                   refused.detail, f"bundle {back}" if back else "the shipped packs")
 
 
-def store_path(config: cfg.Config) -> Path:
-    return config.state_path("store", "path")
-
-
 def build_inventory(config: cfg.Config, learn_for: float | None = None) -> Inventory:
     """An empty inventory with the config's learning settings. ``learn_for``
     (``replay --learn-for``) replaces the learning period, and its end vouches for
@@ -185,9 +174,9 @@ def build_inventory(config: cfg.Config, learn_for: float | None = None) -> Inven
 
 def build_detector(config: cfg.Config | None, rules: Sequence[Rule] | None = None,
                    **kwargs: Any) -> Detector:
-    """A Detector configured from ``config`` (defaults when ``None``)."""
+    """A Detector configured from ``config`` (the defaults of the keys it reads when ``None``)."""
     if config is None:
-        config = cfg.load(None)
+        config = cfg.load(None, None, (*cfg.CORE_OPTIONS, *OPTIONS))
     if rules is None:
         rules = load_configured_rules(config)
     sets = {name: config.get("sets", name) for name in SET_NAMES}

@@ -21,16 +21,20 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from mamori.sensor import config as cfg
-from mamori.sensor.advisories import cli as advisories_cli
-from mamori.sensor.forwarding import options as forwarding_options  # noqa: F401  (registers [forward] and [collect])
-from mamori.sensor.metrics import settings as _metrics_settings  # noqa: F401  registers [metrics]
 from mamori.sensor.paths import check_output, describe, describe_mkdir, foreign_sqlite
 
 if TYPE_CHECKING:
-    from mamori.sensor.collector.server import CollectorSettings
+    pass
 
 
-def register_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+CollectExtra = Callable[[Any, Callable[[argparse.ArgumentParser, list[str]], None]], None]
+
+
+def register_commands(subparsers: argparse._SubParsersAction,  # type: ignore[type-arg]
+                      collect_extras: Sequence[CollectExtra] = ()) -> None:
+    """``keys``, ``collect`` and its actions, ``audit``, ...; ``collect_extras`` add
+    actions of other capabilities under ``collect`` (the assembly passes
+    ``mamori collect advisories``), each given the subparsers and the config flags."""
     keys = subparsers.add_parser("keys", help="CURVE key pairs for sensors and collectors")
     keys_cmds = keys.add_subparsers(dest="keys_command", metavar="ACTION")
     keys_cmds.required = True
@@ -66,7 +70,8 @@ def register_commands(subparsers: argparse._SubParsersAction) -> None:  # type: 
     push.add_argument("--sensors", nargs="+", default=None, metavar="KEY|NAME",
                       help="allow-list names (NAME.pub) or Z85 keys (default: every sensor)")
     push.set_defaults(func=cmd_push_rules)
-    advisories_cli.add_collect_command(collect_cmds, _config_flags)  # issue 18
+    for extra in collect_extras:  # issue 18: mamori collect advisories
+        extra(collect_cmds, _config_flags)
 
     audit = subparsers.add_parser(
         "audit", help="what this sensor forwarded, to whom, when (or 'audit verify')",
@@ -140,6 +145,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
     from mamori.sensor.collector.jetstream import NatsUnavailable
     from mamori.sensor.collector.server import CollectorServer, CollectorSettings
+    from mamori.sensor.collector.storage import storage_errors, storage_problem
     from mamori.sensor.forwarding.keys import KeyFileError
 
     config = _config(args, "collect")
@@ -158,8 +164,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
         return 2
     try:
         server = CollectorServer(settings)
-    except _storage_errors(settings) as err:
-        print(f"mamori collect: {_storage_problem(settings, err)}", file=sys.stderr)
+    except storage_errors(settings) as err:
+        print(f"mamori collect: {storage_problem(settings, err)}", file=sys.stderr)
         return 2
     try:
         server.bind()
@@ -270,36 +276,11 @@ def _unbindable(endpoints: Sequence[str]) -> str | None:
         ctx.term()
 
 
-def _storage_errors(settings: CollectorSettings) -> tuple[type[Exception], ...]:
-    """What opening the collector store raises when it cannot (not a programming error)."""
-    errors: tuple[type[Exception], ...] = (sqlite3.Error, OSError)
-    if settings.dsn:
-        try:
-            import psycopg
-        except ImportError:
-            return (*errors, ImportError)  # reported as "PostgreSQL needs psycopg"
-        errors = (*errors, psycopg.Error)
-    return errors
-
-
-def _storage_problem(settings: CollectorSettings, err: Exception) -> str:
-    """An error opening the collector store, naming the store (never the DSN: a password)."""
-    if isinstance(err, ImportError):
-        return "[collect] dsn is set, but psycopg (PostgreSQL) is not installed"
-    if settings.dsn:
-        return f"PostgreSQL ([collect] dsn): {err}".strip()
-    if isinstance(err, OSError):
-        return describe_mkdir(err) if err.filename is not None else \
-            f"{settings.db}: {err.strerror or err}"
-    text = str(err)
-    return text if settings.dsn or str(settings.db) in text else f"{settings.db}: {text}"
-
-
 def cmd_collect_status(args: argparse.Namespace) -> int:
     from mamori.sensor.collector.federation import relay_routes
     from mamori.sensor.collector.jetstream import status_report as jetstream_status
     from mamori.sensor.collector.server import CollectorSettings
-    from mamori.sensor.collector.storage import open_storage
+    from mamori.sensor.collector.storage import open_storage, storage_errors, storage_problem
 
     config = _config(args, "collect status")
     if config is None:
@@ -313,8 +294,8 @@ def cmd_collect_status(args: argparse.Namespace) -> int:
         return 2
     try:
         storage = open_storage(s.db, s.dsn)
-    except _storage_errors(s) as err:
-        print(f"mamori collect status: {_storage_problem(s, err)}", file=sys.stderr)
+    except storage_errors(s) as err:
+        print(f"mamori collect status: {storage_problem(s, err)}", file=sys.stderr)
         return 2
     try:
         rows = [] if args.jetstream else storage.status()
@@ -369,7 +350,7 @@ def cmd_push_rules(args: argparse.Namespace) -> int:
     import hashlib
 
     from mamori.sensor.collector.server import CollectorSettings
-    from mamori.sensor.collector.storage import open_storage
+    from mamori.sensor.collector.storage import open_storage, storage_errors, storage_problem
     from mamori.sensor.detection.bundle import MAX_BUNDLE_BYTES, BundleRefused, verify_self
     from mamori.sensor.forwarding.keys import KeyFileError, load_allow_list
 
@@ -399,13 +380,13 @@ def cmd_push_rules(args: argparse.Namespace) -> int:
         return _push_fail(problem)
     try:
         storage = open_storage(s.db, s.dsn)
-    except _storage_errors(s) as err:
-        return _push_fail(_storage_problem(s, err))
+    except storage_errors(s) as err:
+        return _push_fail(storage_problem(s, err))
     sha = hashlib.sha256(raw).hexdigest()
     try:
         storage.offer_rules(sha, bundle.version, raw, sensors, time.time())
-    except _storage_errors(s) as err:
-        return _push_fail(_storage_problem(s, err))
+    except storage_errors(s) as err:
+        return _push_fail(storage_problem(s, err))
     finally:
         storage.close()
     names = ", ".join(allow[k] for k in sensors)

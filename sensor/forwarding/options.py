@@ -1,22 +1,24 @@
 """The ``[forward]`` and ``[collect]`` configuration options, without their machinery.
 
-They live apart from the forwarder and the collector so that the command line can
-register every option (one schema, ``mamori.sensor.config``) without importing ZeroMQ:
-``mamori replay`` should not pay for a socket library it never uses.
+They live apart from the forwarder and the collector so that the schema
+(``mamori.sensor.schema``) can hold every option without importing ZeroMQ:
+``mamori replay`` should not pay for a socket library it never uses. ``OPTIONS``
+and ``CHECKS`` are the whole of it, in schema order.
 """
 
 from __future__ import annotations
 
 import re
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mamori.parsers.wire import ALERT_FIELDS, DEFAULT_DENY_FIELDS, MAX_MESSAGE_BYTES
-from mamori.sensor import config as cfg
+from mamori.sensor import configkit as cfg
 from mamori.sensor.forwarding.policy import DEFAULT_POLICY, PolicySpec, parse_policies
 from mamori.sensor.forwarding.pseudonym import key_problem
-from mamori.sensor.paths import check_creatable, foreign_sqlite
+from mamori.sensor.paths import check_creatable, describe_mkdir, foreign_sqlite
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +93,15 @@ def v_instance(value: Any) -> str:
     return text
 
 
+def forwarding_problem(config: cfg.Config, err: Exception) -> str:
+    """What starting the forwarder raised, naming the file (SQLite names none)."""
+    if isinstance(err, sqlite3.Error):
+        return f"{config.state_path('forward', 'journal')}: {err}"
+    if isinstance(err, OSError):
+        return describe_mkdir(err)
+    return str(err)
+
+
 def journal_path(config: cfg.Config) -> Path:
     """The forwarding journal: ``[forward] journal``, or, left at its default on a
     box that runs one daemon per interface (``[sensor] instance``, the unit's %I),
@@ -101,7 +112,7 @@ def journal_path(config: cfg.Config) -> Path:
     return config.state_path("forward", "journal")
 
 
-cfg.register([
+FORWARD_OPTIONS: tuple[cfg.Option, ...] = (
     cfg.Option("sensor", "instance", "", v_instance,
                "which of several daemons on one box this is (mamori-sensor@IF passes the "
                "interface): its own journal and epochs, named to the collectors",
@@ -135,7 +146,8 @@ cfg.register([
                "alert fields that may leave the box ('*' = all, 'evidence.fc' = one key)"),
     cfg.Option("forward", "deny_fields", DEFAULT_DENY_FIELDS, v_fields,
                "alert fields that never leave the box (wins over allow_fields)"),
-])
+)
+
 
 def v_endpoints(value: Any) -> tuple[str, ...]:
     """One endpoint or a list of them (a ``--listen`` flag gives one)."""
@@ -145,7 +157,7 @@ def v_endpoints(value: Any) -> tuple[str, ...]:
     return items
 
 
-cfg.register([
+COLLECT_OPTIONS: tuple[cfg.Option, ...] = (
     cfg.Option("collect", "listen", ("tcp://*:7700",), v_endpoints,
                "endpoints the collector binds for sensors", "--listen"),
     cfg.Option("collect", "secret_key", Path("keys/collector.secret"), cfg.v_path,
@@ -192,7 +204,7 @@ cfg.register([
                "seconds between relaying each sensor's latest heartbeat upward"),
     cfg.Option("collect", "upstream_ack_timeout", 5.0, cfg.v_seconds,
                "resend from the upper tier's last ack after this long without acks"),
-])
+)
 
 
 def check_upstream(config: cfg.Config) -> list[cfg.Problem]:
@@ -205,7 +217,6 @@ def check_upstream(config: cfg.Config) -> list[cfg.Problem]:
     return []
 
 
-cfg.register_check(check_upstream, [("collect", "upstream"), ("collect", "upstream_key")])
 
 
 def _key_file(path: Path, *, secret: bool = False) -> str | None:
@@ -295,12 +306,15 @@ def check_journal(config: cfg.Config) -> list[cfg.Problem]:
                         != "default" else ("forward", "collectors"))] if problem else []
 
 
-cfg.register_check(check_journal, [("sensor", "state_dir"), ("sensor", "instance"),
-                                   ("forward", "collectors"), ("forward", "journal")])
-cfg.register_check(check_policies, [("sensor", "state_dir"), ("forward", "collectors"),
-                                    ("forward", "policies"), ("forward", "pseudonym_key")])
-cfg.register_check(check_key_files, [("sensor", "state_dir"), ("forward", "collectors"),
-                                      ("forward", "secret_key")])
+CHECKS: tuple[cfg.CrossCheck, ...] = (
+    cfg.CrossCheck.of(check_upstream, [("collect", "upstream"), ("collect", "upstream_key")]),
+    cfg.CrossCheck.of(check_journal, [("sensor", "state_dir"), ("sensor", "instance"),
+                                      ("forward", "collectors"), ("forward", "journal")]),
+    cfg.CrossCheck.of(check_policies, [("sensor", "state_dir"), ("forward", "collectors"),
+                                       ("forward", "policies"), ("forward", "pseudonym_key")]),
+    cfg.CrossCheck.of(check_key_files, [("sensor", "state_dir"), ("forward", "collectors"),
+                                        ("forward", "secret_key")]),
+)
 
 
 def v_nats_servers(value: Any) -> tuple[str, ...]:
@@ -320,7 +334,7 @@ def v_stream_name(value: Any) -> str:
     return name
 
 
-cfg.register([
+NATS_OPTIONS: tuple[cfg.Option, ...] = (
     cfg.Option("collect", "nats_servers", (), v_nats_servers,
                "NATS servers to publish to JetStream (empty = off; the PUB socket stays)"),
     cfg.Option("collect", "nats_stream", "MAMORI", v_stream_name,
@@ -339,4 +353,6 @@ cfg.register([
                "drop stream messages older than this (0 = keep)"),
     cfg.Option("collect", "nats_duplicate_window", 600.0, cfg.v_seconds,
                "JetStream drops a re-published message (same Nats-Msg-Id) within this"),
-])
+)
+
+OPTIONS: tuple[cfg.Option, ...] = (*FORWARD_OPTIONS, *COLLECT_OPTIONS, *NATS_OPTIONS)

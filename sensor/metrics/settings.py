@@ -1,4 +1,4 @@
-"""The ``[metrics]`` configuration keys, registered into the one config schema at import.
+"""The ``[metrics]`` configuration keys (``OPTIONS``; ``mamori.sensor.schema`` holds them all).
 
 One ``listen`` key for both the sensor and the collector: ``ADDRESS:PORT`` (an IPv6
 address in brackets), or empty for no endpoint, which is the default. Off by default
@@ -16,7 +16,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from mamori.sensor import config as cfg
+from mamori.sensor import configkit as cfg
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,11 +59,11 @@ def listen_address(config: cfg.Config) -> ListenAddress | None:
     return parse_listen(text) if text else None
 
 
-cfg.register([
+OPTIONS: tuple[cfg.Option, ...] = (
     cfg.Option("metrics", "listen", "", v_listen,
                "ADDRESS:PORT of the Prometheus /metrics endpoint (e.g. 127.0.0.1:9470); "
                "empty: none. Anything but loopback needs management_interface; a capture "
                "interface's address is refused", "--metrics-listen"),
     cfg.Option("metrics", "management_interface", "", cfg.v_str,
                "name of the management interface the endpoint may listen on"),
-])
+)

@@ -1,9 +1,10 @@
 """``mamori verify``: Mamori's parsing against tshark's, field by field.
 
 ``mamori verify FILE...`` exits 0 on full agreement, 1 on any disagreement, 2 for
-usage errors and when its tools are missing. It needs tshark and pyshark; Debian
-ships tshark but not pyshark, so the Debian package only Suggests tshark, and
-``verify`` says in one line what is missing and how to get it. (Zeek logs are
+usage errors and when its tools are missing. It needs tshark and pyshark (the
+``verify`` extra: ``pip install 'mamori[verify]'``); Debian ships tshark but not
+pyshark, so the Debian package only Suggests tshark, and ``verify`` says in one line
+what is missing and how to get it. (Zeek logs are
 replayed by ``mamori replay --zeek-logs DIR``, which also runs the rules.)
 """
 
@@ -17,22 +18,19 @@ from pathlib import Path
 from typing import Any
 
 from mamori.parsers.pipeline import PipelineConfig
+from mamori.sensor import config as cfg
 from mamori.sensor.paths import check_input
 
 
 def register_commands(commands: Any) -> None:
-    from mamori.sensor.cli import port_list  # cli imports this module lazily; no cycle at load
-
     verify = commands.add_parser(
         "verify", help="compare Mamori's parsing of a capture with tshark's, field by field",
         description="Dissect each capture with tshark (through pyshark) and with Mamori, "
                     "and print per field how often they agree, every disagreement with its "
                     "frame number, and a verdict. Known tshark errors are not counted.")
     verify.add_argument("files", nargs="+", metavar="FILE.pcap", type=Path)
-    verify.add_argument("--modbus-ports", type=port_list, default=frozenset({502}),
-                        metavar="PORTS", help="Modbus/TCP server ports (default 502)")
-    verify.add_argument("--dnp3-ports", type=port_list, default=frozenset({20000}),
-                        metavar="PORTS", help="DNP3 ports, TCP and UDP (default 20000)")
+    cfg.add_value_flag(verify, "ports", "modbus")  # --modbus-ports, as in the schema
+    cfg.add_value_flag(verify, "ports", "dnp3")
     verify.add_argument("--limit", type=int, default=20, metavar="N",
                         help="disagreements listed per field (default 20)")
     verify.set_defaults(func=_cmd_verify)
@@ -49,8 +47,8 @@ def missing_tools() -> str | None:
     if "tshark" in lacking:
         how.append("apt install tshark")
     if "pyshark" in lacking:
-        how.append("pip install pyshark (Debian does not package it; in a venv, or "
-                   "pip install --user)")
+        how.append("pip install 'mamori[verify]' (on the Debian package, which cannot "
+                   "have it: pip install pyshark, in a venv or with --user)")
     return f"needs {' and '.join(lacking)}, not installed: {'; '.join(how)}"
 
 

@@ -6,13 +6,15 @@ Mamori's pipeline (noting which frame completed each message) and through tshark
 pyshark, pairs the messages frame by frame (Modbus: per TCP direction, in order), and
 counts per field how often the two agree; every disagreement is listed with its frame.
 
-tshark is not always right. Where it is known to be wrong, sensor/verify/known.py says
-so, with the evidence; the differential tests (tests/sensor/test_modbus_vs_tshark.py,
+tshark is not always right. Where it is known to be wrong in general, sensor/verify/known.py
+says so, with the evidence; the differential tests (tests/sensor/test_modbus_vs_tshark.py,
 test_dnp3_vs_tshark.py) use the same module, so the tool and the tests cannot drift.
 verify applies those rules the same way, requires Mamori's own evidence where they do
 (an anomaly event of that stream at that time: a missing one is an ``evidence``
 disagreement), and prints each use as a "known tshark error" line with the reason,
-apart from agreements and disagreements.
+apart from agreements and disagreements. A caller that knows single frames of a capture
+where tshark is wrong (the tests, for the corpus) passes them as ``FrameNotes``; they
+are applied, and their evidence required, the same way.
 
 pyshark runs tshark once per capture and parses its JSON: a few hundred frames a
 second, fine for a verification tool, not for the sensor (which never imports this).
@@ -39,23 +41,18 @@ from mamori.parsers.stream import Direction
 from mamori.sensor.alerting.eventlog import event_to_dict
 from mamori.sensor.capture.pcapfile import read_capture_batches
 from mamori.sensor.verify.known import (
-    DROPPED,
-    MAMORI_EXTRA,
     MODBUS_RANGE_FCS,
     MODBUS_RANGE_RULE,
+    NO_NOTES,
     REASONS,
-    RETIMED,
     RETIMED_EVIDENCE,
     SEQ_SKIPPED_RULE,
-    TSHARK_ERRORS,
-    TSHARK_SEQ_SKIPPED,
+    FrameNotes,
     Obj,
     View,
     apply_view,
-    capture_digest,
     dnp3_evidence_given,
     dnp3_said,
-    listed,
     modbus_anomalies,
     modbus_evidence_problem,
     normal_object,
@@ -483,17 +480,18 @@ def _tshark_modbus(fields: dict[str, Any], to_server: bool) -> Row:
 # ---------------------------------------------------------------------- compare: DNP3
 
 
-def compare_messages(report: VerifyReport, digest: str, fragments: list[TsharkFragment],
+def compare_messages(report: VerifyReport, notes: FrameNotes, fragments: list[TsharkFragment],
                      segments: list[TsharkSegment], ours: MamoriSide) -> None:
     """DNP3: pair the i-th fragment of each frame on both sides, compare their fields,
-    after the rules of sensor/verify/known.py (with the evidence they require)."""
+    after the rules of sensor/verify/known.py (with the evidence they require) and the
+    caller's ``notes.errors``."""
     said = dnp3_said(e for e in ours.events if e.get("proto") == "dnp3")
     theirs: dict[int, list[tuple[TsharkFragment, View]]] = defaultdict(list)
     errors: set[int] = set()
     seen: dict[tuple[Any, ...], set[tuple[Any, ...]]] = defaultdict(set)
     for f in fragments:
-        if (digest, f.frame) in TSHARK_ERRORS:
-            report.known_error(TSHARK_ERRORS[(digest, f.frame)], f.frame)
+        if f.frame in notes.errors:
+            report.known_error(notes.errors[f.frame], f.frame)
             errors.add(f.frame)
             continue
         kinds = rule_link_function(f.link_control)
@@ -562,7 +560,7 @@ def _compare_dnp3(report: VerifyReport, t: TsharkFragment, view: View, o: Row) -
 Numbered = list[tuple[tuple[Any, ...], int | None, Row]]  # (sort key, frame, row)
 
 
-def compare_modbus_streams(report: VerifyReport, digest: str, theirs: TsharkSide,
+def compare_modbus_streams(report: VerifyReport, notes: FrameNotes, theirs: TsharkSide,
                            again: TsharkSide, ours: MamoriSide) -> None:
     """Modbus PDUs aligned per TCP direction, as the differential test does.
 
@@ -570,10 +568,10 @@ def compare_modbus_streams(report: VerifyReport, digest: str, theirs: TsharkSide
     and by Mamori's reassembly at different frames, so frames alone do not pair them:
     each direction's two sequences are aligned on (tid, unit, fc, exception) and a
     PDU on one side only is a ``modbus.messages`` disagreement at its frame. ``again``
-    is tshark's second pass, without sequence analysis, over the TSHARK_SEQ_SKIPPED
+    is tshark's second pass, without sequence analysis, over the ``notes.seq_skipped``
     frames.
     """
-    want = _tshark_modbus_rows(report, digest, theirs, again,
+    want = _tshark_modbus_rows(report, notes, theirs, again,
                                modbus_anomalies(ours.events))
     mine: dict[Any, list[tuple[int | None, Row]]] = defaultdict(list)
     for frame, rows in ours.rows.items():
@@ -607,19 +605,12 @@ def compare_modbus_streams(report: VerifyReport, digest: str, theirs: TsharkSide
                 report.compare("modbus.messages", frame, 0, 1)
 
 
-def modbus_known_frames(digest: str) -> set[int]:
-    """The frames of this capture tshark does not dissect as Modbus, by the tables."""
-    return set(listed(TSHARK_SEQ_SKIPPED, digest)) | set(listed(MAMORI_EXTRA, digest))
-
-
-def _tshark_modbus_rows(report: VerifyReport, digest: str, theirs: TsharkSide,
+def _tshark_modbus_rows(report: VerifyReport, notes: FrameNotes, theirs: TsharkSide,
                         again: TsharkSide, anomalies: Any) -> Numbered:
-    """tshark's rows, with the frames of sensor/verify/known.py handled as the
-    differential test handles them; each checked to hold, with Mamori's evidence."""
-    skipped = listed(TSHARK_SEQ_SKIPPED, digest)
-    extra = listed(MAMORI_EXTRA, digest)
-    dropped = listed(DROPPED, digest)
-    retimed = listed(RETIMED, digest)
+    """tshark's rows, with the noted frames handled as the differential test handles
+    them; each note checked to hold, with Mamori's evidence."""
+    skipped, extra = notes.seq_skipped, notes.extra
+    dropped, retimed = notes.dropped, notes.retimed
     dissected = {row["frame"] for row in theirs.modbus}
 
     def entry_holds(frame: int, holds: bool, what: str) -> None:
@@ -634,8 +625,8 @@ def _tshark_modbus_rows(report: VerifyReport, digest: str, theirs: TsharkSide,
     seen: dict[Stream, set[tuple[Any, ...]]] = defaultdict(set)
     for i, row in enumerate(theirs.modbus):
         frame = row["frame"]
-        if (digest, frame) in TSHARK_ERRORS:
-            report.known_error(TSHARK_ERRORS[(digest, frame)], frame)
+        if frame in notes.errors:
+            report.known_error(notes.errors[frame], frame)
             continue
         if frame in dropped:
             report.known_error(dropped[frame][1], frame)
@@ -676,7 +667,7 @@ def _tshark_modbus_rows(report: VerifyReport, digest: str, theirs: TsharkSide,
         evidence(frame, row, ex.evidence)
     times = {frame: row["ts"] for _, frame, row in rows if frame is not None}
     for n, (key, frame, row) in enumerate(rows):
-        if frame in retimed:
+        if frame is not None and frame in retimed:
             source, why = retimed[frame]
             row = {**row, "ts": times.get(source, row["ts"])}
             rows[n] = ((source, 1, frame, key[2]), frame, row)
@@ -699,19 +690,16 @@ def _compare_modbus(report: VerifyReport, frame: int, t: Row, o: Row) -> None:
 # ---------------------------------------------------------------------- verify
 
 
-def verify_capture(path: Path, config: PipelineConfig) -> VerifyReport:
+def verify_capture(path: Path, config: PipelineConfig,
+                   notes: FrameNotes = NO_NOTES) -> VerifyReport:
+    """Mamori against tshark on one capture; ``notes``: its frames the caller knows
+    tshark to be wrong at (``mamori verify`` knows none, only the general rules)."""
     report = VerifyReport(str(path))
-    digest = capture_digest(path)
-    known = modbus_known_frames(digest)
-    theirs = tshark_messages(path, config, known)
-    skipped = set(listed(TSHARK_SEQ_SKIPPED, digest))
+    theirs = tshark_messages(path, config, notes.modbus_frames())
+    skipped = set(notes.seq_skipped)
     again = tshark_messages(path, config, skipped, seq_analysis=False) if skipped \
         else TsharkSide()
     ours = mamori_messages(path, config)
-    compare_messages(report, digest, theirs.fragments, theirs.segments, ours)
-    compare_modbus_streams(report, digest, theirs, again, ours)
+    compare_messages(report, notes, theirs.fragments, theirs.segments, ours)
+    compare_modbus_streams(report, notes, theirs, again, ours)
     return report
-
-
-def verify_files(paths: Iterable[Path], config: PipelineConfig) -> list[VerifyReport]:
-    return [verify_capture(p, config) for p in paths]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Sequence
 
-from mamori.sensor.daemon.cli import _addresses  # `ip -j addr`, shared with check-iface
+from mamori.sensor.capture.addresses import interface_addresses
 
 AddressLookup = Callable[[str], list[str]]
 
@@ -21,12 +21,12 @@ class BindRefused(ValueError):
     """The configured address is not a safe place to serve the page (says why)."""
 
 
-def interface_ips(name: str, lookup: AddressLookup = _addresses) -> set[str]:
+def interface_ips(name: str, lookup: AddressLookup = interface_addresses) -> set[str]:
     return {str(ipaddress.ip_interface(a).ip) for a in lookup(name) if a}
 
 
 def check_bind(bind: str, capture: Sequence[str], management: str,
-               lookup: AddressLookup = _addresses, *, key: str = "[web] bind",
+               lookup: AddressLookup = interface_addresses, *, key: str = "[web] bind",
                management_key: str = "[web] management_interface") -> str:
     """The address to bind, or BindRefused naming the rule it breaks.
 

@@ -73,9 +73,8 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def cmd_web(args: argparse.Namespace) -> int:
-    from mamori.sensor.alerting.store import StoreError
-    from mamori.sensor.detection.cli import open_store
-    from mamori.sensor.detection.settings import store_path
+    from mamori.sensor.alerting.settings import store_path
+    from mamori.sensor.alerting.store import StoreError, open_store
     from mamori.sensor.web.server import WebSetupError, build_context, listen, serve_forever, url_of
 
     try:

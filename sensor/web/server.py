@@ -227,7 +227,7 @@ class WebThread:
 
 def daemon_starter(conf: cfg.Config) -> Callable[[Any], WebThread]:
     """For ``build_sensor(web=...)``: given the Sensor, start the page with live health."""
-    from mamori.sensor.detection.settings import store_path
+    from mamori.sensor.alerting.settings import store_path
 
     def start(sensor: Any) -> WebThread:
         ctx = build_context(conf, store_path(conf),

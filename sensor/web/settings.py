@@ -1,4 +1,4 @@
-"""The ``[web]`` configuration keys, registered into the one config schema at import.
+"""The ``[web]`` configuration keys (``OPTIONS``; ``mamori.sensor.schema`` holds them all).
 
 Kept free of web-framework imports so ``mamori run`` and ``mamori check-config`` know
 the keys without loading Starlette.
@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mamori.sensor import config as cfg
+from mamori.sensor import configkit as cfg
 
 DEFAULT_PORT = 8470
 
-cfg.register([
+OPTIONS: tuple[cfg.Option, ...] = (
     cfg.Option("web", "enabled", False, cfg.v_bool,
                "'mamori run' also serves the operator web page (or: mamori run --web)"),
     cfg.Option("web", "bind", "127.0.0.1", cfg.v_nonempty_str,
@@ -28,7 +28,7 @@ cfg.register([
                "a login session expires after this long"),
     cfg.Option("web", "page_size", 50, cfg.v_int_range(10, 500),
                "alerts per page"),
-])
+)
 
 
 def token_path(config: cfg.Config) -> Path:

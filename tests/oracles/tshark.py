@@ -19,6 +19,10 @@ from typing import Any
 
 from mamori.sensor.verify.tshark import FrameAddress, TsharkFragment, TsharkSegment, dnp3_layer
 
+# The DNP3 records are sensor/verify/tshark.py's own; handed on with the functions that make them.
+__all__ = ["TsharkFragment", "TsharkPdu", "TsharkSegment", "TsharkTcpFrame", "dissect",
+           "dnp3_dissect", "dnp3_fragments", "modbus_pdus", "tcp_frames"]
+
 
 @dataclass(frozen=True)
 class TsharkPdu(FrameAddress):

@@ -51,6 +51,7 @@ def _stage(tmp_path: Path) -> Path:
 
 @needs_analyze
 def test_verify_has_no_messages(tmp_path: Path) -> None:
+    assert ANALYZE is not None
     staged = _stage(tmp_path)
     # A template is verified through an instance, as systemd would load it.
     instance = staged / "mamori-sensor@eth1.service"
@@ -65,6 +66,7 @@ def test_verify_has_no_messages(tmp_path: Path) -> None:
 
 
 def _exposure(path: Path) -> float:
+    assert ANALYZE is not None
     result = subprocess.run([ANALYZE, "security", "--offline=yes", "--no-pager", str(path)],
                             capture_output=True, text=True, timeout=120, cwd=path.parent)
     match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", result.stdout)

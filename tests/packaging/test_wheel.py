@@ -75,3 +75,21 @@ def test_the_installed_wheel_replays_a_capture_with_detection(installed: Path,
     assert {"mamori.modbus.listen_only", "mamori.modbus.restart_communications"} <= rules, rules
     checked = run(installed / "bin" / "mamori", "rules", "check", cwd=tmp_path)
     assert checked.returncode == 0, checked.stderr
+
+
+def test_the_base_install_has_no_extras_and_names_them_when_needed(installed: Path,
+                                                                    tmp_path: Path) -> None:
+    """pyshark (``mamori verify``) and psycopg (a collector on PostgreSQL) are the extras
+    ``verify`` and ``postgres``: a plain ``pip install`` does without them, and the one
+    command that would need one says in one line which to install."""
+    probe = run(installed / "bin" / "python", "-c",
+                "import importlib.util as u; print([n for n in ('pyshark', 'psycopg') "
+                "if u.find_spec(n)])", cwd=tmp_path)
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.strip() == "[]", probe.stdout
+    for argv, extra in ((["verify", SAMPLE], "verify"),
+                        (["collect", "status", "--dsn", "dbname=mamori"], "postgres")):
+        done = run(installed / "bin" / "mamori", *argv, cwd=tmp_path)
+        assert done.returncode == 2, (argv, done.stdout, done.stderr)
+        lines = done.stderr.splitlines()
+        assert len(lines) == 1 and f"pip install 'mamori[{extra}]'" in lines[0], done.stderr

@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mamori.parsers.l2 import ArpEvent, ArpOp, ArpProblem, decode_arp
-from mamori.sensor.capture.pcapfile import read_capture
+from mamori.sensor.capture.pcapfile import read_capture_tuples
 from tests import netns
 from tests.conftest import require_tool, unavailable
 from tests.peers.modbus_peer import terminate
@@ -107,8 +107,8 @@ def captures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     finally:
         _teardown()
     write_pcap(paths["tagged"], [
-        (r.ts, r.data[:12] + b"\x81\x00\x00\x07\x81\x00\x00\x64" + r.data[12:])
-        for r in read_capture(paths["ethernet"])])
+        (ts, data[:12] + b"\x81\x00\x00\x07\x81\x00\x00\x64" + data[12:])
+        for ts, _, data, _ in read_capture_tuples(paths["ethernet"])])
     return paths
 
 
@@ -129,11 +129,11 @@ def test_every_arp_frame_decodes_as_tshark_dissects_it(kind: str,
     path = captures[kind]
     theirs = _tshark(path)
     ours: dict[int, ArpEvent] = {}
-    for record in read_capture(path):
-        found = decode_arp(record.ts, record.linktype, record.data)
-        assert not isinstance(found, ArpProblem), (record.frame, found)
+    for ts, linktype, data, number in read_capture_tuples(path):
+        found = decode_arp(ts, linktype, data)
+        assert not isinstance(found, ArpProblem), (number, found)
         if found is not None:
-            ours[record.frame] = found
+            ours[number] = found
     assert set(ours) == set(theirs)
     for frame, ev in ours.items():
         op, smac, sip, tmac, tip, vlan = theirs[frame]

@@ -131,7 +131,7 @@ def four_ways(messages: Sequence[Message]) -> list[Any]:
     return whole
 
 
-def check(event: Any, cls: type, **attrs: Any) -> None:
+def check(event: Any, cls: type[Any], **attrs: Any) -> None:
     assert type(event) is cls, event
     assert event.flow == FLOW and event.ts == TS
     for name, expected in attrs.items():
@@ -144,6 +144,13 @@ def kinds(events: Sequence[Any]) -> list[ModbusAnomaly]:
 
 def messages_only(events: Sequence[Any]) -> list[Any]:
     return [e for e in events if type(e) is not ModbusAnomalyEvent]
+
+
+def responses_only(events: Sequence[object]) -> list[ModbusResponse]:
+    """``events``, each asserted to be a response (so their fields are typed)."""
+    responses = [e for e in events if isinstance(e, ModbusResponse)]
+    assert responses == list(events), events
+    return responses
 
 
 # Vectors: one request and its response per function code ----------------------------
@@ -748,6 +755,7 @@ def test_latency_and_pairing_out_of_order() -> None:
     assert parser.receive(C2S, FC3_REQ + FC4_REQ, 1.0)
     rsp4 = parser.receive(S2C, FC4_RSP, 1.25)
     rsp3 = parser.receive(S2C, FC3_RSP, 1.5)
+    assert isinstance(rsp4[0], ModbusResponse) and isinstance(rsp3[0], ModbusResponse)
     check_latency = [(rsp4[0].fc, rsp4[0].latency), (rsp3[0].fc, rsp3[0].latency)]
     assert check_latency == [(4, 0.25), (3, 0.5)]
     assert parser.outstanding == 0
@@ -969,9 +977,12 @@ def test_flood_stops_tracking_until_drained() -> None:
     assert parser.outstanding == 2
     # Responses to untracked requests are unsolicited, but no anomaly while flooded.
     events = parser.receive(S2C, retid(FC3_RSP, 3), TS)
+    assert isinstance(events[0], ModbusResponse)
     assert events[0].unsolicited and kinds(events) == []
     for tid in (0, 1):
-        assert not parser.receive(S2C, retid(FC3_RSP, tid), TS)[0].unsolicited
+        response = parser.receive(S2C, retid(FC3_RSP, tid), TS)[0]
+        assert isinstance(response, ModbusResponse)
+        assert not response.unsolicited
     events = parser.receive(C2S, retid(FC3_REQ, 9), TS)
     assert kinds(events) == [] and parser.outstanding == 1
 
@@ -981,10 +992,12 @@ def test_gap_in_the_middle_of_an_adu() -> None:
     assert parser.receive(C2S, FC16_REQ[:10], TS) == []
     gap = parser.gap(C2S, 5, TS)
     assert kinds(gap) == [ModbusAnomaly.GAP]
+    assert isinstance(gap[0], ModbusAnomalyEvent)
     assert "10 buffered bytes dropped" in gap[0].detail
     # The stream resumes in the middle of the lost ADU: its tail is garbage.
     events = parser.receive(C2S, FC16_REQ[15:] + FC3_REQ + FC4_REQ, TS)
     assert kinds(events) == [ModbusAnomaly.RESYNC]
+    assert isinstance(events[0], ModbusAnomalyEvent)
     assert events[0].detail == f"skipped {len(FC16_REQ) - 15} bytes"
     assert [e.fc for e in messages_only(events)] == [3, 4]
 
@@ -993,6 +1006,7 @@ def test_gap_on_adu_boundary_resyncs_without_skipping() -> None:
     parser = ModbusParser(FLOW)
     events = parser.gap(C2S, 12, TS) + parser.receive(C2S, FC3_REQ, TS)
     assert kinds(events) == [ModbusAnomaly.GAP, ModbusAnomaly.RESYNC]
+    assert isinstance(events[1], ModbusAnomalyEvent)
     assert events[1].detail == "skipped 0 bytes"
 
 
@@ -1002,6 +1016,7 @@ def test_gap_in_responses_makes_following_unpaired_responses_quiet() -> None:
     parser.gap(S2C, 100, TS)
     assert parser.outstanding == 0
     events = parser.receive(S2C, FC3_RSP, TS)
+    assert isinstance(events[-1], ModbusResponse)
     assert events[-1].unsolicited and kinds(events) == [ModbusAnomaly.RESYNC]
     parser.receive(C2S, FC4_REQ, TS)
     assert kinds(parser.receive(S2C, FC4_RSP, TS)) == []
@@ -1098,7 +1113,8 @@ def test_reused_tid_requests_pair_in_order() -> None:
     assert kinds(events) == [ModbusAnomaly.TID_REUSE]
     responses = parser.receive(S2C, first + second, 2.0)
     assert kinds(responses) == []
-    assert [(r.address, r.unsolicited) for r in responses] == [(1, False), (2, False)]
+    assert [(r.address, r.unsolicited) for r in responses_only(responses)] == [
+        (1, False), (2, False)]
     assert parser.outstanding == 0
 
 
@@ -1109,7 +1125,9 @@ def test_unanswered_requests_expire() -> None:
     assert parser.outstanding == 20
     events = parser.receive(C2S, retid(FC3_REQ, 100), 115.0)
     assert kinds(events) == [] and parser.outstanding == 6  # tids 15..19 and 100
-    assert not parser.receive(S2C, retid(FC3_RSP, 100), 116.0)[0].unsolicited
+    response = parser.receive(S2C, retid(FC3_RSP, 100), 116.0)[0]
+    assert isinstance(response, ModbusResponse)
+    assert not response.unsolicited
 
 
 def test_resync_accepts_an_exception_to_an_unknown_function() -> None:

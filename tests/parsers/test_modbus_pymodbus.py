@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 import pytest
 from pymodbus.framer import FramerSocket
@@ -14,7 +14,26 @@ from pymodbus.pdu import mei_message as mei
 from pymodbus.pdu import other_message as other
 from pymodbus.pdu import register_message as regs
 
-from mamori.parsers.modbus import ModbusAnomalyEvent, ModbusParser, ModbusRequest, ModbusResponse
+from mamori.parsers.modbus import (
+    Diagnostics,
+    MaskWriteRegister,
+    ModbusAnomalyEvent,
+    ModbusParser,
+    ModbusRequest,
+    ModbusResponse,
+    ReadBitsResponse,
+    ReadDeviceIdRequest,
+    ReadDeviceIdResponse,
+    ReadFifoQueueResponse,
+    ReadRegistersResponse,
+    ReadWriteMultipleRequest,
+    ReportServerIdResponse,
+    WriteFileRecord,
+    WriteMultipleCoilsRequest,
+    WriteMultipleRegistersRequest,
+    WriteSingleCoil,
+    WriteSingleRegister,
+)
 from mamori.parsers.stream import Direction, FlowId, Transport
 
 FLOW = FlowId(Transport.TCP, "198.51.100.1", 50000, "198.51.100.2", 502)
@@ -37,7 +56,14 @@ def exchange(request: ModbusPDU, response: ModbusPDU) -> tuple[ModbusRequest, Mo
     return req, rsp
 
 
-IDS = {"dev_id": 9, "transaction_id": 7}
+class Ids(TypedDict):
+    """The MBAP unit and transaction id every message here carries (keywords of pymodbus)."""
+
+    dev_id: int
+    transaction_id: int
+
+
+IDS: Ids = {"dev_id": 9, "transaction_id": 7}
 
 
 def test_read_coils_and_inputs() -> None:
@@ -50,6 +76,7 @@ def test_read_coils_and_inputs() -> None:
                             response_cls(bits=values, **IDS))
         assert (req.fc, req.address, req.quantity) == (fc, 19, 10)
         assert (rsp.fc, rsp.address, rsp.quantity) == (fc, 19, 10)
+        assert isinstance(rsp.pdu, ReadBitsResponse)
         assert rsp.pdu.values == tuple(int(v) for v in values)
 
 
@@ -61,16 +88,19 @@ def test_read_registers() -> None:
         req, rsp = exchange(request_cls(address=107, count=3, **IDS),
                             response_cls(registers=[555, 0, 65535], **IDS))
         assert (req.fc, req.address, req.quantity) == (fc, 107, 3)
+        assert isinstance(rsp.pdu, ReadRegistersResponse)
         assert rsp.pdu.values == (555, 0, 65535) and rsp.pdu.byte_count == 6
 
 
 def test_write_single() -> None:
     req, rsp = exchange(bits.WriteSingleCoilRequest(address=172, bits=[True], **IDS),
                         bits.WriteSingleCoilResponse(address=172, bits=[True], **IDS))
+    assert isinstance(req.pdu, WriteSingleCoil)
     assert (req.fc, req.address, req.pdu.value, req.pdu.state) == (5, 172, 0xFF00, True)
     assert rsp.pdu == req.pdu
     req, rsp = exchange(regs.WriteSingleRegisterRequest(address=1, registers=[3], **IDS),
                         regs.WriteSingleRegisterResponse(address=1, registers=[3], **IDS))
+    assert isinstance(req.pdu, WriteSingleRegister)
     assert (req.fc, req.address, req.pdu.value) == (6, 1, 3) and rsp.pdu == req.pdu
 
 
@@ -78,6 +108,7 @@ def test_write_multiple() -> None:
     values = [True, False, True, True, False, False, True, True, True, False]
     req, rsp = exchange(bits.WriteMultipleCoilsRequest(address=19, bits=values, **IDS),
                         bits.WriteMultipleCoilsResponse(address=19, count=10, **IDS))
+    assert isinstance(req.pdu, WriteMultipleCoilsRequest)
     assert (req.fc, req.address, req.quantity, req.pdu.byte_count) == (15, 19, 10, 2)
     assert req.pdu.values == tuple(int(v) for v in values)
     assert (rsp.address, rsp.quantity) == (19, 10)
@@ -85,6 +116,7 @@ def test_write_multiple() -> None:
         regs.WriteMultipleRegistersRequest(address=1, registers=[10, 258], **IDS),
         regs.WriteMultipleRegistersResponse(address=1, count=2, **IDS),
     )
+    assert isinstance(req.pdu, WriteMultipleRegistersRequest)
     assert (req.fc, req.address, req.quantity, req.pdu.values) == (16, 1, 2, (10, 258))
     assert (rsp.address, rsp.quantity) == (1, 2)
 
@@ -106,12 +138,14 @@ def test_write_multiple() -> None:
 def test_diagnostics(request_cls: Any, response_cls: Any, sub: int) -> None:
     req, rsp = exchange(request_cls(**IDS), response_cls(**IDS))
     assert (req.fc, req.sub, rsp.fc, rsp.sub) == (8, sub, 8, sub)
+    assert isinstance(req.pdu, Diagnostics)
     assert req.pdu.name is not None
 
 
 def test_force_listen_only_request() -> None:
     parser = ModbusParser(FLOW)
     (req,) = parser.receive(Direction.TO_SERVER, frame(diag.ForceListenOnlyModeRequest(**IDS)), 1)
+    assert isinstance(req, ModbusRequest) and isinstance(req.pdu, Diagnostics)
     assert (req.fc, req.sub, req.pdu.name) == (8, 4, "force_listen_only_mode")
 
 
@@ -119,12 +153,14 @@ def test_report_server_id() -> None:
     req, rsp = exchange(other.ReportDeviceIdRequest(**IDS),
                         other.ReportDeviceIdResponse(identifier=b"\x42", status=True, **IDS))
     assert req.fc == 17
+    assert isinstance(rsp.pdu, ReportServerIdResponse)
     assert (rsp.pdu.server_id, rsp.pdu.run_indicator, rsp.pdu.byte_count) == (0x42, 0xFF, 2)
 
 
 def test_mask_write() -> None:
     req, rsp = exchange(regs.MaskWriteRegisterRequest(4, 0xF2, 0x25, **IDS),
                         regs.MaskWriteRegisterResponse(4, 0xF2, 0x25, **IDS))
+    assert isinstance(req.pdu, MaskWriteRegister)
     assert (req.fc, req.address, req.pdu.and_mask, req.pdu.or_mask) == (22, 4, 0xF2, 0x25)
     assert rsp.pdu == req.pdu
 
@@ -137,6 +173,8 @@ def test_read_write_multiple() -> None:
         regs.ReadWriteMultipleRegistersResponse(registers=[1, 2, 3, 4, 5, 6], **IDS),
     )
     assert (req.fc, req.address, req.quantity) == (23, 3, 6)
+    assert isinstance(req.pdu, ReadWriteMultipleRequest)
+    assert isinstance(rsp.pdu, ReadRegistersResponse)
     assert (req.pdu.write_address, req.pdu.write_quantity, req.pdu.values) == (14, 3, (255,) * 3)
     assert rsp.pdu.values == (1, 2, 3, 4, 5, 6)
 
@@ -145,6 +183,7 @@ def test_read_fifo_queue() -> None:
     req, rsp = exchange(files.ReadFifoQueueRequest(address=1246, **IDS),
                         files.ReadFifoQueueResponse(values=[440, 4740], **IDS))
     assert (req.fc, req.address) == (24, 1246)
+    assert isinstance(rsp.pdu, ReadFifoQueueResponse)
     assert (rsp.pdu.fifo_count, rsp.pdu.values) == (2, (440, 4740))
 
 
@@ -152,6 +191,7 @@ def test_file_records() -> None:
     record = files.FileRecord(file_number=4, record_number=7, record_data=b"\x06\xaf\x04\xbe")
     req, rsp = exchange(files.WriteFileRecordRequest(records=[record], **IDS),
                         files.WriteFileRecordResponse(records=[record], **IDS))
+    assert isinstance(req.pdu, WriteFileRecord)
     (written,) = req.pdu.records
     assert (written.file_number, written.record_number, written.values) == (4, 7, (0x06AF, 0x04BE))
     assert rsp.pdu == req.pdu
@@ -162,6 +202,8 @@ def test_read_device_identification() -> None:
     req, rsp = exchange(mei.ReadDeviceInformationRequest(read_code=1, object_id=0, **IDS),
                         mei.ReadDeviceInformationResponse(read_code=1, information=information,
                                                           **IDS))
+    assert isinstance(req.pdu, ReadDeviceIdRequest)
+    assert isinstance(rsp.pdu, ReadDeviceIdResponse)
     assert (req.fc, req.sub, req.pdu.read_code, req.pdu.object_id) == (43, 14, 1, 0)
     assert {o.name: o.value for o in rsp.pdu.objects} == {
         "VendorName": "Acme", "ProductCode": "PLC-1", "MajorMinorRevision": "V1.0"}

@@ -34,7 +34,7 @@ TIMEOUT = 10.0  # seconds for any single wait
 
 
 def _opendnp3() -> Any:
-    import opendnp3  # type: ignore[import-untyped]
+    import opendnp3
 
     return opendnp3
 
@@ -267,7 +267,7 @@ class Stacks:
 
     def read_attributes(self) -> tuple[str, dict[int, str]]:
         """READ g0v254 (all device attributes); the task result and what opendnp3 decoded."""
-        o = self._o
+        o: Any = self._o
         decoded: dict[int, str] = {}
 
         class Attributes(o.ISOEHandler):  # type: ignore[misc]

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from mamori.parsers.alerts import Alert
 from mamori.parsers.pipeline import PipelineConfig
 from mamori.sensor.advisories.live import alerts_for
 from mamori.sensor.advisories.matcher import Confidence, Match, Matcher
@@ -115,7 +116,12 @@ def test_dnp3_device_attributes(matcher: Matcher, version: str, affected: bool) 
 def test_alerts_once_per_asset_and_advisory(matcher: Matcher) -> None:
     matches = matcher.match_asset(_modbus("Schneider Electric", "BMX P34 2020", "v3.40"))
     alerts = alerts_for(matches, set(), 5.0)
-    keys = Counter((a.dst, a.evidence["advisory"]) for a in alerts)
+
+    def key(a: Alert) -> tuple[str, str]:
+        assert a.dst is not None
+        return a.dst, a.evidence["advisory"]
+
+    keys = Counter(key(a) for a in alerts)
     assert keys[("10.1.1.5", M340)] == 1 and max(keys.values()) == 1
     assert all(a.severity.label == "low" for a in alerts)
     assert alerts_for(matches, set(keys), 6.0) == []  # [(ip, advisory)] already alerted

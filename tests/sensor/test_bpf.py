@@ -180,8 +180,13 @@ def _tcpdump(expression: str) -> list[bpf.Instruction]:
     require_tool("tcpdump")
     out = subprocess.run(["tcpdump", "-dd", "-y", "EN10MB", expression], capture_output=True,
                          text=True, check=True).stdout
-    return [tuple(int(v, 0) for v in line.strip(" {},").split(","))  # type: ignore[misc]
-            for line in out.splitlines() if line.strip()]
+    return [_instruction(line) for line in out.splitlines() if line.strip()]
+
+
+def _instruction(line: str) -> bpf.Instruction:
+    """One ``{ code, jt, jf, k },`` line of ``tcpdump -dd``."""
+    code, jt, jf, k = (int(v, 0) for v in line.strip(" {},").split(","))
+    return code, jt, jf, k
 
 
 def _port_expression(ports: frozenset[int]) -> str:
@@ -321,7 +326,6 @@ def test_the_kernel_runs_the_program_as_the_interpreter_does() -> None:
 
 def test_the_capture_filter_option_is_checked_at_load_with_its_line(tmp_path: Path) -> None:
     from mamori.sensor import config as cfg
-    from mamori.sensor.daemon import run as daemon  # noqa: F401  registers [capture]
 
     good = tmp_path / "good.toml"
     good.write_text('[capture]\nfilter = "net 10.1.0.0/16 and not host 10.1.0.9"\n')

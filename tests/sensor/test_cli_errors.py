@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from mamori.sensor.web.auth import create_token_file
-from tests.conftest import PROJECT, corpus_path
+from tests.conftest import PROJECT, corpus_path, mamori_without
 
 MAMORI = str(Path(sys.executable).parent / "mamori")
 SAMPLE = PROJECT / "samples" / "modbus_demo.pcap"
@@ -418,6 +418,21 @@ def test_collect_on_a_port_in_use_names_the_address(site: Site, which: str) -> N
     assert_one_line(proc, busy, "Address already in use")
 
 
+@pytest.mark.parametrize(("module", "extra", "argv"), [
+    ("pyshark", "verify", ["verify", str(SAMPLE)]),
+    ("psycopg", "postgres", ["collect", "status", "--dsn", "dbname=mamori"]),
+])
+def test_a_missing_extra_is_one_line_naming_it(site: Site, module: str, extra: str,
+                                               argv: list[str]) -> None:
+    """pyshark and psycopg are extras of the pip install: without them the command that
+    needs one says which to install, and the rest of mamori does not notice."""
+    proc = mamori_without([module], *argv, cwd=site.root)
+    assert_one_line(proc, module, f"pip install 'mamori[{extra}]'")
+    assert proc.returncode == 2
+    present = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True)
+    assert present.returncode == 0, f"the test venv has {module} (the test extra)"
+
+
 def test_collect_listen_and_publish_on_one_port(site: Site) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -468,9 +483,9 @@ def test_a_journal_that_cannot_be_opened_at_start_up_is_named(tmp_path: Path) ->
     import sqlite3
 
     from mamori.sensor import config as cfg
-    from mamori.sensor.detection.cli import forwarding_problem
     from mamori.sensor.forwarding.forwarder import Forwarder
     from mamori.sensor.forwarding.keys import generate
+    from mamori.sensor.forwarding.options import forwarding_problem
 
     generate("sensor", tmp_path / "keys")
     generate("collector", tmp_path / "keys")

@@ -81,5 +81,6 @@ def test_verify_without_pyshark_says_what_is_missing_in_one_line(tmp_path: Path)
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("mamori verify: needs pyshark")
     assert "pip install pyshark" in lines[0] and "Traceback" not in proc.stderr
+    assert "pip install 'mamori[verify]'" in lines[0]  # for a pip install
     with_it = mamori("verify", str(SAMPLE))  # the venv has pyshark: it runs
     assert with_it.returncode == 0, with_it.stderr

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -124,7 +125,7 @@ class Site:
                                  str(interval), str(flush)], cwd=PROJECT,
                                 stdout=subprocess.PIPE, text=True)
 
-    def jsonl_alerts(self) -> list[dict[str, object]]:
+    def jsonl_alerts(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.jsonl.read_text().splitlines()]
 
 

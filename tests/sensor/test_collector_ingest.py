@@ -41,7 +41,7 @@ def test_mutated_frames_fail_the_same_way_on_both_paths() -> None:
         data = bytearray(rng.choice(good))
         for _ in range(rng.randint(1, 4)):
             data[rng.randrange(len(data))] = rng.randrange(256)
-        outcomes = []
+        outcomes: list[tuple[str, int | str, int, Kind | None]] = []
         for documents in (False, True):
             try:
                 env = decode(bytes(data), documents=documents)

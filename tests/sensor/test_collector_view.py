@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -69,7 +70,7 @@ def db(site: Site) -> str:
     return str(site.coll_dir / "collector" / "collector.db")
 
 
-def listed(site: Site, command: str, *args: str) -> list[dict[str, object]]:
+def listed(site: Site, command: str, *args: str) -> list[dict[str, Any]]:
     done = mamori(site, command, "--store", db(site), "--json", *args)
     assert done.returncode == 0, done.stderr
     return [json.loads(line) for line in done.stdout.splitlines()]

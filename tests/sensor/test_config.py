@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 
-import mamori.sensor.detection.settings  # registers [detection], [store], [sets]
-import mamori.sensor.forwarding.options  # noqa: F401  registers [forward], [collect]
 from mamori.sensor import config as cfg
 from mamori.sensor.forwarding.keys import generate
 

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from mamori.parsers.alerts import Alert, Severity
+from mamori.parsers.dnp3.events import DNP3Request, ObjectHeader
 from mamori.parsers.modbus.events import ModbusRequest
 from mamori.parsers.modbus.pdu import Diagnostics, EmptyPdu, RawPdu, WriteSingleRegister
-from mamori.parsers.stream import FlowId, Transport
+from mamori.parsers.stream import Direction, FlowId, Transport
 from mamori.sensor.alerting.dispatch import AlertOutputs
 from mamori.sensor.alerting.store import Store
 from mamori.sensor.detection import Detector, RuleError, load_rules
@@ -50,8 +52,8 @@ def program(ts: float, client: str, server: str = "10.0.0.5") -> ModbusRequest:
                          RawPdu(b"\x00\x02"))
 
 
-def detector(**kwargs: object) -> Detector:
-    d = Detector(RULES, **kwargs)  # type: ignore[arg-type]
+def detector(**kwargs: Any) -> Detector:
+    d = Detector(RULES, **kwargs)
     d.inventory.freeze()
     return d
 
@@ -69,7 +71,7 @@ def test_shipped_chains_load_and_every_step_matches_a_rule() -> None:
     tracker = ChainTracker(RULES, RULES.chains, RULES.categories)
     for ci, chain in enumerate(RULES.chains):
         assert chain.severity is Severity.CRITICAL and chain.attack
-        covered = set()
+        covered: set[int] = set()
         for entries in tracker._index.values():
             for index, steps in entries:
                 if index == ci:
@@ -275,17 +277,14 @@ def test_chains_on_many_targets_fold_past_the_storm_cap() -> None:
     assert storm.severity is Severity.CRITICAL and storm.evidence["steps"]
 
 
-def _dnp3(ts: float, fc: int, client: str = "10.9.9.7", objects: tuple[object, ...] = ()
-          ) -> object:
-    from mamori.parsers.dnp3.events import DNP3Request
-    from mamori.parsers.stream import Direction
+def _dnp3(ts: float, fc: int, client: str = "10.9.9.7", objects: tuple[ObjectHeader, ...] = ()
+          ) -> DNP3Request:
     dflow = FlowId(Transport.TCP, client, 41000, "10.0.0.30", 20000)
     return DNP3Request(ts, dflow, Direction.TO_SERVER, 10, 1, 0xC0, 0, fc, None,
-                       objects)  # type: ignore[arg-type]
+                       objects)
 
 
 def test_dnp3_disable_control_restart_chain() -> None:
-    from mamori.parsers.dnp3.events import ObjectHeader
     crob = (ObjectHeader(12, 1, 0x28, None, None, 1, 2),)
     d = detector()
     d.process([_dnp3(0.0, 21), _dnp3(30.0, 5, objects=crob), _dnp3(60.0, 13)])

@@ -74,9 +74,9 @@ def _act(port: int, source: str, target: str, restart: bool = True) -> None:
 def _shifted(pcap: Path, out: Path, after: float, by: float) -> Path:
     """A copy of a classic pcap whose packets from ``after`` on are ``by`` seconds later."""
     data = bytearray(pcap.read_bytes())
-    magic = data[:4]
+    magic = bytes(data[:4])
     order = {b"\xd4\xc3\xb2\xa1": "<", b"\xa1\xb2\xc3\xd4": ">",
-             b"\x4d\x3c\xb2\xa1": "<", b"\xa1\xb2\x3c\x4d": ">"}.get(bytes(magic))
+             b"\x4d\x3c\xb2\xa1": "<", b"\xa1\xb2\x3c\x4d": ">"}.get(magic)
     if order is None:
         unavailable("tcpdump wrote a capture format this test does not shift")
     assert order is not None

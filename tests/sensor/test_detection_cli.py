@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 
 from mamori.sensor.cli import main
+from mamori.sensor.detection import cli as detection_cli
 from tests.conftest import corpus_path
 
 ARKIME = "arkime/tests/pcap/modbus.pcap"
 
 
-def test_replay_alerts_store_and_views(tmp_path: Path,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_replay_alerts_store_and_views(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
     pcap = corpus_path(ARKIME)
     out, store = tmp_path / "alerts.jsonl", tmp_path / "mamori.db"
     assert main(["replay", "--no-progress", "--alerts", str(out), "--store", str(store),
@@ -31,8 +32,17 @@ def test_replay_alerts_store_and_views(tmp_path: Path,
     assert main(["alerts", "--store", str(store), "--json", "--severity", "high"]) == 0
     shown = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert shown and all(a["severity"] in ("high", "critical") for a in shown)
-    assert main(["alerts", "--store", str(store), "--follow", "--max-polls", "2",
-                 "--interval", "0.01"]) == 0
+    naps: list[float] = []
+
+    def ctrl_c_in_the_second_nap(seconds: float) -> None:
+        naps.append(seconds)
+        if len(naps) == 2:
+            raise KeyboardInterrupt  # what the operator's Ctrl-C raises there
+
+    with monkeypatch.context() as patch:
+        patch.setattr("mamori.sensor.detection.cli.time.sleep", ctrl_c_in_the_second_nap)
+        assert main(["alerts", "--store", str(store), "--follow"]) == 0
+    assert naps == [detection_cli.FOLLOW_INTERVAL] * 2  # two reads of the store, then Ctrl-C
     assert "[mamori.modbus.unauthorised_write]" in capsys.readouterr().out
     assert main(["alerts", "--store", str(store), "--since", "1h"]) == 0  # old packets
 

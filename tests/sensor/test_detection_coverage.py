@@ -68,14 +68,14 @@ def registry() -> tuple[dict[str, list[str]], dict[str, list[str]]]:
     negative["mamori.modbus.new_master"].append(
         f"{learning_file}::test_new_master_is_modbus_only")
     # (test file, its rules, the positive test, the negative test), all parametrized by rule
-    for path, rules, fires, quiet in (
+    for path, rules, fires_name, quiet_name in (
             ("test_network_traffic.py", network_traffic.TRAFFIC_RULES,
              "test_rule_fires_in_its_labelled_window", "test_rule_quiet_on_the_benign_phase"),
             ("test_scan_bounds.py", scan_bounds.SWEEP_RULES,
              "test_a_slash16_sweep_past_every_cap", "test_the_real_flows_alone_raise_none")):
         for rule in rules:
-            positive[rule].append(f"tests/sensor/{path}::{fires}[{rule}]")
-            negative[rule].append(f"tests/sensor/{path}::{quiet}[{rule}]")
+            positive[rule].append(f"tests/sensor/{path}::{fires_name}[{rule}]")
+            negative[rule].append(f"tests/sensor/{path}::{quiet_name}[{rule}]")
     return dict(positive), dict(negative)
 
 

@@ -166,7 +166,8 @@ def test_the_fingerprint_cap_is_reported() -> None:
     watch = FloodWatch(fingerprints=4)
     found = [watch.observe(_req(float(i), i, objects=_range(i))) for i in range(5)]
     assert _kinds(found[3]) == [] and _kinds(found[4]) == [DerivedKind.DETECTION_STATE_FULL]
-    assert "fingerprints per association" in found[4][0].detail  # type: ignore[index]
+    assert found[4] is not None
+    assert "fingerprints per association" in found[4][0].detail
 
 
 def test_link_pairs_per_connection_are_capped() -> None:

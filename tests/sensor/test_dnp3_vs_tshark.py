@@ -6,9 +6,10 @@ fragments per stream (IP endpoints and link source/destination), in order, with 
 code, IIN and the object headers (group, variation, qualifier, range); the two sequences
 are aligned with difflib so one extra or missing fragment does not shift the rest.
 
-tshark 4.0 is not always right. What is known of that lives in sensor/verify/known.py,
-shared with ``mamori verify``: where it is wrong for one frame, ``TSHARK_ERRORS`` says
-why, with the bytes; where it is wrong systematically, a rule there (``tshark_view``,
+tshark 4.0 is not always right. Where it is wrong for one frame of a corpus capture,
+``TSHARK_ERRORS`` (tests/oracles/tshark_frames.py) says why, with the bytes; where it is
+wrong systematically, a rule of mamori.sensor.verify.known, shared with ``mamori
+verify`` (``tshark_view``,
 ``rule_link_function``, ``wrap_flags``, ``normal_object``, with the evidence in ``REASONS``)
 states exactly what tshark omits or misreads, and the comparison drops only that, and
 wherever a rule drops tshark's row Mamori must report why. Nothing else may differ.
@@ -27,10 +28,8 @@ from mamori.parsers.pipeline import PipelineConfig
 from mamori.sensor.alerting.eventlog import event_to_dict
 from mamori.sensor.capture.replay import replay_files
 from mamori.sensor.verify.known import (
-    TSHARK_ERRORS,
     View,
     apply_view,
-    capture_digest,
     dnp3_evidence_given,
     dnp3_said,
     normal_object,
@@ -40,6 +39,7 @@ from mamori.sensor.verify.known import (
 )
 from tests.conftest import CORPUS, corpus_captures, require_tool, unavailable
 from tests.oracles.tshark import TsharkFragment, TsharkSegment, dnp3_dissect
+from tests.oracles.tshark_frames import TSHARK_ERRORS, capture_digest
 
 PORTS: dict[str, tuple[int, ...]] = {
     "zeek/Traces/dnp3/dnp3_read_p20001.pcap": (20001,),

@@ -28,6 +28,7 @@ import zmq
 
 from mamori.parsers.alerts import Alert, Pseudonym, Severity
 from mamori.parsers.wire import (
+    Ack,
     Kind,
     WireError,
     alert_body,
@@ -228,6 +229,7 @@ def test_relayed_messages_from_untrusted_keys_or_loops_are_refused_and_counted(
         sensor.send(encode(1, 1, time.time(), Kind.HEALTH, start))
         assert relay.poll(10_000), "no ack for the good relayed message"
         ack = decode_control(relay.recv(), relayed=True)
+        assert isinstance(ack, Ack)
         assert (ack.origin, ack.epoch, getattr(ack, "seq", None)) == (origin, 1, 1)
         assert sensor.poll(10_000)
         with pytest.raises(WireError, match="unknown_kind"):  # a sensor never takes 20

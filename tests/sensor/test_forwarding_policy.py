@@ -25,9 +25,8 @@ import pytest
 import zmq
 
 from mamori.parsers.alerts import Alert, Pseudonym, Severity
-from mamori.parsers.wire import JOURNALED_KINDS, Ack, Kind, decode, encode, encode_ack
+from mamori.parsers.wire import JOURNALED_KINDS, Ack, Envelope, Kind, decode, encode, encode_ack
 from mamori.sensor import config as cfg
-from mamori.sensor.forwarding import options  # noqa: F401  (registers [forward])
 from mamori.sensor.forwarding.audit import Sent, shape_json
 from mamori.sensor.forwarding.forwarder import EVICTION_RULE, Forwarder
 from mamori.sensor.forwarding.journal import AlertJournal, Outgoing
@@ -46,7 +45,6 @@ IDENTITY = ("Mamori Test Works", "MTW-PLC-1")
 SENSOR = """
 import json, sys, time
 from mamori.sensor import config as cfg
-from mamori.sensor.forwarding import options  # noqa: F401  (registers [forward])
 from mamori.sensor.advisories.national import IdentityFeed
 from mamori.parsers.alerts import Alert, Severity
 from mamori.sensor.detection.settings import build_detector
@@ -106,7 +104,7 @@ class Capture:
                 sock.send_multipart([route, encode_ack(Ack(env.epoch, env.seq))])
         sock.close(0)
 
-    def envelopes(self) -> list[object]:
+    def envelopes(self) -> list[Envelope]:
         return [decode(f) for f in self.frames]
 
     def close(self) -> None:
@@ -190,14 +188,14 @@ def test_pseudonymised_frames_carry_no_address_and_audit_proves_it(
         assert needle not in raw, needle
 
     envs = capture.envelopes()
-    alerts = [e.body for e in envs if e.kind is Kind.ALERT]  # type: ignore[attr-defined]
-    assets = [e.body for e in envs if e.kind is Kind.ASSET]  # type: ignore[attr-defined]
+    alerts: list[Alert] = [e.body for e in envs if e.kind is Kind.ALERT]
+    assets = [e.body for e in envs if e.kind is Kind.ASSET]
     assert len(alerts) == sum(r["alerts"] for r in runs) and len(assets) == 2
     for a in alerts:
         for value in (a.src, a.dst, a.unit, a.link_src, a.link_dst):
             assert value is None or isinstance(value, Pseudonym)
     # The same client in both captures: one pseudonym for this destination.
-    by_rule = {}
+    by_rule: dict[str, list[Alert]] = {}
     for a in alerts:
         if a.rule == "mamori.modbus.listen_only":
             by_rule.setdefault("listen", []).append(a)
@@ -233,6 +231,7 @@ def test_pseudonymised_frames_carry_no_address_and_audit_proves_it(
         st.close()
 
     # Re-identification on the box, for the site only.
+    assert first.src is not None
     out = mamori("audit", "resolve", "--config", str(conf), first.src, "--json")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["value"] == CLIENT
@@ -245,7 +244,7 @@ def test_pseudonymised_frames_carry_no_address_and_audit_proves_it(
                  "--json", "--since", "1h")
     assert out.returncode == 0, out.stderr
     rows = [json.loads(line) for line in out.stdout.splitlines()]
-    journaled = [e for e in envs if e.kind in JOURNALED_KINDS]  # type: ignore[attr-defined]
+    journaled = [e for e in envs if e.kind in JOURNALED_KINDS]
     assert len(rows) == len(journaled)
     assert {r["policy"] for r in rows} == {"cert"} and len({r["policy_hash"] for r in rows}) == 1
     listen = next(r for r in rows if r["kind"] == "alert" and "unit" in r["pseudonymised"])
@@ -465,7 +464,8 @@ def test_pseudonym_map_and_memory_stay_bounded_past_their_caps(tmp_path: Path) -
         with sqlite3.connect(tmp_path / "j.db") as db:
             (count,) = db.execute("SELECT COUNT(*) FROM pseudonyms").fetchone()
         assert count == 100
-        assert j.resolve("pn:" + made[-1][1])["value"] == made[-1][0]  # type: ignore[index]
+        resolved = j.resolve("pn:" + made[-1][1])
+        assert resolved is not None and resolved["value"] == made[-1][0]
         assert j.resolve(made[0][1]) is None  # the least recently seen went first
         # The shared destination host, used in every alert, stays resolvable.
         digest = policy.shape_alert(Alert("r", "M1", Severity.HIGH, (), "t", "modbus", 0, 0,

@@ -17,12 +17,11 @@ from mamori.parsers.wire import Kind
 from mamori.sensor.collector.storage import SqliteStorage
 from tests.sensor.test_collector import PROJECT, Site
 
-# A daemon's forwarder as `mamori run` builds it: the capture section registered, so
-# the configured interface is part of its identity.
+# A daemon's forwarder as `mamori run` builds it: the configured interface is part of
+# its identity.
 INSTANCE = """
 import sys, time
 from mamori.sensor import config as cfg
-from mamori.sensor.daemon import run as daemon  # noqa: F401  registers [capture]
 from mamori.parsers.alerts import Alert, Severity
 from mamori.sensor.forwarding.forwarder import Forwarder
 conf, n = sys.argv[1], int(sys.argv[2])

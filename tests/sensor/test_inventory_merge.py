@@ -195,9 +195,9 @@ def test_captures_replayed_newest_first_keep_first_seen_before_last_seen(
 def test_merge_heals_a_stored_row_last_seen_before_first_seen(tmp_path: Path) -> None:
     """A row saved by a sensor with that bug still says the host was seen at both
     times: the next merge widens it to the span covering all four."""
-    broken = {"ip": "10.9.0.1", "mac": None, "roles": ["outstation"], "units": [1],
-              "links": [], "identity": {}, "first_seen": 200.0, "last_seen": 100.0,
-              "learned": True}
+    broken: dict[str, Any] = {
+        "ip": "10.9.0.1", "mac": None, "roles": ["outstation"], "units": [1], "links": [],
+        "identity": {}, "first_seen": 200.0, "last_seen": 100.0, "learned": True}
     with Store(tmp_path / "s.db") as store:
         store.save_inventory([broken], [], None)
         store.save_inventory([broken | {"first_seen": 150.0, "last_seen": 160.0}], [], None)

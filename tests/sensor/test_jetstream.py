@@ -29,7 +29,6 @@ from mamori.sensor.collector.jetstream import (
     subject,
     token,
 )
-from mamori.sensor.forwarding import options as forwarding_options  # noqa: F401  (registers [collect])
 from tests.peers.nats_cluster import USERS, NatsCluster, nats_server
 from tests.sensor.test_collector import PROJECT, Site, wait_for
 
@@ -268,8 +267,9 @@ def test_collector_killed_mid_publish_republishes_and_jetstream_drops_the_copies
         site.proc.wait(timeout=10)
         site.proc = None
         in_stream = stream_messages(single.urls[0])
-        cursor = CursorStore(JetStreamSettings.from_config(  # type: ignore[union-attr]
-            cfg.load(site.collector_conf)).cursor, readonly=True)
+        settings = JetStreamSettings.from_config(cfg.load(site.collector_conf))
+        assert settings is not None
+        cursor = CursorStore(settings.cursor, readonly=True)
         try:
             remembered = sum(cursor.load().values())
         finally:

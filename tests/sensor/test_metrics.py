@@ -37,7 +37,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mamori.parsers.alerts import Severity
 from mamori.parsers.wire import Kind
-from mamori.sensor import cli  # noqa: F401  registers every feature's config keys, as mamori does
 from mamori.sensor import config as cfg
 from mamori.sensor.daemon import run as daemon
 from mamori.sensor.metrics.sensor_metrics import SensorMetrics
@@ -126,7 +125,13 @@ def _no_addresses(name: str) -> list[str]:
 
 def _conf(tmp_path: Path, **values: object) -> cfg.Config:
     return cfg.load(None, {("sensor", "state_dir"): str(tmp_path), **{
-        tuple(k.split("__")): v for k, v in values.items()}})  # type: ignore[misc]
+        _option(k): v for k, v in values.items()}})
+
+
+def _option(keyword: str) -> tuple[str, str]:
+    """``section__name`` (a keyword argument) as the (section, name) of an option."""
+    section, name = keyword.split("__")
+    return section, name
 
 
 def test_binding_follows_the_web_page_rules(tmp_path: Path) -> None:
@@ -233,7 +238,7 @@ def test_endpoint_refuses_connections_past_its_limit(endpoint: MetricsServer) ->
             for _ in range(MAX_CONNECTIONS)]
     try:
         wait_for("the idle connections to be accepted", lambda: endpoint._server._slots
-                 ._value == 0, timeout=10)  # type: ignore[attr-defined]
+                 ._value == 0, timeout=10)
         for _ in range(3):
             with socket.create_connection((host, port), timeout=10) as extra:
                 extra.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
@@ -241,7 +246,7 @@ def test_endpoint_refuses_connections_past_its_limit(endpoint: MetricsServer) ->
     finally:
         for sock in idle:
             sock.close()
-    wait_for("a free slot", lambda: endpoint._server._slots._value > 0,  # type: ignore
+    wait_for("a free slot", lambda: endpoint._server._slots._value > 0,
              timeout=10)
     samples = scrape(endpoint.url)
     assert value(samples, "mamori_metrics_refused_connections_total") == 3
@@ -497,8 +502,7 @@ DEBIAN_SCRAPE = """
 import json, sys, urllib.request
 from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
-from mamori.sensor import cli
-from mamori.sensor.daemon import run as daemon  # cli registers every feature's config keys
+from mamori.sensor.daemon import run as daemon
 from mamori.sensor import config as cfg
 from mamori.sensor.web.server import daemon_starter
 tmp = Path(sys.argv[1])

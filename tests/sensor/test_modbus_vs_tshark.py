@@ -9,9 +9,10 @@ with difflib on everything but the range, so one extra or missing PDU does not s
 the rest, and the range is then compared PDU by PDU.
 
 tshark 4.0 is not always right, and Mamori differs from it by design in a few places.
-Each such frame is listed in sensor/verify/known.py (shared with ``mamori verify``, keyed
-by the capture's SHA-256) with the bytes that prove it, and where it makes sense Mamori
-must show its own evidence there (an anomaly event of the same stream and time).
+Each such frame is listed in tests/oracles/tshark_frames.py (keyed by the capture's
+SHA-256; the kinds of entry and the general rules are mamori.sensor.verify.known's,
+shared with ``mamori verify``) with the bytes that prove it, and where it makes sense
+Mamori must show its own evidence there (an anomaly event of the same stream and time).
 Nothing else may differ:
 
 * ``TSHARK_ERRORS``: tshark's row is wrong; it is dropped.
@@ -42,22 +43,24 @@ from mamori.parsers.stream import Direction
 from mamori.sensor.alerting.eventlog import event_to_dict
 from mamori.sensor.capture.replay import replay_files
 from mamori.sensor.verify.known import (
-    DROPPED,
-    MAMORI_EXTRA,
     MODBUS_RANGE_FCS,
-    RETIMED,
     RETIMED_EVIDENCE,
-    TSHARK_ERRORS,
-    TSHARK_SEQ_SKIPPED,
     AnomalyKey,
-    capture_digest,
-    listed,
     modbus_anomalies,
     modbus_evidence_problem,
     seq_skip_flagged,
 )
 from tests.conftest import CORPUS, corpus_path, require_tool, unavailable
 from tests.oracles.tshark import TsharkPdu, modbus_pdus, tcp_frames
+from tests.oracles.tshark_frames import (
+    DROPPED,
+    MAMORI_EXTRA,
+    RETIMED,
+    TSHARK_ERRORS,
+    TSHARK_SEQ_SKIPPED,
+    capture_digest,
+    listed,
+)
 
 # Captures that tshark dissects as Modbus, and the Modbus port of each.
 PORTS: dict[str, int] = {"generated/modbus_big.pcap": 15020}

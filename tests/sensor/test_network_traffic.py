@@ -33,7 +33,7 @@ import pytest
 
 from mamori.parsers.alerts import Alert
 from mamori.parsers.pipeline import PipelineConfig
-from mamori.sensor.capture.pcapfile import read_capture
+from mamori.sensor.capture.pcapfile import read_capture_tuples
 from mamori.sensor.capture.replay import replay_files
 from mamori.sensor.detection import Detector, load_rules
 from mamori.sensor.detection.loader import SHIPPED_RULES
@@ -106,8 +106,8 @@ def _wait_line(proc: subprocess.Popen[str], word: str, stream: str = "stdout",
         if word in line:
             return
         if not line and proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited before saying {word!r}")
-    raise TimeoutError(f"{proc.args} did not say {word!r}")
+            raise RuntimeError(f"{proc.args!r} exited before saying {word!r}")
+    raise TimeoutError(f"{proc.args!r} did not say {word!r}")
 
 
 def _wait_listening(lab: ReconLab, port: int, timeout: float = 15.0) -> None:
@@ -226,7 +226,7 @@ def benign_alerts(traffic: tuple[Path, dict[str, tuple[float, float]]],
                   tmp_path_factory: pytest.TempPathFactory) -> list[Alert]:
     pcap, windows = traffic
     end = windows["benign"][1]
-    records = [(r.ts, r.data) for r in read_capture(pcap) if r.ts < end]
+    records = [(ts, data) for ts, _, data, _ in read_capture_tuples(pcap) if ts < end]
     assert len(records) > 50  # the master polled three servers for three seconds
     benign = tmp_path_factory.mktemp("benign") / "benign.pcap"
     write_pcap(benign, records)

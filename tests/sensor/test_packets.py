@@ -17,12 +17,13 @@ import time
 import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from mamori.parsers.alerts import Alert, Severity
 from mamori.parsers.packetring import FLOW_OVERHEAD, FRAME_OVERHEAD, PacketRing
-from mamori.parsers.wire import alert_body, encode
+from mamori.parsers.wire import Kind, alert_body, encode
 from mamori.sensor import config as cfg
 from mamori.sensor.alerting.store import Store
 from mamori.sensor.capture.packet_evidence import PCAP_NAME, PacketEvidence, pcap_bytes
@@ -105,9 +106,7 @@ def test_every_flow_alert_gets_a_pcap_tshark_opens_holding_its_packet(
             assert "pcap" not in json.dumps(alert.to_dict())
 
 
-def _alert_kind() -> object:
-    from mamori.parsers.wire import Kind
-
+def _alert_kind() -> Kind:
     return Kind.ALERT
 
 
@@ -254,9 +253,9 @@ def _alert(n: int, ts: float, severity: Severity = Severity.HIGH) -> Alert:
                  sport=1024 + n, dst="10.0.0.1", dport=502, id=n)
 
 
-def _evidence(directory: Path, rows: _Rows, **kw: object) -> PacketEvidence:
+def _evidence(directory: Path, rows: _Rows, **kw: Any) -> PacketEvidence:
     ring = PacketRing(flow_bytes=64 * 1024, total_bytes=8 * 1024 * 1024, max_age=60.0)
-    return PacketEvidence(ring, directory, rows, **kw)  # type: ignore[arg-type]
+    return PacketEvidence(ring, directory, rows, **kw)
 
 
 def _raise(ev: PacketEvidence, n: int, size: int = 1000) -> str | None:
@@ -264,7 +263,8 @@ def _raise(ev: PacketEvidence, n: int, size: int = 1000) -> str | None:
     key = (6, bytes([10, 0, 0, 1]), 502, bytes([11, 0, 0, n % 250 + 1]), 1024 + n)
     ev.ring.add(key, alert.first_ts, 1, b"\0" * size)
     ev.on_alert(alert)
-    return ev.store.paths.get(n)  # type: ignore[attr-defined, no-any-return]
+    assert isinstance(ev.store, _Rows)
+    return ev.store.paths.get(n)
 
 
 def test_retention_by_size_deletes_the_oldest(tmp_path: Path) -> None:
@@ -462,7 +462,7 @@ def _times(path: str) -> list[float]:
 def test_the_pcap_holds_the_frames_of_the_post_window_and_no_later(tmp_path: Path) -> None:
     rows = _Rows()
     ring = PacketRing(flow_bytes=16 * 1024, total_bytes=8 * 1024 * 1024, max_age=60.0)
-    ev = PacketEvidence(ring, tmp_path / "pcaps", rows, after=2.0)  # type: ignore[arg-type]
+    ev = PacketEvidence(ring, tmp_path / "pcaps", rows, after=2.0)
     key = (6, bytes([10, 0, 0, 1]), 502, bytes([11, 0, 0, 2]), 1025)
     other = (6, bytes([10, 0, 0, 1]), 502, bytes([11, 0, 0, 9]), 1032)  # _alert(8)
     frame = bytes(14) + b"x" * 986  # Ethernet header of zeros, a 1,000-byte frame
@@ -487,7 +487,7 @@ def test_the_pcap_holds_the_frames_of_the_post_window_and_no_later(tmp_path: Pat
 def test_a_busy_post_window_keeps_the_trigger_and_the_newest_after_it(tmp_path: Path) -> None:
     rows = _Rows()
     ring = PacketRing(flow_bytes=16 * 1024, total_bytes=8 * 1024 * 1024, max_age=60.0)
-    ev = PacketEvidence(ring, tmp_path / "pcaps", rows, after=2.0)  # type: ignore[arg-type]
+    ev = PacketEvidence(ring, tmp_path / "pcaps", rows, after=2.0)
     key = (6, bytes([10, 0, 0, 1]), 502, bytes([11, 0, 0, 2]), 1025)
     frame = bytes(14) + b"y" * 986
     ring.add(key, 10.0, 1, frame)  # the trigger
@@ -506,7 +506,7 @@ def test_a_busy_post_window_keeps_the_trigger_and_the_newest_after_it(tmp_path: 
 def test_a_quiet_flow_is_written_by_the_clock_and_at_the_end(tmp_path: Path) -> None:
     rows = _Rows()
     ring = PacketRing(flow_bytes=64 * 1024, total_bytes=8 * 1024 * 1024, max_age=60.0)
-    ev = PacketEvidence(ring, tmp_path / "pcaps", rows, after=2.0)  # type: ignore[arg-type]
+    ev = PacketEvidence(ring, tmp_path / "pcaps", rows, after=2.0)
     for n in (1, 2):
         ring.add((6, bytes([10, 0, 0, 1]), 502, bytes([11, 0, 0, n + 1]), 1024 + n),
                  50.0 + n, 1, b"z" * 60)
@@ -522,12 +522,12 @@ def test_many_alerts_at_once_do_not_wait_beyond_the_pending_bound(tmp_path: Path
 
     rows = _Rows()
     ring = PacketRing(flow_bytes=64 * 1024, total_bytes=64 * 1024 * 1024, max_age=60.0)
-    ev = PacketEvidence(ring, tmp_path / "pcaps", rows, after=2.0)  # type: ignore[arg-type]
+    ev = PacketEvidence(ring, tmp_path / "pcaps", rows, after=2.0)
     for n in range(1, MAX_PENDING + 11):
         ring.add((6, bytes([10, 0, 0, 1]), 502, bytes([11, 0, n // 250, n % 250 + 1]),
                   1024 + n), 50.0, 1, b"z" * 60)
         alert = _alert(n, 50.0)
-        ev.on_alert(Alert(**{**{f: getattr(alert, f) for f in alert.__slots__},  # type: ignore[arg-type]
+        ev.on_alert(Alert(**{**{f: getattr(alert, f) for f in alert.__slots__},
                              "src": f"11.0.{n // 250}.{n % 250 + 1}"}))
     assert len(rows.paths) == 10  # past the bound: written at once, not held
     ev.flush()
@@ -538,7 +538,7 @@ def test_what_waits_for_its_window_is_bounded_by_the_ring_total(tmp_path: Path) 
     rows = _Rows()
     total = 64 * 1024 + FLOW_OVERHEAD
     ring = PacketRing(flow_bytes=64 * 1024, total_bytes=total, max_age=60.0)
-    ev = PacketEvidence(ring, tmp_path / "pcaps", rows, after=2.0)  # type: ignore[arg-type]
+    ev = PacketEvidence(ring, tmp_path / "pcaps", rows, after=2.0)
     big = b"b" * 40_000  # two of these do not fit in the total
     for n in (1, 2):
         ring.add((6, bytes([10, 0, 0, 1]), 502, bytes([11, 0, 0, n + 1]), 1024 + n),

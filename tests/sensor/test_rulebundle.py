@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -62,7 +63,7 @@ class Site:
         assert done.returncode == 0, done.stderr
         return out
 
-    def status(self) -> dict[str, object]:
+    def status(self) -> dict[str, Any]:
         done = self.mamori("rules", "status", "--json", "--config", self.config)
         assert done.returncode == 0, done.stderr
         return dict(json.loads(done.stdout))
@@ -77,7 +78,7 @@ class Site:
         assert done.returncode == 0, done.stderr
         return {json.loads(line)["rule"] for line in alerts.read_text().splitlines()}
 
-    def health_alerts(self) -> list[dict[str, object]]:
+    def health_alerts(self) -> list[dict[str, Any]]:
         done = self.mamori("alerts", "--json", "--config", self.config)
         assert done.returncode == 0, done.stderr
         rows = [json.loads(line) for line in done.stdout.splitlines()]
@@ -100,12 +101,12 @@ def test_an_installed_bundle_is_what_the_sensor_loads(site: Site) -> None:
     shipped = site.replay_rules()
     assert "mamori.modbus.listen_only" in shipped
     assert site.install(site.bundle(1)).returncode == 0  # the shipped packs, signed
-    assert site.status()["active"]["version"] == 1  # type: ignore[index]
+    assert site.status()["active"]["version"] == 1
     assert site.replay_rules() == shipped
     done = site.install(site.bundle(2, v2_pack(site)))
     assert done.returncode == 0, done.stderr
     status = site.status()
-    assert status["active"]["version"] == 2 and status["previous"] == 1  # type: ignore[index]
+    assert status["active"]["version"] == 2 and status["previous"] == 1
     assert site.replay_rules() == {"site.v2.listen_only"}
     check = site.mamori("rules", "check", "--config", site.config)
     assert check.returncode == 0 and "ok: 1 rules" in check.stdout, check
@@ -170,12 +171,12 @@ def test_every_bad_bundle_is_refused_counted_and_alerted(site: Site) -> None:
         assert "Traceback" not in done.stderr
         expected[reason] = expected.get(reason, 0) + 1
         status = site.status()
-        assert status["active"]["version"] == 4, (reason, status)  # type: ignore[index]
+        assert status["active"]["version"] == 4, (reason, status)
         assert status["refused"] == expected, (reason, status)
     alerts = site.health_alerts()
     assert len(alerts) == len(cases)
     assert {a["precursor"] for a in alerts} == {"S7"}
-    assert sorted(a["evidence"]["reason"] for a in alerts) == sorted(  # type: ignore[index]
+    assert sorted(a["evidence"]["reason"] for a in alerts) == sorted(
         r for r, _ in cases)
     assert site.replay_rules() == {"site.v2.listen_only"}  # still detecting with bundle 4
 
@@ -188,7 +189,7 @@ def test_changed_files_on_disk_roll_back_and_detection_goes_on(site: Site) -> No
     rules = site.replay_rules()
     assert "mamori.modbus.listen_only" in rules and "site.v2.listen_only" not in rules
     status = site.status()
-    assert status["active"]["version"] == 1 and status["previous"] is None  # type: ignore[index]
+    assert status["active"]["version"] == 1 and status["previous"] is None
     assert status["refused"] == {"TAMPERED": 1}
     assert not installed.exists()  # never loaded again
     # Bundle 1 tampered as well: nothing to roll back to, so the shipped packs.

@@ -360,7 +360,7 @@ def test_two_collectors_offering_two_bundles_each_hear_their_own(tmp_path: Path)
     a, b = HostileCollector(tmp_path, "a"), HostileCollector(tmp_path, "b")
     with sensor_of(tmp_path, [a, b]) as (_, state, centre):
         for c in (a, b):
-            c.until("a heartbeat", lambda c=c: c.heartbeat)  # type: ignore[misc]
+            c.until("a heartbeat", lambda c=c: c.heartbeat)
         pack_file = tmp_path / "push.yaml"
         pack_file.write_text(PACK.format(padding=("# " + "y" * 78 + "\n") * 300))
         five, six = build([pack_file], centre, 5), build([pack_file], centre, 6)
@@ -379,7 +379,7 @@ def test_two_collectors_offering_two_bundles_each_hear_their_own(tmp_path: Path)
         b.serve(six, b.fetch())
         for c, raw, n in ((a, five, 5), (b, six, 6)):
             c.until("6 running, and the outcome of its own offer",
-                    lambda c=c, raw=raw, n=n: c.heartbeat.get("rules") == 6  # type: ignore[misc]
+                    lambda c=c, raw=raw, n=n: c.heartbeat.get("rules") == 6
                     and c.heartbeat["rules_offer"] == [hashlib.sha256(raw).hexdigest(),
                                                        "applied", f"version {n}"])
         assert {p.name for p in (state / "rules" / "bundles").iterdir()} == {"5", "6"}

@@ -29,7 +29,7 @@ from mamori.parsers.alerts import Alert
 from mamori.parsers.handshake import TransportEvent, TransportKind
 from mamori.parsers.modbus import ModbusRequest, ModbusResponse
 from mamori.parsers.pipeline import Pipeline, PipelineConfig
-from mamori.sensor.capture.pcapfile import read_capture
+from mamori.sensor.capture.pcapfile import read_capture_tuples
 from mamori.sensor.detection import Detector, load_rules
 from mamori.sensor.detection.loader import SHIPPED_RULES
 from mamori.sensor.detection.settings import set_names
@@ -94,8 +94,8 @@ class Run:
         self.responses = 0
         self.handshakes_peak = 0
         self.sizes_peak: dict[str, int] = {}
-        for n, record in enumerate(read_capture(path)):
-            events = self.pipeline.packet(record.ts, record.linktype, record.data, n + 1)
+        for n, (ts, linktype, data, _) in enumerate(read_capture_tuples(path)):
+            events = self.pipeline.packet(ts, linktype, data, n + 1)
             self._count(events)
             if n % 4096 == 0:
                 self._peaks()

@@ -106,6 +106,7 @@ def test_replay_writes_eve_records_whose_community_id_is_tsharks(tmp_path: Path,
         assert (r["src_ip"], r["src_port"], r["dest_ip"], r["dest_port"]) == (
             alert.src, alert.sport, alert.dst, alert.dport)
         assert r["proto"] == "TCP" and r["app_proto"] == "modbus"
+        assert alert.sport is not None and alert.dport is not None
         assert r["community_id"] == tshark[(alert.sport, alert.dport)]
         assert isinstance(r["flow_id"], int) and 0 < r["flow_id"] < 2**63
         a = r["alert"]
@@ -114,7 +115,7 @@ def test_replay_writes_eve_records_whose_community_id_is_tsharks(tmp_path: Path,
         assert a["attack"] == list(alert.attack) == a["metadata"]["mitre_technique_id"]
         assert a["severity"] == {"high": 1, "medium": 2, "low": 3}[alert.severity.label]
     # one connection, one flow id, whichever way the alert points
-    by_flow = {}
+    by_flow: dict[str, set[int]] = {}
     for r in records:
         by_flow.setdefault(r["community_id"], set()).add(r["flow_id"])
     assert all(len(ids) == 1 for ids in by_flow.values())

@@ -52,9 +52,9 @@ def test_retention_by_age_and_size(tmp_path: Path,
         assert store.alert_count() == 50
     with Store(tmp_path / "big.db", max_bytes=1 << 20) as store:
         big = {"detail": "x" * 2000}
-        store.save_alerts([Alert(**dict(
+        store.save_alerts([Alert(
             rule="r", precursor="M7", severity=Severity.LOW, attack=(), title="t",
-            proto="modbus", first_ts=float(i), last_ts=float(i), evidence=big))
+            proto="modbus", first_ts=float(i), last_ts=float(i), evidence=big)
             for i in range(2000)])
         assert store.size_bytes() > 1 << 20
         store.prune(now=2000.0)

@@ -141,8 +141,7 @@ def test_the_package_depends_on_the_debian_versions_tested_here() -> None:
 DAEMON_WEB = """
 import http.client, json, socket, sys
 from pathlib import Path
-from mamori.sensor import cli
-from mamori.sensor.daemon import run as daemon  # cli registers every feature's config keys
+from mamori.sensor.daemon import run as daemon
 from mamori.sensor import config as cfg
 from mamori.sensor.web.server import daemon_starter
 tmp = Path(sys.argv[1])

@@ -13,7 +13,12 @@ from typing import Any
 
 import pytest
 
-from mamori.parsers.dnp3.events import DNP3Request, DNP3Response, DNP3Unsolicited
+from mamori.parsers.dnp3.events import (
+    ControlRelayOutput,
+    DNP3Request,
+    DNP3Response,
+    DNP3Unsolicited,
+)
 from mamori.parsers.modbus.events import ModbusRequest, ModbusResponse
 from mamori.parsers.modbus.pdu import Diagnostics, ReadDeviceIdResponse
 from mamori.parsers.pipeline import PipelineConfig
@@ -235,6 +240,7 @@ def test_icsnpp_objects_and_controls_join_their_fragments() -> None:
     operates = [e for e in events if isinstance(e, DNP3Request) and e.fc == 4]
     assert operates and all(e.objects[0].group == 12 for e in operates)
     crob = operates[0].objects[0].details[0]
+    assert isinstance(crob, ControlRelayOutput)
     assert (crob.op_type, crob.tcc, crob.on_time_ms, crob.count) == ("PULSE_OFF", "CLOSE",
                                                                      500, 1)
     responses = [e for e in events if isinstance(e, DNP3Response) and e.objects

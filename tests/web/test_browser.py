@@ -28,7 +28,7 @@ from playwright import sync_api  # noqa: E402
 
 
 @pytest.fixture
-def browser_page(tmp_path: Path) -> Iterator[object]:
+def browser_page(tmp_path: Path) -> Iterator[sync_api.Page]:
     if not CHROMIUM.exists():
         unavailable("Debian's chromium is not installed (apt-get install chromium)")
     with sync_api.sync_playwright() as pw:
@@ -41,25 +41,25 @@ def browser_page(tmp_path: Path) -> Iterator[object]:
             context.close()
 
 
-def _shot(page: object, tmp_path: Path, name: str) -> None:
+def _shot(page: sync_api.Page, tmp_path: Path, name: str) -> None:
     path = tmp_path / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)  # type: ignore[attr-defined]
+    page.screenshot(path=str(path), full_page=True)
     ARTEFACTS.mkdir(parents=True, exist_ok=True)
     shutil.copy(path, ARTEFACTS / path.name)
 
 
-def _login(page: object, url: str, token: str) -> None:
-    page.goto(f"{url}/login")  # type: ignore[attr-defined]
-    page.fill("#operator", "Aiko Tanaka")  # type: ignore[attr-defined]
-    page.fill("#token", token)  # type: ignore[attr-defined]
-    page.click("#login")  # type: ignore[attr-defined]
-    page.wait_for_url(f"{url}/alerts")  # type: ignore[attr-defined]
+def _login(page: sync_api.Page, url: str, token: str) -> None:
+    page.goto(f"{url}/login")
+    page.fill("#operator", "Aiko Tanaka")
+    page.fill("#token", token)
+    page.click("#login")
+    page.wait_for_url(f"{url}/alerts")
 
 
 def test_browser_alerts_filters_map_and_live_update(
-        browser_page: object, web_server: WebProcess, token: str, modbus_store: Path,
+        browser_page: sync_api.Page, web_server: WebProcess, token: str, modbus_store: Path,
         dnp3_capture: Path, tmp_path: Path) -> None:
-    page: sync_api.Page = browser_page  # type: ignore[assignment]
+    page = browser_page
     url = web_server.url
 
     # Unauthenticated: the page sends the browser to the login form, the API refuses.
@@ -133,9 +133,9 @@ def test_browser_alerts_filters_map_and_live_update(
 
 
 def test_browser_security_headers_hold_no_console_errors(
-        browser_page: object, web_server: WebProcess, token: str) -> None:
+        browser_page: sync_api.Page, web_server: WebProcess, token: str) -> None:
     """The CSP blocks nothing the page needs: no console errors, live.js runs."""
-    page: sync_api.Page = browser_page  # type: ignore[assignment]
+    page = browser_page
     errors: list[str] = []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     _login(page, web_server.url, token)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright import sync_api
 
 from mamori.parsers.alerts import Alert, Severity
 from mamori.sensor.alerting.store import Store
@@ -22,7 +23,7 @@ from mamori.sensor.web.timeline import HOUR
 from tests.conftest import corpus_path
 from tests.web.conftest import WebProcess, replay_into_store
 from tests.web.test_asset_pages import DNP3, MODBUS, POLLED, _replay_with_baseline
-from tests.web.test_browser import _login, _shot, browser_page, sync_api
+from tests.web.test_browser import _login, _shot, browser_page
 
 pytestmark = pytest.mark.browser
 __all__ = ["browser_page"]  # the fixture, imported for this module's tests
@@ -88,9 +89,9 @@ def big_server(big_store: Path, token_file: Path) -> Iterator[WebProcess]:
 
 
 def test_browser_asset_pages_timeline_and_evidence(
-        browser_page: object, big_server: WebProcess, big_store: Path, token: str,
+        browser_page: sync_api.Page, big_server: WebProcess, big_store: Path, token: str,
         tmp_path: Path) -> None:
-    page: sync_api.Page = browser_page  # type: ignore[assignment]
+    page = browser_page
     url = big_server.url
     errors: list[str] = []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)

@@ -74,9 +74,9 @@ def _geometry(page: sync_api.Page, query: str = "") -> dict[str, Any]:
 
 
 def test_map_of_300_assets_readable_filtered_grouped_zoomable(
-        browser_page: object, site_server: tuple[WebProcess, Site], token: str,  # noqa: F811
+        browser_page: sync_api.Page, site_server: tuple[WebProcess, Site], token: str,  # noqa: F811
         tmp_path: Path) -> None:
-    page: sync_api.Page = browser_page  # type: ignore[assignment]
+    page = browser_page
     server, site = site_server
     violations: list[str] = []
     errors: list[str] = []

@@ -11,6 +11,7 @@ import json
 import math
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -118,7 +119,7 @@ def test_layout_never_overlaps_whatever_the_cells(groups: list[list[tuple[int, i
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=300),
+@given(st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=300),
        st.integers(1, 40))
 def test_wrap_keeps_every_character(text: str, chars: int) -> None:
     lines = wrap(text, chars)
@@ -192,7 +193,8 @@ def test_parse_map_filter_says_what_is_wrong_and_round_trips() -> None:
 
 def test_hostile_identity_and_long_addresses_stay_inside_their_boxes() -> None:
     v6 = "fd00:1234:5678:9abc:def0:1234:5678:9abc"
-    assets = [{"ip": "10.0.0.1", "roles": ["master"]},
+    assets: list[dict[str, Any]] = [
+              {"ip": "10.0.0.1", "roles": ["master"]},
               {"ip": "10.0.0.2", "roles": ["outstation"],
                "identity": {"unit1.VendorName": "A" * 5000 + "\n\x00<b>",
                             "unit1.ProductCode": "word " * 400}},

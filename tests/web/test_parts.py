@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import stat
 from pathlib import Path
+from typing import Any
 from xml.etree import ElementTree
 
 import pytest
@@ -94,7 +95,8 @@ def test_sessions() -> None:
 
 
 def test_map_layout_and_highlight() -> None:
-    assets = [{"ip": "10.0.0.1", "roles": ["master"]},
+    assets: list[dict[str, Any]] = [
+              {"ip": "10.0.0.1", "roles": ["master"]},
               {"ip": "10.0.0.9", "roles": ["outstation"],
                "identity": {"unit1.VendorName": "ACME", "unit1.ProductCode": "<PLC>"}},
               {"ip": "10.0.0.10", "roles": ["outstation"]}]

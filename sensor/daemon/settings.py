@@ -1,0 +1,29 @@
+"""The daemon's configuration keys: capture interfaces, the user it drops to, health.
+
+``OPTIONS``, put in the schema by ``mamori.sensor.schema``. Apart from ``run`` so the
+schema can be assembled without the daemon, and the daemon can load the whole
+configuration (SIGHUP) without a circle.
+"""
+
+from __future__ import annotations
+
+from mamori.sensor import configkit as cfg
+from mamori.sensor.capture import bpf
+
+OPTIONS: tuple[cfg.Option, ...] = (
+    cfg.Option("capture", "interfaces", (), cfg.v_str_list,
+               "interfaces to capture on (SPAN/TAP ports, no IP address)", "--interface"),
+    cfg.Option("capture", "promiscuous", True, cfg.v_bool,
+               "put the capture interfaces in promiscuous mode"),
+    cfg.Option("capture", "filter", "", bpf.v_expression,
+               "a tcpdump expression narrowing what is captured on the Modbus/DNP3 ports"
+               " (e.g. 'net 10.1.0.0/16'); empty: everything on those ports"),
+    cfg.Option("capture", "ring_mb", 64, cfg.v_int_range(1, 4096),
+               "kernel receive ring per interface, in MiB"),
+    cfg.Option("sensor", "user", "mamori", cfg.v_nonempty_str,
+               "user to switch to after opening the capture sockets when started as root"),
+    cfg.Option("health", "silence_alert", 300.0, cfg.v_seconds,
+               "raise S3 when an interface has carried no traffic for this long"),
+    cfg.Option("health", "stats_interval", 10.0, cfg.v_seconds,
+               "how often kernel capture counters are read"),
+)
