@@ -132,8 +132,8 @@ class _Flow:
     __slots__ = ("cmac", "empty", "id", "last_ts", "macs", "parser", "proto", "smac", "tcp")
 
     def __init__(
-        self, flow_id: FlowId, proto: str, parser: StreamParser, tcp: TcpReassembler | None,
-        ts: float,
+        self, flow_id: FlowId, proto: str, parser: StreamParser[Event],
+        tcp: TcpReassembler[Event] | None, ts: float,
     ) -> None:
         self.id = flow_id
         self.proto = proto
@@ -185,7 +185,7 @@ class Pipeline:
         self._until_sweep = self._SWEEP_EVERY
         self._handshakes = HandshakeTable(self.config.max_handshakes,
                                           self.config.handshake_timeout)
-        self._factories: dict[str, Callable[[FlowId], StreamParser]] = {
+        self._factories: dict[str, Callable[[FlowId], StreamParser[Event]]] = {
             MODBUS: ModbusParser,
             DNP3: DNP3Parser,
         }
