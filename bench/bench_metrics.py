@@ -23,6 +23,7 @@ PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
 from mamori.parsers.alerts import Alert, Severity  # noqa: E402
+from mamori.parsers.events import Event  # noqa: E402
 from mamori.parsers.pipeline import Pipeline  # noqa: E402
 from mamori.sensor.alerting.store import Store  # noqa: E402
 from mamori.sensor.capture.pcapfile import read_capture_tuples  # noqa: E402
@@ -38,7 +39,7 @@ def _run(frames: list[tuple[float, int, bytes]], loops: int, count: bool) -> flo
     for _ in range(loops):
         pipeline = Pipeline()
         packet = pipeline.packet
-        batch: list[object] = []
+        batch: list[Event] = []
         for ts, linktype, data in frames:
             events = packet(ts, linktype, data)
             if events:

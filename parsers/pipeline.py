@@ -36,7 +36,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, cast
+from typing import TYPE_CHECKING, cast
 
 from mamori.parsers.dnp3 import DNP3Parser
 from mamori.parsers.dnp3.events import DNP3Application
@@ -55,6 +55,9 @@ from mamori.parsers.packet import (
 from mamori.parsers.packetring import PacketRing
 from mamori.parsers.stream import Direction, FlowId, StreamParser, Transport
 from mamori.parsers.tcp import TcpReassembler
+
+if TYPE_CHECKING:
+    from mamori.parsers.events import Event
 
 MODBUS = "modbus"
 DNP3 = "dnp3"
@@ -129,8 +132,8 @@ class _Flow:
     __slots__ = ("cmac", "empty", "id", "last_ts", "macs", "parser", "proto", "smac", "tcp")
 
     def __init__(
-        self, flow_id: FlowId, proto: str, parser: StreamParser, tcp: TcpReassembler | None,
-        ts: float,
+        self, flow_id: FlowId, proto: str, parser: StreamParser[Event],
+        tcp: TcpReassembler[Event] | None, ts: float,
     ) -> None:
         self.id = flow_id
         self.proto = proto
@@ -144,7 +147,7 @@ class _Flow:
 
 
 FlowKey = tuple[int, bytes, int, bytes, int]
-_EMPTY: list[Any] = []
+_EMPTY: list[Event] = []
 # Responses learn the number of the frame that completed them: the inventory keeps it
 # as the evidence of where a device announced its identity. Set through the slot
 # (the events are frozen); only server-to-client segments are scanned.
@@ -157,7 +160,7 @@ _MAX_PAIRS = 4  # MAC pairs one flow reports; a flow flapping between more says 
 _SYN, _RST, _ACK = 0x02, 0x04, 0x10
 
 
-def _number(events: Sequence[Any], frame_no: int) -> None:
+def _number(events: Sequence[Event], frame_no: int) -> None:
     """Stamp the responses among one frame's events with that frame's number."""
     for ev in events:
         cls = ev.__class__
@@ -182,7 +185,7 @@ class Pipeline:
         self._until_sweep = self._SWEEP_EVERY
         self._handshakes = HandshakeTable(self.config.max_handshakes,
                                           self.config.handshake_timeout)
-        self._factories: dict[str, Callable[[FlowId], StreamParser]] = {
+        self._factories: dict[str, Callable[[FlowId], StreamParser[Event]]] = {
             MODBUS: ModbusParser,
             DNP3: DNP3Parser,
         }
@@ -197,7 +200,7 @@ class Pipeline:
     def handshakes(self) -> HandshakeTable:
         return self._handshakes
 
-    def packet(self, ts: float, linktype: int, frame: bytes, frame_no: int = 0) -> Sequence[Any]:
+    def packet(self, ts: float, linktype: int, frame: bytes, frame_no: int = 0) -> Sequence[Event]:
         """Process one captured frame; return the events it completed."""
         stats = self.stats
         stats.packets += 1
@@ -206,7 +209,7 @@ class Pipeline:
             stats.first_ts = ts
         stats.last_ts = ts
         self._until_sweep -= 1
-        swept: list[Any] = self._sweep(ts) if self._until_sweep <= 0 else _EMPTY
+        swept: list[Event] = self._sweep(ts) if self._until_sweep <= 0 else _EMPTY
 
         decoded = decode(linktype, frame)
         if decoded.__class__ is not Decoded:
@@ -268,7 +271,7 @@ class Pipeline:
         if tcp is not None:
             if flow.empty and pkt.payload:
                 flow.empty = False
-            events: Sequence[Any] = tcp.segment(
+            events: Sequence[Event] = tcp.segment(
                 direction, pkt.seq, pkt.flags, pkt.payload, ts, pkt.ack
             )
             if pkt.flags & 0x05 and tcp.closed:  # FIN or RST that ended the connection
@@ -283,10 +286,10 @@ class Pipeline:
             return swept + list(events)
         return events
 
-    def finish(self, ts: float | None = None) -> list[Any]:
+    def finish(self, ts: float | None = None) -> list[Event]:
         """End of input: close every flow, flushing partial data as gaps and EOFs."""
         end = ts if ts is not None else (self.stats.last_ts or 0.0)
-        events: list[Any] = []
+        events: list[Event] = []
         self._closed.clear()
         while self._flows:
             _, flow = self._flows.popitem(last=False)
@@ -297,7 +300,7 @@ class Pipeline:
     # -- internals -------------------------------------------------------------------
 
     def _problem(self, ts: float, problem: DecodeProblem, frame_no: int, linktype: int,
-                 frame: bytes) -> list[Any]:
+                 frame: bytes) -> list[Event]:
         name = problem.anomaly.name
         if not problem.anomaly.is_anomaly:
             self.stats.not_ip += 1
@@ -315,7 +318,7 @@ class Pipeline:
         return [PipelineAnomalyEvent(ts, kind, f"{name}: {problem.detail}", frame_no)]
 
     def _attempt(self, key: FlowKey, pkt: Decoded, direction: Direction,
-                 ts: float) -> list[Any] | None:
+                 ts: float) -> list[Event] | None:
         """A payload-less TCP segment of no flow: handshake events, or None to open a flow."""
         flags = pkt.flags
         table = self._handshakes
@@ -327,7 +330,7 @@ class Pipeline:
             if flags & _SYN and not flags & (_ACK | _RST):
                 return list(table.syn(key, make, pkt.seq, flags, ts))
             if flags & _RST:  # gave up, or a stray reset: nothing to parse either way
-                found = list(table.client_reset(key, ts))
+                found: list[Event] = list(table.client_reset(key, ts))
                 if not found:
                     self.stats.ignored += 1
                 return found
@@ -336,11 +339,11 @@ class Pipeline:
             return list(table.answer(key, make, pkt.seq, pkt.ack, flags, ts))
         return None
 
-    def _replay_handshake(self, flow: _Flow, pending: Pending) -> list[Any]:
+    def _replay_handshake(self, flow: _Flow, pending: Pending) -> list[Event]:
         """Hand the waiting SYN and SYN-ACK to the new flow's reassembler, in order."""
         tcp = flow.tcp
         assert tcp is not None
-        out: list[Any] = []
+        out: list[Event] = []
         for direction, seg in ((_TO_SERVER, pending.syn), (_TO_CLIENT, pending.synack)):
             if seg is not None:
                 out.extend(tcp.segment(direction, seg[0], seg[2], b"", seg[3], seg[1]))
@@ -348,7 +351,7 @@ class Pipeline:
         return out
 
     def _mac_pair(self, flow: _Flow, client: bytes | None, server: bytes | None, ts: float
-                  ) -> list[Any]:
+                  ) -> list[Event]:
         """A frame of the flow with another MAC pair: reported the first time it is seen."""
         if client is None or server is None or (client[0] | server[0]) & 1:  # group address
             return _EMPTY
@@ -378,7 +381,7 @@ class Pipeline:
 
     def _new_flow(
         self, key: FlowKey, pkt: Decoded, direction: Direction, ts: float
-    ) -> tuple[_Flow, list[Any]]:
+    ) -> tuple[_Flow, list[Event]]:
         proto_num, server_raw, server_port, _, _ = key
         transport = Transport.TCP if proto_num == 6 else Transport.UDP
         flow_id = self._flow_id(key, pkt, direction)
@@ -386,7 +389,7 @@ class Pipeline:
         parser = self._factories[proto](flow_id)
         tcp = (TcpReassembler(flow_id, parser, max_buffered=self.config.max_buffered_per_flow)
                if transport is Transport.TCP else None)
-        evicted: list[Any] = []
+        evicted: list[Event] = []
         if len(self._flows) >= self.config.max_flows:
             victim_key, victim = self._flows.popitem(last=False)
             self._closed.pop(victim_key, None)
@@ -407,7 +410,7 @@ class Pipeline:
         self.stats.flows_created += 1
         return flow, evicted
 
-    def _ended(self, key: FlowKey, flow: _Flow, ts: float, events: list[Any]) -> list[Any]:
+    def _ended(self, key: FlowKey, flow: _Flow, ts: float, events: list[Event]) -> list[Event]:
         """Note an ended connection; expire the oldest ended one past ``max_closed_flows``."""
         if flow.empty:  # set up and torn down without a byte: a connect scan's footprint
             flow.empty = False
@@ -429,13 +432,13 @@ class Pipeline:
                 return events + flushed
         return events
 
-    def _close(self, flow: _Flow, ts: float) -> list[Any]:
+    def _close(self, flow: _Flow, ts: float) -> list[Event]:
         if flow.tcp is not None:
             return list(flow.tcp.close(ts))
         return list(flow.parser.eof(Direction.TO_SERVER, ts)) + list(
             flow.parser.eof(Direction.TO_CLIENT, ts))
 
-    def _sweep(self, ts: float) -> list[Any]:
+    def _sweep(self, ts: float) -> list[Event]:
         """Expire idle flows, oldest first.
 
         The table is in least-recently-active order, so the scan stops at the first
@@ -460,7 +463,7 @@ class Pipeline:
                 deadline = closed_deadline if tcp.closed else tcp_deadline
             if flow.last_ts < deadline:
                 expired.append(key)
-        events: list[Any] = []
+        events: list[Event] = []
         for key in expired:
             flow = self._flows.pop(key)
             self._closed.pop(key, None)

@@ -16,9 +16,12 @@ the SYN: a sensor that starts mid-stream never saw the SYN.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, Protocol
+from typing import Protocol, TypeVar
+
+E_co = TypeVar("E_co", covariant=True)
 
 
 class Direction(IntEnum):
@@ -62,7 +65,7 @@ class FlowId:
         return self.server, self.server_port, self.client, self.client_port
 
 
-class StreamParser(Protocol):
+class StreamParser(Protocol[E_co]):
     """What the reassembler and the UDP path drive.
 
     Each call returns the events that the new input completed, in order; an
@@ -70,14 +73,14 @@ class StreamParser(Protocol):
     anomaly event, never an exception; only our own bugs raise.
     """
 
-    def receive(self, direction: Direction, data: bytes, ts: float) -> list[Any]:
+    def receive(self, direction: Direction, data: bytes, ts: float) -> Sequence[E_co]:
         """``data`` is the next in-order bytes of ``direction``."""
         ...
 
-    def gap(self, direction: Direction, size: int, ts: float) -> list[Any]:
+    def gap(self, direction: Direction, size: int, ts: float) -> Sequence[E_co]:
         """``size`` bytes of ``direction`` were lost (capture drop or pickup)."""
         ...
 
-    def eof(self, direction: Direction, ts: float) -> list[Any]:
+    def eof(self, direction: Direction, ts: float) -> Sequence[E_co]:
         """``direction`` ended (FIN, RST or flow expiry). Pending partial data is reported."""
         ...

@@ -18,7 +18,8 @@ Choices worth knowing:
 * Hot path: an in-order segment with nothing buffered costs a compare with
   the expected seq, a store and two counter updates before the parser call,
   whose list is returned as is; pure ACKs return a shared empty tuple. Hence
-  ``segment`` returns ``Sequence[Any]``. Everything else goes through ``_slow``.
+  ``segment`` returns a ``Sequence`` (of the parser's events ``E`` and
+  ``TcpAnomalyEvent``). Everything else goes through ``_slow``.
   The ACK number is checked first, against the other direction: equal to what
   it expects, or behind it (acks lag data), costs a compare or two and stays on
   the hot path.
@@ -78,10 +79,12 @@ import math
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Generic, TypeVar
 
 from mamori.parsers.fastinit import fast_init
 from mamori.parsers.stream import Direction, FlowId, StreamParser
+
+E = TypeVar("E")  # what the parser returns (the pipeline's: mamori.parsers.events.Event)
 
 TCP_FIN = 0x01
 TCP_SYN = 0x02
@@ -140,10 +143,11 @@ class TcpAnomalyEvent:
             raise ValueError(f"TcpAnomalyEvent.size must be >= 0, got {self.size}")
 
 
+_Out = list[E | TcpAnomalyEvent]  # what a call returns: the parser's events, ours
 _Piece = tuple[int, bytes, float]  # (seq of first byte, data, arrival ts)
 
 
-class TcpReassembler:
+class TcpReassembler(Generic[E]):
     """Reassembles both directions of one TCP connection into one ``StreamParser``.
 
     ``max_buffered`` bounds the out-of-order bytes held for the connection
@@ -196,7 +200,7 @@ class TcpReassembler:
     def __init__(
         self,
         flow: FlowId,
-        parser: StreamParser,
+        parser: StreamParser[E],
         *,
         max_buffered: int = 256 * 1024,
         max_segments: int = 1024,
@@ -269,7 +273,7 @@ class TcpReassembler:
         payload: bytes,
         ts: float,
         ack: int = -1,
-    ) -> Sequence[Any]:
+    ) -> Sequence[E | TcpAnomalyEvent]:
         """Feed one TCP segment; returns the parser's events and TcpAnomalyEvents, in order.
 
         ``ack`` is the segment's acknowledgement number, read only when
@@ -297,11 +301,11 @@ class TcpReassembler:
             return _NO_EVENTS  # pure ACK
         return self._slow(direction, seq, flags, payload, ts, ack)
 
-    def close(self, ts: float) -> Sequence[Any]:
+    def close(self, ts: float) -> Sequence[E | TcpAnomalyEvent]:
         """Flow expired / evicted: flush what can be flushed (remaining holes as gaps), eof both."""
         if self.closed:
             return _NO_EVENTS
-        out: list[Any] = []
+        out: _Out[E] = []
         self._sync()
         for d in _DIRS:
             if not self._ended[d]:
@@ -313,8 +317,8 @@ class TcpReassembler:
 
     def _slow(
         self, d: Direction, seq: int, flags: int, payload: bytes, ts: float, ack: int
-    ) -> list[Any]:
-        out: list[Any] = []
+    ) -> _Out[E]:
+        out: _Out[E] = []
         self._sync()
         o = d.reverse
         rst = flags & TCP_RST
@@ -365,7 +369,7 @@ class TcpReassembler:
             else:
                 self._hot[d] = self._next[d]
 
-    def _on_ack(self, o: Direction, ack: int, ts: float, out: list[Any]) -> None:
+    def _on_ack(self, o: Direction, ack: int, ts: float, out: _Out[E]) -> None:
         """The other side acknowledged ``o`` up to ``ack``: bytes before it we lack are lost."""
         nxt = self._next[o]
         delta = seq_delta(ack, nxt)
@@ -392,7 +396,7 @@ class TcpReassembler:
         elif seq_delta(target, pending[0]) > 0:
             self._acked[o] = (target, pending[1])
 
-    def _settle_acked(self, o: Direction, ts: float, out: list[Any]) -> None:
+    def _settle_acked(self, o: Direction, ts: float, out: _Out[E]) -> None:
         """An ACK's grace is over: what is still missing before its target is a gap.
 
         The grace exists because a SPAN port merges two directions and may show an
@@ -409,7 +413,7 @@ class TcpReassembler:
             self._acked[o] = None
             self._release_acked(o, target, ts, out)
 
-    def _release_acked(self, o: Direction, target: int, ts: float, out: list[Any]) -> None:
+    def _release_acked(self, o: Direction, target: int, ts: float, out: _Out[E]) -> None:
         fin = self._fin[o]
         buf = self._buf[o]
         while not self._ended[o]:
@@ -430,7 +434,7 @@ class TcpReassembler:
                 self._next[o] = target
             self._drain(o, ts, out)
 
-    def _expire(self, d: Direction, ts: float, out: list[Any]) -> None:
+    def _expire(self, d: Direction, ts: float, out: _Out[E]) -> None:
         """Give up holes that have kept data waiting for longer than ``hole_timeout``."""
         while self._buf[d] and ts - self._since[d] > self._hole_timeout:
             self.hole_timeouts += 1
@@ -438,7 +442,7 @@ class TcpReassembler:
 
     def _anomaly(
         self,
-        out: list[Any],
+        out: _Out[E],
         ts: float,
         d: Direction,
         kind: TcpAnomaly,
@@ -453,7 +457,7 @@ class TcpReassembler:
         self._isn[d] = isn
 
     def _on_syn(
-        self, d: Direction, seq: int, payload: bytes, ts: float, out: list[Any]
+        self, d: Direction, seq: int, payload: bytes, ts: float, out: _Out[E]
     ) -> None:
         if not self._started[d]:
             self._start(d, seq + 1, seq)
@@ -480,14 +484,14 @@ class TcpReassembler:
         self._buffered = 0
         self._start(d, seq + 1, seq)
 
-    def _pickup(self, d: Direction, seq: int, ts: float, out: list[Any]) -> None:
+    def _pickup(self, d: Direction, seq: int, ts: float, out: _Out[E]) -> None:
         # No SYN seen: start here. No gap call: the parser has no state yet and
         # resyncs on its own if this is not a PDU boundary.
         self._start(d, seq, None)
         self._anomaly(out, ts, d, TcpAnomaly.MIDSTREAM_PICKUP, detail=f"seq {seq}")
 
     def _after_end(
-        self, d: Direction, seq: int, flags: int, payload: bytes, ts: float, out: list[Any]
+        self, d: Direction, seq: int, flags: int, payload: bytes, ts: float, out: _Out[E]
     ) -> None:
         if payload:
             beyond = len(payload)  # ended before it ever started: all of it is late
@@ -501,7 +505,7 @@ class TcpReassembler:
         self.retransmissions += 1
 
     def _on_data(
-        self, d: Direction, seq: int, flags: int, payload: bytes, ts: float, out: list[Any]
+        self, d: Direction, seq: int, flags: int, payload: bytes, ts: float, out: _Out[E]
     ) -> None:
         nxt = self._next[d]
         start = seq_delta(seq, nxt)
@@ -540,7 +544,7 @@ class TcpReassembler:
         ):
             self._enforce_caps(d, ts, out)
 
-    def _jump(self, d: Direction, seq: int, delta: int, ts: float, out: list[Any]) -> None:
+    def _jump(self, d: Direction, seq: int, delta: int, ts: float, out: _Out[E]) -> None:
         # Desynchronised (missed reuse, injection, corrupt capture): deliver
         # what is buffered, declare an unknown gap and restart at ``seq``.
         self._anomaly(out, ts, d, TcpAnomaly.SEQ_JUMP, abs(delta), f"seq moved {delta:+d}")
@@ -550,7 +554,7 @@ class TcpReassembler:
         self._next[d] = seq
 
     def _set_fin(
-        self, d: Direction, fin: int, bare: bool, ts: float, out: list[Any]
+        self, d: Direction, fin: int, bare: bool, ts: float, out: _Out[E]
     ) -> None:
         known = self._fin[d]
         if known is not None:
@@ -588,7 +592,7 @@ class TcpReassembler:
             self._anomaly(out, ts, d, TcpAnomaly.DATA_AFTER_FIN, dropped,
                           "buffered data beyond the FIN")
 
-    def _insert(self, d: Direction, seq: int, data: bytes, ts: float, out: list[Any]) -> None:
+    def _insert(self, d: Direction, seq: int, data: bytes, ts: float, out: _Out[E]) -> None:
         """Buffer ``data`` at ``seq`` (at or ahead of next); first arrival wins overlaps."""
         buf = self._buf[d]
         nxt = self._next[d]
@@ -632,7 +636,7 @@ class TcpReassembler:
         if ts < self._since[d]:
             self._since[d] = ts
 
-    def _drain(self, d: Direction, ts: float, out: list[Any]) -> None:
+    def _drain(self, d: Direction, ts: float, out: _Out[E]) -> None:
         """Deliver contiguous buffered data; end the direction if its FIN is reached.
 
         Each piece is delivered at its arrival time, but never earlier than
@@ -661,7 +665,7 @@ class TcpReassembler:
         buf = self._buf[d]
         self._since[d] = min(p[2] for p in buf) if buf else math.inf
 
-    def _enforce_caps(self, d: Direction, ts: float, out: list[Any]) -> None:
+    def _enforce_caps(self, d: Direction, ts: float, out: _Out[E]) -> None:
         which = "max_buffered" if self._buffered > self._max_buffered else "max_segments"
         self._anomaly(out, ts, d, TcpAnomaly.BUFFER_CAP, self._buffered, which)
         while self._buffered > self._max_buffered or (
@@ -669,7 +673,7 @@ class TcpReassembler:
         ):
             self._skip_hole(d if self._buf[d] else d.reverse, ts, out)
 
-    def _skip_hole(self, d: Direction, ts: float, out: list[Any], why: str = "") -> None:
+    def _skip_hole(self, d: Direction, ts: float, out: _Out[E], why: str = "") -> None:
         """Report the hole before the first buffered piece and deliver from there."""
         first = self._buf[d][0][0]
         hole = (first - self._next[d]) & _MASK
@@ -678,13 +682,13 @@ class TcpReassembler:
         self._next[d] = first
         self._drain(d, ts, out)
 
-    def _gap(self, d: Direction, size: int, ts: float, out: list[Any], why: str = "") -> None:
+    def _gap(self, d: Direction, size: int, ts: float, out: _Out[E], why: str = "") -> None:
         self.gaps += 1
         self.gap_bytes += size
         self._anomaly(out, ts, d, TcpAnomaly.GAP, size, why)
         out.extend(self._parser.gap(d, size, ts))
 
-    def _flush(self, d: Direction, ts: float, out: list[Any]) -> None:
+    def _flush(self, d: Direction, ts: float, out: _Out[E]) -> None:
         """End ``d`` now: buffered data delivered across gaps, hole before FIN reported, eof."""
         while self._buf[d] and not self._ended[d]:
             self._skip_hole(d, ts, out)
@@ -698,12 +702,12 @@ class TcpReassembler:
             self._next[d] = fin
         self._end_direction(d, ts, out)
 
-    def _end_direction(self, d: Direction, ts: float, out: list[Any]) -> None:
+    def _end_direction(self, d: Direction, ts: float, out: _Out[E]) -> None:
         self._ended[d] = True
         self._end[d] = self._next[d]
         out.extend(self._parser.eof(d, ts))
 
-    def _settle(self, d: Direction, ts: float, out: list[Any]) -> None:
+    def _settle(self, d: Direction, ts: float, out: _Out[E]) -> None:
         # A FIN stuck behind a hole is flushed once the other side is done too.
         for x in (d, d.reverse):
             if not self._ended[x] and self._fin[x] is not None and self._ended[x.reverse]:

@@ -259,7 +259,7 @@ class DNP3AnomalyEvent:
     detail: str = ""
 
 
-DNP3Event = DNP3LinkEvent | DNP3Application | DNP3AnomalyEvent
+DNP3Event = DNP3LinkEvent | DNP3Request | DNP3Response | DNP3Unsolicited | DNP3AnomalyEvent
 
 # ---------------------------------------------------------------- names (data)
 

@@ -24,7 +24,6 @@ from mamori.parsers.dnp3.app import NO_RESPONSE_FCS, parse_fragment
 from mamori.parsers.dnp3.events import (
     DNP3Anomaly,
     DNP3AnomalyEvent,
-    DNP3Application,
     DNP3Event,
     DNP3LinkEvent,
     DNP3Request,
@@ -228,7 +227,7 @@ class DNP3Parser:
             seq = app.control & 0x0F
             latency: float | None = None
             paired: int | None = None
-            cls: type[DNP3Application]
+            cls: type[DNP3Request | DNP3Response | DNP3Unsolicited]
             if fc >= 129:
                 latency, paired = self._pair_response(
                     dst, src, seq, app.control, fc, ts, out, direction

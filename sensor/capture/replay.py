@@ -14,9 +14,10 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from mamori.parsers.capfile import CaptureFileError
+from mamori.parsers.events import Event
 from mamori.parsers.packetring import PacketRing
 from mamori.parsers.pipeline import Pipeline, PipelineConfig
 from mamori.sensor.alerting.eventlog import JsonLinesWriter, event_to_dict
@@ -32,7 +33,7 @@ def output_error(stream: IO[str], err: OSError) -> OutputError:
     return OutputError(f"{where}: cannot write: {err.strerror or err}")
 
 
-Sink = Callable[[list[Any]], None]
+Sink = Callable[[list[Event]], None]
 
 
 def fan_out(sinks: Sequence[Sink]) -> Sink | None:
@@ -46,7 +47,7 @@ def fan_out(sinks: Sequence[Sink]) -> Sink | None:
     if len(chain) == 1:
         return chain[0]
 
-    def each(events: list[Any]) -> None:
+    def each(events: list[Event]) -> None:
         for sink in chain:
             sink(events)
 
@@ -61,7 +62,7 @@ class EventsOut:
         self.stream = stream
         self._writer = JsonLinesWriter(stream)
 
-    def consume(self, events: list[Any]) -> None:
+    def consume(self, events: list[Event]) -> None:
         try:
             self._writer.write(events)
         except BrokenPipeError:
@@ -121,12 +122,12 @@ class EventTally:
     an event just to count it.
     """
 
-    def __init__(self, summary: ReplaySummary, sink: Callable[[list[Any]], None] | None) -> None:
+    def __init__(self, summary: ReplaySummary, sink: Callable[[list[Event]], None] | None) -> None:
         self._summary = summary
         self._sink = sink
         self._labels: dict[tuple[type, object, object], tuple[Counter[str], str]] = {}
 
-    def __call__(self, events: Sequence[Any]) -> None:
+    def __call__(self, events: Sequence[Event]) -> None:
         labels = self._labels
         for event in events:
             key = (event.__class__, getattr(event, "fc", None), getattr(event, "kind", None))
@@ -137,7 +138,7 @@ class EventTally:
         if self._sink is not None:
             self._sink(events if isinstance(events, list) else list(events))
 
-    def _label(self, event: Any) -> tuple[Counter[str], str]:
+    def _label(self, event: Event) -> tuple[Counter[str], str]:
         fields = event_to_dict(event)
         if fields["type"] == "anomaly":
             return self._summary.anomalies, f"{fields['proto']} {fields['anomaly']}"
@@ -178,7 +179,7 @@ def replay_files(
     config: PipelineConfig,
     *,
     events_out: IO[str] | None = None,
-    extra_sinks: Iterable[Callable[[list[Any]], None]] = (),
+    extra_sinks: Iterable[Callable[[list[Event]], None]] = (),
     progress: IO[str] | None = None,
     ring: PacketRing | None = None,
 ) -> ReplaySummary:

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from mamori.parsers.alerts import Alert, Severity
+from mamori.parsers.events import Event
 from mamori.parsers.pipeline import Pipeline, PipelineConfig
 from mamori.sensor import config as cfg
 from mamori.sensor.alerting.eventlog import JsonLinesWriter
@@ -215,7 +216,7 @@ class Sensor:
         health.silent = False
         packet = self.pipeline.packet
         before = self.pipeline.stats.bytes
-        batch: list[Any] = []
+        batch: list[Event] = []
         for ts, linktype, data, number in frames:
             events = packet(ts, linktype, data, number)
             if events:
@@ -422,7 +423,7 @@ class EventFile:
         self.dropped = 0
         self._failing = False
 
-    def consume(self, events: list[Any]) -> None:
+    def consume(self, events: list[Event]) -> None:
         try:
             self._writer.write(events)
             self._stream.flush()

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mamori.parsers.events import Event
 from mamori.parsers.l2 import ArpEvent, ArpOp, MacPairEvent, MacPairKind
 from mamori.sensor.detection.bounded import DEFAULT_MAX_STATE, LruTable
 from mamori.sensor.detection.derived import DerivedEvent, DerivedKind
@@ -80,7 +81,7 @@ class AddressWatch:
         b = self._assets.get(ip)
         return b.mac if b is not None else None
 
-    def observe(self, ev: Any) -> list[DerivedEvent]:
+    def observe(self, ev: Event) -> list[DerivedEvent]:
         if ev.__class__ is MacPairEvent:
             return self._mac_pair(ev)
         if ev.__class__ is ArpEvent:

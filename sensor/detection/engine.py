@@ -41,7 +41,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mamori.parsers.alerts import Alert, Severity
-from mamori.parsers.dnp3.events import DNP3Request, DNP3Unsolicited
+from mamori.parsers.dnp3.events import DNP3Application, DNP3Request, DNP3Unsolicited
+from mamori.parsers.events import Event
 from mamori.parsers.modbus.events import ModbusRequest
 from mamori.parsers.modbus.pdu import WriteSingleCoil, WriteSingleRegister
 from mamori.parsers.stream import Transport
@@ -52,7 +53,14 @@ from mamori.sensor.detection.derived import DerivedEvent, DerivedKind
 from mamori.sensor.detection.floods import WATCHED as FLOOD_WATCHED
 from mamori.sensor.detection.floods import FloodWatch
 from mamori.sensor.detection.inventory import Inventory
-from mamori.sensor.detection.matcher import INDEX_ATTR, Peers, compile_match, indexed, peers
+from mamori.sensor.detection.matcher import (
+    INDEX_ATTR,
+    Matchable,
+    Peers,
+    compile_match,
+    indexed,
+    peers,
+)
 from mamori.sensor.detection.model import LEARNED_SETS, Category, Chain, GroupKey, Rule
 from mamori.sensor.detection.windows import MaintenanceWindow, Windows
 
@@ -203,7 +211,8 @@ class _ProtocolState:
 
     def __init__(self, max_state: int = DEFAULT_MAX_STATE) -> None:
         # link pair -> (ts, objects, app seq, the SELECT); oldest first
-        self._selects: LruTable[tuple[Any, ...], tuple[float, tuple[Any, ...], int, Any]] = \
+        self._selects: LruTable[tuple[Any, ...],
+                                tuple[float, tuple[Any, ...], int, DNP3Request]] = \
             LruTable(max_state, "DNP3 selects")
         self._disabled: LruTable[tuple[Any, ...], bool] = LruTable(
             max_state, "DNP3 unsolicited disabled")
@@ -215,16 +224,17 @@ class _ProtocolState:
     def tables(self) -> tuple[LruTable[Any, Any], ...]:
         return (self._selects, self._disabled, self._values, self._sweeps)
 
-    def _sweep(self, ev: Any) -> DerivedEvent | None:
+    def _sweep(self, ev: ModbusRequest, address: int) -> DerivedEvent | None:
+        """A read of ``address`` (``ev.address``, known to be set) and on."""
         flow = ev.flow
         key = (flow.client, flow.server, ev.unit, ev.fc)
-        top = ev.address + max(ev.quantity or 1, 1) - 1
+        top = address + max(ev.quantity or 1, 1) - 1
         state = self._sweeps.get(key)
         if state is None:
             self._sweeps.put(key, [top, 1, False])
             return None
         self._sweeps.touch(key)
-        if ev.address <= state[0]:
+        if address <= state[0]:
             state[1], state[2] = 0, False  # back inside what was read: a poll, not a sweep
             return None
         state[0] = top
@@ -238,10 +248,10 @@ class _ProtocolState:
                             detail=f"{state[1]} reads in a row, each beyond the highest "
                                    f"address read before (now {top})")
 
-    def observe(self, ev: Any) -> DerivedEvent | None:
+    def observe(self, ev: Event) -> DerivedEvent | None:
         if ev.__class__ is ModbusRequest:
             if ev.fc in _SWEEP_FCS and ev.address is not None:
-                return self._sweep(ev)
+                return self._sweep(ev, ev.address)
             pdu = ev.pdu
             if pdu.__class__ is not WriteSingleCoil and pdu.__class__ is not WriteSingleRegister:
                 return None
@@ -302,11 +312,11 @@ class _ProtocolState:
 _STATEFUL = frozenset({DNP3Request, DNP3Unsolicited, ModbusRequest})
 
 
-def _signature(ev: Any) -> tuple[Any, ...]:
+def _signature(ev: DNP3Application) -> tuple[Any, ...]:
     return tuple((h.group, h.variation, h.start, h.stop, h.count) for h in ev.objects)
 
 
-def _derived(ev: Any, kind: DerivedKind, detail: str) -> DerivedEvent:
+def _derived(ev: DNP3Application, kind: DerivedKind, detail: str) -> DerivedEvent:
     src, sport, dst, dport = ev.flow.endpoints(ev.direction)
     return DerivedEvent(ev.ts, kind, src, sport, dst, dport, link_src=ev.link_src,
                         link_dst=ev.link_dst, fc=ev.fc, detail=detail)
@@ -388,7 +398,7 @@ class Detector:
 
     # -- public -----------------------------------------------------------------------
 
-    def process(self, events: Sequence[Any]) -> None:
+    def process(self, events: Sequence[Event]) -> None:
         """Sink for pipeline batches (one packet's events, in order)."""
         observe = self.inventory.observe
         sequence = self._sequence.observe
@@ -551,7 +561,7 @@ class Detector:
 
     # -- learning: hold, excuse, release, refuse ---------------------------------------
 
-    def _hold(self, compiled: _Compiled, ev: Any, src: str) -> None:
+    def _hold(self, compiled: _Compiled, ev: Matchable, src: str) -> None:
         """A start-up action (write, control, time sync) from a learning client that
         does not poll yet: kept back for ``hold`` seconds. If the client shows a
         regular read cycle by then it was a master starting up (excused, counted);
@@ -602,7 +612,7 @@ class Detector:
         for ip in expired:
             self._release(ip)
 
-    def _refuse(self, rule: Rule, p: Peers, ev: Any) -> None:
+    def _refuse(self, rule: Rule, p: Peers, ev: Matchable) -> None:
         """An alert at medium or above: its source, if a learning client, is refused
         as a master (and its held occurrences released); what triggered it is not
         learned."""
@@ -717,7 +727,7 @@ class Detector:
             return False
         return not (c.dst_not_in and any(self._in_set(n, p.dst) for n in c.dst_not_in))
 
-    def _hit(self, compiled: _Compiled, ev: Any, released: bool = False) -> None:
+    def _hit(self, compiled: _Compiled, ev: Matchable, released: bool = False) -> None:
         self.stats.candidates += 1
         rule = compiled.rule
         p = peers(ev)
@@ -821,7 +831,8 @@ class Detector:
             storm.storming = True
         return storm.storming
 
-    def _fold(self, rule: Rule, p: Peers, ev: Any, ts: float, key: tuple[Any, ...]) -> None:
+    def _fold(self, rule: Rule, p: Peers, ev: Matchable, ts: float, key: tuple[Any, ...]
+              ) -> None:
         """One occurrence past the storm cap: into the (rule, target) storm aggregate.
 
         A storm that also spreads over targets folds, past ``_STORM_TARGETS`` storm
@@ -872,7 +883,7 @@ class Detector:
         self._chain_step(folded, p, ts)
         self._refuse(rule, p, ev)
 
-    def _threshold(self, compiled: _Compiled, group: tuple[Any, ...], ev: Any,
+    def _threshold(self, compiled: _Compiled, group: tuple[Any, ...], ev: Matchable,
                    p: Peers) -> bool:
         threshold = compiled.rule.threshold
         assert threshold is not None
@@ -911,15 +922,16 @@ class Detector:
                 del seen[value]
         return len(seen) >= threshold.count
 
-    def _evidence(self, rule: Rule, ev: Any) -> dict[str, Any]:
+    def _evidence(self, rule: Rule, ev: Matchable) -> dict[str, Any]:
         """Metadata of the first matching event: codes, ranges, objects; no values."""
         out: dict[str, Any] = {}
         for attr in ("fc", "sub", "exception", "iin", "address", "quantity", "unsolicited"):
             value = getattr(ev, attr, None)
             if value is not None:
                 out[attr] = value
-        if ev.__class__ is not DerivedEvent and getattr(ev, "function", None) is not None:
-            out["fc"] = ev.function
+        function = getattr(ev, "function", None)  # a DNP3 link frame's function code
+        if function is not None and ev.__class__ is not DerivedEvent:
+            out["fc"] = function
         kind = getattr(ev, "kind", None)
         if kind is not None:
             out["anomaly"] = kind.name
@@ -941,7 +953,7 @@ class Detector:
         return out
 
 
-def _group_value(key: GroupKey, p: Peers, ev: Any) -> Any:
+def _group_value(key: GroupKey, p: Peers, ev: Matchable) -> Any:
     if key is GroupKey.SRC:
         return p.src
     if key is GroupKey.DST:

@@ -52,6 +52,7 @@ from mamori.parsers.dnp3.events import (
     DNP3Response,
     DNP3Unsolicited,
 )
+from mamori.parsers.events import Event
 from mamori.parsers.stream import FlowId
 from mamori.sensor.detection.bounded import DEFAULT_MAX_STATE, LruTable
 from mamori.sensor.detection.derived import DerivedEvent, DerivedKind
@@ -101,17 +102,16 @@ class FloodWatch:
         return {"DNP3 fingerprints per association": self.fingerprints_evicted,
                 "DNP3 link pairs per connection": self.links_ignored}
 
-    def observe(self, ev: Any) -> list[DerivedEvent] | None:
-        cls = ev.__class__
-        if cls is DNP3Request:
+    def observe(self, ev: Event) -> list[DerivedEvent] | None:
+        if ev.__class__ is DNP3Request:
             found = self._request(ev)
-        elif cls is DNP3AnomalyEvent:
+        elif ev.__class__ is DNP3AnomalyEvent:
             if ev.kind is DNP3Anomaly.GAP:  # what was lost may hold any sequence number
                 self._sessions.pop(ev.flow, None)
                 self._last_flow = None
             return None
         else:
-            if ev.con:
+            if (ev.__class__ is DNP3Response or ev.__class__ is DNP3Unsolicited) and ev.con:
                 session = self._session(ev.flow, (ev.link_dst, ev.link_src), ev.ts)
                 if session is not None:
                     session[2] = True

@@ -41,11 +41,15 @@ from mamori.parsers.dnp3.events import (
     DNP3Response,
     DNP3Unsolicited,
 )
+from mamori.parsers.events import Event
 from mamori.parsers.modbus.events import ModbusRequest, ModbusResponse
 from mamori.parsers.modbus.pdu import ReadDeviceIdResponse, ReportServerIdResponse
 from mamori.parsers.stream import FlowId
 from mamori.sensor.detection.bounded import DEFAULT_MAX_STATE, LruTable, log
 from mamori.sensor.detection.derived import DerivedEvent, DerivedKind
+
+# The messages the inventory learns from (its handlers); it ignores every other event.
+_Message = ModbusRequest | ModbusResponse | DNP3Request | DNP3Response | DNP3Unsolicited
 
 BASELINE_FORMAT = "mamori-baseline"
 BASELINE_VERSION = 1
@@ -382,13 +386,18 @@ class Inventory:
         if asset is not None:
             asset.excused += count
 
-    def unlearn(self, event: Any) -> None:
+    def unlearn(self, event: Event | DerivedEvent) -> None:
         """While learning, what raised an alert does not stay in the learned profile."""
-        if self.enforcing or event.__class__ not in (ModbusRequest, DNP3Request):
+        if self.enforcing:
+            return
+        sub: object
+        if event.__class__ is ModbusRequest:
+            sub = event.unit
+        elif event.__class__ is DNP3Request:
+            sub = (event.link_src, event.link_dst)
+        else:
             return
         units = self._flows.get(event.flow)
-        sub: object = event.unit if isinstance(event, ModbusRequest) else (
-            event.link_src, event.link_dst)
         pair = units.get(sub) if units is not None else None
         if pair is not None and pair.fcs.get(event.fc):
             pair.fcs[event.fc] = False
@@ -436,12 +445,11 @@ class Inventory:
 
     # -- hot path ---------------------------------------------------------------------
 
-    def observe(self, event: Any) -> list[DerivedEvent] | None:
+    def observe(self, event: Event) -> list[DerivedEvent] | None:
         """Record one event; return deviations it revealed (usually ``None``)."""
-        cls = event.__class__
-        if cls is ModbusResponse and event.fc != 43 and event.fc != 17:
+        if event.__class__ is ModbusResponse and event.fc != 43 and event.fc != 17:
             return None  # only identity responses teach the inventory anything
-        handler = self._handlers.get(cls)
+        handler = self._handlers.get(event.__class__)
         if handler is None:
             return None
         if self.state is BaselineState.LEARNING and self.learning_period > 0:
@@ -596,7 +604,7 @@ class Inventory:
         units[sub] = pair
         return pair
 
-    def _function(self, pair: Pair, fkey: object, ev: Any, link: tuple[int, int] | None,
+    def _function(self, pair: Pair, fkey: object, ev: _Message, link: tuple[int, int] | None,
                   label: str) -> None:
         if self.enforcing:
             pair.fcs[fkey] = False
@@ -606,7 +614,7 @@ class Inventory:
         else:
             pair.fcs[fkey] = True
 
-    def _derived(self, ev: Any, kind: DerivedKind, link: tuple[int, int] | None,
+    def _derived(self, ev: _Message, kind: DerivedKind, link: tuple[int, int] | None,
                  detail: str) -> DerivedEvent:
         flow = ev.flow
         return DerivedEvent(
@@ -616,7 +624,7 @@ class Inventory:
             address=getattr(ev, "address", None), quantity=getattr(ev, "quantity", None),
             detail=detail)
 
-    def _range(self, pair: Pair, rkey: object, lo: int, hi: int, ev: Any,
+    def _range(self, pair: Pair, rkey: object, lo: int, hi: int, ev: _Message,
                link: tuple[int, int] | None) -> None:
         learned = pair.ranges.get(rkey)
         if not self.enforcing:
@@ -634,7 +642,7 @@ class Inventory:
                                            f"{_fc_label(rkey)} range {lo}-{hi} outside "
                                            f"learned {span}"))
 
-    def _cycle(self, pair: Pair, ckey: object, ts: float, ev: Any,
+    def _cycle(self, pair: Pair, ckey: object, ts: float, ev: _Message,
                link: tuple[int, int] | None) -> None:
         cycle = pair.cycles.get(ckey)
         if cycle is None:
@@ -717,7 +725,7 @@ class Inventory:
             self._range(pair, fc, address, address + max(ev.quantity or 1, 1) - 1, ev, None)
         self._cycle(pair, (fc, address), ts, ev, None)
 
-    def _identity(self, ip: str, ts: float, values: Mapping[str, str], ev: Any,
+    def _identity(self, ip: str, ts: float, values: Mapping[str, str], ev: _Message,
                   link: tuple[int, int] | None) -> None:
         asset = self.assets.get(ip) or self._asset(ip, ts, "outstation", None)
         _widen(asset, ts)  # it answered: its sightings stay inside its span
@@ -791,7 +799,7 @@ class Inventory:
                 self._range(pair, gkey, header.start, header.stop, ev, sub)
         self._cycle(pair, (fc, first), ts, ev, sub)
 
-    def _binding(self, role: str, link: int, ip: str, ev: Any, sub: tuple[int, int]) -> None:
+    def _binding(self, role: str, link: int, ip: str, ev: _Message, sub: tuple[int, int]) -> None:
         ips = self.link_ips.get((role, link))
         if not self.enforcing:
             if role == "master" and self._link_conflict(link, ip, ev, sub):
@@ -807,7 +815,7 @@ class Inventory:
                 ev, DerivedKind.LINK_BINDING, sub,
                 f"{role} link address {link} from {ip}, learned at {', '.join(sorted(ips))}"))
 
-    def _link_conflict(self, link: int, ip: str, ev: Any, sub: tuple[int, int]) -> bool:
+    def _link_conflict(self, link: int, ip: str, ev: _Message, sub: tuple[int, int]) -> bool:
         """While learning: the master address ``link`` toward this outstation was
         already used from another IP. The first claimant keeps the binding."""
         claim = (ev.flow.server, link)
@@ -869,7 +877,7 @@ class Inventory:
                 flow.server_port, unit=ev.unit, fc=ev.fc, address=ev.address,
                 quantity=ev.quantity, detail="write identical to the client's previous request"))
 
-    def _requests(self, pair: Pair, ev: Any, link: tuple[int, int] | None) -> None:
+    def _requests(self, pair: Pair, ev: _Message, link: tuple[int, int] | None) -> None:
         """B6: more requests from the client of ``pair`` in one window than its norm.
 
         While learning every full window teaches the pair's peak, and the limit is

@@ -7,47 +7,34 @@ code (messages) or anomaly kind (anomalies and derived events). The candidate
 list for each distinct (class, code) is worked out on first sight and cached;
 only candidates run their remaining checks, against event attributes, without
 flattening the event to a dict.
+
+Which classes there are, and their proto, type and index attribute, come from
+the parsers' one registration (``mamori.parsers.events.EVENTS``); the matcher
+adds only the detection layer's own :class:`DerivedEvent`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from enum import Enum
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-from mamori.parsers.dnp3.events import (
-    DNP3AnomalyEvent,
-    DNP3LinkEvent,
-    DNP3Request,
-    DNP3Response,
-    DNP3Unsolicited,
-)
-from mamori.parsers.handshake import TransportEvent
-from mamori.parsers.modbus.events import ModbusAnomalyEvent, ModbusRequest, ModbusResponse
-from mamori.parsers.pipeline import PipelineAnomalyEvent
-from mamori.parsers.stream import Direction
-from mamori.parsers.tcp import TcpAnomalyEvent
+from mamori.parsers.dnp3.events import ObjectHeader
+from mamori.parsers.events import EVENTS, Event
+from mamori.parsers.modbus.events import ModbusRequest, ModbusResponse
+from mamori.parsers.stream import Direction, FlowId
 from mamori.sensor.detection.derived import DerivedEvent
 from mamori.sensor.detection.model import Match, MsgType, ObjectPattern, Proto, Rule
 
-Predicate = Callable[[Any], bool]
+Matchable = Event | DerivedEvent  # what rules run over: parser events and findings
+Predicate = Callable[[Matchable], bool]
 
-# class -> (proto, type, attribute that carries the index code). DerivedEvent's
-# proto and type come from its kind.
+# class -> (proto, type, attribute that carries the index code), for every class
+# rules can match. DerivedEvent's proto and type come from its kind.
 CLASS_INFO: dict[type, tuple[Proto | None, MsgType | None, str]] = {
-    ModbusRequest: (Proto.MODBUS, MsgType.REQUEST, "fc"),
-    ModbusResponse: (Proto.MODBUS, MsgType.RESPONSE, "fc"),
-    ModbusAnomalyEvent: (Proto.MODBUS, MsgType.ANOMALY, "kind"),
-    DNP3Request: (Proto.DNP3, MsgType.REQUEST, "fc"),
-    DNP3Response: (Proto.DNP3, MsgType.RESPONSE, "fc"),
-    DNP3Unsolicited: (Proto.DNP3, MsgType.UNSOLICITED, "fc"),
-    DNP3LinkEvent: (Proto.DNP3, MsgType.LINK, "function"),
-    DNP3AnomalyEvent: (Proto.DNP3, MsgType.ANOMALY, "kind"),
-    TcpAnomalyEvent: (Proto.TCP, MsgType.ANOMALY, "kind"),
-    TransportEvent: (Proto.TCP, MsgType.ANOMALY, "kind"),
-    PipelineAnomalyEvent: (Proto.IP, MsgType.ANOMALY, "kind"),
-    DerivedEvent: (None, None, "kind"),
-}
+    cls: (Proto(info.proto), MsgType(info.type), info.index)
+    for cls, info in EVENTS.items() if info.type is not None and info.index is not None}
+CLASS_INFO[DerivedEvent] = (None, None, "kind")
 INDEX_ATTR: dict[type, str] = {cls: info[2] for cls, info in CLASS_INFO.items()}
 
 
@@ -90,7 +77,7 @@ def indexed(rule: Rule, cls: type, code: object) -> bool:
     return m.fc is None or (fc is not None and fc in m.fc)
 
 
-def event_direction(event: Any) -> Direction | None:
+def event_direction(event: Matchable) -> Direction | None:
     cls = event.__class__
     if cls is ModbusRequest:
         return Direction.TO_SERVER
@@ -100,22 +87,21 @@ def event_direction(event: Any) -> Direction | None:
     return direction if isinstance(direction, Direction) else None
 
 
-def peers(event: Any) -> Peers:
+def peers(event: Matchable) -> Peers:
     """Alert peer fields of any event the engine handles."""
     if event.__class__ is DerivedEvent:
         return Peers(event.kind.value[0], event.src, event.sport, event.dst, event.dport,
                      event.unit, event.link_src, event.link_dst, event.dport)
-    cls = event.__class__
-    if cls is ModbusRequest:
-        flow = event.flow
-        return Peers("modbus", flow.client, flow.client_port, flow.server, flow.server_port,
-                     event.unit, None, None, flow.server_port)
-    if cls is ModbusResponse:
-        flow = event.flow
-        return Peers("modbus", flow.server, flow.server_port, flow.client, flow.client_port,
-                     event.unit, None, None, flow.server_port)
-    proto = CLASS_INFO[cls][0]
-    flow = getattr(event, "flow", None)
+    if event.__class__ is ModbusRequest:
+        mflow = event.flow
+        return Peers("modbus", mflow.client, mflow.client_port, mflow.server,
+                     mflow.server_port, event.unit, None, None, mflow.server_port)
+    if event.__class__ is ModbusResponse:
+        mflow = event.flow
+        return Peers("modbus", mflow.server, mflow.server_port, mflow.client,
+                     mflow.client_port, event.unit, None, None, mflow.server_port)
+    proto = CLASS_INFO[event.__class__][0]
+    flow: FlowId | None = getattr(event, "flow", None)  # ARP has none, TransportEvent may
     direction = event_direction(event)
     if flow is None:
         src = sport = dst = dport = server_port = None
@@ -127,7 +113,8 @@ def peers(event: Any) -> Peers:
                  getattr(event, "link_dst", None), server_port)
 
 
-def _object_matches(patterns: tuple[ObjectPattern, ...], headers: Any) -> bool:
+def _object_matches(patterns: tuple[ObjectPattern, ...], headers: Iterable[ObjectHeader]
+                    ) -> bool:
     for h in headers:
         for p in patterns:
             if h.group in p.groups and (p.variations is None or h.variation in p.variations) \
@@ -156,7 +143,7 @@ def compile_match(match: Match) -> Predicate:
     if match.address is not None:
         lo, hi = match.address
 
-        def address(e: Any) -> bool:
+        def address(e: Matchable) -> bool:
             start = getattr(e, "address", None)
             if start is None:
                 return False

@@ -44,6 +44,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from mamori.parsers.events import Event
 from mamori.parsers.wire import Kind
 from mamori.sensor import config as cfg
 from mamori.sensor.alerting.dispatch import AlertOutputs
@@ -65,7 +66,7 @@ Rebuild = Callable[[cfg.Config, Inventory], tuple[Detector, int]]
 class Consumer(Protocol):
     """Something that takes events from the pipeline: the event log, event counts, ..."""
 
-    def consume(self, events: list[Any]) -> None: ...
+    def consume(self, events: list[Event]) -> None: ...
 
     def tick(self, now: float) -> None: ...
 
@@ -159,8 +160,8 @@ class Session:
         if store is not None and detector is not None:
             adopt_stored_baseline(store, detector.inventory)
 
-    def _sinks(self) -> Callable[[list[Any]], None]:
-        sinks: list[Callable[[list[Any]], None]] = []
+    def _sinks(self) -> Callable[[list[Event]], None]:
+        sinks: list[Callable[[list[Event]], None]] = []
         if self.detector is not None:
             sinks.append(self.detector.process)
         sinks.extend(c.consume for c in self.consumers)
@@ -168,7 +169,7 @@ class Session:
 
     # -- events in ----------------------------------------------------------------------
 
-    def feed(self, events: list[Any]) -> None:
+    def feed(self, events: list[Event]) -> None:
         """A batch of events, in time order; on the packet clock, flushes fall due
         between them (a Zeek log directory comes as one batch)."""
         if not events:
@@ -285,5 +286,5 @@ class Session:
             self.outputs.close_sinks()
 
 
-def _nothing(events: list[Any]) -> None:
+def _nothing(events: list[Event]) -> None:
     del events

@@ -28,6 +28,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from mamori.parsers.alerts import Severity
+from mamori.parsers.events import Event
 from mamori.sensor.forwarding.journal import count_backlog
 
 log = logging.getLogger("mamori.metrics")
@@ -39,7 +40,7 @@ class EventKinds:
     def __init__(self) -> None:
         self.counts: Counter[type] = Counter()
 
-    def consume(self, events: list[Any]) -> None:
+    def consume(self, events: list[Event]) -> None:
         self.counts.update(map(type, events))
 
     def tick(self, now: float) -> None:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from mamori.parsers.dnp3.events import DNP3Anomaly, DNP3AnomalyEvent, DNP3Application
+from mamori.parsers.events import Event
 from mamori.parsers.modbus.events import ModbusRequest, ModbusResponse
 from mamori.parsers.pipeline import Pipeline, PipelineConfig
 from mamori.parsers.stream import Direction
@@ -130,7 +131,7 @@ def mamori_messages(path: Path, config: PipelineConfig) -> MamoriSide:
     pipeline = Pipeline(config)
     side = MamoriSide(defaultdict(list), [])
 
-    def take(frame: int | None, events: Iterable[Any]) -> None:
+    def take(frame: int | None, events: Iterable[Event]) -> None:
         for event in events:
             row = _mamori_row(event)
             if row is not None:
@@ -145,7 +146,7 @@ def mamori_messages(path: Path, config: PipelineConfig) -> MamoriSide:
     return side
 
 
-def _mamori_row(event: Any) -> Row | None:
+def _mamori_row(event: Event) -> Row | None:
     if isinstance(event, ModbusRequest | ModbusResponse):
         response = isinstance(event, ModbusResponse)
         stream = event.flow.endpoints(Direction.TO_CLIENT if response else Direction.TO_SERVER)

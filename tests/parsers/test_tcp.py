@@ -59,7 +59,7 @@ class Recorder:
         return [c[0] for c in self.calls]
 
 
-def make(**kw: Any) -> tuple[TcpReassembler, Recorder]:
+def make(**kw: Any) -> tuple[TcpReassembler[Any], Recorder]:
     """A reassembler on a recorder. ACK-revealed holes are gapped at once here
     (``ack_grace=0``) unless a test passes a grace; the grace has its own tests."""
     kw.setdefault("ack_grace", 0.0)
@@ -71,7 +71,7 @@ def anomalies(events: Any) -> list[TcpAnomaly]:
     return [e.kind for e in events if isinstance(e, TcpAnomalyEvent)]
 
 
-def handshake(r: TcpReassembler, cisn: int = 1000, sisn: int = 5000) -> None:
+def handshake(r: TcpReassembler[Any], cisn: int = 1000, sisn: int = 5000) -> None:
     assert list(r.segment(C2S, cisn, TCP_SYN, b"", 0.0)) == []
     assert list(r.segment(S2C, sisn, TCP_SYN | TCP_ACK, b"", 0.0)) == []
     assert list(r.segment(C2S, cisn + 1, TCP_ACK, b"", 0.0)) == []

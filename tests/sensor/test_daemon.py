@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from mamori.parsers.events import Event
 from mamori.sensor.capture.bpf import port_filter, render
 from mamori.sensor.capture.live import LiveCapture
 
@@ -248,7 +249,7 @@ def test_an_events_file_that_fills_up_is_reported_once_and_abandoned(
     from mamori.sensor.daemon.run import EventFile
     from tests.conftest import PROJECT
 
-    events: list[object] = []
+    events: list[Event] = []
     replay_files([PROJECT / "samples" / "modbus_demo.pcap"], PipelineConfig(),
                  extra_sinks=[events.extend])
     assert events

@@ -306,8 +306,8 @@ def test_new_master_is_modbus_only(spoofed: tuple[Path, int, float], tmp_path: P
     ports = PipelineConfig(modbus_ports=frozenset(), dnp3_ports=frozenset({port}))
     first: list[float] = []
     replay_files([pcap], ports, extra_sinks=[
-        lambda ev: first.extend(e.ts for e in ev if getattr(e, "flow", None) is not None
-                                and e.flow.client == ATTACKER)])
+        lambda ev: first.extend(e.ts for e in ev if (flow := getattr(e, "flow", None)) is not None
+                                and flow.client == ATTACKER)])
     assert first
     detector = Detector(RULES)
     frozen = False

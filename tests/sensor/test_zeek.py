@@ -9,18 +9,19 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 from mamori.parsers.dnp3.events import (
     ControlRelayOutput,
+    DNP3AnomalyEvent,
     DNP3Request,
     DNP3Response,
     DNP3Unsolicited,
 )
 from mamori.parsers.modbus.events import ModbusRequest, ModbusResponse
-from mamori.parsers.modbus.pdu import Diagnostics, ReadDeviceIdResponse
+from mamori.parsers.modbus.pdu import Diagnostics, ReadBitsResponse, ReadDeviceIdResponse
 from mamori.parsers.pipeline import PipelineConfig
 from mamori.parsers.stream import FlowId, Transport
 from mamori.sensor.alerting.eventlog import event_to_dict
@@ -37,6 +38,14 @@ from mamori.sensor.capture.zeek import (
     replay_zeek_logs,
 )
 from tests.conftest import corpus_path
+
+T = TypeVar("T")
+
+
+def one(cls: type[T], event: object) -> T:
+    """``event``, which must be a ``cls`` (the readers return any event)."""
+    assert isinstance(event, cls), event
+    return event
 
 
 def cols(text: str) -> list[str]:
@@ -130,8 +139,9 @@ def test_modbus_log_rows_become_requests_and_responses(tmp_path: Path) -> None:
     assert events[0] == ModbusRequest(100.0, flow, 1, 10, 8, None, None, None,
                                       LoggedPdu("modbus.log:9"))
     assert isinstance(events[1], ModbusResponse) and events[1].exception is None
-    assert (events[2].fc, events[2].exception) == (1, 2)
-    assert (events[3].fc, events[3].exception) == (28, 1)
+    third, fourth = one(ModbusResponse, events[2]), one(ModbusResponse, events[3])
+    assert (third.fc, third.exception) == (1, 2)
+    assert (fourth.fc, fourth.exception) == (28, 1)
     assert len(events) == 4
 
 
@@ -163,8 +173,10 @@ def test_modbus_detailed_gives_sub_function_range_and_values(tmp_path: Path) -> 
     assert (request.tid, request.unit, request.fc, request.sub) == (12, 2, 8, 4)
     assert request.pdu == Diagnostics(4, b"\x00\x00")
     assert len(events) == 5  # unanswered FC 8, then two request/response pairs
-    assert (events[2].fc, events[2].exception, events[1].address) == (3, 2, 600)
-    assert events[4].pdu.values == (1, 0, 0, 1, 0, 1, 1, 1)
+    answer, asked = one(ModbusResponse, events[2]), one(ModbusRequest, events[1])
+    assert (answer.fc, answer.exception, asked.address) == (3, 2, 600)
+    assert one(ReadBitsResponse, one(ModbusResponse, events[4]).pdu).values == (
+        1, 0, 0, 1, 0, 1, 1, 1)
 
 
 def test_modbus_detailed_supersedes_modbus_log_in_a_directory(tmp_path: Path) -> None:
@@ -205,7 +217,9 @@ def test_read_device_identification_becomes_the_fc43_pdu(tmp_path: Path) -> None
         ["9.0", *CONN, "23", "1", "ENCAP_INTERFACE_TRANSPORT", "REQ", "-"],
         ["9.1", *CONN, "23", "1", "ENCAP_INTERFACE_TRANSPORT", "RESP", "-"],
     ])
-    request, response = read_zeek_logs(tmp_path)
+    logged_request, logged_response = read_zeek_logs(tmp_path)
+    request = one(ModbusRequest, logged_request)
+    response = one(ModbusResponse, logged_response)
     assert (request.fc, request.sub) == (43, 14)
     assert isinstance(response.pdu, ReadDeviceIdResponse)
     assert {o.name: o.value for o in response.pdu.objects} == {
@@ -226,7 +240,9 @@ def test_dnp3_log_rows(tmp_path: Path) -> None:
     events = read_zeek_log(log)
     assert [type(e).__name__ for e in events] == [
         "DNP3Request", "DNP3Response", "DNP3Request", "DNP3Unsolicited", "DNP3AnomalyEvent"]
-    read, response, restart, unsolicited, anomaly = events
+    read, restart = one(DNP3Request, events[0]), one(DNP3Request, events[2])
+    response, anomaly = one(DNP3Response, events[1]), one(DNP3AnomalyEvent, events[4])
+    unsolicited = events[3]
     assert (read.fc, read.ts, read.link_src, read.objects) == (1, 20.5, UNKNOWN, ())
     assert (response.fc, response.iin) == (129, 0x9002)
     assert (restart.fc, restart.ts) == (13, 21.0)
@@ -255,7 +271,7 @@ def test_udp_from_conn_log(tmp_path: Path) -> None:
     write_log(tmp_path / "dnp3.log", "dnp3", DNP3_FIELDS, DNP3_TYPES,
               [["1.0", *DCONN, "READ", "-", "-"]])
     (event,) = read_zeek_logs(tmp_path)
-    assert event.flow.transport is Transport.UDP
+    assert one(DNP3Request, event).flow.transport is Transport.UDP
 
 
 # ---------------------------------------------------------------- JSON
@@ -347,22 +363,22 @@ def test_follower_reads_appended_lines_partial_lines_and_rotation(tmp_path: Path
         out.write("\t".join(["2.0", *DCONN, "COLD_RESTART", "-", "-"]) + "\n")
         out.write("\t".join(["3.0", *DCONN, "WARM_RES"]))  # half a line, still written
     (restart,) = follower.poll()
-    assert restart.fc == 13
+    assert one(DNP3Request, restart).fc == 13
     with log.open("a") as out:
         out.write("\t".join(["", "-", "-"]).replace("\t", "TART\t", 1) + "\n")
     (warm,) = follower.poll()
-    assert (warm.fc, warm.ts) == (14, 3.0)
+    assert (one(DNP3Request, warm).fc, warm.ts) == (14, 3.0)
     # Zeek rotates: the old file is renamed after a last row, a new one starts
     with log.open("a") as out:
         out.write("\t".join(["4.0", *DCONN, "STOP_APPL", "-", "-"]) + "\n")
     os.rename(log, tmp_path / "dnp3.2024-12-10-10-00-00.log")
     write_log(tmp_path / "dnp3.log", "dnp3", DNP3_FIELDS, DNP3_TYPES,
               [["5.0", *DCONN, "START_APPL", "-", "-"]])
-    assert [e.fc for e in follower.poll()] == [18, 17]
+    assert [one(DNP3Request, e).fc for e in follower.poll()] == [18, 17]
     # copytruncate: the file shrinks in place and starts again with a header
     write_log(tmp_path / "dnp3.log", "dnp3", DNP3_FIELDS, DNP3_TYPES,
               [["6.0", *DCONN, "READ", "-", "-"]])
-    assert [e.fc for e in follower.poll()] == [1]
+    assert [one(DNP3Request, e).fc for e in follower.poll()] == [1]
     assert follower.problems == []
     follower.close()
 

@@ -33,6 +33,7 @@ from mamori.parsers.dnp3.events import (
     DNP3Unsolicited,
     ObjectHeader,
 )
+from mamori.parsers.events import Event
 from mamori.parsers.modbus.events import ModbusRequest, ModbusResponse
 from mamori.parsers.modbus.pdu import (
     DeviceIdObject,
@@ -148,7 +149,7 @@ class ZeekEventMapper:
             transports.popitem(last=False)
             self.stats["conn: UDP connection ids forgotten (cap)"] += 1
 
-    def map(self, record: ZeekRecord) -> list[Any]:
+    def map(self, record: ZeekRecord) -> list[Event]:
         """Events for one record (enrichment-only logs return none)."""
         path = record.path
         flow = self._flow(record)
@@ -174,8 +175,8 @@ class ZeekEventMapper:
         self.stats[f"{path}: log not mapped"] += 1
         return []
 
-    def map_all(self, records: Iterable[ZeekRecord]) -> list[Any]:
-        out: list[Any] = []
+    def map_all(self, records: Iterable[ZeekRecord]) -> list[Event]:
+        out: list[Event] = []
         for record in records:
             out.extend(self.map(record))
         return out
@@ -206,7 +207,7 @@ class ZeekEventMapper:
 
     # ------------------------------------------------------------------ Modbus
 
-    def _modbus(self, record: ZeekRecord, flow: FlowId) -> list[Any]:
+    def _modbus(self, record: ZeekRecord, flow: FlowId) -> list[Event]:
         """modbus.log: one message per row (Zeek >= 6: ``pdu_type`` REQ/RESP); before
         that, Bro wrote a row only for each response, at the response's time."""
         f = record.fields
@@ -237,7 +238,7 @@ class ZeekEventMapper:
         return [ModbusResponse(ts, flow, tid, unit, fc, _sub(fc, pdu), None, None, pdu,
                                None, None, False)]
 
-    def _modbus_detailed(self, record: ZeekRecord, flow: FlowId) -> list[Any]:
+    def _modbus_detailed(self, record: ZeekRecord, flow: FlowId) -> list[Event]:
         """ICSNPP modbus_detailed.log: one row per transaction it paired (``matched``
         T, at the request's time; the response's time is not logged, so the response
         event gets the same time and no latency), or one row per message of a
@@ -287,7 +288,7 @@ class ZeekEventMapper:
                 want_request = False
             else:
                 want_response = False
-        events: list[Any] = []
+        events: list[Event] = []
         if want_request:
             pdu = self._device_id.pop((uid, tid, unit, True), None) or _request_pdu(
                 fc, address, quantity, req_values, sub,
@@ -345,7 +346,7 @@ class ZeekEventMapper:
 
     # ------------------------------------------------------------------ DNP3
 
-    def _dnp3(self, record: ZeekRecord, flow: FlowId) -> list[Any]:
+    def _dnp3(self, record: ZeekRecord, flow: FlowId) -> list[Event]:
         """dnp3.log: Zeek fills one record per connection: a request sets fc_request
         (and ts), a response sets fc_reply, iin and ts, then writes the row. So a row
         with a reply has the *response's* time; the request's own time comes from
@@ -355,7 +356,7 @@ class ZeekEventMapper:
         f = record.fields
         ts = self._ts(record)
         uid = str(f.get("uid"))
-        events: list[Any] = []
+        events: list[Event] = []
         req_name = _text(f.get("fc_request"))
         rsp_name = _text(f.get("fc_reply"))
         if req_name:
@@ -381,7 +382,7 @@ class ZeekEventMapper:
     @staticmethod
     def _dnp3_event(cls: type[DNP3Request] | type[DNP3Response] | type[DNP3Unsolicited],
                     ts: float, flow: FlowId, direction: Direction, fc: int, iin: int | None,
-                    objects: tuple[ObjectHeader, ...]) -> Any:
+                    objects: tuple[ObjectHeader, ...]) -> Event:
         if fc not in DNP3_FUNCTION_NAMES:
             # the packet path reports an undefined FC as this anomaly, not a fragment
             return DNP3AnomalyEvent(ts, flow, direction, DNP3Anomaly.UNKNOWN_FUNCTION_CODE,

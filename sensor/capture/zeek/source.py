@@ -19,8 +19,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
+from mamori.parsers.events import Event
 from mamori.sensor.capture.replay import EventsOut, EventTally, ReplaySummary, fan_out
 from mamori.sensor.capture.zeek.mapping import DNP3_LOGS, MODBUS_LOGS, ZeekEventMapper
 from mamori.sensor.capture.zeek.reader import ZeekLineDecoder, ZeekLogProblem, ZeekRecord
@@ -61,11 +62,11 @@ def _note_transport(mapper: ZeekEventMapper, record: ZeekRecord) -> None:
 
 
 def read_zeek_log(path: Path, mapper: ZeekEventMapper | None = None,
-                  problems: list[ZeekLogProblem] | None = None) -> list[Any]:
+                  problems: list[ZeekLogProblem] | None = None) -> list[Event]:
     """Events of one log file, in file order (a mapper carries joins across files)."""
     mapper = mapper if mapper is not None else ZeekEventMapper()
     decoder = ZeekLineDecoder(path.name)
-    events: list[Any] = []
+    events: list[Event] = []
     for raw in _lines(path):
         item = decoder.feed_line(raw)
         if isinstance(item, ZeekRecord):
@@ -79,10 +80,10 @@ def read_zeek_log(path: Path, mapper: ZeekEventMapper | None = None,
 
 
 def read_zeek_logs(directory: Path, problems: list[ZeekLogProblem] | None = None,
-                   mapper: ZeekEventMapper | None = None) -> list[Any]:
+                   mapper: ZeekEventMapper | None = None) -> list[Event]:
     """Every event of a directory of logs, sorted by time (stable: file order on ties)."""
     mapper = mapper if mapper is not None else ZeekEventMapper()
-    events: list[Any] = []
+    events: list[Event] = []
     for path in zeek_log_files(directory):
         events.extend(read_zeek_log(path, mapper, problems))
     events.sort(key=lambda event: event.ts)
@@ -93,7 +94,7 @@ def replay_zeek_logs(
     directory: str | os.PathLike[str],
     *,
     events_out: IO[str] | None = None,
-    extra_sinks: Iterable[Callable[[list[Any]], None]] = (),
+    extra_sinks: Iterable[Callable[[list[Event]], None]] = (),
 ) -> ReplaySummary:
     """``mamori replay --zeek-logs DIR``: like ``replay_files`` for a log directory.
 
@@ -108,7 +109,7 @@ def replay_zeek_logs(
     problems: list[ZeekLogProblem] = []
     mapper = ZeekEventMapper()
     files = zeek_log_files(folder)
-    events: list[Any] = []
+    events: list[Event] = []
     uids: set[str] = set()
     for path in files:
         summary.files += 1
@@ -178,9 +179,9 @@ class ZeekLogFollower:
         return [self.directory / f"{kind}.{ext}" for kind in READ_ORDER
                 for ext in ("log", "json")]
 
-    def poll(self) -> list[Any]:
+    def poll(self) -> list[Event]:
         """Events of every complete line appended since the last call, in time order."""
-        events: list[Any] = []
+        events: list[Event] = []
         for path in self._candidates():
             events.extend(self._poll_one(path))
         self._first = False
@@ -193,7 +194,7 @@ class ZeekLogFollower:
                 followed.stream.close()
         self._followed.clear()
 
-    def _poll_one(self, path: Path) -> list[Any]:
+    def _poll_one(self, path: Path) -> list[Event]:
         key = str(path)
         followed = self._followed.get(key)
         try:
@@ -204,7 +205,7 @@ class ZeekLogFollower:
             if st is None:
                 return []
             followed = self._followed[key] = _Followed(path, ZeekLineDecoder(path.name))
-        out: list[Any] = []
+        out: list[Event] = []
         if followed.stream is not None:
             out.extend(self._drain(followed))
             if st is None or st.st_ino != followed.inode:
@@ -228,9 +229,9 @@ class ZeekLogFollower:
             out.extend(self._drain(followed, skip_rows=skip))
         return out
 
-    def _drain(self, followed: _Followed, skip_rows: bool = False) -> list[Any]:
+    def _drain(self, followed: _Followed, skip_rows: bool = False) -> list[Event]:
         assert followed.stream is not None
-        out: list[Any] = []
+        out: list[Event] = []
         while True:
             chunk = followed.stream.read(self._max_read)
             if not chunk:
