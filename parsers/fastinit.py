@@ -2,9 +2,11 @@
 
 The policy (issue 13): every event and PDU a parser builds per message is a
 frozen, slotted dataclass with ``@fast_init`` on top; value objects built once
-(configuration, tables) are plain frozen, slotted dataclasses. The one exception
-is ``parsers.packet.Decoded``, a ``NamedTuple`` built with ``tuple.__new__``: it
-is the decoder's per-frame return value, never handed to a consumer.
+(configuration, tables) are plain frozen, slotted dataclasses. The exceptions are
+named tuples built with ``tuple.__new__``, each inside one path and never handed to
+an event consumer: ``parsers.packet.Decoded`` (the decoder's per-frame return value)
+and, at the collector, ``parsers.wire.Envelope`` and the storage's ``StoredMessage``
+(one per received message).
 
 Why: a frozen dataclass's generated ``__init__`` must go around its own
 ``__setattr__`` (which refuses every write) and so calls
