@@ -11,9 +11,10 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from typing import Any
+
+from tests.peers.listening import wait_listening
 
 HOST = "127.0.0.1"
 
@@ -31,21 +32,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection((HOST, port), 0.2):
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"pymodbus server on {port} did not start")
-
-
 @contextlib.contextmanager
 def server(port: int, revision: str = "2.4.1") -> Iterator[None]:
     proc = subprocess.Popen([sys.executable, "-m", "tests.peers.modbus_peer", str(port),
                              revision], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_port(port)
+        if not wait_listening(HOST, port, 10, proc):
+            raise TimeoutError(f"pymodbus server on {port} did not start")
         yield
     finally:
         terminate(proc)

@@ -47,6 +47,7 @@ from mamori.sensor.web.auth import create_token_file
 from mamori.sensor.web.server import build_context
 from tests.conftest import csaf_path, require_tool, unavailable
 from tests.peers.capture import capture
+from tests.peers.listening import wait_listening
 from tests.peers.modbus_peer import free_port, terminate
 from tests.sensor.test_advisories_match import replay_inventory
 
@@ -83,17 +84,9 @@ def _server(host: str, port: int, revision: str) -> Iterator[None]:
     proc = subprocess.Popen([sys.executable, "-c", SERVER, host, str(port), revision],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        import socket
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection((host, port), 0.2).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-                    unavailable(f"pymodbus server on {host}:{port} did not start: {err[-300:]}")
-                time.sleep(0.05)
+        if not wait_listening(host, port, 10, proc):
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            unavailable(f"pymodbus server on {host}:{port} did not start: {err[-300:]}")
         yield
     finally:
         terminate(proc)
