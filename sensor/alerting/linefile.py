@@ -1,20 +1,66 @@
-"""An append-only file of lines that a full disk never corrupts: SIEM and EVE outputs.
+"""An append-only file of lines that neither a full disk nor a crash corrupts: SIEM and EVE.
 
-Written with ``os.write`` on an ``O_APPEND`` descriptor, so no line is ever half
-written by us: what the disk refused stays queued, in order, and goes first at the
-next write. Past ``max_backlog`` queued bytes new lines are dropped and counted (the
-store or the collector's storage has them all). The collector's SIEM file and the
-sensor's EVE output are both one of these.
+Written with ``os.write`` on an ``O_APPEND`` descriptor: what the disk refused stays
+queued, in order, and goes first at the next write, so a full disk never leaves a
+line half written. Past ``max_backlog`` queued bytes new lines are dropped and
+counted (the store or the collector's storage has them all). The collector's SIEM
+file and the sensor's EVE output are both one of these.
+
+A process killed inside a write can still leave part of a line at the end (Linux
+stops a regular file's write between pages for a fatal signal). Appending after it
+would glue the next line to the fragment: one line no JSON reader can parse. So
+:func:`open_append` cuts an unterminated tail before the first write. The lost line
+is one the store or the collector's storage committed first; these files are a copy
+with one writer, never the record.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import stat
 
 log = logging.getLogger("mamori.output")
 
 MAX_BACKLOG = 64 * 1024 * 1024  # bytes of lines held while the disk is full
+_TAIL_CHUNK = 64 * 1024  # bytes read at a time looking back for the last newline
+
+
+def open_append(path: str, mode: int = 0o644, who: str = "mamori") -> int:
+    """An ``O_APPEND`` descriptor on ``path``, after cutting a line a crash left unfinished.
+
+    Only a regular file is looked at: a FIFO or ``/dev/stdout`` has no tail to cut.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, mode)
+    try:
+        cut = cut_torn_tail(fd, path) if stat.S_ISREG(os.fstat(fd).st_mode) else 0
+    except OSError:
+        os.close(fd)
+        raise
+    if cut:
+        log.warning("%s: %s: cut %d bytes of a line left unfinished at the end (a process "
+                    "killed while writing it)", who, path, cut)
+    return fd
+
+
+def cut_torn_tail(fd: int, path: str) -> int:
+    """Truncate ``fd`` (writable, ``path``) after its last newline; the bytes cut."""
+    end = os.fstat(fd).st_size
+    if end == 0:
+        return 0
+    with open(path, "rb", buffering=0) as reader:  # fd itself may be write-only
+        if os.pread(reader.fileno(), 1, end - 1) == b"\n":
+            return 0
+        keep, pos = 0, end
+        while pos > 0:
+            start = max(0, pos - _TAIL_CHUNK)
+            newline = os.pread(reader.fileno(), pos - start, start).rfind(b"\n")
+            if newline >= 0:
+                keep = start + newline + 1
+                break
+            pos = start
+    os.ftruncate(fd, keep)
+    return end - keep
 
 
 class LineFile:
@@ -24,7 +70,7 @@ class LineFile:
         self.path = path
         self.max_backlog = max_backlog
         self.who = who
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._fd = open_append(path, who=who)
         self._queue = bytearray()
         self.dropped = 0  # lines never written
         self.error: str | None = None  # set while writes fail
@@ -56,7 +102,7 @@ class LineFile:
 
     def reopen(self) -> None:
         """After logrotate moved the file: write on at ``path`` (created anew if gone)."""
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = open_append(self.path, who=self.who)
         os.close(self._fd)
         self._fd = fd
         self.flush()  # what the old file refused goes to the new one

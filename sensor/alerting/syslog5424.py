@@ -30,6 +30,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from mamori.parsers.alerts import Alert, Severity
+from mamori.sensor.alerting.linefile import open_append
 from mamori.sensor.timefmt import iso_time
 
 log = logging.getLogger("mamori.syslog")
@@ -180,9 +181,9 @@ class SyslogSender:
         t = self.target
         if t.kind == "file":
             if self._fd is None:
-                self._fd = os.open(t.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+                self._fd = open_append(t.path, 0o640, who="syslog")
             line = data + b"\n"
-            if os.write(self._fd, line) != len(line):
+            if os.write(self._fd, line) != len(line):  # the part written is cut at reopen
                 raise OSError(28, "short write (disk full?)")
             return
         if self._sock is None:
