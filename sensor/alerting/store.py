@@ -432,14 +432,21 @@ class Store:
         idempotent, because a daemon saves the same growing inventory again and
         again: sets are unions, first/last seen are min/max, and a pair's count is
         the larger of the two (the most one run has counted).
+
+        ``learned`` is the one flag that can go back: with a ``baseline`` saved
+        beside them, a row in this save says whether it is in that baseline now (a
+        freeze demotes the pairs of a client that never became a learned master,
+        and the stored row must not keep saying learned). Without one, learned once
+        is learned.
         """
         now = time.time()
         try:
             with self._db:
+                current = baseline is not None
                 self._merge_rows("assets", "ip", [(str(a["ip"]), a) for a in assets],
-                                 _merge_asset)
+                                 lambda old, new: _merge_asset(old, new, current))
                 self._merge_rows("pairs", "key", [(_pair_key(p), p) for p in pairs],
-                                 _merge_pair)
+                                 lambda old, new: _merge_pair(old, new, current))
                 if baseline is not None:
                     self._save_baseline(baseline, now)
         except sqlite3.Error as err:
@@ -560,21 +567,25 @@ def _union(old: Any, new: Any) -> list[Any]:
     return sorted(items, key=lambda x: (str(type(x)), x))
 
 
-def _span(old: Mapping[str, Any], new: Mapping[str, Any], merged: dict[str, Any]) -> None:
-    """first_seen is the earliest, last_seen the latest; learned once is learned.
+def _span(old: Mapping[str, Any], new: Mapping[str, Any], merged: dict[str, Any],
+          current: bool) -> None:
+    """first_seen is the earliest, last_seen the latest; learned as the baseline says.
 
-    Both come from all four times: a row an older sensor saved with its last_seen
+    Both times come from all four: a row an older sensor saved with its last_seen
     before its first_seen (packet times out of order, fixed in the inventory) still
     says the host was seen at both, so the merge heals it to the span covering both.
+    ``current``: ``new`` was saved with the baseline it belongs to, so its
+    ``learned`` is the truth; otherwise learned once is learned.
     """
     times = [t for doc in (old, new) for t in (doc.get("first_seen"), doc.get("last_seen"))
              if isinstance(t, int | float)]
     if times:
         merged["first_seen"], merged["last_seen"] = min(times), max(times)
-    merged["learned"] = bool(new.get("learned")) or bool(old.get("learned"))
+    merged["learned"] = bool(new.get("learned")) or (not current and bool(old.get("learned")))
 
 
-def _merge_asset(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+def _merge_asset(old: Mapping[str, Any], new: Mapping[str, Any], current: bool
+                 ) -> dict[str, Any]:
     """A stored asset row and the same host seen now: what both say."""
     merged = dict(new)
     merged["mac"] = new.get("mac") or old.get("mac")
@@ -587,7 +598,7 @@ def _merge_asset(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, An
     merged["identity_seen"] = _merge_sightings(old_identity, old.get("identity_seen"),
                                                new.get("identity") or {},
                                                new.get("identity_seen"))
-    _span(old, new, merged)
+    _span(old, new, merged, current)
     return merged
 
 
@@ -626,7 +637,8 @@ def _before(a: Any, b: Any) -> bool:
     return not isinstance(b, int | float) or a < b
 
 
-def _merge_pair(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+def _merge_pair(old: Mapping[str, Any], new: Mapping[str, Any], current: bool
+                ) -> dict[str, Any]:
     """A stored pair row and the same pair seen now: functions and ranges of both."""
     merged = dict(new)
     functions = set(map(str, new.get("functions") or []))
@@ -645,7 +657,7 @@ def _merge_pair(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any
         merged["period"] = old.get("period")
     if isinstance(old.get("count"), int):
         merged["count"] = max(old["count"], int(new.get("count") or 0))
-    _span(old, new, merged)
+    _span(old, new, merged, current)
     return merged
 
 

@@ -230,3 +230,27 @@ def test_an_asset_is_last_seen_at_its_last_request_not_its_first(
     # the master polled for over a minute after it first opened each flow
     master = assets["141.81.0.10"]
     assert master["last_seen"] - master["first_seen"] > 60
+
+
+def test_a_pair_the_freeze_demotes_is_not_kept_learned(tmp_path: Path) -> None:
+    """The daemon saves every 30 s; a save after the freeze must not keep the earlier
+    save's ``learned`` for a pair whose client never became a learned master."""
+    from mamori.sensor.detection import Detector, Inventory
+    from tests.sensor.test_detection import RULES, read
+
+    inventory = Inventory()
+    detector = Detector(RULES, inventory=inventory)
+    detector.process([read(float(t)) for t in range(20)])  # 19 cycles: not yet a master
+    with Store(tmp_path / "s.db") as store:
+        def save() -> None:
+            store.save_inventory(inventory.asset_docs(),
+                                 [p.to_dict() for p in inventory.pairs.values()],
+                                 inventory.export())
+        save()
+        assert [p["learned"] for p in store.pairs()] == [True]  # learning: all is learned
+        inventory.freeze(vouch=False)  # the learning period ran out; nobody vouched
+        save()
+        [pair] = store.pairs()
+        baseline = store.load_baseline()
+    assert baseline is not None and baseline["pairs"] == []
+    assert pair["learned"] is False  # as the baseline saved with it says
