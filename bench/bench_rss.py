@@ -1,0 +1,144 @@
+"""Peak memory of ``mamori replay`` (detection on) against tshark, in the same run.
+
+Issue 14's targets: at most 60 MB on ``generated/modbus_big.pcap`` and at most
+150 MB with 10,000 concurrent flows. The second capture is made here: 10,000
+Modbus clients (100 hosts x 100 source ports) each open a TCP connection to one
+of 100 servers, and only then, with every connection open, each polls its server
+``--rounds`` times, round-robin over the connections; the FINs come last. So all
+10,000 flows are live in the pipeline's table at once, each with its reassembly
+state, and the inventory holds 10,000 pairs. The detection tables are sized for
+them (``[detection] max_assets`` and ``max_state``, 8,192 and 4,096 by default,
+set to the next power of two above ``--flows``): with the defaults the tables
+forget pairs round after round, which is cheaper in memory and wrong for a site
+this size. The line ``caps bit`` says whether any table forgot anything.
+
+Each program runs in its own child process; its peak RSS is the child's
+``ru_maxrss`` (``os.wait4``). tshark (``-T fields`` with the same port option) is
+the peer: its peak on the same capture is printed beside Mamori's, with the ratio.
+
+    .venv/bin/python bench/bench_rss.py            # both captures
+    .venv/bin/python bench/bench_rss.py --flows 2000 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.stormcap import ACK, FIN, PSH, SYN, Frame, modbus, tcp_frame, write_pcap  # noqa: E402
+
+CORPUS = ROOT.parent / "shared" / "corpus"
+MAMORI = str(ROOT / ".venv" / "bin" / "mamori")
+PORT = 502
+START = 1_700_000_000.0
+TARGET_MB = {"modbus_big.pcap": 60.0, "concurrent": 150.0}
+
+
+def client(i: int) -> tuple[str, int]:
+    """The i-th connection's client address and port: 100 ports on each host."""
+    host = i // 100
+    return f"10.20.{host >> 8}.{(host & 0xFF) + 1}", 40000 + i % 100
+
+
+def server(i: int) -> str:
+    return f"10.0.1.{i % 100 + 1}"
+
+
+def concurrent_frames(flows: int, rounds: int, gap: float = 0.00002) -> Iterator[Frame]:
+    """Every connection opened, then ``rounds`` reads on each in turn, then every FIN."""
+    t = START
+    seqs = []
+    for i in range(flows):
+        (c, cport), s = client(i), server(i)
+        for frame in (tcp_frame(c, cport, s, PORT, 1000, 0, SYN),
+                      tcp_frame(s, PORT, c, cport, 5000, 1001, SYN | ACK),
+                      tcp_frame(c, cport, s, PORT, 1001, 5001, ACK)):
+            yield t, frame
+            t += gap
+        seqs.append([1001, 5001])
+    for r in range(rounds):
+        read = modbus(r, 1, struct.pack("!BHH", 3, 0, 10))
+        answer = modbus(r, 1, struct.pack("!BB", 3, 20) + bytes(20))
+        for i in range(flows):
+            (c, cport), s = client(i), server(i)
+            cs, ss = seqs[i]
+            yield t, tcp_frame(c, cport, s, PORT, cs, ss, PSH | ACK, read)
+            yield t + gap, tcp_frame(s, PORT, c, cport, ss, cs + len(read), PSH | ACK, answer)
+            seqs[i] = [cs + len(read), ss + len(answer)]
+            t += 2 * gap
+    for i in range(flows):
+        (c, cport), s = client(i), server(i)
+        cs, ss = seqs[i]
+        for frame in (tcp_frame(c, cport, s, PORT, cs, ss, FIN | ACK),
+                      tcp_frame(s, PORT, c, cport, ss, cs + 1, FIN | ACK),
+                      tcp_frame(c, cport, s, PORT, cs + 1, ss + 1, ACK)):
+            yield t, frame
+            t += gap
+
+
+def peak_mb(cmd: list[str], log: Path) -> float:
+    """The child's peak RSS in MB (its output to ``log``); raises if it failed."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=out)
+        _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{cmd[0]} failed: {log.read_text(errors='replace')[-500:]}")
+    return usage.ru_maxrss / 1024
+
+
+def measure(capture: Path, port: int, tmp: Path, state: int | None = None
+            ) -> dict[str, float | bool]:
+    config = tmp / "sensor.toml"
+    sized = "" if state is None else f"[detection]\nmax_assets = {state}\nmax_state = {state}\n"
+    config.write_text(f"[ports]\nmodbus = [{port}]\n{sized}", encoding="utf-8")
+    log = tmp / "mamori.log"
+    mamori = peak_mb([MAMORI, "replay", "--no-progress", "--config", str(config),
+                      str(capture)], log)
+    caps_bit = "full (" in log.read_text(errors="replace")
+    tshark = peak_mb(["tshark", "-r", str(capture), "-o", f"mbtcp.tcp.port:{port}", "-T",
+                      "fields", "-e", "ip.src", "-e", "ip.dst", "-e", "modbus.func_code"],
+                     tmp / "tshark.log")
+    return {"mamori_mb": round(mamori, 1), "tshark_mb": round(tshark, 1),
+            "ratio": round(mamori / tshark, 2), "caps_bit": caps_bit}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--flows", type=int, default=10_000)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    results: dict[str, dict[str, float | bool]] = {}
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
+        big = CORPUS / "generated" / "modbus_big.pcap"
+        if big.exists():
+            results["modbus_big.pcap"] = measure(big, 15020, tmp)
+        capture = tmp / "concurrent.pcap"
+        packets = write_pcap(capture, concurrent_frames(args.flows, args.rounds))
+        state = 1 << max(args.flows - 1, 1).bit_length()
+        results["concurrent"] = measure(capture, PORT, tmp, state) | {
+            "flows": args.flows, "packets": packets, "state": state}
+    if args.json:
+        print(json.dumps(results))
+        return 0
+    for name, r in results.items():
+        label = f"{name} ({r['flows']:,.0f} flows)" if "flows" in r else name
+        print(f"{label:<32} mamori {r['mamori_mb']:7.1f} MB  tshark {r['tshark_mb']:7.1f} MB"
+              f"  ratio {r['ratio']:.2f}  target {TARGET_MB[name]:.0f} MB"
+              f"  caps bit: {'yes' if r['caps_bit'] else 'no'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
