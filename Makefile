@@ -13,8 +13,11 @@ APT_PACKAGES += python3-h11 python3-jinja2 python3-jsonschema python3-msgpack py
 	python3-starlette python3-uvicorn python3-yaml python3-zmq python3-prometheus-client
 # Maintenance windows read IANA time zones (zoneinfo) from the system tz database.
 APT_PACKAGES += tzdata
+# A C compiler and Python's headers: systemd-python builds from source, and
+# tests/packaging/test_compiled.py compiles parsers/ with mypyc.
+APT_PACKAGES += gcc python3-dev
 
-.PHONY: all setup apt venv demo test lint typecheck unit bench clean sample
+.PHONY: all setup apt venv demo test lint typecheck unit bench compiled test-compiled clean sample
 
 all: test
 
@@ -59,6 +62,20 @@ test: setup lint typecheck unit
 bench: setup
 	$(BIN)/python bench/bench_replay.py modbus
 	$(BIN)/python bench/bench_replay.py dnp3
+
+# parsers/ compiled with mypyc into build/compiled/lib.*/ (the checkout stays pure Python):
+# bench/bench_replay.py --compiled times it; MAMORI_COMPILE is explained in setup.py.
+compiled: venv
+	rm -rf build/compiled
+	MAMORI_COMPILE=1 $(BIN)/python setup.py -q build --build-base build/compiled
+
+# tests/parsers on that build: python -P and --import-mode=append keep the checkout off the
+# front of sys.path, and the probe refuses to run the tests on pure Python by mistake.
+test-compiled: compiled
+	lib=$$(echo build/compiled/lib.*); \
+	PYTHONPATH=$$lib $(BIN)/python -P -c "import mamori.parsers.tcp as m; \
+	assert m.__file__.endswith('.so'), m.__file__" && \
+	PYTHONPATH=$$lib $(BIN)/python -P -m pytest -q -p no:cacheprovider --import-mode=append tests/parsers
 
 # Regenerates the bundled demo capture from a real pymodbus exchange (needs root for tcpdump).
 sample: setup

@@ -1,19 +1,97 @@
-"""The ``mamori`` namespace over the tree's top-level folders: what pyproject.toml cannot say.
+"""The ``mamori`` namespace over the tree's top-level folders, and the optional mypyc build.
 
 ``parsers/``, ``sensor/`` and ``rules/`` stay at the top of the source tree and install
 as ``mamori.parsers``, ``mamori.sensor`` and ``mamori.rules``. The subpackages are
 found here, so a new folder ships without a list to keep in step.
+
+Compiling ``parsers/`` with mypyc (issue 14) is chosen by ``MAMORI_COMPILE``:
+
+- unset or ``0``: pure Python, the default, so ``pip install .`` and the editable
+  ``pip install -e '.[test]'`` need no C compiler and no mypy;
+- ``1``: compile, and fail the build if compiling fails (CI and release builds must
+  know); mypy is then a build requirement, which setuptools hands to pip as a
+  dynamic one (``setup_requires``), so an isolated build fetches it;
+- ``auto``: compile when the build environment already has mypyc (a
+  ``--no-build-isolation`` build, Debian's python3-mypy) and the compiler works,
+  otherwise warn and build pure Python; it adds no build requirement.
+
+The compiled wheel carries the ``.py`` files too; the ``.so`` beside each wins the
+import, and a ``mamori__mypyc`` library at the top holds the shared runtime code.
 """
 
+import os
+import sys
+from pathlib import Path
+
 from setuptools import find_packages, setup
+from setuptools.command.build_ext import build_ext
 
 ROOTS = ("parsers", "sensor", "rules")
+#: Modules left uncompiled: empty package markers gain nothing compiled.
+PURE = {"__init__.py"}
 
 packages = ["mamori"]
 for root in ROOTS:
     packages += [f"mamori.{root}"] + [f"mamori.{root}.{p}" for p in find_packages(root)]
 
+
+def _mode() -> str:
+    mode = os.environ.get("MAMORI_COMPILE", "0").strip().lower() or "0"
+    if mode not in ("0", "1", "auto"):
+        sys.exit(f"MAMORI_COMPILE={mode!r}: expected 0, 1 or auto")
+    return mode
+
+
+def compiled_sources() -> list[str]:
+    """``parsers/`` through the ``mamori/`` link, so each module gets its installed name."""
+    here = Path(__file__).resolve().parent
+    return sorted(str(p.relative_to(here)) for p in (here / "mamori" / "parsers").rglob("*.py")
+                  if p.name not in PURE)
+
+
+class OptionalBuildExt(build_ext):
+    """``build_ext`` that, under ``MAMORI_COMPILE=auto``, falls back to pure Python."""
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as exc:  # the compiler's own error types vary by platform
+            if _mode() != "auto":
+                raise
+            print(f"mamori: compiling parsers/ failed ({exc}); installing pure Python",
+                  file=sys.stderr)
+            self.extensions = []
+
+
+def extensions(mode: str) -> list[object]:
+    if mode == "0":
+        return []
+    try:
+        from mypyc.build import mypycify
+    except ImportError:
+        if mode == "1":
+            raise
+        print("mamori: mypyc is not installed; installing pure Python", file=sys.stderr)
+        return []
+    try:
+        return list(mypycify(compiled_sources(), opt_level="3", group_name="mamori"))
+    except (Exception, SystemExit) as exc:  # mypyc exits on a type error
+        if mode == "1":
+            raise
+        print(f"mamori: mypyc failed ({exc}); installing pure Python", file=sys.stderr)
+        return []
+
+
+MODE = _mode()
+# Only a build that compiles needs mypy; its version is the one the tests type-check with.
+BUILD_REQUIRES = ["mypy>=1.10"] if MODE == "1" else []
+
 setup(
     packages=packages,
     package_dir={"mamori": "mamori", **{f"mamori.{root}": root for root in ROOTS}},
+    # Computed only when setuptools runs a build: ``get_requires_for_build_*`` asks
+    # setup.py first, without the extensions, to learn BUILD_REQUIRES.
+    ext_modules=extensions(MODE) if "egg_info" not in sys.argv else [],
+    setup_requires=BUILD_REQUIRES,
+    cmdclass={"build_ext": OptionalBuildExt},
 )

@@ -11,6 +11,11 @@ inventory and the baseline on top (what the sensor does).
 
     .venv/bin/python bench/bench_replay.py modbus   # generated/modbus_big.pcap, port 15020
     .venv/bin/python bench/bench_replay.py dnp3     # yadnp3 polling looped to >= 100k packets
+    make compiled && .venv/bin/python bench/bench_replay.py modbus --compiled build/compiled/lib.*
+
+``--compiled LIB`` adds ``--no-detect`` runs of a mypyc build of ``parsers/`` (issue 14;
+``make compiled`` makes one) and of the checkout's pure Python, both started the same
+way (``python -c`` with ``PYTHONPATH`` set), so their ratio is the compiler's gain alone.
 
 Both read ``../shared/corpus`` (beside the project root); the DNP3 input is built in
 a temporary directory with editcap (time shift) and mergecap (append).
@@ -19,6 +24,7 @@ a temporary directory with editcap (time shift) and mergecap (append).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -37,9 +43,17 @@ def packet_count(path: Path) -> int:
     return int(out.split("\t")[1])
 
 
+#: ``mamori`` from whichever tree ``PYTHONPATH`` names first (``--compiled``).
+LAUNCH = "import sys; from mamori.sensor.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
 def timed(cmd: list[str]) -> float:
+    env = None
+    if cmd[0] == "PYTHONPATH":  # ["PYTHONPATH", dir, argv...]: run argv with it set
+        env, cmd = {**os.environ, "PYTHONPATH": cmd[1]}, cmd[2:]
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   env=env, cwd=tempfile.gettempdir())
     return time.perf_counter() - start
 
 
@@ -67,6 +81,9 @@ def main() -> int:
                     help="capture under generated/ to loop (default yadnp3.pcap, port 20030: "
                          "a polling session; dnp3_interop_dnp3sim.pcap, port 20032, is one "
                          "short connection per exchange)")
+    ap.add_argument("--compiled", metavar="LIB", type=Path,
+                    help="also time --no-detect on this mypyc build's library directory "
+                         "against the checkout's pure Python")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if args.proto == "modbus":
@@ -90,6 +107,11 @@ def main() -> int:
             "mamori (detection)": [MAMORI, "replay", "--no-progress", *ports, str(capture)],
             "tshark -T fields": ["tshark", "-r", str(capture), "-T", "fields", *tshark_proto],
         }
+        if args.compiled is not None:
+            no_detect = ["replay", "--no-progress", "--no-detect", *ports, str(capture)]
+            for name, tree in (("pure", ROOT), ("compiled", args.compiled.resolve())):
+                commands[f"--no-detect {name}"] = ["PYTHONPATH", str(tree), sys.executable,
+                                                   "-c", LAUNCH, *no_detect]
         for cmd in commands.values():  # warm the page cache and the bytecode caches
             timed(cmd)
         times: dict[str, list[float]] = {name: [] for name in commands}
@@ -105,6 +127,11 @@ def main() -> int:
         base = median["tshark -T fields"]
         for name in ("mamori --no-detect", "mamori (detection)"):
             print(f"ratio {name:<20} {base / median[name]:.2f}x tshark (target 5x)")
+        if args.compiled is not None:
+            for name in ("--no-detect pure", "--no-detect compiled"):
+                print(f"ratio {name:<20} {base / median[name]:.2f}x tshark (target 5x)")
+            gain = median["--no-detect pure"] / median["--no-detect compiled"]
+            print(f"compiled / pure      {gain:.2f}x faster")
     return 0
 
 

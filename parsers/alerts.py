@@ -17,7 +17,10 @@ from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from typing import Any
 
+from mamori.parsers.fastinit import python_class
 
+
+@python_class  # mypyc compiles no subclass of str (a Python class, compiled or not)
 class Pseudonym(str):
     """A keyed pseudonym standing where an address was (``pn:`` + 24 hex digits).
 

@@ -287,8 +287,12 @@ class CaptureFileParser:
     def _run(
         self, out: list[RecordTuple], extra: list[tuple[int, int, int]], full: bool,
     ) -> None:
-        if self._error is not None:
-            raise self._error
+        # Through a local: ``if self._error is not None: raise`` would narrow the
+        # attribute to None for the rest of the method, though _fail below sets it,
+        # and compiled (mypyc) code checks the narrowed type at the last read.
+        error = self._error
+        if error is not None:
+            raise error
         if self._avail < self._need:
             return
         chunks = self._chunks

@@ -17,8 +17,12 @@ that stores each field through its slot descriptor, which costs about half.
 Measured (interleaved, best of 5, loaded 2-core box): ModbusRequest (9 fields)
 0.9-1.2 µs with it, 1.3-1.5 µs without. A 3-field class in a module compiled
 with mypyc (issue 14), fast_init compiled too: 0.26 µs with it, 0.48 µs
-without; mypyc keeps frozen dataclasses as Python classes, and the
-``exec``-built ``__init__`` survives compilation.
+without. Compiled, a class under ``@fast_init`` stays a Python class (mypyc
+makes native only classes whose decorators it knows), so the ``exec``-built
+``__init__`` survives compilation; see ``python_class`` for what that asks of
+base classes. Between two values typed as such a class, mypyc compiles ``==``
+to an identity test unless the class defines ``__eq__`` in its body: compare
+them typed as ``object`` (``parsers.modbus.decoders._echo``).
 
 It keeps the class exactly as it is (frozen, slotted, same fields, defaults,
 ``repr``, ``eq``, ``hash``, ``__post_init__``) or refuses it: at class creation it
@@ -77,6 +81,18 @@ def fast_init(cls: type[T]) -> type[T]:
     init.__doc__ = cls.__init__.__doc__
     init.fast_init = True  # what the policy test looks for
     setattr(cls, "__init__", init)  # noqa: B010 (mypy forbids assigning a method)
+    return cls
+
+
+def python_class(cls: type[T]) -> type[T]:
+    """Keep ``cls`` a Python class when its module is compiled with mypyc; returns it as is.
+
+    mypyc turns an undecorated class into a native (extension) class, but one with
+    any decorator it does not know, ``fast_init`` among them, stays a Python class,
+    and a Python class may not derive from a native one. A base class that
+    ``fast_init`` classes derive from (``parsers.modbus.pdu.Pdu``) carries this
+    decorator, which does nothing at run time, so base and subclasses are alike;
+    so does a subclass of a builtin mypyc cannot derive natively (``str``)."""
     return cls
 
 

@@ -232,7 +232,11 @@ def _echo(decode: RequestDecoder) -> ResponseDecoder:
 
     def decode_response(data: bytes, request: Pdu | None) -> Decoded:
         pdu, sub, address, quantity, problems = decode(data)
-        if request is not None and pdu != request and type(pdu) is not RawPdu:
+        # Compared as objects: between two ``Pdu`` values mypyc compiles ``!=`` to an
+        # identity test (it takes Pdu, a Python class with no __eq__ of its own, for
+        # one whose subclasses add none), which would miss the dataclasses' __eq__.
+        echoed: object = pdu
+        if request is not None and echoed != request and type(pdu) is not RawPdu:
             problems += ((_MISMATCH, f"echo {pdu} differs from request {request}"),)
         return pdu, sub, address, quantity, problems
 

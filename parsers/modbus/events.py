@@ -11,13 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING
 
 from mamori.parsers.fastinit import fast_init
+from mamori.parsers.modbus.pdu import Pdu  # at run time too: compiled, the fields' types resolve
 from mamori.parsers.stream import Direction, FlowId
-
-if TYPE_CHECKING:
-    from mamori.parsers.modbus.pdu import Pdu
 
 
 class ModbusAnomaly(Enum):

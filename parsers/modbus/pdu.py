@@ -39,7 +39,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mamori.parsers.fastinit import fast_init
+from mamori.parsers.fastinit import fast_init, python_class
 from mamori.parsers.modbus.tables import (
     COIL_OFF,
     COIL_ON,
@@ -50,8 +50,11 @@ from mamori.parsers.modbus.tables import (
 )
 
 
+@python_class
 class Pdu:
-    """Base of every decoded PDU (for typing only)."""
+    """Base of every decoded PDU (for typing only); ``sensor`` derives one of its own.
+
+    A Python class even when compiled: every PDU class is (``fast_init``)."""
 
     __slots__ = ()
 
