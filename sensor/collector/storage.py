@@ -517,6 +517,24 @@ class SqliteStorage(SqlStorage):
         super().__init__(conn)
 
 
+# The stream rows of a batch, made if new and locked in key order (so that collectors
+# sharing a database lock them in the same order), with how far each is stored and
+# whether anything past that is stored already. The no-op update is what takes the
+# lock; RETURNING shows the row as it is after any other collector's commit.
+_LOCK_STREAMS = (
+    "INSERT INTO streams SELECT k.sensor, k.epoch, 0, 0, 0 "
+    "FROM unnest(%s::text[], %s::bigint[]) AS k(sensor, epoch) ORDER BY 1, 2 "
+    "ON CONFLICT (sensor, epoch) DO UPDATE SET contig = streams.contig "
+    "RETURNING sensor, epoch, contig, EXISTS (SELECT 1 FROM messages m "
+    "WHERE m.sensor = streams.sensor AND m.epoch = streams.epoch AND m.seq > streams.contig)")
+# The general path: what is stored already on any day goes (NOT EXISTS), and so does
+# a second copy within the batch (the key, same day).
+_INSERT_NEW = (
+    "INSERT INTO messages SELECT * FROM messages_in i WHERE NOT EXISTS (SELECT 1 FROM "
+    "messages m WHERE m.sensor = i.sensor AND m.epoch = i.epoch AND m.seq = i.seq) "
+    "ON CONFLICT DO NOTHING")
+
+
 class PostgresStorage(SqlStorage):
     """PostgreSQL through psycopg 3, for collectors serving many sensors; ``messages``
     partitioned by day (``mamori.sensor.collector.partitions``)."""
@@ -531,8 +549,12 @@ class PostgresStorage(SqlStorage):
 
         self._days: set[int] = set()
         super().__init__(psycopg.connect(dsn, autocommit=False))
-        for table in ("messages", "alerts"):  # COPY targets, private to this session
-            self._exec(f"CREATE TEMP TABLE IF NOT EXISTS {table}_in (LIKE {table})")
+        # COPY targets, private to this session and emptied by every commit: a DELETE
+        # would leave dead rows that nothing vacuums (autovacuum skips temporary
+        # tables), and each round's INSERT ... SELECT would scan all of them again.
+        for table in ("messages", "alerts"):
+            self._exec(f"CREATE TEMP TABLE IF NOT EXISTS {table}_in (LIKE {table}) "
+                       "ON COMMIT DELETE ROWS")
         self.commit()
         self.ahead(time.time())
 
@@ -557,13 +579,20 @@ class PostgresStorage(SqlStorage):
             self._days |= missing
 
     def store_batch(self, msgs: Sequence[StoredMessage]) -> None:
-        """COPY the batch, less what is stored already.
+        """COPY the batch, less what is stored already, in four round trips.
 
-        The primary key drops a message stored already the same day; it cannot catch a
-        resend received on another day (it contains ``received``), so each touched
-        stream's row is also locked and only seqs past its stored position go in.
-        Another collector writing the same stream waits on that lock and then sees the
-        position this one committed: stored exactly once."""
+        The primary key contains ``received`` (the partition key), so it cannot by itself
+        catch a resend received on another day. What does: each touched stream's row is
+        locked first and only seqs past its stored position go in. Another collector
+        writing the same stream waits on that lock and then sees the position this one
+        committed: stored exactly once.
+
+        The collector stores a stream's messages in order and moves its position in the
+        same transaction, so nothing past the position is stored, and the batch, so
+        filtered, is COPYed straight into ``messages``: no conflict probe per row. When
+        the lock finds rows past a position (a caller that stores without advancing, a
+        database written otherwise) or the batch repeats a seq, it goes the general way
+        instead: through ``messages_in``, dropping what any day holds already."""
         if not msgs:
             return
         days = {partitions.day_of(m.received) for m in msgs} - self._days
@@ -572,25 +601,24 @@ class PostgresStorage(SqlStorage):
             self._days |= days
         cur = self._conn.cursor()
         keys = sorted({(m.sensor, m.epoch) for m in msgs})
-        self._many("INSERT INTO streams VALUES (?, ?, 0, 0, 0) ON CONFLICT DO NOTHING", keys)
-        stored = {(r[0], int(r[1])): int(r[2]) for r in cur.execute(
-            "SELECT sensor, epoch, contig FROM streams WHERE (sensor, epoch) IN "
-            "(SELECT * FROM unnest(%s::text[], %s::bigint[])) ORDER BY sensor, epoch "
-            "FOR UPDATE", ([k[0] for k in keys], [k[1] for k in keys])).fetchall()}
+        locked = cur.execute(_LOCK_STREAMS, ([k[0] for k in keys],
+                                             [k[1] for k in keys])).fetchall()
+        stored = {(r[0], int(r[1])): int(r[2]) for r in locked}
         rows, alerts = message_rows([m for m in msgs
                                      if m.seq > stored.get((m.sensor, m.epoch), 0)])
-        with cur.copy("COPY messages_in FROM STDIN") as copy:  # then, server-side, the
-            for row in rows:                                    # key drops what is here
+        clean = not any(r[3] for r in locked) and len(rows) == len({r[:3] for r in rows})
+        with cur.copy("COPY messages FROM STDIN" if clean
+                      else "COPY messages_in FROM STDIN") as copy:
+            for row in rows:
                 copy.write_row(row)
-        # No parameters, so both statements go in one round trip.
-        cur.execute("INSERT INTO messages SELECT * FROM messages_in ON CONFLICT DO NOTHING; "
-                    "DELETE FROM messages_in")
+        if not clean:
+            cur.execute(_INSERT_NEW)
         if alerts:
             with cur.copy("COPY alerts_in FROM STDIN") as copy:
                 for alert in alerts:
                     copy.write_row(alert)
-            cur.execute("INSERT INTO alerts SELECT * FROM alerts_in" + UPSERT_ALERT_FROM
-                        + "; DELETE FROM alerts_in")
+            cur.execute("INSERT INTO alerts SELECT * FROM alerts_in ORDER BY sensor, akey"
+                        + UPSERT_ALERT_FROM)
 
     def expire(self, cutoff: float) -> int:
         """Drop the days wholly before ``cutoff``; returns how many partitions went."""
