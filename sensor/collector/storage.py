@@ -579,7 +579,7 @@ class PostgresStorage(SqlStorage):
             self._days |= missing
 
     def store_batch(self, msgs: Sequence[StoredMessage]) -> None:
-        """COPY the batch, less what is stored already, in four round trips.
+        """COPY the batch, less what is stored already.
 
         The primary key contains ``received`` (the partition key), so it cannot by itself
         catch a resend received on another day. What does: each touched stream's row is

@@ -1,6 +1,7 @@
 """Collector storage schema and retention: PostgreSQL day partitions (dropped whole by
 retention, an old unpartitioned database migrated, a resend on another day still stored
-once), SQLite retention by delete, and the collector running retention itself."""
+once, even past its stream's position; the COPY tables empty after each commit), SQLite
+retention by delete, and the collector running retention itself."""
 
 from __future__ import annotations
 
@@ -72,6 +73,64 @@ def test_a_resend_received_on_another_day_is_stored_once(dsn: str) -> None:  # n
         fill(st, "K1", 1, range(1, 4), now - DAY)
         fill(st, "K1", 1, range(2, 6), now)  # 2 and 3 again, a day later
         assert st.sequence("K1") == [(1, s) for s in range(1, 6)]
+    finally:
+        st.close()
+
+
+def alerts(sensor: str, epoch: int, seqs: list[int], received: float) -> list[StoredMessage]:
+    return [StoredMessage(sensor, epoch, seq, int(Kind.ALERT), received, received, {"id": seq},
+                          str(seq), 1, received) for seq in seqs]
+
+
+def test_rows_stored_past_the_position_are_not_stored_again_another_day(
+        dsn: str) -> None:  # noqa: F811
+    """A caller that stores without moving the position (nothing in the collector does)
+    leaves rows the position filter cannot see; the general path still drops them."""
+    st = PostgresStorage(fresh_database(dsn, "pastposition"))
+    try:
+        now = time.time()
+        st.store_batch(alerts("K1", 1, [5, 6], now - DAY))
+        st.commit()
+        st.store_batch(alerts("K1", 1, [4, 5, 6], now))
+        st.commit()
+        assert st.sequence("K1") == [(1, 4), (1, 5), (1, 6)]
+    finally:
+        st.close()
+
+
+def test_a_batch_that_repeats_a_seq_stores_it_once(dsn: str) -> None:  # noqa: F811
+    st = PostgresStorage(fresh_database(dsn, "repeats"))
+    try:
+        now = time.time()
+        st.store_batch(alerts("K1", 1, [1, 2, 2, 3, 1], now))
+        st.advance("K1", 1, 3, now, now)
+        st.commit()
+        assert st.sequence("K1") == [(1, 1), (1, 2), (1, 3)]
+    finally:
+        st.close()
+
+
+def test_in_order_batches_skip_the_copy_table_and_commits_empty_it(
+        dsn: str) -> None:  # noqa: F811
+    """The collector's batches go straight into ``messages``; what goes through the
+    temporary tables is gone at commit, dead rows included (nothing vacuums them)."""
+    st = PostgresStorage(fresh_database(dsn, "copytables"))
+
+    def held(table: str) -> tuple[int, int]:
+        rows = st._all(f"SELECT count(*), pg_relation_size('{table}') FROM {table}")
+        return int(rows[0][0]), int(rows[0][1])
+
+    try:
+        now = time.time()
+        st.store_batch(alerts("K1", 1, list(range(1, 201)), now))
+        assert held("messages_in")[0] == 0
+        st.advance("K1", 1, 200, now, now)
+        st.commit()
+        st.store_batch(alerts("K1", 1, [300, 300], now))  # a repeat: the general path
+        assert held("messages_in")[0] == 2 and held("alerts_in")[0] == 1
+        st.commit()
+        assert held("messages_in") == (0, 0) and held("alerts_in") == (0, 0)
+        assert len(st.sequence("K1")) == 201
     finally:
         st.close()
 
