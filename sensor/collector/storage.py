@@ -520,19 +520,21 @@ class SqliteStorage(SqlStorage):
 # The stream rows of a batch, made if new and locked in key order (so that collectors
 # sharing a database lock them in the same order), with how far each is stored and
 # whether anything past that is stored already. The no-op update is what takes the
-# lock; RETURNING shows the row as it is after any other collector's commit.
+# lock; RETURNING shows the row as it is after any other collector's commit (the
+# EXISTS sees the statement's snapshot, from before a wait, but what that collector
+# committed is all at or before the position it committed with it).
 _LOCK_STREAMS = (
     "INSERT INTO streams SELECT k.sensor, k.epoch, 0, 0, 0 "
     "FROM unnest(%s::text[], %s::bigint[]) AS k(sensor, epoch) ORDER BY 1, 2 "
     "ON CONFLICT (sensor, epoch) DO UPDATE SET contig = streams.contig "
     "RETURNING sensor, epoch, contig, EXISTS (SELECT 1 FROM messages m "
     "WHERE m.sensor = streams.sensor AND m.epoch = streams.epoch AND m.seq > streams.contig)")
-# The general path: what is stored already on any day goes (NOT EXISTS), and so does
-# a second copy within the batch (the key, same day).
-_INSERT_NEW = (
-    "INSERT INTO messages SELECT * FROM messages_in i WHERE NOT EXISTS (SELECT 1 FROM "
-    "messages m WHERE m.sensor = i.sensor AND m.epoch = i.epoch AND m.seq = i.seq) "
-    "ON CONFLICT DO NOTHING")
+# The seqs stored past the positions of some streams, on any day (one index range per
+# stream and partition; there are none unless something stored without advancing).
+_PAST = (
+    "SELECT m.sensor, m.epoch, m.seq FROM messages m JOIN unnest(%s::text[], %s::bigint[], "
+    "%s::bigint[]) AS k(sensor, epoch, contig) ON m.sensor = k.sensor "
+    "AND m.epoch = k.epoch AND m.seq > k.contig")
 
 
 class PostgresStorage(SqlStorage):
@@ -549,19 +551,18 @@ class PostgresStorage(SqlStorage):
 
         self._days: set[int] = set()
         super().__init__(psycopg.connect(dsn, autocommit=False))
-        # COPY targets, private to this session and emptied by every commit: a DELETE
-        # would leave dead rows that nothing vacuums (autovacuum skips temporary
-        # tables), and each round's INSERT ... SELECT would scan all of them again.
-        for table in ("messages", "alerts"):
-            self._exec(f"CREATE TEMP TABLE IF NOT EXISTS {table}_in (LIKE {table}) "
-                       "ON COMMIT DELETE ROWS")
+        # The alerts' COPY target, private to this session and emptied by every commit:
+        # a DELETE would leave dead rows that nothing vacuums (autovacuum skips
+        # temporary tables), and each round's INSERT ... SELECT would scan them again.
+        self._exec("CREATE TEMP TABLE IF NOT EXISTS alerts_in (LIKE alerts) "
+                   "ON COMMIT DELETE ROWS")
         # Binary COPY: a third of the server's and the client's cost of text, which
         # spells out every number and parses it back. It needs each column's type;
         # the catalog's, so that the rows fit the tables as they are.
         self._columns = {table: [str(r[0]) for r in self._all(
             "SELECT format_type(atttypid, NULL) FROM pg_attribute WHERE attrelid = "
             "?::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum", (table,))]
-            for table in ("messages_in", "alerts_in")}
+            for table in ("messages", "alerts_in")}
         self.commit()
         self.ahead(time.time())
 
@@ -586,7 +587,7 @@ class PostgresStorage(SqlStorage):
             self._days |= missing
 
     def store_batch(self, msgs: Sequence[StoredMessage]) -> None:
-        """COPY the batch, less what is stored already.
+        """COPY the batch straight into ``messages``, less what is stored already.
 
         The primary key contains ``received`` (the partition key), so it cannot by itself
         catch a resend received on another day. What does: each touched stream's row is
@@ -594,12 +595,11 @@ class PostgresStorage(SqlStorage):
         writing the same stream waits on that lock and then sees the position this one
         committed: stored exactly once.
 
-        The collector stores a stream's messages in order and moves its position in the
-        same transaction, so nothing past the position is stored, and the batch, so
-        filtered, is COPYed straight into ``messages``: no conflict probe per row. When
-        the lock finds rows past a position (a caller that stores without advancing, a
-        database written otherwise) or the batch repeats a seq, it goes the general way
-        instead: through ``messages_in``, dropping what any day holds already."""
+        The collector stores a stream in order and moves its position in the same
+        transaction, so nothing past a position is stored and the filtered batch needs
+        no conflict probe per row. Where the lock finds rows past a position (a caller
+        that stored without advancing), their seqs are read and left out too, as is a
+        seq the batch repeats (the first copy stays)."""
         if not msgs:
             return
         days = {partitions.day_of(m.received) for m in msgs} - self._days
@@ -611,21 +611,29 @@ class PostgresStorage(SqlStorage):
         locked = cur.execute(_LOCK_STREAMS, ([k[0] for k in keys],
                                              [k[1] for k in keys])).fetchall()
         stored = {(r[0], int(r[1])): int(r[2]) for r in locked}
-        rows, alerts = message_rows([m for m in msgs
-                                     if m.seq > stored.get((m.sensor, m.epoch), 0)])
-        clean = not any(r[3] for r in locked) and len(rows) == len({r[:3] for r in rows})
-        self._copy(cur, "messages" if clean else "messages_in", "messages_in", rows)
-        if not clean:
-            cur.execute(_INSERT_NEW)
+        past = [r for r in locked if r[3]]
+        seen: set[tuple[str, int, int]] = set()
+        if past:
+            seen.update((r[0], int(r[1]), int(r[2])) for r in cur.execute(_PAST, (
+                [r[0] for r in past], [r[1] for r in past], [r[2] for r in past])))
+        fresh = []
+        for m in msgs:
+            if m.seq > stored.get((m.sensor, m.epoch), 0):
+                key = (m.sensor, m.epoch, m.seq)
+                if key not in seen:
+                    seen.add(key)
+                    fresh.append(m)
+        rows, alerts = message_rows(fresh)
+        self._copy(cur, "messages", rows)
         if alerts:
-            self._copy(cur, "alerts_in", "alerts_in", alerts)
+            self._copy(cur, "alerts_in", alerts)
             cur.execute("INSERT INTO alerts SELECT * FROM alerts_in ORDER BY sensor, akey"
                         + UPSERT_ALERT_FROM)
 
-    def _copy(self, cur: Any, table: str, like: str, rows: Sequence[Sequence[Any]]) -> None:
-        """Binary COPY of ``rows`` into ``table``, whose columns are those of ``like``."""
+    def _copy(self, cur: Any, table: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Binary COPY of ``rows`` into ``table``."""
         with cur.copy(f"COPY {table} FROM STDIN (FORMAT BINARY)") as copy:
-            copy.set_types(self._columns[like])
+            copy.set_types(self._columns[table])
             for row in rows:
                 copy.write_row(row)
 

@@ -1,6 +1,6 @@
 """Collector storage schema and retention: PostgreSQL day partitions (dropped whole by
 retention, an old unpartitioned database migrated, a resend on another day still stored
-once, even past its stream's position; the COPY tables empty after each commit), SQLite
+once, even past its stream's position; the COPY table empty after each commit), SQLite
 retention by delete, and the collector running retention itself."""
 
 from __future__ import annotations
@@ -110,27 +110,24 @@ def test_a_batch_that_repeats_a_seq_stores_it_once(dsn: str) -> None:  # noqa: F
         st.close()
 
 
-def test_in_order_batches_skip_the_copy_table_and_commits_empty_it(
-        dsn: str) -> None:  # noqa: F811
-    """The collector's batches go straight into ``messages``; what goes through the
-    temporary tables is gone at commit, dead rows included (nothing vacuums them)."""
-    st = PostgresStorage(fresh_database(dsn, "copytables"))
+def test_a_commit_empties_the_alerts_copy_table(dsn: str) -> None:  # noqa: F811
+    """Dead rows included: nothing vacuums a temporary table, and rounds would scan
+    what earlier ones left."""
+    st = PostgresStorage(fresh_database(dsn, "copytable"))
 
-    def held(table: str) -> tuple[int, int]:
-        rows = st._all(f"SELECT count(*), pg_relation_size('{table}') FROM {table}")
+    def held() -> tuple[int, int]:
+        rows = st._all("SELECT count(*), pg_relation_size('alerts_in') FROM alerts_in")
         return int(rows[0][0]), int(rows[0][1])
 
     try:
         now = time.time()
-        st.store_batch(alerts("K1", 1, list(range(1, 201)), now))
-        assert held("messages_in")[0] == 0
-        st.advance("K1", 1, 200, now, now)
-        st.commit()
-        st.store_batch(alerts("K1", 1, [300, 300], now))  # a repeat: the general path
-        assert held("messages_in")[0] == 2 and held("alerts_in")[0] == 1
-        st.commit()
-        assert held("messages_in") == (0, 0) and held("alerts_in") == (0, 0)
-        assert len(st.sequence("K1")) == 201
+        for first in (1, 201):
+            st.store_batch(alerts("K1", 1, list(range(first, first + 200)), now))
+            assert held()[0] == 200
+            st.advance("K1", 1, first + 199, now, now)
+            st.commit()
+            assert held() == (0, 0)
+        assert len(st.sequence("K1")) == 400 and len(st.alerts("K1")) == 400
     finally:
         st.close()
 
