@@ -84,10 +84,10 @@ def server_cpu(dsn: str) -> float:
     costs, and it shares the cores with the collector and the sensors."""
     import psycopg
 
-    with psycopg.connect(dsn) as conn:
+    with psycopg.connect(dsn) as conn:  # its backend's parent, read while it lives
         row = conn.execute("SELECT pg_backend_pid()").fetchone()
-    assert row is not None
-    postmaster = _ppid(int(row[0]))
+        assert row is not None
+        postmaster = _ppid(int(row[0]))
     total = cpu_seconds(postmaster)
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
