@@ -16,13 +16,17 @@ Figures, per engine:
   per second of wall time and per second of this process's CPU time;
 * ``ratio``: collector / reference, per core and wall (below 1: what the collector's
   decoding, validation, acks, publishing and bookkeeping cost on top of the bare write;
-  the PostgreSQL server's own CPU is in neither per-core figure).
+  the PostgreSQL server's own CPU is in neither per-core figure);
+* ``PostgreSQL server``: the server's own CPU (postmaster and all its processes) over
+  the run, in total and per alert: the part of a round the collector waits for, which
+  does not depend on what else the machine runs either.
 
 ``--rate N`` switches to the latency run: the sensors send N alerts/s in aggregate,
 each stamped with its send time, and a subscriber on the collector's PUB socket takes
 its receive time: p50 and p99 of sensor alert to subscriber, and, as references, the
 same for the bare link (the collector's receive time minus the send time, stored) and
-for one bare durable commit of a round's rows on the same engine and disk.
+for one bare durable commit of a round's rows on the same engine and disk; and the
+CPU per alert of the collector and of the PostgreSQL server.
 
     .venv/bin/python bench/bench_ingest.py [--engine sqlite|postgres|both]
         [--sensors 20] [--alerts 10000] [--procs 1] [--rate 0]
@@ -71,6 +75,31 @@ def free_endpoint() -> str:
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / 100.0  # utime + stime, in clock ticks
+
+
+def server_cpu(dsn: str) -> float:
+    """CPU seconds so far of the PostgreSQL server behind ``dsn`` (on this machine): the
+    postmaster and every process it runs (backends, WAL writer, checkpointer). The
+    collector waits for the server inside each round, so this is part of what a round
+    costs, and it shares the cores with the collector and the sensors."""
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:  # its backend's parent, read while it lives
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+        assert row is not None
+        postmaster = _ppid(int(row[0]))
+    total = cpu_seconds(postmaster)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if _ppid(int(stat.parent.name)) == postmaster:
+                total += cpu_seconds(int(stat.parent.name))
+        except (OSError, ValueError):  # gone meanwhile
+            continue
+    return total
+
+
+def _ppid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
 class Site:
@@ -275,9 +304,10 @@ def measure(engine: str, args: argparse.Namespace, dsn: str, tmp: Path) -> bool:
             sub = Subscriber(publish)
             sub.start()
             time.sleep(0.5)  # the SUB has joined before the first alert
-        cpu0 = cpu_seconds(proc.pid)
+        cpu0, server0 = cpu_seconds(proc.pid), server_cpu(dsn) if dsn else 0.0
         results = site.simulate(args.procs, args.alerts, args.rate)
         cpu = cpu_seconds(proc.pid) - cpu0
+        server = server_cpu(dsn) - server0 if dsn else 0.0
     acked: int = sum(r["acked"] for r in results)
     wall = max(r["last_ack"] for r in results) - min(r["first_send"] for r in results)
     ok = acked == total
@@ -297,6 +327,8 @@ def measure(engine: str, args: argparse.Namespace, dsn: str, tmp: Path) -> bool:
         print(f"  sensor alert -> subscriber: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
         print(f"  of which collector receive -> subscriber: p50 {i50:.1f} ms, "
               f"p99 {i99:.1f} ms")
+        print(f"  collector {cpu / acked * 1e6:.0f} us CPU per alert" + (
+            f", PostgreSQL server {server / acked * 1e6:.0f} us" if dsn else ""))
         print(f"  reference, sensor alert -> collector receive: p50 {l50:.1f} ms, "
               f"p99 {l99:.1f} ms; ratio p99 {p99 / l99:.2f}")
         c50, c99 = quantiles(commit_latencies(engine, tmp, dsn, args.rate))
@@ -308,7 +340,8 @@ def measure(engine: str, args: argparse.Namespace, dsn: str, tmp: Path) -> bool:
     per_core = acked / cpu if cpu else 0.0
     print(f"{engine}: {args.sensors} sensors x {args.alerts} alerts, acked {acked}/{total}")
     print(f"  collector: {acked / wall:,.0f} alerts/s wall, {per_core:,.0f} alerts/s per "
-          f"core ({cpu:.1f} s CPU)")
+          f"core ({cpu:.1f} s CPU)" + (f"; PostgreSQL server {server:.1f} s CPU, "
+                                       f"{server / acked * 1e6:.0f} us per alert" if dsn else ""))
     print(f"  reference ({'sqlite3 executemany' if engine == 'sqlite' else 'psycopg COPY'}):"
           f" {ref_wall:,.0f} rows/s wall, {ref_core:,.0f} rows/s per core; ratio per core "
           f"{per_core / ref_core:.2f}, wall {acked / wall / ref_wall:.2f}")

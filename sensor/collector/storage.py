@@ -517,6 +517,26 @@ class SqliteStorage(SqlStorage):
         super().__init__(conn)
 
 
+# The stream rows of a batch, made if new and locked in key order (so that collectors
+# sharing a database lock them in the same order), with how far each is stored and
+# whether anything past that is stored already. The no-op update is what takes the
+# lock; RETURNING shows the row as it is after any other collector's commit (the
+# EXISTS sees the statement's snapshot, from before a wait, but what that collector
+# committed is all at or before the position it committed with it).
+_LOCK_STREAMS = (
+    "INSERT INTO streams SELECT k.sensor, k.epoch, 0, 0, 0 "
+    "FROM unnest(%s::text[], %s::bigint[]) AS k(sensor, epoch) ORDER BY 1, 2 "
+    "ON CONFLICT (sensor, epoch) DO UPDATE SET contig = streams.contig "
+    "RETURNING sensor, epoch, contig, EXISTS (SELECT 1 FROM messages m "
+    "WHERE m.sensor = streams.sensor AND m.epoch = streams.epoch AND m.seq > streams.contig)")
+# The seqs stored past the positions of some streams, on any day (one index range per
+# stream and partition; there are none unless something stored without advancing).
+_PAST = (
+    "SELECT m.sensor, m.epoch, m.seq FROM messages m JOIN unnest(%s::text[], %s::bigint[], "
+    "%s::bigint[]) AS k(sensor, epoch, contig) ON m.sensor = k.sensor "
+    "AND m.epoch = k.epoch AND m.seq > k.contig")
+
+
 class PostgresStorage(SqlStorage):
     """PostgreSQL through psycopg 3, for collectors serving many sensors; ``messages``
     partitioned by day (``mamori.sensor.collector.partitions``)."""
@@ -531,8 +551,18 @@ class PostgresStorage(SqlStorage):
 
         self._days: set[int] = set()
         super().__init__(psycopg.connect(dsn, autocommit=False))
-        for table in ("messages", "alerts"):  # COPY targets, private to this session
-            self._exec(f"CREATE TEMP TABLE IF NOT EXISTS {table}_in (LIKE {table})")
+        # The alerts' COPY target, private to this session and emptied by every commit:
+        # a DELETE would leave dead rows that nothing vacuums (autovacuum skips
+        # temporary tables), and each round's INSERT ... SELECT would scan them again.
+        self._exec("CREATE TEMP TABLE IF NOT EXISTS alerts_in (LIKE alerts) "
+                   "ON COMMIT DELETE ROWS")
+        # Binary COPY: a third of the server's and the client's cost of text, which
+        # spells out every number and parses it back. It needs each column's type;
+        # the catalog's, so that the rows fit the tables as they are.
+        self._columns = {table: [str(r[0]) for r in self._all(
+            "SELECT format_type(atttypid, NULL) FROM pg_attribute WHERE attrelid = "
+            "?::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum", (table,))]
+            for table in ("messages", "alerts_in")}
         self.commit()
         self.ahead(time.time())
 
@@ -557,13 +587,19 @@ class PostgresStorage(SqlStorage):
             self._days |= missing
 
     def store_batch(self, msgs: Sequence[StoredMessage]) -> None:
-        """COPY the batch, less what is stored already.
+        """COPY the batch straight into ``messages``, less what is stored already.
 
-        The primary key drops a message stored already the same day; it cannot catch a
-        resend received on another day (it contains ``received``), so each touched
-        stream's row is also locked and only seqs past its stored position go in.
-        Another collector writing the same stream waits on that lock and then sees the
-        position this one committed: stored exactly once."""
+        The primary key contains ``received`` (the partition key), so it cannot by itself
+        catch a resend received on another day. What does: each touched stream's row is
+        locked first and only seqs past its stored position go in. Another collector
+        writing the same stream waits on that lock and then sees the position this one
+        committed: stored exactly once.
+
+        The collector stores a stream in order and moves its position in the same
+        transaction, so nothing past a position is stored and the filtered batch needs
+        no conflict probe per row. Where the lock finds rows past a position (a caller
+        that stored without advancing), their seqs are read and left out too, as is a
+        seq the batch repeats (the first copy stays)."""
         if not msgs:
             return
         days = {partitions.day_of(m.received) for m in msgs} - self._days
@@ -572,25 +608,34 @@ class PostgresStorage(SqlStorage):
             self._days |= days
         cur = self._conn.cursor()
         keys = sorted({(m.sensor, m.epoch) for m in msgs})
-        self._many("INSERT INTO streams VALUES (?, ?, 0, 0, 0) ON CONFLICT DO NOTHING", keys)
-        stored = {(r[0], int(r[1])): int(r[2]) for r in cur.execute(
-            "SELECT sensor, epoch, contig FROM streams WHERE (sensor, epoch) IN "
-            "(SELECT * FROM unnest(%s::text[], %s::bigint[])) ORDER BY sensor, epoch "
-            "FOR UPDATE", ([k[0] for k in keys], [k[1] for k in keys])).fetchall()}
-        rows, alerts = message_rows([m for m in msgs
-                                     if m.seq > stored.get((m.sensor, m.epoch), 0)])
-        with cur.copy("COPY messages_in FROM STDIN") as copy:  # then, server-side, the
-            for row in rows:                                    # key drops what is here
-                copy.write_row(row)
-        # No parameters, so both statements go in one round trip.
-        cur.execute("INSERT INTO messages SELECT * FROM messages_in ON CONFLICT DO NOTHING; "
-                    "DELETE FROM messages_in")
+        locked = cur.execute(_LOCK_STREAMS, ([k[0] for k in keys],
+                                             [k[1] for k in keys])).fetchall()
+        stored = {(r[0], int(r[1])): int(r[2]) for r in locked}
+        past = [r for r in locked if r[3]]
+        seen: set[tuple[str, int, int]] = set()
+        if past:
+            seen.update((r[0], int(r[1]), int(r[2])) for r in cur.execute(_PAST, (
+                [r[0] for r in past], [r[1] for r in past], [r[2] for r in past])))
+        fresh = []
+        for m in msgs:
+            if m.seq > stored.get((m.sensor, m.epoch), 0):
+                key = (m.sensor, m.epoch, m.seq)
+                if key not in seen:
+                    seen.add(key)
+                    fresh.append(m)
+        rows, alerts = message_rows(fresh)
+        self._copy(cur, "messages", rows)
         if alerts:
-            with cur.copy("COPY alerts_in FROM STDIN") as copy:
-                for alert in alerts:
-                    copy.write_row(alert)
-            cur.execute("INSERT INTO alerts SELECT * FROM alerts_in" + UPSERT_ALERT_FROM
-                        + "; DELETE FROM alerts_in")
+            self._copy(cur, "alerts_in", alerts)
+            cur.execute("INSERT INTO alerts SELECT * FROM alerts_in ORDER BY sensor, akey"
+                        + UPSERT_ALERT_FROM)
+
+    def _copy(self, cur: Any, table: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Binary COPY of ``rows`` into ``table``."""
+        with cur.copy(f"COPY {table} FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(self._columns[table])
+            for row in rows:
+                copy.write_row(row)
 
     def expire(self, cutoff: float) -> int:
         """Drop the days wholly before ``cutoff``; returns how many partitions went."""
