@@ -38,7 +38,8 @@ sys.path.insert(0, str(PROJECT))
 
 import zmq  # noqa: E402
 
-from tests.peers.nats_cluster import USERS, NatsCluster, free_ports  # noqa: E402
+from tests.peers.nats_cluster import USERS, NatsCluster  # noqa: E402
+from tests.ports import free_ports  # noqa: E402
 from tests.sensor.test_collector import Site  # noqa: E402
 
 SENSOR = """

@@ -23,7 +23,8 @@ from typing import Any
 
 from mamori.parsers.dnp3.crc import crc_bytes  # the sensor's CRC, tested against the spec vectors
 from tests.peers.capture import CaptureStats, capture, capture_complete
-from tests.peers.modbus_peer import HOST, free_port
+from tests.peers.modbus_peer import HOST
+from tests.ports import free_port
 
 __all__ = ["HOST", "CaptureStats", "ScriptedOutstation", "Stacks", "capture", "capture_complete",
            "free_port", "raw_link_frame", "send_raw", "wait_for"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,12 +23,6 @@ def serve(port: int, revision: str) -> None:
     from samples.make_modbus_sample import serve as serve_sample
 
     serve_sample(port, "0.0.0.0", units=tuple(range(1, 11)), revision=revision)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager

@@ -12,13 +12,13 @@ from __future__ import annotations
 import contextlib
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
 from tests.conftest import unavailable
+from tests.ports import free_ports
 
 USERS = {"collector": "collector-pw", "national": "national-pw", "energy": "energy-pw"}
 STREAM = "MAMORI"
@@ -40,18 +40,6 @@ def nats_server() -> str:
         unavailable("nats-server is not installed (make test installs it as root)")
     assert found is not None
     return found
-
-
-def free_ports(n: int) -> list[int]:
-    socks, ports = [], []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
-    return ports
 
 
 def _list(items: tuple[str, ...]) -> str:

@@ -24,7 +24,7 @@ from mamori.parsers.wire import MAX_MAP, MAX_MESSAGE_BYTES, MAX_STR, Kind, decod
 from mamori.sensor.advisories.national import IdentityFeed, asset_body
 from mamori.sensor.cli import main
 from tests.conftest import csaf_path, unavailable
-from tests.peers.modbus_peer import free_port
+from tests.ports import free_port
 from tests.sensor.test_advisories_traffic import (
     AFFECTED_HOST,
     AFFECTED_REV,

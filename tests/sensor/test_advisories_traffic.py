@@ -48,7 +48,8 @@ from mamori.sensor.web.server import build_context
 from tests.conftest import csaf_path, require_tool, unavailable
 from tests.peers.capture import capture
 from tests.peers.listening import wait_listening
-from tests.peers.modbus_peer import free_port, terminate
+from tests.peers.modbus_peer import terminate
+from tests.ports import free_port
 from tests.sensor.test_advisories_match import replay_inventory
 
 AFFECTED_HOST, FIXED_HOST = "127.0.0.21", "127.0.0.22"

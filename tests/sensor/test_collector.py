@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import zmq
 from mamori.parsers.wire import Kind
 from mamori.sensor.collector.storage import PostgresStorage, SqliteStorage, SqlStorage
 from mamori.sensor.forwarding.keys import generate, load_pair, read_key
+from tests.ports import free_port
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -44,13 +44,6 @@ for i in range(1, n + 1):
     time.sleep(interval)
 fw.close(flush)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:

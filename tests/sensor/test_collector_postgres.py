@@ -22,7 +22,8 @@ from mamori.sensor.forwarding.forwarder import Forwarder
 from mamori.sensor.forwarding.keys import generate
 from tests.conftest import unavailable
 from tests.peers.postgres import pg_bin, postgres_cluster
-from tests.sensor.test_collector import free_port, wait_for
+from tests.ports import free_port
+from tests.sensor.test_collector import wait_for
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from mamori.sensor.collector.storage import (
     StoredMessage,
 )
 from mamori.sensor.forwarding.keys import generate
-from tests.sensor.test_collector import free_port
+from tests.ports import free_port
 from tests.sensor.test_collector_postgres import dsn  # noqa: F401 (a fixture)
 
 DAY = 86400.0

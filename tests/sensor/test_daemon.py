@@ -21,16 +21,11 @@ import pytest
 from mamori.parsers.events import Event
 from mamori.sensor.capture.bpf import port_filter, render
 from mamori.sensor.capture.live import LiveCapture
+from tests.ports import free_port
 
 MAMORI = str(Path(sys.executable).parent / "mamori")
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="packet sockets need root")
-
-
-def free_port(kind: int = socket.SOCK_DGRAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_filter_program_is_well_formed() -> None:
@@ -151,7 +146,7 @@ def _modbus_exchange(port: int, source: str = "127.0.0.1") -> None:
 
 @needs_root
 def test_daemon_notifies_systemd_reloads_and_stops_cleanly(tmp_path: Path) -> None:
-    port = free_port(socket.SOCK_STREAM)
+    port = free_port()
     good = f'[capture]\ninterfaces = ["lo"]\n\n[ports]\nmodbus = [{port}]\n'
     with Daemon(tmp_path, good, WATCHDOG_USEC="400000") as daemon:
         notify = daemon.notify
@@ -173,7 +168,7 @@ def test_daemon_notifies_systemd_reloads_and_stops_cleanly(tmp_path: Path) -> No
 
 @needs_root
 def test_sighup_reopens_the_events_file_after_logrotate_moved_it(tmp_path: Path) -> None:
-    port = free_port(socket.SOCK_STREAM)
+    port = free_port()
     with Daemon(tmp_path, f'[capture]\ninterfaces = ["lo"]\n\n[ports]\nmodbus = [{port}]\n'
                 ) as daemon:
         _modbus_exchange(port)
@@ -210,7 +205,7 @@ def test_sighup_reopens_the_eve_output_after_logrotate_moved_it(tmp_path: Path) 
 @needs_root
 def test_daemon_applies_the_configured_capture_filter(tmp_path: Path) -> None:
     """``[capture] filter`` reaches the kernel: a host it excludes yields no event."""
-    port = free_port(socket.SOCK_STREAM)
+    port = free_port()
     with Daemon(tmp_path, f'[capture]\ninterfaces = ["lo"]\nfilter = "not host 127.0.0.2"\n'
                           f'\n[ports]\nmodbus = [{port}]\n') as daemon:
         _modbus_exchange(port, "127.0.0.2")  # filtered out

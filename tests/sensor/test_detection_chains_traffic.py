@@ -35,6 +35,7 @@ from mamori.sensor.detection.windows import MaintenanceWindow, v_windows
 from tests.conftest import require_tool, unavailable
 from tests.peers import modbus_peer
 from tests.peers.capture import capture
+from tests.ports import free_port
 
 RULES = load_rules([SHIPPED_RULES], set_names())
 CHAIN = "mamori.chain.recon_then_action"
@@ -96,7 +97,7 @@ def _shifted(pcap: Path, out: Path, after: float, by: float) -> Path:
 @pytest.fixture(scope="module")
 def traffic(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, int, float]:
     require_tool("tcpdump")
-    port = modbus_peer.free_port()
+    port = free_port()
     folder = tmp_path_factory.mktemp("chains")
     pcap = folder / "chains.pcap"
     started = time.time()

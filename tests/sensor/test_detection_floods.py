@@ -45,6 +45,7 @@ from mamori.sensor.detection.settings import set_names
 from tests.conftest import captured_on_lo, corpus_path, unavailable
 from tests.peers import dnp3_peer, modbus_peer
 from tests.peers.capture import capture, capture_complete
+from tests.ports import free_port
 
 RULES = load_rules([SHIPPED_RULES], set_names())
 FLOOD = "mamori.baseline.request_flood"
@@ -152,7 +153,7 @@ def modbus(tmp_path_factory: pytest.TempPathFactory) -> ModbusTraffic:
 
 def _make_modbus(tmp: Path) -> ModbusTraffic | None:
     import pymodbus.client as pymodbus_client
-    port = modbus_peer.free_port()
+    port = free_port()
     pcap = tmp / "modbus.pcap"
     with capture(pcap, port), modbus_peer.server(port):
         fast = _Poller(port, 1, 0.05, write=True)

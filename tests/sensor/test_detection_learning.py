@@ -40,6 +40,7 @@ from mamori.sensor.detection.settings import build_detector, set_names
 from tests.conftest import require_tool, unavailable
 from tests.peers import dnp3_peer, modbus_peer
 from tests.peers.capture import capture
+from tests.ports import free_port
 
 RULES = load_rules([SHIPPED_RULES], set_names())
 POLLER, ATTACKER, ROGUE, NMAP = "127.0.0.5", "127.0.0.2", "127.0.0.3", "127.0.0.1"
@@ -69,7 +70,7 @@ def _client(port: int, source: str) -> Any:
 def modbus(tmp_path_factory: pytest.TempPathFactory) -> Modbus:
     require_tool("tcpdump")
     nmap = require_tool("nmap")
-    port = modbus_peer.free_port()
+    port = free_port()
     pcap = tmp_path_factory.mktemp("learning") / "modbus.pcap"
     stop = threading.Event()
     with capture(pcap, port), modbus_peer.server(port):

@@ -35,6 +35,7 @@ from mamori.sensor.detection.settings import set_names
 from tests.conftest import require_tool, unavailable
 from tests.peers import modbus_peer
 from tests.peers.capture import capture
+from tests.ports import free_port
 
 RULES = load_rules([SHIPPED_RULES], set_names())
 SITE = {"allowed_masters": ["127.0.0.1/32"]}
@@ -51,7 +52,7 @@ def _poll(client: Any, rounds: int, period: float) -> None:
 def traffic(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float, int]:
     require_tool("tcpdump")
     import pymodbus.client as pymodbus_client
-    port = modbus_peer.free_port()
+    port = free_port()
     pcap = tmp_path_factory.mktemp("traffic") / "modbus.pcap"
     with capture(pcap, port):
         with modbus_peer.server(port, "2.4.1"):

@@ -34,7 +34,8 @@ from mamori.sensor.alerting.dispatch import DISK_BACK_RULE, DISK_FULL_RULE
 from mamori.sensor.forwarding.keys import generate, read_key
 from tests.conftest import require_tool
 from tests.pcaprewrite import ip_checksum
-from tests.sensor.test_collector import SENSOR, free_port, wait_for
+from tests.ports import free_port
+from tests.sensor.test_collector import SENSOR, wait_for
 from tests.sensor.test_daemon import NotifySocket
 from tests.sensor.test_forwarding_faults import Collector
 

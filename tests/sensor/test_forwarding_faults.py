@@ -38,7 +38,8 @@ import pytest
 from mamori.parsers.wire import Kind
 from mamori.sensor.collector.storage import PostgresStorage, SqliteStorage, SqlStorage
 from mamori.sensor.forwarding.keys import generate, read_key
-from tests.sensor.test_collector import SENSOR, free_port, wait_for
+from tests.ports import free_port
+from tests.sensor.test_collector import SENSOR, wait_for
 from tests.sensor.test_collector_postgres import dsn  # noqa: F401 (a fixture)
 
 PROJECT = Path(__file__).resolve().parents[2]

@@ -34,7 +34,8 @@ from mamori.sensor.forwarding.keys import generate, load_pair
 from mamori.sensor.forwarding.policy import DestinationPolicy, PolicySpec
 from mamori.sensor.forwarding.pseudonym import Pseudonymiser, PseudonymKeyError, load_key
 from tests.pcaprewrite import rewrite
-from tests.sensor.test_collector import PROJECT, Site, alert_seqs, free_port, wait_for
+from tests.ports import free_port
+from tests.sensor.test_collector import PROJECT, Site, alert_seqs, wait_for
 
 CLIENT, SERVERS = "10.77.1.5", ("10.77.2.9", "10.77.3.3")
 MAC = "02:42:ac:11:00:05"

@@ -51,6 +51,7 @@ from mamori.sensor.metrics.server import (
 from mamori.sensor.metrics.settings import ListenAddress, parse_listen
 from tests.conftest import corpus_path, require_tool, stop_all, unavailable
 from tests.netns import SpanLab, lab_or_skip
+from tests.ports import free_port
 
 MAMORI = str(Path(sys.executable).parent / "mamori")
 
@@ -81,12 +82,6 @@ def scrape(url: str) -> Samples:
         assert resp.headers["Content-Type"].startswith(
             ("text/plain; version=0.0.4", "text/plain; version=1.0.0"))
         return parse(resp.read().decode())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(what: str, predicate: Callable[[], bool], timeout: float = 60) -> None:

@@ -29,7 +29,8 @@ from mamori.sensor.alerting.store import Store
 from mamori.sensor.capture.packet_evidence import PCAP_NAME, PacketEvidence, pcap_bytes
 from mamori.sensor.cli import main
 from tests.conftest import corpus_path
-from tests.sensor.test_daemon import Daemon, free_port
+from tests.ports import free_port
+from tests.sensor.test_daemon import Daemon
 from tests.sensor.test_disk_full import fill, needs_root
 from tests.sensor.test_disk_full import tmpfs as tmpfs_mount
 
@@ -396,7 +397,7 @@ def _server(port: int) -> Iterator[socket.socket]:
 @needs_root
 @pytest.mark.usefixtures("tshark")
 def test_the_daemon_writes_the_pcap_of_a_live_alert(tmp_path: Path) -> None:
-    port = free_port(socket.SOCK_STREAM)
+    port = free_port()
     state = tmp_path / "state"
     config = (f'[sensor]\nstate_dir = "{state}"\n\n[capture]\ninterfaces = ["lo"]\n\n'
               f'[ports]\nmodbus = [{port}]\n\n[detection]\nlearning_hold = 0\n')

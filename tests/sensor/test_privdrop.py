@@ -34,6 +34,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import PROJECT, unavailable
+from tests.ports import free_port
 
 AS_ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not AS_ROOT, reason="drops privileges: needs root")
@@ -67,13 +68,6 @@ def capture_iface() -> Iterator[str]:
     _sh("ip", "link", "del", IFACE)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _site(public: Path) -> tuple[Path, int, str]:
     """A store with the sample's alerts, a token, the config: all owned by nobody."""
     state = public / "state"
@@ -86,7 +80,7 @@ def _site(public: Path) -> tuple[Path, int, str]:
                    stdout=subprocess.DEVNULL)
     token = (state / "web" / "token").read_text().strip()
     subprocess.run(["chown", "-R", "nobody:nogroup", str(state)], check=True)
-    port = _free_port()
+    port = free_port()
     config = public / "sensor.toml"
     config.write_text(f'[sensor]\nuser = "nobody"\nstate_dir = "{state}"\n'
                       f'[capture]\ninterfaces = ["{IFACE}"]\n'

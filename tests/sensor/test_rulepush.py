@@ -43,7 +43,7 @@ from mamori.sensor.forwarding.keys import read_key
 from tests.conftest import PROJECT
 from tests.netns import SERVER_IP, SpanLab, lab_or_skip
 from tests.pcaprewrite import rewrite
-from tests.sensor.test_collector import free_port
+from tests.ports import free_port
 
 MAMORI = str(Path(sys.executable).parent / "mamori")
 SAMPLE = PROJECT / "samples" / "modbus_demo.pcap"

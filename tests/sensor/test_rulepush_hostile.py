@@ -40,7 +40,8 @@ from mamori.parsers.wire import (
 )
 from mamori.sensor.detection.bundle import MAX_BUNDLE_BYTES, build
 from mamori.sensor.forwarding.keys import generate, load_pair
-from tests.sensor.test_collector import PROJECT, Site, free_port
+from tests.ports import free_port
+from tests.sensor.test_collector import PROJECT, Site
 
 SENSOR = """
 import sys
