@@ -147,7 +147,7 @@ def patched(clock: StageClock) -> Iterator[None]:
                 clock.unmeasured.append(f"{module}.{path} (compiled module)")
             undo.append((owner, name, original))
         # the replay loop's reader, as the replay module imported it
-        replay_mod = importlib.import_module("mamori.sensor.capture.replay")
+        replay_mod: Any = importlib.import_module("mamori.sensor.capture.replay")
         reader = replay_mod.__dict__["read_capture_batches"]
         replay_mod.read_capture_batches = clock.wrap_generator("read", reader)
         undo.append((replay_mod, "read_capture_batches", reader))
