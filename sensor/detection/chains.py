@@ -98,6 +98,10 @@ class ChainTracker:
     def __bool__(self) -> bool:
         return bool(self._index)
 
+    def follows(self, rule_id: str) -> bool:
+        """Is an alert of ``rule_id`` a step of any chain? (``observe`` ignores it if not.)"""
+        return rule_id in self._index
+
     def adopt(self, old: ChainTracker) -> None:
         """A rules reload: keep the partial chains when the chains are the same ones."""
         if [c.id for c in old.chains] == [c.id for c in self.chains]:

@@ -55,8 +55,10 @@ from mamori.sensor.detection.floods import FloodWatch
 from mamori.sensor.detection.inventory import Inventory
 from mamori.sensor.detection.matcher import (
     INDEX_ATTR,
+    Bucket,
     Matchable,
     Peers,
+    bucket,
     compile_match,
     indexed,
     peers,
@@ -85,7 +87,7 @@ _QUIET_TABLES = frozenset({"set cache", "alert history"})
 class _Compiled:
     """A rule plus what the engine needs to run it fast."""
 
-    __slots__ = ("has_sets", "holdable", "index", "rule", "state", "test")
+    __slots__ = ("chained", "group", "has_sets", "holdable", "index", "rule", "state", "test")
 
     def __init__(self, index: int, rule: Rule, max_state: int = DEFAULT_MAX_STATE) -> None:
         self.index = index
@@ -95,6 +97,8 @@ class _Compiled:
             and rule.threshold is None
         self.test = compile_match(rule.match)
         self.has_sets = bool(rule.match.src or rule.match.dst or not rule.conditions.empty)
+        self.group = _grouper(rule.threshold.group_by) if rule.threshold is not None else None
+        self.chained = True  # a step of some chain (the detector says once it has them)
         self.state: LruTable[tuple[Any, ...], Any] = LruTable(
             max_state, f"threshold groups of {rule.id}")
 
@@ -367,7 +371,7 @@ class Detector:
                         for n in nets)
             for name, nets in (sets or {}).items()}
         self._set_cache: LruTable[tuple[str, str], bool] = LruTable(max_state, "set cache")
-        self._cache: dict[tuple[type, object], tuple[_Compiled, ...]] = {}
+        self._cache: dict[tuple[type, object], Bucket[_Compiled]] = {}
         # Aggregates by key, least recently joined first: what an occurrence may still
         # join. ``_changed`` holds those new or changed since the last drain (by id, so a
         # drain costs what changed, not what exists); ``_history`` the drained ones for
@@ -394,15 +398,19 @@ class Detector:
             rules, getattr(rules, "chains", ()) if chains is None else chains,
             getattr(rules, "categories", ()) if categories is None else categories,
             max_targets=max_state)
+        for compiled in self.rules:
+            compiled.chained = self._chains.follows(compiled.rule.id)
         self._windows = Windows(windows, max_state)
 
     # -- public -----------------------------------------------------------------------
 
     def process(self, events: Sequence[Event]) -> None:
         """Sink for pipeline batches (one packet's events, in order)."""
-        observe = self.inventory.observe
+        inventory = self.inventory
+        observe = inventory.observe
         sequence = self._sequence.observe
         cache = self._cache
+        hit = self._hit
         attrs = INDEX_ATTR
         last_ts = self._last_ts
         for ev in events:
@@ -425,15 +433,18 @@ class Detector:
                     for d in flooded:
                         self._run_derived(d)
             derived = observe(ev)
-            if self.inventory.new_pollers:
+            if inventory.new_pollers:
                 self._excuse()
-            key = (cls, getattr(ev, attr))
-            candidates = cache.get(key)
-            if candidates is None:
-                candidates = cache[key] = self._candidates(cls, key[1])
-            for compiled in candidates:
-                if compiled.test(ev):
-                    self._hit(compiled, ev)
+            code = getattr(ev, attr)
+            rules = cache.get((cls, code))
+            if rules is None:
+                rules = cache[(cls, code)] = self._candidates(cls, code)
+            split, by_value, candidates = rules
+            if split is not None:
+                candidates = by_value.get(getattr(ev, split, None), candidates)
+            for compiled, test in candidates:
+                if test is None or test(ev):
+                    hit(compiled, ev)
             if cls in _STATEFUL:
                 found = sequence(ev)
                 if found is not None:
@@ -532,8 +543,8 @@ class Detector:
 
     # -- internals --------------------------------------------------------------------
 
-    def _candidates(self, cls: type, code: object) -> tuple[_Compiled, ...]:
-        return tuple(c for c in self.rules if indexed(c.rule, cls, code))
+    def _candidates(self, cls: type, code: object) -> Bucket[_Compiled]:
+        return bucket([(c, c.rule.match) for c in self.rules if indexed(c.rule, cls, code)])
 
     def _clock(self, now: float) -> None:
         self._next_tick = now + _TICK_EVERY
@@ -685,22 +696,21 @@ class Detector:
         name = ev.kind.name
         self.stats.derived[name] = self.stats.derived.get(name, 0) + 1
         key = (DerivedEvent, ev.kind)
-        candidates = self._cache.get(key)
-        if candidates is None:
-            candidates = self._cache[key] = self._candidates(DerivedEvent, ev.kind)
-        for compiled in candidates:
-            if compiled.test(ev):
+        found = self._cache.get(key)
+        if found is None:
+            found = self._cache[key] = self._candidates(DerivedEvent, ev.kind)
+        split, by_value, candidates = found
+        if split is not None:
+            candidates = by_value.get(getattr(ev, split, None), candidates)
+        for compiled, test in candidates:
+            if test is None or test(ev):
                 self._hit(compiled, ev)
 
     def _in_set(self, name: str, ip: str | None) -> bool:
         if ip is None:
             return False
-        if name in LEARNED_SETS:
-            inv = self.inventory
-            learned = {"learned_masters": inv.learned_masters,
-                       "learned_outstations": inv.learned_outstations,
-                       "known_masters": inv.known_masters,
-                       "learning_masters": inv.learning_masters}[name]
+        if name in LEARNED_SETS:  # the inventory's attribute of that name
+            learned: set[str] = getattr(self.inventory, name)
             return ip in learned
         key = (name, ip)
         hit = self._set_cache.get(key)
@@ -740,14 +750,15 @@ class Detector:
         threshold = rule.threshold
         ts = ev.ts
         if threshold is not None:
-            group = tuple(_group_value(k, p, ev) for k in threshold.group_by)
+            assert compiled.group is not None
+            group = compiled.group(p, ev)
             if not self._threshold(compiled, group, ev, p):
                 return
             key: tuple[Any, ...] = (rule.id, group)
         else:
             key = _alert_key(rule, p)
         self.stats.hits += 1
-        window = self._windows.covering(rule, p, ts) if self._windows else None
+        window = self._windows.covering(rule, p, ts) if self._windows.windows else None
         if window is not None:  # its own aggregate: never folded into a full-severity one
             key = (*key, "maintenance", window.name)
             self.stats.maintenance += 1
@@ -758,7 +769,7 @@ class Detector:
                 agg.last_ts = ts
             self._open.move_to_end(key)  # _joined, inline: the hot path of a looping write
             self._changed[agg.ident] = agg
-            if window is None:
+            if window is None and compiled.chained:
                 self._chain_step(agg, p, ts)
             return
         if window is None and self._storming(rule.id, ts):
@@ -967,6 +978,24 @@ def _group_value(key: GroupKey, p: Peers, ev: Matchable) -> Any:
     if key is GroupKey.LINK_DST:
         return p.link_dst
     return getattr(ev, key.value, None)
+
+
+def _grouper(keys: Sequence[GroupKey]) -> Callable[[Peers, Matchable], tuple[Any, ...]]:
+    """``tuple(_group_value(k, p, ev) for k in keys)``, worked out per rule once:
+    a threshold's group is read on every hit."""
+    peer_field = {GroupKey.SRC: "src", GroupKey.DST: "dst", GroupKey.DPORT: "server_port",
+                  GroupKey.UNIT: "unit", GroupKey.LINK_SRC: "link_src",
+                  GroupKey.LINK_DST: "link_dst"}
+    if all(k in peer_field for k in keys):
+        index = tuple(Peers._fields.index(peer_field[k]) for k in keys)
+        if len(index) == 1:
+            (only,) = index
+            return lambda p, ev: (p[only],)
+        if len(index) == 2:
+            first, second = index
+            return lambda p, ev: (p[first], p[second])
+        return lambda p, ev: tuple(p[i] for i in index)
+    return lambda p, ev: tuple(_group_value(k, p, ev) for k in keys)
 
 
 def _chain_storm(alert: Alert, cap: int, window: float) -> Alert:
