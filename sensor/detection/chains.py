@@ -88,6 +88,8 @@ class ChainTracker:
                 if steps:
                     index.setdefault(rule.id, []).append((ci, steps))
         self._index = {k: tuple(v) for k, v in index.items()}
+        # rule id -> does it fill the first step of some chain (can it start a partial?)
+        self._starts = {k: any(0 in steps for _, steps in v) for k, v in index.items()}
         self.per_target = per_target
         self._targets: LruTable[str, OrderedDict[tuple[int, str | None], _Partial]] = \
             LruTable(max_targets, TARGETS_TABLE)
@@ -130,12 +132,18 @@ class ChainTracker:
         client, target = roles(p)
         if target is None:
             return []
-        table = self._targets.get(target)
+        targets = self._targets
+        table = targets.get(target)
         if table is None:
+            if not self._starts[rule_id]:  # nothing to advance, nothing to start
+                if len(targets) >= targets.limit:  # a new target pushes the oldest out,
+                    targets.put(target, OrderedDict())  # as when its table was made
+                    del targets[target]  # and dropped empty
+                return []
             table = OrderedDict()
-            self._targets.put(target, table)
+            targets.put(target, table)
         else:
-            self._targets.touch(target)
+            targets.touch(target)
         out = []
         for ci, steps in index:
             chain = self.chains[ci]

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import operator
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -982,20 +983,30 @@ def _group_value(key: GroupKey, p: Peers, ev: Matchable) -> Any:
 
 def _grouper(keys: Sequence[GroupKey]) -> Callable[[Peers, Matchable], tuple[Any, ...]]:
     """``tuple(_group_value(k, p, ev) for k in keys)``, worked out per rule once:
-    a threshold's group is read on every hit."""
+    a threshold's group is read on every hit. Peer fields come by position; what
+    follows them (``address``, ``fc``, ...) from the event."""
     peer_field = {GroupKey.SRC: "src", GroupKey.DST: "dst", GroupKey.DPORT: "server_port",
                   GroupKey.UNIT: "unit", GroupKey.LINK_SRC: "link_src",
                   GroupKey.LINK_DST: "link_dst"}
-    if all(k in peer_field for k in keys):
-        index = tuple(Peers._fields.index(peer_field[k]) for k in keys)
-        if len(index) == 1:
-            (only,) = index
-            return lambda p, ev: (p[only],)
-        if len(index) == 2:
-            first, second = index
-            return lambda p, ev: (p[first], p[second])
-        return lambda p, ev: tuple(p[i] for i in index)
-    return lambda p, ev: tuple(_group_value(k, p, ev) for k in keys)
+    lead = 0
+    while lead < len(keys) and keys[lead] in peer_field:
+        lead += 1
+    names = tuple(k.value for k in keys[lead:])
+    if not lead or any(k in peer_field for k in keys[lead:]):
+        return lambda p, ev: tuple(_group_value(k, p, ev) for k in keys)
+    index = [Peers._fields.index(peer_field[k]) for k in keys[:lead]]
+    head: Callable[[Peers], tuple[Any, ...]]
+    if lead == 1:
+        (only,) = index
+        head = lambda p: (p[only],)  # noqa: E731
+    else:
+        head = operator.itemgetter(*index)
+    if not names:
+        return lambda p, ev: head(p)
+    if len(names) == 1:
+        (name,) = names
+        return lambda p, ev: (*head(p), getattr(ev, name, None))
+    return lambda p, ev: (*head(p), *[getattr(ev, n, None) for n in names])
 
 
 def _chain_storm(alert: Alert, cap: int, window: float) -> Alert:
