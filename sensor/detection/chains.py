@@ -24,9 +24,10 @@ forgot is in :meth:`ChainTracker.evictions`, which the engine adds to its own.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,9 +124,12 @@ class ChainTracker:
         return out
 
     def observe(self, rule_id: str, alert_id: int, ts: float,
-                p: Peers) -> list[tuple[tuple[Any, ...], Alert]]:
+                p: Peers) -> list[tuple[tuple[Any, ...], str, Callable[[], Alert]]]:
         """One occurrence of alert ``alert_id`` of ``rule_id``; returns (aggregation
-        key, alert without id) for each chain it completes."""
+        key, chain id, maker of the alert without id) for each chain it completes.
+
+        The alert is made only when asked: a chain that completes again and again
+        joins its open aggregate, and that needs only the key."""
         index = self._index.get(rule_id)
         if index is None:
             return []
@@ -144,7 +148,7 @@ class ChainTracker:
             targets.put(target, table)
         else:
             targets.touch(target)
-        out = []
+        out: list[tuple[tuple[Any, ...], str, Callable[[], Alert]]] = []
         for ci, steps in index:
             chain = self.chains[ci]
             key = (ci, client if chain.same_source else None)
@@ -166,7 +170,9 @@ class ChainTracker:
                 if len(done) == len(chain.steps):
                     del table[key]
                     self.completed += 1
-                    out.append(self._alert(chain, target, done, p))
+                    akey = ("chain", chain.id, target, client if chain.same_source else None)
+                    make = functools.partial(self._alert, chain, target, done, p)
+                    out.append((akey, chain.id, make))
             elif 0 in steps and len(done) == 1 and ts >= last.ts:
                 done[0] = StepHit(chain.steps[0].name, rule_id, alert_id, ts, client)
         if not table:
@@ -184,8 +190,7 @@ class ChainTracker:
             self.evicted += 1
 
     @staticmethod
-    def _alert(chain: Chain, target: str, done: list[StepHit],
-               p: Peers) -> tuple[tuple[Any, ...], Alert]:
+    def _alert(chain: Chain, target: str, done: list[StepHit], p: Peers) -> Alert:
         last = done[-1]
         clients = {s.client for s in done}
         steps = [{"step": s.step, "rule": s.rule, "alert": s.alert, "ts": s.ts,
@@ -201,8 +206,7 @@ class ChainTracker:
             attack=chain.attack, title=chain.title, proto=p.proto, first_ts=done[0].ts,
             last_ts=last.ts, count=1, src=last.client, dst=target, dport=p.server_port,
             evidence=evidence)
-        key = ("chain", chain.id, target, last.client if chain.same_source else None)
-        return key, alert
+        return alert
 
 
 def _when(ts: float) -> str:

@@ -88,7 +88,8 @@ _QUIET_TABLES = frozenset({"set cache", "alert history"})
 class _Compiled:
     """A rule plus what the engine needs to run it fast."""
 
-    __slots__ = ("chained", "group", "has_sets", "holdable", "index", "rule", "state", "test")
+    __slots__ = ("chained", "group", "has_sets", "holdable", "index", "rule", "set_checks",
+                 "state", "test")
 
     def __init__(self, index: int, rule: Rule, max_state: int = DEFAULT_MAX_STATE) -> None:
         self.index = index
@@ -97,7 +98,15 @@ class _Compiled:
         self.holdable = "learning_masters" in rule.conditions.src_not_in \
             and rule.threshold is None
         self.test = compile_match(rule.match)
-        self.has_sets = bool(rule.match.src or rule.match.dst or not rule.conditions.empty)
+        m, c = rule.match, rule.conditions
+        # (set names, on the source (else the destination), must be in one (else in none)),
+        # in the order _sets_allow has always asked them (the set cache sees the same)
+        self.set_checks = tuple(
+            (names, on_src, positive) for names, on_src, positive in (
+                (m.src, True, True), (m.dst, False, True), (c.src_in, True, True),
+                (c.dst_in, False, True), (c.src_not_in, True, False),
+                (c.dst_not_in, False, False)) if names)
+        self.has_sets = bool(self.set_checks)
         self.group = _grouper(rule.threshold.group_by) if rule.threshold is not None else None
         self.chained = True  # a step of some chain (the detector says once it has them)
         self.state: LruTable[tuple[Any, ...], Any] = LruTable(
@@ -724,25 +733,25 @@ class Detector:
             self._set_cache.put(key, hit)
         return hit
 
-    def _sets_allow(self, rule: Rule, p: Peers) -> bool:
-        m, c = rule.match, rule.conditions
-        if m.src and not any(self._in_set(n, p.src) for n in m.src):
-            return False
-        if m.dst and not any(self._in_set(n, p.dst) for n in m.dst):
-            return False
-        if c.src_in and not any(self._in_set(n, p.src) for n in c.src_in):
-            return False
-        if c.dst_in and not any(self._in_set(n, p.dst) for n in c.dst_in):
-            return False
-        if c.src_not_in and any(self._in_set(n, p.src) for n in c.src_not_in):
-            return False
-        return not (c.dst_not_in and any(self._in_set(n, p.dst) for n in c.dst_not_in))
+    def _sets_allow(self, compiled: _Compiled, p: Peers) -> bool:
+        """The rule's ``src``/``dst`` set matches and its set conditions, in that order."""
+        in_set = self._in_set
+        for names, on_src, positive in compiled.set_checks:
+            ip = p.src if on_src else p.dst
+            found = False
+            for name in names:
+                if in_set(name, ip):
+                    found = True
+                    break
+            if found is not positive:
+                return False
+        return True
 
     def _hit(self, compiled: _Compiled, ev: Matchable, released: bool = False) -> None:
         self.stats.candidates += 1
         rule = compiled.rule
         p = peers(ev)
-        if compiled.has_sets and not self._sets_allow(rule, p):
+        if compiled.has_sets and not self._sets_allow(compiled, p):
             return
         if compiled.holdable and not released and p.src is not None \
                 and self.inventory.holdable(p.src):
@@ -803,20 +812,21 @@ class Detector:
         target within the dedup window counts up)."""
         if not self._chains:
             return
-        for key, alert in self._chains.observe(agg.alert.rule, agg.alert.id, ts, p):
+        for key, chain_id, make in self._chains.observe(agg.alert.rule, agg.alert.id, ts, p):
             self.stats.chains += 1
             open_ = self._open.get(key)
             fresh = open_ is None or ts - open_.last_ts > self.dedup_window
-            if fresh and self._storming(alert.rule, ts):  # many targets: one alert for all
-                key = ("chain", alert.rule, "storm")
+            alert: Alert | None = None  # made only when no open aggregate takes it
+            if fresh and self._storming(chain_id, ts):  # many targets: one alert for all
+                key = ("chain", chain_id, "storm")
                 open_ = self._open.get(key)
-                alert = _chain_storm(alert, self.storm_max_alerts, self.storm_window)
+                alert = _chain_storm(make(), self.storm_max_alerts, self.storm_window)
             if open_ is not None and ts - open_.last_ts <= self.dedup_window:
                 open_.count += 1
                 open_.last_ts = max(open_.last_ts, ts)
                 self._joined(open_)
                 continue
-            alert = replace(alert, id=self._new_id())
+            alert = replace(make() if alert is None else alert, id=self._new_id())
             self._opened(_Aggregate(alert, key))
             self.stats.alerts += 1
             if self.on_alert is not None:
