@@ -415,7 +415,7 @@ class Detector:
     # -- public -----------------------------------------------------------------------
 
     def process(self, events: Sequence[Event]) -> None:
-        """Sink for pipeline batches (one packet's events, in order)."""
+        """Sink for pipeline batches (the events of one packet or of several, in order)."""
         inventory = self.inventory
         observe = inventory.observe
         sequence = self._sequence.observe
