@@ -326,6 +326,16 @@ class _ProtocolState:
 _STATEFUL = frozenset({DNP3Request, DNP3Unsolicited, ModbusRequest})
 
 
+def _plan(cls: type) -> tuple[str | None, bool, bool, bool]:
+    """What ``process`` does with an event of class ``cls``: (its index attribute, or
+    None if no rule matches the class; link-layer watched; flood watched; protocol
+    state), worked out once per class so an event costs one look-up, not four."""
+    return INDEX_ATTR.get(cls), cls in WATCHED, cls in FLOOD_WATCHED, cls in _STATEFUL
+
+
+_PLANS: dict[type, tuple[str | None, bool, bool, bool]] = {}
+
+
 def _signature(ev: DNP3Application) -> tuple[Any, ...]:
     return tuple((h.group, h.variation, h.start, h.stop, h.count) for h in ev.objects)
 
@@ -421,23 +431,28 @@ class Detector:
         sequence = self._sequence.observe
         cache = self._cache
         hit = self._hit
-        attrs = INDEX_ATTR
+        plans = _PLANS
         last_ts = self._last_ts
+        next_tick = self._next_tick  # only _clock moves it
         for ev in events:
             ts = ev.ts
-            if ts >= self._next_tick:
+            if ts >= next_tick:
                 self._last_ts = last_ts
                 self._clock(ts)
+                next_tick = self._next_tick
             if last_ts is None or ts > last_ts:
                 last_ts = ts
             cls = ev.__class__
-            attr = attrs.get(cls)
+            plan = plans.get(cls)
+            if plan is None:
+                plan = plans[cls] = _plan(cls)
+            attr, watched, flood, stateful = plan
             if attr is None:
-                if cls in WATCHED:  # ARP and flow MAC pairs: link-layer findings
+                if watched:  # ARP and flow MAC pairs: link-layer findings
                     for d in self._watch.observe(ev):
                         self._run_derived(d)
                 continue
-            if cls in FLOOD_WATCHED:
+            if flood:
                 flooded = self._floods.observe(ev)
                 if flooded is not None:
                     for d in flooded:
@@ -455,7 +470,7 @@ class Detector:
             for compiled, test in candidates:
                 if test is None or test(ev):
                     hit(compiled, ev)
-            if cls in _STATEFUL:
+            if stateful:
                 found = sequence(ev)
                 if found is not None:
                     self._run_derived(found)
