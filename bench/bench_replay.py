@@ -141,6 +141,8 @@ def print_profile(replay_args: dict[str, list[str]], packets: int,
     print(f"{'profiled':<12}" + "".join(f"{wall:>22.2f}" for _, wall, _ in rows.values()))
     print(f"{'unprofiled':<12}" + "".join(f"{median[n] / packets * 1e6:>22.2f}" for n in rows)
           + "  (median wall of the timed runs, process start included)")
+    print("(setup: configuration and rule packs, once a run; other: the replay loop and "
+          "what no stage covers)")
     unmeasured = sorted({u for _, _, missed in rows.values() for u in missed})
     if unmeasured:
         print("not measured (compiled; their time is in the calling stage): "

@@ -12,6 +12,7 @@ one profiled run and taken off after it. The stages::
     detection   rules, thresholds, aggregates, ...    Detector.process, Detector.tick
     inventory   assets, pairs, baseline, learning     Inventory.observe, Inventory.tick
     output      event counts, flushes, alert files    EventTally, Session, ReplayDetection.finish
+    setup       configuration, rule packs, store      ReplayDetection.from_args (once a run)
 
 Time is exclusive: a stage's clock stops while a stage it calls runs (reassembly
 calls the parser; detection calls the inventory). What no stage covers (start-up,
@@ -21,7 +22,8 @@ call, so the figures are close to those of an unwrapped run; their sum is checke
 against the run's wall time. A stage whose function cannot be wrapped (a class
 compiled by mypyc takes no new attributes, and its calls within a compiled module
 bypass the module's namespace) is reported as not measured, and its time falls to
-the stage that calls it.
+the stage that calls it. ``setup`` is paid once a run, not per packet: the
+figure is what it adds per packet of this capture.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-STAGES = ("read", "decode", "flow+TCP", "parse", "detection", "inventory", "output")
+STAGES = ("read", "decode", "flow+TCP", "parse", "detection", "inventory", "output", "setup")
 
 # (stage, module, attribute path) of every function that opens a stage
 _TARGETS: tuple[tuple[str, str, str], ...] = (
@@ -57,6 +59,7 @@ _TARGETS: tuple[tuple[str, str, str], ...] = (
     ("output", "mamori.sensor.detection.session", "Session.flush"),
     ("output", "mamori.sensor.detection.session", "Session.close"),
     ("output", "mamori.sensor.detection.cli", "ReplayDetection.finish"),
+    ("setup", "mamori.sensor.detection.cli", "ReplayDetection.from_args"),
 )
 
 
@@ -138,8 +141,10 @@ def patched(clock: StageClock) -> Iterator[None]:
             owner, name = _resolve(module, path)
             original = owner.__dict__[name] if name in getattr(owner, "__dict__", {}) \
                 else getattr(owner, name)
+            wrapped: Any = classmethod(clock.wrap(stage, original.__func__)) \
+                if isinstance(original, classmethod) else clock.wrap(stage, original)
             try:
-                setattr(owner, name, clock.wrap(stage, original))
+                setattr(owner, name, wrapped)
             except (TypeError, AttributeError):  # a compiled class: not measured
                 clock.unmeasured.append(f"{module}.{path}")
                 continue
