@@ -421,6 +421,7 @@ class Detector:
         for compiled in self.rules:
             compiled.chained = self._chains.follows(compiled.rule.id)
         self._windows = Windows(windows, max_state)
+        self._windowed = bool(self._windows.windows)  # asked on every hit; fixed
 
     # -- public -----------------------------------------------------------------------
 
@@ -763,7 +764,8 @@ class Detector:
         return True
 
     def _hit(self, compiled: _Compiled, ev: Matchable, released: bool = False) -> None:
-        self.stats.candidates += 1
+        stats = self.stats
+        stats.candidates += 1
         rule = compiled.rule
         p = peers(ev)
         if compiled.has_sets and not self._sets_allow(compiled, p):
@@ -780,13 +782,13 @@ class Detector:
             if not self._threshold(compiled, group, ev, p):
                 return
             key: tuple[Any, ...] = (rule.id, group)
-        else:
-            key = _alert_key(rule, p)
-        self.stats.hits += 1
-        window = self._windows.covering(rule, p, ts) if self._windows.windows else None
+        else:  # _alert_key, inline
+            key = (rule.id, p.src, p.dst, p.server_port, p.unit, p.link_src, p.link_dst)
+        stats.hits += 1
+        window = self._windows.covering(rule, p, ts) if self._windowed else None
         if window is not None:  # its own aggregate: never folded into a full-severity one
             key = (*key, "maintenance", window.name)
-            self.stats.maintenance += 1
+            stats.maintenance += 1
         agg = self._open.get(key)
         if agg is not None and ts - agg.last_ts <= self.dedup_window:
             agg.count += 1
