@@ -17,6 +17,13 @@ inventory and the baseline on top (what the sensor does).
 ``make compiled`` makes one) and of the checkout's pure Python, both started the same
 way (``python -c`` with ``PYTHONPATH`` set), so their ratio is the compiler's gain alone.
 
+The ratio is the median of the paired rounds' ratios (each round times tshark and
+both Mamori runs back to back). After the timed rounds, one more replay of each
+configuration runs in this process with a clock on each stage
+(``bench.stage_profile``): read, decode, flow+TCP, parse, detection, inventory,
+output, in microseconds per packet, so the next bottleneck shows (``--no-profile``
+skips it).
+
 Both read ``../shared/corpus`` (beside the project root); the DNP3 input is built in
 a temporary directory with editcap (time shift) and mergecap (append).
 """
@@ -33,6 +40,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.stage_profile import STAGES, profile_replay  # noqa: E402
+
 CORPUS = ROOT.parent / "shared" / "corpus"
 MAMORI = str(ROOT / ".venv" / "bin" / "mamori")
 
@@ -77,6 +88,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("proto", choices=("modbus", "dnp3"))
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--no-profile", action="store_true",
+                    help="no per-stage profile after the timed rounds")
     ap.add_argument("--dnp3-source", default="yadnp3.pcap",
                     help="capture under generated/ to loop (default yadnp3.pcap, port 20030: "
                          "a polling session; dnp3_interop_dnp3sim.pcap, port 20032, is one "
@@ -101,10 +114,12 @@ def main() -> int:
             print(f"no capture at {capture}", file=sys.stderr)
             return 2
         packets = packet_count(capture)
+        replay_args = {
+            "mamori --no-detect": ["--no-progress", "--no-detect", *ports, str(capture)],
+            "mamori (detection)": ["--no-progress", *ports, str(capture)],
+        }
         commands = {
-            "mamori --no-detect": [MAMORI, "replay", "--no-progress", "--no-detect", *ports,
-                                   str(capture)],
-            "mamori (detection)": [MAMORI, "replay", "--no-progress", *ports, str(capture)],
+            **{name: [MAMORI, "replay", *argv] for name, argv in replay_args.items()},
             "tshark -T fields": ["tshark", "-r", str(capture), "-T", "fields", *tshark_proto],
         }
         if args.compiled is not None:
@@ -124,15 +139,42 @@ def main() -> int:
               f" ({packets} packets), {args.rounds} rounds, median wall time")
         for name, t in median.items():
             print(f"{name:<20} {t:7.3f} s  {packets / t:>10,.0f} packets/s")
-        base = median["tshark -T fields"]
-        for name in ("mamori --no-detect", "mamori (detection)"):
-            print(f"ratio {name:<20} {base / median[name]:.2f}x tshark (target 5x)")
+        tshark = times["tshark -T fields"]
+        variants = [*replay_args] + ([] if args.compiled is None
+                                     else ["--no-detect pure", "--no-detect compiled"])
+        for name in variants:
+            paired = statistics.median(t / m for t, m in zip(tshark, times[name], strict=True))
+            print(f"ratio {name:<20} {paired:.2f}x tshark (median of paired rounds; "
+                  f"target 5x)")
         if args.compiled is not None:
-            for name in ("--no-detect pure", "--no-detect compiled"):
-                print(f"ratio {name:<20} {base / median[name]:.2f}x tshark (target 5x)")
-            gain = median["--no-detect pure"] / median["--no-detect compiled"]
-            print(f"compiled / pure      {gain:.2f}x faster")
+            gain = statistics.median(p / c for p, c in zip(
+                times["--no-detect pure"], times["--no-detect compiled"], strict=True))
+            print(f"compiled / pure      {gain:.2f}x faster (median of paired rounds)")
+        if not args.no_profile:
+            print_profile(replay_args, packets, median)
     return 0
+
+
+def print_profile(replay_args: dict[str, list[str]], packets: int,
+                  median: dict[str, float]) -> None:
+    """One in-process replay per configuration with stage clocks, as a table."""
+    rows = {}
+    for name, argv in replay_args.items():
+        rows[name] = profile_replay(argv, packets)
+    print("\nper-stage profile, microseconds per packet (one in-process run each; "
+          "the stage clocks' own cost taken off)")
+    print(f"{'stage':<12}" + "".join(f"{name:>22}" for name in rows))
+    for stage in (*STAGES, "other"):
+        print(f"{stage:<12}" + "".join(f"{per[stage]:>22.2f}" for per, _, _ in rows.values()))
+    print(f"{'profiled':<12}" + "".join(f"{wall:>22.2f}" for _, wall, _ in rows.values()))
+    print(f"{'unprofiled':<12}" + "".join(f"{median[n] / packets * 1e6:>22.2f}" for n in rows)
+          + "  (median wall of the timed runs, process start included)")
+    print("(setup: configuration and rule packs, once a run; other: the replay loop and "
+          "what no stage covers)")
+    unmeasured = sorted({u for _, _, missed in rows.values() for u in missed})
+    if unmeasured:
+        print("not measured (compiled; their time is in the calling stage): "
+              + ", ".join(unmeasured))
 
 
 if __name__ == "__main__":

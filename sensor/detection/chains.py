@@ -24,9 +24,10 @@ forgot is in :meth:`ChainTracker.evictions`, which the engine adds to its own.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,6 +89,8 @@ class ChainTracker:
                 if steps:
                     index.setdefault(rule.id, []).append((ci, steps))
         self._index = {k: tuple(v) for k, v in index.items()}
+        # rule id -> does it fill the first step of some chain (can it start a partial?)
+        self._starts = {k: any(0 in steps for _, steps in v) for k, v in index.items()}
         self.per_target = per_target
         self._targets: LruTable[str, OrderedDict[tuple[int, str | None], _Partial]] = \
             LruTable(max_targets, TARGETS_TABLE)
@@ -97,6 +100,10 @@ class ChainTracker:
 
     def __bool__(self) -> bool:
         return bool(self._index)
+
+    def follows(self, rule_id: str) -> bool:
+        """Is an alert of ``rule_id`` a step of any chain? (``observe`` ignores it if not.)"""
+        return rule_id in self._index
 
     def adopt(self, old: ChainTracker) -> None:
         """A rules reload: keep the partial chains when the chains are the same ones."""
@@ -117,22 +124,31 @@ class ChainTracker:
         return out
 
     def observe(self, rule_id: str, alert_id: int, ts: float,
-                p: Peers) -> list[tuple[tuple[Any, ...], Alert]]:
+                p: Peers) -> list[tuple[tuple[Any, ...], str, Callable[[], Alert]]]:
         """One occurrence of alert ``alert_id`` of ``rule_id``; returns (aggregation
-        key, alert without id) for each chain it completes."""
+        key, chain id, maker of the alert without id) for each chain it completes.
+
+        The alert is made only when asked: a chain that completes again and again
+        joins its open aggregate, and that needs only the key."""
         index = self._index.get(rule_id)
         if index is None:
             return []
         client, target = roles(p)
         if target is None:
             return []
-        table = self._targets.get(target)
+        targets = self._targets
+        table = targets.get(target)
         if table is None:
+            if not self._starts[rule_id]:  # nothing to advance, nothing to start
+                if len(targets) >= targets.limit:  # a new target pushes the oldest out,
+                    targets.put(target, OrderedDict())  # as when its table was made
+                    del targets[target]  # and dropped empty
+                return []
             table = OrderedDict()
-            self._targets.put(target, table)
+            targets.put(target, table)
         else:
-            self._targets.touch(target)
-        out = []
+            targets.touch(target)
+        out: list[tuple[tuple[Any, ...], str, Callable[[], Alert]]] = []
         for ci, steps in index:
             chain = self.chains[ci]
             key = (ci, client if chain.same_source else None)
@@ -154,7 +170,9 @@ class ChainTracker:
                 if len(done) == len(chain.steps):
                     del table[key]
                     self.completed += 1
-                    out.append(self._alert(chain, target, done, p))
+                    akey = ("chain", chain.id, target, client if chain.same_source else None)
+                    make = functools.partial(self._alert, chain, target, done, p)
+                    out.append((akey, chain.id, make))
             elif 0 in steps and len(done) == 1 and ts >= last.ts:
                 done[0] = StepHit(chain.steps[0].name, rule_id, alert_id, ts, client)
         if not table:
@@ -172,8 +190,7 @@ class ChainTracker:
             self.evicted += 1
 
     @staticmethod
-    def _alert(chain: Chain, target: str, done: list[StepHit],
-               p: Peers) -> tuple[tuple[Any, ...], Alert]:
+    def _alert(chain: Chain, target: str, done: list[StepHit], p: Peers) -> Alert:
         last = done[-1]
         clients = {s.client for s in done}
         steps = [{"step": s.step, "rule": s.rule, "alert": s.alert, "ts": s.ts,
@@ -189,8 +206,7 @@ class ChainTracker:
             attack=chain.attack, title=chain.title, proto=p.proto, first_ts=done[0].ts,
             last_ts=last.ts, count=1, src=last.client, dst=target, dport=p.server_port,
             evidence=evidence)
-        key = ("chain", chain.id, target, last.client if chain.same_source else None)
-        return key, alert
+        return alert
 
 
 def _when(ts: float) -> str:

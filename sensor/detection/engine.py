@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import operator
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -55,8 +56,10 @@ from mamori.sensor.detection.floods import FloodWatch
 from mamori.sensor.detection.inventory import Inventory
 from mamori.sensor.detection.matcher import (
     INDEX_ATTR,
+    Bucket,
     Matchable,
     Peers,
+    bucket,
     compile_match,
     indexed,
     peers,
@@ -85,7 +88,8 @@ _QUIET_TABLES = frozenset({"set cache", "alert history"})
 class _Compiled:
     """A rule plus what the engine needs to run it fast."""
 
-    __slots__ = ("has_sets", "holdable", "index", "rule", "state", "test")
+    __slots__ = ("chained", "group", "has_sets", "holdable", "index", "rule", "set_checks",
+                 "state", "test")
 
     def __init__(self, index: int, rule: Rule, max_state: int = DEFAULT_MAX_STATE) -> None:
         self.index = index
@@ -94,7 +98,17 @@ class _Compiled:
         self.holdable = "learning_masters" in rule.conditions.src_not_in \
             and rule.threshold is None
         self.test = compile_match(rule.match)
-        self.has_sets = bool(rule.match.src or rule.match.dst or not rule.conditions.empty)
+        m, c = rule.match, rule.conditions
+        # (set names, on the source (else the destination), must be in one (else in none)),
+        # in the order _sets_allow has always asked them (the set cache sees the same)
+        self.set_checks = tuple(
+            (names, on_src, positive) for names, on_src, positive in (
+                (m.src, True, True), (m.dst, False, True), (c.src_in, True, True),
+                (c.dst_in, False, True), (c.src_not_in, True, False),
+                (c.dst_not_in, False, False)) if names)
+        self.has_sets = bool(self.set_checks)
+        self.group = _grouper(rule.threshold.group_by) if rule.threshold is not None else None
+        self.chained = True  # a step of some chain (the detector says once it has them)
         self.state: LruTable[tuple[Any, ...], Any] = LruTable(
             max_state, f"threshold groups of {rule.id}")
 
@@ -312,6 +326,16 @@ class _ProtocolState:
 _STATEFUL = frozenset({DNP3Request, DNP3Unsolicited, ModbusRequest})
 
 
+def _plan(cls: type) -> tuple[str | None, bool, bool, bool]:
+    """What ``process`` does with an event of class ``cls``: (its index attribute, or
+    None if no rule matches the class; link-layer watched; flood watched; protocol
+    state), worked out once per class so an event costs one look-up, not four."""
+    return INDEX_ATTR.get(cls), cls in WATCHED, cls in FLOOD_WATCHED, cls in _STATEFUL
+
+
+_PLANS: dict[type, tuple[str | None, bool, bool, bool]] = {}
+
+
 def _signature(ev: DNP3Application) -> tuple[Any, ...]:
     return tuple((h.group, h.variation, h.start, h.stop, h.count) for h in ev.objects)
 
@@ -367,7 +391,7 @@ class Detector:
                         for n in nets)
             for name, nets in (sets or {}).items()}
         self._set_cache: LruTable[tuple[str, str], bool] = LruTable(max_state, "set cache")
-        self._cache: dict[tuple[type, object], tuple[_Compiled, ...]] = {}
+        self._cache: dict[tuple[type, object], Bucket[_Compiled]] = {}
         # Aggregates by key, least recently joined first: what an occurrence may still
         # join. ``_changed`` holds those new or changed since the last drain (by id, so a
         # drain costs what changed, not what exists); ``_history`` the drained ones for
@@ -394,47 +418,60 @@ class Detector:
             rules, getattr(rules, "chains", ()) if chains is None else chains,
             getattr(rules, "categories", ()) if categories is None else categories,
             max_targets=max_state)
+        for compiled in self.rules:
+            compiled.chained = self._chains.follows(compiled.rule.id)
         self._windows = Windows(windows, max_state)
+        self._windowed = bool(self._windows.windows)  # asked on every hit; fixed
 
     # -- public -----------------------------------------------------------------------
 
     def process(self, events: Sequence[Event]) -> None:
-        """Sink for pipeline batches (one packet's events, in order)."""
-        observe = self.inventory.observe
+        """Sink for pipeline batches (the events of one packet or of several, in order)."""
+        inventory = self.inventory
+        observe = inventory.observe
         sequence = self._sequence.observe
         cache = self._cache
-        attrs = INDEX_ATTR
+        hit = self._hit
+        plans = _PLANS
         last_ts = self._last_ts
+        next_tick = self._next_tick  # only _clock moves it
         for ev in events:
             ts = ev.ts
-            if ts >= self._next_tick:
+            if ts >= next_tick:
                 self._last_ts = last_ts
                 self._clock(ts)
+                next_tick = self._next_tick
             if last_ts is None or ts > last_ts:
                 last_ts = ts
             cls = ev.__class__
-            attr = attrs.get(cls)
+            plan = plans.get(cls)
+            if plan is None:
+                plan = plans[cls] = _plan(cls)
+            attr, watched, flood, stateful = plan
             if attr is None:
-                if cls in WATCHED:  # ARP and flow MAC pairs: link-layer findings
+                if watched:  # ARP and flow MAC pairs: link-layer findings
                     for d in self._watch.observe(ev):
                         self._run_derived(d)
                 continue
-            if cls in FLOOD_WATCHED:
+            if flood:
                 flooded = self._floods.observe(ev)
                 if flooded is not None:
                     for d in flooded:
                         self._run_derived(d)
             derived = observe(ev)
-            if self.inventory.new_pollers:
+            if inventory.new_pollers:
                 self._excuse()
-            key = (cls, getattr(ev, attr))
-            candidates = cache.get(key)
-            if candidates is None:
-                candidates = cache[key] = self._candidates(cls, key[1])
-            for compiled in candidates:
-                if compiled.test(ev):
-                    self._hit(compiled, ev)
-            if cls in _STATEFUL:
+            code = getattr(ev, attr)
+            rules = cache.get((cls, code))
+            if rules is None:
+                rules = cache[(cls, code)] = self._candidates(cls, code)
+            split, by_value, candidates = rules
+            if split is not None:
+                candidates = by_value.get(getattr(ev, split, None), candidates)
+            for compiled, test in candidates:
+                if test is None or test(ev):
+                    hit(compiled, ev)
+            if stateful:
                 found = sequence(ev)
                 if found is not None:
                     self._run_derived(found)
@@ -532,8 +569,8 @@ class Detector:
 
     # -- internals --------------------------------------------------------------------
 
-    def _candidates(self, cls: type, code: object) -> tuple[_Compiled, ...]:
-        return tuple(c for c in self.rules if indexed(c.rule, cls, code))
+    def _candidates(self, cls: type, code: object) -> Bucket[_Compiled]:
+        return bucket([(c, c.rule.match) for c in self.rules if indexed(c.rule, cls, code)])
 
     def _clock(self, now: float) -> None:
         self._next_tick = now + _TICK_EVERY
@@ -685,22 +722,21 @@ class Detector:
         name = ev.kind.name
         self.stats.derived[name] = self.stats.derived.get(name, 0) + 1
         key = (DerivedEvent, ev.kind)
-        candidates = self._cache.get(key)
-        if candidates is None:
-            candidates = self._cache[key] = self._candidates(DerivedEvent, ev.kind)
-        for compiled in candidates:
-            if compiled.test(ev):
+        found = self._cache.get(key)
+        if found is None:
+            found = self._cache[key] = self._candidates(DerivedEvent, ev.kind)
+        split, by_value, candidates = found
+        if split is not None:
+            candidates = by_value.get(getattr(ev, split, None), candidates)
+        for compiled, test in candidates:
+            if test is None or test(ev):
                 self._hit(compiled, ev)
 
     def _in_set(self, name: str, ip: str | None) -> bool:
         if ip is None:
             return False
-        if name in LEARNED_SETS:
-            inv = self.inventory
-            learned = {"learned_masters": inv.learned_masters,
-                       "learned_outstations": inv.learned_outstations,
-                       "known_masters": inv.known_masters,
-                       "learning_masters": inv.learning_masters}[name]
+        if name in LEARNED_SETS:  # the inventory's attribute of that name
+            learned: set[str] = getattr(self.inventory, name)
             return ip in learned
         key = (name, ip)
         hit = self._set_cache.get(key)
@@ -713,25 +749,26 @@ class Detector:
             self._set_cache.put(key, hit)
         return hit
 
-    def _sets_allow(self, rule: Rule, p: Peers) -> bool:
-        m, c = rule.match, rule.conditions
-        if m.src and not any(self._in_set(n, p.src) for n in m.src):
-            return False
-        if m.dst and not any(self._in_set(n, p.dst) for n in m.dst):
-            return False
-        if c.src_in and not any(self._in_set(n, p.src) for n in c.src_in):
-            return False
-        if c.dst_in and not any(self._in_set(n, p.dst) for n in c.dst_in):
-            return False
-        if c.src_not_in and any(self._in_set(n, p.src) for n in c.src_not_in):
-            return False
-        return not (c.dst_not_in and any(self._in_set(n, p.dst) for n in c.dst_not_in))
+    def _sets_allow(self, compiled: _Compiled, p: Peers) -> bool:
+        """The rule's ``src``/``dst`` set matches and its set conditions, in that order."""
+        in_set = self._in_set
+        for names, on_src, positive in compiled.set_checks:
+            ip = p.src if on_src else p.dst
+            found = False
+            for name in names:
+                if in_set(name, ip):
+                    found = True
+                    break
+            if found is not positive:
+                return False
+        return True
 
     def _hit(self, compiled: _Compiled, ev: Matchable, released: bool = False) -> None:
-        self.stats.candidates += 1
+        stats = self.stats
+        stats.candidates += 1
         rule = compiled.rule
         p = peers(ev)
-        if compiled.has_sets and not self._sets_allow(rule, p):
+        if compiled.has_sets and not self._sets_allow(compiled, p):
             return
         if compiled.holdable and not released and p.src is not None \
                 and self.inventory.holdable(p.src):
@@ -740,17 +777,18 @@ class Detector:
         threshold = rule.threshold
         ts = ev.ts
         if threshold is not None:
-            group = tuple(_group_value(k, p, ev) for k in threshold.group_by)
+            assert compiled.group is not None
+            group = compiled.group(p, ev)
             if not self._threshold(compiled, group, ev, p):
                 return
             key: tuple[Any, ...] = (rule.id, group)
-        else:
-            key = _alert_key(rule, p)
-        self.stats.hits += 1
-        window = self._windows.covering(rule, p, ts) if self._windows else None
+        else:  # _alert_key, inline
+            key = (rule.id, p.src, p.dst, p.server_port, p.unit, p.link_src, p.link_dst)
+        stats.hits += 1
+        window = self._windows.covering(rule, p, ts) if self._windowed else None
         if window is not None:  # its own aggregate: never folded into a full-severity one
             key = (*key, "maintenance", window.name)
-            self.stats.maintenance += 1
+            stats.maintenance += 1
         agg = self._open.get(key)
         if agg is not None and ts - agg.last_ts <= self.dedup_window:
             agg.count += 1
@@ -758,7 +796,7 @@ class Detector:
                 agg.last_ts = ts
             self._open.move_to_end(key)  # _joined, inline: the hot path of a looping write
             self._changed[agg.ident] = agg
-            if window is None:
+            if window is None and compiled.chained:
                 self._chain_step(agg, p, ts)
             return
         if window is None and self._storming(rule.id, ts):
@@ -791,20 +829,21 @@ class Detector:
         target within the dedup window counts up)."""
         if not self._chains:
             return
-        for key, alert in self._chains.observe(agg.alert.rule, agg.alert.id, ts, p):
+        for key, chain_id, make in self._chains.observe(agg.alert.rule, agg.alert.id, ts, p):
             self.stats.chains += 1
             open_ = self._open.get(key)
             fresh = open_ is None or ts - open_.last_ts > self.dedup_window
-            if fresh and self._storming(alert.rule, ts):  # many targets: one alert for all
-                key = ("chain", alert.rule, "storm")
+            alert: Alert | None = None  # made only when no open aggregate takes it
+            if fresh and self._storming(chain_id, ts):  # many targets: one alert for all
+                key = ("chain", chain_id, "storm")
                 open_ = self._open.get(key)
-                alert = _chain_storm(alert, self.storm_max_alerts, self.storm_window)
+                alert = _chain_storm(make(), self.storm_max_alerts, self.storm_window)
             if open_ is not None and ts - open_.last_ts <= self.dedup_window:
                 open_.count += 1
                 open_.last_ts = max(open_.last_ts, ts)
                 self._joined(open_)
                 continue
-            alert = replace(alert, id=self._new_id())
+            alert = replace(make() if alert is None else alert, id=self._new_id())
             self._opened(_Aggregate(alert, key))
             self.stats.alerts += 1
             if self.on_alert is not None:
@@ -967,6 +1006,34 @@ def _group_value(key: GroupKey, p: Peers, ev: Matchable) -> Any:
     if key is GroupKey.LINK_DST:
         return p.link_dst
     return getattr(ev, key.value, None)
+
+
+def _grouper(keys: Sequence[GroupKey]) -> Callable[[Peers, Matchable], tuple[Any, ...]]:
+    """``tuple(_group_value(k, p, ev) for k in keys)``, worked out per rule once:
+    a threshold's group is read on every hit. Peer fields come by position; what
+    follows them (``address``, ``fc``, ...) from the event."""
+    peer_field = {GroupKey.SRC: "src", GroupKey.DST: "dst", GroupKey.DPORT: "server_port",
+                  GroupKey.UNIT: "unit", GroupKey.LINK_SRC: "link_src",
+                  GroupKey.LINK_DST: "link_dst"}
+    lead = 0
+    while lead < len(keys) and keys[lead] in peer_field:
+        lead += 1
+    names = tuple(k.value for k in keys[lead:])
+    if not lead or any(k in peer_field for k in keys[lead:]):
+        return lambda p, ev: tuple(_group_value(k, p, ev) for k in keys)
+    index = [Peers._fields.index(peer_field[k]) for k in keys[:lead]]
+    head: Callable[[Peers], tuple[Any, ...]]
+    if lead == 1:
+        (only,) = index
+        head = lambda p: (p[only],)  # noqa: E731
+    else:
+        head = operator.itemgetter(*index)
+    if not names:
+        return lambda p, ev: head(p)
+    if len(names) == 1:
+        (name,) = names
+        return lambda p, ev: (*head(p), getattr(ev, name, None))
+    return lambda p, ev: (*head(p), *[getattr(ev, n, None) for n in names])
 
 
 def _chain_storm(alert: Alert, cap: int, window: float) -> Alert:

@@ -116,6 +116,9 @@ class BaselineState(Enum):
     ENFORCING = "enforcing"
 
 
+_ENFORCING = BaselineState.ENFORCING  # read on every request (the hot path tests it inline)
+
+
 class BaselineError(ValueError):
     """An imported baseline file is not one we wrote (names the key at fault)."""
 
@@ -329,7 +332,7 @@ class Inventory:
 
     @property
     def enforcing(self) -> bool:
-        return self.state is BaselineState.ENFORCING
+        return self.state is _ENFORCING
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -367,7 +370,7 @@ class Inventory:
     def holdable(self, ip: str) -> bool:
         """A client still learning that has not yet shown it polls (its start-up may be)."""
         asset = self.assets.get(ip)
-        return not self.enforcing and asset is not None \
+        return self.state is not _ENFORCING and asset is not None \
             and asset.master is MasterState.CANDIDATE and not asset.poller
 
     def refuse(self, ip: str, reason: str) -> bool:
@@ -627,7 +630,7 @@ class Inventory:
     def _range(self, pair: Pair, rkey: object, lo: int, hi: int, ev: _Message,
                link: tuple[int, int] | None) -> None:
         learned = pair.ranges.get(rkey)
-        if not self.enforcing:
+        if self.state is not _ENFORCING:
             if learned is None:
                 pair.ranges[rkey] = [lo, hi]
             else:
@@ -660,7 +663,7 @@ class Inventory:
         dt = ts - last
         if dt <= 0:
             return
-        if not self.enforcing:
+        if self.state is not _ENFORCING:
             if cycle.n == 0:
                 cycle.mean = dt
             else:
@@ -801,7 +804,7 @@ class Inventory:
 
     def _binding(self, role: str, link: int, ip: str, ev: _Message, sub: tuple[int, int]) -> None:
         ips = self.link_ips.get((role, link))
-        if not self.enforcing:
+        if self.state is not _ENFORCING:
             if role == "master" and self._link_conflict(link, ip, ev, sub):
                 return  # a second IP claiming one master address: D15 while learning too
             if ips is None:

@@ -4,9 +4,12 @@ The engine meets every event of the pipeline, 100k+ per second on a capture,
 and most of them (reads in a polling loop) match no rule. So rules are indexed
 by what is cheap to read on every event: the event class and its function
 code (messages) or anomaly kind (anomalies and derived events). The candidate
-list for each distinct (class, code) is worked out on first sight and cached;
-only candidates run their remaining checks, against event attributes, without
-flattening the event to a dict.
+list for each distinct (class, code) is worked out on first sight and cached
+as a :class:`Bucket`, split once more on the attribute most of its rules
+require in a set (the exception code of a response, a sub-function, a unit),
+so a plain read response meets no rule at all. Only candidates run their
+remaining checks, against event attributes, without flattening the event to a
+dict; a candidate with none left is a hit without a call.
 
 Which classes there are, and their proto, type and index attribute, come from
 the parsers' one registration (``mamori.parsers.events.EVENTS``); the matcher
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from enum import Enum
-from typing import NamedTuple
+from typing import Generic, NamedTuple, TypeVar
 
 from mamori.parsers.dnp3.events import ObjectHeader
 from mamori.parsers.events import EVENTS, Event
@@ -28,6 +31,7 @@ from mamori.sensor.detection.model import Match, MsgType, ObjectPattern, Proto, 
 
 Matchable = Event | DerivedEvent  # what rules run over: parser events and findings
 Predicate = Callable[[Matchable], bool]
+T = TypeVar("T")
 
 # class -> (proto, type, attribute that carries the index code), for every class
 # rules can match. DerivedEvent's proto and type come from its kind.
@@ -123,22 +127,48 @@ def _object_matches(patterns: tuple[ObjectPattern, ...], headers: Iterable[Objec
     return False
 
 
+# Attributes a rule may require to be in a set of small integers; the engine may
+# read one of them once per event and pick the rules by its value instead.
+MEMBER_ATTRS = ("fc", "sub", "unit", "link_src", "link_dst", "exception")
+
+
+def member_sets(match: Match) -> dict[str, frozenset[int]]:
+    """The ``attribute in values`` checks of ``match`` beyond the index, by attribute.
+
+    ``fc`` is one only for anomaly/derived rules: elsewhere the index holds it.
+    """
+    out: dict[str, frozenset[int]] = {}
+    if match.fc is not None and match.anomaly is not None:
+        out["fc"] = match.fc
+    for attr in MEMBER_ATTRS[1:]:
+        values = getattr(match, attr)
+        if values is not None:
+            out[attr] = values
+    return out
+
+
+def _always(e: Matchable) -> bool:
+    return True
+
+
 def compile_match(match: Match) -> Predicate:
     """The attribute checks of ``match`` beyond the index (class, fc, anomaly kind).
 
     ``src``/``dst`` set checks need the engine's sets, so the engine does them.
     """
+    return compile_checks(match) or _always
+
+
+def compile_checks(match: Match, skip: str | None = None) -> Predicate | None:
+    """:func:`compile_match` less the set check on ``skip`` (the engine made it
+    already); ``None`` when no check is left, so the engine calls nothing."""
     checks: list[Predicate] = []
 
     def member(attr: str, values: frozenset[int]) -> Predicate:
         return lambda e: getattr(e, attr, None) in values
 
-    # fc is re-checked for anomaly/derived events, whose index code is the kind
-    if match.fc is not None and match.anomaly is not None:
-        checks.append(member("fc", match.fc))
-    for attr in ("sub", "unit", "link_src", "link_dst", "exception"):
-        values = getattr(match, attr)
-        if values is not None:
+    for attr, values in member_sets(match).items():
+        if attr != skip:
             checks.append(member(attr, values))
     if match.address is not None:
         lo, hi = match.address
@@ -165,10 +195,45 @@ def compile_match(match: Match) -> Predicate:
         unsolicited = match.unsolicited
         checks.append(lambda e: getattr(e, "unsolicited", None) is unsolicited)
     if not checks:
-        return lambda e: True
+        return None
     if len(checks) == 1:
         return checks[0]
     return lambda e: all(check(e) for check in checks)
+
+
+Entries = tuple[tuple[T, Predicate | None], ...]  # (rule, what is left to check)
+
+
+class Bucket(NamedTuple, Generic[T]):
+    """The rules one index key (class, code) can match, split on one more attribute.
+
+    ``split`` None: ``default`` are the candidates. Otherwise the event's value of
+    ``split`` picks ``by_value[value]``, or ``default`` (the rules that do not
+    check ``split``) for a value no rule names. Each candidate comes with what is
+    left to check (``None``: nothing), in rule order, so hits come in the same
+    order as when every rule was tried in turn.
+    """
+
+    split: str | None
+    by_value: dict[object, Entries[T]]
+    default: Entries[T]
+
+
+def bucket(candidates: list[tuple[T, Match]]) -> Bucket[T]:
+    """The :class:`Bucket` of these (rule, match) candidates of one index key."""
+    sets = [member_sets(m) for _, m in candidates]
+    counts = {attr: sum(attr in s for s in sets) for attr in MEMBER_ATTRS}
+    split = max(MEMBER_ATTRS, key=lambda a: counts[a])
+    if not counts[split]:
+        return Bucket(None, {}, tuple((r, compile_checks(m)) for r, m in candidates))
+    values = set().union(*(s[split] for s in sets if split in s))
+    pairs = list(zip(candidates, sets, strict=True))
+    by_value: dict[object, Entries[T]] = {
+        v: tuple((r, compile_checks(m, split if split in s else None))
+                 for (r, m), s in pairs if split not in s or v in s[split])
+        for v in values}
+    default = tuple((r, compile_checks(m)) for (r, m), s in pairs if split not in s)
+    return Bucket(split, by_value, default)
 
 
 def roles(p: Peers) -> tuple[str | None, str | None]:

@@ -113,6 +113,9 @@ def _replay_source(args: argparse.Namespace, config: PipelineConfig, session: Se
 
         return replay_zeek_logs(args.zeek_logs, extra_sinks=[session.feed])
     evidence = detection.evidence if detection is not None else None
+    # Nothing stored, forwarded or cut from a packet ring: the session sees only the
+    # events, so they may come a chunk of the file at a time.
+    quiet = session.outputs is None and evidence is None
     return replay_files(args.files, config, extra_sinks=[session.feed],
                         progress=None if args.no_progress else progress_stream(),
-                        ring=evidence.ring if evidence is not None else None)
+                        ring=evidence.ring if evidence is not None else None, batched=quiet)

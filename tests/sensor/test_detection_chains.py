@@ -237,6 +237,21 @@ def test_targets_are_bounded_by_max_state_and_counted() -> None:
     assert chain.dst == "10.1.0.39"
 
 
+def test_a_step_that_starts_nothing_on_a_new_target_still_takes_its_place() -> None:
+    """An action against a target with no partial starts no chain, but it is a new
+    target in a full table: the least recently used one goes, as it always has."""
+    d = detector(max_state=16)
+    for i in range(16):
+        d.process([recon(float(i), server=f"10.1.0.{i}")])
+    assert d._chains.partials() == 16 and TARGETS_TABLE not in d.evictions()
+    d.process([write(50.0, server="10.2.0.1")])
+    assert d._chains.partials() == 15
+    assert d.evictions()[TARGETS_TABLE] == 1
+    d.process([write(100.0, server="10.1.0.0"), write(101.0, server="10.1.0.15")])
+    (chain,) = chains(d.alerts())  # the oldest target's reconnaissance was forgotten
+    assert chain.dst == "10.1.0.15"
+
+
 def test_stored_and_published_chain_names_the_store_ids_of_its_steps(tmp_path: Path) -> None:
     store = Store(tmp_path / "mamori.db")
     published: list[Alert] = []

@@ -14,6 +14,7 @@ import pytest
 
 from mamori.parsers.l2 import MacPairEvent, MacPairKind
 from mamori.parsers.modbus import ModbusRequest, ModbusResponse
+from mamori.parsers.packetring import PacketRing
 from mamori.parsers.pipeline import PipelineConfig
 from mamori.sensor.capture.replay import replay_files
 from mamori.sensor.cli import main
@@ -71,6 +72,28 @@ def test_modbus_big_pairs_every_transaction() -> None:
     assert unpaired == 0
     assert counts["mac pair"] == summary.flows == 1
     assert set(counts) == {"request", "response", "mac pair"}, counts
+
+
+@pytest.mark.corpus
+@pytest.mark.parametrize("relative", ["ICS-Security-Tools/pcaps/ModbusTCP/ModbusTCP.pcap",
+                                      "icsnpp-dnp3/testing/traces/dnp3_example.pcap"])
+def test_batched_replay_gives_the_same_events_in_fewer_calls(relative: str) -> None:
+    path = corpus_path(relative)
+    config = PipelineConfig(modbus_ports=frozenset({502}), dnp3_ports=frozenset({20000}))
+    calls: dict[bool, list[list[Any]]] = {False: [], True: []}
+    summaries = {batched: replay_files([path], config, extra_sinks=[calls[batched].append],
+                                       batched=batched)
+                 for batched in (False, True)}
+    one_by_one, batched = ([ev for call in calls[b] for ev in call] for b in (False, True))
+    assert one_by_one and batched == one_by_one
+    assert len(calls[True]) < len(calls[False]) / 10
+    assert summaries[True].messages == summaries[False].messages
+    assert summaries[True].anomalies == summaries[False].anomalies
+
+
+def test_batched_replay_refuses_a_packet_ring() -> None:
+    with pytest.raises(ValueError, match="packet ring"):
+        replay_files([SAMPLE], PipelineConfig(), ring=PacketRing(), batched=True)
 
 
 def test_events_jsonl_has_the_contract_keys(tmp_path: Path) -> None:
