@@ -32,6 +32,7 @@ starts and whenever a new pair appears mid-connection (``mamori.parsers.l2``).
 
 from __future__ import annotations
 
+import math
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -173,7 +174,10 @@ def _number(events: Sequence[Event], frame_no: int) -> None:
 class Pipeline:
     """Feed it frames with ``packet``; call ``finish`` at the end of the input."""
 
-    _SWEEP_EVERY = 1024  # packets between idle-expiry checks
+    _SWEEP_EVERY = 1024  # packets between idle-expiry checks, and at least ...
+    # ... once per shortest timeout of packet time: on a quiet link (or the next copy of
+    # a capture an hour on) a packet count alone would leave long-idle flows in the
+    # table, and the first packet of a new connection on one's 4-tuple would join it.
 
     def __init__(self, config: PipelineConfig | None = None) -> None:
         self.config = config or PipelineConfig()
@@ -183,6 +187,9 @@ class Pipeline:
         self._flows: OrderedDict[FlowKey, _Flow] = OrderedDict()
         self._closed: OrderedDict[FlowKey, _Flow] = OrderedDict()  # ended, oldest first
         self._until_sweep = self._SWEEP_EVERY
+        self._sweep_gap = min(self.config.tcp_idle_timeout, self.config.udp_idle_timeout,
+                              self.config.closed_linger)
+        self._sweep_at = math.inf  # packet time of the next sweep, set by the first packet
         self._handshakes = HandshakeTable(self.config.max_handshakes,
                                           self.config.handshake_timeout)
         self._factories: dict[str, Callable[[FlowId], StreamParser[Event]]] = {
@@ -207,9 +214,11 @@ class Pipeline:
         stats.bytes += len(frame)
         if stats.first_ts is None:
             stats.first_ts = ts
+            self._sweep_at = ts + self._sweep_gap
         stats.last_ts = ts
         self._until_sweep -= 1
-        swept: list[Event] = self._sweep(ts) if self._until_sweep <= 0 else _EMPTY
+        swept: list[Event] = (self._sweep(ts) if self._until_sweep <= 0 or ts >= self._sweep_at
+                              else _EMPTY)
 
         decoded = decode(linktype, frame)
         if decoded.__class__ is not Decoded:
@@ -447,6 +456,7 @@ class Pipeline:
         still find it instead of opening a "mid-stream" flow.
         """
         self._until_sweep = self._SWEEP_EVERY
+        self._sweep_at = ts + self._sweep_gap
         config = self.config
         tcp_deadline = ts - config.tcp_idle_timeout
         udp_deadline = ts - config.udp_idle_timeout
