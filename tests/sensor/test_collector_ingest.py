@@ -12,7 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from mamori.parsers.wire import FieldPolicy, Kind, WireError, alert_json, decode, encode
+from mamori.parsers.wire import (
+    MAX_ADDRESS_TEXTS,
+    FieldPolicy,
+    Kind,
+    WireError,
+    alert_json,
+    decode,
+    encode,
+)
 from mamori.sensor.collector import storage
 from mamori.sensor.collector.server import _stored, published_line
 from mamori.sensor.collector.storage import SqliteStorage, StoredMessage, dumps, message_rows
@@ -53,6 +61,52 @@ def test_mutated_frames_fail_the_same_way_on_both_paths() -> None:
             env = decode(bytes(data), documents=True)
             if env.kind is Kind.ALERT:
                 assert env.body == alert_json(decode(bytes(data)).body)
+
+
+def test_the_address_cache_changes_nothing_but_the_cost() -> None:
+    """With the collector's address-text cache, every frame decodes as without it and
+    every refusal keeps its reason, whether the cache knows the address or not."""
+    texts: dict[bytes, str] = {}
+    rng = random.Random(17)
+    good = frames()
+    for data in good:  # the cache filled first, so mutants of known addresses hit it
+        decode(data, documents=True, texts=texts)
+    assert texts and all(len(k) in (4, 16) for k in texts)
+    for _ in range(3000):
+        data = bytearray(rng.choice(good))
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        outcomes = []
+        for cache in (None, texts, texts):  # without, then missing, then known
+            try:
+                outcomes.append(("ok", decode(bytes(data), documents=True, texts=cache)))
+            except WireError as err:
+                outcomes.append(("error", err.reason))
+        assert outcomes[0] == outcomes[1] == outcomes[2], bytes(data).hex()
+    assert all(texts[k] == decode(encode(1, 1, T0, Kind.ALERT, _with_src(k)),
+                                  documents=True).body["src"] for k in texts)
+
+
+def _with_src(address: bytes) -> list[object]:
+    body, _ = FieldPolicy(deny=()).apply(sample_alerts()[0])
+    body[10] = address
+    return body
+
+
+def test_the_address_cache_stops_growing_at_its_cap() -> None:
+    texts: dict[bytes, str] = {}
+    for n in range(MAX_ADDRESS_TEXTS + 500):  # past the cap: made anew, not remembered
+        address = (0x0A000000 + n).to_bytes(4, "big")
+        doc = decode(encode(1, 1, T0, Kind.ALERT, _with_src(address)), documents=True,
+                     texts=texts).body
+        assert doc["src"] == f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}"
+    assert len(texts) == MAX_ADDRESS_TEXTS
+    for bad in (b"\x01\x02", b"\x00" * 15):  # never cached, refused the same each time
+        for _ in range(2):
+            with pytest.raises(WireError) as err:
+                decode(encode(1, 1, T0, Kind.ALERT, _with_src(bad)), documents=True,
+                       texts=texts)
+            assert err.value.reason == "bad_body"
 
 
 @pytest.mark.parametrize("value", [
