@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import sqlite3
 import time
 from pathlib import Path
 
@@ -175,3 +176,30 @@ def test_variants_the_general_path_accepts_give_the_same_document() -> None:
         variant[index] = bad
         with pytest.raises(WireError):
             decode(encode(1, 1, T0, Kind.ALERT, variant), documents=True)
+
+
+def test_a_new_store_has_large_pages_and_the_same_durability(tmp_path: Path) -> None:
+    """PAGE_SIZE for a new file, WAL with a full sync at every commit whatever the page
+    size; a file made with SQLite's default pages opens and takes rows as it is."""
+    st = SqliteStorage(tmp_path / "new.db")
+    try:
+        pragma = st._conn.execute
+        assert pragma("PRAGMA page_size").fetchone()[0] == SqliteStorage.PAGE_SIZE != 4096
+        assert pragma("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert pragma("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    finally:
+        st.close()
+    old = sqlite3.connect(tmp_path / "old.db")
+    old.execute("PRAGMA journal_mode=WAL")
+    old.execute("CREATE TABLE before (x)")
+    old.commit()
+    old.close()
+    st = SqliteStorage(tmp_path / "old.db")
+    try:
+        assert st._conn.execute("PRAGMA page_size").fetchone()[0] == 4096
+        now = time.time()
+        st.store_batch([StoredMessage("K", 1, 1, int(Kind.ALERT), now, now, {"id": 1}, "1")])
+        st.commit()
+        assert st.sequence("K") == [(1, 1)] and st.alerts("K") == [{"id": 1}]
+    finally:
+        st.close()
