@@ -517,27 +517,26 @@ class CollectorServer:
                 self._unknown_version(sensor, err)
             return
         via = ""
-        kind = env.kind
+        epoch, seq, ts, kind, _ = env  # one unpacking, not four field lookups
         if kind is _RELAY:  # federation: the original sensor's message
             unwrapped = self.inbound.unwrap(sensor, env, self._count)
             if unwrapped is None:
                 return
             via, (sensor, env) = sensor, unwrapped
-            kind = env.kind
+            epoch, seq, ts, kind, _ = env
         replies = self._reply_to.get(sensor)
         if replies is None:
             replies = self._reply_to[sensor] = set()
         replies.add(via)
-        stream = (sensor, env.epoch)
+        stream = (sensor, epoch)
         contig = self._contig.get(stream)
         if contig is None:
             contig = self._position(stream)
         if kind not in _CONTROL:  # a stream's message: in order or not at all
-            seq = env.seq
             if seq == contig + 1:
                 self._contig[stream] = seq
                 accepted.append((sensor, env))
-                touched[stream] = env.ts
+                touched[stream] = ts
                 acks.add(stream)
             elif seq <= contig:
                 self.counters["duplicate"] += 1

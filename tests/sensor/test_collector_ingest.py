@@ -70,14 +70,14 @@ def test_the_address_cache_changes_nothing_but_the_cost() -> None:
     texts: dict[bytes, str] = {}
     rng = random.Random(17)
     good = frames()
-    for data in good:  # the cache filled first, so mutants of known addresses hit it
-        decode(data, documents=True, texts=texts)
+    for sent in good:  # the cache filled first, so mutants of known addresses hit it
+        decode(sent, documents=True, texts=texts)
     assert texts and all(len(k) in (4, 16) for k in texts)
     for _ in range(3000):
         data = bytearray(rng.choice(good))
         for _ in range(rng.randint(1, 4)):
             data[rng.randrange(len(data))] = rng.randrange(256)
-        outcomes = []
+        outcomes: list[tuple[str, object]] = []
         for cache in (None, texts, texts):  # without, then missing, then known
             try:
                 outcomes.append(("ok", decode(bytes(data), documents=True, texts=cache)))
