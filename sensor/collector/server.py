@@ -171,7 +171,9 @@ class CollectorServer:
 
     @property
     def allow(self) -> dict[bytes, str]:
-        """The allow-list: Z85 key (as ZAP gives it) -> name."""
+        """The allow-list: Z85 key (as ZAP gives it) -> name. Replaced whole, never
+        changed in place: the setter keeps the keys as text beside it (``_allowed``),
+        which every message is checked against without an encode."""
         return self._allow
 
     @allow.setter
