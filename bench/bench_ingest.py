@@ -59,7 +59,11 @@ import zmq  # noqa: E402
 from bench.ingest_sim import frame  # noqa: E402
 from mamori.parsers.wire import decode  # noqa: E402
 from mamori.sensor.collector.server import _stored  # noqa: E402
-from mamori.sensor.collector.storage import message_rows, open_storage  # noqa: E402
+from mamori.sensor.collector.storage import (  # noqa: E402
+    SqliteStorage,
+    message_rows,
+    open_storage,
+)
 from mamori.sensor.forwarding.keys import generate  # noqa: E402
 from tests.peers.postgres import pg_bin, postgres_cluster  # noqa: E402
 
@@ -162,6 +166,7 @@ def batches(alerts: int) -> list[list[Any]]:
 
 def reference_sqlite(tmp: Path, alerts: int) -> tuple[float, float]:
     conn = sqlite3.connect(str(tmp / "reference.db"))
+    conn.execute(f"PRAGMA page_size={SqliteStorage.PAGE_SIZE}")  # the collector's pragmas
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("CREATE TABLE messages (sensor TEXT, epoch INTEGER, seq INTEGER, kind "
@@ -215,6 +220,7 @@ def commit_latencies(engine: str, tmp: Path, dsn: str, rate: float,
     out: list[float] = []
     if engine == "sqlite":
         conn = sqlite3.connect(str(tmp / "commit-latency.db"))
+        conn.execute(f"PRAGMA page_size={SqliteStorage.PAGE_SIZE}")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("CREATE TABLE m (sensor TEXT, epoch INTEGER, seq INTEGER, kind INTEGER,"

@@ -59,6 +59,7 @@ MAX_MAP = 64  # any map (evidence, heartbeat, asset, health)
 MAX_DEPTH = 4  # nesting inside a body
 MAX_UINT = 2**63 - 1
 _MAX_EPOCH = 2**32 - 1
+MAX_ADDRESS_TEXTS = 4096  # entries a caller's address-text cache grows to (decode_alert_doc)
 
 
 class Kind(IntEnum):
@@ -492,11 +493,26 @@ def _evidence(value: Any) -> dict[str, Any]:
 _NTOA = socket.inet_ntoa  # what IPv4Address gives, at a tenth the cost
 
 
-def decode_alert_doc(body: Any) -> dict[str, Any]:
+def _address_text(value: bytes, what: str, texts: dict[bytes, str]) -> str | None:
+    """``_address`` of raw address bytes, remembered in ``texts`` (the caller's, so the
+    decoder keeps no state) up to ``MAX_ADDRESS_TEXTS`` entries; past that, made anew
+    each time. Only what ``_address`` accepted is remembered: a refused value raises
+    every time, with the same reason."""
+    text = _address(value, what)
+    if text is not None and len(texts) < MAX_ADDRESS_TEXTS:
+        texts[value] = text
+    return text
+
+
+def decode_alert_doc(body: Any, texts: dict[bytes, str] | None = None) -> dict[str, Any]:
     """Validate an alert body into its JSON document (``alert_json``'s form, the one the
     collector stores and publishes) without building an ``Alert``: the collector needs
     only the document, and at tens of thousands of alerts a second the object costs.
-    Raises ``WireError`` on any deviation; the one validator of alert bodies."""
+    Raises ``WireError`` on any deviation; the one validator of alert bodies.
+
+    ``texts``: a cache of address bytes -> text the caller keeps (a site's alerts name
+    the same few hundred devices over and over; formatting one costs more than looking
+    it up), filled here, bounded by ``MAX_ADDRESS_TEXTS``."""
     if not isinstance(body, list) or len(body) != len(ALERT_FIELDS):
         raise WireError("bad_body", f"alert must be an array of {len(ALERT_FIELDS)}")
     (id_, count, rule, precursor, severity, attack, title, proto, first_ts, last_ts,
@@ -541,11 +557,22 @@ def decode_alert_doc(body: Any) -> dict[str, Any]:
         unit = _opt_uint_or_pseudonym(unit, "unit", 255)  # a policy may pseudonymise
         link_src = _opt_uint_or_pseudonym(link_src, "link_src", 65535)  # these three
         link_dst = _opt_uint_or_pseudonym(link_dst, "link_dst", 65535)
-    # An IPv4 address (4 bytes) inline; the rest (IPv6, a pseudonym, text) by _address.
+    # Address bytes from the caller's cache, or an IPv4 address (4 bytes) inline; the
+    # rest (IPv6, a pseudonym, text) by _address.
     if src is not None:
-        src = _NTOA(src) if type(src) is bytes and len(src) == 4 else _address(src, "src")
+        if type(src) is not bytes:
+            src = _address(src, "src")
+        elif texts is not None:
+            src = texts.get(src) or _address_text(src, "src", texts)
+        else:
+            src = _NTOA(src) if len(src) == 4 else _address(src, "src")
     if dst is not None:
-        dst = _NTOA(dst) if type(dst) is bytes and len(dst) == 4 else _address(dst, "dst")
+        if type(dst) is not bytes:
+            dst = _address(dst, "dst")
+        elif texts is not None:
+            dst = texts.get(dst) or _address_text(dst, "dst", texts)
+        else:
+            dst = _NTOA(dst) if len(dst) == 4 else _address(dst, "dst")
     return {
         "id": id_, "rule": rule, "precursor": precursor,
         "severity": _SEVERITY_LABELS[severity], "attack": attack, "title": title,
@@ -569,10 +596,12 @@ def decode_alert(body: Any) -> Alert:
         link_dst=doc["link_dst"], evidence=evidence)
 
 
-def decode(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES, documents: bool = False) -> Envelope:
+def decode(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES, documents: bool = False,
+           texts: dict[bytes, str] | None = None) -> Envelope:
     """Validate one sensor -> collector frame. The body of an alert becomes an ``Alert``,
-    or with ``documents`` its JSON document (``decode_alert_doc``); that of a relayed
-    message (kind 7) a ``Relayed`` holding the validated original."""
+    or with ``documents`` its JSON document (``decode_alert_doc``, with the caller's
+    address-text cache ``texts``); that of a relayed message (kind 7) a ``Relayed``
+    holding the validated original."""
     obj = _unpack(data, max_bytes)
     if not isinstance(obj, list) or len(obj) != 6:
         raise WireError("bad_envelope", "not an array of 6")
@@ -595,7 +624,7 @@ def decode(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES, documents: bool = Fa
     if k is _ALERT and documents:  # the collector's usual message, without _envelope
         if seq == 0:
             raise WireError("bad_type", "journaled messages have seq >= 1")
-        doc = decode_alert_doc(body)
+        doc = decode_alert_doc(body, texts)
         env: Envelope = _new_tuple(Envelope, (epoch, seq, stamp, k, doc))
         return env
     if k is Kind.RELAY:

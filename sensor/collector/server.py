@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+from zmq.backend import Socket as _BackendSocket
 from zmq.utils import z85
 from zmq.utils.monitor import parse_monitor_message
 
@@ -68,6 +69,9 @@ from mamori.sensor.forwarding.keys import KeyFileError, load_allow_list, load_pa
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 _NOBLOCK = int(zmq.NOBLOCK)  # flags as plain ints: an enum's ``|`` is a Python call
 _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
+# The extension type's send, without pyzmq's Python-level wrapper (which only adds
+# routing ids and groups, for draft socket types): two of them per published alert.
+_send_frame = _BackendSocket.send
 _RELAY, _ALERT, _ALERT_INT = Kind.RELAY, Kind.ALERT, int(Kind.ALERT)
 _CONTROL = frozenset({Kind.HEARTBEAT, Kind.RULES_FETCH, Kind.LOST})  # not a stream's
 _KIND_OF = operator.itemgetter(3)  # StoredMessage.kind
@@ -138,7 +142,8 @@ class CollectorServer:
         self.rejected: Counter[str] = Counter()  # refused messages by reason (metrics)
         self.started = time.time()
         self._rejects: Counter[tuple[str, str]] = Counter()  # not yet in storage
-        self.allow: dict[bytes, str] = {}
+        self._allow: dict[bytes, str] = {}
+        self._allowed: frozenset[str] = frozenset()  # the same keys as text, per message
         self._allow_stamp = -1
         self._relays_seen: dict[bytes, str] = {}
         self._next_allow_check = 0.0
@@ -160,6 +165,21 @@ class CollectorServer:
         self.inbound = RelayInbound("", self.settings.relay_keys_dir)  # and receiving
         self._reply_to: dict[str, set[str]] = {}  # this batch: sensor -> "" direct, or relays
         self._max_bytes = self.settings.max_message_bytes
+        # Address bytes -> text, for the decoder (bounded there, MAX_ADDRESS_TEXTS; emptied
+        # by the hourly housekeeping so that addresses no longer seen make room).
+        self._addresses: dict[bytes, str] = {}
+
+    @property
+    def allow(self) -> dict[bytes, str]:
+        """The allow-list: Z85 key (as ZAP gives it) -> name. Replaced whole, never
+        changed in place: the setter keeps the keys as text beside it (``_allowed``),
+        which every message is checked against without an encode."""
+        return self._allow
+
+    @allow.setter
+    def allow(self, keys: dict[bytes, str]) -> None:
+        self._allow = keys
+        self._allowed = frozenset(k.decode() for k in keys)
 
     # -- sockets ------------------------------------------------------------------------
 
@@ -298,6 +318,7 @@ class CollectorServer:
         """Hourly, between rounds: the storage's upkeep (PostgreSQL makes the
         coming days' partitions) and retention. A failure is counted and retried."""
         self._next_housekeeping = time.monotonic() + HOUSEKEEPING_INTERVAL
+        self._addresses = {}
         now = time.time()
         try:
             self.storage.maintain(now)
@@ -404,15 +425,29 @@ class CollectorServer:
         replays: list[tuple[str, ReplayRequest]] = []
         heartbeats: dict[str, Envelope] = {}
         count = 0
+        # One message: the ROUTER's identity of the link, the last part (whose
+        # ``User-Id`` names the sensor) and whether it was the only part after the
+        # identity. A ROUTER always puts the identity first, with the message behind it,
+        # so that part is taken as bytes (a ``Frame`` object costs more than the copy of a
+        # few bytes); the rest by each frame's ``more`` flag (``recv_multipart`` asks the
+        # socket, RCVMORE, after every part, which shows in a profile at full load). Read
+        # here, not in a method of its own: a call per message is a cost of its own.
+        recv = self.router.recv
+        one = self._one
         for count in range(1, limit + 1):
             try:
-                identity, payload, whole = self._recv()
+                identity = recv(_NOBLOCK)
+                payload = recv(_NOBLOCK, copy=False)
+                whole = True
+                while payload.more:  # the parts of a message arrive together
+                    payload = recv(_NOBLOCK, copy=False)
+                    whole = False
             except zmq.Again:
                 count -= 1
                 break
             try:
-                self._one(identity, payload, whole, now, accepted, touched, acks, replays,
-                          heartbeats)
+                one(identity, payload, whole, now, accepted, touched, acks, replays,
+                    heartbeats)
             except Exception as err:  # never let one message stop the collector
                 self._count(UNAUTHENTICATED, "internal_error")
                 self.last_internal_error = repr(err)
@@ -452,22 +487,6 @@ class CollectorServer:
         self._publish(stored)
         return count
 
-    def _recv(self) -> tuple[bytes, zmq.Frame, bool]:
-        """One message: the ROUTER's identity of the link, the last part (whose
-        ``User-Id`` names the sensor) and whether it was the only part after the
-        identity. A ROUTER always puts the identity first, with the message behind it,
-        so that part is taken as bytes (a ``Frame`` object costs more than the copy of a
-        few bytes); the rest by each frame's ``more`` flag (``recv_multipart`` asks the
-        socket, RCVMORE, after every part, which shows in a profile at full load)."""
-        recv = self.router.recv
-        identity = recv(_NOBLOCK)
-        payload = recv(_NOBLOCK, copy=False)
-        whole = True
-        while payload.more:  # the parts of a message arrive together
-            payload = recv(_NOBLOCK, copy=False)
-            whole = False
-        return identity, payload, whole
-
     def _disk_full(self, n: int, now: float) -> None:
         """Said once per episode; the messages stay with the sensors (not acked)."""
         if self.storage_full:
@@ -485,7 +504,7 @@ class CollectorServer:
         """One message. The usual one (the next seq of a known stream) takes the
         shortest way through; everything else goes on to ``_other``."""
         sensor = str(payload.get("User-Id"))
-        if sensor.encode() not in self.allow:
+        if sensor not in self._allowed:
             self._count(UNAUTHENTICATED, "revoked_key")
             return
         if not whole:
@@ -493,34 +512,33 @@ class CollectorServer:
             return
         self._routes[sensor] = identity
         try:
-            env = decode_message(payload.bytes, self._max_bytes, True)
+            env = decode_message(payload.bytes, self._max_bytes, True, self._addresses)
         except WireError as err:
             self._count(sensor, err.reason)
             if err.reason == "bad_version":
                 self._unknown_version(sensor, err)
             return
         via = ""
-        kind = env.kind
+        epoch, seq, ts, kind, _ = env  # one unpacking, not four field lookups
         if kind is _RELAY:  # federation: the original sensor's message
             unwrapped = self.inbound.unwrap(sensor, env, self._count)
             if unwrapped is None:
                 return
             via, (sensor, env) = sensor, unwrapped
-            kind = env.kind
+            epoch, seq, ts, kind, _ = env
         replies = self._reply_to.get(sensor)
         if replies is None:
             replies = self._reply_to[sensor] = set()
         replies.add(via)
-        stream = (sensor, env.epoch)
+        stream = (sensor, epoch)
         contig = self._contig.get(stream)
         if contig is None:
             contig = self._position(stream)
         if kind not in _CONTROL:  # a stream's message: in order or not at all
-            seq = env.seq
             if seq == contig + 1:
                 self._contig[stream] = seq
                 accepted.append((sensor, env))
-                touched[stream] = env.ts
+                touched[stream] = ts
                 acks.add(stream)
             elif seq <= contig:
                 self.counters["duplicate"] += 1
@@ -674,6 +692,7 @@ class CollectorServer:
             lines.append(line)
         keep = self._jsonl is not None  # the lines are for the SIEM file only
         origins: dict[str, str] = {}  # this round's, one lookup per sensor
+        send = _send_frame
         for msg in stored:
             if msg.kind != _ALERT_INT:
                 continue
@@ -683,8 +702,8 @@ class CollectorServer:
             line = published_line(msg, origin)
             if pub is not None:
                 try:  # a PUB drops at its high-water mark rather than block; never Again
-                    pub.send(b"alert", _MORE_NOBLOCK)
-                    pub.send(line.encode(), _NOBLOCK)
+                    send(pub, b"alert", _MORE_NOBLOCK)
+                    send(pub, line.encode(), _NOBLOCK)
                 except zmq.Again:
                     pass
             if keep:

@@ -7,12 +7,21 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import sqlite3
 import time
 from pathlib import Path
 
 import pytest
 
-from mamori.parsers.wire import FieldPolicy, Kind, WireError, alert_json, decode, encode
+from mamori.parsers.wire import (
+    MAX_ADDRESS_TEXTS,
+    FieldPolicy,
+    Kind,
+    WireError,
+    alert_json,
+    decode,
+    encode,
+)
 from mamori.sensor.collector import storage
 from mamori.sensor.collector.server import _stored, published_line
 from mamori.sensor.collector.storage import SqliteStorage, StoredMessage, dumps, message_rows
@@ -53,6 +62,52 @@ def test_mutated_frames_fail_the_same_way_on_both_paths() -> None:
             env = decode(bytes(data), documents=True)
             if env.kind is Kind.ALERT:
                 assert env.body == alert_json(decode(bytes(data)).body)
+
+
+def test_the_address_cache_changes_nothing_but_the_cost() -> None:
+    """With the collector's address-text cache, every frame decodes as without it and
+    every refusal keeps its reason, whether the cache knows the address or not."""
+    texts: dict[bytes, str] = {}
+    rng = random.Random(17)
+    good = frames()
+    for sent in good:  # the cache filled first, so mutants of known addresses hit it
+        decode(sent, documents=True, texts=texts)
+    assert texts and all(len(k) in (4, 16) for k in texts)
+    for _ in range(3000):
+        data = bytearray(rng.choice(good))
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        outcomes: list[tuple[str, object]] = []
+        for cache in (None, texts, texts):  # without, then missing, then known
+            try:
+                outcomes.append(("ok", decode(bytes(data), documents=True, texts=cache)))
+            except WireError as err:
+                outcomes.append(("error", err.reason))
+        assert outcomes[0] == outcomes[1] == outcomes[2], bytes(data).hex()
+    assert all(texts[k] == decode(encode(1, 1, T0, Kind.ALERT, _with_src(k)),
+                                  documents=True).body["src"] for k in texts)
+
+
+def _with_src(address: bytes) -> list[object]:
+    body, _ = FieldPolicy(deny=()).apply(sample_alerts()[0])
+    body[10] = address
+    return body
+
+
+def test_the_address_cache_stops_growing_at_its_cap() -> None:
+    texts: dict[bytes, str] = {}
+    for n in range(MAX_ADDRESS_TEXTS + 500):  # past the cap: made anew, not remembered
+        address = (0x0A000000 + n).to_bytes(4, "big")
+        doc = decode(encode(1, 1, T0, Kind.ALERT, _with_src(address)), documents=True,
+                     texts=texts).body
+        assert doc["src"] == f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}"
+    assert len(texts) == MAX_ADDRESS_TEXTS
+    for bad in (b"\x01\x02", b"\x00" * 15):  # never cached, refused the same each time
+        for _ in range(2):
+            with pytest.raises(WireError) as err:
+                decode(encode(1, 1, T0, Kind.ALERT, _with_src(bad)), documents=True,
+                       texts=texts)
+            assert err.value.reason == "bad_body"
 
 
 @pytest.mark.parametrize("value", [
@@ -121,3 +176,30 @@ def test_variants_the_general_path_accepts_give_the_same_document() -> None:
         variant[index] = bad
         with pytest.raises(WireError):
             decode(encode(1, 1, T0, Kind.ALERT, variant), documents=True)
+
+
+def test_a_new_store_has_large_pages_and_the_same_durability(tmp_path: Path) -> None:
+    """PAGE_SIZE for a new file, WAL with a full sync at every commit whatever the page
+    size; a file made with SQLite's default pages opens and takes rows as it is."""
+    st = SqliteStorage(tmp_path / "new.db")
+    try:
+        pragma = st._conn.execute
+        assert pragma("PRAGMA page_size").fetchone()[0] == SqliteStorage.PAGE_SIZE != 4096
+        assert pragma("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert pragma("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    finally:
+        st.close()
+    old = sqlite3.connect(tmp_path / "old.db")
+    old.execute("PRAGMA journal_mode=WAL")
+    old.execute("CREATE TABLE before (x)")
+    old.commit()
+    old.close()
+    st = SqliteStorage(tmp_path / "old.db")
+    try:
+        assert st._conn.execute("PRAGMA page_size").fetchone()[0] == 4096
+        now = time.time()
+        st.store_batch([StoredMessage("K", 1, 1, int(Kind.ALERT), now, now, {"id": 1}, "1")])
+        st.commit()
+        assert st.sequence("K") == [(1, 1)] and st.alerts("K") == [{"id": 1}]
+    finally:
+        st.close()
