@@ -512,8 +512,9 @@ class SqliteStorage(SqlStorage):
     A new file gets pages of ``PAGE_SIZE`` (SQLite's default is 4096): a round's commit
     writes about a megabyte to the WAL, one frame (and two writes) per page, and the
     checkpoint copies each page again, so half the pages is half those system calls
-    (measured: 8.4 instead of 9.0 us of storage CPU per alert); durability is the same. An existing file
-    keeps the size it was made with (a WAL file cannot change it without a VACUUM)."""
+    (measured: 8.4 instead of 9.0 us of storage CPU per alert); durability is the same.
+    An existing file keeps the size it was made with (a WAL file cannot change it
+    without a VACUUM)."""
 
     PAGE_SIZE = 8192
 
