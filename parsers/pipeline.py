@@ -212,7 +212,7 @@ class Pipeline:
         swept: list[Event] = self._sweep(ts) if self._until_sweep <= 0 else _EMPTY
 
         decoded = decode(linktype, frame)
-        if decoded.__class__ is not Decoded:
+        if type(decoded) is not Decoded:
             return swept + self._problem(ts, cast(DecodeProblem, decoded), frame_no,
                                          linktype, frame)
         pkt = decoded
@@ -306,7 +306,7 @@ class Pipeline:
             self.stats.not_ip += 1
             if problem.anomaly is PacketAnomaly.NOT_IP:
                 arp = decode_arp(ts, linktype, frame)
-                if arp.__class__ is ArpEvent:
+                if type(arp) is ArpEvent:
                     self.stats.arp += 1
                     return [arp]
                 if arp is not None:  # the ARP ethertype, but not ARP we can read
