@@ -31,4 +31,7 @@ echo "built $deb"
 # packaging/debian/mamori.lintian-overrides.
 lintian --fail-on error,warning --display-info --tag-display-limit 0 "$OUT"/mamori_"$version"_*.changes \
     | tee "$OUT/lintian.txt"
-echo "lintian: $(grep -c '^[EW]:' "$OUT/lintian.txt" || true) errors/warnings"
+count=$(grep -c '^[EW]:' "$OUT/lintian.txt" || true)
+echo "lintian: $count errors/warnings"
+# The pipe into tee hides lintian's exit status (sh has no pipefail): count instead.
+[ "$count" = 0 ]
