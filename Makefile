@@ -90,7 +90,8 @@ clean:
 # python3 first: the scripts set PATH=/usr/sbin:/usr/bin:/sbin:/bin themselves.
 # The package's python3-* Depends are here too: tests/sensor/test_web_limits.py runs the
 # page on them (Debian's python3 and its starlette/uvicorn/jinja2, as the package does).
-PACKAGING_APT_PACKAGES := debhelper dh-python pybuild-plugin-pyproject python3-all \
+PACKAGING_APT_PACKAGES := debhelper dh-python pybuild-plugin-pyproject python3-all python3-all-dev \
+	python3-mypy build-essential \
 	python3-setuptools python3-zmq python3-msgpack python3-psycopg dpkg-dev lintian debootstrap systemd \
 	python3-h11 python3-jinja2 python3-jsonschema python3-nacl python3-starlette python3-uvicorn \
 	python3-yaml python3-prometheus-client
@@ -115,7 +116,7 @@ packaging-apt:
 image-apt:
 	$(call apt_install,$(IMAGE_APT_PACKAGES))
 
-# build/deb/mamori_VERSION_all.deb, then lintian (errors and warnings fail).
+# build/deb/mamori_VERSION_amd64.deb (parsers/ compiled by Debian's mypyc), then lintian (errors and warnings fail).
 deb: packaging-apt
 	sh packaging/build-deb.sh
 

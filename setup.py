@@ -10,18 +10,23 @@ Compiling ``parsers/`` with mypyc (issue 14) is chosen by ``MAMORI_COMPILE``:
   ``pip install -e '.[test]'`` need no C compiler and no mypy;
 - ``1``: compile, and fail the build if compiling fails (CI and release builds must
   know); mypy is then a build requirement, which setuptools hands to pip as a
-  dynamic one (``setup_requires``), so an isolated build fetches it;
+  dynamic one (``setup_requires``), so an isolated build fetches it; a build whose
+  environment has mypyc already uses that one (the Debian package: python3-mypy);
 - ``auto``: compile when the build environment already has mypyc (a
   ``--no-build-isolation`` build, Debian's python3-mypy) and the compiler works,
   otherwise warn and build pure Python; it adds no build requirement.
 
 The compiled wheel carries the ``.py`` files too; the ``.so`` beside each wins the
-import, and a ``mamori__mypyc`` library at the top holds the shared runtime code.
+import, and a ``mamori__mypyc`` library at the top holds the shared runtime code
+(named from a hash of the module list by mypyc before 1.10, which also leaves the
+modules defining an IntEnum as Python: ``_old_mypyc``).
 """
 
 import os
+import re
 import sys
 from pathlib import Path
+from typing import Any
 
 from setuptools import find_packages, setup
 from setuptools.command.build_ext import build_ext
@@ -42,11 +47,29 @@ def _mode() -> str:
     return mode
 
 
+#: A class deriving from IntEnum (or IntFlag) directly.
+INT_ENUM = re.compile(r"^class \w+\((enum\.)?Int(Enum|Flag)\):", re.MULTILINE)
+
+
+def _old_mypyc() -> bool:
+    """mypyc before 1.10 (Debian 12's python3-mypy is 1.0.1) miscompiles IntEnum members.
+
+    It loads ``Direction.TO_SERVER`` from a C static it defines only for classes whose
+    first base is ``enum.Enum``, so the C compiler stops at an undeclared
+    ``CPyStatic_stream___Direction___TO_SERVER``. Left as Python, such a module's members
+    are plain attribute loads from the compiled modules, which works on every version."""
+    from mypy.version import __version__
+
+    major, minor = (int(part) for part in re.findall(r"\d+", __version__)[:2])
+    return (major, minor) < (1, 10)
+
+
 def compiled_sources() -> list[str]:
     """``parsers/`` through the ``mamori/`` link, so each module gets its installed name."""
     here = Path(__file__).resolve().parent
+    old = _old_mypyc()
     return sorted(str(p.relative_to(here)) for p in (here / "mamori" / "parsers").rglob("*.py")
-                  if p.name not in PURE)
+                  if p.name not in PURE and not (old and INT_ENUM.search(p.read_text())))
 
 
 class OptionalBuildExt(build_ext):
@@ -63,6 +86,19 @@ class OptionalBuildExt(build_ext):
             self.extensions = []
 
 
+def _mypycify(mypycify: Any) -> list[object]:
+    """The parsers' extensions, their shared runtime library named ``mamori__mypyc``.
+
+    Debian 12's mypyc (python3-mypy 1.0.1) predates ``group_name``: there the library
+    takes a name hashed from the module list instead, which works the same."""
+    try:
+        return list(mypycify(compiled_sources(), opt_level="3", group_name="mamori"))
+    except TypeError as exc:
+        if "group_name" not in str(exc):
+            raise
+    return list(mypycify(compiled_sources(), opt_level="3"))
+
+
 def extensions(mode: str) -> list[object]:
     if mode == "0":
         return []
@@ -74,7 +110,7 @@ def extensions(mode: str) -> list[object]:
         print("mamori: mypyc is not installed; installing pure Python", file=sys.stderr)
         return []
     try:
-        return list(mypycify(compiled_sources(), opt_level="3", group_name="mamori"))
+        return _mypycify(mypycify)
     except (Exception, SystemExit) as exc:  # mypyc exits on a type error
         if mode == "1":
             raise
@@ -82,9 +118,19 @@ def extensions(mode: str) -> list[object]:
         return []
 
 
+def _has_mypyc() -> bool:
+    try:
+        import mypyc  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 MODE = _mode()
 # Only a build that compiles needs mypy; its version is the one the tests type-check with.
-BUILD_REQUIRES = ["mypy>=1.10"] if MODE == "1" else []
+# A build that already has mypyc (Debian's python3-mypy under pybuild, the venv's) compiles
+# with it: asking for another would make setuptools fetch one.
+BUILD_REQUIRES = ["mypy>=1.10"] if MODE == "1" and not _has_mypyc() else []
 
 setup(
     packages=packages,

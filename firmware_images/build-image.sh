@@ -31,8 +31,8 @@ OUT=${OUT:-$B/mamori-bookworm-amd64.img}
 IMAGE_PACKAGES="systemd,systemd-sysv,udev,dbus,kmod,iproute2,linux-image-amd64,initramfs-tools,systemd-boot-efi,openssh-server,systemd-timesyncd,less,procps"
 IMAGE_APT="python3-zmq python3-msgpack python3-systemd"
 
-deb=$(ls build/deb/mamori_*_all.deb 2>/dev/null | tail -n1 || true)
-[ -n "$deb" ] || { echo "build-image: no build/deb/mamori_*_all.deb: run make deb first" >&2; exit 1; }
+deb=$(ls build/deb/mamori_*_amd64.deb 2>/dev/null | tail -n1 || true)
+[ -n "$deb" ] || { echo "build-image: no build/deb/mamori_*_amd64.deb (the image is x86-64): run make deb first" >&2; exit 1; }
 rootfs=$B/rootfs
 data=$B/data
 mkdir -p "$CACHE" "$B"

@@ -1,6 +1,7 @@
 #!/bin/sh
 # Builds the mamori .deb from a staged copy of the tree: packaging/debian becomes debian/.
-# Output: build/deb/mamori_VERSION_all.deb (+ .changes, .buildinfo), then lintian.
+# Output: build/deb/mamori_VERSION_ARCH.deb (amd64 here: parsers/ is compiled with mypyc;
+# + .changes, .buildinfo, the -dbgsym package), then lintian.
 # Debian's python3 must come first on PATH (pyenv's shadows it on developer machines).
 set -eu
 cd "$(dirname "$0")/.."
@@ -23,10 +24,14 @@ cp -r packaging/debian "$src/debian"
     tail -n 60 "$OUT/build.log" >&2
     exit 1
 }
-deb="$OUT/mamori_${version}_all.deb"
+deb="$OUT/mamori_${version}_$(dpkg --print-architecture).deb"
+[ -f "$deb" ] || { echo "build-deb: $deb was not built" >&2; exit 1; }
 echo "built $deb"
 # lintian: errors and warnings fail the build; each override is justified in
 # packaging/debian/mamori.lintian-overrides.
 lintian --fail-on error,warning --display-info --tag-display-limit 0 "$OUT"/mamori_"$version"_*.changes \
     | tee "$OUT/lintian.txt"
-echo "lintian: $(grep -c '^[EW]:' "$OUT/lintian.txt" || true) errors/warnings"
+count=$(grep -c '^[EW]:' "$OUT/lintian.txt" || true)
+echo "lintian: $count errors/warnings"
+# The pipe into tee hides lintian's exit status (sh has no pipefail): count instead.
+[ "$count" = 0 ]

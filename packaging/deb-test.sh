@@ -1,6 +1,6 @@
 #!/bin/sh
 # Installs the built .deb into a fresh debootstrap chroot (bookworm minbase + systemd)
-# and checks it there: the CLI runs, the default configs (sensor.toml, collector.toml)
+# and checks it there: the CLI runs, parsers/ is the compiled one, the default configs (sensor.toml, collector.toml)
 # validate, the user and the state directories exist, the web page serves on Debian's
 # own uvicorn and starlette (deb-web-check.py), the collector starts with its shipped
 # config as its unit runs it, logrotate accepts /etc/logrotate.d/mamori, the units are
@@ -13,7 +13,7 @@ export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 . firmware_images/lib.sh
 STEP=deb-test
 TIMINGS=${TIMINGS:-build/timings.txt}
-deb=$(ls build/deb/mamori_*_all.deb | tail -n1)
+deb=$(ls build/deb/mamori_*_"$(dpkg --print-architecture)".deb | tail -n1)
 root=build/deb-test/root
 mkdir -p "$CACHE" build/deb-test
 
@@ -57,6 +57,11 @@ check "/var/lib/mamori is mamori's, 0750" sh -c \
     '[ "$(stat -c %U:%a /var/lib/mamori)" = mamori:750 ]'
 check "/var/lib/mamori/keys is mamori's, 0700" sh -c \
     '[ "$(stat -c %U:%a /var/lib/mamori/keys)" = mamori:700 ]'
+# parsers/ ships compiled (mypyc): the .so wins the import over the .py beside it.
+for mod in tcp pipeline packet modbus.parser dnp3.parser; do
+    check "mamori.parsers.$mod is compiled" python3 -c \
+        "import mamori.parsers.$mod as m; assert m.__file__.endswith('.so'), m.__file__"
+done
 check "replay the sample as user mamori" runuser -u mamori -- mamori replay --no-progress /tmp/demo.pcap
 check "shipped rule packs pass the schema (Debian's jsonschema)" mamori rules check
 check "rule bundles sign and verify with Debian's PyNaCl" sh -c \

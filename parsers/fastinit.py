@@ -50,7 +50,9 @@ def fast_init(cls: type[T]) -> type[T]:
     name = cls.__name__
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{name}: not a dataclass (put @fast_init above @dataclass)")
-    if "__slots__" not in cls.__dict__:
+    # getattr: mypyc before 1.10 takes ``type.__dict__`` for a dict and rejects the
+    # mappingproxy it is at run time.
+    if "__slots__" not in getattr(cls, "__dict__"):  # noqa: B009
         raise TypeError(f"{name} must be a slotted dataclass")
     if not getattr(cls, "__dataclass_params__").frozen:  # noqa: B009 (no stub names it)
         raise TypeError(f"{name} must be frozen (a mutable dataclass's __init__ is fast)")

@@ -151,9 +151,10 @@ FlowKey = tuple[int, bytes, int, bytes, int]
 _EMPTY: list[Event] = []
 # Responses learn the number of the frame that completed them: the inventory keeps it
 # as the evidence of where a device announced its identity. Set through the slot
-# (the events are frozen); only server-to-client segments are scanned.
-_SET_MODBUS_FRAME = ModbusResponse.__dict__["frame"].__set__
-_SET_DNP3_FRAME = DNP3Application.__dict__["frame"].__set__
+# (the events are frozen); only server-to-client segments are scanned. getattr: mypyc
+# before 1.10 takes ``type.__dict__`` for a dict and rejects the mappingproxy it is.
+_SET_MODBUS_FRAME = getattr(ModbusResponse, "__dict__")["frame"].__set__  # noqa: B009
+_SET_DNP3_FRAME = getattr(DNP3Application, "__dict__")["frame"].__set__  # noqa: B009
 _TO_SERVER = Direction.TO_SERVER
 _TO_CLIENT = Direction.TO_CLIENT
 _LRU_RESOLUTION = 1.0  # seconds of packet time
@@ -221,7 +222,7 @@ class Pipeline:
                               else _EMPTY)
 
         decoded = decode(linktype, frame)
-        if decoded.__class__ is not Decoded:
+        if type(decoded) is not Decoded:
             return swept + self._problem(ts, cast(DecodeProblem, decoded), frame_no,
                                          linktype, frame)
         pkt = decoded
@@ -315,7 +316,7 @@ class Pipeline:
             self.stats.not_ip += 1
             if problem.anomaly is PacketAnomaly.NOT_IP:
                 arp = decode_arp(ts, linktype, frame)
-                if arp.__class__ is ArpEvent:
+                if type(arp) is ArpEvent:
                     self.stats.arp += 1
                     return [arp]
                 if arp is not None:  # the ARP ethertype, but not ARP we can read

@@ -36,10 +36,9 @@ def pdu_fields(pdu: Pdu) -> dict[str, object]:
         return fields
     if type(pdu) is ExceptionPdu:
         return {"exception_name": pdu.name}
-    fields = {
-        f.name: _jsonable(getattr(pdu, f.name))
-        for f in dataclasses.fields(pdu)  # type: ignore[arg-type]
-    }
+    if not dataclasses.is_dataclass(pdu):  # every Pdu class is; this tells the checker
+        raise TypeError(f"{type(pdu).__name__} is not a dataclass")
+    fields = {f.name: _jsonable(getattr(pdu, f.name)) for f in dataclasses.fields(pdu)}
     if type(pdu) is RawPdu:
         fields["length"] = pdu.length
     return fields
