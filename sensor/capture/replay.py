@@ -213,20 +213,14 @@ def replay_files(
             bar = _Progress(progress, size, Path(path).name) if (
                 progress is not None and size >= _PROGRESS_MIN_BYTES) else None
             for done, batch in read_capture_batches(path):
-                if batched:
-                    pending: list[Event] = []
-                    add = pending.extend
-                    for ts, linktype, data, frame in batch:
-                        events = packet(ts, linktype, data, frame)
-                        if events:
-                            add(events)
-                    if pending:
-                        tally(pending)
-                else:
-                    for ts, linktype, data, frame in batch:
-                        events = packet(ts, linktype, data, frame)
-                        if events:
-                            tally(events)
+                pending: list[Event] = []
+                take = pending.extend if batched else tally  # a chunk, or each packet's
+                for ts, linktype, data, frame in batch:
+                    events = packet(ts, linktype, data, frame)
+                    if events:
+                        take(events)
+                if pending:
+                    tally(pending)
                 if bar is not None:
                     bar.update(done, pipeline.stats.packets)
         except CaptureFileError as err:

@@ -96,7 +96,7 @@ def _with_src(address: bytes) -> list[object]:
 
 def test_the_address_cache_stops_growing_at_its_cap() -> None:
     texts: dict[bytes, str] = {}
-    for n in range(MAX_ADDRESS_TEXTS + 500):  # past the cap: made anew, not remembered
+    for n in range(MAX_ADDRESS_TEXTS * 10):  # far past the cap: made anew, not remembered
         address = (0x0A000000 + n).to_bytes(4, "big")
         doc = decode(encode(1, 1, T0, Kind.ALERT, _with_src(address)), documents=True,
                      texts=texts).body
