@@ -103,16 +103,18 @@ def parse_fragment(
     return AppFragment(control, fc, iin, objects)
 
 
-def _qualifier(qualifier: int) -> tuple[int, int, int, Struct | None] | None:
-    """(prefix code, prefix width, range code, range Struct) of a qualifier, or
-    ``None`` if it is reserved (bit 7, prefix code 7, range codes 0xA and 0xC-0xF)."""
+def _qualifier(qualifier: int) -> tuple[int, int, int, Struct | None, int] | None:
+    """(prefix code, prefix width, range code, range Struct, range width in bytes) of a
+    qualifier, or ``None`` if it is reserved (bit 7, prefix code 7, range codes 0xA and
+    0xC-0xF)."""
     prefix_code = (qualifier >> 4) & 7
     range_code = qualifier & 0x0F
     if qualifier & 0x80 or prefix_code == 7 or range_code in (0xA, 0xC, 0xD, 0xE, 0xF):
         return None
     width = (0, 1, 2, 4, 1, 2, 4)[prefix_code]
     fmt = ("<BB", "<HH", "<II", "<BB", "<HH", "<II", "", "<B", "<H", "<I", "", "<B")[range_code]
-    return prefix_code, width, range_code, Struct(fmt) if fmt else None
+    range_struct = Struct(fmt) if fmt else None
+    return prefix_code, width, range_code, range_struct, range_struct.size if range_struct else 0
 
 
 # Every qualifier decoded once, at import: the walker does one look-up per header.
@@ -134,6 +136,12 @@ def _all_objects() -> dict[int, ObjectHeader]:
 _ALL_OBJECTS = _all_objects()
 
 
+# The decoders read the header they describe; their details are then set through the
+# slot, as construction would (the dataclass is frozen). getattr: mypyc before 1.10
+# takes ``type.__dict__`` for a dict and rejects the mappingproxy it is at run time.
+_SET_DETAILS = getattr(ObjectHeader, "__dict__")["details"].__set__  # noqa: B009
+
+
 def _gv(group: int, variation: int, qualifier: int) -> str:
     return f"g{group}v{variation} q0x{qualifier:02X}"
 
@@ -148,6 +156,9 @@ def walk_objects(
     headers: list[ObjectHeader] = []
     fc_data = fc in DATA_REQUEST_FCS or fc in RESPONSE_FCS
     freeze_at_time = fc in FREEZE_AT_TIME_FCS
+    qualifiers = _QUALIFIERS
+    sizes = OBJECT_SIZES
+    decoders = _DECODERS
     while pos < n:
         if len(headers) >= max_objects:
             problems.append((DNP3Anomaly.TOO_MANY_OBJECTS, f"over {max_objects} object headers"))
@@ -160,12 +171,12 @@ def walk_objects(
         qualifier = frag[pos + 2]
         pos += 3
         key = group << 8 | variation
-        decoded = _QUALIFIERS[qualifier]
+        decoded = qualifiers[qualifier]
         if decoded is None:
             headers.append(ObjectHeader(group, variation, qualifier, None, None, None, 0))
             problems.append((DNP3Anomaly.RESERVED_QUALIFIER, _gv(group, variation, qualifier)))
             break
-        prefix_code, prefix_width, range_code, range_struct = decoded
+        prefix_code, prefix_width, range_code, range_struct, need = decoded
         carries = (
             fc_data
             or prefix_code >= 4
@@ -182,7 +193,6 @@ def walk_objects(
         stop: int | None = None
         count: int | None = None
         if range_struct is not None:
-            need = range_struct.size
             if n - pos < need:
                 problems.append(
                     (DNP3Anomaly.TRUNCATED_FRAGMENT, f"{_gv(group, variation, qualifier)} range")
@@ -229,7 +239,7 @@ def walk_objects(
                 problems.append(problem)
                 break
             continue
-        size = OBJECT_SIZES.get(key)
+        size = sizes.get(key)
         if size is None:
             headers.append(ObjectHeader(group, variation, qualifier, start, stop, count,
                                         prefix_width))
@@ -262,13 +272,12 @@ def walk_objects(
                              else f"{gv} needs {end - pos} bytes"))
             break
         header = ObjectHeader(group, variation, qualifier, start, stop, count, prefix_width)
-        decoder = _DECODERS.get(group)
+        decoder = decoders.get(group)
         if decoder is not None:
             if key != 12 << 8 | 3:  # g12v3, the pattern mask, has nothing to decode
                 details = decoder(frag, pos, header, fc)
-                if details:
-                    header = ObjectHeader(group, variation, qualifier, start, stop, count,
-                                          prefix_width, details)
+                if details:  # the header is not out yet: this completes its construction
+                    _SET_DETAILS(header, details)
         elif group == 60 and 1 <= variation <= 4:
             header = ObjectHeader(group, variation, qualifier, start, stop, count,
                                   prefix_width, (ClassData(variation - 1),))
@@ -371,21 +380,30 @@ def _decode_analog_output(
     return tuple(out)
 
 
+# g50 records: the 48-bit time as a u32 and a u16, then the interval (v2, v4) and its
+# units (v4); by index-prefix width (0, 1, 2, 4), the prefix skipped as pad bytes, so
+# one ``iter_unpack`` reads a whole header's records.
+_TIME_FORMATS = {1: "IH", 2: "IHI", 3: "IH", 4: "IHIB"}
+_TIME = {
+    width: {v: Struct(f"<{width}x{fmt}") for v, fmt in _TIME_FORMATS.items()}
+    for width in (0, 1, 2, 4)
+}
+
+
 def _decode_time(frag: bytes, pos: int, header: ObjectHeader, fc: int) -> tuple[Detail, ...]:
-    v = header.variation
-    size = (0, 6, 10, 6, 11)[v] if v <= 4 else 0
-    if not size or (header.prefix_size and header.qualifier & 0x70 > 0x30):
+    width = header.prefix_size
+    record = _TIME[width].get(header.variation)
+    if record is None or (width and header.qualifier & 0x70 > 0x30):
         return ()
-    out: list[Detail] = []
-    for _index, at in _objects(frag, pos, header, size):
-        ms = int.from_bytes(frag[at : at + 6], "little")
-        if v == 2:
-            out.append(TimeValue(ms, _U32.unpack_from(frag, at + 6)[0]))
-        elif v == 4:
-            out.append(TimeValue(ms, _U32.unpack_from(frag, at + 6)[0], frag[at + 10]))
-        else:
-            out.append(TimeValue(ms))
-    return tuple(out)
+    count = min(header.count or 0, MAX_DETAILS)
+    records = record.iter_unpack(frag[pos : pos + count * record.size])
+    v = header.variation
+    if v == 2:
+        return tuple(TimeValue(lo | hi << 32, interval) for lo, hi, interval in records)
+    if v == 4:
+        return tuple(TimeValue(lo | hi << 32, interval, units)
+                     for lo, hi, interval, units in records)
+    return tuple(TimeValue(lo | hi << 32) for lo, hi in records)
 
 
 def _decode_iin(frag: bytes, pos: int, header: ObjectHeader, fc: int) -> tuple[Detail, ...]:

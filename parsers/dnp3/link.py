@@ -79,6 +79,7 @@ class LinkReader:
         out: list[LinkFrame | LinkError] = []
         n = len(buf)
         pos = 0
+        t = CRC_TABLE16
         while pos < n:
             if buf[pos] != 0x05 or n - pos < 2 or buf[pos + 1] != 0x64:
                 found = buf.find(_SYNC, pos)
@@ -94,7 +95,6 @@ class LinkReader:
             if n - pos < HEADER_SIZE:
                 break
             length, control, dst, src, crc = _HEADER.unpack_from(buf, pos)
-            t = CRC_TABLE16
             if t[t[t[_SYNC_STEP ^ length ^ control << 8] ^ dst] ^ src] ^ 0xFFFF != crc:
                 out.append(LinkError(DNP3Anomaly.BAD_HEADER_CRC, f"LEN {length}"))
                 self._desync = True
@@ -105,10 +105,11 @@ class LinkReader:
                 self._desync = True
                 pos += HEADER_SIZE
                 continue
-            size = frame_size(length)
+            user_size = length - 5
+            size = HEADER_SIZE + user_size + 2 * ((user_size + 15) >> 4)  # frame_size
             if n - pos < size:
                 break
-            user = _user_data(buf, pos + HEADER_SIZE, length - 5)
+            user = _user_data(buf, pos + HEADER_SIZE, user_size)
             pos += size
             self._desync = False
             if user is None:
