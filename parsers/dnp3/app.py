@@ -40,9 +40,10 @@ from mamori.parsers.dnp3.objects import (
     BIT1,
     BIT2,
     BY_VARIATION,
-    OBJECT_SPECS,
+    KNOWN_GROUPS,
+    KNOWN_HEADERS,
+    OBJECT_SIZES,
     STATUS_LIST,
-    is_known,
 )
 
 Problem = tuple[DNP3Anomaly, str]
@@ -56,8 +57,6 @@ NO_RESPONSE_FCS = frozenset({0, 6, 8, 10, 12, 33})
 
 MAX_DETAILS = 64  # decoded details kept per object header
 
-_PREFIX_WIDTH = (0, 1, 2, 4, 1, 2, 4, 0)
-_RANGE_WIDTH = (1, 2, 4, 1, 2, 4, 0, 1, 2, 4, 0, 1, 0, 0, 0, 0)
 _INT = {1: Struct("<B"), 2: Struct("<H"), 4: Struct("<I")}
 _CROB = Struct("<BBIIB")
 _I32S = Struct("<iB")
@@ -104,12 +103,62 @@ def parse_fragment(
     return AppFragment(control, fc, iin, objects)
 
 
+def _qualifier(qualifier: int) -> tuple[int, int, int, Struct | None, int] | None:
+    """(prefix code, prefix width, range code, range Struct, range width in bytes) of a
+    qualifier, or ``None`` if it is reserved (bit 7, prefix code 7, range codes 0xA and
+    0xC-0xF)."""
+    prefix_code = (qualifier >> 4) & 7
+    range_code = qualifier & 0x0F
+    if qualifier & 0x80 or prefix_code == 7 or range_code in (0xA, 0xC, 0xD, 0xE, 0xF):
+        return None
+    width = (0, 1, 2, 4, 1, 2, 4)[prefix_code]
+    fmt = ("<BB", "<HH", "<II", "<BB", "<HH", "<II", "", "<B", "<H", "<I", "", "<B")[range_code]
+    range_struct = Struct(fmt) if fmt else None
+    return prefix_code, width, range_code, range_struct, range_struct.size if range_struct else 0
+
+
+# Every qualifier decoded once, at import: the walker does one look-up per header.
+_QUALIFIERS = tuple(_qualifier(q) for q in range(256))
+
+
+def _all_objects() -> dict[int, ObjectHeader]:
+    """The headers of qualifier 0x06 (all objects: no range, no prefix) that are the
+    same object every time, by group << 8 | variation: the class polls (g60v1-v4,
+    with their class, valid in any function) and the "any variation" reads of static
+    data (g1v0, g30v0, ...; valid only where no object data follows). They are
+    immutable, so every fragment shares them."""
+    table = {g << 8: ObjectHeader(g, 0, 0x06, None, None, None, 0) for g in KNOWN_GROUPS if g}
+    for v in range(1, 5):
+        table[60 << 8 | v] = ObjectHeader(60, v, 0x06, None, None, None, 0, (ClassData(v - 1),))
+    return table
+
+
+_ALL_OBJECTS = _all_objects()
+
+
+# The decoders read the header they describe; their details are then set through the
+# slot, as construction would (the dataclass is frozen). getattr: mypyc before 1.10
+# takes ``type.__dict__`` for a dict and rejects the mappingproxy it is at run time.
+_SET_DETAILS = getattr(ObjectHeader, "__dict__")["details"].__set__  # noqa: B009
+
+
+def _gv(group: int, variation: int, qualifier: int) -> str:
+    return f"g{group}v{variation} q0x{qualifier:02X}"
+
+
 def walk_objects(
     frag: bytes, pos: int, fc: int, max_objects: int, max_points: int, problems: list[Problem]
 ) -> tuple[ObjectHeader, ...]:
+    """The object headers from ``frag[pos]`` on. Each header is sized from
+    ``objects.OBJECT_SIZES`` and its objects are skipped; the decoded groups
+    (``_DECODERS``) and the class headers also get their ``details``."""
     n = len(frag)
     headers: list[ObjectHeader] = []
     fc_data = fc in DATA_REQUEST_FCS or fc in RESPONSE_FCS
+    freeze_at_time = fc in FREEZE_AT_TIME_FCS
+    qualifiers = _QUALIFIERS
+    sizes = OBJECT_SIZES
+    decoders = _DECODERS
     while pos < n:
         if len(headers) >= max_objects:
             problems.append((DNP3Anomaly.TOO_MANY_OBJECTS, f"over {max_objects} object headers"))
@@ -121,118 +170,120 @@ def walk_objects(
         variation = frag[pos + 1]
         qualifier = frag[pos + 2]
         pos += 3
-        prefix_code = (qualifier >> 4) & 7
-        range_code = qualifier & 0x0F
-        gv = f"g{group}v{variation} q0x{qualifier:02X}"
-        if qualifier & 0x80 or prefix_code == 7 or range_code in (0xA, 0xC, 0xD, 0xE, 0xF):
+        key = group << 8 | variation
+        decoded = qualifiers[qualifier]
+        if decoded is None:
             headers.append(ObjectHeader(group, variation, qualifier, None, None, None, 0))
-            problems.append((DNP3Anomaly.RESERVED_QUALIFIER, gv))
+            problems.append((DNP3Anomaly.RESERVED_QUALIFIER, _gv(group, variation, qualifier)))
             break
-        # ---- range
-        start = stop = count = None
-        width = _RANGE_WIDTH[range_code]
-        if width:
-            need = 2 * width if range_code <= 5 else width
-            if n - pos < need:
-                problems.append((DNP3Anomaly.TRUNCATED_FRAGMENT, f"{gv} range"))
-                break
-            unpack = _INT[width].unpack_from
-            if range_code <= 5:
-                start = unpack(frag, pos)[0]
-                stop = unpack(frag, pos + width)[0]
-                count = stop - start + 1
-            else:
-                count = unpack(frag, pos)[0]
-            pos += need
-        prefix_width = _PREFIX_WIDTH[prefix_code]
-        header = ObjectHeader(group, variation, qualifier, start, stop, count, prefix_width)
-        if count is not None and count < 1 and start is not None:
-            headers.append(header)
-            problems.append((DNP3Anomaly.INVALID_RANGE, f"{gv} start {start} stop {stop}"))
-            break
-        if count is not None and count > max_points:
-            headers.append(header)
-            problems.append((DNP3Anomaly.TOO_MANY_POINTS, f"{gv} count {count}"))
-            break
-        # a size prefix always means object data follows (READ of g70v5, for one)
+        prefix_code, prefix_width, range_code, range_struct, need = decoded
         carries = (
             fc_data
             or prefix_code >= 4
             or group == 120
-            or (group == 50 and fc in FREEZE_AT_TIME_FCS)
+            or (group == 50 and freeze_at_time)
         )
-        if not carries:
-            if not is_known(group, variation):
-                headers.append(header)
-                problems.append((DNP3Anomaly.UNKNOWN_OBJECT, gv))
+        if qualifier == 0x06:  # all objects: the header is all there is
+            shared = _ALL_OBJECTS.get(key)
+            if shared is not None and (variation or not carries):
+                headers.append(shared)
+                continue
+        # ---- range
+        start: int | None = None
+        stop: int | None = None
+        count: int | None = None
+        if range_struct is not None:
+            if n - pos < need:
+                problems.append(
+                    (DNP3Anomaly.TRUNCATED_FRAGMENT, f"{_gv(group, variation, qualifier)} range")
+                )
                 break
-            if prefix_code:
+            if range_code <= 5:
+                start, stop = range_struct.unpack_from(frag, pos)
+                count = stop - start + 1
+                if count < 1:
+                    headers.append(ObjectHeader(group, variation, qualifier, start, stop, count,
+                                                prefix_width))
+                    problems.append((DNP3Anomaly.INVALID_RANGE,
+                                     f"{_gv(group, variation, qualifier)} start {start} "
+                                     f"stop {stop}"))
+                    break
+            else:
+                count = range_struct.unpack_from(frag, pos)[0]
+            pos += need
+            if count > max_points:
+                headers.append(ObjectHeader(group, variation, qualifier, start, stop, count,
+                                            prefix_width))
+                problems.append((DNP3Anomaly.TOO_MANY_POINTS,
+                                 f"{_gv(group, variation, qualifier)} count {count}"))
+                break
+        if not carries:  # a header that names points, without their data
+            problem: Problem | None = None
+            if key not in KNOWN_HEADERS:
+                problem = (DNP3Anomaly.UNKNOWN_OBJECT, _gv(group, variation, qualifier))
+            elif prefix_code:
                 if count is None:
-                    headers.append(header)
-                    problems.append((DNP3Anomaly.QUALIFIER_MISMATCH, f"{gv} in FC {fc}"))
-                    break
-                pos += count * prefix_width  # a list of point indexes
-                if pos > n:
-                    headers.append(header)
-                    problems.append((DNP3Anomaly.TRUNCATED_FRAGMENT, f"{gv} indexes"))
-                    break
-            if group == 60 and 1 <= variation <= 4:
-                header = _with_details(header, (ClassData(variation - 1),))
-            headers.append(header)
+                    problem = (DNP3Anomaly.QUALIFIER_MISMATCH,
+                               f"{_gv(group, variation, qualifier)} in FC {fc}")
+                else:
+                    pos += count * prefix_width  # a list of point indexes
+                    if pos > n:
+                        problem = (DNP3Anomaly.TRUNCATED_FRAGMENT,
+                                   f"{_gv(group, variation, qualifier)} indexes")
+            details: tuple[Detail, ...] = ()
+            if group == 60 and 1 <= variation <= 4 and problem is None:
+                details = (ClassData(variation - 1),)
+            headers.append(ObjectHeader(group, variation, qualifier, start, stop, count,
+                                        prefix_width, details))
+            if problem is not None:
+                problems.append(problem)
+                break
             continue
-        spec = OBJECT_SPECS.get(group << 8 | variation)
-        if spec is None:
-            headers.append(header)
-            problems.append((DNP3Anomaly.UNKNOWN_OBJECT, gv))
+        size = sizes.get(key)
+        if size is None:
+            headers.append(ObjectHeader(group, variation, qualifier, start, stop, count,
+                                        prefix_width))
+            problems.append((DNP3Anomaly.UNKNOWN_OBJECT, _gv(group, variation, qualifier)))
             break
-        size = spec.size
         objects = count or 0
+        end: int | None
         if prefix_code >= 4 or size in (ATTRIBUTE, STATUS_LIST):
             end = _walk_sized(frag, pos, objects, prefix_width, prefix_code >= 4, size)
-            if end is None:
-                headers.append(header)
-                problems.append((DNP3Anomaly.TRUNCATED_FRAGMENT, f"{gv} objects"))
-                break
         elif size >= 0:
             end = pos + objects * (prefix_width + size)
         elif size in (BIT1, BIT2):
-            bits = 1 if size == BIT1 else 2
             if prefix_width:
                 end = pos + objects * (prefix_width + 1)
             else:
-                end = pos + (objects * bits + 7) // 8
+                end = pos + (objects * (1 if size == BIT1 else 2) + 7) // 8
         elif size == BY_VARIATION:
             end = pos + objects * (prefix_width + variation)
         else:  # FREE without a size prefix
-            headers.append(header)
-            problems.append((DNP3Anomaly.QUALIFIER_MISMATCH, f"{gv} needs a size prefix"))
+            headers.append(ObjectHeader(group, variation, qualifier, start, stop, count,
+                                        prefix_width))
+            problems.append((DNP3Anomaly.QUALIFIER_MISMATCH,
+                             f"{_gv(group, variation, qualifier)} needs a size prefix"))
             break
-        if end > n:
-            headers.append(header)
-            problems.append((DNP3Anomaly.TRUNCATED_FRAGMENT, f"{gv} needs {end - pos} bytes"))
+        if end is None or end > n:
+            headers.append(ObjectHeader(group, variation, qualifier, start, stop, count,
+                                        prefix_width))
+            gv = _gv(group, variation, qualifier)
+            problems.append((DNP3Anomaly.TRUNCATED_FRAGMENT, f"{gv} objects" if end is None
+                             else f"{gv} needs {end - pos} bytes"))
             break
-        if group in _DECODERS or group == 0:
-            details = _decode(frag, pos, header, fc)
-            if details:
-                header = _with_details(header, details)
+        header = ObjectHeader(group, variation, qualifier, start, stop, count, prefix_width)
+        decoder = decoders.get(group)
+        if decoder is not None:
+            if key != 12 << 8 | 3:  # g12v3, the pattern mask, has nothing to decode
+                details = decoder(frag, pos, header, fc)
+                if details:  # the header is not out yet: this completes its construction
+                    _SET_DETAILS(header, details)
         elif group == 60 and 1 <= variation <= 4:
-            header = _with_details(header, (ClassData(variation - 1),))
+            header = ObjectHeader(group, variation, qualifier, start, stop, count,
+                                  prefix_width, (ClassData(variation - 1),))
         headers.append(header)
         pos = end
     return tuple(headers)
-
-
-def _with_details(header: ObjectHeader, details: tuple[Detail, ...]) -> ObjectHeader:
-    return ObjectHeader(
-        header.group,
-        header.variation,
-        header.qualifier,
-        header.start,
-        header.stop,
-        header.count,
-        header.prefix_size,
-        details,
-    )
 
 
 def _walk_sized(
@@ -329,21 +380,30 @@ def _decode_analog_output(
     return tuple(out)
 
 
+# g50 records: the 48-bit time as a u32 and a u16, then the interval (v2, v4) and its
+# units (v4); by index-prefix width (0, 1, 2, 4), the prefix skipped as pad bytes, so
+# one ``iter_unpack`` reads a whole header's records.
+_TIME_FORMATS = {1: "IH", 2: "IHI", 3: "IH", 4: "IHIB"}
+_TIME = {
+    width: {v: Struct(f"<{width}x{fmt}") for v, fmt in _TIME_FORMATS.items()}
+    for width in (0, 1, 2, 4)
+}
+
+
 def _decode_time(frag: bytes, pos: int, header: ObjectHeader, fc: int) -> tuple[Detail, ...]:
-    v = header.variation
-    size = (0, 6, 10, 6, 11)[v] if v <= 4 else 0
-    if not size or (header.prefix_size and header.qualifier & 0x70 > 0x30):
+    width = header.prefix_size
+    record = _TIME[width].get(header.variation)
+    if record is None or (width and header.qualifier & 0x70 > 0x30):
         return ()
-    out: list[Detail] = []
-    for _index, at in _objects(frag, pos, header, size):
-        ms = int.from_bytes(frag[at : at + 6], "little")
-        if v == 2:
-            out.append(TimeValue(ms, _U32.unpack_from(frag, at + 6)[0]))
-        elif v == 4:
-            out.append(TimeValue(ms, _U32.unpack_from(frag, at + 6)[0], frag[at + 10]))
-        else:
-            out.append(TimeValue(ms))
-    return tuple(out)
+    count = min(header.count or 0, MAX_DETAILS)
+    records = record.iter_unpack(frag[pos : pos + count * record.size])
+    v = header.variation
+    if v == 2:
+        return tuple(TimeValue(lo | hi << 32, interval) for lo, hi, interval in records)
+    if v == 4:
+        return tuple(TimeValue(lo | hi << 32, interval, units)
+                     for lo, hi, interval, units in records)
+    return tuple(TimeValue(lo | hi << 32) for lo, hi in records)
 
 
 def _decode_iin(frag: bytes, pos: int, header: ObjectHeader, fc: int) -> tuple[Detail, ...]:
@@ -456,9 +516,3 @@ _DECODERS = {
     80: _decode_iin,
 }
 
-
-def _decode(frag: bytes, pos: int, header: ObjectHeader, fc: int) -> tuple[Detail, ...]:
-    decoder = _DECODERS.get(header.group)
-    if decoder is None or (header.group == 12 and header.variation == 3):
-        return ()
-    return decoder(frag, pos, header, fc)

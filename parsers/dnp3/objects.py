@@ -107,6 +107,12 @@ def _build() -> dict[int, ObjectSpec]:
 # key: group << 8 | variation
 OBJECT_SPECS: Final[dict[int, ObjectSpec]] = _build()
 KNOWN_GROUPS: Final[frozenset[int]] = frozenset(OBJECT_TABLE)
+# The sizes alone, for the walker's hot path (one dict look-up, no attribute).
+OBJECT_SIZES: Final[dict[int, int]] = {key: spec.size for key, spec in OBJECT_SPECS.items()}
+# Every group << 8 | variation that ``is_known`` accepts, as one set.
+KNOWN_HEADERS: Final[frozenset[int]] = frozenset(OBJECT_SPECS) | frozenset(
+    group << 8 for group in KNOWN_GROUPS if group != 0
+)
 
 
 def lookup(group: int, variation: int) -> ObjectSpec | None:
@@ -121,9 +127,7 @@ def is_known(group: int, variation: int) -> bool:
     254 = all attributes), so g0v0 is an undefined object; an outstation answers a READ
     of it with IIN2.1 OBJECT_UNKNOWN (opendnp3 conformance test 8.6.3.2).
     """
-    if variation == 0:
-        return group in KNOWN_GROUPS and group != 0
-    return (group << 8 | variation) in OBJECT_SPECS
+    return 0 <= variation <= 0xFF and (group << 8 | variation) in KNOWN_HEADERS
 
 
 def group_name(group: int) -> str:

@@ -33,10 +33,11 @@ from mamori.parsers.dnp3.events import (
     link_function_name,
 )
 from mamori.parsers.dnp3.link import LinkError, LinkFrame, LinkReader
-from mamori.parsers.dnp3.transport import Problem, TransportReassembler, reassembly_key
+from mamori.parsers.dnp3.transport import Problem, TransportReassembler
 from mamori.parsers.stream import Direction, FlowId, Transport
 
 _USER_DATA_FUNCTIONS = (3, 4)  # confirmed / unconfirmed user data
+_TO_SERVER = Direction.TO_SERVER  # a module constant: an enum member is a slow attribute
 
 # IEEE 1815 lets a device configure fragments larger than the usual 2048 octets
 # (suricata-verify's dnp3-max-points trace has an 8201-byte WRITE). The cap is one full
@@ -150,8 +151,8 @@ class DNP3Parser:
         self, direction: Direction, frame: LinkFrame, ts: float, out: list[DNP3Event]
     ) -> None:
         control = frame.control
-        from_master = bool(control & 0x80)
-        mismatch = from_master != (direction is Direction.TO_SERVER)
+        from_master = control >= 0x80  # DIR, the top bit of the one-byte field
+        mismatch = from_master is not (direction is _TO_SERVER)
         if mismatch != self._mismatch[direction]:
             self._mismatch[direction] = mismatch
             if mismatch:
@@ -199,7 +200,7 @@ class DNP3Parser:
             )
             return
         problems: list[Problem] = []
-        key = reassembly_key(frame.src, frame.dst, direction)
+        key = direction << 32 | frame.src << 16 | frame.dst  # the transport's key
         fragment = self._transport.segment(key, user_data, problems)
         for kind, detail in problems:
             out.append(
@@ -275,9 +276,11 @@ class DNP3Parser:
             return ts - confirmed[0], confirmed[1]
         if fc not in NO_RESPONSE_FCS:
             key = (master, outstation, seq)
-            self._outstanding.pop(key, None)
-            self._outstanding[key] = (ts, fc)
-            self._cap(self._outstanding, ts, out, direction)
+            outstanding = self._outstanding
+            outstanding.pop(key, None)
+            outstanding[key] = (ts, fc)
+            if len(outstanding) > self._max_outstanding:
+                self._cap(outstanding, ts, out, direction)
         return None, None
 
     def _pair_response(
@@ -293,8 +296,10 @@ class DNP3Parser:
     ) -> tuple[float | None, int | None]:
         uns = fc == 130
         if control & 0x20:  # CON: the master will confirm this fragment
-            self._confirms[(master, outstation, seq, uns)] = (ts, fc)
-            self._cap(self._confirms, ts, out, direction)
+            confirms = self._confirms
+            confirms[(master, outstation, seq, uns)] = (ts, fc)
+            if len(confirms) > self._max_outstanding:
+                self._cap(confirms, ts, out, direction)
         if uns:
             return None, None
         pair = (master, outstation)
@@ -326,8 +331,7 @@ class DNP3Parser:
         out: list[DNP3Event],
         direction: Direction,
     ) -> None:
-        if len(table) <= self._max_outstanding:
-            return
+        """Evict the oldest entry of a table that is over ``max_outstanding``."""
         oldest = next(iter(table))
         del table[oldest]  # type: ignore[arg-type]
         if not self._flooded:

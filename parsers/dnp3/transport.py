@@ -7,8 +7,9 @@ Each link frame that carries user data starts with one transport byte::
 followed by up to 249 bytes of the application fragment. A fragment starts with
 a FIR segment and ends with a FIN segment; the sequence number increases by one
 modulo 64 between them. Reassembly is kept per (link source, link destination,
-direction), at most ``max_pending`` of them at once, ``max_fragment`` bytes each
-and ``max_pending_bytes`` bytes together (a new or growing fragment that would pass
+direction), keyed by the int ``direction << 32 | source << 16 | destination``, at
+most ``max_pending`` of them at once, ``max_fragment`` bytes each and
+``max_pending_bytes`` bytes together (a new or growing fragment that would pass
 the total evicts the oldest other ones, reported as FLOODED).
 
 IEEE 1815 lets a device configure its maximum fragment size (2048 octets is only the
@@ -36,10 +37,6 @@ class _Partial:
     def __init__(self, data: bytearray | None, seq: int) -> None:
         self.data = data
         self.seq = seq
-
-
-def reassembly_key(src: int, dst: int, direction: int) -> int:
-    return direction << 32 | src << 16 | dst
 
 
 class TransportReassembler:
