@@ -199,9 +199,10 @@ def walk_objects(
                 )
                 break
             if range_code <= 5:
-                start, stop = range_struct.unpack_from(frag, pos)
-                count = stop - start + 1
-                if count < 1:
+                first, last = range_struct.unpack_from(frag, pos)
+                start, stop, width = first, last, last - first + 1  # Debian's mypy 1.0.1
+                count = width  # narrows no declared Optional from a tuple's items
+                if width < 1:
                     headers.append(ObjectHeader(group, variation, qualifier, start, stop, count,
                                                 prefix_width))
                     problems.append((DNP3Anomaly.INVALID_RANGE,
@@ -209,9 +210,10 @@ def walk_objects(
                                      f"stop {stop}"))
                     break
             else:
-                count = range_struct.unpack_from(frag, pos)[0]
+                width = range_struct.unpack_from(frag, pos)[0]
+                count = width
             pos += need
-            if count > max_points:
+            if width > max_points:
                 headers.append(ObjectHeader(group, variation, qualifier, start, stop, count,
                                             prefix_width))
                 problems.append((DNP3Anomaly.TOO_MANY_POINTS,
