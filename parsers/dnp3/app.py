@@ -200,9 +200,11 @@ def walk_objects(
                 break
             if range_code <= 5:
                 first, last = range_struct.unpack_from(frag, pos)
-                start, stop, width = first, last, last - first + 1  # Debian's mypy 1.0.1
-                count = width  # narrows no declared Optional from a tuple's items
-                if width < 1:
+                # plain locals first: Debian's mypy 1.0.1 (the .deb's mypyc build) narrows
+                # no declared Optional from a tuple's items
+                start, stop, points = first, last, last - first + 1
+                count = points
+                if points < 1:
                     headers.append(ObjectHeader(group, variation, qualifier, start, stop, count,
                                                 prefix_width))
                     problems.append((DNP3Anomaly.INVALID_RANGE,
@@ -210,10 +212,10 @@ def walk_objects(
                                      f"stop {stop}"))
                     break
             else:
-                width = range_struct.unpack_from(frag, pos)[0]
-                count = width
+                points = range_struct.unpack_from(frag, pos)[0]
+                count = points
             pos += need
-            if width > max_points:
+            if points > max_points:
                 headers.append(ObjectHeader(group, variation, qualifier, start, stop, count,
                                             prefix_width))
                 problems.append((DNP3Anomaly.TOO_MANY_POINTS,

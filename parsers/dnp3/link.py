@@ -105,11 +105,10 @@ class LinkReader:
                 self._desync = True
                 pos += HEADER_SIZE
                 continue
-            user_size = length - 5
-            size = HEADER_SIZE + user_size + 2 * ((user_size + 15) >> 4)  # frame_size
+            size = frame_size(length)
             if n - pos < size:
                 break
-            user = _user_data(buf, pos + HEADER_SIZE, user_size)
+            user = _user_data(buf, pos + HEADER_SIZE, length - 5)
             pos += size
             self._desync = False
             if user is None:
