@@ -124,7 +124,7 @@ packaging-apt:
 image-apt:
 	$(call apt_install,$(IMAGE_APT_PACKAGES))
 
-# build/deb/mamori_VERSION_amd64.deb (parsers/ compiled by Debian's mypyc), then lintian (errors and warnings fail).
+# build/deb/mamori_VERSION_amd64.deb (parsers/ and the detection hot path compiled by Debian's mypyc), then lintian (errors and warnings fail).
 deb: packaging-apt
 	sh packaging/build-deb.sh
 
