@@ -63,19 +63,27 @@ bench: setup
 	$(BIN)/python bench/bench_replay.py modbus
 	$(BIN)/python bench/bench_replay.py dnp3
 
-# parsers/ compiled with mypyc into build/compiled/lib.*/ (the checkout stays pure Python):
+# parsers/ and the detection hot path (setup.py's DETECTION) compiled with mypyc into
+# build/compiled/lib.*/ (the checkout stays pure Python):
 # bench/bench_replay.py --compiled times it; MAMORI_COMPILE is explained in setup.py.
 compiled: venv
 	rm -rf build/compiled
 	MAMORI_COMPILE=1 $(BIN)/python setup.py -q build --build-base build/compiled
 
-# tests/parsers on that build: python -P and --import-mode=append keep the checkout off the
-# front of sys.path, and the probe refuses to run the tests on pure Python by mistake.
+# tests/parsers and the engine's and inventory's tests on that build: python -P and
+# --import-mode=append keep the checkout off the front of sys.path, and the probe refuses
+# to run the tests on pure Python by mistake.
+COMPILED_DETECTION_TESTS := $(addprefix tests/sensor/,test_detection.py test_matcher_index.py \
+	test_storm.py test_detection_caps.py test_detection_chains.py test_detection_floods.py \
+	test_detection_floods_state.py test_detection_learning.py test_detection_dnp3_rates.py \
+	test_inventory_merge.py)
 test-compiled: compiled
 	lib=$$(echo build/compiled/lib.*); \
-	PYTHONPATH=$$lib $(BIN)/python -P -c "import mamori.parsers.tcp as m; \
-	assert m.__file__.endswith('.so'), m.__file__" && \
-	PYTHONPATH=$$lib $(BIN)/python -P -m pytest -q -p no:cacheprovider --import-mode=append tests/parsers
+	PYTHONPATH=$$lib $(BIN)/python -P -c "import mamori.parsers.tcp as m, \
+	mamori.sensor.detection.engine as e, mamori.sensor.detection.inventory as i; \
+	assert all(x.__file__.endswith('.so') for x in (m, e, i)), (m.__file__, e.__file__, i.__file__)" && \
+	PYTHONPATH=$$lib $(BIN)/python -P -m pytest -q -p no:cacheprovider --import-mode=append tests/parsers \
+	  $(COMPILED_DETECTION_TESTS)
 
 # Regenerates the bundled demo capture from a real pymodbus exchange (needs root for tcpdump).
 sample: setup
@@ -116,7 +124,7 @@ packaging-apt:
 image-apt:
 	$(call apt_install,$(IMAGE_APT_PACKAGES))
 
-# build/deb/mamori_VERSION_amd64.deb (parsers/ compiled by Debian's mypyc), then lintian (errors and warnings fail).
+# build/deb/mamori_VERSION_amd64.deb (parsers/ and the detection hot path compiled by Debian's mypyc), then lintian (errors and warnings fail).
 deb: packaging-apt
 	sh packaging/build-deb.sh
 

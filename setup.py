@@ -4,7 +4,8 @@
 as ``mamori.parsers``, ``mamori.sensor`` and ``mamori.rules``. The subpackages are
 found here, so a new folder ships without a list to keep in step.
 
-Compiling ``parsers/`` with mypyc (issue 14) is chosen by ``MAMORI_COMPILE``:
+Compiling ``parsers/`` and the detection hot path (``DETECTION``) with mypyc (issue 14)
+is chosen by ``MAMORI_COMPILE``:
 
 - unset or ``0``: pure Python, the default, so ``pip install .`` and the editable
   ``pip install -e '.[test]'`` need no C compiler and no mypy;
@@ -64,11 +65,24 @@ def _old_mypyc() -> bool:
     return (major, minor) < (1, 10)
 
 
+#: ``sensor/detection/`` modules on the per-event path: the engine, the rule matcher, the
+#: inventory, and what they call per event or per hit (derived events, the flood,
+#: link-layer and chain watches). Left Python: ``bounded`` (``LruTable`` derives from
+#: ``OrderedDict``, which a native class cannot: it compiles, then crashes), ``model``
+#: (``RulePacks`` derives from ``list``, which mypyc refuses), and ``windows`` (runs only
+#: when maintenance windows are configured; the rest of it is config validation).
+DETECTION = ("engine", "matcher", "inventory", "derived", "floods", "aitm", "chains")
+
+
 def compiled_sources() -> list[str]:
-    """``parsers/`` through the ``mamori/`` link, so each module gets its installed name."""
+    """``parsers/`` and :data:`DETECTION` through the ``mamori/`` link, so each module gets
+    its installed name."""
     here = Path(__file__).resolve().parent
     old = _old_mypyc()
-    return sorted(str(p.relative_to(here)) for p in (here / "mamori" / "parsers").rglob("*.py")
+    detection = here / "mamori" / "sensor" / "detection"
+    paths = [*(here / "mamori" / "parsers").rglob("*.py"),
+             *(detection / f"{name}.py" for name in DETECTION)]
+    return sorted(str(p.relative_to(here)) for p in paths
                   if p.name not in PURE and not (old and INT_ENUM.search(p.read_text())))
 
 
@@ -81,22 +95,30 @@ class OptionalBuildExt(build_ext):
         except Exception as exc:  # the compiler's own error types vary by platform
             if _mode() != "auto":
                 raise
-            print(f"mamori: compiling parsers/ failed ({exc}); installing pure Python",
+            print(f"mamori: compiling failed ({exc}); installing pure Python",
                   file=sys.stderr)
             self.extensions = []
 
 
+#: mypy options of the build's own type check. The modules it compiles import others it
+#: does not (``sensor/detection/__init__`` imports the rule loader, hence jsonschema,
+#: which has no stubs in Debian 12): their errors are not the build's to report, the
+#: project's ``mypy --strict`` checks them.
+MYPY_OPTIONS = ["--follow-imports=silent"]
+
+
 def _mypycify(mypycify: Any) -> list[object]:
-    """The parsers' extensions, their shared runtime library named ``mamori__mypyc``.
+    """The extensions, their shared runtime library named ``mamori__mypyc``.
 
     Debian 12's mypyc (python3-mypy 1.0.1) predates ``group_name``: there the library
     takes a name hashed from the module list instead, which works the same."""
+    paths = [*MYPY_OPTIONS, *compiled_sources()]
     try:
-        return list(mypycify(compiled_sources(), opt_level="3", group_name="mamori"))
+        return list(mypycify(paths, opt_level="3", group_name="mamori"))
     except TypeError as exc:
         if "group_name" not in str(exc):
             raise
-    return list(mypycify(compiled_sources(), opt_level="3"))
+    return list(mypycify(paths, opt_level="3"))
 
 
 def extensions(mode: str) -> list[object]:

@@ -13,9 +13,13 @@ inventory and the baseline on top (what the sensor does).
     .venv/bin/python bench/bench_replay.py dnp3     # yadnp3 polling looped to >= 100k packets
     make compiled && .venv/bin/python bench/bench_replay.py modbus --compiled build/compiled/lib.*
 
-``--compiled LIB`` adds ``--no-detect`` runs of a mypyc build of ``parsers/`` (issue 14;
-``make compiled`` makes one) and of the checkout's pure Python, both started the same
-way (``python -c`` with ``PYTHONPATH`` set), so their ratio is the compiler's gain alone.
+``--compiled LIB`` adds runs of a mypyc build (issue 14; ``make compiled`` makes one:
+``parsers/`` and the detection hot path) and of the checkout's pure Python, both started
+the same way (``python -c`` with ``PYTHONPATH`` set), ``--no-detect`` and with detection,
+so their ratios are the compiler's gain alone. It also prints what detection adds per
+packet in each (the detection run less the ``--no-detect`` one of the same round: the
+engine, the inventory and the alert output together), since the stage clocks cannot
+reach into compiled classes.
 
 The ratio is the median of the paired rounds' ratios (each round times tshark and
 both Mamori runs back to back). After the timed rounds, one more replay of each
@@ -122,11 +126,13 @@ def main() -> int:
             **{name: [MAMORI, "replay", *argv] for name, argv in replay_args.items()},
             "tshark -T fields": ["tshark", "-r", str(capture), "-T", "fields", *tshark_proto],
         }
+        built = ("pure", "compiled")
         if args.compiled is not None:
-            no_detect = ["replay", "--no-progress", "--no-detect", *ports, str(capture)]
-            for name, tree in (("pure", ROOT), ("compiled", args.compiled.resolve())):
-                commands[f"--no-detect {name}"] = ["PYTHONPATH", str(tree), sys.executable,
-                                                   "-c", LAUNCH, *no_detect]
+            for mode, argv in (("--no-detect", replay_args["mamori --no-detect"]),
+                               ("detection", replay_args["mamori (detection)"])):
+                for name, tree in zip(built, (ROOT, args.compiled.resolve()), strict=True):
+                    commands[f"{mode} {name}"] = ["PYTHONPATH", str(tree), sys.executable,
+                                                  "-c", LAUNCH, "replay", *argv]
         for cmd in commands.values():  # warm the page cache and the bytecode caches
             timed(cmd)
         times: dict[str, list[float]] = {name: [] for name in commands}
@@ -140,16 +146,28 @@ def main() -> int:
         for name, t in median.items():
             print(f"{name:<20} {t:7.3f} s  {packets / t:>10,.0f} packets/s")
         tshark = times["tshark -T fields"]
-        variants = [*replay_args] + ([] if args.compiled is None
-                                     else ["--no-detect pure", "--no-detect compiled"])
+        variants = [*replay_args] + ([] if args.compiled is None else [
+            f"{mode} {name}" for mode in ("--no-detect", "detection") for name in built])
         for name in variants:
             paired = statistics.median(t / m for t, m in zip(tshark, times[name], strict=True))
             print(f"ratio {name:<20} {paired:.2f}x tshark (median of paired rounds; "
                   f"target 5x)")
         if args.compiled is not None:
-            gain = statistics.median(p / c for p, c in zip(
-                times["--no-detect pure"], times["--no-detect compiled"], strict=True))
-            print(f"compiled / pure      {gain:.2f}x faster (median of paired rounds)")
+            for mode in ("--no-detect", "detection"):
+                gain = statistics.median(p / c for p, c in zip(
+                    times[f"{mode} pure"], times[f"{mode} compiled"], strict=True))
+                print(f"compiled / pure {mode:<12} {gain:.2f}x faster (median of paired "
+                      "rounds)")
+            added = {name: [(d - n) / packets * 1e6 for d, n in zip(
+                times[f"detection {name}"], times[f"--no-detect {name}"], strict=True)]
+                for name in built}
+            for name in built:
+                print(f"detection adds, {name:<9} {statistics.median(added[name]):6.2f} µs "
+                      "per packet (detection run less --no-detect, median of rounds)")
+            gain = statistics.median(p / c if c > 0 else float("inf") for p, c in zip(
+                added["pure"], added["compiled"], strict=True))
+            print(f"detection's own cost, compiled / pure: {gain:.2f}x faster "
+                  "(median of paired rounds)")
         if not args.no_profile:
             print_profile(replay_args, packets, median)
     return 0

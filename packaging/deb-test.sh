@@ -57,10 +57,13 @@ check "/var/lib/mamori is mamori's, 0750" sh -c \
     '[ "$(stat -c %U:%a /var/lib/mamori)" = mamori:750 ]'
 check "/var/lib/mamori/keys is mamori's, 0700" sh -c \
     '[ "$(stat -c %U:%a /var/lib/mamori/keys)" = mamori:700 ]'
-# parsers/ ships compiled (mypyc): the .so wins the import over the .py beside it.
-for mod in tcp pipeline packet modbus.parser dnp3.parser; do
-    check "mamori.parsers.$mod is compiled" python3 -c \
-        "import mamori.parsers.$mod as m; assert m.__file__.endswith('.so'), m.__file__"
+# parsers/ and the detection hot path ship compiled (mypyc): the .so wins the import over
+# the .py beside it.
+for mod in parsers.tcp parsers.pipeline parsers.packet parsers.modbus.parser \
+        parsers.dnp3.parser sensor.detection.engine sensor.detection.matcher \
+        sensor.detection.inventory; do
+    check "mamori.$mod is compiled" python3 -c \
+        "import mamori.$mod as m; assert m.__file__.endswith('.so'), m.__file__"
 done
 check "replay the sample as user mamori" runuser -u mamori -- mamori replay --no-progress /tmp/demo.pcap
 check "shipped rule packs pass the schema (Debian's jsonschema)" mamori rules check

@@ -82,9 +82,9 @@ class AddressWatch:
         return b.mac if b is not None else None
 
     def observe(self, ev: Event) -> list[DerivedEvent]:
-        if ev.__class__ is MacPairEvent:
+        if type(ev) is MacPairEvent:
             return self._mac_pair(ev)
-        if ev.__class__ is ArpEvent:
+        if type(ev) is ArpEvent:
             return self._arp(ev)
         return []
 

@@ -263,11 +263,11 @@ class _ProtocolState:
                                    f"address read before (now {top})")
 
     def observe(self, ev: Event) -> DerivedEvent | None:
-        if ev.__class__ is ModbusRequest:
+        if type(ev) is ModbusRequest:
             if ev.fc in _SWEEP_FCS and ev.address is not None:
                 return self._sweep(ev, ev.address)
             pdu = ev.pdu
-            if pdu.__class__ is not WriteSingleCoil and pdu.__class__ is not WriteSingleRegister:
+            if type(pdu) is not WriteSingleCoil and type(pdu) is not WriteSingleRegister:
                 return None
             vkey = (ev.flow.client, ev.flow.server, ev.unit, ev.fc, ev.address)
             before = self._values.get(vkey)
@@ -279,7 +279,7 @@ class _ProtocolState:
                                 flow.server, flow.server_port, unit=ev.unit, fc=ev.fc,
                                 address=ev.address, quantity=1,
                                 detail="single write changed the point's value")
-        if ev.__class__ is DNP3Request:
+        if type(ev) is DNP3Request:
             fc = ev.fc
             if fc not in (3, 4, 20, 21):
                 return None
@@ -303,7 +303,7 @@ class _ProtocolState:
         # A null unsolicited response (no objects) is the outstation's start-up
         # announcement, not event reporting; opendnp3 sends it as the master's
         # DISABLE crosses it on the wire (suricata-verify dnp3-eve shows the same).
-        if ev.__class__ is DNP3Unsolicited and ev.objects and self._disabled.get(
+        if type(ev) is DNP3Unsolicited and ev.objects and self._disabled.get(
                 (ev.flow, ev.link_dst, ev.link_src)):
             return _derived(ev, DerivedKind.UNSOLICITED_AFTER_DISABLE,
                             "unsolicited response after DISABLE_UNSOLICITED, no ENABLE since")
@@ -969,7 +969,7 @@ class Detector:
             if value is not None:
                 out[attr] = value
         function = getattr(ev, "function", None)  # a DNP3 link frame's function code
-        if function is not None and ev.__class__ is not DerivedEvent:
+        if function is not None and type(ev) is not DerivedEvent:
             out["fc"] = function
         kind = getattr(ev, "kind", None)
         if kind is not None:

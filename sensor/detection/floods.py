@@ -103,15 +103,15 @@ class FloodWatch:
                 "DNP3 link pairs per connection": self.links_ignored}
 
     def observe(self, ev: Event) -> list[DerivedEvent] | None:
-        if ev.__class__ is DNP3Request:
+        if type(ev) is DNP3Request:
             found = self._request(ev)
-        elif ev.__class__ is DNP3AnomalyEvent:
+        elif type(ev) is DNP3AnomalyEvent:
             if ev.kind is DNP3Anomaly.GAP:  # what was lost may hold any sequence number
                 self._sessions.pop(ev.flow, None)
                 self._last_flow = None
             return None
         else:
-            if (ev.__class__ is DNP3Response or ev.__class__ is DNP3Unsolicited) and ev.con:
+            if (type(ev) is DNP3Response or type(ev) is DNP3Unsolicited) and ev.con:
                 session = self._session(ev.flow, (ev.link_dst, ev.link_src), ev.ts)
                 if session is not None:
                     session[2] = True

@@ -394,9 +394,9 @@ class Inventory:
         if self.enforcing:
             return
         sub: object
-        if event.__class__ is ModbusRequest:
+        if type(event) is ModbusRequest:
             sub = event.unit
-        elif event.__class__ is DNP3Request:
+        elif type(event) is DNP3Request:
             sub = (event.link_src, event.link_dst)
         else:
             return
@@ -450,7 +450,7 @@ class Inventory:
 
     def observe(self, event: Event) -> list[DerivedEvent] | None:
         """Record one event; return deviations it revealed (usually ``None``)."""
-        if event.__class__ is ModbusResponse and event.fc != 43 and event.fc != 17:
+        if type(event) is ModbusResponse and event.fc != 43 and event.fc != 17:
             return None  # only identity responses teach the inventory anything
         handler = self._handlers.get(event.__class__)
         if handler is None:
@@ -588,7 +588,8 @@ class Inventory:
     def _pair(self, units: dict[object, Pair], key: PairKey, ts: float, flow: FlowId,
               sub: object) -> Pair:
         pairs = self.pairs
-        pair = pairs.pop(key, None)  # re-inserted last: the dict is in recency order
+        # re-inserted last: the dict is in recency order (declared: mypyc infers None)
+        pair: Pair | None = pairs.pop(key, None)
         if pair is not None:
             pairs[key] = pair
             units[sub] = pair
@@ -755,10 +756,10 @@ class Inventory:
         if ev.exception is not None:
             return
         pdu = ev.pdu
-        if pdu.__class__ is ReadDeviceIdResponse:
+        if type(pdu) is ReadDeviceIdResponse:
             assert isinstance(pdu, ReadDeviceIdResponse)
             values = {f"unit{ev.unit}.{obj.name}": str(obj.value) for obj in pdu.objects}
-        elif pdu.__class__ is ReportServerIdResponse:
+        elif type(pdu) is ReportServerIdResponse:
             assert isinstance(pdu, ReportServerIdResponse)
             values = {f"unit{ev.unit}.server_id": str(pdu.server_id),
                       f"unit{ev.unit}.server_id_data": pdu.additional.hex()}
@@ -917,7 +918,7 @@ class Inventory:
             f"({norm})"))
 
     def _dnp3_response(self, ev: DNP3Response | DNP3Unsolicited) -> None:
-        if ev.__class__ is DNP3Unsolicited:
+        if type(ev) is DNP3Unsolicited:
             assert isinstance(ev, DNP3Unsolicited)
             self._unsolicited(ev)
         values: dict[str, str] = {}

@@ -93,14 +93,14 @@ def event_direction(event: Matchable) -> Direction | None:
 
 def peers(event: Matchable) -> Peers:
     """Alert peer fields of any event the engine handles."""
-    if event.__class__ is DerivedEvent:
+    if type(event) is DerivedEvent:
         return Peers(event.kind.value[0], event.src, event.sport, event.dst, event.dport,
                      event.unit, event.link_src, event.link_dst, event.dport)
-    if event.__class__ is ModbusRequest:
+    if type(event) is ModbusRequest:
         mflow = event.flow
         return Peers("modbus", mflow.client, mflow.client_port, mflow.server,
                      mflow.server_port, event.unit, None, None, mflow.server_port)
-    if event.__class__ is ModbusResponse:
+    if type(event) is ModbusResponse:
         mflow = event.flow
         return Peers("modbus", mflow.server, mflow.server_port, mflow.client,
                      mflow.client_port, event.unit, None, None, mflow.server_port)

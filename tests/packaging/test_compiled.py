@@ -1,17 +1,20 @@
-"""The mypyc-compiled ``parsers/`` behaves exactly as the pure Python one (issue 14).
+"""The mypyc-compiled ``parsers/`` and detection behave exactly as pure Python (issue 14).
 
 ``MAMORI_COMPILE=1 setup.py build`` compiles a copy of the tree in a temporary
 directory (about a minute and a half on a loaded 2-core machine); then
 ``mamori replay`` runs over the corpus twice in subprocesses, once on that build
 and once on the checkout's pure Python, and the JSON event logs (``--events``)
 and alert logs (``--alerts``) must be byte-identical. Each run first proves
-which variant it is: every module of ``mamori.parsers`` but the package markers
-is an extension module (``.so``) in the compiled run and a ``.py`` file in the
-pure one, so the comparison can never pit pure Python against itself.
+which variant it is: every module of ``mamori.parsers`` but the package markers,
+and every ``sensor/detection/`` module ``setup.py`` lists in ``DETECTION`` (the
+engine, the matcher and the inventory among them), is an extension module
+(``.so``) in the compiled run and a ``.py`` file in the pure one, so the
+comparison can never pit pure Python against itself.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 import os
@@ -28,17 +31,36 @@ from tests.conftest import CORPUS, PROJECT, corpus_captures, unavailable
 #: What ``setup.py build`` reads: the packages (through the ``mamori/`` links) and metadata.
 TREE = ("mamori", "parsers", "sensor", "rules", "setup.py", "pyproject.toml", "README.md")
 
-#: Loads every parsers module, reports where each came from, then runs the CLI.
+
+def _detection() -> tuple[str, ...]:
+    """``setup.py``'s ``DETECTION``: the ``sensor/detection/`` modules it compiles."""
+    for node in ast.parse((PROJECT / "setup.py").read_text()).body:
+        if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == "DETECTION" for t in node.targets):
+            names = ast.literal_eval(node.value)
+            assert isinstance(names, tuple)
+            return tuple(f"mamori.sensor.detection.{name}" for name in names)
+    raise AssertionError("setup.py defines no DETECTION")
+
+
+DETECTION = _detection()
+
+#: Loads every parsers module and the compiled detection modules (named in argv[2]),
+#: reports where each came from, then runs the CLI.
 RUN = """
 import json, pkgutil, importlib, sys
 import mamori.parsers
 for info in pkgutil.walk_packages(mamori.parsers.__path__, "mamori.parsers."):
     importlib.import_module(info.name)
-files = {n: m.__file__ for n, m in sys.modules.items() if n.startswith("mamori.parsers")}
+detection = sys.argv[2].split(",")
+for name in detection:
+    importlib.import_module(name)
+files = {n: m.__file__ for n, m in sys.modules.items()
+         if n.startswith("mamori.parsers") or n in detection}
 with open(sys.argv[1], "w") as f:
     json.dump(files, f)
 from mamori.sensor.cli import main
-sys.exit(main(sys.argv[2:]))
+sys.exit(main(sys.argv[3:]))
 """
 
 # The generated captures use their own ports (see the corpus README).
@@ -77,7 +99,8 @@ def replay(path_entry: Path, workdir: Path, name: str, args: list[str]) -> dict[
     modules = workdir / f"{name}.modules.json"
     env = {**os.environ, "PYTHONPATH": str(path_entry), "PYTHONDONTWRITEBYTECODE": "1"}
     done = subprocess.run(
-        [sys.executable, "-c", RUN, str(modules), "replay", "--no-progress",
+        [sys.executable, "-c", RUN, str(modules), ",".join(DETECTION), "replay",
+         "--no-progress",
          "--events", str(workdir / f"{name}.events.jsonl"),
          "--alerts", str(workdir / f"{name}.alerts.jsonl"), *args],
         cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
@@ -88,10 +111,19 @@ def replay(path_entry: Path, workdir: Path, name: str, args: list[str]) -> dict[
 
 def assert_variant(files: dict[str, str], suffix: str) -> None:
     assert len(files) > 20, files  # every parsers module was imported
+    missing = set(DETECTION) - files.keys()
+    assert not missing, f"not imported: {sorted(missing)}"
     for name, file in files.items():
         if Path(file).name == "__init__.py":
             continue
         assert file.endswith(suffix), f"{name} loaded from {file}, expected {suffix}"
+
+
+def test_the_detection_hot_path_is_in_the_compiled_set() -> None:
+    """What issue 14 asks to compile beyond parsers/: the engine, the rule matcher and
+    the inventory (setup.py's other detection modules are what they call per event)."""
+    assert {f"mamori.sensor.detection.{m}" for m in ("engine", "matcher", "inventory")} \
+        <= set(DETECTION), DETECTION
 
 
 CASES: dict[str, tuple[list[str], Callable[[], list[Path]]]] = {
