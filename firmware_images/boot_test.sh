@@ -2,7 +2,8 @@
 # Boot test: boots a copy of the appliance image in qemu (q35, TCG, OVMF UEFI, serial
 # console) with the "Mamori boot test" loader entry, whose kernel command line enables
 # mamori-boot-check.service. That unit prints MAMORI-BOOT-OK once mamori-sensor@IFACE is
-# active, then powers off. Asserts the marker, that the capture interface sent nothing
+# active, then powers off. Asserts the marker, that the parsers and the detection hot
+# path it runs are mypyc's compiled modules, that the capture interface sent nothing
 # (tx_packets=0) and that the root file system is read-only.
 # With REPLAY=FILE.pcap (default: samples/modbus_demo.pcap; REPLAY= for none) the capture
 # NIC is a UDP tunnel on loopback: replay_udp.py sends the capture into it once the sensor
@@ -81,6 +82,8 @@ grep -a 'MAMORI-BOOT-OK' "$T/serial.log" | grep -aq 'tx_packets=0 ' \
     || { echo "FAIL: the capture interface transmitted"; fail=1; }
 grep -a 'MAMORI-BOOT-OK' "$T/serial.log" | grep -aq 'root=ro' \
     || { echo "FAIL: root file system not read-only"; fail=1; }
+grep -a 'MAMORI-BOOT-OK' "$T/serial.log" | grep -aq 'compiled=yes' \
+    || { echo "FAIL: the image's parsers and detection hot path are not the compiled ones"; fail=1; }
 if [ -n "$REPLAY" ]; then
     grep -a 'MAMORI-BOOT-OK' "$T/serial.log" | grep -aq " frames=$want " \
         || { echo "FAIL: the sensor did not count the $want replayed Modbus/DNP3 frames"; fail=1; }
