@@ -378,6 +378,22 @@ def test_outstanding_flood() -> None:
     assert anomalies(events) == [DNP3Anomaly.FLOODED]
 
 
+
+def test_both_pairing_tables_hold_their_cap_far_past_it() -> None:
+    """100 requests and 100 confirmable responses, 25 times a cap of 4: each table stays
+    at the cap (the oldest entries go) and FLOODED is reported once."""
+    parser = DNP3Parser(TCP, max_outstanding=4)
+    events: list[object] = []
+    for n in range(100):
+        src = 10 + n  # a new master link address each time: no key repeats
+        events += feed(parser, UP, master(bytes([0xC0 | n % 16, 0x01, 0x3C, 0x01, 0x06]),
+                                          src=src))
+        events += feed(parser, DOWN, outstation(bytes([0xE0 | n % 16, 0x81, 0x00, 0x00]),
+                                                dst=src + 1000))
+    assert anomalies(events) == [DNP3Anomaly.FLOODED]
+    assert len(parser._outstanding) == 4 and len(parser._confirms) == 4
+
+
 def test_crob_select() -> None:
     app = bytes(
         [
