@@ -17,7 +17,8 @@ APT_PACKAGES += tzdata
 # tests/packaging/test_compiled.py compiles parsers/ with mypyc.
 APT_PACKAGES += gcc python3-dev
 
-.PHONY: all setup apt venv demo test lint typecheck unit bench compiled test-compiled clean sample
+.PHONY: all setup apt venv demo test lint typecheck unit bench compiled test-compiled clean sample \
+	rules-manifest
 
 all: test
 
@@ -88,6 +89,11 @@ test-compiled: compiled
 # Regenerates the bundled demo capture from a real pymodbus exchange (needs root for tcpdump).
 sample: setup
 	$(BIN)/python samples/make_modbus_sample.py samples/modbus_demo.pcap
+
+# After changing rules/*.yaml: the shipped packs, checked in full, and their digests
+# (rules/checked.sha256: start-up skips the schema walk for them; a test says when stale).
+rules-manifest: venv
+	$(BIN)/python -c 'import sys; from mamori.sensor.detection.checked import main; sys.exit(main([]))'
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

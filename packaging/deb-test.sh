@@ -67,6 +67,10 @@ for mod in parsers.tcp parsers.pipeline parsers.packet parsers.modbus.parser \
 done
 check "replay the sample as user mamori" runuser -u mamori -- mamori replay --no-progress /tmp/demo.pcap
 check "shipped rule packs pass the schema (Debian's jsonschema)" mamori rules check
+# The installed packs match their manifest (rules/checked.sha256), so start-up loads
+# them without importing jsonschema.
+check "shipped packs load at start-up without jsonschema" python3 -c \
+    "import sys; from mamori.sensor.detection.settings import load_configured_rules as l; assert len(l(None)) > 50 and 'jsonschema' not in sys.modules"
 check "rule bundles sign and verify with Debian's PyNaCl" sh -c \
     'cd /tmp && mamori rules keygen t --dir /tmp/k && cp /tmp/k/t.pub /etc/mamori/trusted-rule-keys/ && mamori rules bundle --key /tmp/k/t.sign --version 1 -o /tmp/b.mrb && runuser -u mamori -- mamori rules install /tmp/b.mrb && runuser -u mamori -- mamori rules status | grep -q "active bundle: 1"'
 # What mamori-keygen.service runs (Debian's pyzmq must have CURVE).

@@ -11,6 +11,10 @@ on its node by its path; the semantic checks, which a schema cannot express, run
 over the nodes. Either way a line is always at hand. All problems
 of all files are collected before raising, so one run of ``mamori rules check``
 shows them all.
+
+``jsonschema`` is imported only when a pack needs the schema walk: the shipped packs,
+unchanged, are known to pass it (``checked``, the manifest), which keeps the daemon's and
+``mamori replay``'s start-up free of its import.
 """
 
 from __future__ import annotations
@@ -20,11 +24,9 @@ import re
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import yaml
-from jsonschema import Draft7Validator
-from jsonschema.exceptions import ValidationError
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
@@ -35,6 +37,7 @@ from mamori.parsers.modbus.events import ModbusAnomaly
 from mamori.parsers.pipeline import PipelineAnomaly
 from mamori.parsers.tcp import TcpAnomaly
 from mamori.sensor.configkit import parse_duration
+from mamori.sensor.detection import checked as manifest
 from mamori.sensor.detection.derived import DerivedKind
 from mamori.sensor.detection.model import (
     Category,
@@ -51,6 +54,9 @@ from mamori.sensor.detection.model import (
     RulePacks,
     Threshold,
 )
+
+if TYPE_CHECKING:
+    from jsonschema.exceptions import ValidationError
 
 # libyaml's loader when the wheel has it (about 10x faster; the same marks and errors).
 _LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -119,15 +125,20 @@ def pack_files(paths: Iterable[str | Path]) -> list[Path]:
     return out
 
 
-def load_rules(paths: Iterable[str | Path], set_names: Collection[str] = ()) -> RulePacks:
+def load_rules(paths: Iterable[str | Path], set_names: Collection[str] = (), *,
+               trust_checked: bool = False) -> RulePacks:
     """Load and check every pack; raise :class:`RuleError` listing every problem found.
 
     ``set_names`` are the named sets a rule may refer to (site config sets and
     the learned ones); an unknown name is an error, not a rule that never fires.
     The result is the list of rules; its ``chains`` and ``categories`` are the
     packs' campaign chains, checked against the rules of every pack loaded.
+    ``trust_checked``: a pack whose text the shipped manifest lists as passing the
+    schema skips the schema walk (start-up and reloads, see ``checked``); off for
+    everything that exists to check packs (``rules check``, signing, pushing).
     """
-    schema = _load_schema()
+    known = manifest.trusted(SHIPPED_RULES, SCHEMA_FILE.read_text(encoding="utf-8")) \
+        if trust_checked else frozenset()
     problems: list[RuleProblem] = []
     rules: list[Rule] = []
     chains: list[_Located[Chain]] = []
@@ -147,6 +158,7 @@ def load_rules(paths: Iterable[str | Path], set_names: Collection[str] = ()) -> 
         except UnicodeDecodeError:
             problems.append(RuleProblem(name, None, None, None, "not UTF-8 text"))
             continue
+        schema = None if known and manifest.digest(text) in known else _load_schema()
         for rule in _load_pack(name, text, schema, set(set_names), problems, chains,
                                categories):
             if rule.id in seen:
@@ -200,6 +212,8 @@ class _SchemaCheck:
     """
 
     def __init__(self, schema: Any) -> None:
+        from jsonschema import Draft7Validator  # here: only a pack not known good needs it
+
         Draft7Validator.check_schema(schema)
         self._root = schema
         self._validator = Draft7Validator(schema)
@@ -320,7 +334,7 @@ def _mapping(node: MappingNode) -> dict[str, Node]:
     return {str(scalar(k)): v for k, v in node.value if isinstance(k, ScalarNode)}
 
 
-def _load_pack(name: str, text: str, schema: _SchemaCheck, set_names: set[str],
+def _load_pack(name: str, text: str, schema: _SchemaCheck | None, set_names: set[str],
                problems: list[RuleProblem], chains: list[_Located[Chain]] | None = None,
                categories: list[_Located[Category]] | None = None) -> Iterator[Rule]:
     try:
@@ -343,7 +357,7 @@ def _load_pack(name: str, text: str, schema: _SchemaCheck, set_names: set[str],
         problems.append(RuleProblem(name, mark.line + 1 if mark else None, None, None,
                                     f"not a rule pack: {err.problem or err}"))
         return
-    errors = schema.check(root, document)
+    errors = schema.check(root, document) if schema is not None else []  # None: known good
     bad_rules: set[int] = set()
     bad_chains: set[int] = set()
     rule_nodes: list[MappingNode] = []

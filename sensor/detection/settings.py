@@ -135,7 +135,7 @@ def load_configured_rules(config: cfg.Config | None,
     detecting. Other load failures raise ``RuleError``.
     """
     if extra:
-        return load_rules(list(extra), set_names())
+        return load_rules(list(extra), set_names(), trust_checked=True)
     bundles = bundle_store(config) if config is not None and not config.get(
         "detection", "rules") else None
     while True:
@@ -143,7 +143,7 @@ def load_configured_rules(config: cfg.Config | None,
         if refused is None:
             paths = rule_dirs(config)
             try:
-                return load_rules(paths, set_names())
+                return load_rules(paths, set_names(), trust_checked=True)
             except RuleError as err:
                 if bundles is None or paths == [SHIPPED_RULES]:
                     raise
