@@ -9,21 +9,13 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from mamori.sensor.advisories import cli as advisories_cli
-from mamori.sensor.alerting import export_cli
-from mamori.sensor.collector import subscribe_cli
-from mamori.sensor.daemon import cli as daemon_cli
-from mamori.sensor.detection import cli as detection_cli
-from mamori.sensor.detection import replay_cli
-from mamori.sensor.forwarding import cli as forwarding_cli
 from mamori.sensor.paths import OutputError, describe
-from mamori.sensor.verify import cli as zeek_cli
-from mamori.sensor.web import cli as web_cli
 
 
 def _version() -> str:
@@ -48,25 +40,63 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: Each capability's command-line module, in the order ``mamori --help`` lists them, with
+#: the commands it registers. ``main`` imports only the module of the command it is
+#: given (the whole set costs ``mamori replay`` a quarter of its imports: zmq, asyncio,
+#: the collector, the web page); an unknown command, ``--help`` or ``--version`` builds
+#: the full parser. ``tests/sensor/test_cli_lazy.py`` holds this table to the modules.
+FEATURES: dict[str, tuple[str, ...]] = {
+    "mamori.sensor.detection.replay_cli": ("replay",),
+    "mamori.sensor.forwarding.cli": ("keys", "collect", "audit"),
+    "mamori.sensor.detection.cli": ("rules", "alerts", "assets", "baseline"),
+    "mamori.sensor.daemon.cli": ("run", "check-config", "check-iface"),
+    "mamori.sensor.verify.cli": ("verify",),
+    "mamori.sensor.web.cli": ("web",),
+    "mamori.sensor.advisories.cli": ("advisories",),
+    "mamori.sensor.collector.subscribe_cli": ("subscribe",),
+    "mamori.sensor.alerting.export_cli": ("attack-layer",),
+}
+#: What one capability adds to another's commands is handed over here, so that no
+#: command-line module imports another: `collect advisories`, `assets --vulnerable`
+#: (module: the advisories module's function it is given).
+_EXTRAS = {"mamori.sensor.forwarding.cli": "add_collect_command",
+           "mamori.sensor.detection.cli": "add_assets_arguments"}
+
+
+def _register(commands: Any, module_name: str) -> None:
+    module = importlib.import_module(module_name)
+    extra = _EXTRAS.get(module_name)
+    if extra is None:
+        module.register_commands(commands)
+    else:
+        advisories = importlib.import_module("mamori.sensor.advisories.cli")
+        module.register_commands(commands, [getattr(advisories, extra)])
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``mamori`` parser; with ``command`` (one that :data:`FEATURES` names), only the
+    module that registers it is imported and registered."""
     parser = argparse.ArgumentParser(
         prog="mamori", description="Passive Modbus/TCP and DNP3 sensor for OT networks.")
     parser.add_argument("--version", action=_VersionAction)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
-
-    replay_cli.register_commands(commands)
-    # What one capability adds to another's commands is handed over here, so that no
-    # command-line module imports another: `collect advisories`, `assets --vulnerable`.
-    forwarding_cli.register_commands(commands, [advisories_cli.add_collect_command])
-    detection_cli.register_commands(commands, [advisories_cli.add_assets_arguments])
-    for feature in (daemon_cli, zeek_cli, web_cli, advisories_cli, subscribe_cli, export_cli):
-        feature.register_commands(commands)
+    for module_name, names in FEATURES.items():
+        if command is None or command in names:
+            _register(commands, module_name)
     return parser
 
 
+def _command(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` starts with, when :data:`FEATURES` knows it."""
+    if argv and any(argv[0] in names for names in FEATURES.values()):
+        return argv[0]
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(_command(argv)).parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.func
     try:
         return handler(args)
