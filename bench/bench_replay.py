@@ -59,7 +59,7 @@ def packet_count(path: Path) -> int:
 
 
 #: ``mamori`` from whichever tree ``PYTHONPATH`` names first (``--compiled``).
-LAUNCH = "import sys; from mamori.sensor.cli import main; sys.exit(main(sys.argv[1:]))"
+LAUNCH = "import sys; from mamori.sensor.cli import program; sys.exit(program(sys.argv[1:]))"
 
 
 #: The children's environment: without ``PYTHONDONTWRITEBYTECODE``, so the warm-up run

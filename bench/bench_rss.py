@@ -48,7 +48,7 @@ PORT = 502
 START = 1_700_000_000.0
 TARGET_MB = {"modbus_big.pcap": 60.0, "concurrent": 150.0}
 #: ``mamori`` from whichever tree ``PYTHONPATH`` names first (``--compiled``).
-LAUNCH = "import sys; from mamori.sensor.cli import main; sys.exit(main(sys.argv[1:]))"
+LAUNCH = "import sys; from mamori.sensor.cli import program; sys.exit(program(sys.argv[1:]))"
 
 
 def client(i: int) -> tuple[str, int]:

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from mamori.sensor import gcpolicy
 from mamori.sensor.paths import OutputError, describe
 
 
@@ -94,6 +95,14 @@ def _command(argv: Sequence[str]) -> str | None:
     return None
 
 
+def program(argv: Sequence[str] | None = None) -> int:
+    """The ``mamori`` program (the console script): :func:`main` in a process of its
+    own, which also sets that process's garbage collector (``gcpolicy``). ``main``
+    alone leaves it as it is, since it also runs inside other programs (tests)."""
+    gcpolicy.tune()
+    return main(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(_command(argv)).parse_args(argv)
@@ -125,4 +134,4 @@ _WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(program())
