@@ -122,7 +122,9 @@ def _collector_args(parser: argparse.ArgumentParser) -> None:
         "every sensor's, selected by")
     group.add_argument("--collector", action="store_true",
                        help="read the collector store of the config's [collect] (db or dsn)")
-    group.add_argument("--sensor", metavar="NAME", help="allow-list name, reported name or key")
+    group.add_argument("--sensor", metavar="NAME",
+                       help="allow-list name, reported name or key (a key that starts "
+                            "with '-': --sensor=KEY)")
     group.add_argument("--site", metavar="SITE", help="the site the sensor reports")
     group.add_argument("--sector", metavar="SECTOR", help="the sector the sensor reports")
 
