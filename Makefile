@@ -93,7 +93,7 @@ sample: setup
 # After changing rules/*.yaml: the shipped packs, checked in full, and their digests
 # (rules/checked.sha256: start-up skips the schema walk for them; a test says when stale).
 rules-manifest: venv
-	$(BIN)/python -c 'import sys; from mamori.sensor.detection.checked import main; sys.exit(main([]))'
+	$(BIN)/python -c 'import sys; from mamori.sensor.detection.checked_write import main; sys.exit(main([]))'
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

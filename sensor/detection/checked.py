@@ -14,7 +14,7 @@ place, is checked in full, and so is everything when the manifest is missing, do
 not parse, or was made for another schema. The semantic checks run on every pack
 whatever the manifest says, and ``mamori rules check`` ignores it.
 
-The manifest, written by :func:`main` (``make rules-manifest``) once the shipped
+The manifest, written by ``checked_write`` (``make rules-manifest``) once the shipped
 packs passed the full check::
 
     # comment lines
@@ -28,7 +28,6 @@ what is trusted is exactly what is parsed.
 from __future__ import annotations
 
 import hashlib
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -66,35 +65,3 @@ def render(schema_text: str, packs: Iterable[tuple[str, str]]) -> str:
     """The manifest for ``packs`` (file name, text), all of which passed ``schema_text``."""
     body = "".join(f"{digest(text)}  {name}\n" for name, text in sorted(packs))
     return f"{_HEADER}schema {digest(schema_text)}\n{body}"
-
-
-def expected(rules_dir: Path) -> str:
-    """The manifest ``rules_dir``'s packs should have, after checking all of them in full
-    (raises the loader's ``RuleError`` when one fails)."""
-    # Imported here, not at the top: the loader imports this module.
-    from mamori.sensor.detection.loader import SCHEMA_FILE, load_rules, pack_files
-    from mamori.sensor.detection.settings import set_names
-
-    load_rules([rules_dir], set_names(), trust_checked=False)
-    packs = [(p.name, p.read_text(encoding="utf-8")) for p in pack_files([rules_dir])]
-    return render(SCHEMA_FILE.read_text(encoding="utf-8"), packs)
-
-
-def main(argv: list[str]) -> int:
-    """Write the shipped packs' manifest; with ``--check``, only say whether it is current."""
-    from mamori.sensor.detection.loader import SHIPPED_RULES, RuleError
-
-    try:
-        want = expected(SHIPPED_RULES)
-    except RuleError as err:
-        print(f"shipped rule packs do not pass:\n{err}", file=sys.stderr)
-        return 1
-    path = SHIPPED_RULES / MANIFEST_NAME
-    if argv == ["--check"]:
-        current = path.read_text(encoding="utf-8") if path.exists() else ""
-        if current != want:
-            print(f"{path.name} is stale: run `make rules-manifest`", file=sys.stderr)
-            return 1
-        return 0
-    path.write_text(want, encoding="utf-8")
-    return 0

@@ -137,8 +137,6 @@ def load_rules(paths: Iterable[str | Path], set_names: Collection[str] = (), *,
     schema skips the schema walk (start-up and reloads, see ``checked``); off for
     everything that exists to check packs (``rules check``, signing, pushing).
     """
-    known = manifest.trusted(SHIPPED_RULES, SCHEMA_FILE.read_text(encoding="utf-8")) \
-        if trust_checked else frozenset()
     problems: list[RuleProblem] = []
     rules: list[Rule] = []
     chains: list[_Located[Chain]] = []
@@ -148,6 +146,7 @@ def load_rules(paths: Iterable[str | Path], set_names: Collection[str] = (), *,
     if not files:
         raise RuleError([RuleProblem(", ".join(str(p) for p in paths) or "(none)", None,
                                      None, None, "no rule packs (*.yaml) found")])
+    known = _trusted() if trust_checked else frozenset()
     for file in files:
         name = str(file)
         try:
@@ -181,6 +180,19 @@ def _line(source: str) -> int | None:
 # -- schema walk ------------------------------------------------------------------------
 
 _schema_cache: dict[str, _SchemaCheck] = {}
+_trusted_cache: dict[str, frozenset[str]] = {}
+
+
+def _trusted() -> frozenset[str]:
+    """The digests of the packs the shipped manifest lists, read once a process like the
+    schema (a reload reads neither again); nothing when the schema cannot be read."""
+    if "trusted" not in _trusted_cache:
+        try:
+            schema = SCHEMA_FILE.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return frozenset()  # the full check then reports the schema's problem
+        _trusted_cache["trusted"] = manifest.trusted(SHIPPED_RULES, schema)
+    return _trusted_cache["trusted"]
 
 
 def _load_schema() -> _SchemaCheck:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mamori.sensor.detection import checked, loader
+from mamori.sensor.detection import checked, checked_write, loader
 from mamori.sensor.detection.loader import SCHEMA_FILE, SHIPPED_RULES, RuleError, load_rules
 from mamori.sensor.detection.settings import load_configured_rules, set_names
 
@@ -31,9 +31,9 @@ def schema_walks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 def test_manifest_is_current() -> None:
     manifest = (SHIPPED_RULES / checked.MANIFEST_NAME).read_text(encoding="utf-8")
-    assert manifest == checked.expected(SHIPPED_RULES), \
+    assert manifest == checked_write.expected(SHIPPED_RULES), \
         "rules/checked.sha256 is stale: run `make rules-manifest`"
-    assert checked.main(["--check"]) == 0
+    assert checked_write.main(["--check"]) == 0
     names = {p.name for p in loader.pack_files([SHIPPED_RULES])}
     assert {line.split()[1] for line in manifest.splitlines()[3:]} == names
 
@@ -129,6 +129,6 @@ def test_a_right_manifest_trusts_exactly_its_packs(tmp_path: Path) -> None:
 
 def test_check_says_when_the_manifest_is_stale(monkeypatch: pytest.MonkeyPatch,
                                                capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(checked, "expected", lambda _dir: "something else\n")
-    assert checked.main(["--check"]) == 1
+    monkeypatch.setattr(checked_write, "expected", lambda _dir: "something else\n")
+    assert checked_write.main(["--check"]) == 1
     assert "stale: run `make rules-manifest`" in capsys.readouterr().err
