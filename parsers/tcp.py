@@ -17,7 +17,8 @@ Choices worth knowing:
   wrap are handled like any other.
 * Hot path: an in-order segment with nothing buffered costs a compare with
   the expected seq, a store and two counter updates before the parser call,
-  whose list is returned as is; pure ACKs return a shared empty tuple. Hence
+  whose list is returned as is; pure ACKs return a shared empty tuple, and a
+  bare in-order FIN ends its direction there too (``_bare_fin``). Hence
   ``segment`` returns a ``Sequence`` (of the parser's events ``E`` and
   ``TcpAnomalyEvent``). Everything else goes through ``_slow``.
   The ACK number is checked first, against the other direction: equal to what
@@ -299,6 +300,8 @@ class TcpReassembler(Generic[E]):
                 return self._parser.receive(direction, payload, ts)
         elif not flags & _CTRL:
             return _NO_EVENTS  # pure ACK
+        elif flags & 0x07 == 0x01 and seq == hot[direction]:  # FIN alone, in order
+            return self._bare_fin(direction, seq, ts)
         return self._slow(direction, seq, flags, payload, ts, ack)
 
     def close(self, ts: float) -> Sequence[E | TcpAnomalyEvent]:
@@ -312,6 +315,25 @@ class TcpReassembler(Generic[E]):
                 self._flush(d, ts, out)
         self._refresh()
         return out
+
+    def _bare_fin(self, d: Direction, seq: int, ts: float) -> Sequence[E]:
+        """A FIN without data at the expected seq of a direction on the fast path: it ends.
+
+        What ``_slow`` would do, without its bookkeeping (a connection per exchange
+        ends two directions per connection). ``segment`` comes here only when it
+        went through its ACK checks without taking the slow path, so the other
+        direction is on the fast path or idle: nothing buffered anywhere, no FIN
+        of the other side waiting (``_settle``), no ACK to look at (it is not ahead
+        of what the other side sent), no cap to enforce. ``d`` itself has nothing
+        buffered and no FIN yet (it is hot), so the FIN ends it at once. The
+        parser's ``eof`` list is returned as is, like ``receive``'s on the fast path.
+        """
+        self._fin[d] = seq
+        self._next[d] = seq
+        self._end[d] = seq
+        self._ended[d] = True
+        self._hot[d] = _IDLE
+        return self._parser.eof(d, ts)
 
     # -- slow path ---------------------------------------------------------
 
