@@ -260,7 +260,13 @@ class Pipeline:
             if evicted:
                 swept = swept + evicted
             if pending is not None:
-                swept = swept + self._replay_handshake(flow, pending)
+                tcp = flow.tcp
+                assert tcp is not None
+                # The waiting SYN and SYN-ACK, in order, to the new flow's reassembler.
+                opened = tcp.handshake(pending.syn, pending.synack)
+                if opened:
+                    swept = swept + list(opened)
+                flow.empty = pending.syn is not None and pending.synack is not None
             if flow.cmac is not None:
                 swept = [*swept, MacPairEvent(ts, MacPairKind.STARTED, flow.id,
                                               mac_to_str(flow.cmac), mac_to_str(flow.smac or b""))]
@@ -348,17 +354,6 @@ class Pipeline:
         if flags & _RST or flags & (_SYN | _ACK) == _SYN | _ACK:
             return list(table.answer(key, make, pkt.seq, pkt.ack, flags, ts))
         return None
-
-    def _replay_handshake(self, flow: _Flow, pending: Pending) -> list[Event]:
-        """Hand the waiting SYN and SYN-ACK to the new flow's reassembler, in order."""
-        tcp = flow.tcp
-        assert tcp is not None
-        out: list[Event] = []
-        for direction, seg in ((_TO_SERVER, pending.syn), (_TO_CLIENT, pending.synack)):
-            if seg is not None:
-                out.extend(tcp.segment(direction, seg[0], seg[2], b"", seg[3], seg[1]))
-        flow.empty = pending.syn is not None and pending.synack is not None
-        return out
 
     def _mac_pair(self, flow: _Flow, client: bytes | None, server: bytes | None, ts: float
                   ) -> list[Event]:

@@ -316,6 +316,37 @@ class TcpReassembler(Generic[E]):
         self._refresh()
         return out
 
+    def handshake(
+        self, syn: tuple[int, int, int, float] | None, synack: tuple[int, int, int, float] | None
+    ) -> Sequence[E | TcpAnomalyEvent]:
+        """Feed a connection's SYN and the server's SYN-ACK, each ``(seq, ack, flags, ts)``
+        or None when not seen; returns their events, as ``segment`` would, in that order.
+
+        The pipeline holds both back until the client completes the handshake
+        (``mamori.parsers.handshake``) and hands them over to the new flow's
+        reassembler. A clean pair on a fresh reassembler (SYN alone, SYN-ACK acking
+        the SYN's seq + 1) starts both directions here, with what ``_slow`` would set:
+        each direction expects its ISN + 1, both on the fast path, no events. Any other
+        pair (flags besides PSH, URG, ECE, CWR; another ACK number; one side missing;
+        a reassembler already fed) goes through ``segment``. One connection per
+        exchange pays this once per connection.
+        """
+        if (syn is not None and synack is not None and self.segments == 0
+                and syn[2] & 0x17 == TCP_SYN and synack[2] & 0x17 == TCP_SYN | TCP_ACK
+                and synack[1] == (syn[0] + 1) & _MASK):
+            self.segments = 2
+            cseq, sseq = syn[0], synack[0]
+            self._started[0] = self._started[1] = True
+            self._isn[0], self._isn[1] = cseq, sseq
+            self._next[0] = self._hot[0] = (cseq + 1) & _MASK
+            self._next[1] = self._hot[1] = (sseq + 1) & _MASK
+            return _NO_EVENTS
+        out: _Out[E] = []
+        for d, seg in ((Direction.TO_SERVER, syn), (Direction.TO_CLIENT, synack)):
+            if seg is not None:
+                out.extend(self.segment(d, seg[0], seg[2], b"", seg[3], seg[1]))
+        return out
+
     def _bare_fin(self, d: Direction, seq: int, ts: float) -> Sequence[E]:
         """A FIN without data at the expected seq of a direction on the fast path: it ends.
 

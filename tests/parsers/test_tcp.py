@@ -1097,3 +1097,53 @@ def test_bare_fin_fast_path_is_the_slow_path(
         assert recs[0].calls == recs[1].calls
     assert list(fast.close(now + 1.0)) == list(slow.close(now + 1.0))
     assert state(fast) == state(slow)
+
+
+_SEG = st.one_of(st.none(), st.tuples(
+    st.one_of(st.integers(0, M32 - 1), st.sampled_from([0, M32 - 1, M32 - 2])),
+    st.one_of(st.integers(0, M32 - 1), st.sampled_from([0, 1])),
+    st.sampled_from([TCP_SYN, TCP_SYN | TCP_ACK, TCP_SYN | 0x40 | 0x80, TCP_SYN | TCP_FIN,
+                     TCP_SYN | TCP_ACK | TCP_PSH, TCP_SYN | TCP_ACK | 0x40, TCP_SYN | TCP_RST,
+                     TCP_ACK]),
+    st.floats(0.0, 5.0)))
+
+
+@settings(max_examples=500, deadline=None)
+@given(_SEG, _SEG, st.booleans(), st.booleans(), st.data())
+def test_handshake_is_the_syn_then_the_synack_through_segment(
+    syn: tuple[int, int, int, float] | None, synack: tuple[int, int, int, float] | None,
+    acks_syn: bool, fed: bool, draw: st.DataObject,
+) -> None:
+    """``handshake`` gives the events and the state that feeding the SYN and then the
+    SYN-ACK to ``segment`` gives: clean pairs (the fast start), ECN and PSH flags, other
+    ACK numbers, a side missing, seq wrap, and a reassembler that already saw a segment."""
+    if acks_syn and syn is not None and synack is not None:
+        synack = (synack[0], (syn[0] + 1) & (M32 - 1), synack[2], synack[3])
+    recs = [Recorder(), Recorder()]
+    one, two = (TcpReassembler(FLOW, rec, ack_grace=0.0) for rec in recs)
+    if fed:
+        seq = draw.draw(st.integers(0, M32 - 1))
+        for r in (one, two):
+            r.segment(C2S, seq, DATA, b"early", 0.0, 7)
+    got = list(one.handshake(syn, synack))
+    want: list[Any] = []
+    for d, seg in ((C2S, syn), (S2C, synack)):
+        if seg is not None:
+            want += two.segment(d, seg[0], seg[2], b"", seg[3], seg[1])
+    assert got == want
+    assert state(one) == state(two)
+    assert recs[0].calls == recs[1].calls
+    # and they go on alike
+    for r in (one, two):
+        r.segment(C2S, ((syn or (0, 0, 0, 0.0))[0] + 1) & (M32 - 1), DATA, b"ab", 6.0,
+                  ((synack or (0, 0, 0, 0.0))[0] + 1) & (M32 - 1))
+    assert state(one) == state(two)
+    assert recs[0].calls == recs[1].calls
+
+
+def test_clean_handshake_starts_both_directions_on_the_fast_path() -> None:
+    r, rec = make()
+    assert r.handshake((M32 - 1, 0, TCP_SYN, 0.0), (5000, 0, TCP_SYN | TCP_ACK, 0.1)) == ()
+    assert r._hot == [0, 5001] and r._isn == [M32 - 1, 5000] and r.segments == 2
+    assert r.segment(C2S, 0, DATA, b"abc", 0.2, 5001) == [("rx", C2S, 3)]
+    assert rec.kinds() == ["data"]
