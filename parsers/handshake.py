@@ -136,7 +136,8 @@ class HandshakeTable:
             self._pending.move_to_end(key)
             pending.ts = ts
             return pending, events
-        events = self.expire(ts)
+        if self._pending:  # (one connection at a time leaves nothing to expire)
+            events = self.expire(ts)
         pending = self._pending[key] = Pending(make_flow(), ts, link)
         if len(self._pending) > self.limit:
             self._pending.popitem(last=False)

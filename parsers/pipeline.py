@@ -339,24 +339,28 @@ class Pipeline:
         """A payload-less TCP segment of no flow: handshake events, or None to open a flow."""
         flags = pkt.flags
         table = self._handshakes
-        link: Link = ((pkt.src_mac, pkt.dst_mac, pkt.vlan) if direction is _TO_SERVER
-                      else (pkt.dst_mac, pkt.src_mac, pkt.vlan))
-
-        def make() -> FlowId:
-            return self._flow_id(key, link)
-
+        # Sorted out first: the client's ACK that completes a handshake (once per
+        # connection) needs neither the link nor the FlowId maker.
         if direction is _TO_SERVER:
-            if flags & _SYN and not flags & (_ACK | _RST):
-                return list(table.syn(key, make, pkt.seq, flags, ts, link))
             if flags & _RST:  # gave up, or a stray reset: nothing to parse either way
                 found: list[Event] = list(table.client_reset(key, ts))
                 if not found:
                     self.stats.ignored += 1
                 return found
-            return None
-        if flags & _RST or flags & (_SYN | _ACK) == _SYN | _ACK:
-            return list(table.answer(key, make, pkt.seq, pkt.ack, flags, ts, link))
-        return None
+            if not flags & _SYN or flags & _ACK:
+                return None
+            link: Link = (pkt.src_mac, pkt.dst_mac, pkt.vlan)
+        else:
+            if not flags & _RST and flags & (_SYN | _ACK) != _SYN | _ACK:
+                return None
+            link = (pkt.dst_mac, pkt.src_mac, pkt.vlan)
+
+        def make() -> FlowId:
+            return self._flow_id(key, link)
+
+        if direction is _TO_SERVER:
+            return list(table.syn(key, make, pkt.seq, flags, ts, link))
+        return list(table.answer(key, make, pkt.seq, pkt.ack, flags, ts, link))
 
     def _mac_pair(self, flow: _Flow, client: bytes | None, server: bytes | None, ts: float
                   ) -> list[Event]:
