@@ -35,12 +35,15 @@ from mamori.parsers.fastinit import fast_init
 from mamori.parsers.packet import ip_to_str
 from mamori.parsers.stream import FlowId, Transport
 
-__all__ = ["HandshakeTable", "Pending", "TransportEvent", "TransportKind"]
+__all__ = ["HandshakeTable", "Link", "Pending", "TransportEvent", "TransportKind"]
 
 TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = 0x01, 0x02, 0x04, 0x10
 
 Key = tuple[int, bytes, int, bytes, int]  # proto, server, server port, client, client port
 Segment = tuple[int, int, int, float]  # seq, ack, flags, ts
+# client MAC, server MAC, VLAN of the frame whose FlowId an entry holds: the flow the
+# handshake becomes reuses that FlowId when its own first frame has the same three.
+Link = tuple[bytes | None, bytes | None, int | None]
 
 
 class TransportKind(Enum):
@@ -69,13 +72,17 @@ class TransportEvent:
 
 
 class Pending:
-    """An attempt in progress: the client's SYN and the server's answer, as seen."""
+    """An attempt in progress: the client's SYN and the server's answer, as seen.
 
-    __slots__ = ("flow", "syn", "synack", "ts")
+    ``link`` is what the caller said about the frame ``flow`` was made from (see
+    ``Link``), None when it said nothing."""
 
-    def __init__(self, flow: FlowId, ts: float) -> None:
+    __slots__ = ("flow", "link", "syn", "synack", "ts")
+
+    def __init__(self, flow: FlowId, ts: float, link: Link | None = None) -> None:
         self.flow = flow
         self.ts = ts
+        self.link = link
         self.syn: Segment | None = None
         self.synack: Segment | None = None
 
@@ -119,17 +126,19 @@ class HandshakeTable:
         if len(servers) > self.max_servers:
             servers.popitem(last=False)
 
-    def open(self, key: Key, make_flow: Callable[[], FlowId], ts: float) -> tuple[
-            Pending, list[TransportEvent]]:
-        """The entry for ``key``, created (and the table trimmed) if it is new."""
+    def open(self, key: Key, make_flow: Callable[[], FlowId], ts: float,
+             link: Link | None = None) -> tuple[Pending, list[TransportEvent]]:
+        """The entry for ``key``, created (and the table trimmed) if it is new; ``link``
+        is kept on a new entry with the FlowId ``make_flow`` makes."""
         pending = self._pending.get(key)
         events: list[TransportEvent] = []
         if pending is not None:
             self._pending.move_to_end(key)
             pending.ts = ts
             return pending, events
-        events = self.expire(ts)
-        pending = self._pending[key] = Pending(make_flow(), ts)
+        if self._pending:  # (one connection at a time leaves nothing to expire)
+            events = self.expire(ts)
+        pending = self._pending[key] = Pending(make_flow(), ts, link)
         if len(self._pending) > self.limit:
             self._pending.popitem(last=False)
             self.evicted += 1
@@ -148,13 +157,13 @@ class HandshakeTable:
             f"the sensor's memory", forgotten)
 
     def syn(self, key: Key, make_flow: Callable[[], FlowId], seq: int, flags: int,
-            ts: float) -> list[TransportEvent]:
-        pending, events = self.open(key, make_flow, ts)
+            ts: float, link: Link | None = None) -> list[TransportEvent]:
+        pending, events = self.open(key, make_flow, ts, link)
         pending.syn = (seq, 0, flags, ts)
         return events
 
     def answer(self, key: Key, make_flow: Callable[[], FlowId], seq: int, ack: int,
-               flags: int, ts: float) -> list[TransportEvent]:
+               flags: int, ts: float, link: Link | None = None) -> list[TransportEvent]:
         """A segment from the server on a connection with no flow yet (SYN-ACK or RST)."""
         if flags & TCP_RST:
             pending = self._pending.pop(key, None)
@@ -165,7 +174,7 @@ class HandshakeTable:
             detail = "RST answered the SYN" if pending is not None and pending.syn else \
                 "RST from the server to a connection never seen open"
             return [TransportEvent(ts, TransportKind.REFUSED, flow, detail)]
-        pending, events = self.open(key, make_flow, ts)
+        pending, events = self.open(key, make_flow, ts, link)
         pending.synack = (seq, ack, flags, ts)
         self.note_server(key[1])
         return events

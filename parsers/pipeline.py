@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, cast
 
 from mamori.parsers.dnp3 import DNP3Parser
 from mamori.parsers.dnp3.events import DNP3Application
-from mamori.parsers.handshake import HandshakeTable, Pending, TransportEvent, TransportKind
+from mamori.parsers.handshake import HandshakeTable, Link, Pending, TransportEvent, TransportKind
 from mamori.parsers.l2 import ArpEvent, MacPairEvent, MacPairKind, decode_arp
 from mamori.parsers.modbus import ModbusParser
 from mamori.parsers.modbus.events import ModbusResponse
@@ -256,14 +256,21 @@ class Pipeline:
                     if early is not None:
                         return swept + early if swept else early
                 pending = self._handshakes.complete(key)
-            flow, evicted = self._new_flow(key, pkt, direction, ts)
+            flow, evicted = self._new_flow(key, pkt, direction, ts, pending)
             if evicted:
                 swept = swept + evicted
             if pending is not None:
-                swept = swept + self._replay_handshake(flow, pending)
-            if flow.cmac is not None:
-                swept = [*swept, MacPairEvent(ts, MacPairKind.STARTED, flow.id,
-                                              mac_to_str(flow.cmac), mac_to_str(flow.smac or b""))]
+                tcp = flow.tcp
+                assert tcp is not None
+                # The waiting SYN and SYN-ACK, in order, to the new flow's reassembler.
+                opened = tcp.handshake(pending.syn, pending.synack)
+                if opened:
+                    swept = swept + list(opened)
+                flow.empty = pending.syn is not None and pending.synack is not None
+            if flow.cmac is not None:  # then the FlowId has both MACs, formatted
+                flow_id = flow.id
+                swept = [*swept, MacPairEvent(ts, MacPairKind.STARTED, flow_id,
+                                              flow_id.client_mac or "", flow_id.server_mac or "")]
         elif ts - flow.last_ts > _LRU_RESOLUTION:
             # Keeping the LRU order to the second is enough for minute-long timeouts,
             # and saves a re-link on nearly every packet of a busy flow.
@@ -332,33 +339,28 @@ class Pipeline:
         """A payload-less TCP segment of no flow: handshake events, or None to open a flow."""
         flags = pkt.flags
         table = self._handshakes
-
-        def make() -> FlowId:
-            return self._flow_id(key, pkt, direction)
-
+        # Sorted out first: the client's ACK that completes a handshake (once per
+        # connection) needs neither the link nor the FlowId maker.
         if direction is _TO_SERVER:
-            if flags & _SYN and not flags & (_ACK | _RST):
-                return list(table.syn(key, make, pkt.seq, flags, ts))
             if flags & _RST:  # gave up, or a stray reset: nothing to parse either way
                 found: list[Event] = list(table.client_reset(key, ts))
                 if not found:
                     self.stats.ignored += 1
                 return found
-            return None
-        if flags & _RST or flags & (_SYN | _ACK) == _SYN | _ACK:
-            return list(table.answer(key, make, pkt.seq, pkt.ack, flags, ts))
-        return None
+            if not flags & _SYN or flags & _ACK:
+                return None
+            link: Link = (pkt.src_mac, pkt.dst_mac, pkt.vlan)
+        else:
+            if not flags & _RST and flags & (_SYN | _ACK) != _SYN | _ACK:
+                return None
+            link = (pkt.dst_mac, pkt.src_mac, pkt.vlan)
 
-    def _replay_handshake(self, flow: _Flow, pending: Pending) -> list[Event]:
-        """Hand the waiting SYN and SYN-ACK to the new flow's reassembler, in order."""
-        tcp = flow.tcp
-        assert tcp is not None
-        out: list[Event] = []
-        for direction, seg in ((_TO_SERVER, pending.syn), (_TO_CLIENT, pending.synack)):
-            if seg is not None:
-                out.extend(tcp.segment(direction, seg[0], seg[2], b"", seg[3], seg[1]))
-        flow.empty = pending.syn is not None and pending.synack is not None
-        return out
+        def make() -> FlowId:
+            return self._flow_id(key, link)
+
+        if direction is _TO_SERVER:
+            return list(table.syn(key, make, pkt.seq, flags, ts, link))
+        return list(table.answer(key, make, pkt.seq, pkt.ack, flags, ts, link))
 
     def _mac_pair(self, flow: _Flow, client: bytes | None, server: bytes | None, ts: float
                   ) -> list[Event]:
@@ -373,11 +375,11 @@ class Pipeline:
         return [MacPairEvent(ts, MacPairKind.CHANGED, flow.id, mac_to_str(client),
                              mac_to_str(server))]
 
-    def _flow_id(self, key: FlowKey, pkt: Decoded, direction: Direction) -> FlowId:
+    @staticmethod
+    def _flow_id(key: FlowKey, link: Link) -> FlowId:
+        """The flow of ``key`` as seen in a frame with ``link``'s MACs and VLAN."""
         proto_num, server_raw, server_port, client_raw, client_port = key
-        to_server = direction is Direction.TO_SERVER
-        server_mac = pkt.dst_mac if to_server else pkt.src_mac
-        client_mac = pkt.src_mac if to_server else pkt.dst_mac
+        client_mac, server_mac, vlan = link
         return FlowId(
             transport=Transport.TCP if proto_num == 6 else Transport.UDP,
             client=ip_to_str(client_raw),
@@ -386,15 +388,24 @@ class Pipeline:
             server_port=server_port,
             client_mac=mac_to_str(client_mac) if client_mac else None,
             server_mac=mac_to_str(server_mac) if server_mac else None,
-            vlan=pkt.vlan,
+            vlan=vlan,
         )
 
     def _new_flow(
-        self, key: FlowKey, pkt: Decoded, direction: Direction, ts: float
+        self, key: FlowKey, pkt: Decoded, direction: Direction, ts: float,
+        pending: Pending | None = None,
     ) -> tuple[_Flow, list[Event]]:
+        """A flow for ``key``; ``pending`` is its handshake, whose FlowId it takes when
+        the handshake's frame had this frame's MACs and VLAN (it would be equal)."""
         proto_num, server_raw, server_port, _, _ = key
         transport = Transport.TCP if proto_num == 6 else Transport.UDP
-        flow_id = self._flow_id(key, pkt, direction)
+        to_server = direction is _TO_SERVER
+        cmac, smac = (pkt.src_mac, pkt.dst_mac) if to_server else (pkt.dst_mac, pkt.src_mac)
+        link = (cmac, smac, pkt.vlan)
+        if pending is not None and pending.link == link:
+            flow_id = pending.flow
+        else:
+            flow_id = self._flow_id(key, link)
         proto = self._proto_by_port[server_port]
         parser = self._factories[proto](flow_id)
         tcp = (TcpReassembler(flow_id, parser, max_buffered=self.config.max_buffered_per_flow)
@@ -410,8 +421,6 @@ class Pipeline:
                 f"active flow", flow=victim.id))
             evicted.extend(self._close(victim, ts))
         flow = _Flow(flow_id, proto, parser, tcp, ts)
-        to_server = direction is _TO_SERVER
-        cmac, smac = (pkt.src_mac, pkt.dst_mac) if to_server else (pkt.dst_mac, pkt.src_mac)
         if cmac is not None and smac is not None and not (cmac[0] | smac[0]) & 1:
             flow.cmac, flow.smac = cmac, smac
             flow.macs = ((cmac, smac),)

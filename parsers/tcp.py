@@ -17,7 +17,8 @@ Choices worth knowing:
   wrap are handled like any other.
 * Hot path: an in-order segment with nothing buffered costs a compare with
   the expected seq, a store and two counter updates before the parser call,
-  whose list is returned as is; pure ACKs return a shared empty tuple. Hence
+  whose list is returned as is; pure ACKs return a shared empty tuple, and a
+  bare in-order FIN ends its direction there too (``_bare_fin``). Hence
   ``segment`` returns a ``Sequence`` (of the parser's events ``E`` and
   ``TcpAnomalyEvent``). Everything else goes through ``_slow``.
   The ACK number is checked first, against the other direction: equal to what
@@ -299,6 +300,8 @@ class TcpReassembler(Generic[E]):
                 return self._parser.receive(direction, payload, ts)
         elif not flags & _CTRL:
             return _NO_EVENTS  # pure ACK
+        elif flags & 0x07 == 0x01 and seq == hot[direction]:  # FIN alone, in order
+            return self._bare_fin(direction, seq, ts)
         return self._slow(direction, seq, flags, payload, ts, ack)
 
     def close(self, ts: float) -> Sequence[E | TcpAnomalyEvent]:
@@ -312,6 +315,56 @@ class TcpReassembler(Generic[E]):
                 self._flush(d, ts, out)
         self._refresh()
         return out
+
+    def handshake(
+        self, syn: tuple[int, int, int, float] | None, synack: tuple[int, int, int, float] | None
+    ) -> Sequence[E | TcpAnomalyEvent]:
+        """Feed a connection's SYN and the server's SYN-ACK, each ``(seq, ack, flags, ts)``
+        or None when not seen; returns their events, as ``segment`` would, in that order.
+
+        The pipeline holds both back until the client completes the handshake
+        (``mamori.parsers.handshake``) and hands them over to the new flow's
+        reassembler. A clean pair on a fresh reassembler (SYN alone, SYN-ACK acking
+        the SYN's seq + 1) starts both directions here, with what ``_slow`` would set:
+        each direction expects its ISN + 1, both on the fast path, no events. Any other
+        pair (flags besides PSH, URG, ECE, CWR; another ACK number; one side missing;
+        a reassembler already fed) goes through ``segment``. One connection per
+        exchange pays this once per connection.
+        """
+        if (syn is not None and synack is not None and self.segments == 0
+                and syn[2] & 0x17 == TCP_SYN and synack[2] & 0x17 == TCP_SYN | TCP_ACK
+                and synack[1] == (syn[0] + 1) & _MASK):
+            self.segments = 2
+            cseq, sseq = syn[0], synack[0]
+            self._started[0] = self._started[1] = True
+            self._isn[0], self._isn[1] = cseq, sseq
+            self._next[0] = self._hot[0] = (cseq + 1) & _MASK
+            self._next[1] = self._hot[1] = (sseq + 1) & _MASK
+            return _NO_EVENTS
+        out: _Out[E] = []
+        for d, seg in ((Direction.TO_SERVER, syn), (Direction.TO_CLIENT, synack)):
+            if seg is not None:
+                out.extend(self.segment(d, seg[0], seg[2], b"", seg[3], seg[1]))
+        return out
+
+    def _bare_fin(self, d: Direction, seq: int, ts: float) -> Sequence[E]:
+        """A FIN without data at the expected seq of a direction on the fast path: it ends.
+
+        What ``_slow`` would do, without its bookkeeping (a connection per exchange
+        ends two directions per connection). ``segment`` comes here only when it
+        went through its ACK checks without taking the slow path, so the other
+        direction is on the fast path or idle: nothing buffered anywhere, no FIN
+        of the other side waiting (``_settle``), no ACK to look at (it is not ahead
+        of what the other side sent), no cap to enforce. ``d`` itself has nothing
+        buffered and no FIN yet (it is hot), so the FIN ends it at once. The
+        parser's ``eof`` list is returned as is, like ``receive``'s on the fast path.
+        """
+        self._fin[d] = seq
+        self._next[d] = seq
+        self._end[d] = seq
+        self._ended[d] = True
+        self._hot[d] = _IDLE
+        return self._parser.eof(d, ts)
 
     # -- slow path ---------------------------------------------------------
 

@@ -24,6 +24,7 @@ from mamori.parsers.dnp3 import (
 )
 from mamori.parsers.dnp3.crc import crc_bytes, dnp3_crc
 from mamori.parsers.dnp3.objects import BIT1, BIT2, FREE, OBJECT_SPECS, lookup
+from mamori.parsers.dnp3.transport import Problem, TransportReassembler
 from mamori.parsers.stream import Direction, FlowId, Transport
 
 TCP = FlowId(Transport.TCP, "10.0.0.1", 40000, "10.0.0.2", 20000)
@@ -588,3 +589,23 @@ def test_pending_bytes_budget_evicts_the_oldest() -> None:
     events = feed(parser, UP, first[0] + first[1] + b"".join(second))  # src 1 unfinished
     assert DNP3Anomaly.FLOODED in anomalies(events)
     assert [e.link_src for e in events if isinstance(e, DNP3Request)] == [2]
+
+
+def test_transport_drop_direction_drops_only_that_direction() -> None:
+    """Empty table: nothing, a fresh list each call (the early return must not hand out a
+    shared one); with partial fragments both ways, only the named direction's go."""
+    table = TransportReassembler(max_fragment=2048, max_pending=16)
+    first = table.drop_direction(UP)
+    assert first == []
+    first.append((0, 0))
+    assert table.drop_direction(UP) == []
+    problems: list[Problem] = []
+    up_key, down_key = UP << 32 | 1 << 16 | 4, DOWN << 32 | 4 << 16 | 1
+    assert table.segment(up_key, bytes([0x40, 1, 2, 3]), problems) is None  # FIR, no FIN
+    assert table.segment(down_key, bytes([0x40, 9, 9]), problems) is None
+    assert problems == []
+    assert table.drop_direction(UP) == [(up_key, 3)]
+    assert table.pending_count == 1
+    assert table.drop_direction(UP) == []
+    assert table.drop_direction(DOWN) == [(down_key, 2)]
+    assert table.pending_count == 0

@@ -989,3 +989,161 @@ def test_ack_grace_then_the_hole_is_a_gap() -> None:
 def test_ack_grace_validation() -> None:
     with pytest.raises(ValueError):
         TcpReassembler(FLOW, Recorder(), ack_grace=-1.0)
+
+
+# -- fast paths of connection set-up and teardown (issue 14) -----------------------
+
+_STATE = ("_acked", "_buf", "_buffered", "_end", "_ended", "_fin", "_isn", "_rx_ts", "_since",
+          "_started", "acked_holes", "bogus_acks", "bytes_delivered", "gap_bytes", "gaps",
+          "hole_timeouts", "out_of_order", "retransmissions", "segments")
+
+
+def state(r: TcpReassembler[Any]) -> tuple[Any, ...]:
+    """Everything a reassembler knows, in a comparable form. ``_next[d]`` is stale while
+    ``d`` is on the fast path (``_hot[d]`` holds the expected seq then), so the
+    expected seq is read from whichever of the two is authoritative."""
+    expected = [h if h >= 0 else n for h, n in zip(r._hot, r._next, strict=True)]
+    return (*(repr(getattr(r, name)) for name in _STATE), expected, list(r._hot))
+
+
+def test_bare_in_order_fin_ends_the_direction_on_the_fast_path() -> None:
+    """The parser's eof list comes back as is (the slow path copies into a list of its
+    own), and the direction ends exactly as the slow path ends it."""
+    sentinel: list[Any] = [("eof", C2S)]
+
+    class Fixed(Recorder):
+        def eof(self, direction: Direction, ts: float) -> list[Any]:
+            super().eof(direction, ts)
+            return sentinel
+
+    fast = TcpReassembler(FLOW, Fixed(), ack_grace=0.0)
+    slow = TcpReassembler(FLOW, Fixed(), ack_grace=0.0)
+    for r in (fast, slow):
+        handshake(r)
+        r.segment(C2S, 1001, DATA, b"abc", 0.1, 5001)
+    assert fast.segment(C2S, 1004, TCP_FIN | TCP_ACK, b"", 0.2, 5001) is sentinel
+    slow.segments += 1  # what segment() counts before it picks a path
+    assert list(slow._slow(C2S, 1004, TCP_FIN | TCP_ACK, b"", 0.2, 5001)) == sentinel
+    assert state(fast) == state(slow)
+    assert fast._fin[C2S] == fast._end[C2S] == 1004 and fast._ended[C2S]
+    # Then the other side's FIN, without an ACK flag: the connection is closed.
+    assert fast.segment(S2C, 5001, TCP_FIN, b"", 0.3) is sentinel
+    assert fast.closed
+    # A FIN that is not at the expected seq, or carries SYN or RST, is not bare and in
+    # order: the slow path sees it (a hole before the FIN keeps the direction open).
+    r, rec = make()
+    handshake(r)
+    out = r.segment(C2S, 1003, TCP_FIN | TCP_ACK, b"", 0.2, 5001)
+    assert out == [] and not r._ended[C2S] and r._fin[C2S] == 1003
+    assert rec.kinds() == []
+
+
+_STEP = st.tuples(
+    st.sampled_from(["data", "fin", "ack", "rst", "syn"]),
+    st.sampled_from([C2S, S2C]),
+    st.integers(0, 3),  # bytes skipped before this segment (0: in order)
+    st.integers(1, 6),  # data length
+    st.sampled_from([TCP_ACK, 0, TCP_ACK | TCP_PSH]),  # flags besides FIN / data
+    st.integers(-2, 3),  # the ACK, relative to what the other side has sent
+    st.floats(0.0, 2.0),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.integers(0, M32 - 1), st.integers(0, M32 - 1), st.lists(_STEP, max_size=14),
+       st.sampled_from([0.0, 0.2]), st.sampled_from([0.5, 10.0]))
+def test_bare_fin_fast_path_is_the_slow_path(
+    cisn: int, sisn: int, steps: list[tuple[str, Direction, int, int, int, int, float]],
+    grace: float, hole_timeout: float,
+) -> None:
+    """Random plausible connections (in order, holes, lagging, exact and early ACKs,
+    resets, reuse), fed twice: once through ``segment``, once with every bare FIN
+    through ``_slow``. The events and the whole state agree after every segment."""
+    recs = [Recorder(), Recorder()]
+    fast, slow = (TcpReassembler(FLOW, rec, ack_grace=grace, hole_timeout=hole_timeout)
+                  for rec in recs)
+    isn = {C2S: cisn, S2C: sisn}
+    sent = {C2S: 0, S2C: 0}
+    now = 0.0
+    for r in (fast, slow):
+        r.segment(C2S, cisn, TCP_SYN, b"", now)
+        r.segment(S2C, sisn, TCP_SYN | TCP_ACK, b"", now, (cisn + 1) & (M32 - 1))
+    for kind, d, skip, n, flags, ack_off, dt in steps:
+        now += dt
+        o = d.reverse
+        seq = (isn[d] + 1 + sent[d] + skip) & (M32 - 1)
+        ack = (isn[o] + 1 + sent[o] + ack_off) & (M32 - 1)
+        payload = b""
+        if kind == "data":
+            payload = bytes(range(n))
+            sent[d] += skip + n
+        elif kind == "fin":
+            flags |= TCP_FIN
+        elif kind == "rst":
+            flags = TCP_RST | (flags & TCP_ACK)
+        elif kind == "syn":  # a new connection on the same 4-tuple, or a repeated SYN
+            isn[d] = (isn[d] + skip * 100_000) & (M32 - 1)
+            sent[d] = 0
+            seq = isn[d]
+            flags = TCP_SYN | (flags & TCP_ACK if d is S2C else 0)
+        got = list(fast.segment(d, seq, flags, payload, now, ack))
+        if flags & (TCP_FIN | TCP_SYN | TCP_RST) == TCP_FIN and not payload:
+            slow.segments += 1
+            want = list(slow._slow(d, seq, flags, payload, now, ack))
+        else:
+            want = list(slow.segment(d, seq, flags, payload, now, ack))
+        assert got == want
+        assert state(fast) == state(slow)
+        assert recs[0].calls == recs[1].calls
+    assert list(fast.close(now + 1.0)) == list(slow.close(now + 1.0))
+    assert state(fast) == state(slow)
+
+
+_SEG = st.one_of(st.none(), st.tuples(
+    st.one_of(st.integers(0, M32 - 1), st.sampled_from([0, M32 - 1, M32 - 2])),
+    st.one_of(st.integers(0, M32 - 1), st.sampled_from([0, 1])),
+    st.sampled_from([TCP_SYN, TCP_SYN | TCP_ACK, TCP_SYN | 0x40 | 0x80, TCP_SYN | TCP_FIN,
+                     TCP_SYN | TCP_ACK | TCP_PSH, TCP_SYN | TCP_ACK | 0x40, TCP_SYN | TCP_RST,
+                     TCP_ACK]),
+    st.floats(0.0, 5.0)))
+
+
+@settings(max_examples=500, deadline=None)
+@given(_SEG, _SEG, st.booleans(), st.booleans(), st.data())
+def test_handshake_is_the_syn_then_the_synack_through_segment(
+    syn: tuple[int, int, int, float] | None, synack: tuple[int, int, int, float] | None,
+    acks_syn: bool, fed: bool, draw: st.DataObject,
+) -> None:
+    """``handshake`` gives the events and the state that feeding the SYN and then the
+    SYN-ACK to ``segment`` gives: clean pairs (the fast start), ECN and PSH flags, other
+    ACK numbers, a side missing, seq wrap, and a reassembler that already saw a segment."""
+    if acks_syn and syn is not None and synack is not None:
+        synack = (synack[0], (syn[0] + 1) & (M32 - 1), synack[2], synack[3])
+    recs = [Recorder(), Recorder()]
+    one, two = (TcpReassembler(FLOW, rec, ack_grace=0.0) for rec in recs)
+    if fed:
+        seq = draw.draw(st.integers(0, M32 - 1))
+        for r in (one, two):
+            r.segment(C2S, seq, DATA, b"early", 0.0, 7)
+    got = list(one.handshake(syn, synack))
+    want: list[Any] = []
+    for d, seg in ((C2S, syn), (S2C, synack)):
+        if seg is not None:
+            want += two.segment(d, seg[0], seg[2], b"", seg[3], seg[1])
+    assert got == want
+    assert state(one) == state(two)
+    assert recs[0].calls == recs[1].calls
+    # and they go on alike
+    for r in (one, two):
+        r.segment(C2S, ((syn or (0, 0, 0, 0.0))[0] + 1) & (M32 - 1), DATA, b"ab", 6.0,
+                  ((synack or (0, 0, 0, 0.0))[0] + 1) & (M32 - 1))
+    assert state(one) == state(two)
+    assert recs[0].calls == recs[1].calls
+
+
+def test_clean_handshake_starts_both_directions_on_the_fast_path() -> None:
+    r, rec = make()
+    assert r.handshake((M32 - 1, 0, TCP_SYN, 0.0), (5000, 0, TCP_SYN | TCP_ACK, 0.1)) == ()
+    assert r._hot == [0, 5001] and r._isn == [M32 - 1, 5000] and r.segments == 2
+    assert r.segment(C2S, 0, DATA, b"abc", 0.2, 5001) == [("rx", C2S, 3)]
+    assert rec.kinds() == ["data"]
