@@ -59,6 +59,7 @@ _FRAME = struct.Struct("=IIIIIIHH")  # next, sec, nsec, snaplen, len, status, ma
 _VLAN = struct.Struct("=I")
 _STATUS = struct.Struct("=I")
 _STATS_V3 = struct.Struct("=III")
+_SEQ = struct.Struct("=Q")
 _PKTTYPE_OFFSET = 48 + 10
 
 
@@ -85,6 +86,7 @@ class LiveCapture:
                  promiscuous: bool = True, user_filter: list[bpf.Instruction] | None = None
                  ) -> None:
         self.interface = interface
+        self.block_timeout_ms = block_timeout_ms
         self._received = 0
         self._dropped = 0
         self._frozen = 0
@@ -129,6 +131,60 @@ class LiveCapture:
                                mmap.PROT_READ | mmap.PROT_WRITE)
         self._poll = select.poll()
         self._poll.register(sock.fileno(), select.POLLIN | select.POLLERR)
+
+    @classmethod
+    def adopt(cls, interface: str, fd: int, block_size: int, block_count: int,
+              block_timeout_ms: int) -> LiveCapture:
+        """A capture on a socket another process opened and set up (a worker's).
+
+        The socket came with its filter, ring and fanout membership; only the mapping
+        of the ring is made here (no privilege is needed for that). ``resync`` finds
+        the block to read next, which a worker that died before may have left anywhere.
+        """
+        self = cls.__new__(cls)
+        self.interface = interface
+        self.block_timeout_ms = block_timeout_ms
+        self._received = self._dropped = self._frozen = self._frames = self._block = 0
+        self._sock = socket.socket(fileno=fd)
+        self.ifindex = socket.if_nametoindex(interface)
+        self._block_size = block_size
+        self._block_count = block_count
+        self._ring = mmap.mmap(fd, block_size * block_count, mmap.MAP_SHARED,
+                               mmap.PROT_READ | mmap.PROT_WRITE)
+        self._poll = select.poll()
+        self._poll.register(fd, select.POLLIN | select.POLLERR)
+        self.resync()
+        return self
+
+    @property
+    def geometry(self) -> tuple[int, int]:
+        """(block size, block count) of the ring, for ``adopt`` in another process."""
+        return self._block_size, self._block_count
+
+    def resync(self) -> None:
+        """Point at the block the kernel hands over next.
+
+        Blocks are handed over in sequence-number order (``seq_num`` at 24). The next
+        to read is the oldest block owned by user space; when there is none, the
+        block the kernel has open, which carries the highest number (blocks given
+        back keep their old one).
+        """
+        ring = self._ring
+        user: list[tuple[int, int]] = []
+        newest = (-1, 0)
+        for index in range(self._block_count):
+            base = index * self._block_size
+            status = _STATUS.unpack_from(ring, base + 8)[0]
+            seq = _SEQ.unpack_from(ring, base + 24)[0]
+            if status & TP_STATUS_USER:
+                user.append((seq, index))
+            newest = max(newest, (seq, index))
+        self._block = min(user)[1] if user else newest[1]
+
+    @property
+    def sock(self) -> socket.socket:
+        """The packet socket (for ``mamori.sensor.capture.fanout`` and the workers)."""
+        return self._sock
 
     def fileno(self) -> int:
         return self._sock.fileno()

@@ -7,8 +7,12 @@ configuration (SIGHUP) without a circle.
 
 from __future__ import annotations
 
+import os
+
 from mamori.sensor import configkit as cfg
 from mamori.sensor.capture import bpf
+
+MAX_WORKERS = 64
 
 OPTIONS: tuple[cfg.Option, ...] = (
     cfg.Option("capture", "interfaces", (), cfg.v_str_list,
@@ -20,6 +24,9 @@ OPTIONS: tuple[cfg.Option, ...] = (
                " (e.g. 'net 10.1.0.0/16'); empty: everything on those ports"),
     cfg.Option("capture", "ring_mb", 64, cfg.v_int_range(1, 4096),
                "kernel receive ring per interface, in MiB"),
+    cfg.Option("capture", "workers", 0, cfg.v_int_range(0, MAX_WORKERS),
+               "capture worker processes sharing each interface by flow (PACKET_FANOUT);"
+               " 0: one per core the daemon may run on; 1: no worker, all in the daemon"),
     cfg.Option("sensor", "user", "mamori", cfg.v_nonempty_str,
                "user to switch to after opening the capture sockets when started as root"),
     cfg.Option("health", "silence_alert", 300.0, cfg.v_seconds,
@@ -27,3 +34,8 @@ OPTIONS: tuple[cfg.Option, ...] = (
     cfg.Option("health", "stats_interval", 10.0, cfg.v_seconds,
                "how often kernel capture counters are read"),
 )
+
+
+def workers(configured: int) -> int:
+    """``[capture] workers`` resolved: 0 is the number of cores this process may use."""
+    return configured or max(1, min(len(os.sched_getaffinity(0)), MAX_WORKERS))
