@@ -51,12 +51,17 @@ class Merge:
         if mark > self.marks[worker]:
             self.marks[worker] = mark
 
+    @property
+    def limit(self) -> float:
+        """The lowest watermark: every record at or before it can be released."""
+        return min(self.marks)
+
     def held(self) -> int:
         return sum(len(q) for q in self.queues)
 
     def release(self) -> list[Record]:
         """Every record at or before the lowest watermark, sorted by time."""
-        limit = min(self.marks)
+        limit = self.limit
         out: list[Record] = []
         for queue in self.queues:
             while queue and (queue[0][0] <= limit or queue[0][0] <= self.released):

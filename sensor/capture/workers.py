@@ -37,6 +37,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,12 +91,15 @@ class WorkerPool:
     """N workers over the sockets ``captures[i]`` (worker i's socket per interface)."""
 
     def __init__(self, captures: list[list[LiveCapture]], config: PipelineConfig,
-                 ring: bool, on_counts: Any) -> None:
+                 ring: bool, on_counts: Any, on_stats: Any) -> None:
         self.slots = [Slot(i, caps) for i, caps in enumerate(captures)]
         self.config = config
         self.ring = ring
         self.merge = Merge(len(self.slots))
+        # per slot: (last frame ts, interface, frames, bytes) not yet credited
+        self._counts: list[deque[tuple[float, str, int, int]]] = [deque() for _ in self.slots]
         self.on_counts = on_counts  # (interface, frames, bytes, last frame ts)
+        self.on_stats = on_stats  # (the pipelines' counters summed), before on_counts
         self.lag = max(watermark_lag(c.block_timeout_ms) for s in self.slots
                        for c in s.captures)
         self.received_bytes = 0
@@ -182,12 +186,13 @@ class WorkerPool:
             if kind == "batch":
                 _, mark, records, counts, stats = message
                 self.merge.add(slot.index, records, mark)
+                if stats is not None:  # first: who sees the frames counted sees their packets
+                    slot.stats, slot.flows = stats
+                    self.on_stats(self.pipeline_stats())
                 for cap, (frames, size, last) in zip(slot.captures, counts, strict=True):
                     if frames:
                         slot.frames += frames
-                        self.on_counts(cap.interface, frames, size, last)
-                if stats is not None:
-                    slot.stats, slot.flows = stats
+                        self._counts[slot.index].append((last, cap.interface, frames, size))
             elif kind == "stopped":
                 slot.stopped_at = message[1]
             elif kind == "finished":
@@ -198,6 +203,19 @@ class WorkerPool:
 
     def release(self) -> list[Record]:
         return self.merge.release()
+
+    def credit(self) -> None:
+        """Count the frames whose records are released (call after feeding them).
+
+        Frames are credited to their interface (frames, bytes, S3's clock) only once
+        the merge has passed them, so whoever sees a frame counted sees its events
+        fed, as with one process.
+        """
+        limit = self.merge.limit
+        for pending in self._counts:
+            while pending and pending[0][0] <= limit:
+                last, interface, frames, size = pending.popleft()
+                self.on_counts(interface, frames, size, last)
 
     # -- totals -------------------------------------------------------------------------
 
@@ -233,6 +251,7 @@ class WorkerPool:
                     self._send(slot, ("finish", end))
         self._wait(live, lambda s: s.finished is not None)
         records = self.merge.drain()
+        self.credit()
         finished: list[Event] = []
         for slot in self.slots:
             finished.extend(slot.finished or ())

@@ -42,7 +42,7 @@ from typing import Any
 
 from mamori.parsers.alerts import Alert, Severity
 from mamori.parsers.events import Event
-from mamori.parsers.pipeline import Pipeline, PipelineConfig
+from mamori.parsers.pipeline import Pipeline, PipelineConfig, PipelineStats
 from mamori.sensor import config as cfg
 from mamori.sensor.alerting.eventlog import JsonLinesWriter
 from mamori.sensor.alerting.siem import SensorSiem
@@ -164,7 +164,8 @@ class Sensor:
                     per_worker[index].append(cap)
         if count > 1:
             self.workers = WorkerPool(per_worker, self.pipeline.config,
-                                      self.pipeline.ring is not None, self._counted)
+                                      self.pipeline.ring is not None, self._counted,
+                                      self._pipeline_counted)
 
     def drop_privileges(self) -> None:
         if os.geteuid() != 0:
@@ -226,6 +227,7 @@ class Sensor:
                     self._drain(cap)
             else:
                 self._feed_records(pool.release())
+                pool.credit()
                 restarted = pool.check(time.time())
                 if restarted:
                     channels = self._register_workers(poller, channels)
@@ -262,6 +264,10 @@ class Sensor:
         if last > health.last_frame:
             health.last_frame = last
         health.silent = False
+
+    def _pipeline_counted(self, stats: PipelineStats) -> None:
+        """The workers' pipeline counters, summed: what metrics and heartbeats read."""
+        self.pipeline.stats = stats
 
     def _feed_records(self, records: list[Record]) -> None:
         """Merged worker records: frames to the packet ring, events to the session,
