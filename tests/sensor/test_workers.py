@@ -1,0 +1,166 @@
+"""Capture workers without a wire: the time merge, the message framing, the setting.
+
+The live behaviour (fanout, restarts, identical alerts) is in test_live_workers.py.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
+
+import pytest
+
+from mamori.parsers.modbus.events import ModbusRequest, ModbusResponse
+from mamori.parsers.pipeline import Pipeline, PipelineConfig, PipelineStats
+from mamori.parsers.stream import FlowId
+from mamori.parsers.tcp import TcpAnomalyEvent
+from mamori.sensor import config as cfg
+from mamori.sensor.capture.merge import Merge
+from mamori.sensor.capture.pcapfile import read_capture_tuples
+from mamori.sensor.capture.workers import _sum
+from mamori.sensor.capture.workerwire import MAX_MESSAGE, Channel, reducers
+from mamori.sensor.daemon.run import Sensor
+from mamori.sensor.daemon.settings import MAX_WORKERS, workers
+from tests.conftest import corpus_path
+
+
+def test_merge_releases_up_to_the_lowest_watermark_in_time_order() -> None:
+    merge = Merge(3)
+    merge.add(0, [(1.0, None, ["a"]), (1.4, None, ["c"])], 1.6)
+    merge.add(1, [(1.2, None, ["b"]), (1.9, None, ["e"])], 2.0)
+    assert merge.release() == []  # worker 2 has said nothing yet
+    merge.add(2, [], 1.7)
+    assert [r[2] for r in merge.release()] == [["a"], ["b"], ["c"]]
+    assert merge.held() == 1  # 1.9 waits for workers 0 and 2
+    merge.add(0, [(1.8, None, ["d"])], 2.5)
+    merge.advance(2, 3.0)
+    assert [r[2] for r in merge.release()] == [["d"], ["e"]]
+    assert merge.late == 0
+
+
+def test_merge_releases_a_late_record_at_once_and_counts_it() -> None:
+    merge = Merge(2)
+    merge.add(0, [(5.0, None, ["x"])], 6.0)
+    merge.add(1, [], 6.0)
+    assert len(merge.release()) == 1
+    merge.add(1, [(4.0, None, ["late"])], 4.5)  # a restarted worker's backlog
+    assert [r[2] for r in merge.release()] == [["late"]]
+    assert merge.late == 1
+
+
+def test_merge_ties_keep_worker_order_and_drain_takes_everything() -> None:
+    merge = Merge(2)
+    merge.add(1, [(2.0, None, ["one"])], 2.0)
+    merge.add(0, [(2.0, None, ["zero"]), (9.0, None, ["end"])], 2.0)
+    assert [r[2] for r in merge.release()] == [["zero"], ["one"]]
+    assert [r[2] for r in merge.drain()] == [["end"]]
+
+
+def _pair() -> tuple[Channel, Channel]:
+    a, b = socket.socketpair()
+    return Channel(a), Channel(b)
+
+
+def test_events_cross_the_channel_unchanged() -> None:
+    frames = list(read_capture_tuples(str(corpus_path("suricata-verify/tests/modbus/modbus.pcap"))))
+    pipeline = Pipeline(PipelineConfig())
+    records = []
+    for n, (ts, linktype, data, *_) in enumerate(frames, 1):
+        events = pipeline.packet(ts, linktype, data, n)
+        if events:
+            records.append((ts, ((6, b"\n\0\0\1", 502, b"\n\0\0\2", 40000), ts, linktype, data),
+                            events))
+    records.append((0.0, None, pipeline.finish()))
+    assert sum(len(r[2]) for r in records) > 50
+    sender, receiver = _pair()
+    sender.send(("batch", 1.0, records, [(len(frames), 0, 0.0)], (pipeline.stats, 3)))
+    message = receiver.receive(5)
+    assert message is not None
+    assert message[2] == records
+    assert [type(e) for r in message[2] for e in r[2]] == [type(e) for r in records
+                                                         for e in r[2]]
+    assert message[4][0] == pipeline.stats
+    # the fast path covers the common events (one left out, e.g. for its __post_init__,
+    # still round-trips, by the default pickling: TcpAnomalyEvent is one, above)
+    table = reducers()
+    assert {ModbusRequest, ModbusResponse, FlowId} <= set(table)
+    assert TcpAnomalyEvent not in table
+    assert any(type(e) is TcpAnomalyEvent for r in message[2] for e in r[2])
+
+
+def test_messages_split_and_joined_anyhow_by_the_stream() -> None:
+    sender, receiver = _pair()
+    for n in range(50):
+        sender.send(("batch", float(n), [], [], None))
+    receiver.sock.setblocking(False)
+    got: list[tuple[Any, ...]] = []
+    while len(got) < 50:
+        assert receiver.fill()
+        got.extend(receiver.messages())
+    assert [m[1] for m in got] == [float(n) for n in range(50)]
+    sender.close()
+    assert not receiver.fill()  # end of stream: the worker is gone
+
+
+def test_a_length_beyond_the_cap_is_refused() -> None:
+    a, b = socket.socketpair()
+    receiver = Channel(b)
+    a.sendall(struct.pack("<I", MAX_MESSAGE + 1) + b"x" * 16)
+    receiver.sock.setblocking(False)
+    receiver.fill()
+    with pytest.raises(ValueError, match="worker message"):
+        receiver.messages()
+
+
+@pytest.mark.parametrize(("value", "words"), [
+    (str(MAX_WORKERS + 1), f"out of range 0-{MAX_WORKERS}"),
+    ("-1", "out of range"),
+    ('"many"', "whole number"),
+    ("true", "whole number"),
+    ("2.5", "whole number"),
+])
+def test_a_bad_workers_value_names_file_line_and_key(tmp_path: Path, value: str,
+                                                     words: str) -> None:
+    path = tmp_path / "sensor.toml"
+    path.write_text(f'[capture]\ninterfaces = ["eth1"]\n\nworkers = {value}\n')
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.load(path)
+    assert err.value.file == str(path)
+    assert err.value.line == 4
+    assert err.value.key == "[capture] workers"
+    assert words in str(err.value)
+
+
+def test_workers_default_to_the_cores_this_process_may_use(tmp_path: Path) -> None:
+    conf = cfg.load(None)
+    assert conf.get("capture", "workers") == 0
+    assert workers(0) == len(os.sched_getaffinity(0))
+    assert workers(1) == 1 and workers(MAX_WORKERS) == MAX_WORKERS
+
+
+def test_heartbeat_and_snapshot_count_the_workers() -> None:
+    sensor = Sensor(cfg.load(None), None)
+    slots = [SimpleNamespace(alive=True, frames=10, restarts=0),
+             SimpleNamespace(alive=False, frames=4, restarts=2)]
+    sensor.workers = cast(Any, SimpleNamespace(running=1, restarts=2, flows=7, slots=slots))
+    values = sensor.health_for_heartbeat()
+    assert values["workers"] == 1.0 and values["worker_restarts"] == 2.0
+    assert values["flows"] == 7.0
+    snap = sensor.snapshot()
+    assert snap["flows"] == 7
+    assert snap["workers"][1] == {"running": False, "frames": 4, "restarts": 2}
+
+
+def test_pipeline_counters_sum_over_workers() -> None:
+    a = PipelineStats(packets=3, bytes=100, first_ts=5.0, last_ts=9.0)
+    a.problems["X"] += 2
+    b = PipelineStats(packets=4, bytes=50, first_ts=4.0, last_ts=8.0, flows_created=1)
+    b.problems["X"] += 1
+    total = _sum([a, b, PipelineStats()])
+    assert (total.packets, total.bytes, total.flows_created) == (7, 150, 1)
+    assert (total.first_ts, total.last_ts) == (4.0, 9.0)
+    assert total.problems["X"] == 3
