@@ -1,8 +1,11 @@
-"""The highest tcpreplay rate the live daemon takes with zero kernel drops, on one core.
+"""The highest tcpreplay rate the live daemon takes with zero kernel drops, per worker count.
 
-A SPAN port in network namespaces (tests/netns.py): ``mamori run`` on ``cap0`` pinned
-to CPU 0 with detection on, tcpreplay pinned to CPU 1 sending a capture onto the
-wire at a fixed rate. For each rate the daemon reports its kernel counters in its
+A SPAN port in network namespaces (tests/netns.py): ``mamori run`` on ``cap0`` with
+detection on, tcpreplay pinned to CPU 1 sending a capture onto the wire at a fixed
+rate. With one worker (``--workers 1``, everything in the daemon's process) the
+daemon is pinned to CPU 0; with more (``[capture] workers``, docs/workers.md) the
+daemon and its workers are left to the scheduler, since pinning them to one core
+would measure nothing but that core. For each rate the daemon reports its kernel counters in its
 systemd STATUS line (read from a NOTIFY_SOCKET this script binds); a rate passes
 when every frame was received and the kernel dropped none.
 
@@ -11,7 +14,8 @@ test hosts) replayed ``--loops`` times, with a small ring (``--ring-mb``) so a r
 the daemon cannot sustain shows up as drops within the run instead of being
 absorbed by a ring larger than the whole replay.
 
-    .venv/bin/python bench/bench_live.py [--rates 20000,40000,...] [--loops 3]
+    .venv/bin/python bench/bench_live.py [--rates 20000,40000,...] [--loops 3] \
+        [--workers 1,2]
 
 Needs root, iproute2 and tcpreplay.
 """
@@ -40,13 +44,14 @@ STATUS = re.compile(r"STATUS=(\d+) frames, (\d+) dropped")
 
 
 def trial(lab: SpanLab, work: Path, capture: Path, rate: int, loops: int,
-          ring_mb: int, pin: bool = True) -> tuple[int, int, int, float]:
+          ring_mb: int, pin: bool = True, workers: int = 1) -> tuple[int, int, int, float]:
     """(frames sent, frames seen, kernel drops, seconds) for one rate."""
     config = work / "sensor.toml"
     config.write_text(
-        f'[sensor]\nstate_dir = "{work}/state-{rate}"\n\n[capture]\ninterfaces = ["cap0"]\n'
-        f'ring_mb = {ring_mb}\n\n[ports]\nmodbus = [15020]\n\n[health]\nstats_interval = 0.5\n')
-    notify_path = work / f"notify-{rate}"
+        f'[sensor]\nstate_dir = "{work}/state-{workers}-{rate}"\n\n[capture]\n'
+        f'interfaces = ["cap0"]\nring_mb = {ring_mb}\nworkers = {workers}\n\n'
+        f'[ports]\nmodbus = [15020]\n\n[health]\nstats_interval = 0.5\n')
+    notify_path = work / f"notify-{workers}-{rate}"
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(notify_path))
     notify.settimeout(0.2)
@@ -65,7 +70,7 @@ def trial(lab: SpanLab, work: Path, capture: Path, rate: int, loops: int,
     listener = threading.Thread(target=listen, daemon=True)
     listener.start()
     env = dict(os.environ, NOTIFY_SOCKET=str(notify_path))
-    prefix = ["taskset", "-c", "0"] if pin else []
+    prefix = ["taskset", "-c", "0"] if pin and workers == 1 else []
     sensor = lab.popen(lab.sensor, [*prefix, MAMORI, "run", "--config", str(config)],
                        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = (0, 0)
@@ -102,29 +107,36 @@ def main() -> int:
     ap.add_argument("--loops", type=int, default=3)
     ap.add_argument("--ring-mb", type=int, default=4)
     ap.add_argument("--no-pin", action="store_true", help="let the scheduler place both")
+    ap.add_argument("--workers", default="1",
+                    help="worker counts to measure, e.g. 1,2 ([capture] workers)")
     args = ap.parse_args()
     why = available()
     if why is not None:
         print(f"cannot run: {why}", file=sys.stderr)
         return 2
     lab = SpanLab(prefix="mmbench").setup()
-    best = 0
+    best: dict[int, int] = {}
     try:
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
             capture = lab.rewrite(CAPTURE, work / "big.pcap")
-            print(f"{'pps asked':>10} {'sent':>9} {'seen':>9} {'drops':>7} {'pps real':>9}")
-            for rate in (int(r) for r in args.rates.split(",")):
-                sent, seen, drops, secs = trial(lab, work, capture, rate, args.loops,
-                                                args.ring_mb, not args.no_pin)
-                print(f"{rate:>10} {sent:>9} {seen:>9} {drops:>7} {sent / secs:>9,.0f}")
-                if drops == 0 and seen >= sent:
-                    best = max(best, int(sent / secs))
-                else:
-                    break
+            print(f"{'workers':>7} {'pps asked':>10} {'sent':>9} {'seen':>9} {'drops':>7} "
+                  f"{'pps real':>9}")
+            for workers in (int(w) for w in args.workers.split(",")):
+                best[workers] = 0
+                for rate in (int(r) for r in args.rates.split(",")):
+                    sent, seen, drops, secs = trial(lab, work, capture, rate, args.loops,
+                                                    args.ring_mb, not args.no_pin, workers)
+                    print(f"{workers:>7} {rate:>10} {sent:>9} {seen:>9} {drops:>7} "
+                          f"{sent / secs:>9,.0f}", flush=True)
+                    if drops == 0 and seen >= sent:
+                        best[workers] = max(best[workers], int(sent / secs))
+                    else:
+                        break
     finally:
         lab.close()
-    print(f"highest rate with 0 drops on one core: {best:,} packets/s")
+    for workers, rate in best.items():
+        print(f"highest rate with 0 drops, {workers} worker(s): {rate:,} packets/s")
     return 0
 
 
