@@ -23,6 +23,7 @@ The ``PACKET_FANOUT`` option value (an int)::
 from __future__ import annotations
 
 import struct
+import time
 
 from mamori.sensor.capture.live import SOL_PACKET, CaptureError, LiveCapture
 
@@ -38,7 +39,10 @@ def join(captures: list[LiveCapture]) -> int:
     """Put the sockets of one interface in a new fanout group; returns its id.
 
     Each socket must be bound and have its ring already (the kernel refuses to
-    join an unbound socket); the frames queued before the join stay in that ring.
+    join an unbound socket). Until a socket joins, it is a socket of its own and
+    gets a copy of every frame, which the group (or the first socket) gets too:
+    each socket after the first therefore skips the frames stamped before its join
+    (``LiveCapture.skip_before``), so no frame of the start is decoded twice.
     """
     if not captures:
         raise ValueError("a fanout group needs at least one socket")
@@ -49,6 +53,9 @@ def join(captures: list[LiveCapture]) -> int:
                         _ARG.pack((_MODE | PACKET_FANOUT_FLAG_UNIQUEID) << 16))
         group: int = _ARG.unpack(sock.getsockopt(SOL_PACKET, PACKET_FANOUT, 4))[0] & 0xFFFF
         for cap in captures[1:]:
+            # The kernel stamps with the wall clock; read before the join, so every
+            # frame skipped was certainly a copy.
+            cap.skip_before = time.time()
             cap.sock.setsockopt(SOL_PACKET, PACKET_FANOUT, _ARG.pack(group | _MODE << 16))
     except OSError as err:
         raise CaptureError(f"{first.interface}: cannot share the interface among worker "

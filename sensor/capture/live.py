@@ -92,6 +92,7 @@ class LiveCapture:
         self._frozen = 0
         self._frames = 0
         self._block = 0
+        self.skip_before = 0.0  # frames stamped earlier are copies (capture/fanout.py)
         try:
             program = bpf.port_filter(ports, user_filter)
         except ValueError as err:
@@ -134,7 +135,7 @@ class LiveCapture:
 
     @classmethod
     def adopt(cls, interface: str, fd: int, block_size: int, block_count: int,
-              block_timeout_ms: int) -> LiveCapture:
+              block_timeout_ms: int, skip_before: float = 0.0) -> LiveCapture:
         """A capture on a socket another process opened and set up (a worker's).
 
         The socket came with its filter, ring and fanout membership; only the mapping
@@ -144,6 +145,7 @@ class LiveCapture:
         self = cls.__new__(cls)
         self.interface = interface
         self.block_timeout_ms = block_timeout_ms
+        self.skip_before = skip_before
         self._received = self._dropped = self._frozen = self._frames = self._block = 0
         self._sock = socket.socket(fileno=fd)
         self.ifindex = socket.if_nametoindex(interface)
@@ -215,7 +217,21 @@ class LiveCapture:
                 offset += nxt
             _STATUS.pack_into(ring, base + 8, TP_STATUS_KERNEL)
             self._block = (self._block + 1) % self._block_count
+        if self.skip_before and frames:
+            frames = self._skip_copies(frames)
         return frames
+
+    def _skip_copies(self, frames: list[Frame]) -> list[Frame]:
+        """Drop the frames stamped before this socket joined its fanout group.
+
+        Only the first reads after the join have any; once a frame stamped after the
+        join is read, the check is off for good (the hot loop never sees it).
+        """
+        since = self.skip_before
+        kept = [f for f in frames if f[0] >= since]
+        if kept:
+            self.skip_before = 0.0
+        return kept
 
     def stats(self) -> CaptureStats:
         """Cumulative kernel counters (the kernel resets its own on every read)."""

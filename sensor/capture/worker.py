@@ -151,8 +151,8 @@ def main(argv: list[str]) -> int:
     if message is None or message[0] != "config":
         return 2
     _, index, config, ring, sockets = message
-    captures = [LiveCapture.adopt(name, fd, size, count, timeout)
-                for name, fd, size, count, timeout in sockets]
+    captures = [LiveCapture.adopt(name, fd, size, count, timeout, skip)
+                for name, fd, size, count, timeout, skip in sockets]
     return Worker(channel, index, config, ring, captures).run()
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import socket
 import subprocess
 import sys
@@ -46,7 +47,7 @@ from mamori.parsers.pipeline import PipelineConfig, PipelineStats
 from mamori.sensor.capture.live import LiveCapture
 from mamori.sensor.capture.merge import Merge, Record
 from mamori.sensor.capture.worker import watermark_lag
-from mamori.sensor.capture.workerwire import Channel
+from mamori.sensor.capture.workerwire import Channel, ChannelError
 
 log = logging.getLogger("mamori.daemon")
 
@@ -128,8 +129,8 @@ class WorkerPool:
             child.close()
         slot.channel = Channel(parent)
         slot.channel.send(("config", slot.index, self.config, self.ring,
-                           [(c.interface, c.fileno(), *c.geometry, c.block_timeout_ms)
-                            for c in slot.captures]))
+                           [(c.interface, c.fileno(), *c.geometry, c.block_timeout_ms,
+                             c.skip_before) for c in slot.captures]))
         parent.setblocking(False)
         slot.down_since = None
         return True
@@ -181,7 +182,18 @@ class WorkerPool:
         if channel is None:
             return
         open_ = channel.fill()
-        for message in channel.messages():
+        try:
+            messages = channel.messages()
+        except ChannelError as err:
+            # Only a broken worker sends this: stop listening to it and kill it;
+            # check() restarts it and raises S8, as for any worker that dies.
+            log.error("capture worker %d sent a broken message (%s); killed", slot.index, err)
+            if slot.proc is not None and slot.proc.poll() is None:
+                slot.proc.kill()
+                slot.proc.wait()
+            self._drop_channel(slot)
+            return
+        for message in messages:
             kind = message[0]
             if kind == "batch":
                 _, mark, records, counts, stats = message
@@ -274,8 +286,6 @@ class WorkerPool:
             slot.channel.sock.setblocking(False)
 
     def _wait(self, slots: list[Slot], done: Any) -> None:
-        import select
-
         deadline = time.monotonic() + STOP_TIMEOUT
         while time.monotonic() < deadline:
             waiting = [s for s in slots if not done(s) and s.channel is not None]

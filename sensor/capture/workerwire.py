@@ -49,6 +49,10 @@ MAX_MESSAGE = 1 << 30  # a batch is a ring's worth of frames at most; beyond: a 
 Reducer = Callable[[Any], tuple[Any, tuple[Any, ...]]]
 
 
+class ChannelError(Exception):
+    """The peer sent what no worker of this installation sends: a broken process."""
+
+
 def reducers() -> dict[type, Reducer]:
     """A dispatch table for every loaded dataclass of ``mamori.parsers`` that allows it."""
     table: dict[type, Reducer] = {}
@@ -144,10 +148,16 @@ class Channel:
         while len(buf) - start >= 4:
             size = _LENGTH.unpack_from(buf, start)[0]
             if size > MAX_MESSAGE:
-                raise ValueError(f"a worker message of {size} bytes")
+                raise ChannelError(f"a message of {size} bytes (at most {MAX_MESSAGE})")
             if len(buf) - start - 4 < size:
                 break
-            self._ready.append(pickle.loads(bytes(buf[start + 4:start + 4 + size])))
+            try:
+                message = pickle.loads(bytes(buf[start + 4:start + 4 + size]))
+            except Exception as err:  # whatever a corrupt pickle raises
+                raise ChannelError(f"a message that does not load: {err!r}") from None
+            if not isinstance(message, tuple) or not message:
+                raise ChannelError(f"a message that is not a tuple: {type(message).__name__}")
+            self._ready.append(message)
             start += 4 + size
         if start:
             del buf[:start]

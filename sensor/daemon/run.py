@@ -218,7 +218,11 @@ class Sensor:
                 if cap is not None:
                     self._drain(cap)
                 elif pool is not None and fd in channels:
-                    pool.read(channels[fd])
+                    slot = channels[fd]
+                    pool.read(slot)
+                    if slot.channel is None:  # gone (EOF, or killed as broken)
+                        poller.unregister(fd)
+                        del channels[fd]
                 else:
                     self._drain_wakeups()
             if pool is None:

@@ -6,8 +6,10 @@ The live behaviour (fanout, restarts, identical alerts) is in test_live_workers.
 from __future__ import annotations
 
 import os
+import pickle
 import socket
 import struct
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -19,10 +21,10 @@ from mamori.parsers.pipeline import Pipeline, PipelineConfig, PipelineStats
 from mamori.parsers.stream import FlowId
 from mamori.parsers.tcp import TcpAnomalyEvent
 from mamori.sensor import config as cfg
-from mamori.sensor.capture.merge import Merge
+from mamori.sensor.capture.merge import Merge, Record
 from mamori.sensor.capture.pcapfile import read_capture_tuples
 from mamori.sensor.capture.workers import _sum
-from mamori.sensor.capture.workerwire import MAX_MESSAGE, Channel, reducers
+from mamori.sensor.capture.workerwire import MAX_MESSAGE, Channel, ChannelError, reducers
 from mamori.sensor.daemon.run import Sensor
 from mamori.sensor.daemon.settings import MAX_WORKERS, workers
 from tests.conftest import corpus_path
@@ -68,7 +70,7 @@ def _pair() -> tuple[Channel, Channel]:
 def test_events_cross_the_channel_unchanged() -> None:
     frames = list(read_capture_tuples(str(corpus_path("suricata-verify/tests/modbus/modbus.pcap"))))
     pipeline = Pipeline(PipelineConfig())
-    records = []
+    records: list[Record] = []
     for n, (ts, linktype, data, *_) in enumerate(frames, 1):
         events = pipeline.packet(ts, linktype, data, n)
         if events:
@@ -112,7 +114,19 @@ def test_a_length_beyond_the_cap_is_refused() -> None:
     a.sendall(struct.pack("<I", MAX_MESSAGE + 1) + b"x" * 16)
     receiver.sock.setblocking(False)
     receiver.fill()
-    with pytest.raises(ValueError, match="worker message"):
+    with pytest.raises(ChannelError, match="at most"):
+        receiver.messages()
+
+
+@pytest.mark.parametrize("body", [b"\x80\x05garbage", pickle.dumps(["not", "a", "tuple"]),
+                                  pickle.dumps(())])
+def test_a_message_that_is_no_worker_message_is_refused(body: bytes) -> None:
+    a, b = socket.socketpair()
+    receiver = Channel(b)
+    a.sendall(struct.pack("<I", len(body)) + body)
+    receiver.sock.setblocking(False)
+    receiver.fill()
+    with pytest.raises(ChannelError):
         receiver.messages()
 
 
@@ -164,3 +178,37 @@ def test_pipeline_counters_sum_over_workers() -> None:
     assert (total.packets, total.bytes, total.flows_created) == (7, 150, 1)
     assert (total.first_ts, total.last_ts) == (4.0, 9.0)
     assert total.problems["X"] == 3
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="packet sockets need CAP_NET_RAW")
+def test_frames_from_before_a_socket_joined_its_group_are_not_read_twice() -> None:
+    """Until it joins the fanout group, a socket gets its own copy of every frame.
+
+    Two sockets are bound on loopback; five datagrams reach both, then the two join
+    one group and five more are shared by flow. Every datagram must be read once.
+    """
+    from mamori.sensor.capture import fanout
+    from mamori.sensor.capture.live import LiveCapture
+
+    port = 20000 + os.getpid() % 20000
+    caps = [LiveCapture("lo", frozenset({port}), block_size=1 << 16, block_count=4,
+                        block_timeout_ms=20, promiscuous=False) for _ in range(2)]
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        def send(first: int) -> None:
+            for n in range(first, first + 5):
+                out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                out.sendto(n.to_bytes(2, "big"), ("127.0.0.1", port))  # a flow each
+                out.close()
+
+        send(0)
+        time.sleep(0.05)
+        fanout.join(caps)
+        send(5)
+        time.sleep(0.2)  # the rings' blocks retire after 20 ms
+        payloads = sorted(frame[2][-2:] for cap in caps for frame in cap.read())
+    finally:
+        sender.close()
+        for cap in caps:
+            cap.close()
+    assert payloads == [n.to_bytes(2, "big") for n in range(10)]
