@@ -11,6 +11,15 @@ over several worker processes), while the rule that fires counts across them:
 * a DNP3 master link address used from two hosts: host A polls the outstation
   with link source 1, then host B polls it with link source 1 too (D15).
 
+Host A's polls must not look periodic: a client whose polls come at a regular
+interval becomes a "learning master" and its integrity polls are excused (D12),
+while an irregular one raises D12. The tests replay at a fixed packet rate
+(tcpreplay ``--pps``), which ignores the capture's times, so A's interval is made
+of frames: 2 and 14 frames of filler (TCP port 80 between two other hosts, which
+the sensor's port filter drops) between its polls in turn. Each interval is then
+far outside half of the one before it whatever the replay's jitter, and D12 fires
+in every run, rather than only in the runs where jitter broke the streak.
+
 Frames are Ethernet/IPv4/TCP with correct checksums and correct DNP3 CRCs.
 Addresses are private test hosts that exist only on the lab's wire.
 """
@@ -29,6 +38,7 @@ SCANNER = "10.60.0.9"
 OUTSTATION = "10.62.0.4"
 MASTER_A = "10.62.0.1"
 MASTER_B = "10.62.0.2"
+FILLER = ("10.63.0.1", "10.63.0.2")  # not on a protocol port: the sensor never sees it
 
 
 def writer(n: int) -> str:
@@ -36,21 +46,28 @@ def writer(n: int) -> str:
 
 
 def session(client: str, cport: int, server: str, port: int, ts: float,
-            exchanges: list[tuple[bytes, bytes]], gap: float = 0.0005) -> Iterator[Frame]:
-    """One TCP connection: handshake, request/response pairs, FIN both ways."""
+            exchanges: list[tuple[bytes, bytes]], gap: float = 0.0005,
+            spacing: tuple[int, ...] = ()) -> Iterator[Frame]:
+    """One TCP connection: handshake, request/response pairs, FIN both ways.
+
+    ``spacing[i % len]``: frames of filler sent after exchange i (see the module's doc).
+    """
     c, s, t = 1001, 5001, ts
     for frame in (tcp_frame(client, cport, server, port, 1000, 0, SYN),
                   tcp_frame(server, port, client, cport, 5000, c, SYN | ACK),
                   tcp_frame(client, cport, server, port, c, s, ACK)):
         yield t, frame
         t += gap
-    for request, response in exchanges:
+    for i, (request, response) in enumerate(exchanges):
         yield t, tcp_frame(client, cport, server, port, c, s, PSH | ACK, request)
         c += len(request)
         t += gap
         yield t, tcp_frame(server, port, client, cport, s, c, PSH | ACK, response)
         s += len(response)
         t += gap
+        for _ in range(spacing[i % len(spacing)] if spacing else 0):
+            yield t, tcp_frame(FILLER[0], 80, FILLER[1], 45000, 1, 1, ACK)
+            t += gap
     for frame in (tcp_frame(client, cport, server, port, c, s, FIN | ACK),
                   tcp_frame(server, port, client, cport, s, c + 1, FIN | ACK),
                   tcp_frame(client, cport, server, port, c + 1, s + 1, ACK)):
@@ -90,6 +107,6 @@ def frames(scan: int = 16, writers: int = 24) -> Iterator[Frame]:
         yield from session(writer(n), 43000 + n, MODBUS_SERVER, 502, t, [(write, write)])
         t += 0.02
     yield from session(MASTER_A, 44000, OUTSTATION, 20000, t,
-                       [integrity_poll(seq) for seq in range(6)])
+                       [integrity_poll(seq) for seq in range(6)], spacing=(2, 14))
     t += 0.5
     yield from session(MASTER_B, 44001, OUTSTATION, 20000, t, [integrity_poll(7)])
