@@ -29,6 +29,7 @@ saw). End of stream on the control socket (the daemon is gone) ends the worker.
 
 from __future__ import annotations
 
+import os
 import select
 import signal
 import socket
@@ -47,6 +48,17 @@ MARGIN = 0.1  # seconds added to twice the block timeout (scheduling, stamping)
 STATS_EVERY = 1.0  # seconds between the pipeline counters sent to the daemon
 
 RingEntry = tuple[Hashable, float, int, bytes]
+Identity = tuple[str, int, int, list[int]]  # user name, uid, gid, supplementary groups
+
+
+def become(identity: Identity | None) -> None:
+    """Switch to the daemon's service user (a worker started while it was root)."""
+    if identity is None or os.geteuid() != 0:
+        return
+    _, uid, gid, groups = identity
+    os.setgroups(groups)
+    os.setgid(gid)
+    os.setuid(uid)
 
 
 def watermark_lag(block_timeout_ms: int) -> float:
@@ -150,7 +162,8 @@ def main(argv: list[str]) -> int:
     message = channel.receive()
     if message is None or message[0] != "config":
         return 2
-    _, index, config, ring, sockets = message
+    _, index, config, ring, sockets, identity = message
+    become(identity)  # before the first frame: a worker never parses as root
     captures = [LiveCapture.adopt(name, fd, size, count, timeout, skip)
                 for name, fd, size, count, timeout, skip in sockets]
     return Worker(channel, index, config, ring, captures).run()

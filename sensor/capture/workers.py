@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import select
 import socket
 import subprocess
@@ -46,7 +47,7 @@ from mamori.parsers.events import Event
 from mamori.parsers.pipeline import PipelineConfig, PipelineStats
 from mamori.sensor.capture.live import LiveCapture
 from mamori.sensor.capture.merge import Merge, Record
-from mamori.sensor.capture.worker import watermark_lag
+from mamori.sensor.capture.worker import Identity, watermark_lag
 from mamori.sensor.capture.workerwire import Channel, ChannelError
 
 log = logging.getLogger("mamori.daemon")
@@ -104,10 +105,22 @@ class WorkerPool:
         self.lag = max(watermark_lag(c.block_timeout_ms) for s in self.slots
                        for c in s.captures)
         self.received_bytes = 0
+        self.identity: Identity | None = None  # whom workers started as root become
+        self.started = False
 
     # -- processes ----------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, identity: Identity | None = None) -> None:
+        """Start every worker; call it before the daemon drops its privileges.
+
+        Started while the daemon is still root, a worker can be exec'd from an
+        installation only root can read; it then switches to ``identity`` itself
+        (the daemon's ``[sensor] user``) before it reads a frame. A worker restarted
+        later is exec'd by the unprivileged daemon, so the interpreter and the
+        package must be readable by that user (as every shipped install is).
+        """
+        self.identity = identity
+        self.started = True
         for slot in self.slots:
             self._spawn(slot)
 
@@ -130,7 +143,8 @@ class WorkerPool:
         slot.channel = Channel(parent)
         slot.channel.send(("config", slot.index, self.config, self.ring,
                            [(c.interface, c.fileno(), *c.geometry, c.block_timeout_ms,
-                             c.skip_before) for c in slot.captures]))
+                             c.skip_before) for c in slot.captures],
+                           self.identity if os.geteuid() == 0 else None))
         parent.setblocking(False)
         slot.down_since = None
         return True

@@ -49,6 +49,7 @@ from mamori.sensor.alerting.siem import SensorSiem
 from mamori.sensor.capture import bpf, fanout
 from mamori.sensor.capture.live import CaptureError, CaptureStats, LiveCapture
 from mamori.sensor.capture.merge import Record
+from mamori.sensor.capture.worker import Identity, become
 from mamori.sensor.capture.workers import WorkerPool
 from mamori.sensor.daemon.notify import Notifier
 from mamori.sensor.daemon.settings import workers as resolve_workers
@@ -167,20 +168,31 @@ class Sensor:
                                       self.pipeline.ring is not None, self._counted,
                                       self._pipeline_counted)
 
-    def drop_privileges(self) -> None:
+    def service_user(self) -> Identity | None:
+        """``[sensor] user`` to switch to, when running as root and it exists."""
         if os.geteuid() != 0:
-            return
+            return None
         user = self.conf.get("sensor", "user")
         try:
             entry = pwd.getpwnam(user)
         except KeyError:
             log.warning("running as root: user %r does not exist to switch to", user)
-            return
+            return None
         groups = [g.gr_gid for g in grp.getgrall() if user in g.gr_mem]
-        os.setgroups(groups)
-        os.setgid(entry.pw_gid)
-        os.setuid(entry.pw_uid)
-        log.info("switched to user %s (uid %d)", user, entry.pw_uid)
+        return user, entry.pw_uid, entry.pw_gid, groups
+
+    def start_workers(self) -> None:
+        """Start the capture workers (if any) while still root: see ``WorkerPool.start``."""
+        if self.workers is not None and not self.workers.started:
+            self.workers.start(self.service_user())
+
+    def drop_privileges(self) -> None:
+        identity = self.service_user()
+        if identity is None:
+            return
+        user, uid, _gid, _groups = identity
+        become(identity)
+        log.info("switched to user %s (uid %d)", user, uid)
 
     def install_signals(self) -> None:
         signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
@@ -203,7 +215,7 @@ class Sensor:
         names = ", ".join(self.health)
         channels: dict[int, Any] = {}
         if pool is not None:
-            pool.start()
+            self.start_workers()  # cmd_run started them before the drop already
             names += f" with {len(pool.slots)} worker processes"
             channels = self._register_workers(poller, {})
         self.notifier.ready(f"capturing on {names}")
