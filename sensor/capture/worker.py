@@ -166,7 +166,11 @@ def main(argv: list[str]) -> int:
     become(identity)  # before the first frame: a worker never parses as root
     captures = [LiveCapture.adopt(name, fd, size, count, timeout, skip)
                 for name, fd, size, count, timeout, skip in sockets]
-    return Worker(channel, index, config, ring, captures).run()
+    worker = Worker(channel, index, config, ring, captures)
+    # Imported, rings mapped, pipeline built: from here on the worker drains its
+    # rings every POLL_MS, so the daemon may tell systemd READY=1.
+    channel.send(("reading",))
+    return worker.run()
 
 
 if __name__ == "__main__":

@@ -72,6 +72,7 @@ class Slot:
     stats: PipelineStats = field(default_factory=PipelineStats)
     base: PipelineStats = field(default_factory=PipelineStats)  # of workers before
     flows: int = 0
+    reading: bool = False  # the worker said it drains its rings (READY waits for it)
     stopped_at: float | None = None  # the worker's last packet time, once stopped
     finished: list[Event] | None = None
 
@@ -141,6 +142,7 @@ class WorkerPool:
         finally:
             child.close()
         slot.channel = Channel(parent)
+        slot.reading = False
         slot.channel.send(("config", slot.index, self.config, self.ring,
                            [(c.interface, c.fileno(), *c.geometry, c.block_timeout_ms,
                              c.skip_before) for c in slot.captures],
@@ -219,6 +221,9 @@ class WorkerPool:
                     if frames:
                         slot.frames += frames
                         self._counts[slot.index].append((last, cap.interface, frames, size))
+            elif kind == "reading":
+                slot.reading = True
+                log.info("capture worker %d is reading", slot.index)
             elif kind == "stopped":
                 slot.stopped_at = message[1]
             elif kind == "finished":
@@ -226,6 +231,10 @@ class WorkerPool:
                 slot.stats = message[2][0]
         if not open_:
             self._drop_channel(slot)
+
+    def all_reading(self) -> bool:
+        """Every worker drains its rings (until then their frames wait in the kernel)."""
+        return all(s.reading for s in self.slots)
 
     def release(self) -> list[Record]:
         return self.merge.release()

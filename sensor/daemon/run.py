@@ -218,12 +218,17 @@ class Sensor:
             self.start_workers()  # cmd_run started them before the drop already
             names += f" with {len(pool.slots)} worker processes"
             channels = self._register_workers(poller, {})
-        self.notifier.ready(f"capturing on {names}")
-        log.info("capturing on %s", names)
+        said_ready = False
         stats_every = self.conf.get("health", "stats_interval")
         next_stats = time.monotonic() + stats_every
         next_tick = 0.0
         while self._running:
+            if not said_ready and (pool is None or pool.all_reading()):
+                # With workers, READY only once each one drains its rings: a
+                # worker still importing would let its ring overflow under load.
+                said_ready = True
+                self.notifier.ready(f"capturing on {names}")
+                log.info("capturing on %s", names)
             ready = poller.poll(250 if pool is None else 50)
             for fd, _ in ready:
                 cap = by_fd.get(fd)

@@ -229,3 +229,12 @@ def test_a_killed_worker_is_restarted_and_said(lab: SpanLab, tmp_path: Path) -> 
     assert len(writers) == 24, sorted(writers)
     restarts = {int(m[0]): int(m[2]) for m in WORKER_LINE.findall(out)}
     assert sum(restarts.values()) == 1, out
+
+
+def test_ready_only_once_every_worker_reads(lab: SpanLab, tmp_path: Path) -> None:
+    """READY=1 (and its log line) follows each worker's "reading": none still imports."""
+    daemon = Daemon(lab, _config(tmp_path, 3), tmp_path)
+    out = daemon.stop()
+    ready = out.index("capturing on")
+    for index in range(3):
+        assert out.index(f"capture worker {index} is reading") < ready, out
