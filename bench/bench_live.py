@@ -14,8 +14,17 @@ test hosts) replayed ``--loops`` times, with a small ring (``--ring-mb``) so a r
 the daemon cannot sustain shows up as drops within the run instead of being
 absorbed by a ring larger than the whole replay.
 
+``--flows N`` replays instead a capture of N concurrent Modbus connections
+between the lab's two hosts (client ports 20000 up, reads answered in turn on
+each), which a flow hash can spread over workers; modbus_big is ONE connection,
+so every frame of it lands on the same worker whatever their number.
+
+Before the sensor runs, the script measures the generator's ceiling: tcpreplay
+``--topspeed`` of the same capture with nothing reading cap0, counted by cap0's
+rx_packets. No sensor can be offered more than that on this machine.
+
     .venv/bin/python bench/bench_live.py [--rates 20000,40000,...] [--loops 3] \
-        [--workers 1,2]
+        [--workers 1,2] [--flows 2000]
 
 Needs root, iproute2 and tcpreplay.
 """
@@ -26,21 +35,70 @@ import argparse
 import os
 import re
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.netns import SpanLab, available  # noqa: E402
+from tests.netns import CLIENT_IP, SERVER_IP, SpanLab, available  # noqa: E402
+from tests.stormcap import ACK, FIN, PSH, SYN, Frame, modbus, tcp_frame, write_pcap  # noqa: E402
 
 MAMORI = str(ROOT / ".venv" / "bin" / "mamori")
 CAPTURE = ROOT.parent / "shared" / "corpus" / "generated" / "modbus_big.pcap"
 STATUS = re.compile(r"STATUS=(\d+) frames, (\d+) dropped")
+
+
+PORT = 15020
+
+
+def flow_frames(flows: int, rounds: int, gap: float = 0.00002) -> Iterator[Frame]:
+    """``flows`` connections opened, ``rounds`` reads on each in turn, then every FIN."""
+    t = 1_700_000_000.0
+    seqs = []
+    c, s = CLIENT_IP, SERVER_IP
+    for i in range(flows):
+        port = 20000 + i
+        for frame in (tcp_frame(c, port, s, PORT, 1000, 0, SYN),
+                      tcp_frame(s, PORT, c, port, 5000, 1001, SYN | ACK),
+                      tcp_frame(c, port, s, PORT, 1001, 5001, ACK)):
+            yield t, frame
+            t += gap
+        seqs.append([1001, 5001])
+    for r in range(rounds):
+        read = modbus(r, 1, struct.pack("!BHH", 3, 0, 10))
+        answer = modbus(r, 1, struct.pack("!BB", 3, 20) + bytes(20))
+        for i in range(flows):
+            port = 20000 + i
+            cs, ss = seqs[i]
+            yield t, tcp_frame(c, port, s, PORT, cs, ss, PSH | ACK, read)
+            yield t + gap, tcp_frame(s, PORT, c, port, ss, cs + len(read), PSH | ACK, answer)
+            seqs[i] = [cs + len(read), ss + len(answer)]
+            t += 2 * gap
+    for i in range(flows):
+        port = 20000 + i
+        cs, ss = seqs[i]
+        for frame in (tcp_frame(c, port, s, PORT, cs, ss, FIN | ACK),
+                      tcp_frame(s, PORT, c, port, ss, cs + 1, FIN | ACK),
+                      tcp_frame(c, port, s, PORT, cs + 1, ss + 1, ACK)):
+            yield t, frame
+            t += gap
+
+
+def ceiling(lab: SpanLab, capture: Path, loops: int, pin: bool) -> tuple[int, float]:
+    """(frames cap0 received, seconds) for tcpreplay --topspeed with no reader at all."""
+    before = lab.counter("rx_packets")
+    start = time.monotonic()
+    lab.ns(lab.tap, *(["taskset", "-c", "1"] if pin else []), "tcpreplay", "-q", "-i",
+           "gen0", "--topspeed", f"--loop={loops}", str(capture), timeout=3600)
+    elapsed = time.monotonic() - start
+    return lab.counter("rx_packets") - before, elapsed
 
 
 def trial(lab: SpanLab, work: Path, capture: Path, rate: int, loops: int,
@@ -109,6 +167,9 @@ def main() -> int:
     ap.add_argument("--no-pin", action="store_true", help="let the scheduler place both")
     ap.add_argument("--workers", default="1",
                     help="worker counts to measure, e.g. 1,2 ([capture] workers)")
+    ap.add_argument("--flows", type=int, default=0,
+                    help="replay N concurrent connections instead of modbus_big")
+    ap.add_argument("--rounds", type=int, default=20, help="reads per connection (--flows)")
     args = ap.parse_args()
     why = available()
     if why is not None:
@@ -119,7 +180,17 @@ def main() -> int:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
-            capture = lab.rewrite(CAPTURE, work / "big.pcap")
+            if args.flows:
+                capture = work / "flows.pcap"
+                packets = write_pcap(capture, flow_frames(args.flows, args.rounds))
+                print(f"capture: {args.flows:,} concurrent connections, {packets:,} packets")
+            else:
+                capture = lab.rewrite(CAPTURE, work / "big.pcap")
+                print(f"capture: {CAPTURE.name} (one connection)")
+            for _ in range(2):
+                got, secs = ceiling(lab, capture, args.loops, not args.no_pin)
+                print(f"generator ceiling, no reader: {got:,} frames in {secs:.1f} s "
+                      f"= {got / secs:,.0f} packets/s", flush=True)
             print(f"{'workers':>7} {'pps asked':>10} {'sent':>9} {'seen':>9} {'drops':>7} "
                   f"{'pps real':>9}")
             for workers in (int(w) for w in args.workers.split(",")):
