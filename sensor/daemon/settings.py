@@ -13,6 +13,11 @@ from mamori.sensor import configkit as cfg
 from mamori.sensor.capture import bpf
 
 MAX_WORKERS = 64
+# Fewer cores than this and 0 ("auto") means one process: on 2 cores the daemon
+# merging the workers' events, the workers and whatever else runs share too little
+# (bench/bench_live.py: 1 worker took ~58,700 packets/s without a drop, 2 workers
+# only ~39,500; docs/workers.md, "Measured").
+AUTO_MIN_CORES = 4
 
 OPTIONS: tuple[cfg.Option, ...] = (
     cfg.Option("capture", "interfaces", (), cfg.v_str_list,
@@ -26,7 +31,8 @@ OPTIONS: tuple[cfg.Option, ...] = (
                "kernel receive ring per interface, in MiB"),
     cfg.Option("capture", "workers", 0, cfg.v_int_range(0, MAX_WORKERS),
                "capture worker processes sharing each interface by flow (PACKET_FANOUT);"
-               " 0: one per core the daemon may run on; 1: no worker, all in the daemon"),
+               " 0 (auto): one per core the daemon may run on when it may run on 4 or more,"
+               " else 1; 1: no worker, all in the daemon"),
     cfg.Option("sensor", "user", "mamori", cfg.v_nonempty_str,
                "user to switch to after opening the capture sockets when started as root"),
     cfg.Option("health", "silence_alert", 300.0, cfg.v_seconds,
@@ -37,5 +43,8 @@ OPTIONS: tuple[cfg.Option, ...] = (
 
 
 def workers(configured: int) -> int:
-    """``[capture] workers`` resolved: 0 is the number of cores this process may use."""
-    return configured or max(1, min(len(os.sched_getaffinity(0)), MAX_WORKERS))
+    """``[capture] workers`` resolved: 0 is the cores this process may use, if 4 or more."""
+    if configured:
+        return configured
+    cores = len(os.sched_getaffinity(0))
+    return min(cores, MAX_WORKERS) if cores >= AUTO_MIN_CORES else 1

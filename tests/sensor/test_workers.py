@@ -149,11 +149,15 @@ def test_a_bad_workers_value_names_file_line_and_key(tmp_path: Path, value: str,
     assert words in str(err.value)
 
 
-def test_workers_default_to_the_cores_this_process_may_use(tmp_path: Path) -> None:
+def test_workers_default_to_the_cores_this_process_may_use_from_four_on(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     conf = cfg.load(None)
     assert conf.get("capture", "workers") == 0
-    assert workers(0) == len(os.sched_getaffinity(0))
-    assert workers(1) == 1 and workers(MAX_WORKERS) == MAX_WORKERS
+    for cores, expected in ((1, 1), (2, 1), (3, 1), (4, 4), (12, 12),
+                            (MAX_WORKERS + 8, MAX_WORKERS)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda _pid, n=cores: set(range(n)))
+        assert workers(0) == expected, cores
+    assert workers(1) == 1 and workers(2) == 2 and workers(MAX_WORKERS) == MAX_WORKERS
 
 
 def test_heartbeat_and_snapshot_count_the_workers() -> None:
