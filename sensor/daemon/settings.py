@@ -28,7 +28,7 @@ OPTIONS: tuple[cfg.Option, ...] = (
                "a tcpdump expression narrowing what is captured on the Modbus/DNP3 ports"
                " (e.g. 'net 10.1.0.0/16'); empty: everything on those ports"),
     cfg.Option("capture", "ring_mb", 64, cfg.v_int_range(1, 4096),
-               "kernel receive ring per interface, in MiB"),
+               "kernel receive ring per interface, in MiB (shared among the workers' sockets)"),
     cfg.Option("capture", "workers", 0, cfg.v_int_range(0, MAX_WORKERS),
                "capture worker processes sharing each interface by flow (PACKET_FANOUT);"
                " 0 (auto): one per core the daemon may run on when it may run on 4 or more,"
