@@ -38,7 +38,7 @@ import time
 from collections.abc import Hashable, Sequence
 from typing import Any
 
-from mamori.parsers.packetring import PacketRing
+from mamori.parsers.packetring import RingTap
 from mamori.parsers.pipeline import Pipeline, PipelineConfig
 from mamori.sensor.capture.live import LiveCapture
 from mamori.sensor.capture.workerwire import Channel
@@ -64,17 +64,6 @@ def become(identity: Identity | None) -> None:
 def watermark_lag(block_timeout_ms: int) -> float:
     """How far behind the wall clock a frame not yet read can be stamped."""
     return 2 * block_timeout_ms / 1000 + MARGIN
-
-
-class RingTap(PacketRing):
-    """Takes the pipeline's ``ring.add`` call, to ship it to the daemon's real ring."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.taken: RingEntry | None = None
-
-    def add(self, key: Hashable, ts: float, linktype: int, frame: bytes) -> None:
-        self.taken = (key, ts, linktype, frame)
 
 
 class Worker:

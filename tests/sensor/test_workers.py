@@ -5,21 +5,30 @@ The live behaviour (fanout, restarts, identical alerts) is in test_live_workers.
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import os
 import pickle
+import pkgutil
 import socket
 import struct
+import sys
+import textwrap
 import time
+import types
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
 
+import mamori.parsers
 from mamori.parsers.modbus.events import ModbusRequest, ModbusResponse
+from mamori.parsers.packetring import PacketRing, RingTap
 from mamori.parsers.pipeline import Pipeline, PipelineConfig, PipelineStats
-from mamori.parsers.stream import FlowId
-from mamori.parsers.tcp import TcpAnomalyEvent
+from mamori.parsers.stream import Direction, FlowId, Transport
+from mamori.parsers.tcp import TcpAnomaly, TcpAnomalyEvent
+from mamori.parsers.wire import FieldPolicy
 from mamori.sensor import config as cfg
 from mamori.sensor.capture.merge import Merge, Record
 from mamori.sensor.capture.pcapfile import read_capture_tuples
@@ -86,12 +95,106 @@ def test_events_cross_the_channel_unchanged() -> None:
     assert [type(e) for r in message[2] for e in r[2]] == [type(e) for r in records
                                                          for e in r[2]]
     assert message[4][0] == pipeline.stats
-    # the fast path covers the common events (one left out, e.g. for its __post_init__,
-    # still round-trips, by the default pickling: TcpAnomalyEvent is one, above)
+    # the fast path covers the events, TcpAnomalyEvent (with its checking
+    # __post_init__) too, and one crossed above
     table = reducers()
-    assert {ModbusRequest, ModbusResponse, FlowId} <= set(table)
-    assert TcpAnomalyEvent not in table
+    assert {ModbusRequest, ModbusResponse, FlowId, TcpAnomalyEvent} <= set(table)
     assert any(type(e) is TcpAnomalyEvent for r in message[2] for e in r[2])
+
+
+
+def test_a_ring_tap_hands_on_exactly_what_the_ring_would_keep() -> None:
+    # the worker's pipeline gets a RingTap (a PacketRing, as the compiled pipeline
+    # insists); its calls fed to a real ring keep what a pipeline's own ring keeps
+    frames = list(read_capture_tuples(str(corpus_path("suricata-verify/tests/modbus/modbus.pcap"))))
+    direct, tapped = Pipeline(PipelineConfig()), Pipeline(PipelineConfig())
+    direct.ring, tap, fed = PacketRing(), RingTap(), PacketRing()
+    tapped.ring = tap
+    calls = 0
+    for n, (ts, linktype, data, *_) in enumerate(frames, 1):
+        assert direct.packet(ts, linktype, data, n) == tapped.packet(ts, linktype, data, n)
+        if tap.taken is not None:
+            fed.add(*tap.taken)
+            tap.taken, calls = None, calls + 1
+    assert calls > 50 and len(tap) == 0  # the tap keeps nothing itself
+    assert len(fed) == len(direct.ring) > 0
+    for key in list(direct.ring._flows):
+        assert fed.frames(key) == direct.ring.frames(key)
+    assert fed.stats == direct.ring.stats
+
+def _parsers_dataclasses() -> list[type]:
+    """Every dataclass defined in a module of ``mamori.parsers``, all of them imported."""
+    found = []
+    for info in pkgutil.walk_packages(mamori.parsers.__path__, "mamori.parsers."):
+        module = importlib.import_module(info.name)
+        found += [v for v in vars(module).values() if isinstance(v, type)
+                  and dataclasses.is_dataclass(v) and v.__module__ == info.name]
+    return found
+
+
+#: The parsers' classes with a ``__post_init__``: each only checks its values, so
+#: calling the class again on loading (the dispatch table's way) changes nothing.
+#: A new one must be added here, with an instance crossing in the test below.
+CHECKING_POST_INITS = {PipelineConfig, TcpAnomalyEvent, FieldPolicy}
+
+
+def test_every_frozen_dataclass_of_the_parsers_crosses_by_the_table() -> None:
+    # mypyc's native frozen dataclasses cannot load by the default pickling at all
+    # (its __setstate__ assigns through the frozen __setattr__): none may be left out
+    classes = _parsers_dataclasses()
+    frozen = {c for c in classes if getattr(c, "__dataclass_params__").frozen}  # noqa: B009
+    assert {PipelineConfig, ModbusRequest, FlowId, FieldPolicy} <= frozen
+    table = reducers()
+    assert sorted(c.__qualname__ for c in frozen - set(table)) == []
+    assert {c for c in classes if hasattr(c, "__post_init__")} == CHECKING_POST_INITS
+
+
+def test_classes_with_a_checking_post_init_cross_unchanged() -> None:
+    flow = FlowId(Transport.TCP, "10.0.0.1", 40000, "10.0.0.2", 502, "02:00:00:00:00:01",
+                  "02:00:00:00:00:02", 1)
+    sent = (PipelineConfig(modbus_ports=frozenset({15020, 502}), dnp3_ports=frozenset({20000}),
+                           max_flows=7, tcp_idle_timeout=1.5, max_handshakes=9),
+            TcpAnomalyEvent(1.25, flow, Direction.TO_SERVER, TcpAnomaly.GAP, 12, "hole"),
+            FieldPolicy(allow=("src", "dst"), deny=()))
+    assert {type(o) for o in sent} == CHECKING_POST_INITS
+    sender, receiver = _pair()
+    sender.send(("config", *sent))
+    message = receiver.receive(5)
+    assert message is not None
+    assert message[1:] == sent
+    assert [type(o) for o in message[1:]] == [type(o) for o in sent]
+
+
+LATE = "mamori.parsers._late_probe"
+
+
+def test_a_parsers_module_imported_after_the_channel_joins_the_table() -> None:
+    """A lazily imported module's classes cross by the table: its default route is shut."""
+    sender, receiver = _pair()
+    sender.send(("batch", 0.0, [], [], None))  # the table built without the module
+    module = types.ModuleType(LATE)
+    sys.modules[LATE] = module  # before the class: dataclasses looks its module up
+    try:
+        exec(textwrap.dedent("""
+            from dataclasses import dataclass
+
+            @dataclass(frozen=True, slots=True)
+            class Late:
+                ts: float
+                name: str
+
+                def __reduce_ex__(self, protocol):  # what a native class's route amounts to
+                    raise TypeError("no default pickling")
+            """), module.__dict__)
+        late = module.Late(2.5, "late")
+        with pytest.raises(TypeError, match="no default"):
+            pickle.dumps(late, protocol=5)
+        sender.send(("batch", 1.0, [(2.5, None, [late])], [], None))
+        assert receiver.receive(5) == ("batch", 0.0, [], [], None)
+        message = receiver.receive(5)
+    finally:
+        del sys.modules[LATE]
+    assert message is not None and message[2] == [(2.5, None, [late])]
 
 
 def test_messages_split_and_joined_anyhow_by_the_stream() -> None:
