@@ -23,8 +23,14 @@ Before the sensor runs, the script measures the generator's ceiling: tcpreplay
 ``--topspeed`` of the same capture with nothing reading cap0, counted by cap0's
 rx_packets. No sensor can be offered more than that on this machine.
 
+``--compiled LIB`` runs the daemon (and so its workers, which inherit its
+environment) from a mypyc build's library directory, the variant the .deb ships
+(``make compiled`` builds one: ``parsers/`` and the detection hot path), the way
+bench/bench_replay.py's ``--compiled`` does: ``python -P -c`` with ``PYTHONPATH``
+set to LIB. The script first checks that LIB really imports compiled modules.
+
     .venv/bin/python bench/bench_live.py [--rates 20000,40000,...] [--loops 3] \
-        [--workers 1,2] [--flows 2000]
+        [--workers 1,2] [--flows 2000] [--compiled build/compiled/lib.*]
 
 Needs root, iproute2 and tcpreplay.
 """
@@ -51,6 +57,13 @@ from tests.netns import CLIENT_IP, SERVER_IP, SpanLab, available  # noqa: E402
 from tests.stormcap import ACK, FIN, PSH, SYN, Frame, modbus, tcp_frame, write_pcap  # noqa: E402
 
 MAMORI = str(ROOT / ".venv" / "bin" / "mamori")
+#: ``mamori`` from whichever tree ``PYTHONPATH`` names first (``--compiled``).
+LAUNCH = "import sys; from mamori.sensor.cli import main; sys.exit(main(sys.argv[1:]))"
+#: Modules a mypyc build compiles (setup.py): each must load from an extension module.
+PROBE = ("import mamori.parsers.tcp as m, mamori.sensor.detection.engine as e, "
+         "mamori.sensor.detection.inventory as i; "
+         "assert all(x.__file__.endswith('.so') for x in (m, e, i)), "
+         "(m.__file__, e.__file__, i.__file__)")
 CAPTURE = ROOT.parent / "shared" / "corpus" / "generated" / "modbus_big.pcap"
 STATUS = re.compile(r"STATUS=(\d+) frames, (\d+) dropped")
 
@@ -101,8 +114,25 @@ def ceiling(lab: SpanLab, capture: Path, loops: int, pin: bool) -> tuple[int, fl
     return lab.counter("rx_packets") - before, elapsed
 
 
+def compiled_launch(lib: Path) -> tuple[list[str], dict[str, str]]:
+    """The daemon's command prefix and environment for a mypyc build at ``lib``.
+
+    ``-P`` keeps the working directory (perhaps this checkout, whose ``mamori/`` is
+    pure Python) off the front of ``sys.path``; workers start with ``-P`` too and
+    inherit ``PYTHONPATH``, so they run the same build.
+    """
+    env = {"PYTHONPATH": str(lib.resolve())}
+    probe = subprocess.run([sys.executable, "-P", "-c", PROBE], env={**os.environ, **env},
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        raise SystemExit(f"--compiled {lib}: not a compiled build: {probe.stderr.strip()}")
+    return [sys.executable, "-P", "-c", LAUNCH], env
+
+
 def trial(lab: SpanLab, work: Path, capture: Path, rate: int, loops: int,
-          ring_mb: int, pin: bool = True, workers: int = 1) -> tuple[int, int, int, float]:
+          ring_mb: int, pin: bool = True, workers: int = 1,
+          launch: tuple[list[str], dict[str, str]] = ([MAMORI], {}),
+          ) -> tuple[int, int, int, float]:
     """(frames sent, frames seen, kernel drops, seconds) for one rate."""
     config = work / "sensor.toml"
     config.write_text(
@@ -127,9 +157,10 @@ def trial(lab: SpanLab, work: Path, capture: Path, rate: int, loops: int,
 
     listener = threading.Thread(target=listen, daemon=True)
     listener.start()
-    env = dict(os.environ, NOTIFY_SOCKET=str(notify_path))
+    command, extra = launch
+    env = dict(os.environ, NOTIFY_SOCKET=str(notify_path), **extra)
     prefix = ["taskset", "-c", "0"] if pin and workers == 1 else []
-    sensor = lab.popen(lab.sensor, [*prefix, MAMORI, "run", "--config", str(config)],
+    sensor = lab.popen(lab.sensor, [*prefix, *command, "run", "--config", str(config)],
                        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = (0, 0)
     try:
@@ -170,11 +201,15 @@ def main() -> int:
     ap.add_argument("--flows", type=int, default=0,
                     help="replay N concurrent connections instead of modbus_big")
     ap.add_argument("--rounds", type=int, default=20, help="reads per connection (--flows)")
+    ap.add_argument("--compiled", metavar="LIB", type=Path,
+                    help="run the daemon from this mypyc build's library directory")
     args = ap.parse_args()
     why = available()
     if why is not None:
         print(f"cannot run: {why}", file=sys.stderr)
         return 2
+    launch = ([MAMORI], {}) if args.compiled is None else compiled_launch(args.compiled)
+    print(f"daemon: {'pure Python' if args.compiled is None else f'compiled ({args.compiled})'}")
     lab = SpanLab(prefix="mmbench").setup()
     best: dict[int, int] = {}
     try:
@@ -197,7 +232,8 @@ def main() -> int:
                 best[workers] = 0
                 for rate in (int(r) for r in args.rates.split(",")):
                     sent, seen, drops, secs = trial(lab, work, capture, rate, args.loops,
-                                                    args.ring_mb, not args.no_pin, workers)
+                                                    args.ring_mb, not args.no_pin, workers,
+                                                    launch)
                     print(f"{workers:>7} {rate:>10} {sent:>9} {seen:>9} {drops:>7} "
                           f"{sent / secs:>9,.0f}", flush=True)
                     if drops == 0 and seen >= sent:
