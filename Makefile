@@ -73,11 +73,12 @@ compiled: venv
 
 # tests/parsers and the engine's and inventory's tests on that build: python -P and
 # --import-mode=append keep the checkout off the front of sys.path, and the probe refuses
-# to run the tests on pure Python by mistake.
+# to run the tests on pure Python by mistake. test_workers.py: the compiled parsers'
+# classes must cross from a capture worker to the daemon (docs/workers.md).
 COMPILED_DETECTION_TESTS := $(addprefix tests/sensor/,test_detection.py test_matcher_index.py \
 	test_storm.py test_detection_caps.py test_detection_chains.py test_detection_floods.py \
 	test_detection_floods_state.py test_detection_learning.py test_detection_dnp3_rates.py \
-	test_inventory_merge.py)
+	test_inventory_merge.py test_workers.py)
 test-compiled: compiled
 	lib=$$(echo build/compiled/lib.*); \
 	PYTHONPATH=$$lib $(BIN)/python -P -c "import mamori.parsers.tcp as m, \

@@ -1,8 +1,11 @@
-"""The highest tcpreplay rate the live daemon takes with zero kernel drops, on one core.
+"""The highest tcpreplay rate the live daemon takes with zero kernel drops, per worker count.
 
-A SPAN port in network namespaces (tests/netns.py): ``mamori run`` on ``cap0`` pinned
-to CPU 0 with detection on, tcpreplay pinned to CPU 1 sending a capture onto the
-wire at a fixed rate. For each rate the daemon reports its kernel counters in its
+A SPAN port in network namespaces (tests/netns.py): ``mamori run`` on ``cap0`` with
+detection on, tcpreplay pinned to CPU 1 sending a capture onto the wire at a fixed
+rate. With one worker (``--workers 1``, everything in the daemon's process) the
+daemon is pinned to CPU 0; with more (``[capture] workers``, docs/workers.md) the
+daemon and its workers are left to the scheduler, since pinning them to one core
+would measure nothing but that core. For each rate the daemon reports its kernel counters in its
 systemd STATUS line (read from a NOTIFY_SOCKET this script binds); a rate passes
 when every frame was received and the kernel dropped none.
 
@@ -11,7 +14,23 @@ test hosts) replayed ``--loops`` times, with a small ring (``--ring-mb``) so a r
 the daemon cannot sustain shows up as drops within the run instead of being
 absorbed by a ring larger than the whole replay.
 
-    .venv/bin/python bench/bench_live.py [--rates 20000,40000,...] [--loops 3]
+``--flows N`` replays instead a capture of N concurrent Modbus connections
+between the lab's two hosts (client ports 20000 up, reads answered in turn on
+each), which a flow hash can spread over workers; modbus_big is ONE connection,
+so every frame of it lands on the same worker whatever their number.
+
+Before the sensor runs, the script measures the generator's ceiling: tcpreplay
+``--topspeed`` of the same capture with nothing reading cap0, counted by cap0's
+rx_packets. No sensor can be offered more than that on this machine.
+
+``--compiled LIB`` runs the daemon (and so its workers, which inherit its
+environment) from a mypyc build's library directory, the variant the .deb ships
+(``make compiled`` builds one: ``parsers/`` and the detection hot path), the way
+bench/bench_replay.py's ``--compiled`` does: ``python -P -c`` with ``PYTHONPATH``
+set to LIB. The script first checks that LIB really imports compiled modules.
+
+    .venv/bin/python bench/bench_live.py [--rates 20000,40000,...] [--loops 3] \
+        [--workers 1,2] [--flows 2000] [--compiled build/compiled/lib.*]
 
 Needs root, iproute2 and tcpreplay.
 """
@@ -22,31 +41,105 @@ import argparse
 import os
 import re
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.netns import SpanLab, available  # noqa: E402
+from tests.netns import CLIENT_IP, SERVER_IP, SpanLab, available  # noqa: E402
+from tests.stormcap import ACK, FIN, PSH, SYN, Frame, modbus, tcp_frame, write_pcap  # noqa: E402
 
 MAMORI = str(ROOT / ".venv" / "bin" / "mamori")
+#: ``mamori`` from whichever tree ``PYTHONPATH`` names first (``--compiled``).
+LAUNCH = "import sys; from mamori.sensor.cli import main; sys.exit(main(sys.argv[1:]))"
+#: Modules a mypyc build compiles (setup.py): each must load from an extension module.
+PROBE = ("import mamori.parsers.tcp as m, mamori.sensor.detection.engine as e, "
+         "mamori.sensor.detection.inventory as i; "
+         "assert all(x.__file__.endswith('.so') for x in (m, e, i)), "
+         "(m.__file__, e.__file__, i.__file__)")
 CAPTURE = ROOT.parent / "shared" / "corpus" / "generated" / "modbus_big.pcap"
 STATUS = re.compile(r"STATUS=(\d+) frames, (\d+) dropped")
 
 
+PORT = 15020
+
+
+def flow_frames(flows: int, rounds: int, gap: float = 0.00002) -> Iterator[Frame]:
+    """``flows`` connections opened, ``rounds`` reads on each in turn, then every FIN."""
+    t = 1_700_000_000.0
+    seqs = []
+    c, s = CLIENT_IP, SERVER_IP
+    for i in range(flows):
+        port = 20000 + i
+        for frame in (tcp_frame(c, port, s, PORT, 1000, 0, SYN),
+                      tcp_frame(s, PORT, c, port, 5000, 1001, SYN | ACK),
+                      tcp_frame(c, port, s, PORT, 1001, 5001, ACK)):
+            yield t, frame
+            t += gap
+        seqs.append([1001, 5001])
+    for r in range(rounds):
+        read = modbus(r, 1, struct.pack("!BHH", 3, 0, 10))
+        answer = modbus(r, 1, struct.pack("!BB", 3, 20) + bytes(20))
+        for i in range(flows):
+            port = 20000 + i
+            cs, ss = seqs[i]
+            yield t, tcp_frame(c, port, s, PORT, cs, ss, PSH | ACK, read)
+            yield t + gap, tcp_frame(s, PORT, c, port, ss, cs + len(read), PSH | ACK, answer)
+            seqs[i] = [cs + len(read), ss + len(answer)]
+            t += 2 * gap
+    for i in range(flows):
+        port = 20000 + i
+        cs, ss = seqs[i]
+        for frame in (tcp_frame(c, port, s, PORT, cs, ss, FIN | ACK),
+                      tcp_frame(s, PORT, c, port, ss, cs + 1, FIN | ACK),
+                      tcp_frame(c, port, s, PORT, cs + 1, ss + 1, ACK)):
+            yield t, frame
+            t += gap
+
+
+def ceiling(lab: SpanLab, capture: Path, loops: int, pin: bool) -> tuple[int, float]:
+    """(frames cap0 received, seconds) for tcpreplay --topspeed with no reader at all."""
+    before = lab.counter("rx_packets")
+    start = time.monotonic()
+    lab.ns(lab.tap, *(["taskset", "-c", "1"] if pin else []), "tcpreplay", "-q", "-i",
+           "gen0", "--topspeed", f"--loop={loops}", str(capture), timeout=3600)
+    elapsed = time.monotonic() - start
+    return lab.counter("rx_packets") - before, elapsed
+
+
+def compiled_launch(lib: Path) -> tuple[list[str], dict[str, str]]:
+    """The daemon's command prefix and environment for a mypyc build at ``lib``.
+
+    ``-P`` keeps the working directory (perhaps this checkout, whose ``mamori/`` is
+    pure Python) off the front of ``sys.path``; workers start with ``-P`` too and
+    inherit ``PYTHONPATH``, so they run the same build.
+    """
+    env = {"PYTHONPATH": str(lib.resolve())}
+    probe = subprocess.run([sys.executable, "-P", "-c", PROBE], env={**os.environ, **env},
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        raise SystemExit(f"--compiled {lib}: not a compiled build: {probe.stderr.strip()}")
+    return [sys.executable, "-P", "-c", LAUNCH], env
+
+
 def trial(lab: SpanLab, work: Path, capture: Path, rate: int, loops: int,
-          ring_mb: int, pin: bool = True) -> tuple[int, int, int, float]:
+          ring_mb: int, pin: bool = True, workers: int = 1,
+          launch: tuple[list[str], dict[str, str]] = ([MAMORI], {}),
+          ) -> tuple[int, int, int, float]:
     """(frames sent, frames seen, kernel drops, seconds) for one rate."""
     config = work / "sensor.toml"
     config.write_text(
-        f'[sensor]\nstate_dir = "{work}/state-{rate}"\n\n[capture]\ninterfaces = ["cap0"]\n'
-        f'ring_mb = {ring_mb}\n\n[ports]\nmodbus = [15020]\n\n[health]\nstats_interval = 0.5\n')
-    notify_path = work / f"notify-{rate}"
+        f'[sensor]\nstate_dir = "{work}/state-{workers}-{rate}"\n\n[capture]\n'
+        f'interfaces = ["cap0"]\nring_mb = {ring_mb}\nworkers = {workers}\n\n'
+        f'[ports]\nmodbus = [15020]\n\n[health]\nstats_interval = 0.5\n')
+    notify_path = work / f"notify-{workers}-{rate}"
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(notify_path))
     notify.settimeout(0.2)
@@ -64,9 +157,10 @@ def trial(lab: SpanLab, work: Path, capture: Path, rate: int, loops: int,
 
     listener = threading.Thread(target=listen, daemon=True)
     listener.start()
-    env = dict(os.environ, NOTIFY_SOCKET=str(notify_path))
-    prefix = ["taskset", "-c", "0"] if pin else []
-    sensor = lab.popen(lab.sensor, [*prefix, MAMORI, "run", "--config", str(config)],
+    command, extra = launch
+    env = dict(os.environ, NOTIFY_SOCKET=str(notify_path), **extra)
+    prefix = ["taskset", "-c", "0"] if pin and workers == 1 else []
+    sensor = lab.popen(lab.sensor, [*prefix, *command, "run", "--config", str(config)],
                        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = (0, 0)
     try:
@@ -102,29 +196,54 @@ def main() -> int:
     ap.add_argument("--loops", type=int, default=3)
     ap.add_argument("--ring-mb", type=int, default=4)
     ap.add_argument("--no-pin", action="store_true", help="let the scheduler place both")
+    ap.add_argument("--workers", default="1",
+                    help="worker counts to measure, e.g. 1,2 ([capture] workers)")
+    ap.add_argument("--flows", type=int, default=0,
+                    help="replay N concurrent connections instead of modbus_big")
+    ap.add_argument("--rounds", type=int, default=20, help="reads per connection (--flows)")
+    ap.add_argument("--compiled", metavar="LIB", type=Path,
+                    help="run the daemon from this mypyc build's library directory")
     args = ap.parse_args()
     why = available()
     if why is not None:
         print(f"cannot run: {why}", file=sys.stderr)
         return 2
+    launch = ([MAMORI], {}) if args.compiled is None else compiled_launch(args.compiled)
+    print(f"daemon: {'pure Python' if args.compiled is None else f'compiled ({args.compiled})'}")
     lab = SpanLab(prefix="mmbench").setup()
-    best = 0
+    best: dict[int, int] = {}
     try:
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
-            capture = lab.rewrite(CAPTURE, work / "big.pcap")
-            print(f"{'pps asked':>10} {'sent':>9} {'seen':>9} {'drops':>7} {'pps real':>9}")
-            for rate in (int(r) for r in args.rates.split(",")):
-                sent, seen, drops, secs = trial(lab, work, capture, rate, args.loops,
-                                                args.ring_mb, not args.no_pin)
-                print(f"{rate:>10} {sent:>9} {seen:>9} {drops:>7} {sent / secs:>9,.0f}")
-                if drops == 0 and seen >= sent:
-                    best = max(best, int(sent / secs))
-                else:
-                    break
+            if args.flows:
+                capture = work / "flows.pcap"
+                packets = write_pcap(capture, flow_frames(args.flows, args.rounds))
+                print(f"capture: {args.flows:,} concurrent connections, {packets:,} packets")
+            else:
+                capture = lab.rewrite(CAPTURE, work / "big.pcap")
+                print(f"capture: {CAPTURE.name} (one connection)")
+            for _ in range(2):
+                got, secs = ceiling(lab, capture, args.loops, not args.no_pin)
+                print(f"generator ceiling, no reader: {got:,} frames in {secs:.1f} s "
+                      f"= {got / secs:,.0f} packets/s", flush=True)
+            print(f"{'workers':>7} {'pps asked':>10} {'sent':>9} {'seen':>9} {'drops':>7} "
+                  f"{'pps real':>9}")
+            for workers in (int(w) for w in args.workers.split(",")):
+                best[workers] = 0
+                for rate in (int(r) for r in args.rates.split(",")):
+                    sent, seen, drops, secs = trial(lab, work, capture, rate, args.loops,
+                                                    args.ring_mb, not args.no_pin, workers,
+                                                    launch)
+                    print(f"{workers:>7} {rate:>10} {sent:>9} {seen:>9} {drops:>7} "
+                          f"{sent / secs:>9,.0f}", flush=True)
+                    if drops == 0 and seen >= sent:
+                        best[workers] = max(best[workers], int(sent / secs))
+                    else:
+                        break
     finally:
         lab.close()
-    print(f"highest rate with 0 drops on one core: {best:,} packets/s")
+    for workers, rate in best.items():
+        print(f"highest rate with 0 drops, {workers} worker(s): {rate:,} packets/s")
     return 0
 
 

@@ -184,6 +184,27 @@ class PacketRing:
             self.stats.shed_flows += 1
 
 
+
+class RingTap(PacketRing):
+    """Takes the pipeline's ``ring.add`` call instead of keeping the frame.
+
+    A capture worker (``mamori.sensor.capture.worker``) sets one as its pipeline's
+    ring and ships what each call was given to the daemon, which adds it to the one
+    real ring in the merged order. It lives here, not in the worker, because in the
+    mypyc build ``PacketRing`` is a native class: an interpreted class may not derive
+    from it, and the compiled pipeline takes nothing that is not a ``PacketRing`` as
+    its ring. It holds one call's arguments at most: the worker takes them after
+    every frame.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.taken: tuple[Hashable, float, int, bytes] | None = None
+
+    def add(self, key: Hashable, ts: float, linktype: int, frame: bytes) -> None:
+        self.taken = (key, ts, linktype, frame)
+
+
 def flow_keys(src: str | None, sport: int | None, dst: str | None,
               dport: int | None) -> list[tuple[int, bytes, int, bytes, int]]:
     """The pipeline flow keys (proto, server, port, client, port) these peers can have."""

@@ -59,6 +59,7 @@ _FRAME = struct.Struct("=IIIIIIHH")  # next, sec, nsec, snaplen, len, status, ma
 _VLAN = struct.Struct("=I")
 _STATUS = struct.Struct("=I")
 _STATS_V3 = struct.Struct("=III")
+_SEQ = struct.Struct("=Q")
 _PKTTYPE_OFFSET = 48 + 10
 
 
@@ -85,11 +86,13 @@ class LiveCapture:
                  promiscuous: bool = True, user_filter: list[bpf.Instruction] | None = None
                  ) -> None:
         self.interface = interface
+        self.block_timeout_ms = block_timeout_ms
         self._received = 0
         self._dropped = 0
         self._frozen = 0
         self._frames = 0
         self._block = 0
+        self.skip_before = 0.0  # frames stamped earlier are copies (capture/fanout.py)
         try:
             program = bpf.port_filter(ports, user_filter)
         except ValueError as err:
@@ -130,6 +133,61 @@ class LiveCapture:
         self._poll = select.poll()
         self._poll.register(sock.fileno(), select.POLLIN | select.POLLERR)
 
+    @classmethod
+    def adopt(cls, interface: str, fd: int, block_size: int, block_count: int,
+              block_timeout_ms: int, skip_before: float = 0.0) -> LiveCapture:
+        """A capture on a socket another process opened and set up (a worker's).
+
+        The socket came with its filter, ring and fanout membership; only the mapping
+        of the ring is made here (no privilege is needed for that). ``resync`` finds
+        the block to read next, which a worker that died before may have left anywhere.
+        """
+        self = cls.__new__(cls)
+        self.interface = interface
+        self.block_timeout_ms = block_timeout_ms
+        self.skip_before = skip_before
+        self._received = self._dropped = self._frozen = self._frames = self._block = 0
+        self._sock = socket.socket(fileno=fd)
+        self.ifindex = socket.if_nametoindex(interface)
+        self._block_size = block_size
+        self._block_count = block_count
+        self._ring = mmap.mmap(fd, block_size * block_count, mmap.MAP_SHARED,
+                               mmap.PROT_READ | mmap.PROT_WRITE)
+        self._poll = select.poll()
+        self._poll.register(fd, select.POLLIN | select.POLLERR)
+        self.resync()
+        return self
+
+    @property
+    def geometry(self) -> tuple[int, int]:
+        """(block size, block count) of the ring, for ``adopt`` in another process."""
+        return self._block_size, self._block_count
+
+    def resync(self) -> None:
+        """Point at the block the kernel hands over next.
+
+        Blocks are handed over in sequence-number order (``seq_num`` at 24). The next
+        to read is the oldest block owned by user space; when there is none, the
+        block the kernel has open, which carries the highest number (blocks given
+        back keep their old one).
+        """
+        ring = self._ring
+        user: list[tuple[int, int]] = []
+        newest = (-1, 0)
+        for index in range(self._block_count):
+            base = index * self._block_size
+            status = _STATUS.unpack_from(ring, base + 8)[0]
+            seq = _SEQ.unpack_from(ring, base + 24)[0]
+            if status & TP_STATUS_USER:
+                user.append((seq, index))
+            newest = max(newest, (seq, index))
+        self._block = min(user)[1] if user else newest[1]
+
+    @property
+    def sock(self) -> socket.socket:
+        """The packet socket (for ``mamori.sensor.capture.fanout`` and the workers)."""
+        return self._sock
+
     def fileno(self) -> int:
         return self._sock.fileno()
 
@@ -159,7 +217,21 @@ class LiveCapture:
                 offset += nxt
             _STATUS.pack_into(ring, base + 8, TP_STATUS_KERNEL)
             self._block = (self._block + 1) % self._block_count
+        if self.skip_before and frames:
+            frames = self._skip_copies(frames)
         return frames
+
+    def _skip_copies(self, frames: list[Frame]) -> list[Frame]:
+        """Drop the frames stamped before this socket joined its fanout group.
+
+        Only the first reads after the join have any; once a frame stamped after the
+        join is read, the check is off for good (the hot loop never sees it).
+        """
+        since = self.skip_before
+        kept = [f for f in frames if f[0] >= since]
+        if kept:
+            self.skip_before = 0.0
+        return kept
 
     def stats(self) -> CaptureStats:
         """Cumulative kernel counters (the kernel resets its own on every read)."""

@@ -111,6 +111,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.error("%s", err)
         sensor.shutdown()
         return 1
+    sensor.start_workers()  # as root still: see WorkerPool.start
     sensor.drop_privileges()
     sensor.install_signals()
     return sensor.run()

@@ -42,13 +42,17 @@ from typing import Any
 
 from mamori.parsers.alerts import Alert, Severity
 from mamori.parsers.events import Event
-from mamori.parsers.pipeline import Pipeline, PipelineConfig
+from mamori.parsers.pipeline import Pipeline, PipelineConfig, PipelineStats
 from mamori.sensor import config as cfg
 from mamori.sensor.alerting.eventlog import JsonLinesWriter
 from mamori.sensor.alerting.siem import SensorSiem
-from mamori.sensor.capture import bpf
+from mamori.sensor.capture import bpf, fanout
 from mamori.sensor.capture.live import CaptureError, CaptureStats, LiveCapture
+from mamori.sensor.capture.merge import Record
+from mamori.sensor.capture.worker import Identity, become
+from mamori.sensor.capture.workers import WorkerPool
 from mamori.sensor.daemon.notify import Notifier
+from mamori.sensor.daemon.settings import workers as resolve_workers
 from mamori.sensor.detection.session import Session
 from mamori.sensor.paths import describe
 
@@ -104,7 +108,8 @@ class Sensor:
         self.session = session if session is not None else Session()
         self.alert_sink = alert_sink
         self.notifier = notifier or Notifier()
-        self.captures: list[LiveCapture] = []
+        self.captures: list[LiveCapture] = []  # every socket (N per interface with workers)
+        self.workers: WorkerPool | None = None  # [capture] workers > 1 (capture/workers.py)
         self.health: dict[str, InterfaceHealth] = {}
         self.pipeline = Pipeline(pipeline_config(conf))
         self._wake_r, self._wake_w = socket.socketpair()
@@ -140,26 +145,54 @@ class Sensor:
             user = bpf.compile_expression(expression) if expression else None
         except ValueError as err:
             raise CaptureError(f"[capture] filter: {err}") from None
+        count = resolve_workers(self.conf.get("capture", "workers"))
+        # With workers the interface's ring is shared among their sockets: the memory
+        # [capture] ring_mb promises per interface stays what it says.
+        share = max(ring // count, 2 * (1 << 16))
+        if share < ring:
+            block = 1 << 20 if share >= (4 << 20) else 1 << 16
+        per_worker: list[list[LiveCapture]] = [[] for _ in range(count)]
         for name in interfaces:
-            self.captures.append(LiveCapture(
-                name, ports, block_size=block, block_count=max(ring // block, 2),
-                promiscuous=self.conf.get("capture", "promiscuous"), user_filter=user))
+            group = [LiveCapture(
+                name, ports, block_size=block, block_count=max(share // block, 2),
+                promiscuous=self.conf.get("capture", "promiscuous"), user_filter=user)
+                for _ in range(count)]
+            self.captures.extend(group)
             self.health[name] = InterfaceHealth(name)
+            if count > 1:
+                fanout.join(group)
+                for index, cap in enumerate(group):
+                    per_worker[index].append(cap)
+        if count > 1:
+            self.workers = WorkerPool(per_worker, self.pipeline.config,
+                                      self.pipeline.ring is not None, self._counted,
+                                      self._pipeline_counted)
 
-    def drop_privileges(self) -> None:
+    def service_user(self) -> Identity | None:
+        """``[sensor] user`` to switch to, when running as root and it exists."""
         if os.geteuid() != 0:
-            return
+            return None
         user = self.conf.get("sensor", "user")
         try:
             entry = pwd.getpwnam(user)
         except KeyError:
             log.warning("running as root: user %r does not exist to switch to", user)
-            return
+            return None
         groups = [g.gr_gid for g in grp.getgrall() if user in g.gr_mem]
-        os.setgroups(groups)
-        os.setgid(entry.pw_gid)
-        os.setuid(entry.pw_uid)
-        log.info("switched to user %s (uid %d)", user, entry.pw_uid)
+        return user, entry.pw_uid, entry.pw_gid, groups
+
+    def start_workers(self) -> None:
+        """Start the capture workers (if any) while still root: see ``WorkerPool.start``."""
+        if self.workers is not None and not self.workers.started:
+            self.workers.start(self.service_user())
+
+    def drop_privileges(self) -> None:
+        identity = self.service_user()
+        if identity is None:
+            return
+        user, uid, _gid, _groups = identity
+        become(identity)
+        log.info("switched to user %s (uid %d)", user, uid)
 
     def install_signals(self) -> None:
         signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
@@ -174,27 +207,54 @@ class Sensor:
     def run(self) -> int:
         self._running = True
         poller = select.poll()
-        by_fd = {cap.fileno(): cap for cap in self.captures}
+        pool = self.workers
+        by_fd = {cap.fileno(): cap for cap in self.captures} if pool is None else {}
         for fd in by_fd:
             poller.register(fd, select.POLLIN | select.POLLERR)
         poller.register(self._wake_r.fileno(), select.POLLIN)
-        names = ", ".join(c.interface for c in self.captures)
-        self.notifier.ready(f"capturing on {names}")
-        log.info("capturing on %s", names)
+        names = ", ".join(self.health)
+        channels: dict[int, Any] = {}
+        if pool is not None:
+            self.start_workers()  # cmd_run started them before the drop already
+            names += f" with {len(pool.slots)} worker processes"
+            channels = self._register_workers(poller, {})
+        said_ready = False
         stats_every = self.conf.get("health", "stats_interval")
         next_stats = time.monotonic() + stats_every
         next_tick = 0.0
         while self._running:
-            ready = poller.poll(250)
+            if not said_ready and (pool is None or pool.all_reading()):
+                # With workers, READY only once each one drains its rings: a
+                # worker still importing would let its ring overflow under load.
+                said_ready = True
+                self.notifier.ready(f"capturing on {names}")
+                log.info("capturing on %s", names)
+            ready = poller.poll(250 if pool is None else 50)
             for fd, _ in ready:
                 cap = by_fd.get(fd)
                 if cap is not None:
                     self._drain(cap)
+                elif pool is not None and fd in channels:
+                    slot = channels[fd]
+                    pool.read(slot)
+                    if slot.channel is None:  # gone (EOF, or killed as broken)
+                        poller.unregister(fd)
+                        del channels[fd]
                 else:
                     self._drain_wakeups()
-            # Blocks retire on their own timeout; read whatever is complete.
-            for cap in self.captures:
-                self._drain(cap)
+            if pool is None:
+                # Blocks retire on their own timeout; read whatever is complete.
+                for cap in self.captures:
+                    self._drain(cap)
+            else:
+                self._feed_records(pool.release())
+                pool.credit()
+                restarted = pool.check(time.time())
+                if restarted:
+                    channels = self._register_workers(poller, channels)
+                    for restart in restarted:
+                        self._worker_restarted(restart.index, restart.status,
+                                               restart.restarts)
             self._handle_signals()
             now_mono = time.monotonic()
             if now_mono >= next_tick:
@@ -205,6 +265,54 @@ class Sensor:
                 self._read_stats(time.time())
         self.shutdown()
         return 0
+
+    def _register_workers(self, poller: select.poll, old: dict[int, Any]) -> dict[int, Any]:
+        """Poll the workers' channels (again after a restart: new sockets)."""
+        assert self.workers is not None
+        for fd in old:
+            with contextlib.suppress(KeyError, ValueError):
+                poller.unregister(fd)
+        channels = self.workers.channels()
+        for fd in channels:
+            poller.register(fd, select.POLLIN)
+        return channels
+
+    def _counted(self, interface: str, frames: int, size: int, last: float) -> None:
+        """A worker read ``frames`` on ``interface`` (its S3 clock and counters)."""
+        health = self.health[interface]
+        health.frames += frames
+        health.bytes += size
+        if last > health.last_frame:
+            health.last_frame = last
+        health.silent = False
+
+    def _pipeline_counted(self, stats: PipelineStats) -> None:
+        """The workers' pipeline counters, summed: what metrics and heartbeats read."""
+        self.pipeline.stats = stats
+
+    def _feed_records(self, records: list[Record]) -> None:
+        """Merged worker records: frames to the packet ring, events to the session,
+        in packet-time order, as ``_drain`` does with one process."""
+        if not records:
+            return
+        ring = self.pipeline.ring
+        batch: list[Event] = []
+        for _, entry, events in records:
+            if entry is not None and ring is not None:
+                ring.add(*entry)
+            if events:
+                batch.extend(events)
+        self.session.feed(batch)
+
+    def _worker_restarted(self, index: int, status: int | None, restarts: int) -> None:
+        now = time.time()
+        how = (f"killed by signal {-status}" if status is not None and status < 0
+               else f"exit status {status}")
+        self._alert(health_alert(
+            "mamori.sensor.worker_restarted", "S8",
+            f"Capture worker {index} died ({how}) and was restarted; its flows were lost",
+            now, ", ".join(self.health), Severity.HIGH,
+            {"worker": index, "status": status, "restarts": restarts}))
 
     def _drain(self, cap: LiveCapture) -> None:
         frames = cap.read()
@@ -303,23 +411,37 @@ class Sensor:
                     f"No traffic on {health.name} for {int(now - health.last_frame)} s",
                     now, health.name, Severity.MEDIUM,
                     {"interface": health.name, "silent_for": round(now - health.last_frame)}))
+        if self.workers is not None:  # the packet counters heartbeats and metrics read
+            self.pipeline.stats = self.workers.pipeline_stats()
         self.session.tick(now)
         if self.forwarder is not None:
             self.forwarder.deliver_meta()  # S5/S6 raised on the forwarder's thread
 
-    def _read_stats(self, now: float) -> None:
+    def _interface_stats(self) -> dict[str, CaptureStats]:
+        """Kernel counters per interface, summed over its sockets (one per worker)."""
+        sums: dict[str, CaptureStats] = {}
         for cap in self.captures:
-            stats = cap.stats()
-            health = self.health[cap.interface]
+            one = cap.stats()
+            had = sums.get(cap.interface)
+            sums[cap.interface] = one if had is None else CaptureStats(
+                one.interface, had.received + one.received, had.dropped + one.dropped,
+                had.frozen + one.frozen)
+        return sums
+
+    def _read_stats(self, now: float) -> None:
+        for name, stats in self._interface_stats().items():
+            health = self.health[name]
             if stats.dropped > health.dropped:
                 self._alert(health_alert(
                     "mamori.sensor.capture_drops", "S1",
                     f"Kernel dropped {stats.dropped - health.dropped} frames on "
-                    f"{cap.interface}", now, cap.interface, Severity.HIGH,
-                    {"interface": cap.interface, "dropped": stats.dropped - health.dropped,
+                    f"{name}", now, name, Severity.HIGH,
+                    {"interface": name, "dropped": stats.dropped - health.dropped,
                      "dropped_total": stats.dropped, "received_total": stats.received}))
                 health.dropped = stats.dropped
             health.stats = stats
+        if self.workers is not None:
+            self.pipeline.stats = self.workers.pipeline_stats()
         total = sum(h.frames for h in self.health.values())
         drops = sum(h.dropped for h in self.health.values())
         disk = ""
@@ -329,24 +451,37 @@ class Sensor:
                 disk = (f", DISK FULL: {state['unstored']} alerts refused by the store, "
                         f"{state['held']} held, {state['dropped']} lost, "
                         f"{state['journal_behind']} not yet journaled")
+        workers = ""
+        if self.workers is not None:
+            pool = self.workers
+            workers = (f", {pool.running}/{len(pool.slots)} workers, "
+                       f"{pool.restarts} restarts")
         self.notifier.status(f"{total} frames, {drops} dropped, "
-                             f"{self.pipeline.active_flows} flows{disk}")
+                             f"{self.active_flows} flows{workers}{disk}")
 
     def _alert(self, alert: Alert) -> None:
         log.warning("%s: %s", alert.precursor, alert.title)
         if self.alert_sink is not None:
             self.alert_sink(alert)
 
+    @property
+    def active_flows(self) -> int:
+        """Flows held now: the pipeline's, or the workers' as they last said."""
+        return self.pipeline.active_flows if self.workers is None else self.workers.flows
+
     def snapshot(self) -> dict[str, Any]:
         """Health for heartbeats and the web page: packets, drops, flows, uptime."""
         snap: dict[str, Any] = {
             "uptime": round(time.time() - self.started, 1),
-            "flows": self.pipeline.active_flows,
+            "flows": self.active_flows,
             "packets": self.pipeline.stats.packets,
             "interfaces": {
                 h.name: {"frames": h.frames, "dropped": h.dropped,
                          "last_frame": h.last_frame} for h in self.health.values()},
         }
+        if self.workers is not None:
+            snap["workers"] = [{"running": s.alive, "frames": s.frames, "restarts": s.restarts}
+                               for s in self.workers.slots]
         if self.outputs is not None:
             snap["disk"] = self.outputs.status()
         if self.evidence is not None:  # packets behind alerts: memory held, pcaps, refusals
@@ -364,7 +499,10 @@ class Sensor:
         pps = (current - packets) / (now - then) if now > then else 0.0
         values = {"pps": round(pps, 1), "drops": float(sum(h.dropped for h in
                                                             self.health.values())),
-                  "flows": float(self.pipeline.active_flows)}
+                  "flows": float(self.active_flows)}
+        if self.workers is not None:  # a short pool shows here, not only in S8
+            values["workers"] = float(self.workers.running)
+            values["worker_restarts"] = float(self.workers.restarts)
         if self.outputs is not None:  # disk full: what the collector should know of it
             values["unstored"] = float(self.outputs.unstored)
             values["never_stored"] = float(self.outputs.dropped)
@@ -377,7 +515,16 @@ class Sensor:
             self.web.close()
         if self.metrics is not None:
             self.metrics.close()
-        self.session.feed(list(self.pipeline.finish()))
+        if self.workers is not None:
+            records, finished = self.workers.stop()
+            self._feed_records(records)
+            self.session.feed(finished)
+            self.pipeline.stats = self.workers.pipeline_stats()
+            for slot in self.workers.slots:
+                log.info("capture worker %d: %d frames, %d restarts", slot.index,
+                         slot.frames, slot.restarts)
+        else:
+            self.session.feed(list(self.pipeline.finish()))
         self.session.close()
         if self.forwarder is not None:
             self.forwarder.close()

@@ -83,7 +83,7 @@ def _site(public: Path) -> tuple[Path, int, str]:
     port = free_port()
     config = public / "sensor.toml"
     config.write_text(f'[sensor]\nuser = "nobody"\nstate_dir = "{state}"\n'
-                      f'[capture]\ninterfaces = ["{IFACE}"]\n'
+                      f'[capture]\ninterfaces = ["{IFACE}"]\nworkers = 2\n'
                       f'[web]\nenabled = true\nport = {port}\n', encoding="utf-8")
     return config, port, token
 
@@ -148,6 +148,18 @@ def test_the_page_answers_after_the_drop_from_a_tree_only_root_can_read(
             time.sleep(0.1)
         else:
             pytest.fail("the daemon did not switch to nobody")
+        # the capture workers, exec'd before the drop from the private tree, switched too
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        assert len(children) == 2, children
+        deadline = time.monotonic() + 10
+        uids: list[int] = []
+        while time.monotonic() < deadline:
+            uids = [int(m.group(1)) for child in children if (m := re.search(
+                r"^Uid:\s+(\d+)", Path(f"/proc/{child}/status").read_text(), re.M))]
+            if uids == [65534, 65534]:
+                break
+            time.sleep(0.1)
+        assert uids == [65534, 65534], uids
         bearer = {"Authorization": f"Bearer {token}"}
         assert _request(port, "GET", "/", bearer)[0] == 303  # to /alerts
         for path in ("/alerts", "/alerts?severity=high", "/assets", "/map", "/map.svg",
