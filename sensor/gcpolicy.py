@@ -7,12 +7,13 @@ all of them die by reference counting within the packet that made them, so these
 collections find almost nothing, and they cost about a tenth of a replay: on the
 yadnp3 polling capture looped to 100,010 packets, compiled, 693 young, 62 middle and 5
 full collections took the run from 1.32 s to 1.46 s (best of two each way, the same
-62 MB peak RSS); modbus_big went from 0.95 s to 1.04 s.
+62 MB peak RSS), and modbus_big's from 0.95 s to 1.04 s.
 
-So a ``mamori`` process (:func:`mamori.sensor.cli.program`, the console script)
-collects the young generation only every :data:`YOUNG_THRESHOLD` net allocations. The
-older generations keep CPython's thresholds, and cycles are still found and freed, in
-larger batches: the collector is never turned off. Code that runs inside another
+So a ``mamori`` process (:func:`mamori.sensor.cli.program`, the console script) and
+each capture worker (``mamori.sensor.capture.worker``) collect the young generation
+only every :data:`YOUNG_THRESHOLD` net allocations. The older generations keep
+CPython's thresholds, and cycles are still found and freed, in larger batches: the
+collector is never turned off. Code that runs inside another
 program (``cli.main`` called by a test) leaves that program's collector alone.
 """
 

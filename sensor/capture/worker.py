@@ -40,6 +40,7 @@ from typing import Any
 
 from mamori.parsers.packetring import RingTap
 from mamori.parsers.pipeline import Pipeline, PipelineConfig
+from mamori.sensor import gcpolicy
 from mamori.sensor.capture.live import LiveCapture
 from mamori.sensor.capture.workerwire import Channel
 
@@ -145,6 +146,7 @@ class Worker:
 
 
 def main(argv: list[str]) -> int:
+    gcpolicy.tune()  # a process of its own, parsing every frame: as the mamori program
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     channel = Channel(socket.socket(fileno=int(argv[1])))
