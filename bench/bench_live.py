@@ -41,7 +41,6 @@ import argparse
 import os
 import re
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -54,11 +53,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.netns import CLIENT_IP, SERVER_IP, SpanLab, available  # noqa: E402
-from tests.stormcap import ACK, FIN, PSH, SYN, Frame, modbus, tcp_frame, write_pcap  # noqa: E402
+from tests.stormcap import Frame, concurrent_polls, write_pcap  # noqa: E402
 
 MAMORI = str(ROOT / ".venv" / "bin" / "mamori")
 #: ``mamori`` from whichever tree ``PYTHONPATH`` names first (``--compiled``).
-LAUNCH = "import sys; from mamori.sensor.cli import main; sys.exit(main(sys.argv[1:]))"
+LAUNCH = "import sys; from mamori.sensor.cli import program; sys.exit(program(sys.argv[1:]))"
 #: Modules a mypyc build compiles (setup.py): each must load from an extension module.
 PROBE = ("import mamori.parsers.tcp as m, mamori.sensor.detection.engine as e, "
          "mamori.sensor.detection.inventory as i; "
@@ -73,35 +72,8 @@ PORT = 15020
 
 def flow_frames(flows: int, rounds: int, gap: float = 0.00002) -> Iterator[Frame]:
     """``flows`` connections opened, ``rounds`` reads on each in turn, then every FIN."""
-    t = 1_700_000_000.0
-    seqs = []
-    c, s = CLIENT_IP, SERVER_IP
-    for i in range(flows):
-        port = 20000 + i
-        for frame in (tcp_frame(c, port, s, PORT, 1000, 0, SYN),
-                      tcp_frame(s, PORT, c, port, 5000, 1001, SYN | ACK),
-                      tcp_frame(c, port, s, PORT, 1001, 5001, ACK)):
-            yield t, frame
-            t += gap
-        seqs.append([1001, 5001])
-    for r in range(rounds):
-        read = modbus(r, 1, struct.pack("!BHH", 3, 0, 10))
-        answer = modbus(r, 1, struct.pack("!BB", 3, 20) + bytes(20))
-        for i in range(flows):
-            port = 20000 + i
-            cs, ss = seqs[i]
-            yield t, tcp_frame(c, port, s, PORT, cs, ss, PSH | ACK, read)
-            yield t + gap, tcp_frame(s, PORT, c, port, ss, cs + len(read), PSH | ACK, answer)
-            seqs[i] = [cs + len(read), ss + len(answer)]
-            t += 2 * gap
-    for i in range(flows):
-        port = 20000 + i
-        cs, ss = seqs[i]
-        for frame in (tcp_frame(c, port, s, PORT, cs, ss, FIN | ACK),
-                      tcp_frame(s, PORT, c, port, ss, cs + 1, FIN | ACK),
-                      tcp_frame(c, port, s, PORT, cs + 1, ss + 1, ACK)):
-            yield t, frame
-            t += gap
+    conns = [(CLIENT_IP, 20000 + i, SERVER_IP) for i in range(flows)]
+    return concurrent_polls(conns, PORT, rounds, 1_700_000_000.0, gap)
 
 
 def ceiling(lab: SpanLab, capture: Path, loops: int, pin: bool) -> tuple[int, float]:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import struct
 import subprocess
 import sys
 import tempfile
@@ -40,7 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.stormcap import ACK, FIN, PSH, SYN, Frame, modbus, tcp_frame, write_pcap  # noqa: E402
+from tests.stormcap import Frame, concurrent_polls, write_pcap  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "corpus"
 MAMORI = str(ROOT / ".venv" / "bin" / "mamori")
@@ -63,34 +62,8 @@ def server(i: int) -> str:
 
 def concurrent_frames(flows: int, rounds: int, gap: float = 0.00002) -> Iterator[Frame]:
     """Every connection opened, then ``rounds`` reads on each in turn, then every FIN."""
-    t = START
-    seqs = []
-    for i in range(flows):
-        (c, cport), s = client(i), server(i)
-        for frame in (tcp_frame(c, cport, s, PORT, 1000, 0, SYN),
-                      tcp_frame(s, PORT, c, cport, 5000, 1001, SYN | ACK),
-                      tcp_frame(c, cport, s, PORT, 1001, 5001, ACK)):
-            yield t, frame
-            t += gap
-        seqs.append([1001, 5001])
-    for r in range(rounds):
-        read = modbus(r, 1, struct.pack("!BHH", 3, 0, 10))
-        answer = modbus(r, 1, struct.pack("!BB", 3, 20) + bytes(20))
-        for i in range(flows):
-            (c, cport), s = client(i), server(i)
-            cs, ss = seqs[i]
-            yield t, tcp_frame(c, cport, s, PORT, cs, ss, PSH | ACK, read)
-            yield t + gap, tcp_frame(s, PORT, c, cport, ss, cs + len(read), PSH | ACK, answer)
-            seqs[i] = [cs + len(read), ss + len(answer)]
-            t += 2 * gap
-    for i in range(flows):
-        (c, cport), s = client(i), server(i)
-        cs, ss = seqs[i]
-        for frame in (tcp_frame(c, cport, s, PORT, cs, ss, FIN | ACK),
-                      tcp_frame(s, PORT, c, cport, ss, cs + 1, FIN | ACK),
-                      tcp_frame(c, cport, s, PORT, cs + 1, ss + 1, ACK)):
-            yield t, frame
-            t += gap
+    return concurrent_polls([(*client(i), server(i)) for i in range(flows)], PORT, rounds,
+                            START, gap)
 
 
 def peak_mb(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> float:

@@ -12,13 +12,14 @@ connections instead: the same packets from a single source.
 
 Frames are Ethernet/IPv4/TCP with correct checksums (tshark accepts them), so the
 capture goes through the same decoding, reassembly and parsers as any other.
-Shared by ``tests/sensor/test_storm.py`` and ``bench/bench_storm.py``.
+Shared by ``tests/sensor/test_storm.py`` and ``bench/bench_storm.py``; ``concurrent_polls``
+(many connections live at once) by ``bench/bench_rss.py`` and ``bench/bench_live.py``.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from tests.pcaprewrite import ip_checksum
@@ -142,6 +143,38 @@ def storm_frames(sources: int, learn: float, *, targets: int = 0, reference: boo
         client = MASTER if reference else rogue(sources + i + 1)
         yield from session(client, 41000 + i % 20000, t1 + i * spacing, [(write, write)],
                            server=target(i + 1), close=close)
+
+
+def concurrent_polls(conns: Sequence[tuple[str, int, str]], port: int, rounds: int,
+                     start: float = START, gap: float = 0.00002) -> Iterator[Frame]:
+    """Every connection (client, client port, server) opened, then ``rounds`` reads on
+    each in turn, round-robin, then every FIN: all of them live at once, each with its
+    reassembly state and its pair in the inventory."""
+    t = start
+    seqs = []
+    for c, cport, s in conns:
+        for frame in (tcp_frame(c, cport, s, port, 1000, 0, SYN),
+                      tcp_frame(s, port, c, cport, 5000, 1001, SYN | ACK),
+                      tcp_frame(c, cport, s, port, 1001, 5001, ACK)):
+            yield t, frame
+            t += gap
+        seqs.append([1001, 5001])
+    for r in range(rounds):
+        read = modbus(r, 1, struct.pack("!BHH", 3, 0, 10))
+        answer = modbus(r, 1, struct.pack("!BB", 3, 20) + bytes(20))
+        for i, (c, cport, s) in enumerate(conns):
+            cs, ss = seqs[i]
+            yield t, tcp_frame(c, cport, s, port, cs, ss, PSH | ACK, read)
+            yield t + gap, tcp_frame(s, port, c, cport, ss, cs + len(read), PSH | ACK, answer)
+            seqs[i] = [cs + len(read), ss + len(answer)]
+            t += 2 * gap
+    for i, (c, cport, s) in enumerate(conns):
+        cs, ss = seqs[i]
+        for frame in (tcp_frame(c, cport, s, port, cs, ss, FIN | ACK),
+                      tcp_frame(s, port, c, cport, ss, cs + 1, FIN | ACK),
+                      tcp_frame(c, cport, s, port, cs + 1, ss + 1, ACK)):
+            yield t, frame
+            t += gap
 
 
 def write_pcap(path: Path, frames: Iterable[Frame]) -> int:
