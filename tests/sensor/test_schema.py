@@ -25,7 +25,7 @@ def test_importing_config_alone_knows_every_section() -> None:
         capture_output=True, text=True, check=True).stdout.split()
     assert out == [f"{o.section}.{o.key}" for o in cfg.SCHEMA]
     assert {name.split(".")[0] for name in out} == SECTIONS
-    assert len(out) == len(set(out)) == 111
+    assert len(out) == len(set(out)) == 112
 
 
 def test_a_key_declared_twice_is_refused() -> None:
