@@ -29,7 +29,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 
-from mamori.parsers.dnp3.crc import crc_bytes
+from tests.dnp3link import link_frame as dnp3_frame
 from tests.stormcap import ACK, FIN, PSH, SYN, Frame, modbus, tcp_frame, write_register
 
 START = 1_700_000_000.0
@@ -73,16 +73,6 @@ def session(client: str, cport: int, server: str, port: int, ts: float,
                   tcp_frame(client, cport, server, port, c + 1, s + 1, ACK)):
         yield t, frame
         t += gap
-
-
-def dnp3_frame(control: int, dst: int, src: int, user: bytes) -> bytes:
-    header = bytes([0x05, 0x64, 5 + len(user), control]) + dst.to_bytes(2, "little")
-    header += src.to_bytes(2, "little")
-    out = header + crc_bytes(header)
-    for i in range(0, len(user), 16):
-        block = user[i:i + 16]
-        out += block + crc_bytes(block)
-    return out
 
 
 def integrity_poll(seq: int, src: int = 1, dst: int = 4) -> tuple[bytes, bytes]:

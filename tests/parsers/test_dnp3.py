@@ -26,6 +26,7 @@ from mamori.parsers.dnp3.crc import crc_bytes, dnp3_crc
 from mamori.parsers.dnp3.objects import BIT1, BIT2, FREE, OBJECT_SPECS, lookup
 from mamori.parsers.dnp3.transport import Problem, TransportReassembler
 from mamori.parsers.stream import Direction, FlowId, Transport
+from tests.dnp3link import link_frame as frame
 
 TCP = FlowId(Transport.TCP, "10.0.0.1", 40000, "10.0.0.2", 20000)
 UDP = FlowId(Transport.UDP, "10.0.0.1", 40000, "10.0.0.2", 20000)
@@ -82,17 +83,6 @@ RESPONSE_G1V2 = bytes(
         0x97, 0x47,  # block CRC
     ]
 )  # fmt: skip
-
-
-def frame(control: int, dst: int, src: int, user: bytes) -> bytes:
-    """A link frame with correct CRCs (the CRC itself is tested against fixed vectors)."""
-    header = bytes([0x05, 0x64, 5 + len(user), control]) + dst.to_bytes(2, "little")
-    header += src.to_bytes(2, "little")
-    out = header + crc_bytes(header)
-    for i in range(0, len(user), 16):
-        block = user[i : i + 16]
-        out += block + crc_bytes(block)
-    return out
 
 
 def master(app: bytes, transport: int = 0xC0, dst: int = 4, src: int = 1) -> bytes:
@@ -377,7 +367,6 @@ def test_outstanding_flood() -> None:
     for seq in range(6):
         events += feed(parser, UP, master(bytes([0xC0 | seq, 0x01, 0x3C, 0x01, 0x06])))
     assert anomalies(events) == [DNP3Anomaly.FLOODED]
-
 
 
 def test_both_pairing_tables_hold_their_cap_far_past_it() -> None:

@@ -6,8 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mamori.parsers.dnp3 import DNP3Parser
-from mamori.parsers.dnp3.crc import crc_bytes
 from mamori.parsers.stream import Direction, FlowId, Transport
+from tests.dnp3link import link_frame as frame
 
 FLOWS = [
     FlowId(Transport.TCP, "10.0.0.1", 40000, "10.0.0.2", 20000),
@@ -17,15 +17,6 @@ MAX_BUFFER = 512
 MAX_FRAGMENT = 600
 MAX_PENDING = 4
 MAX_OUTSTANDING = 8
-
-
-def frame(control: int, dst: int, src: int, user: bytes) -> bytes:
-    header = bytes([0x05, 0x64, 5 + len(user), control]) + dst.to_bytes(2, "little")
-    header += src.to_bytes(2, "little")
-    out = header + crc_bytes(header)
-    for i in range(0, len(user), 16):
-        out += user[i : i + 16] + crc_bytes(user[i : i + 16])
-    return out
 
 
 # Valid frames around random application data: the walker sees arbitrary fragments.
