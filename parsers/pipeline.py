@@ -43,7 +43,7 @@ from mamori.parsers.dnp3 import DNP3Parser
 from mamori.parsers.dnp3.events import DNP3Application
 from mamori.parsers.handshake import HandshakeTable, Link, Pending, TransportEvent, TransportKind
 from mamori.parsers.l2 import ArpEvent, MacPairEvent, MacPairKind, decode_arp
-from mamori.parsers.modbus import ModbusParser
+from mamori.parsers.modbus import ModbusParser, RequestMemo
 from mamori.parsers.modbus.events import ModbusResponse
 from mamori.parsers.packet import (
     Decoded,
@@ -193,8 +193,11 @@ class Pipeline:
         self._sweep_at = math.inf  # packet time of the next sweep, set by the first packet
         self._handshakes = HandshakeTable(self.config.max_handshakes,
                                           self.config.handshake_timeout)
+        # One memo of decoded Modbus requests for every connection: a poll set is
+        # mostly the same few requests, on one connection or on many.
+        self._request_memo = RequestMemo()
         self._factories: dict[str, Callable[[FlowId], StreamParser[Event]]] = {
-            MODBUS: ModbusParser,
+            MODBUS: self._modbus_parser,
             DNP3: DNP3Parser,
         }
         # Recent frames per flow (mamori.parsers.packetring), fed when set; None: not kept.
@@ -207,6 +210,11 @@ class Pipeline:
     @property
     def handshakes(self) -> HandshakeTable:
         return self._handshakes
+
+    @property
+    def request_memo(self) -> RequestMemo:
+        """The decoded Modbus requests shared by the flows (its counters: hit rate)."""
+        return self._request_memo
 
     def packet(self, ts: float, linktype: int, frame: bytes, frame_no: int = 0) -> Sequence[Event]:
         """Process one captured frame; return the events it completed."""
@@ -315,6 +323,9 @@ class Pipeline:
         return events
 
     # -- internals -------------------------------------------------------------------
+
+    def _modbus_parser(self, flow_id: FlowId) -> StreamParser[Event]:
+        return ModbusParser(flow_id, memo=self._request_memo)
 
     def _problem(self, ts: float, problem: DecodeProblem, frame_no: int, linktype: int,
                  frame: bytes) -> list[Event]:
