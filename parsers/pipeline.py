@@ -37,7 +37,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 
 from mamori.parsers.dnp3 import DNP3Parser
 from mamori.parsers.dnp3.events import DNP3Application
@@ -148,25 +148,26 @@ class _Flow:
 
 
 FlowKey = tuple[int, bytes, int, bytes, int]
-_EMPTY: list[Event] = []
+_EMPTY: Final[list[Event]] = []
 # Responses learn the number of the frame that completed them: the inventory keeps it
 # as the evidence of where a device announced its identity. Set through the slot
 # (the events are frozen); only server-to-client segments are scanned. getattr: mypyc
 # before 1.10 takes ``type.__dict__`` for a dict and rejects the mappingproxy it is.
-_SET_MODBUS_FRAME = getattr(ModbusResponse, "__dict__")["frame"].__set__  # noqa: B009
-_SET_DNP3_FRAME = getattr(DNP3Application, "__dict__")["frame"].__set__  # noqa: B009
-_TO_SERVER = Direction.TO_SERVER
-_TO_CLIENT = Direction.TO_CLIENT
-_LRU_RESOLUTION = 1.0  # seconds of packet time
-_MAX_PAIRS = 4  # MAC pairs one flow reports; a flow flapping between more says so once each
-_SYN, _RST, _ACK = 0x02, 0x04, 0x10
+_SET_MODBUS_FRAME: Final = getattr(ModbusResponse, "__dict__")["frame"].__set__  # noqa: B009
+_SET_DNP3_FRAME: Final = getattr(DNP3Application, "__dict__")["frame"].__set__  # noqa: B009
+_TO_SERVER: Final = Direction.TO_SERVER
+_TO_CLIENT: Final = Direction.TO_CLIENT
+_LRU_RESOLUTION: Final = 1.0  # seconds of packet time
+_MAX_PAIRS: Final = 4  # MAC pairs one flow reports; a flow flapping between more says so once each
+_SYN: Final = 0x02
+_RST: Final = 0x04
+_ACK: Final = 0x10
 
 
 def _number(events: Sequence[Event], frame_no: int) -> None:
     """Stamp the responses among one frame's events with that frame's number."""
     for ev in events:
-        cls = ev.__class__
-        if cls is ModbusResponse:
+        if type(ev) is ModbusResponse:
             _SET_MODBUS_FRAME(ev, frame_no)
         elif isinstance(ev, DNP3Application):
             _SET_DNP3_FRAME(ev, frame_no)

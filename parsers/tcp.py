@@ -80,28 +80,28 @@ import math
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Final, Generic, TypeVar
 
 from mamori.parsers.fastinit import fast_init
 from mamori.parsers.stream import Direction, FlowId, StreamParser
 
 E = TypeVar("E")  # what the parser returns (the pipeline's: mamori.parsers.events.Event)
 
-TCP_FIN = 0x01
-TCP_SYN = 0x02
-TCP_RST = 0x04
-TCP_PSH = 0x08
-TCP_ACK = 0x10
+TCP_FIN: Final = 0x01
+TCP_SYN: Final = 0x02
+TCP_RST: Final = 0x04
+TCP_PSH: Final = 0x08
+TCP_ACK: Final = 0x10
 
-_CTRL = TCP_FIN | TCP_SYN | TCP_RST
-_MASK = 0xFFFFFFFF
-_HALF = 0x80000000
-_DIRS = (Direction.TO_SERVER, Direction.TO_CLIENT)
-_NO_EVENTS: tuple[()] = ()
-_ACK_SLACK = 64 * 1024  # how far beyond max_buffered an ACK may still be believed
+_CTRL: Final = TCP_FIN | TCP_SYN | TCP_RST
+_MASK: Final = 0xFFFFFFFF
+_HALF: Final = 0x80000000
+_DIRS: Final = (Direction.TO_SERVER, Direction.TO_CLIENT)
+_NO_EVENTS: Final[tuple[()]] = ()
+_ACK_SLACK: Final = 64 * 1024  # how far beyond max_buffered an ACK may still be believed
 # _hot values besides an expected seq (>= 0): see TcpReassembler.__init__.
-_IDLE = -2
-_WATCH = -3  # not -1: that is segment()'s "no ack supplied", which must not match it
+_IDLE: Final = -2
+_WATCH: Final = -3  # not -1: that is segment()'s "no ack supplied", which must not match it
 
 
 def seq_delta(a: int, b: int) -> int:

@@ -325,12 +325,13 @@ class ModbusParser:
             if not queue:
                 del self._reused[key]
         base = fc & 0x7F
+        request_fc = request.fc if request is not None else -1  # one attribute load
         exception: int | None = None
         pdu: Pdu
         if fc < 0x80:
             decoder = RESPONSE_DECODERS.get(fc)
             if decoder is not None:
-                paired_pdu = request.pdu if request is not None and request.fc == fc else None
+                paired_pdu = request.pdu if request is not None and request_fc == fc else None
                 pdu, sub, address, quantity, problems = decoder(data, paired_pdu)
             else:
                 pdu, sub, address, quantity = RawPdu(data), None, None, None
@@ -354,7 +355,7 @@ class ModbusParser:
             self._lenient = False
             if self._flooded and len(self._outstanding) <= self._max_outstanding >> 1:
                 self._flooded = False
-            if request.fc == base:
+            if request_fc == base:
                 if sub is None:
                     sub = request.sub
                 if address is None:
@@ -365,7 +366,7 @@ class ModbusParser:
                 problems += (
                     (
                         ModbusAnomaly.VALUE_MISMATCH,
-                        f"response function code {base} to request function code {request.fc}",
+                        f"response function code {base} to request function code {request_fc}",
                     ),
                 )
             out.append(
