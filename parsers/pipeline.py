@@ -231,24 +231,23 @@ class Pipeline:
                               else _EMPTY)
 
         decoded = decode(linktype, frame)
-        if type(decoded) is not Decoded:
-            return swept + self._problem(ts, cast(DecodeProblem, decoded), frame_no,
-                                         linktype, frame)
-        pkt = decoded
+        if type(decoded) is DecodeProblem:
+            return swept + self._problem(ts, decoded, frame_no, linktype, frame)
+        pkt = cast(Decoded, decoded)
+        # One unpack instead of an attribute load per use (some fields are read twice).
+        proto, src, dst, sport, dport, seq, ack, flags, payload, src_mac, dst_mac, _ = pkt
         ports = self._proto_by_port
-        dport = pkt.dport
-        sport = pkt.sport
-        if dport in ports and not (sport in ports and (pkt.proto, pkt.src, sport, pkt.dst, dport)
+        if dport in ports and not (sport in ports and (proto, src, sport, dst, dport)
                                    in self._flows):
-            key: FlowKey = (pkt.proto, pkt.dst, dport, pkt.src, sport)
+            key: FlowKey = (proto, dst, dport, src, sport)
             direction = _TO_SERVER
         elif sport in ports:
-            key = (pkt.proto, pkt.src, sport, pkt.dst, dport)
+            key = (proto, src, sport, dst, dport)
             direction = _TO_CLIENT
         else:
             stats.ignored += 1
-            if pkt.proto == 6 and pkt.flags & 0x12 == _SYN:
-                probe = self._handshakes.probe(pkt.src, sport, pkt.dst, dport, ts)
+            if proto == 6 and flags & 0x12 == _SYN:
+                probe = self._handshakes.probe(src, sport, dst, dport, ts)
                 if probe is not None:
                     return [*swept, probe]
             return swept
@@ -259,8 +258,8 @@ class Pipeline:
         flow = flows.get(key)
         if flow is None:
             pending: Pending | None = None
-            if pkt.proto == 6:
-                if not pkt.payload:
+            if proto == 6:
+                if not payload:
                     early = self._attempt(key, pkt, direction, ts)
                     if early is not None:
                         return swept + early if swept else early
@@ -285,25 +284,22 @@ class Pipeline:
             # and saves a re-link on nearly every packet of a busy flow.
             flows.move_to_end(key)
         flow.last_ts = ts
-        dst_mac = pkt.dst_mac
         if dst_mac is not None and flow.cmac is not None:
             if direction is _TO_SERVER:
-                if pkt.src_mac != flow.cmac or dst_mac != flow.smac:
-                    swept = swept + self._mac_pair(flow, pkt.src_mac, dst_mac, ts)
-            elif dst_mac != flow.cmac or pkt.src_mac != flow.smac:
-                swept = swept + self._mac_pair(flow, dst_mac, pkt.src_mac, ts)
+                if src_mac != flow.cmac or dst_mac != flow.smac:
+                    swept = swept + self._mac_pair(flow, src_mac, dst_mac, ts)
+            elif dst_mac != flow.cmac or src_mac != flow.smac:
+                swept = swept + self._mac_pair(flow, dst_mac, src_mac, ts)
 
         tcp = flow.tcp
         if tcp is not None:
-            if flow.empty and pkt.payload:
+            if flow.empty and payload:
                 flow.empty = False
-            events: Sequence[Event] = tcp.segment(
-                direction, pkt.seq, pkt.flags, pkt.payload, ts, pkt.ack
-            )
-            if pkt.flags & 0x05 and tcp.closed:  # FIN or RST that ended the connection
+            events: Sequence[Event] = tcp.segment(direction, seq, flags, payload, ts, ack)
+            if flags & 0x05 and tcp.closed:  # FIN or RST that ended the connection
                 swept = self._ended(key, flow, ts, swept)
-        elif pkt.payload:
-            events = flow.parser.receive(direction, pkt.payload, ts)
+        elif payload:
+            events = flow.parser.receive(direction, payload, ts)
         else:
             events = _EMPTY
         if events and direction is _TO_CLIENT and frame_no:
