@@ -149,6 +149,8 @@ _U32_LE: Final = struct.Struct("<I").unpack_from
 _U32_BE: Final = struct.Struct(">I").unpack_from
 
 _new: Final = tuple.__new__
+# The fields of a struct unpack are Any to mypy: the hot paths below declare them first,
+# so mypyc keeps them as native ints and bytes (tests and sums on Any are generic calls).
 _VLAN_TYPES: Final = frozenset((0x8100, 0x88A8, 0x9100))
 _AF_INET6: Final = frozenset((10, 24, 28, 30))  # Linux, BSD/NetBSD, FreeBSD/DragonFly, macOS
 _IP6_EXT_8: Final = frozenset((0, 43, 60, 135, 139, 140, 253, 254))  # length in 8-octet units
@@ -164,6 +166,9 @@ def decode(linktype: int, frame: bytes) -> Decoded | DecodeProblem:
     if linktype == 1:
         if len(frame) < 14:
             return DecodeProblem(_A.TRUNCATED_L2, f"Ethernet header needs 14 bytes, {len(frame)}")
+        dst_mac: bytes
+        src_mac: bytes
+        etype: int
         dst_mac, src_mac, etype = _ETH(frame, 0)
         if etype == 0x0800:
             return _ipv4(frame, 14, src_mac, dst_mac, None)
@@ -242,6 +247,12 @@ def _ipv4(
     avail = len(frame) - off
     if avail < 20:
         return DecodeProblem(_A.TRUNCATED_IP, f"IPv4 header needs 20 bytes, {avail} captured")
+    vihl: int
+    total: int
+    frag: int
+    proto: int
+    src: bytes
+    dst: bytes
     vihl, total, frag, proto, src, dst = _IP4(frame, off)
     ihl = (vihl & 15) << 2
     if vihl >> 4 != 4:
@@ -324,6 +335,12 @@ def _tcp(
 ) -> Decoded | DecodeProblem:
     if stop - start < 20:
         return DecodeProblem(_A.TRUNCATED_TCP, f"TCP header needs 20 bytes, {stop - start}")
+    sport: int
+    dport: int
+    seq: int
+    ack: int
+    doff: int
+    flags: int
     sport, dport, seq, ack, doff, flags = _TCP(frame, start)
     doff = (doff >> 4) << 2
     if doff < 20 or start + doff > stop:

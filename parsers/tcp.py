@@ -283,24 +283,27 @@ class TcpReassembler(Generic[E]):
         """
         self.segments += 1
         hot = self._hot
+        # The Direction as a plain int: compiled, indexing a list with the IntEnum (a
+        # Python class) or xor-ing it is a generic call each time; unboxed once, native.
+        d: int = direction
         if flags & 0x10:  # TCP_ACK; literals are cheaper than globals here
-            h = hot[direction ^ 1]  # the other direction (plain int: faster subscript)
+            h = hot[d ^ 1]  # the other direction
             # Needs a look: ahead of what the other side has sent (a hole) or
             # the other side is not on the fast path but alive (_WATCH).
             # (-3 is _WATCH; 0 < x < 2**31 is seq_delta(ack, h) > 0, inlined.)
             if ack != h and (0 < (ack - h) & 0xFFFFFFFF < 0x80000000 if h >= 0 else h == -3):
                 return self._slow(direction, seq, flags, payload, ts, ack)
-        elif hot[direction ^ 1] == -3:
+        elif hot[d ^ 1] == -3:
             return self._slow(direction, seq, flags, payload, ts, ack)  # for the timeout
         if payload:
-            if seq == hot[direction] and not flags & _CTRL:
+            if seq == hot[d] and not flags & _CTRL:
                 n = len(payload)
-                hot[direction] = (seq + n) & _MASK
+                hot[d] = (seq + n) & _MASK
                 self.bytes_delivered += n
                 return self._parser.receive(direction, payload, ts)
         elif not flags & _CTRL:
             return _NO_EVENTS  # pure ACK
-        elif flags & 0x07 == 0x01 and seq == hot[direction]:  # FIN alone, in order
+        elif flags & 0x07 == 0x01 and seq == hot[d]:  # FIN alone, in order
             return self._bare_fin(direction, seq, ts)
         return self._slow(direction, seq, flags, payload, ts, ack)
 

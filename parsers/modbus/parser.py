@@ -65,6 +65,7 @@ _UNPACK_HEADER: Final = MBAP_HEADER.unpack_from
 _OK: Final[Problems] = ()
 _INVALID_FC: Final = ModbusAnomaly.INVALID_FUNCTION_CODE
 _NON_MODBUS: Final = ModbusAnomaly.NON_MODBUS_DATA
+_TO_SERVER: Final = Direction.TO_SERVER
 
 
 class _Side:
@@ -135,7 +136,8 @@ class ModbusParser:
 
     def receive(self, direction: Direction, data: bytes, ts: float) -> list[ModbusEvent]:
         """Parse the next in-order bytes of ``direction``."""
-        side = self._sides[direction]
+        index: int = direction  # unboxed: compiled, a tuple index by the IntEnum is generic
+        side = self._sides[index]
         out: list[ModbusEvent] = []
         if type(data) is not bytes:
             data = bytes(data)
@@ -207,7 +209,13 @@ class ModbusParser:
         position = 0
         if side.resync:
             position = self._resync(side, direction, buf, 0, ts, out)
-        request = not direction
+        request = direction is _TO_SERVER
+        # Declared: the unpacked header is Any to mypy, and mypyc would keep it generic.
+        tid: int
+        pid: int
+        length: int
+        unit: int
+        fc: int
         while not side.resync and end - position >= HEADER_SIZE:
             tid, pid, length, unit, fc = _UNPACK_HEADER(buf, position)
             if pid or length < MIN_LENGTH or length > MAX_LENGTH:
