@@ -537,6 +537,7 @@ class TcpReassembler(Generic[E]):
             self._next[x] = self._end[x] = 0
             self._buf[x] = []
             self._since[x] = math.inf
+            self._acked[x] = None  # an ACK of the old connection says nothing of the new
         self._buffered = 0
         self._start(d, seq + 1, seq)
 
