@@ -189,8 +189,10 @@ def test_a_pipeline_hands_one_memo_to_all_its_dnp3_parsers() -> None:
     one = make(FlowId(Transport.TCP, "10.0.0.1", 40000, "10.0.0.2", 20000))
     two = make(FlowId(Transport.TCP, "10.0.0.3", 40001, "10.0.0.2", 20000))
     assert isinstance(one, DNP3Parser) and isinstance(two, DNP3Parser)
-    assert one._memo is two._memo is not None
-    assert Pipeline()._factories[DNP3](one.flow)._memo is not one._memo  # none shared
+    memo = one._memo
+    assert memo is not None and two._memo is memo
+    other = Pipeline()._factories[DNP3](one.flow)
+    assert isinstance(other, DNP3Parser) and other._memo is not memo  # one per pipeline
     one.receive(UP, read(5), 1.0)
-    assert read(5) in two._memo.frames
+    assert read(5) in memo.frames
     assert two.receive(UP, read(5), 1.0) == DNP3Parser(two.flow).receive(UP, read(5), 1.0)
