@@ -8,10 +8,14 @@ results can be kept and handed out again, exactly:
 - a link frame (``link.LinkReader``): its whole wire bytes, header and blocks with
   their CRCs, give its ``LinkFrame`` (control, addresses, user data with the block
   CRCs checked and removed). A key is at most ``link.MAX_FRAME_SIZE`` bytes;
-- an application fragment (``parser.DNP3Parser``): its bytes, with the parser's
-  ``max_objects`` and ``max_points``, give ``app.parse_fragment``'s result and the
-  problems it reported. ``ObjectHeader`` and its details are frozen, so the events
-  of every fragment with these bytes share them.
+- an application fragment (``parser.DNP3Parser``): its bytes after the control
+  byte, with the parser's ``max_objects`` and ``max_points``, give
+  ``app.parse_fragment``'s result and the problems it reported. The control byte
+  (its sequence number moves on every exchange) is left out of the key because the
+  parse only stores it; the parser takes it from the fragment itself. So a poll
+  that repeats every cycle hits from its second cycle on, not only when its
+  sequence number comes round again. ``ObjectHeader`` and its details are frozen,
+  so the events of every fragment with these bytes share them.
 
 Only what depends on nothing but those bytes is kept: the link reader's sync state,
 transport reassembly, pairing and every event are still worked out per frame. A

@@ -230,7 +230,12 @@ class DNP3Parser:
         out: list[DNP3Event],
     ) -> None:
         memo = self._memo
-        kept = None if memo is None else memo.fragments.get(fragment)
+        # The memo's key leaves out the control byte (FIR, FIN, CON, UNS and the
+        # sequence number, which moves on every exchange): the parse does not read
+        # it but to store it, so the control of this fragment is taken from its own
+        # first byte. Under two bytes there is nothing to keep.
+        key = fragment[1:] if memo is not None and len(fragment) > 1 else None
+        kept = None if key is None or memo is None else memo.fragments.get(key)
         if (kept is not None and kept[0] == self._max_objects
                 and kept[1] == self._max_points):
             app, problems = kept[2], kept[3]
@@ -238,23 +243,24 @@ class DNP3Parser:
             found: list[Problem] = []
             app = parse_fragment(fragment, self._max_objects, self._max_points, found)
             problems = tuple(found)
-            if memo is not None:
-                memo.keep_fragment(fragment, (self._max_objects, self._max_points, app, problems))
+            if key is not None and memo is not None:
+                memo.keep_fragment(key, (self._max_objects, self._max_points, app, problems))
         fc = fragment[1] if len(fragment) > 1 else None
         if app is not None:
             fc = app.fc
-            seq = app.control & 0x0F
+            control = fragment[0]
+            seq = control & 0x0F
             latency: float | None = None
             paired: int | None = None
             cls: type[DNP3Request | DNP3Response | DNP3Unsolicited]
             if fc >= 129:
                 latency, paired = self._pair_response(
-                    dst, src, seq, app.control, fc, ts, out, direction
+                    dst, src, seq, control, fc, ts, out, direction
                 )
                 cls = DNP3Unsolicited if fc == 130 else DNP3Response
             else:
                 latency, paired = self._pair_request(
-                    src, dst, seq, app.control, fc, ts, out, direction
+                    src, dst, seq, control, fc, ts, out, direction
                 )
                 cls = DNP3Request
             out.append(
@@ -264,7 +270,7 @@ class DNP3Parser:
                     direction,
                     src,
                     dst,
-                    app.control,
+                    control,
                     seq,
                     fc,
                     app.iin,

@@ -121,7 +121,8 @@ def test_the_memo_is_what_answers_a_repeated_frame_and_fragment() -> None:
     first = parser.receive(UP, data, 1.0)
     assert [type(e) for e in first] == [DNP3Request]
     assert list(memo.frames) == [data]
-    fragment = data[11:16]  # the application bytes: after the header and transport byte
+    # the application bytes after the header, transport byte and control byte
+    fragment = data[12:16]
     assert list(memo.fragments) == [fragment]
     control, dst, _, user = memo.frames[data]
     memo.frames[data] = LinkFrame(control, dst, 9, user)  # a source the bytes do not say
@@ -179,8 +180,8 @@ def test_long_and_heavy_fragments_are_not_kept() -> None:
         assert parser.receive(UP, data, 1.0) == plain
         assert within_caps(memo)
     assert not short_keys.fragments and not light.fragments
-    assert list(roomy.fragments) == [many[1:]]
-    assert roomy.fragment_weight == len(many) - 1 + ENTRY_WEIGHT * (1 + 40 + 40)
+    assert list(roomy.fragments) == [many[2:]]  # no transport byte, no control byte
+    assert roomy.fragment_weight == len(many) - 2 + ENTRY_WEIGHT * (1 + 40 + 40)
 
 
 def test_a_pipeline_hands_one_memo_to_all_its_dnp3_parsers() -> None:
@@ -196,3 +197,20 @@ def test_a_pipeline_hands_one_memo_to_all_its_dnp3_parsers() -> None:
     one.receive(UP, read(5), 1.0)
     assert read(5) in memo.frames
     assert two.receive(UP, read(5), 1.0) == DNP3Parser(two.flow).receive(UP, read(5), 1.0)
+
+
+def test_polls_that_differ_in_their_sequence_number_share_one_entry() -> None:
+    """A poll repeats with a new sequence number every exchange: the memo keeps its
+    parse once, and each request still carries its own control byte and sequence."""
+    memo = DNP3Memo()
+    cached = DNP3Parser(TCP, memo=memo)
+    plain = DNP3Parser(TCP)
+    polls = [frame(0xC4, 4, 1, bytes([0xC0 | seq, 0xC0 | seq, 0x01, 60, 2, 0x06, 60, 3, 0x06]))
+             for seq in range(16)]
+    for ts, data in enumerate(polls):
+        events = cached.receive(UP, data, float(ts))
+        assert events == plain.receive(UP, data, float(ts))
+        request = events[0]
+        assert isinstance(request, DNP3Request)
+        assert request.seq == ts and request.app_control == 0xC0 | ts
+    assert len(memo.fragments) == 1
