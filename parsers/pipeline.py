@@ -37,10 +37,12 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import partial
 from typing import TYPE_CHECKING, Final, cast
 
 from mamori.parsers.dnp3 import DNP3Parser
 from mamori.parsers.dnp3.events import DNP3Application
+from mamori.parsers.dnp3.memo import DNP3Memo
 from mamori.parsers.handshake import HandshakeTable, Link, Pending, TransportEvent, TransportKind
 from mamori.parsers.l2 import ArpEvent, MacPairEvent, MacPairKind, decode_arp
 from mamori.parsers.modbus import ModbusParser, RequestMemo
@@ -199,7 +201,7 @@ class Pipeline:
         self._request_memo = RequestMemo()
         self._factories: dict[str, Callable[[FlowId], StreamParser[Event]]] = {
             MODBUS: self._modbus_parser,
-            DNP3: DNP3Parser,
+            DNP3: partial(DNP3Parser, memo=DNP3Memo()),  # one memo for all DNP3 flows
         }
         # Recent frames per flow (mamori.parsers.packetring), fed when set; None: not kept.
         self.ring: PacketRing | None = None

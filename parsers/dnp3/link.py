@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 from mamori.parsers.dnp3.crc import CRC_TABLE16, dnp3_crc
 from mamori.parsers.dnp3.events import DNP3Anomaly
+from mamori.parsers.dnp3.memo import DNP3Memo
 
 HEADER_SIZE = 10
 MAX_FRAME_SIZE = 292
@@ -61,14 +62,21 @@ def frame_size(length: int) -> int:
 
 
 class LinkReader:
-    """Frames of one direction. ``feed`` returns frames and link errors, in order."""
+    """Frames of one direction. ``feed`` returns frames and link errors, in order.
 
-    __slots__ = ("_buf", "_desync", "_max_buffer")
+    With a ``memo`` (``memo.DNP3Memo``), a whole frame whose bytes it holds is taken
+    from it, header and block CRCs not checked again: it holds only frames that
+    passed them, and its key is the frame's every byte, so a hit decodes exactly as
+    the checks would. A frame that misses is checked as usual and, if valid, kept.
+    """
 
-    def __init__(self, max_buffer: int) -> None:
+    __slots__ = ("_buf", "_desync", "_max_buffer", "_memo")
+
+    def __init__(self, max_buffer: int, memo: DNP3Memo | None = None) -> None:
         self._buf = b""
         self._desync = False
         self._max_buffer = max_buffer
+        self._memo = memo
 
     @property
     def buffered(self) -> int:
@@ -80,6 +88,8 @@ class LinkReader:
         n = len(buf)
         pos = 0
         t = CRC_TABLE16
+        memo = self._memo
+        frames = None if memo is None else memo.frames
         while pos < n:
             if buf[pos] != 0x05 or n - pos < 2 or buf[pos + 1] != 0x64:
                 found = buf.find(_SYNC, pos)
@@ -94,6 +104,20 @@ class LinkReader:
                 pos = found
             if n - pos < HEADER_SIZE:
                 break
+            key = b""
+            if frames is not None:
+                # the size LEN says (``frame_size``, inline), unchecked: a key that is a
+                # kept frame had a valid header, and any other LEN (below 5 too) misses
+                user_size = buf[pos + 2] - 5
+                size = HEADER_SIZE + user_size + 2 * ((user_size + 15) >> 4)
+                if n - pos >= size:
+                    key = buf if size == n else buf[pos : pos + size]
+                    kept = frames.get(key)
+                    if kept is not None:
+                        out.append(kept)
+                        pos += size
+                        self._desync = False
+                        continue
             length, control, dst, src, crc = _HEADER.unpack_from(buf, pos)
             if t[t[t[_SYNC_STEP ^ length ^ control << 8] ^ dst] ^ src] ^ 0xFFFF != crc:
                 out.append(LinkError(DNP3Anomaly.BAD_HEADER_CRC, f"LEN {length}"))
@@ -114,7 +138,10 @@ class LinkReader:
             if user is None:
                 out.append(LinkError(DNP3Anomaly.BAD_BLOCK_CRC, f"LEN {length}", src, dst))
             else:
-                out.append(LinkFrame(control, dst, src, user))
+                frame = LinkFrame(control, dst, src, user)
+                out.append(frame)
+                if key and memo is not None:
+                    memo.keep_frame(key, frame)
         rest = buf[pos:] if pos < n else b""
         if len(rest) > self._max_buffer:
             out.append(LinkError(DNP3Anomaly.TRUNCATED_FRAME, f"{len(rest)} bytes over buffer cap"))

@@ -16,6 +16,11 @@ outstation link address, application sequence) until the first fragment of
 its response; a response or unsolicited response with CON set waits in
 ``_confirms`` for the master's CONFIRM. Both tables are capped by
 ``max_outstanding``; evicting from them reports ``FLOODED`` once per episode.
+
+Memo: with a ``memo.DNP3Memo`` (a ``Pipeline`` hands the same one to all its DNP3
+parsers), link frames and application fragments seen before are not decoded again;
+what they decode to is a pure function of their bytes (and of ``max_objects`` and
+``max_points``, which a kept fragment must match), so the events are the same.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from mamori.parsers.dnp3.events import (
     link_function_name,
 )
 from mamori.parsers.dnp3.link import LinkError, LinkFrame, LinkReader
+from mamori.parsers.dnp3.memo import DNP3Memo
 from mamori.parsers.dnp3.transport import Problem, TransportReassembler
 from mamori.parsers.stream import Direction, FlowId, Transport
 
@@ -56,6 +62,7 @@ class DNP3Parser:
         "_max_objects",
         "_max_outstanding",
         "_max_points",
+        "_memo",
         "_mismatch",
         "_outstanding",
         "_transport",
@@ -74,10 +81,12 @@ class DNP3Parser:
         max_points: int = 65536,
         max_buffer: int = 8192,
         max_outstanding: int = 256,
+        memo: DNP3Memo | None = None,
     ) -> None:
         self.flow = flow
         self._udp = flow.transport is Transport.UDP
-        self._links = (LinkReader(max_buffer), LinkReader(max_buffer))
+        self._memo = memo
+        self._links = (LinkReader(max_buffer, memo), LinkReader(max_buffer, memo))
         self._transport = TransportReassembler(max_fragment, max_pending, max_pending_bytes)
         self._max_objects = max_objects
         self._max_points = max_points
@@ -220,23 +229,38 @@ class DNP3Parser:
         ts: float,
         out: list[DNP3Event],
     ) -> None:
-        problems: list[Problem] = []
-        app = parse_fragment(fragment, self._max_objects, self._max_points, problems)
+        memo = self._memo
+        # The memo's key leaves out the control byte (FIR, FIN, CON, UNS and the
+        # sequence number, which moves on every exchange): the parse does not read
+        # it but to store it, so the control of this fragment is taken from its own
+        # first byte. Under two bytes there is nothing to keep.
+        key = fragment[1:] if memo is not None and len(fragment) > 1 else None
+        kept = None if key is None or memo is None else memo.fragments.get(key)
+        if (kept is not None and kept[0] == self._max_objects
+                and kept[1] == self._max_points):
+            app, problems = kept[2], kept[3]
+        else:
+            found: list[Problem] = []
+            app = parse_fragment(fragment, self._max_objects, self._max_points, found)
+            problems = tuple(found)
+            if key is not None and memo is not None:
+                memo.keep_fragment(key, (self._max_objects, self._max_points, app, problems))
         fc = fragment[1] if len(fragment) > 1 else None
         if app is not None:
             fc = app.fc
-            seq = app.control & 0x0F
+            control = fragment[0]
+            seq = control & 0x0F
             latency: float | None = None
             paired: int | None = None
             cls: type[DNP3Request | DNP3Response | DNP3Unsolicited]
             if fc >= 129:
                 latency, paired = self._pair_response(
-                    dst, src, seq, app.control, fc, ts, out, direction
+                    dst, src, seq, control, fc, ts, out, direction
                 )
                 cls = DNP3Unsolicited if fc == 130 else DNP3Response
             else:
                 latency, paired = self._pair_request(
-                    src, dst, seq, app.control, fc, ts, out, direction
+                    src, dst, seq, control, fc, ts, out, direction
                 )
                 cls = DNP3Request
             out.append(
@@ -246,7 +270,7 @@ class DNP3Parser:
                     direction,
                     src,
                     dst,
-                    app.control,
+                    control,
                     seq,
                     fc,
                     app.iin,

@@ -20,6 +20,13 @@ the wall clock after a grace (``advance``), so one dead worker cannot hold the
 others' events back without bound. A record that arrives behind the released time
 (a kernel stamp out of order, a restarted worker's backlog) is released at once.
 
+The records held are capped (``MAX_HELD``). A worker that is alive but stalled (stopped,
+starved, stuck in one frame) holds its mark still while the others keep sending;
+until the pool finds it hung and restarts it, the oldest records beyond the cap are
+released anyway, in time order (``forced``), and the stalled worker's records that
+then come behind them are released at once and counted late. The order between
+workers is given up for those records; none is lost, and memory stays bounded.
+
 No I/O here; ``mamori.sensor.capture.workers`` feeds it.
 """
 
@@ -31,15 +38,24 @@ from typing import Any
 
 Record = tuple[float, Any, Sequence[Any]]  # packet time, ring entry or None, events
 
+#: Records held at most. In steady state the merge holds what the workers read in one
+#: watermark lag (0.3 s with the default block timeout): 75,000 records at 250,000
+#: frames a second, each frame giving events. The cap leaves that room more than
+#: twice over; a record of a few events is a few hundred bytes, so the cap is tens of
+#: megabytes at most.
+MAX_HELD = 200_000
+
 
 class Merge:
     """Per-worker queues and watermarks; ``release`` gives what is safe, in time order."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, max_held: int = MAX_HELD) -> None:
         self.queues: list[deque[Record]] = [deque() for _ in range(workers)]
         self.marks = [float("-inf")] * workers
+        self.max_held = max_held
         self.released = float("-inf")  # the highest time released so far
         self.late = 0  # records that came behind it (released at once, counted)
+        self.forced = 0  # records released over the cap, before every mark passed them
 
     def add(self, worker: int, records: Sequence[Record], mark: float) -> None:
         self.queues[worker].extend(records)
@@ -60,7 +76,8 @@ class Merge:
         return sum(len(q) for q in self.queues)
 
     def release(self) -> list[Record]:
-        """Every record at or before the lowest watermark, sorted by time."""
+        """Every record at or before the lowest watermark, then the oldest of what is
+        still held beyond ``max_held``; sorted by time."""
         limit = self.limit
         out: list[Record] = []
         for queue in self.queues:
@@ -69,11 +86,24 @@ class Merge:
                 if record[0] < self.released:
                     self.late += 1
                 out.append(record)
+        excess = self.held() - self.max_held
+        if excess > 0:
+            self._force(excess, out)
         if len(self.queues) > 1:
             out.sort(key=_time)  # stable: ties keep worker order
         if out and out[-1][0] > self.released:
             self.released = out[-1][0]
         return out
+
+    def _force(self, count: int, out: list[Record]) -> None:
+        """Move the ``count`` oldest held records to ``out`` (the cap is exceeded)."""
+        self.forced += count
+        queues = [q for q in self.queues if q]
+        for _ in range(count):
+            oldest = min(queues, key=_head_time)
+            out.append(oldest.popleft())
+            if not oldest:
+                queues.remove(oldest)
 
     def drain(self) -> list[Record]:
         """Everything held, in time order (the end of the run)."""
@@ -84,3 +114,7 @@ class Merge:
 
 def _time(record: Record) -> float:
     return record[0]
+
+
+def _head_time(queue: deque[Record]) -> float:
+    return queue[0][0]

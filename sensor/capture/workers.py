@@ -55,6 +55,11 @@ log = logging.getLogger("mamori.daemon")
 RESTART_BACKOFF = 1.0  # seconds at least between two starts of one slot
 DOWN_GRACE = 2.0  # seconds a dead slot holds the others' records back before its mark moves
 STOP_TIMEOUT = 10.0  # seconds a worker has to flush at shutdown before it is killed
+# A reading worker sends a batch every POLL_MS (50 ms), frames or none. One silent for
+# this long is stalled (stopped, stuck in a frame, starved): it is killed and restarted
+# like a dead one, so it cannot blind its share of the flows. Reading one full ring
+# takes well under a second; the margin is for a box under load.
+HANG_TIMEOUT = 10.0
 
 
 @dataclass
@@ -73,6 +78,8 @@ class Slot:
     base: PipelineStats = field(default_factory=PipelineStats)  # of workers before
     flows: int = 0
     reading: bool = False  # the worker said it drains its rings (READY waits for it)
+    heard: float = 0.0  # monotonic time of its last message
+    hung: bool = False  # killed for its silence (the restart says so)
     stopped_at: float | None = None  # the worker's last packet time, once stopped
     finished: list[Event] | None = None
 
@@ -88,6 +95,7 @@ class Restart:
     index: int
     status: int | None
     restarts: int
+    hung: bool = False  # it was alive but silent for HANG_TIMEOUT, and was killed
 
 
 class WorkerPool:
@@ -107,6 +115,7 @@ class WorkerPool:
                        for c in s.captures)
         self.received_bytes = 0
         self.identity: Identity | None = None  # whom workers started as root become
+        self._forcing = False  # the merge is over its cap (warned once an episode)
         self.started = False
 
     # -- processes ----------------------------------------------------------------------
@@ -143,6 +152,7 @@ class WorkerPool:
             child.close()
         slot.channel = Channel(parent)
         slot.reading = False
+        slot.heard = slot.started
         slot.channel.send(("config", slot.index, self.config, self.ring,
                            [(c.interface, c.fileno(), *c.geometry, c.block_timeout_ms,
                              c.skip_before) for c in slot.captures],
@@ -160,7 +170,10 @@ class WorkerPool:
         now = time.monotonic()
         for slot in self.slots:
             if slot.proc is not None and slot.proc.poll() is None:
-                continue
+                if not self._hung(slot, now):
+                    continue
+                slot.proc.kill()
+                slot.proc.wait()
             status = slot.proc.returncode if slot.proc is not None else None
             if slot.channel is not None:  # what it sent before it died still counts
                 self.read(slot)
@@ -174,10 +187,24 @@ class WorkerPool:
             if now - slot.started < RESTART_BACKOFF:
                 continue
             self._bank(slot)
+            hung, slot.hung = slot.hung, False
             if self._spawn(slot):
                 slot.restarts += 1
-                restarted.append(Restart(slot.index, status, slot.restarts))
+                restarted.append(Restart(slot.index, status, slot.restarts, hung))
         return restarted
+
+    def _hung(self, slot: Slot, now: float) -> bool:
+        """A reading worker silent for HANG_TIMEOUT (read first: the daemon itself may
+        have been busy, with the worker's batches waiting in the socket)."""
+        if not slot.reading or now - slot.heard < HANG_TIMEOUT:
+            return False
+        self.read(slot)
+        if slot.channel is None or now - slot.heard < HANG_TIMEOUT:
+            return False
+        log.error("capture worker %d sent nothing for %.0f s; killed", slot.index,
+                  now - slot.heard)
+        slot.hung = True
+        return True
 
     def _drop_channel(self, slot: Slot) -> None:
         if slot.channel is not None:
@@ -200,6 +227,8 @@ class WorkerPool:
         open_ = channel.fill()
         try:
             messages = channel.messages()
+            if messages:
+                slot.heard = time.monotonic()
         except ChannelError as err:
             # Only a broken worker sends this: stop listening to it and kill it;
             # check() restarts it and raises S8, as for any worker that dies.
@@ -237,7 +266,14 @@ class WorkerPool:
         return all(s.reading for s in self.slots)
 
     def release(self) -> list[Record]:
-        return self.merge.release()
+        forced = self.merge.forced
+        records = self.merge.release()
+        if self.merge.forced > forced and not self._forcing:
+            log.warning("capture workers: %d records held, over the cap; the oldest are "
+                        "released before every worker has passed them",
+                        self.merge.max_held)
+        self._forcing = self.merge.forced > forced
+        return records
 
     def credit(self) -> None:
         """Count the frames whose records are released (call after feeding them).

@@ -50,7 +50,7 @@ from mamori.sensor.capture import bpf, fanout
 from mamori.sensor.capture.live import CaptureError, CaptureStats, LiveCapture
 from mamori.sensor.capture.merge import Record
 from mamori.sensor.capture.worker import Identity, become
-from mamori.sensor.capture.workers import WorkerPool
+from mamori.sensor.capture.workers import HANG_TIMEOUT, WorkerPool
 from mamori.sensor.daemon.notify import Notifier
 from mamori.sensor.daemon.settings import workers as resolve_workers
 from mamori.sensor.detection.session import Session
@@ -254,7 +254,7 @@ class Sensor:
                     channels = self._register_workers(poller, channels)
                     for restart in restarted:
                         self._worker_restarted(restart.index, restart.status,
-                                               restart.restarts)
+                                               restart.restarts, restart.hung)
             self._handle_signals()
             now_mono = time.monotonic()
             if now_mono >= next_tick:
@@ -304,15 +304,20 @@ class Sensor:
                 batch.extend(events)
         self.session.feed(batch)
 
-    def _worker_restarted(self, index: int, status: int | None, restarts: int) -> None:
+    def _worker_restarted(self, index: int, status: int | None, restarts: int,
+                          hung: bool = False) -> None:
         now = time.time()
-        how = (f"killed by signal {-status}" if status is not None and status < 0
-               else f"exit status {status}")
+        if hung:
+            what = f"stalled (silent for {HANG_TIMEOUT:.0f} s, so killed)"
+        elif status is not None and status < 0:
+            what = f"died (killed by signal {-status})"
+        else:
+            what = f"died (exit status {status})"
         self._alert(health_alert(
             "mamori.sensor.worker_restarted", "S8",
-            f"Capture worker {index} died ({how}) and was restarted; its flows were lost",
+            f"Capture worker {index} {what} and was restarted; its flows were lost",
             now, ", ".join(self.health), Severity.HIGH,
-            {"worker": index, "status": status, "restarts": restarts}))
+            {"worker": index, "status": status, "restarts": restarts, "hung": hung}))
 
     def _drain(self, cap: LiveCapture) -> None:
         frames = cap.read()
@@ -482,6 +487,9 @@ class Sensor:
         if self.workers is not None:
             snap["workers"] = [{"running": s.alive, "frames": s.frames, "restarts": s.restarts}
                                for s in self.workers.slots]
+            merge = self.workers.merge  # records held now, and released out of order
+            snap["merge"] = {"held": merge.held(), "late": merge.late,
+                             "forced": merge.forced}
         if self.outputs is not None:
             snap["disk"] = self.outputs.status()
         if self.evidence is not None:  # packets behind alerts: memory held, pcaps, refusals

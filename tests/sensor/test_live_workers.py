@@ -10,7 +10,9 @@ peers, count) must be the same for every worker count, each worker must have see
 frames (the hash really spread the flows), and alerts still get their pcap.
 
 A worker killed with SIGKILL must be restarted, raise S8 and be counted in the
-systemd STATUS line; the traffic after the restart is still seen.
+systemd STATUS line; the traffic after the restart is still seen. So must a worker
+that is alive but stalled (SIGSTOP): silent for HANG_TIMEOUT, it is killed and
+restarted, and the S8 says it stalled.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Any
 
 import pytest
 
+from mamori.sensor.capture.workers import HANG_TIMEOUT
 from tests.conftest import PROJECT, stop_all
 from tests.netns import SERVER_IP, SpanLab, lab_or_skip
 from tests.stormcap import write_pcap
@@ -224,11 +227,45 @@ def test_a_killed_worker_is_restarted_and_said(lab: SpanLab, tmp_path: Path) -> 
     assert s8[0]["rule"] == "mamori.sensor.worker_restarted"
     assert s8[0]["evidence"]["status"] == -signal.SIGKILL
     assert s8[0]["evidence"]["restarts"] == 1
+    assert s8[0]["evidence"]["hung"] is False
     # after the restart both workers see their share: every writer is still caught
     writers = {a["src"] for a in alerts if a["rule"] == "mamori.modbus.unauthorised_write"}
     assert len(writers) == 24, sorted(writers)
     restarts = {int(m[0]): int(m[2]) for m in WORKER_LINE.findall(out)}
     assert sum(restarts.values()) == 1, out
+
+
+def test_a_stalled_worker_is_killed_restarted_and_said(lab: SpanLab, tmp_path: Path) -> None:
+    capture = tmp_path / "spans.pcap"
+    write_pcap(capture, frames())
+    daemon = Daemon(lab, _config(tmp_path, 2), tmp_path)
+    try:
+        _wait(lambda: len(daemon.workers()) == 2, 30, "two capture workers")
+        _wait(lambda: daemon.said("2/2 workers"), 30, "STATUS with both workers")
+        victim = daemon.workers()[0]
+        os.kill(victim, signal.SIGSTOP)  # alive, and silent
+        stopped = time.monotonic()
+        lab.ns(lab.tap, "tcpreplay", "-q", "-i", "gen0", "--pps=1000", str(capture))
+        _wait(lambda: daemon.said("1 restarts"), HANG_TIMEOUT + 30,
+              "a STATUS line counting the restart")
+        assert time.monotonic() - stopped >= HANG_TIMEOUT  # not before its time
+        _wait(lambda: len(daemon.workers()) == 2 and victim not in daemon.workers(), 30,
+              "the worker restarted")
+        _wait(lambda: daemon.said("2/2 workers, 1 restarts"), 30, "STATUS with both workers")
+        time.sleep(1)
+        lab.ns(lab.tap, "tcpreplay", "-q", "-i", "gen0", "--pps=1000", str(capture))
+        time.sleep(3)
+    finally:
+        out = daemon.stop()
+    assert "capture worker 0 sent nothing for" in out, out
+    alerts = _alerts(tmp_path)
+    s8 = [a for a in alerts if a["precursor"] == "S8"]
+    assert len(s8) == 1, out
+    assert s8[0]["evidence"]["hung"] is True
+    assert s8[0]["evidence"]["status"] == -signal.SIGKILL
+    assert "stalled" in s8[0]["title"]
+    writers = {a["src"] for a in alerts if a["rule"] == "mamori.modbus.unauthorised_write"}
+    assert len(writers) == 24, sorted(writers)
 
 
 def test_ready_only_once_every_worker_reads(lab: SpanLab, tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ from mamori.parsers.stream import Direction, FlowId, Transport
 from mamori.parsers.tcp import TcpAnomaly, TcpAnomalyEvent
 from mamori.parsers.wire import FieldPolicy
 from mamori.sensor import config as cfg
-from mamori.sensor.capture.merge import Merge, Record
+from mamori.sensor.capture.merge import MAX_HELD, Merge, Record
 from mamori.sensor.capture.pcapfile import read_capture_tuples
 from mamori.sensor.capture.workers import _sum
 from mamori.sensor.capture.workerwire import MAX_MESSAGE, Channel, ChannelError, reducers
@@ -69,6 +69,32 @@ def test_merge_ties_keep_worker_order_and_drain_takes_everything() -> None:
     merge.add(0, [(2.0, None, ["zero"]), (9.0, None, ["end"])], 2.0)
     assert [r[2] for r in merge.release()] == [["zero"], ["one"]]
     assert [r[2] for r in merge.drain()] == [["end"]]
+
+
+def test_a_stalled_worker_holds_no_more_than_the_cap_far_past_it() -> None:
+    """Worker 1 is alive but stalled: its mark never moves while worker 0 sends five
+    times the cap, in the batches a worker sends. What is held stays at the cap after
+    every release, what comes out is in time order and each record once; the stalled
+    worker's backlog, when it comes, is released at once and counted late; nothing
+    is lost."""
+    merge = Merge(2)
+    merge.add(1, [], -1.0)  # before every record
+    batch, total, step = 1000, 5 * MAX_HELD, 0.001
+    out: list[Record] = []
+    for first in range(0, total, batch):
+        records = [((first + i) * step, None, (first + i,)) for i in range(batch)]
+        merge.add(0, records, (first + batch) * step)
+        out.extend(merge.release())
+        assert merge.held() <= MAX_HELD
+    assert merge.held() == MAX_HELD
+    assert merge.forced == total - MAX_HELD
+    backlog = [(0.5 + i * step, None, ("stalled", i)) for i in range(3)]
+    merge.add(1, backlog, 0.6)  # the stalled worker wakes with frames from long ago
+    late = merge.release()
+    assert [r[2] for r in late] == [r[2] for r in backlog]
+    assert merge.late == 3
+    out.extend(merge.drain())
+    assert [r[2][0] for r in out] == list(range(total))  # all of worker 0, in order
 
 
 def _pair() -> tuple[Channel, Channel]:
@@ -267,13 +293,17 @@ def test_heartbeat_and_snapshot_count_the_workers() -> None:
     sensor = Sensor(cfg.load(None), None)
     slots = [SimpleNamespace(alive=True, frames=10, restarts=0),
              SimpleNamespace(alive=False, frames=4, restarts=2)]
-    sensor.workers = cast(Any, SimpleNamespace(running=1, restarts=2, flows=7, slots=slots))
+    merge = Merge(2)
+    merge.add(0, [(1.0, None, ())], 1.0)
+    sensor.workers = cast(Any, SimpleNamespace(running=1, restarts=2, flows=7, slots=slots,
+                                               merge=merge))
     values = sensor.health_for_heartbeat()
     assert values["workers"] == 1.0 and values["worker_restarts"] == 2.0
     assert values["flows"] == 7.0
     snap = sensor.snapshot()
     assert snap["flows"] == 7
     assert snap["workers"][1] == {"running": False, "frames": 4, "restarts": 2}
+    assert snap["merge"] == {"held": 1, "late": 0, "forced": 0}
 
 
 def test_pipeline_counters_sum_over_workers() -> None:
