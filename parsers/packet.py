@@ -55,7 +55,7 @@ import socket
 import struct
 from dataclasses import dataclass
 from enum import Enum
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from mamori.parsers.fastinit import fast_init
 
@@ -70,8 +70,8 @@ __all__ = [
     "mac_to_str",
 ]
 
-MAX_VLAN_DEPTH = 8
-MAX_IPV6_EXTENSIONS = 16
+MAX_VLAN_DEPTH: Final = 8
+MAX_IPV6_EXTENSIONS: Final = 16
 
 
 class PacketAnomaly(Enum):
@@ -137,25 +137,27 @@ class DecodeProblem:
     detail: str
 
 
-_ETH = struct.Struct("!6s6sH").unpack_from
-_VLAN = struct.Struct("!HH").unpack_from
-_IP4 = struct.Struct("!BxHxxHxB2x4s4s").unpack_from  # vihl, total, frag, proto, src, dst
-_IP6 = struct.Struct("!BxxxHBx16s16s").unpack_from  # ver<<4, payload length, next, src, dst
-_TCP = struct.Struct("!HHIIBB").unpack_from  # sport, dport, seq, ack, offset, flags
-_UDP = struct.Struct("!HHH").unpack_from  # sport, dport, length
-_SLL = struct.Struct("!xxHH8sH").unpack_from  # hatype, addrlen, addr, protocol
-_SLL2 = struct.Struct("!H6xHxB8s").unpack_from  # protocol, hatype, addrlen, addr
-_U32_LE = struct.Struct("<I").unpack_from
-_U32_BE = struct.Struct(">I").unpack_from
+_ETH: Final = struct.Struct("!6s6sH").unpack_from
+_VLAN: Final = struct.Struct("!HH").unpack_from
+_IP4: Final = struct.Struct("!BxHxxHxB2x4s4s").unpack_from  # vihl, total, frag, proto, src, dst
+_IP6: Final = struct.Struct("!BxxxHBx16s16s").unpack_from  # ver<<4, payload length, next, src, dst
+_TCP: Final = struct.Struct("!HHIIBB").unpack_from  # sport, dport, seq, ack, offset, flags
+_UDP: Final = struct.Struct("!HHH").unpack_from  # sport, dport, length
+_SLL: Final = struct.Struct("!xxHH8sH").unpack_from  # hatype, addrlen, addr, protocol
+_SLL2: Final = struct.Struct("!H6xHxB8s").unpack_from  # protocol, hatype, addrlen, addr
+_U32_LE: Final = struct.Struct("<I").unpack_from
+_U32_BE: Final = struct.Struct(">I").unpack_from
 
-_new = tuple.__new__
-_VLAN_TYPES = frozenset((0x8100, 0x88A8, 0x9100))
-_AF_INET6 = frozenset((10, 24, 28, 30))  # Linux, BSD/NetBSD, FreeBSD/DragonFly, macOS
-_IP6_EXT_8 = frozenset((0, 43, 60, 135, 139, 140, 253, 254))  # length in 8-octet units
+_new: Final = tuple.__new__
+# The fields of a struct unpack are Any to mypy: the hot paths below declare them first,
+# so mypyc keeps them as native ints and bytes (tests and sums on Any are generic calls).
+_VLAN_TYPES: Final = frozenset((0x8100, 0x88A8, 0x9100))
+_AF_INET6: Final = frozenset((10, 24, 28, 30))  # Linux, BSD/NetBSD, FreeBSD/DragonFly, macOS
+_IP6_EXT_8: Final = frozenset((0, 43, 60, 135, 139, 140, 253, 254))  # length in 8-octet units
 
-_A = PacketAnomaly
+_A: Final = PacketAnomaly
 # Every "not TCP/UDP" answer, built once: it is common, and all are immutable.
-_NOT_TCP_UDP: tuple[DecodeProblem, ...] = tuple(
+_NOT_TCP_UDP: Final[tuple[DecodeProblem, ...]] = tuple(
     DecodeProblem(_A.NOT_TCP_UDP, f"IP protocol {p}") for p in range(256))
 
 
@@ -164,6 +166,9 @@ def decode(linktype: int, frame: bytes) -> Decoded | DecodeProblem:
     if linktype == 1:
         if len(frame) < 14:
             return DecodeProblem(_A.TRUNCATED_L2, f"Ethernet header needs 14 bytes, {len(frame)}")
+        dst_mac: bytes
+        src_mac: bytes
+        etype: int
         dst_mac, src_mac, etype = _ETH(frame, 0)
         if etype == 0x0800:
             return _ipv4(frame, 14, src_mac, dst_mac, None)
@@ -242,6 +247,12 @@ def _ipv4(
     avail = len(frame) - off
     if avail < 20:
         return DecodeProblem(_A.TRUNCATED_IP, f"IPv4 header needs 20 bytes, {avail} captured")
+    vihl: int
+    total: int
+    frag: int
+    proto: int
+    src: bytes
+    dst: bytes
     vihl, total, frag, proto, src, dst = _IP4(frame, off)
     ihl = (vihl & 15) << 2
     if vihl >> 4 != 4:
@@ -324,6 +335,12 @@ def _tcp(
 ) -> Decoded | DecodeProblem:
     if stop - start < 20:
         return DecodeProblem(_A.TRUNCATED_TCP, f"TCP header needs 20 bytes, {stop - start}")
+    sport: int
+    dport: int
+    seq: int
+    ack: int
+    doff: int
+    flags: int
     sport, dport, seq, ack, doff, flags = _TCP(frame, start)
     doff = (doff >> 4) << 2
     if doff < 20 or start + doff > stop:

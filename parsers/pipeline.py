@@ -38,14 +38,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import partial
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 
 from mamori.parsers.dnp3 import DNP3Parser
 from mamori.parsers.dnp3.events import DNP3Application
 from mamori.parsers.dnp3.memo import DNP3Memo
 from mamori.parsers.handshake import HandshakeTable, Link, Pending, TransportEvent, TransportKind
 from mamori.parsers.l2 import ArpEvent, MacPairEvent, MacPairKind, decode_arp
-from mamori.parsers.modbus import ModbusParser
+from mamori.parsers.modbus import ModbusParser, RequestMemo
 from mamori.parsers.modbus.events import ModbusResponse
 from mamori.parsers.packet import (
     Decoded,
@@ -150,25 +150,26 @@ class _Flow:
 
 
 FlowKey = tuple[int, bytes, int, bytes, int]
-_EMPTY: list[Event] = []
+_EMPTY: Final[list[Event]] = []
 # Responses learn the number of the frame that completed them: the inventory keeps it
 # as the evidence of where a device announced its identity. Set through the slot
 # (the events are frozen); only server-to-client segments are scanned. getattr: mypyc
 # before 1.10 takes ``type.__dict__`` for a dict and rejects the mappingproxy it is.
-_SET_MODBUS_FRAME = getattr(ModbusResponse, "__dict__")["frame"].__set__  # noqa: B009
-_SET_DNP3_FRAME = getattr(DNP3Application, "__dict__")["frame"].__set__  # noqa: B009
-_TO_SERVER = Direction.TO_SERVER
-_TO_CLIENT = Direction.TO_CLIENT
-_LRU_RESOLUTION = 1.0  # seconds of packet time
-_MAX_PAIRS = 4  # MAC pairs one flow reports; a flow flapping between more says so once each
-_SYN, _RST, _ACK = 0x02, 0x04, 0x10
+_SET_MODBUS_FRAME: Final = getattr(ModbusResponse, "__dict__")["frame"].__set__  # noqa: B009
+_SET_DNP3_FRAME: Final = getattr(DNP3Application, "__dict__")["frame"].__set__  # noqa: B009
+_TO_SERVER: Final = Direction.TO_SERVER
+_TO_CLIENT: Final = Direction.TO_CLIENT
+_LRU_RESOLUTION: Final = 1.0  # seconds of packet time
+_MAX_PAIRS: Final = 4  # MAC pairs one flow reports; a flow flapping between more says so once each
+_SYN: Final = 0x02
+_RST: Final = 0x04
+_ACK: Final = 0x10
 
 
 def _number(events: Sequence[Event], frame_no: int) -> None:
     """Stamp the responses among one frame's events with that frame's number."""
     for ev in events:
-        cls = ev.__class__
-        if cls is ModbusResponse:
+        if type(ev) is ModbusResponse:
             _SET_MODBUS_FRAME(ev, frame_no)
         elif isinstance(ev, DNP3Application):
             _SET_DNP3_FRAME(ev, frame_no)
@@ -195,8 +196,11 @@ class Pipeline:
         self._sweep_at = math.inf  # packet time of the next sweep, set by the first packet
         self._handshakes = HandshakeTable(self.config.max_handshakes,
                                           self.config.handshake_timeout)
+        # One memo of decoded Modbus requests for every connection: a poll set is
+        # mostly the same few requests, on one connection or on many.
+        self._request_memo = RequestMemo()
         self._factories: dict[str, Callable[[FlowId], StreamParser[Event]]] = {
-            MODBUS: ModbusParser,
+            MODBUS: self._modbus_parser,
             DNP3: partial(DNP3Parser, memo=DNP3Memo()),  # one memo for all DNP3 flows
         }
         # Recent frames per flow (mamori.parsers.packetring), fed when set; None: not kept.
@@ -209,6 +213,11 @@ class Pipeline:
     @property
     def handshakes(self) -> HandshakeTable:
         return self._handshakes
+
+    @property
+    def request_memo(self) -> RequestMemo:
+        """The decoded Modbus requests shared by the flows (its counters: hit rate)."""
+        return self._request_memo
 
     def packet(self, ts: float, linktype: int, frame: bytes, frame_no: int = 0) -> Sequence[Event]:
         """Process one captured frame; return the events it completed."""
@@ -224,24 +233,23 @@ class Pipeline:
                               else _EMPTY)
 
         decoded = decode(linktype, frame)
-        if type(decoded) is not Decoded:
-            return swept + self._problem(ts, cast(DecodeProblem, decoded), frame_no,
-                                         linktype, frame)
-        pkt = decoded
+        if type(decoded) is DecodeProblem:
+            return swept + self._problem(ts, decoded, frame_no, linktype, frame)
+        pkt = cast(Decoded, decoded)
+        # One unpack instead of an attribute load per use (some fields are read twice).
+        proto, src, dst, sport, dport, seq, ack, flags, payload, src_mac, dst_mac, _ = pkt
         ports = self._proto_by_port
-        dport = pkt.dport
-        sport = pkt.sport
-        if dport in ports and not (sport in ports and (pkt.proto, pkt.src, sport, pkt.dst, dport)
+        if dport in ports and not (sport in ports and (proto, src, sport, dst, dport)
                                    in self._flows):
-            key: FlowKey = (pkt.proto, pkt.dst, dport, pkt.src, sport)
+            key: FlowKey = (proto, dst, dport, src, sport)
             direction = _TO_SERVER
         elif sport in ports:
-            key = (pkt.proto, pkt.src, sport, pkt.dst, dport)
+            key = (proto, src, sport, dst, dport)
             direction = _TO_CLIENT
         else:
             stats.ignored += 1
-            if pkt.proto == 6 and pkt.flags & 0x12 == _SYN:
-                probe = self._handshakes.probe(pkt.src, sport, pkt.dst, dport, ts)
+            if proto == 6 and flags & 0x12 == _SYN:
+                probe = self._handshakes.probe(src, sport, dst, dport, ts)
                 if probe is not None:
                     return [*swept, probe]
             return swept
@@ -252,8 +260,8 @@ class Pipeline:
         flow = flows.get(key)
         if flow is None:
             pending: Pending | None = None
-            if pkt.proto == 6:
-                if not pkt.payload:
+            if proto == 6:
+                if not payload:
                     early = self._attempt(key, pkt, direction, ts)
                     if early is not None:
                         return swept + early if swept else early
@@ -278,25 +286,22 @@ class Pipeline:
             # and saves a re-link on nearly every packet of a busy flow.
             flows.move_to_end(key)
         flow.last_ts = ts
-        dst_mac = pkt.dst_mac
         if dst_mac is not None and flow.cmac is not None:
             if direction is _TO_SERVER:
-                if pkt.src_mac != flow.cmac or dst_mac != flow.smac:
-                    swept = swept + self._mac_pair(flow, pkt.src_mac, dst_mac, ts)
-            elif dst_mac != flow.cmac or pkt.src_mac != flow.smac:
-                swept = swept + self._mac_pair(flow, dst_mac, pkt.src_mac, ts)
+                if src_mac != flow.cmac or dst_mac != flow.smac:
+                    swept = swept + self._mac_pair(flow, src_mac, dst_mac, ts)
+            elif dst_mac != flow.cmac or src_mac != flow.smac:
+                swept = swept + self._mac_pair(flow, dst_mac, src_mac, ts)
 
         tcp = flow.tcp
         if tcp is not None:
-            if flow.empty and pkt.payload:
+            if flow.empty and payload:
                 flow.empty = False
-            events: Sequence[Event] = tcp.segment(
-                direction, pkt.seq, pkt.flags, pkt.payload, ts, pkt.ack
-            )
-            if pkt.flags & 0x05 and tcp.closed:  # FIN or RST that ended the connection
+            events: Sequence[Event] = tcp.segment(direction, seq, flags, payload, ts, ack)
+            if flags & 0x05 and tcp.closed:  # FIN or RST that ended the connection
                 swept = self._ended(key, flow, ts, swept)
-        elif pkt.payload:
-            events = flow.parser.receive(direction, pkt.payload, ts)
+        elif payload:
+            events = flow.parser.receive(direction, payload, ts)
         else:
             events = _EMPTY
         if events and direction is _TO_CLIENT and frame_no:
@@ -317,6 +322,9 @@ class Pipeline:
         return events
 
     # -- internals -------------------------------------------------------------------
+
+    def _modbus_parser(self, flow_id: FlowId) -> StreamParser[Event]:
+        return ModbusParser(flow_id, memo=self._request_memo)
 
     def _problem(self, ts: float, problem: DecodeProblem, frame_no: int, linktype: int,
                  frame: bytes) -> list[Event]:

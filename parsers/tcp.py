@@ -80,28 +80,28 @@ import math
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Final, Generic, TypeVar
 
 from mamori.parsers.fastinit import fast_init
 from mamori.parsers.stream import Direction, FlowId, StreamParser
 
 E = TypeVar("E")  # what the parser returns (the pipeline's: mamori.parsers.events.Event)
 
-TCP_FIN = 0x01
-TCP_SYN = 0x02
-TCP_RST = 0x04
-TCP_PSH = 0x08
-TCP_ACK = 0x10
+TCP_FIN: Final = 0x01
+TCP_SYN: Final = 0x02
+TCP_RST: Final = 0x04
+TCP_PSH: Final = 0x08
+TCP_ACK: Final = 0x10
 
-_CTRL = TCP_FIN | TCP_SYN | TCP_RST
-_MASK = 0xFFFFFFFF
-_HALF = 0x80000000
-_DIRS = (Direction.TO_SERVER, Direction.TO_CLIENT)
-_NO_EVENTS: tuple[()] = ()
-_ACK_SLACK = 64 * 1024  # how far beyond max_buffered an ACK may still be believed
+_CTRL: Final = TCP_FIN | TCP_SYN | TCP_RST
+_MASK: Final = 0xFFFFFFFF
+_HALF: Final = 0x80000000
+_DIRS: Final = (Direction.TO_SERVER, Direction.TO_CLIENT)
+_NO_EVENTS: Final[tuple[()]] = ()
+_ACK_SLACK: Final = 64 * 1024  # how far beyond max_buffered an ACK may still be believed
 # _hot values besides an expected seq (>= 0): see TcpReassembler.__init__.
-_IDLE = -2
-_WATCH = -3  # not -1: that is segment()'s "no ack supplied", which must not match it
+_IDLE: Final = -2
+_WATCH: Final = -3  # not -1: that is segment()'s "no ack supplied", which must not match it
 
 
 def seq_delta(a: int, b: int) -> int:
@@ -283,24 +283,27 @@ class TcpReassembler(Generic[E]):
         """
         self.segments += 1
         hot = self._hot
+        # The Direction as a plain int: compiled, indexing a list with the IntEnum (a
+        # Python class) or xor-ing it is a generic call each time; unboxed once, native.
+        d: int = direction
         if flags & 0x10:  # TCP_ACK; literals are cheaper than globals here
-            h = hot[direction ^ 1]  # the other direction (plain int: faster subscript)
+            h = hot[d ^ 1]  # the other direction
             # Needs a look: ahead of what the other side has sent (a hole) or
             # the other side is not on the fast path but alive (_WATCH).
             # (-3 is _WATCH; 0 < x < 2**31 is seq_delta(ack, h) > 0, inlined.)
             if ack != h and (0 < (ack - h) & 0xFFFFFFFF < 0x80000000 if h >= 0 else h == -3):
                 return self._slow(direction, seq, flags, payload, ts, ack)
-        elif hot[direction ^ 1] == -3:
+        elif hot[d ^ 1] == -3:
             return self._slow(direction, seq, flags, payload, ts, ack)  # for the timeout
         if payload:
-            if seq == hot[direction] and not flags & _CTRL:
+            if seq == hot[d] and not flags & _CTRL:
                 n = len(payload)
-                hot[direction] = (seq + n) & _MASK
+                hot[d] = (seq + n) & _MASK
                 self.bytes_delivered += n
                 return self._parser.receive(direction, payload, ts)
         elif not flags & _CTRL:
             return _NO_EVENTS  # pure ACK
-        elif flags & 0x07 == 0x01 and seq == hot[direction]:  # FIN alone, in order
+        elif flags & 0x07 == 0x01 and seq == hot[d]:  # FIN alone, in order
             return self._bare_fin(direction, seq, ts)
         return self._slow(direction, seq, flags, payload, ts, ack)
 
@@ -534,6 +537,7 @@ class TcpReassembler(Generic[E]):
             self._next[x] = self._end[x] = 0
             self._buf[x] = []
             self._since[x] = math.inf
+            self._acked[x] = None  # an ACK of the old connection says nothing of the new
         self._buffered = 0
         self._start(d, seq + 1, seq)
 

@@ -13,6 +13,7 @@ from mamori.parsers.modbus.events import (
     ModbusResponse,
 )
 from mamori.parsers.modbus.fields import event_fields, pdu_fields
+from mamori.parsers.modbus.memo import RequestMemo
 from mamori.parsers.modbus.parser import ModbusParser
 from mamori.parsers.modbus.pdu import (
     CommEventCounterResponse,
@@ -91,6 +92,7 @@ __all__ = [
     "ReadRequest",
     "ReadWriteMultipleRequest",
     "ReportServerIdResponse",
+    "RequestMemo",
     "WriteFileRecord",
     "WriteMultipleCoilsRequest",
     "WriteMultipleRegistersRequest",

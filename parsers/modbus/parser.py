@@ -11,7 +11,10 @@ half the cap.
 
 Decoding is eager: each PDU is decoded by its function code's decoder
 (:mod:`mamori.parsers.modbus.decoders`) as it completes, so malformed content is
-reported at once and the events carry finished objects.
+reported at once and the events carry finished objects. Given a
+:class:`~mamori.parsers.modbus.memo.RequestMemo` (the pipeline shares one among its
+connections), a request whose bytes after the MBAP header were seen before takes
+the decoded PDU kept there: polling repeats the same requests.
 
 Synchronisation: a header with pid != 0 or a length outside 2..254, or a
 call to :meth:`gap`, puts the direction into resync mode. The parser then
@@ -32,7 +35,12 @@ from __future__ import annotations
 from collections import deque
 from typing import Final
 
-from mamori.parsers.modbus.decoders import REQUEST_DECODERS, RESPONSE_DECODERS, Problems
+from mamori.parsers.modbus.decoders import (
+    REQUEST_DECODERS,
+    RESPONSE_DECODERS,
+    Decoded,
+    Problems,
+)
 from mamori.parsers.modbus.events import (
     ModbusAnomaly,
     ModbusAnomalyEvent,
@@ -48,6 +56,7 @@ from mamori.parsers.modbus.mbap import (
     MIN_LENGTH,
     find_header,
 )
+from mamori.parsers.modbus.memo import RequestMemo
 from mamori.parsers.modbus.pdu import ExceptionPdu, Pdu, RawPdu
 from mamori.parsers.modbus.tables import EXCEPTION_NAMES
 from mamori.parsers.stream import Direction, FlowId
@@ -56,6 +65,7 @@ _UNPACK_HEADER: Final = MBAP_HEADER.unpack_from
 _OK: Final[Problems] = ()
 _INVALID_FC: Final = ModbusAnomaly.INVALID_FUNCTION_CODE
 _NON_MODBUS: Final = ModbusAnomaly.NON_MODBUS_DATA
+_TO_SERVER: Final = Direction.TO_SERVER
 
 
 class _Side:
@@ -82,6 +92,8 @@ class ModbusParser:
         "_lenient",
         "_max_buffer",
         "_max_outstanding",
+        "_memo",
+        "_memo_span",
         "_outstanding",
         "_queued",
         "_request_timeout",
@@ -97,6 +109,7 @@ class ModbusParser:
         max_outstanding: int = 500,
         max_buffer: int = 4096,
         request_timeout: float = 60.0,
+        memo: RequestMemo | None = None,
     ) -> None:
         if max_outstanding < 1:
             raise ValueError("max_outstanding must be at least 1")
@@ -106,6 +119,10 @@ class ModbusParser:
         self._max_outstanding = max_outstanding
         self._max_buffer = max_buffer
         self._request_timeout = request_timeout
+        # Decoded requests shared with other connections (mamori.parsers.modbus.memo);
+        # _memo_span: the longest ADU whose key (fc + data) the memo keeps, 0 without one.
+        self._memo = memo
+        self._memo_span = 7 + memo.max_key if memo is not None else 0
         self._sides = (_Side(), _Side())
         self._outstanding: dict[int, ModbusRequest] = {}  # key: tid << 8 | unit
         # Requests that reused an outstanding (tid, unit), answered in order after it.
@@ -119,7 +136,8 @@ class ModbusParser:
 
     def receive(self, direction: Direction, data: bytes, ts: float) -> list[ModbusEvent]:
         """Parse the next in-order bytes of ``direction``."""
-        side = self._sides[direction]
+        index: int = direction  # unboxed: compiled, a tuple index by the IntEnum is generic
+        side = self._sides[index]
         out: list[ModbusEvent] = []
         if type(data) is not bytes:
             data = bytes(data)
@@ -191,7 +209,13 @@ class ModbusParser:
         position = 0
         if side.resync:
             position = self._resync(side, direction, buf, 0, ts, out)
-        request = not direction
+        request = direction is _TO_SERVER
+        # Declared: the unpacked header is Any to mypy, and mypyc would keep it generic.
+        tid: int
+        pid: int
+        length: int
+        unit: int
+        fc: int
         while not side.resync and end - position >= HEADER_SIZE:
             tid, pid, length, unit, fc = _UNPACK_HEADER(buf, position)
             if pid or length < MIN_LENGTH or length > MAX_LENGTH:
@@ -203,7 +227,7 @@ class ModbusParser:
             if adu_end > end:
                 break
             if request:
-                self._request(ts, tid, unit, fc, buf[position + HEADER_SIZE : adu_end], out)
+                self._request(ts, tid, unit, fc, buf, position, adu_end, out)
             else:
                 self._response(ts, tid, unit, fc, buf[position + HEADER_SIZE : adu_end], out)
             position = adu_end
@@ -250,14 +274,21 @@ class ModbusParser:
     # Messages ------------------------------------------------------------------------
 
     def _request(
-        self, ts: float, tid: int, unit: int, fc: int, data: bytes, out: list[ModbusEvent]
+        self, ts: float, tid: int, unit: int, fc: int, buf: bytes, position: int, adu_end: int,
+        out: list[ModbusEvent],
     ) -> None:
-        decoder = REQUEST_DECODERS.get(fc)
-        if decoder is not None:
-            pdu, sub, address, quantity, problems = decoder(data)
+        """The request ADU ``buf[position:adu_end]``; its PDU from the memo when kept there."""
+        if adu_end - position <= self._memo_span:
+            memo = self._memo
+            assert memo is not None
+            wire = buf[position + 7 : adu_end]  # fc + data
+            decoded = memo.get(wire)
+            if decoded is None:
+                decoded = _decode_request(fc, buf[position + HEADER_SIZE : adu_end])
+                memo.put(wire, decoded)
         else:
-            pdu, sub, address, quantity = RawPdu(data), None, None, None
-            problems = _OK if 0 < fc < 0x80 else ((_INVALID_FC, f"request function code {fc}"),)
+            decoded = _decode_request(fc, buf[position + HEADER_SIZE : adu_end])
+        pdu, sub, address, quantity, problems = decoded
         request = ModbusRequest(ts, self.flow, tid, unit, fc, sub, address, quantity, pdu)
         out.append(request)
         if problems:
@@ -302,12 +333,13 @@ class ModbusParser:
             if not queue:
                 del self._reused[key]
         base = fc & 0x7F
+        request_fc = request.fc if request is not None else -1  # one attribute load
         exception: int | None = None
         pdu: Pdu
         if fc < 0x80:
             decoder = RESPONSE_DECODERS.get(fc)
             if decoder is not None:
-                paired_pdu = request.pdu if request is not None and request.fc == fc else None
+                paired_pdu = request.pdu if request is not None and request_fc == fc else None
                 pdu, sub, address, quantity, problems = decoder(data, paired_pdu)
             else:
                 pdu, sub, address, quantity = RawPdu(data), None, None, None
@@ -331,7 +363,7 @@ class ModbusParser:
             self._lenient = False
             if self._flooded and len(self._outstanding) <= self._max_outstanding >> 1:
                 self._flooded = False
-            if request.fc == base:
+            if request_fc == base:
                 if sub is None:
                     sub = request.sub
                 if address is None:
@@ -342,7 +374,7 @@ class ModbusParser:
                 problems += (
                     (
                         ModbusAnomaly.VALUE_MISMATCH,
-                        f"response function code {base} to request function code {request.fc}",
+                        f"response function code {base} to request function code {request_fc}",
                     ),
                 )
             out.append(
@@ -404,6 +436,15 @@ class ModbusParser:
         flow = self.flow
         for kind, detail in problems:
             out.append(ModbusAnomalyEvent(ts, flow, direction, kind, tid, unit, fc, detail))
+
+
+def _decode_request(fc: int, data: bytes) -> Decoded:
+    """What a request's PDU decodes to: a pure function of ``fc`` and ``data``."""
+    decoder = REQUEST_DECODERS.get(fc)
+    if decoder is not None:
+        return decoder(data)
+    problems = _OK if 0 < fc < 0x80 else ((_INVALID_FC, f"request function code {fc}"),)
+    return RawPdu(data), None, None, None, problems
 
 
 def _exception(base: int, data: bytes) -> tuple[Pdu, int, Problems]:

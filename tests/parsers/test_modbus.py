@@ -39,6 +39,7 @@ from mamori.parsers.modbus import (
     ReadRequest,
     ReadWriteMultipleRequest,
     ReportServerIdResponse,
+    RequestMemo,
     WriteFileRecord,
     WriteMultipleCoilsRequest,
     WriteMultipleRegistersRequest,
@@ -128,6 +129,14 @@ def four_ways(messages: Sequence[Message]) -> list[Any]:
             assert feed_split(messages, index, cut) == whole, (index, cut)
     doubled = pipelined(messages)
     assert feed_grouped(doubled) == feed(doubled)
+    # Through a request memo: the first connection fills it, the second takes every
+    # request from it (tests/parsers/test_modbus_memo.py: caps and sharing).
+    memo = RequestMemo()
+    assert feed(messages, ModbusParser(FLOW, memo=memo)) == whole
+    hits, misses = memo.hits, memo.misses
+    assert feed(messages, ModbusParser(FLOW, memo=memo)) == whole
+    kept = sum(1 for d, adu in messages if d is C2S and 8 <= len(adu) <= 7 + memo.max_key)
+    assert (memo.hits - hits, memo.misses) == (kept, misses)
     return whole
 
 
