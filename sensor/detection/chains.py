@@ -124,9 +124,9 @@ class ChainTracker:
         return out
 
     def observe(self, rule_id: str, alert_id: int, ts: float,
-                p: Peers) -> list[tuple[tuple[Any, ...], str, Callable[[], Alert]]]:
+                p: Peers) -> list[tuple[tuple[Any, ...], str, Callable[[int], Alert]]]:
         """One occurrence of alert ``alert_id`` of ``rule_id``; returns (aggregation
-        key, chain id, maker of the alert without id) for each chain it completes.
+        key, chain id, maker of the alert given its id) for each chain it completes.
 
         The alert is made only when asked: a chain that completes again and again
         joins its open aggregate, and that needs only the key."""
@@ -148,7 +148,7 @@ class ChainTracker:
             targets.put(target, table)
         else:
             targets.touch(target)
-        out: list[tuple[tuple[Any, ...], str, Callable[[], Alert]]] = []
+        out: list[tuple[tuple[Any, ...], str, Callable[[int], Alert]]] = []
         for ci, steps in index:
             chain = self.chains[ci]
             key = (ci, client if chain.same_source else None)
@@ -190,7 +190,7 @@ class ChainTracker:
             self.evicted += 1
 
     @staticmethod
-    def _alert(chain: Chain, target: str, done: list[StepHit], p: Peers) -> Alert:
+    def _alert(chain: Chain, target: str, done: list[StepHit], p: Peers, ident: int) -> Alert:
         last = done[-1]
         clients = {s.client for s in done}
         steps = [{"step": s.step, "rule": s.rule, "alert": s.alert, "ts": s.ts,
@@ -205,7 +205,7 @@ class ChainTracker:
             rule=chain.id, precursor=chain.precursor, severity=chain.severity,
             attack=chain.attack, title=chain.title, proto=p.proto, first_ts=done[0].ts,
             last_ts=last.ts, count=1, src=last.client, dst=target, dport=p.server_port,
-            evidence=evidence)
+            evidence=evidence, id=ident)
         return alert
 
 

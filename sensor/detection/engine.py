@@ -127,7 +127,14 @@ class _Aggregate:
         self.key = key
 
     def materialise(self) -> Alert:
-        return replace(self.alert, count=self.count, last_ts=self.last_ts)
+        """The alert as it stands. Alerts are immutable, so one nothing joined since it
+        was raised is itself; otherwise a copy with the count and last time (a drain
+        materialises every aggregate that changed: ``dataclasses.replace`` cost more
+        than the rest of a new alert's path on an alert-heavy capture)."""
+        alert = self.alert
+        if self.count == alert.count and self.last_ts == alert.last_ts:
+            return alert
+        return _counted(alert, self.count, self.last_ts, alert.evidence)
 
 
 class _StormAggregate(_Aggregate):
@@ -164,7 +171,7 @@ class _StormAggregate(_Aggregate):
         evidence["sources"] = self.source_count
         if self.base:
             evidence["sources_exact"] = False
-        return replace(self.alert, count=self.count, last_ts=self.last_ts, evidence=evidence)
+        return _counted(self.alert, self.count, self.last_ts, evidence)
 
 
 class _Storm:
@@ -837,13 +844,13 @@ class Detector:
             if fresh and self._storming(chain_id, ts):  # many targets: one alert for all
                 key = ("chain", chain_id, "storm")
                 open_ = self._open.get(key)
-                alert = _chain_storm(make(), self.storm_max_alerts, self.storm_window)
+                alert = _chain_storm(make(0), self.storm_max_alerts, self.storm_window)
             if open_ is not None and ts - open_.last_ts <= self.dedup_window:
                 open_.count += 1
                 open_.last_ts = max(open_.last_ts, ts)
                 self._joined(open_)
                 continue
-            alert = replace(make() if alert is None else alert, id=self._new_id())
+            alert = make(self._new_id()) if alert is None else replace(alert, id=self._new_id())
             self._opened(_Aggregate(alert, key))
             self.stats.alerts += 1
             if self.on_alert is not None:
@@ -1034,6 +1041,14 @@ def _grouper(keys: Sequence[GroupKey]) -> Callable[[Peers, Matchable], tuple[Any
         (name,) = names
         return lambda p, ev: (*head(p), getattr(ev, name, None))
     return lambda p, ev: (*head(p), *[getattr(ev, n, None) for n in names])
+
+
+def _counted(a: Alert, count: int, last_ts: float, evidence: Mapping[str, Any]) -> Alert:
+    """``replace(a, count=count, last_ts=last_ts, evidence=evidence)``, field by field
+    (``tests/sensor/test_engine_materialise.py`` holds it to every field of ``Alert``)."""
+    return Alert(a.rule, a.precursor, a.severity, a.attack, a.title, a.proto, a.first_ts,
+                 last_ts, count, a.src, a.sport, a.dst, a.dport, a.unit, a.link_src,
+                 a.link_dst, evidence, a.id)
 
 
 def _chain_storm(alert: Alert, cap: int, window: float) -> Alert:
