@@ -147,7 +147,7 @@ class ChainTracker:
             table = OrderedDict()
             targets.put(target, table)
         else:
-            targets.touch(target)
+            targets.move_to_end(target)
         out: list[tuple[tuple[Any, ...], str, Callable[[int], Alert]]] = []
         for ci, steps in index:
             chain = self.chains[ci]

@@ -254,7 +254,7 @@ class _ProtocolState:
         if state is None:
             self._sweeps.put(key, [top, 1, False])
             return None
-        self._sweeps.touch(key)
+        self._sweeps.move_to_end(key)
         if address <= state[0]:
             state[1], state[2] = 0, False  # back inside what was read: a poll, not a sweep
             return None
@@ -943,7 +943,7 @@ class Detector:
                 times = []
                 state.put(group, times)
             else:
-                state.touch(group)
+                state.move_to_end(group)
             times.append(ts)
             if len(times) > threshold.count:
                 del times[0]
@@ -953,7 +953,7 @@ class Detector:
             seen = {}
             state.put(group, seen)
         else:
-            state.touch(group)
+            state.move_to_end(group)
         # Most recent last; only the newest ``count`` distinct values can decide
         # whether ``count`` of them fall within the window, so no more are kept.
         value = _group_value(threshold.distinct, p, ev)

@@ -850,7 +850,7 @@ class Inventory:
             rep = Reporting(ts)
             self._reporting.put(key, rep)
         else:
-            self._reporting.touch(key)
+            self._reporting.move_to_end(key)
         rep.add(ts, window, not self.enforcing)
         ceiling = _UNSOLICITED_CEILING
         limit = max(ceiling, _UNSOLICITED_FACTOR * rep.peak) if rep.windows else ceiling
