@@ -28,7 +28,6 @@ import functools
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from mamori.parsers.alerts import Alert
@@ -41,15 +40,24 @@ PER_TARGET_TABLE = "chain partials per target"
 TARGETS_TABLE = "chain targets"
 
 
-@dataclass(frozen=True, slots=True)
 class StepHit:
-    """One completed step: which alert, of which rule, when, from which client."""
+    """One completed step: which alert, of which rule, when, from which client.
 
-    step: str
-    rule: str
-    alert: int
-    ts: float
-    client: str | None
+    A plain slotted class, not a frozen dataclass: one is made for nearly every
+    occurrence of a step alert (a reconnaissance alert that counts up restarts its
+    partial chain from the newer time), and compiled (mypyc) this is a native class
+    whose constructor is a few stores, where a frozen dataclass's generated
+    ``__init__`` stays an interpreted frame. Nothing changes one once made."""
+
+    __slots__ = ("alert", "client", "rule", "step", "ts")
+
+    def __init__(self, step: str, rule: str, alert: int, ts: float, client: str | None
+                 ) -> None:
+        self.step = step
+        self.rule = rule
+        self.alert = alert
+        self.ts = ts
+        self.client = client
 
 
 class _Partial:
