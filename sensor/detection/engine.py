@@ -475,9 +475,12 @@ class Detector:
             split, by_value, candidates = rules
             if split is not None:
                 candidates = by_value.get(getattr(ev, split, None), candidates)
+            p: Peers | None = None  # made for the first rule hit, shared by the others
             for compiled, test in candidates:
                 if test is None or test(ev):
-                    hit(compiled, ev)
+                    if p is None:
+                        p = peers(ev)
+                    hit(compiled, ev, p)
             if stateful:
                 found = sequence(ev)
                 if found is not None:
@@ -605,7 +608,7 @@ class Detector:
 
     # -- learning: hold, excuse, release, refuse ---------------------------------------
 
-    def _hold(self, compiled: _Compiled, ev: Matchable, src: str) -> None:
+    def _hold(self, compiled: _Compiled, ev: Matchable, p: Peers, src: str) -> None:
         """A start-up action (write, control, time sync) from a learning client that
         does not poll yet: kept back for ``hold`` seconds. If the client shows a
         regular read cycle by then it was a master starting up (excused, counted);
@@ -619,7 +622,7 @@ class Detector:
             self._held.put(src, held)
         self.stats.held += 1
         held.count += 1
-        key = _alert_key(compiled.rule, peers(ev))
+        key = _alert_key(compiled.rule, p)
         item = held.items.get(key)
         if item is None:
             held.items[key] = [compiled, ev, ev, 1]
@@ -643,9 +646,9 @@ class Detector:
         if held is None:
             return
         for key, (compiled, first, last, count) in held.items.items():
-            self._hit(compiled, first, released=True)
+            self._hit(compiled, first, peers(first), released=True)
             if count > 1:
-                self._hit(compiled, last, released=True)
+                self._hit(compiled, last, peers(last), released=True)
                 agg = self._open.get(key)
                 if agg is not None and count > 2 \
                         and last.ts - agg.last_ts <= self.dedup_window:
@@ -735,9 +738,12 @@ class Detector:
         split, by_value, candidates = found
         if split is not None:
             candidates = by_value.get(getattr(ev, split, None), candidates)
+        p: Peers | None = None
         for compiled, test in candidates:
             if test is None or test(ev):
-                self._hit(compiled, ev)
+                if p is None:
+                    p = peers(ev)
+                self._hit(compiled, ev, p)
 
     def _in_set(self, name: str, ip: str | None) -> bool:
         if ip is None:
@@ -770,16 +776,17 @@ class Detector:
                 return False
         return True
 
-    def _hit(self, compiled: _Compiled, ev: Matchable, released: bool = False) -> None:
+    def _hit(self, compiled: _Compiled, ev: Matchable, p: Peers, released: bool = False
+             ) -> None:
+        """One event ``ev`` (whose peers are ``p``) met every check of a rule."""
         stats = self.stats
         stats.candidates += 1
         rule = compiled.rule
-        p = peers(ev)
         if compiled.has_sets and not self._sets_allow(compiled, p):
             return
         if compiled.holdable and not released and p.src is not None \
                 and self.inventory.holdable(p.src):
-            self._hold(compiled, ev, p.src)
+            self._hold(compiled, ev, p, p.src)
             return
         threshold = rule.threshold
         ts = ev.ts
@@ -1017,7 +1024,7 @@ def _group_value(key: GroupKey, p: Peers, ev: Matchable) -> Any:
 
 def _grouper(keys: Sequence[GroupKey]) -> Callable[[Peers, Matchable], tuple[Any, ...]]:
     """``tuple(_group_value(k, p, ev) for k in keys)``, worked out per rule once:
-    a threshold's group is read on every hit. Peer fields come by position; what
+    a threshold's group is read on every hit. Peer fields come first, by name; what
     follows them (``address``, ``fc``, ...) from the event."""
     peer_field = {GroupKey.SRC: "src", GroupKey.DST: "dst", GroupKey.DPORT: "server_port",
                   GroupKey.UNIT: "unit", GroupKey.LINK_SRC: "link_src",
@@ -1028,13 +1035,13 @@ def _grouper(keys: Sequence[GroupKey]) -> Callable[[Peers, Matchable], tuple[Any
     names = tuple(k.value for k in keys[lead:])
     if not lead or any(k in peer_field for k in keys[lead:]):
         return lambda p, ev: tuple(_group_value(k, p, ev) for k in keys)
-    index = [Peers._fields.index(peer_field[k]) for k in keys[:lead]]
+    fields = [peer_field[k] for k in keys[:lead]]
     head: Callable[[Peers], tuple[Any, ...]]
     if lead == 1:
-        (only,) = index
-        head = lambda p: (p[only],)  # noqa: E731
+        (only,) = fields
+        head = lambda p: (getattr(p, only),)  # noqa: E731
     else:
-        head = operator.itemgetter(*index)
+        head = operator.attrgetter(*fields)
     if not names:
         return lambda p, ev: head(p)
     if len(names) == 1:
