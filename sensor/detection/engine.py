@@ -277,8 +277,13 @@ class _ProtocolState:
             if type(pdu) is not WriteSingleCoil and type(pdu) is not WriteSingleRegister:
                 return None
             vkey = (ev.flow.client, ev.flow.server, ev.unit, ev.fc, ev.address)
-            before = self._values.get(vkey)
-            self._values.put(vkey, pdu.value)
+            values = self._values
+            before = values.get(vkey)
+            if before is None:
+                values.put(vkey, pdu.value)
+            else:  # ``put`` of a key held: no growth, so no eviction (and no Python call)
+                values.move_to_end(vkey)
+                values[vkey] = pdu.value
             if before is None or before == pdu.value:
                 return None
             flow = ev.flow
@@ -399,6 +404,9 @@ class Detector:
             for name, nets in (sets or {}).items()}
         self._set_cache: LruTable[tuple[str, str], bool] = LruTable(max_state, "set cache")
         self._cache: dict[tuple[type, object], Bucket[_Compiled]] = {}
+        # Derived events' candidates by kind name: a str key hashes in C, where an Enum
+        # member's __hash__ is Python (an interpreted frame per finding, compiled).
+        self._derived_cache: dict[str, Bucket[_Compiled]] = {}
         # Aggregates by key, least recently joined first: what an occurrence may still
         # join. ``_changed`` holds those new or changed since the last drain (by id, so a
         # drain costs what changed, not what exists); ``_history`` the drained ones for
@@ -729,12 +737,13 @@ class Detector:
         self._changed[agg.ident] = agg
 
     def _run_derived(self, ev: DerivedEvent) -> None:
-        name = ev.kind.name
-        self.stats.derived[name] = self.stats.derived.get(name, 0) + 1
-        key = (DerivedEvent, ev.kind)
-        found = self._cache.get(key)
+        kind = ev.kind
+        name: str = kind._name_  # ``kind.name`` is an Enum property: interpreted, compiled
+        derived = self.stats.derived
+        derived[name] = derived.get(name, 0) + 1
+        found = self._derived_cache.get(name)
         if found is None:
-            found = self._cache[key] = self._candidates(DerivedEvent, ev.kind)
+            found = self._derived_cache[name] = self._candidates(DerivedEvent, kind)
         split, by_value, candidates = found
         if split is not None:
             candidates = by_value.get(getattr(ev, split, None), candidates)

@@ -106,7 +106,8 @@ def event_direction(event: Matchable) -> Direction | None:
 def peers(event: Matchable) -> Peers:
     """Alert peer fields of any event the engine handles."""
     if type(event) is DerivedEvent:
-        return Peers(event.kind.value[0], event.src, event.sport, event.dst, event.dport,
+        # ``_value_``: ``value`` is an Enum property, an interpreted call when compiled
+        return Peers(event.kind._value_[0], event.src, event.sport, event.dst, event.dport,
                      event.unit, event.link_src, event.link_dst, event.dport)
     if type(event) is ModbusRequest:
         mflow = event.flow
