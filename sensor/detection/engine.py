@@ -39,7 +39,7 @@ import operator
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from mamori.parsers.alerts import Alert, Severity
 from mamori.parsers.dnp3.events import DNP3Application, DNP3Request, DNP3Unsolicited
@@ -68,6 +68,8 @@ from mamori.sensor.detection.model import LEARNED_SETS, Category, Chain, GroupKe
 from mamori.sensor.detection.windows import MaintenanceWindow, Windows
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+K = TypeVar("K")
+V = TypeVar("V")
 _audit = logging.getLogger("mamori.maintenance")  # every alert a maintenance window downgraded
 
 _TICK_EVERY = 1.0  # seconds of event time between clock checks
@@ -252,7 +254,7 @@ class _ProtocolState:
         top = address + max(ev.quantity or 1, 1) - 1
         state = self._sweeps.get(key)
         if state is None:
-            self._sweeps.put(key, [top, 1, False])
+            _put(self._sweeps, key, [top, 1, False])
             return None
         self._sweeps.move_to_end(key)
         if address <= state[0]:
@@ -280,7 +282,7 @@ class _ProtocolState:
             values = self._values
             before = values.get(vkey)
             if before is None:
-                values.put(vkey, pdu.value)
+                _put(values, vkey, pdu.value)
             else:  # ``put`` of a key held: no growth, so no eviction (and no Python call)
                 values.move_to_end(vkey)
                 values[vkey] = pdu.value
@@ -299,7 +301,7 @@ class _ProtocolState:
             if fc == 3:
                 prior = self._selects.get(key)
                 signature = _signature(ev)
-                self._selects.put(key, (ev.ts, signature, ev.seq, ev))
+                _put(self._selects, key, (ev.ts, signature, ev.seq, ev))
                 if prior is not None and (prior[1], prior[2]) != (signature, ev.seq):
                     return _derived(prior[3], DerivedKind.SELECT_WITHOUT_OPERATE,
                                     "SELECT followed by another SELECT, no OPERATE between")
@@ -310,7 +312,7 @@ class _ProtocolState:
                     return _derived(ev, DerivedKind.OPERATE_WITHOUT_SELECT,
                                     "OPERATE without a matching SELECT")
             else:
-                self._disabled.put(key, fc == 21)
+                _put(self._disabled, key, fc == 21)
             return None
         # A null unsolicited response (no objects) is the outstation's start-up
         # announcement, not event reporting; opendnp3 sends it as the master's
@@ -336,6 +338,16 @@ class _ProtocolState:
 
 
 _STATEFUL = frozenset({DNP3Request, DNP3Unsolicited, ModbusRequest})
+
+
+def _put(table: LruTable[K, V], key: K, value: V) -> None:
+    """``table.put(key, value)``. A new key below the table's limit is all ``put``
+    would do there, stored here: compiled, that spares a call into the Python class
+    (an interpreted frame) for each new alert, drained alert and protocol state."""
+    if len(table) < table.limit and key not in table:
+        table[key] = value
+    else:
+        table.put(key, value)
 
 
 def _plan(cls: type) -> tuple[str | None, bool, bool, bool]:
@@ -581,7 +593,7 @@ class Detector:
         out = []
         for ident in sorted(changed):
             agg = changed[ident]
-            history.put(ident, agg)
+            _put(history, ident, agg)
             out.append(agg.materialise())
         return out
 
@@ -729,7 +741,7 @@ class Detector:
         return ident
 
     def _opened(self, agg: _Aggregate) -> None:
-        self._open.put(agg.key, agg)
+        _put(self._open, agg.key, agg)
         self._changed[agg.ident] = agg
 
     def _joined(self, agg: _Aggregate) -> None:
@@ -957,7 +969,7 @@ class Detector:
             times = state.get(group)
             if times is None:
                 times = []
-                state.put(group, times)
+                _put(state, group, times)
             else:
                 state.move_to_end(group)
             times.append(ts)
@@ -967,7 +979,7 @@ class Detector:
         seen = state.get(group)
         if seen is None:
             seen = {}
-            state.put(group, seen)
+            _put(state, group, seen)
         else:
             state.move_to_end(group)
         # Most recent last; only the newest ``count`` distinct values can decide

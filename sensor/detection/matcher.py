@@ -40,6 +40,10 @@ CLASS_INFO: dict[type, tuple[Proto | None, MsgType | None, str]] = {
     for cls, info in EVENTS.items() if info.type is not None and info.index is not None}
 CLASS_INFO[DerivedEvent] = (None, None, "kind")
 INDEX_ATTR: dict[type, str] = {cls: info[2] for cls, info in CLASS_INFO.items()}
+# class -> its proto's name ("" if none): ``Proto.value`` is an Enum property, a call
+# into Python per rule hit when compiled
+_PROTO_NAME: dict[type, str] = {cls: info[0].value if info[0] else ""
+                                for cls, info in CLASS_INFO.items()}
 
 
 class Peers:
@@ -117,7 +121,6 @@ def peers(event: Matchable) -> Peers:
         mflow = event.flow
         return Peers("modbus", mflow.server, mflow.server_port, mflow.client,
                      mflow.client_port, event.unit, None, None, mflow.server_port)
-    proto = CLASS_INFO[event.__class__][0]
     flow: FlowId | None = getattr(event, "flow", None)  # ARP has none, TransportEvent may
     direction = event_direction(event)
     if flow is None:
@@ -125,7 +128,7 @@ def peers(event: Matchable) -> Peers:
     else:
         src, sport, dst, dport = flow.endpoints(direction or Direction.TO_SERVER)
         server_port = flow.server_port
-    return Peers(proto.value if proto else "", src, sport, dst, dport,
+    return Peers(_PROTO_NAME[event.__class__], src, sport, dst, dport,
                  getattr(event, "unit", None), getattr(event, "link_src", None),
                  getattr(event, "link_dst", None), server_port)
 
