@@ -33,8 +33,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT))  # for ``bench``; last, so a tree on PYTHONPATH is the one timed
 
+# bound before bench_replay puts the checkout first on sys.path: the tree it binds
+# (PYTHONPATH's, else the installed one) is where every mamori module comes from
+import mamori  # noqa: E402, F401
 from bench.bench_replay import CORPUS, looped, packet_count  # noqa: E402
 
 
