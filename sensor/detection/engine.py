@@ -341,13 +341,23 @@ _STATEFUL = frozenset({DNP3Request, DNP3Unsolicited, ModbusRequest})
 
 
 def _put(table: LruTable[K, V], key: K, value: V) -> None:
-    """``table.put(key, value)``. A new key below the table's limit is all ``put``
-    would do there, stored here: compiled, that spares a call into the Python class
-    (an interpreted frame) for each new alert, drained alert and protocol state."""
-    if len(table) < table.limit and key not in table:
-        table[key] = value
-    else:
-        table.put(key, value)
+    """``table.put(key, value)``. For a new key, what ``put`` would do is done here when
+    the table is below its limit (store it) or at it and has already said it is full
+    (store it, forget the oldest, count it): compiled, that spares a call into the
+    Python class (an interpreted frame) for each new alert, drained alert and protocol
+    state. A held key, a table over its limit, or the first eviction (which logs) go
+    to ``put``."""
+    if key not in table:
+        size = len(table)
+        if size < table.limit:
+            table[key] = value
+            return
+        if size == table.limit and table.evicted:
+            table[key] = value
+            table.popitem(last=False)
+            table.evicted += 1
+            return
+    table.put(key, value)
 
 
 def _plan(cls: type) -> tuple[str | None, bool, bool, bool]:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
+import pytest
+
 from mamori.sensor.detection.bounded import LruTable
 from mamori.sensor.detection.engine import _put
 
@@ -36,3 +40,13 @@ def test_a_table_over_a_lowered_limit_sheds_on_the_next_put() -> None:
     theirs.put("k0", 10)
     assert list(ours.items()) == list(theirs.items()) == [("k4", 4), ("k0", 10)]
     assert ours.evicted == theirs.evicted == 3
+
+
+def test_the_first_eviction_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    table: LruTable[str, int] = LruTable(2, "logged table")
+    with caplog.at_level(logging.WARNING, logger="mamori.detection"):
+        for i in range(6):
+            _put(table, f"k{i}", i)
+    said = [r for r in caplog.records if "logged table" in r.getMessage()]
+    assert len(said) == 1
+    assert table.evicted == 4 and list(table) == ["k4", "k5"]
