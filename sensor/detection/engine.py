@@ -699,8 +699,10 @@ class Detector:
         if inv.enforcing:
             return
         inv.unlearn(ev)
-        when = _when(ev.ts)
-        if inv.refuse(p.src, f"{rule.id} ({rule.precursor}) at {when}"):
+        # the reason (a formatted time) is written only for a host it refuses: most
+        # alerts come from hosts that are no candidate
+        if inv.refusable(p.src) and inv.refuse(
+                p.src, f"{rule.id} ({rule.precursor}) at {_when(ev.ts)}"):
             self.stats.refused += 1
         if p.src in self._held:
             self._release(p.src)
