@@ -170,7 +170,7 @@ class AddressWatch:
                 b = _Binding(known.mac if known is not None and known.mac else mac, ts, False)
             self._assets.put(ip, b)
         else:
-            self._assets.touch(ip)
+            self._assets.move_to_end(ip)
         if not asset:
             b.local = True
         elif not b.local:

@@ -28,7 +28,11 @@ class LruTable(OrderedDict[K, V]):
     """A dict that keeps at most ``limit`` entries, evicting the least recently used.
 
     ``put`` inserts or refreshes; ``touch`` marks an entry used. Plain item
-    assignment bypasses the bound and is not used by the engine. ``evicted``
+    assignment bypasses the bound; the engine uses it only where it does what ``put``
+    would (``engine._put``). The compiled
+    detection modules call ``move_to_end`` where they mean ``touch``: this class stays
+    Python (see setup.py), so each call of one of its methods from compiled code runs
+    an interpreted frame, and ``touch`` is one per message on several paths. ``evicted``
     counts every entry forgotten since creation; ``name`` says which table in
     the one log line written when the table first overflows.
     """

@@ -28,7 +28,6 @@ import functools
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from mamori.parsers.alerts import Alert
@@ -41,15 +40,24 @@ PER_TARGET_TABLE = "chain partials per target"
 TARGETS_TABLE = "chain targets"
 
 
-@dataclass(frozen=True, slots=True)
 class StepHit:
-    """One completed step: which alert, of which rule, when, from which client."""
+    """One completed step: which alert, of which rule, when, from which client.
 
-    step: str
-    rule: str
-    alert: int
-    ts: float
-    client: str | None
+    A plain slotted class, not a frozen dataclass: one is made for nearly every
+    occurrence of a step alert (a reconnaissance alert that counts up restarts its
+    partial chain from the newer time), and compiled (mypyc) this is a native class
+    whose constructor is a few stores, where a frozen dataclass's generated
+    ``__init__`` stays an interpreted frame. Nothing changes one once made."""
+
+    __slots__ = ("alert", "client", "rule", "step", "ts")
+
+    def __init__(self, step: str, rule: str, alert: int, ts: float, client: str | None
+                 ) -> None:
+        self.step = step
+        self.rule = rule
+        self.alert = alert
+        self.ts = ts
+        self.client = client
 
 
 class _Partial:
@@ -124,9 +132,9 @@ class ChainTracker:
         return out
 
     def observe(self, rule_id: str, alert_id: int, ts: float,
-                p: Peers) -> list[tuple[tuple[Any, ...], str, Callable[[], Alert]]]:
+                p: Peers) -> list[tuple[tuple[Any, ...], str, Callable[[int], Alert]]]:
         """One occurrence of alert ``alert_id`` of ``rule_id``; returns (aggregation
-        key, chain id, maker of the alert without id) for each chain it completes.
+        key, chain id, maker of the alert given its id) for each chain it completes.
 
         The alert is made only when asked: a chain that completes again and again
         joins its open aggregate, and that needs only the key."""
@@ -147,8 +155,8 @@ class ChainTracker:
             table = OrderedDict()
             targets.put(target, table)
         else:
-            targets.touch(target)
-        out: list[tuple[tuple[Any, ...], str, Callable[[], Alert]]] = []
+            targets.move_to_end(target)
+        out: list[tuple[tuple[Any, ...], str, Callable[[int], Alert]]] = []
         for ci, steps in index:
             chain = self.chains[ci]
             key = (ci, client if chain.same_source else None)
@@ -190,7 +198,7 @@ class ChainTracker:
             self.evicted += 1
 
     @staticmethod
-    def _alert(chain: Chain, target: str, done: list[StepHit], p: Peers) -> Alert:
+    def _alert(chain: Chain, target: str, done: list[StepHit], p: Peers, ident: int) -> Alert:
         last = done[-1]
         clients = {s.client for s in done}
         steps = [{"step": s.step, "rule": s.rule, "alert": s.alert, "ts": s.ts,
@@ -205,7 +213,7 @@ class ChainTracker:
             rule=chain.id, precursor=chain.precursor, severity=chain.severity,
             attack=chain.attack, title=chain.title, proto=p.proto, first_ts=done[0].ts,
             last_ts=last.ts, count=1, src=last.client, dst=target, dport=p.server_port,
-            evidence=evidence)
+            evidence=evidence, id=ident)
         return alert
 
 

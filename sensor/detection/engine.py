@@ -39,7 +39,7 @@ import operator
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from mamori.parsers.alerts import Alert, Severity
 from mamori.parsers.dnp3.events import DNP3Application, DNP3Request, DNP3Unsolicited
@@ -68,6 +68,8 @@ from mamori.sensor.detection.model import LEARNED_SETS, Category, Chain, GroupKe
 from mamori.sensor.detection.windows import MaintenanceWindow, Windows
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+K = TypeVar("K")
+V = TypeVar("V")
 _audit = logging.getLogger("mamori.maintenance")  # every alert a maintenance window downgraded
 
 _TICK_EVERY = 1.0  # seconds of event time between clock checks
@@ -127,7 +129,14 @@ class _Aggregate:
         self.key = key
 
     def materialise(self) -> Alert:
-        return replace(self.alert, count=self.count, last_ts=self.last_ts)
+        """The alert as it stands. Alerts are immutable, so one nothing joined since it
+        was raised is itself; otherwise a copy with the count and last time (a drain
+        materialises every aggregate that changed: ``dataclasses.replace`` cost more
+        than the rest of a new alert's path on an alert-heavy capture)."""
+        alert = self.alert
+        if self.count == alert.count and self.last_ts == alert.last_ts:
+            return alert
+        return _counted(alert, self.count, self.last_ts, alert.evidence)
 
 
 class _StormAggregate(_Aggregate):
@@ -164,7 +173,7 @@ class _StormAggregate(_Aggregate):
         evidence["sources"] = self.source_count
         if self.base:
             evidence["sources_exact"] = False
-        return replace(self.alert, count=self.count, last_ts=self.last_ts, evidence=evidence)
+        return _counted(self.alert, self.count, self.last_ts, evidence)
 
 
 class _Storm:
@@ -245,9 +254,9 @@ class _ProtocolState:
         top = address + max(ev.quantity or 1, 1) - 1
         state = self._sweeps.get(key)
         if state is None:
-            self._sweeps.put(key, [top, 1, False])
+            _put(self._sweeps, key, [top, 1, False])
             return None
-        self._sweeps.touch(key)
+        self._sweeps.move_to_end(key)
         if address <= state[0]:
             state[1], state[2] = 0, False  # back inside what was read: a poll, not a sweep
             return None
@@ -270,8 +279,13 @@ class _ProtocolState:
             if type(pdu) is not WriteSingleCoil and type(pdu) is not WriteSingleRegister:
                 return None
             vkey = (ev.flow.client, ev.flow.server, ev.unit, ev.fc, ev.address)
-            before = self._values.get(vkey)
-            self._values.put(vkey, pdu.value)
+            values = self._values
+            before = values.get(vkey)
+            if before is None:
+                _put(values, vkey, pdu.value)
+            else:  # ``put`` of a key held: no growth, so no eviction (and no Python call)
+                values.move_to_end(vkey)
+                values[vkey] = pdu.value
             if before is None or before == pdu.value:
                 return None
             flow = ev.flow
@@ -287,7 +301,7 @@ class _ProtocolState:
             if fc == 3:
                 prior = self._selects.get(key)
                 signature = _signature(ev)
-                self._selects.put(key, (ev.ts, signature, ev.seq, ev))
+                _put(self._selects, key, (ev.ts, signature, ev.seq, ev))
                 if prior is not None and (prior[1], prior[2]) != (signature, ev.seq):
                     return _derived(prior[3], DerivedKind.SELECT_WITHOUT_OPERATE,
                                     "SELECT followed by another SELECT, no OPERATE between")
@@ -298,7 +312,7 @@ class _ProtocolState:
                     return _derived(ev, DerivedKind.OPERATE_WITHOUT_SELECT,
                                     "OPERATE without a matching SELECT")
             else:
-                self._disabled.put(key, fc == 21)
+                _put(self._disabled, key, fc == 21)
             return None
         # A null unsolicited response (no objects) is the outstation's start-up
         # announcement, not event reporting; opendnp3 sends it as the master's
@@ -324,6 +338,26 @@ class _ProtocolState:
 
 
 _STATEFUL = frozenset({DNP3Request, DNP3Unsolicited, ModbusRequest})
+
+
+def _put(table: LruTable[K, V], key: K, value: V) -> None:
+    """``table.put(key, value)``. For a new key, what ``put`` would do is done here when
+    the table is below its limit (store it) or at it and has already said it is full
+    (store it, forget the oldest, count it): compiled, that spares a call into the
+    Python class (an interpreted frame) for each new alert, drained alert and protocol
+    state. A held key, a table over its limit, or the first eviction (which logs) go
+    to ``put``."""
+    if key not in table:
+        size = len(table)
+        if size < table.limit:
+            table[key] = value
+            return
+        if size == table.limit and table.evicted:
+            table[key] = value
+            table.popitem(last=False)
+            table.evicted += 1
+            return
+    table.put(key, value)
 
 
 def _plan(cls: type) -> tuple[str | None, bool, bool, bool]:
@@ -392,6 +426,9 @@ class Detector:
             for name, nets in (sets or {}).items()}
         self._set_cache: LruTable[tuple[str, str], bool] = LruTable(max_state, "set cache")
         self._cache: dict[tuple[type, object], Bucket[_Compiled]] = {}
+        # Derived events' candidates by kind name: a str key hashes in C, where an Enum
+        # member's __hash__ is Python (an interpreted frame per finding, compiled).
+        self._derived_cache: dict[str, Bucket[_Compiled]] = {}
         # Aggregates by key, least recently joined first: what an occurrence may still
         # join. ``_changed`` holds those new or changed since the last drain (by id, so a
         # drain costs what changed, not what exists); ``_history`` the drained ones for
@@ -468,9 +505,12 @@ class Detector:
             split, by_value, candidates = rules
             if split is not None:
                 candidates = by_value.get(getattr(ev, split, None), candidates)
+            p: Peers | None = None  # made for the first rule hit, shared by the others
             for compiled, test in candidates:
                 if test is None or test(ev):
-                    hit(compiled, ev)
+                    if p is None:
+                        p = peers(ev)
+                    hit(compiled, ev, p)
             if stateful:
                 found = sequence(ev)
                 if found is not None:
@@ -563,7 +603,7 @@ class Detector:
         out = []
         for ident in sorted(changed):
             agg = changed[ident]
-            history.put(ident, agg)
+            _put(history, ident, agg)
             out.append(agg.materialise())
         return out
 
@@ -598,7 +638,7 @@ class Detector:
 
     # -- learning: hold, excuse, release, refuse ---------------------------------------
 
-    def _hold(self, compiled: _Compiled, ev: Matchable, src: str) -> None:
+    def _hold(self, compiled: _Compiled, ev: Matchable, p: Peers, src: str) -> None:
         """A start-up action (write, control, time sync) from a learning client that
         does not poll yet: kept back for ``hold`` seconds. If the client shows a
         regular read cycle by then it was a master starting up (excused, counted);
@@ -612,7 +652,7 @@ class Detector:
             self._held.put(src, held)
         self.stats.held += 1
         held.count += 1
-        key = _alert_key(compiled.rule, peers(ev))
+        key = _alert_key(compiled.rule, p)
         item = held.items.get(key)
         if item is None:
             held.items[key] = [compiled, ev, ev, 1]
@@ -636,9 +676,9 @@ class Detector:
         if held is None:
             return
         for key, (compiled, first, last, count) in held.items.items():
-            self._hit(compiled, first, released=True)
+            self._hit(compiled, first, peers(first), released=True)
             if count > 1:
-                self._hit(compiled, last, released=True)
+                self._hit(compiled, last, peers(last), released=True)
                 agg = self._open.get(key)
                 if agg is not None and count > 2 \
                         and last.ts - agg.last_ts <= self.dedup_window:
@@ -659,8 +699,10 @@ class Detector:
         if inv.enforcing:
             return
         inv.unlearn(ev)
-        when = _when(ev.ts)
-        if inv.refuse(p.src, f"{rule.id} ({rule.precursor}) at {when}"):
+        # the reason (a formatted time) is written only for a host it refuses: most
+        # alerts come from hosts that are no candidate
+        if inv.refusable(p.src) and inv.refuse(
+                p.src, f"{rule.id} ({rule.precursor}) at {_when(ev.ts)}"):
             self.stats.refused += 1
         if p.src in self._held:
             self._release(p.src)
@@ -711,7 +753,7 @@ class Detector:
         return ident
 
     def _opened(self, agg: _Aggregate) -> None:
-        self._open.put(agg.key, agg)
+        _put(self._open, agg.key, agg)
         self._changed[agg.ident] = agg
 
     def _joined(self, agg: _Aggregate) -> None:
@@ -719,18 +761,22 @@ class Detector:
         self._changed[agg.ident] = agg
 
     def _run_derived(self, ev: DerivedEvent) -> None:
-        name = ev.kind.name
-        self.stats.derived[name] = self.stats.derived.get(name, 0) + 1
-        key = (DerivedEvent, ev.kind)
-        found = self._cache.get(key)
+        kind = ev.kind
+        name: str = kind._name_  # ``kind.name`` is an Enum property: interpreted, compiled
+        derived = self.stats.derived
+        derived[name] = derived.get(name, 0) + 1
+        found = self._derived_cache.get(name)
         if found is None:
-            found = self._cache[key] = self._candidates(DerivedEvent, ev.kind)
+            found = self._derived_cache[name] = self._candidates(DerivedEvent, kind)
         split, by_value, candidates = found
         if split is not None:
             candidates = by_value.get(getattr(ev, split, None), candidates)
+        p: Peers | None = None
         for compiled, test in candidates:
             if test is None or test(ev):
-                self._hit(compiled, ev)
+                if p is None:
+                    p = peers(ev)
+                self._hit(compiled, ev, p)
 
     def _in_set(self, name: str, ip: str | None) -> bool:
         if ip is None:
@@ -763,16 +809,17 @@ class Detector:
                 return False
         return True
 
-    def _hit(self, compiled: _Compiled, ev: Matchable, released: bool = False) -> None:
+    def _hit(self, compiled: _Compiled, ev: Matchable, p: Peers, released: bool = False
+             ) -> None:
+        """One event ``ev`` (whose peers are ``p``) met every check of a rule."""
         stats = self.stats
         stats.candidates += 1
         rule = compiled.rule
-        p = peers(ev)
         if compiled.has_sets and not self._sets_allow(compiled, p):
             return
         if compiled.holdable and not released and p.src is not None \
                 and self.inventory.holdable(p.src):
-            self._hold(compiled, ev, p.src)
+            self._hold(compiled, ev, p, p.src)
             return
         threshold = rule.threshold
         ts = ev.ts
@@ -837,13 +884,13 @@ class Detector:
             if fresh and self._storming(chain_id, ts):  # many targets: one alert for all
                 key = ("chain", chain_id, "storm")
                 open_ = self._open.get(key)
-                alert = _chain_storm(make(), self.storm_max_alerts, self.storm_window)
+                alert = _chain_storm(make(0), self.storm_max_alerts, self.storm_window)
             if open_ is not None and ts - open_.last_ts <= self.dedup_window:
                 open_.count += 1
                 open_.last_ts = max(open_.last_ts, ts)
                 self._joined(open_)
                 continue
-            alert = replace(make() if alert is None else alert, id=self._new_id())
+            alert = make(self._new_id()) if alert is None else replace(alert, id=self._new_id())
             self._opened(_Aggregate(alert, key))
             self.stats.alerts += 1
             if self.on_alert is not None:
@@ -934,9 +981,9 @@ class Detector:
             times = state.get(group)
             if times is None:
                 times = []
-                state.put(group, times)
+                _put(state, group, times)
             else:
-                state.touch(group)
+                state.move_to_end(group)
             times.append(ts)
             if len(times) > threshold.count:
                 del times[0]
@@ -944,9 +991,9 @@ class Detector:
         seen = state.get(group)
         if seen is None:
             seen = {}
-            state.put(group, seen)
+            _put(state, group, seen)
         else:
-            state.touch(group)
+            state.move_to_end(group)
         # Most recent last; only the newest ``count`` distinct values can decide
         # whether ``count`` of them fall within the window, so no more are kept.
         value = _group_value(threshold.distinct, p, ev)
@@ -1010,7 +1057,7 @@ def _group_value(key: GroupKey, p: Peers, ev: Matchable) -> Any:
 
 def _grouper(keys: Sequence[GroupKey]) -> Callable[[Peers, Matchable], tuple[Any, ...]]:
     """``tuple(_group_value(k, p, ev) for k in keys)``, worked out per rule once:
-    a threshold's group is read on every hit. Peer fields come by position; what
+    a threshold's group is read on every hit. Peer fields come first, by name; what
     follows them (``address``, ``fc``, ...) from the event."""
     peer_field = {GroupKey.SRC: "src", GroupKey.DST: "dst", GroupKey.DPORT: "server_port",
                   GroupKey.UNIT: "unit", GroupKey.LINK_SRC: "link_src",
@@ -1021,19 +1068,27 @@ def _grouper(keys: Sequence[GroupKey]) -> Callable[[Peers, Matchable], tuple[Any
     names = tuple(k.value for k in keys[lead:])
     if not lead or any(k in peer_field for k in keys[lead:]):
         return lambda p, ev: tuple(_group_value(k, p, ev) for k in keys)
-    index = [Peers._fields.index(peer_field[k]) for k in keys[:lead]]
+    fields = [peer_field[k] for k in keys[:lead]]
     head: Callable[[Peers], tuple[Any, ...]]
     if lead == 1:
-        (only,) = index
-        head = lambda p: (p[only],)  # noqa: E731
+        (only,) = fields
+        head = lambda p: (getattr(p, only),)  # noqa: E731
     else:
-        head = operator.itemgetter(*index)
+        head = operator.attrgetter(*fields)
     if not names:
         return lambda p, ev: head(p)
     if len(names) == 1:
         (name,) = names
         return lambda p, ev: (*head(p), getattr(ev, name, None))
     return lambda p, ev: (*head(p), *[getattr(ev, n, None) for n in names])
+
+
+def _counted(a: Alert, count: int, last_ts: float, evidence: Mapping[str, Any]) -> Alert:
+    """``replace(a, count=count, last_ts=last_ts, evidence=evidence)``, field by field
+    (``tests/sensor/test_engine_materialise.py`` holds it to every field of ``Alert``)."""
+    return Alert(a.rule, a.precursor, a.severity, a.attack, a.title, a.proto, a.first_ts,
+                 last_ts, count, a.src, a.sport, a.dst, a.dport, a.unit, a.link_src,
+                 a.link_dst, evidence, a.id)
 
 
 def _chain_storm(alert: Alert, cap: int, window: float) -> Alert:

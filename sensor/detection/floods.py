@@ -137,7 +137,7 @@ class FloodWatch:
                 self._grew = True
             else:
                 links = held
-                self._sessions.touch(flow)
+                self._sessions.move_to_end(flow)
             self._last_flow, self._last_links = flow, links
         session = links.get(link)
         if session is None:
@@ -189,7 +189,7 @@ class FloodWatch:
             self._prints.put(key, prints)
             self._grew = True
         else:
-            self._prints.touch(key)
+            self._prints.move_to_end(key)
         seen = prints.get(fp)
         if seen is None:
             prints[fp] = (flow.client, flow)

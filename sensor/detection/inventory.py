@@ -373,6 +373,12 @@ class Inventory:
         return self.state is not _ENFORCING and asset is not None \
             and asset.master is MasterState.CANDIDATE and not asset.poller
 
+    def refusable(self, ip: str) -> bool:
+        """Would :meth:`refuse` refuse ``ip`` now (a candidate, while learning)?"""
+        asset = self.assets.get(ip)
+        return not self.enforcing and asset is not None \
+            and asset.master is MasterState.CANDIDATE
+
     def refuse(self, ip: str, reason: str) -> bool:
         """``ip`` raised an alert while a candidate: it is never learned as a master."""
         asset = self.assets.get(ip)
@@ -400,7 +406,8 @@ class Inventory:
             sub = (event.link_src, event.link_dst)
         else:
             return
-        units = self._flows.get(event.flow)
+        flow = event.flow  # the flow cache's last entry, as _flow_pairs keeps it: no hash
+        units = self._last_units if flow is self._last_flow else self._flows.get(flow)
         pair = units.get(sub) if units is not None else None
         if pair is not None and pair.fcs.get(event.fc):
             pair.fcs[event.fc] = False
@@ -850,7 +857,7 @@ class Inventory:
             rep = Reporting(ts)
             self._reporting.put(key, rep)
         else:
-            self._reporting.touch(key)
+            self._reporting.move_to_end(key)
         rep.add(ts, window, not self.enforcing)
         ceiling = _UNSOLICITED_CEILING
         limit = max(ceiling, _UNSOLICITED_FACTOR * rep.peak) if rep.windows else ceiling

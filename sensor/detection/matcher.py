@@ -40,20 +40,36 @@ CLASS_INFO: dict[type, tuple[Proto | None, MsgType | None, str]] = {
     for cls, info in EVENTS.items() if info.type is not None and info.index is not None}
 CLASS_INFO[DerivedEvent] = (None, None, "kind")
 INDEX_ATTR: dict[type, str] = {cls: info[2] for cls, info in CLASS_INFO.items()}
+# class -> its proto's name ("" if none): ``Proto.value`` is an Enum property, a call
+# into Python per rule hit when compiled
+_PROTO_NAME: dict[type, str] = {cls: info[0].value if info[0] else ""
+                                for cls, info in CLASS_INFO.items()}
 
 
-class Peers(NamedTuple):
-    """Who talked, in the direction of the message (alert fields)."""
+class Peers:
+    """Who talked, in the direction of the message (alert fields).
 
-    proto: str
-    src: str | None
-    sport: int | None
-    dst: str | None
-    dport: int | None
-    unit: int | None
-    link_src: int | None
-    link_dst: int | None
-    server_port: int | None  # for aggregation: stable across client reconnects
+    A plain slotted class, not a named tuple: the engine makes one per event that
+    hits a rule, and compiled (mypyc) this is a native class, made with a few stores
+    and read field by field as loads, where a named tuple's constructor is an
+    interpreted frame and each field read an attribute look-up. Nothing changes one
+    once made."""
+
+    __slots__ = ("dport", "dst", "link_dst", "link_src", "proto", "server_port", "sport", "src",
+                 "unit")
+
+    def __init__(self, proto: str, src: str | None, sport: int | None, dst: str | None,
+                 dport: int | None, unit: int | None, link_src: int | None,
+                 link_dst: int | None, server_port: int | None) -> None:
+        self.proto = proto
+        self.src = src
+        self.sport = sport
+        self.dst = dst
+        self.dport = dport
+        self.unit = unit
+        self.link_src = link_src
+        self.link_dst = link_dst
+        self.server_port = server_port  # for aggregation: stable across client reconnects
 
 
 def classify(cls: type, code: object) -> tuple[Proto, MsgType, str | None, int | None]:
@@ -94,7 +110,8 @@ def event_direction(event: Matchable) -> Direction | None:
 def peers(event: Matchable) -> Peers:
     """Alert peer fields of any event the engine handles."""
     if type(event) is DerivedEvent:
-        return Peers(event.kind.value[0], event.src, event.sport, event.dst, event.dport,
+        # ``_value_``: ``value`` is an Enum property, an interpreted call when compiled
+        return Peers(event.kind._value_[0], event.src, event.sport, event.dst, event.dport,
                      event.unit, event.link_src, event.link_dst, event.dport)
     if type(event) is ModbusRequest:
         mflow = event.flow
@@ -104,7 +121,6 @@ def peers(event: Matchable) -> Peers:
         mflow = event.flow
         return Peers("modbus", mflow.server, mflow.server_port, mflow.client,
                      mflow.client_port, event.unit, None, None, mflow.server_port)
-    proto = CLASS_INFO[event.__class__][0]
     flow: FlowId | None = getattr(event, "flow", None)  # ARP has none, TransportEvent may
     direction = event_direction(event)
     if flow is None:
@@ -112,7 +128,7 @@ def peers(event: Matchable) -> Peers:
     else:
         src, sport, dst, dport = flow.endpoints(direction or Direction.TO_SERVER)
         server_port = flow.server_port
-    return Peers(proto.value if proto else "", src, sport, dst, dport,
+    return Peers(_PROTO_NAME[event.__class__], src, sport, dst, dport,
                  getattr(event, "unit", None), getattr(event, "link_src", None),
                  getattr(event, "link_dst", None), server_port)
 
