@@ -204,38 +204,13 @@ def test_same_alerts_with_one_two_and_three_workers(lab: SpanLab, server: None,
     assert with_two == with_one
 
 
-def test_a_killed_worker_is_restarted_and_said(lab: SpanLab, tmp_path: Path) -> None:
-    capture = tmp_path / "spans.pcap"
-    write_pcap(capture, frames())
-    daemon = Daemon(lab, _config(tmp_path, 2), tmp_path)
-    try:
-        _wait(lambda: len(daemon.workers()) == 2, 30, "two capture workers")
-        victim = daemon.workers()[0]
-        os.kill(victim, signal.SIGKILL)
-        _wait(lambda: daemon.said("1 restarts"), 30, "a STATUS line counting the restart")
-        _wait(lambda: len(daemon.workers()) == 2 and victim not in daemon.workers(), 30,
-              "the worker restarted")
-        _wait(lambda: daemon.said("2/2 workers, 1 restarts"), 30, "STATUS with both workers")
-        time.sleep(1)
-        lab.ns(lab.tap, "tcpreplay", "-q", "-i", "gen0", "--pps=1000", str(capture))
-        time.sleep(3)
-    finally:
-        out = daemon.stop()
-    alerts = _alerts(tmp_path)
-    s8 = [a for a in alerts if a["precursor"] == "S8"]
-    assert len(s8) == 1, out
-    assert s8[0]["rule"] == "mamori.sensor.worker_restarted"
-    assert s8[0]["evidence"]["status"] == -signal.SIGKILL
-    assert s8[0]["evidence"]["restarts"] == 1
-    assert s8[0]["evidence"]["hung"] is False
-    # after the restart both workers see their share: every writer is still caught
-    writers = {a["src"] for a in alerts if a["rule"] == "mamori.modbus.unauthorised_write"}
-    assert len(writers) == 24, sorted(writers)
-    restarts = {int(m[0]): int(m[2]) for m in WORKER_LINE.findall(out)}
-    assert sum(restarts.values()) == 1, out
-
-
-def test_a_stalled_worker_is_killed_restarted_and_said(lab: SpanLab, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSTOP], ids=["killed", "stalled"])
+def test_a_dead_or_stalled_worker_is_restarted_and_said(lab: SpanLab, tmp_path: Path,
+                                                        sig: signal.Signals) -> None:
+    """SIGKILL: the worker dies. SIGSTOP: it lives, silent, until HANG_TIMEOUT has
+    passed and the daemon kills it. Either way it is restarted once, with one S8 that
+    says which, and the traffic after it is all seen."""
+    stalled = sig == signal.SIGSTOP
     capture = tmp_path / "spans.pcap"
     write_pcap(capture, frames())
     daemon = Daemon(lab, _config(tmp_path, 2), tmp_path)
@@ -243,12 +218,14 @@ def test_a_stalled_worker_is_killed_restarted_and_said(lab: SpanLab, tmp_path: P
         _wait(lambda: len(daemon.workers()) == 2, 30, "two capture workers")
         _wait(lambda: daemon.said("2/2 workers"), 30, "STATUS with both workers")
         victim = daemon.workers()[0]
-        os.kill(victim, signal.SIGSTOP)  # alive, and silent
-        stopped = time.monotonic()
-        lab.ns(lab.tap, "tcpreplay", "-q", "-i", "gen0", "--pps=1000", str(capture))
+        os.kill(victim, sig)
+        hit = time.monotonic()
+        if stalled:  # traffic while one worker holds the merge back
+            lab.ns(lab.tap, "tcpreplay", "-q", "-i", "gen0", "--pps=1000", str(capture))
         _wait(lambda: daemon.said("1 restarts"), HANG_TIMEOUT + 30,
               "a STATUS line counting the restart")
-        assert time.monotonic() - stopped >= HANG_TIMEOUT  # not before its time
+        if stalled:
+            assert time.monotonic() - hit >= HANG_TIMEOUT  # not before its time
         _wait(lambda: len(daemon.workers()) == 2 and victim not in daemon.workers(), 30,
               "the worker restarted")
         _wait(lambda: daemon.said("2/2 workers, 1 restarts"), 30, "STATUS with both workers")
@@ -257,15 +234,20 @@ def test_a_stalled_worker_is_killed_restarted_and_said(lab: SpanLab, tmp_path: P
         time.sleep(3)
     finally:
         out = daemon.stop()
-    assert "capture worker 0 sent nothing for" in out, out
+    assert ("capture worker 0 sent nothing for" in out) == stalled, out
     alerts = _alerts(tmp_path)
     s8 = [a for a in alerts if a["precursor"] == "S8"]
     assert len(s8) == 1, out
-    assert s8[0]["evidence"]["hung"] is True
-    assert s8[0]["evidence"]["status"] == -signal.SIGKILL
-    assert "stalled" in s8[0]["title"]
+    assert s8[0]["rule"] == "mamori.sensor.worker_restarted"
+    assert s8[0]["evidence"]["status"] == -signal.SIGKILL  # stalled: killed by the daemon
+    assert s8[0]["evidence"]["restarts"] == 1
+    assert s8[0]["evidence"]["hung"] is stalled
+    assert ("stalled" in s8[0]["title"]) == stalled
+    # after the restart both workers see their share: every writer is still caught
     writers = {a["src"] for a in alerts if a["rule"] == "mamori.modbus.unauthorised_write"}
     assert len(writers) == 24, sorted(writers)
+    restarts = {int(m[0]): int(m[2]) for m in WORKER_LINE.findall(out)}
+    assert sum(restarts.values()) == 1, out
 
 
 def test_ready_only_once_every_worker_reads(lab: SpanLab, tmp_path: Path) -> None:
