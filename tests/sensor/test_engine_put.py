@@ -26,6 +26,21 @@ def test_new_keys_past_the_limit_evict_the_oldest_and_count() -> None:
     assert ours.evicted == theirs.evicted == 4
 
 
+def test_a_storm_of_new_and_held_keys_far_past_the_limit_matches_put() -> None:
+    """A hundred times the limit, new keys mixed with held ones: the table never grows
+    past its limit and stays, entry for entry and count for count, what ``put`` makes."""
+    limit = 16
+    steps = [(f"k{i // 3 if i % 3 == 0 else i}", i) for i in range(100 * limit)]
+    ours: LruTable[str, int] = LruTable(limit, "ours")
+    theirs: LruTable[str, int] = LruTable(limit, "theirs")
+    for key, value in steps:
+        _put(ours, key, value)
+        theirs.put(key, value)
+        assert len(ours) <= limit
+        assert list(ours.items()) == list(theirs.items())
+    assert ours.evicted == theirs.evicted > 90 * limit
+
+
 def test_a_held_key_is_refreshed_and_moves_last() -> None:
     steps = [("a", 1), ("b", 2), ("a", 3), ("c", 4), ("d", 5), ("a", 6), ("e", 7)]
     ours, theirs = _both(3, steps)
