@@ -26,8 +26,8 @@ from tests.peers.capture import CaptureStats, capture, capture_complete
 from tests.peers.modbus_peer import HOST
 from tests.ports import free_port
 
-__all__ = ["HOST", "CaptureStats", "ScriptedOutstation", "Stacks", "capture", "capture_complete",
-           "free_port", "raw_link_frame", "send_raw", "wait_for"]
+__all__ = ["HOST", "CaptureStats", "ScriptedOutstation", "Stacks", "StartupStalled", "capture",
+           "capture_complete", "free_port", "raw_link_frame", "send_raw", "wait_for"]
 
 MASTER_ADDR = 1
 OUTSTATION_ADDR = 1024
@@ -50,6 +50,22 @@ def wait_for(predicate: Callable[[], bool], timeout: float = TIMEOUT, what: str 
             return
         time.sleep(0.02)
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what or predicate}")
+
+
+class StartupStalled(TimeoutError):
+    """The master's start-up sequence did not finish: a race inside opendnp3, not the sensor.
+
+    Seen on a loaded host (1 or 2 of 40 restarts with four busy loops on two cores,
+    the full suite once in CI), when a new master connects to an outstation that
+    already served one: the master's first request (DISABLE_UNSOLICITED) and the
+    outstation's null unsolicited response (CON set) cross on the wire. The
+    outstation answers the request and the master confirms the unsolicited response,
+    but the outstation never takes that confirmation: it holds the next request
+    (the integrity poll READ) until its own unsolicited confirm timeout, 8 s later,
+    the moment the master's response timeout fails the poll and the master retries.
+    Traffic made that way is not the traffic a test describes, so it is made again
+    (:func:`tests.conftest.captured_on_lo`); it is never waited out.
+    """
 
 
 @dataclass
@@ -226,7 +242,12 @@ class Stacks:
                 self.outstation.Enable()
             self.master.Enable()
             startup = "ENABLE_UNSOLICITED" if self.unsolicited else "STARTUP_INTEGRITY_POLL"
-            wait_for(lambda: self.seen.count_tasks(startup) > 0, what=f"master {startup}")
+            try:
+                wait_for(lambda: self.seen.count_tasks(startup) > 0, what=f"master {startup}")
+            except TimeoutError as stalled:
+                with self.seen.lock:
+                    done = list(self.seen.tasks)
+                raise StartupStalled(f"{stalled}; tasks done: {done}") from stalled
         except BaseException:
             self.close()
             raise

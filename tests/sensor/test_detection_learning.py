@@ -37,7 +37,7 @@ from mamori.sensor.detection import Detector, load_rules
 from mamori.sensor.detection.inventory import MasterState
 from mamori.sensor.detection.loader import SHIPPED_RULES
 from mamori.sensor.detection.settings import build_detector, set_names
-from tests.conftest import require_tool, unavailable
+from tests.conftest import captured_on_lo, require_tool, unavailable
 from tests.peers import dnp3_peer, modbus_peer
 from tests.peers.capture import capture
 from tests.ports import free_port
@@ -260,11 +260,9 @@ def test_replay_learn_for_refuses_bad_durations_and_a_baseline(
 
 # -- DNP3: a spoofed master link address while learning --------------------------------
 
-@pytest.fixture(scope="module")
-def spoofed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, float]:
-    require_tool("tcpdump")
+def _make_spoofed(tmp: Path) -> tuple[Path, int, float]:
     port = dnp3_peer.free_port()
-    pcap = tmp_path_factory.mktemp("spoof") / "dnp3.pcap"
+    pcap = tmp / "dnp3.pcap"
     with dnp3_peer.capture(pcap, port), dnp3_peer.Stacks(port) as stacks:
         start = time.time()
         for _ in range(6):
@@ -279,6 +277,11 @@ def spoofed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, float]
     if pcap.stat().st_size < 500:
         unavailable("tcpdump captured nothing on lo")
     return pcap, port, start
+
+
+@pytest.fixture(scope="module")
+def spoofed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, float]:
+    return captured_on_lo(_make_spoofed, tmp_path_factory, "spoof")
 
 
 def test_spoofed_link_address_alerts_while_learning(spoofed: tuple[Path, int, float],
