@@ -28,7 +28,7 @@ from mamori.sensor.capture.replay import replay_files
 from mamori.sensor.detection import Detector, Inventory, load_rules
 from mamori.sensor.detection.loader import SHIPPED_RULES
 from mamori.sensor.detection.settings import set_names
-from tests.conftest import require_tool, unavailable
+from tests.conftest import captured_on_lo, unavailable
 from tests.peers import dnp3_peer
 
 RULES = load_rules([SHIPPED_RULES], set_names())
@@ -56,11 +56,9 @@ class Capture:
     operated: int  # CROBs the outstation operated
 
 
-@pytest.fixture(scope="module")
-def traffic(tmp_path_factory: pytest.TempPathFactory) -> Capture:
-    require_tool("tcpdump")
+def _make_traffic(tmp: Path) -> Capture:
     port = dnp3_peer.free_port()
-    pcap = tmp_path_factory.mktemp("rates") / "dnp3.pcap"
+    pcap = tmp / "dnp3.pcap"
     results: dict[str, list[str]] = {"accepted": [], "refused": []}
     with dnp3_peer.capture(pcap, port), dnp3_peer.Stacks(port) as stacks:
         stacks.integrity_poll()
@@ -89,6 +87,11 @@ def traffic(tmp_path_factory: pytest.TempPathFactory) -> Capture:
         unavailable("tcpdump captured nothing on lo")
     return Capture(pcap, port, learned, (doubled, doubled_end), (burst, burst_end), locked,
                    results, operated)
+
+
+@pytest.fixture(scope="module")
+def traffic(tmp_path_factory: pytest.TempPathFactory) -> Capture:
+    return captured_on_lo(_make_traffic, tmp_path_factory, "rates")
 
 
 def _ports(port: int) -> PipelineConfig:
