@@ -22,13 +22,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.bench_replay import CHILD_ENV  # noqa: E402  (bytecode caches, as an install has)
 
 #: The child: ``mamori replay`` as the console script runs it (``program`` sets the
 #: collector the way a sensor process has it), with a collector callback. argv[1] is
@@ -62,9 +64,7 @@ print(json.dumps({"wall": wall, "gens": gens, "promoted": top,
 
 
 def run(mode: str, replay: list[str], compiled: Path | None) -> dict[str, object]:
-    env = {name: value for name, value in os.environ.items()
-           if name != "PYTHONDONTWRITEBYTECODE"}  # bytecode caches, as an install has
-    env["PYTHONPATH"] = str((compiled or ROOT).resolve())
+    env = {**CHILD_ENV, "PYTHONPATH": str((compiled or ROOT).resolve())}
     done = subprocess.run([sys.executable, "-c", CHILD, mode, "replay", "--no-progress",
                            *replay], env=env, cwd=tempfile.gettempdir(), check=True,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
