@@ -146,6 +146,37 @@ class TcpAnomalyEvent:
 
 _Out = list[E | TcpAnomalyEvent]  # what a call returns: the parser's events, ours
 _Piece = tuple[int, bytes, float]  # (seq of first byte, data, arrival ts)
+#: The buffer of a direction that has never held a piece. Shared and always empty:
+#: ``_insert``, the only place a buffer grows, gives the direction a list of its own
+#: first. Most connections never buffer a byte, and a list per direction is two more
+#: objects the cyclic collector walks for every connection a closed flow keeps.
+_NO_PIECES: Final[list[_Piece]] = []
+
+
+class _Half:
+    """What the slow path knows of one direction of a connection.
+
+    One object per direction, not one list per field indexed by direction: a
+    connection costs the cyclic collector (and the allocator) one object per
+    direction instead of ten lists, and a closed flow keeps it until
+    ``max_closed_flows`` newer ones push it out (``bench/bench_gc.py``).
+    """
+
+    __slots__ = ("acked", "buf", "end_seq", "ended", "fin", "isn", "next_seq", "rx_ts",
+                 "since", "started")
+
+    def __init__(self) -> None:
+        self.started = False
+        self.ended = False
+        self.isn: int | None = None
+        self.fin: int | None = None  # seq of the FIN, once known
+        self.next_seq = 0  # stale while the direction is on the fast path (_hot)
+        self.end_seq = 0  # seq where an ended direction stopped
+        self.buf = _NO_PIECES  # sorted, disjoint, all ahead of next_seq
+        self.since = math.inf  # arrival ts of the oldest buffered piece
+        self.rx_ts = -math.inf  # latest ts handed to receive() on the slow path
+        # An ACK past bytes we lack, waiting out ack_grace: (target seq, deadline).
+        self.acked: tuple[int, float] | None = None
 
 
 class TcpReassembler(Generic[E]):
@@ -169,23 +200,14 @@ class TcpReassembler(Generic[E]):
     __slots__ = (
         "_ack_grace",
         "_ack_limit",
-        "_acked",
-        "_buf",
         "_buffered",
-        "_end",
-        "_ended",
-        "_fin",
+        "_half",
         "_hole_timeout",
         "_hot",
-        "_isn",
         "_max_buffered",
         "_max_jump",
         "_max_segments",
-        "_next",
         "_parser",
-        "_rx_ts",
-        "_since",
-        "_started",
         "acked_holes",
         "bogus_acks",
         "bytes_delivered",
@@ -224,8 +246,6 @@ class TcpReassembler(Generic[E]):
         if not ack_grace >= 0:
             raise ValueError("ack_grace must be >= 0")
         self._ack_grace = ack_grace
-        # An ACK past bytes we lack, waiting out ack_grace: (target seq, deadline).
-        self._acked: list[tuple[int, float] | None] = [None, None]
         self._ack_limit = min(max_buffered + _ACK_SLACK, max_seq_jump)
         # Counters.
         self.segments = 0
@@ -240,21 +260,13 @@ class TcpReassembler(Generic[E]):
         # Per-direction state, indexed by Direction.
         # _hot[d] is the expected seq while d is on the fast path (started, not
         # ended, nothing buffered, no FIN pending); while it is >= 0 it is
-        # authoritative and _next[d] is stale. Otherwise it is _WATCH when d
+        # authoritative and _half[d].next_seq is stale. Otherwise it is _WATCH when d
         # started and has not ended (an ACK for d needs a look: it may reveal
         # a hole; data may be waiting for a timeout), else _IDLE (ACKs for d
-        # are meaningless).
+        # are meaningless). The rest of what is known of d is in _half[d].
         self._hot = [_IDLE, _IDLE]
-        self._next = [0, 0]
-        self._started = [False, False]
-        self._ended = [False, False]
-        self._isn: list[int | None] = [None, None]
-        self._fin: list[int | None] = [None, None]  # seq of the FIN, once known
-        self._end = [0, 0]  # seq where an ended direction stopped
-        self._buf: list[list[_Piece]] = [[], []]  # sorted, disjoint, all ahead of _next
+        self._half = [_Half(), _Half()]
         self._buffered = 0
-        self._since = [math.inf, math.inf]  # arrival ts of the oldest buffered piece
-        self._rx_ts = [-math.inf, -math.inf]  # latest ts handed to receive() on the slow path
 
     @property
     def buffered_bytes(self) -> int:
@@ -264,7 +276,8 @@ class TcpReassembler(Generic[E]):
     @property
     def closed(self) -> bool:
         """Both directions ended (FIN, RST or close() processed)."""
-        return self._ended[0] and self._ended[1]
+        half = self._half
+        return half[0].ended and half[1].ended
 
     def segment(
         self,
@@ -314,7 +327,7 @@ class TcpReassembler(Generic[E]):
         out: _Out[E] = []
         self._sync()
         for d in _DIRS:
-            if not self._ended[d]:
+            if not self._half[d].ended:
                 self._flush(d, ts, out)
         self._refresh()
         return out
@@ -339,10 +352,11 @@ class TcpReassembler(Generic[E]):
                 and synack[1] == (syn[0] + 1) & _MASK):
             self.segments = 2
             cseq, sseq = syn[0], synack[0]
-            self._started[0] = self._started[1] = True
-            self._isn[0], self._isn[1] = cseq, sseq
-            self._next[0] = self._hot[0] = (cseq + 1) & _MASK
-            self._next[1] = self._hot[1] = (sseq + 1) & _MASK
+            client, server = self._half
+            client.started = server.started = True
+            client.isn, server.isn = cseq, sseq
+            client.next_seq = self._hot[0] = (cseq + 1) & _MASK
+            server.next_seq = self._hot[1] = (sseq + 1) & _MASK
             return _NO_EVENTS
         out: _Out[E] = []
         for d, seg in ((Direction.TO_SERVER, syn), (Direction.TO_CLIENT, synack)):
@@ -362,10 +376,9 @@ class TcpReassembler(Generic[E]):
         buffered and no FIN yet (it is hot), so the FIN ends it at once. The
         parser's ``eof`` list is returned as is, like ``receive``'s on the fast path.
         """
-        self._fin[d] = seq
-        self._next[d] = seq
-        self._end[d] = seq
-        self._ended[d] = True
+        h = self._half[d]
+        h.fin = h.next_seq = h.end_seq = seq
+        h.ended = True
         self._hot[d] = _IDLE
         return self._parser.eof(d, ts)
 
@@ -385,27 +398,27 @@ class TcpReassembler(Generic[E]):
             seq = (seq + 1) & _MASK  # SYN takes one sequence number
         # The ACK first: the sender saw the other side's data before sending
         # this, so that data's events come first.
-        if flags & TCP_ACK and ack >= 0 and self._started[o] and not self._ended[o]:
+        if flags & TCP_ACK and ack >= 0 and self._half[o].started and not self._half[o].ended:
             self._on_ack(o, ack, ts, out)
-        if self._buf[o]:
+        if self._half[o].buf:
             self._expire(o, ts, out)
         if rst:
             for x in (d, o):
-                if not self._ended[x]:
+                if not self._half[x].ended:
                     self._flush(x, ts, out)
         elif payload or flags & TCP_FIN:
-            if self._ended[d]:
+            if self._half[d].ended:
                 self._after_end(d, seq, flags, payload, ts, out)
             else:
-                if not self._started[d]:
+                if not self._half[d].started:
                     self._pickup(d, seq, ts, out)
                 self._on_data(d, seq, flags, payload, ts, out)
                 self._settle(d, ts, out)
         # After this segment's data, which may have filled the hole.
         for x in (o, d):
-            if self._acked[x] is not None:
+            if self._half[x].acked is not None:
                 self._settle_acked(x, ts, out)
-        if self._buf[d]:
+        if self._half[d].buf:
             self._expire(d, ts, out)
         self._refresh()
         return out
@@ -414,24 +427,26 @@ class TcpReassembler(Generic[E]):
         hot = self._hot
         for d in _DIRS:
             if hot[d] >= 0:
-                self._next[d] = hot[d]
+                self._half[d].next_seq = hot[d]
 
     def _refresh(self) -> None:
+        hot = self._hot
         for d in _DIRS:
-            if not self._started[d] or self._ended[d]:
-                self._hot[d] = _IDLE
-            elif self._buf[d] or self._fin[d] is not None or self._acked[d] is not None:
-                self._hot[d] = _WATCH
+            h = self._half[d]
+            if not h.started or h.ended:
+                hot[d] = _IDLE
+            elif h.buf or h.fin is not None or h.acked is not None:
+                hot[d] = _WATCH
             else:
-                self._hot[d] = self._next[d]
+                hot[d] = h.next_seq
 
     def _on_ack(self, o: Direction, ack: int, ts: float, out: _Out[E]) -> None:
         """The other side acknowledged ``o`` up to ``ack``: bytes before it we lack are lost."""
-        nxt = self._next[o]
+        nxt = self._half[o].next_seq
         delta = seq_delta(ack, nxt)
         if delta <= 0:
             return
-        fin = self._fin[o]
+        fin = self._half[o].fin
         if fin is not None:
             room = seq_delta(fin, nxt)
             if delta == room + 1:
@@ -446,11 +461,11 @@ class TcpReassembler(Generic[E]):
         if self._ack_grace <= 0:
             self._release_acked(o, target, ts, out)
             return
-        pending = self._acked[o]
+        pending = self._half[o].acked
         if pending is None:
-            self._acked[o] = (target, ts + self._ack_grace)
+            self._half[o].acked = (target, ts + self._ack_grace)
         elif seq_delta(target, pending[0]) > 0:
-            self._acked[o] = (target, pending[1])
+            self._half[o].acked = (target, pending[1])
 
     def _settle_acked(self, o: Direction, ts: float, out: _Out[E]) -> None:
         """An ACK's grace is over: what is still missing before its target is a gap.
@@ -459,21 +474,21 @@ class TcpReassembler(Generic[E]):
         ACK a moment before the data it acknowledges. Data that arrives within the
         grace fills the hole normally; only what is still missing after it is lost.
         """
-        pending = self._acked[o]
+        pending = self._half[o].acked
         if pending is None:
             return
         target, deadline = pending
-        if self._ended[o] or seq_delta(target, self._next[o]) <= 0:
-            self._acked[o] = None
+        if self._half[o].ended or seq_delta(target, self._half[o].next_seq) <= 0:
+            self._half[o].acked = None
         elif ts >= deadline:
-            self._acked[o] = None
+            self._half[o].acked = None
             self._release_acked(o, target, ts, out)
 
     def _release_acked(self, o: Direction, target: int, ts: float, out: _Out[E]) -> None:
-        fin = self._fin[o]
-        buf = self._buf[o]
-        while not self._ended[o]:
-            nxt = self._next[o]
+        fin = self._half[o].fin
+        buf = self._half[o].buf
+        while not self._half[o].ended:
+            nxt = self._half[o].next_seq
             left = seq_delta(target, nxt)
             if left <= 0:
                 break
@@ -481,18 +496,18 @@ class TcpReassembler(Generic[E]):
                 hole = (buf[0][0] - nxt) & _MASK
                 self.acked_holes += 1
                 self._gap(o, hole, ts, out, "acknowledged, never captured")
-                self._next[o] = buf[0][0]
+                self._half[o].next_seq = buf[0][0]
             else:
                 if left == 1 and fin is None and not buf:
                     break  # most likely a FIN we did not capture, see the module doc
                 self.acked_holes += 1
                 self._gap(o, left, ts, out, "acknowledged, never captured")
-                self._next[o] = target
+                self._half[o].next_seq = target
             self._drain(o, ts, out)
 
     def _expire(self, d: Direction, ts: float, out: _Out[E]) -> None:
         """Give up holes that have kept data waiting for longer than ``hole_timeout``."""
-        while self._buf[d] and ts - self._since[d] > self._hole_timeout:
+        while self._half[d].buf and ts - self._half[d].since > self._hole_timeout:
             self.hole_timeouts += 1
             self._skip_hole(d, ts, out, f"hole_timeout {self._hole_timeout:g}s")
 
@@ -508,36 +523,36 @@ class TcpReassembler(Generic[E]):
         out.append(TcpAnomalyEvent(ts, self.flow, d, kind, size, detail))
 
     def _start(self, d: Direction, next_seq: int, isn: int | None) -> None:
-        self._started[d] = True
-        self._next[d] = next_seq & _MASK
-        self._isn[d] = isn
+        self._half[d].started = True
+        self._half[d].next_seq = next_seq & _MASK
+        self._half[d].isn = isn
 
     def _on_syn(
         self, d: Direction, seq: int, payload: bytes, ts: float, out: _Out[E]
     ) -> None:
-        if not self._started[d]:
+        if not self._half[d].started:
             self._start(d, seq + 1, seq)
             return
-        if self._isn[d] == seq:
+        if self._half[d].isn == seq:
             if not payload:
                 self.retransmissions += 1  # repeated SYN / SYN-ACK
             return
         # New ISN on a known direction: the 4-tuple was reused. End the old
         # connection first, then mark where the new one starts.
-        old = self._isn[d]
+        old = self._half[d].isn
         was = "closed" if self.closed else "open"
         for x in (d, d.reverse):
-            if not self._ended[x]:
+            if not self._half[x].ended:
                 self._flush(x, ts, out)
         self._anomaly(out, ts, d, TcpAnomaly.CONNECTION_REUSED,
                       detail=f"{was} connection, isn {old} -> {seq}")
-        for x in _DIRS:
-            self._started[x] = self._ended[x] = False
-            self._isn[x] = self._fin[x] = None
-            self._next[x] = self._end[x] = 0
-            self._buf[x] = []
-            self._since[x] = math.inf
-            self._acked[x] = None  # an ACK of the old connection says nothing of the new
+        for h in self._half:  # rx_ts stays: delivery times never go backwards
+            h.started = h.ended = False
+            h.isn = h.fin = None
+            h.next_seq = h.end_seq = 0
+            h.buf = _NO_PIECES
+            h.since = math.inf
+            h.acked = None  # an ACK of the old connection says nothing of the new
         self._buffered = 0
         self._start(d, seq + 1, seq)
 
@@ -552,8 +567,8 @@ class TcpReassembler(Generic[E]):
     ) -> None:
         if payload:
             beyond = len(payload)  # ended before it ever started: all of it is late
-            if self._started[d]:
-                beyond = seq_delta((seq + len(payload)) & _MASK, self._end[d])
+            if self._half[d].started:
+                beyond = seq_delta((seq + len(payload)) & _MASK, self._half[d].end_seq)
             if beyond > 0:
                 size = min(beyond, len(payload))
                 self._anomaly(out, ts, d, TcpAnomaly.DATA_AFTER_FIN, size,
@@ -564,10 +579,10 @@ class TcpReassembler(Generic[E]):
     def _on_data(
         self, d: Direction, seq: int, flags: int, payload: bytes, ts: float, out: _Out[E]
     ) -> None:
-        nxt = self._next[d]
+        nxt = self._half[d].next_seq
         start = seq_delta(seq, nxt)
         if not -self._max_jump <= start <= self._max_jump:
-            if self._fin[d] is not None:
+            if self._half[d].fin is not None:
                 # Ending already; a wild segment is noise beyond the FIN.
                 self._anomaly(out, ts, d, TcpAnomaly.DATA_AFTER_FIN, len(payload),
                               f"seq jump {start:+d} after FIN")
@@ -583,7 +598,7 @@ class TcpReassembler(Generic[E]):
                 data = b""
             else:
                 data, start = data[-start:], 0  # trim what was already delivered
-        fin = self._fin[d]
+        fin = self._half[d].fin
         if data and fin is not None:
             room = seq_delta(fin, nxt) - start
             if room < len(data):
@@ -597,7 +612,7 @@ class TcpReassembler(Generic[E]):
             self._insert(d, (nxt + start) & _MASK, data, ts, out)
         self._drain(d, ts, out)
         if self._buffered > self._max_buffered or (
-            len(self._buf[0]) + len(self._buf[1]) > self._max_segments
+            len(self._half[0].buf) + len(self._half[1].buf) > self._max_segments
         ):
             self._enforce_caps(d, ts, out)
 
@@ -605,15 +620,15 @@ class TcpReassembler(Generic[E]):
         # Desynchronised (missed reuse, injection, corrupt capture): deliver
         # what is buffered, declare an unknown gap and restart at ``seq``.
         self._anomaly(out, ts, d, TcpAnomaly.SEQ_JUMP, abs(delta), f"seq moved {delta:+d}")
-        while self._buf[d]:
+        while self._half[d].buf:
             self._skip_hole(d, ts, out)
         self._gap(d, 0, ts, out)
-        self._next[d] = seq
+        self._half[d].next_seq = seq
 
     def _set_fin(
         self, d: Direction, fin: int, bare: bool, ts: float, out: _Out[E]
     ) -> None:
-        known = self._fin[d]
+        known = self._half[d].fin
         if known is not None:
             if known != fin:
                 self._anomaly(out, ts, d, TcpAnomaly.OVERLAP_MISMATCH,
@@ -621,14 +636,14 @@ class TcpReassembler(Generic[E]):
             elif bare:
                 self.retransmissions += 1
             return
-        nxt = self._next[d]
+        nxt = self._half[d].next_seq
         if seq_delta(fin, nxt) < 0:
             self._anomaly(out, ts, d, TcpAnomaly.OVERLAP_MISMATCH,
                           detail=f"FIN at {fin} inside delivered data")
             return
-        self._fin[d] = fin
+        self._half[d].fin = fin
         # Buffered data at or beyond the FIN can never be delivered.
-        buf = self._buf[d]
+        buf = self._half[d].buf
         limit = seq_delta(fin, nxt)
         dropped = 0
         while buf:
@@ -651,8 +666,11 @@ class TcpReassembler(Generic[E]):
 
     def _insert(self, d: Direction, seq: int, data: bytes, ts: float, out: _Out[E]) -> None:
         """Buffer ``data`` at ``seq`` (at or ahead of next); first arrival wins overlaps."""
-        buf = self._buf[d]
-        nxt = self._next[d]
+        half = self._half[d]
+        if half.buf is _NO_PIECES:
+            half.buf = []  # the direction's own, before anything is put in it
+        buf = half.buf
+        nxt = half.next_seq
 
         def rel(piece: _Piece) -> int:
             return (piece[0] - nxt) & _MASK
@@ -690,8 +708,8 @@ class TcpReassembler(Generic[E]):
         merged = sorted(buf[first:i] + keep, key=rel)
         buf[first:i] = merged
         self._buffered += sum(len(p[1]) for p in keep)
-        if ts < self._since[d]:
-            self._since[d] = ts
+        if ts < self._half[d].since:
+            self._half[d].since = ts
 
     def _drain(self, d: Direction, ts: float, out: _Out[E]) -> None:
         """Deliver contiguous buffered data; end the direction if its FIN is reached.
@@ -699,44 +717,44 @@ class TcpReassembler(Generic[E]):
         Each piece is delivered at its arrival time, but never earlier than
         data already delivered in ``d`` (see the module doc).
         """
-        buf = self._buf[d]
-        nxt = self._next[d]
+        buf = self._half[d].buf
+        nxt = self._half[d].next_seq
         if buf and buf[0][0] == nxt:
-            floor = self._rx_ts[d]
+            floor = self._half[d].rx_ts
             while buf and buf[0][0] == nxt:
                 _, data, pts = buf.pop(0)
                 n = len(data)
                 self._buffered -= n
                 nxt = (nxt + n) & _MASK
-                self._next[d] = nxt
+                self._half[d].next_seq = nxt
                 self.bytes_delivered += n
                 if pts > floor:
                     floor = pts
-                self._rx_ts[d] = floor
+                self._half[d].rx_ts = floor
                 out.extend(self._parser.receive(d, data, floor))
             self._reset_since(d)
-        if nxt == self._fin[d] and not self._ended[d]:
+        if nxt == self._half[d].fin and not self._half[d].ended:
             self._end_direction(d, ts, out)
 
     def _reset_since(self, d: Direction) -> None:
-        buf = self._buf[d]
-        self._since[d] = min(p[2] for p in buf) if buf else math.inf
+        buf = self._half[d].buf
+        self._half[d].since = min(p[2] for p in buf) if buf else math.inf
 
     def _enforce_caps(self, d: Direction, ts: float, out: _Out[E]) -> None:
         which = "max_buffered" if self._buffered > self._max_buffered else "max_segments"
         self._anomaly(out, ts, d, TcpAnomaly.BUFFER_CAP, self._buffered, which)
         while self._buffered > self._max_buffered or (
-            len(self._buf[0]) + len(self._buf[1]) > self._max_segments
+            len(self._half[0].buf) + len(self._half[1].buf) > self._max_segments
         ):
-            self._skip_hole(d if self._buf[d] else d.reverse, ts, out)
+            self._skip_hole(d if self._half[d].buf else d.reverse, ts, out)
 
     def _skip_hole(self, d: Direction, ts: float, out: _Out[E], why: str = "") -> None:
         """Report the hole before the first buffered piece and deliver from there."""
-        first = self._buf[d][0][0]
-        hole = (first - self._next[d]) & _MASK
+        first = self._half[d].buf[0][0]
+        hole = (first - self._half[d].next_seq) & _MASK
         if hole:
             self._gap(d, hole, ts, out, why)
-        self._next[d] = first
+        self._half[d].next_seq = first
         self._drain(d, ts, out)
 
     def _gap(self, d: Direction, size: int, ts: float, out: _Out[E], why: str = "") -> None:
@@ -747,25 +765,26 @@ class TcpReassembler(Generic[E]):
 
     def _flush(self, d: Direction, ts: float, out: _Out[E]) -> None:
         """End ``d`` now: buffered data delivered across gaps, hole before FIN reported, eof."""
-        while self._buf[d] and not self._ended[d]:
+        while self._half[d].buf and not self._half[d].ended:
             self._skip_hole(d, ts, out)
-        if self._ended[d]:
+        if self._half[d].ended:
             return
-        fin = self._fin[d]
+        fin = self._half[d].fin
         if fin is not None:
-            hole = (fin - self._next[d]) & _MASK
+            hole = (fin - self._half[d].next_seq) & _MASK
             if hole:
                 self._gap(d, hole, ts, out)
-            self._next[d] = fin
+            self._half[d].next_seq = fin
         self._end_direction(d, ts, out)
 
     def _end_direction(self, d: Direction, ts: float, out: _Out[E]) -> None:
-        self._ended[d] = True
-        self._end[d] = self._next[d]
+        self._half[d].ended = True
+        self._half[d].end_seq = self._half[d].next_seq
         out.extend(self._parser.eof(d, ts))
 
     def _settle(self, d: Direction, ts: float, out: _Out[E]) -> None:
         # A FIN stuck behind a hole is flushed once the other side is done too.
         for x in (d, d.reverse):
-            if not self._ended[x] and self._fin[x] is not None and self._ended[x.reverse]:
+            h = self._half[x]
+            if not h.ended and h.fin is not None and self._half[x.reverse].ended:
                 self._flush(x, ts, out)

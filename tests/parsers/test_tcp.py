@@ -9,6 +9,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+import mamori.parsers.tcp as tcp_module
 from mamori.parsers.stream import Direction, FlowId, Transport
 from mamori.parsers.tcp import (
     TCP_ACK,
@@ -834,11 +835,12 @@ def test_arbitrary_segments_never_raise_and_respect_caps(
         # data its own sender has waiting.
         pure = not payload and not flags & (TCP_SYN | TCP_FIN | TCP_RST)
         for x in [d.reverse] if pure else [C2S, S2C]:
-            assert all(now - p[2] <= hole_timeout for p in r._buf[x])
+            assert all(now - p[2] <= hole_timeout for p in r._half[x].buf)
         assert r.closed == all(ended.values())
         assert r.buffered_bytes <= max_buffered
-        assert sum(len(b) for b in r._buf) <= max_segments
-        assert r.buffered_bytes == sum(len(p[1]) for b in r._buf for p in b)
+        assert sum(len(h.buf) for h in r._half) <= max_segments
+        assert r.buffered_bytes == sum(len(p[1]) for h in r._half for p in h.buf)
+        assert not tcp_module._NO_PIECES  # the shared buffer of no piece stays empty
     check(r.close(now + 1.0))
     assert all(ended.values())
     assert r.closed and r.buffered_bytes == 0
@@ -993,17 +995,19 @@ def test_ack_grace_validation() -> None:
 
 # -- fast paths of connection set-up and teardown (issue 14) -----------------------
 
-_STATE = ("_acked", "_buf", "_buffered", "_end", "_ended", "_fin", "_isn", "_rx_ts", "_since",
-          "_started", "acked_holes", "bogus_acks", "bytes_delivered", "gap_bytes", "gaps",
+_STATE = ("_buffered", "acked_holes", "bogus_acks", "bytes_delivered", "gap_bytes", "gaps",
           "hole_timeouts", "out_of_order", "retransmissions", "segments")
+_HALF = ("acked", "buf", "end_seq", "ended", "fin", "isn", "rx_ts", "since", "started")
 
 
 def state(r: TcpReassembler[Any]) -> tuple[Any, ...]:
-    """Everything a reassembler knows, in a comparable form. ``_next[d]`` is stale while
-    ``d`` is on the fast path (``_hot[d]`` holds the expected seq then), so the
-    expected seq is read from whichever of the two is authoritative."""
-    expected = [h if h >= 0 else n for h, n in zip(r._hot, r._next, strict=True)]
-    return (*(repr(getattr(r, name)) for name in _STATE), expected, list(r._hot))
+    """Everything a reassembler knows, in a comparable form. ``next_seq`` of a direction
+    is stale while it is on the fast path (``_hot[d]`` holds the expected seq then), so
+    the expected seq is read from whichever of the two is authoritative."""
+    expected = [h if h >= 0 else half.next_seq
+                for h, half in zip(r._hot, r._half, strict=True)]
+    halves = [repr(getattr(half, name)) for half in r._half for name in _HALF]
+    return (*(repr(getattr(r, name)) for name in _STATE), *halves, expected, list(r._hot))
 
 
 def test_bare_in_order_fin_ends_the_direction_on_the_fast_path() -> None:
@@ -1025,7 +1029,8 @@ def test_bare_in_order_fin_ends_the_direction_on_the_fast_path() -> None:
     slow.segments += 1  # what segment() counts before it picks a path
     assert list(slow._slow(C2S, 1004, TCP_FIN | TCP_ACK, b"", 0.2, 5001)) == sentinel
     assert state(fast) == state(slow)
-    assert fast._fin[C2S] == fast._end[C2S] == 1004 and fast._ended[C2S]
+    half = fast._half[C2S]
+    assert half.fin == half.end_seq == 1004 and half.ended
     # Then the other side's FIN, without an ACK flag: the connection is closed.
     assert fast.segment(S2C, 5001, TCP_FIN, b"", 0.3) is sentinel
     assert fast.closed
@@ -1034,7 +1039,7 @@ def test_bare_in_order_fin_ends_the_direction_on_the_fast_path() -> None:
     r, rec = make()
     handshake(r)
     out = r.segment(C2S, 1003, TCP_FIN | TCP_ACK, b"", 0.2, 5001)
-    assert out == [] and not r._ended[C2S] and r._fin[C2S] == 1003
+    assert out == [] and not r._half[C2S].ended and r._half[C2S].fin == 1003
     assert rec.kinds() == []
 
 
@@ -1154,6 +1159,7 @@ def test_handshake_is_the_syn_then_the_synack_through_segment(
 def test_clean_handshake_starts_both_directions_on_the_fast_path() -> None:
     r, rec = make()
     assert r.handshake((M32 - 1, 0, TCP_SYN, 0.0), (5000, 0, TCP_SYN | TCP_ACK, 0.1)) == ()
-    assert r._hot == [0, 5001] and r._isn == [M32 - 1, 5000] and r.segments == 2
+    assert r._hot == [0, 5001] and [h.isn for h in r._half] == [M32 - 1, 5000]
+    assert r.segments == 2
     assert r.segment(C2S, 0, DATA, b"abc", 0.2, 5001) == [("rx", C2S, 3)]
     assert rec.kinds() == ["data"]
