@@ -21,6 +21,17 @@ packet in each (the detection run less the ``--no-detect`` one of the same round
 engine, the inventory and the alert output together), since the stage clocks cannot
 reach into compiled classes.
 
+``--baseline LIB`` (with ``--compiled``) adds a second compiled build, of another
+tree (the commit before a change, built in a worktree), timed in the same rounds:
+its ratios and the paired gain of ``--compiled`` over it are the before and after
+of a change measured in one run, which two runs on this shared machine cannot give
+(the same code moves by about 10% between sessions).
+
+    git worktree add ../before main && (cd ../before && MAMORI_COMPILE=1 \
+        .venv/bin/python setup.py -q build --build-base build/compiled)
+    .venv/bin/python bench/bench_replay.py modbus --compiled build/compiled/lib.* \
+        --baseline ../before/build/compiled/lib.*
+
 The ratio is the median of the paired rounds' ratios (each round times tshark and
 both Mamori runs back to back). After the timed rounds, one more replay of each
 configuration runs in this process with a clock on each stage
@@ -118,7 +129,12 @@ def main() -> int:
     ap.add_argument("--compiled", metavar="LIB", type=Path,
                     help="also time --no-detect on this mypyc build's library directory "
                          "against the checkout's pure Python")
+    ap.add_argument("--baseline", metavar="LIB", type=Path,
+                    help="with --compiled: also time another tree's mypyc build, the "
+                         "before of a change")
     args = ap.parse_args()
+    if args.baseline is not None and args.compiled is None:
+        ap.error("--baseline needs --compiled")
     with tempfile.TemporaryDirectory() as tmp:
         if args.proto == "modbus":
             capture, port = CORPUS / "generated" / "modbus_big.pcap", 15020
@@ -143,11 +159,15 @@ def main() -> int:
             **{name: [MAMORI, "replay", *argv] for name, argv in replay_args.items()},
             "tshark -T fields": ["tshark", "-r", str(capture), "-T", "fields", *tshark_proto],
         }
-        built = ("pure", "compiled")
+        built: tuple[str, ...] = ("pure", "compiled")
+        trees = [ROOT, args.compiled.resolve()] if args.compiled is not None else []
+        if args.baseline is not None:
+            built += ("baseline",)
+            trees.append(args.baseline.resolve())
         if args.compiled is not None:
             for mode, argv in (("--no-detect", replay_args["mamori --no-detect"]),
                                ("detection", replay_args["mamori (detection)"])):
-                for name, tree in zip(built, (ROOT, args.compiled.resolve()), strict=True):
+                for name, tree in zip(built, trees, strict=True):
                     commands[f"{mode} {name}"] = ["PYTHONPATH", str(tree), sys.executable,
                                                   "-c", LAUNCH, "replay", *argv]
         for cmd in commands.values():  # warm the page cache and the bytecode caches
@@ -185,6 +205,12 @@ def main() -> int:
                 added["pure"], added["compiled"], strict=True))
             print(f"detection's own cost, compiled / pure: {gain:.2f}x faster "
                   "(median of paired rounds)")
+            if args.baseline is not None:
+                for mode in ("--no-detect", "detection"):
+                    gain = statistics.median(b / c for b, c in zip(
+                        times[f"{mode} baseline"], times[f"{mode} compiled"], strict=True))
+                    print(f"compiled / baseline {mode:<12} {gain:.3f}x faster (median of "
+                          "paired rounds)")
         if not args.no_profile:
             print_profile(replay_args, packets, median)
     return 0
