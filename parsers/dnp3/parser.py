@@ -97,7 +97,10 @@ class DNP3Parser:
         self._confirms: dict[tuple[int, int, int, bool], tuple[float, int]] = {}
         # (master, outstation) -> request fc of a multi-fragment response in progress
         self._continuing: dict[tuple[int, int], int | None] = {}
-        self._mismatch = [False, False]
+        # Bit d set: direction d's frames carry the other direction's DIR bit. An int,
+        # not a list of two flags: one object fewer for every connection the flow table
+        # keeps (docs/performance.md, the per-direction halves).
+        self._mismatch = 0
         self._flooded = False
 
     # ------------------------------------------------------------ contract
@@ -162,8 +165,9 @@ class DNP3Parser:
         control = frame.control
         from_master = control >= 0x80  # DIR, the top bit of the one-byte field
         mismatch = from_master is not (direction is _TO_SERVER)
-        if mismatch != self._mismatch[direction]:
-            self._mismatch[direction] = mismatch
+        bit = 1 << direction
+        if mismatch != bool(self._mismatch & bit):
+            self._mismatch ^= bit
             if mismatch:
                 out.append(
                     DNP3AnomalyEvent(
