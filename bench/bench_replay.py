@@ -190,11 +190,12 @@ def main() -> int:
             print(f"ratio {name:<20} {paired:.2f}x tshark (median of paired rounds; "
                   f"{target(name, args.dnp3_source if args.proto == 'dnp3' else None)})")
         if args.compiled is not None:
-            for mode in ("--no-detect", "detection"):
-                gain = statistics.median(p / c for p, c in zip(
-                    times[f"{mode} pure"], times[f"{mode} compiled"], strict=True))
-                print(f"compiled / pure {mode:<12} {gain:.2f}x faster (median of paired "
-                      "rounds)")
+            for other in built[::2]:  # pure, and the baseline when there is one
+                for mode in ("--no-detect", "detection"):
+                    gain = statistics.median(o / c for o, c in zip(
+                        times[f"{mode} {other}"], times[f"{mode} compiled"], strict=True))
+                    print(f"compiled / {other} {mode:<12} {gain:.3f}x faster (median of "
+                          "paired rounds)")
             added = {name: [(d - n) / packets * 1e6 for d, n in zip(
                 times[f"detection {name}"], times[f"--no-detect {name}"], strict=True)]
                 for name in built}
@@ -205,12 +206,6 @@ def main() -> int:
                 added["pure"], added["compiled"], strict=True))
             print(f"detection's own cost, compiled / pure: {gain:.2f}x faster "
                   "(median of paired rounds)")
-            if args.baseline is not None:
-                for mode in ("--no-detect", "detection"):
-                    gain = statistics.median(b / c for b, c in zip(
-                        times[f"{mode} baseline"], times[f"{mode} compiled"], strict=True))
-                    print(f"compiled / baseline {mode:<12} {gain:.3f}x faster (median of "
-                          "paired rounds)")
         if not args.no_profile:
             print_profile(replay_args, packets, median)
     return 0
